@@ -1,0 +1,45 @@
+# The CUDA backend (-DZN_CUDA=ON): a static library of the .cu kernels, its own tests and bench,
+# and zn_cuda.node, written to <build>/cuda/ so that node-gyp-build, which loads the first .node
+# in build/Release, can never pick it up on a machine without CUDA.
+# cuBLASLt is found in the CUDA toolkit or in NVIDIA's pip wheels (ZN_CUBLAS_ROOT=<.../nvidia/cu13>);
+# without it the tensor-core fallback GEMM is built and the configure step says so.
+if(NOT CMAKE_CUDA_ARCHITECTURES)
+  set(CMAKE_CUDA_ARCHITECTURES 80-real 90a-real)
+endif()
+enable_language(CUDA)
+find_package(CUDAToolkit REQUIRED)
+set(CMAKE_CUDA_STANDARD 17)
+set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+
+set(ZN_CUBLAS_ROOT "$ENV{ZN_CUBLAS_ROOT}" CACHE PATH "Folder with include/cublasLt.h and lib/libcublasLt.so*")
+find_path(ZN_CUBLASLT_INCLUDE cublasLt.h HINTS ${ZN_CUBLAS_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS})
+find_library(ZN_CUBLASLT_LIBRARY NAMES cublasLt libcublasLt.so.13 libcublasLt.so.12
+             HINTS ${ZN_CUBLAS_ROOT}/lib ${CUDAToolkit_LIBRARY_DIR})
+if(ZN_CUBLASLT_INCLUDE AND ZN_CUBLASLT_LIBRARY)
+  message(STATUS "zephyr-native: cuBLASLt found: ${ZN_CUBLASLT_LIBRARY}")
+  set(ZN_HAVE_CUBLASLT ON)
+else()
+  message(STATUS "zephyr-native: cuBLASLt NOT found; building the mma.sync fallback GEMM only")
+  set(ZN_HAVE_CUBLASLT OFF)
+endif()
+
+if(NOT ZN_CUDA_SOURCES)
+  message(STATUS "zephyr-native: no CUDA sources listed in native/sources.json yet")
+  return()
+endif()
+
+add_library(zn_cuda_core STATIC ${ZN_CUDA_SOURCES})
+target_include_directories(zn_cuda_core PUBLIC ${CMAKE_SOURCE_DIR}/native)
+target_compile_options(zn_cuda_core PRIVATE
+  $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xptxas=-v -lineinfo>)
+target_link_libraries(zn_cuda_core PUBLIC zn_core CUDA::cudart_static)
+if(ZN_HAVE_CUBLASLT)
+  target_include_directories(zn_cuda_core PUBLIC ${ZN_CUBLASLT_INCLUDE})
+  target_link_libraries(zn_cuda_core PUBLIC ${ZN_CUBLASLT_LIBRARY})
+  target_compile_definitions(zn_cuda_core PUBLIC ZN_HAVE_CUBLASLT=1)
+endif()
+
+if(ZN_BUILD_ADDON AND ZN_CUDA_ADDON_SOURCES)
+  zn_add_addon(zn_cuda SOURCES ${ZN_CUDA_ADDON_SOURCES} LIBRARIES zn_cuda_core
+               OUTPUT_DIR ${CMAKE_BINARY_DIR}/cuda)
+endif()

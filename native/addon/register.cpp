@@ -1,0 +1,11 @@
+// One line per op family: each binding file defines its register_* function.
+#include "addon/binding.h"
+#include "addon/register.h"
+
+namespace zn::addon {
+
+void register_all(Napi::Env env, Napi::Object exports) {
+  register_core(env, exports);
+}
+
+}  // namespace zn::addon

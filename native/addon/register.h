@@ -1,0 +1,8 @@
+#pragma once
+#include <napi.h>
+
+namespace zn::addon {
+
+void register_core(Napi::Env env, Napi::Object exports);
+
+}  // namespace zn::addon

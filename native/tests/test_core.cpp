@@ -1,0 +1,48 @@
+#include <atomic>
+#include <stdexcept>
+
+#include "core/bf16.h"
+#include "core/thread_pool.h"
+#include "harness.h"
+
+using namespace zn;
+
+ZN_TEST("core.bf16_round_to_nearest_even") {
+  // 1 + 2^-8 lies exactly between two bf16 values (1 and 1 + 2^-7): ties go to even (1).
+  EXPECT(bf16_to_f32(f32_to_bf16(1.0f + 1.0f / 256)) == 1.0f);
+  // 1 + 3 * 2^-8 lies between 1 + 2^-7 and 1 + 2^-6: ties go to even (1 + 2^-6).
+  EXPECT(bf16_to_f32(f32_to_bf16(1.0f + 3.0f / 256)) == 1.0f + 1.0f / 64);
+  EXPECT(std::isnan(bf16_to_f32(f32_to_bf16(std::nanf("")))));
+  EXPECT(std::isinf(bf16_to_f32(f32_to_bf16(INFINITY))));
+  // Above bf16's largest finite value after rounding: overflows to infinity, as the hardware does.
+  EXPECT(std::isinf(bf16_to_f32(f32_to_bf16(3.4e38f))));
+}
+
+ZN_TEST("core.parallel_for_covers_every_index_once") {
+  for (size_t count : {size_t(0), size_t(1), size_t(7), size_t(1000), size_t(100003)}) {
+    std::vector<std::atomic<int>> hits(count);
+    parallel_for(count, 16, [&](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) hits[i]++;
+    });
+    for (size_t i = 0; i < count; ++i) EXPECT(hits[i] == 1, "index ", i, " of ", count);
+    std::vector<std::atomic<int>> each(count);
+    parallel_for_each(count, [&](size_t i) { each[i]++; });
+    for (size_t i = 0; i < count; ++i) EXPECT(each[i] == 1, "index ", i, " of ", count);
+  }
+}
+
+ZN_TEST("core.parallel_for_rethrows_task_errors") {
+  bool caught = false;
+  try {
+    parallel_for(1000, 1, [](size_t begin, size_t) {
+      if (begin == 0) throw std::runtime_error("boom");
+    });
+  } catch (const std::runtime_error& e) {
+    caught = std::string(e.what()) == "boom";
+  }
+  EXPECT(caught);
+  // The pool still works after an error.
+  std::atomic<size_t> total{0};
+  parallel_for(1000, 1, [&](size_t begin, size_t end) { total += end - begin; });
+  EXPECT(total == 1000);
+}
