@@ -1,0 +1,30 @@
+// Fused log-prob gathering: logp[n] = log softmax(hidden[n] · Wᵀ)[labels[n]] without ever
+// materialising the [N, V] logits. Walks tokens and vocabulary in chunks, keeps per-token
+// running max / sum-exp (online log-sum-exp), and recomputes the chunks in backward.
+//   hidden [N, d] f32; weight (lm_head) [V, d] f32 or bf16; labels [N], -100 = ignored
+//   (logp 0, lse still computed, no gradient). logp, lse: [N].
+// Backward: with g[n] = dlogp[n], dlogits[n, v] = g[n] * (1[v == label] - softmax[n, v]);
+//   dhidden = dlogits · W (overwritten), dweight += dlogitsᵀ · hidden (f32, accumulated).
+#pragma once
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace zn::cpu {
+
+constexpr int32_t kIgnoreIndex = -100;
+
+struct LogprobShape {
+  long tokens;  // N
+  long dim;     // d
+  long vocab;   // V
+};
+
+void logprob_forward(const LogprobShape& shape, const float* hidden, const void* weight,
+                     DType weight_dtype, const int32_t* labels, float* logp, float* lse);
+
+void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
+                      DType weight_dtype, const int32_t* labels, const float* lse,
+                      const float* dlogp, float* dhidden, float* dweight);
+
+}  // namespace zn::cpu

@@ -1,0 +1,14 @@
+// RMSNorm as HF Mistral: y = weight * (x * rsqrt(mean(x^2) + eps)), all in f32.
+// x, y, dy, dx: [rows, dim]; weight, dweight: [dim]; rstd: [rows] saved for backward.
+#pragma once
+
+namespace zn::cpu {
+
+void rmsnorm_forward(long rows, long dim, float eps, const float* x, const float* weight, float* y,
+                     float* rstd);
+
+// dx is overwritten; dweight is accumulated into (+=).
+void rmsnorm_backward(long rows, long dim, const float* x, const float* weight, const float* rstd,
+                      const float* dy, float* dx, float* dweight);
+
+}  // namespace zn::cpu
