@@ -1,0 +1,290 @@
+/**
+ * Training configuration: one typed table of the keys zephyr-native implements, with TRL /
+ * alignment-handbook names, defaults and help text. It drives recipe YAML files and CLI flags
+ * alike (every key is also `--key value`; flags win over the file).
+ *
+ * Nothing is ignored silently. A key is either
+ *   - implemented here (honoured),
+ *   - a key TRL/transformers know (lib/train/known-keys.json, generated from TRL's dataclasses)
+ *     that we do not implement: accepted only when its value leaves behaviour unchanged (the TRL
+ *     default, or a value listed in SAME_BEHAVIOUR), otherwise an error saying it is unsupported,
+ *   - or unknown: an error naming it (usually a typo).
+ */
+import { readFileSync } from 'node:fs';
+
+import { parse as parseYaml } from 'yaml';
+
+import { UsageError } from '../errors.js';
+import knownKeys from './known-keys.json' with { type: 'json' };
+
+export type Stage = 'sft' | 'dpo';
+type Kind = 'number' | 'integer' | 'boolean' | 'string' | 'string-or-list' | 'object' | 'any';
+
+interface KeySpec {
+  kind: Kind;
+  default: unknown;
+  help: string;
+  /** Stages that read the key; absent: both. */
+  stages?: Stage[];
+  /** Allowed values (for string keys). */
+  choices?: readonly string[];
+  /** Accepted spellings of the same key (older TRL / handbook names). */
+  aliasOf?: string;
+}
+
+const BOTH: Stage[] = ['sft', 'dpo'];
+
+/** The keys zephyr-native implements. */
+export const KEYS = {
+  // model and output
+  model_name_or_path: { kind: 'string', default: null, help: 'Hugging Face model folder to start from' },
+  ref_model_name_or_path: { kind: 'string', default: null, stages: ['dpo'], help: 'Frozen reference model folder (default: a copy of the initial policy)' },
+  output_dir: { kind: 'string', default: null, help: 'Where the trained model folder, checkpoints and logs go' },
+  device: { kind: 'string', default: 'auto', choices: ['cpu', 'cuda', 'auto'], help: 'Backend: cpu, cuda, or auto (cuda when available)' },
+  use_cpu: { kind: 'boolean', default: false, help: 'Same as --device cpu (transformers key)' },
+  bf16: { kind: 'boolean', default: null, help: 'bf16 weights and matmul inputs with f32 master weights (default: true on GPU, false on CPU)' },
+  torch_dtype: { kind: 'string', default: null, help: 'dtype of the weights as loaded (auto, bfloat16, float16, float32); training precision follows bf16' },
+  dtype: { kind: 'string', default: null, aliasOf: 'torch_dtype', help: 'transformers 5 name of torch_dtype' },
+  gradient_checkpointing: { kind: 'boolean', default: true, help: 'Recompute each decoder layer in backward to save activation memory' },
+  // data
+  dataset_name: { kind: 'string', default: null, help: 'Dataset file or HF dataset folder' },
+  dataset_train_split: { kind: 'string', default: 'train', help: 'Split used for training' },
+  dataset_test_split: { kind: 'string', default: 'test', help: 'Split used for evaluation' },
+  dataset_mixer: { kind: 'object', default: null, help: 'Older alignment-handbook form: {path: fraction}' },
+  dataset_splits: { kind: 'string-or-list', default: null, help: 'Splits read with dataset_mixer' },
+  dataset_mixture: { kind: 'object', default: null, help: 'alignment-handbook form: {datasets: [{id, config, split, columns, weight}], seed, test_split_size}' },
+  chat_template: { kind: 'string', default: null, help: 'Jinja chat template overriding the tokenizer\'s' },
+  max_length: { kind: 'integer', default: 1024, help: 'Longest tokenized sequence; longer ones keep their start' },
+  max_seq_length: { kind: 'integer', default: null, stages: ['sft'], aliasOf: 'max_length', help: 'Older TRL name of max_length (SFT)' },
+  max_prompt_length: { kind: 'integer', default: null, stages: ['dpo'], help: 'Older TRL rule: keep the last N prompt tokens before max_length applies' },
+  packing: { kind: 'boolean', default: false, stages: ['sft'], help: 'Pack examples into max_length rows, documents kept apart' },
+  assistant_only_loss: { kind: 'boolean', default: false, stages: ['sft'], help: 'Loss on assistant tokens only' },
+  // optimisation
+  learning_rate: { kind: 'number', default: null, help: 'Peak learning rate (default: 2e-5 for sft, 1e-6 for dpo, as TRL)' },
+  num_train_epochs: { kind: 'number', default: 3, help: 'Epochs (ignored when max_steps > 0)' },
+  max_steps: { kind: 'integer', default: -1, help: 'Optimizer steps; > 0 overrides num_train_epochs' },
+  per_device_train_batch_size: { kind: 'integer', default: 8, help: 'Examples (sft) or pairs (dpo) per micro-batch' },
+  per_device_eval_batch_size: { kind: 'integer', default: 8, help: 'Examples or pairs per evaluation batch' },
+  gradient_accumulation_steps: { kind: 'integer', default: 1, help: 'Micro-batches per optimizer step' },
+  lr_scheduler_type: { kind: 'string', default: 'linear', choices: ['linear', 'cosine', 'constant', 'constant_with_warmup'], help: 'Learning-rate schedule (HF Trainer formulas)' },
+  warmup_ratio: { kind: 'number', default: 0, help: 'Warmup as a fraction of the total steps (rounded up)' },
+  warmup_steps: { kind: 'number', default: 0, help: 'Warmup steps; a value below 1 is a ratio (transformers 5)' },
+  weight_decay: { kind: 'number', default: 0, help: 'AdamW decoupled weight decay (not applied to norm weights, as HF Trainer)' },
+  adam_beta1: { kind: 'number', default: 0.9, help: 'AdamW beta1' },
+  adam_beta2: { kind: 'number', default: 0.999, help: 'AdamW beta2' },
+  adam_epsilon: { kind: 'number', default: 1e-8, help: 'AdamW epsilon' },
+  max_grad_norm: { kind: 'number', default: 1, help: 'Clip the global gradient norm to this (0: no clipping)' },
+  seed: { kind: 'integer', default: 42, help: 'Seed for shuffling and sampling' },
+  // DPO
+  beta: { kind: 'number', default: 0.1, stages: ['dpo'], help: 'DPO temperature beta' },
+  loss_type: { kind: 'string-or-list', default: 'sigmoid', stages: ['dpo'], choices: ['sigmoid', 'ipo', 'hinge'], help: 'DPO loss: sigmoid, ipo or hinge' },
+  label_smoothing: { kind: 'number', default: 0, stages: ['dpo'], help: 'Conservative DPO label smoothing' },
+  precompute_ref_log_probs: { kind: 'boolean', default: false, stages: ['dpo'], help: 'Compute reference log-probs once up front (cached on disk) and free the reference model' },
+  // logging, evaluation, checkpoints
+  logging_steps: { kind: 'number', default: 10, help: 'Log every N optimizer steps' },
+  logging_first_step: { kind: 'boolean', default: false, help: 'Also log the first step' },
+  eval_strategy: { kind: 'string', default: 'no', choices: ['no', 'steps', 'epoch'], help: 'When to evaluate on the test split' },
+  eval_steps: { kind: 'number', default: null, help: 'Evaluate every N steps (default: logging_steps)' },
+  do_eval: { kind: 'boolean', default: false, help: 'transformers key; evaluation runs when eval_strategy is not "no"' },
+  save_strategy: { kind: 'string', default: 'steps', choices: ['no', 'steps', 'epoch'], help: 'When to write checkpoint-<step>/ folders' },
+  save_steps: { kind: 'number', default: 500, help: 'Checkpoint every N steps' },
+  save_total_limit: { kind: 'integer', default: null, help: 'Keep at most N checkpoints (oldest deleted)' },
+  resume_from_checkpoint: { kind: 'any', default: null, help: 'A checkpoint folder, or true for the latest in output_dir' },
+} satisfies Record<string, KeySpec>;
+
+export type KeyName = keyof typeof KEYS;
+
+/**
+ * Known TRL/transformers/handbook keys we do not implement but whose listed values change
+ * nothing here (beyond the TRL default, which is always accepted).
+ */
+const SAME_BEHAVIOUR: Record<string, (value: unknown) => boolean> = {
+  // Our attention computes the same function as every transformers implementation.
+  attn_implementation: () => true,
+  use_flash_attention_2: () => true,
+  optim: (v) => v === 'adamw_torch' || v === 'adamw_torch_fused',
+  gradient_checkpointing_kwargs: () => true,
+  // Processes/workers for preprocessing and loading: ours is single-process streaming.
+  dataset_num_proc: () => true,
+  preprocessing_num_workers: () => true,
+  dataloader_num_workers: () => true,
+  dataloader_pin_memory: () => true,
+  dataloader_persistent_workers: () => true,
+  log_level: () => true,
+  log_level_replica: () => true,
+  disable_tqdm: () => true,
+  run_name: () => true,
+  overwrite_output_dir: () => true,
+  remove_unused_columns: () => true,
+  model_revision: (v) => v === 'main',
+  report_to: (v) => v === 'none' || (Array.isArray(v) && v.length === 0) || v === null,
+  // Only meaningful with push_to_hub, which must stay false.
+  hub_model_id: () => true,
+  hub_strategy: () => true,
+  hub_private_repo: () => true,
+  // Mistral has no dropout layers (attention_dropout 0), so disabling dropout is a no-op.
+  disable_dropout: () => true,
+  // Padding-free batches are all we make; the loss is the same either way.
+  padding_free: () => true,
+  packing_strategy: (v) => v === 'bfd',
+  truncation_mode: (v) => v === 'keep_start',
+  f_divergence_type: (v) => v === 'reverse_kl',
+  logging_strategy: (v) => v === 'steps',
+  do_train: () => true,
+  trust_remote_code: (v) => v === false,
+};
+
+/** Keys alignment-handbook recipes use that are in neither TRL dataclass table. */
+const HANDBOOK_KEYS: Record<string, unknown> = {
+  use_flash_attention_2: false,
+  preprocessing_num_workers: null,
+  dataset_configs: null,
+  auto_insert_empty_system_msg: true,
+};
+
+interface KnownKeys {
+  source: string;
+  keys: Record<string, { default: unknown; in: string[] }>;
+}
+
+const known = knownKeys as KnownKeys;
+
+export type TrainingConfig = { [K in KeyName]: unknown } & Record<string, unknown>;
+
+export interface StageConfig {
+  stage: Stage;
+  values: Record<KeyName, unknown>;
+  /** Where each value came from, for error messages ("recipe.yaml", "--flag", "default"). */
+  origin: Partial<Record<KeyName, string>>;
+}
+
+function deepEqual(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+function coerce(name: string, spec: KeySpec, value: unknown, where: string): unknown {
+  if (value === null || value === undefined) return null;
+  const fail = (expected: string): never => {
+    throw new UsageError(`${where}: '${name}' must be ${expected}, got ${JSON.stringify(value)}`);
+  };
+  switch (spec.kind) {
+    case 'number':
+    case 'integer': {
+      const n = typeof value === 'string' && value.trim() !== '' ? Number(value) : value;
+      if (typeof n !== 'number' || !Number.isFinite(n)) fail('a number');
+      if (spec.kind === 'integer' && !Number.isInteger(n)) fail('an integer');
+      return n;
+    }
+    case 'boolean':
+      if (typeof value === 'boolean') return value;
+      if (value === 'true' || value === 'True') return true;
+      if (value === 'false' || value === 'False') return false;
+      return fail('true or false');
+    case 'string':
+      if (typeof value !== 'string') fail('a string');
+      if (spec.choices && !spec.choices.includes(value as string)) fail(`one of ${spec.choices.join(', ')}`);
+      return value;
+    case 'string-or-list': {
+      const list = Array.isArray(value) ? value : [value];
+      if (!list.every((v) => typeof v === 'string')) fail('a string or a list of strings');
+      if (spec.choices) {
+        for (const v of list) if (!spec.choices.includes(v as string)) fail(`one of ${spec.choices.join(', ')}`);
+      }
+      return value;
+    }
+    case 'object':
+      if (typeof value !== 'object' || Array.isArray(value)) fail('a mapping');
+      return value;
+    default:
+      return value;
+  }
+}
+
+/**
+ * Checks raw key/value pairs (from YAML or flags) for one stage and returns the implemented
+ * ones, coerced. Throws UsageError naming the key for unknown or unsupported keys.
+ */
+export function checkKeys(raw: Record<string, unknown>, stage: Stage, where: string): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(raw)) {
+    const spec = (KEYS as Record<string, KeySpec>)[name];
+    if (spec) {
+      if (spec.stages && !spec.stages.includes(stage)) {
+        throw new UsageError(`${where}: '${name}' is a ${spec.stages.join('/')} key, not a ${stage} key`);
+      }
+      out[spec.aliasOf ?? name] = coerce(name, spec, value, where);
+      continue;
+    }
+    const knownKey = known.keys[name];
+    const handbookDefault = name in HANDBOOK_KEYS ? HANDBOOK_KEYS[name] : undefined;
+    if (!knownKey && handbookDefault === undefined && !(name in HANDBOOK_KEYS)) {
+      throw new UsageError(`${where}: unknown key '${name}' (not a zephyr-native, TRL or transformers setting)`);
+    }
+    const defaultValue = knownKey ? knownKey.default : handbookDefault;
+    const same = SAME_BEHAVIOUR[name];
+    if (value === null || deepEqual(value, defaultValue) || (same && same(value))) continue;
+    throw new UsageError(
+      `${where}: '${name}: ${JSON.stringify(value)}' is not supported by zephyr-native ` +
+        `(only the default ${JSON.stringify(defaultValue)} is accepted)`,
+    );
+  }
+  return out;
+}
+
+/** Parses a YAML recipe file into a plain mapping, with the file named in errors. */
+export function readRecipeFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new UsageError(`cannot read recipe ${path}: ${(error as Error).message}`);
+  }
+  let document: unknown;
+  try {
+    document = parseYaml(text);
+  } catch (error) {
+    throw new UsageError(`${path}: not valid YAML: ${(error as Error).message.split('\n')[0]}`);
+  }
+  if (document === null || document === undefined) return {};
+  if (typeof document !== 'object' || Array.isArray(document)) {
+    throw new UsageError(`${path}: a recipe must be a mapping of keys to values`);
+  }
+  return document as Record<string, unknown>;
+}
+
+/** Stage defaults that differ between SFT and DPO (TRL's). */
+const STAGE_DEFAULTS: Record<Stage, Partial<Record<KeyName, unknown>>> = {
+  sft: { learning_rate: 2e-5 },
+  dpo: { learning_rate: 1e-6 },
+};
+
+/**
+ * Builds one stage's configuration from layers applied in order (later wins): defaults, then
+ * each layer (e.g. the recipe file, then CLI flags).
+ */
+export function resolveStage(stage: Stage, layers: { values: Record<string, unknown>; where: string }[]): StageConfig {
+  const values = {} as Record<KeyName, unknown>;
+  const origin: StageConfig['origin'] = {};
+  for (const [name, spec] of Object.entries(KEYS) as [KeyName, KeySpec][]) {
+    if (spec.aliasOf) continue;
+    if (spec.stages && !spec.stages.includes(stage)) continue;
+    values[name] = STAGE_DEFAULTS[stage][name] ?? spec.default;
+    origin[name] = 'default';
+  }
+  for (const layer of layers) {
+    for (const [name, value] of Object.entries(checkKeys(layer.values, stage, layer.where))) {
+      values[name as KeyName] = value;
+      origin[name as KeyName] = layer.where;
+    }
+  }
+  return { stage, values, origin };
+}
+
+/** Help lines for every implemented key of a stage (for --help and the README). */
+export function describeKeys(stage: Stage): { name: string; kind: string; default: unknown; help: string }[] {
+  return (Object.entries(KEYS) as [string, KeySpec][])
+    .filter(([, spec]) => !spec.stages || spec.stages.includes(stage))
+    .map(([name, spec]) => ({ name, kind: spec.kind, default: STAGE_DEFAULTS[stage][name as KeyName] ?? spec.default, help: spec.help }));
+}
+
+export const STAGES: readonly Stage[] = BOTH;

@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+import { UsageError } from '../lib/errors.js';
+import { readRecipeFile, resolveStage } from '../lib/train/config.js';
+
+describe('training configuration', () => {
+  it('layers defaults, recipe and flags (flags win) with TRL stage defaults', () => {
+    const config = resolveStage('dpo', [
+      { values: { learning_rate: 5e-7, beta: 0.01, num_train_epochs: 1 }, where: 'recipe.yaml' },
+      { values: { beta: '0.1' }, where: 'command line' },
+    ]);
+    assert.equal(config.values.learning_rate, 5e-7);
+    assert.equal(config.values.beta, 0.1);
+    assert.equal(config.origin.beta, 'command line');
+    assert.equal(config.values.gradient_accumulation_steps, 1);
+    assert.equal(resolveStage('sft', []).values.learning_rate, 2e-5);
+    assert.equal(resolveStage('dpo', []).values.learning_rate, 1e-6);
+  });
+
+  it('an unknown key is an error naming it', () => {
+    assert.throws(
+      () => resolveStage('sft', [{ values: { learnig_rate: 1 }, where: 'r.yaml' }]),
+      (e: unknown) => e instanceof UsageError && /r\.yaml: unknown key 'learnig_rate'/.test(e.message),
+    );
+  });
+
+  it('a known but unimplemented key is accepted at its default and rejected otherwise', () => {
+    assert.doesNotThrow(() => resolveStage('sft', [{ values: { push_to_hub: false, use_liger_kernel: false }, where: 'r' }]));
+    assert.throws(() => resolveStage('sft', [{ values: { push_to_hub: true }, where: 'r' }]), /'push_to_hub: true' is not supported/);
+    assert.throws(() => resolveStage('dpo', [{ values: { f_divergence_type: 'js_divergence' }, where: 'r' }]), /not supported/);
+    assert.doesNotThrow(() => resolveStage('dpo', [{ values: { f_divergence_type: 'reverse_kl', use_cpu: true }, where: 'r' }]));
+  });
+
+  it('a key of the other stage or a bad value is an error naming it', () => {
+    assert.throws(() => resolveStage('sft', [{ values: { beta: 0.1 }, where: 'r' }]), /'beta' is a dpo key/);
+    assert.throws(() => resolveStage('sft', [{ values: { max_steps: 1.5 }, where: 'r' }]), /'max_steps' must be an integer/);
+    assert.throws(() => resolveStage('sft', [{ values: { lr_scheduler_type: 'polynomial' }, where: 'r' }]), /one of linear/);
+  });
+
+  it('reads an alignment-handbook style recipe', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'zn-recipe-'));
+    const file = join(dir, 'dpo.yaml');
+    writeFileSync(
+      file,
+      [
+        'model_name_or_path: some/model',
+        'torch_dtype: null',
+        'bf16: true',
+        'beta: 0.01',
+        'gradient_checkpointing_kwargs:',
+        '  use_reentrant: False',
+        'optim: adamw_torch',
+        'lr_scheduler_type: cosine',
+        'warmup_ratio: 0.1',
+        'report_to: []',
+      ].join('\n'),
+    );
+    const config = resolveStage('dpo', [{ values: readRecipeFile(file), where: file }]);
+    assert.equal(config.values.bf16, true);
+    assert.equal(config.values.lr_scheduler_type, 'cosine');
+    assert.equal(config.values.warmup_ratio, 0.1);
+    writeFileSync(file, 'a: [1, 2\n');
+    assert.throws(() => readRecipeFile(file), /not valid YAML/);
+  });
+});
