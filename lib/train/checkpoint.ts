@@ -1,0 +1,122 @@
+/**
+ * Checkpoints: `output_dir/checkpoint-<step>/` holds the f32 master weights (so a resumed run
+ * continues bit for bit), the AdamW moments, trainer_state.json (HF format, with log_history)
+ * and zephyr_state.json (data cursor, schedule, seed). A checkpoint is written into a temporary
+ * folder, every file fsynced, then renamed into place: a run killed at any instant leaves the
+ * previous checkpoints intact, and a half-written one is never mistaken for a checkpoint.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { ZnError } from '../errors.js';
+import { fsyncDir, publishDir, writeJsonAtomic } from '../io/atomic.js';
+import type { LogEntry, StateFields } from './state.js';
+import { writeTrainerState } from './state.js';
+
+/** Where training stands: enough to continue exactly. */
+export interface Cursor {
+  globalStep: number;
+  epoch: number;
+  /** Micro-batches of `epoch` already consumed. */
+  microBatch: number;
+  tokensSeen: number;
+}
+
+export interface ZephyrState {
+  format: 1;
+  stage: string;
+  cursor: Cursor;
+  seed: number;
+  maxSteps: number;
+  /** Sum of the per-step losses so far (for train_loss at the end). */
+  lossSum: number;
+}
+
+/** What a checkpoint needs from the model. */
+export interface CheckpointableModel {
+  saveCheckpointWeights(dir: string): Promise<void>;
+  saveOptimizerState(file: string): Promise<void>;
+}
+
+const CHECKPOINT = /^checkpoint-(\d+)$/;
+
+export function listCheckpoints(outputDir: string): { step: number; dir: string }[] {
+  if (!existsSync(outputDir)) return [];
+  return readdirSync(outputDir)
+    .map((name) => ({ match: CHECKPOINT.exec(name), name }))
+    .filter((entry) => entry.match && existsSync(join(outputDir, entry.name, 'zephyr_state.json')))
+    .map((entry) => ({ step: Number(entry.match![1]), dir: join(outputDir, entry.name) }))
+    .sort((a, b) => a.step - b.step);
+}
+
+/** Removes leftovers of checkpoints that were being written when a run died. */
+export function removeUnfinishedCheckpoints(outputDir: string): void {
+  if (!existsSync(outputDir)) return;
+  for (const name of readdirSync(outputDir)) {
+    if (name.startsWith('.checkpoint-') && name.includes('.tmp')) rmSync(join(outputDir, name), { recursive: true, force: true });
+  }
+}
+
+export async function saveCheckpoint(
+  outputDir: string,
+  model: CheckpointableModel,
+  state: ZephyrState,
+  trainerState: StateFields,
+  saveTotalLimit: number | null,
+): Promise<string> {
+  mkdirSync(outputDir, { recursive: true });
+  const name = `checkpoint-${state.cursor.globalStep}`;
+  const temp = join(outputDir, `.${name}.tmp-${process.pid}`);
+  rmSync(temp, { recursive: true, force: true });
+  mkdirSync(temp);
+  await model.saveCheckpointWeights(temp);
+  await model.saveOptimizerState(join(temp, 'optimizer.safetensors'));
+  writeTrainerState(temp, trainerState);
+  writeJsonAtomic(join(temp, 'zephyr_state.json'), state);
+  fsyncDir(temp);
+  const finalDir = join(outputDir, name);
+  publishDir(temp, finalDir);
+  rotateCheckpoints(outputDir, saveTotalLimit);
+  return finalDir;
+}
+
+function rotateCheckpoints(outputDir: string, limit: number | null): void {
+  if (limit === null || limit <= 0) return;
+  const all = listCheckpoints(outputDir);
+  for (const old of all.slice(0, Math.max(0, all.length - limit))) rmSync(old.dir, { recursive: true, force: true });
+}
+
+export interface LoadedCheckpoint {
+  dir: string;
+  state: ZephyrState;
+  logHistory: LogEntry[];
+}
+
+/** `resume_from_checkpoint`: a folder, or true for the latest in output_dir. */
+export function findCheckpoint(outputDir: string, resume: unknown): string | null {
+  if (resume === null || resume === undefined || resume === false || resume === 'false') return null;
+  if (resume === true || resume === 'true') {
+    const latest = listCheckpoints(outputDir).pop();
+    if (!latest) throw new ZnError(`resume_from_checkpoint: no checkpoint-<step> folder in ${outputDir}`);
+    return latest.dir;
+  }
+  if (typeof resume !== 'string') throw new ZnError(`resume_from_checkpoint must be a folder or true, got ${JSON.stringify(resume)}`);
+  if (!existsSync(join(resume, 'zephyr_state.json'))) {
+    throw new ZnError(`resume_from_checkpoint: ${resume} is not a zephyr-native checkpoint (no zephyr_state.json)`);
+  }
+  return resume;
+}
+
+export function readCheckpoint(dir: string): LoadedCheckpoint {
+  const read = (file: string): unknown => {
+    try {
+      return JSON.parse(readFileSync(join(dir, file), 'utf8'));
+    } catch (error) {
+      throw new ZnError(`${join(dir, file)}: ${(error as Error).message}`);
+    }
+  };
+  const state = read('zephyr_state.json') as ZephyrState;
+  if (state.format !== 1 || !state.cursor) throw new ZnError(`${join(dir, 'zephyr_state.json')}: unknown format`);
+  const trainer = read('trainer_state.json') as { log_history?: LogEntry[] };
+  return { dir, state, logHistory: trainer.log_history ?? [] };
+}

@@ -1,0 +1,273 @@
+/**
+ * The training loop shared by SFT and DPO, with HF Trainer's bookkeeping: epochs or max_steps,
+ * gradient accumulation, the learning-rate schedule, clipping, logging every `logging_steps`,
+ * evaluation, checkpoints every `save_steps`, exact resume, and a clean stop on SIGINT/SIGTERM,
+ * an AbortSignal or a non-finite loss.
+ *
+ * What differs between SFT and DPO (how a micro-batch becomes a loss and per-token gradients)
+ * lives in an Objective.
+ */
+import { EventEmitter } from 'node:events';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { ZnError } from '../errors.js';
+import { type CheckpointableModel, type Cursor, findCheckpoint, readCheckpoint, removeUnfinishedCheckpoints, saveCheckpoint, type ZephyrState } from './checkpoint.js';
+import { lrAt, type ScheduleConfig } from './schedule.js';
+import { type LogEntry, MetricsStream, type StateFields, writeTrainerState } from './state.js';
+
+export interface OptimizerSettings {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  maxGradNorm: number;
+}
+
+/** The model operations the loop needs (the native model implements them). */
+export interface LoopModel extends CheckpointableModel {
+  zeroGrad(): void;
+  clipAndStep(options: OptimizerSettings & { lr: number }): Promise<{ gradNorm: number }>;
+  loadCheckpoint(dir: string): Promise<void>;
+}
+
+export interface StepResult {
+  /** The step's loss as HF logs it (sum over its micro-batches of their share). */
+  loss: number;
+  /** Per-micro-batch metric means, averaged at logging time as TRL does. */
+  metrics: Record<string, number>[];
+  tokens: number;
+}
+
+export interface Objective<Example> {
+  /** Forward and backward over one optimizer step's micro-batches; gradients accumulate. */
+  accumulate(microBatches: Example[][]): Promise<StepResult>;
+  /** Metrics on held-out batches (names without the eval_ prefix). */
+  evaluate(batches: Example[][]): Promise<Record<string, number>>;
+}
+
+export interface LoopSettings {
+  stage: string;
+  outputDir: string;
+  seed: number;
+  numTrainEpochs: number;
+  maxSteps: number;
+  batchSize: number;
+  evalBatchSize: number;
+  gradientAccumulationSteps: number;
+  schedule: Omit<ScheduleConfig, 'totalSteps'>;
+  optimizer: OptimizerSettings;
+  loggingSteps: number;
+  loggingFirstStep: boolean;
+  evalStrategy: 'no' | 'steps' | 'epoch';
+  evalSteps: number;
+  saveStrategy: 'no' | 'steps' | 'epoch';
+  saveSteps: number;
+  saveTotalLimit: number | null;
+  resumeFromCheckpoint: unknown;
+}
+
+export interface LoopEvents {
+  log: [LogEntry];
+  checkpoint: [string];
+}
+
+export class TrainingEvents extends EventEmitter<LoopEvents> {}
+
+export interface LoopResult {
+  globalStep: number;
+  trainLoss: number;
+  logHistory: LogEntry[];
+  stoppedEarly: boolean;
+}
+
+/** A seeded permutation of [0, n) per epoch (xorshift-multiply PRNG, Fisher-Yates). */
+export function epochOrder(n: number, seed: number, epoch: number): number[] {
+  let state = (BigInt.asUintN(64, BigInt(seed) * 0x9e3779b97f4a7c15n + BigInt(epoch + 1) * 0xbf58476d1ce4e5b9n) | 1n);
+  const next = (): bigint => {
+    state ^= state << 13n;
+    state = BigInt.asUintN(64, state);
+    state ^= state >> 7n;
+    state ^= state << 17n;
+    state = BigInt.asUintN(64, state);
+    return state;
+  };
+  const order = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Number(next() % BigInt(i + 1));
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  return order;
+}
+
+/** HF Trainer: update steps per epoch = ceil(micro-batches / accumulation). */
+export function stepsPerEpoch(examples: number, batchSize: number, accumulation: number): number {
+  return Math.ceil(Math.ceil(examples / batchSize) / accumulation);
+}
+
+export function totalSteps(examples: number, settings: Pick<LoopSettings, 'maxSteps' | 'numTrainEpochs' | 'batchSize' | 'gradientAccumulationSteps'>): number {
+  if (settings.maxSteps > 0) return settings.maxSteps;
+  return Math.ceil(settings.numTrainEpochs * stepsPerEpoch(examples, settings.batchSize, settings.gradientAccumulationSteps));
+}
+
+function meanOf(records: Record<string, number>[]): Record<string, number> {
+  const sums: Record<string, number> = {};
+  for (const record of records) for (const [k, v] of Object.entries(record)) sums[k] = (sums[k] ?? 0) + v;
+  return Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, v / records.length]));
+}
+
+export async function runLoop<Example>(
+  model: LoopModel,
+  objective: Objective<Example>,
+  train: Example[],
+  evalSet: Example[],
+  settings: LoopSettings,
+  events: TrainingEvents,
+  signal?: AbortSignal,
+): Promise<LoopResult> {
+  if (train.length === 0) throw new ZnError(`${settings.stage}: the training set is empty`);
+  mkdirSync(settings.outputDir, { recursive: true });
+  removeUnfinishedCheckpoints(settings.outputDir);
+  const microPerEpoch = Math.ceil(train.length / settings.batchSize);
+  const maxSteps = totalSteps(train.length, settings);
+  const schedule: ScheduleConfig = { ...settings.schedule, totalSteps: maxSteps };
+  const metricsStream = MetricsStream.inDir(settings.outputDir);
+
+  let cursor: Cursor = { globalStep: 0, epoch: 0, microBatch: 0, tokensSeen: 0 };
+  let logHistory: LogEntry[] = [];
+  let lossSum = 0;
+  const resumeDir = findCheckpoint(settings.outputDir, settings.resumeFromCheckpoint);
+  if (resumeDir) {
+    const loaded = readCheckpoint(resumeDir);
+    if (loaded.state.stage !== settings.stage) throw new ZnError(`${resumeDir} is a ${loaded.state.stage} checkpoint, not ${settings.stage}`);
+    await model.loadCheckpoint(resumeDir);
+    cursor = loaded.state.cursor;
+    logHistory = loaded.logHistory;
+    lossSum = loaded.state.lossSum;
+    // The metrics stream restarts from what the checkpoint knew.
+    writeFileSync(join(settings.outputDir, 'metrics.jsonl'), logHistory.map((e) => `${JSON.stringify(e)}\n`).join(''));
+  } else {
+    writeFileSync(join(settings.outputDir, 'metrics.jsonl'), '');
+  }
+
+  let stopRequested = signal?.aborted ?? false;
+  const requestStop = (): void => {
+    stopRequested = true;
+  };
+  signal?.addEventListener('abort', requestStop);
+  process.on('SIGINT', requestStop);
+  process.on('SIGTERM', requestStop);
+
+  const epochFloat = (): number => cursor.epoch + cursor.microBatch / microPerEpoch;
+  const stateFields = (): StateFields => ({
+    globalStep: cursor.globalStep,
+    epoch: epochFloat(),
+    maxSteps,
+    numTrainEpochs: settings.maxSteps > 0 ? Math.ceil(maxSteps / stepsPerEpoch(train.length, settings.batchSize, settings.gradientAccumulationSteps)) : settings.numTrainEpochs,
+    loggingSteps: settings.loggingSteps,
+    evalSteps: settings.evalSteps,
+    saveSteps: settings.saveSteps,
+    trainBatchSize: settings.batchSize,
+    tokensSeen: cursor.tokensSeen,
+    logHistory,
+  });
+  const log = (entry: LogEntry): void => {
+    logHistory.push(entry);
+    metricsStream.append(entry);
+    events.emit('log', entry);
+  };
+  const checkpoint = async (): Promise<void> => {
+    const state: ZephyrState = { format: 1, stage: settings.stage, cursor, seed: settings.seed, maxSteps, lossSum };
+    const dir = await saveCheckpoint(settings.outputDir, model, state, stateFields(), settings.saveTotalLimit);
+    events.emit('checkpoint', dir);
+  };
+  const evaluate = async (): Promise<void> => {
+    if (evalSet.length === 0) return;
+    const batches: Example[][] = [];
+    for (let i = 0; i < evalSet.length; i += settings.evalBatchSize) batches.push(evalSet.slice(i, i + settings.evalBatchSize));
+    const metrics = await objective.evaluate(batches);
+    log({ ...Object.fromEntries(Object.entries(metrics).map(([k, v]) => [`eval_${k}`, v])), epoch: epochFloat(), step: cursor.globalStep });
+  };
+
+  let order = epochOrder(train.length, settings.seed, cursor.epoch);
+  let windowLoss = 0;
+  let windowSteps = 0;
+  let windowMetrics: Record<string, number>[] = [];
+  let stoppedEarly = false;
+  const started = Date.now();
+  try {
+    while (cursor.globalStep < maxSteps) {
+      if (stopRequested) {
+        stoppedEarly = true;
+        break;
+      }
+      // One optimizer step: up to `gradientAccumulationSteps` micro-batches, never across an epoch end.
+      const micro: Example[][] = [];
+      while (micro.length < settings.gradientAccumulationSteps && cursor.microBatch < microPerEpoch) {
+        const begin = cursor.microBatch * settings.batchSize;
+        micro.push(order.slice(begin, begin + settings.batchSize).map((i) => train[i]));
+        cursor = { ...cursor, microBatch: cursor.microBatch + 1 };
+      }
+      model.zeroGrad();
+      const result = await objective.accumulate(micro);
+      if (!Number.isFinite(result.loss)) {
+        throw new ZnError(
+          `${settings.stage}: non-finite loss (${result.loss}) at step ${cursor.globalStep + 1}; stopped, the last good checkpoint is kept`,
+        );
+      }
+      const lr = lrAt(schedule, cursor.globalStep);
+      const { gradNorm } = await model.clipAndStep({ ...settings.optimizer, lr });
+      cursor = { ...cursor, globalStep: cursor.globalStep + 1, tokensSeen: cursor.tokensSeen + result.tokens };
+      lossSum += result.loss;
+      windowLoss += result.loss;
+      windowSteps += 1;
+      windowMetrics = windowMetrics.concat(result.metrics);
+      const epochEnded = cursor.microBatch >= microPerEpoch;
+
+      const logNow =
+        cursor.globalStep % settings.loggingSteps === 0 || (settings.loggingFirstStep && cursor.globalStep === 1) || cursor.globalStep === maxSteps;
+      if (logNow) {
+        log({
+          loss: windowLoss / windowSteps,
+          grad_norm: gradNorm,
+          learning_rate: lrAt(schedule, cursor.globalStep),
+          ...meanOf(windowMetrics),
+          epoch: epochFloat(),
+          step: cursor.globalStep,
+        });
+        windowLoss = 0;
+        windowSteps = 0;
+        windowMetrics = [];
+      }
+      if (epochEnded) {
+        cursor = { ...cursor, epoch: cursor.epoch + 1, microBatch: 0 };
+        order = epochOrder(train.length, settings.seed, cursor.epoch);
+      }
+      if ((settings.evalStrategy === 'steps' && cursor.globalStep % settings.evalSteps === 0) || (settings.evalStrategy === 'epoch' && epochEnded)) {
+        await evaluate();
+      }
+      const saveNow =
+        (settings.saveStrategy === 'steps' && cursor.globalStep % settings.saveSteps === 0) || (settings.saveStrategy === 'epoch' && epochEnded);
+      if (saveNow && cursor.globalStep < maxSteps) await checkpoint();
+    }
+    if (stoppedEarly) {
+      await checkpoint();
+    } else {
+      const runtime = (Date.now() - started) / 1000;
+      log({
+        train_runtime: runtime,
+        train_steps_per_second: cursor.globalStep / Math.max(runtime, 1e-9),
+        total_flos: 0,
+        train_loss: lossSum / Math.max(1, cursor.globalStep),
+        epoch: epochFloat(),
+        step: cursor.globalStep,
+      });
+    }
+    writeTrainerState(settings.outputDir, stateFields());
+  } finally {
+    signal?.removeEventListener('abort', requestStop);
+    process.off('SIGINT', requestStop);
+    process.off('SIGTERM', requestStop);
+  }
+  return { globalStep: cursor.globalStep, trainLoss: lossSum / Math.max(1, cursor.globalStep), logHistory, stoppedEarly };
+}
