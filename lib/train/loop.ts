@@ -230,7 +230,8 @@ export async function runLoop<Example>(
         log({
           loss: windowLoss / windowSteps,
           grad_norm: gradNorm,
-          learning_rate: lrAt(schedule, cursor.globalStep),
+          // transformers 5 logs the rate this update used (read before the scheduler steps).
+          learning_rate: lr,
           ...meanOf(windowMetrics),
           epoch: epochFloat(),
           step: cursor.globalStep,
