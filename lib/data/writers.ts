@@ -17,6 +17,7 @@ import { basename, dirname, extname, join } from 'node:path';
 import { ByteWriter, parquetWriteRows } from 'hyparquet-writer';
 
 import { ZnError } from '../errors.js';
+import { fsyncDir } from '../io/atomic.js';
 
 /** hyparquet-writer's schema element type (it pins its own hyparquet). */
 type SchemaElement = NonNullable<Parameters<typeof parquetWriteRows>[0]['schema']>[number];
@@ -47,7 +48,10 @@ export async function writeRows(
   return atomically(path, (handle) => (ext === '.jsonl' ? writeJsonl(handle, rows) : writeParquet(handle, rows, options)));
 }
 
-/** Runs `write` on a temporary file next to `path`, fsyncs it and renames it over `path`. */
+/**
+ * Runs `write` on a temporary file next to `path`, fsyncs it and renames it over `path`: the
+ * streaming counterpart of io/atomic.ts's writeFileAtomic, for outputs too big to build in memory.
+ */
 async function atomically<T>(path: string, write: (handle: FileHandle) => Promise<T>): Promise<T> {
   const temp = join(dirname(path), `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   const handle = await open(temp, 'w');
@@ -56,21 +60,13 @@ async function atomically<T>(path: string, write: (handle: FileHandle) => Promis
     await handle.sync();
     await handle.close();
     await rename(temp, path);
-    await syncFolder(dirname(path));
+    fsyncDir(dirname(path));
     return result;
   } catch (error) {
     await handle.close().catch(() => undefined);
     await rm(temp, { force: true });
     throw error;
   }
-}
-
-/** Makes a rename durable: the folder entry itself is fsynced (a no-op where unsupported). */
-async function syncFolder(folder: string): Promise<void> {
-  const handle = await open(folder, 'r').catch(() => undefined);
-  if (!handle) return;
-  await handle.sync().catch(() => undefined);
-  await handle.close();
 }
 
 async function writeJsonl(handle: FileHandle, rows: Iterable<object> | AsyncIterable<object>): Promise<{ rows: number }> {
