@@ -1,41 +1,457 @@
-// Baseline GEMM: correct, threaded over rows of C, no SIMD blocking yet.
+// GEMM: C = alpha * op(A) · op(B) + beta * C (contract in gemm.h), blocked as BLIS does:
+//   for jc over N in NC columns, pc over K in KC steps: pack the KC x NC block of op(B) once
+//     for ic over M in MC rows (spread over the thread pool): pack the MC x KC block of op(A)
+//       for jr over NR-wide panels of B (one stays in L1), ir over MR-tall panels of A (in L2):
+//         the micro-kernel keeps an MR x NR tile of C in registers for the whole KC sweep.
+// Packed panels are lane-major: a panel of W lanes (rows of op(A) or columns of op(B)) stores,
+// for each step along K, its W lane values side by side, so the micro-kernel reads both
+// operands sequentially whatever the transposes, dtypes and leading dimensions were.
+//   F32Lanes:  one f32 per (lane, k). bf16 inputs are widened exactly while packing, so the
+//              AVX2 kernel runs bf16 GEMMs at f32 speed with bf16-exact products.
+//   Bf16Pairs: one u32 per (lane, k pair), bf16(k) in the low half and bf16(k+1) in the high
+//              half: the operand format of vdpbf16ps, which adds both exact products to f32.
+// The scalar path packs bf16 GEMMs as Bf16Pairs too, so everything around the AVX-512 micro-
+// kernel (packing, blocking, edges) is tested on machines without AVX-512.
 #include "kernels/cpu/gemm.h"
 
-#include <vector>
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
 
 #include "core/bf16.h"
+#include "core/cpu_features.h"
 #include "core/errors.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/gemm_internal.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define ZN_GEMM_X86 1
+#endif
 
 namespace zn::cpu {
 
 namespace {
 
-float load(const Matrix& m, long row, long col, bool round_to_bf16) {
-  const long index = row * m.ld + col;
-  float x = m.dtype == DType::F32 ? static_cast<const float*>(m.data)[index]
-                                  : bf16_to_f32(static_cast<const bf16*>(m.data)[index]);
-  return round_to_bf16 ? bf16_to_f32(f32_to_bf16(x)) : x;
+enum class Layout { F32Lanes, Bf16Pairs };
+
+long ceil_div(long a, long b) { return (a + b - 1) / b; }
+long round_up(long a, long b) { return ceil_div(a, b) * b; }
+
+// Writes C = alpha * acc + beta * C over an m x n tile; C is not read when beta == 0, so NaN
+// garbage in an output buffer never leaks into the result.
+void update_tile(const float* acc, long acc_ld, long m, long n, float* c, long ldc, float alpha,
+                 float beta) {
+  for (long r = 0; r < m; ++r) {
+    for (long j = 0; j < n; ++j) {
+      float& out = c[r * ldc + j];
+      const float product = alpha * acc[r * acc_ld + j];
+      out = beta == 0.0f ? product : product + beta * out;
+    }
+  }
+}
+
+// ---- Micro-kernels: C_tile = alpha * (A panel · B panel) + beta * C_tile over `steps` packed
+// ---- steps (k values for F32Lanes, k pairs for Bf16Pairs).
+
+template <int MR, int NR>
+void tile_scalar_f32(long steps, const float* a, const float* b, float* c, long ldc, float alpha,
+                     float beta) {
+  float acc[MR][NR] = {};
+  for (long p = 0; p < steps; ++p, a += MR, b += NR) {
+    for (int r = 0; r < MR; ++r) {
+      for (int j = 0; j < NR; ++j) acc[r][j] += a[r] * b[j];
+    }
+  }
+  update_tile(&acc[0][0], NR, MR, NR, c, ldc, alpha, beta);
+}
+
+float low_bf16(uint32_t pair) { return bf16_to_f32(bf16{uint16_t(pair)}); }
+float high_bf16(uint32_t pair) { return bf16_to_f32(bf16{uint16_t(pair >> 16)}); }
+
+// What vdpbf16ps computes, one lane at a time: products of bf16 values are exact in f32.
+template <int MR, int NR>
+void tile_scalar_bf16_pairs(long steps, const uint32_t* a, const uint32_t* b, float* c, long ldc,
+                            float alpha, float beta) {
+  float acc[MR][NR] = {};
+  for (long q = 0; q < steps; ++q, a += MR, b += NR) {
+    for (int r = 0; r < MR; ++r) {
+      const float a_low = low_bf16(a[r]), a_high = high_bf16(a[r]);
+      for (int j = 0; j < NR; ++j) {
+        acc[r][j] += a_high * high_bf16(b[j]);
+        acc[r][j] += a_low * low_bf16(b[j]);
+      }
+    }
+  }
+  update_tile(&acc[0][0], NR, MR, NR, c, ldc, alpha, beta);
+}
+
+#ifdef ZN_GEMM_X86
+
+// 6 x 16: 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm registers; per k step
+// 2 loads and 6 broadcasts feed 12 FMAs, which keeps both FMA pipes of a core busy.
+__attribute__((target("avx2,fma"))) void tile_avx2_6x16(long steps, const float* a,
+                                                         const float* b, float* c, long ldc,
+                                                         float alpha, float beta) {
+  constexpr int MR = 6;
+  __m256 acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (long p = 0; p < steps; ++p, a += MR, b += 16) {
+    const __m256 b0 = _mm256_load_ps(b);
+    const __m256 b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      const __m256 ar = _mm256_broadcast_ss(a + r);
+      acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+    }
+  }
+  const __m256 va = _mm256_set1_ps(alpha);
+  const __m256 vb = _mm256_set1_ps(beta);
+  for (int r = 0; r < MR; ++r) {
+    for (int h = 0; h < 2; ++h) {
+      float* out = c + r * ldc + 8 * h;
+      __m256 v = _mm256_mul_ps(va, acc[r][h]);
+      if (beta != 0.0f) v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(out), v);
+      _mm256_storeu_ps(out, v);
+    }
+  }
+}
+
+// 12 x 32: 24 zmm accumulators, 2 B vectors (16 columns x 1 k pair each) and 1 broadcast A
+// pair; each vdpbf16ps does 32 multiply-adds.
+__attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) void tile_avx512bf16_12x32(
+    long steps, const uint32_t* a, const uint32_t* b, float* c, long ldc, float alpha,
+    float beta) {
+  constexpr int MR = 12;
+  __m512 acc[MR][2];
+  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (long q = 0; q < steps; ++q, a += MR, b += 32) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(int(a[r]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __m512 vb = _mm512_set1_ps(beta);
+  for (int r = 0; r < MR; ++r) {
+    for (int h = 0; h < 2; ++h) {
+      float* out = c + r * ldc + 16 * h;
+      __m512 v = _mm512_mul_ps(va, acc[r][h]);
+      if (beta != 0.0f) v = _mm512_fmadd_ps(vb, _mm512_loadu_ps(out), v);
+      _mm512_storeu_ps(out, v);
+    }
+  }
+}
+
+#endif  // ZN_GEMM_X86
+
+// ---- Kernels: a packed layout, a register tile, cache blocks and a micro-kernel.
+// MC x KC of A stays in L2 and KC x NR of B in L1 (sized for 512 KiB L2 / 32 KiB L1 and up).
+
+template <typename P>
+using TileFn = void (*)(long steps, const P* a, const P* b, float* c, long ldc, float alpha,
+                        float beta);
+
+struct ScalarF32 {
+  using Packed = float;
+  static constexpr Layout layout = Layout::F32Lanes;
+  static constexpr int MR = 6, NR = 16;
+  static constexpr long MC = 144, KC = 256, NC = 3072;
+  static constexpr TileFn<Packed> tile = tile_scalar_f32<MR, NR>;
+};
+
+struct ScalarBf16Pairs {
+  using Packed = uint32_t;
+  static constexpr Layout layout = Layout::Bf16Pairs;
+  static constexpr int MR = 12, NR = 32;
+  static constexpr long MC = 192, KC = 256, NC = 3072;
+  static constexpr TileFn<Packed> tile = tile_scalar_bf16_pairs<MR, NR>;
+};
+
+#ifdef ZN_GEMM_X86
+struct Avx2F32 : ScalarF32 {
+  static constexpr TileFn<Packed> tile = tile_avx2_6x16;
+};
+
+struct Avx512Bf16Pairs : ScalarBf16Pairs {
+  static constexpr TileFn<Packed> tile = tile_avx512bf16_12x32;
+};
+#endif
+
+// ---- Packing.
+
+// Element (lane, depth) of an operand as the kernels see it: lanes are rows of op(A) or
+// columns of op(B), depth runs along K.
+struct Source {
+  const void* data;
+  DType dtype;
+  long lane_stride, depth_stride;
+};
+
+Source a_source(const Matrix& A, bool trans_a) {
+  return {A.data, A.dtype, trans_a ? 1 : A.ld, trans_a ? A.ld : 1};
+}
+
+Source b_source(const Matrix& B, bool trans_b) {
+  return {B.data, B.dtype, trans_b ? B.ld : 1, trans_b ? 1 : B.ld};
+}
+
+struct KeepF32 {
+  float operator()(float x) const { return x; }
+};
+struct RoundF32ToBf16 {
+  float operator()(float x) const { return bf16_to_f32(f32_to_bf16(x)); }
+};
+struct WidenBf16 {
+  float operator()(bf16 x) const { return bf16_to_f32(x); }
+};
+struct Bf16BitsOfF32 {
+  uint32_t operator()(float x) const { return f32_to_bf16(x).bits; }
+};
+struct Bf16Bits {
+  uint32_t operator()(bf16 x) const { return x.bits; }
+};
+
+// dst[d * W + l] = convert(src(l, d)) for l < lanes, 0 for the padding lanes up to W.
+template <int W, typename T, typename Convert>
+void pack_f32_lanes(const T* src, long lane_stride, long depth_stride, long lanes, long depth,
+                    Convert convert, float* dst) {
+  if (lane_stride == 1) {  // lanes contiguous: copy row by row of the packed panel
+    for (long d = 0; d < depth; ++d) {
+      const T* s = src + d * depth_stride;
+      float* out = dst + d * W;
+      long l = 0;
+      for (; l < lanes; ++l) out[l] = convert(s[l]);
+      for (; l < W; ++l) out[l] = 0.0f;
+    }
+    return;
+  }
+  for (long l = 0; l < lanes; ++l) {  // depth contiguous: read each lane sequentially
+    const T* s = src + l * lane_stride;
+    for (long d = 0; d < depth; ++d) dst[d * W + l] = convert(s[d * depth_stride]);
+  }
+  for (long l = lanes; l < W; ++l) {
+    for (long d = 0; d < depth; ++d) dst[d * W + l] = 0.0f;
+  }
+}
+
+// dst[q * W + l] = bf16(src(l, 2q)) | bf16(src(l, 2q + 1)) << 16, zero past `lanes` and `depth`.
+template <int W, typename T, typename Bits>
+void pack_bf16_pairs(const T* src, long lane_stride, long depth_stride, long lanes, long depth,
+                     Bits bits, uint32_t* dst) {
+  const long pairs = ceil_div(depth, 2);
+  for (long l = 0; l < W; ++l) {
+    for (long q = 0; q < pairs; ++q) {
+      uint32_t low = 0, high = 0;
+      if (l < lanes) {
+        const T* s = src + l * lane_stride + 2 * q * depth_stride;
+        low = bits(s[0]);
+        if (2 * q + 1 < depth) high = bits(s[depth_stride]);
+      }
+      dst[q * W + l] = low | (high << 16);
+    }
+  }
+}
+
+// Packs lanes [lane0, lane0 + lanes) x depth [depth0, depth0 + depth) of `src` as one panel.
+template <Layout L, int W, typename P>
+void pack_panel(const Source& src, long lane0, long depth0, long lanes, long depth,
+                bool round_to_bf16, P* dst) {
+  const long offset = lane0 * src.lane_stride + depth0 * src.depth_stride;
+  const long ls = src.lane_stride, ds = src.depth_stride;
+  const float* f32 = static_cast<const float*>(src.data) + offset;
+  const bf16* b16 = static_cast<const bf16*>(src.data) + offset;
+  if constexpr (L == Layout::F32Lanes) {
+    if (src.dtype == DType::BF16) pack_f32_lanes<W>(b16, ls, ds, lanes, depth, WidenBf16{}, dst);
+    else if (round_to_bf16) pack_f32_lanes<W>(f32, ls, ds, lanes, depth, RoundF32ToBf16{}, dst);
+    else pack_f32_lanes<W>(f32, ls, ds, lanes, depth, KeepF32{}, dst);
+  } else {
+    if (src.dtype == DType::BF16) pack_bf16_pairs<W>(b16, ls, ds, lanes, depth, Bf16Bits{}, dst);
+    else pack_bf16_pairs<W>(f32, ls, ds, lanes, depth, Bf16BitsOfF32{}, dst);
+  }
+}
+
+// ---- Driver.
+
+// A growable 64-byte-aligned buffer; one per thread and role, kept between calls.
+class Scratch {
+ public:
+  template <typename T>
+  T* get(long count) {
+    const size_t bytes = size_t(round_up(count * long(sizeof(T)), 64));
+    if (bytes > size_) {
+      data_.reset();
+      size_ = 0;
+      data_.reset(static_cast<char*>(std::aligned_alloc(64, bytes)));
+      ZN_CHECK(data_ != nullptr, "gemm: cannot allocate ", bytes, " bytes of packing buffer");
+      size_ = bytes;
+    }
+    return reinterpret_cast<T*>(data_.get());
+  }
+
+ private:
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  std::unique_ptr<char, Free> data_;
+  size_t size_ = 0;
+};
+
+thread_local Scratch a_scratch;
+thread_local Scratch b_scratch;
+
+struct Problem {
+  long M, N, K;
+  float alpha, beta;
+  Source a, b;
+  bool round_to_bf16;
+  float* C;
+  long ldc;
+};
+
+// Below this many multiply-adds a parallel region costs more than it saves.
+constexpr double kParallelMacs = double(1 << 20);
+
+template <class Kernel>
+void gemm_blocked(const Problem& pr) {
+  using P = typename Kernel::Packed;
+  constexpr Layout L = Kernel::layout;
+  constexpr int MR = Kernel::MR, NR = Kernel::NR;
+  constexpr long k_per_step = L == Layout::Bf16Pairs ? 2 : 1;
+  const long mc = std::min(Kernel::MC, round_up(pr.M, MR));
+  const long nc = std::min(Kernel::NC, round_up(pr.N, NR));
+  const long kc_max = std::min(Kernel::KC, pr.K);
+  const bool threaded = double(pr.M) * double(pr.N) * double(pr.K) >= kParallelMacs;
+  P* const b_block = b_scratch.get<P>(ceil_div(kc_max, k_per_step) * nc);
+
+  for (long jc = 0; jc < pr.N; jc += nc) {
+    const long cols = std::min(nc, pr.N - jc);
+    const long b_panels = ceil_div(cols, NR);
+    for (long pc = 0; pc < pr.K; pc += kc_max) {
+      const long kc = std::min(kc_max, pr.K - pc);
+      const long steps = ceil_div(kc, k_per_step);
+      const float beta = pc == 0 ? pr.beta : 1.0f;  // later K blocks accumulate
+
+      auto pack_b = [&](size_t begin, size_t end) {
+        for (long jr = long(begin); jr < long(end); ++jr) {
+          pack_panel<L, NR>(pr.b, jc + jr * NR, pc, std::min<long>(NR, cols - jr * NR), kc,
+                            pr.round_to_bf16, b_block + jr * steps * NR);
+        }
+      };
+      if (threaded) parallel_for(size_t(b_panels), 4, pack_b);
+      else pack_b(0, size_t(b_panels));
+
+      // Work items are MC-row blocks of A; when there are fewer blocks than threads, the B
+      // panels are split too (each part repacks its A block, which is small in that case).
+      const long m_blocks = ceil_div(pr.M, mc);
+      const long n_parts =
+          threaded ? std::clamp<long>(ceil_div(2L * num_threads(), m_blocks), 1, b_panels) : 1;
+      auto block = [&](size_t item) {
+        const long ic = long(item) / n_parts * mc;
+        const long part = long(item) % n_parts;
+        const long rows = std::min(mc, pr.M - ic);
+        const long a_panels = ceil_div(rows, MR);
+        P* const a_block = a_scratch.get<P>(a_panels * steps * MR);
+        for (long ir = 0; ir < a_panels; ++ir) {
+          pack_panel<L, MR>(pr.a, ic + ir * MR, pc, std::min<long>(MR, rows - ir * MR), kc,
+                            pr.round_to_bf16, a_block + ir * steps * MR);
+        }
+        for (long jr = b_panels * part / n_parts; jr < b_panels * (part + 1) / n_parts; ++jr) {
+          const long n = std::min<long>(NR, cols - jr * NR);
+          const P* b_panel = b_block + jr * steps * NR;
+          for (long ir = 0; ir < a_panels; ++ir) {
+            const long m = std::min<long>(MR, rows - ir * MR);
+            const P* a_panel = a_block + ir * steps * MR;
+            float* c = pr.C + (ic + ir * MR) * pr.ldc + jc + jr * NR;
+            if (m == MR && n == NR) {
+              Kernel::tile(steps, a_panel, b_panel, c, pr.ldc, pr.alpha, beta);
+            } else {  // edge tile: compute it whole, write back only the part inside C
+              alignas(64) float tile[MR * NR];
+              Kernel::tile(steps, a_panel, b_panel, tile, NR, 1.0f, 0.0f);
+              update_tile(tile, NR, m, n, c, pr.ldc, pr.alpha, beta);
+            }
+          }
+        }
+      };
+      const size_t items = size_t(m_blocks * n_parts);
+      if (threaded) parallel_for_each(items, block);
+      else for (size_t item = 0; item < items; ++item) block(item);
+    }
+  }
+}
+
+// C = beta * C (alpha == 0 or K == 0: the product contributes nothing and A, B are not read).
+void scale_output(long M, long N, float beta, float* C, long ldc) {
+  for (long i = 0; i < M; ++i) {
+    for (long j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+  }
+}
+
+void check_operand(const char* name, const Matrix& X, bool trans, long rows, long cols) {
+  const long stored_rows = trans ? cols : rows, stored_cols = trans ? rows : cols;
+  ZN_CHECK(X.data != nullptr, "gemm: ", name, " is null for a ", stored_rows, "x", stored_cols,
+           " operand");
+  ZN_CHECK(X.ld >= stored_cols, "gemm: ld", name, "=", X.ld, " is smaller than the ", stored_cols,
+           " columns of the stored ", stored_rows, "x", stored_cols, " ", name,
+           trans ? " (transposed)" : "");
 }
 
 }  // namespace
 
+namespace detail {
+
+bool path_supported(CpuPath path) {
+  const CpuFeatures& f = cpu_features();
+  switch (path) {
+    case CpuPath::Scalar: return true;
+#ifdef ZN_GEMM_X86
+    case CpuPath::Avx2: return f.avx2 && f.fma;
+    // f32 GEMMs on this path run the AVX2 kernel.
+    case CpuPath::Avx512Bf16: return f.avx512f && f.avx512bw && f.avx512bf16 && f.avx2 && f.fma;
+#endif
+    default: return false;
+  }
+}
+
+void gemm_on_path(CpuPath path, bool trans_a, bool trans_b, long M, long N, long K, float alpha,
+                  Matrix A, Matrix B, float beta, float* C, long ldc) {
+  ZN_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M=", M, " N=", N, " K=", K);
+  ZN_CHECK(path_supported(path), "gemm: this CPU cannot run the ", cpu_path_name(path),
+           " path (features: ", cpu_features_string(), ")");
+  if (M == 0 || N == 0) return;
+  ZN_CHECK(C != nullptr, "gemm: C is null for a ", M, "x", N, " output");
+  ZN_CHECK(ldc >= N, "gemm: ldc=", ldc, " is smaller than the ", N, " columns of C");
+  if (K == 0 || alpha == 0.0f) return scale_output(M, N, beta, C, ldc);
+  check_operand("A", A, trans_a, M, K);
+  check_operand("B", B, trans_b, K, N);
+
+  const bool bf16_compute = A.dtype == DType::BF16 || B.dtype == DType::BF16;
+  const Problem problem{M, N, K, alpha, beta, a_source(A, trans_a), b_source(B, trans_b),
+                        bf16_compute, C, ldc};
+  switch (path) {
+#ifdef ZN_GEMM_X86
+    case CpuPath::Avx512Bf16:
+      if (bf16_compute) return gemm_blocked<Avx512Bf16Pairs>(problem);
+      return gemm_blocked<Avx2F32>(problem);
+    case CpuPath::Avx2: return gemm_blocked<Avx2F32>(problem);
+#endif
+    default:
+      if (bf16_compute) return gemm_blocked<ScalarBf16Pairs>(problem);
+      return gemm_blocked<ScalarF32>(problem);
+  }
+}
+
+}  // namespace detail
+
 void gemm(bool trans_a, bool trans_b, long M, long N, long K, float alpha, Matrix A, Matrix B,
           float beta, float* C, long ldc) {
-  ZN_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M=", M, " N=", N, " K=", K);
-  const bool bf16_compute = A.dtype == DType::BF16 || B.dtype == DType::BF16;
-  parallel_for(size_t(M), 1, [&](size_t begin, size_t end) {
-    std::vector<float> a_row(size_t(K));
-    for (long i = long(begin); i < long(end); ++i) {
-      for (long p = 0; p < K; ++p) a_row[p] = trans_a ? load(A, p, i, bf16_compute) : load(A, i, p, bf16_compute);
-      for (long j = 0; j < N; ++j) {
-        float sum = 0;
-        for (long p = 0; p < K; ++p) sum += a_row[p] * (trans_b ? load(B, j, p, bf16_compute) : load(B, p, j, bf16_compute));
-        float& c = C[i * ldc + j];
-        c = alpha * sum + (beta == 0.0f ? 0.0f : beta * c);
-      }
-    }
-  });
+  detail::gemm_on_path(cpu_path(), trans_a, trans_b, M, N, K, alpha, A, B, beta, C, ldc);
 }
 
 }  // namespace zn::cpu
