@@ -1,4 +1,5 @@
-// Token embedding: out[t] = table[ids[t]]; backward scatter-adds dout rows into dtable.
+// Token embedding: out[t] = table[ids[t]]; backward scatter-adds dout rows into dtable
+// (accumulates: dtable += ..., so tied or accumulated gradients add up; zero it for a fresh one).
 // table is [vocab, dim] (f32 or bf16); out, dout: [tokens, dim] f32; dtable: [vocab, dim] f32.
 // An id outside [0, vocab) is an error naming the token index. With pad_id >= 0 the pad row
 // receives no gradient (nn.Embedding(padding_idx=pad_token_id), as transformers does).
