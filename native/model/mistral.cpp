@@ -1,0 +1,583 @@
+// Mistral forward/backward as a plain sequence of kernel calls (see mistral.h for the math).
+// Memory: everything is allocated in the constructor from the plan; a step allocates nothing
+// except the kernels' own per-call scratch (the log-prob chunks).
+#include "model/mistral.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "core/errors.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/adamw.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/logprob.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/swiglu.h"
+#include "model/safetensors.h"
+
+namespace zn::model {
+
+// ---------------------------------------------------------------------------------------------
+// Config and parameter table
+
+void MistralConfig::validate() const {
+  auto positive = [](const char* field, long value) {
+    ZN_CHECK(value > 0, "model config: ", field, " must be positive, got ", value);
+  };
+  positive("vocab_size", vocab_size);
+  positive("hidden_size", hidden_size);
+  positive("intermediate_size", intermediate_size);
+  positive("num_hidden_layers", num_layers);
+  positive("num_attention_heads", num_heads);
+  positive("num_key_value_heads", num_kv_heads);
+  positive("head_dim", head_dim);
+  ZN_CHECK(num_heads % num_kv_heads == 0, "model config: num_attention_heads (", num_heads,
+           ") must be a multiple of num_key_value_heads (", num_kv_heads, ")");
+  ZN_CHECK(head_dim % 2 == 0, "model config: head_dim must be even for rotary embeddings, got ",
+           head_dim);
+  ZN_CHECK(std::isfinite(rms_norm_eps) && rms_norm_eps > 0,
+           "model config: rms_norm_eps must be positive, got ", rms_norm_eps);
+  ZN_CHECK(std::isfinite(rope_theta) && rope_theta > 0,
+           "model config: rope_theta must be positive, got ", rope_theta);
+  ZN_CHECK(pad_token_id < vocab_size, "model config: pad_token_id ", pad_token_id,
+           " is outside the vocabulary (vocab_size ", vocab_size, ")");
+}
+
+std::vector<ParameterSpec> parameter_table(const MistralConfig& c) {
+  c.validate();
+  std::vector<ParameterSpec> table;
+  size_t offset = 0;
+  auto add = [&](std::string name, std::vector<int64_t> shape, bool decay) {
+    size_t numel = 1;
+    for (int64_t s : shape) numel *= size_t(s);
+    table.push_back({std::move(name), std::move(shape), offset, numel, decay});
+    offset += numel;
+  };
+  const int64_t d = c.hidden_size, ffn = c.intermediate_size;
+  add("model.embed_tokens.weight", {c.vocab_size, d}, true);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string prefix = "model.layers." + std::to_string(l) + ".";
+    add(prefix + "input_layernorm.weight", {d}, false);
+    // q, k, v adjacent: one [q_dim + 2 kv_dim, d] block, should a fused QKV GEMM be wanted.
+    add(prefix + "self_attn.q_proj.weight", {c.q_dim(), d}, true);
+    add(prefix + "self_attn.k_proj.weight", {c.kv_dim(), d}, true);
+    add(prefix + "self_attn.v_proj.weight", {c.kv_dim(), d}, true);
+    add(prefix + "self_attn.o_proj.weight", {d, c.q_dim()}, true);
+    add(prefix + "post_attention_layernorm.weight", {d}, false);
+    add(prefix + "mlp.gate_proj.weight", {ffn, d}, true);
+    add(prefix + "mlp.up_proj.weight", {ffn, d}, true);
+    add(prefix + "mlp.down_proj.weight", {d, ffn}, true);
+  }
+  add("model.norm.weight", {d}, false);
+  if (!c.tie_word_embeddings) add("lm_head.weight", {c.vocab_size, d}, true);
+  return table;
+}
+
+static size_t total_numel(const std::vector<ParameterSpec>& table) {
+  return table.empty() ? 0 : table.back().offset + table.back().numel;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation plan: one arena, laid out by walking the same table for planning and allocating.
+
+struct LayerActivations {
+  float* norm1;  // rmsnorm1(x)             [N, d]
+  float* rstd1;  //                          [N]
+  float* q;      // rope(q_proj(norm1))      [N, Hq * D]
+  float* k;      // rope(k_proj(norm1))      [N, Hkv * D]
+  float* v;      // v_proj(norm1)            [N, Hkv * D]
+  float* attn;   // attention output         [N, Hq * D]
+  float* lse;    // attention log-sum-exp    [Hq, N]
+  float* h;      // x + o_proj(attn)         [N, d]
+  float* norm2;  // rmsnorm2(h)              [N, d]
+  float* rstd2;  //                          [N]
+  float* gate;   // gate_proj(norm2)         [N, ffn]
+  float* up;     // up_proj(norm2)           [N, ffn]
+  float* act;    // silu(gate) * up          [N, ffn]
+};
+
+struct Activations {
+  std::vector<float*> residual;          // layer inputs x_0 .. x_L (two, ping-pong, if not trainable)
+  std::vector<LayerActivations> layers;  // one per layer, or one slot reused by every layer
+  float* final_norm;                     // rmsnorm(x_L)  [N, d]
+  float* final_rstd;                     // [N]
+  float* logit_lse;                      // log-sum-exp of the logits  [N]
+  // Backward scratch (trainable only).
+  float *dres, *dnorm, *dtmp;  // [N, d]
+  float *dattn, *dq;           // [N, Hq * D]
+  float *dk, *dv;              // [N, Hkv * D]
+  float *dact, *dgate, *dup;   // [N, ffn]
+};
+
+namespace {
+
+// Hands out 64-byte aligned pieces of an arena; with a null base it only counts.
+class ArenaLayout {
+ public:
+  explicit ArenaLayout(float* base) : base_(base) {}
+  float* take(size_t count) {
+    float* p = base_ ? base_ + used_ : nullptr;
+    used_ += (count + 15) / 16 * 16;
+    return p;
+  }
+  size_t used() const { return used_; }
+
+ private:
+  float* base_;
+  size_t used_ = 0;
+};
+
+int saved_layer_slots(const MistralConfig& c, const ModelOptions& o) {
+  return o.trainable && !o.gradient_checkpointing ? c.num_layers : 1;
+}
+
+// Lays out the activations for max_tokens; returns the arena size in floats.
+size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* base,
+                          Activations& a) {
+  const size_t N = size_t(o.max_tokens), d = size_t(c.hidden_size);
+  const size_t qd = size_t(c.q_dim()), kvd = size_t(c.kv_dim()), ffn = size_t(c.intermediate_size);
+  ArenaLayout arena(base);
+  a.residual.resize(o.trainable ? size_t(c.num_layers) + 1 : 2);
+  for (float*& x : a.residual) x = arena.take(N * d);
+  a.layers.resize(size_t(saved_layer_slots(c, o)));
+  for (LayerActivations& s : a.layers) {
+    s.norm1 = arena.take(N * d);
+    s.rstd1 = arena.take(N);
+    s.q = arena.take(N * qd);
+    s.k = arena.take(N * kvd);
+    s.v = arena.take(N * kvd);
+    s.attn = arena.take(N * qd);
+    s.lse = arena.take(size_t(c.num_heads) * N);
+    s.h = arena.take(N * d);
+    s.norm2 = arena.take(N * d);
+    s.rstd2 = arena.take(N);
+    s.gate = arena.take(N * ffn);
+    s.up = arena.take(N * ffn);
+    s.act = arena.take(N * ffn);
+  }
+  a.final_norm = arena.take(N * d);
+  a.final_rstd = arena.take(N);
+  a.logit_lse = arena.take(N);
+  if (o.trainable) {
+    a.dres = arena.take(N * d);
+    a.dnorm = arena.take(N * d);
+    a.dtmp = arena.take(N * d);
+    a.dattn = arena.take(N * qd);
+    a.dq = arena.take(N * qd);
+    a.dk = arena.take(N * kvd);
+    a.dv = arena.take(N * kvd);
+    a.dact = arena.take(N * ffn);
+    a.dgate = arena.take(N * ffn);
+    a.dup = arena.take(N * ffn);
+  }
+  return arena.used();
+}
+
+}  // namespace
+
+// TODO(model): take this from the log-prob kernel once it states its chunking.
+static size_t logits_chunk_bytes(const MistralConfig& c, const ModelOptions& o) {
+  const size_t tokens = std::min<size_t>(size_t(o.max_tokens), 64);
+  const size_t vocab = std::min<size_t>(size_t(c.vocab_size), 4096);
+  return size_t(num_threads()) * tokens * vocab * 4;
+}
+
+MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
+  c.validate();
+  ZN_CHECK(o.max_tokens > 0, "model: maxTokens must be positive, got ", o.max_tokens);
+  const size_t params = total_numel(parameter_table(c));
+  MemoryPlan plan;
+  plan.weights = params * 4 + (o.precision == Precision::BF16 ? params * 2 : 0);
+  plan.grads = o.trainable ? params * 4 : 0;
+  plan.optimizer = o.trainable ? params * 8 : 0;
+  Activations counting;
+  plan.activations = layout_activations(c, o, nullptr, counting) * 4;
+  plan.logits_chunks = logits_chunk_bytes(c, o);
+  return plan;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers: linear layers over the GEMM, elementwise copies and adds.
+
+namespace {
+
+// y[N, out] = x[N, in] · Wᵀ + beta y, W [out, in] as stored by HF.
+void linear_forward(long N, long in, long out, const float* x, const void* w, DType wdt,
+                    float beta, float* y) {
+  cpu::gemm(false, true, N, out, in, 1.0f, {x, DType::F32, in}, {w, wdt, in}, beta, y, out);
+}
+
+// dx[N, in] = dy · W + dx_beta dx (skipped when dx is null); dW[out, in] += dyᵀ · x (f32).
+void linear_backward(long N, long in, long out, const float* x, const float* dy, const void* w,
+                     DType wdt, float* dx, float dx_beta, float* dw) {
+  if (dx) cpu::gemm(false, false, N, in, out, 1.0f, {dy, DType::F32, out}, {w, wdt, in}, dx_beta, dx, in);
+  cpu::gemm(true, false, out, in, N, 1.0f, {dy, DType::F32, out}, {x, DType::F32, in}, 1.0f, dw, in);
+}
+
+void copy(size_t n, const float* from, float* to) {
+  parallel_for(n, 1 << 14, [&](size_t b, size_t e) { std::memcpy(to + b, from + b, (e - b) * 4); });
+}
+
+void add_into(size_t n, const float* from, float* to) {
+  parallel_for(n, 1 << 14, [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) to[i] += from[i];
+  });
+}
+
+void to_bf16(size_t n, const float* from, bf16* to) {
+  parallel_for(n, 1 << 14, [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) to[i] = f32_to_bf16(from[i]);
+  });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Construction
+
+MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& options)
+    : config_(config), options_(options) {
+  plan_ = plan_memory(config_, options_);
+  params_ = parameter_table(config_);
+  auto find = [&](const std::string& name) { return &parameter(name); };
+  for (int l = 0; l < config_.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    layers_.push_back({find(p + "input_layernorm.weight"), find(p + "self_attn.q_proj.weight"),
+                       find(p + "self_attn.k_proj.weight"), find(p + "self_attn.v_proj.weight"),
+                       find(p + "self_attn.o_proj.weight"), find(p + "post_attention_layernorm.weight"),
+                       find(p + "mlp.gate_proj.weight"), find(p + "mlp.up_proj.weight"),
+                       find(p + "mlp.down_proj.weight")});
+  }
+  embed_ = find("model.embed_tokens.weight");
+  final_norm_ = find("model.norm.weight");
+  lm_head_ = config_.tie_word_embeddings ? embed_ : find("lm_head.weight");
+
+  const size_t n = total_numel(params_);
+  master_.assign(n, 0.0f);
+  if (options_.precision == Precision::BF16) weights_bf16_.assign(n, bf16{0});
+  if (options_.trainable) {
+    grads_.assign(n, 0.0f);
+    adam_m_.assign(n, 0.0f);
+    adam_v_.assign(n, 0.0f);
+  }
+  acts_ = std::make_unique<Activations>();
+  arena_.assign(plan_.activations / 4, 0.0f);
+  layout_activations(config_, options_, arena_.data(), *acts_);
+  const size_t N = size_t(options_.max_tokens);
+  input_ids_.resize(N);
+  position_ids_.resize(N);
+  targets_.resize(N);
+  cu_seqlens_.resize(N + 1);
+}
+
+MistralModel::~MistralModel() = default;
+
+const ParameterSpec& MistralModel::parameter(const std::string& name) const {
+  for (const ParameterSpec& p : params_) {
+    if (p.name == name) return p;
+  }
+  fail("model: no parameter named '", name, "'");
+}
+
+const float* MistralModel::gradient(const ParameterSpec& p) const {
+  ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
+  return grads_.data() + p.offset;
+}
+
+float* MistralModel::grad(const ParameterSpec& p) { return grads_.data() + p.offset; }
+
+DType MistralModel::weight_dtype() const {
+  return options_.precision == Precision::BF16 ? DType::BF16 : DType::F32;
+}
+
+// Matmul operand: the bf16 copy in bf16 mode, else the f32 master.
+const void* MistralModel::weight(const ParameterSpec& p) const {
+  if (options_.precision == Precision::BF16) return weights_bf16_.data() + p.offset;
+  return master_.data() + p.offset;
+}
+
+void MistralModel::refresh_bf16() {
+  if (options_.precision == Precision::BF16) to_bf16(master_.size(), master_.data(), weights_bf16_.data());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights in and out
+
+std::vector<std::string> MistralModel::load_weights(const std::vector<std::string>& files) {
+  ZN_CHECK(!files.empty(), "model: no weight files given");
+  std::vector<std::unique_ptr<SafetensorsFile>> opened;
+  std::map<std::string, const SafetensorsFile*> where;
+  for (const std::string& path : files) {
+    opened.push_back(std::make_unique<SafetensorsFile>(path));
+    for (const StTensorInfo& t : opened.back()->tensors()) {
+      auto [it, fresh] = where.emplace(t.name, opened.back().get());
+      ZN_CHECK(fresh, "model: tensor '", t.name, "' appears in both ", it->second->path(), " and ",
+               path);
+    }
+  }
+  for (const ParameterSpec& p : params_) {
+    auto it = where.find(p.name);
+    ZN_CHECK(it != where.end(), "model: parameter '", p.name, "' is missing from the weight files (",
+             files.front(), files.size() > 1 ? ", ..." : "", ")");
+    it->second->read(p.name, p.shape, DType::F32, master_.data() + p.offset);
+    where.erase(it);
+  }
+  refresh_bf16();
+  have_activations_ = false;
+  std::vector<std::string> unexpected;
+  for (const auto& [name, file] : where) unexpected.push_back(name);
+  return unexpected;
+}
+
+void MistralModel::save_weights(const std::vector<ShardPlan>& shards, SaveDType dtype) const {
+  const StDType stored = dtype == SaveDType::F32 ? StDType::F32
+                         : dtype == SaveDType::F16 ? StDType::F16 : StDType::BF16;
+  const std::map<std::string, std::string> metadata{{"format", "pt"}};
+  std::map<std::string, int> saved;
+  for (const ShardPlan& shard : shards) {
+    for (const std::string& name : shard.names) ++saved[name];
+  }
+  for (const ParameterSpec& p : params_) {
+    ZN_CHECK(saved[p.name] == 1, "model: the shard plan names parameter '", p.name, "' ",
+             saved[p.name], " times (expected once)");
+  }
+  for (const ShardPlan& shard : shards) {
+    std::vector<StTensorToWrite> tensors;
+    for (const std::string& name : shard.names) {
+      const ParameterSpec& p = parameter(name);
+      // The writer narrows the f32 master while writing: no second copy of the weights.
+      tensors.push_back({p.name, stored, p.shape, master_.data() + p.offset, StDType::F32});
+    }
+    write_safetensors(shard.path, tensors, metadata);
+  }
+}
+
+void MistralModel::save_optimizer_state(const std::string& path) const {
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  std::vector<StTensorToWrite> tensors;
+  for (const ParameterSpec& p : params_) {
+    tensors.push_back({"exp_avg." + p.name, StDType::F32, p.shape, adam_m_.data() + p.offset});
+    tensors.push_back({"exp_avg_sq." + p.name, StDType::F32, p.shape, adam_v_.data() + p.offset});
+  }
+  write_safetensors(path, tensors, {{"format", "zephyr-native-adamw"}, {"step", std::to_string(step_)}});
+}
+
+void MistralModel::load_optimizer_state(const std::string& path) {
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  SafetensorsFile file(path);
+  auto step = file.metadata().find("step");
+  ZN_CHECK(step != file.metadata().end(), path, ": not an optimizer state file (no 'step' in its metadata)");
+  char* end = nullptr;
+  const long parsed = std::strtol(step->second.c_str(), &end, 10);
+  ZN_CHECK(end && *end == 0 && parsed >= 0, path, ": bad optimizer step '", step->second, "'");
+  auto read_moment = [&](const std::string& name, const ParameterSpec& p, std::vector<float>& moment) {
+    ZN_CHECK(file.find(name), path, ": optimizer state lacks '", name, "'");
+    file.read(name, p.shape, DType::F32, moment.data() + p.offset);
+  };
+  for (const ParameterSpec& p : params_) {
+    read_moment("exp_avg." + p.name, p, adam_m_);
+    read_moment("exp_avg_sq." + p.name, p, adam_v_);
+  }
+  step_ = parsed;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+void MistralModel::check_batch(const TokenBatchView& b) const {
+  ZN_CHECK(b.tokens > 0, "model: the batch has no tokens");
+  ZN_CHECK(b.tokens <= options_.max_tokens, "model: the batch has ", b.tokens,
+           " tokens, more than maxTokens ", options_.max_tokens);
+  ZN_CHECK(b.n_docs >= 1, "model: cuSeqlens must hold at least 2 offsets");
+  ZN_CHECK(b.cu_seqlens[0] == 0, "model: cuSeqlens[0] must be 0, got ", b.cu_seqlens[0]);
+  for (int i = 1; i <= b.n_docs; ++i) {
+    ZN_CHECK(b.cu_seqlens[i] > b.cu_seqlens[i - 1], "model: cuSeqlens must increase, but cuSeqlens[",
+             i, "] = ", b.cu_seqlens[i], " after ", b.cu_seqlens[i - 1]);
+  }
+  ZN_CHECK(b.cu_seqlens[b.n_docs] == b.tokens, "model: the last cuSeqlens offset (",
+           b.cu_seqlens[b.n_docs], ") must equal the token count ", b.tokens);
+  const long V = config_.vocab_size;
+  for (long t = 0; t < b.tokens; ++t) {
+    ZN_CHECK(b.input_ids[t] >= 0 && b.input_ids[t] < V, "model: inputIds[", t, "] = ", b.input_ids[t],
+             " is outside the vocabulary [0, ", V, ")");
+    ZN_CHECK(b.targets[t] == cpu::kIgnoreIndex || (b.targets[t] >= 0 && b.targets[t] < V),
+             "model: targets[", t, "] = ", b.targets[t], " is neither -100 nor in [0, ", V, ")");
+    ZN_CHECK(b.position_ids[t] >= 0, "model: positionIds[", t, "] = ", b.position_ids[t],
+             " is negative");
+  }
+}
+
+void MistralModel::copy_batch(const TokenBatchView& b) {
+  check_batch(b);
+  tokens_ = b.tokens;
+  n_docs_ = b.n_docs;
+  std::memcpy(input_ids_.data(), b.input_ids, size_t(b.tokens) * 4);
+  std::memcpy(position_ids_.data(), b.position_ids, size_t(b.tokens) * 4);
+  std::memcpy(targets_.data(), b.targets, size_t(b.tokens) * 4);
+  std::memcpy(cu_seqlens_.data(), b.cu_seqlens, size_t(b.n_docs + 1) * 4);
+}
+
+void MistralModel::layer_forward(int l, const float* x, float* out, LayerActivations& a,
+                                 bool need_output) {
+  const MistralConfig& c = config_;
+  const LayerParams& p = layers_[size_t(l)];
+  const long N = tokens_, d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const long ffn = c.intermediate_size;
+  const DType wdt = weight_dtype();
+
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, x, master(*p.input_norm), a.norm1, a.rstd1);
+  linear_forward(N, d, qd, a.norm1, weight(*p.q), wdt, 0.0f, a.q);
+  linear_forward(N, d, kvd, a.norm1, weight(*p.k), wdt, 0.0f, a.k);
+  linear_forward(N, d, kvd, a.norm1, weight(*p.v), wdt, 0.0f, a.v);
+  cpu::rope_forward(N, c.num_heads, c.head_dim, c.rope_theta, position_ids_.data(), a.q);
+  cpu::rope_forward(N, c.num_kv_heads, c.head_dim, c.rope_theta, position_ids_.data(), a.k);
+  const cpu::AttentionShape shape{N, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window,
+                                  1.0f / std::sqrt(float(c.head_dim))};
+  cpu::attention_forward(shape, a.q, a.k, a.v, cu_seqlens_.data(), n_docs_, a.attn, a.lse);
+  copy(size_t(N * d), x, a.h);
+  linear_forward(N, qd, d, a.attn, weight(*p.o), wdt, 1.0f, a.h);
+
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, a.h, master(*p.post_norm), a.norm2, a.rstd2);
+  linear_forward(N, d, ffn, a.norm2, weight(*p.gate), wdt, 0.0f, a.gate);
+  linear_forward(N, d, ffn, a.norm2, weight(*p.up), wdt, 0.0f, a.up);
+  cpu::swiglu_forward(N * ffn, a.gate, a.up, a.act);
+  if (!need_output) return;  // recomputation for backward: down_proj's output is not needed
+  copy(size_t(N * d), a.h, out);
+  linear_forward(N, ffn, d, a.act, weight(*p.down), wdt, 1.0f, out);
+}
+
+void MistralModel::run_forward(float* logp, bool keep) {
+  const MistralConfig& c = config_;
+  Activations& A = *acts_;
+  const long N = tokens_, d = c.hidden_size;
+  // Without keeping, two residual buffers alternate and one layer slot serves every layer.
+  auto residual = [&](int l) { return A.residual[keep ? size_t(l) : size_t(l % 2)]; };
+  auto slot = [&](int l) -> LayerActivations& { return A.layers[keep && A.layers.size() > 1 ? size_t(l) : 0]; };
+
+  cpu::embedding_forward(N, d, c.vocab_size, input_ids_.data(), weight(*embed_), weight_dtype(),
+                         residual(0));
+  for (int l = 0; l < c.num_layers; ++l) layer_forward(l, residual(l), residual(l + 1), slot(l), true);
+  const float* last = residual(c.num_layers);
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, last, master(*final_norm_), A.final_norm, A.final_rstd);
+  const cpu::LogprobShape shape{N, d, c.vocab_size};
+  cpu::logprob_forward(shape, A.final_norm, weight(*lm_head_), weight_dtype(), targets_.data(), logp,
+                       A.logit_lse);
+}
+
+void MistralModel::forward(const TokenBatchView& batch, float* logp) {
+  ZN_CHECK(options_.trainable, "model: forward() keeps activations for backward, but this model "
+           "was created with trainable: false; use logprobs()");
+  have_activations_ = false;
+  copy_batch(batch);
+  run_forward(logp, true);
+  have_activations_ = true;
+}
+
+void MistralModel::logprobs(const TokenBatchView& batch, float* logp) {
+  have_activations_ = false;  // the shared slots are overwritten
+  copy_batch(batch);
+  run_forward(logp, false);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+// On entry dres = d loss / d (layer output); on exit d loss / d (layer input x).
+void MistralModel::layer_backward(int l, const float* x, float* dres) {
+  const MistralConfig& c = config_;
+  const LayerParams& p = layers_[size_t(l)];
+  Activations& A = *acts_;
+  LayerActivations& a = A.layers[A.layers.size() > 1 ? size_t(l) : 0];
+  const long N = tokens_, d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const long ffn = c.intermediate_size;
+  const DType wdt = weight_dtype();
+
+  // MLP: out = h + down(silu(gate(n2)) * up(n2)).
+  linear_backward(N, ffn, d, a.act, dres, weight(*p.down), wdt, A.dact, 0.0f, grad(*p.down));
+  cpu::swiglu_backward(N * ffn, a.gate, a.up, A.dact, A.dgate, A.dup);
+  linear_backward(N, d, ffn, a.norm2, A.dgate, weight(*p.gate), wdt, A.dnorm, 0.0f, grad(*p.gate));
+  linear_backward(N, d, ffn, a.norm2, A.dup, weight(*p.up), wdt, A.dnorm, 1.0f, grad(*p.up));
+  cpu::rmsnorm_backward(N, d, a.h, master(*p.post_norm), a.rstd2, A.dnorm, A.dtmp, grad(*p.post_norm));
+  add_into(size_t(N * d), A.dtmp, dres);  // now d loss / d h
+
+  // Attention: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
+  linear_backward(N, qd, d, a.attn, dres, weight(*p.o), wdt, A.dattn, 0.0f, grad(*p.o));
+  const cpu::AttentionShape shape{N, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window,
+                                  1.0f / std::sqrt(float(c.head_dim))};
+  cpu::attention_backward(shape, a.q, a.k, a.v, cu_seqlens_.data(), n_docs_, a.attn, a.lse, A.dattn,
+                          A.dq, A.dk, A.dv);
+  cpu::rope_backward(N, c.num_heads, c.head_dim, c.rope_theta, position_ids_.data(), A.dq);
+  cpu::rope_backward(N, c.num_kv_heads, c.head_dim, c.rope_theta, position_ids_.data(), A.dk);
+  linear_backward(N, d, qd, a.norm1, A.dq, weight(*p.q), wdt, A.dnorm, 0.0f, grad(*p.q));
+  linear_backward(N, d, kvd, a.norm1, A.dk, weight(*p.k), wdt, A.dnorm, 1.0f, grad(*p.k));
+  linear_backward(N, d, kvd, a.norm1, A.dv, weight(*p.v), wdt, A.dnorm, 1.0f, grad(*p.v));
+  cpu::rmsnorm_backward(N, d, x, master(*p.input_norm), a.rstd1, A.dnorm, A.dtmp, grad(*p.input_norm));
+  add_into(size_t(N * d), A.dtmp, dres);  // now d loss / d x
+}
+
+void MistralModel::backward(const float* dlogp, long tokens) {
+  ZN_CHECK(options_.trainable, "model: backward() on a model created with trainable: false");
+  ZN_CHECK(have_activations_, "model: backward() needs a forward() first (each forward serves one "
+           "backward; logprobs() and loading weights discard saved activations)");
+  ZN_CHECK(tokens == tokens_, "model: dlogp has ", tokens, " elements, but the last forward() had ",
+           tokens_, " tokens");
+  have_activations_ = false;
+  const MistralConfig& c = config_;
+  Activations& A = *acts_;
+  const long N = tokens_, d = c.hidden_size;
+  for (long t = 0; t < N; ++t) {
+    ZN_CHECK(std::isfinite(dlogp[t]), "model: dlogp[", t, "] = ", dlogp[t], " is not finite");
+  }
+
+  const cpu::LogprobShape shape{N, d, c.vocab_size};
+  cpu::logprob_backward(shape, A.final_norm, weight(*lm_head_), weight_dtype(), targets_.data(),
+                        A.logit_lse, dlogp, A.dnorm, grad(*lm_head_));
+  cpu::rmsnorm_backward(N, d, A.residual[size_t(c.num_layers)], master(*final_norm_), A.final_rstd,
+                        A.dnorm, A.dres, grad(*final_norm_));
+  for (int l = c.num_layers - 1; l >= 0; --l) {
+    // With checkpointing the one slot still holds the last layer's activations from forward.
+    if (options_.gradient_checkpointing && l != c.num_layers - 1) {
+      layer_forward(l, A.residual[size_t(l)], nullptr, A.layers[0], false);
+    }
+    layer_backward(l, A.residual[size_t(l)], A.dres);
+  }
+  cpu::embedding_backward(N, d, c.vocab_size, input_ids_.data(), A.dres, c.pad_token_id,
+                          grad(*embed_));
+}
+
+void MistralModel::zero_grad() {
+  ZN_CHECK(options_.trainable, "model: zeroGrad() on a model created with trainable: false");
+  std::memset(grads_.data(), 0, grads_.size() * 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer
+
+double MistralModel::clip_and_step(const AdamWOptions& hp) {
+  ZN_CHECK(options_.trainable, "model: an optimizer step on a model created with trainable: false");
+  ZN_CHECK(std::isfinite(hp.lr) && hp.lr >= 0, "model: learning rate must be >= 0, got ", hp.lr);
+  ZN_CHECK(hp.beta1 >= 0 && hp.beta1 < 1, "model: beta1 must be in [0, 1), got ", hp.beta1);
+  ZN_CHECK(hp.beta2 >= 0 && hp.beta2 < 1, "model: beta2 must be in [0, 1), got ", hp.beta2);
+  ZN_CHECK(hp.eps >= 0, "model: eps must be >= 0, got ", hp.eps);
+  const double norm = std::sqrt(cpu::sum_of_squares(long(grads_.size()), grads_.data()));
+  ZN_CHECK(std::isfinite(norm), "model: the gradient norm is not finite (", norm,
+           "); the optimizer step was not taken");
+  const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
+  ++step_;
+  const bool bf16_copy = options_.precision == Precision::BF16;
+  for (const ParameterSpec& p : params_) {
+    const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0f,
+                           step_, scale};
+    cpu::adamw_update(long(p.numel), s, master_.data() + p.offset, grads_.data() + p.offset,
+                      adam_m_.data() + p.offset, adam_v_.data() + p.offset,
+                      bf16_copy ? weights_bf16_.data() + p.offset : nullptr);
+  }
+  return norm;
+}
+
+}  // namespace zn::model

@@ -1,0 +1,184 @@
+// Mistral (MistralForCausalLM) on packed token streams, llm.c style: a config, a parameter table
+// in Hugging Face names and layouts over one contiguous f32 master buffer (plus a bf16 copy in
+// bf16 mode) and one contiguous f32 gradient buffer, an activation plan laid out once for a
+// maximum token count, and forward/backward as a plain sequence of kernel calls.
+//
+// A decoder layer (HF MistralDecoderLayer, pre-norm):
+//   h   = x + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm1(x)
+//   out = h + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                       n2 = rmsnorm2(h)
+// and the model: x0 = embed(ids); layers; logp[t] = log softmax(lm_head(rmsnorm(xL)))[target[t]].
+// The per-token log-probs are the model's only output (never [tokens, vocab] logits); backward
+// takes d loss / d logp per token from the trainer and accumulates parameter gradients.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/dtype.h"
+
+namespace zn::model {
+
+struct MistralConfig {
+  long vocab_size = 0;
+  long hidden_size = 0;
+  long intermediate_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;  // HF: config.head_dim, else hidden_size / num_attention_heads
+  float rms_norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+  long sliding_window = 0;  // <= 0: none (HF sliding_window: null)
+  bool tie_word_embeddings = false;
+  long pad_token_id = -1;  // < 0: none; otherwise that embedding row gets no gradient
+
+  void validate() const;  // throws zn::Error naming the bad field
+  long q_dim() const { return long(num_heads) * head_dim; }
+  long kv_dim() const { return long(num_kv_heads) * head_dim; }
+};
+
+enum class Precision { F32, BF16 };
+
+struct ModelOptions {
+  Precision precision = Precision::F32;
+  long max_tokens = 0;                  // the most tokens one forward may carry
+  bool gradient_checkpointing = false;  // keep only each layer's input; recompute in backward
+  bool trainable = true;                // false: no gradients, optimizer or saved activations
+};
+
+// One parameter: HF name and shape, its place in the master (and bf16, gradient, moment)
+// buffers, and whether AdamW decays it (HF Trainer.get_decay_parameter_names: not norms).
+struct ParameterSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t offset = 0;  // in elements
+  size_t numel = 0;
+  bool decay = true;
+};
+
+std::vector<ParameterSpec> parameter_table(const MistralConfig& config);
+
+// Bytes the model will allocate, by category, computable before allocating anything.
+struct MemoryPlan {
+  size_t weights = 0;        // f32 master (+ bf16 copy)
+  size_t grads = 0;          // f32 gradients
+  size_t optimizer = 0;      // AdamW moments (f32 m and v)
+  size_t activations = 0;    // the activation arena (saved activations + backward scratch)
+  size_t logits_chunks = 0;  // the fused log-prob kernel's working chunks, not held between calls
+  size_t total() const { return weights + grads + optimizer + activations + logits_chunks; }
+};
+
+MemoryPlan plan_memory(const MistralConfig& config, const ModelOptions& options);
+
+// A packed micro-batch (lib/data/batch.ts TokenBatch): documents laid end to end.
+struct TokenBatchView {
+  long tokens = 0;
+  const int32_t* input_ids = nullptr;
+  const int32_t* position_ids = nullptr;
+  const int32_t* targets = nullptr;  // next token, or -100 (no log-prob, no gradient)
+  const int32_t* cu_seqlens = nullptr;
+  int n_docs = 0;  // cu_seqlens holds n_docs + 1 offsets
+};
+
+struct AdamWOptions {
+  float lr = 0;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0;
+  float max_grad_norm = 0;  // <= 0: no clipping
+};
+
+// Where a weight file's tensors go (saving): one safetensors file and the names it holds.
+struct ShardPlan {
+  std::string path;
+  std::vector<std::string> names;
+};
+
+enum class SaveDType { F32, F16, BF16 };
+
+struct Activations;
+struct LayerActivations;
+
+class MistralModel {
+ public:
+  MistralModel(const MistralConfig& config, const ModelOptions& options);
+  ~MistralModel();
+  MistralModel(const MistralModel&) = delete;
+  MistralModel& operator=(const MistralModel&) = delete;
+
+  const MistralConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+  const MemoryPlan& memory_plan() const { return plan_; }
+  const std::vector<ParameterSpec>& parameters() const { return params_; }
+  const ParameterSpec& parameter(const std::string& name) const;  // throws when unknown
+  const float* master(const ParameterSpec& p) const { return master_.data() + p.offset; }
+  const float* gradient(const ParameterSpec& p) const;  // throws when not trainable
+  long optimizer_step() const { return step_; }
+
+  // Reads every parameter from safetensors files (any of F32/F16/BF16). Returns the names of
+  // tensors in the files that are not parameters (e.g. a tied lm_head.weight); a missing
+  // parameter is an error naming it.
+  std::vector<std::string> load_weights(const std::vector<std::string>& files);
+  void save_weights(const std::vector<ShardPlan>& shards, SaveDType dtype) const;
+
+  // Forward keeping activations for backward; logp[t] for each token (0 where target is -100).
+  void forward(const TokenBatchView& batch, float* logp);
+  // Forward without keeping anything for backward (scoring, reference log-probs).
+  void logprobs(const TokenBatchView& batch, float* logp);
+  // dlogp[t] = d loss / d logp[t] for the `tokens` tokens of the last forward(); gradients
+  // accumulate.
+  void backward(const float* dlogp, long tokens);
+  void zero_grad();
+  // Global L2 norm of the gradients, clipping as torch clip_grad_norm_, then one AdamW step.
+  // Returns the norm before clipping (what HF logs as grad_norm).
+  double clip_and_step(const AdamWOptions& hp);
+
+  // AdamW moments and step count, for checkpoints (one safetensors file, atomic write).
+  void save_optimizer_state(const std::string& path) const;
+  void load_optimizer_state(const std::string& path);
+
+ private:
+  void check_batch(const TokenBatchView& batch) const;
+  void copy_batch(const TokenBatchView& batch);
+  void run_forward(float* logp, bool keep_for_backward);
+  void layer_forward(int l, const float* x, float* out, LayerActivations& acts, bool need_output);
+  void layer_backward(int l, const float* x, float* dres);
+  void refresh_bf16();
+  const void* weight(const ParameterSpec& p) const;
+  DType weight_dtype() const;
+  float* grad(const ParameterSpec& p);
+  const ParameterSpec& lm_head() const;
+
+  MistralConfig config_;
+  ModelOptions options_;
+  MemoryPlan plan_;
+  std::vector<ParameterSpec> params_;
+  struct LayerParams {
+    const ParameterSpec *input_norm, *q, *k, *v, *o, *post_norm, *gate, *up, *down;
+  };
+  std::vector<LayerParams> layers_;
+  const ParameterSpec* embed_ = nullptr;
+  const ParameterSpec* final_norm_ = nullptr;
+  const ParameterSpec* lm_head_ = nullptr;  // == embed_ when tied
+
+  std::vector<float> master_;
+  std::vector<bf16> weights_bf16_;  // bf16 mode only
+  std::vector<float> grads_;        // trainable only
+  std::vector<float> adam_m_, adam_v_;  // allocated at the first step (counted in the plan)
+  long step_ = 0;
+
+  std::vector<float> arena_;
+  std::unique_ptr<Activations> acts_;
+
+  // The batch of the last forward(), kept for backward().
+  std::vector<int32_t> input_ids_, position_ids_, targets_, cu_seqlens_;
+  long tokens_ = 0;
+  int n_docs_ = 0;
+  bool have_activations_ = false;
+};
+
+}  // namespace zn::model
