@@ -1,0 +1,460 @@
+// The Mistral model against a float64 reference written here: a naive forward of the whole
+// model (embedding, RMSNorm, HF rotate-half RoPE, GQA with the sliding window per document,
+// SwiGLU MLP, log-softmax), its finite-difference gradient, and the model's own invariants
+// (checkpointing, packing, weight decay mask, clipping, optimizer state round trip, errors).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+#include "model/mistral.h"
+#include "model/safetensors.h"
+
+using namespace zn;
+using namespace zn::model;
+
+namespace {
+
+using Params = std::map<std::string, std::vector<double>>;
+
+// Not a parameter: the pad row as the embedding lookup sees it (see reference_logp).
+constexpr const char* kFrozenPadRow = "frozen pad row";
+
+// A temporary file path, removed at the end of the scope.
+struct TempFile {
+  std::string path;
+  explicit TempFile(const char* suffix) {
+    const char* base = std::getenv("TMPDIR");
+    std::string pattern = std::string(base ? base : "/tmp") + "/zn-model-XXXXXX";
+    std::vector<char> buffer(pattern.begin(), pattern.end());
+    buffer.push_back('\0');
+    const int fd = mkstemp(buffer.data());
+    ZN_CHECK(fd >= 0, "mkstemp failed");
+    ::close(fd);
+    ::unlink(buffer.data());
+    path = std::string(buffer.data()) + suffix;
+  }
+  ~TempFile() { ::unlink(path.c_str()); }
+};
+
+MistralConfig tiny_config(bool tied) {
+  MistralConfig c;
+  c.vocab_size = 13;
+  c.hidden_size = 8;
+  c.intermediate_size = 12;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 4;  // q_dim 16 != hidden_size
+  c.rms_norm_eps = 1e-5f;
+  c.rope_theta = 1e6f;
+  c.sliding_window = 3;
+  c.tie_word_embeddings = tied;
+  c.pad_token_id = 2;
+  return c;
+}
+
+// Random f32 weights (the model's exact inputs), norms near 1.
+Params random_params(const MistralConfig& c) {
+  Params params;
+  for (const ParameterSpec& p : parameter_table(c)) {
+    const bool norm = p.shape.size() == 1;
+    const double scale = norm ? 0.3 : p.name.find("embed") != std::string::npos ? 0.7 : 1.2 / std::sqrt(double(p.shape[1]));
+    std::vector<float> w = test::random_f32(p.numel, float(scale));
+    if (norm) {
+      for (float& x : w) x += 1.0f;
+    }
+    params[p.name] = test::to_f64(w);
+  }
+  return params;
+}
+
+struct Batch {
+  std::vector<int32_t> ids, positions, targets, cu;
+  TokenBatchView view() const {
+    return {long(ids.size()), ids.data(), positions.data(), targets.data(), cu.data(), int(cu.size()) - 1};
+  }
+};
+
+// Documents of the given lengths, random ids (some the pad id), targets = next token with a
+// few masked, -100 at each document's end.
+Batch random_batch(const MistralConfig& c, const std::vector<int>& lengths) {
+  Batch b;
+  b.cu.push_back(0);
+  std::uniform_int_distribution<int> token(0, int(c.vocab_size) - 1);
+  std::uniform_real_distribution<double> unit(0, 1);
+  for (int len : lengths) {
+    const size_t start = b.ids.size();
+    for (int i = 0; i < len; ++i) {
+      b.ids.push_back(i == 1 ? int32_t(c.pad_token_id) : token(test::rng()));
+      b.positions.push_back(i);
+    }
+    for (int i = 0; i < len; ++i) {
+      const bool last = i + 1 == len;
+      b.targets.push_back(last || unit(test::rng()) < 0.2 ? -100 : b.ids[start + size_t(i) + 1]);
+    }
+    b.cu.push_back(int32_t(b.ids.size()));
+  }
+  return b;
+}
+
+// ----- float64 reference -------------------------------------------------------------------
+
+using Matrix = std::vector<double>;  // row-major
+
+// y[N, out] = x[N, in] · W[out, in]ᵀ
+Matrix linear(const Matrix& x, const std::vector<double>& w, long N, long in, long out) {
+  Matrix y(size_t(N * out), 0.0);
+  for (long n = 0; n < N; ++n)
+    for (long o = 0; o < out; ++o) {
+      double s = 0;
+      for (long i = 0; i < in; ++i) s += x[size_t(n * in + i)] * w[size_t(o * in + i)];
+      y[size_t(n * out + o)] = s;
+    }
+  return y;
+}
+
+Matrix rmsnorm(const Matrix& x, const std::vector<double>& w, long N, long d, double eps) {
+  Matrix y(x.size());
+  for (long n = 0; n < N; ++n) {
+    double ms = 0;
+    for (long j = 0; j < d; ++j) ms += x[size_t(n * d + j)] * x[size_t(n * d + j)];
+    const double r = 1.0 / std::sqrt(ms / double(d) + eps);
+    for (long j = 0; j < d; ++j) y[size_t(n * d + j)] = w[size_t(j)] * x[size_t(n * d + j)] * r;
+  }
+  return y;
+}
+
+void rope(Matrix& x, long N, int H, int D, double theta, const std::vector<int32_t>& pos) {
+  for (long t = 0; t < N; ++t)
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < D / 2; ++i) {
+        const double angle = pos[size_t(t)] * std::pow(theta, -2.0 * i / D);
+        double* r = &x[size_t((t * H + h) * D)];
+        const double a = r[i], b = r[i + D / 2];
+        r[i] = a * std::cos(angle) - b * std::sin(angle);
+        r[i + D / 2] = b * std::cos(angle) + a * std::sin(angle);
+      }
+}
+
+Matrix attention(const Matrix& q, const Matrix& k, const Matrix& v, const MistralConfig& c,
+                 const std::vector<int32_t>& cu) {
+  const int Hq = c.num_heads, Hk = c.num_kv_heads, D = c.head_dim;
+  const long N = cu.back();
+  Matrix out(size_t(N * Hq * D), 0.0);
+  for (size_t doc = 0; doc + 1 < cu.size(); ++doc)
+    for (long i = cu[doc]; i < cu[doc + 1]; ++i)
+      for (int h = 0; h < Hq; ++h) {
+        const int kh = h / (Hq / Hk);
+        std::vector<double> score;
+        std::vector<long> keys;
+        for (long j = cu[doc]; j <= i; ++j) {
+          if (c.sliding_window > 0 && i - j >= c.sliding_window) continue;  // HF: i - w < j
+          double s = 0;
+          for (int x = 0; x < D; ++x) s += q[size_t((i * Hq + h) * D + x)] * k[size_t((j * Hk + kh) * D + x)];
+          score.push_back(s / std::sqrt(double(D)));
+          keys.push_back(j);
+        }
+        const double m = *std::max_element(score.begin(), score.end());
+        double z = 0;
+        for (double s : score) z += std::exp(s - m);
+        for (size_t n = 0; n < keys.size(); ++n)
+          for (int x = 0; x < D; ++x)
+            out[size_t((i * Hq + h) * D + x)] += std::exp(score[n] - m) / z * v[size_t((keys[n] * Hk + kh) * D + x)];
+      }
+  return out;
+}
+
+std::vector<double> reference_logp(const MistralConfig& c, const Params& P, const Batch& b) {
+  const long N = long(b.ids.size()), d = c.hidden_size, ffn = c.intermediate_size;
+  Matrix x(size_t(N * d));
+  // nn.Embedding(padding_idx): the pad row's lookup is a constant (no gradient through it), so
+  // the pad token reads a frozen copy of its row that finite differences do not perturb.
+  const std::vector<double>& table = P.at("model.embed_tokens.weight");
+  const std::vector<double> pad_row(table.begin() + c.pad_token_id * d, table.begin() + (c.pad_token_id + 1) * d);
+  const std::vector<double>& frozen = P.count(kFrozenPadRow) ? P.at(kFrozenPadRow) : pad_row;
+  for (long t = 0; t < N; ++t)
+    for (long j = 0; j < d; ++j) {
+      const int32_t id = b.ids[size_t(t)];
+      x[size_t(t * d + j)] = id == c.pad_token_id ? frozen[size_t(j)] : table[size_t(id * d + j)];
+    }
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Matrix n1 = rmsnorm(x, P.at(p + "input_layernorm.weight"), N, d, c.rms_norm_eps);
+    Matrix q = linear(n1, P.at(p + "self_attn.q_proj.weight"), N, d, c.q_dim());
+    Matrix k = linear(n1, P.at(p + "self_attn.k_proj.weight"), N, d, c.kv_dim());
+    Matrix v = linear(n1, P.at(p + "self_attn.v_proj.weight"), N, d, c.kv_dim());
+    rope(q, N, c.num_heads, c.head_dim, c.rope_theta, b.positions);
+    rope(k, N, c.num_kv_heads, c.head_dim, c.rope_theta, b.positions);
+    Matrix o = linear(attention(q, k, v, c, b.cu), P.at(p + "self_attn.o_proj.weight"), N, c.q_dim(), d);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
+    Matrix n2 = rmsnorm(x, P.at(p + "post_attention_layernorm.weight"), N, d, c.rms_norm_eps);
+    Matrix gate = linear(n2, P.at(p + "mlp.gate_proj.weight"), N, d, ffn);
+    Matrix up = linear(n2, P.at(p + "mlp.up_proj.weight"), N, d, ffn);
+    for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
+    Matrix down = linear(gate, P.at(p + "mlp.down_proj.weight"), N, ffn, d);
+    for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
+  }
+  Matrix h = rmsnorm(x, P.at("model.norm.weight"), N, d, c.rms_norm_eps);
+  const auto& head = P.at(c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  Matrix logits = linear(h, head, N, d, c.vocab_size);
+  std::vector<double> logp(size_t(N), 0.0);
+  for (long t = 0; t < N; ++t) {
+    if (b.targets[size_t(t)] < 0) continue;
+    const double* row = &logits[size_t(t * c.vocab_size)];
+    const double m = *std::max_element(row, row + c.vocab_size);
+    double z = 0;
+    for (long v = 0; v < c.vocab_size; ++v) z += std::exp(row[v] - m);
+    logp[size_t(t)] = row[b.targets[size_t(t)]] - m - std::log(z);
+  }
+  return logp;
+}
+
+double weighted_loss(const MistralConfig& c, const Params& P, const Batch& b, const std::vector<float>& w) {
+  const std::vector<double> logp = reference_logp(c, P, b);
+  double loss = 0;
+  for (size_t t = 0; t < logp.size(); ++t) loss += w[t] * logp[t];
+  return loss;
+}
+
+// ----- helpers around the model -------------------------------------------------------------
+
+std::unique_ptr<MistralModel> make_model(const MistralConfig& c, const Params& params, ModelOptions o) {
+  // The parameter table gives shapes; tensors are written with them so the reader checks them.
+  TempFile file(".safetensors");
+  std::vector<std::vector<float>> data;
+  std::vector<StTensorToWrite> tensors;
+  const auto table = parameter_table(c);
+  data.reserve(table.size());
+  for (const ParameterSpec& p : table) {
+    data.emplace_back(params.at(p.name).begin(), params.at(p.name).end());
+    tensors.push_back({p.name, StDType::F32, p.shape, data.back().data()});
+  }
+  write_safetensors(file.path, tensors, {});
+  auto model = std::make_unique<MistralModel>(c, o);
+  const auto unexpected = model->load_weights({file.path});
+  EXPECT(unexpected.empty());
+  return model;
+}
+
+std::vector<float> run_logp(MistralModel& m, const Batch& b, bool keep) {
+  std::vector<float> logp(b.ids.size());
+  if (keep) {
+    m.forward(b.view(), logp.data());
+  } else {
+    m.logprobs(b.view(), logp.data());
+  }
+  return logp;
+}
+
+std::vector<float> gradient_of(const MistralModel& m, const std::string& name) {
+  const ParameterSpec& p = m.parameter(name);
+  return {m.gradient(p), m.gradient(p) + p.numel};
+}
+
+}  // namespace
+
+ZN_TEST("model.logp_and_every_gradient_match_float64_reference") {
+  for (bool tied : {true, false}) {
+    const MistralConfig c = tiny_config(tied);
+    Params P = random_params(c);
+    const Batch b = random_batch(c, {7, 1, 5});
+    std::vector<float> w = test::random_f32(b.ids.size());
+
+    ModelOptions o;
+    o.max_tokens = 16;
+    auto model = make_model(c, P, o);
+    const std::vector<float> logp = run_logp(*model, b, true);
+    test::expect_close(logp, reference_logp(c, P, b), test::kF32RelTol, "logp");
+    model->zero_grad();
+    model->backward(w.data(), long(w.size()));
+
+    // Central differences of the float64 loss over every entry of every parameter.
+    const auto& table = P.at("model.embed_tokens.weight");
+    const long d = c.hidden_size;
+    P[kFrozenPadRow].assign(table.begin() + c.pad_token_id * d, table.begin() + (c.pad_token_id + 1) * d);
+    for (const ParameterSpec& p : model->parameters()) {
+      std::vector<double> fd(p.numel);
+      std::vector<double>& values = P[p.name];
+      for (size_t i = 0; i < p.numel; ++i) {
+        const double saved = values[i];
+        const double h = 1e-5 * std::max(1.0, std::fabs(saved));
+        values[i] = saved + h;
+        const double up = weighted_loss(c, P, b, w);
+        values[i] = saved - h;
+        const double down = weighted_loss(c, P, b, w);
+        values[i] = saved;
+        fd[i] = (up - down) / (2 * h);
+      }
+      test::expect_close(gradient_of(*model, p.name), fd, 1e-4, "d loss / d " + p.name);
+    }
+    // The pad row gets no gradient from the lookup; with tied weights lm_head's still reaches it.
+    if (!tied) {
+      const std::vector<float> g = gradient_of(*model, "model.embed_tokens.weight");
+      for (long j = 0; j < c.hidden_size; ++j) EXPECT(g[size_t(c.pad_token_id * c.hidden_size + j)] == 0.0f);
+    }
+  }
+}
+
+ZN_TEST("model.checkpointing_gives_the_same_gradients") {
+  const MistralConfig c = tiny_config(true);
+  const Params P = random_params(c);
+  const Batch b = random_batch(c, {6, 4});
+  const std::vector<float> w = test::random_f32(b.ids.size());
+  ModelOptions plain;
+  plain.max_tokens = 12;
+  ModelOptions ckpt = plain;
+  ckpt.gradient_checkpointing = true;
+  auto a = make_model(c, P, plain);
+  auto r = make_model(c, P, ckpt);
+  EXPECT(r->memory_plan().activations < a->memory_plan().activations);
+  const std::vector<float> la = run_logp(*a, b, true), lr = run_logp(*r, b, true);
+  EXPECT(la == lr);
+  a->backward(w.data(), long(w.size()));
+  r->backward(w.data(), long(w.size()));
+  for (const ParameterSpec& p : a->parameters()) {
+    EXPECT(gradient_of(*a, p.name) == gradient_of(*r, p.name), p.name);
+  }
+}
+
+ZN_TEST("model.packed_documents_equal_separate_sequences") {
+  const MistralConfig c = tiny_config(false);
+  const Params P = random_params(c);
+  ModelOptions o;
+  o.max_tokens = 20;
+  o.trainable = false;
+  auto model = make_model(c, P, o);
+  const Batch packed = random_batch(c, {6, 9, 3});
+  const std::vector<float> together = run_logp(*model, packed, false);
+  for (size_t doc = 0; doc + 1 < packed.cu.size(); ++doc) {
+    Batch alone;
+    const size_t b = size_t(packed.cu[doc]), e = size_t(packed.cu[doc + 1]);
+    alone.ids.assign(packed.ids.begin() + long(b), packed.ids.begin() + long(e));
+    alone.positions.assign(packed.positions.begin() + long(b), packed.positions.begin() + long(e));
+    alone.targets.assign(packed.targets.begin() + long(b), packed.targets.begin() + long(e));
+    alone.cu = {0, int32_t(e - b)};
+    const std::vector<float> separate = run_logp(*model, alone, false);
+    const std::vector<float> slice(together.begin() + long(b), together.begin() + long(e));
+    test::expect_close(slice, test::to_f64(separate), 1e-6, "document " + std::to_string(doc));
+  }
+}
+
+ZN_TEST("model.bf16_mode_stays_close_to_float64") {
+  const MistralConfig c = tiny_config(true);
+  const Params P = random_params(c);
+  const Batch b = random_batch(c, {8, 5});
+  ModelOptions o;
+  o.max_tokens = 16;
+  o.precision = Precision::BF16;
+  auto model = make_model(c, P, o);
+  // bf16 rounds weights and matmul inputs to 8 significant bits (relative 2^-9 each); over a
+  // few layers the log-probs drift by well under a percent.
+  test::expect_close(run_logp(*model, b, true), reference_logp(c, P, b), 2e-2, "bf16 logp");
+}
+
+ZN_TEST("model.optimizer_decays_all_but_norms_and_clips_like_torch") {
+  const MistralConfig c = tiny_config(false);
+  const Params P = random_params(c);
+  ModelOptions o;
+  o.max_tokens = 8;
+  auto model = make_model(c, P, o);
+
+  // Zero gradients: Adam's update is 0 / (0 + eps) = 0, so only decoupled decay moves weights.
+  model->zero_grad();
+  const double norm0 = model->clip_and_step({0.1f, 0.9f, 0.999f, 1e-8f, 0.5f, 1.0f});
+  EXPECT(norm0 == 0.0);
+  for (const ParameterSpec& p : model->parameters()) {
+    const bool norm_weight = p.name.find("norm") != std::string::npos;
+    EXPECT(p.decay == !norm_weight, p.name);
+    std::vector<double> expected = P.at(p.name);
+    for (double& x : expected) x *= norm_weight ? 1.0 : 1.0 - 0.1f * 0.5f;
+    const std::vector<float> got(model->master(p), model->master(p) + p.numel);
+    test::expect_close(got, expected, 1e-6, "decayed " + p.name);
+  }
+
+  // The grad norm over every parameter, before clipping.
+  const Batch b = random_batch(c, {6});
+  std::vector<float> w(b.ids.size(), -1.0f);
+  run_logp(*model, b, true);
+  model->zero_grad();
+  model->backward(w.data(), long(w.size()));
+  double sum = 0;
+  for (const ParameterSpec& p : model->parameters())
+    for (float g : gradient_of(*model, p.name)) sum += double(g) * g;
+  const double norm = model->clip_and_step({1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1e-3f});
+  EXPECT(std::fabs(norm - std::sqrt(sum)) <= 1e-6 * std::sqrt(sum), norm, " vs ", std::sqrt(sum));
+  EXPECT(model->optimizer_step() == 2);
+}
+
+ZN_TEST("model.optimizer_state_round_trips") {
+  const MistralConfig c = tiny_config(true);
+  const Params P = random_params(c);
+  ModelOptions o;
+  o.max_tokens = 8;
+  auto a = make_model(c, P, o);
+  auto r = make_model(c, P, o);
+  const Batch b = random_batch(c, {7});
+  std::vector<float> w(b.ids.size(), -0.5f);
+  for (int step = 0; step < 2; ++step) {
+    run_logp(*a, b, true);
+    a->zero_grad();
+    a->backward(w.data(), long(w.size()));
+    a->clip_and_step({1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1.0f});
+  }
+  TempFile state(".safetensors"), weights(".safetensors");
+  a->save_optimizer_state(state.path);
+  std::vector<std::string> names;
+  for (const ParameterSpec& p : a->parameters()) names.push_back(p.name);
+  a->save_weights({{weights.path, names}}, SaveDType::F32);
+  EXPECT(r->load_weights({weights.path}).empty());
+  r->load_optimizer_state(state.path);
+  EXPECT(r->optimizer_step() == 2);
+  // One more identical step on both: bit-identical weights.
+  for (MistralModel* m : {a.get(), r.get()}) {
+    run_logp(*m, b, true);
+    m->zero_grad();
+    m->backward(w.data(), long(w.size()));
+    m->clip_and_step({1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1.0f});
+  }
+  for (const ParameterSpec& p : a->parameters()) {
+    EXPECT(std::equal(a->master(p), a->master(p) + p.numel, r->master(p)), p.name);
+  }
+}
+
+ZN_TEST("model.bad_batches_and_configs_are_errors_naming_the_field") {
+  auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
+    try {
+      f();
+    } catch (const Error& e) {
+      EXPECT(std::string(e.what()).find(needle) != std::string::npos, "message: ", e.what());
+      return;
+    }
+    fail("expected an error mentioning '", needle, "'");
+  };
+  MistralConfig bad = tiny_config(true);
+  bad.num_kv_heads = 3;
+  expect_error([&] { bad.validate(); }, "num_key_value_heads");
+
+  const MistralConfig c = tiny_config(true);
+  ModelOptions o;
+  o.max_tokens = 8;
+  MistralModel model(c, o);
+  std::vector<float> logp(16);
+  Batch b = random_batch(c, {4});
+  b.ids[2] = 13;
+  expect_error([&] { model.forward(b.view(), logp.data()); }, "inputIds[2] = 13");
+  b = random_batch(c, {4});
+  b.targets[0] = -5;
+  expect_error([&] { model.forward(b.view(), logp.data()); }, "targets[0] = -5");
+  b = random_batch(c, {4});
+  b.cu = {0, 3};
+  expect_error([&] { model.forward(b.view(), logp.data()); }, "last cuSeqlens offset");
+  b = random_batch(c, {9});
+  expect_error([&] { model.forward(b.view(), logp.data()); }, "more than maxTokens 8");
+  expect_error([&] { model.backward(logp.data(), 4); }, "needs a forward() first");
+}
