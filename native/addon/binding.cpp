@@ -11,8 +11,76 @@ Options::Options(const Napi::CallbackInfo& info, const char* op) : env_(info.Env
   object_ = info[0].As<Napi::Object>();
 }
 
+Options::Options(const Options& parent, Napi::Object object, std::string where)
+    : env_(parent.env_), object_(object), op_(parent.op_), where_(std::move(where)), held_(parent.held_) {}
+
 void Options::error(const std::string& message) const {
-  throw Napi::TypeError::New(env_, std::string(op_) + ": " + message);
+  throw Napi::TypeError::New(env_, std::string(op_) + ": " + where_ + message);
+}
+
+Options Options::object(const char* name) const {
+  Napi::Value value = field(name);
+  if (!value.IsObject() || value.IsArray()) error(std::string("'") + name + "' must be an object");
+  return Options(*this, value.As<Napi::Object>(), where_ + "in '" + name + "': ");
+}
+
+std::vector<Options> Options::objects(const char* name) const {
+  Napi::Value value = field(name);
+  if (!value.IsArray()) error(std::string("'") + name + "' must be an array of objects");
+  Napi::Array array = value.As<Napi::Array>();
+  std::vector<Options> out;
+  for (uint32_t i = 0; i < array.Length(); ++i) {
+    Napi::Value item = array.Get(i);
+    const std::string where = std::string(name) + "[" + std::to_string(i) + "]";
+    if (!item.IsObject() || item.IsArray()) error("'" + where + "' must be an object");
+    out.push_back(Options(*this, item.As<Napi::Object>(), where_ + "in '" + where + "': "));
+  }
+  return out;
+}
+
+std::vector<std::string> Options::strings(const char* name) const {
+  Napi::Value value = field(name);
+  if (!value.IsArray()) error(std::string("'") + name + "' must be an array of strings");
+  Napi::Array array = value.As<Napi::Array>();
+  std::vector<std::string> out;
+  for (uint32_t i = 0; i < array.Length(); ++i) {
+    Napi::Value item = array.Get(i);
+    if (!item.IsString()) error(std::string("'") + name + "[" + std::to_string(i) + "]' must be a string");
+    out.push_back(item.As<Napi::String>().Utf8Value());
+  }
+  return out;
+}
+
+std::vector<int64_t> Options::integers(const char* name) const {
+  Napi::Value value = field(name);
+  if (!value.IsArray()) error(std::string("'") + name + "' must be an array of integers");
+  Napi::Array array = value.As<Napi::Array>();
+  std::vector<int64_t> out;
+  for (uint32_t i = 0; i < array.Length(); ++i) {
+    Napi::Value item = array.Get(i);
+    const double d = item.IsNumber() ? item.As<Napi::Number>().DoubleValue() : NAN;
+    if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > 9007199254740991.0) {
+      error(std::string("'") + name + "[" + std::to_string(i) + "]' must be an integer");
+    }
+    out.push_back(int64_t(d));
+  }
+  return out;
+}
+
+std::map<std::string, std::string> Options::string_map_or_empty(const char* name) const {
+  std::map<std::string, std::string> out;
+  if (!has(name)) return out;
+  Napi::Value value = object_.Get(name);
+  if (!value.IsObject() || value.IsArray()) error(std::string("'") + name + "' must be an object of strings");
+  Napi::Object object = value.As<Napi::Object>();
+  Napi::Array keys = object.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    const std::string key = keys.Get(i).As<Napi::String>().Utf8Value();
+    Napi::Value item = object.Get(key);
+    if (!item.IsString()) error(std::string("'") + name + "." + key + "' must be a string");
+    out.emplace(key, item.As<Napi::String>().Utf8Value());
+  }
+  return out;
 }
 
 void Options::size_error(const char* name, size_t got, size_t expected) const {
@@ -79,7 +147,7 @@ ArrayView<T> Options::typed(const char* name, const char* type_name) const {
     error(std::string("'") + name + "' must be a " + type_name);
   }
   auto array = value.As<Napi::TypedArrayOf<T>>();
-  held_.push_back(value);
+  held_->push_back(value);
   return ArrayView<T>{array.Data(), array.ElementLength()};
 }
 

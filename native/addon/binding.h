@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -41,14 +43,25 @@ class Options {
   ArrayView<float> f32_or_empty(const char* name) const;
   ArrayView<int32_t> i32_or_empty(const char* name) const;
 
+  // A nested options object; its errors say where it sits ("in 'config': ...").
+  Options object(const char* name) const;
+  // An array of objects, each read as nested options ("in 'shards[2]': ...").
+  std::vector<Options> objects(const char* name) const;
+  std::vector<std::string> strings(const char* name) const;
+  // An array of integers (e.g. a shape), each a safe integer.
+  std::vector<int64_t> integers(const char* name) const;
+  // An object whose values are all strings (e.g. file metadata); empty when absent.
+  std::map<std::string, std::string> string_map_or_empty(const char* name) const;
+
   // Requires that an array field holds exactly `expected` elements.
   template <typename T>
   void expect_size(const char* name, const ArrayView<T>& view, size_t expected) const {
     if (view.size != expected) size_error(name, view.size, expected);
   }
 
-  // The JS values read so far that own memory, so an async worker can keep them alive.
-  const std::vector<Napi::Value>& held() const { return held_; }
+  // The JS values read so far (nested options included) that own memory, so an async worker
+  // can keep them alive.
+  const std::vector<Napi::Value>& held() const { return *held_; }
 
   [[noreturn]] void error(const std::string& message) const;
 
@@ -58,10 +71,13 @@ class Options {
   ArrayView<T> typed(const char* name, const char* type_name) const;
   [[noreturn]] void size_error(const char* name, size_t got, size_t expected) const;
 
+  Options(const Options& parent, Napi::Object object, std::string where);
+
   Napi::Env env_;
   Napi::Object object_;
   const char* op_;
-  mutable std::vector<Napi::Value> held_;
+  std::string where_;  // for nested options: "in 'config': "
+  std::shared_ptr<std::vector<Napi::Value>> held_ = std::make_shared<std::vector<Napi::Value>>();
 };
 
 // Runs `work` on a libuv worker thread and returns a Promise. A zn::Error (or any
