@@ -32,7 +32,139 @@ export interface NativeAddon {
   info(): AddonInfo;
   /** Self-check of the thread pool and the async path: sum of x^2 in f64. */
   sumOfSquares(options: { values: Float32Array }): Promise<number>;
+  /** A safetensors file's validated header: tensors in file order, and `__metadata__`. */
+  readSafetensorsHeader(options: { path: string }): SafetensorsHeader;
+  /** One tensor converted to f32 or bf16 (bits). For tests and small tensors. */
+  readTensor(options: { path: string; name: string; dtype: 'f32' }): Promise<Float32Array>;
+  readTensor(options: { path: string; name: string; dtype: 'bf16' }): Promise<Uint16Array>;
+  /** Writes a safetensors file atomically, tensors in the order given. */
+  writeSafetensors(options: {
+    path: string;
+    tensors: SafetensorsTensorData[];
+    metadata?: Record<string, string>;
+  }): Promise<void>;
+  /** The Mistral model (native/model/mistral.h): `new addon.Model({config, maxTokens, ...})`. */
+  Model: new (options: NativeModelOptions) => NativeModel;
+  /** The bytes a Model with these options would allocate, computed without allocating. */
+  modelMemoryPlan(options: NativeModelOptions): MemoryPlan;
 }
+
+/** MistralConfig fields the native model needs (lib/model/model.ts maps config.json to it). */
+export interface NativeModelConfig {
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numHiddenLayers: number;
+  numAttentionHeads: number;
+  numKeyValueHeads: number;
+  headDim: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  /** 0 (or absent): no sliding window. */
+  slidingWindow?: number;
+  tieWordEmbeddings?: boolean;
+  /** -1 (or absent): none; otherwise that embedding row gets no gradient. */
+  padTokenId?: number;
+}
+
+export interface NativeModelOptions {
+  config: NativeModelConfig;
+  /** 'f32' (default) or 'bf16': bf16 weights and matmul inputs, f32 master weights. */
+  dtype?: 'f32' | 'bf16';
+  /** The most tokens one forward/logprobs call may carry (activations are planned for it). */
+  maxTokens: number;
+  /** Keep only each layer's input and recompute the layer in backward. */
+  gradientCheckpointing?: boolean;
+  /** false: no gradients, optimizer moments or saved activations (a frozen reference). */
+  trainable?: boolean;
+}
+
+/** Bytes by category; logitsChunks is the log-prob kernel's scratch during a call. */
+export interface MemoryPlan {
+  weights: number;
+  grads: number;
+  optimizer: number;
+  activations: number;
+  logitsChunks: number;
+  total: number;
+}
+
+export interface NativeParameter {
+  name: string;
+  shape: number[];
+  /** Whether AdamW weight decay applies (not to norm weights, as HF Trainer). */
+  decay: boolean;
+}
+
+/** A packed batch (lib/data/batch.ts TokenBatch). */
+export interface NativeTokenBatch {
+  inputIds: Int32Array;
+  positionIds: Int32Array;
+  targets: Int32Array;
+  cuSeqlens: Int32Array;
+}
+
+export interface AdamWHyperparameters {
+  lr: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  /** <= 0 or absent: no clipping. */
+  maxGradNorm?: number;
+}
+
+/**
+ * The native model. One call at a time: a call made while another is running is an error.
+ * forward() keeps activations for exactly one backward(); logprobs() keeps nothing.
+ */
+export interface NativeModel {
+  parameters(): NativeParameter[];
+  memoryPlan(): MemoryPlan;
+  /** Reads every parameter from safetensors files; returns the names of extra tensors. */
+  loadWeights(options: { files: string[] }): Promise<{ unexpected: string[] }>;
+  /** Writes shards atomically; every parameter must be named exactly once. */
+  saveWeights(options: { shards: { path: string; names: string[] }[]; dtype?: 'f32' | 'f16' | 'bf16' }): Promise<void>;
+  /** Per-token log p(target) (0 where target is -100), keeping activations for backward. */
+  forward(batch: NativeTokenBatch): Promise<{ logp: Float32Array }>;
+  /** The same log-probs without keeping anything for backward. */
+  logprobs(batch: NativeTokenBatch): Promise<{ logp: Float32Array }>;
+  /** Accumulates parameter gradients of a loss whose per-token gradient is dlogp. */
+  backward(options: { dlogp: Float32Array }): Promise<void>;
+  zeroGrad(options: Record<string, never>): Promise<void>;
+  /** Global grad-norm clipping (torch clip_grad_norm_) and one AdamW step. */
+  clipAndStep(options: AdamWHyperparameters): Promise<{ gradNorm: number; step: number }>;
+  saveOptimizerState(options: { path: string }): Promise<void>;
+  loadOptimizerState(options: { path: string }): Promise<void>;
+  /** AdamW steps taken (restored by loadOptimizerState). */
+  optimizerStep(): number;
+  getParameter(options: { name: string }): Float32Array;
+  getGradient(options: { name: string }): Float32Array;
+}
+
+/** Every dtype name the safetensors format defines (only F32, F16 and BF16 load). */
+export type SafetensorsDType =
+  | 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'U16' | 'U32' | 'U64'
+  | 'BOOL' | 'C64' | 'F8_E5M2' | 'F8_E4M3' | 'F8_E8M0' | 'F8_E4M3FNUZ' | 'F8_E5M2FNUZ'
+  | 'F6_E2M3' | 'F6_E3M2' | 'F4';
+
+export interface SafetensorsTensorInfo {
+  name: string;
+  dtype: SafetensorsDType;
+  shape: number[];
+  /** Byte range in the data section. */
+  dataOffsets: [number, number];
+}
+
+export interface SafetensorsHeader {
+  tensors: SafetensorsTensorInfo[];
+  metadata: Record<string, string>;
+}
+
+/** F32 data is a Float32Array; BF16 and F16 data a Uint16Array of bit patterns. */
+export type SafetensorsTensorData =
+  | { name: string; dtype: 'F32'; shape: number[]; data: Float32Array }
+  | { name: string; dtype: 'BF16' | 'F16'; shape: number[]; data: Uint16Array };
 
 /** The package root: dist/lib/native.js -> ../.. ; lib/native.ts (ts-node style) -> .. */
 export function packageRoot(): string {

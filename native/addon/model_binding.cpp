@@ -241,12 +241,12 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value ClipAndStep(const Napi::CallbackInfo& info) {
     Options options(info, "clipAndStep");
     model::AdamWOptions hp;
-    hp.lr = float(options.number("lr"));
-    hp.beta1 = float(options.number("beta1", 0.9));
-    hp.beta2 = float(options.number("beta2", 0.999));
-    hp.eps = float(options.number("eps", 1e-8));
-    hp.weight_decay = float(options.number("weightDecay", 0.0));
-    hp.max_grad_norm = float(options.number("maxGradNorm", 0.0));
+    hp.lr = options.number("lr");
+    hp.beta1 = options.number("beta1", 0.9);
+    hp.beta2 = options.number("beta2", 0.999);
+    hp.eps = options.number("eps", 1e-8);
+    hp.weight_decay = options.number("weightDecay", 0.0);
+    hp.max_grad_norm = options.number("maxGradNorm", 0.0);
     auto norm = std::make_shared<double>(0.0);
     auto step = std::make_shared<long>(0);
     return run(

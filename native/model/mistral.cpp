@@ -571,7 +571,7 @@ double MistralModel::clip_and_step(const AdamWOptions& hp) {
   ++step_;
   const bool bf16_copy = options_.precision == Precision::BF16;
   for (const ParameterSpec& p : params_) {
-    const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0f,
+    const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0,
                            step_, scale};
     cpu::adamw_update(long(p.numel), s, master_.data() + p.offset, grads_.data() + p.offset,
                       adam_m_.data() + p.offset, adam_v_.data() + p.offset,

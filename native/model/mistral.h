@@ -83,13 +83,14 @@ struct TokenBatchView {
   int n_docs = 0;  // cu_seqlens holds n_docs + 1 offsets
 };
 
+// f64 like torch's Python-float hyperparameters (see kernels/cpu/adamw.h).
 struct AdamWOptions {
-  float lr = 0;
-  float beta1 = 0.9f;
-  float beta2 = 0.999f;
-  float eps = 1e-8f;
-  float weight_decay = 0;
-  float max_grad_norm = 0;  // <= 0: no clipping
+  double lr = 0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0;
+  double max_grad_norm = 0;  // <= 0: no clipping
 };
 
 // Where a weight file's tensors go (saving): one safetensors file and the names it holds.

@@ -366,13 +366,13 @@ ZN_TEST("model.optimizer_decays_all_but_norms_and_clips_like_torch") {
 
   // Zero gradients: Adam's update is 0 / (0 + eps) = 0, so only decoupled decay moves weights.
   model->zero_grad();
-  const double norm0 = model->clip_and_step({0.1f, 0.9f, 0.999f, 1e-8f, 0.5f, 1.0f});
+  const double norm0 = model->clip_and_step({0.1, 0.9, 0.999, 1e-8, 0.5, 1.0});
   EXPECT(norm0 == 0.0);
   for (const ParameterSpec& p : model->parameters()) {
     const bool norm_weight = p.name.find("norm") != std::string::npos;
     EXPECT(p.decay == !norm_weight, p.name);
     std::vector<double> expected = P.at(p.name);
-    for (double& x : expected) x *= norm_weight ? 1.0 : 1.0 - 0.1f * 0.5f;
+    for (double& x : expected) x *= norm_weight ? 1.0 : 1.0 - 0.1 * 0.5;
     const std::vector<float> got(model->master(p), model->master(p) + p.numel);
     test::expect_close(got, expected, 1e-6, "decayed " + p.name);
   }
@@ -386,7 +386,7 @@ ZN_TEST("model.optimizer_decays_all_but_norms_and_clips_like_torch") {
   double sum = 0;
   for (const ParameterSpec& p : model->parameters())
     for (float g : gradient_of(*model, p.name)) sum += double(g) * g;
-  const double norm = model->clip_and_step({1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1e-3f});
+  const double norm = model->clip_and_step({1e-3, 0.9, 0.999, 1e-8, 0.0, 1e-3});
   EXPECT(std::fabs(norm - std::sqrt(sum)) <= 1e-6 * std::sqrt(sum), norm, " vs ", std::sqrt(sum));
   EXPECT(model->optimizer_step() == 2);
 }
@@ -404,7 +404,7 @@ ZN_TEST("model.optimizer_state_round_trips") {
     run_logp(*a, b, true);
     a->zero_grad();
     a->backward(w.data(), long(w.size()));
-    a->clip_and_step({1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1.0f});
+    a->clip_and_step({1e-2, 0.9, 0.99, 1e-8, 0.1, 1.0});
   }
   TempFile state(".safetensors"), weights(".safetensors");
   a->save_optimizer_state(state.path);
@@ -419,7 +419,7 @@ ZN_TEST("model.optimizer_state_round_trips") {
     run_logp(*m, b, true);
     m->zero_grad();
     m->backward(w.data(), long(w.size()));
-    m->clip_and_step({1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1.0f});
+    m->clip_and_step({1e-2, 0.9, 0.99, 1e-8, 0.1, 1.0});
   }
   for (const ParameterSpec& p : a->parameters()) {
     EXPECT(std::equal(a->master(p), a->master(p) + p.numel, r->master(p)), p.name);
