@@ -8,6 +8,8 @@
 #pragma once
 #include <cstdint>
 
+#include "core/cpu_features.h"
+
 namespace zn::cpu {
 
 struct AttentionShape {
@@ -26,5 +28,14 @@ void attention_forward(const AttentionShape& shape, const float* q, const float*
 void attention_backward(const AttentionShape& shape, const float* q, const float* k,
                         const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,
                         const float* lse, const float* dout, float* dq, float* dk, float* dv);
+
+// The same on a given SIMD path instead of cpu_path() (tests and benchmarks compare paths).
+void attention_forward(const AttentionShape& shape, const float* q, const float* k, const float* v,
+                       const int32_t* cu_seqlens, int n_docs, float* out, float* lse,
+                       CpuPath path);
+void attention_backward(const AttentionShape& shape, const float* q, const float* k,
+                        const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,
+                        const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                        CpuPath path);
 
 }  // namespace zn::cpu

@@ -1,0 +1,757 @@
+// Attention, FlashAttention-2 style (Dao 2023), over packed documents with GQA and a window:
+//   forward:  S = scale·Q·Kᵀ (masked), O = softmax(S)·V, lse = log Σ_j exp(S_ij)
+//   backward: P = exp(S - lse), dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP - rowsum(dO∘O)),
+//             dQ = scale·dS·K, dK = scale·dSᵀ·Q
+// The query heads that share a kv head are processed together: a query block is G heads × Br
+// tokens (token-major rows), so every packed K/V tile serves G times more rows. Scores exist only
+// as [block rows, key tile] scratch; key tiles that the mask hides from a block are never visited.
+#include "kernels/cpu/attention.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "core/errors.h"
+#include "core/thread_pool.h"
+
+namespace zn::cpu {
+
+namespace {
+
+constexpr long kKeyTile = 64;    // keys per tile (Bc)
+constexpr long kBlockRows = 64;  // target query rows (tokens × heads of a group) per block
+constexpr long kLanes = 16;      // matmul output widths are multiples of two AVX2 vectors
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+struct Span {
+  long begin, end;
+  long size() const { return end - begin; }
+};
+
+// The problem's geometry, derived once per call.
+struct Layout {
+  long tokens;
+  long heads, kv_heads, group, head_dim;
+  long padded_dim;    // head_dim rounded up to kLanes; the padding is zeros
+  long window;        // effective window: longer than any document when there is none
+  long block_tokens;  // Br
+  float scale;
+  long q_stride() const { return heads * head_dim; }
+  long kv_stride() const { return kv_heads * head_dim; }
+  long max_block_rows() const { return block_tokens * group; }
+};
+
+Layout make_layout(const AttentionShape& shape) {
+  Layout L;
+  L.tokens = shape.tokens;
+  L.heads = shape.n_heads;
+  L.kv_heads = shape.n_kv_heads;
+  L.group = shape.n_heads / shape.n_kv_heads;
+  L.head_dim = shape.head_dim;
+  L.padded_dim = round_up(shape.head_dim, kLanes);
+  L.window = shape.window > 0 && shape.window <= shape.tokens ? shape.window : shape.tokens + 1;
+  L.block_tokens = std::max(1L, kBlockRows / L.group);
+  L.scale = shape.scale;
+  return L;
+}
+
+void check_arguments(const char* op, const AttentionShape& shape, const int32_t* cu_seqlens,
+                     int n_docs) {
+  ZN_CHECK(shape.tokens >= 0, op, ": tokens must be >= 0, got ", shape.tokens);
+  ZN_CHECK(shape.n_heads > 0 && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0,
+           op, ": n_kv_heads (", shape.n_kv_heads, ") must be positive and divide n_heads (",
+           shape.n_heads, ")");
+  ZN_CHECK(shape.head_dim > 0, op, ": head_dim must be positive, got ", shape.head_dim);
+  ZN_CHECK(std::isfinite(shape.scale), op, ": scale must be finite, got ", shape.scale);
+  ZN_CHECK(n_docs >= 0, op, ": n_docs must be >= 0, got ", n_docs);
+  ZN_CHECK(cu_seqlens[0] == 0, op, ": cu_seqlens[0] must be 0, got ", cu_seqlens[0]);
+  for (int d = 0; d < n_docs; ++d) {
+    ZN_CHECK(cu_seqlens[d + 1] >= cu_seqlens[d], op, ": cu_seqlens must not decrease, but [",
+             d + 1, "] = ", cu_seqlens[d + 1], " < [", d, "] = ", cu_seqlens[d]);
+  }
+  ZN_CHECK(cu_seqlens[n_docs] == shape.tokens, op, ": cu_seqlens[", n_docs, "] = ",
+           cu_seqlens[n_docs], " must equal tokens = ", shape.tokens);
+}
+
+std::vector<Span> documents(const int32_t* cu_seqlens, int n_docs) {
+  std::vector<Span> docs;
+  for (int d = 0; d < n_docs; ++d) {
+    if (cu_seqlens[d + 1] > cu_seqlens[d]) docs.push_back({cu_seqlens[d], cu_seqlens[d + 1]});
+  }
+  return docs;
+}
+
+// ---- Which keys a query sees, and which tiles that leaves ----------------------------------
+
+// Query t of `doc` sees keys [first_key, t]; key j is seen by queries [j, j + window).
+long first_key(const Layout& L, Span doc, long t) { return std::max(doc.begin, t - L.window + 1); }
+
+// Tiles are aligned to the document start, so forward, both backward schemes and any thread
+// count cut the same (query block, key tile) pairs.
+Span key_tile(Span doc, long index) {
+  const long begin = doc.begin + index * kKeyTile;
+  return {begin, std::min(doc.end, begin + kKeyTile)};
+}
+
+Span query_block(const Layout& L, Span doc, long index) {
+  const long begin = doc.begin + index * L.block_tokens;
+  return {begin, std::min(doc.end, begin + L.block_tokens)};
+}
+
+long count_query_blocks(const Layout& L, Span doc) {
+  return (doc.size() + L.block_tokens - 1) / L.block_tokens;
+}
+long count_key_tiles(Span doc) { return (doc.size() + kKeyTile - 1) / kKeyTile; }
+
+// Key tiles [first, last) holding at least one key some query of `queries` sees.
+Span key_tiles_seen_by(const Layout& L, Span doc, Span queries) {
+  const long lo = first_key(L, doc, queries.begin) - doc.begin;
+  const long hi = queries.end - 1 - doc.begin;
+  return {lo / kKeyTile, hi / kKeyTile + 1};
+}
+
+// Query blocks [first, last) holding at least one query that sees some key of `keys`.
+Span query_blocks_seeing(const Layout& L, Span doc, Span keys) {
+  const long lo = keys.begin - doc.begin;
+  const long hi = std::min(doc.end, keys.end - 1 + L.window) - 1 - doc.begin;
+  return {lo / L.block_tokens, hi / L.block_tokens + 1};
+}
+
+// Scores of hidden (query, key) pairs become -inf: per row the visible keys are one interval.
+void mask_scores(const Layout& L, Span doc, Span queries, Span keys, long width, float* scores) {
+  const long rows = queries.size() * L.group;
+  for (long r = 0; r < rows; ++r) {
+    const long t = queries.begin + r / L.group;
+    const long hi = std::clamp(t + 1 - keys.begin, 0L, keys.size());
+    const long lo = std::clamp(first_key(L, doc, t) - keys.begin, 0L, hi);
+    float* row = scores + r * kKeyTile;
+    std::fill(row, row + lo, kNegInf);
+    std::fill(row + hi, row + width, kNegInf);
+  }
+}
+
+// ---- Per-path kernels on tiles -------------------------------------------------------------
+
+// C[M][N] = (accumulate ? C : 0) + A·B with A [M][K] (or, a_transposed, stored as [K][M]) and
+// B [K][N]; N is a multiple of kLanes.
+using MatmulFn = void (*)(long M, long N, long K, const float* a, long lda, bool a_transposed,
+                          const float* b, long ldb, float* c, long ldc, bool accumulate);
+// Online softmax over the next tile of scores (masked entries -inf): each row becomes
+// exp(s - new max), row_max and row_sum are updated, and rescale gets exp(old max - new max),
+// the factor by which the output accumulated so far must shrink.
+using SoftmaxFn = void (*)(float* scores, long rows, long width, float* row_max, float* row_sum,
+                           float* rescale);
+// P = exp(S - lse) in place (0 where masked).
+using ProbabilitiesFn = void (*)(float* scores, long rows, long width, const float* lse);
+// dS = P∘(dP - delta) in place of dP.
+using ScoreGradFn = void (*)(const float* probs, float* dprobs, long rows, long width,
+                             const float* delta);
+
+struct Kernels {
+  MatmulFn matmul;
+  SoftmaxFn softmax;
+  ProbabilitiesFn probabilities;
+  ScoreGradFn score_grad;
+};
+
+void matmul_scalar(long M, long N, long K, const float* a, long lda, bool a_transposed,
+                   const float* b, long ldb, float* c, long ldc, bool accumulate) {
+  for (long m = 0; m < M; ++m) {
+    float* cm = c + m * ldc;
+    if (!accumulate) std::fill(cm, cm + N, 0.0f);
+    for (long k = 0; k < K; ++k) {
+      const float x = a_transposed ? a[k * lda + m] : a[m * lda + k];
+      const float* bk = b + k * ldb;
+      for (long n = 0; n < N; ++n) cm[n] += x * bk[n];
+    }
+  }
+}
+
+void softmax_scalar(float* scores, long rows, long width, float* row_max, float* row_sum,
+                    float* rescale) {
+  for (long r = 0; r < rows; ++r) {
+    float* s = scores + r * kKeyTile;
+    float m = row_max[r];
+    for (long c = 0; c < width; ++c) m = std::max(m, s[c]);
+    if (m == kNegInf) {  // nothing visible yet: keep the state, contribute nothing
+      std::fill(s, s + width, 0.0f);
+      rescale[r] = 1.0f;
+      continue;
+    }
+    float sum = 0;
+    for (long c = 0; c < width; ++c) {
+      s[c] = s[c] == kNegInf ? 0.0f : std::exp(s[c] - m);
+      sum += s[c];
+    }
+    rescale[r] = std::exp(row_max[r] - m);
+    row_sum[r] = row_sum[r] * rescale[r] + sum;
+    row_max[r] = m;
+  }
+}
+
+void probabilities_scalar(float* scores, long rows, long width, const float* lse) {
+  for (long r = 0; r < rows; ++r) {
+    float* s = scores + r * kKeyTile;
+    for (long c = 0; c < width; ++c) s[c] = s[c] == kNegInf ? 0.0f : std::exp(s[c] - lse[r]);
+  }
+}
+
+void score_grad_scalar(const float* probs, float* dprobs, long rows, long width,
+                       const float* delta) {
+  for (long r = 0; r < rows; ++r) {
+    const float* p = probs + r * kKeyTile;
+    float* dp = dprobs + r * kKeyTile;
+    for (long c = 0; c < width; ++c) dp[c] = p[c] * (dp[c] - delta[r]);
+  }
+}
+
+#if defined(__x86_64__)
+#define ZN_AVX2 __attribute__((target("avx2,fma")))
+
+// e^x = 2^n · e^r with n = round(x·log2 e), |r| <= ln2/2 and a degree-7 polynomial for e^r
+// (Cephes expf; about 1 ulp). Inputs are clamped so 2^n stays a normal float.
+ZN_AVX2 inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // ln 2 in two parts, so n · ln2_hi is exact.
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i exponent =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
+}
+
+// exp(x - shift), exactly 0 where x is -inf (a masked score).
+ZN_AVX2 inline __m256 masked_exp_avx2(__m256 x, __m256 shift) {
+  const __m256 visible = _mm256_cmp_ps(x, _mm256_set1_ps(kNegInf), _CMP_NEQ_OQ);
+  return _mm256_and_ps(exp_avx2(_mm256_sub_ps(x, shift)), visible);
+}
+
+ZN_AVX2 inline float horizontal_sum(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+ZN_AVX2 inline float horizontal_max(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+// A register tile of C: R rows × 16 columns in 2R accumulators, B's two vectors loaded once
+// per k and A broadcast from memory (R <= 6 keeps it all in the 16 ymm registers).
+template <int R, bool kTransposedA>
+ZN_AVX2 inline void matmul_tile_avx2(long K, const float* a, long lda, const float* b, long ldb,
+                                     float* c, long ldc, bool accumulate) {
+  __m256 lo[R], hi[R];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    lo[r] = accumulate ? _mm256_loadu_ps(c + r * ldc) : _mm256_setzero_ps();
+    hi[r] = accumulate ? _mm256_loadu_ps(c + r * ldc + 8) : _mm256_setzero_ps();
+  }
+  for (long k = 0; k < K; ++k) {
+    const __m256 b_lo = _mm256_loadu_ps(b + k * ldb);
+    const __m256 b_hi = _mm256_loadu_ps(b + k * ldb + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m256 x = _mm256_broadcast_ss(kTransposedA ? a + k * lda + r : a + r * lda + k);
+      lo[r] = _mm256_fmadd_ps(x, b_lo, lo[r]);
+      hi[r] = _mm256_fmadd_ps(x, b_hi, hi[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    _mm256_storeu_ps(c + r * ldc, lo[r]);
+    _mm256_storeu_ps(c + r * ldc + 8, hi[r]);
+  }
+}
+
+template <bool kTransposedA>
+ZN_AVX2 void matmul_avx2_impl(long M, long N, long K, const float* a, long lda, const float* b,
+                              long ldb, float* c, long ldc, bool accumulate) {
+  for (long n = 0; n < N; n += kLanes) {
+    for (long m = 0; m < M; m += 6) {
+      const float* am = kTransposedA ? a + m : a + m * lda;
+      float* cm = c + m * ldc + n;
+      switch (std::min(6L, M - m)) {
+        case 6: matmul_tile_avx2<6, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
+        case 5: matmul_tile_avx2<5, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
+        case 4: matmul_tile_avx2<4, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
+        case 3: matmul_tile_avx2<3, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
+        case 2: matmul_tile_avx2<2, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
+        default: matmul_tile_avx2<1, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate);
+      }
+    }
+  }
+}
+
+ZN_AVX2 void matmul_avx2(long M, long N, long K, const float* a, long lda, bool a_transposed,
+                         const float* b, long ldb, float* c, long ldc, bool accumulate) {
+  if (a_transposed) {
+    matmul_avx2_impl<true>(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+  } else {
+    matmul_avx2_impl<false>(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+  }
+}
+
+ZN_AVX2 void softmax_avx2(float* scores, long rows, long width, float* row_max, float* row_sum,
+                          float* rescale) {
+  for (long r = 0; r < rows; ++r) {
+    float* s = scores + r * kKeyTile;
+    __m256 vmax = _mm256_set1_ps(row_max[r]);
+    for (long c = 0; c < width; c += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + c));
+    const float m = horizontal_max(vmax);
+    if (m == kNegInf) {  // nothing visible yet: keep the state, contribute nothing
+      std::fill(s, s + width, 0.0f);
+      rescale[r] = 1.0f;
+      continue;
+    }
+    const __m256 shift = _mm256_set1_ps(m);
+    __m256 sum = _mm256_setzero_ps();
+    for (long c = 0; c < width; c += 8) {
+      const __m256 p = masked_exp_avx2(_mm256_loadu_ps(s + c), shift);
+      _mm256_storeu_ps(s + c, p);
+      sum = _mm256_add_ps(sum, p);
+    }
+    rescale[r] = std::exp(row_max[r] - m);
+    row_sum[r] = row_sum[r] * rescale[r] + horizontal_sum(sum);
+    row_max[r] = m;
+  }
+}
+
+ZN_AVX2 void probabilities_avx2(float* scores, long rows, long width, const float* lse) {
+  for (long r = 0; r < rows; ++r) {
+    float* s = scores + r * kKeyTile;
+    const __m256 shift = _mm256_set1_ps(lse[r]);
+    for (long c = 0; c < width; c += 8) {
+      _mm256_storeu_ps(s + c, masked_exp_avx2(_mm256_loadu_ps(s + c), shift));
+    }
+  }
+}
+
+ZN_AVX2 void score_grad_avx2(const float* probs, float* dprobs, long rows, long width,
+                             const float* delta) {
+  for (long r = 0; r < rows; ++r) {
+    const float* p = probs + r * kKeyTile;
+    float* dp = dprobs + r * kKeyTile;
+    const __m256 d = _mm256_set1_ps(delta[r]);
+    for (long c = 0; c < width; c += 8) {
+      const __m256 g = _mm256_sub_ps(_mm256_loadu_ps(dp + c), d);
+      _mm256_storeu_ps(dp + c, _mm256_mul_ps(_mm256_loadu_ps(p + c), g));
+    }
+  }
+}
+#endif
+
+Kernels kernels_for(CpuPath path) {
+#if defined(__x86_64__)
+  if (path != CpuPath::Scalar) {
+    return {matmul_avx2, softmax_avx2, probabilities_avx2, score_grad_avx2};
+  }
+#endif
+  return {matmul_scalar, softmax_scalar, probabilities_scalar, score_grad_scalar};
+}
+
+// ---- Operands, laid out once per call for the tile matmuls ---------------------------------
+// head_dim is padded with zeros to P = padded_dim. K and V transposed: [Hkv][P][T + kLanes], so a
+// key tile is a block of columns (the zero columns at the end serve the last tile's padding). K
+// and V as rows: [Hkv][T][P]. Q (times scale) and dO with a group's heads adjacent:
+// [Hkv][T][G][P], so a query block is one contiguous matrix; lse and delta in that row order.
+// Each is O(T·H·D) like the inputs; nothing is O(T²).
+
+long columns_ld(const Layout& L) { return L.tokens + kLanes; }
+
+std::vector<float> pack_columns(const Layout& L, const float* x) {
+  const long ld = columns_ld(L), chunks = (L.tokens + kKeyTile - 1) / kKeyTile;
+  std::vector<float> dst(size_t(L.kv_heads * L.padded_dim * ld), 0.0f);
+  parallel_for(size_t(L.kv_heads * chunks), 1, [&](size_t begin, size_t end) {
+    for (long item = long(begin); item < long(end); ++item) {
+      const long h = item / chunks, j0 = item % chunks * kKeyTile;
+      const long j1 = std::min(L.tokens, j0 + kKeyTile);
+      const float* src = x + h * L.head_dim;
+      float* base = dst.data() + h * L.padded_dim * ld;
+      for (long d = 0; d < L.head_dim; ++d) {
+        for (long j = j0; j < j1; ++j) base[d * ld + j] = src[j * L.kv_stride() + d];
+      }
+    }
+  });
+  return dst;
+}
+
+// x [T][n_heads][D] as [Hkv][T][n_heads / Hkv][P], times factor.
+std::vector<float> pack_rows(const Layout& L, const float* x, long n_heads, float factor) {
+  const long per_kv_head = n_heads / L.kv_heads, P = L.padded_dim;
+  std::vector<float> dst(size_t(n_heads * L.tokens * P));
+  parallel_for(size_t(L.tokens), 16, [&](size_t begin, size_t end) {
+    for (long t = long(begin); t < long(end); ++t) {
+      for (long h = 0; h < n_heads; ++h) {
+        const float* src = x + (t * n_heads + h) * L.head_dim;
+        float* row = dst.data() + ((h / per_kv_head * L.tokens + t) * per_kv_head + h % per_kv_head) * P;
+        for (long d = 0; d < L.head_dim; ++d) row[d] = src[d] * factor;
+        std::fill(row + L.head_dim, row + P, 0.0f);
+      }
+    }
+  });
+  return dst;
+}
+
+// Per-row values [Hq][T] as [Hkv][T][G].
+long row_value_index(const Layout& L, long head, long t) {
+  return (head / L.group * L.tokens + t) * L.group + head % L.group;
+}
+
+struct Scratch {
+  std::vector<float> q, scores, dscores, rows_out, dk, dv, row_max, row_sum, rescale;
+};
+
+Scratch& scratch_for(const Layout& L) {
+  thread_local Scratch s;
+  const size_t rows = size_t(L.max_block_rows()), dim = size_t(L.padded_dim);
+  for (auto* v : {&s.q, &s.rows_out}) v->resize(std::max(v->size(), rows * dim));
+  for (auto* v : {&s.scores, &s.dscores}) v->resize(std::max(v->size(), rows * kKeyTile));
+  for (auto* v : {&s.dk, &s.dv}) v->resize(std::max(v->size(), size_t(kKeyTile) * dim));
+  for (auto* v : {&s.row_max, &s.row_sum, &s.rescale}) v->resize(std::max(v->size(), rows));
+  return s;
+}
+
+// ---- Forward ----------------------------------------------------------------------------
+
+struct ForwardOperands {
+  std::vector<float> k_columns, v_rows;
+  const float *q;
+  float *out, *lse;
+};
+
+void forward_block(const Layout& L, const Kernels& K, const ForwardOperands& a, long kv_head,
+                   Span doc, Span queries) {
+  Scratch& s = scratch_for(L);
+  const long rows = queries.size() * L.group, P = L.padded_dim, ld = columns_ld(L);
+  const float* q_rows = a.q;  // the block's rows, packed below
+  for (long t = queries.begin; t < queries.end; ++t) {
+    for (long g = 0; g < L.group; ++g) {
+      const float* src = q_rows + t * L.q_stride() + (kv_head * L.group + g) * L.head_dim;
+      float* row = s.q.data() + ((t - queries.begin) * L.group + g) * P;
+      for (long d = 0; d < L.head_dim; ++d) row[d] = src[d] * L.scale;
+      std::fill(row + L.head_dim, row + P, 0.0f);
+    }
+  }
+  std::fill_n(s.row_max.data(), rows, kNegInf);
+  std::fill_n(s.row_sum.data(), rows, 0.0f);
+  std::fill_n(s.rows_out.data(), rows * P, 0.0f);
+  const Span tiles = key_tiles_seen_by(L, doc, queries);
+  for (long tile = tiles.begin; tile < tiles.end; ++tile) {
+    const Span keys = key_tile(doc, tile);
+    const long width = round_up(keys.size(), kLanes);
+    const float* k_columns = a.k_columns.data() + kv_head * P * ld + keys.begin;
+    const float* v_rows = a.v_rows.data() + (kv_head * L.tokens + keys.begin) * P;
+    K.matmul(rows, width, P, s.q.data(), P, false, k_columns, ld, s.scores.data(), kKeyTile,
+             false);
+    mask_scores(L, doc, queries, keys, width, s.scores.data());
+    K.softmax(s.scores.data(), rows, width, s.row_max.data(), s.row_sum.data(), s.rescale.data());
+    for (long r = 0; r < rows; ++r) {
+      if (s.rescale[r] == 1.0f) continue;
+      float* o = s.rows_out.data() + r * P;
+      for (long d = 0; d < P; ++d) o[d] *= s.rescale[r];
+    }
+    K.matmul(rows, P, keys.size(), s.scores.data(), kKeyTile, false, v_rows, P,
+             s.rows_out.data(), P, true);
+  }
+  // Every query sees at least itself, so row_sum > 0.
+  for (long r = 0; r < rows; ++r) {
+    const long t = queries.begin + r / L.group, h = kv_head * L.group + r % L.group;
+    const float* o = s.rows_out.data() + r * P;
+    float* dst = a.out + t * L.q_stride() + h * L.head_dim;
+    for (long d = 0; d < L.head_dim; ++d) dst[d] = o[d] / s.row_sum[r];
+    a.lse[h * L.tokens + t] = s.row_max[r] + std::log(s.row_sum[r]);
+  }
+}
+
+struct WorkItem {
+  long kv_head, doc, index;
+  double cost;
+};
+
+// Hands items out longest first, so the short ones fill in at the end (dynamic LPT).
+void run_items(std::vector<WorkItem> items, const std::function<void(const WorkItem&)>& task) {
+  std::stable_sort(items.begin(), items.end(),
+                   [](const WorkItem& x, const WorkItem& y) { return x.cost > y.cost; });
+  parallel_for_each(items.size(), [&](size_t i) { task(items[i]); });
+}
+
+// Work of a query block: rows × key tiles it visits.
+double block_cost(const Layout& L, Span doc, Span queries) {
+  return double(queries.size() * L.group) * double(key_tiles_seen_by(L, doc, queries).size());
+}
+
+std::vector<WorkItem> query_block_items(const Layout& L, const std::vector<Span>& docs) {
+  std::vector<WorkItem> items;
+  for (long h = 0; h < L.kv_heads; ++h) {
+    for (long d = 0; d < long(docs.size()); ++d) {
+      for (long b = 0; b < count_query_blocks(L, docs[d]); ++b) {
+        items.push_back({h, d, b, block_cost(L, docs[d], query_block(L, docs[d], b))});
+      }
+    }
+  }
+  return items;
+}
+
+}  // namespace
+
+void attention_forward(const AttentionShape& shape, const float* q, const float* k, const float* v,
+                       const int32_t* cu_seqlens, int n_docs, float* out, float* lse,
+                       CpuPath path) {
+  check_arguments("attention_forward", shape, cu_seqlens, n_docs);
+  const Layout L = make_layout(shape);
+  const Kernels K = kernels_for(path);
+  const std::vector<Span> docs = documents(cu_seqlens, n_docs);
+  const ForwardOperands operands{pack_columns(L, k), pack_rows(L, v, L.kv_heads, 1.0f), q, out,
+                                 lse};
+  run_items(query_block_items(L, docs), [&](const WorkItem& item) {
+    const Span doc = docs[item.doc];
+    forward_block(L, K, operands, item.kv_head, doc, query_block(L, doc, item.index));
+  });
+}
+
+void attention_forward(const AttentionShape& shape, const float* q, const float* k, const float* v,
+                       const int32_t* cu_seqlens, int n_docs, float* out, float* lse) {
+  attention_forward(shape, q, k, v, cu_seqlens, n_docs, out, lse, cpu_path());
+}
+
+// ---- Backward ---------------------------------------------------------------------------
+
+namespace {
+
+struct BackwardOperands {
+  std::vector<float> k_columns, v_columns, k_rows, q_rows, dout_rows, lse_rows, delta_rows;
+  float *dq, *dk, *dv;
+};
+
+// The packed views of one (query block, key tile) pair.
+struct Pair {
+  Span doc, queries, keys;
+  long rows, width;
+  const float *q, *dout, *lse, *delta;  // [rows][P], [rows]
+  const float *k_columns, *v_columns;   // [P][width], leading dimension columns_ld
+  const float* k_rows;                  // [keys][P]
+};
+
+Pair make_pair(const Layout& L, const BackwardOperands& a, long kv_head, Span doc, Span queries,
+               Span keys) {
+  const long P = L.padded_dim, first_row = (kv_head * L.tokens + queries.begin) * L.group;
+  const long column = kv_head * P * columns_ld(L) + keys.begin;
+  return {doc,
+          queries,
+          keys,
+          queries.size() * L.group,
+          round_up(keys.size(), kLanes),
+          a.q_rows.data() + first_row * P,
+          a.dout_rows.data() + first_row * P,
+          a.lse_rows.data() + first_row,
+          a.delta_rows.data() + first_row,
+          a.k_columns.data() + column,
+          a.v_columns.data() + column,
+          a.k_rows.data() + (kv_head * L.tokens + keys.begin) * P};
+}
+
+// Recomputes P (into scores) and dS (into dscores).
+void score_gradients(const Layout& L, const Kernels& K, const Pair& x, Scratch& s) {
+  const long P = L.padded_dim, ld = columns_ld(L);
+  K.matmul(x.rows, x.width, P, x.q, P, false, x.k_columns, ld, s.scores.data(), kKeyTile, false);
+  mask_scores(L, x.doc, x.queries, x.keys, x.width, s.scores.data());
+  K.probabilities(s.scores.data(), x.rows, x.width, x.lse);
+  K.matmul(x.rows, x.width, P, x.dout, P, false, x.v_columns, ld, s.dscores.data(), kKeyTile,
+           false);
+  K.score_grad(s.scores.data(), s.dscores.data(), x.rows, x.width, x.delta);
+}
+
+// dV_tile += Pᵀ·dO, dK_tile += dSᵀ·(scale·Q).
+void accumulate_key_grads(const Layout& L, const Kernels& K, const Pair& x, Scratch& s) {
+  const long P = L.padded_dim;
+  K.matmul(x.keys.size(), P, x.rows, s.scores.data(), kKeyTile, true, x.dout, P, s.dv.data(), P,
+           true);
+  K.matmul(x.keys.size(), P, x.rows, s.dscores.data(), kKeyTile, true, x.q, P, s.dk.data(), P,
+           true);
+}
+
+// dq += scale·dS·K. Both backward schemes add the same per-tile products in the same key-tile
+// order, so they give bit-identical dq.
+void accumulate_query_grads(const Layout& L, const Kernels& K, const BackwardOperands& a,
+                            long kv_head, const Pair& x, Scratch& s) {
+  const long P = L.padded_dim;
+  K.matmul(x.rows, P, x.keys.size(), s.dscores.data(), kKeyTile, false, x.k_rows, P,
+           s.rows_out.data(), P, false);
+  for (long r = 0; r < x.rows; ++r) {
+    const long t = x.queries.begin + r / L.group, h = kv_head * L.group + r % L.group;
+    const float* tile = s.rows_out.data() + r * P;
+    float* dst = a.dq + t * L.q_stride() + h * L.head_dim;
+    for (long d = 0; d < L.head_dim; ++d) dst[d] += L.scale * tile[d];
+  }
+}
+
+void write_key_grads(const Layout& L, const BackwardOperands& a, long kv_head, Span keys,
+                     const Scratch& s) {
+  for (long j = keys.begin; j < keys.end; ++j) {
+    const long offset = j * L.kv_stride() + kv_head * L.head_dim;
+    const long row = (j - keys.begin) * L.padded_dim;
+    std::copy_n(s.dk.data() + row, L.head_dim, a.dk + offset);
+    std::copy_n(s.dv.data() + row, L.head_dim, a.dv + offset);
+  }
+}
+
+// dK, dV of one key tile over every query block that sees it (and, with_dq, those blocks' dQ).
+void backward_key_tile(const Layout& L, const Kernels& K, const BackwardOperands& a,
+                       long kv_head, Span doc, long tile, bool with_dq) {
+  Scratch& s = scratch_for(L);
+  const Span keys = key_tile(doc, tile);
+  std::fill_n(s.dk.data(), keys.size() * L.padded_dim, 0.0f);
+  std::fill_n(s.dv.data(), keys.size() * L.padded_dim, 0.0f);
+  const Span blocks = query_blocks_seeing(L, doc, keys);
+  for (long b = blocks.begin; b < blocks.end; ++b) {
+    const Pair x = make_pair(L, a, kv_head, doc, query_block(L, doc, b), keys);
+    score_gradients(L, K, x, s);
+    accumulate_key_grads(L, K, x, s);
+    if (with_dq) accumulate_query_grads(L, K, a, kv_head, x, s);
+  }
+  write_key_grads(L, a, kv_head, keys, s);
+}
+
+// dQ of one query block, recomputing scores over the key tiles it sees.
+void backward_query_block(const Layout& L, const Kernels& K, const BackwardOperands& a,
+                          long kv_head, Span doc, long block) {
+  Scratch& s = scratch_for(L);
+  const Span queries = query_block(L, doc, block);
+  const Span tiles = key_tiles_seen_by(L, doc, queries);
+  for (long tile = tiles.begin; tile < tiles.end; ++tile) {
+    const Pair x = make_pair(L, a, kv_head, doc, queries, key_tile(doc, tile));
+    score_gradients(L, K, x, s);
+    accumulate_query_grads(L, K, a, kv_head, x, s);
+  }
+}
+
+// delta = rowsum(dO∘O) per (head, token), in packed row order; dq starts at zero.
+std::vector<float> prepare_backward(const Layout& L, const float* out, const float* dout,
+                                    float* dq) {
+  std::vector<float> delta(size_t(L.heads * L.tokens));
+  parallel_for(size_t(L.tokens), 16, [&](size_t begin, size_t end) {
+    for (long t = long(begin); t < long(end); ++t) {
+      std::fill_n(dq + t * L.q_stride(), L.q_stride(), 0.0f);
+      for (long h = 0; h < L.heads; ++h) {
+        const long offset = t * L.q_stride() + h * L.head_dim;
+        double sum = 0;
+        for (long d = 0; d < L.head_dim; ++d) sum += double(dout[offset + d]) * out[offset + d];
+        delta[row_value_index(L, h, t)] = float(sum);
+      }
+    }
+  });
+  return delta;
+}
+
+std::vector<float> pack_lse(const Layout& L, const float* lse) {
+  std::vector<float> rows(size_t(L.heads * L.tokens));
+  for (long h = 0; h < L.heads; ++h) {
+    for (long t = 0; t < L.tokens; ++t) rows[row_value_index(L, h, t)] = lse[h * L.tokens + t];
+  }
+  return rows;
+}
+
+// The fused scheme computes dQ alongside dK/dV, but to keep dq free of write races it can only
+// run in parallel over (kv head, document). The split scheme runs over key tiles, then over
+// query blocks, at the price of recomputing S and dP for dQ (about 7/5 of the matmul work).
+// Fused wins unless its few large items would leave threads idle; the choice never changes the
+// result (see accumulate_query_grads).
+bool fuse_query_grads(const Layout& L, const std::vector<Span>& docs) {
+  const size_t threads = size_t(num_threads());
+  if (threads <= 1) return true;
+  std::vector<double> costs;
+  double total = 0;
+  for (Span doc : docs) {
+    double cost = 0;
+    for (long b = 0; b < count_query_blocks(L, doc); ++b) {
+      cost += block_cost(L, doc, query_block(L, doc, b));
+    }
+    for (long h = 0; h < L.kv_heads; ++h) costs.push_back(cost);
+    total += cost * double(L.kv_heads);
+  }
+  std::sort(costs.begin(), costs.end(), std::greater<double>());
+  std::vector<double> load(threads, 0.0);
+  for (double cost : costs) *std::min_element(load.begin(), load.end()) += cost;
+  const double makespan = *std::max_element(load.begin(), load.end());
+  return makespan <= 1.4 * total / double(threads);
+}
+
+}  // namespace
+
+void attention_backward(const AttentionShape& shape, const float* q, const float* k,
+                        const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,
+                        const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                        CpuPath path) {
+  check_arguments("attention_backward", shape, cu_seqlens, n_docs);
+  const Layout L = make_layout(shape);
+  const Kernels K = kernels_for(path);
+  const std::vector<Span> docs = documents(cu_seqlens, n_docs);
+  // Q is packed pre-scaled: S = (scale·Q)·Kᵀ, and dK = dSᵀ·(scale·Q) needs no further factor.
+  const BackwardOperands a{pack_columns(L, k),
+                           pack_columns(L, v),
+                           pack_rows(L, k, L.kv_heads, 1.0f),
+                           pack_rows(L, q, L.heads, L.scale),
+                           pack_rows(L, dout, L.heads, 1.0f),
+                           pack_lse(L, lse),
+                           prepare_backward(L, out, dout, dq),
+                           dq,
+                           dk,
+                           dv};
+
+  if (fuse_query_grads(L, docs)) {
+    // One item per (kv head, document), its key tiles in order, so dq sums tiles in order.
+    std::vector<WorkItem> items;
+    for (long h = 0; h < L.kv_heads; ++h) {
+      for (long d = 0; d < long(docs.size()); ++d) items.push_back({h, d, 0, double(docs[d].size())});
+    }
+    run_items(std::move(items), [&](const WorkItem& item) {
+      for (long tile = 0; tile < count_key_tiles(docs[item.doc]); ++tile) {
+        backward_key_tile(L, K, a, item.kv_head, docs[item.doc], tile, true);
+      }
+    });
+    return;
+  }
+  std::vector<WorkItem> key_items;
+  for (long h = 0; h < L.kv_heads; ++h) {
+    for (long d = 0; d < long(docs.size()); ++d) {
+      for (long tile = 0; tile < count_key_tiles(docs[d]); ++tile) {
+        const Span blocks = query_blocks_seeing(L, docs[d], key_tile(docs[d], tile));
+        key_items.push_back({h, d, tile, double(blocks.size())});
+      }
+    }
+  }
+  run_items(std::move(key_items), [&](const WorkItem& item) {
+    backward_key_tile(L, K, a, item.kv_head, docs[item.doc], item.index, false);
+  });
+  run_items(query_block_items(L, docs), [&](const WorkItem& item) {
+    backward_query_block(L, K, a, item.kv_head, docs[item.doc], item.index);
+  });
+}
+
+void attention_backward(const AttentionShape& shape, const float* q, const float* k,
+                        const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,
+                        const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+  attention_backward(shape, q, k, v, cu_seqlens, n_docs, out, lse, dout, dq, dk, dv, cpu_path());
+}
+
+}  // namespace zn::cpu

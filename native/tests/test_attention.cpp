@@ -1,0 +1,298 @@
+// Attention against a float64 reference written here: an explicit masked softmax per query for
+// the forward, the analytic gradient and central finite differences for the backward.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/cpu_features.h"
+#include "harness.h"
+#include "kernels/cpu/attention.h"
+
+using namespace zn;
+using namespace zn::test;
+using zn::cpu::AttentionShape;
+
+namespace {
+
+struct Case {
+  long tokens;
+  int heads, kv_heads, head_dim;
+  long window;
+  std::vector<int32_t> doc_lengths;
+  float scale = 0;  // 0: 1/sqrt(head_dim)
+  float input_scale = 1;
+
+  AttentionShape shape() const {
+    return {tokens, heads, kv_heads, head_dim, window,
+            scale != 0 ? scale : float(1.0 / std::sqrt(double(head_dim)))};
+  }
+  std::vector<int32_t> cu_seqlens() const {
+    std::vector<int32_t> cu{0};
+    for (int32_t n : doc_lengths) cu.push_back(cu.back() + n);
+    EXPECT(cu.back() == tokens, "test case lengths must add up to tokens");
+    return cu;
+  }
+  std::string name() const {
+    std::string docs;
+    for (int32_t n : doc_lengths) docs += (docs.empty() ? "" : ",") + std::to_string(n);
+    return "T=" + std::to_string(tokens) + " Hq=" + std::to_string(heads) + " Hkv=" +
+           std::to_string(kv_heads) + " D=" + std::to_string(head_dim) + " window=" +
+           std::to_string(window) + " docs=[" + docs + "]";
+  }
+};
+
+struct Inputs {
+  std::vector<float> q, k, v, dout;
+};
+
+Inputs random_inputs(const Case& c) {
+  const size_t nq = size_t(c.tokens) * c.heads * c.head_dim;
+  const size_t nkv = size_t(c.tokens) * c.kv_heads * c.head_dim;
+  return {random_f32(nq, c.input_scale), random_f32(nkv, c.input_scale), random_f32(nkv),
+          random_f32(nq)};
+}
+
+// The keys query i sees, straight from the definition: same document, j <= i, i - j < window.
+bool visible(const Case& c, const std::vector<int32_t>& cu, long i, long j) {
+  size_t doc = 0;
+  while (cu[doc + 1] <= i) ++doc;
+  const bool in_window = c.window <= 0 || i - j < c.window;
+  return j >= cu[doc] && j <= i && in_window;
+}
+
+struct Reference {
+  std::vector<double> out, lse, dq, dk, dv;
+};
+
+// Probabilities of query i of head h over all keys (0 where hidden), and its log-sum-exp.
+std::vector<double> reference_probs(const Case& c, const std::vector<int32_t>& cu,
+                                    const std::vector<double>& q, const std::vector<double>& k,
+                                    long h, long i, double* lse) {
+  const long D = c.head_dim, kh = h / (c.heads / c.kv_heads);
+  const double scale = c.shape().scale;
+  std::vector<double> s(size_t(c.tokens), -INFINITY);
+  double max = -INFINITY;
+  for (long j = 0; j < c.tokens; ++j) {
+    if (!visible(c, cu, i, j)) continue;
+    double dot = 0;
+    for (long d = 0; d < D; ++d) {
+      dot += q[(i * c.heads + h) * D + d] * k[(j * c.kv_heads + kh) * D + d];
+    }
+    s[j] = scale * dot;
+    max = std::max(max, s[j]);
+  }
+  double sum = 0;
+  for (double x : s) sum += std::exp(x - max);
+  for (double& x : s) x = std::exp(x - max) / sum;
+  if (lse) *lse = max + std::log(sum);
+  return s;
+}
+
+Reference reference_forward(const Case& c, const std::vector<double>& q,
+                            const std::vector<double>& k, const std::vector<double>& v) {
+  const std::vector<int32_t> cu = c.cu_seqlens();
+  const long D = c.head_dim, G = c.heads / c.kv_heads;
+  Reference ref;
+  ref.out.assign(q.size(), 0.0);
+  ref.lse.assign(size_t(c.heads * c.tokens), 0.0);
+  for (long h = 0; h < c.heads; ++h) {
+    for (long i = 0; i < c.tokens; ++i) {
+      const std::vector<double> p = reference_probs(c, cu, q, k, h, i, &ref.lse[h * c.tokens + i]);
+      for (long j = 0; j < c.tokens; ++j) {
+        for (long d = 0; d < D; ++d) {
+          ref.out[(i * c.heads + h) * D + d] += p[j] * v[(j * c.kv_heads + h / G) * D + d];
+        }
+      }
+    }
+  }
+  return ref;
+}
+
+// The analytic gradient of sum(dout * out): dV = Pᵀ dO, dS = P∘(dP - Σ_j P dP), dQ = scale·dS·K,
+// dK = scale·dSᵀ·Q.
+void reference_backward(const Case& c, const std::vector<double>& q, const std::vector<double>& k,
+                        const std::vector<double>& v, const std::vector<double>& dout,
+                        Reference& ref) {
+  const std::vector<int32_t> cu = c.cu_seqlens();
+  const long D = c.head_dim, G = c.heads / c.kv_heads;
+  const double scale = c.shape().scale;
+  ref.dq.assign(q.size(), 0.0);
+  ref.dk.assign(k.size(), 0.0);
+  ref.dv.assign(v.size(), 0.0);
+  for (long h = 0; h < c.heads; ++h) {
+    for (long i = 0; i < c.tokens; ++i) {
+      const std::vector<double> p = reference_probs(c, cu, q, k, h, i, nullptr);
+      const double* dout_i = &dout[(i * c.heads + h) * D];
+      std::vector<double> dp(size_t(c.tokens), 0.0);
+      double delta = 0;
+      for (long j = 0; j < c.tokens; ++j) {
+        for (long d = 0; d < D; ++d) dp[j] += dout_i[d] * v[(j * c.kv_heads + h / G) * D + d];
+        delta += p[j] * dp[j];
+      }
+      for (long j = 0; j < c.tokens; ++j) {
+        const double ds = p[j] * (dp[j] - delta);
+        const long kv = (j * c.kv_heads + h / G) * D, qi = (i * c.heads + h) * D;
+        for (long d = 0; d < D; ++d) {
+          ref.dq[qi + d] += scale * ds * k[kv + d];
+          ref.dk[kv + d] += scale * ds * q[qi + d];
+          ref.dv[kv + d] += p[j] * dout_i[d];
+        }
+      }
+    }
+  }
+}
+
+struct Result {
+  std::vector<float> out, lse, dq, dk, dv;
+};
+
+Result run_kernel(const Case& c, const Inputs& in, CpuPath path) {
+  const std::vector<int32_t> cu = c.cu_seqlens();
+  const int n_docs = int(c.doc_lengths.size());
+  Result r;
+  r.out.resize(in.q.size());
+  r.lse.resize(size_t(c.heads * c.tokens));
+  r.dq.resize(in.q.size());
+  r.dk.resize(in.k.size());
+  r.dv.resize(in.v.size());
+  for (auto* x : {&r.out, &r.lse, &r.dq, &r.dk, &r.dv}) poison(*x);
+  cpu::attention_forward(c.shape(), in.q.data(), in.k.data(), in.v.data(), cu.data(), n_docs,
+                         r.out.data(), r.lse.data(), path);
+  cpu::attention_backward(c.shape(), in.q.data(), in.k.data(), in.v.data(), cu.data(), n_docs,
+                          r.out.data(), r.lse.data(), in.dout.data(), r.dq.data(), r.dk.data(),
+                          r.dv.data(), path);
+  return r;
+}
+
+// Where the exact gradient is zero (window 1: a softmax over one key), relative error is
+// meaningless; float rounding leaves values around 1e-8 there, so check them absolutely.
+void expect_gradient_close(const std::vector<float>& out, const std::vector<double>& ref,
+                           const std::string& what) {
+  double ref_norm = 0, out_norm = 0;
+  for (double x : ref) ref_norm += x * x;
+  if (ref_norm > 0) return expect_close(out, ref, kF32RelTol, what);
+  for (float x : out) out_norm += double(x) * x;
+  const double rms = std::sqrt(out_norm / double(std::max<size_t>(1, out.size())));
+  EXPECT(rms <= kF32RelTol, what, ": exact gradient is zero, but rms = ", rms);
+}
+
+void check_against_reference(const Case& c, CpuPath path) {
+  const Inputs in = random_inputs(c);
+  const std::vector<double> q = to_f64(in.q), k = to_f64(in.k), v = to_f64(in.v);
+  Reference ref = reference_forward(c, q, k, v);
+  reference_backward(c, q, k, v, to_f64(in.dout), ref);
+  const Result r = run_kernel(c, in, path);
+  const std::string what = c.name() + " path=" + cpu_path_name(path) + ": ";
+  expect_close(r.out, ref.out, kF32RelTol, what + "out");
+  expect_close(r.lse, ref.lse, kF32RelTol, what + "lse");
+  expect_gradient_close(r.dq, ref.dq, what + "dq");
+  expect_gradient_close(r.dk, ref.dk, what + "dk");
+  expect_gradient_close(r.dv, ref.dv, what + "dv");
+}
+
+// Shapes that are not multiples of the kernel's tiles (64 keys, 64 query rows, 16 columns).
+const std::vector<Case>& cases() {
+  static const std::vector<Case> all = {
+      // GQA ratio 1, full causal, one document.
+      {77, 4, 4, 16, 0, {77}},
+      // Ratio 4, window smaller than the documents, length-1 documents between longer ones.
+      {100, 8, 2, 24, 17, {1, 40, 1, 58}},
+      // Ratio 8, window equal to the sequence (= full causal).
+      {150, 8, 1, 40, 150, {150}},
+      // Ratio 8 over two kv heads, window larger than the sequence, peaked softmax.
+      {90, 16, 2, 16, 1000, {30, 60}, 0, 2.5f},
+      // Ratio 4, several key tiles and query blocks, a window that cuts through tiles.
+      {260, 4, 1, 32, 100, {1, 259}},
+      // Mistral's head_dim, window equal to a document's length and to the key tile.
+      {200, 2, 1, 128, 64, {136, 64}},
+      // Window 1: every query sees only itself; an arbitrary scale.
+      {70, 2, 2, 3, 1, {1, 1, 68}, 0.7f},
+      // Many short documents of different lengths, ratio 2.
+      {64, 4, 2, 20, 5, {3, 1, 7, 1, 12, 2, 30, 8}},
+  };
+  return all;
+}
+
+}  // namespace
+
+ZN_TEST("attention.matches_float64_reference") {
+  for (const Case& c : cases()) check_against_reference(c, cpu_path());
+}
+
+ZN_TEST("attention.scalar_path_matches_float64_reference") {
+  for (const Case& c : cases()) check_against_reference(c, CpuPath::Scalar);
+}
+
+// The float64 reference's analytic gradient, and the kernel's, against central differences of
+// the scalar loss sum(dout * out).
+ZN_TEST("attention.backward_matches_finite_differences") {
+  const std::vector<Case> small = {
+      {9, 4, 1, 5, 2, {1, 3, 5}},
+      {8, 2, 2, 6, 0, {8}},
+      {10, 4, 2, 3, 4, {6, 1, 3}},
+  };
+  for (const Case& c : small) {
+    const Inputs in = random_inputs(c);
+    const std::vector<double> dout = to_f64(in.dout);
+    const size_t nq = in.q.size(), nkv = in.k.size();
+    std::vector<double> x = to_f64(in.q);
+    for (const auto* part : {&in.k, &in.v}) x.insert(x.end(), part->begin(), part->end());
+    auto split = [&](const std::vector<double>& all, size_t from, size_t n) {
+      return std::vector<double>(all.begin() + long(from), all.begin() + long(from + n));
+    };
+    auto loss = [&](const std::vector<double>& all) {
+      const Reference r = reference_forward(c, split(all, 0, nq), split(all, nq, nkv),
+                                            split(all, nq + nkv, nkv));
+      double sum = 0;
+      for (size_t i = 0; i < nq; ++i) sum += dout[i] * r.out[i];
+      return sum;
+    };
+    const std::vector<double> fd = finite_difference(loss, x);
+    Reference ref = reference_forward(c, to_f64(in.q), to_f64(in.k), to_f64(in.v));
+    reference_backward(c, to_f64(in.q), to_f64(in.k), to_f64(in.v), dout, ref);
+    const Result r = run_kernel(c, in, cpu_path());
+    const std::string what = c.name() + ": ";
+    const std::vector<double> fd_q = split(fd, 0, nq), fd_k = split(fd, nq, nkv),
+                              fd_v = split(fd, nq + nkv, nkv);
+    expect_close(ref.dq, fd_q, kFdRelTol, what + "reference dq vs finite differences");
+    expect_close(ref.dk, fd_k, kFdRelTol, what + "reference dk vs finite differences");
+    expect_close(ref.dv, fd_v, kFdRelTol, what + "reference dv vs finite differences");
+    expect_close(r.dq, fd_q, kF32RelTol, what + "kernel dq vs finite differences");
+    expect_close(r.dk, fd_k, kF32RelTol, what + "kernel dk vs finite differences");
+    expect_close(r.dv, fd_v, kF32RelTol, what + "kernel dv vs finite differences");
+  }
+}
+
+// Same inputs, same bits: no thread-order-dependent sums.
+ZN_TEST("attention.results_are_deterministic") {
+  for (const Case& c : {Case{300, 8, 1, 24, 0, {300}}, Case{200, 8, 4, 16, 50, {120, 80}}}) {
+    const Inputs in = random_inputs(c);
+    const Result a = run_kernel(c, in, cpu_path()), b = run_kernel(c, in, cpu_path());
+    for (auto [x, y, name] : {std::tuple{&a.out, &b.out, "out"}, {&a.dq, &b.dq, "dq"},
+                              {&a.dk, &b.dk, "dk"}, {&a.dv, &b.dv, "dv"}}) {
+      EXPECT(std::memcmp(x->data(), y->data(), x->size() * sizeof(float)) == 0, c.name(), " ", name);
+    }
+  }
+}
+
+ZN_TEST("attention.rejects_bad_arguments") {
+  const std::vector<float> x(4 * 2 * 8, 0.5f);
+  std::vector<float> out(x.size()), lse(8);
+  auto error_of = [&](AttentionShape shape, std::vector<int32_t> cu) -> std::string {
+    try {
+      cpu::attention_forward(shape, x.data(), x.data(), x.data(), cu.data(), int(cu.size()) - 1,
+                             out.data(), lse.data());
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT(error_of({4, 2, 3, 8, 0, 0.3f}, {0, 4}).find("n_kv_heads (3)") != std::string::npos);
+  EXPECT(error_of({4, 2, 1, 8, 0, 0.3f}, {0, 3}).find("must equal tokens = 4") != std::string::npos);
+  EXPECT(error_of({4, 2, 1, 8, 0, 0.3f}, {0, 3, 2, 4}).find("must not decrease") != std::string::npos);
+  EXPECT(error_of({4, 2, 1, 0, 0, 0.3f}, {0, 4}).find("head_dim") != std::string::npos);
+  EXPECT(error_of({4, 2, 1, 8, 0, 0.3f}, {0, 4}).empty());
+}
