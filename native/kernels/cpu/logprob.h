@@ -2,10 +2,14 @@
 // materialising the [N, V] logits. Walks tokens and vocabulary in chunks, keeps per-token
 // running max / sum-exp (online log-sum-exp), and recomputes the chunks in backward.
 //   hidden [N, d] f32; weight (lm_head) [V, d] f32 or bf16; labels [N], -100 = ignored
-//   (logp 0, lse still computed, no gradient). logp, lse: [N].
+//   (logp 0, lse still computed, no gradient). logp, lse: [N]. A label outside [0, V) that
+//   is not -100 is an error naming the token.
+// With a bf16 weight the hidden states are rounded to bf16 for the matmuls (as the GEMM does),
+// and dweight is the gradient for those rounded inputs.
 // Backward: with g[n] = dlogp[n], dlogits[n, v] = g[n] * (1[v == label] - softmax[n, v]);
 //   dhidden = dlogits · W (overwritten), dweight += dlogitsᵀ · hidden (f32, accumulated).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "core/dtype.h"
@@ -26,5 +30,9 @@ void logprob_forward(const LogprobShape& shape, const float* hidden, const void*
 void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                       DType weight_dtype, const int32_t* labels, const float* lse,
                       const float* dlogp, float* dhidden, float* dweight);
+
+// Bytes of scratch the kernels allocate per call (chunk buffers; the GEMM's own packing buffers
+// not included), for memory plans. [N, V] f32 logits would take 4 N V bytes.
+size_t logprob_scratch_bytes(const LogprobShape& shape, bool backward);
 
 }  // namespace zn::cpu
