@@ -27,6 +27,27 @@ export interface AddonInfo {
   deviceName?: string;
 }
 
+export interface DpoLossOptions {
+  policyChosen: Float32Array;
+  policyRejected: Float32Array;
+  refChosen: Float32Array;
+  refRejected: Float32Array;
+  beta: number;
+  labelSmoothing?: number;
+  lossType?: 'sigmoid' | 'ipo' | 'hinge';
+  /** Completion token counts (ipo averages log-ratios per token, as TRL 1.13). */
+  chosenTokens?: Int32Array;
+  rejectedTokens?: Int32Array;
+}
+
+export interface DpoLossResult {
+  losses: Float32Array;
+  dPolicyChosen: Float32Array;
+  dPolicyRejected: Float32Array;
+  /** Means over the pairs, under TRL's metric names (loss, rewards/*, logps/*). */
+  metrics: Record<string, number>;
+}
+
 /** The functions every backend addon exports. */
 export interface NativeAddon {
   info(): AddonInfo;
