@@ -1,8 +1,11 @@
-# The CUDA backend (-DZN_CUDA=ON): a static library of the .cu kernels, its own tests and bench,
-# and zn_cuda.node, written to <build>/cuda/ so that node-gyp-build, which loads the first .node
-# in build/Release, can never pick it up on a machine without CUDA.
+# The CUDA backend (-DZN_CUDA=ON): a static library of the .cu kernels (zn_cuda_core), the device
+# check executable (zn_cuda_check: every CUDA kernel against the CPU kernel, then timings), and
+# zn_cuda.node, written to <build>/cuda/ so that node-gyp-build, which loads the first .node in
+# build/Release, can never pick it up on a machine without CUDA.
 # cuBLASLt is found in the CUDA toolkit or in NVIDIA's pip wheels (ZN_CUBLAS_ROOT=<.../nvidia/cu13>);
 # without it the tensor-core fallback GEMM is built and the configure step says so.
+# Targets: sm_80 and sm_90a machine code by default; CMAKE_CUDA_ARCHITECTURES (e.g. 90a-real)
+# narrows it. The "a" suffix needs CMake >= 3.25 (it is passed as compute_90a / sm_90a).
 if(NOT CMAKE_CUDA_ARCHITECTURES)
   set(CMAKE_CUDA_ARCHITECTURES 80-real 90a-real)
 endif()
@@ -10,6 +13,7 @@ enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
 set(CMAKE_CUDA_STANDARD 17)
 set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+message(STATUS "zephyr-native: CUDA ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES}")
 
 set(ZN_CUBLAS_ROOT "$ENV{ZN_CUBLAS_ROOT}" CACHE PATH "Folder with include/cublasLt.h and lib/libcublasLt.so*")
 find_path(ZN_CUBLASLT_INCLUDE cublasLt.h HINTS ${ZN_CUBLAS_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS})
@@ -23,6 +27,7 @@ else()
   set(ZN_HAVE_CUBLASLT OFF)
 endif()
 
+zn_sources(cuda_check ZN_CUDA_CHECK_SOURCES)
 if(NOT ZN_CUDA_SOURCES)
   message(STATUS "zephyr-native: no CUDA sources listed in native/sources.json yet")
   return()
@@ -30,13 +35,32 @@ endif()
 
 add_library(zn_cuda_core STATIC ${ZN_CUDA_SOURCES})
 target_include_directories(zn_cuda_core PUBLIC ${CMAKE_SOURCE_DIR}/native)
+# -Xptxas=-v prints each kernel's registers, stack frame and spills: scripts/build-cuda.sh
+# surfaces the spill lines. The host side gets the same warnings as the C++ code.
+string(REPLACE ";" "," ZN_CUDA_HOST_WARNINGS "${ZN_WARNINGS}")
 target_compile_options(zn_cuda_core PRIVATE
-  $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xptxas=-v -lineinfo>)
+  $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xptxas=-v -lineinfo -Xcompiler=${ZN_CUDA_HOST_WARNINGS}>)
 target_link_libraries(zn_cuda_core PUBLIC zn_core CUDA::cudart_static)
 if(ZN_HAVE_CUBLASLT)
   target_include_directories(zn_cuda_core PUBLIC ${ZN_CUBLASLT_INCLUDE})
   target_link_libraries(zn_cuda_core PUBLIC ${ZN_CUBLASLT_LIBRARY})
   target_compile_definitions(zn_cuda_core PUBLIC ZN_HAVE_CUBLASLT=1)
+endif()
+
+# The device check compares each CUDA kernel with the CPU kernel of its family when that CPU
+# kernel is part of zn_core (ZN_HAVE_CPU_<FAMILY>), and always with its own float64 reference.
+if(ZN_CUDA_CHECK_SOURCES)
+  add_executable(zn_cuda_check ${ZN_CUDA_CHECK_SOURCES})
+  target_compile_options(zn_cuda_check PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${ZN_WARNINGS}>)
+  target_link_libraries(zn_cuda_check PRIVATE zn_cuda_core)
+  foreach(family gemm attention rmsnorm rope swiglu embedding logprob dpo adamw)
+    if("${ZN_CORE_SOURCES}" MATCHES "native/kernels/cpu/${family}\\.cpp")
+      string(TOUPPER ${family} upper)
+      target_compile_definitions(zn_cuda_check PRIVATE ZN_HAVE_CPU_${upper}=1)
+      list(APPEND ZN_CPU_FAMILIES ${family})
+    endif()
+  endforeach()
+  message(STATUS "zephyr-native: device check compares with CPU kernels: ${ZN_CPU_FAMILIES}")
 endif()
 
 if(ZN_BUILD_ADDON AND ZN_CUDA_ADDON_SOURCES)
