@@ -219,6 +219,13 @@ describe('model folders: bad folders', () => {
       () => locateWeights(dir),
       /pytorch_model\.bin\), which zephyr-native never loads: unpickling can run arbitrary code\. Convert the folder to safetensors first/,
     );
+    // Trainer state files are not weights: no pickle message for them.
+    const trainerState = tempDir();
+    for (const name of ['optimizer.pt', 'scheduler.pt', 'rng_state.pth', 'training_args.bin']) writeFileSync(join(trainerState, name), 'x');
+    assert.throws(() => locateWeights(trainerState), /no model weights/);
+    const sharded = tempDir();
+    writeFileSync(join(sharded, 'pytorch_model-00001-of-00002.bin'), 'x');
+    assert.throws(() => locateWeights(sharded), /pytorch_model-00001-of-00002\.bin\), which zephyr-native never loads/);
     const indexed = tempDir();
     writeFileSync(join(indexed, 'model.safetensors.index.json'), '{"weight_map": {"a": "pytorch_model-00001-of-00002.bin"}}');
     assert.throws(() => locateWeights(indexed), /never loads/);

@@ -39,7 +39,9 @@ export const TOKENIZER_FILES = [
 ];
 
 const SHARD_NAME = /^model-(\d{5})-of-(\d{5})\.safetensors$/;
-const PICKLE_NAME = /\.(bin|pt|pth|ckpt|pkl)$/;
+// Pickled weights as transformers, PyTorch and Mistral name them (not the Trainer's
+// optimizer.pt, scheduler.pt, rng_state.pth or training_args.bin, which are not weights).
+const PICKLE_NAME = /^(pytorch_model|model|consolidated|adapter_model)([-.].*)?\.(bin|pt|pth|ckpt)$/;
 
 export interface WeightShard {
   path: string;
@@ -98,7 +100,7 @@ export function locateWeights(dir: string): { files: string[]; indexPath: string
     return { files: names.map((name) => join(dir, name)), indexPath, weightMap };
   }
   const entries = readdirSync(dir);
-  const pickles = entries.filter((name) => PICKLE_NAME.test(name) && !name.startsWith('training_args') && !name.startsWith('optimizer'));
+  const pickles = entries.filter((name) => PICKLE_NAME.test(name));
   if (pickles.length > 0) throw pickleRefusal(dir, pickles);
   if (entries.includes('adapter_config.json')) {
     throw new ZnError(`${dir}: is a PEFT adapter folder (adapter_config.json), not a full model: load its base model and the adapter`);
