@@ -4,13 +4,14 @@ import type { CommandModule } from 'yargs';
 import { binarizeCommand } from './binarize.js';
 import { infoCommand } from './info.js';
 import { notAvailableYet } from './not-available.js';
+import { rateCommand } from './rate.js';
 
 export const commands: CommandModule<object, any>[] = [
   notAvailableYet('train', 'Run a pipeline (dSFT then dDPO) from a recipe; with no arguments, the built-in demo'),
   notAvailableYet('sft', 'Supervised fine-tuning (dSFT) of a Mistral model on chat data'),
   notAvailableYet('dpo', 'Direct Preference Optimization (dDPO) against a frozen reference'),
   binarizeCommand,
-  notAvailableYet('rate', 'Rate completions with an AI judge behind an OpenAI-compatible API'),
+  rateCommand,
   notAvailableYet('score', 'Summed completion log-probabilities of a model on a dataset'),
   notAvailableYet('bench', 'Time SFT and DPO steps (tokens/s, MFU, peak memory)'),
   notAvailableYet('data', 'Inspect a dataset as the trainers will see it'),
