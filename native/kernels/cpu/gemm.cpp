@@ -95,8 +95,17 @@ __attribute__((target("avx2,fma"))) void tile_avx2_6x16(long steps, const float*
                                                          const float* b, float* c, long ldc,
                                                          float alpha, float beta) {
   constexpr int MR = 6;
+  // Every loop over the accumulators is fully unrolled so that they live in registers.
   __m256 acc[MR][2];
+#pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  // The C tile is only touched after the K sweep: start fetching it now.
+#pragma GCC unroll 6
+  for (int r = 0; r < MR; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 15), _MM_HINT_T0);
+  }
+#pragma GCC unroll 4
   for (long p = 0; p < steps; ++p, a += MR, b += 16) {
     const __m256 b0 = _mm256_load_ps(b);
     const __m256 b1 = _mm256_load_ps(b + 8);
@@ -109,7 +118,9 @@ __attribute__((target("avx2,fma"))) void tile_avx2_6x16(long steps, const float*
   }
   const __m256 va = _mm256_set1_ps(alpha);
   const __m256 vb = _mm256_set1_ps(beta);
+#pragma GCC unroll 6
   for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       float* out = c + r * ldc + 8 * h;
       __m256 v = _mm256_mul_ps(va, acc[r][h]);
@@ -126,7 +137,13 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) void tile_avx512
     float beta) {
   constexpr int MR = 12;
   __m512 acc[MR][2];
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+#pragma GCC unroll 12
+  for (int r = 0; r < MR; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 31), _MM_HINT_T0);
+  }
   for (long q = 0; q < steps; ++q, a += MR, b += 32) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 16);
@@ -139,7 +156,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) void tile_avx512
   }
   const __m512 va = _mm512_set1_ps(alpha);
   const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       float* out = c + r * ldc + 16 * h;
       __m512 v = _mm512_mul_ps(va, acc[r][h]);
@@ -187,20 +206,16 @@ struct Avx512Bf16Pairs : ScalarBf16Pairs {
 // ---- Packing.
 
 // Element (lane, depth) of an operand as the kernels see it: lanes are rows of op(A) or
-// columns of op(B), depth runs along K.
+// columns of op(B), depth runs along K. One of the two directions is contiguous in memory.
 struct Source {
   const void* data;
   DType dtype;
-  long lane_stride, depth_stride;
+  long stride;            // the row stride of the stored matrix
+  bool lanes_contiguous;  // element (l, d) at d * stride + l, else at l * stride + d
 };
 
-Source a_source(const Matrix& A, bool trans_a) {
-  return {A.data, A.dtype, trans_a ? 1 : A.ld, trans_a ? A.ld : 1};
-}
-
-Source b_source(const Matrix& B, bool trans_b) {
-  return {B.data, B.dtype, trans_b ? B.ld : 1, trans_b ? 1 : B.ld};
-}
+Source a_source(const Matrix& A, bool trans_a) { return {A.data, A.dtype, A.ld, trans_a}; }
+Source b_source(const Matrix& B, bool trans_b) { return {B.data, B.dtype, B.ld, !trans_b}; }
 
 struct KeepF32 {
   float operator()(float x) const { return x; }
@@ -220,11 +235,11 @@ struct Bf16Bits {
 
 // dst[d * W + l] = convert(src(l, d)) for l < lanes, 0 for the padding lanes up to W.
 template <int W, typename T, typename Convert>
-void pack_f32_lanes(const T* src, long lane_stride, long depth_stride, long lanes, long depth,
+void pack_f32_lanes(const T* src, long stride, bool lanes_contiguous, long lanes, long depth,
                     Convert convert, float* dst) {
-  if (lane_stride == 1) {  // lanes contiguous: copy row by row of the packed panel
+  if (lanes_contiguous) {  // a straight copy, one packed row per depth step
     for (long d = 0; d < depth; ++d) {
-      const T* s = src + d * depth_stride;
+      const T* s = src + d * stride;
       float* out = dst + d * W;
       long l = 0;
       for (; l < lanes; ++l) out[l] = convert(s[l]);
@@ -232,29 +247,45 @@ void pack_f32_lanes(const T* src, long lane_stride, long depth_stride, long lane
     }
     return;
   }
-  for (long l = 0; l < lanes; ++l) {  // depth contiguous: read each lane sequentially
-    const T* s = src + l * lane_stride;
-    for (long d = 0; d < depth; ++d) dst[d * W + l] = convert(s[d * depth_stride]);
-  }
-  for (long l = lanes; l < W; ++l) {
-    for (long d = 0; d < depth; ++d) dst[d * W + l] = 0.0f;
+  // Depth contiguous: a transpose, done through an L1-resident W x 8 block so that the reads
+  // run along each lane and the writes along each packed row.
+  constexpr long kBlock = 8;
+  float block[W][kBlock];
+  for (long d0 = 0; d0 < depth; d0 += kBlock) {
+    const long n = std::min(kBlock, depth - d0);
+    for (long l = 0; l < W; ++l) {
+      const T* s = src + l * stride + d0;
+      if (l < lanes && n == kBlock) {
+        for (long j = 0; j < kBlock; ++j) block[l][j] = convert(s[j]);
+      } else {
+        for (long j = 0; j < kBlock; ++j) block[l][j] = l < lanes && j < n ? convert(s[j]) : 0.0f;
+      }
+    }
+    for (long j = 0; j < n; ++j) {
+      for (long l = 0; l < W; ++l) dst[(d0 + j) * W + l] = block[l][j];
+    }
   }
 }
 
 // dst[q * W + l] = bf16(src(l, 2q)) | bf16(src(l, 2q + 1)) << 16, zero past `lanes` and `depth`.
 template <int W, typename T, typename Bits>
-void pack_bf16_pairs(const T* src, long lane_stride, long depth_stride, long lanes, long depth,
+void pack_bf16_pairs(const T* src, long stride, bool lanes_contiguous, long lanes, long depth,
                      Bits bits, uint32_t* dst) {
   const long pairs = ceil_div(depth, 2);
-  for (long l = 0; l < W; ++l) {
+  const long lane_step = lanes_contiguous ? 1 : stride, depth_step = lanes_contiguous ? stride : 1;
+  auto pair = [&](long l, long q) {
+    if (l >= lanes) return uint32_t(0);
+    const T* s = src + l * lane_step + 2 * q * depth_step;
+    const uint32_t high = 2 * q + 1 < depth ? bits(s[depth_step]) : 0;
+    return bits(s[0]) | (high << 16);
+  };
+  if (lanes_contiguous) {  // read along lanes: two source rows per packed row
     for (long q = 0; q < pairs; ++q) {
-      uint32_t low = 0, high = 0;
-      if (l < lanes) {
-        const T* s = src + l * lane_stride + 2 * q * depth_stride;
-        low = bits(s[0]);
-        if (2 * q + 1 < depth) high = bits(s[depth_stride]);
-      }
-      dst[q * W + l] = low | (high << 16);
+      for (long l = 0; l < W; ++l) dst[q * W + l] = pair(l, q);
+    }
+  } else {
+    for (long l = 0; l < W; ++l) {
+      for (long q = 0; q < pairs; ++q) dst[q * W + l] = pair(l, q);
     }
   }
 }
@@ -263,17 +294,19 @@ void pack_bf16_pairs(const T* src, long lane_stride, long depth_stride, long lan
 template <Layout L, int W, typename P>
 void pack_panel(const Source& src, long lane0, long depth0, long lanes, long depth,
                 bool round_to_bf16, P* dst) {
-  const long offset = lane0 * src.lane_stride + depth0 * src.depth_stride;
-  const long ls = src.lane_stride, ds = src.depth_stride;
+  const long offset = src.lanes_contiguous ? depth0 * src.stride + lane0
+                                           : lane0 * src.stride + depth0;
+  const long stride = src.stride;
+  const bool lc = src.lanes_contiguous;
   const float* f32 = static_cast<const float*>(src.data) + offset;
   const bf16* b16 = static_cast<const bf16*>(src.data) + offset;
   if constexpr (L == Layout::F32Lanes) {
-    if (src.dtype == DType::BF16) pack_f32_lanes<W>(b16, ls, ds, lanes, depth, WidenBf16{}, dst);
-    else if (round_to_bf16) pack_f32_lanes<W>(f32, ls, ds, lanes, depth, RoundF32ToBf16{}, dst);
-    else pack_f32_lanes<W>(f32, ls, ds, lanes, depth, KeepF32{}, dst);
+    if (src.dtype == DType::BF16) pack_f32_lanes<W>(b16, stride, lc, lanes, depth, WidenBf16{}, dst);
+    else if (round_to_bf16) pack_f32_lanes<W>(f32, stride, lc, lanes, depth, RoundF32ToBf16{}, dst);
+    else pack_f32_lanes<W>(f32, stride, lc, lanes, depth, KeepF32{}, dst);
   } else {
-    if (src.dtype == DType::BF16) pack_bf16_pairs<W>(b16, ls, ds, lanes, depth, Bf16Bits{}, dst);
-    else pack_bf16_pairs<W>(f32, ls, ds, lanes, depth, Bf16BitsOfF32{}, dst);
+    if (src.dtype == DType::BF16) pack_bf16_pairs<W>(b16, stride, lc, lanes, depth, Bf16Bits{}, dst);
+    else pack_bf16_pairs<W>(f32, stride, lc, lanes, depth, Bf16BitsOfF32{}, dst);
   }
 }
 

@@ -1,0 +1,223 @@
+/**
+ * `npm run bench:kernels -- [--json FILE] [--rounds N] [--zn-bench PATH] [--no-build] [--no-torch]`
+ *
+ * The native CPU kernels (zn_bench, built by the CMake build from bench/native/bench_kernels.cpp)
+ * beside PyTorch (bench/torch_kernels.py) on the same shapes and thread count, each figure also
+ * as a fraction of this machine's measured peak (a tight FMA / vdpbf16ps loop on every thread).
+ * Mistral-7B shapes scaled to run in seconds on a small machine; see CASES. Not a timed test:
+ * the figures depend on the machine and on whatever else runs on it, so each impl keeps its
+ * best of `--rounds` alternating rounds.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { writeJsonAtomic } from '../lib/io/atomic.js';
+import { packageRoot } from '../lib/native.js';
+import { referencePython } from '../test/support/python.js';
+
+/** Case specs understood by zn_bench and torch_kernels.py alike (formats in both files). */
+const CASES: { spec: string; what: string }[] = [
+  { spec: 'gemm:512,4096,4096:nt:f32', what: 'q/o projection forward, 512 tokens: y = x·Wᵀ' },
+  { spec: 'gemm:512,4096,4096:nt:bf16', what: 'the same in bf16' },
+  { spec: 'gemm:512,14336,4096:nt:f32', what: 'gate/up projection forward, 512 tokens' },
+  { spec: 'gemm:512,14336,4096:nt:bf16', what: 'the same in bf16' },
+  { spec: 'gemm:4096,4096,512:tn:f32', what: 'weight gradient over 512 tokens: dW = dyᵀ·x' },
+  { spec: 'gemm:4096,4096,512:tn:bf16', what: 'the same in bf16' },
+  { spec: 'gemm:512,4096,4096:nn:f32', what: 'input gradient, 512 tokens: dx = dy·W' },
+  // Mistral attention geometry (head_dim 128, 4 query heads per kv head) with 8 of the 32
+  // heads, at the window of the model (4096: plain causal here) and a short one.
+  { spec: 'attention:1024,8,2,128,4096', what: 'attention fwd+bwd, T=1024, full causal' },
+  { spec: 'attention:2048,8,2,128,4096', what: 'attention fwd+bwd, T=2048, full causal' },
+  { spec: 'attention:2048,8,2,128,256', what: 'attention fwd+bwd, T=2048, window 256' },
+  // Mistral's vocabulary; 512 tokens of hidden size 1024 keep it to seconds.
+  { spec: 'logprob:512,1024,32000', what: 'fused log-prob fwd+bwd, V=32000' },
+];
+
+interface BenchLine {
+  op: string;
+  impl?: string;
+  shape?: number[];
+  dtype?: string;
+  variant?: string;
+  gflops?: number;
+  threads?: number;
+  [key: string]: unknown;
+}
+
+interface Result {
+  op: string;
+  shape: number[];
+  dtype: string;
+  variant: string;
+  impl: 'zephyr-native' | 'torch';
+  gflops: number;
+  peak_fraction: number;
+  seconds: number;
+  [key: string]: unknown;
+}
+
+function parseLines(output: string, source: string): BenchLine[] {
+  return output
+    .split('\n')
+    .filter((line) => line.trim().startsWith('{'))
+    .map((line) => {
+      try {
+        return JSON.parse(line) as BenchLine;
+      } catch {
+        throw new Error(`${source} printed a line that is not JSON: ${line}`);
+      }
+    });
+}
+
+function run(command: string, args: string[], what: string): string {
+  const result = spawnSync(command, args, {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 1 << 26,
+  });
+  if (result.error) throw new Error(`${what} (${command}) could not start: ${result.error.message}`);
+  if (result.status !== 0) throw new Error(`${what} (${command}) failed with ${result.status ?? result.signal}`);
+  return result.stdout;
+}
+
+function locateZnBench(root: string, explicit: string | undefined, build: boolean): string {
+  if (explicit) {
+    if (!existsSync(explicit)) throw new Error(`--zn-bench ${explicit}: no such file`);
+    return resolve(explicit);
+  }
+  const path = join(root, 'build-cmake', 'zn_bench');
+  if (build) {
+    console.error('building zn_bench (cmake-js build --out build-cmake) ...');
+    const result = spawnSync('npx', ['cmake-js', 'build', '--out', 'build-cmake'], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
+    if (result.status !== 0) throw new Error('cmake-js build --out build-cmake failed; see the messages above');
+  }
+  if (!existsSync(path)) throw new Error(`${path} not found: build it with \`npm run build:cmake\` or pass --zn-bench PATH`);
+  return path;
+}
+
+const key = (line: BenchLine) => `${line.op} ${JSON.stringify(line.shape)} ${line.dtype} ${line.variant}`;
+
+/** Keeps, per case and impl, the round with the highest throughput; `order` lists the cases
+ * in the order they first appeared. */
+function keepBest(best: Map<string, BenchLine>, order: string[], lines: BenchLine[]): void {
+  for (const line of lines) {
+    if (line.gflops === undefined) continue;
+    if (!order.includes(key(line))) order.push(key(line));
+    const id = `${line.impl} ${key(line)}`;
+    const previous = best.get(id);
+    if (!previous || (previous.gflops ?? 0) < line.gflops) best.set(id, line);
+  }
+}
+
+function formatTable(results: Result[], peaks: BenchLine[]): string {
+  const rows: string[][] = [['op', 'shape', 'dtype', 'variant', 'zephyr GFLOP/s', 'of peak', 'torch GFLOP/s', 'of peak', 'zephyr/torch']];
+  const native = results.filter((r) => r.impl === 'zephyr-native');
+  const percent = (x: number | undefined) => (x === undefined ? '-' : `${(100 * x).toFixed(1)}%`);
+  for (const ours of native) {
+    const torch = results.find((r) => r.impl === 'torch' && key(r) === key(ours));
+    rows.push([
+      ours.op,
+      `[${ours.shape.join(', ')}]`,
+      ours.dtype,
+      ours.variant,
+      ours.gflops.toFixed(1),
+      percent(ours.peak_fraction),
+      torch ? torch.gflops.toFixed(1) : '-',
+      percent(torch?.peak_fraction),
+      torch ? `${(ours.gflops / torch.gflops).toFixed(2)}x` : '-',
+    ]);
+  }
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
+  const lines = rows.map((row) => row.map((cell, c) => (c < 4 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '));
+  lines.splice(1, 0, widths.map((w) => '-'.repeat(w)).join('  '));
+  const peakText = peaks.map((p) => `${p.impl} ${p.dtype} ${p.gflops} GFLOP/s`).join(', ');
+  return `${lines.join('\n')}\nmeasured peak (${peaks[0]?.threads ?? '?'} threads): ${peakText}`;
+}
+
+function main(): void {
+  const { values } = parseArgs({
+    options: {
+      json: { type: 'string' },
+      rounds: { type: 'string', default: '1' },
+      'zn-bench': { type: 'string' },
+      'no-build': { type: 'boolean', default: false },
+      'no-torch': { type: 'boolean', default: false },
+    },
+  });
+  const rounds = Number(values.rounds);
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be a positive integer, got ${values.rounds}`);
+  const root = packageRoot();
+  const znBench = locateZnBench(root, values['zn-bench'] ?? process.env.ZN_BENCH, !values['no-build'] && !values['zn-bench'] && !process.env.ZN_BENCH);
+
+  // Which ops this zn_bench was built with (kernels join native/sources.json over time).
+  const probe = parseLines(run(znBench, ['--list'], 'zn_bench --list'), 'zn_bench');
+  const machine = probe.find((line) => line.op === 'machine');
+  const ops = new Set((machine?.ops as string[] | undefined) ?? []);
+  const cases = CASES.filter((c) => ops.has(c.spec.split(':')[0]!));
+  for (const op of new Set(CASES.map((c) => c.spec.split(':')[0]!))) {
+    if (!ops.has(op)) console.error(`${op}: not in this zn_bench build (its kernel is not in native/sources.json yet); skipped`);
+  }
+  const specs = cases.map((c) => c.spec);
+  const threads = Number(machine?.threads ?? 1);
+
+  let python: string | null = null;
+  if (values['no-torch']) console.error('torch column skipped: --no-torch');
+  else {
+    const reference = referencePython(['torch']);
+    python = reference.python;
+    if (!python) console.error(`torch column skipped: ${reference.skipReason}`);
+  }
+
+  const best = new Map<string, BenchLine>();
+  const order: string[] = [];
+  const peaks = new Map<string, BenchLine>();
+  for (let round = 1; round <= rounds; ++round) {
+    console.error(`round ${round}/${rounds}: zephyr-native ...`);
+    const lines = parseLines(run(znBench, ['peak', ...specs], 'zn_bench'), 'zn_bench');
+    for (const peak of lines.filter((line) => line.op === 'peak')) {
+      const id = `${peak.impl} ${peak.dtype}`;
+      if ((peaks.get(id)?.gflops ?? 0) < (peak.gflops ?? 0)) peaks.set(id, peak);
+    }
+    keepBest(best, order, lines.filter((line) => line.op !== 'peak' && line.op !== 'machine'));
+    if (python) {
+      console.error(`round ${round}/${rounds}: torch ...`);
+      const script = join(root, 'bench', 'torch_kernels.py');
+      keepBest(best, order, parseLines(run(python, [script, '--threads', String(threads), ...specs], 'bench/torch_kernels.py'), 'torch_kernels.py').filter((line) => line.op !== 'machine'));
+    }
+  }
+
+  // Peak for a dtype: the fastest multiply-add loop that dtype's GEMM path can use.
+  const peakFor = (dtype: string) =>
+    Math.max(0, ...[...peaks.values()].filter((p) => p.dtype === dtype || (dtype === 'bf16' && p.dtype === 'f32')).map((p) => p.gflops ?? 0));
+  const results: Result[] = [...best.values()].map((line) => {
+    const dtype = line.dtype ?? 'f32';
+    const peak = line.peak_gflops !== undefined ? Number(line.peak_gflops) : peakFor(dtype);
+    return {
+      ...line,
+      op: line.op,
+      shape: line.shape ?? [],
+      dtype,
+      variant: line.variant ?? '',
+      impl: line.impl === 'torch' ? 'torch' : 'zephyr-native',
+      gflops: line.gflops ?? 0,
+      peak_fraction: peak > 0 ? Number(((line.gflops ?? 0) / peak).toFixed(3)) : 0,
+      seconds: Number(line.seconds ?? 0),
+    };
+  });
+  results.sort((a, b) => order.indexOf(key(a)) - order.indexOf(key(b)) || b.impl.localeCompare(a.impl));
+
+  console.log(formatTable(results, [...peaks.values()]));
+  if (values.json) {
+    writeJsonAtomic(resolve(values.json), { machine, peaks: [...peaks.values()], cases, results });
+    console.error(`wrote ${values.json}`);
+  }
+}
+
+try {
+  main();
+} catch (error) {
+  console.error(`bench:kernels: ${(error as Error).message}`);
+  process.exitCode = 1;
+}

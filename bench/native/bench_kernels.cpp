@@ -1,0 +1,248 @@
+// Kernel benchmark: this machine's measured peak, then the throughput of each requested case,
+// one JSON object per line on stdout. bench/kernels.ts runs it beside PyTorch and prints the
+// table; run it alone as
+//   zn_bench peak gemm:512,4096,4096:nt:bf16 ...     (zn_bench --list: the ops it can time)
+// Case specs (the same strings bench/torch_kernels.py reads):
+//   peak                        tight FMA (and vdpbf16ps where present) loops on every thread
+//   gemm:M,N,K:TT:DTYPE         C[M,N] = op(A)·op(B); TT is n|t for A then B; DTYPE f32|bf16
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/cpu_features.h"
+#include "core/errors.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/gemm.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define ZN_BENCH_X86 1
+#endif
+
+using namespace zn;
+
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Best wall time of `run` after one warm-up run (page faults, packing buffers, thread start):
+// timed runs repeat until `budget` seconds have passed (at least one run), and the least
+// disturbed one counts. bench/torch_kernels.py times the same way.
+double best_seconds(const std::function<void()>& run, double budget = 1.5, int max_runs = 50) {
+  run();
+  double best = 1e30;
+  const double start = now_seconds();
+  for (int runs = 0; runs == 0 || (now_seconds() - start < budget && runs < max_runs); ++runs) {
+    const double t0 = now_seconds();
+    run();
+    best = std::min(best, now_seconds() - t0);
+  }
+  return best;
+}
+
+// ---- Peak: independent accumulator chains, enough to cover FMA latency x pipes.
+
+constexpr int kChains = 12;
+
+#ifdef ZN_BENCH_X86
+__attribute__((target("avx2,fma"))) float fma256_loop(long iters) {
+  __m256 acc[kChains];
+  for (int c = 0; c < kChains; ++c) acc[c] = _mm256_set1_ps(float(c));
+  const __m256 scale = _mm256_set1_ps(0.999999f), shift = _mm256_set1_ps(1e-7f);
+  for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm256_fmadd_ps(acc[c], scale, shift);
+  }
+  __m256 sum = acc[0];
+  for (int c = 1; c < kChains; ++c) sum = _mm256_add_ps(sum, acc[c]);
+  return _mm256_cvtss_f32(sum);
+}
+
+__attribute__((target("avx512f"))) float fma512_loop(long iters) {
+  __m512 acc[kChains];
+  for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(float(c));
+  const __m512 scale = _mm512_set1_ps(0.999999f), shift = _mm512_set1_ps(1e-7f);
+  for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], scale, shift);
+  }
+  __m512 sum = acc[0];
+  for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, acc[c]);
+  return _mm512_cvtss_f32(sum);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) float dpbf16_loop(long iters) {
+  __m512 acc[kChains];
+  for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(float(c));
+  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80);  // bf16 pair (1.0, 1.0)
+  const __m512bh y = (__m512bh)_mm512_set1_epi32(0x33d633d6);  // bf16 pair (1e-7, 1e-7)
+  for (long i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_dpbf16_ps(acc[c], x, y);
+  }
+  __m512 sum = acc[0];
+  for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, acc[c]);
+  return _mm512_cvtss_f32(sum);
+}
+#endif
+
+// GFLOP/s of `loop` run on every pool thread at once; `flops_per_iter` per thread.
+double peak_gflops(float (*loop)(long), double flops_per_iter) {
+  const int threads = num_threads();
+  const long iters = 20'000'000;
+  std::vector<float> sink(size_t(threads), 0.0f);
+  const double seconds = best_seconds(
+      [&] {
+        parallel_for(size_t(threads), 1, [&](size_t begin, size_t end) {
+          for (size_t t = begin; t < end; ++t) sink[t] += loop(iters);
+        });
+      },
+      0.5);
+  if (sink[0] == 12345.0f) std::printf("#\n");  // keeps the loops alive
+  return flops_per_iter * double(iters) * threads / seconds / 1e9;
+}
+
+struct Peaks {
+  double f32 = 0;   // best f32 multiply-add rate (what f32 GEMM and AVX2 bf16 GEMM run on)
+  double bf16 = 0;  // rate of the instruction bf16 GEMM runs on in this build and CPU
+};
+
+Peaks measure_peaks() {
+  Peaks peaks;
+  const CpuFeatures& f = cpu_features();
+  auto report = [](const char* impl, const char* dtype, double gflops) {
+    std::printf("{\"op\":\"peak\",\"impl\":\"%s\",\"dtype\":\"%s\",\"threads\":%d,\"gflops\":%.1f}\n",
+                impl, dtype, num_threads(), gflops);
+  };
+#ifdef ZN_BENCH_X86
+  if (f.avx2 && f.fma) {
+    peaks.f32 = peak_gflops(fma256_loop, kChains * 8 * 2);
+    report("fma-ymm", "f32", peaks.f32);
+  }
+  if (f.avx512f) {
+    const double zmm = peak_gflops(fma512_loop, kChains * 16 * 2);
+    report("fma-zmm", "f32", zmm);
+    peaks.f32 = std::max(peaks.f32, zmm);
+  }
+  peaks.bf16 = peaks.f32;
+  if (cpu_path() == CpuPath::Avx512Bf16) {
+    peaks.bf16 = peak_gflops(dpbf16_loop, kChains * 16 * 2 * 2);
+    report("vdpbf16ps", "bf16", peaks.bf16);
+  }
+#endif
+  return peaks;
+}
+
+// ---- Cases.
+
+std::vector<long> parse_numbers(const std::string& text, size_t count, const std::string& spec) {
+  std::vector<long> values;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) values.push_back(std::atol(item.c_str()));
+  ZN_CHECK(values.size() == count, "zn_bench: '", spec, "' needs ", count, " comma-separated sizes");
+  for (long v : values) ZN_CHECK(v > 0, "zn_bench: sizes in '", spec, "' must be positive");
+  return values;
+}
+
+std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> parts;
+  std::stringstream in(text);
+  for (std::string part; std::getline(in, part, sep);) parts.push_back(part);
+  return parts;
+}
+
+void print_result(const std::string& op, const std::string& shape, const std::string& dtype,
+                  const std::string& variant, double gflops, double peak, double seconds) {
+  std::printf("{\"op\":\"%s\",\"shape\":%s,\"dtype\":\"%s\",\"variant\":\"%s\",\"impl\":\"zephyr-native\","
+              "\"path\":\"%s\",\"threads\":%d,\"gflops\":%.1f,\"peak_gflops\":%.1f,\"peak_fraction\":%.3f,"
+              "\"seconds\":%.5f}\n",
+              op.c_str(), shape.c_str(), dtype.c_str(), variant.c_str(), cpu_path_name(cpu_path()),
+              num_threads(), gflops, peak, peak > 0 ? gflops / peak : 0.0, seconds);
+  std::fflush(stdout);
+}
+
+void bench_gemm(const std::string& spec, const Peaks& peaks) {
+  const std::vector<std::string> parts = split(spec, ':');
+  ZN_CHECK(parts.size() == 4 && parts[2].size() == 2 && (parts[3] == "f32" || parts[3] == "bf16"),
+           "zn_bench: expected gemm:M,N,K:TT:f32|bf16, got '", spec, "'");
+  const std::vector<long> mnk = parse_numbers(parts[1], 3, spec);
+  const long M = mnk[0], N = mnk[1], K = mnk[2];
+  const bool trans_a = parts[2][0] == 't', trans_b = parts[2][1] == 't';
+  const bool bf16_inputs = parts[3] == "bf16";
+
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  auto make = [&](long count, std::vector<float>& f32, std::vector<bf16>& b16) {
+    f32.resize(size_t(count));
+    for (float& x : f32) x = normal(rng);
+    if (bf16_inputs) {
+      b16.resize(f32.size());
+      for (size_t i = 0; i < f32.size(); ++i) b16[i] = f32_to_bf16(f32[i]);
+      f32.clear();
+    }
+  };
+  std::vector<float> a32, b32;
+  std::vector<bf16> a16, b16;
+  make(M * K, a32, a16);
+  make(K * N, b32, b16);
+  std::vector<float> C(size_t(M * N));
+  const DType dtype = bf16_inputs ? DType::BF16 : DType::F32;
+  const cpu::Matrix A{bf16_inputs ? static_cast<const void*>(a16.data()) : a32.data(), dtype,
+                      trans_a ? M : K};
+  const cpu::Matrix B{bf16_inputs ? static_cast<const void*>(b16.data()) : b32.data(), dtype,
+                      trans_b ? K : N};
+
+  const double seconds = best_seconds(
+      [&] { cpu::gemm(trans_a, trans_b, M, N, K, 1.0f, A, B, 0.0f, C.data(), N); });
+  const double gflops = 2.0 * M * N * K / seconds / 1e9;
+  print_result("gemm", "[" + parts[1] + "]", parts[3], parts[2], gflops,
+               bf16_inputs ? peaks.bf16 : peaks.f32, seconds);
+}
+
+// Attention and fused log-prob cases plug in here (bench_attention, bench_logprob, then an
+// entry in kOps) once their kernels are part of native/sources.json.
+
+// The ops this build can time, by spec prefix.
+struct Op {
+  const char* name;
+  void (*bench)(const std::string& spec, const Peaks& peaks);
+};
+constexpr Op kOps[] = {{"gemm", bench_gemm}};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::string ops;
+    for (const Op& op : kOps) ops += std::string(ops.empty() ? "" : ",") + "\"" + op.name + "\"";
+    std::printf("{\"op\":\"machine\",\"cpu_path\":\"%s\",\"features\":\"%s\",\"threads\":%d,"
+                "\"ops\":[%s]}\n",
+                cpu_path_name(cpu_path()), cpu_features_string().c_str(), num_threads(), ops.c_str());
+    if (argc == 2 && std::string(argv[1]) == "--list") return 0;
+    const Peaks peaks = measure_peaks();
+    for (int i = 1; i < argc; ++i) {
+      const std::string spec = argv[i];
+      if (spec == "peak") continue;
+      const std::string name = spec.substr(0, spec.find(':'));
+      const Op* op = nullptr;
+      for (const Op& candidate : kOps) {
+        if (name == candidate.name) op = &candidate;
+      }
+      ZN_CHECK(op != nullptr, "zn_bench: unknown case '", spec, "' (this build times: ", ops, ")");
+      op->bench(spec, peaks);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
