@@ -64,8 +64,8 @@ describe('tokenizer conformance with transformers', { skip: skipReason ?? false 
     writeLlama2TokenizerFolder(join(work, 'llama2-package'));
     folders = [...names, 'llama2-package'].map((name) => join(work, name));
     const request = join(work, 'encode.json');
-    writeFileSync(request, JSON.stringify({ folders, texts: TEXTS }));
-    reference = JSON.parse(runPython(python!, script, ['encode', request]));
+    writeFileSync(request, JSON.stringify([{ kind: 'encode', folders, texts: TEXTS }]));
+    [reference] = JSON.parse(runPython(python!, script, ['run', request]));
     for (const folder of folders) tokenizers.set(folder, HfTokenizer.fromFolder(folder));
   });
 

@@ -5,11 +5,12 @@ trained here on a few sentences; no downloads) and answers requests with what tr
 TRL 1.13 produce, so the tests can compare zephyr-native's token ids and loss masks with them.
 
     python data_reference.py tokenizers OUT_DIR      build the tokenizer folders, print their names
-    python data_reference.py encode REQUEST.json     AutoTokenizer ids, offsets and decodes
-    python data_reference.py sft REQUEST.json        SFTTrainer's prepared rows and collated batch
-    python data_reference.py dpo REQUEST.json        DPOTrainer's prepared rows and collated batch
+    python data_reference.py run REQUESTS.json       answer a list of requests, each one of:
+        {"kind": "encode", "folders": [...], "texts": [...]}   AutoTokenizer ids, offsets, decodes
+        {"kind": "sft", "tokenizer": DIR, "rows": [...], ...}  SFTTrainer's rows and collated batch
+        {"kind": "dpo", "tokenizer": DIR, "rows": [...], ...}  DPOTrainer's rows and collated batch
 
-Results are JSON on stdout.
+Results are JSON on stdout (a list for `run`, in request order).
 """
 
 import copy
@@ -174,14 +175,115 @@ def encode(request):
     return out
 
 
+# HuggingFaceH4/zephyr-7b-beta tokenizer_config.json `chat_template`, for folders that have none
+# (transformers 5 refuses to render without one; zephyr-native falls back to it).
+ZEPHYR_CHAT_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+
+
+def load_tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.chat_template is None:
+        tok.chat_template = ZEPHYR_CHAT_TEMPLATE
+    return tok
+
+
+def tiny_model(vocab_size):
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=vocab_size,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=8192,
+    )
+    return MistralForCausalLM(config)
+
+
+def common_args(request, workdir):
+    return {
+        "output_dir": workdir,
+        "report_to": [],
+        "use_cpu": True,
+        "max_length": request.get("max_length"),
+        "per_device_train_batch_size": 2,
+    }
+
+
+def sft(request):
+    """SFTTrainer's prepared training rows, and TRL's padding-free collation of all of them."""
+    import tempfile
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tok = load_tokenizer(request["tokenizer"])
+    with tempfile.TemporaryDirectory() as workdir:
+        args = SFTConfig(
+            **common_args(request, workdir),
+            packing=request.get("packing", False),
+            assistant_only_loss=request.get("assistant_only_loss", False),
+        )
+        trainer = SFTTrainer(
+            model=tiny_model(len(tok)), args=args, train_dataset=Dataset.from_list(request["rows"]), processing_class=tok
+        )
+        rows = [dict(row) for row in trainer.train_dataset]
+    collator = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id or 0, padding_free=True)
+    collated = collator(rows)
+    return {
+        "rows": [{k: row[k] for k in ("input_ids", "labels", "seq_lengths") if k in row} for row in rows],
+        "collated": {k: collated[k][0].tolist() for k in ("input_ids", "labels", "position_ids")},
+    }
+
+
+def dpo(request):
+    """DPOTrainer's prepared rows (prompt_ids, chosen_ids, rejected_ids) and its collated batch."""
+    import tempfile
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    tok = load_tokenizer(request["tokenizer"])
+    with tempfile.TemporaryDirectory() as workdir:
+        args = DPOConfig(**common_args(request, workdir))
+        trainer = DPOTrainer(
+            model=tiny_model(len(tok)),
+            ref_model=tiny_model(len(tok)),
+            args=args,
+            train_dataset=Dataset.from_list(request["rows"]),
+            processing_class=tok,
+        )
+        rows = [dict(row) for row in trainer.train_dataset]
+        collated = trainer.data_collator([{k: row[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for row in rows])
+    mask = collated["attention_mask"].tolist()
+    return {
+        "rows": [{k: row[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for row in rows],
+        "sequences": [ids[: sum(m)] for ids, m in zip(collated["input_ids"].tolist(), mask)],
+        "completion_masks": [cm[: sum(m)] for cm, m in zip(collated["completion_mask"].tolist(), mask)],
+    }
+
+
 def main():
     command, arg = sys.argv[1], sys.argv[2]
     if command == "tokenizers":
         result = build_tokenizers(arg)
     else:
         with open(arg) as f:
-            request = json.load(f)
-        result = {"encode": encode}[command](request)
+            requests = json.load(f)
+        handlers = {"encode": encode, "sft": sft, "dpo": dpo}
+        result = [handlers[request["kind"]](request) for request in requests]
     json.dump(result, sys.stdout)
 
 
