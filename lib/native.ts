@@ -53,6 +53,8 @@ export interface NativeAddon {
   info(): AddonInfo;
   /** Self-check of the thread pool and the async path: sum of x^2 in f64. */
   sumOfSquares(options: { values: Float32Array }): Promise<number>;
+  /** The fused DPO loss (native/kernels/cpu/dpo.h): per-pair losses, gradients, TRL metrics. */
+  dpoLoss(options: DpoLossOptions): DpoLossResult;
   /** A safetensors file's validated header: tensors in file order, and `__metadata__`. */
   readSafetensorsHeader(options: { path: string }): SafetensorsHeader;
   /** One tensor converted to f32 or bf16 (bits). For tests and small tensors. */
@@ -144,8 +146,8 @@ export interface NativeModel {
   memoryPlan(): MemoryPlan;
   /** Reads every parameter from safetensors files; returns the names of extra tensors. */
   loadWeights(options: { files: string[] }): Promise<{ unexpected: string[] }>;
-  /** Writes shards atomically; every parameter must be named exactly once. */
-  saveWeights(options: { shards: { path: string; names: string[] }[]; dtype?: 'f32' | 'f16' | 'bf16' }): Promise<void>;
+  /** Writes one safetensors file atomically: these parameters, in this order, narrowed to dtype. */
+  saveWeights(options: { path: string; names: string[]; dtype?: 'F32' | 'F16' | 'BF16'; metadata?: Record<string, string> }): Promise<void>;
   /** Per-token log p(target) (0 where target is -100), keeping activations for backward. */
   forward(batch: NativeTokenBatch): Promise<{ logp: Float32Array }>;
   /** The same log-probs without keeping anything for backward. */

@@ -170,21 +170,23 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
         });
   }
 
-  // saveWeights({shards: [{path, names}], dtype: 'f32'|'f16'|'bf16'}) -> Promise<void>
+  // saveWeights({path, names, dtype: 'F32'|'F16'|'BF16', metadata?}) -> Promise<void>: one
+  // safetensors file (the shard plan is lib/model/folder.ts's).
   Napi::Value SaveWeights(const Napi::CallbackInfo& info) {
     Options options(info, "saveWeights");
-    const std::string dtype = options.string("dtype", "f32");
-    if (dtype != "f32" && dtype != "f16" && dtype != "bf16") {
-      options.error("'dtype' must be 'f32', 'f16' or 'bf16', got '" + dtype + "'");
+    const std::string path = options.string("path");
+    const std::vector<std::string> names = options.strings("names");
+    const std::string dtype = options.string("dtype", "F32");
+    if (dtype != "F32" && dtype != "F16" && dtype != "BF16") {
+      options.error("'dtype' must be 'F32', 'F16' or 'BF16', got '" + dtype + "'");
     }
-    const model::SaveDType save_dtype = dtype == "f32" ? model::SaveDType::F32
-                                        : dtype == "f16" ? model::SaveDType::F16
+    const model::SaveDType save_dtype = dtype == "F32" ? model::SaveDType::F32
+                                        : dtype == "F16" ? model::SaveDType::F16
                                                          : model::SaveDType::BF16;
-    std::vector<model::ShardPlan> shards;
-    for (const Options& shard : options.objects("shards")) {
-      shards.push_back({shard.string("path"), shard.strings("names")});
-    }
-    return run(options, [shards, save_dtype](MistralModel& m) { m.save_weights(shards, save_dtype); });
+    const auto metadata = options.string_map_or_empty("metadata");
+    return run(options, [path, names, save_dtype, metadata](MistralModel& m) {
+      m.save_weights(path, names, save_dtype, metadata);
+    });
   }
 
   // Reads a TokenBatch ({inputIds, positionIds, targets, cuSeqlens}: Int32Arrays).

@@ -180,13 +180,6 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
 
 }  // namespace
 
-// TODO(model): take this from the log-prob kernel once it states its chunking.
-static size_t logits_chunk_bytes(const MistralConfig& c, const ModelOptions& o) {
-  const size_t tokens = std::min<size_t>(size_t(o.max_tokens), 64);
-  const size_t vocab = std::min<size_t>(size_t(c.vocab_size), 4096);
-  return size_t(num_threads()) * tokens * vocab * 4;
-}
-
 MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   c.validate();
   ZN_CHECK(o.max_tokens > 0, "model: maxTokens must be positive, got ", o.max_tokens);
@@ -197,7 +190,7 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   plan.optimizer = o.trainable ? params * 8 : 0;
   Activations counting;
   plan.activations = layout_activations(c, o, nullptr, counting) * 4;
-  plan.logits_chunks = logits_chunk_bytes(c, o);
+  plan.logits_chunks = cpu::logprob_scratch_bytes({o.max_tokens, c.hidden_size, c.vocab_size}, o.trainable);
   return plan;
 }
 
@@ -334,27 +327,16 @@ std::vector<std::string> MistralModel::load_weights(const std::vector<std::strin
   return unexpected;
 }
 
-void MistralModel::save_weights(const std::vector<ShardPlan>& shards, SaveDType dtype) const {
+void MistralModel::save_weights(const std::string& path, const std::vector<std::string>& names,
+                                SaveDType dtype, const std::map<std::string, std::string>& metadata) const {
   const StDType stored = dtype == SaveDType::F32 ? StDType::F32
                          : dtype == SaveDType::F16 ? StDType::F16 : StDType::BF16;
-  const std::map<std::string, std::string> metadata{{"format", "pt"}};
-  std::map<std::string, int> saved;
-  for (const ShardPlan& shard : shards) {
-    for (const std::string& name : shard.names) ++saved[name];
+  std::vector<StTensorToWrite> tensors;
+  for (const std::string& name : names) {
+    const ParameterSpec& p = parameter(name);
+    tensors.push_back({p.name, stored, p.shape, master_.data() + p.offset, StDType::F32});
   }
-  for (const ParameterSpec& p : params_) {
-    ZN_CHECK(saved[p.name] == 1, "model: the shard plan names parameter '", p.name, "' ",
-             saved[p.name], " times (expected once)");
-  }
-  for (const ShardPlan& shard : shards) {
-    std::vector<StTensorToWrite> tensors;
-    for (const std::string& name : shard.names) {
-      const ParameterSpec& p = parameter(name);
-      // The writer narrows the f32 master while writing: no second copy of the weights.
-      tensors.push_back({p.name, stored, p.shape, master_.data() + p.offset, StDType::F32});
-    }
-    write_safetensors(shard.path, tensors, metadata);
-  }
+  write_safetensors(path, tensors, metadata);
 }
 
 void MistralModel::save_optimizer_state(const std::string& path) const {

@@ -12,6 +12,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -93,12 +94,6 @@ struct AdamWOptions {
   double max_grad_norm = 0;  // <= 0: no clipping
 };
 
-// Where a weight file's tensors go (saving): one safetensors file and the names it holds.
-struct ShardPlan {
-  std::string path;
-  std::vector<std::string> names;
-};
-
 enum class SaveDType { F32, F16, BF16 };
 
 struct Activations;
@@ -124,7 +119,10 @@ class MistralModel {
   // tensors in the files that are not parameters (e.g. a tied lm_head.weight); a missing
   // parameter is an error naming it.
   std::vector<std::string> load_weights(const std::vector<std::string>& files);
-  void save_weights(const std::vector<ShardPlan>& shards, SaveDType dtype) const;
+  // Writes one safetensors file (atomically) holding the named parameters in the given order,
+  // narrowed from the f32 master while writing. The caller plans the shards (lib/model/folder.ts).
+  void save_weights(const std::string& path, const std::vector<std::string>& names, SaveDType dtype,
+                    const std::map<std::string, std::string>& metadata) const;
 
   // Forward keeping activations for backward; logp[t] for each token (0 where target is -100).
   void forward(const TokenBatchView& batch, float* logp);

@@ -410,7 +410,7 @@ ZN_TEST("model.optimizer_state_round_trips") {
   a->save_optimizer_state(state.path);
   std::vector<std::string> names;
   for (const ParameterSpec& p : a->parameters()) names.push_back(p.name);
-  a->save_weights({{weights.path, names}}, SaveDType::F32);
+  a->save_weights(weights.path, names, SaveDType::F32, {{"format", "pt"}});
   EXPECT(r->load_weights({weights.path}).empty());
   r->load_optimizer_state(state.path);
   EXPECT(r->optimizer_step() == 2);

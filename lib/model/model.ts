@@ -1,0 +1,200 @@
+/**
+ * A Mistral model in native memory: `loadModel(dir)` reads an HF folder (config.json through
+ * config.ts, weight files checked by folder.ts, tensor bytes loaded natively, never through the
+ * JS heap), and the object runs forward/backward/log-probs on packed TokenBatches, takes AdamW
+ * steps, and saves an HF folder that transformers loads unchanged.
+ *
+ * One call at a time per model: await each before the next (the native side refuses overlap,
+ * since a forward's saved activations belong to the backward that follows it).
+ */
+import { ZnError } from '../errors.js';
+import type { TokenBatch } from '../data/batch.js';
+import {
+  type AdamWHyperparameters,
+  type Device,
+  type MemoryPlan,
+  type NativeModel,
+  type NativeModelConfig,
+  type NativeModelOptions,
+  type NativeParameter,
+  loadNative,
+} from '../native.js';
+import { type CheckpointDType, type MistralConfig, readMistralConfig } from './config.js';
+import { checkMistralWeights, readCheckpointWeights, saveCheckpoint } from './folder.js';
+
+export type ModelDType = 'f32' | 'bf16';
+
+export interface ModelOptions {
+  /** 'cpu' (default), 'cuda' or 'auto'. */
+  device?: Device;
+  /** 'f32' (default): f32 everywhere; 'bf16': bf16 weights and matmul inputs, f32 master weights. */
+  dtype?: ModelDType;
+  /** The most tokens one call may carry; activations are planned for it (default 2048). */
+  maxTokens?: number;
+  /** Recompute each decoder layer in backward instead of keeping its activations. */
+  gradientCheckpointing?: boolean;
+  /** Gradients, optimizer moments and saved activations (default false: a scoring/reference model). */
+  trainable?: boolean;
+}
+
+export interface SaveOptions {
+  /** Stored weight dtype; default bfloat16 for a bf16 model, float32 for an f32 one. */
+  dtype?: CheckpointDType;
+  /** Shard size limit, bytes or "5GB" (default 5GB, as transformers 4). */
+  maxShardSize?: number | string;
+}
+
+export const DEFAULT_MAX_TOKENS = 2048;
+
+/** The fields of a parsed config.json that the native model takes. */
+export function nativeModelConfig(config: MistralConfig): NativeModelConfig {
+  return {
+    vocabSize: config.vocabSize,
+    hiddenSize: config.hiddenSize,
+    intermediateSize: config.intermediateSize,
+    numHiddenLayers: config.numHiddenLayers,
+    numAttentionHeads: config.numAttentionHeads,
+    numKeyValueHeads: config.numKeyValueHeads,
+    headDim: config.headDim,
+    rmsNormEps: config.rmsNormEps,
+    ropeTheta: config.ropeTheta,
+    slidingWindow: config.slidingWindow ?? 0,
+    tieWordEmbeddings: config.tieWordEmbeddings,
+    padTokenId: config.padTokenId ?? -1,
+  };
+}
+
+function nativeOptions(config: MistralConfig, options: ModelOptions): NativeModelOptions {
+  const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
+  if (!Number.isSafeInteger(maxTokens) || maxTokens <= 0) throw new ZnError(`maxTokens must be a positive integer, got ${maxTokens}`);
+  const dtype = options.dtype ?? 'f32';
+  if (dtype !== 'f32' && dtype !== 'bf16') throw new ZnError(`dtype must be 'f32' or 'bf16', got '${String(dtype)}'`);
+  return {
+    config: nativeModelConfig(config),
+    dtype,
+    maxTokens,
+    gradientCheckpointing: options.gradientCheckpointing ?? false,
+    trainable: options.trainable ?? false,
+  };
+}
+
+/** The bytes a model would allocate (weights, grads, optimizer, activations, logits chunks), before allocating. */
+export function modelMemoryPlan(config: MistralConfig, options: ModelOptions = {}): MemoryPlan {
+  return loadNative(options.device ?? 'cpu').modelMemoryPlan(nativeOptions(config, options));
+}
+
+export class MistralModel {
+  constructor(
+    /** The folder the weights came from (tokenizer files are copied from it on save). */
+    readonly dir: string,
+    readonly config: MistralConfig,
+    readonly options: Readonly<Required<Omit<ModelOptions, 'device'>>> & { device: Device },
+    private readonly native: NativeModel,
+  ) {}
+
+  get maxTokens(): number {
+    return this.options.maxTokens;
+  }
+
+  parameters(): NativeParameter[] {
+    return this.native.parameters();
+  }
+
+  memoryPlan(): MemoryPlan {
+    return this.native.memoryPlan();
+  }
+
+  /** Per-token log p(target) (0 where the target is -100), keeping activations for backward(). */
+  async forward(batch: TokenBatch): Promise<Float32Array> {
+    return (await this.native.forward(batch)).logp;
+  }
+
+  /** Per-token log-probs without keeping anything for backward. */
+  async logprobs(batch: TokenBatch): Promise<Float32Array> {
+    return (await this.native.logprobs(batch)).logp;
+  }
+
+  /** Accumulates gradients of a loss whose derivative w.r.t. each token's log-prob is dlogp. */
+  backward(dlogp: Float32Array): Promise<void> {
+    return this.native.backward({ dlogp });
+  }
+
+  zeroGrad(): Promise<void> {
+    return this.native.zeroGrad({});
+  }
+
+  /** Clips the global grad norm as torch does (when maxGradNorm > 0) and takes one AdamW step. */
+  clipAndStep(hp: AdamWHyperparameters): Promise<{ gradNorm: number; step: number }> {
+    return this.native.clipAndStep(hp);
+  }
+
+  /** AdamW steps taken so far (restored by loadOptimizerState). */
+  get optimizerStep(): number {
+    return this.native.optimizerStep();
+  }
+
+  /** Replaces every parameter with the tensors of these safetensors files (e.g. a checkpoint's). */
+  async loadWeights(files: string[]): Promise<void> {
+    await this.native.loadWeights({ files });
+  }
+
+  saveOptimizerState(path: string): Promise<void> {
+    return this.native.saveOptimizerState({ path });
+  }
+
+  loadOptimizerState(path: string): Promise<void> {
+    return this.native.loadOptimizerState({ path });
+  }
+
+  /** A copy of a parameter's f32 master weights. */
+  getParameter(name: string): Float32Array {
+    return this.native.getParameter({ name });
+  }
+
+  /** A copy of a parameter's accumulated gradient (trainable models). */
+  getGradient(name: string): Float32Array {
+    return this.native.getGradient({ name });
+  }
+
+  /**
+   * Writes an HF model folder: weight shards (written natively, atomically), the index when
+   * sharded, config.json, generation_config.json and the source folder's tokenizer files.
+   */
+  async save(dir: string, options: SaveOptions = {}): Promise<void> {
+    const dtype = options.dtype ?? (this.options.dtype === 'bf16' ? 'bfloat16' : 'float32');
+    await saveCheckpoint(dir, this.parameters(), {
+      config: this.config,
+      dtype,
+      maxShardSize: options.maxShardSize,
+      sourceDir: this.dir,
+      writeShard: (path, tensors, metadata) =>
+        this.native.saveWeights({ path, names: tensors.map((t) => t.name), dtype: tensors[0]?.dtype ?? 'F32', metadata }),
+    });
+  }
+}
+
+/** Loads an HF MistralForCausalLM folder (config.json + safetensors weights) into native memory. */
+export async function loadModel(dir: string, options: ModelOptions = {}): Promise<MistralModel> {
+  const config = readMistralConfig(dir);
+  const device = options.device ?? 'cpu';
+  const addon = loadNative(device);
+  if (typeof addon.Model !== 'function') {
+    throw new ZnError(`the ${addon.info().backend} backend has no model implementation yet`);
+  }
+  const { shards } = checkMistralWeights(readCheckpointWeights(dir, addon), config);
+  const resolved = nativeOptions(config, options);
+  const native = new addon.Model(resolved);
+  await native.loadWeights({ files: shards.map((shard) => shard.path) });
+  return new MistralModel(
+    dir,
+    config,
+    {
+      device,
+      dtype: resolved.dtype!,
+      maxTokens: resolved.maxTokens,
+      gradientCheckpointing: resolved.gradientCheckpointing!,
+      trainable: resolved.trainable!,
+    },
+    native,
+  );
+}
