@@ -154,44 +154,26 @@ describe('checkpoint conformance with transformers', { skip: skipReason ?? false
       const view = JSON.parse(readFileSync(join(dir, 'view.json'), 'utf8')) as ConfigView;
       const config = readMistralConfig(dir);
       assert.equal(view.rope_type, 'default');
-      assert.deepEqual(
-        {
-          vocabSize: config.vocabSize,
-          hiddenSize: config.hiddenSize,
-          intermediateSize: config.intermediateSize,
-          numHiddenLayers: config.numHiddenLayers,
-          numAttentionHeads: config.numAttentionHeads,
-          numKeyValueHeads: config.numKeyValueHeads,
-          headDim: config.headDim,
-          maxPositionEmbeddings: config.maxPositionEmbeddings,
-          rmsNormEps: config.rmsNormEps,
-          ropeTheta: config.ropeTheta,
-          slidingWindow: config.slidingWindow,
-          tieWordEmbeddings: config.tieWordEmbeddings,
-          bosTokenId: config.bosTokenId,
-          eosTokenId: config.eosTokenId,
-          padTokenId: config.padTokenId,
-          dtype: config.dtype,
-        },
-        {
-          vocabSize: view.vocab_size,
-          hiddenSize: view.hidden_size,
-          intermediateSize: view.intermediate_size,
-          numHiddenLayers: view.num_hidden_layers,
-          numAttentionHeads: view.num_attention_heads,
-          numKeyValueHeads: view.num_key_value_heads,
-          headDim: view.head_dim,
-          maxPositionEmbeddings: view.max_position_embeddings,
-          rmsNormEps: view.rms_norm_eps,
-          ropeTheta: view.rope_theta,
-          slidingWindow: view.sliding_window,
-          tieWordEmbeddings: view.tie_word_embeddings,
-          bosTokenId: view.bos_token_id,
-          eosTokenId: view.eos_token_id,
-          padTokenId: view.pad_token_id,
-          dtype: view.dtype,
-        },
-      );
+      const expected: Partial<MistralConfig> = {
+        vocabSize: view.vocab_size,
+        hiddenSize: view.hidden_size,
+        intermediateSize: view.intermediate_size,
+        numHiddenLayers: view.num_hidden_layers,
+        numAttentionHeads: view.num_attention_heads,
+        numKeyValueHeads: view.num_key_value_heads,
+        headDim: view.head_dim,
+        maxPositionEmbeddings: view.max_position_embeddings,
+        rmsNormEps: view.rms_norm_eps,
+        ropeTheta: view.rope_theta,
+        slidingWindow: view.sliding_window,
+        tieWordEmbeddings: view.tie_word_embeddings,
+        bosTokenId: view.bos_token_id,
+        eosTokenId: view.eos_token_id,
+        padTokenId: view.pad_token_id,
+        dtype: view.dtype,
+      };
+      const ours = Object.fromEntries(Object.keys(expected).map((key) => [key, config[key as keyof MistralConfig]]));
+      assert.deepEqual(ours, expected);
     });
   }
 });
