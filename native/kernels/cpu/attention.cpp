@@ -13,6 +13,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "core/errors.h"
@@ -138,10 +139,23 @@ void mask_scores(const Layout& L, Span doc, Span queries, Span keys, long width,
 
 // ---- Per-path kernels on tiles -------------------------------------------------------------
 
-// C[M][N] = (accumulate ? C : 0) + A·B with A [M][K] (or, a_transposed, stored as [K][M]) and
-// B [K][N]; N is a multiple of kLanes.
-using MatmulFn = void (*)(long M, long N, long K, const float* a, long lda, bool a_transposed,
-                          const float* b, long ldb, float* c, long ldc, bool accumulate);
+// A [M][K] row-major, A(m, k) = data[m·ld + k], or transposed, A(m, k) = data[k·ld + m].
+struct MatA {
+  const float* data;
+  long ld;
+  bool transposed;
+};
+// B [K][N] in panels of kLanes columns: B(k, n) = data[(n / kLanes)·panel + k·ld + n % kLanes].
+// A row-major B has panel = kLanes; a packed key tile has ld = kLanes and panel = K·kLanes, so
+// each panel is contiguous.
+struct MatB {
+  const float* data;
+  long ld, panel;
+};
+
+// C[M][N] = (accumulate ? C : 0) + A·B; N is a multiple of kLanes.
+using MatmulFn = void (*)(long M, long N, long K, MatA a, MatB b, float* c, long ldc,
+                          bool accumulate);
 // Online softmax over the next tile of scores (masked entries -inf): each row becomes
 // exp(s - new max), row_max and row_sum are updated, and rescale gets exp(old max - new max),
 // the factor by which the output accumulated so far must shrink.
@@ -160,15 +174,17 @@ struct Kernels {
   ScoreGradFn score_grad;
 };
 
-void matmul_scalar(long M, long N, long K, const float* a, long lda, bool a_transposed,
-                   const float* b, long ldb, float* c, long ldc, bool accumulate) {
+void matmul_scalar(long M, long N, long K, MatA a, MatB b, float* c, long ldc,
+                   bool accumulate) {
   for (long m = 0; m < M; ++m) {
     float* cm = c + m * ldc;
     if (!accumulate) std::fill(cm, cm + N, 0.0f);
     for (long k = 0; k < K; ++k) {
-      const float x = a_transposed ? a[k * lda + m] : a[m * lda + k];
-      const float* bk = b + k * ldb;
-      for (long n = 0; n < N; ++n) cm[n] += x * bk[n];
+      const float x = a.transposed ? a.data[k * a.ld + m] : a.data[m * a.ld + k];
+      for (long n = 0; n < N; n += kLanes) {
+        const float* bk = b.data + n / kLanes * b.panel + k * b.ld;
+        for (long i = 0; i < kLanes; ++i) cm[n + i] += x * bk[i];
+      }
     }
   }
 }
@@ -284,30 +300,31 @@ ZN_AVX2 inline void matmul_tile_avx2(long K, const float* a, long lda, const flo
 }
 
 template <bool kTransposedA>
-ZN_AVX2 void matmul_avx2_impl(long M, long N, long K, const float* a, long lda, const float* b,
-                              long ldb, float* c, long ldc, bool accumulate) {
+ZN_AVX2 void matmul_avx2_impl(long M, long N, long K, MatA a, MatB b, float* c, long ldc,
+                              bool accumulate) {
   for (long n = 0; n < N; n += kLanes) {
+    const float* bn = b.data + n / kLanes * b.panel;
     for (long m = 0; m < M; m += 6) {
-      const float* am = kTransposedA ? a + m : a + m * lda;
+      const float* am = kTransposedA ? a.data + m : a.data + m * a.ld;
       float* cm = c + m * ldc + n;
       switch (std::min(6L, M - m)) {
-        case 6: matmul_tile_avx2<6, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
-        case 5: matmul_tile_avx2<5, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
-        case 4: matmul_tile_avx2<4, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
-        case 3: matmul_tile_avx2<3, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
-        case 2: matmul_tile_avx2<2, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate); break;
-        default: matmul_tile_avx2<1, kTransposedA>(K, am, lda, b + n, ldb, cm, ldc, accumulate);
+        case 6: matmul_tile_avx2<6, kTransposedA>(K, am, a.ld, bn, b.ld, cm, ldc, accumulate); break;
+        case 5: matmul_tile_avx2<5, kTransposedA>(K, am, a.ld, bn, b.ld, cm, ldc, accumulate); break;
+        case 4: matmul_tile_avx2<4, kTransposedA>(K, am, a.ld, bn, b.ld, cm, ldc, accumulate); break;
+        case 3: matmul_tile_avx2<3, kTransposedA>(K, am, a.ld, bn, b.ld, cm, ldc, accumulate); break;
+        case 2: matmul_tile_avx2<2, kTransposedA>(K, am, a.ld, bn, b.ld, cm, ldc, accumulate); break;
+        default: matmul_tile_avx2<1, kTransposedA>(K, am, a.ld, bn, b.ld, cm, ldc, accumulate);
       }
     }
   }
 }
 
-ZN_AVX2 void matmul_avx2(long M, long N, long K, const float* a, long lda, bool a_transposed,
-                         const float* b, long ldb, float* c, long ldc, bool accumulate) {
-  if (a_transposed) {
-    matmul_avx2_impl<true>(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+ZN_AVX2 void matmul_avx2(long M, long N, long K, MatA a, MatB b, float* c, long ldc,
+                         bool accumulate) {
+  if (a.transposed) {
+    matmul_avx2_impl<true>(M, N, K, a, b, c, ldc, accumulate);
   } else {
-    matmul_avx2_impl<false>(M, N, K, a, lda, b, ldb, c, ldc, accumulate);
+    matmul_avx2_impl<false>(M, N, K, a, b, c, ldc, accumulate);
   }
 }
 
@@ -370,40 +387,79 @@ Kernels kernels_for(CpuPath path) {
 }
 
 // ---- Operands, laid out once per call for the tile matmuls ---------------------------------
-// head_dim is padded with zeros to P = padded_dim. K and V transposed: [Hkv][P][T + kLanes], so a
-// key tile is a block of columns (the zero columns at the end serve the last tile's padding). K
-// and V as rows: [Hkv][T][P]. Q (times scale) and dO with a group's heads adjacent:
-// [Hkv][T][G][P], so a query block is one contiguous matrix; lse and delta in that row order.
-// Each is O(T·H·D) like the inputs; nothing is O(T²).
+// head_dim is padded with zeros to P = padded_dim. K and V are cut into each document's key
+// tiles, and every tile is stored the way the matmul that reads it wants its B operand, panel by
+// panel, so it streams from memory in order: "columns" tiles [Bc/16][P][16] hold Kᵀ or Vᵀ (for
+// S = Q·Kᵀ and dP = dO·Vᵀ), "rows" tiles [P/16][Bc][16] hold K or V (for O = P·V, dQ = dS·K).
+// The backward also keeps Q (times scale), dO and the dQ accumulator as [Hkv][T][G][P], a
+// group's heads adjacent, so a query block is one contiguous matrix, with lse and delta in that
+// row order. All of it is O(T·H·D), like the inputs; nothing is O(T²).
 
-long columns_ld(const Layout& L) { return L.tokens + kLanes; }
+using Buffer = std::unique_ptr<float[]>;
 
-std::vector<float> pack_columns(const Layout& L, const float* x) {
-  const long ld = columns_ld(L), chunks = (L.tokens + kKeyTile - 1) / kKeyTile;
-  std::vector<float> dst(size_t(L.kv_heads * L.padded_dim * ld), 0.0f);
-  parallel_for(size_t(L.kv_heads * chunks), 1, [&](size_t begin, size_t end) {
+Buffer new_buffer(long size) { return Buffer(new float[size_t(size)]); }
+
+enum class TileLayout { Columns, Rows };
+
+struct KeyTiles {
+  std::vector<long> first;  // per document, the index of its first tile
+  long count = 0;           // tiles per kv head
+  long size = 0;            // floats per tile
+  Buffer data;
+
+  const float* tile(long kv_head, long doc, long index) const {
+    return data.get() + (kv_head * count + first[size_t(doc)] + index) * size;
+  }
+};
+
+MatB columns_operand(const Layout& L, const float* tile) { return {tile, kLanes, L.padded_dim * kLanes}; }
+MatB rows_operand(const float* tile) { return {tile, kLanes, kKeyTile * kLanes}; }
+
+KeyTiles pack_key_tiles(const Layout& L, const std::vector<Span>& docs, const float* x,
+                        TileLayout layout) {
+  KeyTiles tiles;
+  std::vector<std::pair<long, long>> tile_docs;  // (document, tile in document)
+  for (long d = 0; d < long(docs.size()); ++d) {
+    tiles.first.push_back(tiles.count);
+    tiles.count += count_key_tiles(docs[size_t(d)]);
+    for (long t = 0; t < count_key_tiles(docs[size_t(d)]); ++t) tile_docs.push_back({d, t});
+  }
+  tiles.size = L.padded_dim * kKeyTile;
+  tiles.data = new_buffer(L.kv_heads * tiles.count * tiles.size);
+  const long P = L.padded_dim;
+  parallel_for(size_t(L.kv_heads * tiles.count), 1, [&](size_t begin, size_t end) {
     for (long item = long(begin); item < long(end); ++item) {
-      const long h = item / chunks, j0 = item % chunks * kKeyTile;
-      const long j1 = std::min(L.tokens, j0 + kKeyTile);
-      const float* src = x + h * L.head_dim;
-      float* base = dst.data() + h * L.padded_dim * ld;
-      for (long d = 0; d < L.head_dim; ++d) {
-        for (long j = j0; j < j1; ++j) base[d * ld + j] = src[j * L.kv_stride() + d];
+      const long h = item / tiles.count;
+      const auto [doc, index] = tile_docs[size_t(item % tiles.count)];
+      const Span keys = key_tile(docs[size_t(doc)], index);
+      float* dst = tiles.data.get() + item * tiles.size;
+      std::fill(dst, dst + tiles.size, 0.0f);
+      for (long j = keys.begin; j < keys.end; ++j) {
+        const float* src = x + j * L.kv_stride() + h * L.head_dim;
+        const long c = j - keys.begin;
+        if (layout == TileLayout::Columns) {
+          float* column = dst + c / kLanes * P * kLanes + c % kLanes;
+          for (long d = 0; d < L.head_dim; ++d) column[d * kLanes] = src[d];
+        } else {
+          for (long d = 0; d < L.head_dim; ++d) {
+            dst[d / kLanes * kKeyTile * kLanes + c * kLanes + d % kLanes] = src[d];
+          }
+        }
       }
     }
   });
-  return dst;
+  return tiles;
 }
 
-// x [T][n_heads][D] as [Hkv][T][n_heads / Hkv][P], times factor.
-std::vector<float> pack_rows(const Layout& L, const float* x, long n_heads, float factor) {
-  const long per_kv_head = n_heads / L.kv_heads, P = L.padded_dim;
-  std::vector<float> dst(size_t(n_heads * L.tokens * P));
+// x [T][Hq][D] as [Hkv][T][G][P], times factor.
+Buffer pack_query_rows(const Layout& L, const float* x, float factor) {
+  const long P = L.padded_dim;
+  Buffer dst = new_buffer(L.heads * L.tokens * P);
   parallel_for(size_t(L.tokens), 16, [&](size_t begin, size_t end) {
     for (long t = long(begin); t < long(end); ++t) {
-      for (long h = 0; h < n_heads; ++h) {
-        const float* src = x + (t * n_heads + h) * L.head_dim;
-        float* row = dst.data() + ((h / per_kv_head * L.tokens + t) * per_kv_head + h % per_kv_head) * P;
+      for (long h = 0; h < L.heads; ++h) {
+        const float* src = x + t * L.q_stride() + h * L.head_dim;
+        float* row = dst.get() + ((h / L.group * L.tokens + t) * L.group + h % L.group) * P;
         for (long d = 0; d < L.head_dim; ++d) row[d] = src[d] * factor;
         std::fill(row + L.head_dim, row + P, 0.0f);
       }
@@ -412,8 +468,8 @@ std::vector<float> pack_rows(const Layout& L, const float* x, long n_heads, floa
   return dst;
 }
 
-// Per-row values [Hq][T] as [Hkv][T][G].
-long row_value_index(const Layout& L, long head, long t) {
+// Where per-row value [head][t] goes in the [Hkv][T][G] row order.
+long row_index(const Layout& L, long head, long t) {
   return (head / L.group * L.tokens + t) * L.group + head % L.group;
 }
 
@@ -429,58 +485,6 @@ Scratch& scratch_for(const Layout& L) {
   for (auto* v : {&s.dk, &s.dv}) v->resize(std::max(v->size(), size_t(kKeyTile) * dim));
   for (auto* v : {&s.row_max, &s.row_sum, &s.rescale}) v->resize(std::max(v->size(), rows));
   return s;
-}
-
-// ---- Forward ----------------------------------------------------------------------------
-
-struct ForwardOperands {
-  std::vector<float> k_columns, v_rows;
-  const float *q;
-  float *out, *lse;
-};
-
-void forward_block(const Layout& L, const Kernels& K, const ForwardOperands& a, long kv_head,
-                   Span doc, Span queries) {
-  Scratch& s = scratch_for(L);
-  const long rows = queries.size() * L.group, P = L.padded_dim, ld = columns_ld(L);
-  const float* q_rows = a.q;  // the block's rows, packed below
-  for (long t = queries.begin; t < queries.end; ++t) {
-    for (long g = 0; g < L.group; ++g) {
-      const float* src = q_rows + t * L.q_stride() + (kv_head * L.group + g) * L.head_dim;
-      float* row = s.q.data() + ((t - queries.begin) * L.group + g) * P;
-      for (long d = 0; d < L.head_dim; ++d) row[d] = src[d] * L.scale;
-      std::fill(row + L.head_dim, row + P, 0.0f);
-    }
-  }
-  std::fill_n(s.row_max.data(), rows, kNegInf);
-  std::fill_n(s.row_sum.data(), rows, 0.0f);
-  std::fill_n(s.rows_out.data(), rows * P, 0.0f);
-  const Span tiles = key_tiles_seen_by(L, doc, queries);
-  for (long tile = tiles.begin; tile < tiles.end; ++tile) {
-    const Span keys = key_tile(doc, tile);
-    const long width = round_up(keys.size(), kLanes);
-    const float* k_columns = a.k_columns.data() + kv_head * P * ld + keys.begin;
-    const float* v_rows = a.v_rows.data() + (kv_head * L.tokens + keys.begin) * P;
-    K.matmul(rows, width, P, s.q.data(), P, false, k_columns, ld, s.scores.data(), kKeyTile,
-             false);
-    mask_scores(L, doc, queries, keys, width, s.scores.data());
-    K.softmax(s.scores.data(), rows, width, s.row_max.data(), s.row_sum.data(), s.rescale.data());
-    for (long r = 0; r < rows; ++r) {
-      if (s.rescale[r] == 1.0f) continue;
-      float* o = s.rows_out.data() + r * P;
-      for (long d = 0; d < P; ++d) o[d] *= s.rescale[r];
-    }
-    K.matmul(rows, P, keys.size(), s.scores.data(), kKeyTile, false, v_rows, P,
-             s.rows_out.data(), P, true);
-  }
-  // Every query sees at least itself, so row_sum > 0.
-  for (long r = 0; r < rows; ++r) {
-    const long t = queries.begin + r / L.group, h = kv_head * L.group + r % L.group;
-    const float* o = s.rows_out.data() + r * P;
-    float* dst = a.out + t * L.q_stride() + h * L.head_dim;
-    for (long d = 0; d < L.head_dim; ++d) dst[d] = o[d] / s.row_sum[r];
-    a.lse[h * L.tokens + t] = s.row_max[r] + std::log(s.row_sum[r]);
-  }
 }
 
 struct WorkItem {
@@ -504,12 +508,63 @@ std::vector<WorkItem> query_block_items(const Layout& L, const std::vector<Span>
   std::vector<WorkItem> items;
   for (long h = 0; h < L.kv_heads; ++h) {
     for (long d = 0; d < long(docs.size()); ++d) {
-      for (long b = 0; b < count_query_blocks(L, docs[d]); ++b) {
-        items.push_back({h, d, b, block_cost(L, docs[d], query_block(L, docs[d], b))});
+      const Span doc = docs[size_t(d)];
+      for (long b = 0; b < count_query_blocks(L, doc); ++b) {
+        items.push_back({h, d, b, block_cost(L, doc, query_block(L, doc, b))});
       }
     }
   }
   return items;
+}
+
+// ---- Forward ----------------------------------------------------------------------------
+
+struct ForwardOperands {
+  KeyTiles k_columns, v_rows;
+  const float* q;
+  float *out, *lse;
+};
+
+void forward_block(const Layout& L, const Kernels& K, const ForwardOperands& a, long kv_head,
+                   long doc_index, Span doc, Span queries) {
+  Scratch& s = scratch_for(L);
+  const long rows = queries.size() * L.group, P = L.padded_dim;
+  for (long t = queries.begin; t < queries.end; ++t) {
+    for (long g = 0; g < L.group; ++g) {
+      const float* src = a.q + t * L.q_stride() + (kv_head * L.group + g) * L.head_dim;
+      float* row = s.q.data() + ((t - queries.begin) * L.group + g) * P;
+      for (long d = 0; d < L.head_dim; ++d) row[d] = src[d] * L.scale;
+      std::fill(row + L.head_dim, row + P, 0.0f);
+    }
+  }
+  std::fill_n(s.row_max.data(), rows, kNegInf);
+  std::fill_n(s.row_sum.data(), rows, 0.0f);
+  std::fill_n(s.rows_out.data(), rows * P, 0.0f);
+  const Span tiles = key_tiles_seen_by(L, doc, queries);
+  for (long tile = tiles.begin; tile < tiles.end; ++tile) {
+    const Span keys = key_tile(doc, tile);
+    const long width = round_up(keys.size(), kLanes);
+    K.matmul(rows, width, P, {s.q.data(), P, false},
+             columns_operand(L, a.k_columns.tile(kv_head, doc_index, tile)), s.scores.data(),
+             kKeyTile, false);
+    mask_scores(L, doc, queries, keys, width, s.scores.data());
+    K.softmax(s.scores.data(), rows, width, s.row_max.data(), s.row_sum.data(), s.rescale.data());
+    for (long r = 0; r < rows; ++r) {
+      if (s.rescale[r] == 1.0f) continue;
+      float* o = s.rows_out.data() + r * P;
+      for (long d = 0; d < P; ++d) o[d] *= s.rescale[r];
+    }
+    K.matmul(rows, P, keys.size(), {s.scores.data(), kKeyTile, false},
+             rows_operand(a.v_rows.tile(kv_head, doc_index, tile)), s.rows_out.data(), P, true);
+  }
+  // Every query sees at least itself, so row_sum > 0.
+  for (long r = 0; r < rows; ++r) {
+    const long t = queries.begin + r / L.group, h = kv_head * L.group + r % L.group;
+    const float* o = s.rows_out.data() + r * P;
+    float* dst = a.out + t * L.q_stride() + h * L.head_dim;
+    for (long d = 0; d < L.head_dim; ++d) dst[d] = o[d] / s.row_sum[r];
+    a.lse[h * L.tokens + t] = s.row_max[r] + std::log(s.row_sum[r]);
+  }
 }
 
 }  // namespace
@@ -521,11 +576,11 @@ void attention_forward(const AttentionShape& shape, const float* q, const float*
   const Layout L = make_layout(shape);
   const Kernels K = kernels_for(path);
   const std::vector<Span> docs = documents(cu_seqlens, n_docs);
-  const ForwardOperands operands{pack_columns(L, k), pack_rows(L, v, L.kv_heads, 1.0f), q, out,
-                                 lse};
+  const ForwardOperands operands{pack_key_tiles(L, docs, k, TileLayout::Columns),
+                                 pack_key_tiles(L, docs, v, TileLayout::Rows), q, out, lse};
   run_items(query_block_items(L, docs), [&](const WorkItem& item) {
-    const Span doc = docs[item.doc];
-    forward_block(L, K, operands, item.kv_head, doc, query_block(L, doc, item.index));
+    const Span doc = docs[size_t(item.doc)];
+    forward_block(L, K, operands, item.kv_head, item.doc, doc, query_block(L, doc, item.index));
   });
 }
 
@@ -539,70 +594,65 @@ void attention_forward(const AttentionShape& shape, const float* q, const float*
 namespace {
 
 struct BackwardOperands {
-  std::vector<float> k_columns, v_columns, k_rows, q_rows, dout_rows, lse_rows, delta_rows;
-  float *dq, *dk, *dv;
+  KeyTiles k_columns, v_columns, k_rows;
+  Buffer q_rows, dout_rows, lse_rows, delta_rows, dq_rows;
+  float *dk, *dv;
 };
 
-// The packed views of one (query block, key tile) pair.
+// The operands of one (query block, key tile) pair.
 struct Pair {
   Span doc, queries, keys;
   long rows, width;
   const float *q, *dout, *lse, *delta;  // [rows][P], [rows]
-  const float *k_columns, *v_columns;   // [P][width], leading dimension columns_ld
-  const float* k_rows;                  // [keys][P]
+  float* dq;                            // [rows][P], accumulated
+  const float *k_columns, *v_columns, *k_rows;
 };
 
-Pair make_pair(const Layout& L, const BackwardOperands& a, long kv_head, Span doc, Span queries,
-               Span keys) {
+Pair make_pair(const Layout& L, const BackwardOperands& a, long kv_head, long doc_index, Span doc,
+               Span queries, long tile) {
   const long P = L.padded_dim, first_row = (kv_head * L.tokens + queries.begin) * L.group;
-  const long column = kv_head * P * columns_ld(L) + keys.begin;
+  const Span keys = key_tile(doc, tile);
   return {doc,
           queries,
           keys,
           queries.size() * L.group,
           round_up(keys.size(), kLanes),
-          a.q_rows.data() + first_row * P,
-          a.dout_rows.data() + first_row * P,
-          a.lse_rows.data() + first_row,
-          a.delta_rows.data() + first_row,
-          a.k_columns.data() + column,
-          a.v_columns.data() + column,
-          a.k_rows.data() + (kv_head * L.tokens + keys.begin) * P};
+          a.q_rows.get() + first_row * P,
+          a.dout_rows.get() + first_row * P,
+          a.lse_rows.get() + first_row,
+          a.delta_rows.get() + first_row,
+          a.dq_rows.get() + first_row * P,
+          a.k_columns.tile(kv_head, doc_index, tile),
+          a.v_columns.tile(kv_head, doc_index, tile),
+          a.k_rows.tile(kv_head, doc_index, tile)};
 }
 
 // Recomputes P (into scores) and dS (into dscores).
 void score_gradients(const Layout& L, const Kernels& K, const Pair& x, Scratch& s) {
-  const long P = L.padded_dim, ld = columns_ld(L);
-  K.matmul(x.rows, x.width, P, x.q, P, false, x.k_columns, ld, s.scores.data(), kKeyTile, false);
+  const long P = L.padded_dim;
+  K.matmul(x.rows, x.width, P, {x.q, P, false}, columns_operand(L, x.k_columns),
+           s.scores.data(), kKeyTile, false);
   mask_scores(L, x.doc, x.queries, x.keys, x.width, s.scores.data());
   K.probabilities(s.scores.data(), x.rows, x.width, x.lse);
-  K.matmul(x.rows, x.width, P, x.dout, P, false, x.v_columns, ld, s.dscores.data(), kKeyTile,
-           false);
+  K.matmul(x.rows, x.width, P, {x.dout, P, false}, columns_operand(L, x.v_columns),
+           s.dscores.data(), kKeyTile, false);
   K.score_grad(s.scores.data(), s.dscores.data(), x.rows, x.width, x.delta);
 }
 
 // dV_tile += Pᵀ·dO, dK_tile += dSᵀ·(scale·Q).
 void accumulate_key_grads(const Layout& L, const Kernels& K, const Pair& x, Scratch& s) {
   const long P = L.padded_dim;
-  K.matmul(x.keys.size(), P, x.rows, s.scores.data(), kKeyTile, true, x.dout, P, s.dv.data(), P,
-           true);
-  K.matmul(x.keys.size(), P, x.rows, s.dscores.data(), kKeyTile, true, x.q, P, s.dk.data(), P,
-           true);
+  K.matmul(x.keys.size(), P, x.rows, {s.scores.data(), kKeyTile, true}, {x.dout, P, kLanes},
+           s.dv.data(), P, true);
+  K.matmul(x.keys.size(), P, x.rows, {s.dscores.data(), kKeyTile, true}, {x.q, P, kLanes},
+           s.dk.data(), P, true);
 }
 
-// dq += scale·dS·K. Both backward schemes add the same per-tile products in the same key-tile
-// order, so they give bit-identical dq.
-void accumulate_query_grads(const Layout& L, const Kernels& K, const BackwardOperands& a,
-                            long kv_head, const Pair& x, Scratch& s) {
-  const long P = L.padded_dim;
-  K.matmul(x.rows, P, x.keys.size(), s.dscores.data(), kKeyTile, false, x.k_rows, P,
-           s.rows_out.data(), P, false);
-  for (long r = 0; r < x.rows; ++r) {
-    const long t = x.queries.begin + r / L.group, h = kv_head * L.group + r % L.group;
-    const float* tile = s.rows_out.data() + r * P;
-    float* dst = a.dq + t * L.q_stride() + h * L.head_dim;
-    for (long d = 0; d < L.head_dim; ++d) dst[d] += L.scale * tile[d];
-  }
+// dQ_block += dS·K (scaled once at the end). Both backward schemes accumulate the key tiles of
+// a block in the same order, so they give bit-identical dq.
+void accumulate_query_grads(const Layout& L, const Kernels& K, const Pair& x, Scratch& s) {
+  K.matmul(x.rows, L.padded_dim, x.keys.size(), {s.dscores.data(), kKeyTile, false},
+           rows_operand(x.k_rows), x.dq, L.padded_dim, true);
 }
 
 void write_key_grads(const Layout& L, const BackwardOperands& a, long kv_head, Span keys,
@@ -617,61 +667,67 @@ void write_key_grads(const Layout& L, const BackwardOperands& a, long kv_head, S
 
 // dK, dV of one key tile over every query block that sees it (and, with_dq, those blocks' dQ).
 void backward_key_tile(const Layout& L, const Kernels& K, const BackwardOperands& a,
-                       long kv_head, Span doc, long tile, bool with_dq) {
+                       long kv_head, long doc_index, Span doc, long tile, bool with_dq) {
   Scratch& s = scratch_for(L);
   const Span keys = key_tile(doc, tile);
   std::fill_n(s.dk.data(), keys.size() * L.padded_dim, 0.0f);
   std::fill_n(s.dv.data(), keys.size() * L.padded_dim, 0.0f);
   const Span blocks = query_blocks_seeing(L, doc, keys);
   for (long b = blocks.begin; b < blocks.end; ++b) {
-    const Pair x = make_pair(L, a, kv_head, doc, query_block(L, doc, b), keys);
+    const Pair x = make_pair(L, a, kv_head, doc_index, doc, query_block(L, doc, b), tile);
     score_gradients(L, K, x, s);
     accumulate_key_grads(L, K, x, s);
-    if (with_dq) accumulate_query_grads(L, K, a, kv_head, x, s);
+    if (with_dq) accumulate_query_grads(L, K, x, s);
   }
   write_key_grads(L, a, kv_head, keys, s);
 }
 
 // dQ of one query block, recomputing scores over the key tiles it sees.
 void backward_query_block(const Layout& L, const Kernels& K, const BackwardOperands& a,
-                          long kv_head, Span doc, long block) {
+                          long kv_head, long doc_index, Span doc, long block) {
   Scratch& s = scratch_for(L);
   const Span queries = query_block(L, doc, block);
   const Span tiles = key_tiles_seen_by(L, doc, queries);
   for (long tile = tiles.begin; tile < tiles.end; ++tile) {
-    const Pair x = make_pair(L, a, kv_head, doc, queries, key_tile(doc, tile));
+    const Pair x = make_pair(L, a, kv_head, doc_index, doc, queries, tile);
     score_gradients(L, K, x, s);
-    accumulate_query_grads(L, K, a, kv_head, x, s);
+    accumulate_query_grads(L, K, x, s);
   }
 }
 
-// delta = rowsum(dO∘O) per (head, token), in packed row order; dq starts at zero.
-std::vector<float> prepare_backward(const Layout& L, const float* out, const float* dout,
-                                    float* dq) {
-  std::vector<float> delta(size_t(L.heads * L.tokens));
+// lse and delta = rowsum(dO∘O) in packed row order; the dQ accumulator starts at zero.
+void prepare_rows(const Layout& L, const float* out, const float* dout, const float* lse,
+                  BackwardOperands& a) {
+  a.lse_rows = new_buffer(L.heads * L.tokens);
+  a.delta_rows = new_buffer(L.heads * L.tokens);
+  a.dq_rows = new_buffer(L.heads * L.tokens * L.padded_dim);
   parallel_for(size_t(L.tokens), 16, [&](size_t begin, size_t end) {
     for (long t = long(begin); t < long(end); ++t) {
-      std::fill_n(dq + t * L.q_stride(), L.q_stride(), 0.0f);
       for (long h = 0; h < L.heads; ++h) {
-        const long offset = t * L.q_stride() + h * L.head_dim;
+        const long offset = t * L.q_stride() + h * L.head_dim, row = row_index(L, h, t);
         double sum = 0;
         for (long d = 0; d < L.head_dim; ++d) sum += double(dout[offset + d]) * out[offset + d];
-        delta[row_value_index(L, h, t)] = float(sum);
+        a.delta_rows[row] = float(sum);
+        a.lse_rows[row] = lse[h * L.tokens + t];
+        std::fill_n(a.dq_rows.get() + row * L.padded_dim, L.padded_dim, 0.0f);
       }
     }
   });
-  return delta;
 }
 
-std::vector<float> pack_lse(const Layout& L, const float* lse) {
-  std::vector<float> rows(size_t(L.heads * L.tokens));
-  for (long h = 0; h < L.heads; ++h) {
-    for (long t = 0; t < L.tokens; ++t) rows[row_value_index(L, h, t)] = lse[h * L.tokens + t];
-  }
-  return rows;
+void write_query_grads(const Layout& L, const BackwardOperands& a, float* dq) {
+  parallel_for(size_t(L.tokens), 16, [&](size_t begin, size_t end) {
+    for (long t = long(begin); t < long(end); ++t) {
+      for (long h = 0; h < L.heads; ++h) {
+        const float* src = a.dq_rows.get() + row_index(L, h, t) * L.padded_dim;
+        float* dst = dq + t * L.q_stride() + h * L.head_dim;
+        for (long d = 0; d < L.head_dim; ++d) dst[d] = L.scale * src[d];
+      }
+    }
+  });
 }
 
-// The fused scheme computes dQ alongside dK/dV, but to keep dq free of write races it can only
+// The fused scheme computes dQ alongside dK/dV, but to keep dQ free of write races it can only
 // run in parallel over (kv head, document). The split scheme runs over key tiles, then over
 // query blocks, at the price of recomputing S and dP for dQ (about 7/5 of the matmul work).
 // Fused wins unless its few large items would leave threads idle; the choice never changes the
@@ -696,6 +752,41 @@ bool fuse_query_grads(const Layout& L, const std::vector<Span>& docs) {
   return makespan <= 1.4 * total / double(threads);
 }
 
+void run_backward(const Layout& L, const Kernels& K, const std::vector<Span>& docs,
+                  const BackwardOperands& a) {
+  if (fuse_query_grads(L, docs)) {
+    // One item per (kv head, document), its key tiles in order, so dQ sums tiles in order.
+    std::vector<WorkItem> items;
+    for (long h = 0; h < L.kv_heads; ++h) {
+      for (long d = 0; d < long(docs.size()); ++d) {
+        items.push_back({h, d, 0, double(docs[size_t(d)].size())});
+      }
+    }
+    run_items(std::move(items), [&](const WorkItem& item) {
+      const Span doc = docs[size_t(item.doc)];
+      for (long tile = 0; tile < count_key_tiles(doc); ++tile) {
+        backward_key_tile(L, K, a, item.kv_head, item.doc, doc, tile, true);
+      }
+    });
+    return;
+  }
+  std::vector<WorkItem> key_items;
+  for (long h = 0; h < L.kv_heads; ++h) {
+    for (long d = 0; d < long(docs.size()); ++d) {
+      const Span doc = docs[size_t(d)];
+      for (long tile = 0; tile < count_key_tiles(doc); ++tile) {
+        key_items.push_back({h, d, tile, double(query_blocks_seeing(L, doc, key_tile(doc, tile)).size())});
+      }
+    }
+  }
+  run_items(std::move(key_items), [&](const WorkItem& item) {
+    backward_key_tile(L, K, a, item.kv_head, item.doc, docs[size_t(item.doc)], item.index, false);
+  });
+  run_items(query_block_items(L, docs), [&](const WorkItem& item) {
+    backward_query_block(L, K, a, item.kv_head, item.doc, docs[size_t(item.doc)], item.index);
+  });
+}
+
 }  // namespace
 
 void attention_backward(const AttentionShape& shape, const float* q, const float* k,
@@ -706,46 +797,18 @@ void attention_backward(const AttentionShape& shape, const float* q, const float
   const Layout L = make_layout(shape);
   const Kernels K = kernels_for(path);
   const std::vector<Span> docs = documents(cu_seqlens, n_docs);
+  BackwardOperands a;
+  a.k_columns = pack_key_tiles(L, docs, k, TileLayout::Columns);
+  a.v_columns = pack_key_tiles(L, docs, v, TileLayout::Columns);
+  a.k_rows = pack_key_tiles(L, docs, k, TileLayout::Rows);
   // Q is packed pre-scaled: S = (scale·Q)·Kᵀ, and dK = dSᵀ·(scale·Q) needs no further factor.
-  const BackwardOperands a{pack_columns(L, k),
-                           pack_columns(L, v),
-                           pack_rows(L, k, L.kv_heads, 1.0f),
-                           pack_rows(L, q, L.heads, L.scale),
-                           pack_rows(L, dout, L.heads, 1.0f),
-                           pack_lse(L, lse),
-                           prepare_backward(L, out, dout, dq),
-                           dq,
-                           dk,
-                           dv};
-
-  if (fuse_query_grads(L, docs)) {
-    // One item per (kv head, document), its key tiles in order, so dq sums tiles in order.
-    std::vector<WorkItem> items;
-    for (long h = 0; h < L.kv_heads; ++h) {
-      for (long d = 0; d < long(docs.size()); ++d) items.push_back({h, d, 0, double(docs[d].size())});
-    }
-    run_items(std::move(items), [&](const WorkItem& item) {
-      for (long tile = 0; tile < count_key_tiles(docs[item.doc]); ++tile) {
-        backward_key_tile(L, K, a, item.kv_head, docs[item.doc], tile, true);
-      }
-    });
-    return;
-  }
-  std::vector<WorkItem> key_items;
-  for (long h = 0; h < L.kv_heads; ++h) {
-    for (long d = 0; d < long(docs.size()); ++d) {
-      for (long tile = 0; tile < count_key_tiles(docs[d]); ++tile) {
-        const Span blocks = query_blocks_seeing(L, docs[d], key_tile(docs[d], tile));
-        key_items.push_back({h, d, tile, double(blocks.size())});
-      }
-    }
-  }
-  run_items(std::move(key_items), [&](const WorkItem& item) {
-    backward_key_tile(L, K, a, item.kv_head, docs[item.doc], item.index, false);
-  });
-  run_items(query_block_items(L, docs), [&](const WorkItem& item) {
-    backward_query_block(L, K, a, item.kv_head, docs[item.doc], item.index);
-  });
+  a.q_rows = pack_query_rows(L, q, L.scale);
+  a.dout_rows = pack_query_rows(L, dout, 1.0f);
+  prepare_rows(L, out, dout, lse, a);
+  a.dk = dk;
+  a.dv = dv;
+  run_backward(L, K, docs, a);
+  write_query_grads(L, a, dq);
 }
 
 void attention_backward(const AttentionShape& shape, const float* q, const float* k,
