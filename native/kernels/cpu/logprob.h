@@ -4,8 +4,9 @@
 //   hidden [N, d] f32; weight (lm_head) [V, d] f32 or bf16; labels [N], -100 = ignored
 //   (logp 0, lse still computed, no gradient). logp, lse: [N]. A label outside [0, V) that
 //   is not -100 is an error naming the token.
-// With a bf16 weight the hidden states are rounded to bf16 for the matmuls (as the GEMM does),
-// and dweight is the gradient for those rounded inputs.
+// With a bf16 weight, the GEMM's rule rounds what meets it to bf16: the hidden states for the
+// logits, dlogits for dhidden; dweight = dlogitsᵀ · bf16(hidden) in f32 (the exact gradient of
+// the logits actually computed).
 // Backward: with g[n] = dlogp[n], dlogits[n, v] = g[n] * (1[v == label] - softmax[n, v]);
 //   dhidden = dlogits · W (overwritten), dweight += dlogitsᵀ · hidden (f32, accumulated).
 #pragma once
