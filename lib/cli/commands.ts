@@ -7,9 +7,9 @@ import { notAvailableYet } from './not-available.js';
 import { rateCommand } from './rate.js';
 
 export const commands: CommandModule<object, any>[] = [
-  notAvailableYet('train', 'Run a pipeline (dSFT then dDPO) from a recipe; with no arguments, the built-in demo'),
-  notAvailableYet('sft', 'Supervised fine-tuning (dSFT) of a Mistral model on chat data'),
-  notAvailableYet('dpo', 'Direct Preference Optimization (dDPO) against a frozen reference'),
+  trainCommand,
+  sftCommand,
+  dpoCommand,
   binarizeCommand,
   rateCommand,
   notAvailableYet('score', 'Summed completion log-probabilities of a model on a dataset'),

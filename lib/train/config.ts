@@ -48,6 +48,7 @@ export const KEYS = {
   gradient_checkpointing: { kind: 'boolean', default: true, help: 'Recompute each decoder layer in backward to save activation memory' },
   // data
   dataset_name: { kind: 'string', default: null, help: 'Dataset file or HF dataset folder' },
+  dataset_config: { kind: 'string', default: null, help: 'Dataset configuration name (accepted for HF datasets; folders have one)' },
   dataset_train_split: { kind: 'string', default: 'train', help: 'Split used for training' },
   dataset_test_split: { kind: 'string', default: 'test', help: 'Split used for evaluation' },
   dataset_mixer: { kind: 'object', default: null, help: 'Older alignment-handbook form: {path: fraction}' },
@@ -288,3 +289,9 @@ export function describeKeys(stage: Stage): { name: string; kind: string; defaul
 }
 
 export const STAGES: readonly Stage[] = BOTH;
+
+/** Whether a key given for a whole pipeline applies to a stage (stage-only keys go to theirs). */
+export function keyAppliesTo(name: string, stage: Stage): boolean {
+  const spec = (KEYS as Record<string, KeySpec>)[name];
+  return !spec?.stages || spec.stages.includes(stage);
+}

@@ -11,6 +11,7 @@ import { EventEmitter } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { seededPermutation } from '../data/shuffle.js';
 import { ZnError } from '../errors.js';
 import { type CheckpointableModel, type Cursor, findCheckpoint, readCheckpoint, removeUnfinishedCheckpoints, saveCheckpoint, type ZephyrState } from './checkpoint.js';
 import { lrAt, type ScheduleConfig } from './schedule.js';
@@ -26,7 +27,7 @@ export interface OptimizerSettings {
 
 /** The model operations the loop needs (the native model implements them). */
 export interface LoopModel extends CheckpointableModel {
-  zeroGrad(): void;
+  zeroGrad(): Promise<void>;
   clipAndStep(options: OptimizerSettings & { lr: number }): Promise<{ gradNorm: number }>;
   loadCheckpoint(dir: string): Promise<void>;
 }
@@ -81,23 +82,9 @@ export interface LoopResult {
   stoppedEarly: boolean;
 }
 
-/** A seeded permutation of [0, n) per epoch (xorshift-multiply PRNG, Fisher-Yates). */
+/** The order examples are visited in an epoch: a seeded permutation, a new one each epoch. */
 export function epochOrder(n: number, seed: number, epoch: number): number[] {
-  let state = (BigInt.asUintN(64, BigInt(seed) * 0x9e3779b97f4a7c15n + BigInt(epoch + 1) * 0xbf58476d1ce4e5b9n) | 1n);
-  const next = (): bigint => {
-    state ^= state << 13n;
-    state = BigInt.asUintN(64, state);
-    state ^= state >> 7n;
-    state ^= state << 17n;
-    state = BigInt.asUintN(64, state);
-    return state;
-  };
-  const order = Array.from({ length: n }, (_, i) => i);
-  for (let i = n - 1; i > 0; i--) {
-    const j = Number(next() % BigInt(i + 1));
-    [order[i], order[j]] = [order[j], order[i]];
-  }
-  return order;
+  return seededPermutation(n, seed, epoch);
 }
 
 /** HF Trainer: update steps per epoch = ceil(micro-batches / accumulation). */
@@ -208,7 +195,7 @@ export async function runLoop<Example>(
         micro.push(order.slice(begin, begin + settings.batchSize).map((i) => train[i]));
         cursor = { ...cursor, microBatch: cursor.microBatch + 1 };
       }
-      model.zeroGrad();
+      await model.zeroGrad();
       const result = await objective.accumulate(micro);
       if (!Number.isFinite(result.loss)) {
         throw new ZnError(

