@@ -12,8 +12,10 @@ import { readRows } from '../lib/data/readers.js';
 import { writeRows } from '../lib/data/writers.js';
 import { ZnError } from '../lib/errors.js';
 import { packageRoot } from '../lib/native.js';
+import { referencePython } from './support/python.js';
 
 const cli = join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
+const datasetsPython = referencePython(['datasets']);
 const ASPECTS = ['instruction_following', 'helpfulness', 'honesty', 'truthfulness'];
 
 /** A raw UltraFeedback completion; ratings in aspect order, `undefined` leaves the aspect out. */
@@ -274,6 +276,33 @@ describe('binarize: command line', () => {
       assert.ok(a.equals(await write(`b.${ext}`, 7)), `${ext} differs between runs`);
       assert.ok(!a.equals(await write(`c.${ext}`, 8)), `${ext}: seed 8 gave the same pairs as seed 7`);
     }
+  });
+
+  it('the folder loads in `datasets` with ultrafeedback_binarized\'s features', { skip: datasetsPython.skipReason ?? false }, async () => {
+    const out = join(dir, 'for-datasets');
+    await writePreferences(out, (await binarize(rows, { seed: 3 })).pairs, { testSize: 4, seed: 3 });
+    const script = `
+import json, sys, datasets
+d = datasets.load_dataset(sys.argv[1])
+print(json.dumps({name: {"rows": d[name].num_rows, "features": str(d[name].features), "first": d[name][0]} for name in d}))
+`;
+    const result = spawnSync(datasetsPython.python!, ['-c', script, out], {
+      encoding: 'utf8',
+      env: { ...process.env, HF_HOME: join(dir, 'hf-home'), HF_DATASETS_OFFLINE: '1', HF_HUB_OFFLINE: '1' },
+    });
+    assert.equal(result.status, 0, result.stderr);
+    const splits = JSON.parse(result.stdout);
+    assert.deepEqual(Object.keys(splits).sort(), ['test_prefs', 'train_prefs']);
+    assert.equal(splits.train_prefs.rows, 36);
+    assert.equal(splits.test_prefs.rows, 4);
+    const messages = "List({'content': Value('string'), 'role': Value('string')})";
+    assert.equal(
+      splits.train_prefs.features,
+      `{'prompt': Value('string'), 'prompt_id': Value('string'), 'chosen': ${messages}, 'rejected': ${messages}, ` +
+        `'messages': ${messages}, 'score_chosen': Value('float64'), 'score_rejected': Value('float64')}`,
+    );
+    const firstTrain = (await binarize(rows, { seed: 3 })).pairs.find((p) => p.prompt_id === splits.train_prefs.first.prompt_id);
+    assert.deepEqual(splits.train_prefs.first, firstTrain);
   });
 
   it('usage errors exit 2, bad input exits 1 with file and row', () => {
