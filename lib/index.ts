@@ -16,3 +16,15 @@ export {
 export { writePreferences, type PreferenceFormat } from './aif/preference-files.js';
 export { rate, rateFile, type RateOptions, type RateProgress, type RateStats } from './aif/rate.js';
 export { JudgeClient, JudgeConfigError, JudgeRejectedError, JudgeUnavailableError, type JudgeOptions } from './aif/judge.js';
+export { HfTokenizer, type TokenizerConfig, type TokenizerJson } from './data/tokenizer.js';
+export { ChatTemplate, ZEPHYR_CHAT_TEMPLATE, type ChatMessage } from './data/chat-template.js';
+export { loadLlama2Tokenizer, writeLlama2TokenizerFolder } from './data/llama2-tokenizer.js';
+export { DEFAULT_SFT_OPTIONS, SftTokenizer, labelsOf, type SftExample, type SftOptions } from './data/sft-examples.js';
+export { DEFAULT_DPO_OPTIONS, DpoTokenizer, type DpoOptions, type PreferencePair } from './data/dpo-tokenize.js';
+export { packExamples, type PackedRow } from './data/packing.js';
+export { collatePreference, collateSft } from './data/collate.js';
+export { IGNORE_INDEX, type PreferenceBatch, type TokenBatch } from './data/batch.js';
+export { planDatasets, type DataConfig, type DatasetPlan } from './data/dataset-config.js';
+export { loadDpoData, loadSftData, type DataSource, type LoadedData, type LoadOptions, type SftItem } from './data/load.js';
+export { DatasetReport, SKIP_REASONS, type SkipReason } from './data/validation.js';
+export { seededPermutation, seededShuffle } from './data/shuffle.js';

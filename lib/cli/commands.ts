@@ -2,6 +2,7 @@
 import type { CommandModule } from 'yargs';
 
 import { binarizeCommand } from './binarize.js';
+import { dataCommand } from './data.js';
 import { infoCommand } from './info.js';
 import { notAvailableYet } from './not-available.js';
 import { rateCommand } from './rate.js';
@@ -14,6 +15,6 @@ export const commands: CommandModule<object, any>[] = [
   rateCommand,
   notAvailableYet('score', 'Summed completion log-probabilities of a model on a dataset'),
   notAvailableYet('bench', 'Time SFT and DPO steps (tokens/s, MFU, peak memory)'),
-  notAvailableYet('data', 'Inspect a dataset as the trainers will see it'),
+  dataCommand,
   infoCommand,
 ];

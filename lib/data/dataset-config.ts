@@ -15,13 +15,13 @@
  *
  * Subsets and shuffles are seeded (lib/data/shuffle.ts) but not numpy's: the same seed picks the
  * same rows on every run here, not the rows `datasets` would pick. Rows stream from the readers;
- * a subset needs a counting pass first, never a second copy of the rows.
+ * a subset needs the row count first (Parquet metadata, or a pass), never a second copy of the rows.
  */
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { UsageError } from '../errors.js';
-import { listSplits, readRows, type SourceRow } from './readers.js';
+import { countRows, listSplits, readRows, type SourceRow } from './readers.js';
 import { seededPermutation } from './shuffle.js';
 
 export interface DatasetMixtureEntry {
@@ -162,11 +162,7 @@ export async function* planRows(sources: DatasetSource[]): AsyncGenerator<Source
 async function selectedIndices(source: DatasetSource): Promise<Set<number> | null> {
   const selection = source.selection;
   if (selection.kind === 'all') return null;
-  let count = 0;
-  for await (const row of readSource(source)) {
-    void row;
-    count++;
-  }
+  const count = await countRows(source.path, source.split === undefined ? {} : { split: source.split });
   const keep = Math.floor(selection.fraction * count);
   if (selection.kind === 'head') return new Set(Array.from({ length: keep }, (_, i) => i));
   return new Set(seededPermutation(count, selection.seed).slice(0, keep));
@@ -178,12 +174,12 @@ function project(row: Record<string, unknown>, columns: string[]): Record<string
   return out;
 }
 
-/** How many rows `planRows(sources)` yields (a counting pass over each source). */
+/** How many rows `planRows(sources)` yields. */
 export async function countPlanRows(sources: DatasetSource[]): Promise<number> {
   let total = 0;
-  for await (const row of planRows(sources)) {
-    void row;
-    total++;
+  for (const source of sources) {
+    const all = await countRows(source.path, source.split === undefined ? {} : { split: source.split });
+    total += source.selection.kind === 'all' ? all : Math.floor(source.selection.fraction * all);
   }
   return total;
 }

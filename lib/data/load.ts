@@ -6,7 +6,7 @@
  */
 import { ZnError } from '../errors.js';
 import { ChatTemplate } from './chat-template.js';
-import { countPlanRows, type DataConfig, planDatasets, planRows, testRowPositions } from './dataset-config.js';
+import { countPlanRows, type DataConfig, type DatasetPlan, planDatasets, planRows, testRowPositions } from './dataset-config.js';
 import { DpoTokenizer, type DpoOptions, type PreferencePair } from './dpo-tokenize.js';
 import { packExamples, type PackedRow } from './packing.js';
 import type { SourceRow } from './readers.js';
@@ -42,7 +42,14 @@ export function chatTemplateOf(tokenizer: HfTokenizer): ChatTemplate {
   return new ChatTemplate(tokenizer.chatTemplate, tokenizer.specialTokensMap);
 }
 
-export async function loadSftData(config: DataConfig, tokenizer: HfTokenizer, options: SftOptions, load: LoadOptions = {}): Promise<LoadedData<SftItem>> {
+/** A recipe's dataset keys, or an explicit plan (e.g. one split of one folder). */
+export type DataSource = DataConfig | DatasetPlan;
+
+function planOf(source: DataSource): DatasetPlan {
+  return 'train' in source && Array.isArray(source.train) ? (source as DatasetPlan) : planDatasets(source as DataConfig);
+}
+
+export async function loadSftData(config: DataSource, tokenizer: HfTokenizer, options: SftOptions, load: LoadOptions = {}): Promise<LoadedData<SftItem>> {
   if (options.packing && options.maxLength === null) throw new ZnError('packing needs max_length (the length of a packed row)');
   const sft = new SftTokenizer(tokenizer, chatTemplateOf(tokenizer), options);
   const data = await loadTokenized<SftExample>(config, load, (row, source) => {
@@ -53,7 +60,7 @@ export async function loadSftData(config: DataConfig, tokenizer: HfTokenizer, op
   return { ...data, train: packExamples(data.train as SftExample[], options.maxLength!), test: packExamples(data.test as SftExample[], options.maxLength!) };
 }
 
-export async function loadDpoData(config: DataConfig, tokenizer: HfTokenizer, options: DpoOptions, load: LoadOptions = {}): Promise<LoadedData<PreferencePair>> {
+export async function loadDpoData(config: DataSource, tokenizer: HfTokenizer, options: DpoOptions, load: LoadOptions = {}): Promise<LoadedData<PreferencePair>> {
   const dpo = new DpoTokenizer(tokenizer, chatTemplateOf(tokenizer), options);
   return loadTokenized<PreferencePair>(config, load, (row, source) => {
     const { pair, truncated, promptNotPrefix } = dpo.tokenize(row, source);
@@ -61,8 +68,8 @@ export async function loadDpoData(config: DataConfig, tokenizer: HfTokenizer, op
   });
 }
 
-async function loadTokenized<T>(config: DataConfig, load: LoadOptions, tokenize: RowTokenizer<T>): Promise<LoadedData<T>> {
-  const plan = planDatasets(config);
+async function loadTokenized<T>(config: DataSource, load: LoadOptions, tokenize: RowTokenizer<T>): Promise<LoadedData<T>> {
+  const plan = planOf(config);
   const reports = { train: new DatasetReport('train', load.strict), test: new DatasetReport('test', load.strict) };
   const train: T[] = [];
   const test: T[] = [];
