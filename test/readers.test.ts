@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { listSplits, readRows, type SourceRow } from '../lib/data/readers.js';
+import { countRows, listSplits, readRows, type SourceRow } from '../lib/data/readers.js';
 import { JsonlAppender, writeRows } from '../lib/data/writers.js';
 import { ZnError } from '../lib/errors.js';
 import { referencePython, runPython } from './support/python.js';
@@ -247,6 +247,8 @@ print(json.dumps({"schema": str(t.schema.field("chosen").type), "score": str(t.s
       sft.map((r) => r.index),
       [0, 1, 2, 0, 1],
     );
+    assert.equal(await countRows(folder, { split: 'train_sft' }), 5);
+    assert.equal(await countRows(folder, { split: 'test_prefs' }), 3);
     await rejects(collect(folder, 'validation'), /no split 'validation'; available: test_gen, test_prefs, train_gen, train_prefs, train_sft/);
     await rejects(collect(folder), /name a split; available: test_gen, test_prefs/);
   });
@@ -262,6 +264,7 @@ print(json.dumps({"schema": str(t.schema.field("chosen").type), "score": str(t.s
       (await collect(folder, 'train')).map((r) => r.row.x),
       [1, 2, 3],
     );
+    assert.equal(await countRows(folder, { split: 'train' }), 3);
     const single = join(dir, 'single');
     mkdirSync(join(single, 'data'), { recursive: true });
     await writeRows(join(single, 'data', 'train-00000-of-00001.parquet'), [{ x: 5 }]);

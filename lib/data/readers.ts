@@ -35,9 +35,13 @@ const PARQUET_MAGIC = 'PAR1';
 
 /** Rows of a file or of one split of an HF dataset folder, streamed in file order. */
 export async function* readRows(path: string, options: ReadOptions = {}): AsyncGenerator<SourceRow> {
+  for (const file of datasetFiles(path, options.split)) yield* readFile(file);
+}
+
+/** The data files behind a path: the file itself, or one split's shards of a dataset folder. */
+function datasetFiles(path: string, split: string | undefined): string[] {
   if (!existsSync(path)) throw new ZnError(`${path}: no such file or folder`);
-  const files = statSync(path).isDirectory() ? splitFiles(path, options.split) : [path];
-  for (const file of files) yield* readFile(file);
+  return statSync(path).isDirectory() ? splitFiles(path, split) : [path];
 }
 
 /** The split names of an HF dataset folder, sorted: `train_prefs`, `test_prefs`, ... */
@@ -50,10 +54,8 @@ export function listSplits(folder: string): string[] {
  * JSON Lines by counting non-blank lines (without parsing them), JSON by scanning.
  */
 export async function countRows(path: string, options: ReadOptions = {}): Promise<number> {
-  if (!existsSync(path)) throw new ZnError(`${path}: no such file or folder`);
-  const files = statSync(path).isDirectory() ? splitFiles(path, options.split) : [path];
   let total = 0;
-  for (const file of files) {
+  for (const file of datasetFiles(path, options.split)) {
     const ext = extname(file).toLowerCase();
     if (ext === '.parquet') total += Number((await openParquet(file)).metadata.num_rows);
     else if (ext === '.jsonl' || ext === '.ndjson') total += await countLines(file);
