@@ -6,6 +6,8 @@ import { dataCommand } from './data.js';
 import { infoCommand } from './info.js';
 import { notAvailableYet } from './not-available.js';
 import { rateCommand } from './rate.js';
+import { dpoCommand, sftCommand, trainCommand } from './train-commands.js';
+import { scoreCommand } from './score.js';
 
 export const commands: CommandModule<object, any>[] = [
   trainCommand,
@@ -13,7 +15,7 @@ export const commands: CommandModule<object, any>[] = [
   dpoCommand,
   binarizeCommand,
   rateCommand,
-  notAvailableYet('score', 'Summed completion log-probabilities of a model on a dataset'),
+  scoreCommand,
   notAvailableYet('bench', 'Time SFT and DPO steps (tokens/s, MFU, peak memory)'),
   dataCommand,
   infoCommand,

@@ -11,8 +11,8 @@ saved f32 weights:
 Each document is a separate forward, so a packed stream that agrees shows that documents do
 not attend across each other and that positions restart per document.
 
-The "score" case also writes rows.jsonl (pre-tokenized preference and SFT rows) and
-score_reference.jsonl: summed completion-token log-probs as `zephyr-native score` reports them.
+OUT_DIR/score holds a model with a tokenizer folder, preference and SFT rows (pre-tokenized and
+chat), and the summed log-probs `zephyr-native score` must report for them (see score_case).
 """
 
 import json
@@ -105,52 +105,101 @@ def run_case(case, out_dir, generator):
     }
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(reference, f)
-    return model64
 
 
-def score_rows(model, out_dir, generator, vocab):
-    """Pre-tokenized rows and their summed completion log-probs (float64 transformers)."""
-    model.config._attn_implementation = "eager"
+def score_case(out_dir, generator):
+    """A tiny model with a real tokenizer folder (data_reference.py's BPE, Zephyr template) and
+    rows for `zephyr-native score --max_length SCORE_MAX_LENGTH`: pre-tokenized and chat
+    preference rows, pre-tokenized and chat SFT rows, and rows that must be skipped. Expected
+    values: summed log-probs of the scored tokens, transformers in float64; chat rows tokenized
+    as TRL 1.13 does (prompt = chat template with the generation prompt, completion = the ids of
+    prompt+completion after the prompt's, prompt+completion cut to max_length keeping the start)."""
+    from transformers import AutoTokenizer
 
-    def summed(prompt, completion):
-        ids = prompt + completion
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import data_reference as data
+
+    model_dir = os.path.join(out_dir, "model")
+    spec = data.with_pipeline(data.train_base(split=True), "metaspace", "first")
+    data.write_folder(model_dir, spec, "LlamaTokenizerFast", chat_template=data.ZEPHYR_CHAT_TEMPLATE, legacy=False)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    vocab = len(tok)
+    config = MistralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=44, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=7,
+                           rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                           tie_word_embeddings=False, max_position_embeddings=128)
+    model = MistralForCausalLM(config)
+    randomize(model, generator)
+    model.save_pretrained(model_dir)
+    model = model.double()
+    model.config._attn_implementation = "sdpa"
+    limit = SCORE_MAX_LENGTH
+
+    def logps(ids, scored_from):
+        """Sum of log p(ids[t]) for t >= scored_from, each predicted from ids[:t]."""
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ids])).logits[0].double()
         logp = torch.log_softmax(logits, dim=-1)
-        # Token ids[t] (t >= len(prompt)) is predicted at position t - 1.
-        return sum(logp[t - 1, ids[t]].item() for t in range(len(prompt), len(ids)))
+        return sum(logp[t - 1, ids[t]].item() for t in range(max(scored_from, 1), len(ids)))
+
+    def chat_ids(messages, generation_prompt=False):
+        ids = tok.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
     def rand_ids(n):
-        return torch.randint(0, vocab, (n,), generator=generator).tolist()
+        return torch.randint(3, vocab, (n,), generator=generator).tolist()
 
-    rows, expected = [], []
-    for i in range(4):
-        prompt, chosen, rejected = rand_ids(3 + i), rand_ids(2 + i), rand_ids(5 - i)
-        rows.append({"prompt_input_ids": prompt, "chosen_input_ids": chosen, "rejected_input_ids": rejected})
-        expected.append({"index": i, "chosen_logps": summed(prompt, chosen), "rejected_logps": summed(prompt, rejected)})
-    with open(os.path.join(out_dir, "preference_rows.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    with open(os.path.join(out_dir, "preference_reference.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in expected)
+    preference_rows, preference_expected = [], []
 
-    rows, expected = [], []
+    def add_preference(row, prompt, chosen, rejected):
+        preference_rows.append(row)
+        index = len(preference_expected)
+        entry = {"index": index}
+        for name, completion in (("chosen_logps", chosen), ("rejected_logps", rejected)):
+            full = (prompt + completion)[:limit]
+            entry[name] = logps(full, len(prompt))
+        preference_expected.append(entry)
+
     for i in range(3):
-        ids = rand_ids(6 + 2 * i)
-        row = {"input_ids": ids}
-        if i == 1:
-            # labels: -100 masks the first three tokens (as an SFT collator masks the prompt)
-            row["labels"] = [IGNORE] * 3 + ids[3:]
-            logps = summed(ids[:3], ids[3:])
-            count = len(ids) - 3
-        else:
-            logps = summed(ids[:1], ids[1:])
-            count = len(ids) - 1
-        rows.append(row)
-        expected.append({"index": i, "logps": logps, "num_tokens": count})
-    with open(os.path.join(out_dir, "sft_rows.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    with open(os.path.join(out_dir, "sft_reference.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in expected)
+        prompt, chosen, rejected = rand_ids(4 + i), rand_ids(3 + 2 * i), rand_ids(6 - i)
+        add_preference({"prompt_input_ids": prompt, "chosen_input_ids": chosen, "rejected_input_ids": rejected},
+                       prompt, chosen, rejected)
+    chats = [("What is the capital of France?", "Paris.", "The capital of France is London, near the river."),
+             ("Write a short poem about the sea.", "The sea is wide and deep and blue. " * 4, "No.")]
+    for question, good, bad in chats:
+        user = [{"role": "user", "content": question}]
+        prompt = chat_ids(user, generation_prompt=True)
+        completions = [chat_ids(user + [{"role": "assistant", "content": text}])[len(prompt):] for text in (good, bad)]
+        add_preference({"chosen": user + [{"role": "assistant", "content": good}],
+                        "rejected": user + [{"role": "assistant", "content": bad}]}, prompt, *completions)
+    # Skipped: the prompt alone reaches max_length; chosen equals rejected.
+    preference_rows.append({"prompt_input_ids": rand_ids(limit), "chosen_input_ids": [5], "rejected_input_ids": [6]})
+    preference_expected.append({"index": len(preference_expected), "skipped": "prompt_too_long"})
+    same = rand_ids(3)
+    preference_rows.append({"prompt_input_ids": rand_ids(2), "chosen_input_ids": same, "rejected_input_ids": same})
+    preference_expected.append({"index": len(preference_expected), "skipped": "chosen_equals_rejected"})
+
+    sft_rows, sft_expected = [], []
+    ids = rand_ids(9)
+    sft_rows.append({"input_ids": ids})
+    sft_expected.append({"index": 0, "logps": logps(ids, 1), "num_tokens": len(ids) - 1})
+    ids = rand_ids(12)
+    sft_rows.append({"input_ids": ids, "labels": [IGNORE] * 5 + ids[5:]})
+    sft_expected.append({"index": 1, "logps": logps(ids, 5), "num_tokens": len(ids) - 5})
+    messages = [{"role": "user", "content": "Hello world! How are you today?"},
+                {"role": "assistant", "content": "I am fine, thank you."}]
+    ids = chat_ids(messages)[:limit]
+    sft_rows.append({"messages": messages})
+    sft_expected.append({"index": 2, "logps": logps(ids, 1), "num_tokens": len(ids) - 1})
+
+    for name, rows in (("preference_rows", preference_rows), ("preference_reference", preference_expected),
+                       ("sft_rows", sft_rows), ("sft_reference", sft_expected)):
+        with open(os.path.join(out_dir, f"{name}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+# `score` runs with --max_length this (the reference applies the same cut).
+SCORE_MAX_LENGTH = 40
 
 
 CASES = {
@@ -179,12 +228,10 @@ def main():
     out = sys.argv[1]
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1234)
-    models = {}
     for name, case in CASES.items():
-        models[name] = run_case(case, os.path.join(out, name), generator)
-    score_rows(models["gqa_window_tied"], os.path.join(out, "gqa_window_tied"), generator,
-               CASES["gqa_window_tied"]["config"]["vocab_size"])
-    print(json.dumps({"cases": list(CASES)}))
+        run_case(case, os.path.join(out, name), generator)
+    score_case(os.path.join(out, "score"), generator)
+    print(json.dumps({"cases": list(CASES), "score_max_length": SCORE_MAX_LENGTH}))
 
 
 if __name__ == "__main__":
