@@ -28,3 +28,15 @@ export { planDatasets, type DataConfig, type DatasetPlan } from './data/dataset-
 export { loadDpoData, loadSftData, type DataSource, type LoadedData, type LoadOptions, type SftItem } from './data/load.js';
 export { DatasetReport, SKIP_REASONS, type SkipReason } from './data/validation.js';
 export { seededPermutation, seededShuffle } from './data/shuffle.js';
+export {
+  DEFAULT_MAX_TOKENS,
+  loadModel,
+  MistralModel,
+  modelMemoryPlan,
+  nativeModelConfig,
+  type ModelDType,
+  type ModelOptions,
+  type SaveOptions,
+} from './model/model.js';
+export { scoreRows, type ScoredRow, type ScoreOptions } from './model/score.js';
+export type { AdamWHyperparameters, MemoryPlan, NativeModel, NativeParameter, NativeTokenBatch } from './native.js';
