@@ -172,6 +172,7 @@ function main(): void {
 
   const best = new Map<string, BenchLine>();
   const order: string[] = [];
+  let memory: BenchLine[] = [];
   const peaks = new Map<string, BenchLine>();
   for (let round = 1; round <= rounds; ++round) {
     console.error(`round ${round}/${rounds}: zephyr-native ...`);
@@ -180,7 +181,8 @@ function main(): void {
       const id = `${peak.impl} ${peak.dtype}`;
       if ((peaks.get(id)?.gflops ?? 0) < (peak.gflops ?? 0)) peaks.set(id, peak);
     }
-    keepBest(best, order, lines.filter((line) => line.op !== 'peak' && line.op !== 'machine'));
+    keepBest(best, order, lines.filter((line) => line.gflops !== undefined && line.op !== 'peak'));
+    memory = lines.filter((line) => line.op === 'logprob-memory');
     if (python) {
       console.error(`round ${round}/${rounds}: torch ...`);
       const script = join(root, 'bench', 'torch_kernels.py');
@@ -188,12 +190,13 @@ function main(): void {
     }
   }
 
-  // Peak for a dtype: the fastest multiply-add loop that dtype's GEMM path can use.
+  // Peak for a dtype: the fastest multiply-add loop its GEMM can use (bf16 GEMMs widen to f32 on
+  // CPUs without vdpbf16ps), the best of every measurement in every round.
   const peakFor = (dtype: string) =>
     Math.max(0, ...[...peaks.values()].filter((p) => p.dtype === dtype || (dtype === 'bf16' && p.dtype === 'f32')).map((p) => p.gflops ?? 0));
   const results: Result[] = [...best.values()].map((line) => {
     const dtype = line.dtype ?? 'f32';
-    const peak = line.peak_gflops !== undefined ? Number(line.peak_gflops) : peakFor(dtype);
+    const peak = peakFor(dtype);
     return {
       ...line,
       op: line.op,
@@ -202,6 +205,7 @@ function main(): void {
       variant: line.variant ?? '',
       impl: line.impl === 'torch' ? 'torch' : 'zephyr-native',
       gflops: line.gflops ?? 0,
+      peak_gflops: peak,
       peak_fraction: peak > 0 ? Number(((line.gflops ?? 0) / peak).toFixed(3)) : 0,
       seconds: Number(line.seconds ?? 0),
     };
@@ -209,8 +213,14 @@ function main(): void {
   results.sort((a, b) => order.indexOf(key(a)) - order.indexOf(key(b)) || b.impl.localeCompare(a.impl));
 
   console.log(formatTable(results, [...peaks.values()]));
+  const mib = (bytes: unknown) => `${(Number(bytes) / (1 << 20)).toFixed(1)} MiB`;
+  for (const line of memory) {
+    console.log(
+      `fused log-prob scratch at [${line.shape?.join(', ')}]: ${mib(line.scratch_bytes)} vs ${mib(line.logits_bytes)} of f32 logits (${line.ratio}x less)`,
+    );
+  }
   if (values.json) {
-    writeJsonAtomic(resolve(values.json), { machine, peaks: [...peaks.values()], cases, results });
+    writeJsonAtomic(resolve(values.json), { machine, peaks: [...peaks.values()], cases, results, memory });
     console.error(`wrote ${values.json}`);
   }
 }

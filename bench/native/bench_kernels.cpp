@@ -5,7 +5,11 @@
 // Case specs (the same strings bench/torch_kernels.py reads):
 //   peak                        tight FMA (and vdpbf16ps where present) loops on every thread
 //   gemm:M,N,K:TT:DTYPE         C[M,N] = op(A)·op(B); TT is n|t for A then B; DTYPE f32|bf16
+//   attention:T,HQ,HKV,D,W      causal GQA attention forward + backward, window W (0: none)
+//   logprob:N,DIM,V             fused log-prob forward + backward, f32 lm_head [V, DIM]
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -19,7 +23,9 @@
 #include "core/cpu_features.h"
 #include "core/errors.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/logprob.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -208,15 +214,92 @@ void bench_gemm(const std::string& spec, const Peaks& peaks) {
                bf16_inputs ? peaks.bf16 : peaks.f32, seconds);
 }
 
-// Attention and fused log-prob cases plug in here (bench_attention, bench_logprob, then an
-// entry in kOps) once their kernels are part of native/sources.json.
+std::vector<float> random_values(size_t count, float scale, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> values(count);
+  for (float& x : values) x = normal(rng);
+  return values;
+}
+
+// (i, j) pairs with j <= i and i - window < j in one document of `tokens` tokens.
+double visible_pairs(long tokens, long window) {
+  if (window <= 0 || window >= tokens) return double(tokens) * double(tokens + 1) / 2;
+  return double(window) * double(window + 1) / 2 + double(tokens - window) * double(window);
+}
+
+// attention:T,HQ,HKV,D,W - forward + backward over one document; FLOPs 14 * pairs * D * HQ
+// (forward: QKᵀ and PV; backward: QKᵀ again, dV, dP, dQ, dK; 2 FLOPs per multiply-add).
+void bench_attention(const std::string& spec, const Peaks& peaks) {
+  const std::vector<std::string> parts = split(spec, ':');
+  ZN_CHECK(parts.size() == 2, "zn_bench: expected attention:T,HQ,HKV,D,W, got '", spec, "'");
+  const std::vector<std::string> fields = split(parts[1], ',');
+  ZN_CHECK(fields.size() == 5, "zn_bench: expected attention:T,HQ,HKV,D,W, got '", spec, "'");
+  const std::vector<long> sizes =
+      parse_numbers(parts[1].substr(0, parts[1].rfind(',')), 4, spec);
+  const long window = std::atol(fields[4].c_str());
+  cpu::AttentionShape shape{sizes[0], int(sizes[1]), int(sizes[2]), int(sizes[3]), window,
+                            1.0f / std::sqrt(float(sizes[3]))};
+  const size_t q_size = size_t(shape.tokens * shape.n_heads * shape.head_dim);
+  const size_t kv_size = size_t(shape.tokens * shape.n_kv_heads * shape.head_dim);
+  const std::vector<float> q = random_values(q_size, 1.0f, 1), k = random_values(kv_size, 1.0f, 2),
+                           v = random_values(kv_size, 1.0f, 3), dout = random_values(q_size, 1.0f, 4);
+  std::vector<float> out(q_size), lse(size_t(shape.n_heads * shape.tokens)), dq(q_size),
+      dk(kv_size), dv(kv_size);
+  const int32_t cu_seqlens[2] = {0, int32_t(shape.tokens)};
+  const double seconds = best_seconds([&] {
+    cpu::attention_forward(shape, q.data(), k.data(), v.data(), cu_seqlens, 1, out.data(), lse.data());
+    cpu::attention_backward(shape, q.data(), k.data(), v.data(), cu_seqlens, 1, out.data(),
+                            lse.data(), dout.data(), dq.data(), dk.data(), dv.data());
+  });
+  const double flops = 14.0 * visible_pairs(shape.tokens, window) * shape.head_dim * shape.n_heads;
+  print_result("attention", "[" + parts[1] + "]", "f32", "fwd+bwd", flops / seconds / 1e9,
+               peaks.f32, seconds);
+}
+
+// logprob:N,DIM,V - fused log-prob forward + backward with an f32 lm_head; FLOPs 6 * N * DIM * V
+// (the logits once forward, dhidden and dweight backward; the kernel's recomputation of the
+// logits in backward is not counted, as torch materialises them instead).
+void bench_logprob(const std::string& spec, const Peaks& peaks) {
+  const std::vector<std::string> parts = split(spec, ':');
+  ZN_CHECK(parts.size() == 2, "zn_bench: expected logprob:N,DIM,V, got '", spec, "'");
+  const std::vector<long> sizes = parse_numbers(parts[1], 3, spec);
+  const cpu::LogprobShape shape{sizes[0], sizes[1], sizes[2]};
+  const std::vector<float> hidden = random_values(size_t(shape.tokens * shape.dim), 1.0f, 1);
+  const std::vector<float> weight =
+      random_values(size_t(shape.vocab * shape.dim), 1.0f / std::sqrt(float(shape.dim)), 2);
+  const std::vector<float> dlogp = random_values(size_t(shape.tokens), 1.0f, 3);
+  std::vector<int32_t> labels(size_t(shape.tokens));
+  std::mt19937 rng(4);
+  for (int32_t& label : labels) label = int32_t(rng() % uint32_t(shape.vocab));
+  std::vector<float> logp(size_t(shape.tokens)), lse(size_t(shape.tokens)),
+      dhidden(hidden.size()), dweight(weight.size());
+  const double seconds = best_seconds([&] {
+    cpu::logprob_forward(shape, hidden.data(), weight.data(), DType::F32, labels.data(),
+                         logp.data(), lse.data());
+    cpu::logprob_backward(shape, hidden.data(), weight.data(), DType::F32, labels.data(),
+                          lse.data(), dlogp.data(), dhidden.data(), dweight.data());
+  });
+  const double flops = 6.0 * shape.tokens * shape.dim * shape.vocab;
+  print_result("logprob", "[" + parts[1] + "]", "f32", "fwd+bwd", flops / seconds / 1e9,
+               peaks.f32, seconds);
+  // Memory beside materialised f32 logits, at this shape and at the T=2048, V=32000.
+  for (const cpu::LogprobShape& at : {shape, cpu::LogprobShape{2048, shape.dim, 32000}}) {
+    const size_t scratch = std::max(cpu::logprob_scratch_bytes(at, false),
+                                    cpu::logprob_scratch_bytes(at, true));
+    const double logits = 4.0 * double(at.tokens) * double(at.vocab);
+    std::printf("{\"op\":\"logprob-memory\",\"shape\":[%ld,%ld,%ld],\"impl\":\"zephyr-native\","
+                "\"scratch_bytes\":%zu,\"logits_bytes\":%.0f,\"ratio\":%.1f}\n",
+                at.tokens, at.dim, at.vocab, scratch, logits, logits / double(scratch));
+  }
+}
 
 // The ops this build can time, by spec prefix.
 struct Op {
   const char* name;
   void (*bench)(const std::string& spec, const Peaks& peaks);
 };
-constexpr Op kOps[] = {{"gemm", bench_gemm}};
+constexpr Op kOps[] = {{"gemm", bench_gemm}, {"attention", bench_attention}, {"logprob", bench_logprob}};
 
 }  // namespace
 
@@ -240,6 +323,8 @@ int main(int argc, char** argv) {
       ZN_CHECK(op != nullptr, "zn_bench: unknown case '", spec, "' (this build times: ", ops, ")");
       op->bench(spec, peaks);
     }
+    // Measured again at the end: on a shared machine the best of both is the truer peak.
+    if (argc > 1) measure_peaks();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -357,10 +357,14 @@ void gemm_blocked(const Problem& pr) {
   constexpr Layout L = Kernel::layout;
   constexpr int MR = Kernel::MR, NR = Kernel::NR;
   constexpr long k_per_step = L == Layout::Bf16Pairs ? 2 : 1;
-  const long mc = std::min(Kernel::MC, round_up(pr.M, MR));
+  const bool threaded = double(pr.M) * double(pr.N) * double(pr.K) >= kParallelMacs;
+  const long threads = threaded ? num_threads() : 1;
+  // Row blocks of A are the parallel work items: as many as MC allows, rounded up to a
+  // multiple of the thread count and evened out, so that no thread idles on a short last block.
+  const long mc = round_up(ceil_div(pr.M, round_up(ceil_div(pr.M, Kernel::MC), threads)), MR);
+  const long m_blocks = ceil_div(pr.M, mc);
   const long nc = std::min(Kernel::NC, round_up(pr.N, NR));
   const long kc_max = std::min(Kernel::KC, pr.K);
-  const bool threaded = double(pr.M) * double(pr.N) * double(pr.K) >= kParallelMacs;
   P* const b_block = b_scratch.get<P>(ceil_div(kc_max, k_per_step) * nc);
 
   for (long jc = 0; jc < pr.N; jc += nc) {
@@ -371,20 +375,18 @@ void gemm_blocked(const Problem& pr) {
       const long steps = ceil_div(kc, k_per_step);
       const float beta = pc == 0 ? pr.beta : 1.0f;  // later K blocks accumulate
 
-      auto pack_b = [&](size_t begin, size_t end) {
-        for (long jr = long(begin); jr < long(end); ++jr) {
-          pack_panel<L, NR>(pr.b, jc + jr * NR, pc, std::min<long>(NR, cols - jr * NR), kc,
-                            pr.round_to_bf16, b_block + jr * steps * NR);
-        }
+      auto pack_b = [&](size_t jr) {
+        pack_panel<L, NR>(pr.b, jc + long(jr) * NR, pc, std::min<long>(NR, cols - long(jr) * NR),
+                          kc, pr.round_to_bf16, b_block + long(jr) * steps * NR);
       };
-      if (threaded) parallel_for(size_t(b_panels), 4, pack_b);
-      else pack_b(0, size_t(b_panels));
+      if (threaded) parallel_for_each(size_t(b_panels), pack_b);
+      else for (long jr = 0; jr < b_panels; ++jr) pack_b(size_t(jr));
 
-      // Work items are MC-row blocks of A; when there are fewer blocks than threads, the B
-      // panels are split too (each part repacks its A block, which is small in that case).
-      const long m_blocks = ceil_div(pr.M, mc);
+      // When M alone gives too few blocks (small M), the B panels are split too; each part
+      // repacks its A block, which is small in that case. Items are handed out dynamically, so
+      // a thread the OS delays does not hold the others up.
       const long n_parts =
-          threaded ? std::clamp<long>(ceil_div(2L * num_threads(), m_blocks), 1, b_panels) : 1;
+          threaded ? std::clamp<long>(ceil_div(2 * threads, m_blocks), 1, b_panels) : 1;
       auto block = [&](size_t item) {
         const long ic = long(item) / n_parts * mc;
         const long part = long(item) % n_parts;
