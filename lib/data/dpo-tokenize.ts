@@ -87,8 +87,8 @@ export class DpoTokenizer {
   private untruncated(row: Record<string, unknown>): Untruncated {
     const pretokenized = pretokenizedFields(row);
     if (pretokenized) return this.pretokenized(row, pretokenized);
-    if (row.chosen === undefined) throw new RowProblem('missing_field', 'chosen', 'missing');
-    if (row.rejected === undefined) throw new RowProblem('missing_field', 'rejected', 'missing');
+    if (row.chosen == null) throw new RowProblem('missing_field', 'chosen', 'missing');
+    if (row.rejected == null) throw new RowProblem('missing_field', 'rejected', 'missing');
     if (Array.isArray(row.chosen) || Array.isArray(row.rejected)) return this.conversational(row);
     return this.plainText(row);
   }
@@ -137,8 +137,8 @@ export class DpoTokenizer {
 }
 
 function pretokenizedFields(row: Record<string, unknown>): [string, string, string] | null {
-  if (row.chosen_input_ids !== undefined) return ['prompt_input_ids', 'chosen_input_ids', 'rejected_input_ids'];
-  if (row.chosen_ids !== undefined) return ['prompt_ids', 'chosen_ids', 'rejected_ids'];
+  if (row.chosen_input_ids != null) return ['prompt_input_ids', 'chosen_input_ids', 'rejected_input_ids'];
+  if (row.chosen_ids != null) return ['prompt_ids', 'chosen_ids', 'rejected_ids'];
   return null;
 }
 

@@ -23,7 +23,7 @@ export function isMessageList(value: unknown): value is Record<string, unknown>[
  * unless `checkOrder` is false (a completion checked later together with its prompt).
  */
 export function parseMessages(value: unknown, field: string, checkOrder = true): ChatMessage[] {
-  if (value === undefined) throw new RowProblem('missing_field', field, 'missing');
+  if (value === undefined || value === null) throw new RowProblem('missing_field', field, 'missing');
   if (!Array.isArray(value)) throw new RowProblem('wrong_type', field, `expected a list of messages, found ${typeName(value)}`);
   if (value.length === 0) throw new RowProblem('empty_conversation', field, 'no messages');
   const messages = value.map((entry, i) => parseMessage(entry, `${field}[${i}]`));

@@ -87,11 +87,12 @@ export class SftTokenizer {
   }
 
   private idsAndLabels(row: Record<string, unknown>): { inputIds: Int32Array; labels: Int32Array | null; promptNotPrefix: boolean } {
-    if (row.input_ids !== undefined) return { ...this.pretokenized(row), promptNotPrefix: false };
-    if (row.messages !== undefined) return { ...this.conversation(parseMessages(row.messages, 'messages')), promptNotPrefix: false };
-    if (row.prompt !== undefined && row.completion !== undefined) return this.promptCompletion(row);
+    // Parquet writes an absent field as null: both mean "not this shape".
+    if (row.input_ids != null) return { ...this.pretokenized(row), promptNotPrefix: false };
+    if (row.messages != null) return { ...this.conversation(parseMessages(row.messages, 'messages')), promptNotPrefix: false };
+    if (row.prompt != null && row.completion != null) return this.promptCompletion(row);
     const textField = this.options.datasetTextField;
-    if (row[textField] !== undefined) return { ...this.text(parseString(row[textField], textField)), promptNotPrefix: false };
+    if (row[textField] != null) return { ...this.text(parseString(row[textField], textField)), promptNotPrefix: false };
     throw new RowProblem('missing_field', 'messages', `missing (expected 'messages', 'prompt'+'completion', '${textField}' or 'input_ids')`);
   }
 
