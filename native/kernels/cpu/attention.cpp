@@ -57,7 +57,14 @@ Layout make_layout(const AttentionShape& shape) {
   L.head_dim = shape.head_dim;
   L.padded_dim = round_up(shape.head_dim, kLanes);
   L.window = shape.window > 0 && shape.window <= shape.tokens ? shape.window : shape.tokens + 1;
-  L.block_tokens = std::max(1L, kBlockRows / L.group);
+  // About kBlockRows rows, a multiple of the 6-row register tile where the group allows.
+  L.block_tokens = std::max(1L, (kBlockRows + L.group - 1) / L.group);
+  for (long extra = 0; extra < 6; ++extra) {
+    if ((L.block_tokens + extra) * L.group % 6 == 0) {
+      L.block_tokens += extra;
+      break;
+    }
+  }
   L.scale = shape.scale;
   return L;
 }

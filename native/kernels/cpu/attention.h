@@ -5,6 +5,9 @@
 // Query i (index inside its document) sees key j iff j <= i and i - window < j (window <= 0:
 // no window, i.e. full causal). Query head h reads kv head h / (Hq / Hkv).
 // Flash-style: tiles with online softmax, never a [T, T] matrix; backward recomputes scores.
+// Working memory: K and V are repacked once per call into per-tile matmul panels (forward about
+// 2x the size of k; backward 3x k plus 3x q for Q, dO and the dQ accumulator), all O(T·H·D).
+// Results are deterministic: the same inputs give the same bits for any thread count.
 #pragma once
 #include <cstdint>
 
