@@ -110,22 +110,31 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
     }
   }
 
-  // Runs work on the model off the main thread, releasing the model when it ends.
+  // Runs work on the model off the main thread. The model stays busy until the promise settles
+  // (on the main thread), so JS never sees it free while a call's promise is pending. Errors are
+  // carried to the main thread and reject the promise there, named after the op.
   Napi::Promise run(const Options& options, std::function<void(MistralModel&)> work,
                     std::function<Napi::Value(Napi::Env)> result = nullptr) {
     claim(options);
     auto model = model_;
     auto busy = busy_;
+    auto error = std::make_shared<std::string>();
+    auto failed = std::make_shared<bool>(false);
     return run_async(
         options,
-        [model, busy, work] {
-          struct Release {
-            std::atomic<bool>& flag;
-            ~Release() { flag = false; }
-          } release{*busy};
-          work(*model);
+        [model, work, error, failed] {
+          try {
+            work(*model);
+          } catch (const std::exception& e) {
+            *failed = true;
+            *error = e.what();
+          }
         },
-        std::move(result));
+        [busy, result, error, failed, op = std::string(options.op())](Napi::Env env) -> Napi::Value {
+          *busy = false;
+          if (*failed) throw Napi::Error::New(env, op + ": " + *error);
+          return result ? result(env) : env.Undefined();
+        });
   }
 
   void check_idle(const Options& options) const {
