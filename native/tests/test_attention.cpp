@@ -278,6 +278,29 @@ ZN_TEST("attention.results_are_deterministic") {
   }
 }
 
+// With two or more threads the backward computes dQ alongside dK/dV when there are enough
+// (kv head, document) items to share out (here: two kv heads), and in a separate pass otherwise
+// (one kv head). Kv head 0 of the first problem is the whole second problem, so the two schemes
+// must agree bit for bit.
+ZN_TEST("attention.backward_schemes_agree_bitwise") {
+  const Case two{150, 8, 2, 24, 40, {150}}, one{150, 4, 1, 24, 40, {150}};
+  const Inputs a = random_inputs(two);
+  Inputs b;
+  for (long t = 0; t < two.tokens; ++t) {
+    const auto q = a.q.begin() + t * 8 * 24, dout = a.dout.begin() + t * 8 * 24;
+    b.q.insert(b.q.end(), q, q + 4 * 24);
+    b.dout.insert(b.dout.end(), dout, dout + 4 * 24);
+    b.k.insert(b.k.end(), a.k.begin() + t * 2 * 24, a.k.begin() + t * 2 * 24 + 24);
+    b.v.insert(b.v.end(), a.v.begin() + t * 2 * 24, a.v.begin() + t * 2 * 24 + 24);
+  }
+  const Result ra = run_kernel(two, a, cpu_path()), rb = run_kernel(one, b, cpu_path());
+  for (long t = 0; t < two.tokens; ++t) {
+    EXPECT(std::memcmp(&ra.dq[t * 8 * 24], &rb.dq[t * 4 * 24], 4 * 24 * sizeof(float)) == 0, "dq token ", t);
+    EXPECT(std::memcmp(&ra.dk[t * 2 * 24], &rb.dk[t * 24], 24 * sizeof(float)) == 0, "dk token ", t);
+    EXPECT(std::memcmp(&ra.dv[t * 2 * 24], &rb.dv[t * 24], 24 * sizeof(float)) == 0, "dv token ", t);
+  }
+}
+
 ZN_TEST("attention.rejects_bad_arguments") {
   const std::vector<float> x(4 * 2 * 8, 0.5f);
   std::vector<float> out(x.size()), lse(8);
