@@ -283,11 +283,12 @@ describe('rate: against a scripted judge', () => {
     const env = { ...process.env, ZN_JUDGE_API_KEY: 'sk-cli-secret-456' };
     const firstStart = server.requests.length;
     const child = spawn(process.execPath, [cli, ...args], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-    child.stderr.resume();
+    let childStderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (childStderr += chunk));
     const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
     // Kill once a few rows are on disk and more are in flight.
     while (completeRows(output).length < 5) {
-      assert.equal(child.exitCode, null, 'the first run finished before it could be killed');
+      assert.equal(child.exitCode, null, `the first run ended before it could be killed: ${childStderr}`);
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
     child.kill('SIGKILL');
