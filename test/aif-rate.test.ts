@@ -80,6 +80,7 @@ describe('rate: answer parsing and HTTP details', () => {
       '[{"rating": 4, "rationale": "fine"}, {"rating": "n/a", "rationale": "n/a here"}]',
       '#### Output for Text 1\nRating: 4\nRationale: fine\n\n#### Output for Text 2\nRating: N/A\nRationale: n/a here\n',
       '**Response 1**\nRating: **4**\nRationale: fine\n**Response 2**\nRating: N/A\nRationale: n/a here',
+      'My ratings {as asked}:\n```\n{"ratings": [{"response": 1, "rating": 4, "rationale": "fine"}, {"response": 2, "rating": "N/A", "rationale": "n/a here"}]}\n```\n(scale [1-5])',
     ];
     for (const answer of answers) assert.deepEqual(parseRatings(answer, 2), expected, answer);
     const unreadable = [

@@ -126,6 +126,12 @@ export function parseRatings(answer: string, count: number): AspectRating[] | nu
 }
 
 function fromJson(answer: string, count: number): AspectRating[] | null {
+  const fenced = /```(?:json)?\s*\n([\s\S]*?)```/i.exec(answer)?.[1];
+  return (fenced !== undefined ? fromJsonText(fenced, count) : null) ?? fromJsonText(answer, count);
+}
+
+/** The JSON value spanning the first opening bracket to the last closing one. */
+function fromJsonText(answer: string, count: number): AspectRating[] | null {
   const start = answer.search(/[[{]/);
   if (start < 0) return null;
   const end = Math.max(answer.lastIndexOf('}'), answer.lastIndexOf(']'));
