@@ -150,7 +150,6 @@ class MistralModel {
   const void* weight(const ParameterSpec& p) const;
   DType weight_dtype() const;
   float* grad(const ParameterSpec& p);
-  const ParameterSpec& lm_head() const;
 
   MistralConfig config_;
   ModelOptions options_;
@@ -167,7 +166,7 @@ class MistralModel {
   std::vector<float> master_;
   std::vector<bf16> weights_bf16_;  // bf16 mode only
   std::vector<float> grads_;        // trainable only
-  std::vector<float> adam_m_, adam_v_;  // allocated at the first step (counted in the plan)
+  std::vector<float> adam_m_, adam_v_;  // AdamW moments (trainable only)
   long step_ = 0;
 
   std::vector<float> arena_;
