@@ -180,6 +180,7 @@ using TileFn = void (*)(long steps, const P* a, const P* b, float* c, long ldc, 
 struct ScalarF32 {
   using Packed = float;
   static constexpr Layout layout = Layout::F32Lanes;
+  static constexpr bool avx2_packing = false;
   static constexpr int MR = 6, NR = 16;
   static constexpr long MC = 144, KC = 256, NC = 3072;
   static constexpr TileFn<Packed> tile = tile_scalar_f32<MR, NR>;
@@ -188,6 +189,7 @@ struct ScalarF32 {
 struct ScalarBf16Pairs {
   using Packed = uint32_t;
   static constexpr Layout layout = Layout::Bf16Pairs;
+  static constexpr bool avx2_packing = false;
   static constexpr int MR = 12, NR = 32;
   static constexpr long MC = 192, KC = 256, NC = 3072;
   static constexpr TileFn<Packed> tile = tile_scalar_bf16_pairs<MR, NR>;
@@ -195,6 +197,7 @@ struct ScalarBf16Pairs {
 
 #ifdef ZN_GEMM_X86
 struct Avx2F32 : ScalarF32 {
+  static constexpr bool avx2_packing = true;
   static constexpr TileFn<Packed> tile = tile_avx2_6x16;
 };
 
@@ -267,6 +270,79 @@ void pack_f32_lanes(const T* src, long stride, bool lanes_contiguous, long lanes
   }
 }
 
+#ifdef ZN_GEMM_X86
+
+// Eight consecutive source values as f32, converted exactly as the scalar functors do.
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* s, KeepF32) {
+  return _mm256_loadu_ps(s);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* s, RoundF32ToBf16) {
+  const __m256 x = _mm256_loadu_ps(s);
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i high_half = _mm256_set1_epi32(int(0xffff0000u));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_and_si256(
+      _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), high_half);
+  const __m256i quiet_nan =
+      _mm256_or_si256(_mm256_and_si256(u, high_half), _mm256_set1_epi32(0x400000));
+  const __m256 is_nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  return _mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(quiet_nan), is_nan);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 load8(const bf16* s, WidenBf16) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+// In-register 8 x 8 transpose: r[i][j] becomes r[j][i].
+__attribute__((target("avx2,fma"))) inline void transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// pack_f32_lanes for a full panel (lanes == W) of a depth-contiguous source (op(B) with B
+// transposed, as in y = x·Wᵀ): 8 x 8 blocks transposed in registers.
+template <int W, typename T, typename Convert>
+__attribute__((target("avx2,fma"))) void pack_f32_lanes_transposing_avx2(
+    const T* src, long stride, long depth, Convert convert, float* dst) {
+  static_assert(W % 8 == 0, "whole 8-lane blocks");
+  long d0 = 0;
+  for (; d0 + 8 <= depth; d0 += 8) {
+    for (int l0 = 0; l0 < W; l0 += 8) {
+      __m256 rows[8];
+#pragma GCC unroll 8
+      for (int l = 0; l < 8; ++l) rows[l] = load8(src + (l0 + l) * stride + d0, convert);
+      transpose8x8(rows);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (d0 + j) * W + l0, rows[j]);
+    }
+  }
+  for (; d0 < depth; ++d0) {
+    for (int l = 0; l < W; ++l) dst[d0 * W + l] = convert(src[l * stride + d0]);
+  }
+}
+
+#endif  // ZN_GEMM_X86
+
 // dst[q * W + l] = bf16(src(l, 2q)) | bf16(src(l, 2q + 1)) << 16, zero past `lanes` and `depth`.
 template <int W, typename T, typename Bits>
 void pack_bf16_pairs(const T* src, long stride, bool lanes_contiguous, long lanes, long depth,
@@ -291,7 +367,8 @@ void pack_bf16_pairs(const T* src, long stride, bool lanes_contiguous, long lane
 }
 
 // Packs lanes [lane0, lane0 + lanes) x depth [depth0, depth0 + depth) of `src` as one panel.
-template <Layout L, int W, typename P>
+// With `avx2`, full panels of depth-contiguous sources take the AVX2 transposing path.
+template <Layout L, int W, bool avx2, typename P>
 void pack_panel(const Source& src, long lane0, long depth0, long lanes, long depth,
                 bool round_to_bf16, P* dst) {
   const long offset = src.lanes_contiguous ? depth0 * src.stride + lane0
@@ -301,6 +378,18 @@ void pack_panel(const Source& src, long lane0, long depth0, long lanes, long dep
   const float* f32 = static_cast<const float*>(src.data) + offset;
   const bf16* b16 = static_cast<const bf16*>(src.data) + offset;
   if constexpr (L == Layout::F32Lanes) {
+#ifdef ZN_GEMM_X86
+    if constexpr (avx2 && W % 8 == 0) {
+      if (!lc && lanes == W) {
+        if (src.dtype == DType::BF16)
+          pack_f32_lanes_transposing_avx2<W>(b16, stride, depth, WidenBf16{}, dst);
+        else if (round_to_bf16)
+          pack_f32_lanes_transposing_avx2<W>(f32, stride, depth, RoundF32ToBf16{}, dst);
+        else pack_f32_lanes_transposing_avx2<W>(f32, stride, depth, KeepF32{}, dst);
+        return;
+      }
+    }
+#endif
     if (src.dtype == DType::BF16) pack_f32_lanes<W>(b16, stride, lc, lanes, depth, WidenBf16{}, dst);
     else if (round_to_bf16) pack_f32_lanes<W>(f32, stride, lc, lanes, depth, RoundF32ToBf16{}, dst);
     else pack_f32_lanes<W>(f32, stride, lc, lanes, depth, KeepF32{}, dst);
@@ -376,7 +465,7 @@ void gemm_blocked(const Problem& pr) {
       const float beta = pc == 0 ? pr.beta : 1.0f;  // later K blocks accumulate
 
       auto pack_b = [&](size_t jr) {
-        pack_panel<L, NR>(pr.b, jc + long(jr) * NR, pc, std::min<long>(NR, cols - long(jr) * NR),
+        pack_panel<L, NR, Kernel::avx2_packing>(pr.b, jc + long(jr) * NR, pc, std::min<long>(NR, cols - long(jr) * NR),
                           kc, pr.round_to_bf16, b_block + long(jr) * steps * NR);
       };
       if (threaded) parallel_for_each(size_t(b_panels), pack_b);
@@ -394,7 +483,7 @@ void gemm_blocked(const Problem& pr) {
         const long a_panels = ceil_div(rows, MR);
         P* const a_block = a_scratch.get<P>(a_panels * steps * MR);
         for (long ir = 0; ir < a_panels; ++ir) {
-          pack_panel<L, MR>(pr.a, ic + ir * MR, pc, std::min<long>(MR, rows - ir * MR), kc,
+          pack_panel<L, MR, Kernel::avx2_packing>(pr.a, ic + ir * MR, pc, std::min<long>(MR, rows - ir * MR), kc,
                             pr.round_to_bf16, a_block + ir * steps * MR);
         }
         for (long jr = b_panels * part / n_parts; jr < b_panels * (part + 1) / n_parts; ++jr) {
