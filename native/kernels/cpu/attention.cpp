@@ -25,6 +25,7 @@ namespace {
 
 constexpr long kKeyTile = 64;    // keys per tile (Bc)
 constexpr long kBlockRows = 64;  // target query rows (tokens × heads of a group) per block
+constexpr long kKeyTilesPerPass = 4;  // key tiles the backward takes per walk over query blocks
 constexpr long kLanes = 16;      // matmul output widths are multiples of two AVX2 vectors
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -489,7 +490,8 @@ Scratch& scratch_for(const Layout& L) {
   const size_t rows = size_t(L.max_block_rows()), dim = size_t(L.padded_dim);
   for (auto* v : {&s.q, &s.rows_out}) v->resize(std::max(v->size(), rows * dim));
   for (auto* v : {&s.scores, &s.dscores}) v->resize(std::max(v->size(), rows * kKeyTile));
-  for (auto* v : {&s.dk, &s.dv}) v->resize(std::max(v->size(), size_t(kKeyTile) * dim));
+  const size_t key_tiles = size_t(kKeyTilesPerPass * kKeyTile) * dim;
+  for (auto* v : {&s.dk, &s.dv}) v->resize(std::max(v->size(), key_tiles));
   for (auto* v : {&s.row_max, &s.row_sum, &s.rescale}) v->resize(std::max(v->size(), rows));
   return s;
 }
@@ -647,12 +649,13 @@ void score_gradients(const Layout& L, const Kernels& K, const Pair& x, Scratch& 
 }
 
 // dV_tile += Pᵀ·dO, dK_tile += dSᵀ·(scale·Q).
-void accumulate_key_grads(const Layout& L, const Kernels& K, const Pair& x, Scratch& s) {
+void accumulate_key_grads(const Layout& L, const Kernels& K, const Pair& x, float* dk, float* dv,
+                          const Scratch& s) {
   const long P = L.padded_dim;
-  K.matmul(x.keys.size(), P, x.rows, {s.scores.data(), kKeyTile, true}, {x.dout, P, kLanes},
-           s.dv.data(), P, true);
-  K.matmul(x.keys.size(), P, x.rows, {s.dscores.data(), kKeyTile, true}, {x.q, P, kLanes},
-           s.dk.data(), P, true);
+  K.matmul(x.keys.size(), P, x.rows, {s.scores.data(), kKeyTile, true}, {x.dout, P, kLanes}, dv,
+           P, true);
+  K.matmul(x.keys.size(), P, x.rows, {s.dscores.data(), kKeyTile, true}, {x.q, P, kLanes}, dk,
+           P, true);
 }
 
 // dQ_block += dS·K (scaled once at the end). Both backward schemes accumulate the key tiles of
@@ -663,30 +666,42 @@ void accumulate_query_grads(const Layout& L, const Kernels& K, const Pair& x, Sc
 }
 
 void write_key_grads(const Layout& L, const BackwardOperands& a, long kv_head, Span keys,
-                     const Scratch& s) {
+                     const float* dk_tile, const float* dv_tile) {
   for (long j = keys.begin; j < keys.end; ++j) {
     const long offset = j * L.kv_stride() + kv_head * L.head_dim;
     const long row = (j - keys.begin) * L.padded_dim;
-    std::copy_n(s.dk.data() + row, L.head_dim, a.dk + offset);
-    std::copy_n(s.dv.data() + row, L.head_dim, a.dv + offset);
+    std::copy_n(dk_tile + row, L.head_dim, a.dk + offset);
+    std::copy_n(dv_tile + row, L.head_dim, a.dv + offset);
   }
 }
 
-// dK, dV of one key tile over every query block that sees it (and, with_dq, those blocks' dQ).
-void backward_key_tile(const Layout& L, const Kernels& K, const BackwardOperands& a,
-                       long kv_head, long doc_index, Span doc, long tile, bool with_dq) {
+// dK, dV of key tiles [tiles) over every query block that sees them (and, with_dq, those
+// blocks' dQ). Walking the blocks once for a few tiles reads each block's Q, dO and dQ once
+// per pass instead of once per tile; every tile still sees the blocks in order, and every block
+// the tiles in order, so the sums are the same as tile by tile.
+void backward_key_tiles(const Layout& L, const Kernels& K, const BackwardOperands& a,
+                        long kv_head, long doc_index, Span doc, Span tiles, bool with_dq) {
   Scratch& s = scratch_for(L);
-  const Span keys = key_tile(doc, tile);
-  std::fill_n(s.dk.data(), keys.size() * L.padded_dim, 0.0f);
-  std::fill_n(s.dv.data(), keys.size() * L.padded_dim, 0.0f);
-  const Span blocks = query_blocks_seeing(L, doc, keys);
-  for (long b = blocks.begin; b < blocks.end; ++b) {
-    const Pair x = make_pair(L, a, kv_head, doc_index, doc, query_block(L, doc, b), tile);
-    score_gradients(L, K, x, s);
-    accumulate_key_grads(L, K, x, s);
-    if (with_dq) accumulate_query_grads(L, K, x, s);
+  const long tile_floats = kKeyTile * L.padded_dim;
+  std::fill_n(s.dk.data(), tiles.size() * tile_floats, 0.0f);
+  std::fill_n(s.dv.data(), tiles.size() * tile_floats, 0.0f);
+  const long first_block = query_blocks_seeing(L, doc, key_tile(doc, tiles.begin)).begin;
+  const long end_block = query_blocks_seeing(L, doc, key_tile(doc, tiles.end - 1)).end;
+  for (long b = first_block; b < end_block; ++b) {
+    for (long tile = tiles.begin; tile < tiles.end; ++tile) {
+      const Span blocks = query_blocks_seeing(L, doc, key_tile(doc, tile));
+      if (b < blocks.begin || b >= blocks.end) continue;
+      const Pair x = make_pair(L, a, kv_head, doc_index, doc, query_block(L, doc, b), tile);
+      score_gradients(L, K, x, s);
+      const long slot = (tile - tiles.begin) * tile_floats;
+      accumulate_key_grads(L, K, x, s.dk.data() + slot, s.dv.data() + slot, s);
+      if (with_dq) accumulate_query_grads(L, K, x, s);
+    }
   }
-  write_key_grads(L, a, kv_head, keys, s);
+  for (long tile = tiles.begin; tile < tiles.end; ++tile) {
+    const long slot = (tile - tiles.begin) * tile_floats;
+    write_key_grads(L, a, kv_head, key_tile(doc, tile), s.dk.data() + slot, s.dv.data() + slot);
+  }
 }
 
 // dQ of one query block, recomputing scores over the key tiles it sees.
@@ -771,8 +786,10 @@ void run_backward(const Layout& L, const Kernels& K, const std::vector<Span>& do
     }
     run_items(std::move(items), [&](const WorkItem& item) {
       const Span doc = docs[size_t(item.doc)];
-      for (long tile = 0; tile < count_key_tiles(doc); ++tile) {
-        backward_key_tile(L, K, a, item.kv_head, item.doc, doc, tile, true);
+      const long tiles = count_key_tiles(doc);
+      for (long tile = 0; tile < tiles; tile += kKeyTilesPerPass) {
+        const Span pass{tile, std::min(tiles, tile + kKeyTilesPerPass)};
+        backward_key_tiles(L, K, a, item.kv_head, item.doc, doc, pass, true);
       }
     });
     return;
@@ -787,7 +804,8 @@ void run_backward(const Layout& L, const Kernels& K, const std::vector<Span>& do
     }
   }
   run_items(std::move(key_items), [&](const WorkItem& item) {
-    backward_key_tile(L, K, a, item.kv_head, item.doc, docs[size_t(item.doc)], item.index, false);
+    const Span tile{item.index, item.index + 1};
+    backward_key_tiles(L, K, a, item.kv_head, item.doc, docs[size_t(item.doc)], tile, false);
   });
   run_items(query_block_items(L, docs), [&](const WorkItem& item) {
     backward_query_block(L, K, a, item.kv_head, item.doc, docs[size_t(item.doc)], item.index);
