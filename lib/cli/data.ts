@@ -43,7 +43,7 @@ const inspectCommand: CommandModule<object, InspectArgs> = {
       .option('model_name_or_path', { type: 'string', describe: 'Model or tokenizer folder (default: the bundled Mistral tokenizer)' })
       .option('mode', { choices: ['sft', 'dpo'] as const, describe: 'How the trainer reads the rows (default: dpo for chosen/rejected rows, else sft)' })
       .option('split', { type: 'string', describe: 'Split of a dataset folder (default: its only split, or train)' })
-      .option('max_length', { type: 'number', default: 1024, describe: 'Longest sequence; longer ones keep their start' })
+      .option('max_length', { type: 'number', default: 1024, alias: 'max_seq_length', describe: 'Longest sequence; longer ones keep their start' })
       .option('max_prompt_length', { type: 'number', describe: 'DPO: keep the last N prompt tokens (older TRL rule)' })
       .option('assistant_only_loss', { type: 'boolean', default: false, describe: 'SFT: loss on assistant tokens only' })
       .option('packing', { type: 'boolean', default: false, describe: 'SFT: also report how examples pack into max_length rows' })

@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 
 import { ZnError } from '../errors.js';
+import { cutWordsAtUnmergeableBoundaries } from './bpe-words.js';
 import { type TokenOffsets, alignTokens, offsetPipeline } from './token-offsets.js';
 
 /** The parts of tokenizer.json this module reads or rewrites; the rest passes through. */
@@ -84,6 +85,7 @@ export class HfTokenizer {
   private readonly tokenizer: Tokenizer;
   private readonly effective: TokenizerJson;
   private readonly addedTokens: Map<number, AddedTokenJson>;
+  private cachedVocabSize: number | undefined;
 
   constructor(tokenizerJson: TokenizerJson, config: TokenizerConfig, chatTemplateFile: string | null = null, where = 'tokenizer') {
     const isLlama = LLAMA_CLASSES.has(config.tokenizer_class ?? '');
@@ -101,7 +103,7 @@ export class HfTokenizer {
     } catch (error) {
       throw new ZnError(`${where}: cannot build the tokenizer: ${(error as Error).message}`);
     }
-    splitWordsAtUnmergeableBoundaries(this.tokenizer, this.effective);
+    cutWordsAtUnmergeableBoundaries(this.tokenizer, this.effective);
   }
 
   /** Loads `tokenizer.json` + `tokenizer_config.json` (+ `special_tokens_map.json`, `chat_template.jinja`). */
@@ -128,8 +130,11 @@ export class HfTokenizer {
     return this.eosToken === null ? null : this.tokenToId(this.eosToken);
   }
 
+  /** Tokens in the vocabulary, added tokens included (HF's `len(tokenizer)`). */
   get vocabSize(): number {
-    return this.tokenizer.get_vocab(true).size;
+    const size = this.cachedVocabSize ?? this.tokenizer.get_vocab(true).size;
+    this.cachedVocabSize = size;
+    return size;
   }
 
   /** Special tokens by their tokenizer_config names, as chat templates see them. */
@@ -201,43 +206,6 @@ function llamaPipeline(json: TokenizerJson, config: TokenizerConfig): TokenizerJ
     // transformers builds BPE(vocab, merges, fuse_unk=True, byte_fallback=True) with no unk token.
     model: { ...json.model, fuse_unk: true, byte_fallback: true, dropout: null },
   };
-}
-
-/**
- * Speed, not semantics: with Metaspace `split: false` (Mistral, Llama) a whole message reaches
- * the BPE model as one word, which @huggingface/tokenizers merges in O(n log n) without its word
- * cache (about 30k tokens/s). A merge can only join two characters `ab` that occur next to each
- * other in some vocabulary token (every merge result is a vocabulary token), so cutting a word
- * between characters that are adjacent in no token changes no merge: the ids are identical, and
- * the short pieces hit the model's cache. Applies to BPE models only.
- */
-function splitWordsAtUnmergeableBoundaries(tokenizer: Tokenizer, json: TokenizerJson): void {
-  const model = tokenizer.model as unknown as { _call(words: string[]): string[] } | null;
-  if (!model || json.model.type !== 'BPE' || Array.isArray(json.model.vocab)) return;
-  const adjacent = new Set<string>();
-  for (const token of Object.keys(json.model.vocab)) {
-    const chars = Array.from(token);
-    for (let i = 1; i < chars.length; i++) adjacent.add(chars[i - 1] + chars[i]);
-  }
-  const encodeWords = model._call.bind(model);
-  model._call = (words: string[]) => encodeWords(words.flatMap((word) => cutWord(word, adjacent)));
-}
-
-function cutWord(word: string, adjacent: Set<string>): string[] {
-  const pieces: string[] = [];
-  let start = 0;
-  let previous = '';
-  let index = 0;
-  for (const ch of word) {
-    if (index > 0 && !adjacent.has(previous + ch)) {
-      pieces.push(word.slice(start, index));
-      start = index;
-    }
-    previous = ch;
-    index += ch.length;
-  }
-  pieces.push(word.slice(start));
-  return pieces;
 }
 
 function specialTokenText(value: SpecialTokenValue): string | null {
