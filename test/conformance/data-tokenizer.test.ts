@@ -48,6 +48,8 @@ const TEXTS = [
   '\u2581already a metaspace',
   'ligature ﬁ and fullwidth ＡＢＣ',
   'The quick brown fox jumps over the lazy dog near the river bank.  The sea is wide.\n\nWrite a poem!',
+  // A long message: one BPE word under Metaspace split=false, cut into pieces by lib/data/bpe-words.ts.
+  Array.from({ length: 400 }, (_, i) => ['the', 'sea', 'is', 'wide', 'Write', '42', '3.14', 'café', '😀', 'Paris.', 'über', '日本'][(i * 7) % 12] + [' ', '', '  ', '\n'][(i * 5) % 4]).join(''),
   // A Zephyr-rendered chat: the text SFT and DPO tokenize most.
   '<|system|>\n</s>\n<|user|>\nWhat is 2 + 2?</s>\n<|assistant|>\n 2 + 2 = 4 😀</s>\n<|user|>\n  and 3+3?</s>\n<|assistant|>\n',
 ];
