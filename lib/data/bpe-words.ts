@@ -57,8 +57,9 @@ class AdjacentPairs {
 
 /** Wraps the BPE model so each word is cut into independently mergeable pieces first. */
 export function cutWordsAtUnmergeableBoundaries(tokenizer: Tokenizer, json: TokenizerJson): void {
-  const model = tokenizer.model as unknown as { _call(words: string[]): string[] } | null;
-  if (!model || json.model.type !== 'BPE' || Array.isArray(json.model.vocab)) return;
+  const model = tokenizer.model as unknown as { _call?: (words: string[]) => string[] } | null;
+  // `_call` is the library's word-encoding entry point; without it tokenizing is just slower.
+  if (typeof model?._call !== 'function' || json.model.type !== 'BPE' || Array.isArray(json.model.vocab)) return;
   const pairs = new AdjacentPairs(Object.keys(json.model.vocab));
   const encodeWords = model._call.bind(model);
   model._call = (words: string[]) => encodeWords(words.flatMap((word) => cutWord(word, pairs)));
