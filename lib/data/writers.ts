@@ -80,13 +80,21 @@ async function writeJsonl(handle: FileHandle, rows: Iterable<object> | AsyncIter
     bufferedChars += line.length;
     count++;
     if (bufferedChars >= flushBytes) {
-      await handle.write(buffer.join(''));
+      await writeAll(handle, buffer.join(''));
       buffer = [];
       bufferedChars = 0;
     }
   }
-  if (buffer.length) await handle.write(buffer.join(''));
+  if (buffer.length) await writeAll(handle, buffer.join(''));
   return { rows: count };
+}
+
+/** Writes all of `data` (one write call unless the OS takes only part of it). */
+async function writeAll(handle: FileHandle, data: string | Uint8Array): Promise<void> {
+  const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+  for (let offset = 0; offset < bytes.length; ) {
+    offset += (await handle.write(bytes, offset, bytes.length - offset)).bytesWritten;
+  }
 }
 
 /**
@@ -102,7 +110,7 @@ class FileSink extends ByteWriter {
     if (this.index === 0) return;
     const bytes = new Uint8Array(this.buffer, 0, this.index).slice();
     this.index = 0;
-    await this.handle.write(bytes);
+    await writeAll(this.handle, bytes);
   }
 
   override finish(): Promise<void> {
@@ -346,9 +354,7 @@ export class JsonlAppender {
 
   append(row: object): Promise<void> {
     const line = `${JSON.stringify(row)}\n`;
-    const done = this.queue.then(async () => {
-      await this.handle.write(line);
-    });
+    const done = this.queue.then(() => writeAll(this.handle, line));
     this.queue = done.catch(() => undefined);
     return done;
   }
