@@ -152,6 +152,8 @@ export interface NativeModel {
   forward(batch: NativeTokenBatch): Promise<{ logp: Float32Array }>;
   /** The same log-probs without keeping anything for backward. */
   logprobs(batch: NativeTokenBatch): Promise<{ logp: Float32Array }>;
+  /** Logits after each document's last token, [documents x vocab] (greedy decoding). */
+  nextTokenLogits(batch: NativeTokenBatch): Promise<{ logits: Float32Array }>;
   /** Accumulates parameter gradients of a loss whose per-token gradient is dlogp. */
   backward(options: { dlogp: Float32Array }): Promise<void>;
   zeroGrad(options: Record<string, never>): Promise<void>;

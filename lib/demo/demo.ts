@@ -21,6 +21,7 @@ import { DEFAULT_SFT_OPTIONS } from '../data/sft-examples.js';
 import { writeLlama2TokenizerFolder } from '../data/llama2-tokenizer.js';
 import { HfTokenizer } from '../data/tokenizer.js';
 import { writeRows } from '../data/writers.js';
+import { greedyChat } from '../model/generate.js';
 import { mistralConfig, writeRandomModel } from '../model/init.js';
 import { loadModel, type MistralModel } from '../model/model.js';
 import { loadNative } from '../native.js';
@@ -115,13 +116,15 @@ async function heldOut(model: MistralModel, reference: { chosen: number[]; rejec
   };
 }
 
-function table(rows: [string, HeldOut][]): string[] {
+/** Reward columns are against the SFT model (the DPO reference); the base row has none. */
+function table(rows: [string, HeldOut, boolean][]): string[] {
   const header = 'model   held-out SFT loss   DPO reward accuracy   reward margin   prefers chosen';
+  const cell = (value: number, width: number, shown: boolean) => (shown ? value.toFixed(3) : '-').padStart(width);
   return [
     header,
     ...rows.map(
-      ([name, m]) =>
-        `${name.padEnd(7)} ${m.sftLoss.toFixed(3).padStart(17)}   ${m.rewardAccuracy.toFixed(3).padStart(19)}   ${m.rewardMargin.toFixed(3).padStart(13)}   ${m.preferenceAccuracy.toFixed(3).padStart(14)}`,
+      ([name, m, rewards]) =>
+        `${name.padEnd(7)} ${cell(m.sftLoss, 17, true)}   ${cell(m.rewardAccuracy, 19, rewards)}   ${cell(m.rewardMargin, 13, rewards)}   ${cell(m.preferenceAccuracy, 14, true)}`,
     ),
   ];
 }
@@ -144,8 +147,10 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
 
   // 2. Teacher data.
   const ultrachat = join(root, 'data', 'ultrachat');
+  mkdirSync(join(ultrachat, 'data'), { recursive: true });
   await writeRows(join(ultrachat, 'data', 'train_sft-00000-of-00001.jsonl'), ultrachatRows(count(SFT_TRAIN), 1));
-  await writeRows(join(ultrachat, 'data', 'test_sft-00000-of-00001.jsonl'), ultrachatRows(count(SFT_TEST), 2));
+  const testChats = ultrachatRows(count(SFT_TEST), 2) as { prompt: string; messages: { content: string }[] }[];
+  await writeRows(join(ultrachat, 'data', 'test_sft-00000-of-00001.jsonl'), testChats);
   const raw = ultrafeedbackRows(count(PREFERENCE_ROWS), 3);
   await writeRows(join(root, 'data', 'ultrafeedback_raw.jsonl'), raw);
   say(`2. teacher data: ${ultrachat} (UltraChat schema), ${join(root, 'data', 'ultrafeedback_raw.jsonl')} (raw UltraFeedback schema, 4 rated completions per prompt)`);
@@ -160,9 +165,13 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   const tokenizer = HfTokenizer.fromFolder(base);
   const sftTest = (await loadSftData({ dataset_name: ultrachat, dataset_train_split: 'test_sft', dataset_test_split: null }, tokenizer, { ...DEFAULT_SFT_OPTIONS, maxLength: 256 })).train;
   const prefTest = (await loadDpoData({ dataset_name: binarized, dataset_train_split: 'test_prefs', dataset_test_split: null }, tokenizer, { ...DEFAULT_DPO_OPTIONS, maxLength: 256 })).train;
+  const template = chatTemplateOf(tokenizer);
+  const prompts = testChats.slice(0, 4).map((chat) => chat.prompt);
+  const completions: Record<string, string[]> = {};
   const baseModel = await loadModel(base);
   const baseRef = await pairLogps(baseModel, prefTest);
   const before = await heldOut(baseModel, baseRef, sftTest, prefTest);
+  completions.base = await greedyChat(baseModel, tokenizer, template, prompts);
 
   // 3b. dSFT.
   const sftDir = join(root, 'sft');
@@ -194,6 +203,7 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   const sftModel = await loadModel(sftDir);
   const sftRef = await pairLogps(sftModel, prefTest);
   const afterSft = await heldOut(sftModel, sftRef, sftTest, prefTest);
+  completions.sft = await greedyChat(sftModel, tokenizer, template, prompts);
   const dpoDir = join(root, 'dpo');
   say('3. dDPO on the binarized preferences (reference: the frozen SFT model)');
   await dpo(
@@ -221,16 +231,22 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   );
   const dpoModel = await loadModel(dpoDir);
   const afterDpo = await heldOut(dpoModel, sftRef, sftTest, prefTest);
+  completions.dpo = await greedyChat(dpoModel, tokenizer, template, prompts);
 
   say('');
-  say(`4. held-out results (${sftTest.length} chats, ${prefTest.length} preference pairs; rewards against the SFT model as reference, beta 0.1)`);
+  say(`4. held-out results (${sftTest.length} chats, ${prefTest.length} preference pairs; rewards beta * (log-ratio vs the SFT model), beta 0.1; "prefers chosen": log p(chosen) > log p(rejected))`);
   for (const line of table([
-    ['base', before],
-    ['sft', afterSft],
-    ['dpo', afterDpo],
+    ['base', before, false],
+    ['sft', afterSft, true],
+    ['dpo', afterDpo, true],
   ]))
     say(`   ${line}`);
-  void chatTemplateOf;
+  say('');
+  say('   greedy completions of held-out prompts:');
+  prompts.forEach((prompt, i) => {
+    say(`   user: ${prompt}  (teacher: ${testChats[i].messages[1].content})`);
+    for (const name of ['base', 'sft', 'dpo']) say(`     ${name.padEnd(4)} -> ${JSON.stringify(completions[name][i])}`);
+  });
   say(`models: ${base} (base), ${sftDir} (dSFT), ${dpoDir} (dDPO): Hugging Face folders that transformers loads`);
   return { before, afterSft, afterDpo };
 }

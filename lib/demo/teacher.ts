@@ -57,9 +57,12 @@ const TASKS: ((rng: Rng) => Task)[] = [
   (rng) => {
     const numbers = Array.from({ length: 4 }, () => int(rng, 1, 30));
     const sorted = [...numbers].sort((x, y) => x - y);
+    // The near miss must differ from the answer: swap two neighbours that differ, or reverse.
     const swapped = [...sorted];
     [swapped[1], swapped[2]] = [swapped[2], swapped[1]];
-    return { prompt: `Sort these numbers from smallest to largest: ${numbers.join(', ')}.`, answer: sorted.join(', '), nearMiss: swapped.join(', ') };
+    const nearMiss = swapped[1] !== swapped[2] ? swapped : [...sorted].reverse();
+    const wrong = nearMiss.join(', ') === sorted.join(', ') ? `${sorted.join(', ')}, 0` : nearMiss.join(', ');
+    return { prompt: `Sort these numbers from smallest to largest: ${numbers.join(', ')}.`, answer: sorted.join(', '), nearMiss: wrong };
   },
 ];
 

@@ -114,6 +114,11 @@ export class MistralModel {
     return (await this.native.logprobs(batch)).logp;
   }
 
+  /** Logits of the next token after each document of the batch: [documents x vocab]. */
+  async nextTokenLogits(batch: TokenBatch): Promise<Float32Array> {
+    return (await this.native.nextTokenLogits(batch)).logits;
+  }
+
   /** Accumulates gradients of a loss whose derivative w.r.t. each token's log-prob is dlogp. */
   backward(dlogp: Float32Array): Promise<void> {
     return this.native.backward({ dlogp });

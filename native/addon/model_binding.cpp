@@ -82,6 +82,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
                         InstanceMethod("saveWeights", &ModelWrap::SaveWeights),
                         InstanceMethod("forward", &ModelWrap::Forward),
                         InstanceMethod("logprobs", &ModelWrap::Logprobs),
+                        InstanceMethod("nextTokenLogits", &ModelWrap::NextTokenLogits),
                         InstanceMethod("backward", &ModelWrap::Backward),
                         InstanceMethod("zeroGrad", &ModelWrap::ZeroGrad),
                         InstanceMethod("clipAndStep", &ModelWrap::ClipAndStep),
@@ -234,6 +235,25 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value Forward(const Napi::CallbackInfo& info) { return RunForward(info, "forward", true); }
   // logprobs(batch) -> Promise<{logp: Float32Array}>, nothing kept.
   Napi::Value Logprobs(const Napi::CallbackInfo& info) { return RunForward(info, "logprobs", false); }
+
+  // nextTokenLogits(batch) -> Promise<{logits: Float32Array}>: [documents, vocab], the logits
+  // after each document's last token (greedy decoding).
+  Napi::Value NextTokenLogits(const Napi::CallbackInfo& info) {
+    Options options(info, "nextTokenLogits");
+    const model::TokenBatchView batch = read_batch(options);
+    auto logits = std::make_shared<std::vector<float>>();
+    return run(
+        options,
+        [batch, logits](MistralModel& m) {
+          logits->resize(size_t(batch.n_docs) * size_t(m.config().vocab_size));
+          m.next_token_logits(batch, logits->data());
+        },
+        [logits](Napi::Env env) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          out.Set("logits", copy_to_js(env, logits->data(), logits->size()));
+          return out;
+        });
+  }
 
   // backward({dlogp: Float32Array}) -> Promise<void>; dlogp has one entry per token of the
   // batch of the last forward().

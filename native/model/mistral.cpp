@@ -466,6 +466,22 @@ void MistralModel::logprobs(const TokenBatchView& batch, float* logp) {
   run_forward(logp, false);
 }
 
+void MistralModel::next_token_logits(const TokenBatchView& batch, float* logits) {
+  have_activations_ = false;
+  copy_batch(batch);
+  std::vector<float> logp(static_cast<size_t>(tokens_));
+  run_forward(logp.data(), false);
+  const long d = config_.hidden_size;
+  std::vector<float> last_rows(size_t(n_docs_) * size_t(d));
+  for (int doc = 0; doc < n_docs_; ++doc) {
+    const long row = cu_seqlens_[size_t(doc) + 1] - 1;
+    ZN_CHECK(row >= cu_seqlens_[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
+    std::copy_n(acts_->final_norm + row * d, d, last_rows.data() + size_t(doc) * size_t(d));
+  }
+  cpu::gemm(false, true, n_docs_, config_.vocab_size, d, 1.0f, {last_rows.data(), DType::F32, d},
+            {weight(*lm_head_), weight_dtype(), d}, 0.0f, logits, config_.vocab_size);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backward
 

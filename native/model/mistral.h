@@ -128,6 +128,9 @@ class MistralModel {
   void forward(const TokenBatchView& batch, float* logp);
   // Forward without keeping anything for backward (scoring, reference log-probs).
   void logprobs(const TokenBatchView& batch, float* logp);
+  // Logits of the token after each document's last position, [n_docs, vocab] (greedy decoding:
+  // only n_docs rows of logits ever exist).
+  void next_token_logits(const TokenBatchView& batch, float* logits);
   // dlogp[t] = d loss / d logp[t] for the `tokens` tokens of the last forward(); gradients
   // accumulate.
   void backward(const float* dlogp, long tokens);
