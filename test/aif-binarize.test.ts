@@ -68,10 +68,16 @@ describe('binarize: the pair rules', () => {
     });
   });
 
-  it('ties for best: the first in completion order is chosen, and the other best is never rejected', async () => {
+  it('ties for best: the first in completion order is chosen; neither the other best nor a copy of chosen is rejected', async () => {
     const row = {
       instruction: 'tie',
-      completions: [completion('low', [4, 4, 4, 4]), completion('best1', [5, 5, 5, 5]), completion('best2', [5, 5, 5, 5]), completion('lowest', [1, 1, 1, 1])],
+      completions: [
+        completion('low', [4, 4, 4, 4]),
+        completion('best1', [5, 5, 5, 5]),
+        completion('best2', [5, 5, 5, 5]),
+        completion('lowest', [1, 1, 1, 1]),
+        completion('best1', [3, 3, 3, 3]), // chosen's text again, rated lower: never rejected
+      ],
     };
     const seen = new Map<string, number>();
     for (let seed = 0; seed < 200; seed++) {
@@ -109,6 +115,7 @@ describe('binarize: the pair rules', () => {
       { instruction: 'tied', completions: [completion('x', [4, 4, 4, 4]), completion('y', [5, 3, 4, 4])] },
       { completions: [completion('x', [4, 4, 4, 4]), completion('y', [1, 1, 1, 1])] },
       { instruction: 'broken', completions: 'nope' },
+      { instruction: 'echo', completions: [completion('same', [5, 5, 5, 5]), completion('same', [2, 2, 2, 2])] },
       { instruction: 'fine', completions: [completion('x', [4, 4, 4, 4]), completion('y', [1, 1, 1, 1])] },
     ];
     const { pairs, stats } = await binarize(rows);
@@ -116,8 +123,8 @@ describe('binarize: the pair rules', () => {
       pairs.map((p) => p.prompt),
       ['fine'],
     );
-    assert.deepEqual(stats.skipped, { fewer_than_two_usable: 2, all_tied: 1, missing_instruction: 1, malformed_completions: 1 });
-    assert.equal(stats.rows, 6);
+    assert.deepEqual(stats.skipped, { fewer_than_two_usable: 2, all_tied: 1, missing_instruction: 1, malformed_completions: 1, no_distinct_rejected: 1 });
+    assert.equal(stats.rows, 7);
     assert.match(stats.examples[0], /^row 0: fewer_than_two_usable \(1 usable of 1 completions\)/);
     assert.match(stats.examples[2], /^row 2: all_tied \(all 2 usable completions score 4\)/);
     assert.throws(

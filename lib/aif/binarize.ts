@@ -13,11 +13,11 @@
  *  - chosen: the highest-scoring usable completion; among equal best scores, the first in the
  *    row's completion order.
  *  - rejected: drawn uniformly, seeded, from the remaining usable completions that score below
- *    `chosen` (a completion tied with `chosen` is never rejected: that pair carries no
- *    preference). Not the lowest: the paper draws at random on purpose. The draw is
- *    uniformIndex(seed, prompt_id, count), so it depends on the row alone.
- *  - rows with fewer than two usable completions, or where every usable completion ties, are
- *    skipped and counted by reason.
+ *    `chosen` and whose response differs from chosen's (a tie with `chosen`, or the same text
+ *    rated lower, carries no preference). Not the lowest: the paper draws at random on purpose.
+ *    The draw is uniformIndex(seed, prompt_id, count), so it depends on the row alone.
+ *  - rows with fewer than two usable completions, where every usable completion ties, or where
+ *    the only lower-scored responses repeat chosen's text, are skipped and counted by reason.
  */
 import type { ColumnType } from '../data/writers.js';
 import { ZnError } from '../errors.js';
@@ -53,7 +53,7 @@ export interface PreferenceRow {
   score_rejected: number;
 }
 
-export type SkipReason = 'missing_instruction' | 'malformed_completions' | 'fewer_than_two_usable' | 'all_tied';
+export type SkipReason = 'missing_instruction' | 'malformed_completions' | 'fewer_than_two_usable' | 'all_tied' | 'no_distinct_rejected';
 
 export interface BinarizeStats {
   rows: number;
@@ -120,8 +120,12 @@ export class Binarizer {
     const chosen = usable.find((c) => c.score === best)!;
     const below = usable.filter((c) => c.score < best);
     if (below.length === 0) return this.skip('all_tied', where, `all ${usable.length} usable completions score ${best}`);
+    const candidates = below.filter((c) => c.response !== chosen.response);
+    if (candidates.length === 0) {
+      return this.skip('no_distinct_rejected', where, `the ${below.length} lower-scored responses repeat the chosen one`);
+    }
     const promptId = sha256Hex(prompt);
-    const rejected = below[uniformIndex(this.seed, promptId, below.length)];
+    const rejected = candidates[uniformIndex(this.seed, promptId, candidates.length)];
     this.stats.pairs++;
     const conversation = (response: string): ChatMessage[] => [
       { content: prompt, role: 'user' },
