@@ -61,6 +61,18 @@ export const DEMO_MODEL = {
   pad_token_id: null,
 };
 
+/** Settings both demo stages share: one epoch, f32 on the CPU, no checkpoints. */
+const DEMO_TRAINING = {
+  device: 'cpu',
+  bf16: false,
+  num_train_epochs: 1,
+  max_length: 256,
+  gradient_checkpointing: false,
+  logging_steps: 20,
+  save_strategy: 'no',
+  seed: 42,
+};
+
 interface HeldOut {
   sftLoss: number;
   rewardAccuracy: number;
@@ -178,23 +190,16 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   say('3. dSFT on the teacher chats');
   await sft(
     {
+      ...DEMO_TRAINING,
       model_name_or_path: base,
       dataset_name: ultrachat,
       dataset_train_split: 'train_sft',
       dataset_test_split: 'test_sft',
       output_dir: sftDir,
-      device: 'cpu',
-      bf16: false,
       learning_rate: 2e-3,
       lr_scheduler_type: 'cosine',
       warmup_ratio: 0.05,
-      num_train_epochs: 1,
       per_device_train_batch_size: 16,
-      max_length: 256,
-      gradient_checkpointing: false,
-      logging_steps: 20,
-      save_strategy: 'no',
-      seed: 42,
     },
     { where: 'demo' },
   );
@@ -208,24 +213,17 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   say('3. dDPO on the binarized preferences (reference: the frozen SFT model)');
   await dpo(
     {
+      ...DEMO_TRAINING,
       model_name_or_path: sftDir,
       dataset_name: binarized,
       dataset_train_split: 'train_prefs',
       dataset_test_split: 'test_prefs',
       output_dir: dpoDir,
-      device: 'cpu',
-      bf16: false,
       beta: 0.1,
       learning_rate: 5e-4,
       lr_scheduler_type: 'linear',
       warmup_ratio: 0.1,
-      num_train_epochs: 1,
       per_device_train_batch_size: 8,
-      max_length: 256,
-      gradient_checkpointing: false,
-      logging_steps: 20,
-      save_strategy: 'no',
-      seed: 42,
     },
     { where: 'demo' },
   );

@@ -13,16 +13,13 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-ZEPHYR_TEMPLATE = (
-    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
-    "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
-    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
-    "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
-)
+from data_reference import ZEPHYR_CHAT_TEMPLATE  # noqa: E402  (the zephyr-7b-beta template)
 
 QUESTIONS = [
     ("What is 2 + 3?", "2 + 3 = 5.", "It is 6."),
@@ -51,7 +48,7 @@ def build_tokenizer(path):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
     )
-    fast.chat_template = ZEPHYR_TEMPLATE
+    fast.chat_template = ZEPHYR_CHAT_TEMPLATE
     fast.save_pretrained(path)
     return fast
 
