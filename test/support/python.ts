@@ -15,14 +15,16 @@ export interface ReferencePython {
   skipReason: string | null;
 }
 
-let cached: ReferencePython | undefined;
+const cache = new Map<string, ReferencePython>();
 
 export function referencePython(modules = ['torch', 'transformers', 'trl', 'safetensors', 'tokenizers']): ReferencePython {
+  const key = modules.join(',');
+  const cached = cache.get(key);
   if (cached) return cached;
   const venv = join(packageRoot(), '.venv-ref', 'bin', 'python');
   const python = process.env.ZN_PYTHON ?? (existsSync(venv) ? venv : 'python3');
   const probe = spawnSync(python, ['-c', `import ${modules.join(', ')}`], { encoding: 'utf8' });
-  cached =
+  const found: ReferencePython =
     probe.status === 0
       ? { python, skipReason: null }
       : {
@@ -31,7 +33,8 @@ export function referencePython(modules = ['torch', 'transformers', 'trl', 'safe
             `reference Python stack not available (${python}: ${(probe.stderr || String(probe.error ?? '')).trim().split('\n').pop()}); ` +
             'run `bash scripts/setup-python-reference.sh` or set ZN_PYTHON',
         };
-  return cached;
+  cache.set(key, found);
+  return found;
 }
 
 /** Runs a Python script with arguments; throws with its stderr when it fails. */
