@@ -1,5 +1,6 @@
 /**
- * `npm run bench:kernels -- [--json FILE] [--rounds N] [--zn-bench PATH] [--no-build] [--no-torch]`
+ * `npm run bench:kernels -- [--json FILE] [--rounds N] [--threads N] [--zn-bench PATH] [--no-build]
+ *                          [--no-torch] [--only gemm,attention,logprob]`
  *
  * The native CPU kernels (zn_bench, built by the CMake build from bench/native/bench_kernels.cpp)
  * beside PyTorch (bench/torch_kernels.py) on the same shapes and thread count, each figure also
@@ -71,11 +72,12 @@ function parseLines(output: string, source: string): BenchLine[] {
     });
 }
 
-function run(command: string, args: string[], what: string): string {
+function run(command: string, args: string[], what: string, extraEnv: Record<string, string> = {}): string {
   const result = spawnSync(command, args, {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
     maxBuffer: 1 << 26,
+    env: { ...process.env, ...extraEnv },
   });
   if (result.error) throw new Error(`${what} (${command}) could not start: ${result.error.message}`);
   if (result.status !== 0) throw new Error(`${what} (${command}) failed with ${result.status ?? result.signal}`);
@@ -144,6 +146,8 @@ function main(): void {
       'zn-bench': { type: 'string' },
       'no-build': { type: 'boolean', default: false },
       'no-torch': { type: 'boolean', default: false },
+      threads: { type: 'string' },
+      only: { type: 'string' },
     },
   });
   const rounds = Number(values.rounds);
@@ -151,11 +155,19 @@ function main(): void {
   const root = packageRoot();
   const znBench = locateZnBench(root, values['zn-bench'] ?? process.env.ZN_BENCH, !values['no-build'] && !values['zn-bench'] && !process.env.ZN_BENCH);
 
+  // --threads sets both sides' thread count (default: zn_bench's, i.e. ZN_NUM_THREADS or all cores).
+  const threadEnv: Record<string, string> = {};
+  if (values.threads !== undefined) {
+    if (!/^[1-9][0-9]*$/.test(values.threads)) throw new Error(`--threads must be a positive integer, got ${values.threads}`);
+    threadEnv.ZN_NUM_THREADS = values.threads;
+  }
+
   // Which ops this zn_bench was built with (kernels join native/sources.json over time).
-  const probe = parseLines(run(znBench, ['--list'], 'zn_bench --list'), 'zn_bench');
+  const probe = parseLines(run(znBench, ['--list'], 'zn_bench --list', threadEnv), 'zn_bench');
   const machine = probe.find((line) => line.op === 'machine');
   const ops = new Set((machine?.ops as string[] | undefined) ?? []);
-  const cases = CASES.filter((c) => ops.has(c.spec.split(':')[0]!));
+  const wanted = values.only === undefined ? null : new Set(values.only.split(','));
+  const cases = CASES.filter((c) => ops.has(c.spec.split(':')[0]!) && (!wanted || wanted.has(c.spec.split(':')[0]!)));
   for (const op of new Set(CASES.map((c) => c.spec.split(':')[0]!))) {
     if (!ops.has(op)) console.error(`${op}: not in this zn_bench build (its kernel is not in native/sources.json yet); skipped`);
   }
@@ -176,7 +188,7 @@ function main(): void {
   const peaks = new Map<string, BenchLine>();
   for (let round = 1; round <= rounds; ++round) {
     console.error(`round ${round}/${rounds}: zephyr-native ...`);
-    const lines = parseLines(run(znBench, ['peak', ...specs], 'zn_bench'), 'zn_bench');
+    const lines = parseLines(run(znBench, ['peak', ...specs], 'zn_bench', threadEnv), 'zn_bench');
     for (const peak of lines.filter((line) => line.op === 'peak')) {
       const id = `${peak.impl} ${peak.dtype}`;
       if ((peaks.get(id)?.gflops ?? 0) < (peak.gflops ?? 0)) peaks.set(id, peak);
