@@ -210,8 +210,8 @@ const std::vector<Case>& cases() {
       {200, 2, 1, 128, 64, {136, 64}},
       // Window 1: every query sees only itself; an arbitrary scale.
       {70, 2, 2, 3, 1, {1, 1, 68}, 0.7f},
-      // Many short documents of different lengths, ratio 2.
-      {64, 4, 2, 20, 5, {3, 1, 7, 1, 12, 2, 30, 8}},
+      // Many short documents of different lengths (one empty), ratio 2.
+      {64, 4, 2, 20, 5, {3, 1, 7, 1, 12, 0, 2, 30, 8}},
   };
   return all;
 }
@@ -299,6 +299,16 @@ ZN_TEST("attention.backward_schemes_agree_bitwise") {
     EXPECT(std::memcmp(&ra.dk[t * 2 * 24], &rb.dk[t * 24], 24 * sizeof(float)) == 0, "dk token ", t);
     EXPECT(std::memcmp(&ra.dv[t * 2 * 24], &rb.dv[t * 24], 24 * sizeof(float)) == 0, "dv token ", t);
   }
+}
+
+ZN_TEST("attention.accepts_an_empty_batch") {
+  const std::vector<int32_t> cu{0};
+  const AttentionShape shape{0, 4, 2, 8, 0, 0.3f};
+  float none = 0;
+  cpu::attention_forward(shape, &none, &none, &none, cu.data(), 0, &none, &none);
+  cpu::attention_backward(shape, &none, &none, &none, cu.data(), 0, &none, &none, &none, &none,
+                          &none, &none);
+  EXPECT(none == 0);
 }
 
 ZN_TEST("attention.rejects_bad_arguments") {
