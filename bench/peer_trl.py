@@ -1,10 +1,20 @@
 """The peer side of the step benchmark: PyTorch + transformers + TRL's SFTTrainer / DPOTrainer on
-the same preset shapes as zephyr-native's bench, timed per optimizer step with a callback.
+the same model folder and batch shape as zephyr-native's bench (bench/peer.ts writes the folder:
+config.json, random-init weights and the Llama-2 tokenizer, so both sides run the very same
+preset), timed per optimizer step with a callback.
 Prints one JSON object: {preset, mode, implementation: "trl", precision, step_s (median after
-warm-up), steps_s (all), tokens_per_step, tokens_per_s, peak_bytes (max RSS), threads, versions}.
+warm-up), steps_s (all timed), tokens_per_step, tokens_per_s, peak_bytes (max RSS), threads,
+versions}.
 
-usage: python peer_trl.py --preset small --mode sft|dpo --precision bf16|f32 --tokenizer DIR
+usage: python peer_trl.py --model DIR --preset NAME --mode sft|dpo --precision bf16|f32
+                          --sequences 4 --seq-len 512 --prompt-len 128
                           [--steps 3] [--warmup 1] [--threads N]
+
+SFT: `sequences` rows of `seq_len` random token ids (pre-tokenized, so the trainer does not
+tokenize). DPO: `sequences` pairs of text made of words that are one token each, so prompt +
+completion is `seq_len` tokens after TRL's keep_start truncation (checked below: the token count
+reported is the one TRL actually trains on). The reference model is a frozen copy, run forward
+every step (precompute_ref_log_probs=False), as zephyr-native's bench does.
 """
 import argparse
 import copy
@@ -16,20 +26,41 @@ import sys
 import tempfile
 import time
 
-PRESETS = {
-    "tiny": dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, sliding_window=4096, sequences=4, seq_len=128, tie_word_embeddings=True),
-    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                  num_key_value_heads=4, sliding_window=4096, sequences=4, seq_len=512, tie_word_embeddings=False),
-}
+# Words that are one token each in the Llama-2 / Mistral vocabulary (with the leading space).
+WORDS = ["alpha", "river", "stone", "cloud", "seven", "garden", "silver", "window", "planet", "orange"]
+
+
+def sft_rows(rng, count, seq_len, vocab):
+    return [{"input_ids": [rng.randint(3, vocab - 1) for _ in range(seq_len)]} for _ in range(count)]
+
+
+def dpo_rows(rng, count, seq_len, prompt_len):
+    # BOS + (prompt_len - 1) words; completions long enough to fill seq_len (the rest is cut).
+    text = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))
+    completion = seq_len - prompt_len + 8
+    return [{"prompt": text(prompt_len - 1), "chosen": " " + text(completion), "rejected": " " + text(completion)}
+            for _ in range(count)]
+
+
+def trained_tokens(mode, dataset, max_length):
+    """Tokens per row as TRL's collator cuts them: SFT input_ids; DPO prompt+chosen and prompt+rejected."""
+    if mode == "sft":
+        return [min(len(ids), max_length) for ids in dataset["input_ids"]]
+    lengths = []
+    for prompt, chosen, rejected in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+        lengths.append(min(len(prompt) + len(chosen), max_length) + min(len(prompt) + len(rejected), max_length))
+    return lengths
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    parser.add_argument("--model", required=True, help="HF model folder with tokenizer files")
+    parser.add_argument("--preset", required=True, help="label for the output")
     parser.add_argument("--mode", default="sft", choices=["sft", "dpo"])
     parser.add_argument("--precision", default="bf16", choices=["bf16", "f32"])
-    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--sequences", type=int, required=True, help="SFT sequences / DPO pairs per step")
+    parser.add_argument("--seq-len", type=int, required=True)
+    parser.add_argument("--prompt-len", type=int, required=True, help="DPO prompt tokens (BOS included)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
@@ -39,33 +70,25 @@ def main():
     import torch
     import transformers
     import trl
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM, TrainerCallback
+    from transformers import AutoTokenizer, MistralForCausalLM, TrainerCallback
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    preset = dict(PRESETS[args.preset])
-    sequences = preset.pop("sequences")
-    seq_len = preset.pop("seq_len")
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(0)
-    config = MistralConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, rope_theta=10000.0,
-                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **preset)
-    model = MistralForCausalLM(config).float()
+    # f32 master weights in both precisions; bf16 is autocast, as the Trainer does with bf16=True.
+    model = MistralForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    if model.config.vocab_size != len(tokenizer):
+        raise SystemExit(f"peer_trl.py: vocab_size {model.config.vocab_size} != tokenizer size {len(tokenizer)}")
 
     rng = random.Random(0)
     total_steps = args.warmup + args.steps
-    rows = sequences * total_steps
+    rows = args.sequences * total_steps
     if args.mode == "sft":
-        low, high = 3, len(tokenizer) - 1
-        data = datasets.Dataset.from_list(
-            [{"input_ids": [rng.randint(low, high) for _ in range(seq_len)]} for _ in range(rows)])
+        data = datasets.Dataset.from_list(sft_rows(rng, rows, args.seq_len, model.config.vocab_size))
     else:
-        words = ["alpha", "river", "stone", "cloud", "seven", "garden", "silver", "window", "planet", "orange"]
-        text = lambda n: " ".join(rng.choice(words) for _ in range(n))
-        data = datasets.Dataset.from_list([
-            {"prompt": text(seq_len // 4), "chosen": text(seq_len), "rejected": text(seq_len)} for _ in range(rows)])
+        data = datasets.Dataset.from_list(dpo_rows(rng, rows, args.seq_len, args.prompt_len))
 
     times = []
 
@@ -76,18 +99,23 @@ def main():
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.start)
 
-    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=sequences, max_steps=total_steps,
+    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.sequences, max_steps=total_steps,
                   learning_rate=1e-5, logging_steps=1000, save_strategy="no", report_to="none", use_cpu=True,
-                  bf16=args.precision == "bf16", gradient_checkpointing=False, max_length=seq_len,
-                  dataloader_drop_last=True, disable_tqdm=True)
+                  bf16=args.precision == "bf16", gradient_checkpointing=False, max_length=args.seq_len,
+                  dataloader_drop_last=True, disable_tqdm=True, max_grad_norm=1.0, weight_decay=0.0)
     if args.mode == "sft":
         trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common, packing=False), train_dataset=data,
                                  processing_class=tokenizer, callbacks=[StepTimer()])
-        tokens_per_step = sequences * seq_len
     else:
-        trainer = trl.DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=trl.DPOConfig(**common, beta=0.1), train_dataset=data,
-                                 processing_class=tokenizer, callbacks=[StepTimer()])
-        tokens_per_step = 2 * sequences * seq_len
+        trainer = trl.DPOTrainer(model=model, ref_model=copy.deepcopy(model),
+                                 args=trl.DPOConfig(**common, beta=0.1, precompute_ref_log_probs=False),
+                                 train_dataset=data, processing_class=tokenizer, callbacks=[StepTimer()])
+    lengths = trained_tokens(args.mode, trainer.train_dataset, args.seq_len)
+    per_row = 2 * args.seq_len if args.mode == "dpo" else args.seq_len
+    if len(lengths) != rows or any(length != per_row for length in lengths):
+        print(f"peer_trl.py: warning: rows carry {min(lengths)}..{max(lengths)} tokens, expected {per_row}",
+              file=sys.stderr)
+    tokens_per_step = sum(lengths) / total_steps
     trainer.train()
     timed = times[args.warmup:]
     step_s = statistics.median(timed)
@@ -97,7 +125,8 @@ def main():
         "tokens_per_s": tokens_per_step / step_s,
         "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+                     "python": sys.version.split()[0]},
     }))
 
 

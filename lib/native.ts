@@ -70,6 +70,8 @@ export interface NativeAddon {
   Model: new (options: NativeModelOptions) => NativeModel;
   /** The bytes a Model with these options would allocate, computed without allocating. */
   modelMemoryPlan(options: NativeModelOptions): MemoryPlan;
+  /** This machine's multiply-add peak (native/core/peak.h), GFLOP/s on every pool thread: MFU's denominator. */
+  measurePeak(options: { secondsPerLoop?: number }): Promise<{ f32: number; bf16: number; threads: number; loops: { name: string; dtype: string; gflops: number }[] }>;
 }
 
 /** MistralConfig fields the native model needs (lib/model/model.ts maps config.json to it). */

@@ -22,15 +22,11 @@
 #include "core/bf16.h"
 #include "core/cpu_features.h"
 #include "core/errors.h"
+#include "core/peak.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/logprob.h"
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define ZN_BENCH_X86 1
-#endif
 
 using namespace zn;
 
@@ -55,96 +51,14 @@ double best_seconds(const std::function<void()>& run, double budget = 1.5, int m
   return best;
 }
 
-// ---- Peak: independent accumulator chains, enough to cover FMA latency x pipes.
+// ---- Peak: native/core/peak.h times the loops; here each one is reported.
 
-constexpr int kChains = 12;
-
-#ifdef ZN_BENCH_X86
-__attribute__((target("avx2,fma"))) float fma256_loop(long iters) {
-  __m256 acc[kChains];
-  for (int c = 0; c < kChains; ++c) acc[c] = _mm256_set1_ps(float(c));
-  const __m256 scale = _mm256_set1_ps(0.999999f), shift = _mm256_set1_ps(1e-7f);
-  for (long i = 0; i < iters; ++i) {
-#pragma GCC unroll 12
-    for (int c = 0; c < kChains; ++c) acc[c] = _mm256_fmadd_ps(acc[c], scale, shift);
-  }
-  __m256 sum = acc[0];
-  for (int c = 1; c < kChains; ++c) sum = _mm256_add_ps(sum, acc[c]);
-  return _mm256_cvtss_f32(sum);
-}
-
-__attribute__((target("avx512f"))) float fma512_loop(long iters) {
-  __m512 acc[kChains];
-  for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(float(c));
-  const __m512 scale = _mm512_set1_ps(0.999999f), shift = _mm512_set1_ps(1e-7f);
-  for (long i = 0; i < iters; ++i) {
-#pragma GCC unroll 12
-    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], scale, shift);
-  }
-  __m512 sum = acc[0];
-  for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, acc[c]);
-  return _mm512_cvtss_f32(sum);
-}
-
-__attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) float dpbf16_loop(long iters) {
-  __m512 acc[kChains];
-  for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(float(c));
-  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80);  // bf16 pair (1.0, 1.0)
-  const __m512bh y = (__m512bh)_mm512_set1_epi32(0x33d633d6);  // bf16 pair (1e-7, 1e-7)
-  for (long i = 0; i < iters; ++i) {
-#pragma GCC unroll 12
-    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_dpbf16_ps(acc[c], x, y);
-  }
-  __m512 sum = acc[0];
-  for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, acc[c]);
-  return _mm512_cvtss_f32(sum);
-}
-#endif
-
-// GFLOP/s of `loop` run on every pool thread at once; `flops_per_iter` per thread.
-double peak_gflops(float (*loop)(long), double flops_per_iter) {
-  const int threads = num_threads();
-  const long iters = 20'000'000;
-  std::vector<float> sink(size_t(threads), 0.0f);
-  const double seconds = best_seconds(
-      [&] {
-        parallel_for(size_t(threads), 1, [&](size_t begin, size_t end) {
-          for (size_t t = begin; t < end; ++t) sink[t] += loop(iters);
-        });
-      },
-      0.5);
-  if (sink[0] == 12345.0f) std::printf("#\n");  // keeps the loops alive
-  return flops_per_iter * double(iters) * threads / seconds / 1e9;
-}
-
-struct Peaks {
-  double f32 = 0;   // best f32 multiply-add rate (what f32 GEMM and AVX2 bf16 GEMM run on)
-  double bf16 = 0;  // rate of the instruction bf16 GEMM runs on in this build and CPU
-};
-
-Peaks measure_peaks() {
-  Peaks peaks;
-  const CpuFeatures& f = cpu_features();
-  auto report = [](const char* impl, const char* dtype, double gflops) {
+Peaks measure_and_report_peaks() {
+  const Peaks peaks = measure_peaks();
+  for (const PeakLoop& loop : peaks.loops) {
     std::printf("{\"op\":\"peak\",\"impl\":\"%s\",\"dtype\":\"%s\",\"threads\":%d,\"gflops\":%.1f}\n",
-                impl, dtype, num_threads(), gflops);
-  };
-#ifdef ZN_BENCH_X86
-  if (f.avx2 && f.fma) {
-    peaks.f32 = peak_gflops(fma256_loop, kChains * 8 * 2);
-    report("fma-ymm", "f32", peaks.f32);
+                loop.name, loop.dtype, peaks.threads, loop.gflops);
   }
-  if (f.avx512f) {
-    const double zmm = peak_gflops(fma512_loop, kChains * 16 * 2);
-    report("fma-zmm", "f32", zmm);
-    peaks.f32 = std::max(peaks.f32, zmm);
-  }
-  peaks.bf16 = peaks.f32;
-  if (cpu_path() == CpuPath::Avx512Bf16) {
-    peaks.bf16 = peak_gflops(dpbf16_loop, kChains * 16 * 2 * 2);
-    report("vdpbf16ps", "bf16", peaks.bf16);
-  }
-#endif
   return peaks;
 }
 
@@ -311,7 +225,7 @@ int main(int argc, char** argv) {
                 "\"ops\":[%s]}\n",
                 cpu_path_name(cpu_path()), cpu_features_string().c_str(), num_threads(), ops.c_str());
     if (argc == 2 && std::string(argv[1]) == "--list") return 0;
-    const Peaks peaks = measure_peaks();
+    const Peaks peaks = measure_and_report_peaks();
     for (int i = 1; i < argc; ++i) {
       const std::string spec = argv[i];
       if (spec == "peak") continue;
@@ -324,7 +238,7 @@ int main(int argc, char** argv) {
       op->bench(spec, peaks);
     }
     // Measured again at the end: on a shared machine the best of both is the truer peak.
-    if (argc > 1) measure_peaks();
+    if (argc > 1) measure_and_report_peaks();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 1;

@@ -13,16 +13,21 @@ import { mistralConfigJson, parseMistralConfig, stringifyConfigJson, type Mistra
 import { generationConfigFromModel, SAFETENSORS_METADATA, SINGLE_WEIGHTS_FILE, TOKENIZER_FILES } from './folder.js';
 import { mistralParameterShapes } from './parameters.js';
 
-/** N(0, 1) draws from a seeded 32-bit PRNG (mulberry32) and the Box-Muller transform. */
-function normalSampler(seed: number): () => number {
+/** Uniform draws in (0, 1) from a seeded 32-bit PRNG (mulberry32). */
+export function uniformSampler(seed: number): () => number {
   let a = seed >>> 0;
-  const uniform = (): number => {
+  return (): number => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
   };
+}
+
+/** N(0, 1) draws: the Box-Muller transform of uniformSampler's draws. */
+function normalSampler(seed: number): () => number {
+  const uniform = uniformSampler(seed);
   return () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
 }
 

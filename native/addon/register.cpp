@@ -8,6 +8,7 @@ void register_all(Napi::Env env, Napi::Object exports) {
   register_core(env, exports);
   register_dpo(env, exports);
   register_model(env, exports);
+  register_peak(env, exports);
   register_safetensors(env, exports);
 }
 

@@ -1,0 +1,94 @@
+import type { CommandModule } from 'yargs';
+
+import { defaultBenchCacheDir, ensureBenchModel } from '../bench/model-cache.js';
+import { type BenchMode, type BenchPrecision, PRESET_NAMES, PRESETS, type PresetName, policyTokensPerStep } from '../bench/presets.js';
+import { type BenchResult, formatResults, machineInfo, measurePeak, ourVersions, runInChild, toResult } from '../bench/run.js';
+import { UsageError, ZnError } from '../errors.js';
+import { writeJsonAtomic } from '../io/atomic.js';
+import { mistralConfig } from '../model/init.js';
+import { modelMemoryPlan } from '../model/model.js';
+import { loadNative } from '../native.js';
+
+interface BenchArgs {
+  preset: PresetName;
+  mode: BenchMode | 'both';
+  device: 'cpu' | 'cuda';
+  precision: BenchPrecision;
+  steps: number;
+  warmup: number;
+  json?: string;
+  'cache-dir': string;
+}
+
+const GIB = 1024 ** 3;
+
+/** Refuses what cannot be measured honestly, before anything is written or allocated. */
+function checkRunnable(args: BenchArgs): void {
+  const preset = PRESETS[args.preset];
+  if (args.device === 'cuda') {
+    const addon = loadNative('cuda');
+    if (typeof addon.Model !== 'function') {
+      throw new ZnError(
+        'bench --device cuda: the CUDA backend has kernels but no model yet, so there is no training step to time; ' +
+          'run the CPU benchmark with --device cpu',
+      );
+    }
+  } else if (preset.gpuOnly) {
+    const plan = modelMemoryPlan(mistralConfig(preset.model), {
+      dtype: args.precision,
+      maxTokens: policyTokensPerStep(preset, 'dpo'),
+      trainable: true,
+    });
+    throw new ZnError(
+      `bench --preset ${args.preset} is GPU-only: one full fine-tuning step needs ${(plan.total / GIB).toFixed(0)} GiB ` +
+        '(weights, gradients, AdamW moments, activations) and hours per step on a CPU; use --device cuda, or --preset small on this CPU',
+    );
+  }
+}
+
+function integerAtLeast(name: string, value: number, min: number): number {
+  if (!Number.isInteger(value) || value < min) throw new UsageError(`--${name} must be an integer >= ${min}, got ${value}`);
+  return value;
+}
+
+/** `zephyr-native bench`: SFT/DPO step time, tokens/s, MFU and peak memory on a preset. */
+export const benchCommand: CommandModule<object, BenchArgs> = {
+  command: 'bench',
+  describe: 'Time SFT and DPO steps (tokens/s, MFU, peak memory)',
+  builder: (yargs) =>
+    yargs
+      .option('preset', { choices: PRESET_NAMES, default: 'tiny' as PresetName, describe: 'Model and batch shape (mistral-7b: GPU only)' })
+      .option('mode', { choices: ['sft', 'dpo', 'both'] as const, default: 'both' as const, describe: 'Which step to time' })
+      .option('device', { choices: ['cpu', 'cuda'] as const, default: 'cpu' as const, describe: 'Backend' })
+      .option('precision', { choices: ['bf16', 'f32'] as const, default: 'bf16' as BenchPrecision, describe: 'bf16: bf16 matmul inputs, f32 master weights' })
+      .option('steps', { type: 'number', default: 3, describe: 'Timed steps (the median is reported)' })
+      .option('warmup', { type: 'number', default: 1, describe: 'Untimed steps first' })
+      .option('json', { type: 'string', describe: 'Also write the results as JSON to this file' })
+      .option('cache-dir', { type: 'string', default: defaultBenchCacheDir(), describe: 'Where random-init preset models are kept' })
+      .epilogue(
+        `Presets: ${PRESET_NAMES.map((name) => `${name}: ${PRESETS[name].describe}`).join('; ')}. ` +
+          'MFU = model FLOPs per second / this machine\'s measured multiply-add peak; model FLOPs per step = ' +
+          '6 x matmul params x policy tokens + 2 x matmul params x reference tokens + attention (see README, Benchmarks).',
+      ),
+  handler: async (args) => {
+    integerAtLeast('steps', args.steps, 1);
+    integerAtLeast('warmup', args.warmup, 0);
+    checkRunnable(args);
+    const preset = PRESETS[args.preset];
+    const modes: BenchMode[] = args.mode === 'both' ? ['sft', 'dpo'] : [args.mode];
+    process.stderr.write('measuring this machine\'s multiply-add peak ...\n');
+    const peak = await measurePeak();
+    const modelDir = await ensureBenchModel(preset, args['cache-dir']);
+    const results: BenchResult[] = [];
+    for (const mode of modes) {
+      process.stderr.write(`${args.preset} ${mode} ${args.precision}: ${args.warmup} warm-up + ${args.steps} timed steps ...\n`);
+      const measurement = await runInChild({ preset: args.preset, mode, precision: args.precision, steps: args.steps, warmup: args.warmup, device: args.device, modelDir });
+      results.push(toResult(measurement, peak));
+    }
+    process.stdout.write(`${formatResults(results)}\n`);
+    if (args.json) {
+      writeJsonAtomic(args.json, { results, machine: machineInfo(peak), versions: ourVersions() });
+      process.stderr.write(`wrote ${args.json}\n`);
+    }
+  },
+};
