@@ -26,8 +26,11 @@ struct DeviceInfo {
 int device_count();
 DeviceInfo device_info(int device = -1);  // -1: the current device
 
-// Every ids[i] must lie in [0, limit) or equal `allowed` (e.g. -100 for ignored labels; pass
-// limit to allow none). Throws "<op>: <what>[i] = v is outside [0, limit)" for the first bad i.
+// No id outside [0, limit) is allowed (ids are int32, so this value never matches one).
+constexpr long kNoAllowedId = -(1L << 40);
+
+// Every ids[i] must lie in [0, limit) or equal `allowed` (e.g. -100 for ignored labels,
+// kNoAllowedId for none). Throws "<op>: <what>[i] = v is outside [0, limit)" for the first bad i.
 // Synchronises `stream` (one small copy back).
 void check_ids(const char* op, const char* what, const int32_t* ids, long n, long limit,
                long allowed, cudaStream_t stream);

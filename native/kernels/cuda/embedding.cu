@@ -41,7 +41,7 @@ void embedding_forward(long tokens, long dim, long vocab, const int32_t* ids, Co
   ZN_CHECK(tokens >= 0 && dim > 0 && vocab > 0, "embedding_forward: bad shape tokens=", tokens,
            " dim=", dim, " vocab=", vocab);
   if (tokens == 0) return;
-  if (check) check_ids("embedding_forward", "ids", ids, tokens, vocab, vocab, stream);
+  if (check) check_ids("embedding_forward", "ids", ids, tokens, vocab, kNoAllowedId, stream);
   dispatch_dtype(table.dtype, [&](auto tt) {
     dispatch_dtype(out.dtype, [&](auto ot) {
       using T = decltype(tt);

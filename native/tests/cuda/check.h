@@ -86,7 +86,8 @@ double time_ms(const std::function<void()>& run, cudaStream_t stream, int warmup
 void guarded(Report& report, const std::string& op, const std::string& what,
              const std::function<void()>& body);
 
-void run_op_checks(Report& report, cudaStream_t stream, const std::string& only);
+// quick: smaller attention cases and no large cross-checks (for the CPU emulator, run.sh).
+void run_op_checks(Report& report, cudaStream_t stream, const std::string& only, bool quick);
 void run_benchmarks(Report& report, cudaStream_t stream, const std::string& only);
 
 }  // namespace zn::cuda::check

@@ -1,4 +1,4 @@
-// zn_cuda_check [--json FILE] [--only PREFIX] [--no-checks] [--no-bench]
+// zn_cuda_check [--json FILE] [--only PREFIX] [--no-checks] [--no-bench] [--quick]
 // Prints the device, runs every kernel check (PASS/FAIL lines), then the timings, and ends with a
 // summary; exit status 1 when any check failed, 2 when no GPU could be used.
 #include <cuda_runtime_api.h>
@@ -212,14 +212,15 @@ void guarded(Report& report, const std::string& op, const std::string& what,
 int main(int argc, char** argv) {
   using namespace zn::cuda;
   std::string json_path, only;
-  bool checks = true, bench = true;
+  bool checks = true, bench = true, quick = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!std::strcmp(argv[i], "--no-checks")) checks = false;
     else if (!std::strcmp(argv[i], "--no-bench")) bench = false;
+    else if (!std::strcmp(argv[i], "--quick")) quick = true;
     else {
-      std::fprintf(stderr, "usage: zn_cuda_check [--json FILE] [--only PREFIX] [--no-checks] [--no-bench]\n");
+      std::fprintf(stderr, "usage: zn_cuda_check [--json FILE] [--only PREFIX] [--no-checks] [--no-bench] [--quick]\n");
       return 2;
     }
   }
@@ -230,8 +231,12 @@ int main(int argc, char** argv) {
                 info.index, info.name.c_str(), info.major, info.minor, info.multiprocessors,
                 info.total_memory / 1073741824.0, info.free_memory / 1073741824.0,
                 info.driver_version, info.runtime_version, have_cublaslt() ? "yes" : "no");
+#ifdef ZN_CUDA_CHECK_CPU
     std::printf("host: %s (cpu path %s)\n", zn::cpu_features_string().c_str(),
                 zn::cpu_path_name(zn::cpu_path()));
+#else
+    std::printf("host: CPU kernels not built in (ZN_CUDA_CHECK_CPU=OFF): float64 references only\n");
+#endif
     report.note("device", info.name);
     report.note("compute_capability", std::to_string(info.major) + "." + std::to_string(info.minor));
     report.note("cublaslt", have_cublaslt() ? "yes" : "no");
@@ -242,7 +247,7 @@ int main(int argc, char** argv) {
   }
   cudaStream_t stream;
   ZN_CUDA_CHECK(cudaStreamCreate(&stream));
-  if (checks) check::run_op_checks(report, stream, only);
+  if (checks) check::run_op_checks(report, stream, only, quick);
   if (bench) check::run_benchmarks(report, stream, only);
   std::printf("\nchecks: %d passed, %d failed\n", report.passes(), report.failures());
   cudaStreamDestroy(stream);
