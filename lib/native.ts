@@ -249,10 +249,18 @@ function loadCuda(): NativeAddon {
   if (!file) {
     throw new ZnError(
       `the CUDA backend is not built (looked for ${candidates.join(', ')}). Build it with ` +
-        '`npx cmake-js build --out build-cuda --CDZN_CUDA=ON` on a machine with the CUDA toolkit',
+        '`bash scripts/build-cuda.sh` on a machine with the CUDA toolkit',
     );
   }
-  return loadFile(file, 'CUDA addon');
+  const addon = loadFile(file, 'CUDA addon');
+  // Loading needs no GPU; info() asks the driver for one, so 'auto' falls back to the CPU when
+  // there is no usable GPU and 'cuda' says why.
+  try {
+    addon.info();
+  } catch (error) {
+    throw new ZnError(`the CUDA backend (${file}) cannot use a GPU: ${(error as Error).message}`);
+  }
+  return addon;
 }
 
 /** Loads the addon for a device. A missing or broken CUDA backend is a ZnError, never a crash. */

@@ -26,6 +26,7 @@ fi
 echo "nvcc: $(nvcc --version | grep -o 'release [0-9.]*'); cuBLASLt: ${ZN_CUBLAS_ROOT:-toolkit}"
 npx cmake-js build --out build-cuda --CDZN_CUDA=ON --CDCMAKE_CUDA_COMPILER="$(command -v nvcc)" \
   ${ZN_CUDA_ARCHS:+--CDCMAKE_CUDA_ARCHITECTURES="$ZN_CUDA_ARCHS"} 2>&1 | tee build-cuda.log \
-  | grep -E 'zephyr-native|error|warning|Linking|spill|bytes stack' || true
+  | grep -E 'zephyr-native|error|warning|Linking|[1-9][0-9]* bytes (spill|stack)' || true
 [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "CUDA build failed (see build-cuda.log)"; exit 1; }
+echo "ptxas: $(grep -c 'bytes spill stores' build-cuda.log) kernel compilations, $(grep -cE '[1-9][0-9]* bytes spill' build-cuda.log) with spills"
 ls -l build-cuda/cuda/ 2>/dev/null || echo "no CUDA addon built (no CUDA sources listed yet)"

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The device check (issue 8), one command on a machine with an NVIDIA GPU:
+#   bash bench/device-check.sh        # results under $OUT (default out/device-check)
+# 1. builds the CUDA backend for the GPU it finds (ZN_CUDA_ARCHS overrides, e.g. 90a-real), with
+#    cuBLASLt from NVIDIA's pip wheels in python3's environment (nvidia/cu13) or the toolkit;
+# 2. zn_cuda_check: every CUDA kernel against its CPU kernel and a float64 reference (PASS/FAIL);
+# 3. timings: GEMM, attention and the memory-bound kernels, each family in its own process;
+# 4. bench/torch_device.py: torch.matmul and SDPA / FlexAttention on the same shapes and card;
+# 5. the CPU test suite (ctest) on this host, with its CPU flags (AVX-512 BF16 paths run here);
+# 6. one table (bench/device_report.py), printed last and written to $OUT/table.txt.
+# A part that fails is reported and the others still run. The whole run keeps within
+# ZN_DEVICE_BUDGET seconds (default 540): each part's time limit shrinks to what is left.
+# Files in $OUT: device-check.log (everything), results.jsonl, build.log, ctest.log, table.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-$PWD/out/device-check}
+build=${ZN_DEVICE_BUILD:-build-device}
+budget=${ZN_DEVICE_BUDGET:-540}
+jobs=${ZN_JOBS:-$(nproc)}
+mkdir -p "$out" "$build/results"
+rm -f "$build"/results/*.jsonl
+exec > >(tee "$out/device-check.log") 2>&1
+started=$SECONDS
+parts=()
+
+step() { printf '\n=== %s (%ds)\n' "$1" $((SECONDS - started)); }
+# Seconds a part may take: its own limit, or what is left of the budget less a reserve for the table.
+limit() {
+  local left=$((budget - (SECONDS - started) - 20))
+  ((left < $1)) && echo "$left" || echo "$1"
+}
+# part NAME LIMIT COMMAND...: runs COMMAND under a time limit and records how it ended.
+part() {
+  local name=$1 seconds
+  seconds=$(limit "$2")
+  shift 2
+  if ((seconds < 10)); then
+    parts+=("$name: skipped (time budget spent)")
+    return 1
+  fi
+  timeout --kill-after=5 "$seconds" "$@"
+  local rc=$?
+  case $rc in
+    0) parts+=("$name: ok") ;;
+    124 | 137) parts+=("$name: TIMED OUT after ${seconds}s") ;;
+    *) parts+=("$name: FAILED (exit $rc)") ;;
+  esac
+  return $rc
+}
+info() { printf '{"kind":"info","key":"%s","value":"%s"}\n' "$1" "${2//\"/\'}" >> "$build/results/machine.jsonl"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
+  --format=csv 2>&1 || echo "nvidia-smi failed"
+lscpu | grep -E '^(Model name|CPU\(s\)|Flags)' || true
+cpu_flags=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512bw|avx512_bf16|amx_bf16)$' | tr '\n' ' ')
+echo "CPU SIMD flags: $cpu_flags"
+info cpu_flags "$cpu_flags"
+info cpu_model "$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)"
+
+step "configure and build the CUDA backend"
+nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+if [[ -z ${ZN_CUBLAS_ROOT:-} ]]; then
+  for dir in $(python3 -c 'import nvidia, os; [print(os.path.join(p, s)) for p in nvidia.__path__ for s in ("cu13", "cublas")]' 2>/dev/null); do
+    if [[ -f $dir/include/cublasLt.h ]] && compgen -G "$dir/lib/libcublasLt.so*" >/dev/null; then
+      export ZN_CUBLAS_ROOT=$dir
+      export LD_LIBRARY_PATH=$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+      break
+    fi
+  done
+fi
+archs=${ZN_CUDA_ARCHS:-}
+if [[ -z $archs ]]; then
+  cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')
+  case $cc in
+    90) archs=90a-real ;;
+    "") archs="80-real;90a-real" ;;
+    *) archs=$cc-real ;;
+  esac
+fi
+echo "nvcc: ${nvcc:-missing} ($("$nvcc" --version 2>/dev/null | grep -o 'release [0-9.]*')); archs: $archs; cuBLASLt: ${ZN_CUBLAS_ROOT:-from the toolkit if it has it}"
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+cmake_args=(-S . "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DZN_CUDA=ON -DZN_BUILD_ADDON=OFF
+            "-DCMAKE_CUDA_COMPILER=$nvcc" "-DCMAKE_CUDA_ARCHITECTURES=$archs")
+check=$build/zn_cuda_check
+if part "configure" 120 cmake "${cmake_args[@]}" -B "$build" >"$out/build.log" 2>&1 &&
+  part "build zn_cuda_check" 300 cmake --build "$build" -j "$jobs" --target zn_cuda_check >>"$out/build.log" 2>&1; then
+  :
+else
+  echo "the full build failed; retrying without the CPU kernels (float64 references only)"
+  check=$build-gpu-only/zn_cuda_check
+  part "configure gpu-only" 60 cmake "${cmake_args[@]}" -B "$build-gpu-only" -DZN_CUDA_CHECK_CPU=OFF >>"$out/build.log" 2>&1 &&
+    part "build gpu-only" 240 cmake --build "$build-gpu-only" -j "$jobs" --target zn_cuda_check >>"$out/build.log" 2>&1
+fi
+grep -E 'zephyr-native|error' "$out/build.log" | head -n 40
+echo "ptxas: $(grep -c 'bytes spill stores' "$out/build.log") kernels compiled, spills:"
+grep -B2 -E '[1-9][0-9]* bytes spill (stores|loads)' "$out/build.log" | grep -E 'Compiling entry|spill' | head -n 20 || true
+# The CPU tests build meanwhile (they need no GPU).
+(cmake --build "$build" -j "$jobs" --target zn_tests >"$out/ctest.log" 2>&1; echo "zn_tests build exit $?" >>"$out/ctest.log") &
+cpu_build=$!
+
+if [[ -x $check ]]; then
+  step "kernel checks: CUDA against CPU kernels and float64 references"
+  part "kernel checks" 240 "$check" --no-bench --json "$build/results/checks.jsonl"
+  for family in gemm attention memory; do
+    step "timings: $family"
+    part "timings $family" 150 "$check" --no-checks --only "$family" --json "$build/results/bench-$family.jsonl"
+  done
+else
+  parts+=("kernel checks and timings: not run (no zn_cuda_check; see build.log)")
+fi
+
+step "torch on the same shapes"
+part "torch" 240 env PYTHONUNBUFFERED=1 python3 bench/torch_device.py --json "$build/results/torch.jsonl"
+
+step "CPU tests (ctest) on this host"
+wait "$cpu_build"
+if [[ -x $build/zn_tests ]]; then
+  part "ctest" 180 env ZN_NUM_THREADS="$jobs" ctest --test-dir "$build" --output-on-failure >>"$out/ctest.log" 2>&1
+  grep -E 'tests passed|tests failed|Failed|\*\*\*' "$out/ctest.log" | head -n 20
+else
+  parts+=("ctest: zn_tests did not build (see ctest.log)")
+  tail -n 20 "$out/ctest.log"
+fi
+
+step "report"
+cat "$build"/results/*.jsonl >"$out/results.jsonl" 2>/dev/null
+printf '%s\n' "${parts[@]}" >"$build/results/parts.txt"
+python3 bench/device_report.py "$out/results.jsonl" --parts "$build/results/parts.txt" --ctest "$out/ctest.log" \
+  | tee "$out/table.txt"
+echo "device check finished in $((SECONDS - started))s; files in $out"

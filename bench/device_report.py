@@ -1,0 +1,131 @@
+"""The final table of bench/device-check.sh, from the JSON lines of zn_cuda_check and
+bench/torch_device.py: checks summary, GEMM and attention TFLOP/s (ours beside torch), the
+memory-bound kernels, the CPU test suite, and how each part of the run ended.
+  python3 bench/device_report.py results.jsonl [--parts parts.txt] [--ctest ctest.log]
+"""
+import argparse
+import json
+import re
+
+
+def load(path):
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return records
+
+
+def fmt(x, digits=1):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results")
+    parser.add_argument("--parts", default="")
+    parser.add_argument("--ctest", default="")
+    args = parser.parse_args()
+    try:
+        records = load(args.results)
+    except OSError as error:
+        records = []
+        print(f"no results: {error}")
+    info = {r["key"]: r["value"] for r in records if r.get("kind") == "info"}
+    checks = [r for r in records if r.get("kind") == "check"]
+    bench = [r for r in records if r.get("kind") == "bench"]
+
+    print("=" * 100)
+    print(f"zephyr-native device check: {info.get('device', 'no GPU result')} (compute {info.get('compute_capability', '?')}),"
+          f" cuBLASLt {info.get('cublaslt', '?')}, torch {info.get('torch', '?')}")
+    print(f"host CPU: {info.get('cpu_model', '?')}; SIMD flags: {info.get('cpu_flags', '?')}")
+    failed = [c for c in checks if not c.get("pass")]
+    print(f"\nkernel checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
+    for c in failed:
+        detail = c.get("error") or f"rel err {c.get('rel_err')} > tol {c.get('tol')} vs {c.get('against')}"
+        print(f"  FAIL {c['op']} {c['case']}: {detail}")
+
+    def ours(op, shape, impl=None):
+        for r in bench:
+            if r.get("source") == "ours" and r["op"] == op and r["shape"] == shape and (impl is None or r.get("impl") == impl):
+                return r
+        return None
+
+    def torch(op, shape, prefer=None):
+        found = [r for r in bench if r.get("source") == "torch" and r["op"] == op and r["shape"] == shape and "error" not in r]
+        if prefer:
+            found = sorted(found, key=lambda r: prefer not in r.get("impl", ""))
+        return found[0] if found else None
+
+    gemm_shapes = list(dict.fromkeys(r["shape"] for r in bench if r["op"] == "gemm"))
+    if gemm_shapes:
+        rows = []
+        for shape in gemm_shapes:
+            lt, mma, th = ours("gemm", shape, "cublaslt"), ours("gemm", shape, "mma"), torch("gemm", shape, "out_dtype")
+            rows.append([shape, fmt(lt and lt.get("tflops")), fmt(mma and mma.get("tflops")), fmt(th and th.get("tflops")),
+                         (th or {}).get("impl", "-")])
+        print("\nGEMM TFLOP/s (bf16 operands, f32 accumulation; bf16 output unless the shape says f32)")
+        print(table(["shape MxNxK", "ours cuBLASLt", "ours mma.sync", "torch", "torch call"], rows))
+
+    attn_shapes = list(dict.fromkeys(re.sub(r" (fwd|bwd|fwd\+bwd)$", "", r["shape"]) for r in bench if r["op"] == "attention"))
+    if attn_shapes:
+        rows = []
+        for shape in attn_shapes:
+            row = [shape]
+            for phase in ("fwd", "bwd", "fwd+bwd"):
+                r = ours("attention", f"{shape} {phase}")
+                row.append(fmt(r and r.get("tflops")))
+            impl = "-"
+            for phase in ("fwd", "bwd", "fwd+bwd"):
+                r = torch("attention", f"{shape} {phase}")
+                row.append(fmt(r and r.get("tflops")))
+                impl = r["impl"] if r else impl
+            f = ours("attention", f"{shape} fwd+bwd")
+            t = torch("attention", f"{shape} fwd+bwd")
+            row.append(f"{t['ms'] / f['ms']:.2f}x" if f and t else "-")
+            row.append(impl)
+            rows.append(row)
+        print("\nAttention TFLOP/s (bf16, 32 q / 8 kv heads, D 128; fwd = 4 D H pairs, bwd = 2.5 x fwd; ours = flash kernels)")
+        print(table(["shape", "ours fwd", "ours bwd", "ours f+b", "torch fwd", "torch bwd", "torch f+b", "speedup", "torch impl"], rows))
+
+    other = [r for r in bench if r.get("source") == "ours" and r["op"] not in ("gemm", "attention")]
+    if other:
+        rows = [[r["op"], r["shape"], fmt(r.get("ms"), 3), fmt(r.get("gbps")), fmt(r.get("tflops"))] for r in other]
+        print("\nOther kernels")
+        print(table(["op", "shape", "ms", "GB/s", "TFLOP/s"], rows))
+
+    torch_errors = [r for r in bench if r.get("source") == "torch" and "error" in r]
+    for r in torch_errors:
+        print(f"torch {r['op']} {r['shape']}: {r['error'][:200]}")
+
+    if args.ctest:
+        try:
+            text = open(args.ctest).read()
+            summary = re.findall(r"\d+% tests passed.*", text)
+            print(f"\nCPU ctest: {summary[-1] if summary else 'no summary (see ctest.log)'}")
+            for name in re.findall(r"\d+ - (\S+) \((Failed|Timeout|SEGFAULT|Subprocess aborted)\)", text):
+                print(f"  {name[0]}: {name[1]}")
+        except OSError:
+            print("\nCPU ctest: no log")
+
+    if args.parts:
+        try:
+            print("\nparts: " + "; ".join(line.strip() for line in open(args.parts) if line.strip()))
+        except OSError:
+            pass
+    print("=" * 100)
+
+
+if __name__ == "__main__":
+    main()

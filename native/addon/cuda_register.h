@@ -1,0 +1,9 @@
+#pragma once
+#include <napi.h>
+
+namespace zn::addon {
+
+// Kernel-level functions of the CUDA addon (cuda_binding.cpp).
+void register_cuda_kernels(Napi::Env env, Napi::Object exports);
+
+}  // namespace zn::addon
