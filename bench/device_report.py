@@ -97,7 +97,7 @@ def main():
             row.append(impl)
             rows.append(row)
         print("\nAttention TFLOP/s (bf16, 32 q / 8 kv heads, D 128; fwd = 4 D H pairs, bwd = 2.5 x fwd; ours = flash kernels)")
-        print(table(["shape", "ours fwd", "ours bwd", "ours f+b", "torch fwd", "torch bwd", "torch f+b", "speedup", "torch impl"], rows))
+        print(table(["shape", "ours fwd", "ours bwd", "ours f+b", "torch fwd", "torch bwd", "torch f+b", "torch/ours time", "torch impl"], rows))
 
     other = [r for r in bench if r.get("source") == "ours" and r["op"] not in ("gemm", "attention")]
     if other:

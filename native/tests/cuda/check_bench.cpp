@@ -178,6 +178,83 @@ void bench_memory_bound(Report& report, cudaStream_t stream) {
   });
 }
 
+// One Mistral-7B decoder layer, forward and backward, at 8192 tokens (two 4096-token documents,
+// window 4096) as a training step runs it: bf16 weights and activations, f32 weight gradients
+// accumulated by the dW GEMMs. The residual adds are left out (no kernel of their own yet).
+void bench_layer(Report& report, cudaStream_t stream) {
+  const long T = 8192, d = 4096, kv = 1024, ff = 14336;
+  const int H = 32, Hkv = 8, D = 128;
+  const DType B = DType::BF16, F = DType::F32;
+  const std::string shape = "Mistral-7B layer T8192 (2 docs, window 4096)";
+  guarded(report, "layer-bench", shape, [&] {
+    auto bf = [&](long n) { return random_device(size_t(n), B); };
+    auto f32 = [&](long n) { return random_device(size_t(n), F); };
+    DeviceArray x = bf(T * d), xn = bf(T * d), q = bf(T * d), k = bf(T * kv), v = bf(T * kv), att = bf(T * d),
+                h = bf(T * d), hn = bf(T * d), g = bf(T * ff), u = bf(T * ff), a = bf(T * ff), y = bf(T * d);
+    DeviceArray wq = bf(d * d), wk = bf(kv * d), wv = bf(kv * d), wo = bf(d * d), wg = bf(ff * d), wu = bf(ff * d),
+                wd = bf(d * ff), n1 = bf(d), n2 = bf(d);
+    DeviceArray dy = bf(T * d), da = bf(T * ff), dg = bf(T * ff), du = bf(T * ff), dhn = bf(T * d), dh = bf(T * d),
+                datt = bf(T * d), dq = bf(T * d), dk = bf(T * kv), dv = bf(T * kv), dxn = bf(T * d), dx = bf(T * d);
+    DeviceArray gq = f32(d * d), gk = f32(kv * d), gv = f32(kv * d), go = f32(d * d), gg = f32(ff * d),
+                gu = f32(ff * d), gd = f32(d * ff), gn1 = f32(d), gn2 = f32(d);
+    DeviceArray rstd1(size_t(T), F), rstd2(size_t(T), F), lse(size_t(T * H), F);
+    std::vector<int32_t> positions(static_cast<size_t>(T));
+    for (long i = 0; i < T; ++i) positions[i] = int32_t(i % 4096);
+    DeviceBuffer<int32_t> pos = upload_i32(positions), cu = upload_i32({0, 4096, 8192});
+    const AttentionShape s{T, H, Hkv, D, 4096, float(1.0 / std::sqrt(double(D)))};
+    DeviceBuffer<unsigned char> workspace(attention_backward_workspace_bytes(s));
+    auto mm = [&](bool ta, bool tb, long M, long N, long K, const DeviceArray& A, const DeviceArray& Bm, float beta,
+                  DeviceArray& C) {
+      gemm(ta, tb, M, N, K, 1.0f, Matrix{A.data(), A.dtype(), ta ? M : K}, Matrix{Bm.data(), Bm.dtype(), tb ? K : N},
+           beta, OutMatrix{C.data(), C.dtype(), N}, stream);
+    };
+    auto step = [&] {
+      // forward
+      rmsnorm_forward(T, d, 1e-5f, x.carray(), n1.carray(), xn.array(), rstd1.f32(), stream);
+      mm(false, true, T, d, d, xn, wq, 0, q);
+      mm(false, true, T, kv, d, xn, wk, 0, k);
+      mm(false, true, T, kv, d, xn, wv, 0, v);
+      rope_forward(T, H, D, 1e6f, pos.data(), q.array(), stream);
+      rope_forward(T, Hkv, D, 1e6f, pos.data(), k.array(), stream);
+      attention_forward(s, q.carray(), k.carray(), v.carray(), cu.data(), 2, att.array(), lse.f32(), stream);
+      mm(false, true, T, d, d, att, wo, 0, h);
+      rmsnorm_forward(T, d, 1e-5f, h.carray(), n2.carray(), hn.array(), rstd2.f32(), stream);
+      mm(false, true, T, ff, d, hn, wg, 0, g);
+      mm(false, true, T, ff, d, hn, wu, 0, u);
+      swiglu_forward(T * ff, g.carray(), u.carray(), a.array(), stream);
+      mm(false, true, T, d, ff, a, wd, 0, y);
+      // backward
+      mm(false, false, T, ff, d, dy, wd, 0, da);
+      mm(true, false, d, ff, T, dy, a, 1, gd);
+      swiglu_backward(T * ff, g.carray(), u.carray(), da.carray(), dg.array(), du.array(), stream);
+      mm(false, false, T, d, ff, dg, wg, 0, dhn);
+      mm(false, false, T, d, ff, du, wu, 1, dhn);
+      mm(true, false, ff, d, T, dg, hn, 1, gg);
+      mm(true, false, ff, d, T, du, hn, 1, gu);
+      rmsnorm_backward(T, d, h.carray(), n2.carray(), rstd2.f32(), dhn.carray(), dh.array(), gn2.f32(), stream);
+      mm(false, false, T, d, d, dh, wo, 0, datt);
+      mm(true, false, d, d, T, dh, att, 1, go);
+      attention_backward(s, q.carray(), k.carray(), v.carray(), cu.data(), 2, att.carray(), lse.f32(), datt.carray(),
+                         dq.array(), dk.array(), dv.array(), workspace.data(), stream);
+      rope_backward(T, H, D, 1e6f, pos.data(), dq.array(), stream);
+      rope_backward(T, Hkv, D, 1e6f, pos.data(), dk.array(), stream);
+      mm(false, false, T, d, d, dq, wq, 0, dxn);
+      mm(false, false, T, d, kv, dk, wk, 1, dxn);
+      mm(false, false, T, d, kv, dv, wv, 1, dxn);
+      mm(true, false, d, d, T, dq, xn, 1, gq);
+      mm(true, false, kv, d, T, dk, xn, 1, gk);
+      mm(true, false, kv, d, T, dv, xn, 1, gv);
+      rmsnorm_backward(T, d, x.carray(), n1.carray(), rstd1.f32(), dxn.carray(), dx.array(), gn1.f32(), stream);
+    };
+    const double params = double(d) * (d + 2 * kv + d) + 3.0 * d * ff;
+    const double pairs = 2 * (4096.0 * 4097.0 / 2);
+    const double flops = 6.0 * params * T + 3.5 * 4.0 * pairs * D * H;
+    const double ms = time_ms(step, stream, 2, 5);
+    report.timing("layer", shape + " fwd+bwd", "cuda", ms, flops, 0);
+    std::printf("     layer step: %.0f tokens/s per layer\n", T / (ms * 1e-3));
+  });
+}
+
 bool selected(const std::string& only, const char* op) { return only.empty() || std::string(op).rfind(only, 0) == 0; }
 
 }  // namespace
@@ -187,6 +264,7 @@ void run_benchmarks(Report& report, cudaStream_t stream, const std::string& only
   if (selected(only, "gemm")) bench_gemm(report, stream);
   if (selected(only, "attention")) bench_attention(report, stream);
   if (selected(only, "memory")) bench_memory_bound(report, stream);
+  if (selected(only, "layer")) bench_layer(report, stream);
 }
 
 }  // namespace zn::cuda::check
