@@ -359,6 +359,21 @@ const StTensorInfo* SafetensorsFile::find(const std::string& name) const {
 
 const void* SafetensorsFile::data(const StTensorInfo& tensor) const { return map_ + data_start_ + tensor.begin; }
 
+namespace {
+
+// File-backed pages count in the process's RSS while they stay mapped, so without this a model
+// load would peak at its weights plus the whole file (the steps bench saw ~225 MB extra on a
+// 56M-parameter model; 14 GB on Mistral-7B). The mapping is read-only: a dropped page is read
+// from the file again if the tensor is read again.
+void release_pages(const void* begin, uint64_t bytes) {
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (uintptr_t(begin) + page - 1) & ~(page - 1);
+  const uintptr_t last = (uintptr_t(begin) + bytes) & ~(page - 1);
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
+}  // namespace
+
 void SafetensorsFile::read(const std::string& name, const std::vector<int64_t>& expected_shape, DType out_dtype,
                            void* out) const {
   const StTensorInfo* tensor = find(name);
@@ -373,6 +388,7 @@ void SafetensorsFile::read(const std::string& name, const std::vector<int64_t>& 
   }
   convert_parallel(tensor->dtype, static_cast<const uint8_t*>(data(*tensor)), storage_of(out_dtype),
                    static_cast<uint8_t*>(out), size_t(tensor->numel()));
+  release_pages(data(*tensor), tensor->bytes());
 }
 
 namespace {

@@ -443,3 +443,23 @@ ZN_TEST("safetensors.writes_are_atomic") {
   }();
   EXPECT(message.find("cannot write '" + missing + "'") == 0, message);
 }
+
+ZN_TEST("safetensors.a_tensor_reads_the_same_after_its_pages_are_released") {
+  // read() hands the tensor's whole file pages back to the OS after converting it; a second read
+  // of the same open file must fault them in from the file again, unchanged. Several pages, not
+  // page-aligned (a small tensor first), so the partly shared first and last pages stay mapped.
+  TempDir dir;
+  const std::string path = dir.path + "/pages.safetensors";
+  const std::vector<float> small = test::random_f32(3);
+  const std::vector<float> big = test::random_f32(5 * 4096 + 7);
+  write_safetensors(path, {{"small", StDType::F32, {3}, small.data()}, {"big", StDType::F32, {int64_t(big.size())}, big.data()}}, {});
+  SafetensorsFile file(path);
+  for (int round = 0; round < 2; ++round) {
+    std::vector<float> back(big.size());
+    file.read("big", {int64_t(big.size())}, DType::F32, back.data());
+    EXPECT(std::memcmp(back.data(), big.data(), big.size() * 4) == 0, "round ", round);
+    float small_back[3];
+    file.read("small", {3}, DType::F32, small_back);
+    EXPECT(std::memcmp(small_back, small.data(), 12) == 0, "round ", round);
+  }
+}
