@@ -10,6 +10,11 @@
 //              AVX2 kernel runs bf16 GEMMs at f32 speed with bf16-exact products.
 //   Bf16Pairs: one u32 per (lane, k pair), bf16(k) in the low half and bf16(k+1) in the high
 //              half: the operand format of vdpbf16ps, which adds both exact products to f32.
+// Paths (zn::cpu_path(), chosen at run time; no -march anywhere):
+//   scalar      portable C++ micro-kernels on both layouts
+//   avx2        6 x 16 FMA micro-kernel on F32Lanes for f32 and bf16 GEMMs
+//   avx512bf16  12 x 32 vdpbf16ps micro-kernel on Bf16Pairs for bf16 GEMMs; f32 GEMMs run
+//               the AVX2 kernel (no 512-bit f32 kernel yet)
 // The scalar path packs bf16 GEMMs as Bf16Pairs too, so everything around the AVX-512 micro-
 // kernel (packing, blocking, edges) is tested on machines without AVX-512.
 #include "kernels/cpu/gemm.h"
