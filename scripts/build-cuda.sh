@@ -30,3 +30,13 @@ npx cmake-js build --out build-cuda --CDZN_CUDA=ON --CDCMAKE_CUDA_COMPILER="$(co
 [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "CUDA build failed (see build-cuda.log)"; exit 1; }
 echo "ptxas: $(grep -c 'bytes spill stores' build-cuda.log) kernel compilations, $(grep -cE '[1-9][0-9]* bytes spill' build-cuda.log) with spills"
 ls -l build-cuda/cuda/ 2>/dev/null || echo "no CUDA addon built (no CUDA sources listed yet)"
+# ZN_CUDA_EMULATE=1: also run the kernel checks on the CPU emulator of CUDA threads (a few
+# minutes on 2 cores): the kernels' indexing, masks and fragment layouts, checked without a GPU.
+if [[ ${ZN_CUDA_EMULATE:-0} == 1 ]]; then
+  echo "CUDA kernels on the CPU emulator (native/tests/cuda/emulator, quick sizes):"
+  log=build-cuda/emulator.log
+  emulated=0
+  bash native/tests/cuda/emulator/run.sh build-cuda >"$log" 2>&1 || emulated=$?
+  grep -E '^(FAIL|checks:)|emulator:' "$log" || true
+  [[ $emulated -eq 0 ]] || { echo "emulated kernel checks failed (see $log)"; exit 1; }
+fi
