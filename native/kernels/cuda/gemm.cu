@@ -40,10 +40,10 @@ bool have_cublaslt() {
 #endif
 }
 
-GemmImpl gemm_auto_impl(DType a, DType b) {
+GemmImpl gemm_auto_impl(DType a, DType b, DType c) {
   if (a != b) return GemmImpl::Simple;
-  if (have_cublaslt()) return GemmImpl::CublasLt;
-  return a == DType::BF16 ? GemmImpl::TensorCore : GemmImpl::Simple;
+  if (a == DType::F32) return have_cublaslt() && c == DType::F32 ? GemmImpl::CublasLt : GemmImpl::Simple;
+  return have_cublaslt() ? GemmImpl::CublasLt : GemmImpl::TensorCore;
 }
 
 namespace {
@@ -424,7 +424,7 @@ void gemm(bool trans_a, bool trans_b, long M, long N, long K, float alpha, Matri
     ZN_CUDA_CHECK_LAUNCH();
     return;
   }
-  if (impl == GemmImpl::Auto) impl = gemm_auto_impl(A.dtype, B.dtype);
+  if (impl == GemmImpl::Auto) impl = gemm_auto_impl(A.dtype, B.dtype, C.dtype);
   switch (impl) {
     case GemmImpl::CublasLt:
 #ifdef ZN_HAVE_CUBLASLT

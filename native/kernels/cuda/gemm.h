@@ -7,7 +7,8 @@
 //   TensorCore  bf16 x bf16 through mma.sync (sm_80+): the fallback where cuBLASLt is absent, and
 //               a cross-check where it is present.
 //   Simple      any dtypes; when either operand is bf16 both are rounded to bf16 (the CPU rule).
-// Auto picks CublasLt, else TensorCore for bf16 and Simple for f32 or mixed dtypes.
+// Auto picks CublasLt (bf16 x bf16, or f32 x f32 -> f32), else TensorCore for bf16 x bf16 and
+// Simple for the rest.
 // All pointers are device pointers; the call is asynchronous on `stream`.
 #pragma once
 #include <cuda_runtime_api.h>
@@ -34,8 +35,8 @@ const char* gemm_impl_name(GemmImpl impl);
 // True when this build links cuBLASLt.
 bool have_cublaslt();
 
-// The implementation Auto would use for these operand dtypes.
-GemmImpl gemm_auto_impl(DType a, DType b);
+// The implementation Auto would use for these operand and output dtypes.
+GemmImpl gemm_auto_impl(DType a, DType b, DType c);
 
 void gemm(bool trans_a, bool trans_b, long M, long N, long K, float alpha, Matrix A, Matrix B,
           float beta, OutMatrix C, cudaStream_t stream, GemmImpl impl = GemmImpl::Auto);
