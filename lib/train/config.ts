@@ -201,19 +201,27 @@ function coerce(name: string, spec: KeySpec, value: unknown, where: string): unk
   }
 }
 
+/** A flag's text read as its default's type ("true" -> true, "0.5" -> 0.5), for comparison. */
+function likeDefault(value: unknown, defaultValue: unknown): unknown {
+  if (typeof value !== 'string') return value;
+  if (typeof defaultValue === 'boolean' && (value === 'true' || value === 'false')) return value === 'true';
+  if (typeof defaultValue === 'number' && value.trim() !== '' && Number.isFinite(Number(value))) return Number(value);
+  return value;
+}
+
 /**
  * Checks raw key/value pairs (from YAML or flags) for one stage and returns the implemented
  * ones, coerced. Throws UsageError naming the key for unknown or unsupported keys.
  */
 export function checkKeys(raw: Record<string, unknown>, stage: Stage, where: string): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [name, value] of Object.entries(raw)) {
+  for (const [name, rawValue] of Object.entries(raw)) {
     const spec = (KEYS as Record<string, KeySpec>)[name];
     if (spec) {
       if (spec.stages && !spec.stages.includes(stage)) {
         throw new UsageError(`${where}: '${name}' is a ${spec.stages.join('/')} key, not a ${stage} key`);
       }
-      out[spec.aliasOf ?? name] = coerce(name, spec, value, where);
+      out[spec.aliasOf ?? name] = coerce(name, spec, rawValue, where);
       continue;
     }
     const knownKey = known.keys[name];
@@ -222,6 +230,7 @@ export function checkKeys(raw: Record<string, unknown>, stage: Stage, where: str
       throw new UsageError(`${where}: unknown key '${name}' (not a zephyr-native, TRL or transformers setting)`);
     }
     const defaultValue = knownKey ? knownKey.default : handbookDefault;
+    const value = likeDefault(rawValue, defaultValue);
     const same = SAME_BEHAVIOUR[name];
     if (value === null || deepEqual(value, defaultValue) || (same && same(value))) continue;
     throw new UsageError(

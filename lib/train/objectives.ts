@@ -34,6 +34,7 @@ export class SftObjective implements Objective<SftItem> {
   constructor(private readonly model: ObjectiveModel) {}
 
   async accumulate(microBatches: SftItem[][]): Promise<StepResult> {
+    // All micro-batches are collated up front: the step's loss-token count normalises every one.
     const batches = microBatches.map(collateSft);
     const total = batches.reduce((sum, batch) => sum + lossTokens(batch), 0);
     let nll = 0;
@@ -148,10 +149,15 @@ export class DpoObjective implements Objective<PreferencePair> {
     let loss = 0;
     let tokens = 0;
     const metrics: Record<string, number>[] = [];
-    for (const pairs of microBatches) {
-      const batch = collatePreference(pairs);
+    let next = collatePreference(microBatches[0]);
+    for (let m = 0; m < microBatches.length; m++) {
+      const pairs = microBatches[m];
+      const batch = next;
       const ref = await this.reference.of(pairs, batch);
-      const logp = await this.policy.forward(batch);
+      const forward = this.policy.forward(batch);
+      // The next micro-batch is collated on the main thread while the native forward runs.
+      if (m + 1 < microBatches.length) next = collatePreference(microBatches[m + 1]);
+      const logp = await forward;
       const result = this.loss(batch, completionLogps(batch, logp), ref);
       const dlogp = new Float32Array(logp.length);
       for (let d = 0; d < 2 * batch.pairs; d++) {
