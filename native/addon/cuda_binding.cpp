@@ -10,6 +10,7 @@
 
 #include "addon/binding.h"
 #include "addon/cuda_register.h"
+#include "addon/dpo_args.h"
 #include "core/bf16.h"
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/device.h"
@@ -48,70 +49,38 @@ Napi::Value SumOfSquares(const Napi::CallbackInfo& info) {
       [total](Napi::Env env) { return Napi::Number::New(env, *total); });
 }
 
-cuda::DpoLossType loss_type(const Options& options) {
-  const std::string name = options.string("lossType", "sigmoid");
-  if (name == "sigmoid") return cuda::DpoLossType::Sigmoid;
-  if (name == "ipo") return cuda::DpoLossType::Ipo;
-  if (name == "hinge") return cuda::DpoLossType::Hinge;
-  options.error("'lossType' must be sigmoid, ipo or hinge, got '" + name + "'");
+cuda::DpoLossType loss_type(DpoLossName name) {
+  switch (name) {
+    case DpoLossName::Ipo: return cuda::DpoLossType::Ipo;
+    case DpoLossName::Hinge: return cuda::DpoLossType::Hinge;
+    default: return cuda::DpoLossType::Sigmoid;
+  }
 }
 
-// dpoLoss: the CPU addon's arguments and result (native/addon/dpo_binding.cpp), computed on the GPU.
+// dpoLoss: the CPU addon's arguments and result (addon/dpo_args.h), computed on the GPU.
 Napi::Value DpoLoss(const Napi::CallbackInfo& info) {
   Options options(info, "dpoLoss");
-  const ArrayView<float> policy_chosen = options.f32("policyChosen");
-  const size_t pairs = policy_chosen.size;
-  const ArrayView<float> policy_rejected = options.f32("policyRejected");
-  const ArrayView<float> ref_chosen = options.f32("refChosen");
-  const ArrayView<float> ref_rejected = options.f32("refRejected");
-  options.expect_size("policyRejected", policy_rejected, pairs);
-  options.expect_size("refChosen", ref_chosen, pairs);
-  options.expect_size("refRejected", ref_rejected, pairs);
-  const ArrayView<int32_t> chosen_tokens = options.i32_or_empty("chosenTokens");
-  const ArrayView<int32_t> rejected_tokens = options.i32_or_empty("rejectedTokens");
-  if (chosen_tokens.data) options.expect_size("chosenTokens", chosen_tokens, pairs);
-  if (rejected_tokens.data) options.expect_size("rejectedTokens", rejected_tokens, pairs);
-  const double beta = options.number("beta");
-  if (!(beta > 0)) options.error("'beta' must be positive");
-  const double label_smoothing = options.number("labelSmoothing", 0.0);
-  if (!(label_smoothing >= 0 && label_smoothing < 0.5)) options.error("'labelSmoothing' must be in [0, 0.5)");
-  const cuda::DpoLossType type = loss_type(options);
-
+  const DpoArgs a = read_dpo_args(options);
   Napi::Env env = info.Env();
-  Napi::Float32Array losses = Napi::Float32Array::New(env, pairs);
-  Napi::Float32Array d_chosen = Napi::Float32Array::New(env, pairs);
-  Napi::Float32Array d_rejected = Napi::Float32Array::New(env, pairs);
+  DpoOutputs outputs(env, a.pairs);
   cuda::DpoMetrics metrics{};
   run_sync(options, [&] {
     cuda::device_count();
-    DeviceBuffer<float> pc = upload(policy_chosen), pr = upload(policy_rejected), rc = upload(ref_chosen),
-                        rr = upload(ref_rejected), out_losses(pairs), out_chosen(pairs), out_rejected(pairs);
-    DeviceBuffer<int32_t> nc = chosen_tokens.data ? upload(chosen_tokens) : DeviceBuffer<int32_t>();
-    DeviceBuffer<int32_t> nr = rejected_tokens.data ? upload(rejected_tokens) : DeviceBuffer<int32_t>();
+    DeviceBuffer<float> pc = upload(a.policy_chosen), pr = upload(a.policy_rejected), rc = upload(a.ref_chosen),
+                        rr = upload(a.ref_rejected), out_losses(a.pairs), out_chosen(a.pairs), out_rejected(a.pairs);
+    DeviceBuffer<int32_t> nc = a.chosen_tokens.data ? upload(a.chosen_tokens) : DeviceBuffer<int32_t>();
+    DeviceBuffer<int32_t> nr = a.rejected_tokens.data ? upload(a.rejected_tokens) : DeviceBuffer<int32_t>();
     DeviceBuffer<cuda::DpoMetrics> device_metrics(1);
-    cuda::dpo_loss(long(pairs), type, float(beta), float(label_smoothing), pc.data(), pr.data(), rc.data(),
-                   rr.data(), out_losses.data(), out_chosen.data(), out_rejected.data(), nc.data(), nr.data(),
+    cuda::dpo_loss(long(a.pairs), loss_type(a.loss), float(a.beta), float(a.label_smoothing), pc.data(), pr.data(),
+                   rc.data(), rr.data(), out_losses.data(), out_chosen.data(), out_rejected.data(), nc.data(), nr.data(),
                    device_metrics.data(), nullptr);
     ZN_CUDA_CHECK(cudaDeviceSynchronize());
-    out_losses.download(losses.Data(), pairs);
-    out_chosen.download(d_chosen.Data(), pairs);
-    out_rejected.download(d_rejected.Data(), pairs);
+    out_losses.download(outputs.losses.Data(), a.pairs);
+    out_chosen.download(outputs.d_chosen.Data(), a.pairs);
+    out_rejected.download(outputs.d_rejected.Data(), a.pairs);
     device_metrics.download(&metrics, 1);
   });
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("losses", losses);
-  out.Set("dPolicyChosen", d_chosen);
-  out.Set("dPolicyRejected", d_rejected);
-  Napi::Object m = Napi::Object::New(env);
-  m.Set("loss", metrics.loss_mean);
-  m.Set("rewards/chosen", metrics.rewards_chosen);
-  m.Set("rewards/rejected", metrics.rewards_rejected);
-  m.Set("rewards/accuracies", metrics.rewards_accuracies);
-  m.Set("rewards/margins", metrics.rewards_margins);
-  m.Set("logps/chosen", metrics.logps_chosen);
-  m.Set("logps/rejected", metrics.logps_rejected);
-  out.Set("metrics", m);
-  return out;
+  return dpo_result(env, outputs, metrics);
 }
 
 // An operand: `<name>` as a Float32Array (f32) or a Uint16Array of bf16 bits.
