@@ -101,10 +101,11 @@ describe('zephyr-native bench', () => {
     assert.match(result.stderr, /mistral-7b is GPU-only: one full fine-tuning step needs \d+ GiB/);
   });
 
-  it('--device cuda fails clearly (no CUDA model yet, or no CUDA build)', () => {
+  it('--device cuda fails clearly (no CUDA build, no usable GPU, or no CUDA model yet)', () => {
     const result = run('bench', '--device', 'cuda', '--cache-dir', join(dir, 'never'));
     assert.equal(result.status, 1);
-    assert.match(result.stderr, /CUDA backend (has kernels but no model yet|is not built)/);
+    assert.match(result.stderr, /CUDA backend (has kernels but no model yet|is not built|\(.*\) cannot use a GPU)/);
+    assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
   });
 
   it('bad --steps is a usage error', () => {
