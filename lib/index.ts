@@ -40,3 +40,9 @@ export {
 } from './model/model.js';
 export { scoreRows, type ScoredRow, type ScoreOptions } from './model/score.js';
 export type { AdamWHyperparameters, MemoryPlan, NativeModel, NativeParameter, NativeTokenBatch } from './native.js';
+export { dpo, sft, train, TrainingRun, type PipelineConfig, type RunOptions, type TrainingConfig } from './train/api.js';
+export type { StageResult } from './train/stage.js';
+export type { LogEntry } from './train/state.js';
+export { greedyChat } from './model/generate.js';
+export { mistralConfig, writeRandomModel } from './model/init.js';
+export { readMistralConfig, type MistralConfig } from './model/config.js';

@@ -17,7 +17,8 @@ import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { writeRows } from '../lib/data/writers.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { packageRoot } from '../lib/native.js';
-import { dpo, train } from '../lib/train/api.js';
+import * as library from '../lib/index.js';
+import { dpo, sft as sft_, train } from '../lib/train/api.js';
 
 const work = mkdtempSync(join(tmpdir(), 'zn-pipeline-'));
 const cli = join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
@@ -114,6 +115,12 @@ describe('training pipeline', () => {
       assert.ok(Math.abs(e['rewards/margins'] - live[i]['rewards/margins']) <= 1e-5, `step ${i + 1} margins`);
     });
     assert.equal(readdirSync(join(work, 'pre', 'cache')).filter((n) => n.startsWith('ref-logps-')).length, 1);
+  });
+
+  it('the package entry point exports the training API the README shows', () => {
+    assert.equal(library.sft, sft_);
+    assert.equal(library.dpo, dpo);
+    assert.equal(library.train, train);
   });
 
   it('the CLI reports recipe errors with the key, as a usage error', () => {
