@@ -78,8 +78,32 @@ std::vector<ParameterSpec> parameter_table(const MistralConfig& c) {
   return table;
 }
 
-static size_t total_numel(const std::vector<ParameterSpec>& table) {
+size_t parameter_count(const std::vector<ParameterSpec>& table) {
   return table.empty() ? 0 : table.back().offset + table.back().numel;
+}
+
+const ParameterSpec& find_parameter(const std::vector<ParameterSpec>& table, const std::string& name) {
+  for (const ParameterSpec& p : table) {
+    if (p.name == name) return p;
+  }
+  fail("model: no parameter named '", name, "'");
+}
+
+ParameterIndex index_parameters(const MistralConfig& config, const std::vector<ParameterSpec>& table) {
+  auto find = [&](const std::string& name) { return &find_parameter(table, name); };
+  ParameterIndex index;
+  for (int l = 0; l < config.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    index.layers.push_back({find(p + "input_layernorm.weight"), find(p + "self_attn.q_proj.weight"),
+                            find(p + "self_attn.k_proj.weight"), find(p + "self_attn.v_proj.weight"),
+                            find(p + "self_attn.o_proj.weight"), find(p + "post_attention_layernorm.weight"),
+                            find(p + "mlp.gate_proj.weight"), find(p + "mlp.up_proj.weight"),
+                            find(p + "mlp.down_proj.weight")});
+  }
+  index.embed = find("model.embed_tokens.weight");
+  index.final_norm = find("model.norm.weight");
+  index.lm_head = config.tie_word_embeddings ? index.embed : find("lm_head.weight");
+  return index;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -183,7 +207,7 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
 MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   c.validate();
   ZN_CHECK(o.max_tokens > 0, "model: maxTokens must be positive, got ", o.max_tokens);
-  const size_t params = total_numel(parameter_table(c));
+  const size_t params = parameter_count(parameter_table(c));
   MemoryPlan plan;
   plan.weights = params * 4 + (o.precision == Precision::BF16 ? params * 2 : 0);
   plan.grads = o.trainable ? params * 4 : 0;
@@ -237,20 +261,13 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
     : config_(config), options_(options) {
   plan_ = plan_memory(config_, options_);
   params_ = parameter_table(config_);
-  auto find = [&](const std::string& name) { return &parameter(name); };
-  for (int l = 0; l < config_.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    layers_.push_back({find(p + "input_layernorm.weight"), find(p + "self_attn.q_proj.weight"),
-                       find(p + "self_attn.k_proj.weight"), find(p + "self_attn.v_proj.weight"),
-                       find(p + "self_attn.o_proj.weight"), find(p + "post_attention_layernorm.weight"),
-                       find(p + "mlp.gate_proj.weight"), find(p + "mlp.up_proj.weight"),
-                       find(p + "mlp.down_proj.weight")});
-  }
-  embed_ = find("model.embed_tokens.weight");
-  final_norm_ = find("model.norm.weight");
-  lm_head_ = config_.tie_word_embeddings ? embed_ : find("lm_head.weight");
+  const ParameterIndex index = index_parameters(config_, params_);
+  layers_ = index.layers;
+  embed_ = index.embed;
+  final_norm_ = index.final_norm;
+  lm_head_ = index.lm_head;
 
-  const size_t n = total_numel(params_);
+  const size_t n = parameter_count(params_);
   master_.assign(n, 0.0f);
   if (options_.precision == Precision::BF16) weights_bf16_.assign(n, bf16{0});
   if (options_.trainable) {
@@ -271,15 +288,24 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
 MistralModel::~MistralModel() = default;
 
 const ParameterSpec& MistralModel::parameter(const std::string& name) const {
-  for (const ParameterSpec& p : params_) {
-    if (p.name == name) return p;
-  }
-  fail("model: no parameter named '", name, "'");
+  return find_parameter(params_, name);
 }
 
 const float* MistralModel::gradient(const ParameterSpec& p) const {
   ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
   return grads_.data() + p.offset;
+}
+
+MemoryPlan MistralModel::plan(const MistralConfig& config, const ModelOptions& options) {
+  return plan_memory(config, options);
+}
+
+void MistralModel::read_master(const ParameterSpec& p, float* out) const {
+  std::memcpy(out, master(p), p.numel * sizeof(float));
+}
+
+void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
+  std::memcpy(out, gradient(p), p.numel * sizeof(float));
 }
 
 float* MistralModel::grad(const ParameterSpec& p) { return grads_.data() + p.offset; }
@@ -343,38 +369,53 @@ void MistralModel::save_optimizer_state(const std::string& path) const {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
   std::vector<StTensorToWrite> tensors;
   for (const ParameterSpec& p : params_) {
-    tensors.push_back({"exp_avg." + p.name, StDType::F32, p.shape, adam_m_.data() + p.offset});
-    tensors.push_back({"exp_avg_sq." + p.name, StDType::F32, p.shape, adam_v_.data() + p.offset});
+    tensors.push_back({optimizer_tensor_name(Moment::First, p), StDType::F32, p.shape, adam_m_.data() + p.offset});
+    tensors.push_back({optimizer_tensor_name(Moment::Second, p), StDType::F32, p.shape, adam_v_.data() + p.offset});
   }
-  write_safetensors(path, tensors, {{"format", "zephyr-native-adamw"}, {"step", std::to_string(step_)}});
+  write_safetensors(path, tensors, optimizer_state_metadata(step_));
 }
 
 void MistralModel::load_optimizer_state(const std::string& path) {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
   SafetensorsFile file(path);
+  const long step = optimizer_state_step(file);
+  for (const ParameterSpec& p : params_) {
+    read_optimizer_moment(file, Moment::First, p, adam_m_.data() + p.offset);
+    read_optimizer_moment(file, Moment::Second, p, adam_v_.data() + p.offset);
+  }
+  step_ = step;
+}
+
+std::string optimizer_tensor_name(Moment moment, const ParameterSpec& p) {
+  return (moment == Moment::First ? "exp_avg." : "exp_avg_sq.") + p.name;
+}
+
+std::map<std::string, std::string> optimizer_state_metadata(long step) {
+  return {{"format", "zephyr-native-adamw"}, {"step", std::to_string(step)}};
+}
+
+long optimizer_state_step(const SafetensorsFile& file) {
   auto step = file.metadata().find("step");
-  ZN_CHECK(step != file.metadata().end(), path, ": not an optimizer state file (no 'step' in its metadata)");
+  ZN_CHECK(step != file.metadata().end(), file.path(), ": not an optimizer state file (no 'step' in its metadata)");
   char* end = nullptr;
   const long parsed = std::strtol(step->second.c_str(), &end, 10);
-  ZN_CHECK(end && *end == 0 && parsed >= 0, path, ": bad optimizer step '", step->second, "'");
-  auto read_moment = [&](const std::string& name, const ParameterSpec& p, std::vector<float>& moment) {
-    ZN_CHECK(file.find(name), path, ": optimizer state lacks '", name, "'");
-    file.read(name, p.shape, DType::F32, moment.data() + p.offset);
-  };
-  for (const ParameterSpec& p : params_) {
-    read_moment("exp_avg." + p.name, p, adam_m_);
-    read_moment("exp_avg_sq." + p.name, p, adam_v_);
-  }
-  step_ = parsed;
+  ZN_CHECK(end && *end == 0 && parsed >= 0, file.path(), ": bad optimizer step '", step->second, "'");
+  return parsed;
+}
+
+void read_optimizer_moment(const SafetensorsFile& file, Moment moment, const ParameterSpec& p, float* out) {
+  const std::string name = optimizer_tensor_name(moment, p);
+  ZN_CHECK(file.find(name), file.path(), ": optimizer state lacks '", name, "'");
+  file.read(name, p.shape, DType::F32, out);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-void MistralModel::check_batch(const TokenBatchView& b) const {
+void validate_batch(const MistralConfig& config, const ModelOptions& options, const TokenBatchView& b) {
   ZN_CHECK(b.tokens > 0, "model: the batch has no tokens");
-  ZN_CHECK(b.tokens <= options_.max_tokens, "model: the batch has ", b.tokens,
-           " tokens, more than maxTokens ", options_.max_tokens);
+  ZN_CHECK(b.tokens <= options.max_tokens, "model: the batch has ", b.tokens,
+           " tokens, more than maxTokens ", options.max_tokens);
   ZN_CHECK(b.n_docs >= 1, "model: cuSeqlens must hold at least 2 offsets");
   ZN_CHECK(b.cu_seqlens[0] == 0, "model: cuSeqlens[0] must be 0, got ", b.cu_seqlens[0]);
   for (int i = 1; i <= b.n_docs; ++i) {
@@ -383,7 +424,7 @@ void MistralModel::check_batch(const TokenBatchView& b) const {
   }
   ZN_CHECK(b.cu_seqlens[b.n_docs] == b.tokens, "model: the last cuSeqlens offset (",
            b.cu_seqlens[b.n_docs], ") must equal the token count ", b.tokens);
-  const long V = config_.vocab_size;
+  const long V = config.vocab_size;
   for (long t = 0; t < b.tokens; ++t) {
     ZN_CHECK(b.input_ids[t] >= 0 && b.input_ids[t] < V, "model: inputIds[", t, "] = ", b.input_ids[t],
              " is outside the vocabulary [0, ", V, ")");
@@ -395,7 +436,7 @@ void MistralModel::check_batch(const TokenBatchView& b) const {
 }
 
 void MistralModel::copy_batch(const TokenBatchView& b) {
-  check_batch(b);
+  validate_batch(config_, options_, b);
   tokens_ = b.tokens;
   n_docs_ = b.n_docs;
   std::memcpy(input_ids_.data(), b.input_ids, size_t(b.tokens) * 4);
@@ -407,7 +448,7 @@ void MistralModel::copy_batch(const TokenBatchView& b) {
 void MistralModel::layer_forward(int l, const float* x, float* out, LayerActivations& a,
                                  bool need_output) {
   const MistralConfig& c = config_;
-  const LayerParams& p = layers_[size_t(l)];
+  const LayerParameters& p = layers_[size_t(l)];
   const long N = tokens_, d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
   const long ffn = c.intermediate_size;
   const DType wdt = weight_dtype();
@@ -488,7 +529,7 @@ void MistralModel::next_token_logits(const TokenBatchView& batch, float* logits)
 // On entry dres = d loss / d (layer output); on exit d loss / d (layer input x).
 void MistralModel::layer_backward(int l, const float* x, float* dres) {
   const MistralConfig& c = config_;
-  const LayerParams& p = layers_[size_t(l)];
+  const LayerParameters& p = layers_[size_t(l)];
   Activations& A = *acts_;
   LayerActivations& a = A.layers[A.layers.size() > 1 ? size_t(l) : 0];
   const long N = tokens_, d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
@@ -518,6 +559,12 @@ void MistralModel::layer_backward(int l, const float* x, float* dres) {
   add_into(size_t(N * d), A.dtmp, dres);  // now d loss / d x
 }
 
+void validate_dlogp(const float* dlogp, long tokens) {
+  for (long t = 0; t < tokens; ++t) {
+    ZN_CHECK(std::isfinite(dlogp[t]), "model: dlogp[", t, "] = ", dlogp[t], " is not finite");
+  }
+}
+
 void MistralModel::backward(const float* dlogp, long tokens) {
   ZN_CHECK(options_.trainable, "model: backward() on a model created with trainable: false");
   ZN_CHECK(have_activations_, "model: backward() needs a forward() first (each forward serves one "
@@ -528,9 +575,7 @@ void MistralModel::backward(const float* dlogp, long tokens) {
   const MistralConfig& c = config_;
   Activations& A = *acts_;
   const long N = tokens_, d = c.hidden_size;
-  for (long t = 0; t < N; ++t) {
-    ZN_CHECK(std::isfinite(dlogp[t]), "model: dlogp[", t, "] = ", dlogp[t], " is not finite");
-  }
+  validate_dlogp(dlogp, N);
 
   const cpu::LogprobShape shape{N, d, c.vocab_size};
   cpu::logprob_backward(shape, A.final_norm, weight(*lm_head_), weight_dtype(), targets_.data(),
@@ -556,15 +601,23 @@ void MistralModel::zero_grad() {
 // ---------------------------------------------------------------------------------------------
 // Optimizer
 
-double MistralModel::clip_and_step(const AdamWOptions& hp) {
-  ZN_CHECK(options_.trainable, "model: an optimizer step on a model created with trainable: false");
+void validate_adamw(const AdamWOptions& hp) {
   ZN_CHECK(std::isfinite(hp.lr) && hp.lr >= 0, "model: learning rate must be >= 0, got ", hp.lr);
   ZN_CHECK(hp.beta1 >= 0 && hp.beta1 < 1, "model: beta1 must be in [0, 1), got ", hp.beta1);
   ZN_CHECK(hp.beta2 >= 0 && hp.beta2 < 1, "model: beta2 must be in [0, 1), got ", hp.beta2);
   ZN_CHECK(hp.eps >= 0, "model: eps must be >= 0, got ", hp.eps);
-  const double norm = std::sqrt(cpu::sum_of_squares(long(grads_.size()), grads_.data()));
+}
+
+void check_grad_norm(double norm) {
   ZN_CHECK(std::isfinite(norm), "model: the gradient norm is not finite (", norm,
            "); the optimizer step was not taken");
+}
+
+double MistralModel::clip_and_step(const AdamWOptions& hp) {
+  ZN_CHECK(options_.trainable, "model: an optimizer step on a model created with trainable: false");
+  validate_adamw(hp);
+  const double norm = std::sqrt(cpu::sum_of_squares(long(grads_.size()), grads_.data()));
+  check_grad_norm(norm);
   const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
   ++step_;
   const bool bf16_copy = options_.precision == Precision::BF16;

@@ -20,6 +20,10 @@
 #include "core/bf16.h"
 #include "core/dtype.h"
 
+namespace zn {
+class SafetensorsFile;
+}
+
 namespace zn::model {
 
 struct MistralConfig {
@@ -61,6 +65,20 @@ struct ParameterSpec {
 };
 
 std::vector<ParameterSpec> parameter_table(const MistralConfig& config);
+size_t parameter_count(const std::vector<ParameterSpec>& table);  // total elements
+const ParameterSpec& find_parameter(const std::vector<ParameterSpec>& table, const std::string& name);  // throws when unknown
+
+// Where each part of the model sits in a parameter table (pointers into that table).
+struct LayerParameters {
+  const ParameterSpec *input_norm, *q, *k, *v, *o, *post_norm, *gate, *up, *down;
+};
+struct ParameterIndex {
+  std::vector<LayerParameters> layers;
+  const ParameterSpec* embed = nullptr;
+  const ParameterSpec* final_norm = nullptr;
+  const ParameterSpec* lm_head = nullptr;  // == embed when tied
+};
+ParameterIndex index_parameters(const MistralConfig& config, const std::vector<ParameterSpec>& table);
 
 // Bytes the model will allocate, by category, computable before allocating anything.
 struct MemoryPlan {
@@ -96,6 +114,28 @@ struct AdamWOptions {
 
 enum class SaveDType { F32, F16, BF16 };
 
+// Checks both models share, so that the CPU and CUDA models refuse the same input with the same
+// words. validate_batch: token count within maxTokens, cuSeqlens 0 first, increasing, the token
+// count last, every id and target in the vocabulary (targets may be -100), positions >= 0.
+void validate_batch(const MistralConfig& config, const ModelOptions& options, const TokenBatchView& batch);
+// Every dlogp[t] finite.
+void validate_dlogp(const float* dlogp, long tokens);
+// lr >= 0, betas in [0, 1), eps >= 0.
+void validate_adamw(const AdamWOptions& hp);
+// The global gradient norm must be finite before a step is taken.
+void check_grad_norm(double norm);
+
+// The optimizer state file both models write and read (a checkpoint written on one device
+// resumes on the other): f32 tensors exp_avg.<parameter> and exp_avg_sq.<parameter> in the
+// parameter's shape, metadata {format: zephyr-native-adamw, step}.
+enum class Moment { First, Second };  // exp_avg, exp_avg_sq
+std::string optimizer_tensor_name(Moment moment, const ParameterSpec& p);
+std::map<std::string, std::string> optimizer_state_metadata(long step);
+// The step recorded in an open optimizer state file (throws naming the file when absent or bad).
+long optimizer_state_step(const SafetensorsFile& file);
+// Reads one moment of one parameter (numel f32 values) from an open optimizer state file.
+void read_optimizer_moment(const SafetensorsFile& file, Moment moment, const ParameterSpec& p, float* out);
+
 struct Activations;
 struct LayerActivations;
 
@@ -109,10 +149,16 @@ class MistralModel {
   const MistralConfig& config() const { return config_; }
   const ModelOptions& options() const { return options_; }
   const MemoryPlan& memory_plan() const { return plan_; }
+  // What a model of this config and options would allocate (plan_memory), before building one.
+  static MemoryPlan plan(const MistralConfig& config, const ModelOptions& options);
   const std::vector<ParameterSpec>& parameters() const { return params_; }
   const ParameterSpec& parameter(const std::string& name) const;  // throws when unknown
   const float* master(const ParameterSpec& p) const { return master_.data() + p.offset; }
   const float* gradient(const ParameterSpec& p) const;  // throws when not trainable
+  // Copies of one parameter's f32 master values / gradient (numel floats), the accessors the
+  // CUDA model shares (its buffers live on the device).
+  void read_master(const ParameterSpec& p, float* out) const;
+  void read_gradient(const ParameterSpec& p, float* out) const;  // throws when not trainable
   long optimizer_step() const { return step_; }
 
   // Reads every parameter from safetensors files (any of F32/F16/BF16). Returns the names of
@@ -144,7 +190,6 @@ class MistralModel {
   void load_optimizer_state(const std::string& path);
 
  private:
-  void check_batch(const TokenBatchView& batch) const;
   void copy_batch(const TokenBatchView& batch);
   void run_forward(float* logp, bool keep_for_backward);
   void layer_forward(int l, const float* x, float* out, LayerActivations& acts, bool need_output);
@@ -158,10 +203,7 @@ class MistralModel {
   ModelOptions options_;
   MemoryPlan plan_;
   std::vector<ParameterSpec> params_;
-  struct LayerParams {
-    const ParameterSpec *input_norm, *q, *k, *v, *o, *post_norm, *gate, *up, *down;
-  };
-  std::vector<LayerParams> layers_;
+  std::vector<LayerParameters> layers_;
   const ParameterSpec* embed_ = nullptr;
   const ParameterSpec* final_norm_ = nullptr;
   const ParameterSpec* lm_head_ = nullptr;  // == embed_ when tied
