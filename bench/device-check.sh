@@ -3,7 +3,10 @@
 #   bash bench/device-check.sh        # results under $OUT (default out/device-check)
 # 1. builds the CUDA backend for the GPU it finds (ZN_CUDA_ARCHS overrides, e.g. 90a-real), with
 #    cuBLASLt from NVIDIA's pip wheels in python3's environment (nvidia/cu13) or the toolkit;
-# 2. zn_cuda_check: every CUDA kernel against its CPU kernel and a float64 reference (PASS/FAIL);
+# 2. zn_cuda_check: every CUDA kernel against its CPU kernel and a float64 reference (PASS/FAIL),
+#    and SFT/DPO steps of a small Mistral on the GPU model against the CPU model;
+# 2b. with Node.js (carried): the package's GPU model and trainer against the CPU, and
+#    `zephyr-native bench --device cuda` on the small and mistral-7b presets;
 # 3. timings: GEMM, attention, the memory-bound kernels and a Mistral-7B decoder layer step
 #    (forward + backward), each in its own process;
 # 4. bench/torch_device.py: torch.matmul and SDPA / FlexAttention on the same shapes and card;
@@ -11,7 +14,8 @@
 # 6. one table (bench/device_report.py), printed last and written to $OUT/table.txt.
 # A part that fails is reported and the others still run. The whole run keeps within
 # ZN_DEVICE_BUDGET seconds (default 540): each part's time limit shrinks to what is left.
-# Files in $OUT: device-check.log (everything), results.jsonl, build.log, ctest.log, table.txt.
+# Files in $OUT: device-check.log (everything), results.jsonl, build.log, ctest.log, table.txt,
+# bench-cuda-<preset>.json (with Node.js).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$PWD/out/device-check}
@@ -82,7 +86,11 @@ fi
 echo "nvcc: ${nvcc:-missing} ($("$nvcc" --version 2>/dev/null | grep -o 'release [0-9.]*')); archs: $archs; cuBLASLt: ${ZN_CUBLAS_ROOT:-from the toolkit if it has it}"
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
-cmake_args=(-S . "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DZN_CUDA=ON -DZN_BUILD_ADDON=OFF
+# With Node.js and node_modules here (../shared/device/prepare.sh carries them), the addons are
+# built too (plain cmake finds the Node-API headers in node_modules), for the package-level part.
+with_node=OFF
+[[ -d node_modules/node-api-headers ]] && command -v node >/dev/null && with_node=ON
+cmake_args=(-S . "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DZN_CUDA=ON -DZN_BUILD_ADDON=$with_node
             "-DCMAKE_CUDA_COMPILER=$nvcc" "-DCMAKE_CUDA_ARCHITECTURES=$archs")
 check=$build/zn_cuda_check
 if part "configure" 120 cmake "${cmake_args[@]}" -B "$build" >"$out/build.log" 2>&1 &&
@@ -116,13 +124,33 @@ cpu_tests=$!
 
 if [[ -x $check ]]; then
   step "kernel checks: CUDA against CPU kernels and float64 references"
-  part "kernel checks" 240 "$check" --no-bench --json "$build/results/checks.jsonl"
+  part "kernel and model checks" 240 "$check" --no-bench --json "$build/results/checks.jsonl"
+else
+  parts+=("kernel checks and timings: not run (no zn_cuda_check; see build.log)")
+fi
+
+# The package on the GPU: lib/model and the trainer driving the CUDA addon's Model against the
+# CPU addon (test/cuda-model.test.ts, test/cuda-addon.test.ts), then the user's bench command.
+if [[ $with_node == ON ]]; then
+  step "the package on the GPU: model and trainer steps against the CPU, zephyr-native bench"
+  export ZN_ADDON_PATH=$PWD/$build/Release/zn_cpu.node ZN_CUDA_ADDON=$PWD/$build/cuda/zn_cuda.node
+  if part "build addons" 180 cmake --build "$build" -j "$jobs" --target zn_cpu zn_cuda >>"$out/build.log" 2>&1 &&
+    part "tsc" 60 node node_modules/typescript/bin/tsc -p tsconfig.json; then
+    part "node tests on the GPU" 150 node --test --test-concurrency=1 dist/test/cuda-model.test.js dist/test/cuda-addon.test.js
+    for preset in small mistral-7b; do
+      part "bench $preset on the GPU" 90 node dist/lib/cli/main.js bench --preset "$preset" --device cuda --precision bf16 \
+        --mode both --steps 3 --warmup 1 --json "$out/bench-cuda-$preset.json"
+    done
+  fi
+else
+  parts+=("package on the GPU: not run (no node or node_modules: carry .device from ../shared/device/prepare.sh)")
+fi
+
+if [[ -x $check ]]; then
   for family in gemm attention memory layer; do
     step "timings: $family"
     part "timings $family" 150 "$check" --no-checks --only "$family" --json "$build/results/bench-$family.jsonl"
   done
-else
-  parts+=("kernel checks and timings: not run (no zn_cuda_check; see build.log)")
 fi
 
 step "torch on the same shapes"

@@ -1,6 +1,7 @@
 /**
  * `npm run bench:steps -- [--preset tiny|small] [--mode sft|dpo|both] [--precision bf16|f32|both]
- *                          [--steps 3] [--warmup 1] [--rounds 1] [--json FILE] [--peer]`
+ *                          [--steps 3] [--warmup 1] [--rounds 1] [--json FILE] [--peer]
+ *                          [--peer-steps N] [--peer-warmup N]`
  *
  * Step benchmarks (lib/bench/): zephyr-native's SFT and DPO optimizer steps on a preset, each
  * configuration in its own child process. With --peer (`npm run bench:peer`, bench/peer.ts) the
@@ -99,6 +100,9 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
       steps: { type: 'string', default: '3' },
       warmup: { type: 'string', default: '1' },
       rounds: { type: 'string', default: '1' },
+      // TRL's bf16 autocast on a CPU without bf16 instructions takes minutes per step: fewer there.
+      'peer-steps': { type: 'string' },
+      'peer-warmup': { type: 'string' },
       json: { type: 'string' },
       'cache-dir': { type: 'string', default: defaultBenchCacheDir() },
       peer: { type: 'boolean', default: defaults.peer },
@@ -111,6 +115,8 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
   const steps = count('steps', values.steps!, 1);
   const warmup = count('warmup', values.warmup!, 0);
   const rounds = count('rounds', values.rounds!, 1);
+  const peerSteps = count('peer-steps', values['peer-steps'] ?? String(steps), 1);
+  const peerWarmup = count('peer-warmup', values['peer-warmup'] ?? String(warmup), 0);
   const modes: BenchMode[] = mode === 'both' ? ['sft', 'dpo'] : [mode];
   const precisions: BenchPrecision[] = precision === 'both' ? ['bf16', 'f32'] : [precision];
   const threads = loadNative('cpu').info().threads;
@@ -133,6 +139,8 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
 
   const runs = new Map<string, BenchResult[]>();
   const add = (result: BenchResult) => {
+    // One JSON line per finished configuration on stderr: a long run that is cut short keeps them.
+    console.error(`result: ${JSON.stringify(result)}`);
     const key = `${result.mode} ${result.precision} ${result.implementation}`;
     runs.set(key, [...(runs.get(key) ?? []), result]);
   };
@@ -144,7 +152,7 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
         add(toResult(await runInChild({ preset, mode: m, precision: p, steps, warmup, device: 'cpu', modelDir }), peak));
         if (trl) {
           console.error(`round ${round}/${rounds}: ${preset} ${m} ${p} TRL ...`);
-          const { versions, ...measurement } = runTrl(trl, preset, m, p, steps, warmup);
+          const { versions, ...measurement } = runTrl(trl, preset, m, p, peerSteps, peerWarmup);
           trlVersions = versions;
           add(toResult(measurement, peak));
         }
@@ -169,7 +177,7 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
       ratios: ratioRows,
       machine: machineInfo(peak),
       versions: { ...ourVersions(), ...trlVersions },
-      settings: { preset, steps, warmup, rounds, threads, mfu_formula: MFU_FORMULA, preset_shape: PRESETS[preset] },
+      settings: { preset, steps, warmup, peer_steps: peerSteps, peer_warmup: peerWarmup, rounds, threads, mfu_formula: MFU_FORMULA, preset_shape: PRESETS[preset] },
     });
     console.error(`wrote ${values.json}`);
   }

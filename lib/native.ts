@@ -25,6 +25,9 @@ export interface AddonInfo {
   threads: number;
   /** CUDA addon only: the GPU it found. */
   deviceName?: string;
+  /** CUDA addon only: the device's free and total memory in bytes, read at the call. */
+  freeMemory?: number;
+  totalMemory?: number;
 }
 
 export interface DpoLossOptions {

@@ -67,12 +67,13 @@ export interface MachineInfo {
   cpu_features: string;
   cpu_path: string;
   threads: number;
-  peak_gflops: { f32: number; bf16: number; loops: MeasuredPeak['loops'] };
+  /** Null where no peak was measured (a GPU run). */
+  peak_gflops: { f32: number; bf16: number; loops: MeasuredPeak['loops'] } | null;
   load_average: number[];
   platform: string;
 }
 
-export function machineInfo(peak: MeasuredPeak): MachineInfo {
+export function machineInfo(peak: MeasuredPeak | null): MachineInfo {
   const info = loadNative('cpu').info();
   return {
     cpu: cpus()[0]?.model.trim() ?? 'unknown',
@@ -81,7 +82,7 @@ export function machineInfo(peak: MeasuredPeak): MachineInfo {
     cpu_features: info.cpuFeatures,
     cpu_path: info.cpuPath,
     threads: info.threads,
-    peak_gflops: { f32: peak.f32, bf16: peak.bf16, loops: peak.loops },
+    peak_gflops: peak ? { f32: peak.f32, bf16: peak.bf16, loops: peak.loops } : null,
     load_average: loadavg().map((x) => Number(x.toFixed(2))),
     platform: `${process.platform}-${process.arch}`,
   };
@@ -133,7 +134,7 @@ function markdown(header: string[], rows: string[][]): string {
 
 export function formatResults(results: BenchResult[]): string {
   return markdown(
-    ['preset', 'mode', 'precision', 'implementation', 'threads', 'step s (median)', 'tokens/s', 'MFU', 'peak RSS'],
+    ['preset', 'mode', 'precision', 'implementation', 'threads', 'step s (median)', 'tokens/s', 'MFU', 'peak memory'],
     results.map((r) => [
       r.preset,
       r.mode,

@@ -50,7 +50,7 @@ export interface StepMeasurement {
   steps_s: number[];
   tokens_per_step: number;
   tokens_per_s: number;
-  /** Max RSS of the process (CPU). */
+  /** Max RSS of the process (CPU); on the GPU, the most device memory the step took (free memory before the models, less its lowest value after a step). */
   peak_bytes: number;
   /** The model memory plans (policy + reference): weights, grads, optimizer, activations. */
   planned_bytes: number;
@@ -99,6 +99,25 @@ function timed(model: MistralModel, phases: StepPhases, logprobsPhase: keyof Ste
   };
 }
 
+/**
+ * Device memory taken on a GPU: free memory before any model, less the lowest free memory seen
+ * after each step (the models' arenas and the libraries' workspaces; the CUDA context already
+ * exists when the first reading is taken). A no-op on the CPU.
+ */
+function deviceMemoryTracker(device: Device): { sample(): void; peak(): number } {
+  if (device !== 'cuda') return { sample: () => {}, peak: () => 0 };
+  const addon = loadNative('cuda');
+  const free = () => addon.info().freeMemory ?? 0;
+  const before = free();
+  let lowest = before;
+  return {
+    sample: () => {
+      lowest = Math.min(lowest, free());
+    },
+    peak: () => before - lowest,
+  };
+}
+
 export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
@@ -108,6 +127,7 @@ export function median(values: number[]): number {
 export async function runStepBench(options: StepBenchOptions): Promise<StepMeasurement> {
   const preset = PRESETS[options.preset];
   const policyTokens = policyTokensPerStep(preset, options.mode);
+  const deviceMemory = deviceMemoryTracker(options.device);
   const modelOptions = { device: options.device, dtype: options.precision, maxTokens: policyTokens, gradientCheckpointing: false } as const;
   const policy = await loadModel(options.modelDir, { ...modelOptions, trainable: true });
   const vocab = policy.config.vocabSize;
@@ -147,6 +167,7 @@ export async function runStepBench(options: StepBenchOptions): Promise<StepMeasu
     optimizer += (performance.now() - stepStart) / 1000;
     const seconds = (performance.now() - start) / 1000;
     losses.push(result.loss);
+    deviceMemory.sample();
     if (timedStep) {
       stepsS.push(seconds);
       phases.optimizer += optimizer;
@@ -168,7 +189,7 @@ export async function runStepBench(options: StepBenchOptions): Promise<StepMeasu
     steps_s: stepsS,
     tokens_per_step: policyTokens,
     tokens_per_s: policyTokens / stepS,
-    peak_bytes: process.resourceUsage().maxRSS * 1024,
+    peak_bytes: options.device === 'cuda' ? deviceMemory.peak() : process.resourceUsage().maxRSS * 1024,
     planned_bytes: planned,
     threads: loadNative(options.device).info().threads,
     phases_s: {

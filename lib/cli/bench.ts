@@ -76,8 +76,10 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
     checkRunnable(args);
     const preset = PRESETS[args.preset];
     const modes: BenchMode[] = args.mode === 'both' ? ['sft', 'dpo'] : [args.mode];
-    process.stderr.write('measuring this machine\'s multiply-add peak ...\n');
-    const peak = await measurePeak();
+    // MFU is against a peak this machine measured; the GPU's is not measured here, so no MFU there.
+    const onGpu = args.device === 'cuda';
+    if (!onGpu) process.stderr.write('measuring this machine\'s multiply-add peak ...\n');
+    const peak = onGpu ? null : await measurePeak();
     const modelDir = await ensureBenchModel(preset, args['cache-dir']);
     const results: BenchResult[] = [];
     for (const mode of modes) {
@@ -87,7 +89,8 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
     }
     process.stdout.write(`${formatResults(results)}\n`);
     if (args.json) {
-      writeJsonAtomic(args.json, { results, machine: machineInfo(peak), versions: ourVersions() });
+      const gpu = onGpu ? loadNative('cuda').info() : null;
+      writeJsonAtomic(args.json, { results, machine: { ...machineInfo(peak), gpu }, versions: ourVersions() });
       process.stderr.write(`wrote ${args.json}\n`);
     }
   },

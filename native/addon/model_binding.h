@@ -1,0 +1,350 @@
+// The Mistral model as a JS class (`new addon.Model({config, dtype, maxTokens, ...})`), one
+// template over the model class so that the CPU addon (model::MistralModel, model_binding.cpp) and
+// the CUDA addon (model::CudaMistralModel, cuda_model_binding.cpp) expose the same JS surface and
+// lib/model/model.ts drives either. Only argument conversion lives here. Long work runs off the
+// main thread; one call at a time per model (a second call while one runs is an error, since
+// forward/backward pairs share the model's saved activations).
+//
+// What a Model class provides: static plan(config, options) -> MemoryPlan; a constructor from
+// (config, options); the methods of model::MistralModel (mistral.h), with parameter values and
+// gradients read through read_master / read_gradient (host copies).
+#pragma once
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "addon/binding.h"
+#include "core/errors.h"
+#include "model/mistral.h"
+
+namespace zn::addon {
+
+
+inline model::MistralConfig read_config(const Options& o) {
+  model::MistralConfig c;
+  c.vocab_size = long(o.integer("vocabSize"));
+  c.hidden_size = long(o.integer("hiddenSize"));
+  c.intermediate_size = long(o.integer("intermediateSize"));
+  c.num_layers = int(o.integer("numHiddenLayers"));
+  c.num_heads = int(o.integer("numAttentionHeads"));
+  c.num_kv_heads = int(o.integer("numKeyValueHeads"));
+  c.head_dim = int(o.integer("headDim"));
+  c.rms_norm_eps = float(o.number("rmsNormEps"));
+  c.rope_theta = float(o.number("ropeTheta"));
+  c.sliding_window = long(o.integer("slidingWindow", 0));
+  c.tie_word_embeddings = o.boolean("tieWordEmbeddings", false);
+  c.pad_token_id = long(o.integer("padTokenId", -1));
+  return c;
+}
+
+inline model::ModelOptions read_model_options(const Options& o) {
+  model::ModelOptions m;
+  const std::string dtype = o.string("dtype", "f32");
+  if (dtype != "f32" && dtype != "bf16") o.error("'dtype' must be 'f32' or 'bf16', got '" + dtype + "'");
+  m.precision = dtype == "bf16" ? model::Precision::BF16 : model::Precision::F32;
+  m.max_tokens = long(o.integer("maxTokens"));
+  if (m.max_tokens <= 0) o.error("'maxTokens' must be positive, got " + std::to_string(m.max_tokens));
+  m.gradient_checkpointing = o.boolean("gradientCheckpointing", false);
+  m.trainable = o.boolean("trainable", true);
+  return m;
+}
+
+inline Napi::Object plan_object(Napi::Env env, const model::MemoryPlan& plan) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("weights", double(plan.weights));
+  out.Set("grads", double(plan.grads));
+  out.Set("optimizer", double(plan.optimizer));
+  out.Set("activations", double(plan.activations));
+  out.Set("logitsChunks", double(plan.logits_chunks));
+  out.Set("total", double(plan.total()));
+  return out;
+}
+
+inline Napi::Float32Array copy_to_js(Napi::Env env, const float* data, size_t n) {
+  Napi::Float32Array out = Napi::Float32Array::New(env, n);
+  std::copy(data, data + n, out.Data());
+  return out;
+}
+
+// modelMemoryPlan({config, dtype, maxTokens, ...}): the bytes a Model would allocate.
+template <class Model>
+Napi::Value ModelMemoryPlan(const Napi::CallbackInfo& info) {
+  Options options(info, "modelMemoryPlan");
+  model::MemoryPlan plan;
+  run_sync(options, [&] { plan = Model::plan(read_config(options.object("config")), read_model_options(options)); });
+  return plan_object(info.Env(), plan);
+}
+
+template <class Model>
+class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return ModelWrap::DefineClass(env, "Model",
+                       {ModelWrap::InstanceMethod("parameters", &ModelWrap::Parameters),
+                        ModelWrap::InstanceMethod("memoryPlan", &ModelWrap::MemoryPlan),
+                        ModelWrap::InstanceMethod("loadWeights", &ModelWrap::LoadWeights),
+                        ModelWrap::InstanceMethod("saveWeights", &ModelWrap::SaveWeights),
+                        ModelWrap::InstanceMethod("forward", &ModelWrap::Forward),
+                        ModelWrap::InstanceMethod("logprobs", &ModelWrap::Logprobs),
+                        ModelWrap::InstanceMethod("nextTokenLogits", &ModelWrap::NextTokenLogits),
+                        ModelWrap::InstanceMethod("backward", &ModelWrap::Backward),
+                        ModelWrap::InstanceMethod("zeroGrad", &ModelWrap::ZeroGrad),
+                        ModelWrap::InstanceMethod("clipAndStep", &ModelWrap::ClipAndStep),
+                        ModelWrap::InstanceMethod("saveOptimizerState", &ModelWrap::SaveOptimizerState),
+                        ModelWrap::InstanceMethod("loadOptimizerState", &ModelWrap::LoadOptimizerState),
+                        ModelWrap::InstanceMethod("optimizerStep", &ModelWrap::OptimizerStep),
+                        ModelWrap::InstanceMethod("getParameter", &ModelWrap::GetParameter),
+                        ModelWrap::InstanceMethod("getGradient", &ModelWrap::GetGradient)});
+  }
+
+  explicit ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap<Model>>(info) {
+    Options options(info, "Model");
+    run_sync(options, [&] {
+      model_ = std::make_shared<Model>(read_config(options.object("config")), read_model_options(options));
+    });
+  }
+
+ private:
+  // The model is shared with in-flight work, so garbage-collecting the JS object mid-call is safe.
+  std::shared_ptr<Model> model_;
+  std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+
+  void claim(const Options& options) {
+    if (busy_->exchange(true)) {
+      options.error("the model is busy with another call (await each call before the next)");
+    }
+  }
+
+  // Runs work on the model off the main thread. The model stays busy until the promise settles
+  // (on the main thread), so JS never sees it free while a call's promise is pending. Errors are
+  // carried to the main thread and reject the promise there, named after the op.
+  Napi::Promise run(const Options& options, std::function<void(Model&)> work,
+                    std::function<Napi::Value(Napi::Env)> result = nullptr) {
+    claim(options);
+    auto model = model_;
+    auto busy = busy_;
+    auto error = std::make_shared<std::string>();
+    auto failed = std::make_shared<bool>(false);
+    return run_async(
+        options,
+        [model, work, error, failed] {
+          try {
+            work(*model);
+          } catch (const std::exception& e) {
+            *failed = true;
+            *error = e.what();
+          }
+        },
+        [busy, result, error, failed, op = std::string(options.op())](Napi::Env env) -> Napi::Value {
+          *busy = false;
+          if (*failed) throw Napi::Error::New(env, op + ": " + *error);
+          return result ? result(env) : env.Undefined();
+        });
+  }
+
+  void check_idle(const Options& options) const {
+    if (*busy_) options.error("the model is busy with another call (await each call before the next)");
+  }
+
+  Napi::Value Parameters(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const auto& params = model_->parameters();
+    Napi::Array out = Napi::Array::New(env, params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      Napi::Object p = Napi::Object::New(env);
+      p.Set("name", params[i].name);
+      Napi::Array shape = Napi::Array::New(env, params[i].shape.size());
+      for (size_t j = 0; j < params[i].shape.size(); ++j) shape.Set(uint32_t(j), double(params[i].shape[j]));
+      p.Set("shape", shape);
+      p.Set("decay", params[i].decay);
+      out.Set(uint32_t(i), p);
+    }
+    return out;
+  }
+
+  Napi::Value MemoryPlan(const Napi::CallbackInfo& info) { return plan_object(info.Env(), model_->memory_plan()); }
+
+  Napi::Value OptimizerStep(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), double(model_->optimizer_step()));
+  }
+
+  // loadWeights({files: string[]}) -> Promise<{unexpected: string[]}>
+  Napi::Value LoadWeights(const Napi::CallbackInfo& info) {
+    Options options(info, "loadWeights");
+    auto files = options.strings("files");
+    auto unexpected = std::make_shared<std::vector<std::string>>();
+    return run(
+        options, [files, unexpected](Model& m) { *unexpected = m.load_weights(files); },
+        [unexpected](Napi::Env env) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          Napi::Array names = Napi::Array::New(env, unexpected->size());
+          for (size_t i = 0; i < unexpected->size(); ++i) names.Set(uint32_t(i), (*unexpected)[i]);
+          out.Set("unexpected", names);
+          return out;
+        });
+  }
+
+  // saveWeights({path, names, dtype: 'F32'|'F16'|'BF16', metadata?}) -> Promise<void>: one
+  // safetensors file (the shard plan is lib/model/folder.ts's).
+  Napi::Value SaveWeights(const Napi::CallbackInfo& info) {
+    Options options(info, "saveWeights");
+    const std::string path = options.string("path");
+    const std::vector<std::string> names = options.strings("names");
+    const std::string dtype = options.string("dtype", "F32");
+    if (dtype != "F32" && dtype != "F16" && dtype != "BF16") {
+      options.error("'dtype' must be 'F32', 'F16' or 'BF16', got '" + dtype + "'");
+    }
+    const model::SaveDType save_dtype = dtype == "F32" ? model::SaveDType::F32
+                                        : dtype == "F16" ? model::SaveDType::F16
+                                                         : model::SaveDType::BF16;
+    const auto metadata = options.string_map_or_empty("metadata");
+    return run(options, [path, names, save_dtype, metadata](Model& m) {
+      m.save_weights(path, names, save_dtype, metadata);
+    });
+  }
+
+  // Reads a TokenBatch ({inputIds, positionIds, targets, cuSeqlens}: Int32Arrays).
+  static model::TokenBatchView read_batch(const Options& o) {
+    ArrayView<int32_t> ids = o.i32("inputIds");
+    ArrayView<int32_t> positions = o.i32("positionIds");
+    ArrayView<int32_t> targets = o.i32("targets");
+    ArrayView<int32_t> cu = o.i32("cuSeqlens");
+    o.expect_size("positionIds", positions, ids.size);
+    o.expect_size("targets", targets, ids.size);
+    if (cu.size < 2) o.error("'cuSeqlens' must hold at least 2 offsets");
+    return {long(ids.size), ids.data, positions.data, targets.data, cu.data, int(cu.size - 1)};
+  }
+
+  Napi::Value RunForward(const Napi::CallbackInfo& info, const char* op, bool keep) {
+    Options options(info, op);
+    const model::TokenBatchView batch = read_batch(options);
+    auto logp = std::make_shared<std::vector<float>>(size_t(batch.tokens));
+    return run(
+        options,
+        [batch, logp, keep](Model& m) {
+          if (keep) {
+            m.forward(batch, logp->data());
+          } else {
+            m.logprobs(batch, logp->data());
+          }
+        },
+        [logp](Napi::Env env) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          out.Set("logp", copy_to_js(env, logp->data(), logp->size()));
+          return out;
+        });
+  }
+
+  // forward(batch) -> Promise<{logp: Float32Array}>, keeping activations for backward.
+  Napi::Value Forward(const Napi::CallbackInfo& info) { return RunForward(info, "forward", true); }
+  // logprobs(batch) -> Promise<{logp: Float32Array}>, nothing kept.
+  Napi::Value Logprobs(const Napi::CallbackInfo& info) { return RunForward(info, "logprobs", false); }
+
+  // nextTokenLogits(batch) -> Promise<{logits: Float32Array}>: [documents, vocab], the logits
+  // after each document's last token (greedy decoding).
+  Napi::Value NextTokenLogits(const Napi::CallbackInfo& info) {
+    Options options(info, "nextTokenLogits");
+    const model::TokenBatchView batch = read_batch(options);
+    auto logits = std::make_shared<std::vector<float>>();
+    return run(
+        options,
+        [batch, logits](Model& m) {
+          logits->resize(size_t(batch.n_docs) * size_t(m.config().vocab_size));
+          m.next_token_logits(batch, logits->data());
+        },
+        [logits](Napi::Env env) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          out.Set("logits", copy_to_js(env, logits->data(), logits->size()));
+          return out;
+        });
+  }
+
+  // backward({dlogp: Float32Array}) -> Promise<void>; dlogp has one entry per token of the
+  // batch of the last forward().
+  Napi::Value Backward(const Napi::CallbackInfo& info) {
+    Options options(info, "backward");
+    ArrayView<float> dlogp = options.f32("dlogp");
+    return run(options, [dlogp](Model& m) { m.backward(dlogp.data, long(dlogp.size)); });
+  }
+
+  Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
+    Options options(info, "zeroGrad");
+    return run(options, [](Model& m) { m.zero_grad(); });
+  }
+
+  // clipAndStep({lr, beta1, beta2, eps, weightDecay, maxGradNorm}) -> Promise<{gradNorm, step}>
+  Napi::Value ClipAndStep(const Napi::CallbackInfo& info) {
+    Options options(info, "clipAndStep");
+    model::AdamWOptions hp;
+    hp.lr = options.number("lr");
+    hp.beta1 = options.number("beta1", 0.9);
+    hp.beta2 = options.number("beta2", 0.999);
+    hp.eps = options.number("eps", 1e-8);
+    hp.weight_decay = options.number("weightDecay", 0.0);
+    hp.max_grad_norm = options.number("maxGradNorm", 0.0);
+    auto norm = std::make_shared<double>(0.0);
+    auto step = std::make_shared<long>(0);
+    return run(
+        options,
+        [hp, norm, step](Model& m) {
+          *norm = m.clip_and_step(hp);
+          *step = m.optimizer_step();
+        },
+        [norm, step](Napi::Env env) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          out.Set("gradNorm", *norm);
+          out.Set("step", double(*step));
+          return out;
+        });
+  }
+
+  // saveOptimizerState({path}) / loadOptimizerState({path}): AdamW moments and step count.
+  Napi::Value SaveOptimizerState(const Napi::CallbackInfo& info) {
+    Options options(info, "saveOptimizerState");
+    const std::string path = options.string("path");
+    return run(options, [path](Model& m) { m.save_optimizer_state(path); });
+  }
+
+  Napi::Value LoadOptimizerState(const Napi::CallbackInfo& info) {
+    Options options(info, "loadOptimizerState");
+    const std::string path = options.string("path");
+    return run(options, [path](Model& m) { m.load_optimizer_state(path); });
+  }
+
+  // getParameter({name}) / getGradient({name}) -> Float32Array copies (for tests and tools).
+  Napi::Value GetParameter(const Napi::CallbackInfo& info) {
+    Options options(info, "getParameter");
+    check_idle(options);
+    Napi::Value out;
+    run_sync(options, [&] {
+      const model::ParameterSpec& p = model_->parameter(options.string("name"));
+      Napi::Float32Array copy = Napi::Float32Array::New(info.Env(), p.numel);
+      model_->read_master(p, copy.Data());
+      out = copy;
+    });
+    return out;
+  }
+
+  Napi::Value GetGradient(const Napi::CallbackInfo& info) {
+    Options options(info, "getGradient");
+    check_idle(options);
+    Napi::Value out;
+    run_sync(options, [&] {
+      const model::ParameterSpec& p = model_->parameter(options.string("name"));
+      Napi::Float32Array copy = Napi::Float32Array::New(info.Env(), p.numel);
+      model_->read_gradient(p, copy.Data());
+      out = copy;
+    });
+    return out;
+  }
+};
+
+template <class Model>
+void register_model_class(Napi::Env env, Napi::Object exports) {
+  exports.Set("Model", ModelWrap<Model>::Define(env));
+  exports.Set("modelMemoryPlan", Napi::Function::New(env, ModelMemoryPlan<Model>, "modelMemoryPlan"));
+}
+
+}  // namespace zn::addon
