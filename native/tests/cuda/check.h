@@ -89,5 +89,7 @@ void guarded(Report& report, const std::string& op, const std::string& what,
 // quick: smaller attention cases and no large cross-checks (for the CPU emulator, run.sh).
 void run_op_checks(Report& report, cudaStream_t stream, const std::string& only, bool quick);
 void run_benchmarks(Report& report, cudaStream_t stream, const std::string& only);
+// The CPU and CUDA Mistral models trained side by side (check_model.cpp); quick: fewer cases.
+void run_model_checks(Report& report, const std::string& only, bool quick);
 
 }  // namespace zn::cuda::check

@@ -248,6 +248,7 @@ int main(int argc, char** argv) {
   cudaStream_t stream;
   ZN_CUDA_CHECK(cudaStreamCreate(&stream));
   if (checks) check::run_op_checks(report, stream, only, quick);
+  if (checks) check::run_model_checks(report, only, quick);
   if (bench) check::run_benchmarks(report, stream, only);
   std::printf("\nchecks: %d passed, %d failed\n", report.passes(), report.failures());
   cudaStreamDestroy(stream);

@@ -1,0 +1,706 @@
+// Mistral forward/backward on the GPU (residency and dtypes: mistral_cuda.h; the math:
+// mistral.h): the CPU model's plain sequence of kernel calls with the cuda:: kernels, on the
+// model's one stream, over one device arena laid out from the plan.
+#include "model/mistral_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "core/errors.h"
+#include "kernels/cuda/adamw.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/device.cuh"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/logprob.h"
+#include "kernels/cuda/rmsnorm.h"
+#include "kernels/cuda/rope.h"
+#include "kernels/cuda/swiglu.h"
+#include "model/safetensors.h"
+
+namespace zn::model {
+
+using cuda::Array;
+using cuda::ConstArray;
+
+// ---------------------------------------------------------------------------------------------
+// The arena: every device buffer of the model, laid out once for max_tokens.
+
+struct CudaLayerActivations {
+  void* norm1;   // rmsnorm1(x)                 [N, d]        act dtype
+  float* rstd1;  //                              [N]
+  void* q;       // rope(q_proj(norm1))          [N, Hq * D]   act
+  void* k;       // rope(k_proj(norm1))          [N, Hkv * D]  act
+  void* v;       // v_proj(norm1)                [N, Hkv * D]  act
+  void* attn;    // attention output             [N, Hq * D]   act
+  float* lse;    // attention log-sum-exp        [Hq, N]
+  float* h;      // x + o_proj(attn)             [N, d]        f32 (residual stream)
+  void* norm2;   // rmsnorm2(h)                  [N, d]        act
+  float* rstd2;  //                              [N]
+  void* gate;    // gate_proj(norm2)             [N, ffn]      act
+  void* up;      // up_proj(norm2)               [N, ffn]      act
+  void* act;     // silu(gate) * up              [N, ffn]      act
+};
+
+struct CudaBuffers {
+  // Parameters (offsets of the parameter table apply to each).
+  float* master;
+  bf16* weights_bf16;  // bf16 mode only
+  float* grads;        // trainable only, one contiguous buffer (the grad norm reads it at once)
+  float *adam_m, *adam_v;
+  // The batch of the last call, and the per-token values crossing to and from the host.
+  int32_t *input_ids, *position_ids, *targets, *cu_seqlens;
+  float *logp, *dlogp;
+  // Activations (as the CPU model's Activations).
+  std::vector<float*> residual;  // layer inputs x_0 .. x_L (two, ping-pong, if not trainable)
+  std::vector<CudaLayerActivations> layers;
+  void* final_norm;  // act [N, d]
+  float* final_rstd;
+  float* logit_lse;
+  // Backward scratch (trainable only).
+  float *dres, *dnorm, *dtmp;  // f32 [N, d]
+  void* dres_act;              // dres as a GEMM operand: its bf16 rounding, or dres in f32 mode
+  void *dattn, *dq, *dk, *dv;  // act
+  void *dact, *dgate, *dup;    // act [N, ffn]
+  // Workspaces.
+  void* logprob_workspace;    // the log-prob chunks; also next_token_logits' logits chunks
+  void* attention_workspace;  // attention backward (trainable only)
+  double* grad_sum_of_squares;
+  float* clip_coefficient;
+};
+
+namespace {
+
+constexpr size_t kAlignment = 256;  // vector loads, cuBLASLt's preferred alignment, flash's 16 B
+
+// Hands out aligned pieces of an arena; with a null base it only counts.
+class DeviceArena {
+ public:
+  explicit DeviceArena(char* base) : base_(base) {}
+  template <typename T>
+  T* take(size_t count) {
+    return static_cast<T*>(take_bytes(count * sizeof(T)));
+  }
+  void* take_bytes(size_t bytes) {
+    void* p = base_ ? base_ + used_ : nullptr;
+    used_ += (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    return p;
+  }
+  size_t used() const { return used_; }
+
+ private:
+  char* base_;
+  size_t used_ = 0;
+};
+
+DType activation_dtype(const ModelOptions& o) { return o.precision == Precision::BF16 ? DType::BF16 : DType::F32; }
+
+cuda::LogprobShape logprob_shape(const MistralConfig& c, long tokens) { return {tokens, c.hidden_size, c.vocab_size}; }
+
+cuda::AttentionShape attention_shape(const MistralConfig& c, long tokens) {
+  return {tokens, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window, 1.0f / std::sqrt(float(c.head_dim))};
+}
+
+// Sizes of one layout: tokens N and the model's widths.
+struct Widths {
+  size_t N, d, qd, kvd, ffn, heads, act;  // act: bytes of an activation element
+  Widths(const MistralConfig& c, const ModelOptions& o)
+      : N(size_t(o.max_tokens)), d(size_t(c.hidden_size)), qd(size_t(c.q_dim())), kvd(size_t(c.kv_dim())),
+        ffn(size_t(c.intermediate_size)), heads(size_t(c.num_heads)), act(dtype_size(activation_dtype(o))) {}
+};
+
+CudaLayerActivations take_layer_slot(const Widths& w, DeviceArena& arena) {
+  auto act = [&](size_t count) { return arena.take_bytes(count * w.act); };
+  CudaLayerActivations s;
+  s.norm1 = act(w.N * w.d);
+  s.rstd1 = arena.take<float>(w.N);
+  s.q = act(w.N * w.qd);
+  s.k = act(w.N * w.kvd);
+  s.v = act(w.N * w.kvd);
+  s.attn = act(w.N * w.qd);
+  s.lse = arena.take<float>(w.heads * w.N);
+  s.h = arena.take<float>(w.N * w.d);
+  s.norm2 = act(w.N * w.d);
+  s.rstd2 = arena.take<float>(w.N);
+  s.gate = act(w.N * w.ffn);
+  s.up = act(w.N * w.ffn);
+  s.act = act(w.N * w.ffn);
+  return s;
+}
+
+void take_backward_scratch(const Widths& w, bool bf16_mode, DeviceArena& arena, CudaBuffers& b) {
+  auto act = [&](size_t count) { return arena.take_bytes(count * w.act); };
+  b.dres = arena.take<float>(w.N * w.d);
+  b.dnorm = arena.take<float>(w.N * w.d);
+  b.dtmp = arena.take<float>(w.N * w.d);
+  b.dres_act = bf16_mode ? act(w.N * w.d) : b.dres;
+  b.dattn = act(w.N * w.qd);
+  b.dq = act(w.N * w.qd);
+  b.dk = act(w.N * w.kvd);
+  b.dv = act(w.N * w.kvd);
+  b.dact = act(w.N * w.ffn);
+  b.dgate = act(w.N * w.ffn);
+  b.dup = act(w.N * w.ffn);
+}
+
+// The batch, the per-token values crossing to the host, and the activations (as the CPU
+// model's layout_activations).
+void take_activations(const MistralConfig& c, const ModelOptions& o, DeviceArena& arena, CudaBuffers& b) {
+  const Widths w(c, o);
+  b.input_ids = arena.take<int32_t>(w.N);
+  b.position_ids = arena.take<int32_t>(w.N);
+  b.targets = arena.take<int32_t>(w.N);
+  b.cu_seqlens = arena.take<int32_t>(w.N + 1);
+  b.logp = arena.take<float>(w.N);
+  b.dlogp = o.trainable ? arena.take<float>(w.N) : nullptr;
+  b.residual.resize(o.trainable ? size_t(c.num_layers) + 1 : 2);
+  for (float*& x : b.residual) x = arena.take<float>(w.N * w.d);
+  b.layers.resize(o.trainable && !o.gradient_checkpointing ? size_t(c.num_layers) : 1);
+  for (CudaLayerActivations& slot : b.layers) slot = take_layer_slot(w, arena);
+  b.final_norm = arena.take_bytes(w.N * w.d * w.act);
+  b.final_rstd = arena.take<float>(w.N);
+  b.logit_lse = arena.take<float>(w.N);
+  if (o.trainable) take_backward_scratch(w, o.precision == Precision::BF16, arena, b);
+}
+
+// Lays the arena out for max_tokens (walked once to plan, once to allocate, so the two cannot
+// disagree); returns the bytes of each category.
+MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, CudaBuffers& b) {
+  const size_t params = parameter_count(parameter_table(c));
+  DeviceArena arena(base);
+  MemoryPlan plan;
+  size_t mark = 0;
+  auto close_section = [&](size_t& bytes) {
+    bytes = arena.used() - mark;
+    mark = arena.used();
+  };
+  b.master = arena.take<float>(params);
+  b.weights_bf16 = o.precision == Precision::BF16 ? arena.take<bf16>(params) : nullptr;
+  close_section(plan.weights);
+  b.grads = o.trainable ? arena.take<float>(params) : nullptr;
+  close_section(plan.grads);
+  b.adam_m = o.trainable ? arena.take<float>(params) : nullptr;
+  b.adam_v = o.trainable ? arena.take<float>(params) : nullptr;
+  close_section(plan.optimizer);
+  take_activations(c, o, arena, b);
+  close_section(plan.activations);
+  b.logprob_workspace = arena.take_bytes(cuda::logprob_workspace_bytes(logprob_shape(c, o.max_tokens)));
+  b.attention_workspace =
+      o.trainable ? arena.take_bytes(cuda::attention_backward_workspace_bytes(attention_shape(c, o.max_tokens)))
+                  : nullptr;
+  b.grad_sum_of_squares = arena.take<double>(1);
+  b.clip_coefficient = arena.take<float>(1);
+  close_section(plan.logits_chunks);
+  return plan;
+}
+
+std::string gib(size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f GiB", double(bytes) / double(size_t(1) << 30));
+  return text;
+}
+
+// What the CUDA libraries allocate beside the arena (cuBLASLt's 32 MiB workspace and handle,
+// the id-check scratch): kept free so that the first GEMM does not run out.
+constexpr size_t kLibraryReserve = size_t(256) << 20;
+
+[[noreturn]] void fail_memory_plan(const MistralConfig& c, const ModelOptions& o, const MemoryPlan& plan,
+                                   const cuda::DeviceInfo& device, const char* why) {
+  std::string advice;
+  if (!o.gradient_checkpointing && o.trainable) {
+    ModelOptions checkpointed = o;
+    checkpointed.gradient_checkpointing = true;
+    advice += "gradientCheckpointing: true (activations " +
+              gib(CudaMistralModel::plan(c, checkpointed).activations) + "), ";
+  }
+  advice += "a smaller maxTokens (activations and workspaces scale with it)";
+  if (o.precision == Precision::F32) advice += ", dtype bf16";
+  fail("model: the memory plan does not fit on GPU ", device.index, " (", device.name, ")", why,
+       ": it needs ", gib(plan.total()), " = weights ", gib(plan.weights), " + grads ", gib(plan.grads),
+       " + optimizer ", gib(plan.optimizer), " + activations ", gib(plan.activations),
+       " + workspaces ", gib(plan.logits_chunks), " (maxTokens ", o.max_tokens, ", dtype ",
+       o.precision == Precision::BF16 ? "bf16" : "f32", ", gradientCheckpointing ",
+       o.gradient_checkpointing ? "on" : "off", ") plus about ", gib(kLibraryReserve),
+       " for the CUDA libraries, and the device has ", gib(device.free_memory), " free of ",
+       gib(device.total_memory), "; try ", advice);
+}
+
+// ---- small elementwise kernels the model needs beside the op kernels
+
+// to += from, and rounded = bf16(to) when rounded is not null (the GEMM operand of dres).
+__global__ void add_into_kernel(long n, const float* from, float* to, __nv_bfloat16* rounded) {
+  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x) {
+    const float sum = to[i] + from[i];
+    to[i] = sum;
+    if (rounded) rounded[i] = __float2bfloat16_rn(sum);
+  }
+}
+
+__global__ void round_to_bf16_kernel(long n, const float* from, __nv_bfloat16* to) {
+  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x)
+    to[i] = __float2bfloat16_rn(from[i]);
+}
+
+void add_into(long n, const float* from, float* to, void* rounded, cudaStream_t stream) {
+  add_into_kernel<<<cuda::grid_size(n, 256), 256, 0, stream>>>(n, from, to,
+                                                              static_cast<__nv_bfloat16*>(rounded));
+  ZN_CUDA_CHECK_LAUNCH();
+}
+
+void round_to_bf16(long n, const float* from, void* to, cudaStream_t stream) {
+  round_to_bf16_kernel<<<cuda::grid_size(n, 256), 256, 0, stream>>>(n, from, static_cast<__nv_bfloat16*>(to));
+  ZN_CUDA_CHECK_LAUNCH();
+}
+
+// ---- linear layers over the GEMM (weights [out, in] as stored by HF)
+
+// y[N, out] = x[N, in] · Wᵀ + beta y.
+void linear_forward(long N, long in, long out, ConstArray x, ConstArray w, float beta, Array y,
+                    cudaStream_t stream) {
+  cuda::gemm(false, true, N, out, in, 1.0f, {x.data, x.dtype, in}, {w.data, w.dtype, in}, beta,
+             {y.data, y.dtype, out}, stream);
+}
+
+// dx[N, in] = dy · W + dx_beta dx; dW[out, in] += dyᵀ · x (f32).
+void linear_backward(long N, long in, long out, ConstArray x, ConstArray dy, ConstArray w, Array dx,
+                     float dx_beta, float* dw, cudaStream_t stream) {
+  cuda::gemm(false, false, N, in, out, 1.0f, {dy.data, dy.dtype, out}, {w.data, w.dtype, in}, dx_beta,
+             {dx.data, dx.dtype, in}, stream);
+  cuda::gemm(true, false, out, in, N, 1.0f, {dy.data, dy.dtype, out}, {x.data, x.dtype, in}, 1.0f,
+             {dw, DType::F32, in}, stream);
+}
+
+void copy_f32(long n, const float* from, float* to, cudaStream_t stream) {
+  ZN_CUDA_CHECK(cudaMemcpyAsync(to, from, size_t(n) * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Construction
+
+MemoryPlan CudaMistralModel::plan(const MistralConfig& config, const ModelOptions& options) {
+  config.validate();
+  ZN_CHECK(options.max_tokens > 0, "model: maxTokens must be positive, got ", options.max_tokens);
+  CudaBuffers counting{};
+  return layout(config, options, nullptr, counting);
+}
+
+CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptions& options)
+    : config_(config), options_(options) {
+  plan_ = plan(config_, options_);
+  params_ = parameter_table(config_);
+  index_ = index_parameters(config_, params_);
+  cuda::device_count();  // a readable error when there is no GPU or driver
+  ZN_CUDA_CHECK(cudaGetDevice(&device_));
+  try {
+    ZN_CUDA_CHECK(cudaStreamCreate(&stream_));
+    allocate();
+  } catch (...) {
+    if (arena_) cudaFree(arena_);
+    if (stream_) cudaStreamDestroy(stream_);
+    throw;
+  }
+}
+
+CudaMistralModel::~CudaMistralModel() {
+  cudaSetDevice(device_);
+  if (stream_) cudaStreamSynchronize(stream_);
+  if (arena_) cudaFree(arena_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+// Checks the plan against the device's free memory, then makes the one allocation (zeroed: the
+// CPU model starts from zero weights, gradients and moments too).
+void CudaMistralModel::allocate() {
+  const cuda::DeviceInfo device = cuda::device_info(device_);
+  if (plan_.total() + kLibraryReserve > device.free_memory) fail_memory_plan(config_, options_, plan_, device, "");
+  const cudaError_t status = cudaMalloc(&arena_, plan_.total());
+  if (status != cudaSuccess) {
+    arena_ = nullptr;
+    cudaGetLastError();  // clear it, so later calls report their own
+    if (status == cudaErrorMemoryAllocation)
+      fail_memory_plan(config_, options_, plan_, device, " (cudaMalloc failed)");
+    ZN_CUDA_CHECK(status);
+  }
+  buf_ = std::make_unique<CudaBuffers>();
+  layout(config_, options_, static_cast<char*>(arena_), *buf_);
+  ZN_CUDA_CHECK(cudaMemsetAsync(arena_, 0, plan_.total(), stream_));
+  sync();
+}
+
+void CudaMistralModel::use_device() const { ZN_CUDA_CHECK(cudaSetDevice(device_)); }
+
+void CudaMistralModel::sync() const { ZN_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+void CudaMistralModel::download(const float* device, size_t count, float* host) const {
+  ZN_CUDA_CHECK(cudaMemcpyAsync(host, device, count * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+  sync();
+}
+
+void CudaMistralModel::upload(const float* host, size_t count, float* device) {
+  ZN_CUDA_CHECK(cudaMemcpyAsync(device, host, count * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  sync();
+}
+
+const ParameterSpec& CudaMistralModel::parameter(const std::string& name) const {
+  return find_parameter(params_, name);
+}
+
+void CudaMistralModel::read_master(const ParameterSpec& p, float* out) const {
+  use_device();
+  download(buf_->master + p.offset, p.numel, out);
+}
+
+void CudaMistralModel::read_gradient(const ParameterSpec& p, float* out) const {
+  ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
+  use_device();
+  download(buf_->grads + p.offset, p.numel, out);
+}
+
+DType CudaMistralModel::act_dtype() const { return activation_dtype(options_); }
+
+// Matmul operand: the bf16 copy in bf16 mode, else the f32 master.
+ConstArray CudaMistralModel::weight(const ParameterSpec& p) const {
+  if (options_.precision == Precision::BF16) return {buf_->weights_bf16 + p.offset, DType::BF16};
+  return {buf_->master + p.offset, DType::F32};
+}
+
+// Norm weights: the f32 master in both modes, as the CPU model.
+ConstArray CudaMistralModel::norm_weight(const ParameterSpec& p) const {
+  return {buf_->master + p.offset, DType::F32};
+}
+
+float* CudaMistralModel::grad(const ParameterSpec& p) const { return buf_->grads + p.offset; }
+
+void CudaMistralModel::refresh_bf16() {
+  if (options_.precision == Precision::BF16)
+    round_to_bf16(long(parameter_count(params_)), buf_->master, buf_->weights_bf16, stream_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights and optimizer state in and out (through host staging buffers)
+
+std::vector<std::string> CudaMistralModel::load_weights(const std::vector<std::string>& files) {
+  use_device();
+  ZN_CHECK(!files.empty(), "model: no weight files given");
+  std::vector<std::unique_ptr<SafetensorsFile>> opened;
+  std::map<std::string, const SafetensorsFile*> where;
+  for (const std::string& path : files) {
+    opened.push_back(std::make_unique<SafetensorsFile>(path));
+    for (const StTensorInfo& t : opened.back()->tensors()) {
+      auto [it, fresh] = where.emplace(t.name, opened.back().get());
+      ZN_CHECK(fresh, "model: tensor '", t.name, "' appears in both ", it->second->path(), " and ",
+               path);
+    }
+  }
+  have_activations_ = false;
+  std::vector<float> staging;
+  for (const ParameterSpec& p : params_) {
+    auto it = where.find(p.name);
+    ZN_CHECK(it != where.end(), "model: parameter '", p.name, "' is missing from the weight files (",
+             files.front(), files.size() > 1 ? ", ..." : "", ")");
+    staging.resize(p.numel);
+    it->second->read(p.name, p.shape, DType::F32, staging.data());
+    upload(staging.data(), p.numel, buf_->master + p.offset);
+    where.erase(it);
+  }
+  refresh_bf16();
+  sync();
+  std::vector<std::string> unexpected;
+  for (const auto& [name, file] : where) unexpected.push_back(name);
+  return unexpected;
+}
+
+void CudaMistralModel::save_weights(const std::string& path, const std::vector<std::string>& names,
+                                    SaveDType dtype, const std::map<std::string, std::string>& metadata) const {
+  use_device();
+  const StDType stored = dtype == SaveDType::F32 ? StDType::F32
+                         : dtype == SaveDType::F16 ? StDType::F16 : StDType::BF16;
+  std::vector<std::vector<float>> host(names.size());
+  std::vector<StTensorToWrite> tensors;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const ParameterSpec& p = parameter(names[i]);
+    host[i].resize(p.numel);
+    download(buf_->master + p.offset, p.numel, host[i].data());
+    tensors.push_back({p.name, stored, p.shape, host[i].data(), StDType::F32});
+  }
+  write_safetensors(path, tensors, metadata);
+}
+
+// The moments pass through host memory whole (write_safetensors takes every tensor at once).
+void CudaMistralModel::save_optimizer_state(const std::string& path) const {
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  use_device();
+  const size_t n = parameter_count(params_);
+  std::vector<float> m(n), v(n);
+  download(buf_->adam_m, n, m.data());
+  download(buf_->adam_v, n, v.data());
+  std::vector<StTensorToWrite> tensors;
+  for (const ParameterSpec& p : params_) {
+    tensors.push_back({optimizer_tensor_name(Moment::First, p), StDType::F32, p.shape, m.data() + p.offset});
+    tensors.push_back({optimizer_tensor_name(Moment::Second, p), StDType::F32, p.shape, v.data() + p.offset});
+  }
+  write_safetensors(path, tensors, optimizer_state_metadata(step_));
+}
+
+void CudaMistralModel::load_optimizer_state(const std::string& path) {
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  use_device();
+  SafetensorsFile file(path);
+  const long step = optimizer_state_step(file);
+  std::vector<float> staging;
+  for (const ParameterSpec& p : params_) {
+    staging.resize(p.numel);
+    read_optimizer_moment(file, Moment::First, p, staging.data());
+    upload(staging.data(), p.numel, buf_->adam_m + p.offset);
+    read_optimizer_moment(file, Moment::Second, p, staging.data());
+    upload(staging.data(), p.numel, buf_->adam_v + p.offset);
+  }
+  step_ = step;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+// Checks the batch on the host (the CPU model's checks and words), then copies it in. The
+// kernels' own device-side id checks are skipped: they would only repeat these.
+void CudaMistralModel::upload_batch(const TokenBatchView& b) {
+  validate_batch(config_, options_, b);
+  tokens_ = b.tokens;
+  n_docs_ = b.n_docs;
+  cu_seqlens_.assign(b.cu_seqlens, b.cu_seqlens + b.n_docs + 1);
+  const size_t bytes = size_t(b.tokens) * 4;
+  const CudaBuffers& B = *buf_;
+  ZN_CUDA_CHECK(cudaMemcpyAsync(B.input_ids, b.input_ids, bytes, cudaMemcpyHostToDevice, stream_));
+  ZN_CUDA_CHECK(cudaMemcpyAsync(B.position_ids, b.position_ids, bytes, cudaMemcpyHostToDevice, stream_));
+  ZN_CUDA_CHECK(cudaMemcpyAsync(B.targets, b.targets, bytes, cudaMemcpyHostToDevice, stream_));
+  ZN_CUDA_CHECK(cudaMemcpyAsync(B.cu_seqlens, b.cu_seqlens, size_t(b.n_docs + 1) * 4,
+                                cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaMistralModel::layer_forward(int l, const float* x, float* out, CudaLayerActivations& a,
+                                     bool need_output) {
+  const MistralConfig& c = config_;
+  const LayerParameters& p = index_.layers[size_t(l)];
+  const long N = tokens_, d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const long ffn = c.intermediate_size;
+  const DType t = act_dtype();
+  cudaStream_t s = stream_;
+
+  cuda::rmsnorm_forward(N, d, c.rms_norm_eps, {x, DType::F32}, norm_weight(*p.input_norm), {a.norm1, t},
+                        a.rstd1, s);
+  linear_forward(N, d, qd, {a.norm1, t}, weight(*p.q), 0.0f, {a.q, t}, s);
+  linear_forward(N, d, kvd, {a.norm1, t}, weight(*p.k), 0.0f, {a.k, t}, s);
+  linear_forward(N, d, kvd, {a.norm1, t}, weight(*p.v), 0.0f, {a.v, t}, s);
+  cuda::rope_forward(N, c.num_heads, c.head_dim, c.rope_theta, buf_->position_ids, {a.q, t}, s);
+  cuda::rope_forward(N, c.num_kv_heads, c.head_dim, c.rope_theta, buf_->position_ids, {a.k, t}, s);
+  cuda::attention_forward(attention_shape(c, N), {a.q, t}, {a.k, t}, {a.v, t}, buf_->cu_seqlens, n_docs_,
+                          {a.attn, t}, a.lse, s);
+  copy_f32(N * d, x, a.h, s);
+  linear_forward(N, qd, d, {a.attn, t}, weight(*p.o), 1.0f, {a.h, DType::F32}, s);
+
+  cuda::rmsnorm_forward(N, d, c.rms_norm_eps, {a.h, DType::F32}, norm_weight(*p.post_norm), {a.norm2, t},
+                        a.rstd2, s);
+  linear_forward(N, d, ffn, {a.norm2, t}, weight(*p.gate), 0.0f, {a.gate, t}, s);
+  linear_forward(N, d, ffn, {a.norm2, t}, weight(*p.up), 0.0f, {a.up, t}, s);
+  cuda::swiglu_forward(N * ffn, {a.gate, t}, {a.up, t}, {a.act, t}, s);
+  if (!need_output) return;  // recomputation for backward: down_proj's output is not needed
+  copy_f32(N * d, a.h, out, s);
+  linear_forward(N, ffn, d, {a.act, t}, weight(*p.down), 1.0f, {out, DType::F32}, s);
+}
+
+void CudaMistralModel::run_forward(bool keep) {
+  const MistralConfig& c = config_;
+  CudaBuffers& B = *buf_;
+  const long N = tokens_, d = c.hidden_size;
+  // Without keeping, two residual buffers alternate and one layer slot serves every layer.
+  auto residual = [&](int l) { return B.residual[keep ? size_t(l) : size_t(l % 2)]; };
+  auto slot = [&](int l) -> CudaLayerActivations& { return B.layers[keep && B.layers.size() > 1 ? size_t(l) : 0]; };
+
+  cuda::embedding_forward(N, d, c.vocab_size, B.input_ids, weight(*index_.embed), {residual(0), DType::F32},
+                          stream_, /*check_ids=*/false);
+  for (int l = 0; l < c.num_layers; ++l) layer_forward(l, residual(l), residual(l + 1), slot(l), true);
+  cuda::rmsnorm_forward(N, d, c.rms_norm_eps, {residual(c.num_layers), DType::F32},
+                        norm_weight(*index_.final_norm), {B.final_norm, act_dtype()}, B.final_rstd, stream_);
+  cuda::logprob_forward(logprob_shape(c, N), {B.final_norm, act_dtype()}, weight(*index_.lm_head), B.targets,
+                        B.logp, B.logit_lse, B.logprob_workspace, stream_, /*check_labels=*/false);
+}
+
+void CudaMistralModel::download_logp(float* logp) const { download(buf_->logp, size_t(tokens_), logp); }
+
+void CudaMistralModel::forward(const TokenBatchView& batch, float* logp) {
+  ZN_CHECK(options_.trainable, "model: forward() keeps activations for backward, but this model "
+           "was created with trainable: false; use logprobs()");
+  use_device();
+  have_activations_ = false;
+  upload_batch(batch);
+  run_forward(true);
+  download_logp(logp);
+  have_activations_ = true;
+}
+
+void CudaMistralModel::logprobs(const TokenBatchView& batch, float* logp) {
+  use_device();
+  have_activations_ = false;  // the shared slots are overwritten
+  upload_batch(batch);
+  run_forward(false);
+  download_logp(logp);
+}
+
+// The last row of each document's final norm is gathered into layer slot 0's norm1 (free after a
+// forward that keeps nothing; n_docs <= tokens rows fit), and the [docs, vocab] logits are made
+// in chunks in the log-prob workspace, which holds a token chunk x vocab chunk of f32 logits.
+void CudaMistralModel::next_token_logits(const TokenBatchView& batch, float* logits) {
+  use_device();
+  have_activations_ = false;
+  upload_batch(batch);
+  run_forward(false);
+  const long d = config_.hidden_size, V = config_.vocab_size;
+  const size_t row_bytes = size_t(d) * dtype_size(act_dtype());
+  char* rows = static_cast<char*>(buf_->layers[0].norm1);
+  for (int doc = 0; doc < n_docs_; ++doc) {
+    const long row = cu_seqlens_[size_t(doc) + 1] - 1;
+    ZN_CHECK(row >= cu_seqlens_[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
+    ZN_CUDA_CHECK(cudaMemcpyAsync(rows + size_t(doc) * row_bytes,
+                                  static_cast<const char*>(buf_->final_norm) + size_t(row) * row_bytes,
+                                  row_bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  const cuda::LogprobChunks chunks;
+  const long row_chunk = std::min(options_.max_tokens, chunks.tokens), vocab_chunk = std::min(V, chunks.vocab);
+  float* chunk_logits = static_cast<float*>(buf_->logprob_workspace);
+  const ConstArray head = weight(*index_.lm_head);
+  std::vector<float> host(size_t(row_chunk * vocab_chunk));
+  for (long r0 = 0; r0 < n_docs_; r0 += row_chunk) {
+    const long nr = std::min(row_chunk, long(n_docs_) - r0);
+    for (long v0 = 0; v0 < V; v0 += vocab_chunk) {
+      const long nv = std::min(vocab_chunk, V - v0);
+      cuda::gemm(false, true, nr, nv, d, 1.0f, {rows + size_t(r0) * row_bytes, act_dtype(), d},
+                 {static_cast<const char*>(head.data) + size_t(v0 * d) * dtype_size(head.dtype), head.dtype, d},
+                 0.0f, {chunk_logits, DType::F32, nv}, stream_);
+      download(chunk_logits, size_t(nr * nv), host.data());
+      for (long r = 0; r < nr; ++r)
+        std::memcpy(logits + (r0 + r) * V + v0, host.data() + r * nv, size_t(nv) * sizeof(float));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+// On entry dres (and dres_act) = d loss / d (layer output); on exit d loss / d (layer input x).
+void CudaMistralModel::layer_backward(int l, const float* x) {
+  const MistralConfig& c = config_;
+  const LayerParameters& p = index_.layers[size_t(l)];
+  CudaBuffers& B = *buf_;
+  CudaLayerActivations& a = B.layers[B.layers.size() > 1 ? size_t(l) : 0];
+  const long N = tokens_, d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const long ffn = c.intermediate_size;
+  const DType t = act_dtype();
+  const DType F = DType::F32;
+  void* rounded = t == DType::BF16 ? B.dres_act : nullptr;  // refreshed with each update of dres
+  cudaStream_t s = stream_;
+
+  // MLP: out = h + down(silu(gate(n2)) * up(n2)).
+  linear_backward(N, ffn, d, {a.act, t}, {B.dres_act, t}, weight(*p.down), {B.dact, t}, 0.0f, grad(*p.down), s);
+  cuda::swiglu_backward(N * ffn, {a.gate, t}, {a.up, t}, {B.dact, t}, {B.dgate, t}, {B.dup, t}, s);
+  linear_backward(N, d, ffn, {a.norm2, t}, {B.dgate, t}, weight(*p.gate), {B.dnorm, F}, 0.0f, grad(*p.gate), s);
+  linear_backward(N, d, ffn, {a.norm2, t}, {B.dup, t}, weight(*p.up), {B.dnorm, F}, 1.0f, grad(*p.up), s);
+  cuda::rmsnorm_backward(N, d, {a.h, F}, norm_weight(*p.post_norm), a.rstd2, {B.dnorm, F}, {B.dtmp, F},
+                         grad(*p.post_norm), s);
+  add_into(N * d, B.dtmp, B.dres, rounded, s);  // now d loss / d h
+
+  // Attention: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
+  linear_backward(N, qd, d, {a.attn, t}, {B.dres_act, t}, weight(*p.o), {B.dattn, t}, 0.0f, grad(*p.o), s);
+  cuda::attention_backward(attention_shape(c, N), {a.q, t}, {a.k, t}, {a.v, t}, B.cu_seqlens, n_docs_,
+                           {a.attn, t}, a.lse, {B.dattn, t}, {B.dq, t}, {B.dk, t}, {B.dv, t},
+                           B.attention_workspace, s);
+  cuda::rope_backward(N, c.num_heads, c.head_dim, c.rope_theta, B.position_ids, {B.dq, t}, s);
+  cuda::rope_backward(N, c.num_kv_heads, c.head_dim, c.rope_theta, B.position_ids, {B.dk, t}, s);
+  linear_backward(N, d, qd, {a.norm1, t}, {B.dq, t}, weight(*p.q), {B.dnorm, F}, 0.0f, grad(*p.q), s);
+  linear_backward(N, d, kvd, {a.norm1, t}, {B.dk, t}, weight(*p.k), {B.dnorm, F}, 1.0f, grad(*p.k), s);
+  linear_backward(N, d, kvd, {a.norm1, t}, {B.dv, t}, weight(*p.v), {B.dnorm, F}, 1.0f, grad(*p.v), s);
+  cuda::rmsnorm_backward(N, d, {x, F}, norm_weight(*p.input_norm), a.rstd1, {B.dnorm, F}, {B.dtmp, F},
+                         grad(*p.input_norm), s);
+  add_into(N * d, B.dtmp, B.dres, rounded, s);  // now d loss / d x
+}
+
+void CudaMistralModel::backward(const float* dlogp, long tokens) {
+  ZN_CHECK(options_.trainable, "model: backward() on a model created with trainable: false");
+  ZN_CHECK(have_activations_, "model: backward() needs a forward() first (each forward serves one "
+           "backward; logprobs() and loading weights discard saved activations)");
+  ZN_CHECK(tokens == tokens_, "model: dlogp has ", tokens, " elements, but the last forward() had ",
+           tokens_, " tokens");
+  use_device();
+  have_activations_ = false;
+  validate_dlogp(dlogp, tokens);
+  const MistralConfig& c = config_;
+  CudaBuffers& B = *buf_;
+  const long N = tokens_, d = c.hidden_size;
+  const DType t = act_dtype();
+  ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(N) * sizeof(float), cudaMemcpyHostToDevice, stream_));
+
+  cuda::logprob_backward(logprob_shape(c, N), {B.final_norm, t}, weight(*index_.lm_head), B.targets,
+                         B.logit_lse, B.dlogp, B.dnorm, grad(*index_.lm_head), B.logprob_workspace, stream_);
+  cuda::rmsnorm_backward(N, d, {B.residual[size_t(c.num_layers)], DType::F32}, norm_weight(*index_.final_norm),
+                         B.final_rstd, {B.dnorm, DType::F32}, {B.dres, DType::F32}, grad(*index_.final_norm),
+                         stream_);
+  if (t == DType::BF16) round_to_bf16(N * d, B.dres, B.dres_act, stream_);
+  for (int l = c.num_layers - 1; l >= 0; --l) {
+    // With checkpointing the one slot still holds the last layer's activations from forward.
+    if (options_.gradient_checkpointing && l != c.num_layers - 1) {
+      layer_forward(l, B.residual[size_t(l)], nullptr, B.layers[0], false);
+    }
+    layer_backward(l, B.residual[size_t(l)]);
+  }
+  cuda::embedding_backward(N, d, c.vocab_size, B.input_ids, {B.dres, DType::F32}, c.pad_token_id,
+                           grad(*index_.embed), stream_);
+  sync();  // a fault in any kernel surfaces here, in the call that caused it
+}
+
+void CudaMistralModel::zero_grad() {
+  ZN_CHECK(options_.trainable, "model: zeroGrad() on a model created with trainable: false");
+  use_device();
+  ZN_CUDA_CHECK(cudaMemsetAsync(buf_->grads, 0, parameter_count(params_) * sizeof(float), stream_));
+  sync();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer: the norm of the one gradient buffer (f64, copied back: the metric and the finite
+// check), the clipping coefficient on the device, then multi-tensor AdamW reading it there.
+
+double CudaMistralModel::clip_and_step(const AdamWOptions& hp) {
+  ZN_CHECK(options_.trainable, "model: an optimizer step on a model created with trainable: false");
+  validate_adamw(hp);
+  use_device();
+  CudaBuffers& B = *buf_;
+  const cuda::GradSpan all{B.grads, long(parameter_count(params_))};
+  cuda::sum_of_squares(&all, 1, B.grad_sum_of_squares, stream_);
+  double sum_of_squares = 0;
+  ZN_CUDA_CHECK(cudaMemcpyAsync(&sum_of_squares, B.grad_sum_of_squares, sizeof(double), cudaMemcpyDeviceToHost,
+                                stream_));
+  sync();
+  const double norm = std::sqrt(sum_of_squares);
+  check_grad_norm(norm);
+  cuda::clip_coefficient(B.grad_sum_of_squares, hp.max_grad_norm, B.clip_coefficient, stream_);
+  ++step_;
+  std::vector<cuda::AdamWTensor> decay, no_decay;
+  const bool bf16_copy = options_.precision == Precision::BF16;
+  for (const ParameterSpec& p : params_) {
+    (p.decay ? decay : no_decay)
+        .push_back({B.master + p.offset, B.grads + p.offset, B.adam_m + p.offset, B.adam_v + p.offset,
+                    bf16_copy ? B.weights_bf16 + p.offset : nullptr, long(p.numel)});
+  }
+  cuda::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, step_, 1.0f};
+  cuda::adamw_update(decay.data(), int(decay.size()), s, B.clip_coefficient, stream_);
+  s.weight_decay = 0.0;
+  cuda::adamw_update(no_decay.data(), int(no_decay.size()), s, B.clip_coefficient, stream_);
+  sync();
+  return norm;
+}
+
+}  // namespace zn::model

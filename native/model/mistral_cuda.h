@@ -1,0 +1,108 @@
+// The Mistral model resident on one GPU: the CPU model's contract (mistral.h: same config,
+// options, parameter table, batch, optimizer and file formats, same methods and errors) with
+// every buffer on the device. One cudaMalloc holds everything, laid out from the device plan
+// like the CPU model's arena: f32 master weights (+ a bf16 copy in bf16 mode), f32 gradients,
+// AdamW moments, the batch, the activations and the kernels' workspaces (log-prob chunks,
+// attention backward). Every kernel runs on one stream the model owns; the host sees only the
+// batch going in, logp / logits and the grad-norm scalar coming out, and load / save.
+//
+// Dtypes in bf16 mode (f32 mode, the test mode, stores everything in f32):
+// - bf16: every GEMM operand (weights' copy, the norms' outputs, q/k/v, attention output,
+//   gate/up/act) and their gradients that feed a GEMM or a bf16-only kernel (dq/dk/dv/dattn,
+//   dgate/dup/dact): the tensor-core GEMMs and flash attention take bf16 and these are the
+//   large activations, so bf16 halves the activation memory.
+// - f32: the residual stream (layer inputs x_l and the mid-layer h) and its gradient dres. The
+//   residual is a sum over every layer, and the GEMMs' epilogue adds into it in f32 (beta 1,
+//   f32 C), as autocast training keeps it; rmsnorm reads f32 x and writes bf16 y, and its
+//   backward writes dx in x's dtype (f32), which the residual gradient accumulates into. The
+//   GEMMs read a bf16 rounding of dres (dres_bf16, as autocast's bf16 branch gradient).
+// - f32 always: statistics (rstd, log-sum-exp), norm weights (the f32 master, as the CPU
+//   model), dnorm (the sum of two or three GEMMs into the rmsnorm input gradient), every
+//   parameter gradient, moments.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/array.h"
+#include "model/mistral.h"
+
+namespace zn::model {
+
+struct CudaBuffers;
+struct CudaLayerActivations;
+
+class CudaMistralModel {
+ public:
+  // Builds on the current device; throws zn::Error stating the plan when it does not fit.
+  CudaMistralModel(const MistralConfig& config, const ModelOptions& options);
+  ~CudaMistralModel();
+  CudaMistralModel(const CudaMistralModel&) = delete;
+  CudaMistralModel& operator=(const CudaMistralModel&) = delete;
+
+  const MistralConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+  const MemoryPlan& memory_plan() const { return plan_; }
+  // Device bytes by category, computable without a GPU. logits_chunks holds every workspace:
+  // the log-prob chunks and the attention backward's rowsum buffer.
+  static MemoryPlan plan(const MistralConfig& config, const ModelOptions& options);
+  const std::vector<ParameterSpec>& parameters() const { return params_; }
+  const ParameterSpec& parameter(const std::string& name) const;  // throws when unknown
+  void read_master(const ParameterSpec& p, float* out) const;      // numel floats, host
+  void read_gradient(const ParameterSpec& p, float* out) const;    // throws when not trainable
+  long optimizer_step() const { return step_; }
+
+  std::vector<std::string> load_weights(const std::vector<std::string>& files);
+  void save_weights(const std::string& path, const std::vector<std::string>& names, SaveDType dtype,
+                    const std::map<std::string, std::string>& metadata) const;
+
+  void forward(const TokenBatchView& batch, float* logp);
+  void logprobs(const TokenBatchView& batch, float* logp);
+  void next_token_logits(const TokenBatchView& batch, float* logits);
+  void backward(const float* dlogp, long tokens);
+  void zero_grad();
+  double clip_and_step(const AdamWOptions& hp);
+
+  void save_optimizer_state(const std::string& path) const;
+  void load_optimizer_state(const std::string& path);
+
+ private:
+  void allocate();
+  void use_device() const;
+  void upload_batch(const TokenBatchView& batch);
+  void download_logp(float* logp) const;
+  void run_forward(bool keep_for_backward);
+  void layer_forward(int l, const float* x, float* out, CudaLayerActivations& acts, bool need_output);
+  void layer_backward(int l, const float* x);
+  void refresh_bf16();
+  DType act_dtype() const;
+  cuda::ConstArray weight(const ParameterSpec& p) const;
+  cuda::ConstArray norm_weight(const ParameterSpec& p) const;
+  float* grad(const ParameterSpec& p) const;
+  void download(const float* device, size_t count, float* host) const;
+  void upload(const float* host, size_t count, float* device);
+  void sync() const;
+
+  MistralConfig config_;
+  ModelOptions options_;
+  MemoryPlan plan_;
+  std::vector<ParameterSpec> params_;
+  ParameterIndex index_;  // pointers into params_
+
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  void* arena_ = nullptr;  // the one device allocation
+  std::unique_ptr<CudaBuffers> buf_;  // the arena's layout
+  long step_ = 0;
+
+  // The batch of the last forward() (host copies of what backward and next_token_logits need).
+  std::vector<int32_t> cu_seqlens_;
+  long tokens_ = 0;
+  int n_docs_ = 0;
+  bool have_activations_ = false;
+};
+
+}  // namespace zn::model

@@ -1,0 +1,411 @@
+// Model checks of the device check: tiny random Mistrals trained side by side on the CPU model
+// (the reference: itself tested against float64 and finite differences in test_model.cpp) and
+// on the CUDA model, from the same safetensors weights. Each case: reference log-probs of the
+// DPO batch from logprobs(), 3 SFT steps (loss = mean -logp over targets != -100), 3 DPO steps
+// (sigmoid, beta 0.1, chosen and rejected packed in one batch, cpu::dpo_loss on the host for
+// both), next-token logits, then every parameter. Per step: loss, grad norm and every
+// parameter's gradient. Plus the file contracts (weights saved on the GPU reload bit-identically
+// on the CPU; optimizer state GPU -> CPU -> GPU unchanged), the CPU model's error text for a bad
+// token id, and the memory-plan error for a plan that cannot fit.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "kernels/cuda/gemm.h"
+
+#ifdef ZN_CUDA_CHECK_CPU
+#include "kernels/cpu/dpo.h"
+#include "model/mistral.h"
+#include "model/mistral_cuda.h"
+#include "model/safetensors.h"
+#endif
+
+namespace zn::cuda::check {
+
+#ifdef ZN_CUDA_CHECK_CPU
+namespace {
+
+using model::CudaMistralModel;
+using model::MistralConfig;
+using model::MistralModel;
+using model::ModelOptions;
+using model::ParameterSpec;
+using model::Precision;
+using model::TokenBatchView;
+
+// Tolerances (relative errors, see Report). Parameters are compared by the error of the update,
+// relative to how far the six steps moved each tensor (a stricter measure than relative to the
+// values, which training barely changes).
+// f32 mode: both models compute in f32 and differ only in summation order (GEMM tiling, atomics,
+// reductions): the first step agrees to ~1e-7, and the drift through six steps stays under the
+// 1e-4 the model must meet. Updates: AdamW normalises every element to about lr, so the error
+// of an update is the RMS of the per-element gradient errors, in which the small elements
+// (relatively noisier) count as much as the large ones: 1e-3.
+// bf16 mode: the CPU model rounds only the GEMM operands to bf16 and keeps every other
+// activation in f32, while the GPU stores q/k/v, attention output, gate/up/act and their
+// gradients in bf16 (and flash attention rounds P and dS): each storage rounding is 2^-9
+// relative, so losses agree to ~1e-3 and gradients to a few 1e-2. Updates: AdamW's first steps
+// move each weight by about lr * sign(gradient), so elements whose gradient is within the bf16
+// noise of zero flip sign; 0.2 allows 1% of them to flip (error ~ sqrt(4 x 1%)), while a wrong
+// gradient gives an error near 1 or above.
+struct Tolerances {
+  double loss, grad_norm, gradients, logits, update;
+};
+constexpr Tolerances kF32{1e-4, 1e-4, 1e-4, 1e-4, 1e-3};
+constexpr Tolerances kBf16{1e-2, 5e-2, 5e-2, 5e-2, 0.2};
+
+struct Batch {
+  std::vector<int32_t> ids, positions, targets, cu;
+  TokenBatchView view() const {
+    return {long(ids.size()), ids.data(), positions.data(), targets.data(), cu.data(), int(cu.size()) - 1};
+  }
+};
+
+// Documents of the given lengths end to end; targets are the next token, -100 for each
+// document's last token and its first `prompt` tokens (as an SFT or DPO collator masks them).
+// Token ids include the pad id now and then, whose embedding row must get no gradient.
+Batch packed_batch(const std::vector<int>& lengths, int prompt, long vocab, long pad_id) {
+  Batch b;
+  b.cu.push_back(0);
+  std::uniform_int_distribution<int> token(0, int(vocab) - 1);
+  for (int length : lengths) {
+    const size_t first = b.ids.size();
+    for (int i = 0; i < length; ++i) {
+      b.ids.push_back(i % 7 == 5 ? int32_t(pad_id) : token(rng()));
+      b.positions.push_back(i);
+    }
+    for (int i = 0; i < length; ++i)
+      b.targets.push_back(i + 1 < length && i >= prompt ? b.ids[first + size_t(i) + 1] : -100);
+    b.cu.push_back(int32_t(b.ids.size()));
+  }
+  return b;
+}
+
+struct TempPath {
+  std::string path;
+  explicit TempPath(const char* suffix) {
+    const char* base = std::getenv("TMPDIR");
+    std::string pattern = std::string(base ? base : "/tmp") + "/zn-cuda-model-XXXXXX";
+    std::vector<char> buffer(pattern.begin(), pattern.end());
+    buffer.push_back('\0');
+    const int fd = mkstemp(buffer.data());
+    ZN_CHECK(fd >= 0, "mkstemp failed");
+    ::close(fd);
+    ::unlink(buffer.data());
+    path = std::string(buffer.data()) + suffix;
+  }
+  ~TempPath() { ::unlink(path.c_str()); }
+};
+
+// Random weights in HF layouts: norms 1 + N(0, 0.1^2), every matrix N(0, 1/hidden) (so a tied
+// embedding makes logits of order 1, not sqrt(hidden), and the losses stay away from saturation).
+void write_random_weights(const MistralConfig& c, const std::string& path) {
+  std::vector<std::vector<float>> values;
+  std::vector<StTensorToWrite> tensors;
+  const std::vector<ParameterSpec> table = model::parameter_table(c);
+  values.reserve(table.size());
+  for (const ParameterSpec& p : table) {
+    const bool norm = p.shape.size() == 1;
+    values.push_back(random_normal(p.numel, norm ? 0.1f : 1.0f / std::sqrt(float(p.shape[1]))));
+    if (norm)
+      for (float& x : values.back()) x += 1.0f;
+    tensors.push_back({p.name, StDType::F32, p.shape, values.back().data()});
+  }
+  write_safetensors(path, tensors, {});
+}
+
+// What one training run records, for comparing the two devices.
+struct Trace {
+  std::vector<float> reference_logp;
+  std::vector<double> loss, grad_norm;
+  std::vector<std::vector<std::vector<float>>> grads;  // [step][parameter]
+  std::vector<float> logits;
+  std::vector<std::vector<float>> initial, trained;  // [parameter]: loaded, after the steps
+};
+
+template <class Model>
+std::vector<std::vector<float>> read_all(const Model& m, bool gradients) {
+  std::vector<std::vector<float>> out;
+  for (const ParameterSpec& p : m.parameters()) {
+    out.emplace_back(p.numel);
+    if (gradients) m.read_gradient(p, out.back().data());
+    else m.read_master(p, out.back().data());
+  }
+  return out;
+}
+
+// Per-document sums of logp over the targeted tokens.
+std::vector<float> sequence_logps(const Batch& b, const std::vector<float>& logp) {
+  std::vector<float> sums(b.cu.size() - 1, 0.0f);
+  for (size_t doc = 0; doc + 1 < b.cu.size(); ++doc)
+    for (int32_t t = b.cu[doc]; t < b.cu[doc + 1]; ++t) sums[doc] += logp[size_t(t)];
+  return sums;
+}
+
+constexpr float kDpoBeta = 0.1f;
+
+template <class Model>
+Trace train(Model& m, const std::string& weights, const Batch& sft, const Batch& dpo) {
+  Trace trace;
+  m.load_weights({weights});
+  trace.initial = read_all(m, false);
+  trace.reference_logp.resize(dpo.ids.size());
+  m.logprobs(dpo.view(), trace.reference_logp.data());
+  const std::vector<float> ref = sequence_logps(dpo, trace.reference_logp);
+  const long pairs = long(ref.size() / 2);  // documents: chosen 0, rejected 0, chosen 1, ...
+  const model::AdamWOptions hp{1e-3, 0.9, 0.999, 1e-8, 0.01, 1.0};
+
+  auto step = [&](const Batch& b, bool preference) {
+    m.zero_grad();
+    std::vector<float> logp(b.ids.size()), dlogp(b.ids.size(), 0.0f);
+    m.forward(b.view(), logp.data());
+    double loss = 0;
+    if (!preference) {
+      long count = 0;
+      for (size_t t = 0; t < logp.size(); ++t) count += b.targets[t] != -100;
+      for (size_t t = 0; t < logp.size(); ++t) {
+        if (b.targets[t] == -100) continue;
+        loss -= logp[t] / double(count);
+        dlogp[t] = -1.0f / float(count);
+      }
+    } else {
+      const std::vector<float> pi = sequence_logps(b, logp);
+      const size_t n = static_cast<size_t>(pairs);
+      std::vector<float> pc(n), pr(n), rc(n), rr(n);
+      for (long i = 0; i < pairs; ++i) {
+        pc[size_t(i)] = pi[size_t(2 * i)];
+        pr[size_t(i)] = pi[size_t(2 * i + 1)];
+        rc[size_t(i)] = ref[size_t(2 * i)];
+        rr[size_t(i)] = ref[size_t(2 * i + 1)];
+      }
+      std::vector<float> losses(n), dc(n), dr(n);
+      loss = cpu::dpo_loss(pairs, cpu::DpoLossType::Sigmoid, kDpoBeta, 0.0f, pc.data(), pr.data(), rc.data(),
+                           rr.data(), losses.data(), dc.data(), dr.data())
+                 .loss_mean;
+      for (size_t doc = 0; doc + 1 < b.cu.size(); ++doc) {
+        const float g = (doc % 2 == 0 ? dc[doc / 2] : dr[doc / 2]) / float(pairs);
+        for (int32_t t = b.cu[doc]; t < b.cu[doc + 1]; ++t)
+          if (b.targets[size_t(t)] != -100) dlogp[size_t(t)] = g;
+      }
+    }
+    m.backward(dlogp.data(), long(dlogp.size()));
+    trace.loss.push_back(loss);
+    trace.grads.push_back(read_all(m, true));
+    trace.grad_norm.push_back(m.clip_and_step(hp));
+  };
+  for (int s = 0; s < 3; ++s) step(sft, false);
+  for (int s = 0; s < 3; ++s) step(dpo, true);
+  trace.logits.resize(size_t(sft.cu.size() - 1) * size_t(m.config().vocab_size));
+  m.next_token_logits(sft.view(), trace.logits.data());
+  trace.trained = read_all(m, false);
+  return trace;
+}
+
+double relative(double got, double want) { return std::fabs(got - want) / std::max(std::fabs(want), 1e-30); }
+
+std::vector<float> difference(const std::vector<float>& a, const std::vector<float>& b) {
+  std::vector<float> d(a.size());
+  for (size_t i = 0; i < a.size(); ++i) d[i] = a[i] - b[i];
+  return d;
+}
+
+void compare_traces(Report& report, const std::string& what, const std::vector<ParameterSpec>& params,
+                    const Trace& gpu, const Trace& cpu, const Tolerances& tol) {
+  report.compare("model", what + " reference logp", "cpu", rel_error(gpu.reference_logp, cpu.reference_logp),
+                 tol.logits);
+  double loss = 0, norm = 0, grads = 0;
+  std::string worst_grad;
+  for (size_t s = 0; s < cpu.loss.size(); ++s) {
+    double step_grads = 0;
+    for (size_t p = 0; p < params.size(); ++p) {
+      const double e = rel_error(gpu.grads[s][p], cpu.grads[s][p]);
+      step_grads = std::max(step_grads, e);
+      if (!(e <= grads)) {
+        grads = e;
+        worst_grad = params[p].name + " step " + std::to_string(s + 1);
+      }
+    }
+    std::printf("     step %zu (%s): loss cpu %.6f gpu %.6f, grad norm cpu %.6f gpu %.6f, gradients %.1e\n",
+                s + 1, s < 3 ? "sft" : "dpo", cpu.loss[s], gpu.loss[s], cpu.grad_norm[s], gpu.grad_norm[s],
+                step_grads);
+    loss = std::max(loss, relative(gpu.loss[s], cpu.loss[s]));
+    norm = std::max(norm, relative(gpu.grad_norm[s], cpu.grad_norm[s]));
+  }
+  report.compare("model", what + " loss, 6 steps", "cpu", loss, tol.loss);
+  report.compare("model", what + " grad norm, 6 steps", "cpu", norm, tol.grad_norm);
+  std::printf("     worst gradient: %s\n", worst_grad.c_str());
+  report.compare("model", what + " gradients (worst tensor)", "cpu", grads, tol.gradients);
+  report.compare("model", what + " next-token logits", "cpu", rel_error(gpu.logits, cpu.logits), tol.logits);
+  double update = 0;
+  std::string worst_update;
+  for (size_t p = 0; p < params.size(); ++p) {
+    const std::vector<float> moved = difference(cpu.trained[p], cpu.initial[p]);
+    const double e = rel_error(difference(gpu.trained[p], cpu.initial[p]), moved);
+    if (!(e <= update)) {
+      update = e;
+      worst_update = params[p].name;
+    }
+  }
+  std::printf("     worst parameter update: %s\n", worst_update.c_str());
+  report.compare("model", what + " parameter updates (worst)", "cpu", update, tol.update);
+}
+
+struct ModelCase {
+  std::string name;
+  MistralConfig config;
+  Precision precision;
+  bool checkpointing;
+};
+
+MistralConfig tiny_config(int head_dim, bool tied) {
+  MistralConfig c;
+  c.vocab_size = 256;
+  c.hidden_size = 128;
+  c.intermediate_size = 256;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = head_dim;
+  c.rms_norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+  c.sliding_window = 8;  // smaller than every document: the window masks within documents
+  c.tie_word_embeddings = tied;
+  c.pad_token_id = 3;
+  return c;
+}
+
+constexpr long kMaxTokens = 48;
+
+void check_training(Report& report, const ModelCase& mc, const Batch& sft, const Batch& dpo) {
+  const std::string what = mc.name + (mc.precision == Precision::BF16 ? " bf16" : " f32") +
+                           (mc.checkpointing ? " ckpt" : "");
+  guarded(report, "model", what, [&] {
+    const ModelOptions options{mc.precision, kMaxTokens, mc.checkpointing, true};
+    TempPath weights(".safetensors");
+    write_random_weights(mc.config, weights.path);
+    MistralModel cpu_model(mc.config, options);
+    CudaMistralModel gpu_model(mc.config, options);
+    const Trace cpu = train(cpu_model, weights.path, sft, dpo);
+    const Trace gpu = train(gpu_model, weights.path, sft, dpo);
+    compare_traces(report, what, cpu_model.parameters(), gpu, cpu,
+                   mc.precision == Precision::BF16 ? kBf16 : kF32);
+  });
+}
+
+// Weights saved from the GPU reload bit-identically into the CPU model; an optimizer state file
+// goes GPU -> CPU -> GPU and comes back with the same tensors and step.
+void check_files(Report& report, const MistralConfig& c, const Batch& sft) {
+  guarded(report, "model", "save/load across devices", [&] {
+    const ModelOptions options{Precision::BF16, kMaxTokens, false, true};
+    TempPath weights(".safetensors"), saved(".safetensors"), state1(".st"), state2(".st"), state3(".st");
+    write_random_weights(c, weights.path);
+    CudaMistralModel gpu(c, options);
+    gpu.load_weights({weights.path});
+    std::vector<float> logp(sft.ids.size()), dlogp(sft.ids.size(), -0.05f);
+    gpu.zero_grad();
+    gpu.forward(sft.view(), logp.data());
+    gpu.backward(dlogp.data(), long(dlogp.size()));
+    gpu.clip_and_step({1e-2, 0.9, 0.999, 1e-8, 0.0, 0.0});
+    std::vector<std::string> names;
+    for (const ParameterSpec& p : gpu.parameters()) names.push_back(p.name);
+    gpu.save_weights(saved.path, names, model::SaveDType::F32, {{"format", "pt"}});
+    MistralModel cpu(c, options);
+    cpu.load_weights({saved.path});
+    const auto a = read_all(gpu, false), b = read_all(cpu, false);
+    size_t differing = 0;
+    for (size_t p = 0; p < a.size(); ++p)
+      differing += std::memcmp(a[p].data(), b[p].data(), a[p].size() * sizeof(float)) != 0;
+    report.compare("model", "GPU save_weights -> CPU load: tensors differing", "bits", double(differing), 0.0);
+
+    gpu.save_optimizer_state(state1.path);
+    cpu.load_optimizer_state(state1.path);
+    cpu.save_optimizer_state(state2.path);
+    CudaMistralModel gpu2(c, options);
+    gpu2.load_optimizer_state(state2.path);
+    gpu2.save_optimizer_state(state3.path);
+    SafetensorsFile f1(state1.path), f3(state3.path);
+    differing = f1.tensors().size() == f3.tensors().size() ? 0 : 1;
+    for (const StTensorInfo& t : f1.tensors()) {
+      const StTensorInfo* u = f3.find(t.name);
+      differing += !u || u->bytes() != t.bytes() || std::memcmp(f1.data(t), f3.data(*u), t.bytes()) != 0;
+    }
+    report.compare("model", "optimizer state GPU -> CPU -> GPU: tensors differing", "bits", double(differing), 0.0);
+    report.compare("model", "optimizer state GPU -> CPU -> GPU: step", "1",
+                   std::fabs(double(gpu2.optimizer_step()) - 1.0), 0.0);
+  });
+}
+
+std::string error_text(const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+void check_errors(Report& report, const MistralConfig& c, const Batch& sft) {
+  guarded(report, "model", "errors", [&] {
+    const ModelOptions options{Precision::F32, kMaxTokens, false, false};
+    MistralModel cpu(c, options);
+    CudaMistralModel gpu(c, options);
+    Batch bad = sft;
+    bad.ids[5] = int32_t(c.vocab_size) + 7;
+    std::vector<float> logp(bad.ids.size());
+    const std::string cpu_text = error_text([&] { cpu.logprobs(bad.view(), logp.data()); });
+    const std::string gpu_text = error_text([&] { gpu.logprobs(bad.view(), logp.data()); });
+    std::printf("     bad token id: cpu \"%s\", gpu \"%s\"\n", cpu_text.c_str(), gpu_text.c_str());
+    report.compare("model", "bad token id: same error text as the CPU", "cpu",
+                   gpu_text == cpu_text && cpu_text.find("inputIds[5]") != std::string::npos ? 0.0 : 1.0, 0.0);
+
+    const ModelOptions huge{Precision::BF16, 1000000000L, false, true};
+    const std::string plan_text = error_text([&] { CudaMistralModel impossible(c, huge); });
+    std::printf("     impossible plan: \"%s\"\n", plan_text.c_str());
+    bool states_plan = true;
+    for (const char* part : {"does not fit", "weights", "grads", "optimizer", "activations", "workspaces",
+                             "free of", "gradientCheckpointing", "maxTokens"})
+      states_plan = states_plan && plan_text.find(part) != std::string::npos;
+    report.compare("model", "maxTokens 1e9: the memory-plan error", "text", states_plan ? 0.0 : 1.0, 0.0);
+  });
+}
+
+}  // namespace
+
+void run_model_checks(Report& report, const std::string& only, bool quick) {
+  if (std::string("model").rfind(only, 0) != 0) return;  // --only: a prefix of the name, as the op checks
+  std::printf("\n== model checks (CPU MistralModel vs CudaMistralModel, GEMMs %s)\n",
+              gemm_impl_name(gemm_auto_impl(DType::BF16, DType::BF16, DType::F32)));
+  const MistralConfig small = tiny_config(32, false), flash = tiny_config(64, true);
+  const Batch sft = packed_batch({20, 14, 10}, 3, small.vocab_size, small.pad_token_id);
+  const Batch dpo = packed_batch({12, 10, 11, 9}, 4, small.vocab_size, small.pad_token_id);
+  std::vector<ModelCase> cases = {
+      {"D32", small, Precision::F32, false},
+      {"D32", small, Precision::F32, true},
+      {"D32", small, Precision::BF16, false},
+      {"D32", small, Precision::BF16, true},
+      {"D64 tied (flash)", flash, Precision::BF16, false},
+  };
+  if (!quick) cases.push_back({"D64 tied", flash, Precision::F32, true});
+  for (const ModelCase& mc : cases) check_training(report, mc, sft, dpo);
+  check_files(report, small, sft);
+  check_errors(report, small, sft);
+}
+
+#else
+
+void run_model_checks(Report&, const std::string& only, bool) {
+  if (std::string("model").rfind(only, 0) != 0) return;
+  std::printf("\n== model checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
+}
+
+#endif
+
+}  // namespace zn::cuda::check
