@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createRequire } from 'node:module';
 import { before, describe, it } from 'node:test';
 
 import { binarize } from '../lib/aif/binarize.js';
@@ -23,6 +24,7 @@ import { loadModel } from '../lib/model/model.js';
 import { cudaAddonCandidates, loadNative } from '../lib/native.js';
 import { dpo, sft } from '../lib/train/api.js';
 
+const require = createRequire(import.meta.url);
 const built = cudaAddonCandidates().some((candidate) => existsSync(candidate));
 const skip = built ? false : 'the CUDA addon is not built here (bash scripts/build-cuda.sh builds it)';
 
@@ -93,6 +95,22 @@ describe('the model on the GPU', { skip }, () => {
   });
 
   async function withoutGpu(): Promise<void> {
+    // The addon itself: the device plan is computable without a GPU; building a model says why not.
+    const addon = require(cudaAddonCandidates().find((candidate) => existsSync(candidate))!) as {
+      Model: new (options: object) => unknown;
+      modelMemoryPlan(options: object): Record<string, number>;
+    };
+    const options = { config: { vocabSize: 64, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 2, numKeyValueHeads: 1, headDim: 16, rmsNormEps: 1e-5, ropeTheta: 10000 }, maxTokens: 16, dtype: 'bf16' };
+    const plan = addon.modelMemoryPlan(options);
+    // 4 + 2 bytes per weight (f32 master, bf16 copy), 4 per gradient, 8 per AdamW pair (64x32 embed
+    // and lm_head, one layer), each device buffer rounded up to 256 bytes.
+    const params = 2 * 64 * 32 + 32 + (32 * 32 + 2 * 16 * 32 + 32 * 32) + 32 + 3 * 64 * 32 + 32;
+    const within = (got: number, bytes: number, buffers: number) => got >= bytes && got < bytes + 256 * buffers;
+    assert.ok(within(plan.weights!, 6 * params, 2), `weights ${plan.weights}`);
+    assert.ok(within(plan.grads!, 4 * params, 1), `grads ${plan.grads}`);
+    assert.ok(within(plan.optimizer!, 8 * params, 2), `optimizer ${plan.optimizer}`);
+    assert.equal(plan.total, plan.weights! + plan.grads! + plan.optimizer! + plan.activations! + plan.logitsChunks!);
+    assert.throws(() => new addon.Model(options), /^Error: Model: no usable CUDA GPU: /);
     await assert.rejects(loadModel(join(work, 'base'), { device: 'cuda', maxTokens: 64 }), (error: unknown) =>
       error instanceof ZnError && /CUDA backend .* cannot use a GPU/.test(error.message));
     await assert.rejects(

@@ -43,6 +43,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   zn::addon::register_cuda_kernels(env, exports);
+  zn::addon::register_cuda_model(env, exports);
   return exports;
 }
 
