@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -108,34 +109,52 @@ ParameterIndex index_parameters(const MistralConfig& config, const std::vector<P
 
 // ---------------------------------------------------------------------------------------------
 // Activation plan: one arena, laid out by walking the same table for planning and allocating.
+//
+// Selective recomputation (as Megatron-LM's): a layer keeps what a GEMM or attention produced
+// and recomputes in backward what elementwise work gives back exactly: the rmsnorm outputs
+// n1, n2 (from the saved 1/rms) and act = silu(gate) * up. Those values, and the backward's
+// scratch, live in buffers shared by all layers. One GEMM output is recomputed too, because it
+// needs no buffer of its own: h = x + o_proj(attn) is rebuilt in the next layer's input buffer,
+// which is dead by the time the layer's backward runs (one o_proj GEMM more per layer, ~1.7% of
+// a step's FLOPs on the small bench preset, for [N, d] less per layer). Recomputed values are
+// the forward's bits (the same code on the same inputs), so the gradients are too.
 
 struct LayerActivations {
-  float* norm1;  // rmsnorm1(x)             [N, d]
-  float* rstd1;  //                          [N]
-  float* q;      // rope(q_proj(norm1))      [N, Hq * D]
-  float* k;      // rope(k_proj(norm1))      [N, Hkv * D]
-  float* v;      // v_proj(norm1)            [N, Hkv * D]
+  float* rstd1;  // 1 / rms(x), gives n1     [N]
+  float* q;      // rope(q_proj(n1))         [N, Hq * D]
+  float* k;      // rope(k_proj(n1))         [N, Hkv * D]
+  float* v;      // v_proj(n1)               [N, Hkv * D]
   float* attn;   // attention output         [N, Hq * D]
   float* lse;    // attention log-sum-exp    [Hq, N]
-  float* h;      // x + o_proj(attn)         [N, d]
-  float* norm2;  // rmsnorm2(h)              [N, d]
-  float* rstd2;  //                          [N]
-  float* gate;   // gate_proj(norm2)         [N, ffn]
-  float* up;     // up_proj(norm2)           [N, ffn]
-  float* act;    // silu(gate) * up          [N, ffn]
+  float* rstd2;  // 1 / rms(h), gives n2     [N]
+  // gate_proj(n2) and up_proj(n2), [N, ffn] each, adjacent. Backward overwrites them with dgate
+  // and dup, and once the MLP's backward has read those, with dq, dk, dv (AttentionGrads).
+  float* gate;
+  float* up;
+};
+
+// Where a layer's backward puts the attention's input gradients: in its own gate/up buffers.
+struct AttentionGrads {
+  float* dq;  // [N, Hq * D]
+  float* dk;  // [N, Hkv * D]
+  float* dv;  // [N, Hkv * D]
 };
 
 struct Activations {
   std::vector<float*> residual;          // layer inputs x_0 .. x_L (two, ping-pong, if not trainable)
   std::vector<LayerActivations> layers;  // one per layer, or one slot reused by every layer
-  float* final_norm;                     // rmsnorm(x_L)  [N, d]
-  float* final_rstd;                     // [N]
+  float* final_rstd;                     // 1 / rms(x_L)  [N]
   float* logit_lse;                      // log-sum-exp of the logits  [N]
-  // Backward scratch (trainable only).
-  float *dres, *dnorm, *dtmp;  // [N, d]
-  float *dattn, *dq;           // [N, Hq * D]
-  float *dk, *dv;              // [N, Hkv * D]
-  float *dact, *dgate, *dup;   // [N, ffn]
+  // Shared by all layers. `normed` holds the rmsnorm output the next GEMMs read (n1, n2, the
+  // final norm, which next_token_logits reads after a forward) and, in backward, rmsnorm's dx.
+  float* normed;  // [N, d]
+  // act = silu(gate) * up for down_proj. In backward the same buffer holds, one after another,
+  // act, dact (down_proj's dx, once its weight gradient has read act), dnorm (d loss / d n2),
+  // dattn, dnorm (d loss / d n1): each dead before the next is written. A frozen model writes act
+  // over gate, which nothing reads again.
+  float* act;  // [N, max(ffn, d, Hq * D)]
+  float *dact, *dnorm, *dattn;
+  float* dres;  // d loss / d residual stream  [N, d] (trainable only)
 };
 
 namespace {
@@ -160,6 +179,23 @@ int saved_layer_slots(const MistralConfig& c, const ModelOptions& o) {
   return o.trainable && !o.gradient_checkpointing ? c.num_layers : 1;
 }
 
+// Places gate and up from base; returns the floats they span.
+size_t place_mlp_inputs(const MistralConfig& c, size_t N, float* base, LayerActivations& s) {
+  ArenaLayout part(base);
+  s.gate = part.take(N * size_t(c.intermediate_size));
+  s.up = part.take(N * size_t(c.intermediate_size));
+  return part.used();
+}
+
+// Places dq, dk, dv from base (a layer's gate); returns the floats they span.
+size_t place_attention_grads(const MistralConfig& c, size_t N, float* base, AttentionGrads& g) {
+  ArenaLayout part(base);
+  g.dq = part.take(N * size_t(c.q_dim()));
+  g.dk = part.take(N * size_t(c.kv_dim()));
+  g.dv = part.take(N * size_t(c.kv_dim()));
+  return part.used();
+}
+
 // Lays out the activations for max_tokens; returns the arena size in floats.
 size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* base,
                           Activations& a) {
@@ -170,35 +206,26 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
   for (float*& x : a.residual) x = arena.take(N * d);
   a.layers.resize(size_t(saved_layer_slots(c, o)));
   for (LayerActivations& s : a.layers) {
-    s.norm1 = arena.take(N * d);
     s.rstd1 = arena.take(N);
     s.q = arena.take(N * qd);
     s.k = arena.take(N * kvd);
     s.v = arena.take(N * kvd);
     s.attn = arena.take(N * qd);
     s.lse = arena.take(size_t(c.num_heads) * N);
-    s.h = arena.take(N * d);
-    s.norm2 = arena.take(N * d);
     s.rstd2 = arena.take(N);
-    s.gate = arena.take(N * ffn);
-    s.up = arena.take(N * ffn);
-    s.act = arena.take(N * ffn);
+    AttentionGrads g;
+    const size_t mlp = std::max(place_mlp_inputs(c, N, nullptr, s), place_attention_grads(c, N, nullptr, g));
+    place_mlp_inputs(c, N, arena.take(mlp), s);
   }
-  a.final_norm = arena.take(N * d);
   a.final_rstd = arena.take(N);
   a.logit_lse = arena.take(N);
-  if (o.trainable) {
-    a.dres = arena.take(N * d);
-    a.dnorm = arena.take(N * d);
-    a.dtmp = arena.take(N * d);
-    a.dattn = arena.take(N * qd);
-    a.dq = arena.take(N * qd);
-    a.dk = arena.take(N * kvd);
-    a.dv = arena.take(N * kvd);
-    a.dact = arena.take(N * ffn);
-    a.dgate = arena.take(N * ffn);
-    a.dup = arena.take(N * ffn);
+  a.normed = arena.take(N * d);
+  if (!o.trainable) {
+    a.act = a.layers[0].gate;
+    return arena.used();
   }
+  a.act = a.dact = a.dnorm = a.dattn = arena.take(N * std::max({ffn, d, qd}));
+  a.dres = arena.take(N * d);
   return arena.used();
 }
 
@@ -229,11 +256,12 @@ void linear_forward(long N, long in, long out, const float* x, const void* w, DT
   cpu::gemm(false, true, N, out, in, 1.0f, {x, DType::F32, in}, {w, wdt, in}, beta, y, out);
 }
 
-// dx[N, in] = dy · W + dx_beta dx (skipped when dx is null); dW[out, in] += dyᵀ · x (f32).
+// dW[out, in] += dyᵀ · x (f32); dx[N, in] = dy · W + dx_beta dx (skipped when dx is null).
+// dW first: dx may then overwrite x (down_proj's dact takes act's buffer).
 void linear_backward(long N, long in, long out, const float* x, const float* dy, const void* w,
                      DType wdt, float* dx, float dx_beta, float* dw) {
-  if (dx) cpu::gemm(false, false, N, in, out, 1.0f, {dy, DType::F32, out}, {w, wdt, in}, dx_beta, dx, in);
   cpu::gemm(true, false, out, in, N, 1.0f, {dy, DType::F32, out}, {x, DType::F32, in}, 1.0f, dw, in);
+  if (dx) cpu::gemm(false, false, N, in, out, 1.0f, {dy, DType::F32, out}, {w, wdt, in}, dx_beta, dx, in);
 }
 
 void copy(size_t n, const float* from, float* to) {
@@ -276,8 +304,10 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
     adam_v_.assign(n, 0.0f);
   }
   acts_ = std::make_unique<Activations>();
-  arena_.assign(plan_.activations / 4, 0.0f);
-  layout_activations(config_, options_, arena_.data(), *acts_);
+  arena_.reset(static_cast<float*>(std::calloc(plan_.activations / 4, sizeof(float))));
+  ZN_CHECK(arena_ || plan_.activations == 0, "model: cannot allocate ", plan_.activations,
+           " bytes of activations");
+  layout_activations(config_, options_, arena_.get(), *acts_);
   const size_t N = size_t(options_.max_tokens);
   input_ids_.resize(N);
   position_ids_.resize(N);
@@ -286,6 +316,8 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
 }
 
 MistralModel::~MistralModel() = default;
+
+void MistralModel::FreeDeleter::operator()(float* p) const { std::free(p); }
 
 const ParameterSpec& MistralModel::parameter(const std::string& name) const {
   return find_parameter(params_, name);
@@ -449,29 +481,36 @@ void MistralModel::layer_forward(int l, const float* x, float* out, LayerActivat
                                  bool need_output) {
   const MistralConfig& c = config_;
   const LayerParameters& p = layers_[size_t(l)];
+  Activations& A = *acts_;
   const long N = tokens_, d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
   const long ffn = c.intermediate_size;
   const DType wdt = weight_dtype();
 
-  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, x, master(*p.input_norm), a.norm1, a.rstd1);
-  linear_forward(N, d, qd, a.norm1, weight(*p.q), wdt, 0.0f, a.q);
-  linear_forward(N, d, kvd, a.norm1, weight(*p.k), wdt, 0.0f, a.k);
-  linear_forward(N, d, kvd, a.norm1, weight(*p.v), wdt, 0.0f, a.v);
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, x, master(*p.input_norm), A.normed, a.rstd1);
+  linear_forward(N, d, qd, A.normed, weight(*p.q), wdt, 0.0f, a.q);
+  linear_forward(N, d, kvd, A.normed, weight(*p.k), wdt, 0.0f, a.k);
+  linear_forward(N, d, kvd, A.normed, weight(*p.v), wdt, 0.0f, a.v);
   cpu::rope_forward(N, c.num_heads, c.head_dim, c.rope_theta, position_ids_.data(), a.q);
   cpu::rope_forward(N, c.num_kv_heads, c.head_dim, c.rope_theta, position_ids_.data(), a.k);
   const cpu::AttentionShape shape{N, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window,
                                   1.0f / std::sqrt(float(c.head_dim))};
   cpu::attention_forward(shape, a.q, a.k, a.v, cu_seqlens_.data(), n_docs_, a.attn, a.lse);
-  copy(size_t(N * d), x, a.h);
-  linear_forward(N, qd, d, a.attn, weight(*p.o), wdt, 1.0f, a.h);
+  float* h = out;  // the MLP adds its output to h in place
+  attention_residual(l, x, a.attn, h);
 
-  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, a.h, master(*p.post_norm), a.norm2, a.rstd2);
-  linear_forward(N, d, ffn, a.norm2, weight(*p.gate), wdt, 0.0f, a.gate);
-  linear_forward(N, d, ffn, a.norm2, weight(*p.up), wdt, 0.0f, a.up);
-  cpu::swiglu_forward(N * ffn, a.gate, a.up, a.act);
-  if (!need_output) return;  // recomputation for backward: down_proj's output is not needed
-  copy(size_t(N * d), a.h, out);
-  linear_forward(N, ffn, d, a.act, weight(*p.down), wdt, 1.0f, out);
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, h, master(*p.post_norm), A.normed, a.rstd2);
+  linear_forward(N, d, ffn, A.normed, weight(*p.gate), wdt, 0.0f, a.gate);
+  linear_forward(N, d, ffn, A.normed, weight(*p.up), wdt, 0.0f, a.up);
+  if (!need_output) return;  // recomputation for backward: out keeps h, backward recomputes act
+  cpu::swiglu_forward(N * ffn, a.gate, a.up, A.act);
+  linear_forward(N, ffn, d, A.act, weight(*p.down), wdt, 1.0f, out);
+}
+
+void MistralModel::attention_residual(int l, const float* x, const float* attn, float* h) {
+  const MistralConfig& c = config_;
+  const long N = tokens_, d = c.hidden_size;
+  copy(size_t(N * d), x, h);
+  linear_forward(N, c.q_dim(), d, attn, weight(*layers_[size_t(l)].o), weight_dtype(), 1.0f, h);
 }
 
 void MistralModel::run_forward(float* logp, bool keep) {
@@ -486,9 +525,9 @@ void MistralModel::run_forward(float* logp, bool keep) {
                          residual(0));
   for (int l = 0; l < c.num_layers; ++l) layer_forward(l, residual(l), residual(l + 1), slot(l), true);
   const float* last = residual(c.num_layers);
-  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, last, master(*final_norm_), A.final_norm, A.final_rstd);
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, last, master(*final_norm_), A.normed, A.final_rstd);
   const cpu::LogprobShape shape{N, d, c.vocab_size};
-  cpu::logprob_forward(shape, A.final_norm, weight(*lm_head_), weight_dtype(), targets_.data(), logp,
+  cpu::logprob_forward(shape, A.normed, weight(*lm_head_), weight_dtype(), targets_.data(), logp,
                        A.logit_lse);
 }
 
@@ -517,7 +556,7 @@ void MistralModel::next_token_logits(const TokenBatchView& batch, float* logits)
   for (int doc = 0; doc < n_docs_; ++doc) {
     const long row = cu_seqlens_[size_t(doc) + 1] - 1;
     ZN_CHECK(row >= cu_seqlens_[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
-    std::copy_n(acts_->final_norm + row * d, d, last_rows.data() + size_t(doc) * size_t(d));
+    std::copy_n(acts_->normed + row * d, d, last_rows.data() + size_t(doc) * size_t(d));
   }
   cpu::gemm(false, true, n_docs_, config_.vocab_size, d, 1.0f, {last_rows.data(), DType::F32, d},
             {weight(*lm_head_), weight_dtype(), d}, 0.0f, logits, config_.vocab_size);
@@ -527,7 +566,7 @@ void MistralModel::next_token_logits(const TokenBatchView& batch, float* logits)
 // Backward
 
 // On entry dres = d loss / d (layer output); on exit d loss / d (layer input x).
-void MistralModel::layer_backward(int l, const float* x, float* dres) {
+void MistralModel::layer_backward(int l, const float* x, const float* h, float* dres) {
   const MistralConfig& c = config_;
   const LayerParameters& p = layers_[size_t(l)];
   Activations& A = *acts_;
@@ -536,27 +575,33 @@ void MistralModel::layer_backward(int l, const float* x, float* dres) {
   const long ffn = c.intermediate_size;
   const DType wdt = weight_dtype();
 
-  // MLP: out = h + down(silu(gate(n2)) * up(n2)).
-  linear_backward(N, ffn, d, a.act, dres, weight(*p.down), wdt, A.dact, 0.0f, grad(*p.down));
-  cpu::swiglu_backward(N * ffn, a.gate, a.up, A.dact, A.dgate, A.dup);
-  linear_backward(N, d, ffn, a.norm2, A.dgate, weight(*p.gate), wdt, A.dnorm, 0.0f, grad(*p.gate));
-  linear_backward(N, d, ffn, a.norm2, A.dup, weight(*p.up), wdt, A.dnorm, 1.0f, grad(*p.up));
-  cpu::rmsnorm_backward(N, d, a.h, master(*p.post_norm), a.rstd2, A.dnorm, A.dtmp, grad(*p.post_norm));
-  add_into(size_t(N * d), A.dtmp, dres);  // now d loss / d h
+  // MLP: out = h + down(silu(gate(n2)) * up(n2)); act and n2 recomputed, dgate and dup over
+  // gate and up, rmsnorm's dx over n2 once the GEMMs have read it.
+  cpu::swiglu_forward(N * ffn, a.gate, a.up, A.act);
+  linear_backward(N, ffn, d, A.act, dres, weight(*p.down), wdt, A.dact, 0.0f, grad(*p.down));
+  cpu::swiglu_backward(N * ffn, a.gate, a.up, A.dact, a.gate, a.up);
+  cpu::rmsnorm_apply(N, d, h, master(*p.post_norm), a.rstd2, A.normed);
+  linear_backward(N, d, ffn, A.normed, a.gate, weight(*p.gate), wdt, A.dnorm, 0.0f, grad(*p.gate));
+  linear_backward(N, d, ffn, A.normed, a.up, weight(*p.up), wdt, A.dnorm, 1.0f, grad(*p.up));
+  cpu::rmsnorm_backward(N, d, h, master(*p.post_norm), a.rstd2, A.dnorm, A.normed, grad(*p.post_norm));
+  add_into(size_t(N * d), A.normed, dres);  // now d loss / d h
 
-  // Attention: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
+  // Attention: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))); n1 recomputed likewise.
   linear_backward(N, qd, d, a.attn, dres, weight(*p.o), wdt, A.dattn, 0.0f, grad(*p.o));
   const cpu::AttentionShape shape{N, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window,
                                   1.0f / std::sqrt(float(c.head_dim))};
+  AttentionGrads g;
+  place_attention_grads(c, size_t(options_.max_tokens), a.gate, g);
   cpu::attention_backward(shape, a.q, a.k, a.v, cu_seqlens_.data(), n_docs_, a.attn, a.lse, A.dattn,
-                          A.dq, A.dk, A.dv);
-  cpu::rope_backward(N, c.num_heads, c.head_dim, c.rope_theta, position_ids_.data(), A.dq);
-  cpu::rope_backward(N, c.num_kv_heads, c.head_dim, c.rope_theta, position_ids_.data(), A.dk);
-  linear_backward(N, d, qd, a.norm1, A.dq, weight(*p.q), wdt, A.dnorm, 0.0f, grad(*p.q));
-  linear_backward(N, d, kvd, a.norm1, A.dk, weight(*p.k), wdt, A.dnorm, 1.0f, grad(*p.k));
-  linear_backward(N, d, kvd, a.norm1, A.dv, weight(*p.v), wdt, A.dnorm, 1.0f, grad(*p.v));
-  cpu::rmsnorm_backward(N, d, x, master(*p.input_norm), a.rstd1, A.dnorm, A.dtmp, grad(*p.input_norm));
-  add_into(size_t(N * d), A.dtmp, dres);  // now d loss / d x
+                          g.dq, g.dk, g.dv);
+  cpu::rope_backward(N, c.num_heads, c.head_dim, c.rope_theta, position_ids_.data(), g.dq);
+  cpu::rope_backward(N, c.num_kv_heads, c.head_dim, c.rope_theta, position_ids_.data(), g.dk);
+  cpu::rmsnorm_apply(N, d, x, master(*p.input_norm), a.rstd1, A.normed);
+  linear_backward(N, d, qd, A.normed, g.dq, weight(*p.q), wdt, A.dnorm, 0.0f, grad(*p.q));
+  linear_backward(N, d, kvd, A.normed, g.dk, weight(*p.k), wdt, A.dnorm, 1.0f, grad(*p.k));
+  linear_backward(N, d, kvd, A.normed, g.dv, weight(*p.v), wdt, A.dnorm, 1.0f, grad(*p.v));
+  cpu::rmsnorm_backward(N, d, x, master(*p.input_norm), a.rstd1, A.dnorm, A.normed, grad(*p.input_norm));
+  add_into(size_t(N * d), A.normed, dres);  // now d loss / d x
 }
 
 void validate_dlogp(const float* dlogp, long tokens) {
@@ -577,17 +622,25 @@ void MistralModel::backward(const float* dlogp, long tokens) {
   const long N = tokens_, d = c.hidden_size;
   validate_dlogp(dlogp, N);
 
+  const float* last = A.residual[size_t(c.num_layers)];
+  cpu::rmsnorm_apply(N, d, last, master(*final_norm_), A.final_rstd, A.normed);
   const cpu::LogprobShape shape{N, d, c.vocab_size};
-  cpu::logprob_backward(shape, A.final_norm, weight(*lm_head_), weight_dtype(), targets_.data(),
+  cpu::logprob_backward(shape, A.normed, weight(*lm_head_), weight_dtype(), targets_.data(),
                         A.logit_lse, dlogp, A.dnorm, grad(*lm_head_));
-  cpu::rmsnorm_backward(N, d, A.residual[size_t(c.num_layers)], master(*final_norm_), A.final_rstd,
-                        A.dnorm, A.dres, grad(*final_norm_));
+  cpu::rmsnorm_backward(N, d, last, master(*final_norm_), A.final_rstd, A.dnorm, A.dres,
+                        grad(*final_norm_));
   for (int l = c.num_layers - 1; l >= 0; --l) {
+    const float* x = A.residual[size_t(l)];
+    // The layer's output x_{l+1} is dead now that the layer above (or the final norm) has done
+    // its backward: h takes its buffer.
+    float* h = A.residual[size_t(l) + 1];
     // With checkpointing the one slot still holds the last layer's activations from forward.
     if (options_.gradient_checkpointing && l != c.num_layers - 1) {
-      layer_forward(l, A.residual[size_t(l)], nullptr, A.layers[0], false);
+      layer_forward(l, x, h, A.layers[0], false);
+    } else {
+      attention_residual(l, x, A.layers[A.layers.size() > 1 ? size_t(l) : 0].attn, h);
     }
-    layer_backward(l, A.residual[size_t(l)], A.dres);
+    layer_backward(l, x, h, A.dres);
   }
   cpu::embedding_backward(N, d, c.vocab_size, input_ids_.data(), A.dres, c.pad_token_id,
                           grad(*embed_));

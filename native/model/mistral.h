@@ -193,7 +193,8 @@ class MistralModel {
   void copy_batch(const TokenBatchView& batch);
   void run_forward(float* logp, bool keep_for_backward);
   void layer_forward(int l, const float* x, float* out, LayerActivations& acts, bool need_output);
-  void layer_backward(int l, const float* x, float* dres);
+  void attention_residual(int l, const float* x, const float* attn, float* h);  // h = x + o_proj(attn)
+  void layer_backward(int l, const float* x, const float* h, float* dres);
   void refresh_bf16();
   const void* weight(const ParameterSpec& p) const;
   DType weight_dtype() const;
@@ -214,7 +215,12 @@ class MistralModel {
   std::vector<float> adam_m_, adam_v_;  // AdamW moments (trainable only)
   long step_ = 0;
 
-  std::vector<float> arena_;
+  // calloc'd, not a std::vector: its pages are committed when first written, so the arena adds
+  // nothing to the peak while weights load (a tensor's file pages are resident then).
+  struct FreeDeleter {
+    void operator()(float* p) const;
+  };
+  std::unique_ptr<float[], FreeDeleter> arena_;
   std::unique_ptr<Activations> acts_;
 
   // The batch of the last forward(), kept for backward().

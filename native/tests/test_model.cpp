@@ -322,6 +322,36 @@ ZN_TEST("model.checkpointing_gives_the_same_gradients") {
   }
 }
 
+ZN_TEST("model.plan_saves_per_layer_only_gemm_and_attention_outputs") {
+  // The activation arena, from the layout mistral.cpp describes. Per layer (kept for every layer,
+  // or once with checkpointing or when frozen): 1/rms of x and of h, q, k, v, the attention
+  // output and its log-sum-exp, and one region holding gate and up (in backward dgate/dup, then
+  // dq, dk, dv, so it is the larger of the two). Not per layer: the rmsnorm outputs and
+  // silu(gate) * up (recomputed into one [N, d] and one shared wide buffer), h (rebuilt in the
+  // next layer's input buffer). Shared: the layer inputs x_0..x_L (two when frozen), the final
+  // 1/rms and logit log-sum-exp, the norm buffer, the wide buffer (act, dact, dnorm, dattn) and
+  // dres (trainable only). N = 64 keeps every piece a multiple of the 16-float alignment.
+  MistralConfig wide = tiny_config(false);
+  wide.intermediate_size = 40;  // 2 ffn > q_dim + 2 kv_dim, ffn > q_dim > hidden
+  for (const MistralConfig& c : {tiny_config(false), wide}) {
+    const size_t N = 64, d = size_t(c.hidden_size), qd = size_t(c.q_dim()), kvd = size_t(c.kv_dim());
+    const size_t ffn = size_t(c.intermediate_size), L = size_t(c.num_layers);
+    const size_t layer = 2 + qd + 2 * kvd + qd + size_t(c.num_heads) + std::max(2 * ffn, qd + 2 * kvd);
+    const size_t act = std::max({ffn, d, qd});
+    ModelOptions o;
+    o.max_tokens = long(N);
+    const size_t plain = (L + 1) * d + L * layer + 2 + d + act + d;
+    EXPECT(plan_memory(c, o).activations == 4 * N * plain, "ffn ", ffn, ": ", plan_memory(c, o).activations,
+           " bytes, expected ", 4 * N * plain);
+    o.gradient_checkpointing = true;
+    const size_t checkpointed = (L + 1) * d + layer + 2 + d + act + d;
+    EXPECT(plan_memory(c, o).activations == 4 * N * checkpointed, "checkpointing, ffn ", ffn);
+    o.trainable = false;
+    const size_t frozen = 2 * d + layer + 2 + d;  // act is written over gate
+    EXPECT(plan_memory(c, o).activations == 4 * N * frozen, "frozen, ffn ", ffn);
+  }
+}
+
 ZN_TEST("model.packed_documents_equal_separate_sequences") {
   const MistralConfig c = tiny_config(false);
   const Params P = random_params(c);

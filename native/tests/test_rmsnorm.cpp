@@ -1,5 +1,7 @@
 // RMSNorm against a float64 reference: forward, analytic backward, and finite differences.
 #include <cmath>
+#include <cstring>
+#include <utility>
 
 #include "harness.h"
 #include "kernels/cpu/rmsnorm.h"
@@ -101,6 +103,24 @@ ZN_TEST("rmsnorm.threaded_shapes") {
   // Enough rows and columns that both passes split across threads.
   check_case(301, 129, 1e-6f, false);
   check_case(17, 4099, 1e-5f, false);
+}
+
+ZN_TEST("rmsnorm.apply_with_saved_rstd_is_the_forward_bit_for_bit") {
+  // The model recomputes normalised activations in backward from the saved rstd; its gradients
+  // stay bit-identical only if these values are exactly the forward's.
+  for (const auto& [rows, dim] : {std::pair<long, long>{3, 5}, {301, 129}, {17, 4099}}) {
+    const auto x = random_f32(rows * dim, 3.0f);
+    auto w = random_f32(dim);
+    for (float& v : w) v += 1.0f;
+    std::vector<float> y(rows * dim), rstd(rows), again(rows * dim);
+    cpu::rmsnorm_forward(rows, dim, 1e-5f, x.data(), w.data(), y.data(), rstd.data());
+    poison(again);
+    cpu::rmsnorm_apply(rows, dim, x.data(), w.data(), rstd.data(), again.data());
+    EXPECT(std::memcmp(again.data(), y.data(), y.size() * sizeof(float)) == 0, "rows=", rows,
+           " dim=", dim);
+    const auto ref = rmsnorm_f64(rows, dim, 1e-5, to_f64(x), to_f64(w));
+    expect_close(again, ref.y, kF32RelTol, "rmsnorm_apply y rows=" + std::to_string(rows));
+  }
 }
 
 ZN_TEST("rmsnorm.tiny_values_are_guarded_by_eps") {

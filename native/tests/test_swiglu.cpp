@@ -73,3 +73,21 @@ ZN_TEST("swiglu.extreme_gates_stay_finite") {
     EXPECT(std::fabs(out[i] - ref) <= 1e-6 * std::max(1.0, std::fabs(ref)), "gate ", gate[i], " out ", out[i]);
   }
 }
+
+ZN_TEST("swiglu.in_place_equals_separate_outputs") {
+  // The model's backward writes dgate over gate and dup over up, and an inference forward may
+  // write out over gate: the bits must be those of separate outputs. n spans several threads.
+  const long n = 50001;
+  const auto gate = random_f32(n, 4.0f), up = random_f32(n), dout = random_f32(n);
+  std::vector<float> out(n), dgate(n), dup(n);
+  cpu::swiglu_forward(n, gate.data(), up.data(), out.data());
+  cpu::swiglu_backward(n, gate.data(), up.data(), dout.data(), dgate.data(), dup.data());
+
+  std::vector<float> g = gate, u = up;
+  cpu::swiglu_backward(n, g.data(), u.data(), dout.data(), g.data(), u.data());
+  EXPECT(g == dgate, "dgate written over gate differs from a separate dgate");
+  EXPECT(u == dup, "dup written over up differs from a separate dup");
+  g = gate;
+  cpu::swiglu_forward(n, g.data(), up.data(), g.data());
+  EXPECT(g == out, "out written over gate differs from a separate out");
+}

@@ -16,6 +16,12 @@ namespace {
 // Rows per parallel task, so a task touches at least ~16K elements.
 size_t row_grain(long dim) { return size_t(std::max(1L, 16384 / std::max(1L, dim))); }
 
+// The one place y is computed, so rmsnorm_apply reproduces the forward exactly.
+// HF order: normalise first, then scale by the weight.
+inline void scale_row(long dim, const float* x, const float* weight, float r, float* y) {
+  for (long j = 0; j < dim; ++j) y[j] = weight[j] * (x[j] * r);
+}
+
 }  // namespace
 
 void rmsnorm_forward(long rows, long dim, float eps, const float* x, const float* weight, float* y,
@@ -31,9 +37,16 @@ void rmsnorm_forward(long rows, long dim, float eps, const float* x, const float
       const float variance = float(squares / double(dim));
       const float r = float(1.0 / std::sqrt(double(variance + eps)));
       rstd[row] = r;
-      // HF order: normalise first, then scale by the weight.
-      for (long j = 0; j < dim; ++j) yr[j] = weight[j] * (xr[j] * r);
+      scale_row(dim, xr, weight, r, yr);
     }
+  });
+}
+
+void rmsnorm_apply(long rows, long dim, const float* x, const float* weight, const float* rstd,
+                   float* y) {
+  ZN_CHECK(rows >= 0 && dim > 0, "rmsnorm_apply: bad shape rows=", rows, " dim=", dim);
+  parallel_for(size_t(rows), row_grain(dim), [&](size_t begin, size_t end) {
+    for (size_t row = begin; row < end; ++row) scale_row(dim, x + row * dim, weight, rstd[row], y + row * dim);
   });
 }
 

@@ -7,6 +7,11 @@ namespace zn::cpu {
 void rmsnorm_forward(long rows, long dim, float eps, const float* x, const float* weight, float* y,
                      float* rstd);
 
+// y = weight * (x * rstd) with a saved rstd: the forward's y, bit for bit, for a model that
+// recomputes normalised activations in backward instead of keeping them.
+void rmsnorm_apply(long rows, long dim, const float* x, const float* weight, const float* rstd,
+                   float* y);
+
 // dx is overwritten; dweight is accumulated into (+=).
 void rmsnorm_backward(long rows, long dim, const float* x, const float* weight, const float* rstd,
                       const float* dy, float* dx, float* dweight);

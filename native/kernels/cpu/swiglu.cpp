@@ -34,9 +34,10 @@ void swiglu_backward(long n, const float* gate, const float* up, const float* do
   ZN_CHECK(n >= 0, "swiglu_backward: negative size ", n);
   parallel_for(size_t(n), kGrain, [&](size_t begin, size_t end) {
     for (size_t i = begin; i < end; ++i) {
-      const float g = gate[i], s = sigmoid(g);
-      dgate[i] = dout[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
-      dup[i] = dout[i] * (g * s);
+      // Every input read before any output is written: the outputs may overwrite the inputs.
+      const float g = gate[i], u = up[i], dy = dout[i], s = sigmoid(g);
+      dgate[i] = dy * u * (s * (1.0f + g * (1.0f - s)));
+      dup[i] = dy * (g * s);
     }
   });
 }

@@ -1,5 +1,7 @@
 // SwiGLU activation of Mistral's MLP: out = silu(gate) * up, silu(x) = x * sigmoid(x).
-// All arrays have n elements; dgate and dup are overwritten.
+// All arrays have n elements; out, dgate and dup are overwritten. Element i of every input is
+// read before element i of any output is written, so outputs may overwrite inputs (a model's
+// backward turns its saved gate/up into dgate/dup in place).
 #pragma once
 
 namespace zn::cpu {
