@@ -45,10 +45,13 @@ using model::TokenBatchView;
 // relative to how far the six steps moved each tensor (a stricter measure than relative to the
 // values, which training barely changes).
 // f32 mode: both models compute in f32 and differ only in summation order (GEMM tiling, atomics,
-// reductions): the first step agrees to ~1e-7, and the drift through six steps stays under the
-// 1e-4 the model must meet. Updates: AdamW normalises every element to about lr, so the error
-// of an update is the RMS of the per-element gradient errors, in which the small elements
-// (relatively noisier) count as much as the large ones: 1e-3.
+// reductions): the first step's losses agree to ~1e-7 and its gradients to ~1e-6. AdamW then
+// amplifies that noise where a gradient element is near zero: its first update is
+// lr * g / (|g| + eps), and for |g| ~ eps = 1e-8 (a sum that cancels, with a few % of float
+// noise) the two devices move that weight by visibly different amounts, up to 2 lr. So the
+// later steps run on slightly different weights: their gradients agree to ~1e-4 (1e-3 allowed),
+// losses and grad norms to ~1e-5 (the 1e-4 the model must meet), and the updates (where those
+// flips sit) to a few 1e-4 (2e-3 allowed).
 // bf16 mode: the CPU model rounds only the GEMM operands to bf16 and keeps every other
 // activation in f32, while the GPU stores q/k/v, attention output, gate/up/act and their
 // gradients in bf16 (and flash attention rounds P and dS): each storage rounding is 2^-9
@@ -57,10 +60,10 @@ using model::TokenBatchView;
 // noise of zero flip sign; 0.2 allows 1% of them to flip (error ~ sqrt(4 x 1%)), while a wrong
 // gradient gives an error near 1 or above.
 struct Tolerances {
-  double loss, grad_norm, gradients, logits, update;
+  double loss, grad_norm, first_gradients, later_gradients, logits, update;
 };
-constexpr Tolerances kF32{1e-4, 1e-4, 1e-4, 1e-4, 1e-3};
-constexpr Tolerances kBf16{1e-2, 5e-2, 5e-2, 5e-2, 0.2};
+constexpr Tolerances kF32{1e-4, 1e-4, 1e-5, 1e-3, 1e-4, 2e-3};
+constexpr Tolerances kBf16{1e-2, 5e-2, 5e-2, 1e-1, 5e-2, 0.2};
 
 struct Batch {
   std::vector<int32_t> ids, positions, targets, cu;
@@ -221,16 +224,17 @@ void compare_traces(Report& report, const std::string& what, const std::vector<P
                     const Trace& gpu, const Trace& cpu, const Tolerances& tol) {
   report.compare("model", what + " reference logp", "cpu", rel_error(gpu.reference_logp, cpu.reference_logp),
                  tol.logits);
-  double loss = 0, norm = 0, grads = 0;
-  std::string worst_grad;
+  double loss = 0, norm = 0, first_grads = 0, later_grads = 0;
+  std::string worst_first, worst_later;
   for (size_t s = 0; s < cpu.loss.size(); ++s) {
     double step_grads = 0;
     for (size_t p = 0; p < params.size(); ++p) {
       const double e = rel_error(gpu.grads[s][p], cpu.grads[s][p]);
       step_grads = std::max(step_grads, e);
-      if (!(e <= grads)) {
-        grads = e;
-        worst_grad = params[p].name + " step " + std::to_string(s + 1);
+      double& worst = s == 0 ? first_grads : later_grads;
+      if (!(e <= worst)) {
+        worst = e;
+        (s == 0 ? worst_first : worst_later) = params[p].name + " step " + std::to_string(s + 1);
       }
     }
     std::printf("     step %zu (%s): loss cpu %.6f gpu %.6f, grad norm cpu %.6f gpu %.6f, gradients %.1e\n",
@@ -241,8 +245,9 @@ void compare_traces(Report& report, const std::string& what, const std::vector<P
   }
   report.compare("model", what + " loss, 6 steps", "cpu", loss, tol.loss);
   report.compare("model", what + " grad norm, 6 steps", "cpu", norm, tol.grad_norm);
-  std::printf("     worst gradient: %s\n", worst_grad.c_str());
-  report.compare("model", what + " gradients (worst tensor)", "cpu", grads, tol.gradients);
+  std::printf("     worst gradients: %s; %s\n", worst_first.c_str(), worst_later.c_str());
+  report.compare("model", what + " step 1 gradients (worst tensor)", "cpu", first_grads, tol.first_gradients);
+  report.compare("model", what + " steps 2-6 gradients (worst)", "cpu", later_grads, tol.later_gradients);
   report.compare("model", what + " next-token logits", "cpu", rel_error(gpu.logits, cpu.logits), tol.logits);
   double update = 0;
   std::string worst_update;
