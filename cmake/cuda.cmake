@@ -40,7 +40,10 @@ target_include_directories(zn_cuda_core PUBLIC ${CMAKE_SOURCE_DIR}/native)
 string(REPLACE ";" "," ZN_CUDA_HOST_WARNINGS "${ZN_WARNINGS}")
 target_compile_options(zn_cuda_core PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xptxas=-v -lineinfo -Xcompiler=${ZN_CUDA_HOST_WARNINGS}>)
-# The kernels use only header-only parts of native/core, so zn_cuda_core needs no zn_core.
+# The kernels use only header-only parts of native/core; the GPU model (model/mistral_cuda.cu)
+# also needs zn_core (shared checks, safetensors), which its users link after zn_cuda_core: the
+# addon and the device check with CPU kernels. Without them (ZN_CUDA_CHECK_CPU=OFF, the device
+# script's fallback) the model object is simply not pulled from the static library.
 target_link_libraries(zn_cuda_core PUBLIC CUDA::cudart_static)
 if(ZN_HAVE_CUBLASLT)
   target_include_directories(zn_cuda_core PUBLIC ${ZN_CUBLASLT_INCLUDE})
