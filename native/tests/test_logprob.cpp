@@ -1,7 +1,9 @@
 // Fused log-prob gathering against a float64 reference that materialises the logits: forward,
-// analytic backward, finite differences, tile edges, ignored labels, bf16 weights, bad labels.
+// analytic backward, finite differences, tile edges, ignored labels, bf16 weights, bad labels;
+// the per-row exp loops on every SIMD path this CPU runs.
 #include <cmath>
 
+#include "core/cpu_features.h"
 #include "harness.h"
 #include "kernels/cpu/logprob.h"
 
@@ -61,13 +63,13 @@ std::vector<int32_t> random_labels(const Case& c) {
   return labels;
 }
 
-std::string describe(const Case& c, DType dtype) {
+std::string describe(const Case& c, DType dtype, CpuPath path) {
   return "N=" + std::to_string(c.tokens) + " d=" + std::to_string(c.dim) + " V=" +
-         std::to_string(c.vocab) + " " + dtype_name(dtype);
+         std::to_string(c.vocab) + " " + dtype_name(dtype) + " " + cpu_path_name(path);
 }
 
-void check_case(const Case& c, DType dtype) {
-  const std::string what = describe(c, dtype);
+void check_case(const Case& c, DType dtype, CpuPath path) {
+  const std::string what = describe(c, dtype, path);
   const long N = c.tokens, d = c.dim, V = c.vocab;
   const auto hidden = random_f32(N * d, c.hidden_scale);
   const auto weight = random_f32(V * d, 1.0f / std::sqrt(float(d)));
@@ -84,9 +86,9 @@ void check_case(const Case& c, DType dtype) {
   const auto dweight_start = random_f32(V * d);
   auto dweight = dweight_start;
   const cpu::LogprobShape shape{N, d, V};
-  cpu::logprob_forward(shape, hidden.data(), w, dtype, labels.data(), logp.data(), lse.data());
+  cpu::logprob_forward(shape, hidden.data(), w, dtype, labels.data(), logp.data(), lse.data(), path);
   cpu::logprob_backward(shape, hidden.data(), w, dtype, labels.data(), lse.data(), dlogp.data(),
-                        dhidden.data(), dweight.data());
+                        dhidden.data(), dweight.data(), path);
   std::vector<float> dweight_delta(V * d);
   for (long i = 0; i < V * d; ++i) dweight_delta[i] = dweight[i] - dweight_start[i];
 
@@ -116,6 +118,12 @@ void check_case(const Case& c, DType dtype) {
     if (labels[n] == cpu::kIgnoreIndex) EXPECT(logp[n] == 0.0f, what, " ignored token ", n, " logp ", logp[n]);
     for (long k = 0; k < d; ++k) EXPECT(dhidden[n * d + k] == 0.0f, what, " token ", n, " dhidden");
   }
+}
+
+// Every case on the scalar path and, where the CPU has it, the AVX2 one.
+void check_case(const Case& c, DType dtype) {
+  check_case(c, dtype, CpuPath::Scalar);
+  if (cpu_features().avx2 && cpu_features().fma) check_case(c, dtype, CpuPath::Avx2);
 }
 
 std::string error_of(const std::function<void()>& f) {

@@ -1,6 +1,8 @@
-// SwiGLU against float64: forward, analytic backward, finite differences, extreme gates.
+// SwiGLU against float64 on every SIMD path this CPU runs: forward, analytic backward, finite
+// differences, extreme gates, outputs written over inputs.
 #include <cmath>
 
+#include "core/cpu_features.h"
 #include "harness.h"
 #include "kernels/cpu/swiglu.h"
 
@@ -8,6 +10,12 @@ using namespace zn;
 using namespace zn::test;
 
 namespace {
+
+std::vector<CpuPath> paths() {
+  std::vector<CpuPath> p{CpuPath::Scalar};
+  if (cpu_features().avx2 && cpu_features().fma) p.push_back(CpuPath::Avx2);
+  return p;
+}
 
 double silu_f64(double g) { return g / (1.0 + std::exp(-g)); }
 
@@ -17,15 +25,16 @@ double dsilu_f64(double g) {
   return 1.0 / (1.0 + e) + g * e / ((1.0 + e) * (1.0 + e));
 }
 
-void check_case(long n, float gate_scale, bool finite_differences) {
-  const std::string what = "n=" + std::to_string(n) + " scale=" + std::to_string(gate_scale);
+void check_case(CpuPath path, long n, float gate_scale, bool finite_differences) {
+  const std::string what = std::string(cpu_path_name(path)) + " n=" + std::to_string(n) +
+                           " scale=" + std::to_string(gate_scale);
   const auto gate = random_f32(n, gate_scale), up = random_f32(n), dout = random_f32(n);
   std::vector<float> out(n), dgate(n), dup(n);
   poison(out);
   poison(dgate);
   poison(dup);
-  cpu::swiglu_forward(n, gate.data(), up.data(), out.data());
-  cpu::swiglu_backward(n, gate.data(), up.data(), dout.data(), dgate.data(), dup.data());
+  cpu::swiglu_forward(n, gate.data(), up.data(), out.data(), path);
+  cpu::swiglu_backward(n, gate.data(), up.data(), dout.data(), dgate.data(), dup.data(), path);
 
   std::vector<double> out_ref(n), dgate_ref(n), dup_ref(n);
   for (long i = 0; i < n; ++i) {
@@ -54,10 +63,12 @@ void check_case(long n, float gate_scale, bool finite_differences) {
 }  // namespace
 
 ZN_TEST("swiglu.forward_backward") {
-  check_case(1, 1.0f, true);
-  check_case(37, 2.0f, true);
-  check_case(100003, 3.0f, false);  // threaded
-  check_case(999, 30.0f, false);    // saturated sigmoids on both sides
+  for (CpuPath path : paths()) {
+    check_case(path, 1, 1.0f, true);
+    check_case(path, 37, 2.0f, true);
+    check_case(path, 100003, 3.0f, false);  // threaded, a partial last vector
+    check_case(path, 999, 30.0f, false);    // saturated sigmoids on both sides
+  }
 }
 
 ZN_TEST("swiglu.extreme_gates_stay_finite") {
@@ -65,12 +76,16 @@ ZN_TEST("swiglu.extreme_gates_stay_finite") {
   std::vector<float> gate{-1000.0f, -100.0f, -89.0f, 89.0f, 100.0f, 1000.0f};
   const long n = long(gate.size());
   std::vector<float> up(n, 2.0f), dout(n, 1.0f), out(n), dgate(n), dup(n);
-  cpu::swiglu_forward(n, gate.data(), up.data(), out.data());
-  cpu::swiglu_backward(n, gate.data(), up.data(), dout.data(), dgate.data(), dup.data());
-  for (long i = 0; i < n; ++i) {
-    EXPECT(std::isfinite(out[i]) && std::isfinite(dgate[i]) && std::isfinite(dup[i]), "gate ", gate[i]);
-    const double ref = silu_f64(gate[i]) * 2.0;
-    EXPECT(std::fabs(out[i] - ref) <= 1e-6 * std::max(1.0, std::fabs(ref)), "gate ", gate[i], " out ", out[i]);
+  for (CpuPath path : paths()) {
+    cpu::swiglu_forward(n, gate.data(), up.data(), out.data(), path);
+    cpu::swiglu_backward(n, gate.data(), up.data(), dout.data(), dgate.data(), dup.data(), path);
+    for (long i = 0; i < n; ++i) {
+      EXPECT(std::isfinite(out[i]) && std::isfinite(dgate[i]) && std::isfinite(dup[i]),
+             cpu_path_name(path), " gate ", gate[i]);
+      const double ref = silu_f64(gate[i]) * 2.0;
+      EXPECT(std::fabs(out[i] - ref) <= 1e-6 * std::max(1.0, std::fabs(ref)), cpu_path_name(path),
+             " gate ", gate[i], " out ", out[i]);
+    }
   }
 }
 
@@ -79,15 +94,17 @@ ZN_TEST("swiglu.in_place_equals_separate_outputs") {
   // write out over gate: the bits must be those of separate outputs. n spans several threads.
   const long n = 50001;
   const auto gate = random_f32(n, 4.0f), up = random_f32(n), dout = random_f32(n);
-  std::vector<float> out(n), dgate(n), dup(n);
-  cpu::swiglu_forward(n, gate.data(), up.data(), out.data());
-  cpu::swiglu_backward(n, gate.data(), up.data(), dout.data(), dgate.data(), dup.data());
+  for (CpuPath path : paths()) {
+    std::vector<float> out(n), dgate(n), dup(n);
+    cpu::swiglu_forward(n, gate.data(), up.data(), out.data(), path);
+    cpu::swiglu_backward(n, gate.data(), up.data(), dout.data(), dgate.data(), dup.data(), path);
 
-  std::vector<float> g = gate, u = up;
-  cpu::swiglu_backward(n, g.data(), u.data(), dout.data(), g.data(), u.data());
-  EXPECT(g == dgate, "dgate written over gate differs from a separate dgate");
-  EXPECT(u == dup, "dup written over up differs from a separate dup");
-  g = gate;
-  cpu::swiglu_forward(n, g.data(), up.data(), g.data());
-  EXPECT(g == out, "out written over gate differs from a separate out");
+    std::vector<float> g = gate, u = up;
+    cpu::swiglu_backward(n, g.data(), u.data(), dout.data(), g.data(), u.data(), path);
+    EXPECT(g == dgate, cpu_path_name(path), ": dgate written over gate differs from a separate dgate");
+    EXPECT(u == dup, cpu_path_name(path), ": dup written over up differs from a separate dup");
+    g = gate;
+    cpu::swiglu_forward(n, g.data(), up.data(), g.data(), path);
+    EXPECT(g == out, cpu_path_name(path), ": out written over gate differs from a separate out");
+  }
 }

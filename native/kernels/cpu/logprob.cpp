@@ -6,6 +6,8 @@
 // The tiles are walked in order on the calling thread; the GEMMs and the per-row softmax work
 // are what run in parallel. Each tile's dW slice and each token chunk's dh rows are written by
 // one GEMM at a time, so no two threads ever add into the same gradient.
+// The per-row exp loops have an AVX2 path (the vector exp of core/simd_math.h, the tail masked;
+// sums of exp still in f64, over 8 lanes then across them).
 #include "kernels/cpu/logprob.h"
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 
 #include "core/bf16.h"
 #include "core/errors.h"
+#include "core/simd_math.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/gemm.h"
 
@@ -50,16 +53,95 @@ struct RunningLse {
   float label_logit = 0;
 };
 
-void absorb_tile_row(const float* z, long columns, RunningLse& state) {
-  float tile_max = state.max;
-  for (long j = 0; j < columns; ++j) tile_max = std::max(tile_max, z[j]);
+float row_max_scalar(const float* z, long n, float start) {
+  for (long j = 0; j < n; ++j) start = std::max(start, z[j]);
+  return start;
+}
+
+double sum_exp_scalar(const float* z, long n, float shift) {
+  double sum = 0;
+  for (long j = 0; j < n; ++j) sum += std::exp(z[j] - shift);
+  return sum;
+}
+
+// z[j] = -g exp(z[j] - lse): the softmax part of dlogits.
+void scaled_softmax_scalar(float* z, long n, float g, float lse) {
+  for (long j = 0; j < n; ++j) z[j] = -g * std::exp(z[j] - lse);
+}
+
+#if defined(__x86_64__)
+
+ZN_TARGET_AVX2 float row_max_avx2(const float* z, long n, float start) {
+  __m256 m = _mm256_set1_ps(start);
+  long j = 0;
+  for (; j + 8 <= n; j += 8) m = _mm256_max_ps(_mm256_loadu_ps(z + j), m);
+  if (j < n) {
+    const __m256i lanes = simd::first_lanes(n - j);
+    const __m256 tail = _mm256_blendv_ps(m, _mm256_maskload_ps(z + j, lanes), _mm256_castsi256_ps(lanes));
+    m = _mm256_max_ps(tail, m);
+  }
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+
+ZN_TARGET_AVX2 inline void add_f64(__m256 e, __m256d& low, __m256d& high) {
+  low = _mm256_add_pd(low, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+  high = _mm256_add_pd(high, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+}
+
+ZN_TARGET_AVX2 double sum_exp_avx2(const float* z, long n, float shift) {
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256d low = _mm256_setzero_pd(), high = _mm256_setzero_pd();
+  long j = 0;
+  for (; j + 8 <= n; j += 8) add_f64(simd::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(z + j), s)), low, high);
+  if (j < n) {
+    const __m256i lanes = simd::first_lanes(n - j);
+    const __m256 e = simd::exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(z + j, lanes), s));
+    add_f64(_mm256_and_ps(e, _mm256_castsi256_ps(lanes)), low, high);
+  }
+  const __m256d sum = _mm256_add_pd(low, high);
+  const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(sum), _mm256_extractf128_pd(sum, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
+}
+
+ZN_TARGET_AVX2 void scaled_softmax_avx2(float* z, long n, float g, float lse) {
+  const __m256 minus_g = _mm256_set1_ps(-g), shift = _mm256_set1_ps(lse);
+  long j = 0;
+  for (; j + 8 <= n; j += 8) {
+    _mm256_storeu_ps(z + j, _mm256_mul_ps(minus_g, simd::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(z + j), shift))));
+  }
+  if (j < n) {
+    const __m256i lanes = simd::first_lanes(n - j);
+    const __m256 e = simd::exp_avx2(_mm256_sub_ps(_mm256_maskload_ps(z + j, lanes), shift));
+    _mm256_maskstore_ps(z + j, lanes, _mm256_mul_ps(minus_g, e));
+  }
+}
+
+#endif
+
+// The exp loops of one path.
+struct RowKernels {
+  float (*row_max)(const float*, long, float);
+  double (*sum_exp)(const float*, long, float);
+  void (*scaled_softmax)(float*, long, float, float);
+};
+
+RowKernels row_kernels(CpuPath path) {
+#if defined(__x86_64__)
+  if (path != CpuPath::Scalar) return {row_max_avx2, sum_exp_avx2, scaled_softmax_avx2};
+#endif
+  return {row_max_scalar, sum_exp_scalar, scaled_softmax_scalar};
+}
+
+void absorb_tile_row(const RowKernels& K, const float* z, long columns, RunningLse& state) {
+  const float tile_max = K.row_max(z, columns, state.max);
   if (tile_max > state.max) {
     state.sum *= std::exp(double(state.max) - double(tile_max));  // exp(-inf) = 0 at the start
     state.max = tile_max;
   }
-  double sum = 0;
-  for (long j = 0; j < columns; ++j) sum += std::exp(z[j] - tile_max);
-  state.sum += sum;
+  state.sum += K.sum_exp(z, columns, tile_max);
 }
 
 }  // namespace
@@ -76,8 +158,9 @@ size_t logprob_scratch_bytes(const LogprobShape& shape, bool backward) {
 }
 
 void logprob_forward(const LogprobShape& shape, const float* hidden, const void* weight,
-                     DType weight_dtype, const int32_t* labels, float* logp, float* lse) {
+                     DType weight_dtype, const int32_t* labels, float* logp, float* lse, CpuPath path) {
   check_arguments("logprob_forward", shape, labels);
+  const RowKernels K = row_kernels(path);
   const long N = shape.tokens, d = shape.dim, V = shape.vocab;
   std::vector<float> logits(size_t(std::min(N, kTokenChunk) * std::min(V, kVocabChunk)));
   std::vector<RunningLse> state(size_t(std::min(N, kTokenChunk)));
@@ -91,7 +174,7 @@ void logprob_forward(const LogprobShape& shape, const float* hidden, const void*
       parallel_for(size_t(tn), rows_grain(vn), [&](size_t begin, size_t end) {
         for (size_t r = begin; r < end; ++r) {
           const float* z = logits.data() + r * vn;
-          absorb_tile_row(z, vn, state[r]);
+          absorb_tile_row(K, z, vn, state[r]);
           const long label = labels[t0 + long(r)];
           if (label >= v0 && label < v0 + vn) state[r].label_logit = z[label - v0];
         }
@@ -107,8 +190,9 @@ void logprob_forward(const LogprobShape& shape, const float* hidden, const void*
 
 void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                       DType weight_dtype, const int32_t* labels, const float* lse,
-                      const float* dlogp, float* dhidden, float* dweight) {
+                      const float* dlogp, float* dhidden, float* dweight, CpuPath path) {
   check_arguments("logprob_backward", shape, labels);
+  const RowKernels K = row_kernels(path);
   const long N = shape.tokens, d = shape.dim, V = shape.vocab;
   // Only tokens with a label and a non-zero upstream gradient have non-zero dlogits: pack those
   // (prompt tokens are often half a DPO batch) and give every other row dhidden = 0.
@@ -142,7 +226,7 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
           const long t = active[a0 + long(r)];
           const float g = dlogp[t], row_lse = lse[t];
           float* z = logits.data() + r * vn;
-          for (long j = 0; j < vn; ++j) z[j] = -g * std::exp(z[j] - row_lse);
+          K.scaled_softmax(z, vn, g, row_lse);
           const long label = labels[t];
           if (label >= v0 && label < v0 + vn) z[label - v0] += g;
         }
@@ -156,6 +240,17 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
         std::copy_n(dhidden_panel.data() + r * d, d, dhidden + active[a0 + long(r)] * d);
     });
   }
+}
+
+void logprob_forward(const LogprobShape& shape, const float* hidden, const void* weight,
+                     DType weight_dtype, const int32_t* labels, float* logp, float* lse) {
+  logprob_forward(shape, hidden, weight, weight_dtype, labels, logp, lse, cpu_path());
+}
+
+void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
+                      DType weight_dtype, const int32_t* labels, const float* lse,
+                      const float* dlogp, float* dhidden, float* dweight) {
+  logprob_backward(shape, hidden, weight, weight_dtype, labels, lse, dlogp, dhidden, dweight, cpu_path());
 }
 
 }  // namespace zn::cpu

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/cpu_features.h"
 #include "core/dtype.h"
 
 namespace zn::cpu {
@@ -31,6 +32,14 @@ void logprob_forward(const LogprobShape& shape, const float* hidden, const void*
 void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                       DType weight_dtype, const int32_t* labels, const float* lse,
                       const float* dlogp, float* dhidden, float* dweight);
+
+// The same with the per-row exp loops on a given SIMD path instead of cpu_path() (tests compare
+// paths; the GEMMs take cpu_path()).
+void logprob_forward(const LogprobShape& shape, const float* hidden, const void* weight,
+                     DType weight_dtype, const int32_t* labels, float* logp, float* lse, CpuPath path);
+void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
+                      DType weight_dtype, const int32_t* labels, const float* lse,
+                      const float* dlogp, float* dhidden, float* dweight, CpuPath path);
 
 // Bytes of scratch the kernels allocate per call (chunk buffers; the GEMM's own packing buffers
 // not included), for memory plans. [N, V] f32 logits would take 4 N V bytes.
