@@ -399,12 +399,7 @@ void MistralModel::save_weights(const std::string& path, const std::vector<std::
 
 void MistralModel::save_optimizer_state(const std::string& path) const {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  std::vector<StTensorToWrite> tensors;
-  for (const ParameterSpec& p : params_) {
-    tensors.push_back({optimizer_tensor_name(Moment::First, p), StDType::F32, p.shape, adam_m_.data() + p.offset});
-    tensors.push_back({optimizer_tensor_name(Moment::Second, p), StDType::F32, p.shape, adam_v_.data() + p.offset});
-  }
-  write_safetensors(path, tensors, optimizer_state_metadata(step_));
+  write_optimizer_state(path, params_, adam_m_.data(), adam_v_.data(), step_);
 }
 
 void MistralModel::load_optimizer_state(const std::string& path) {
@@ -418,12 +413,18 @@ void MistralModel::load_optimizer_state(const std::string& path) {
   step_ = step;
 }
 
-std::string optimizer_tensor_name(Moment moment, const ParameterSpec& p) {
+static std::string optimizer_tensor_name(Moment moment, const ParameterSpec& p) {
   return (moment == Moment::First ? "exp_avg." : "exp_avg_sq.") + p.name;
 }
 
-std::map<std::string, std::string> optimizer_state_metadata(long step) {
-  return {{"format", "zephyr-native-adamw"}, {"step", std::to_string(step)}};
+void write_optimizer_state(const std::string& path, const std::vector<ParameterSpec>& params,
+                           const float* exp_avg, const float* exp_avg_sq, long step) {
+  std::vector<StTensorToWrite> tensors;
+  for (const ParameterSpec& p : params) {
+    tensors.push_back({optimizer_tensor_name(Moment::First, p), StDType::F32, p.shape, exp_avg + p.offset});
+    tensors.push_back({optimizer_tensor_name(Moment::Second, p), StDType::F32, p.shape, exp_avg_sq + p.offset});
+  }
+  write_safetensors(path, tensors, {{"format", "zephyr-native-adamw"}, {"step", std::to_string(step)}});
 }
 
 long optimizer_state_step(const SafetensorsFile& file) {

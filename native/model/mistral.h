@@ -129,8 +129,9 @@ void check_grad_norm(double norm);
 // resumes on the other): f32 tensors exp_avg.<parameter> and exp_avg_sq.<parameter> in the
 // parameter's shape, metadata {format: zephyr-native-adamw, step}.
 enum class Moment { First, Second };  // exp_avg, exp_avg_sq
-std::string optimizer_tensor_name(Moment moment, const ParameterSpec& p);
-std::map<std::string, std::string> optimizer_state_metadata(long step);
+// Writes the file (atomically) from host copies of both moments, laid out as the parameter table.
+void write_optimizer_state(const std::string& path, const std::vector<ParameterSpec>& params,
+                           const float* exp_avg, const float* exp_avg_sq, long step);
 // The step recorded in an open optimizer state file (throws naming the file when absent or bad).
 long optimizer_state_step(const SafetensorsFile& file);
 // Reads one moment of one parameter (numel f32 values) from an open optimizer state file.

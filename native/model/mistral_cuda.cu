@@ -440,12 +440,7 @@ void CudaMistralModel::save_optimizer_state(const std::string& path) const {
   std::vector<float> m(n), v(n);
   download(buf_->adam_m, n, m.data());
   download(buf_->adam_v, n, v.data());
-  std::vector<StTensorToWrite> tensors;
-  for (const ParameterSpec& p : params_) {
-    tensors.push_back({optimizer_tensor_name(Moment::First, p), StDType::F32, p.shape, m.data() + p.offset});
-    tensors.push_back({optimizer_tensor_name(Moment::Second, p), StDType::F32, p.shape, v.data() + p.offset});
-  }
-  write_safetensors(path, tensors, optimizer_state_metadata(step_));
+  write_optimizer_state(path, params_, m.data(), v.data(), step_);
 }
 
 void CudaMistralModel::load_optimizer_state(const std::string& path) {
