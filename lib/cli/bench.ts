@@ -33,6 +33,7 @@ function checkRunnable(args: BenchArgs): void {
           'run the CPU benchmark with --device cpu',
       );
     }
+    refuseWhatDoesNotFit(args, addon.info().freeMemory ?? 0);
   } else if (preset.gpuOnly) {
     const plan = modelMemoryPlan(mistralConfig(preset.model), {
       dtype: args.precision,
@@ -43,6 +44,30 @@ function checkRunnable(args: BenchArgs): void {
       `bench --preset ${args.preset} is GPU-only: one full fine-tuning step needs ${(plan.total / GIB).toFixed(0)} GiB ` +
         '(weights, gradients, AdamW moments, activations) and hours per step on a CPU; use --device cuda, or --preset small on this CPU',
     );
+  }
+}
+
+/**
+ * The GPU models' plans (policy, and the frozen reference for DPO) against free device memory,
+ * checked before a random-init folder of the preset is written (7B: 14 GiB of weights).
+ */
+function refuseWhatDoesNotFit(args: BenchArgs, freeBytes: number): void {
+  const preset = PRESETS[args.preset];
+  const modes: BenchMode[] = args.mode === 'both' ? ['sft', 'dpo'] : [args.mode];
+  for (const mode of modes) {
+    const options = { device: 'cuda', dtype: args.precision, maxTokens: policyTokensPerStep(preset, mode) } as const;
+    const policy = modelMemoryPlan(mistralConfig(preset.model), { ...options, trainable: true });
+    const reference = mode === 'dpo' ? modelMemoryPlan(mistralConfig(preset.model), { ...options, trainable: false }).total : 0;
+    const needed = policy.total + reference;
+    if (needed > freeBytes) {
+      const gib = (bytes: number) => `${(bytes / GIB).toFixed(1)} GiB`;
+      throw new ZnError(
+        `bench --preset ${args.preset} --mode ${mode} --device cuda: the step needs ${gib(needed)} of device memory ` +
+          `(policy: weights ${gib(policy.weights)}, grads ${gib(policy.grads)}, optimizer ${gib(policy.optimizer)}, ` +
+          `activations ${gib(policy.activations)}, workspaces ${gib(policy.logitsChunks)}` +
+          `${reference ? `; frozen reference ${gib(reference)}` : ''}), and the GPU has ${gib(freeBytes)} free`,
+      );
+    }
   }
 }
 
