@@ -359,30 +359,40 @@ void MistralModel::refresh_bf16() {
 // ---------------------------------------------------------------------------------------------
 // Weights in and out
 
-std::vector<std::string> MistralModel::load_weights(const std::vector<std::string>& files) {
+WeightFiles::WeightFiles(const std::vector<std::string>& files) : files_(files) {
   ZN_CHECK(!files.empty(), "model: no weight files given");
-  std::vector<std::unique_ptr<SafetensorsFile>> opened;
-  std::map<std::string, const SafetensorsFile*> where;
   for (const std::string& path : files) {
-    opened.push_back(std::make_unique<SafetensorsFile>(path));
-    for (const StTensorInfo& t : opened.back()->tensors()) {
-      auto [it, fresh] = where.emplace(t.name, opened.back().get());
+    opened_.push_back(std::make_unique<SafetensorsFile>(path));
+    for (const StTensorInfo& t : opened_.back()->tensors()) {
+      auto [it, fresh] = where_.emplace(t.name, opened_.back().get());
       ZN_CHECK(fresh, "model: tensor '", t.name, "' appears in both ", it->second->path(), " and ",
                path);
     }
   }
-  for (const ParameterSpec& p : params_) {
-    auto it = where.find(p.name);
-    ZN_CHECK(it != where.end(), "model: parameter '", p.name, "' is missing from the weight files (",
-             files.front(), files.size() > 1 ? ", ..." : "", ")");
-    it->second->read(p.name, p.shape, DType::F32, master_.data() + p.offset);
-    where.erase(it);
-  }
+}
+
+WeightFiles::~WeightFiles() = default;
+
+void WeightFiles::read(const ParameterSpec& p, float* out) {
+  auto it = where_.find(p.name);
+  ZN_CHECK(it != where_.end(), "model: parameter '", p.name, "' is missing from the weight files (",
+           files_.front(), files_.size() > 1 ? ", ..." : "", ")");
+  it->second->read(p.name, p.shape, DType::F32, out);
+  where_.erase(it);
+}
+
+std::vector<std::string> WeightFiles::unread() const {
+  std::vector<std::string> names;
+  for (const auto& [name, file] : where_) names.push_back(name);
+  return names;
+}
+
+std::vector<std::string> MistralModel::load_weights(const std::vector<std::string>& files) {
+  WeightFiles weights(files);
+  for (const ParameterSpec& p : params_) weights.read(p, master_.data() + p.offset);
   refresh_bf16();
   have_activations_ = false;
-  std::vector<std::string> unexpected;
-  for (const auto& [name, file] : where) unexpected.push_back(name);
-  return unexpected;
+  return weights.unread();
 }
 
 void MistralModel::save_weights(const std::string& path, const std::vector<std::string>& names,

@@ -125,6 +125,23 @@ void validate_adamw(const AdamWOptions& hp);
 // The global gradient norm must be finite before a step is taken.
 void check_grad_norm(double norm);
 
+// The tensors of a model's safetensors files, by name, for both models' load_weights: a name in
+// two files is an error naming both; read() converts one parameter to f32 and errors naming it
+// when it is missing; unread() lists what the files hold beyond the parameters (e.g. a tied
+// lm_head.weight).
+class WeightFiles {
+ public:
+  explicit WeightFiles(const std::vector<std::string>& files);
+  ~WeightFiles();
+  void read(const ParameterSpec& p, float* out);
+  std::vector<std::string> unread() const;
+
+ private:
+  std::vector<std::string> files_;
+  std::vector<std::unique_ptr<SafetensorsFile>> opened_;
+  std::map<std::string, const SafetensorsFile*> where_;
+};
+
 // The optimizer state file both models write and read (a checkpoint written on one device
 // resumes on the other): f32 tensors exp_avg.<parameter> and exp_avg_sq.<parameter> in the
 // parameter's shape, metadata {format: zephyr-native-adamw, step}.

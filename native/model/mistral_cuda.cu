@@ -387,33 +387,17 @@ void CudaMistralModel::refresh_bf16() {
 
 std::vector<std::string> CudaMistralModel::load_weights(const std::vector<std::string>& files) {
   use_device();
-  ZN_CHECK(!files.empty(), "model: no weight files given");
-  std::vector<std::unique_ptr<SafetensorsFile>> opened;
-  std::map<std::string, const SafetensorsFile*> where;
-  for (const std::string& path : files) {
-    opened.push_back(std::make_unique<SafetensorsFile>(path));
-    for (const StTensorInfo& t : opened.back()->tensors()) {
-      auto [it, fresh] = where.emplace(t.name, opened.back().get());
-      ZN_CHECK(fresh, "model: tensor '", t.name, "' appears in both ", it->second->path(), " and ",
-               path);
-    }
-  }
+  WeightFiles weights(files);
   have_activations_ = false;
   std::vector<float> staging;
   for (const ParameterSpec& p : params_) {
-    auto it = where.find(p.name);
-    ZN_CHECK(it != where.end(), "model: parameter '", p.name, "' is missing from the weight files (",
-             files.front(), files.size() > 1 ? ", ..." : "", ")");
     staging.resize(p.numel);
-    it->second->read(p.name, p.shape, DType::F32, staging.data());
+    weights.read(p, staging.data());
     upload(staging.data(), p.numel, buf_->master + p.offset);
-    where.erase(it);
   }
   refresh_bf16();
   sync();
-  std::vector<std::string> unexpected;
-  for (const auto& [name, file] : where) unexpected.push_back(name);
-  return unexpected;
+  return weights.unread();
 }
 
 void CudaMistralModel::save_weights(const std::string& path, const std::vector<std::string>& names,
