@@ -14,6 +14,7 @@
 #include "harness.h"
 #include "model/mistral.h"
 #include "model/safetensors.h"
+#include "tests/temp_file.h"
 
 using namespace zn;
 using namespace zn::model;
@@ -25,22 +26,7 @@ using Params = std::map<std::string, std::vector<double>>;
 // Not a parameter: the pad row as the embedding lookup sees it (see reference_logp).
 constexpr const char* kFrozenPadRow = "frozen pad row";
 
-// A temporary file path, removed at the end of the scope.
-struct TempFile {
-  std::string path;
-  explicit TempFile(const char* suffix) {
-    const char* base = std::getenv("TMPDIR");
-    std::string pattern = std::string(base ? base : "/tmp") + "/zn-model-XXXXXX";
-    std::vector<char> buffer(pattern.begin(), pattern.end());
-    buffer.push_back('\0');
-    const int fd = mkstemp(buffer.data());
-    ZN_CHECK(fd >= 0, "mkstemp failed");
-    ::close(fd);
-    ::unlink(buffer.data());
-    path = std::string(buffer.data()) + suffix;
-  }
-  ~TempFile() { ::unlink(path.c_str()); }
-};
+using zn::test::TempFile;
 
 MistralConfig tiny_config(bool tied) {
   MistralConfig c;

@@ -26,6 +26,7 @@
 #include "model/mistral.h"
 #include "model/mistral_cuda.h"
 #include "model/safetensors.h"
+#include "tests/temp_file.h"
 #endif
 
 namespace zn::cuda::check {
@@ -92,21 +93,7 @@ Batch packed_batch(const std::vector<int>& lengths, int prompt, long vocab, long
   return b;
 }
 
-struct TempPath {
-  std::string path;
-  explicit TempPath(const char* suffix) {
-    const char* base = std::getenv("TMPDIR");
-    std::string pattern = std::string(base ? base : "/tmp") + "/zn-cuda-model-XXXXXX";
-    std::vector<char> buffer(pattern.begin(), pattern.end());
-    buffer.push_back('\0');
-    const int fd = mkstemp(buffer.data());
-    ZN_CHECK(fd >= 0, "mkstemp failed");
-    ::close(fd);
-    ::unlink(buffer.data());
-    path = std::string(buffer.data()) + suffix;
-  }
-  ~TempPath() { ::unlink(path.c_str()); }
-};
+using zn::test::TempFile;
 
 // Random weights in HF layouts: norms 1 + N(0, 0.1^2), every matrix N(0, 1/hidden) (so a tied
 // embedding makes logits of order 1, not sqrt(hidden), and the losses stay away from saturation).
@@ -294,7 +281,7 @@ void check_training(Report& report, const ModelCase& mc, const Batch& sft, const
                            (mc.checkpointing ? " ckpt" : "");
   guarded(report, "model", what, [&] {
     const ModelOptions options{mc.precision, kMaxTokens, mc.checkpointing, true};
-    TempPath weights(".safetensors");
+    TempFile weights(".safetensors");
     write_random_weights(mc.config, weights.path);
     MistralModel cpu_model(mc.config, options);
     CudaMistralModel gpu_model(mc.config, options);
@@ -310,7 +297,7 @@ void check_training(Report& report, const ModelCase& mc, const Batch& sft, const
 void check_files(Report& report, const MistralConfig& c, const Batch& sft) {
   guarded(report, "model", "save/load across devices", [&] {
     const ModelOptions options{Precision::BF16, kMaxTokens, false, true};
-    TempPath weights(".safetensors"), saved(".safetensors"), state1(".st"), state2(".st"), state3(".st");
+    TempFile weights(".safetensors"), saved(".safetensors"), state1(".st"), state2(".st"), state3(".st");
     write_random_weights(c, weights.path);
     CudaMistralModel gpu(c, options);
     gpu.load_weights({weights.path});
