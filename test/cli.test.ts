@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -18,6 +19,16 @@ describe('cli', () => {
     for (const name of ['train', 'sft', 'dpo', 'binarize', 'rate', 'score', 'bench', 'data']) {
       assert.match(result.stdout, new RegExp(`zephyr-native ${name}\\b`), `--help lacks ${name}`);
     }
+  });
+
+  it("package.json's bin runs as a program after build:ts (what npx and npm link execute)", () => {
+    const manifest = JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8'));
+    const result = spawnSync(join(packageRoot(), manifest.bin['zephyr-native']), ['--version'], {
+      encoding: 'utf8',
+    });
+    assert.equal(result.error, undefined, `the bin is not executable: ${result.error?.message}`);
+    assert.equal(result.status, 0, result.stderr);
+    assert.equal(result.stdout.trim(), manifest.version);
   });
 
   it('--version prints the package version', () => {
