@@ -191,8 +191,11 @@ describe('model', () => {
     await assert.rejects(model.backward(new Float32Array(8)), /needs a forward\(\) first/);
     await model.forward(batch());
     await assert.rejects(model.backward(new Float32Array(3)), /dlogp has 3 elements/);
+    await assert.rejects(model.forwardBackward(batch(), new Float32Array(3)), /forwardBackward.*'dlogp'.*8/);
+    await assert.rejects(model.forwardBackward(batch(), new Float32Array(8).fill(NaN)), /dlogp\[0\] = nan is not finite/);
     const frozen = await loadModel(source, { maxTokens: 16 });
     await assert.rejects(frozen.forward(batch()), /trainable: false/);
+    await assert.rejects(frozen.forwardBackward(batch(), new Float32Array(8)), /forwardBackward\(\) on a model created with trainable: false/);
     assert.throws(() => frozen.getGradient('model.norm.weight'), /trainable/);
     assert.throws(() => frozen.getParameter('lm_head.weight'), /no parameter named 'lm_head.weight'/);
   });

@@ -96,6 +96,8 @@ function timed(model: MistralModel, phases: StepPhases, logprobsPhase: keyof Ste
     forward: (batch: TokenBatch) => time('forward', () => model.forward(batch)),
     logprobs: (batch: TokenBatch) => time(logprobsPhase, () => model.logprobs(batch)),
     backward: (dlogp: Float32Array) => time('backward', () => model.backward(dlogp)),
+    // SFT's one-call forward and backward: all of it counts as backward (phases_s.forward is 0).
+    forwardBackward: (batch: TokenBatch, dlogp: Float32Array) => time('backward', () => model.forwardBackward(batch, dlogp)),
   };
 }
 

@@ -22,6 +22,7 @@ export interface ObjectiveModel {
   forward(batch: TokenBatch): Promise<Float32Array>;
   logprobs(batch: TokenBatch): Promise<Float32Array>;
   backward(dlogp: Float32Array): Promise<void>;
+  forwardBackward(batch: TokenBatch, dlogp: Float32Array): Promise<Float32Array>;
 }
 
 function lossTokens(batch: TokenBatch): number {
@@ -40,15 +41,13 @@ export class SftObjective implements Objective<SftItem> {
     let nll = 0;
     let tokens = 0;
     for (const batch of batches) {
-      const logp = await this.model.forward(batch);
-      const dlogp = new Float32Array(logp.length);
-      for (let t = 0; t < logp.length; t++) {
-        if (batch.targets[t] === IGNORE_INDEX) continue;
-        nll -= logp[t];
-        dlogp[t] = -1 / Math.max(1, total);
-      }
+      // d loss / d logp is -1/total on every loss-carrying token whatever the log-probs are, so
+      // forward and backward run as one call (the lm_head's logits are computed once).
+      const dlogp = new Float32Array(batch.inputIds.length);
+      for (let t = 0; t < dlogp.length; t++) if (batch.targets[t] !== IGNORE_INDEX) dlogp[t] = -1 / Math.max(1, total);
+      const logp = await this.model.forwardBackward(batch, dlogp);
+      for (let t = 0; t < logp.length; t++) if (batch.targets[t] !== IGNORE_INDEX) nll -= logp[t];
       tokens += batch.inputIds.length;
-      await this.model.backward(dlogp);
     }
     return { loss: nll / Math.max(1, total), metrics: [], tokens };
   }

@@ -90,6 +90,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                         ModelWrap::InstanceMethod("logprobs", &ModelWrap::Logprobs),
                         ModelWrap::InstanceMethod("nextTokenLogits", &ModelWrap::NextTokenLogits),
                         ModelWrap::InstanceMethod("backward", &ModelWrap::Backward),
+                        ModelWrap::InstanceMethod("forwardBackward", &ModelWrap::ForwardBackward),
                         ModelWrap::InstanceMethod("zeroGrad", &ModelWrap::ZeroGrad),
                         ModelWrap::InstanceMethod("clipAndStep", &ModelWrap::ClipAndStep),
                         ModelWrap::InstanceMethod("saveOptimizerState", &ModelWrap::SaveOptimizerState),
@@ -267,6 +268,23 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     Options options(info, "backward");
     ArrayView<float> dlogp = options.f32("dlogp");
     return run(options, [dlogp](Model& m) { m.backward(dlogp.data, long(dlogp.size)); });
+  }
+
+  // forwardBackward({...batch, dlogp: Float32Array}) -> Promise<{logp: Float32Array}>: forward
+  // then backward(dlogp) in one call, for losses whose dlogp is known before the forward (SFT).
+  Napi::Value ForwardBackward(const Napi::CallbackInfo& info) {
+    Options options(info, "forwardBackward");
+    const model::TokenBatchView batch = read_batch(options);
+    ArrayView<float> dlogp = options.f32("dlogp");
+    options.expect_size("dlogp", dlogp, size_t(batch.tokens));
+    auto logp = std::make_shared<std::vector<float>>(size_t(batch.tokens));
+    return run(
+        options, [batch, dlogp, logp](Model& m) { m.forward_backward(batch, dlogp.data, logp->data()); },
+        [logp](Napi::Env env) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          out.Set("logp", copy_to_js(env, logp->data(), logp->size()));
+          return out;
+        });
   }
 
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {

@@ -241,7 +241,9 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   plan.optimizer = o.trainable ? params * 8 : 0;
   Activations counting;
   plan.activations = layout_activations(c, o, nullptr, counting) * 4;
-  plan.logits_chunks = cpu::logprob_scratch_bytes({o.max_tokens, c.hidden_size, c.vocab_size}, o.trainable);
+  const cpu::LogprobShape head{o.max_tokens, c.hidden_size, c.vocab_size};
+  plan.logits_chunks = o.trainable ? std::max(cpu::logprob_scratch_bytes(head, true), cpu::logprob_fused_scratch_bytes(head))
+                                   : cpu::logprob_scratch_bytes(head, false);
   return plan;
 }
 
@@ -524,7 +526,8 @@ void MistralModel::attention_residual(int l, const float* x, const float* attn, 
   linear_forward(N, c.q_dim(), d, attn, weight(*layers_[size_t(l)].o), weight_dtype(), 1.0f, h);
 }
 
-void MistralModel::run_forward(float* logp, bool keep) {
+// Embedding, the decoder layers and the final norm: acts_->normed holds the lm_head's input.
+void MistralModel::run_trunk(bool keep) {
   const MistralConfig& c = config_;
   Activations& A = *acts_;
   const long N = tokens_, d = c.hidden_size;
@@ -535,11 +538,15 @@ void MistralModel::run_forward(float* logp, bool keep) {
   cpu::embedding_forward(N, d, c.vocab_size, input_ids_.data(), weight(*embed_), weight_dtype(),
                          residual(0));
   for (int l = 0; l < c.num_layers; ++l) layer_forward(l, residual(l), residual(l + 1), slot(l), true);
-  const float* last = residual(c.num_layers);
-  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, last, master(*final_norm_), A.normed, A.final_rstd);
-  const cpu::LogprobShape shape{N, d, c.vocab_size};
-  cpu::logprob_forward(shape, A.normed, weight(*lm_head_), weight_dtype(), targets_.data(), logp,
-                       A.logit_lse);
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, residual(c.num_layers), master(*final_norm_), A.normed,
+                       A.final_rstd);
+}
+
+void MistralModel::run_forward(float* logp, bool keep) {
+  run_trunk(keep);
+  const cpu::LogprobShape shape{tokens_, config_.hidden_size, config_.vocab_size};
+  cpu::logprob_forward(shape, acts_->normed, weight(*lm_head_), weight_dtype(), targets_.data(), logp,
+                       acts_->logit_lse);
 }
 
 void MistralModel::forward(const TokenBatchView& batch, float* logp) {
@@ -628,16 +635,35 @@ void MistralModel::backward(const float* dlogp, long tokens) {
   ZN_CHECK(tokens == tokens_, "model: dlogp has ", tokens, " elements, but the last forward() had ",
            tokens_, " tokens");
   have_activations_ = false;
+  validate_dlogp(dlogp, tokens_);
+  const MistralConfig& c = config_;
+  Activations& A = *acts_;
+  cpu::rmsnorm_apply(tokens_, c.hidden_size, A.residual[size_t(c.num_layers)], master(*final_norm_),
+                     A.final_rstd, A.normed);
+  const cpu::LogprobShape shape{tokens_, c.hidden_size, c.vocab_size};
+  cpu::logprob_backward(shape, A.normed, weight(*lm_head_), weight_dtype(), targets_.data(),
+                        A.logit_lse, dlogp, A.dnorm, grad(*lm_head_));
+  backward_trunk();
+}
+
+void MistralModel::forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp) {
+  ZN_CHECK(options_.trainable, "model: forwardBackward() on a model created with trainable: false");
+  have_activations_ = false;
+  copy_batch(batch);
+  validate_dlogp(dlogp, tokens_);
+  run_trunk(true);
+  const MistralConfig& c = config_;
+  const cpu::LogprobShape shape{tokens_, c.hidden_size, c.vocab_size};
+  cpu::logprob_forward_backward(shape, acts_->normed, weight(*lm_head_), weight_dtype(),
+                                targets_.data(), dlogp, logp, acts_->dnorm, grad(*lm_head_));
+  backward_trunk();
+}
+
+void MistralModel::backward_trunk() {
   const MistralConfig& c = config_;
   Activations& A = *acts_;
   const long N = tokens_, d = c.hidden_size;
-  validate_dlogp(dlogp, N);
-
   const float* last = A.residual[size_t(c.num_layers)];
-  cpu::rmsnorm_apply(N, d, last, master(*final_norm_), A.final_rstd, A.normed);
-  const cpu::LogprobShape shape{N, d, c.vocab_size};
-  cpu::logprob_backward(shape, A.normed, weight(*lm_head_), weight_dtype(), targets_.data(),
-                        A.logit_lse, dlogp, A.dnorm, grad(*lm_head_));
   cpu::rmsnorm_backward(N, d, last, master(*final_norm_), A.final_rstd, A.dnorm, A.dres,
                         grad(*final_norm_));
   for (int l = c.num_layers - 1; l >= 0; --l) {

@@ -198,6 +198,10 @@ class MistralModel {
   // dlogp[t] = d loss / d logp[t] for the `tokens` tokens of the last forward(); gradients
   // accumulate.
   void backward(const float* dlogp, long tokens);
+  // forward() then backward(dlogp) for a loss whose dlogp is known before the forward (SFT's
+  // token mean): the lm_head's logits are computed once (cpu::logprob_forward_backward) instead
+  // of again in backward. dlogp and logp have batch.tokens entries; gradients accumulate.
+  void forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp);
   void zero_grad();
   // Global L2 norm of the gradients, clipping as torch clip_grad_norm_, then one AdamW step.
   // Returns the norm before clipping (what HF logs as grad_norm).
@@ -210,6 +214,8 @@ class MistralModel {
  private:
   void copy_batch(const TokenBatchView& batch);
   void run_forward(float* logp, bool keep_for_backward);
+  void run_trunk(bool keep_for_backward);  // embedding, layers, final norm into acts_->normed
+  void backward_trunk();                   // from acts_->dnorm = d loss / d normed down
   void layer_forward(int l, const float* x, float* out, LayerActivations& acts, bool need_output);
   void attention_residual(int l, const float* x, const float* attn, float* h);  // h = x + o_proj(attn)
   void layer_backward(int l, const float* x, const float* h, float* dres);

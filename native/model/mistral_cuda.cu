@@ -608,6 +608,13 @@ void CudaMistralModel::layer_backward(int l, const float* x) {
   add_into(N * d, B.dtmp, B.dres, rounded, s);  // now d loss / d x
 }
 
+void CudaMistralModel::forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp) {
+  ZN_CHECK(options_.trainable, "model: forwardBackward() on a model created with trainable: false");
+  validate_dlogp(dlogp, batch.tokens);
+  forward(batch, logp);
+  backward(dlogp, batch.tokens);
+}
+
 void CudaMistralModel::backward(const float* dlogp, long tokens) {
   ZN_CHECK(options_.trainable, "model: backward() on a model created with trainable: false");
   ZN_CHECK(have_activations_, "model: backward() needs a forward() first (each forward serves one "

@@ -63,6 +63,9 @@ class CudaMistralModel {
   void logprobs(const TokenBatchView& batch, float* logp);
   void next_token_logits(const TokenBatchView& batch, float* logits);
   void backward(const float* dlogp, long tokens);
+  // forward() then backward(): the GPU has no one-pass lm_head kernel yet (the CPU model's
+  // forward_backward saves the backward's logits recompute; on the GPU that is left to do).
+  void forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp);
   void zero_grad();
   double clip_and_step(const AdamWOptions& hp);
 

@@ -1,6 +1,7 @@
 // Fused log-prob gathering against a float64 reference that materialises the logits: forward,
 // analytic backward, finite differences, tile edges, ignored labels, bf16 weights, bad labels;
-// the per-row exp loops on every SIMD path this CPU runs.
+// the per-row exp loops on every SIMD path this CPU runs; both the forward-then-backward pair
+// and the one-pass forward_backward.
 #include <cmath>
 
 #include "core/cpu_features.h"
@@ -68,8 +69,12 @@ std::string describe(const Case& c, DType dtype, CpuPath path) {
          std::to_string(c.vocab) + " " + dtype_name(dtype) + " " + cpu_path_name(path);
 }
 
-void check_case(const Case& c, DType dtype, CpuPath path) {
-  const std::string what = describe(c, dtype, path);
+// Separate: logprob_forward then logprob_backward. Fused: logprob_forward_backward (no lse).
+enum class Kernel { Separate, Fused };
+
+void check_case(const Case& c, DType dtype, CpuPath path, Kernel kernel) {
+  const bool fused = kernel == Kernel::Fused;
+  const std::string what = describe(c, dtype, path) + (fused ? " fused" : "");
   const long N = c.tokens, d = c.dim, V = c.vocab;
   const auto hidden = random_f32(N * d, c.hidden_scale);
   const auto weight = random_f32(V * d, 1.0f / std::sqrt(float(d)));
@@ -86,9 +91,14 @@ void check_case(const Case& c, DType dtype, CpuPath path) {
   const auto dweight_start = random_f32(V * d);
   auto dweight = dweight_start;
   const cpu::LogprobShape shape{N, d, V};
-  cpu::logprob_forward(shape, hidden.data(), w, dtype, labels.data(), logp.data(), lse.data(), path);
-  cpu::logprob_backward(shape, hidden.data(), w, dtype, labels.data(), lse.data(), dlogp.data(),
-                        dhidden.data(), dweight.data(), path);
+  if (fused) {
+    cpu::logprob_forward_backward(shape, hidden.data(), w, dtype, labels.data(), dlogp.data(),
+                                  logp.data(), dhidden.data(), dweight.data(), path);
+  } else {
+    cpu::logprob_forward(shape, hidden.data(), w, dtype, labels.data(), logp.data(), lse.data(), path);
+    cpu::logprob_backward(shape, hidden.data(), w, dtype, labels.data(), lse.data(), dlogp.data(),
+                          dhidden.data(), dweight.data(), path);
+  }
   std::vector<float> dweight_delta(V * d);
   for (long i = 0; i < V * d; ++i) dweight_delta[i] = dweight[i] - dweight_start[i];
 
@@ -96,7 +106,7 @@ void check_case(const Case& c, DType dtype, CpuPath path) {
   if (dtype == DType::F32) {
     const auto ref = reference(c, to_f64(hidden), to_f64(weight), labels, g);
     expect_close(logp, ref.logp, kF32RelTol, "logprob logp " + what);
-    expect_close(lse, ref.lse, kF32RelTol, "logprob lse " + what);
+    if (!fused) expect_close(lse, ref.lse, kF32RelTol, "logprob lse " + what);
     expect_close(dhidden, ref.dhidden, kF32RelTol, "logprob dhidden " + what);
     expect_close(dweight_delta, ref.dweight, kF32RelTol, "logprob dweight " + what);
   } else {
@@ -105,7 +115,7 @@ void check_case(const Case& c, DType dtype, CpuPath path) {
     // also rounds dlogits to bf16. Against the unrounded inputs, bf16 tolerance.
     const auto rounded = reference(c, to_f64(round_bf16(hidden)), to_f64(round_bf16(weight)), labels, g);
     expect_close(logp, rounded.logp, kF32RelTol, "logprob logp (rounded inputs) " + what);
-    expect_close(lse, rounded.lse, kF32RelTol, "logprob lse (rounded inputs) " + what);
+    if (!fused) expect_close(lse, rounded.lse, kF32RelTol, "logprob lse (rounded inputs) " + what);
     expect_close(dweight_delta, rounded.dweight, kF32RelTol, "logprob dweight (rounded inputs) " + what);
     expect_close(dhidden, rounded.dhidden, kBf16RelTol, "logprob dhidden (rounded inputs) " + what);
     const auto exact = reference(c, to_f64(hidden), to_f64(weight), labels, g);
@@ -120,10 +130,12 @@ void check_case(const Case& c, DType dtype, CpuPath path) {
   }
 }
 
-// Every case on the scalar path and, where the CPU has it, the AVX2 one.
+// Every case through both kernels, on the scalar path and, where the CPU has it, the AVX2 one.
 void check_case(const Case& c, DType dtype) {
-  check_case(c, dtype, CpuPath::Scalar);
-  if (cpu_features().avx2 && cpu_features().fma) check_case(c, dtype, CpuPath::Avx2);
+  for (Kernel kernel : {Kernel::Separate, Kernel::Fused}) {
+    check_case(c, dtype, CpuPath::Scalar, kernel);
+    if (cpu_features().avx2 && cpu_features().fma) check_case(c, dtype, CpuPath::Avx2, kernel);
+  }
 }
 
 std::string error_of(const std::function<void()>& f) {
@@ -199,6 +211,14 @@ ZN_TEST("logprob.bad_labels_name_the_token") {
   });
   EXPECT(backward.find("token 0") != std::string::npos && backward.find("label -1") != std::string::npos,
          "message: ", backward);
+  labels = {0, 0, 7};
+  const std::string fused = error_of([&] {
+    cpu::logprob_forward_backward(shape, h.data(), w.data(), DType::F32, labels.data(), lse.data(),
+                                  logp.data(), dh.data(), dw.data());
+  });
+  EXPECT(fused.find("logprob_forward_backward") != std::string::npos &&
+             fused.find("token 2") != std::string::npos && fused.find("label 7") != std::string::npos,
+         "message: ", fused);
 }
 
 ZN_TEST("logprob.scratch_is_small") {
@@ -208,6 +228,8 @@ ZN_TEST("logprob.scratch_is_small") {
   const double logits_bytes = 4.0 * 2048 * 32000;
   const size_t forward = cpu::logprob_scratch_bytes(shape, false);
   const size_t backward = cpu::logprob_scratch_bytes(shape, true);
-  EXPECT(logits_bytes / double(forward) >= 10 && logits_bytes / double(backward) >= 10,
-         "forward ", forward, " backward ", backward, " bytes vs ", logits_bytes);
+  const size_t fused = cpu::logprob_fused_scratch_bytes(shape);
+  EXPECT(logits_bytes / double(forward) >= 10 && logits_bytes / double(backward) >= 10 &&
+             logits_bytes / double(fused) >= 10,
+         "forward ", forward, " backward ", backward, " fused ", fused, " bytes vs ", logits_bytes);
 }

@@ -56,11 +56,17 @@ function packed(ref: Reference): TokenBatch {
   };
 }
 
-/** Gradients of sum_t w[t] logp[t] for every parameter, keyed by name. */
-async function gradients(model: MistralModel, ref: Reference): Promise<{ logp: Float32Array; grads: Map<string, Float32Array> }> {
+/** Gradients of sum_t w[t] logp[t] for every parameter, keyed by name: forward then backward, or one forwardBackward call. */
+async function gradients(model: MistralModel, ref: Reference, call: 'separate' | 'fused' = 'separate'): Promise<{ logp: Float32Array; grads: Map<string, Float32Array> }> {
   await model.zeroGrad();
-  const logp = await model.forward(packed(ref));
-  await model.backward(Float32Array.from(ref.weights));
+  const weights = Float32Array.from(ref.weights);
+  let logp: Float32Array;
+  if (call === 'fused') {
+    logp = await model.forwardBackward(packed(ref), weights);
+  } else {
+    logp = await model.forward(packed(ref));
+    await model.backward(weights);
+  }
   const grads = new Map<string, Float32Array>();
   for (const { name } of model.parameters()) grads.set(name, model.getGradient(name));
   return { logp, grads };
@@ -81,21 +87,23 @@ describe('model conformance with transformers', { skip: skipReason ?? false }, (
   after(() => rmSync(work, { recursive: true, force: true }));
 
   for (const name of CASES) {
-    it(`${name}: f32 log-probs and every gradient within 1e-4 of transformers`, async () => {
-      const ref = refs.get(name)!;
-      const model = await loadModel(join(work, name, 'model'), { dtype: 'f32', maxTokens: 64, trainable: true });
-      const names = model.parameters().map((p) => p.name);
-      // Tied embeddings: transformers lists one parameter (model.embed_tokens.weight), as we do.
-      assert.deepEqual([...names].sort(), [...ref.parameter_names].sort());
-      const { logp, grads } = await gradients(model, ref);
-      // transformers' eager path runs softmax in f32 even on float64 inputs; sdpa stays float64.
-      assert.ok(relError(logp, ref.logp) < 1e-4, `logp vs eager: ${relError(logp, ref.logp)}`);
-      assert.ok(relError(logp, ref.logp_sdpa) < 1e-4, `logp vs sdpa: ${relError(logp, ref.logp_sdpa)}`);
-      for (const [param, grad] of grads) {
-        const err = relError(grad, ref.grads[param]);
-        assert.ok(err < 1e-4, `d loss / d ${param}: relative error ${err}`);
-      }
-    });
+    for (const call of ['separate', 'fused'] as const) {
+      it(`${name}: f32 log-probs and every gradient within 1e-4 of transformers (${call === 'fused' ? 'forwardBackward' : 'forward, backward'})`, async () => {
+        const ref = refs.get(name)!;
+        const model = await loadModel(join(work, name, 'model'), { dtype: 'f32', maxTokens: 64, trainable: true });
+        const names = model.parameters().map((p) => p.name);
+        // Tied embeddings: transformers lists one parameter (model.embed_tokens.weight), as we do.
+        assert.deepEqual([...names].sort(), [...ref.parameter_names].sort());
+        const { logp, grads } = await gradients(model, ref, call);
+        // transformers' eager path runs softmax in f32 even on float64 inputs; sdpa stays float64.
+        assert.ok(relError(logp, ref.logp) < 1e-4, `logp vs eager: ${relError(logp, ref.logp)}`);
+        assert.ok(relError(logp, ref.logp_sdpa) < 1e-4, `logp vs sdpa: ${relError(logp, ref.logp_sdpa)}`);
+        for (const [param, grad] of grads) {
+          const err = relError(grad, ref.grads[param]);
+          assert.ok(err < 1e-4, `d loss / d ${param}: relative error ${err}`);
+        }
+      });
+    }
 
     it(`${name}: gradient checkpointing gives the same log-probs and gradients`, async () => {
       const ref = refs.get(name)!;
@@ -113,6 +121,17 @@ describe('model conformance with transformers', { skip: skipReason ?? false }, (
       const { logp, grads } = await gradients(model, ref);
       // bf16 keeps 8 significant bits of weights and matmul inputs (relative rounding 2^-9);
       // through a few layers log-probs move by ~0.5% and gradients by a few percent.
+      assert.ok(relError(logp, ref.logp) < 2e-2, `bf16 logp: ${relError(logp, ref.logp)}`);
+      for (const [param, grad] of grads) {
+        const err = relError(grad, ref.grads[param]);
+        assert.ok(err < 8e-2, `bf16 d loss / d ${param}: relative error ${err}`);
+      }
+    });
+
+    it(`${name}: bf16 forwardBackward within bf16 tolerance`, async () => {
+      const ref = refs.get(name)!;
+      const model = await loadModel(join(work, name, 'model'), { dtype: 'bf16', maxTokens: 64, trainable: true });
+      const { logp, grads } = await gradients(model, ref, 'fused');
       assert.ok(relError(logp, ref.logp) < 2e-2, `bf16 logp: ${relError(logp, ref.logp)}`);
       for (const [param, grad] of grads) {
         const err = relError(grad, ref.grads[param]);

@@ -3,6 +3,8 @@
 //             lse = m + log s, logp = z[label] - lse.
 //   backward: recompute z per tile, dz = g (1[v == label] - exp(z - lse)),
 //             dh += dz W (GEMM, beta 1 across vocab tiles), dW += dzᵀ h (GEMM, trans_a).
+//   forward_backward (dlogp known up front): z = h Wᵀ for a panel of tokens over the whole
+//             vocabulary, lse per row, dz in place, dh = dz W, dW += dzᵀ h: one logits GEMM.
 // The tiles are walked in order on the calling thread; the GEMMs and the per-row softmax work
 // are what run in parallel. Each tile's dW slice and each token chunk's dh rows are written by
 // one GEMM at a time, so no two threads ever add into the same gradient.
@@ -29,6 +31,14 @@ namespace {
 // token panels (8 MiB at d = 4096): ~10 MiB against 262 MB for [2048 x 32000] f32 logits.
 constexpr long kTokenChunk = 256;
 constexpr long kVocabChunk = 2048;
+// The fused kernel's [rows x V] logits panel: rows as many as fit this many bytes, a multiple of
+// 16 in [16, kTokenChunk] (128 rows at V = 32000). Fewer rows would re-read dW more often.
+constexpr size_t kFusedLogitsBytes = size_t(16) << 20;
+
+long fused_rows(const LogprobShape& s) {
+  const long fit = long(kFusedLogitsBytes / (sizeof(float) * size_t(s.vocab))) / 16 * 16;
+  return std::min({std::max(fit, 16L), kTokenChunk, std::max(s.tokens, 1L)});
+}
 
 void check_arguments(const char* op, const LogprobShape& s, const int32_t* labels) {
   ZN_CHECK(s.tokens >= 0 && s.dim > 0 && s.vocab > 0, op, ": bad shape tokens=", s.tokens,
@@ -144,7 +154,32 @@ void absorb_tile_row(const RowKernels& K, const float* z, long columns, RunningL
   state.sum += K.sum_exp(z, columns, tile_max);
 }
 
+// panel[r] = hidden[tokens[r]], rounded to bf16 where the GEMM meets bf16 weights (what the
+// forward GEMM saw), so the recomputed logits and dW use the forward's operands.
+void gather_rows(const float* hidden, long d, const long* tokens, long count, bool round_bf16,
+                 float* panel) {
+  parallel_for(size_t(count), rows_grain(d), [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      const float* src = hidden + tokens[r] * d;
+      float* dst = panel + r * long(d);
+      for (long j = 0; j < d; ++j) dst[j] = round_bf16 ? bf16_to_f32(f32_to_bf16(src[j])) : src[j];
+    }
+  });
+}
+
+// out[tokens[r]] = panel[r].
+void scatter_rows(const float* panel, long d, const long* tokens, long count, float* out) {
+  parallel_for(size_t(count), rows_grain(d), [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) std::copy_n(panel + r * d, d, out + tokens[r] * d);
+  });
+}
+
 }  // namespace
+
+size_t logprob_fused_scratch_bytes(const LogprobShape& shape) {
+  const size_t rows = size_t(fused_rows(shape));
+  return rows * size_t(shape.vocab + 2 * shape.dim) * sizeof(float) + size_t(shape.tokens) * sizeof(long);
+}
 
 size_t logprob_scratch_bytes(const LogprobShape& shape, bool backward) {
   const size_t tokens = size_t(std::min(shape.tokens, kTokenChunk));
@@ -206,16 +241,9 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
   const long panel_rows = std::min(A, kTokenChunk);
   std::vector<float> logits(size_t(panel_rows * std::min(V, kVocabChunk)));
   std::vector<float> hidden_panel(size_t(panel_rows * d)), dhidden_panel(size_t(panel_rows * d));
-  const bool round_hidden = weight_dtype == DType::BF16;  // what the forward GEMM saw
   for (long a0 = 0; a0 < A; a0 += kTokenChunk) {
     const long an = std::min(kTokenChunk, A - a0);
-    parallel_for(size_t(an), rows_grain(d), [&](size_t begin, size_t end) {
-      for (size_t r = begin; r < end; ++r) {
-        const float* src = hidden + active[a0 + long(r)] * d;
-        float* dst = hidden_panel.data() + r * d;
-        for (long j = 0; j < d; ++j) dst[j] = round_hidden ? bf16_to_f32(f32_to_bf16(src[j])) : src[j];
-      }
-    });
+    gather_rows(hidden, d, active.data() + a0, an, weight_dtype == DType::BF16, hidden_panel.data());
     const Matrix panel{hidden_panel.data(), DType::F32, d};
     for (long v0 = 0; v0 < V; v0 += kVocabChunk) {
       const long vn = std::min(kVocabChunk, V - v0);
@@ -235,10 +263,53 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
       gemm(false, false, an, d, vn, 1.0f, dlogits, w, v0 == 0 ? 0.0f : 1.0f, dhidden_panel.data(), d);
       gemm(true, false, vn, d, an, 1.0f, dlogits, panel, 1.0f, dweight + v0 * d, d);
     }
-    parallel_for(size_t(an), rows_grain(d), [&](size_t begin, size_t end) {
-      for (size_t r = begin; r < end; ++r)
-        std::copy_n(dhidden_panel.data() + r * d, d, dhidden + active[a0 + long(r)] * d);
+    scatter_rows(dhidden_panel.data(), d, active.data() + a0, an, dhidden);
+  }
+}
+
+void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,
+                              DType weight_dtype, const int32_t* labels, const float* dlogp,
+                              float* logp, float* dhidden, float* dweight, CpuPath path) {
+  check_arguments("logprob_forward_backward", shape, labels);
+  const RowKernels K = row_kernels(path);
+  const long N = shape.tokens, d = shape.dim, V = shape.vocab;
+  // Every labelled token needs its logp, so all of them are packed (a zero dlogp only makes a
+  // zero row of dlogits); ignored tokens get logp 0 and dhidden 0.
+  std::vector<long> labelled;
+  for (long t = 0; t < N; ++t) {
+    if (labels[t] != kIgnoreIndex) labelled.push_back(t);
+    logp[t] = 0.0f;
+  }
+  std::fill(dhidden, dhidden + N * d, 0.0f);
+  const long A = long(labelled.size());
+  if (A == 0) return;
+
+  const long rows = std::min(fused_rows(shape), A);
+  std::vector<float> logits(size_t(rows * V));
+  std::vector<float> hidden_panel(size_t(rows * d)), dhidden_panel(size_t(rows * d));
+  const Matrix w{weight, weight_dtype, d};
+  for (long a0 = 0; a0 < A; a0 += rows) {
+    const long an = std::min(rows, A - a0);
+    const long* tokens = labelled.data() + a0;
+    gather_rows(hidden, d, tokens, an, weight_dtype == DType::BF16, hidden_panel.data());
+    const Matrix panel{hidden_panel.data(), DType::F32, d};
+    gemm(false, true, an, V, d, 1.0f, panel, w, 0.0f, logits.data(), V);
+    parallel_for(size_t(an), rows_grain(V), [&](size_t begin, size_t end) {
+      for (size_t r = begin; r < end; ++r) {
+        const long t = tokens[r], label = labels[t];
+        float* z = logits.data() + r * V;
+        const float row_max = K.row_max(z, V, -std::numeric_limits<float>::infinity());
+        const float row_lse = float(double(row_max) + std::log(K.sum_exp(z, V, row_max)));
+        logp[t] = z[label] - row_lse;
+        const float g = dlogp[t];
+        K.scaled_softmax(z, V, g, row_lse);
+        z[label] += g;
+      }
     });
+    const Matrix dlogits{logits.data(), DType::F32, V};
+    gemm(false, false, an, d, V, 1.0f, dlogits, w, 0.0f, dhidden_panel.data(), d);
+    gemm(true, false, V, d, an, 1.0f, dlogits, panel, 1.0f, dweight, d);
+    scatter_rows(dhidden_panel.data(), d, tokens, an, dhidden);
   }
 }
 
@@ -251,6 +322,13 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
                       DType weight_dtype, const int32_t* labels, const float* lse,
                       const float* dlogp, float* dhidden, float* dweight) {
   logprob_backward(shape, hidden, weight, weight_dtype, labels, lse, dlogp, dhidden, dweight, cpu_path());
+}
+
+void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,
+                              DType weight_dtype, const int32_t* labels, const float* dlogp,
+                              float* logp, float* dhidden, float* dweight) {
+  logprob_forward_backward(shape, hidden, weight, weight_dtype, labels, dlogp, logp, dhidden,
+                           dweight, cpu_path());
 }
 
 }  // namespace zn::cpu

@@ -41,8 +41,21 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
                       DType weight_dtype, const int32_t* labels, const float* lse,
                       const float* dlogp, float* dhidden, float* dweight, CpuPath path);
 
+// Forward and backward in one pass, for losses whose dlogp does not depend on logp (SFT's mean
+// over tokens, known before the forward): each panel of labelled tokens gets its logits over the
+// whole vocabulary once ([fused rows x V] f32, ~16 MiB), so the backward does not recompute them
+// (the lm_head's three GEMMs instead of four). Writes logp (0 where ignored) and dhidden
+// (overwritten, 0 for ignored tokens), accumulates dweight; no lse. Same bf16 rule as above.
+void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,
+                              DType weight_dtype, const int32_t* labels, const float* dlogp,
+                              float* logp, float* dhidden, float* dweight);
+void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,
+                              DType weight_dtype, const int32_t* labels, const float* dlogp,
+                              float* logp, float* dhidden, float* dweight, CpuPath path);
+
 // Bytes of scratch the kernels allocate per call (chunk buffers; the GEMM's own packing buffers
 // not included), for memory plans. [N, V] f32 logits would take 4 N V bytes.
 size_t logprob_scratch_bytes(const LogprobShape& shape, bool backward);
+size_t logprob_fused_scratch_bytes(const LogprobShape& shape);
 
 }  // namespace zn::cpu
