@@ -4,6 +4,7 @@
 
 #include "addon/binding.h"
 #include "core/cpu_features.h"
+#include "core/memory.h"
 #include "core/thread_pool.h"
 #include "core/version.h"
 
@@ -21,6 +22,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  zn::return_large_blocks_to_os();
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   zn::addon::register_all(env, exports);
   return exports;

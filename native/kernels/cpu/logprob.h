@@ -43,7 +43,7 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
 
 // Forward and backward in one pass, for losses whose dlogp does not depend on logp (SFT's mean
 // over tokens, known before the forward): each panel of labelled tokens gets its logits over the
-// whole vocabulary once ([fused rows x V] f32, ~16 MiB), so the backward does not recompute them
+// whole vocabulary once ([fused rows x V] f32, 32 MiB at V = 32000), so the backward does not recompute them
 // (the lm_head's three GEMMs instead of four). Writes logp (0 where ignored) and dhidden
 // (overwritten, 0 for ignored tokens), accumulates dweight; no lse. Same bf16 rule as above.
 void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,
