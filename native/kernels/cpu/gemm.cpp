@@ -346,6 +346,39 @@ __attribute__((target("avx2,fma"))) void pack_f32_lanes_transposing_avx2(
   }
 }
 
+// The same for the 6-lane A panels of the 6x16 kernel (x in y = x·Wᵀ, dy in dx = dy·W): six
+// rows and two zero rows transposed as 8 x 8; the packed panel holds 6 floats per depth step,
+// so each transposed row is stored 8 wide at a 6-float pitch, the next store overwriting the
+// 2 spilled floats, and the block's last store masked to 6 lanes.
+template <typename T, typename Convert>
+__attribute__((target("avx2,fma"))) void pack_f32_lanes6_transposing_avx2(
+    const T* src, long stride, long depth, Convert convert, float* dst) {
+  constexpr int W = 6;
+  const __m256i six_lanes = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+  long d0 = 0;
+  for (; d0 + 8 <= depth; d0 += 8) {
+    __m256 rows[8];
+#pragma GCC unroll 6
+    for (int l = 0; l < W; ++l) rows[l] = load8(src + l * stride + d0, convert);
+    rows[6] = rows[7] = _mm256_setzero_ps();
+    transpose8x8(rows);
+#pragma GCC unroll 7
+    for (int j = 0; j < 7; ++j) _mm256_storeu_ps(dst + (d0 + j) * W, rows[j]);
+    _mm256_maskstore_ps(dst + (d0 + 7) * W, six_lanes, rows[7]);
+  }
+  for (; d0 < depth; ++d0) {
+    for (int l = 0; l < W; ++l) dst[d0 * W + l] = convert(src[l * stride + d0]);
+  }
+}
+
+// Full panels of a depth-contiguous source through the transposing AVX2 packers.
+template <int W, typename T, typename Convert>
+__attribute__((target("avx2,fma"))) void pack_transposing_avx2(const T* src, long stride, long depth,
+                                                                 Convert convert, float* dst) {
+  if constexpr (W == 6) pack_f32_lanes6_transposing_avx2(src, stride, depth, convert, dst);
+  else pack_f32_lanes_transposing_avx2<W>(src, stride, depth, convert, dst);
+}
+
 #endif  // ZN_GEMM_X86
 
 // dst[q * W + l] = bf16(src(l, 2q)) | bf16(src(l, 2q + 1)) << 16, zero past `lanes` and `depth`.
@@ -384,13 +417,13 @@ void pack_panel(const Source& src, long lane0, long depth0, long lanes, long dep
   const bf16* b16 = static_cast<const bf16*>(src.data) + offset;
   if constexpr (L == Layout::F32Lanes) {
 #ifdef ZN_GEMM_X86
-    if constexpr (avx2 && W % 8 == 0) {
+    if constexpr (avx2 && (W % 8 == 0 || W == 6)) {
       if (!lc && lanes == W) {
         if (src.dtype == DType::BF16)
-          pack_f32_lanes_transposing_avx2<W>(b16, stride, depth, WidenBf16{}, dst);
+          pack_transposing_avx2<W>(b16, stride, depth, WidenBf16{}, dst);
         else if (round_to_bf16)
-          pack_f32_lanes_transposing_avx2<W>(f32, stride, depth, RoundF32ToBf16{}, dst);
-        else pack_f32_lanes_transposing_avx2<W>(f32, stride, depth, KeepF32{}, dst);
+          pack_transposing_avx2<W>(f32, stride, depth, RoundF32ToBf16{}, dst);
+        else pack_transposing_avx2<W>(f32, stride, depth, KeepF32{}, dst);
         return;
       }
     }
