@@ -100,6 +100,37 @@ ZN_TEST("adamw.without_bf16_copy_and_bad_step") {
   EXPECT(caught);
 }
 
+ZN_TEST("adamw.every_path_gives_the_scalar_bits") {
+  // The AVX2 loop claims torch's op order exactly as the scalar loop has it: every output bit
+  // equal, with and without weight decay, on both sides of torch's lerp switch (weight 1 - b1
+  // below and above 0.5), clipped and not, with a tail that is not a multiple of 8.
+  if (!(cpu_features().avx2 && cpu_features().fma)) return;
+  const long n = 4099;
+  for (const double beta1 : {0.9, 0.3}) {
+    for (const double wd : {0.0, 0.1}) {
+      for (const float scale : {1.0f, 0.37f}) {
+        const auto param0 = random_f32(n), m0 = random_f32(n, 1e-3f), grad = random_f32(n, 1e-2f);
+        auto v0 = random_f32(n, 1e-5f);
+        for (float& x : v0) x = std::fabs(x);
+        const cpu::AdamWStep hp{1e-3, beta1, 0.999, 1e-8, wd, 7, scale};
+        struct State {
+          std::vector<float> p, m, v;
+          std::vector<bf16> copy;
+        };
+        State s{param0, m0, v0, std::vector<bf16>(n)}, a = s;
+        cpu::adamw_update(n, hp, s.p.data(), grad.data(), s.m.data(), s.v.data(), s.copy.data(), CpuPath::Scalar);
+        cpu::adamw_update(n, hp, a.p.data(), grad.data(), a.m.data(), a.v.data(), a.copy.data(), CpuPath::Avx2);
+        const std::string what = "beta1 " + std::to_string(beta1) + " wd " + std::to_string(wd) +
+                                 " scale " + std::to_string(scale);
+        EXPECT(std::memcmp(s.p.data(), a.p.data(), n * 4) == 0, "params differ: ", what);
+        EXPECT(std::memcmp(s.m.data(), a.m.data(), n * 4) == 0, "exp_avg differs: ", what);
+        EXPECT(std::memcmp(s.v.data(), a.v.data(), n * 4) == 0, "exp_avg_sq differs: ", what);
+        EXPECT(std::memcmp(s.copy.data(), a.copy.data(), n * 2) == 0, "bf16 copies differ: ", what);
+      }
+    }
+  }
+}
+
 ZN_TEST("adamw.sum_of_squares_in_f64") {
   for (long n : {0L, 1L, 7L, 65536L * 3 + 5}) {
     const auto grad = random_f32(n, 3.0f);

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "core/bf16.h"
+#include "core/cpu_features.h"
 
 namespace zn::cpu {
 
@@ -25,6 +26,9 @@ struct AdamWStep {
 
 void adamw_update(long n, const AdamWStep& hp, float* param, const float* grad, float* m, float* v,
                   bf16* param_bf16 /* nullable */);
+// The same on a given path instead of cpu_path(): every path gives the same bits (tests compare).
+void adamw_update(long n, const AdamWStep& hp, float* param, const float* grad, float* m, float* v,
+                  bf16* param_bf16, CpuPath path);
 
 // Sum of squares of a gradient buffer, accumulated in f64 (for the global grad norm). The
 // summation order depends on n only, not on the thread count.
