@@ -118,12 +118,15 @@ ParameterIndex index_parameters(const MistralConfig& config, const std::vector<P
 // which is dead by the time the layer's backward runs (one o_proj GEMM more per layer, ~1.7% of
 // a step's FLOPs on the small bench preset, for [N, d] less per layer). Recomputed values are
 // the forward's bits (the same code on the same inputs), so the gradients are too.
+// k and v are recomputed as well (k_proj, v_proj and k's rope from n1: ~1.5% of a step's FLOPs
+// on the small preset, where they would hold [N, 2 kv_dim] per layer): all layers write them
+// to one shared pair of buffers, which still holds the top layer's when its backward starts.
 
 struct LayerActivations {
   float* rstd1;  // 1 / rms(x), gives n1     [N]
   float* q;      // rope(q_proj(n1))         [N, Hq * D]
-  float* k;      // rope(k_proj(n1))         [N, Hkv * D]
-  float* v;      // v_proj(n1)               [N, Hkv * D]
+  float* k;      // rope(k_proj(n1))         [N, Hkv * D]  (shared by all layers when
+  float* v;      // v_proj(n1)               [N, Hkv * D]   Activations::shared_kv)
   float* attn;   // attention output         [N, Hq * D]
   float* lse;    // attention log-sum-exp    [Hq, N]
   float* rstd2;  // 1 / rms(h), gives n2     [N]
@@ -141,6 +144,7 @@ struct AttentionGrads {
 };
 
 struct Activations {
+  bool shared_kv = false;  // every layer slot's k and v are one pair, recomputed in backward
   std::vector<float*> residual;          // layer inputs x_0 .. x_L (two, ping-pong, if not trainable)
   std::vector<LayerActivations> layers;  // one per layer, or one slot reused by every layer
   float* final_rstd;                     // 1 / rms(x_L)  [N]
@@ -205,11 +209,14 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
   a.residual.resize(o.trainable ? size_t(c.num_layers) + 1 : 2);
   for (float*& x : a.residual) x = arena.take(N * d);
   a.layers.resize(size_t(saved_layer_slots(c, o)));
+  a.shared_kv = a.layers.size() > 1;
+  float* const shared_k = a.shared_kv ? arena.take(N * kvd) : nullptr;
+  float* const shared_v = a.shared_kv ? arena.take(N * kvd) : nullptr;
   for (LayerActivations& s : a.layers) {
     s.rstd1 = arena.take(N);
     s.q = arena.take(N * qd);
-    s.k = arena.take(N * kvd);
-    s.v = arena.take(N * kvd);
+    s.k = a.shared_kv ? shared_k : arena.take(N * kvd);
+    s.v = a.shared_kv ? shared_v : arena.take(N * kvd);
     s.attn = arena.take(N * qd);
     s.lse = arena.take(size_t(c.num_heads) * N);
     s.rstd2 = arena.take(N);
@@ -519,6 +526,20 @@ void MistralModel::layer_forward(int l, const float* x, float* out, LayerActivat
   linear_forward(N, ffn, d, A.act, weight(*p.down), wdt, 1.0f, out);
 }
 
+// Layer l's k and v into the shared pair, as layer_forward computed them (n1 from the saved
+// 1/rms, the same GEMMs and rope), so the bits are the forward's.
+void MistralModel::recompute_kv(int l, const float* x) {
+  const MistralConfig& c = config_;
+  const LayerParameters& p = layers_[size_t(l)];
+  Activations& A = *acts_;
+  const LayerActivations& a = A.layers[size_t(l)];
+  const long N = tokens_, d = c.hidden_size, kvd = c.kv_dim();
+  cpu::rmsnorm_apply(N, d, x, master(*p.input_norm), a.rstd1, A.normed);
+  linear_forward(N, d, kvd, A.normed, weight(*p.k), weight_dtype(), 0.0f, a.k);
+  linear_forward(N, d, kvd, A.normed, weight(*p.v), weight_dtype(), 0.0f, a.v);
+  cpu::rope_forward(N, c.num_kv_heads, c.head_dim, c.rope_theta, position_ids_.data(), a.k);
+}
+
 void MistralModel::attention_residual(int l, const float* x, const float* attn, float* h) {
   const MistralConfig& c = config_;
   const long N = tokens_, d = c.hidden_size;
@@ -675,6 +696,7 @@ void MistralModel::backward_trunk() {
     if (options_.gradient_checkpointing && l != c.num_layers - 1) {
       layer_forward(l, x, h, A.layers[0], false);
     } else {
+      if (A.shared_kv && l != c.num_layers - 1) recompute_kv(l, x);
       attention_residual(l, x, A.layers[A.layers.size() > 1 ? size_t(l) : 0].attn, h);
     }
     layer_backward(l, x, h, A.dres);

@@ -218,6 +218,7 @@ class MistralModel {
   void backward_trunk();                   // from acts_->dnorm = d loss / d normed down
   void layer_forward(int l, const float* x, float* out, LayerActivations& acts, bool need_output);
   void attention_residual(int l, const float* x, const float* attn, float* h);  // h = x + o_proj(attn)
+  void recompute_kv(int l, const float* x);
   void layer_backward(int l, const float* x, const float* h, float* dres);
   void refresh_bf16();
   const void* weight(const ParameterSpec& p) const;

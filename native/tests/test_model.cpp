@@ -316,7 +316,8 @@ ZN_TEST("model.plan_saves_per_layer_only_gemm_and_attention_outputs") {
   // silu(gate) * up (recomputed into one [N, d] and one shared wide buffer), h (rebuilt in the
   // next layer's input buffer). Shared: the layer inputs x_0..x_L (two when frozen), the final
   // 1/rms and logit log-sum-exp, the norm buffer, the wide buffer (act, dact, dnorm, dattn) and
-  // dres (trainable only). N = 64 keeps every piece a multiple of the 16-float alignment.
+  // dres (trainable only). k and v, when every layer is kept, are one shared pair (recomputed in
+  // backward). N = 64 keeps every piece a multiple of the 16-float alignment.
   MistralConfig wide = tiny_config(false);
   wide.intermediate_size = 40;  // 2 ffn > q_dim + 2 kv_dim, ffn > q_dim > hidden
   for (const MistralConfig& c : {tiny_config(false), wide}) {
@@ -326,7 +327,7 @@ ZN_TEST("model.plan_saves_per_layer_only_gemm_and_attention_outputs") {
     const size_t act = std::max({ffn, d, qd});
     ModelOptions o;
     o.max_tokens = long(N);
-    const size_t plain = (L + 1) * d + L * layer + 2 + d + act + d;
+    const size_t plain = (L + 1) * d + 2 * kvd + L * (layer - 2 * kvd) + 2 + d + act + d;
     EXPECT(plan_memory(c, o).activations == 4 * N * plain, "ffn ", ffn, ": ", plan_memory(c, o).activations,
            " bytes, expected ", 4 * N * plain);
     o.gradient_checkpointing = true;
