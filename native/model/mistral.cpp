@@ -19,6 +19,7 @@
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
+#include "model/row_gradient.h"
 #include "model/safetensors.h"
 
 namespace zn::model {
@@ -244,7 +245,12 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   const size_t params = parameter_count(parameter_table(c));
   MemoryPlan plan;
   plan.weights = params * 4 + (o.precision == Precision::BF16 ? params * 2 : 0);
-  plan.grads = o.trainable ? params * 4 : 0;
+  // An untied embedding's gradient is held by rows (model/row_gradient.h), with slots for one
+  // micro-batch's tokens; gradient accumulation over new tokens adds rows beyond the plan.
+  const size_t embed = size_t(c.vocab_size) * size_t(c.hidden_size);
+  plan.grads = !o.trainable ? 0
+               : c.tie_word_embeddings ? params * 4
+                                       : (params - embed) * 4 + RowGradient::planned_bytes(c.vocab_size, c.hidden_size, o.max_tokens);
   plan.optimizer = o.trainable ? params * 8 : 0;
   Activations counting;
   plan.activations = layout_activations(c, o, nullptr, counting) * 4;
@@ -308,7 +314,14 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   master_.assign(n, 0.0f);
   if (options_.precision == Precision::BF16) weights_bf16_.assign(n, bf16{0});
   if (options_.trainable) {
-    grads_.assign(n, 0.0f);
+    // The embedding is the table's first parameter, so the dense gradients of the others keep
+    // their offsets less its size when it has a RowGradient instead.
+    ZN_CHECK(embed_->offset == 0, "model: the embedding must be the first parameter");
+    if (!config_.tie_word_embeddings) {
+      embed_grad_ = std::make_unique<RowGradient>(config_.vocab_size, config_.hidden_size, options_.max_tokens);
+      embed_slots_.resize(size_t(options_.max_tokens));
+    }
+    grads_.assign(n - dense_grad_skip(), 0.0f);
     adam_m_.assign(n, 0.0f);
     adam_v_.assign(n, 0.0f);
   }
@@ -332,9 +345,10 @@ const ParameterSpec& MistralModel::parameter(const std::string& name) const {
   return find_parameter(params_, name);
 }
 
-const float* MistralModel::gradient(const ParameterSpec& p) const {
-  ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
-  return grads_.data() + p.offset;
+size_t MistralModel::dense_grad_skip() const { return embed_grad_ ? embed_->numel : 0; }
+
+bool MistralModel::has_row_gradient(const ParameterSpec& p) const {
+  return embed_grad_ && p.offset == embed_->offset;
 }
 
 MemoryPlan MistralModel::plan(const MistralConfig& config, const ModelOptions& options) {
@@ -346,10 +360,15 @@ void MistralModel::read_master(const ParameterSpec& p, float* out) const {
 }
 
 void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
-  std::memcpy(out, gradient(p), p.numel * sizeof(float));
+  ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
+  if (has_row_gradient(p)) return embed_grad_->dense_rows(0, config_.vocab_size, out);
+  std::memcpy(out, grads_.data() + p.offset - dense_grad_skip(), p.numel * sizeof(float));
 }
 
-float* MistralModel::grad(const ParameterSpec& p) { return grads_.data() + p.offset; }
+float* MistralModel::grad(const ParameterSpec& p) {
+  ZN_CHECK(!has_row_gradient(p), "model: the embedding's gradient is held by rows");
+  return grads_.data() + p.offset - dense_grad_skip();
+}
 
 DType MistralModel::weight_dtype() const {
   return options_.precision == Precision::BF16 ? DType::BF16 : DType::F32;
@@ -701,13 +720,22 @@ void MistralModel::backward_trunk() {
     }
     layer_backward(l, x, h, A.dres);
   }
-  cpu::embedding_backward(N, d, c.vocab_size, input_ids_.data(), A.dres, c.pad_token_id,
-                          grad(*embed_));
+  if (embed_grad_) {
+    // The lookup's scatter-add into the rows' slots: the same kernel over a table of slots.
+    embed_grad_->assign(input_ids_.data(), N, embed_slots_.data());
+    const long pad_slot = c.pad_token_id >= 0 ? embed_grad_->slot_of(c.pad_token_id) : -1;
+    cpu::embedding_backward(N, d, embed_grad_->slots(), embed_slots_.data(), A.dres, pad_slot,
+                            embed_grad_->values());
+  } else {
+    cpu::embedding_backward(N, d, c.vocab_size, input_ids_.data(), A.dres, c.pad_token_id,
+                            grad(*embed_));
+  }
 }
 
 void MistralModel::zero_grad() {
   ZN_CHECK(options_.trainable, "model: zeroGrad() on a model created with trainable: false");
   std::memset(grads_.data(), 0, grads_.size() * 4);
+  if (embed_grad_) embed_grad_->clear();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -728,7 +756,8 @@ void check_grad_norm(double norm) {
 double MistralModel::clip_and_step(const AdamWOptions& hp) {
   ZN_CHECK(options_.trainable, "model: an optimizer step on a model created with trainable: false");
   validate_adamw(hp);
-  const double norm = std::sqrt(cpu::sum_of_squares(long(grads_.size()), grads_.data()));
+  const double squares = cpu::sum_of_squares(long(grads_.size()), grads_.data());
+  const double norm = std::sqrt(squares + (embed_grad_ ? embed_grad_->sum_of_squares() : 0.0));
   check_grad_norm(norm);
   const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
   ++step_;
@@ -736,9 +765,23 @@ double MistralModel::clip_and_step(const AdamWOptions& hp) {
   for (const ParameterSpec& p : params_) {
     const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0,
                            step_, scale};
-    cpu::adamw_update(long(p.numel), s, master_.data() + p.offset, grads_.data() + p.offset,
-                      adam_m_.data() + p.offset, adam_v_.data() + p.offset,
-                      bf16_copy ? weights_bf16_.data() + p.offset : nullptr);
+    auto update = [&](size_t offset, size_t count, const float* g) {
+      cpu::adamw_update(long(count), s, master_.data() + offset, g, adam_m_.data() + offset,
+                        adam_v_.data() + offset, bf16_copy ? weights_bf16_.data() + offset : nullptr);
+    };
+    if (!has_row_gradient(p)) {
+      update(p.offset, p.numel, grads_.data() + p.offset - dense_grad_skip());
+      continue;
+    }
+    // Rows without a slot step with a zero gradient, as a dense one would have them: blocks of
+    // rows are written out dense (256 KiB at a time) for the same AdamW kernel.
+    const long d = config_.hidden_size, block = std::max(1L, 65536 / d);
+    std::vector<float> dense(size_t(block * d));
+    for (long r0 = 0; r0 < config_.vocab_size; r0 += block) {
+      const long rows = std::min(block, config_.vocab_size - r0);
+      embed_grad_->dense_rows(r0, rows, dense.data());
+      update(p.offset + size_t(r0 * d), size_t(rows * d), dense.data());
+    }
   }
   return norm;
 }

@@ -156,6 +156,7 @@ void read_optimizer_moment(const SafetensorsFile& file, Moment moment, const Par
 
 struct Activations;
 struct LayerActivations;
+class RowGradient;
 
 class MistralModel {
  public:
@@ -172,7 +173,6 @@ class MistralModel {
   const std::vector<ParameterSpec>& parameters() const { return params_; }
   const ParameterSpec& parameter(const std::string& name) const;  // throws when unknown
   const float* master(const ParameterSpec& p) const { return master_.data() + p.offset; }
-  const float* gradient(const ParameterSpec& p) const;  // throws when not trainable
   // Copies of one parameter's f32 master values / gradient (numel floats), the accessors the
   // CUDA model shares (its buffers live on the device).
   void read_master(const ParameterSpec& p, float* out) const;
@@ -223,7 +223,9 @@ class MistralModel {
   void refresh_bf16();
   const void* weight(const ParameterSpec& p) const;
   DType weight_dtype() const;
-  float* grad(const ParameterSpec& p);
+  float* grad(const ParameterSpec& p);  // dense gradients only (not an untied embedding's)
+  bool has_row_gradient(const ParameterSpec& p) const;
+  size_t dense_grad_skip() const;  // elements of the table not in grads_ (the row-held embedding)
 
   MistralConfig config_;
   ModelOptions options_;
@@ -236,7 +238,9 @@ class MistralModel {
 
   std::vector<float> master_;
   std::vector<bf16> weights_bf16_;  // bf16 mode only
-  std::vector<float> grads_;        // trainable only
+  std::vector<float> grads_;        // trainable only; all but a row-held embedding's
+  std::unique_ptr<RowGradient> embed_grad_;  // trainable with untied embeddings
+  std::vector<int32_t> embed_slots_;         // each token's slot in embed_grad_
   std::vector<float> adam_m_, adam_v_;  // AdamW moments (trainable only)
   long step_ = 0;
 

@@ -7,11 +7,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "harness.h"
+#include "kernels/cpu/adamw.h"
 #include "model/mistral.h"
 #include "model/safetensors.h"
 #include "tests/temp_file.h"
@@ -240,7 +243,9 @@ std::vector<float> run_logp(MistralModel& m, const Batch& b, bool keep) {
 
 std::vector<float> gradient_of(const MistralModel& m, const std::string& name) {
   const ParameterSpec& p = m.parameter(name);
-  return {m.gradient(p), m.gradient(p) + p.numel};
+  std::vector<float> g(p.numel);
+  m.read_gradient(p, g.data());
+  return g;
 }
 
 }  // namespace
@@ -337,6 +342,66 @@ ZN_TEST("model.plan_saves_per_layer_only_gemm_and_attention_outputs") {
     const size_t frozen = 2 * d + layer + 2 + d;  // act is written over gate
     EXPECT(plan_memory(c, o).activations == 4 * N * frozen, "frozen, ffn ", ffn);
   }
+}
+
+ZN_TEST("model.untied_embedding_gradient_is_held_by_rows") {
+  // Rows no token touched have exactly zero gradient, accumulation adds up across micro-batches
+  // that touch different rows, and AdamW moves every row (touched or not) to the bits it gives
+  // a dense gradient; the plan holds one micro-batch's rows instead of the table.
+  MistralConfig c = tiny_config(false);
+  c.vocab_size = 40;
+  const Params P = random_params(c);
+  ModelOptions o;
+  o.max_tokens = 12;
+  const auto batch_of = [&](std::vector<int32_t> ids) {
+    Batch b;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      b.positions.push_back(int32_t(i));
+      b.targets.push_back(i + 1 < ids.size() ? ids[i + 1] : -100);
+    }
+    b.ids = std::move(ids);
+    b.cu = {0, int32_t(b.ids.size())};
+    return b;
+  };
+  const Batch first = batch_of({3, 5, 7, 2, 5, 9}), second = batch_of({11, 3, 30, 31});
+  const std::vector<float> w = test::random_f32(6);
+  const auto embedding_gradient = [&](MistralModel& m, const std::vector<const Batch*>& batches) {
+    m.zero_grad();
+    for (const Batch* b : batches) {
+      run_logp(m, *b, true);
+      m.backward(w.data(), long(b->ids.size()));
+    }
+    return gradient_of(m, "model.embed_tokens.weight");
+  };
+  auto model = make_model(c, P, o);
+  const std::vector<float> g1 = embedding_gradient(*model, {&first});
+  const std::vector<float> g2 = embedding_gradient(*model, {&second});
+  const std::vector<float> both = embedding_gradient(*model, {&first, &second});
+  const long d = c.hidden_size;
+  // 2 is the pad row (no gradient); 9 and 31 only end a document, whose -100 target makes
+  // their gradient zero although they have a slot.
+  const std::set<int32_t> touched{3, 5, 7, 11, 30};
+  std::vector<double> sum(both.size());
+  for (size_t i = 0; i < both.size(); ++i) sum[i] = double(g1[i]) + double(g2[i]);
+  test::expect_close(both, sum, 1e-6, "accumulated embedding gradient");
+  for (long row = 0; row < c.vocab_size; ++row) {
+    bool nonzero = false;
+    for (long j = 0; j < d; ++j) nonzero |= both[size_t(row * d + j)] != 0.0f;
+    EXPECT(nonzero == (touched.count(int32_t(row)) > 0), "row ", row, nonzero ? " has" : " lacks", " a gradient");
+  }
+
+  const ParameterSpec& embed = model->parameter("model.embed_tokens.weight");
+  std::vector<float> expected(model->master(embed), model->master(embed) + embed.numel);
+  std::vector<float> m(embed.numel, 0.0f), v(embed.numel, 0.0f);
+  const AdamWOptions hp{1e-2, 0.9, 0.999, 1e-8, 0.1, 0.0};
+  cpu::adamw_update(long(embed.numel), {hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, 1, 1.0f},
+                    expected.data(), both.data(), m.data(), v.data(), nullptr);
+  model->clip_and_step(hp);
+  EXPECT(std::memcmp(model->master(embed), expected.data(), embed.numel * 4) == 0,
+         "AdamW on the rows differs from AdamW on the dense gradient");
+
+  const size_t params = parameter_count(model->parameters());
+  EXPECT(plan_memory(c, o).grads < 4 * params, plan_memory(c, o).grads, " bytes vs dense ", 4 * params);
 }
 
 ZN_TEST("model.packed_documents_equal_separate_sequences") {
