@@ -160,6 +160,12 @@ struct Activations {
   float* act;  // [N, max(ffn, d, Hq * D)]
   float *dact, *dnorm, *dattn;
   float* dres;  // d loss / d residual stream  [N, d] (trainable only)
+  // The one-pass lm_head's logits panel (forward_backward): the top layer's gate/up region, act
+  // and dres, laid out back to back. All are dead while the lm_head runs except the top layer's
+  // gate and up, which backward then recomputes from n2 (two GEMMs of one layer, against a
+  // 32 MiB panel of its own on the small preset).
+  float* head_workspace = nullptr;
+  size_t head_workspace_floats = 0;
 };
 
 namespace {
@@ -213,6 +219,7 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
   a.shared_kv = a.layers.size() > 1;
   float* const shared_k = a.shared_kv ? arena.take(N * kvd) : nullptr;
   float* const shared_v = a.shared_kv ? arena.take(N * kvd) : nullptr;
+  size_t top_mlp_start = 0;  // where the last slot's gate/up region begins
   for (LayerActivations& s : a.layers) {
     s.rstd1 = arena.take(N);
     s.q = arena.take(N * qd);
@@ -223,17 +230,19 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
     s.rstd2 = arena.take(N);
     AttentionGrads g;
     const size_t mlp = std::max(place_mlp_inputs(c, N, nullptr, s), place_attention_grads(c, N, nullptr, g));
+    top_mlp_start = arena.used();
     place_mlp_inputs(c, N, arena.take(mlp), s);
+  }
+  if (o.trainable) {
+    a.act = a.dact = a.dnorm = a.dattn = arena.take(N * std::max({ffn, d, qd}));
+    a.dres = arena.take(N * d);
+    a.head_workspace = a.layers.back().gate;
+    a.head_workspace_floats = arena.used() - top_mlp_start;
   }
   a.final_rstd = arena.take(N);
   a.logit_lse = arena.take(N);
   a.normed = arena.take(N * d);
-  if (!o.trainable) {
-    a.act = a.layers[0].gate;
-    return arena.used();
-  }
-  a.act = a.dact = a.dnorm = a.dattn = arena.take(N * std::max({ffn, d, qd}));
-  a.dres = arena.take(N * d);
+  if (!o.trainable) a.act = a.layers[0].gate;
   return arena.used();
 }
 
@@ -255,7 +264,12 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   Activations counting;
   plan.activations = layout_activations(c, o, nullptr, counting) * 4;
   const cpu::LogprobShape head{o.max_tokens, c.hidden_size, c.vocab_size};
-  plan.logits_chunks = o.trainable ? std::max(cpu::logprob_scratch_bytes(head, true), cpu::logprob_fused_scratch_bytes(head))
+  // The one-pass lm_head's panel lives in the activations (Activations::head_workspace) when
+  // 16 rows fit there; else it allocates its own.
+  size_t fused = cpu::logprob_fused_scratch_bytes(head);
+  if (counting.head_workspace_floats >= cpu::logprob_fused_workspace_floats(head, 16))
+    fused = size_t(o.max_tokens) * sizeof(long);  // the labelled-token list
+  plan.logits_chunks = o.trainable ? std::max(cpu::logprob_scratch_bytes(head, true), fused)
                                    : cpu::logprob_scratch_bytes(head, false);
   return plan;
 }
@@ -559,6 +573,19 @@ void MistralModel::recompute_kv(int l, const float* x) {
   cpu::rope_forward(N, c.num_kv_heads, c.head_dim, c.rope_theta, position_ids_.data(), a.k);
 }
 
+// The top layer's gate and up, as layer_forward computed them (n2 from the saved 1/rms), after
+// the one-pass lm_head has used their region as its panel.
+void MistralModel::recompute_mlp_inputs(int l, const float* h) {
+  const MistralConfig& c = config_;
+  const LayerParameters& p = layers_[size_t(l)];
+  Activations& A = *acts_;
+  const LayerActivations& a = A.layers.back();
+  const long N = tokens_, d = c.hidden_size, ffn = c.intermediate_size;
+  cpu::rmsnorm_apply(N, d, h, master(*p.post_norm), a.rstd2, A.normed);
+  linear_forward(N, d, ffn, A.normed, weight(*p.gate), weight_dtype(), 0.0f, a.gate);
+  linear_forward(N, d, ffn, A.normed, weight(*p.up), weight_dtype(), 0.0f, a.up);
+}
+
 void MistralModel::attention_residual(int l, const float* x, const float* attn, float* h) {
   const MistralConfig& c = config_;
   const long N = tokens_, d = c.hidden_size;
@@ -683,7 +710,7 @@ void MistralModel::backward(const float* dlogp, long tokens) {
   const cpu::LogprobShape shape{tokens_, c.hidden_size, c.vocab_size};
   cpu::logprob_backward(shape, A.normed, weight(*lm_head_), weight_dtype(), targets_.data(),
                         A.logit_lse, dlogp, A.dnorm, grad(*lm_head_));
-  backward_trunk();
+  backward_trunk(A.dnorm, /*top_mlp_overwritten=*/false);
 }
 
 void MistralModel::forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp) {
@@ -694,17 +721,20 @@ void MistralModel::forward_backward(const TokenBatchView& batch, const float* dl
   run_trunk(true);
   const MistralConfig& c = config_;
   const cpu::LogprobShape shape{tokens_, c.hidden_size, c.vocab_size};
-  cpu::logprob_forward_backward(shape, acts_->normed, weight(*lm_head_), weight_dtype(),
-                                targets_.data(), dlogp, logp, acts_->dnorm, grad(*lm_head_));
-  backward_trunk();
+  Activations& A = *acts_;
+  // dhidden is written over the lm_head's input, as the panel takes act and dres.
+  cpu::logprob_forward_backward(shape, A.normed, weight(*lm_head_), weight_dtype(), targets_.data(),
+                                dlogp, logp, A.normed, grad(*lm_head_),
+                                {A.head_workspace, A.head_workspace_floats});
+  backward_trunk(A.normed, /*top_mlp_overwritten=*/true);
 }
 
-void MistralModel::backward_trunk() {
+void MistralModel::backward_trunk(const float* dnormed, bool top_mlp_overwritten) {
   const MistralConfig& c = config_;
   Activations& A = *acts_;
   const long N = tokens_, d = c.hidden_size;
   const float* last = A.residual[size_t(c.num_layers)];
-  cpu::rmsnorm_backward(N, d, last, master(*final_norm_), A.final_rstd, A.dnorm, A.dres,
+  cpu::rmsnorm_backward(N, d, last, master(*final_norm_), A.final_rstd, dnormed, A.dres,
                         grad(*final_norm_));
   for (int l = c.num_layers - 1; l >= 0; --l) {
     const float* x = A.residual[size_t(l)];
@@ -717,6 +747,7 @@ void MistralModel::backward_trunk() {
     } else {
       if (A.shared_kv && l != c.num_layers - 1) recompute_kv(l, x);
       attention_residual(l, x, A.layers[A.layers.size() > 1 ? size_t(l) : 0].attn, h);
+      if (top_mlp_overwritten && l == c.num_layers - 1) recompute_mlp_inputs(l, h);
     }
     layer_backward(l, x, h, A.dres);
   }

@@ -215,7 +215,10 @@ class MistralModel {
   void copy_batch(const TokenBatchView& batch);
   void run_forward(float* logp, bool keep_for_backward);
   void run_trunk(bool keep_for_backward);  // embedding, layers, final norm into acts_->normed
-  void backward_trunk();                   // from acts_->dnorm = d loss / d normed down
+  // From dnormed = d loss / d (final norm output) down to the embedding; with
+  // top_mlp_overwritten the top layer's gate and up are recomputed first.
+  void backward_trunk(const float* dnormed, bool top_mlp_overwritten);
+  void recompute_mlp_inputs(int l, const float* h);
   void layer_forward(int l, const float* x, float* out, LayerActivations& acts, bool need_output);
   void attention_residual(int l, const float* x, const float* attn, float* h);  // h = x + o_proj(attn)
   void recompute_kv(int l, const float* x);

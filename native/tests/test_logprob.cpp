@@ -69,12 +69,15 @@ std::string describe(const Case& c, DType dtype, CpuPath path) {
          std::to_string(c.vocab) + " " + dtype_name(dtype) + " " + cpu_path_name(path);
 }
 
-// Separate: logprob_forward then logprob_backward. Fused: logprob_forward_backward (no lse).
-enum class Kernel { Separate, Fused };
+// Separate: logprob_forward then logprob_backward. Fused: logprob_forward_backward (no lse) with
+// its own scratch. InPlace: the same in a caller's 16-row workspace, dhidden written over hidden.
+enum class Kernel { Separate, Fused, InPlace };
 
 void check_case(const Case& c, DType dtype, CpuPath path, Kernel kernel) {
-  const bool fused = kernel == Kernel::Fused;
-  const std::string what = describe(c, dtype, path) + (fused ? " fused" : "");
+  const bool fused = kernel != Kernel::Separate;
+  const std::string what = describe(c, dtype, path) + (kernel == Kernel::Fused     ? " fused"
+                                                       : kernel == Kernel::InPlace ? " fused in place"
+                                                                                   : "");
   const long N = c.tokens, d = c.dim, V = c.vocab;
   const auto hidden = random_f32(N * d, c.hidden_scale);
   const auto weight = random_f32(V * d, 1.0f / std::sqrt(float(d)));
@@ -91,9 +94,16 @@ void check_case(const Case& c, DType dtype, CpuPath path, Kernel kernel) {
   const auto dweight_start = random_f32(V * d);
   auto dweight = dweight_start;
   const cpu::LogprobShape shape{N, d, V};
-  if (fused) {
+  if (kernel == Kernel::Fused) {
     cpu::logprob_forward_backward(shape, hidden.data(), w, dtype, labels.data(), dlogp.data(),
-                                  logp.data(), dhidden.data(), dweight.data(), path);
+                                  logp.data(), dhidden.data(), dweight.data(), {}, path);
+  } else if (kernel == Kernel::InPlace) {
+    std::vector<float> workspace(cpu::logprob_fused_workspace_floats(shape, 16) + 5);
+    poison(workspace);
+    dhidden = hidden;
+    cpu::logprob_forward_backward(shape, dhidden.data(), w, dtype, labels.data(), dlogp.data(),
+                                  logp.data(), dhidden.data(), dweight.data(),
+                                  {workspace.data(), workspace.size()}, path);
   } else {
     cpu::logprob_forward(shape, hidden.data(), w, dtype, labels.data(), logp.data(), lse.data(), path);
     cpu::logprob_backward(shape, hidden.data(), w, dtype, labels.data(), lse.data(), dlogp.data(),
@@ -132,7 +142,7 @@ void check_case(const Case& c, DType dtype, CpuPath path, Kernel kernel) {
 
 // Every case through both kernels, on the scalar path and, where the CPU has it, the AVX2 one.
 void check_case(const Case& c, DType dtype) {
-  for (Kernel kernel : {Kernel::Separate, Kernel::Fused}) {
+  for (Kernel kernel : {Kernel::Separate, Kernel::Fused, Kernel::InPlace}) {
     check_case(c, dtype, CpuPath::Scalar, kernel);
     if (cpu_features().avx2 && cpu_features().fma) check_case(c, dtype, CpuPath::Avx2, kernel);
   }

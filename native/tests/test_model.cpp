@@ -344,6 +344,39 @@ ZN_TEST("model.plan_saves_per_layer_only_gemm_and_attention_outputs") {
   }
 }
 
+ZN_TEST("model.forward_backward_equals_forward_then_backward") {
+  // The one-pass lm_head (its panel in the top layer's gate/up, act and dres, then those
+  // recomputed) against forward() + backward(): the same log-probs and gradients up to the
+  // log-sum-exp's summation order, tied and untied, with and without checkpointing, twice in a
+  // row (the second call must find the recomputed buffers intact).
+  for (const bool tied : {true, false}) {
+    for (const bool ckpt : {false, true}) {
+      const MistralConfig c = tiny_config(tied);
+      const Params P = random_params(c);
+      ModelOptions o;
+      o.max_tokens = 24;
+      o.gradient_checkpointing = ckpt;
+      auto separate = make_model(c, P, o), fused = make_model(c, P, o);
+      const std::string what = std::string(tied ? "tied" : "untied") + (ckpt ? " checkpointing" : "");
+      for (int round = 0; round < 2; ++round) {
+        const Batch b = random_batch(c, {9, 7, 5});
+        const std::vector<float> w = test::random_f32(b.ids.size());
+        separate->zero_grad();
+        const std::vector<float> logp = run_logp(*separate, b, true);
+        separate->backward(w.data(), long(w.size()));
+        fused->zero_grad();
+        std::vector<float> fused_logp(b.ids.size());
+        fused->forward_backward(b.view(), w.data(), fused_logp.data());
+        test::expect_close(fused_logp, test::to_f64(logp), 1e-6, "logp " + what);
+        for (const ParameterSpec& p : separate->parameters()) {
+          test::expect_close(gradient_of(*fused, p.name), test::to_f64(gradient_of(*separate, p.name)), 1e-5,
+                             "d loss / d " + p.name + " " + what);
+        }
+      }
+    }
+  }
+}
+
 ZN_TEST("model.untied_embedding_gradient_is_held_by_rows") {
   // Rows no token touched have exactly zero gradient, accumulation adds up across micro-batches
   // that touch different rows, and AdamW moves every row (touched or not) to the bits it gives

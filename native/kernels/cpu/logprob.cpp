@@ -42,6 +42,12 @@ long fused_rows(const LogprobShape& s) {
   return std::min({std::max(fit, 16L), kTokenChunk, std::max(s.tokens, 1L)});
 }
 
+// Rows a workspace of `floats` holds (a multiple of 16, at most kTokenChunk), 0 if under 16.
+long workspace_rows(const LogprobShape& s, size_t floats) {
+  const long fit = long(floats / size_t(s.vocab + 2 * s.dim)) / 16 * 16;
+  return std::min(fit, kTokenChunk);
+}
+
 void check_arguments(const char* op, const LogprobShape& s, const int32_t* labels) {
   ZN_CHECK(s.tokens >= 0 && s.dim > 0 && s.vocab > 0, op, ": bad shape tokens=", s.tokens,
            " dim=", s.dim, " vocab=", s.vocab);
@@ -178,9 +184,13 @@ void scatter_rows(const float* panel, long d, const long* tokens, long count, fl
 
 }  // namespace
 
+size_t logprob_fused_workspace_floats(const LogprobShape& shape, long rows) {
+  return size_t(rows) * size_t(shape.vocab + 2 * shape.dim);
+}
+
 size_t logprob_fused_scratch_bytes(const LogprobShape& shape) {
-  const size_t rows = size_t(fused_rows(shape));
-  return rows * size_t(shape.vocab + 2 * shape.dim) * sizeof(float) + size_t(shape.tokens) * sizeof(long);
+  return logprob_fused_workspace_floats(shape, fused_rows(shape)) * sizeof(float) +
+         size_t(shape.tokens) * sizeof(long);
 }
 
 size_t logprob_scratch_bytes(const LogprobShape& shape, bool backward) {
@@ -271,35 +281,45 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
 
 void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                               DType weight_dtype, const int32_t* labels, const float* dlogp,
-                              float* logp, float* dhidden, float* dweight, CpuPath path) {
+                              float* logp, float* dhidden, float* dweight, LogprobWorkspace workspace,
+                              CpuPath path) {
   check_arguments("logprob_forward_backward", shape, labels);
   const RowKernels K = row_kernels(path);
   const long N = shape.tokens, d = shape.dim, V = shape.vocab;
   // Every labelled token needs its logp, so all of them are packed (a zero dlogp only makes a
-  // zero row of dlogits); ignored tokens get logp 0 and dhidden 0.
+  // zero row of dlogits); ignored tokens get logp 0 and dhidden 0. Only ignored rows are
+  // cleared up front, so that dhidden may be hidden.
   std::vector<long> labelled;
   for (long t = 0; t < N; ++t) {
-    if (labels[t] != kIgnoreIndex) labelled.push_back(t);
     logp[t] = 0.0f;
+    if (labels[t] != kIgnoreIndex) labelled.push_back(t);
+    else std::fill(dhidden + t * d, dhidden + (t + 1) * d, 0.0f);
   }
-  std::fill(dhidden, dhidden + N * d, 0.0f);
   const long A = long(labelled.size());
   if (A == 0) return;
 
-  const long rows = std::min(fused_rows(shape), A);
-  std::vector<float> logits(size_t(rows * V));
-  std::vector<float> hidden_panel(size_t(rows * d)), dhidden_panel(size_t(rows * d));
+  long rows = workspace.data ? workspace_rows(shape, workspace.floats) : 0;
+  std::vector<float> owned;
+  if (rows < 16) {
+    rows = fused_rows(shape);
+    owned.resize(logprob_fused_workspace_floats(shape, rows));
+    workspace = {owned.data(), owned.size()};
+  }
+  rows = std::min(rows, A);
+  float* const logits = workspace.data;
+  float* const hidden_panel = logits + rows * V;
+  float* const dhidden_panel = hidden_panel + rows * d;
   const Matrix w{weight, weight_dtype, d};
   for (long a0 = 0; a0 < A; a0 += rows) {
     const long an = std::min(rows, A - a0);
     const long* tokens = labelled.data() + a0;
-    gather_rows(hidden, d, tokens, an, weight_dtype == DType::BF16, hidden_panel.data());
-    const Matrix panel{hidden_panel.data(), DType::F32, d};
-    gemm(false, true, an, V, d, 1.0f, panel, w, 0.0f, logits.data(), V);
+    gather_rows(hidden, d, tokens, an, weight_dtype == DType::BF16, hidden_panel);
+    const Matrix panel{hidden_panel, DType::F32, d};
+    gemm(false, true, an, V, d, 1.0f, panel, w, 0.0f, logits, V);
     parallel_for(size_t(an), rows_grain(V), [&](size_t begin, size_t end) {
       for (size_t r = begin; r < end; ++r) {
         const long t = tokens[r], label = labels[t];
-        float* z = logits.data() + r * V;
+        float* z = logits + r * V;
         const float row_max = K.row_max(z, V, -std::numeric_limits<float>::infinity());
         const float row_lse = float(double(row_max) + std::log(K.sum_exp(z, V, row_max)));
         logp[t] = z[label] - row_lse;
@@ -308,10 +328,10 @@ void logprob_forward_backward(const LogprobShape& shape, const float* hidden, co
         z[label] += g;
       }
     });
-    const Matrix dlogits{logits.data(), DType::F32, V};
-    gemm(false, false, an, d, V, 1.0f, dlogits, w, 0.0f, dhidden_panel.data(), d);
+    const Matrix dlogits{logits, DType::F32, V};
+    gemm(false, false, an, d, V, 1.0f, dlogits, w, 0.0f, dhidden_panel, d);
     gemm(true, false, V, d, an, 1.0f, dlogits, panel, 1.0f, dweight, d);
-    scatter_rows(dhidden_panel.data(), d, tokens, an, dhidden);
+    scatter_rows(dhidden_panel, d, tokens, an, dhidden);
   }
 }
 
@@ -328,9 +348,9 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
 
 void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                               DType weight_dtype, const int32_t* labels, const float* dlogp,
-                              float* logp, float* dhidden, float* dweight) {
+                              float* logp, float* dhidden, float* dweight, LogprobWorkspace workspace) {
   logprob_forward_backward(shape, hidden, weight, weight_dtype, labels, dlogp, logp, dhidden,
-                           dweight, cpu_path());
+                           dweight, workspace, cpu_path());
 }
 
 }  // namespace zn::cpu

@@ -43,19 +43,31 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
 
 // Forward and backward in one pass, for losses whose dlogp does not depend on logp (SFT's mean
 // over tokens, known before the forward): each panel of labelled tokens gets its logits over the
-// whole vocabulary once ([fused rows x V] f32, 32 MiB at V = 32000), so the backward does not recompute them
-// (the lm_head's three GEMMs instead of four). Writes logp (0 where ignored) and dhidden
-// (overwritten, 0 for ignored tokens), accumulates dweight; no lse. Same bf16 rule as above.
+// whole vocabulary once ([rows x V] f32: 256 rows, 32 MiB at V = 32000), so the backward does
+// not recompute them (the lm_head's three GEMMs instead of four). Writes logp (0 where ignored)
+// and dhidden (0 for ignored tokens; it may be `hidden` itself: each panel's rows are copied
+// before they are overwritten), accumulates dweight; no lse. Same bf16 rule as above.
+// The panel lives in `workspace` when one is given (a caller's dead buffer: the model hands it
+// activations it recomputes later) with as many rows as fit, at least 16; otherwise, or when it
+// is smaller than that, in scratch of logprob_fused_scratch_bytes.
+struct LogprobWorkspace {
+  float* data = nullptr;
+  size_t floats = 0;
+};
 void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                               DType weight_dtype, const int32_t* labels, const float* dlogp,
-                              float* logp, float* dhidden, float* dweight);
+                              float* logp, float* dhidden, float* dweight,
+                              LogprobWorkspace workspace = {});
 void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                               DType weight_dtype, const int32_t* labels, const float* dlogp,
-                              float* logp, float* dhidden, float* dweight, CpuPath path);
+                              float* logp, float* dhidden, float* dweight, LogprobWorkspace workspace,
+                              CpuPath path);
+// Floats of workspace that hold a panel of `rows` tokens (logits and two [rows, d] panels).
+size_t logprob_fused_workspace_floats(const LogprobShape& shape, long rows);
 
 // Bytes of scratch the kernels allocate per call (chunk buffers; the GEMM's own packing buffers
 // not included), for memory plans. [N, V] f32 logits would take 4 N V bytes.
 size_t logprob_scratch_bytes(const LogprobShape& shape, bool backward);
-size_t logprob_fused_scratch_bytes(const LogprobShape& shape);
+size_t logprob_fused_scratch_bytes(const LogprobShape& shape);  // without a workspace
 
 }  // namespace zn::cpu
