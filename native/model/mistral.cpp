@@ -335,7 +335,7 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
       embed_grad_ = std::make_unique<RowGradient>(config_.vocab_size, config_.hidden_size, options_.max_tokens);
       embed_slots_.resize(size_t(options_.max_tokens));
     }
-    grads_.assign(n - dense_grad_skip(), 0.0f);
+    grads_.assign(n - (embed_grad_ ? embed_->numel : 0), 0.0f);
     adam_m_.assign(n, 0.0f);
     adam_v_.assign(n, 0.0f);
   }
@@ -359,7 +359,9 @@ const ParameterSpec& MistralModel::parameter(const std::string& name) const {
   return find_parameter(params_, name);
 }
 
-size_t MistralModel::dense_grad_skip() const { return embed_grad_ ? embed_->numel : 0; }
+size_t MistralModel::dense_grad_offset(const ParameterSpec& p) const {
+  return p.offset - (embed_grad_ ? embed_->numel : 0);
+}
 
 bool MistralModel::has_row_gradient(const ParameterSpec& p) const {
   return embed_grad_ && p.offset == embed_->offset;
@@ -376,12 +378,12 @@ void MistralModel::read_master(const ParameterSpec& p, float* out) const {
 void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
   ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
   if (has_row_gradient(p)) return embed_grad_->dense_rows(0, config_.vocab_size, out);
-  std::memcpy(out, grads_.data() + p.offset - dense_grad_skip(), p.numel * sizeof(float));
+  std::memcpy(out, grads_.data() + dense_grad_offset(p), p.numel * sizeof(float));
 }
 
 float* MistralModel::grad(const ParameterSpec& p) {
   ZN_CHECK(!has_row_gradient(p), "model: the embedding's gradient is held by rows");
-  return grads_.data() + p.offset - dense_grad_skip();
+  return grads_.data() + dense_grad_offset(p);
 }
 
 DType MistralModel::weight_dtype() const {
@@ -801,7 +803,7 @@ double MistralModel::clip_and_step(const AdamWOptions& hp) {
                         adam_v_.data() + offset, bf16_copy ? weights_bf16_.data() + offset : nullptr);
     };
     if (!has_row_gradient(p)) {
-      update(p.offset, p.numel, grads_.data() + p.offset - dense_grad_skip());
+      update(p.offset, p.numel, grads_.data() + dense_grad_offset(p));
       continue;
     }
     // Rows without a slot step with a zero gradient, as a dense one would have them: blocks of

@@ -228,7 +228,7 @@ class MistralModel {
   DType weight_dtype() const;
   float* grad(const ParameterSpec& p);  // dense gradients only (not an untied embedding's)
   bool has_row_gradient(const ParameterSpec& p) const;
-  size_t dense_grad_skip() const;  // elements of the table not in grads_ (the row-held embedding)
+  size_t dense_grad_offset(const ParameterSpec& p) const;  // in grads_, which skips a row-held embedding
 
   MistralConfig config_;
   ModelOptions options_;
