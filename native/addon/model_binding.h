@@ -231,11 +231,16 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
             m.logprobs(batch, logp->data());
           }
         },
-        [logp](Napi::Env env) -> Napi::Value {
-          Napi::Object out = Napi::Object::New(env);
-          out.Set("logp", copy_to_js(env, logp->data(), logp->size()));
-          return out;
-        });
+        logp_result(logp));
+  }
+
+  // The promise's value for calls that return per-token log-probs: {logp: Float32Array}.
+  static std::function<Napi::Value(Napi::Env)> logp_result(std::shared_ptr<std::vector<float>> logp) {
+    return [logp](Napi::Env env) -> Napi::Value {
+      Napi::Object out = Napi::Object::New(env);
+      out.Set("logp", copy_to_js(env, logp->data(), logp->size()));
+      return out;
+    };
   }
 
   // forward(batch) -> Promise<{logp: Float32Array}>, keeping activations for backward.
@@ -280,11 +285,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     auto logp = std::make_shared<std::vector<float>>(size_t(batch.tokens));
     return run(
         options, [batch, dlogp, logp](Model& m) { m.forward_backward(batch, dlogp.data, logp->data()); },
-        [logp](Napi::Env env) -> Napi::Value {
-          Napi::Object out = Napi::Object::New(env);
-          out.Set("logp", copy_to_js(env, logp->data(), logp->size()));
-          return out;
-        });
+        logp_result(logp));
   }
 
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
