@@ -334,26 +334,21 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
 
   // getParameter({name}) / getGradient({name}) -> Float32Array copies (for tests and tools).
   Napi::Value GetParameter(const Napi::CallbackInfo& info) {
-    Options options(info, "getParameter");
-    check_idle(options);
-    Napi::Value out;
-    run_sync(options, [&] {
-      const model::ParameterSpec& p = model_->parameter(options.string("name"));
-      Napi::Float32Array copy = Napi::Float32Array::New(info.Env(), p.numel);
-      model_->read_master(p, copy.Data());
-      out = copy;
-    });
-    return out;
+    return CopyParameter(info, "getParameter", &Model::read_master);
+  }
+  Napi::Value GetGradient(const Napi::CallbackInfo& info) {
+    return CopyParameter(info, "getGradient", &Model::read_gradient);
   }
 
-  Napi::Value GetGradient(const Napi::CallbackInfo& info) {
-    Options options(info, "getGradient");
+  Napi::Value CopyParameter(const Napi::CallbackInfo& info, const char* op,
+                            void (Model::*read)(const model::ParameterSpec&, float*) const) {
+    Options options(info, op);
     check_idle(options);
     Napi::Value out;
     run_sync(options, [&] {
       const model::ParameterSpec& p = model_->parameter(options.string("name"));
       Napi::Float32Array copy = Napi::Float32Array::New(info.Env(), p.numel);
-      model_->read_gradient(p, copy.Data());
+      ((*model_).*read)(p, copy.Data());
       out = copy;
     });
     return out;
