@@ -105,9 +105,19 @@ export interface NativeModelOptions {
   gradientCheckpointing?: boolean;
   /** false: no gradients, optimizer moments or saved activations (a frozen reference). */
   trainable?: boolean;
+  /**
+   * GPU model: the f32 master weights and AdamW moments in host memory, the AdamW step on the
+   * CPU (ZeRO-Offload's split); the device keeps the compute weights and the gradients. No effect
+   * on the CPU model, which holds everything in host memory.
+   */
+  offloadOptimizer?: boolean;
 }
 
-/** Bytes by category; logitsChunks is the log-prob kernel's scratch during a call. */
+/**
+ * Bytes by category, in the backend's memory (device memory for the GPU model); logitsChunks is
+ * the log-prob kernel's scratch during a call. `host`: host memory the GPU model holds beside it
+ * (with offloadOptimizer: the f32 master, the moments and pinned copy buffers), 0 on the CPU.
+ */
 export interface MemoryPlan {
   weights: number;
   grads: number;
@@ -115,6 +125,7 @@ export interface MemoryPlan {
   activations: number;
   logitsChunks: number;
   total: number;
+  host: number;
 }
 
 export interface NativeParameter {

@@ -130,8 +130,13 @@ export async function runStepBench(options: StepBenchOptions): Promise<StepMeasu
   const preset = PRESETS[options.preset];
   const policyTokens = policyTokensPerStep(preset, options.mode);
   const deviceMemory = deviceMemoryTracker(options.device);
-  const modelOptions = { device: options.device, dtype: options.precision, maxTokens: policyTokens, gradientCheckpointing: false } as const;
-  const policy = await loadModel(options.modelDir, { ...modelOptions, trainable: true });
+  const modelOptions = { device: options.device, dtype: options.precision, maxTokens: policyTokens } as const;
+  const policy = await loadModel(options.modelDir, {
+    ...modelOptions,
+    trainable: true,
+    gradientCheckpointing: preset.gradientCheckpointing,
+    offloadOptimizer: preset.offloadOptimizer,
+  });
   const vocab = policy.config.vocabSize;
   const phases: StepPhases = { forward: 0, backward: 0, reference: 0, optimizer: 0, other: 0 };
   let planned = policy.memoryPlan().total;

@@ -56,7 +56,12 @@ function refuseWhatDoesNotFit(args: BenchArgs, freeBytes: number): void {
   const modes: BenchMode[] = args.mode === 'both' ? ['sft', 'dpo'] : [args.mode];
   for (const mode of modes) {
     const options = { device: 'cuda', dtype: args.precision, maxTokens: policyTokensPerStep(preset, mode) } as const;
-    const policy = modelMemoryPlan(mistralConfig(preset.model), { ...options, trainable: true });
+    const policy = modelMemoryPlan(mistralConfig(preset.model), {
+      ...options,
+      trainable: true,
+      gradientCheckpointing: preset.gradientCheckpointing,
+      offloadOptimizer: preset.offloadOptimizer,
+    });
     const reference = mode === 'dpo' ? modelMemoryPlan(mistralConfig(preset.model), { ...options, trainable: false }).total : 0;
     const needed = policy.total + reference;
     if (needed > freeBytes) {
@@ -65,6 +70,7 @@ function refuseWhatDoesNotFit(args: BenchArgs, freeBytes: number): void {
         `bench --preset ${args.preset} --mode ${mode} --device cuda: the step needs ${gib(needed)} of device memory ` +
           `(policy: weights ${gib(policy.weights)}, grads ${gib(policy.grads)}, optimizer ${gib(policy.optimizer)}, ` +
           `activations ${gib(policy.activations)}, workspaces ${gib(policy.logitsChunks)}` +
+          `${policy.host ? `, host ${gib(policy.host)}` : ''}` +
           `${reference ? `; frozen reference ${gib(reference)}` : ''}), and the GPU has ${gib(freeBytes)} free`,
       );
     }

@@ -35,6 +35,12 @@ export interface ModelOptions {
   gradientCheckpointing?: boolean;
   /** Gradients, optimizer moments and saved activations (default false: a scoring/reference model). */
   trainable?: boolean;
+  /**
+   * GPU: the f32 master weights and AdamW moments in host memory and the AdamW step on the CPU,
+   * so that the device holds only the compute weights, gradients and activations (default false;
+   * no effect on the CPU).
+   */
+  offloadOptimizer?: boolean;
 }
 
 export interface SaveOptions {
@@ -75,6 +81,7 @@ function nativeOptions(config: MistralConfig, options: ModelOptions): NativeMode
     maxTokens,
     gradientCheckpointing: options.gradientCheckpointing ?? false,
     trainable: options.trainable ?? false,
+    offloadOptimizer: options.offloadOptimizer ?? false,
   };
 }
 
@@ -208,6 +215,7 @@ export async function loadModel(dir: string, options: ModelOptions = {}): Promis
       maxTokens: resolved.maxTokens,
       gradientCheckpointing: resolved.gradientCheckpointing!,
       trainable: resolved.trainable!,
+      offloadOptimizer: resolved.offloadOptimizer!,
     },
     native,
   );

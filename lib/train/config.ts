@@ -46,6 +46,7 @@ export const KEYS = {
   torch_dtype: { kind: 'string', default: null, help: 'dtype of the weights as loaded (auto, bfloat16, float16, float32); training precision follows bf16' },
   dtype: { kind: 'string', default: null, aliasOf: 'torch_dtype', help: 'transformers 5 name of torch_dtype' },
   gradient_checkpointing: { kind: 'boolean', default: true, help: 'Recompute each decoder layer in backward to save activation memory' },
+  offload_optimizer: { kind: 'boolean', default: false, help: 'GPU: f32 master weights and AdamW moments in host memory, the step on the CPU (ZeRO-Offload); no effect on the CPU' },
   // data
   dataset_name: { kind: 'string', default: null, help: 'Dataset file or HF dataset folder' },
   dataset_config: { kind: 'string', default: null, help: 'Dataset configuration name (accepted for HF datasets; folders have one)' },

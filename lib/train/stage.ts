@@ -73,7 +73,8 @@ export function describeMemoryPlan(label: string, plan: MemoryPlan): string {
   return (
     `memory plan (${label}): weights ${formatBytes(plan.weights)}, grads ${formatBytes(plan.grads)}, ` +
     `optimizer ${formatBytes(plan.optimizer)}, activations ${formatBytes(plan.activations)}, ` +
-    `logits chunks ${formatBytes(plan.logitsChunks)}; total ${formatBytes(plan.total)}`
+    `logits chunks ${formatBytes(plan.logitsChunks)}; total ${formatBytes(plan.total)}` +
+    (plan.host > 0 ? `; host (offloaded optimizer) ${formatBytes(plan.host)}` : '')
   );
 }
 
@@ -246,6 +247,7 @@ export async function runStage(stage: Stage, values: StageValues, options: Stage
     dtype: bf16 ? 'bf16' : 'f32',
     maxTokens,
     gradientCheckpointing: values.gradient_checkpointing === true,
+    offloadOptimizer: values.offload_optimizer === true,
   };
   log(describeMemoryPlan(`policy, ${stage}, ${modelOptions.dtype}, ${maxTokens} tokens per micro-batch`, modelMemoryPlan(config, { ...modelOptions, trainable: true })));
   const policy = await loadModel(modelDir, { ...modelOptions, trainable: true });

@@ -48,6 +48,7 @@ inline model::ModelOptions read_model_options(const Options& o) {
   if (m.max_tokens <= 0) o.error("'maxTokens' must be positive, got " + std::to_string(m.max_tokens));
   m.gradient_checkpointing = o.boolean("gradientCheckpointing", false);
   m.trainable = o.boolean("trainable", true);
+  m.offload_optimizer = o.boolean("offloadOptimizer", false);
   return m;
 }
 
@@ -59,6 +60,7 @@ inline Napi::Object plan_object(Napi::Env env, const model::MemoryPlan& plan) {
   out.Set("activations", double(plan.activations));
   out.Set("logitsChunks", double(plan.logits_chunks));
   out.Set("total", double(plan.total()));
+  out.Set("host", double(plan.host));
   return out;
 }
 

@@ -52,6 +52,10 @@ struct ModelOptions {
   long max_tokens = 0;                  // the most tokens one forward may carry
   bool gradient_checkpointing = false;  // keep only each layer's input; recompute in backward
   bool trainable = true;                // false: no gradients, optimizer or saved activations
+  // GPU model only (the CPU model holds everything in host memory already): the f32 master
+  // weights and AdamW moments live in host memory and the AdamW step runs on the CPU, so the
+  // device keeps only the weights the kernels read and the f32 gradients (ZeRO-Offload's split).
+  bool offload_optimizer = false;
 };
 
 // One parameter: HF name and shape, its place in the master (and bf16, gradient, moment)
@@ -87,6 +91,10 @@ struct MemoryPlan {
   size_t optimizer = 0;      // AdamW moments (f32 m and v)
   size_t activations = 0;    // the activation arena (saved activations + backward scratch)
   size_t logits_chunks = 0;  // the fused log-prob kernel's working chunks, not held between calls
+  // Host memory beside the model's device memory (GPU model with offload_optimizer: the f32
+  // master, the moments and the pinned copy buffers); 0 for the CPU model, whose categories above
+  // are all host memory.
+  size_t host = 0;
   size_t total() const { return weights + grads + optimizer + activations + logits_chunks; }
 };
 

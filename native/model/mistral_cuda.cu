@@ -6,9 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
+#include "core/bf16.h"
 #include "core/errors.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/adamw.h"
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/check.h"
@@ -48,10 +52,11 @@ struct CudaLayerActivations {
 
 struct CudaBuffers {
   // Parameters (offsets of the parameter table apply to each).
-  float* master;
+  float* master;       // f32 mode, or a trainable bf16 model without offload_optimizer
   bf16* weights_bf16;  // bf16 mode only
+  float* norms;        // without master: the norm weights in f32, at the model's norm_slots_
   float* grads;        // trainable only, one contiguous buffer (the grad norm reads it at once)
-  float *adam_m, *adam_v;
+  float *adam_m, *adam_v;  // trainable without offload_optimizer
   // The batch of the last call, and the per-token values crossing to and from the host.
   int32_t *input_ids, *position_ids, *targets, *cu_seqlens;
   float *logp, *dlogp;
@@ -71,6 +76,32 @@ struct CudaBuffers {
   void* attention_workspace;  // attention backward (trainable only)
   double* grad_sum_of_squares;
   float* clip_coefficient;
+};
+
+// Page-locked host memory: what cudaMemcpyAsync copies from and to without blocking the host.
+class PinnedBuffer {
+ public:
+  explicit PinnedBuffer(size_t bytes) { ZN_CUDA_CHECK(cudaMallocHost(&data_, bytes)); }
+  ~PinnedBuffer() { cudaFreeHost(data_); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void* data() const { return data_; }
+
+ private:
+  void* data_ = nullptr;
+};
+
+// offload_optimizer's copy buffers: gradient chunks coming down (two, so that the next one
+// arrives while this one is stepped) and the updated compute weights going up.
+struct OffloadStaging {
+  size_t chunk;  // elements
+  PinnedBuffer grads0, grads1, weights;
+  OffloadStaging(size_t chunk_elements, size_t weight_bytes)
+      : chunk(chunk_elements),
+        grads0(chunk * sizeof(float)),
+        grads1(chunk * sizeof(float)),
+        weights(chunk * weight_bytes) {}
+  float* grads(size_t i) const { return static_cast<float*>((i % 2 ? grads1 : grads0).data()); }
 };
 
 namespace {
@@ -98,6 +129,48 @@ class DeviceArena {
 };
 
 DType activation_dtype(const ModelOptions& o) { return o.precision == Precision::BF16 ? DType::BF16 : DType::F32; }
+
+bool offloads(const ModelOptions& o) { return o.trainable && o.offload_optimizer; }
+
+// Whether the device holds the f32 master: always in f32 mode (it is what the kernels read);
+// in bf16 mode only for a trainable model that steps on the device.
+bool device_master(const ModelOptions& o) { return o.precision == Precision::F32 || (o.trainable && !offloads(o)); }
+
+constexpr size_t kNoSlot = ~size_t(0);
+
+// Places of the norm weights (the 1-D parameters) in the compact f32 buffer the device keeps
+// when it holds no master: by parameter index, kNoSlot for the matrices. Returns their count.
+size_t norm_slots(const std::vector<ParameterSpec>& params, std::vector<size_t>* slots) {
+  size_t used = 0;
+  if (slots) slots->assign(params.size(), kNoSlot);
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].shape.size() != 1) continue;
+    if (slots) (*slots)[i] = used;
+    used += params[i].numel;
+  }
+  return used;
+}
+
+// offload_optimizer moves the gradient down and the compute weights up in chunks of this many
+// elements (64 MiB of f32), through two pinned gradient buffers and one pinned weight buffer.
+// ZN_OFFLOAD_CHUNK (elements) overrides it: the device check uses an odd size so that chunks
+// split parameters, and it is a knob for tuning the copy pipeline on a device.
+constexpr size_t kOffloadChunk = size_t(1) << 24;
+
+size_t offload_chunk(size_t params) {
+  size_t chunk = kOffloadChunk;
+  if (const char* text = std::getenv("ZN_OFFLOAD_CHUNK")) {
+    char* end = nullptr;
+    const unsigned long long value = std::strtoull(text, &end, 10);
+    ZN_CHECK(*text && *end == 0 && value > 0, "ZN_OFFLOAD_CHUNK must be a positive element count, got '", text, "'");
+    chunk = size_t(value);
+  }
+  return std::min(params, chunk);
+}
+
+size_t offload_staging_bytes(size_t params, const ModelOptions& o) {
+  return offload_chunk(params) * (2 * sizeof(float) + dtype_size(activation_dtype(o)));
+}
 
 cuda::LogprobShape logprob_shape(const MistralConfig& c, long tokens) { return {tokens, c.hidden_size, c.vocab_size}; }
 
@@ -170,7 +243,8 @@ void take_activations(const MistralConfig& c, const ModelOptions& o, DeviceArena
 // Lays the arena out for max_tokens (walked once to plan, once to allocate, so the two cannot
 // disagree); returns the bytes of each category.
 MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, CudaBuffers& b) {
-  const size_t params = parameter_count(parameter_table(c));
+  const std::vector<ParameterSpec> table = parameter_table(c);
+  const size_t params = parameter_count(table);
   DeviceArena arena(base);
   MemoryPlan plan;
   size_t mark = 0;
@@ -178,13 +252,15 @@ MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, Cud
     bytes = arena.used() - mark;
     mark = arena.used();
   };
-  b.master = arena.take<float>(params);
+  const bool moments_here = o.trainable && !offloads(o);
+  b.master = device_master(o) ? arena.take<float>(params) : nullptr;
   b.weights_bf16 = o.precision == Precision::BF16 ? arena.take<bf16>(params) : nullptr;
+  b.norms = device_master(o) ? nullptr : arena.take<float>(norm_slots(table, nullptr));
   close_section(plan.weights);
   b.grads = o.trainable ? arena.take<float>(params) : nullptr;
   close_section(plan.grads);
-  b.adam_m = o.trainable ? arena.take<float>(params) : nullptr;
-  b.adam_v = o.trainable ? arena.take<float>(params) : nullptr;
+  b.adam_m = moments_here ? arena.take<float>(params) : nullptr;
+  b.adam_v = moments_here ? arena.take<float>(params) : nullptr;
   close_section(plan.optimizer);
   take_activations(c, o, arena, b);
   close_section(plan.activations);
@@ -195,6 +271,8 @@ MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, Cud
   b.grad_sum_of_squares = arena.take<double>(1);
   b.clip_coefficient = arena.take<float>(1);
   close_section(plan.logits_chunks);
+  // The f32 master and the two moments, and the pinned buffers of the step's copies.
+  plan.host = offloads(o) ? params * 3 * sizeof(float) + offload_staging_bytes(params, o) : 0;
   return plan;
 }
 
@@ -216,6 +294,13 @@ constexpr size_t kLibraryReserve = size_t(256) << 20;
     checkpointed.gradient_checkpointing = true;
     advice += "gradientCheckpointing: true (activations " +
               gib(CudaMistralModel::plan(c, checkpointed).activations) + "), ";
+  }
+  if (o.trainable && !o.offload_optimizer) {
+    ModelOptions offloaded = o;
+    offloaded.offload_optimizer = true;
+    const MemoryPlan moved = CudaMistralModel::plan(c, offloaded);
+    advice += "offloadOptimizer: true (the f32 master and moments to host memory: device " +
+              gib(moved.total()) + ", host " + gib(moved.host) + "), ";
   }
   advice += "a smaller maxTokens (activations and workspaces scale with it)";
   if (o.precision == Precision::F32) advice += ", dtype bf16";
@@ -295,11 +380,19 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
   plan_ = plan(config_, options_);
   params_ = parameter_table(config_);
   index_ = index_parameters(config_, params_);
+  norm_slots(params_, &norm_slots_);
   cuda::device_count();  // a readable error when there is no GPU or driver
   ZN_CUDA_CHECK(cudaGetDevice(&device_));
   try {
     ZN_CUDA_CHECK(cudaStreamCreate(&stream_));
     allocate();
+    if (offloads(options_)) {
+      const size_t n = parameter_count(params_);
+      host_master_.assign(n, 0.0f);
+      host_m_.assign(n, 0.0f);
+      host_v_.assign(n, 0.0f);
+      staging_ = std::make_unique<OffloadStaging>(offload_chunk(n), dtype_size(act_dtype()));
+    }
   } catch (...) {
     if (arena_) cudaFree(arena_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -351,9 +444,25 @@ const ParameterSpec& CudaMistralModel::parameter(const std::string& name) const 
   return find_parameter(params_, name);
 }
 
+size_t CudaMistralModel::norm_slot(const ParameterSpec& p) const {
+  return norm_slots_[size_t(&p - params_.data())];
+}
+
+// The f32 master where one exists (host, or device); else the device's f32 norm weights or the
+// bf16 weights widened.
 void CudaMistralModel::read_master(const ParameterSpec& p, float* out) const {
+  if (offloaded()) {
+    std::memcpy(out, host_master_.data() + p.offset, p.numel * sizeof(float));
+    return;
+  }
   use_device();
-  download(buf_->master + p.offset, p.numel, out);
+  if (buf_->master) return download(buf_->master + p.offset, p.numel, out);
+  if (norm_slot(p) != kNoSlot) return download(buf_->norms + norm_slot(p), p.numel, out);
+  std::vector<bf16> values(p.numel);
+  ZN_CUDA_CHECK(cudaMemcpyAsync(values.data(), buf_->weights_bf16 + p.offset, p.numel * sizeof(bf16),
+                                cudaMemcpyDeviceToHost, stream_));
+  sync();
+  for (size_t i = 0; i < p.numel; ++i) out[i] = bf16_to_f32(values[i]);
 }
 
 void CudaMistralModel::read_gradient(const ParameterSpec& p, float* out) const {
@@ -370,16 +479,38 @@ ConstArray CudaMistralModel::weight(const ParameterSpec& p) const {
   return {buf_->master + p.offset, DType::F32};
 }
 
-// Norm weights: the f32 master in both modes, as the CPU model.
+// Norm weights: f32 in both modes, as the CPU model (the master, or the compact copy without one).
 ConstArray CudaMistralModel::norm_weight(const ParameterSpec& p) const {
-  return {buf_->master + p.offset, DType::F32};
+  if (buf_->master) return {buf_->master + p.offset, DType::F32};
+  return {buf_->norms + norm_slot(p), DType::F32};
 }
 
 float* CudaMistralModel::grad(const ParameterSpec& p) const { return buf_->grads + p.offset; }
 
+// After the device master changed: its bf16 rounding for the kernels (bf16 mode).
 void CudaMistralModel::refresh_bf16() {
-  if (options_.precision == Precision::BF16)
+  if (options_.precision == Precision::BF16 && buf_->master)
     round_to_bf16(long(parameter_count(params_)), buf_->master, buf_->weights_bf16, stream_);
+}
+
+// One parameter's new f32 values (host) to the device: into the device master, or, without
+// one, rounded to bf16 on the host (round to nearest even, as the device's rounding) and, for a
+// norm weight, also in f32.
+void CudaMistralModel::upload_parameter(const ParameterSpec& p, const float* values) {
+  if (buf_->master) return upload(values, p.numel, buf_->master + p.offset);
+  std::vector<bf16> rounded(p.numel);
+  parallel_for(p.numel, size_t(1) << 16, [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) rounded[i] = f32_to_bf16(values[i]);
+  });
+  ZN_CUDA_CHECK(cudaMemcpyAsync(buf_->weights_bf16 + p.offset, rounded.data(), p.numel * sizeof(bf16),
+                                cudaMemcpyHostToDevice, stream_));
+  sync();
+  if (norm_slot(p) != kNoSlot) upload(values, p.numel, buf_->norms + norm_slot(p));
+}
+
+void CudaMistralModel::upload_norms_from_host() {
+  for (const ParameterSpec& p : params_)
+    if (norm_slot(p) != kNoSlot) upload(host_master_.data() + p.offset, p.numel, buf_->norms + norm_slot(p));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,9 +522,13 @@ std::vector<std::string> CudaMistralModel::load_weights(const std::vector<std::s
   have_activations_ = false;
   std::vector<float> staging;
   for (const ParameterSpec& p : params_) {
-    staging.resize(p.numel);
-    weights.read(p, staging.data());
-    upload(staging.data(), p.numel, buf_->master + p.offset);
+    float* values = host_master_.data() + p.offset;
+    if (!offloaded()) {
+      staging.resize(p.numel);
+      values = staging.data();
+    }
+    weights.read(p, values);
+    upload_parameter(p, values);
   }
   refresh_bf16();
   sync();
@@ -409,9 +544,13 @@ void CudaMistralModel::save_weights(const std::string& path, const std::vector<s
   std::vector<StTensorToWrite> tensors;
   for (size_t i = 0; i < names.size(); ++i) {
     const ParameterSpec& p = parameter(names[i]);
-    host[i].resize(p.numel);
-    download(buf_->master + p.offset, p.numel, host[i].data());
-    tensors.push_back({p.name, stored, p.shape, host[i].data(), StDType::F32});
+    const float* values = host_master_.data() + p.offset;
+    if (!offloaded()) {
+      host[i].resize(p.numel);
+      read_master(p, host[i].data());
+      values = host[i].data();
+    }
+    tensors.push_back({p.name, stored, p.shape, values, StDType::F32});
   }
   write_safetensors(path, tensors, metadata);
 }
@@ -419,6 +558,7 @@ void CudaMistralModel::save_weights(const std::string& path, const std::vector<s
 // The moments pass through host memory whole (write_safetensors takes every tensor at once).
 void CudaMistralModel::save_optimizer_state(const std::string& path) const {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  if (offloaded()) return write_optimizer_state(path, params_, host_m_.data(), host_v_.data(), step_);
   use_device();
   const size_t n = parameter_count(params_);
   std::vector<float> m(n), v(n);
@@ -434,6 +574,11 @@ void CudaMistralModel::load_optimizer_state(const std::string& path) {
   const long step = optimizer_state_step(file);
   std::vector<float> staging;
   for (const ParameterSpec& p : params_) {
+    if (offloaded()) {
+      read_optimizer_moment(file, Moment::First, p, host_m_.data() + p.offset);
+      read_optimizer_moment(file, Moment::Second, p, host_v_.data() + p.offset);
+      continue;
+    }
     staging.resize(p.numel);
     read_optimizer_moment(file, Moment::First, p, staging.data());
     upload(staging.data(), p.numel, buf_->adam_m + p.offset);
@@ -657,7 +802,8 @@ void CudaMistralModel::zero_grad() {
 
 // ---------------------------------------------------------------------------------------------
 // Optimizer: the norm of the one gradient buffer (f64, copied back: the metric and the finite
-// check), the clipping coefficient on the device, then multi-tensor AdamW reading it there.
+// check), then AdamW on the device (multi-tensor, the clipping coefficient computed there) or,
+// with offload_optimizer, on the host.
 
 double CudaMistralModel::clip_and_step(const AdamWOptions& hp) {
   ZN_CHECK(options_.trainable, "model: an optimizer step on a model created with trainable: false");
@@ -672,8 +818,18 @@ double CudaMistralModel::clip_and_step(const AdamWOptions& hp) {
   sync();
   const double norm = std::sqrt(sum_of_squares);
   check_grad_norm(norm);
-  cuda::clip_coefficient(B.grad_sum_of_squares, hp.max_grad_norm, B.clip_coefficient, stream_);
   ++step_;
+  if (offloaded()) {
+    offloaded_adamw(hp, norm);
+  } else {
+    device_adamw(hp);
+  }
+  return norm;
+}
+
+void CudaMistralModel::device_adamw(const AdamWOptions& hp) {
+  CudaBuffers& B = *buf_;
+  cuda::clip_coefficient(B.grad_sum_of_squares, hp.max_grad_norm, B.clip_coefficient, stream_);
   std::vector<cuda::AdamWTensor> decay, no_decay;
   const bool bf16_copy = options_.precision == Precision::BF16;
   for (const ParameterSpec& p : params_) {
@@ -686,7 +842,43 @@ double CudaMistralModel::clip_and_step(const AdamWOptions& hp) {
   s.weight_decay = 0.0;
   cuda::adamw_update(no_decay.data(), int(no_decay.size()), s, B.clip_coefficient, stream_);
   sync();
-  return norm;
+}
+
+// The CPU model's AdamW over the host master and moments, a chunk of the gradient at a time, on
+// a pipeline: while chunk i is stepped, chunk i+1's gradients come down; chunk i's new compute
+// weights (bf16, or f32 in f32 mode) then go up. One stream orders the copies, so the wait at the
+// top of each round covers both the gradients needed now and the weight buffer's last upload.
+void CudaMistralModel::offloaded_adamw(const AdamWOptions& hp, double norm) {
+  CudaBuffers& B = *buf_;
+  OffloadStaging& S = *staging_;
+  const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
+  const bool bf16_mode = options_.precision == Precision::BF16;
+  const size_t n = parameter_count(params_), weight_bytes = bf16_mode ? sizeof(bf16) : sizeof(float);
+  char* device_weights = bf16_mode ? reinterpret_cast<char*>(B.weights_bf16) : reinterpret_cast<char*>(B.master);
+  auto fetch = [&](size_t begin, float* into) {
+    ZN_CUDA_CHECK(cudaMemcpyAsync(into, B.grads + begin, std::min(S.chunk, n - begin) * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream_));
+  };
+  fetch(0, S.grads(0));
+  for (size_t begin = 0, round = 0; begin < n; begin += S.chunk, ++round) {
+    const size_t end = std::min(n, begin + S.chunk);
+    sync();
+    if (end < n) fetch(end, S.grads(round + 1));
+    const float* grads = S.grads(round);
+    for (const ParameterSpec& p : params_) {
+      const size_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel);
+      if (lo >= hi) continue;
+      const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0, step_, scale};
+      bf16* copy = bf16_mode ? static_cast<bf16*>(S.weights.data()) + (lo - begin) : nullptr;
+      cpu::adamw_update(long(hi - lo), s, host_master_.data() + lo, grads + (lo - begin), host_m_.data() + lo,
+                        host_v_.data() + lo, copy);
+    }
+    if (!bf16_mode) std::memcpy(S.weights.data(), host_master_.data() + begin, (end - begin) * sizeof(float));
+    ZN_CUDA_CHECK(cudaMemcpyAsync(device_weights + begin * weight_bytes, S.weights.data(), (end - begin) * weight_bytes,
+                                  cudaMemcpyHostToDevice, stream_));
+  }
+  sync();
+  if (B.norms) upload_norms_from_host();
 }
 
 }  // namespace zn::model

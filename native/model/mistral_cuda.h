@@ -6,6 +6,15 @@
 // attention backward). Every kernel runs on one stream the model owns; the host sees only the
 // batch going in, logp / logits and the grad-norm scalar coming out, and load / save.
 //
+// Two layouts keep the f32 master off the device, so that Mistral-7B trains on one 80 GB GPU:
+// - a frozen bf16 model (the DPO reference) holds only the bf16 weights the kernels read and
+//   the f32 norm weights (reading or saving its parameters widens the bf16 values);
+// - with offload_optimizer, the f32 master and the AdamW moments live in host memory and the
+//   step is the CPU model's AdamW kernel (kernels/cpu/adamw.h) over chunks of the gradient:
+//   chunk i+1's gradients come down while chunk i is updated, then its new compute weights go
+//   up. Mistral-7B in bf16: 13.5 GiB of weights and 27 GiB of gradients stay on the device,
+//   81 GiB of master and moments move to the host, and a step moves 40.5 GiB over PCIe.
+//
 // Dtypes in bf16 mode (f32 mode, the test mode, stores everything in f32):
 // - bf16: every GEMM operand (weights' copy, the norms' outputs, q/k/v, attention output,
 //   gate/up/act) and their gradients that feed a GEMM or a bf16-only kernel (dq/dk/dv/dattn,
@@ -34,6 +43,7 @@ namespace zn::model {
 
 struct CudaBuffers;
 struct CudaLayerActivations;
+struct OffloadStaging;
 
 class CudaMistralModel {
  public:
@@ -81,6 +91,12 @@ class CudaMistralModel {
   void layer_forward(int l, const float* x, float* out, CudaLayerActivations& acts, bool need_output);
   void layer_backward(int l, const float* x);
   void refresh_bf16();
+  void upload_parameter(const ParameterSpec& p, const float* values);
+  void upload_norms_from_host();
+  void device_adamw(const AdamWOptions& hp);
+  void offloaded_adamw(const AdamWOptions& hp, double norm);
+  bool offloaded() const { return !host_master_.empty(); }
+  size_t norm_slot(const ParameterSpec& p) const;
   DType act_dtype() const;
   cuda::ConstArray weight(const ParameterSpec& p) const;
   cuda::ConstArray norm_weight(const ParameterSpec& p) const;
@@ -99,7 +115,12 @@ class CudaMistralModel {
   cudaStream_t stream_ = nullptr;
   void* arena_ = nullptr;  // the one device allocation
   std::unique_ptr<CudaBuffers> buf_;  // the arena's layout
+  std::vector<size_t> norm_slots_;    // by parameter: its place among the f32 norm weights
   long step_ = 0;
+
+  // offload_optimizer: the f32 master and moments (host), and the pinned copy buffers.
+  std::vector<float> host_master_, host_m_, host_v_;
+  std::unique_ptr<OffloadStaging> staging_;
 
   // The batch of the last forward() (host copies of what backward and next_token_logits need).
   std::vector<int32_t> cu_seqlens_;

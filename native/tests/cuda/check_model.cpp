@@ -6,12 +6,16 @@
 // both), next-token logits, then every parameter. Per step: loss, grad norm and every
 // parameter's gradient. Plus the file contracts (weights saved on the GPU reload bit-identically
 // on the CPU; optimizer state GPU -> CPU -> GPU unchanged), the CPU model's error text for a bad
-// token id, and the memory-plan error for a plan that cannot fit.
+// token id, and the memory-plan error for a plan that cannot fit. offload_optimizer cases train
+// with the master and moments on the host (chunks of an odd size, so that chunks split
+// parameters); a frozen bf16 model (no f32 master on the device) must give the trainable bf16
+// model's log-probs and logits bit for bit.
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -22,6 +26,7 @@
 #include "kernels/cuda/gemm.h"
 
 #ifdef ZN_CUDA_CHECK_CPU
+#include "core/bf16.h"
 #include "kernels/cpu/dpo.h"
 #include "model/mistral.h"
 #include "model/mistral_cuda.h"
@@ -255,7 +260,11 @@ struct ModelCase {
   MistralConfig config;
   Precision precision;
   bool checkpointing;
+  bool offload = false;
 };
+
+// Chunks of the offloaded step: odd, so that chunk edges fall inside parameters and rows.
+constexpr const char* kOffloadChunkForChecks = "4099";
 
 MistralConfig tiny_config(int head_dim, bool tied) {
   MistralConfig c;
@@ -278,9 +287,9 @@ constexpr long kMaxTokens = 48;
 
 void check_training(Report& report, const ModelCase& mc, const Batch& sft, const Batch& dpo) {
   const std::string what = mc.name + (mc.precision == Precision::BF16 ? " bf16" : " f32") +
-                           (mc.checkpointing ? " ckpt" : "");
+                           (mc.checkpointing ? " ckpt" : "") + (mc.offload ? " offload" : "");
   guarded(report, "model", what, [&] {
-    const ModelOptions options{mc.precision, kMaxTokens, mc.checkpointing, true};
+    const ModelOptions options{mc.precision, kMaxTokens, mc.checkpointing, true, mc.offload};
     TempFile weights(".safetensors");
     write_random_weights(mc.config, weights.path);
     MistralModel cpu_model(mc.config, options);
@@ -294,9 +303,10 @@ void check_training(Report& report, const ModelCase& mc, const Batch& sft, const
 
 // Weights saved from the GPU reload bit-identically into the CPU model; an optimizer state file
 // goes GPU -> CPU -> GPU and comes back with the same tensors and step.
-void check_files(Report& report, const MistralConfig& c, const Batch& sft) {
-  guarded(report, "model", "save/load across devices", [&] {
-    const ModelOptions options{Precision::BF16, kMaxTokens, false, true};
+void check_files(Report& report, const MistralConfig& c, const Batch& sft, bool offload) {
+  const std::string what = offload ? " (offload)" : "";
+  guarded(report, "model", "save/load across devices" + what, [&] {
+    const ModelOptions options{Precision::BF16, kMaxTokens, false, true, offload};
     TempFile weights(".safetensors"), saved(".safetensors"), state1(".st"), state2(".st"), state3(".st");
     write_random_weights(c, weights.path);
     CudaMistralModel gpu(c, options);
@@ -315,7 +325,7 @@ void check_files(Report& report, const MistralConfig& c, const Batch& sft) {
     size_t differing = 0;
     for (size_t p = 0; p < a.size(); ++p)
       differing += std::memcmp(a[p].data(), b[p].data(), a[p].size() * sizeof(float)) != 0;
-    report.compare("model", "GPU save_weights -> CPU load: tensors differing", "bits", double(differing), 0.0);
+    report.compare("model", "GPU save_weights -> CPU load: tensors differing" + what, "bits", double(differing), 0.0);
 
     gpu.save_optimizer_state(state1.path);
     cpu.load_optimizer_state(state1.path);
@@ -329,9 +339,52 @@ void check_files(Report& report, const MistralConfig& c, const Batch& sft) {
       const StTensorInfo* u = f3.find(t.name);
       differing += !u || u->bytes() != t.bytes() || std::memcmp(f1.data(t), f3.data(*u), t.bytes()) != 0;
     }
-    report.compare("model", "optimizer state GPU -> CPU -> GPU: tensors differing", "bits", double(differing), 0.0);
-    report.compare("model", "optimizer state GPU -> CPU -> GPU: step", "1",
+    report.compare("model", "optimizer state GPU -> CPU -> GPU: tensors differing" + what, "bits", double(differing),
+                   0.0);
+    report.compare("model", "optimizer state GPU -> CPU -> GPU: step" + what, "1",
                    std::fabs(double(gpu2.optimizer_step()) - 1.0), 0.0);
+  });
+}
+
+// A frozen bf16 model keeps only bf16 weights (and f32 norms) on the device: same log-probs and
+// logits as the trainable bf16 model's, its parameters the bf16 rounding of the master, and a
+// plan whose weights are 2 bytes a parameter plus the norms.
+void check_frozen(Report& report, const MistralConfig& c, const Batch& sft) {
+  guarded(report, "model", "frozen bf16 model", [&] {
+    TempFile weights(".safetensors");
+    write_random_weights(c, weights.path);
+    CudaMistralModel trainable(c, {Precision::BF16, kMaxTokens, false, true});
+    CudaMistralModel frozen(c, {Precision::BF16, kMaxTokens, false, false});
+    trainable.load_weights({weights.path});
+    frozen.load_weights({weights.path});
+    std::vector<float> a(sft.ids.size()), b(sft.ids.size());
+    trainable.logprobs(sft.view(), a.data());
+    frozen.logprobs(sft.view(), b.data());
+    const size_t docs = sft.cu.size() - 1, vocab = size_t(c.vocab_size);
+    std::vector<float> la(docs * vocab), lb(docs * vocab);
+    trainable.next_token_logits(sft.view(), la.data());
+    frozen.next_token_logits(sft.view(), lb.data());
+    report.compare("model", "frozen bf16: log-probs and logits differing from trainable", "bits",
+                   double(std::memcmp(a.data(), b.data(), a.size() * 4) != 0) +
+                       double(std::memcmp(la.data(), lb.data(), la.size() * 4) != 0),
+                   0.0);
+    size_t differing = 0, params = 0, norms = 0;
+    const auto master = read_all(trainable, false), held = read_all(frozen, false);
+    for (size_t p = 0; p < master.size(); ++p) {
+      const bool norm = frozen.parameters()[p].shape.size() == 1;
+      params += master[p].size();
+      norms += norm ? master[p].size() : 0;
+      for (size_t i = 0; i < master[p].size(); ++i) {
+        const float want = norm ? master[p][i] : bf16_to_f32(f32_to_bf16(master[p][i]));
+        differing += std::memcmp(&want, &held[p][i], 4) != 0;
+      }
+    }
+    report.compare("model", "frozen bf16: parameters differing from the rounded master", "bits",
+                   double(differing), 0.0);
+    const double expected = double(params * 2 + norms * 4), planned = double(frozen.memory_plan().weights);
+    std::printf("     frozen bf16 plan: weights %.0f bytes for %zu parameters (%zu in norms)\n", planned, params, norms);
+    report.compare("model", "frozen bf16: planned weight bytes vs 2/parameter + 4/norm", "bytes",
+                   std::fabs(planned - expected) / expected, 0.01);
   });
 }
 
@@ -363,7 +416,7 @@ void check_errors(Report& report, const MistralConfig& c, const Batch& sft) {
     std::printf("     impossible plan: \"%s\"\n", plan_text.c_str());
     bool states_plan = true;
     for (const char* part : {"does not fit", "weights", "grads", "optimizer", "activations", "workspaces",
-                             "free of", "gradientCheckpointing", "maxTokens"})
+                             "free of", "gradientCheckpointing", "offloadOptimizer", "maxTokens"})
       states_plan = states_plan && plan_text.find(part) != std::string::npos;
     report.compare("model", "maxTokens 1e9: the memory-plan error", "text", states_plan ? 0.0 : 1.0, 0.0);
   });
@@ -387,8 +440,19 @@ void run_model_checks(Report& report, const std::string& only, bool quick) {
   };
   if (!quick) cases.push_back({"D64 tied", flash, Precision::F32, true});
   for (const ModelCase& mc : cases) check_training(report, mc, sft, dpo);
-  check_files(report, small, sft);
+  check_files(report, small, sft, false);
+  check_frozen(report, small, sft);
   check_errors(report, small, sft);
+  // The same with the optimizer on the host, its step pipelined over odd-sized chunks.
+  setenv("ZN_OFFLOAD_CHUNK", kOffloadChunkForChecks, 1);
+  std::vector<ModelCase> offloaded = {
+      {"D32", small, Precision::F32, false, true},
+      {"D32", small, Precision::BF16, true, true},
+  };
+  if (!quick) offloaded.push_back({"D64 tied (flash)", flash, Precision::BF16, false, true});
+  for (const ModelCase& mc : offloaded) check_training(report, mc, sft, dpo);
+  check_files(report, small, sft, true);
+  unsetenv("ZN_OFFLOAD_CHUNK");
 }
 
 #else
