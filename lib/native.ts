@@ -183,6 +183,8 @@ export interface NativeModel {
   optimizerStep(): number;
   getParameter(options: { name: string }): Float32Array;
   getGradient(options: { name: string }): Float32Array;
+  /** Frees the model's memory now; later calls throw. Throws while a call is running. */
+  dispose(): void;
 }
 
 /** Every dtype name the safetensors format defines (only F32, F16 and BF16 load). */

@@ -149,6 +149,22 @@ describe('model', () => {
     assert.deepEqual(model.memoryPlan(), modelMemoryPlan(config, { maxTokens: 32, trainable: true, gradientCheckpointing: true }));
   });
 
+  it('dispose() frees the model: later calls fail naming it, and a running call refuses it', async () => {
+    const source = join(work, 'source');
+    await writeFolder(source);
+    const model = await loadModel(source, { maxTokens: 16, trainable: true });
+    const running = model.logprobs(batch());
+    assert.throws(() => model.dispose(), /dispose: the model is busy/);
+    assert.equal((await running).length, batch().inputIds.length);
+    model.dispose();
+    await assert.rejects(async () => model.logprobs(batch()), /logprobs: the model was disposed/);
+    await assert.rejects(async () => model.zeroGrad(), /zeroGrad: the model was disposed/);
+    assert.throws(() => model.getParameter('model.norm.weight'), /getParameter: the model was disposed/);
+    assert.throws(() => model.memoryPlan(), /memoryPlan: the model was disposed/);
+    assert.throws(() => model.parameters(), /parameters: the model was disposed/);
+    model.dispose();  // twice is harmless
+  });
+
   it('optimizer state saves and loads: the next step matches bit for bit', async () => {
     const source = join(work, 'source');
     await writeFolder(source);

@@ -178,6 +178,15 @@ export class MistralModel {
   }
 
   /**
+   * Frees the model's memory (host, and device for a GPU model) now: the garbage collector does
+   * not see it, and a 7B model holds tens of GiB. Later calls throw; so does disposing while a
+   * call is running.
+   */
+  dispose(): void {
+    this.native.dispose();
+  }
+
+  /**
    * Writes an HF model folder: weight shards (written natively, atomically), the index when
    * sharded, config.json, generation_config.json and the source folder's tokenizer files.
    */

@@ -181,15 +181,19 @@ async function precomputeReference(
   const reference = await loadModel(refDir, { ...options, trainable: false, gradientCheckpointing: false });
   const chosen: number[] = [];
   const rejected: number[] = [];
-  for (let i = 0; i < all.length; i += batchSize) {
-    const pairs = all.slice(i, i + batchSize);
-    const batch = collatePreference(pairs);
-    const sums = completionLogps(batch, await reference.logprobs(batch));
-    pairs.forEach((pair, j) => {
-      table.set(pair, { chosen: sums.chosen[j], rejected: sums.rejected[j] });
-      chosen.push(sums.chosen[j]);
-      rejected.push(sums.rejected[j]);
-    });
+  try {
+    for (let i = 0; i < all.length; i += batchSize) {
+      const pairs = all.slice(i, i + batchSize);
+      const batch = collatePreference(pairs);
+      const sums = completionLogps(batch, await reference.logprobs(batch));
+      pairs.forEach((pair, j) => {
+        table.set(pair, { chosen: sums.chosen[j], rejected: sums.rejected[j] });
+        chosen.push(sums.chosen[j]);
+        rejected.push(sums.rejected[j]);
+      });
+    }
+  } finally {
+    reference.dispose();  // what precomputing is for: training runs without the reference's memory
   }
   mkdirSync(cacheDir, { recursive: true });
   writeFileAtomic(file, JSON.stringify({ chosen, rejected }));
@@ -250,45 +254,55 @@ export async function runStage(stage: Stage, values: StageValues, options: Stage
     offloadOptimizer: values.offload_optimizer === true,
   };
   log(describeMemoryPlan(`policy, ${stage}, ${modelOptions.dtype}, ${maxTokens} tokens per micro-batch`, modelMemoryPlan(config, { ...modelOptions, trainable: true })));
-  const policy = await loadModel(modelDir, { ...modelOptions, trainable: true });
-
-  let objective;
-  if (stage === 'sft') {
-    objective = new SftObjective(policy);
-  } else {
-    const refDir = str(values.ref_model_name_or_path) ?? modelDir;
-    let reference: ReferenceLogps;
-    if (values.precompute_ref_log_probs === true) {
-      const sets = [(data as LoadedData<PreferencePair>).train, (data as LoadedData<PreferencePair>).test];
-      reference = await precomputeReference(refDir, sets, modelOptions, settings.evalBatchSize, values, join(outputDir, 'cache'), progress);
-    } else {
-      log(describeMemoryPlan('reference', modelMemoryPlan(readMistralConfig(refDir), { ...modelOptions, trainable: false })));
-      reference = new ModelReference(await loadModel(refDir, { ...modelOptions, trainable: false, gradientCheckpointing: false }));
-    }
-    const lossType = (Array.isArray(values.loss_type) ? values.loss_type : [values.loss_type]) as string[];
-    if (lossType.length !== 1) throw new UsageError(`dpo: one loss_type at a time is supported, got ${lossType.join(', ')}`);
-    objective = new DpoObjective(policy, reference, loadNative(device), {
-      beta: num(values.beta, 0.1),
-      lossType: lossType[0] as 'sigmoid' | 'ipo' | 'hinge',
-      labelSmoothing: num(values.label_smoothing, 0),
-    });
-  }
-
-  const started = Date.now();
-  progress.start(total, stage);
-  events.on('log', (entry) => progress.log(entry));
-  events.on('checkpoint', (dir) => progress.message(`checkpoint: ${dir}`));
-  let result: LoopResult;
+  // The models are freed when the stage ends, however it ends: the garbage collector does not see
+  // their memory, and a pipeline's next stage needs it (a 7B policy holds tens of GiB).
+  const owned: MistralModel[] = [];
   try {
-    result = await runLoop(loopModel(policy), objective as never, data.train as never[], data.test as never[], settings, events, options.signal);
+    const policy = await loadModel(modelDir, { ...modelOptions, trainable: true });
+    owned.push(policy);
+
+    let objective;
+    if (stage === 'sft') {
+      objective = new SftObjective(policy);
+    } else {
+      const refDir = str(values.ref_model_name_or_path) ?? modelDir;
+      let reference: ReferenceLogps;
+      if (values.precompute_ref_log_probs === true) {
+        const sets = [(data as LoadedData<PreferencePair>).train, (data as LoadedData<PreferencePair>).test];
+        reference = await precomputeReference(refDir, sets, modelOptions, settings.evalBatchSize, values, join(outputDir, 'cache'), progress);
+      } else {
+        log(describeMemoryPlan('reference', modelMemoryPlan(readMistralConfig(refDir), { ...modelOptions, trainable: false })));
+        const referenceModel = await loadModel(refDir, { ...modelOptions, trainable: false, gradientCheckpointing: false });
+        owned.push(referenceModel);
+        reference = new ModelReference(referenceModel);
+      }
+      const lossType = (Array.isArray(values.loss_type) ? values.loss_type : [values.loss_type]) as string[];
+      if (lossType.length !== 1) throw new UsageError(`dpo: one loss_type at a time is supported, got ${lossType.join(', ')}`);
+      objective = new DpoObjective(policy, reference, loadNative(device), {
+        beta: num(values.beta, 0.1),
+        lossType: lossType[0] as 'sigmoid' | 'ipo' | 'hinge',
+        labelSmoothing: num(values.label_smoothing, 0),
+      });
+    }
+
+    const started = Date.now();
+    progress.start(total, stage);
+    events.on('log', (entry) => progress.log(entry));
+    events.on('checkpoint', (dir) => progress.message(`checkpoint: ${dir}`));
+    let result: LoopResult;
+    try {
+      result = await runLoop(loopModel(policy), objective as never, data.train as never[], data.test as never[], settings, events, options.signal);
+    } finally {
+      progress.stop();
+    }
+    if (!result.stoppedEarly) {
+      await policy.save(outputDir, { dtype: bf16 ? 'bfloat16' : 'float32' });
+      log(`${stage}: ${result.globalStep} steps in ${((Date.now() - started) / 1000).toFixed(1)} s; model written to ${outputDir}`);
+    } else {
+      log(`${stage}: stopped at step ${result.globalStep}; a checkpoint was written in ${outputDir}`);
+    }
+    return { ...result, stage, outputDir };
   } finally {
-    progress.stop();
+    for (const model of owned) model.dispose();
   }
-  if (!result.stoppedEarly) {
-    await policy.save(outputDir, { dtype: bf16 ? 'bfloat16' : 'float32' });
-    log(`${stage}: ${result.globalStep} steps in ${((Date.now() - started) / 1000).toFixed(1)} s; model written to ${outputDir}`);
-  } else {
-    log(`${stage}: stopped at step ${result.globalStep}; a checkpoint was written in ${outputDir}`);
-  }
-  return { ...result, stage, outputDir };
 }

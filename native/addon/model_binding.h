@@ -99,7 +99,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                         ModelWrap::InstanceMethod("loadOptimizerState", &ModelWrap::LoadOptimizerState),
                         ModelWrap::InstanceMethod("optimizerStep", &ModelWrap::OptimizerStep),
                         ModelWrap::InstanceMethod("getParameter", &ModelWrap::GetParameter),
-                        ModelWrap::InstanceMethod("getGradient", &ModelWrap::GetGradient)});
+                        ModelWrap::InstanceMethod("getGradient", &ModelWrap::GetGradient),
+                        ModelWrap::InstanceMethod("dispose", &ModelWrap::Dispose)});
   }
 
   explicit ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap<Model>>(info) {
@@ -114,7 +115,14 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   std::shared_ptr<Model> model_;
   std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
 
+  // The model, or a JS error when dispose() has freed it.
+  Model& live(Napi::Env env, const char* op) const {
+    if (!model_) throw Napi::Error::New(env, std::string(op) + ": the model was disposed");
+    return *model_;
+  }
+
   void claim(const Options& options) {
+    if (!model_) options.error("the model was disposed");
     if (busy_->exchange(true)) {
       options.error("the model is busy with another call (await each call before the next)");
     }
@@ -153,7 +161,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
 
   Napi::Value Parameters(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const auto& params = model_->parameters();
+    const auto& params = live(env, "parameters").parameters();
     Napi::Array out = Napi::Array::New(env, params.size());
     for (size_t i = 0; i < params.size(); ++i) {
       Napi::Object p = Napi::Object::New(env);
@@ -167,10 +175,21 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     return out;
   }
 
-  Napi::Value MemoryPlan(const Napi::CallbackInfo& info) { return plan_object(info.Env(), model_->memory_plan()); }
+  Napi::Value MemoryPlan(const Napi::CallbackInfo& info) {
+    return plan_object(info.Env(), live(info.Env(), "memoryPlan").memory_plan());
+  }
 
   Napi::Value OptimizerStep(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), double(model_->optimizer_step()));
+    return Napi::Number::New(info.Env(), double(live(info.Env(), "optimizerStep").optimizer_step()));
+  }
+
+  // dispose(): frees the model's memory (host and device) now rather than whenever the garbage
+  // collector, which cannot see it, gets to the JS object; any later call is an error. Refused
+  // while a call runs (that call holds the model).
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    if (*busy_) throw Napi::Error::New(info.Env(), "dispose: the model is busy with another call (await it first)");
+    model_.reset();
+    return info.Env().Undefined();
   }
 
   // loadWeights({files: string[]}) -> Promise<{unexpected: string[]}>
@@ -346,11 +365,12 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                             void (Model::*read)(const model::ParameterSpec&, float*) const) {
     Options options(info, op);
     check_idle(options);
+    Model& model = live(info.Env(), op);
     Napi::Value out;
     run_sync(options, [&] {
-      const model::ParameterSpec& p = model_->parameter(options.string("name"));
+      const model::ParameterSpec& p = model.parameter(options.string("name"));
       Napi::Float32Array copy = Napi::Float32Array::New(info.Env(), p.numel);
-      ((*model_).*read)(p, copy.Data());
+      (model.*read)(p, copy.Data());
       out = copy;
     });
     return out;

@@ -78,6 +78,14 @@ struct CudaBuffers {
   float* clip_coefficient;
 };
 
+void HostFloats::allocate(size_t count, const char* what) {
+  data_.reset(static_cast<float*>(std::calloc(count, sizeof(float))));
+  ZN_CHECK(data_, "model: cannot allocate ", count * sizeof(float), " bytes of host memory for the offloaded ",
+           what);
+}
+
+void HostFloats::Free::operator()(float* p) const { std::free(p); }
+
 // Page-locked host memory: what cudaMemcpyAsync copies from and to without blocking the host.
 class PinnedBuffer {
  public:
@@ -388,9 +396,9 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
     allocate();
     if (offloads(options_)) {
       const size_t n = parameter_count(params_);
-      host_master_.assign(n, 0.0f);
-      host_m_.assign(n, 0.0f);
-      host_v_.assign(n, 0.0f);
+      host_master_.allocate(n, "master weights");
+      host_m_.allocate(n, "first moments");
+      host_v_.allocate(n, "second moments");
       staging_ = std::make_unique<OffloadStaging>(offload_chunk(n), dtype_size(act_dtype()));
     }
   } catch (...) {

@@ -45,6 +45,21 @@ struct CudaBuffers;
 struct CudaLayerActivations;
 struct OffloadStaging;
 
+// Zeroed host floats from calloc: the OS maps zero pages lazily, so 81 GiB of offloaded master
+// and moments cost nothing until written (a std::vector would zero every page up front).
+class HostFloats {
+ public:
+  void allocate(size_t count, const char* what);  // throws zn::Error naming the bytes
+  float* data() const { return data_.get(); }
+  bool empty() const { return !data_; }
+
+ private:
+  struct Free {
+    void operator()(float* p) const;
+  };
+  std::unique_ptr<float[], Free> data_;
+};
+
 class CudaMistralModel {
  public:
   // Builds on the current device; throws zn::Error stating the plan when it does not fit.
@@ -119,7 +134,7 @@ class CudaMistralModel {
   long step_ = 0;
 
   // offload_optimizer: the f32 master and moments (host), and the pinned copy buffers.
-  std::vector<float> host_master_, host_m_, host_v_;
+  HostFloats host_master_, host_m_, host_v_;
   std::unique_ptr<OffloadStaging> staging_;
 
   // The batch of the last forward() (host copies of what backward and next_token_logits need).

@@ -250,6 +250,7 @@ int main(int argc, char** argv) {
   if (checks) check::run_op_checks(report, stream, only, quick);
   if (checks) check::run_model_checks(report, only, quick);
   if (bench) check::run_benchmarks(report, stream, only);
+  if (bench) check::run_model_timing(report, only);
   std::printf("\nchecks: %d passed, %d failed\n", report.passes(), report.failures());
   cudaStreamDestroy(stream);
   return report.failures() ? 1 : 0;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +28,7 @@
 
 #ifdef ZN_CUDA_CHECK_CPU
 #include "core/bf16.h"
+#include "core/thread_pool.h"
 #include "kernels/cpu/dpo.h"
 #include "model/mistral.h"
 #include "model/mistral_cuda.h"
@@ -422,7 +424,174 @@ void check_errors(Report& report, const MistralConfig& c, const Batch& sft) {
   });
 }
 
+// ---- a DPO training step of the GPU model as the trainer runs it, timed by phase
+
+// Weights drawn uniformly with the standard deviation of HF's initializer_range (0.02), norms 1,
+// written as bf16 (what a Mistral-7B checkpoint holds). Filled in parallel from a counter-based
+// generator, so 7B parameters take seconds.
+void write_bf16_weights(const MistralConfig& c, const std::string& path) {
+  const std::vector<ParameterSpec> table = model::parameter_table(c);
+  std::vector<std::vector<bf16>> values(table.size());
+  std::vector<StTensorToWrite> tensors;
+  for (size_t t = 0; t < table.size(); ++t) {
+    const ParameterSpec& p = table[t];
+    values[t].resize(p.numel);
+    const bool norm = p.shape.size() == 1;
+    parallel_for(p.numel, size_t(1) << 16, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) {
+        uint64_t z = (uint64_t(t) << 40) + i + 0x9e3779b97f4a7c15ull;  // splitmix64
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        const float uniform = float(z >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;  // [-1, 1)
+        values[t][i] = f32_to_bf16(norm ? 1.0f : uniform * 0.02f * std::sqrt(3.0f));
+      }
+    });
+    tensors.push_back({p.name, StDType::BF16, p.shape, values[t].data()});
+  }
+  write_safetensors(path, tensors, {{"format", "pt"}});
+}
+
+// `pairs` chosen/rejected documents of `length` tokens (the first `prompt` untrained), packed.
+Batch dpo_documents(const MistralConfig& c, int pairs, int length, int prompt) {
+  std::vector<int> lengths(size_t(2 * pairs), length);
+  return packed_batch(lengths, prompt, c.vocab_size, std::max(0L, c.pad_token_id));
+}
+
+struct DpoStepTimes {
+  double reference_s = 0, forward_s = 0, backward_s = 0, optimizer_s = 0;
+  double total() const { return reference_s + forward_s + backward_s + optimizer_s; }
+};
+
+// One step as DpoObjective + the trainer run it: the reference's log-probs, zero_grad and the
+// policy's forward, the sigmoid DPO loss (beta 0.1) and its dlogp on the host, backward, then
+// clipping and AdamW at learning rate `lr`. Returns the loss; adds each phase's wall time to `times`.
+double dpo_step(CudaMistralModel& policy, CudaMistralModel& reference, const Batch& b, double lr,
+                DpoStepTimes& times) {
+  using clock = std::chrono::steady_clock;
+  auto seconds = [](clock::time_point from) { return std::chrono::duration<double>(clock::now() - from).count(); };
+  std::vector<float> ref_logp(b.ids.size()), logp(b.ids.size()), dlogp(b.ids.size(), 0.0f);
+  auto start = clock::now();
+  reference.logprobs(b.view(), ref_logp.data());
+  times.reference_s += seconds(start);
+  start = clock::now();
+  policy.zero_grad();
+  policy.forward(b.view(), logp.data());
+  times.forward_s += seconds(start);
+  const std::vector<float> pi = sequence_logps(b, logp), ref = sequence_logps(b, ref_logp);
+  const size_t pairs = pi.size() / 2;
+  std::vector<float> pc(pairs), pr(pairs), rc(pairs), rr(pairs), losses(pairs), dc(pairs), dr(pairs);
+  for (size_t i = 0; i < pairs; ++i) {
+    pc[i] = pi[2 * i], pr[i] = pi[2 * i + 1], rc[i] = ref[2 * i], rr[i] = ref[2 * i + 1];
+  }
+  const double loss = cpu::dpo_loss(long(pairs), cpu::DpoLossType::Sigmoid, kDpoBeta, 0.0f, pc.data(), pr.data(),
+                                    rc.data(), rr.data(), losses.data(), dc.data(), dr.data())
+                          .loss_mean;
+  for (size_t doc = 0; doc + 1 < b.cu.size(); ++doc) {
+    const float g = (doc % 2 == 0 ? dc[doc / 2] : dr[doc / 2]) / float(pairs);
+    for (int32_t t = b.cu[doc]; t < b.cu[doc + 1]; ++t)
+      if (b.targets[size_t(t)] != -100) dlogp[size_t(t)] = g;
+  }
+  start = clock::now();
+  policy.backward(dlogp.data(), long(dlogp.size()));
+  times.backward_s += seconds(start);
+  start = clock::now();
+  policy.clip_and_step({lr, 0.9, 0.999, 1e-8, 0.0, 1.0});
+  times.optimizer_s += seconds(start);
+  return loss;
+}
+
+// The models of a one-GPU DPO run: the policy in bf16 with gradient checkpointing and the
+// optimizer offloaded, the frozen bf16 reference; both from the same file.
+struct DpoModels {
+  CudaMistralModel policy, reference;
+  DpoModels(const MistralConfig& c, long tokens, const std::string& weights)
+      : policy(c, {Precision::BF16, tokens, true, true, true}), reference(c, {Precision::BF16, tokens, false, false}) {
+    policy.load_weights({weights});
+    reference.load_weights({weights});
+  }
+};
+
+// The tiny version, as a check: policy and reference start from the same bf16 weights through
+// two different layouts (offloaded trainable, frozen), so the first step's margins are exactly
+// zero and its loss is log 2; the steps after it must lower the loss on the same batch.
+void check_dpo_step(Report& report, const MistralConfig& c) {
+  guarded(report, "model", "DPO step, offloaded policy + frozen reference", [&] {
+    TempFile weights(".safetensors");
+    write_bf16_weights(c, weights.path);
+    const Batch b = dpo_documents(c, 2, 12, 4);
+    DpoModels m(c, long(b.ids.size()), weights.path);
+    DpoStepTimes times;
+    std::vector<double> losses;
+    for (int step = 0; step < 3; ++step) losses.push_back(dpo_step(m.policy, m.reference, b, 1e-3, times));
+    std::printf("     losses %.7f %.7f %.7f (log 2 = %.7f)\n", losses[0], losses[1], losses[2], std::log(2.0));
+    report.compare("model", "DPO step 1: loss is log 2 (policy == reference)", "log 2",
+                   std::fabs(losses[0] - std::log(2.0)), 1e-6);
+    report.compare("model", "DPO steps 2-3 lower the loss", "step 1", losses[2] < losses[1] && losses[1] < losses[0] ? 0 : 1,
+                   0);
+  });
+}
+
 }  // namespace
+
+// Mistral-7B, 4 pairs of 1024-token documents (256-token prompts): 8192 policy tokens, as
+// `zephyr-native bench --preset mistral-7b --mode dpo`. One warm-up step (it also faults in the
+// host's 81 GiB of master and moments), then two timed.
+void run_model_timing(Report& report, const std::string& only) {
+  if (!only.empty() && std::string("step7b").rfind(only, 0) != 0) return;
+  MistralConfig c;
+  c.vocab_size = 32000;
+  c.hidden_size = 4096;
+  c.intermediate_size = 14336;
+  c.num_layers = 32;
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.rms_norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+  c.sliding_window = 4096;
+  const std::string shape = "Mistral-7B DPO step, 4 pairs x 2 x 1024 tokens, bf16, ckpt, offloaded optimizer";
+  std::printf("\n== %s\n", shape.c_str());
+  guarded(report, "step7b", shape, [&] {
+    using clock = std::chrono::steady_clock;
+    auto start = clock::now();
+    TempFile weights(".safetensors");
+    write_bf16_weights(c, weights.path);
+    const double write_s = std::chrono::duration<double>(clock::now() - start).count();
+    const Batch b = dpo_documents(c, 4, 1024, 256);
+    const long tokens = long(b.ids.size());
+    size_t free_before = 0, total = 0;
+    ZN_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
+    start = clock::now();
+    DpoModels m(c, tokens, weights.path);
+    const double load_s = std::chrono::duration<double>(clock::now() - start).count();
+    std::printf("     random bf16 weights written in %.1f s, both models loaded in %.1f s\n", write_s, load_s);
+    const model::MemoryPlan pp = m.policy.memory_plan(), rp = m.reference.memory_plan();
+    std::printf("     plans: policy %.2f GiB on the device + %.2f GiB host, reference %.2f GiB\n",
+                double(pp.total()) / (1 << 30), double(pp.host) / (1 << 30), double(rp.total()) / (1 << 30));
+    DpoStepTimes warmup, timed;
+    dpo_step(m.policy, m.reference, b, 1e-6, warmup);
+    constexpr int kSteps = 2;
+    for (int s = 0; s < kSteps; ++s) dpo_step(m.policy, m.reference, b, 1e-6, timed);
+    size_t free_after = 0;
+    ZN_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
+    const double used_gib = double(free_before - free_after) / (1 << 30);
+    std::printf("     device memory taken by the two models: %.2f GiB of %.2f GiB; warm-up step %.2f s\n", used_gib,
+                double(total) / (1 << 30), warmup.total());
+    report.note("step7b_device_gib", std::to_string(used_gib));
+    // Model FLOPs (no recompute counted): 6 per parameter-token in the policy, 2 in the reference.
+    const double params = double(model::parameter_count(model::parameter_table(c)));
+    const double flops = 8.0 * params * double(tokens);
+    auto ms = [&](double s) { return 1e3 * s / kSteps; };
+    report.timing("step7b", "reference forward", "cuda", ms(timed.reference_s), 2.0 * params * double(tokens), 0);
+    report.timing("step7b", "policy forward", "cuda", ms(timed.forward_s), 2.0 * params * double(tokens), 0);
+    report.timing("step7b", "policy backward (recomputes each layer)", "cuda", ms(timed.backward_s),
+                  4.0 * params * double(tokens), 0);
+    report.timing("step7b", "clip + AdamW on the host (copies included)", "cuda+cpu", ms(timed.optimizer_s), 0, 0);
+    report.timing("step7b", "whole step", "cuda", ms(timed.total()), flops, 0);
+    std::printf("     step %.2f s: %.0f policy tokens/s\n", timed.total() / kSteps, tokens * kSteps / timed.total());
+  });
+}
 
 void run_model_checks(Report& report, const std::string& only, bool quick) {
   if (std::string("model").rfind(only, 0) != 0) return;  // --only: a prefix of the name, as the op checks
@@ -452,6 +621,7 @@ void run_model_checks(Report& report, const std::string& only, bool quick) {
   if (!quick) offloaded.push_back({"D64 tied (flash)", flash, Precision::BF16, false, true});
   for (const ModelCase& mc : offloaded) check_training(report, mc, sft, dpo);
   check_files(report, small, sft, true);
+  check_dpo_step(report, flash);
   unsetenv("ZN_OFFLOAD_CHUNK");
 }
 
@@ -460,6 +630,11 @@ void run_model_checks(Report& report, const std::string& only, bool quick) {
 void run_model_checks(Report&, const std::string& only, bool) {
   if (std::string("model").rfind(only, 0) != 0) return;
   std::printf("\n== model checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
+}
+
+void run_model_timing(Report&, const std::string& only) {
+  if (!only.empty() && std::string("step7b").rfind(only, 0) != 0) return;
+  std::printf("\n== Mistral-7B step skipped: the GPU model needs zn_core (built with ZN_CUDA_CHECK_CPU=ON)\n");
 }
 
 #endif
