@@ -167,7 +167,7 @@ export class MistralModel {
     return this.native.loadOptimizerState({ path });
   }
 
-  /** A copy of a parameter's f32 master weights. */
+  /** A copy of a parameter's f32 master weights (a frozen bf16 model holds only bf16 values: those, widened). */
   getParameter(name: string): Float32Array {
     return this.native.getParameter({ name });
   }

@@ -84,6 +84,17 @@ size_t parameter_count(const std::vector<ParameterSpec>& table) {
   return table.empty() ? 0 : table.back().offset + table.back().numel;
 }
 
+size_t norm_slots(const std::vector<ParameterSpec>& table, std::vector<size_t>* slots) {
+  size_t used = 0;
+  if (slots) slots->assign(table.size(), kNoSlot);
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (table[i].shape.size() != 1) continue;
+    if (slots) (*slots)[i] = used;
+    used += table[i].numel;
+  }
+  return used;
+}
+
 const ParameterSpec& find_parameter(const std::vector<ParameterSpec>& table, const std::string& name) {
   for (const ParameterSpec& p : table) {
     if (p.name == name) return p;
@@ -251,9 +262,11 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
 MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   c.validate();
   ZN_CHECK(o.max_tokens > 0, "model: maxTokens must be positive, got ", o.max_tokens);
-  const size_t params = parameter_count(parameter_table(c));
+  const std::vector<ParameterSpec> table = parameter_table(c);
+  const size_t params = parameter_count(table);
   MemoryPlan plan;
-  plan.weights = params * 4 + (o.precision == Precision::BF16 ? params * 2 : 0);
+  plan.weights = frozen_bf16(o) ? params * 2 + norm_slots(table, nullptr) * 4
+                                : params * 4 + (o.precision == Precision::BF16 ? params * 2 : 0);
   // An untied embedding's gradient is held by rows (model/row_gradient.h), with slots for one
   // micro-batch's tokens; gradient accumulation over new tokens adds rows beyond the plan.
   const size_t embed = size_t(c.vocab_size) * size_t(c.hidden_size);
@@ -325,7 +338,12 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   lm_head_ = index.lm_head;
 
   const size_t n = parameter_count(params_);
-  master_.assign(n, 0.0f);
+  const size_t norm_count = norm_slots(params_, &norm_slots_);
+  if (frozen_bf16(options_)) {
+    norms_.assign(norm_count, 0.0f);
+  } else {
+    master_.assign(n, 0.0f);
+  }
   if (options_.precision == Precision::BF16) weights_bf16_.assign(n, bf16{0});
   if (options_.trainable) {
     // The embedding is the table's first parameter, so the dense gradients of the others keep
@@ -371,8 +389,21 @@ MemoryPlan MistralModel::plan(const MistralConfig& config, const ModelOptions& o
   return plan_memory(config, options);
 }
 
+const float* MistralModel::master(const ParameterSpec& p) const {
+  ZN_CHECK(!master_.empty(), "model: a frozen bf16 model keeps no f32 master (read_master widens its weights)");
+  return master_.data() + p.offset;
+}
+
+// The f32 master, or for a frozen bf16 model its f32 norm weights and widened bf16 weights.
 void MistralModel::read_master(const ParameterSpec& p, float* out) const {
-  std::memcpy(out, master(p), p.numel * sizeof(float));
+  if (!master_.empty()) {
+    std::memcpy(out, master_.data() + p.offset, p.numel * sizeof(float));
+  } else if (norm_slots_[size_t(&p - params_.data())] != kNoSlot) {
+    std::memcpy(out, norm_weight(p), p.numel * sizeof(float));
+  } else {
+    const bf16* values = weights_bf16_.data() + p.offset;
+    for (size_t i = 0; i < p.numel; ++i) out[i] = bf16_to_f32(values[i]);
+  }
 }
 
 void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
@@ -396,8 +427,14 @@ const void* MistralModel::weight(const ParameterSpec& p) const {
   return master_.data() + p.offset;
 }
 
+const float* MistralModel::norm_weight(const ParameterSpec& p) const {
+  if (!master_.empty()) return master_.data() + p.offset;
+  return norms_.data() + norm_slots_[size_t(&p - params_.data())];
+}
+
 void MistralModel::refresh_bf16() {
-  if (options_.precision == Precision::BF16) to_bf16(master_.size(), master_.data(), weights_bf16_.data());
+  if (options_.precision == Precision::BF16 && !master_.empty())
+    to_bf16(master_.size(), master_.data(), weights_bf16_.data());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,7 +470,19 @@ std::vector<std::string> WeightFiles::unread() const {
 
 std::vector<std::string> MistralModel::load_weights(const std::vector<std::string>& files) {
   WeightFiles weights(files);
-  for (const ParameterSpec& p : params_) weights.read(p, master_.data() + p.offset);
+  std::vector<float> staging;
+  for (const ParameterSpec& p : params_) {
+    if (!master_.empty()) {
+      weights.read(p, master_.data() + p.offset);
+      continue;
+    }
+    // Frozen bf16: only the rounding is kept (and the norm weights in f32).
+    staging.resize(p.numel);
+    weights.read(p, staging.data());
+    to_bf16(p.numel, staging.data(), weights_bf16_.data() + p.offset);
+    const size_t slot = norm_slots_[size_t(&p - params_.data())];
+    if (slot != kNoSlot) std::memcpy(norms_.data() + slot, staging.data(), p.numel * sizeof(float));
+  }
   refresh_bf16();
   have_activations_ = false;
   return weights.unread();
@@ -446,7 +495,11 @@ void MistralModel::save_weights(const std::string& path, const std::vector<std::
   std::vector<StTensorToWrite> tensors;
   for (const std::string& name : names) {
     const ParameterSpec& p = parameter(name);
-    tensors.push_back({p.name, stored, p.shape, master_.data() + p.offset, StDType::F32});
+    if (!master_.empty() || p.shape.size() == 1) {
+      tensors.push_back({p.name, stored, p.shape, master_.empty() ? norm_weight(p) : master(p), StDType::F32});
+    } else {
+      tensors.push_back({p.name, stored, p.shape, weights_bf16_.data() + p.offset, StDType::BF16});
+    }
   }
   write_safetensors(path, tensors, metadata);
 }
@@ -541,7 +594,7 @@ void MistralModel::layer_forward(int l, const float* x, float* out, LayerActivat
   const long ffn = c.intermediate_size;
   const DType wdt = weight_dtype();
 
-  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, x, master(*p.input_norm), A.normed, a.rstd1);
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, x, norm_weight(*p.input_norm), A.normed, a.rstd1);
   linear_forward(N, d, qd, A.normed, weight(*p.q), wdt, 0.0f, a.q);
   linear_forward(N, d, kvd, A.normed, weight(*p.k), wdt, 0.0f, a.k);
   linear_forward(N, d, kvd, A.normed, weight(*p.v), wdt, 0.0f, a.v);
@@ -553,7 +606,7 @@ void MistralModel::layer_forward(int l, const float* x, float* out, LayerActivat
   float* h = out;  // the MLP adds its output to h in place
   attention_residual(l, x, a.attn, h);
 
-  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, h, master(*p.post_norm), A.normed, a.rstd2);
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, h, norm_weight(*p.post_norm), A.normed, a.rstd2);
   linear_forward(N, d, ffn, A.normed, weight(*p.gate), wdt, 0.0f, a.gate);
   linear_forward(N, d, ffn, A.normed, weight(*p.up), wdt, 0.0f, a.up);
   if (!need_output) return;  // recomputation for backward: out keeps h, backward recomputes act
@@ -569,7 +622,7 @@ void MistralModel::recompute_kv(int l, const float* x) {
   Activations& A = *acts_;
   const LayerActivations& a = A.layers[size_t(l)];
   const long N = tokens_, d = c.hidden_size, kvd = c.kv_dim();
-  cpu::rmsnorm_apply(N, d, x, master(*p.input_norm), a.rstd1, A.normed);
+  cpu::rmsnorm_apply(N, d, x, norm_weight(*p.input_norm), a.rstd1, A.normed);
   linear_forward(N, d, kvd, A.normed, weight(*p.k), weight_dtype(), 0.0f, a.k);
   linear_forward(N, d, kvd, A.normed, weight(*p.v), weight_dtype(), 0.0f, a.v);
   cpu::rope_forward(N, c.num_kv_heads, c.head_dim, c.rope_theta, position_ids_.data(), a.k);
@@ -583,7 +636,7 @@ void MistralModel::recompute_mlp_inputs(int l, const float* h) {
   Activations& A = *acts_;
   const LayerActivations& a = A.layers.back();
   const long N = tokens_, d = c.hidden_size, ffn = c.intermediate_size;
-  cpu::rmsnorm_apply(N, d, h, master(*p.post_norm), a.rstd2, A.normed);
+  cpu::rmsnorm_apply(N, d, h, norm_weight(*p.post_norm), a.rstd2, A.normed);
   linear_forward(N, d, ffn, A.normed, weight(*p.gate), weight_dtype(), 0.0f, a.gate);
   linear_forward(N, d, ffn, A.normed, weight(*p.up), weight_dtype(), 0.0f, a.up);
 }
@@ -607,7 +660,7 @@ void MistralModel::run_trunk(bool keep) {
   cpu::embedding_forward(N, d, c.vocab_size, input_ids_.data(), weight(*embed_), weight_dtype(),
                          residual(0));
   for (int l = 0; l < c.num_layers; ++l) layer_forward(l, residual(l), residual(l + 1), slot(l), true);
-  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, residual(c.num_layers), master(*final_norm_), A.normed,
+  cpu::rmsnorm_forward(N, d, c.rms_norm_eps, residual(c.num_layers), norm_weight(*final_norm_), A.normed,
                        A.final_rstd);
 }
 
@@ -667,10 +720,10 @@ void MistralModel::layer_backward(int l, const float* x, const float* h, float* 
   cpu::swiglu_forward(N * ffn, a.gate, a.up, A.act);
   linear_backward(N, ffn, d, A.act, dres, weight(*p.down), wdt, A.dact, 0.0f, grad(*p.down));
   cpu::swiglu_backward(N * ffn, a.gate, a.up, A.dact, a.gate, a.up);
-  cpu::rmsnorm_apply(N, d, h, master(*p.post_norm), a.rstd2, A.normed);
+  cpu::rmsnorm_apply(N, d, h, norm_weight(*p.post_norm), a.rstd2, A.normed);
   linear_backward(N, d, ffn, A.normed, a.gate, weight(*p.gate), wdt, A.dnorm, 0.0f, grad(*p.gate));
   linear_backward(N, d, ffn, A.normed, a.up, weight(*p.up), wdt, A.dnorm, 1.0f, grad(*p.up));
-  cpu::rmsnorm_backward(N, d, h, master(*p.post_norm), a.rstd2, A.dnorm, A.normed, grad(*p.post_norm));
+  cpu::rmsnorm_backward(N, d, h, norm_weight(*p.post_norm), a.rstd2, A.dnorm, A.normed, grad(*p.post_norm));
   add_into(size_t(N * d), A.normed, dres);  // now d loss / d h
 
   // Attention: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))); n1 recomputed likewise.
@@ -683,11 +736,11 @@ void MistralModel::layer_backward(int l, const float* x, const float* h, float* 
                           g.dq, g.dk, g.dv);
   cpu::rope_backward(N, c.num_heads, c.head_dim, c.rope_theta, position_ids_.data(), g.dq);
   cpu::rope_backward(N, c.num_kv_heads, c.head_dim, c.rope_theta, position_ids_.data(), g.dk);
-  cpu::rmsnorm_apply(N, d, x, master(*p.input_norm), a.rstd1, A.normed);
+  cpu::rmsnorm_apply(N, d, x, norm_weight(*p.input_norm), a.rstd1, A.normed);
   linear_backward(N, d, qd, A.normed, g.dq, weight(*p.q), wdt, A.dnorm, 0.0f, grad(*p.q));
   linear_backward(N, d, kvd, A.normed, g.dk, weight(*p.k), wdt, A.dnorm, 1.0f, grad(*p.k));
   linear_backward(N, d, kvd, A.normed, g.dv, weight(*p.v), wdt, A.dnorm, 1.0f, grad(*p.v));
-  cpu::rmsnorm_backward(N, d, x, master(*p.input_norm), a.rstd1, A.dnorm, A.normed, grad(*p.input_norm));
+  cpu::rmsnorm_backward(N, d, x, norm_weight(*p.input_norm), a.rstd1, A.dnorm, A.normed, grad(*p.input_norm));
   add_into(size_t(N * d), A.normed, dres);  // now d loss / d x
 }
 
@@ -707,7 +760,7 @@ void MistralModel::backward(const float* dlogp, long tokens) {
   validate_dlogp(dlogp, tokens_);
   const MistralConfig& c = config_;
   Activations& A = *acts_;
-  cpu::rmsnorm_apply(tokens_, c.hidden_size, A.residual[size_t(c.num_layers)], master(*final_norm_),
+  cpu::rmsnorm_apply(tokens_, c.hidden_size, A.residual[size_t(c.num_layers)], norm_weight(*final_norm_),
                      A.final_rstd, A.normed);
   const cpu::LogprobShape shape{tokens_, c.hidden_size, c.vocab_size};
   cpu::logprob_backward(shape, A.normed, weight(*lm_head_), weight_dtype(), targets_.data(),
@@ -736,7 +789,7 @@ void MistralModel::backward_trunk(const float* dnormed, bool top_mlp_overwritten
   Activations& A = *acts_;
   const long N = tokens_, d = c.hidden_size;
   const float* last = A.residual[size_t(c.num_layers)];
-  cpu::rmsnorm_backward(N, d, last, master(*final_norm_), A.final_rstd, dnormed, A.dres,
+  cpu::rmsnorm_backward(N, d, last, norm_weight(*final_norm_), A.final_rstd, dnormed, A.dres,
                         grad(*final_norm_));
   for (int l = c.num_layers - 1; l >= 0; --l) {
     const float* x = A.residual[size_t(l)];

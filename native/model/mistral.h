@@ -70,6 +70,13 @@ struct ParameterSpec {
 
 std::vector<ParameterSpec> parameter_table(const MistralConfig& config);
 size_t parameter_count(const std::vector<ParameterSpec>& table);  // total elements
+
+// A frozen bf16 model keeps no f32 master: the kernels read bf16 weights, and only the norm
+// weights (the 1-D parameters) stay f32, in a compact buffer. norm_slots gives each parameter's
+// offset there (kNoSlot for a matrix) and returns the buffer's length.
+constexpr size_t kNoSlot = ~size_t(0);
+size_t norm_slots(const std::vector<ParameterSpec>& table, std::vector<size_t>* slots);
+inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }
 const ParameterSpec& find_parameter(const std::vector<ParameterSpec>& table, const std::string& name);  // throws when unknown
 
 // Where each part of the model sits in a parameter table (pointers into that table).
@@ -86,7 +93,7 @@ ParameterIndex index_parameters(const MistralConfig& config, const std::vector<P
 
 // Bytes the model will allocate, by category, computable before allocating anything.
 struct MemoryPlan {
-  size_t weights = 0;        // f32 master (+ bf16 copy)
+  size_t weights = 0;        // f32 master (+ bf16 copy); frozen bf16: bf16 weights + f32 norms
   size_t grads = 0;          // f32 gradients
   size_t optimizer = 0;      // AdamW moments (f32 m and v)
   size_t activations = 0;    // the activation arena (saved activations + backward scratch)
@@ -180,7 +187,8 @@ class MistralModel {
   static MemoryPlan plan(const MistralConfig& config, const ModelOptions& options);
   const std::vector<ParameterSpec>& parameters() const { return params_; }
   const ParameterSpec& parameter(const std::string& name) const;  // throws when unknown
-  const float* master(const ParameterSpec& p) const { return master_.data() + p.offset; }
+  // The f32 master values (not held by a frozen bf16 model: read_master widens its bf16 values).
+  const float* master(const ParameterSpec& p) const;
   // Copies of one parameter's f32 master values / gradient (numel floats), the accessors the
   // CUDA model shares (its buffers live on the device).
   void read_master(const ParameterSpec& p, float* out) const;
@@ -233,6 +241,7 @@ class MistralModel {
   void layer_backward(int l, const float* x, const float* h, float* dres);
   void refresh_bf16();
   const void* weight(const ParameterSpec& p) const;
+  const float* norm_weight(const ParameterSpec& p) const;  // f32 in every mode
   DType weight_dtype() const;
   float* grad(const ParameterSpec& p);  // dense gradients only (not an untied embedding's)
   bool has_row_gradient(const ParameterSpec& p) const;
@@ -247,8 +256,10 @@ class MistralModel {
   const ParameterSpec* final_norm_ = nullptr;
   const ParameterSpec* lm_head_ = nullptr;  // == embed_ when tied
 
-  std::vector<float> master_;
+  std::vector<float> master_;       // all but a frozen bf16 model
   std::vector<bf16> weights_bf16_;  // bf16 mode only
+  std::vector<float> norms_;        // frozen bf16: the norm weights, at norm_slots_
+  std::vector<size_t> norm_slots_;  // by parameter index
   std::vector<float> grads_;        // trainable only; all but a row-held embedding's
   std::unique_ptr<RowGradient> embed_grad_;  // trainable with untied embeddings
   std::vector<int32_t> embed_slots_;         // each token's slot in embed_grad_

@@ -144,21 +144,6 @@ bool offloads(const ModelOptions& o) { return o.trainable && o.offload_optimizer
 // in bf16 mode only for a trainable model that steps on the device.
 bool device_master(const ModelOptions& o) { return o.precision == Precision::F32 || (o.trainable && !offloads(o)); }
 
-constexpr size_t kNoSlot = ~size_t(0);
-
-// Places of the norm weights (the 1-D parameters) in the compact f32 buffer the device keeps
-// when it holds no master: by parameter index, kNoSlot for the matrices. Returns their count.
-size_t norm_slots(const std::vector<ParameterSpec>& params, std::vector<size_t>* slots) {
-  size_t used = 0;
-  if (slots) slots->assign(params.size(), kNoSlot);
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (params[i].shape.size() != 1) continue;
-    if (slots) (*slots)[i] = used;
-    used += params[i].numel;
-  }
-  return used;
-}
-
 // offload_optimizer moves the gradient down and the compute weights up in chunks of this many
 // elements (64 MiB of f32), through two pinned gradient buffers and one pinned weight buffer.
 // ZN_OFFLOAD_CHUNK (elements) overrides it: the device check uses an odd size so that chunks

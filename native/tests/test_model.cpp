@@ -472,6 +472,50 @@ ZN_TEST("model.bf16_mode_stays_close_to_float64") {
   test::expect_close(run_logp(*model, b, true), reference_logp(c, P, b), 2e-2, "bf16 logp");
 }
 
+// A frozen bf16 model keeps bf16 weights and f32 norms only: the trainable bf16 model's
+// log-probs bit for bit (both compute from the same rounding), parameters read back as that
+// rounding (norms exact), 2 bytes a parameter plus the norms in the plan, and a save that
+// reloads unchanged.
+ZN_TEST("model.frozen_bf16_keeps_only_the_rounded_weights") {
+  for (bool tied : {true, false}) {
+    const MistralConfig c = tiny_config(tied);
+    const Params P = random_params(c);
+    const Batch b = random_batch(c, {8, 5});
+    ModelOptions o;
+    o.max_tokens = 16;
+    o.precision = Precision::BF16;
+    auto trainable = make_model(c, P, o);
+    o.trainable = false;
+    auto frozen = make_model(c, P, o);
+    const std::vector<float> want = run_logp(*trainable, b, false), got = run_logp(*frozen, b, false);
+    EXPECT(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)) == 0, "frozen logp differs");
+    size_t params = 0, norms = 0;
+    for (const ParameterSpec& p : frozen->parameters()) {
+      const bool norm = p.shape.size() == 1;
+      params += p.numel;
+      norms += norm ? p.numel : 0;
+      std::vector<float> read(p.numel);
+      frozen->read_master(p, read.data());
+      for (size_t i = 0; i < p.numel; ++i) {
+        const float value = float(P.at(p.name)[i]);
+        const float expected = norm ? value : bf16_to_f32(f32_to_bf16(value));
+        EXPECT(std::memcmp(&read[i], &expected, sizeof(float)) == 0, p.name, "[", i, "]: ", read[i], " vs ", expected);
+      }
+    }
+    EXPECT(frozen->memory_plan().weights == params * 2 + norms * 4, frozen->memory_plan().weights);
+    EXPECT(frozen->memory_plan().weights < trainable->memory_plan().weights / 2);
+
+    TempFile saved(".safetensors");
+    std::vector<std::string> names;
+    for (const ParameterSpec& p : frozen->parameters()) names.push_back(p.name);
+    frozen->save_weights(saved.path, names, SaveDType::F32, {});
+    MistralModel again(c, o);
+    again.load_weights({saved.path});
+    const std::vector<float> reloaded = run_logp(again, b, false);
+    EXPECT(std::memcmp(reloaded.data(), got.data(), got.size() * sizeof(float)) == 0, "reloaded logp differs");
+  }
+}
+
 ZN_TEST("model.optimizer_decays_all_but_norms_and_clips_like_torch") {
   const MistralConfig c = tiny_config(false);
   const Params P = random_params(c);
