@@ -10,9 +10,15 @@
 // fresh mapping and its page faults per call, is well under 1 ms per MiB against steps of
 // seconds).
 #pragma once
+#include <cstddef>
 
 namespace zn {
 
 void return_large_blocks_to_os();
+
+// Host memory a new allocation can take without swapping or meeting the OOM killer: the
+// kernel's MemAvailable (/proc/meminfo), capped by a cgroup v2 limit (memory.max less
+// memory.current) when the process runs in one. 0 when neither can be read (not Linux).
+size_t available_host_memory();
 
 }  // namespace zn

@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 
 #include "core/errors.h"
+#include "core/memory.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
@@ -287,6 +289,26 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   return plan;
 }
 
+std::string gib(size_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f GiB", double(bytes) / double(size_t(1) << 30));
+  return text;
+}
+
+std::string plan_breakdown(const MemoryPlan& plan, const ModelOptions& o) {
+  return "weights " + gib(plan.weights) + " + grads " + gib(plan.grads) + " + optimizer " +
+         gib(plan.optimizer) + " + activations " + gib(plan.activations) + " + workspaces " +
+         gib(plan.logits_chunks) + " (maxTokens " + std::to_string(o.max_tokens) + ", dtype " +
+         (o.precision == Precision::BF16 ? "bf16" : "f32") + ", gradientCheckpointing " +
+         (o.gradient_checkpointing ? "on" : "off") + ")";
+}
+
+void check_host_memory(size_t needed, const std::string& what, const std::string& advice) {
+  const size_t available = available_host_memory();
+  ZN_CHECK(available == 0 || needed <= available, "model: ", what, " needs ", gib(needed),
+           " of host memory, and ", gib(available), " is available; try ", advice);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Small helpers: linear layers over the GEMM, elementwise copies and adds.
 
@@ -330,6 +352,14 @@ void to_bf16(size_t n, const float* from, bf16* to) {
 MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& options)
     : config_(config), options_(options) {
   plan_ = plan_memory(config_, options_);
+  std::string advice;
+  if (options_.trainable && !options_.gradient_checkpointing) {
+    ModelOptions checkpointed = options_;
+    checkpointed.gradient_checkpointing = true;
+    advice = "gradientCheckpointing: true (activations " + gib(plan_memory(config_, checkpointed).activations) + "), ";
+  }
+  check_host_memory(plan_.total(), "the memory plan (" + plan_breakdown(plan_, options_) + ")",
+                    advice + "a smaller maxTokens, or the GPU backend (device: 'cuda')");
   params_ = parameter_table(config_);
   const ParameterIndex index = index_parameters(config_, params_);
   layers_ = index.layers;

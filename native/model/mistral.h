@@ -107,6 +107,15 @@ struct MemoryPlan {
 
 MemoryPlan plan_memory(const MistralConfig& config, const ModelOptions& options);
 
+// The words every memory-plan error uses: "weights .. + grads .. + optimizer .. + activations ..
+// + workspaces .. (maxTokens N, dtype D, gradientCheckpointing on|off)".
+std::string gib(size_t bytes);
+std::string plan_breakdown(const MemoryPlan& plan, const ModelOptions& options);
+// Refuses (zn::Error) when `needed` bytes exceed the host memory available now (core/memory.h),
+// rather than letting the OOM killer end the process mid-run: "model: <what> needs <needed> of
+// host memory, and <available> is available; try <advice>". No check where that is unknown.
+void check_host_memory(size_t needed, const std::string& what, const std::string& advice);
+
 // A packed micro-batch (lib/data/batch.ts TokenBatch): documents laid end to end.
 struct TokenBatchView {
   long tokens = 0;

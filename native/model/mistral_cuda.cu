@@ -269,12 +269,6 @@ MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, Cud
   return plan;
 }
 
-std::string gib(size_t bytes) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.2f GiB", double(bytes) / double(size_t(1) << 30));
-  return text;
-}
-
 // What the CUDA libraries allocate beside the arena (cuBLASLt's 32 MiB workspace and handle,
 // the id-check scratch): kept free so that the first GEMM does not run out.
 constexpr size_t kLibraryReserve = size_t(256) << 20;
@@ -298,11 +292,7 @@ constexpr size_t kLibraryReserve = size_t(256) << 20;
   advice += "a smaller maxTokens (activations and workspaces scale with it)";
   if (o.precision == Precision::F32) advice += ", dtype bf16";
   fail("model: the memory plan does not fit on GPU ", device.index, " (", device.name, ")", why,
-       ": it needs ", gib(plan.total()), " = weights ", gib(plan.weights), " + grads ", gib(plan.grads),
-       " + optimizer ", gib(plan.optimizer), " + activations ", gib(plan.activations),
-       " + workspaces ", gib(plan.logits_chunks), " (maxTokens ", o.max_tokens, ", dtype ",
-       o.precision == Precision::BF16 ? "bf16" : "f32", ", gradientCheckpointing ",
-       o.gradient_checkpointing ? "on" : "off", ") plus about ", gib(kLibraryReserve),
+       ": it needs ", gib(plan.total()), " = ", plan_breakdown(plan, o), " plus about ", gib(kLibraryReserve),
        " for the CUDA libraries, and the device has ", gib(device.free_memory), " free of ",
        gib(device.total_memory), "; try ", advice);
 }
@@ -376,6 +366,10 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
   norm_slots(params_, &norm_slots_);
   cuda::device_count();  // a readable error when there is no GPU or driver
   ZN_CUDA_CHECK(cudaGetDevice(&device_));
+  if (offloads(options_)) {
+    check_host_memory(plan_.host, "offloadOptimizer (the f32 master, the AdamW moments and the copy buffers)",
+                      "a machine with more host memory, or offloadOptimizer: false where the device holds them");
+  }
   try {
     ZN_CUDA_CHECK(cudaStreamCreate(&stream_));
     allocate();

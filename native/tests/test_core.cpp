@@ -1,7 +1,11 @@
+#include <unistd.h>
+
 #include <atomic>
+#include <cmath>
 #include <stdexcept>
 
 #include "core/bf16.h"
+#include "core/memory.h"
 #include "core/thread_pool.h"
 #include "harness.h"
 
@@ -45,4 +49,13 @@ ZN_TEST("core.parallel_for_rethrows_task_errors") {
   std::atomic<size_t> total{0};
   parallel_for(1000, 1, [&](size_t begin, size_t end) { total += end - begin; });
   EXPECT(total == 1000);
+}
+
+// On Linux the kernel reports it: more than nothing, and no more than the machine's RAM.
+ZN_TEST("core.available_host_memory_is_within_physical_memory") {
+#if defined(__linux__)
+  const size_t physical = size_t(sysconf(_SC_PHYS_PAGES)) * size_t(sysconf(_SC_PAGESIZE));
+  const size_t available = available_host_memory();
+  EXPECT(available > 0 && available <= physical, "available ", available, ", physical ", physical);
+#endif
 }

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/memory.h"
 #include "harness.h"
 #include "kernels/cpu/adamw.h"
 #include "model/mistral.h"
@@ -616,4 +617,13 @@ ZN_TEST("model.bad_batches_and_configs_are_errors_naming_the_field") {
   b = random_batch(c, {9});
   expect_error([&] { model.forward(b.view(), logp.data()); }, "more than maxTokens 8");
   expect_error([&] { model.backward(logp.data(), 4); }, "needs a forward() first");
+
+  // A plan larger than the host's memory is refused before allocating, naming the plan.
+  if (available_host_memory() > 0) {
+    ModelOptions huge;
+    huge.max_tokens = 1L << 40;
+    for (const std::string needle : {"the memory plan (weights ", " + activations ", "maxTokens 1099511627776",
+                                     "of host memory, and ", "is available", "gradientCheckpointing: true"})
+      expect_error([&] { MistralModel impossible(c, huge); }, needle);
+  }
 }
