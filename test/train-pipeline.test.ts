@@ -16,6 +16,7 @@ import { ultrachatRows, ultrafeedbackRows } from '../lib/demo/teacher.js';
 import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { writeRows } from '../lib/data/writers.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
+import { MistralModel } from '../lib/model/model.js';
 import { packageRoot } from '../lib/native.js';
 import * as library from '../lib/index.js';
 import { dpo, sft as sft_, train } from '../lib/train/api.js';
@@ -105,8 +106,22 @@ describe('training pipeline', () => {
       learning_rate: 1e-3,
       save_strategy: 'no',
     };
-    await dpo({ ...recipe, output_dir: join(work, 'live') }, { progress: 'silent' });
-    await dpo({ ...recipe, output_dir: join(work, 'pre'), precompute_ref_log_probs: true }, { progress: 'silent' });
+    // Every model a stage loads is disposed by the time it returns: policy and reference (live),
+    // policy and the precomputing reference.
+    const disposed = new Set<MistralModel>();
+    const dispose = MistralModel.prototype.dispose;
+    MistralModel.prototype.dispose = function (this: MistralModel) {
+      disposed.add(this);
+      dispose.call(this);
+    };
+    try {
+      await dpo({ ...recipe, output_dir: join(work, 'live') }, { progress: 'silent' });
+      assert.equal(disposed.size, 2, 'live: policy and reference disposed');
+      await dpo({ ...recipe, output_dir: join(work, 'pre'), precompute_ref_log_probs: true }, { progress: 'silent' });
+      assert.equal(disposed.size, 4, 'precomputed: policy and the precomputing reference disposed');
+    } finally {
+      MistralModel.prototype.dispose = dispose;
+    }
     const live = history(join(work, 'live')).filter((e) => 'loss' in e);
     const pre = history(join(work, 'pre')).filter((e) => 'loss' in e);
     assert.equal(pre.length, 3);

@@ -424,16 +424,14 @@ const float* MistralModel::master(const ParameterSpec& p) const {
   return master_.data() + p.offset;
 }
 
-// The f32 master, or for a frozen bf16 model its f32 norm weights and widened bf16 weights.
+// The f32 values, or a frozen bf16 model's bf16 weights widened.
 void MistralModel::read_master(const ParameterSpec& p, float* out) const {
-  if (!master_.empty()) {
-    std::memcpy(out, master_.data() + p.offset, p.numel * sizeof(float));
-  } else if (norm_slots_[size_t(&p - params_.data())] != kNoSlot) {
-    std::memcpy(out, norm_weight(p), p.numel * sizeof(float));
-  } else {
-    const bf16* values = weights_bf16_.data() + p.offset;
-    for (size_t i = 0; i < p.numel; ++i) out[i] = bf16_to_f32(values[i]);
+  if (const float* values = f32_values(p)) {
+    std::memcpy(out, values, p.numel * sizeof(float));
+    return;
   }
+  const bf16* values = weights_bf16_.data() + p.offset;
+  for (size_t i = 0; i < p.numel; ++i) out[i] = bf16_to_f32(values[i]);
 }
 
 void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
@@ -457,9 +455,9 @@ const void* MistralModel::weight(const ParameterSpec& p) const {
   return master_.data() + p.offset;
 }
 
-const float* MistralModel::norm_weight(const ParameterSpec& p) const {
+const float* MistralModel::f32_values(const ParameterSpec& p) const {
   if (!master_.empty()) return master_.data() + p.offset;
-  return norms_.data() + norm_slots_[size_t(&p - params_.data())];
+  return norm_slot(p) == kNoSlot ? nullptr : norms_.data() + norm_slot(p);
 }
 
 void MistralModel::refresh_bf16() {
@@ -510,8 +508,7 @@ std::vector<std::string> MistralModel::load_weights(const std::vector<std::strin
     staging.resize(p.numel);
     weights.read(p, staging.data());
     to_bf16(p.numel, staging.data(), weights_bf16_.data() + p.offset);
-    const size_t slot = norm_slots_[size_t(&p - params_.data())];
-    if (slot != kNoSlot) std::memcpy(norms_.data() + slot, staging.data(), p.numel * sizeof(float));
+    if (norm_slot(p) != kNoSlot) std::memcpy(norms_.data() + norm_slot(p), staging.data(), p.numel * sizeof(float));
   }
   refresh_bf16();
   have_activations_ = false;
@@ -525,8 +522,8 @@ void MistralModel::save_weights(const std::string& path, const std::vector<std::
   std::vector<StTensorToWrite> tensors;
   for (const std::string& name : names) {
     const ParameterSpec& p = parameter(name);
-    if (!master_.empty() || p.shape.size() == 1) {
-      tensors.push_back({p.name, stored, p.shape, master_.empty() ? norm_weight(p) : master(p), StDType::F32});
+    if (const float* values = f32_values(p)) {
+      tensors.push_back({p.name, stored, p.shape, values, StDType::F32});
     } else {
       tensors.push_back({p.name, stored, p.shape, weights_bf16_.data() + p.offset, StDType::BF16});
     }

@@ -250,7 +250,11 @@ class MistralModel {
   void layer_backward(int l, const float* x, const float* h, float* dres);
   void refresh_bf16();
   const void* weight(const ParameterSpec& p) const;
-  const float* norm_weight(const ParameterSpec& p) const;  // f32 in every mode
+  // A parameter's f32 values: the master, or a frozen bf16 model's norm weights; null for a
+  // frozen bf16 model's matrices (bf16 only).
+  const float* f32_values(const ParameterSpec& p) const;
+  const float* norm_weight(const ParameterSpec& p) const { return f32_values(p); }  // f32 in every mode
+  size_t norm_slot(const ParameterSpec& p) const { return norm_slots_[size_t(&p - params_.data())]; }
   DType weight_dtype() const;
   float* grad(const ParameterSpec& p);  // dense gradients only (not an untied embedding's)
   bool has_row_gradient(const ParameterSpec& p) const;
