@@ -21,7 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$PWD/out/device-check}
-build=${ZN_DEVICE_BUILD:-build-device}
+build=$(realpath -m "${ZN_DEVICE_BUILD:-build-device}")  # absolute: the node part runs from here too
 budget=${ZN_DEVICE_BUDGET:-540}
 jobs=${ZN_JOBS:-$(nproc)}
 mkdir -p "$out" "$build/results"
@@ -135,7 +135,7 @@ fi
 # CPU addon (test/cuda-model.test.ts, test/cuda-addon.test.ts), then the user's bench command.
 if [[ $with_node == ON ]]; then
   step "the package on the GPU: model and trainer steps against the CPU, zephyr-native bench"
-  export ZN_ADDON_PATH=$PWD/$build/Release/zn_cpu.node ZN_CUDA_ADDON=$PWD/$build/cuda/zn_cuda.node
+  export ZN_ADDON_PATH=$build/Release/zn_cpu.node ZN_CUDA_ADDON=$build/cuda/zn_cuda.node
   if part "build addons" 180 cmake --build "$build" -j "$jobs" --target zn_cpu zn_cuda >>"$out/build.log" 2>&1 &&
     part "tsc" 60 node node_modules/typescript/bin/tsc -p tsconfig.json; then
     part "node tests on the GPU" 150 node --test --test-concurrency=1 dist/test/cuda-model.test.js dist/test/cuda-addon.test.js
