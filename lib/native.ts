@@ -56,6 +56,12 @@ export interface NativeAddon {
   info(): AddonInfo;
   /** Self-check of the thread pool and the async path: sum of x^2 in f64. */
   sumOfSquares(options: { values: Float32Array }): Promise<number>;
+  /**
+   * N(0, std^2) draws (native/core/random.h), counter-based: element i of (seed, stream) is the
+   * same however the work is split. For initialising weights.
+   */
+  randomNormal(options: { count: number; seed: number; stream?: number; std: number; dtype?: 'f32' }): Promise<Float32Array>;
+  randomNormal(options: { count: number; seed: number; stream?: number; std: number; dtype: 'bf16' }): Promise<Uint16Array>;
   /** The fused DPO loss (native/kernels/cpu/dpo.h): per-pair losses, gradients, TRL metrics. */
   dpoLoss(options: DpoLossOptions): DpoLossResult;
   /** A safetensors file's validated header: tensors in file order, and `__metadata__`. */

@@ -15,6 +15,7 @@ import {
   weightsIndexJson,
   type TensorPlan,
 } from '../lib/model/folder.js';
+import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { mistralParameterShapes } from '../lib/model/parameters.js';
 import { loadNative } from '../lib/native.js';
 
@@ -313,5 +314,44 @@ describe('model folders: bad folders', () => {
       () => readCheckpointWeights(dir, addon),
       /readSafetensorsHeader: safetensors file '.*model.safetensors': tensor 'model.layers.0.self_attn.rotary_emb.inv_freq': data_offsets \[\d+, \d+\] run past the end of the data/,
     );
+  });
+});
+
+describe('model folders: random initialisation', () => {
+  it("writes HF's init: norms 1, the pad row 0, matrices ~ N(0, initializer_range^2); seeded; bfloat16 is the f32 values rounded", async () => {
+    const config = mistralConfig({
+      vocab_size: 512, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2, num_attention_heads: 4,
+      num_key_value_heads: 2, initializer_range: 0.02, pad_token_id: 3, tie_word_embeddings: false,
+    });
+    const [a, b, c, half] = [tempDir(), tempDir(), tempDir(), tempDir()];
+    await writeRandomModel(a, config, { seed: 7 });
+    await writeRandomModel(b, config, { seed: 7 });
+    await writeRandomModel(c, config, { seed: 8 });
+    await writeRandomModel(half, config, { seed: 7, dtype: 'bfloat16' });
+    assert.equal(readMistralConfig(half).dtype, 'bfloat16');
+    const file = (dir: string) => join(dir, 'model.safetensors');
+    for (const { name, shape } of mistralParameterShapes(config)) {
+      const values = await addon.readTensor({ path: file(a), name, dtype: 'f32' });
+      assert.equal(values.length, shape.reduce((x, y) => x * y, 1), name);
+      assert.deepEqual(await addon.readTensor({ path: file(b), name, dtype: 'f32' }), values, `${name}: same seed`);
+      assert.deepEqual(await addon.readTensor({ path: file(half), name, dtype: 'bf16' }), await addon.readTensor({ path: file(a), name, dtype: 'bf16' }), `${name}: bf16`);
+      if (name.endsWith('norm.weight')) {
+        assert.ok(values.every((x) => x === 1), name);
+        continue;
+      }
+      const other = await addon.readTensor({ path: file(c), name, dtype: 'f32' });
+      assert.ok(other.some((x, i) => x !== values[i]), `${name}: another seed, other values`);
+      let drawn = Array.from(values);
+      if (name === 'model.embed_tokens.weight') {
+        assert.ok(values.subarray(3 * 64, 4 * 64).every((x) => x === 0), 'pad row');
+        drawn = drawn.filter((_, i) => i < 3 * 64 || i >= 4 * 64);
+      }
+      // Sample standard deviation within 5 standard errors (sd of s ~ sigma / sqrt(2n)).
+      const n = drawn.length;
+      const mean = drawn.reduce((s, x) => s + x, 0) / n;
+      const sd = Math.sqrt(drawn.reduce((s, x) => s + (x - mean) ** 2, 0) / n);
+      assert.ok(Math.abs(sd - 0.02) < (5 * 0.02) / Math.sqrt(2 * n), `${name}: sd ${sd}`);
+      assert.ok(Math.abs(mean) < (5 * 0.02) / Math.sqrt(n), `${name}: mean ${mean}`);
+    }
   });
 });

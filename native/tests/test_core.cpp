@@ -1,11 +1,14 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <stdexcept>
+#include <vector>
 
 #include "core/bf16.h"
 #include "core/memory.h"
+#include "core/random.h"
 #include "core/thread_pool.h"
 #include "harness.h"
 
@@ -58,4 +61,43 @@ ZN_TEST("core.available_host_memory_is_within_physical_memory") {
   const size_t available = available_host_memory();
   EXPECT(available > 0 && available <= physical, "available ", available, ", physical ", physical);
 #endif
+}
+
+// Normal draws: the moments and the one-sigma mass of N(0, std^2) within a few standard errors
+// over 2^20 draws; a prefix of a longer fill equals the shorter fill (counter-based, so chunking
+// and thread count cannot matter); streams and seeds differ; bf16 is the rounding of f32.
+ZN_TEST("core.fill_normal_draws_seeded_normals") {
+  const size_t n = size_t(1) << 20;
+  const double sigma = 0.02;
+  std::vector<float> a(n), prefix(n / 3 + 7), other(64), reseeded(64);
+  fill_normal(n, 42, 5, sigma, a.data());
+  double sum = 0, squares = 0;
+  size_t within = 0;
+  for (float x : a) {
+    sum += x;
+    squares += double(x) * x;
+    within += std::fabs(x) < sigma;
+  }
+  const double mean = sum / double(n), var = squares / double(n) - mean * mean;
+  EXPECT(std::fabs(mean) < 5 * sigma / std::sqrt(double(n)), "mean ", mean);
+  // Var of the sample variance of a normal: 2 sigma^4 / n.
+  EXPECT(std::fabs(var - sigma * sigma) < 5 * std::sqrt(2.0 / double(n)) * sigma * sigma, "variance ", var);
+  const double p = std::erf(1 / std::sqrt(2.0));  // 0.6827
+  EXPECT(std::fabs(double(within) / double(n) - p) < 5 * std::sqrt(p * (1 - p) / double(n)), "mass ", within);
+
+  fill_normal(prefix.size(), 42, 5, sigma, prefix.data());
+  EXPECT(std::equal(prefix.begin(), prefix.end(), a.begin()));
+  fill_normal(other.size(), 42, 6, sigma, other.data());
+  fill_normal(reseeded.size(), 43, 5, sigma, reseeded.data());
+  size_t same_stream = 0, same_seed = 0;
+  for (size_t i = 0; i < other.size(); ++i) {
+    same_stream += other[i] == a[i];
+    same_seed += reseeded[i] == a[i];
+  }
+  EXPECT(same_stream == 0 && same_seed == 0, same_stream, " ", same_seed);
+
+  std::vector<bf16> rounded(prefix.size());
+  fill_normal(rounded.size(), 42, 5, sigma, rounded.data());
+  for (size_t i = 0; i < rounded.size(); ++i)
+    EXPECT(rounded[i].bits == f32_to_bf16(a[i]).bits, "bf16 [", i, "]");
 }
