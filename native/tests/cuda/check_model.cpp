@@ -28,7 +28,7 @@
 
 #ifdef ZN_CUDA_CHECK_CPU
 #include "core/bf16.h"
-#include "core/thread_pool.h"
+#include "core/random.h"
 #include "kernels/cpu/dpo.h"
 #include "model/mistral.h"
 #include "model/mistral_cuda.h"
@@ -426,9 +426,8 @@ void check_errors(Report& report, const MistralConfig& c, const Batch& sft) {
 
 // ---- a DPO training step of the GPU model as the trainer runs it, timed by phase
 
-// Weights drawn uniformly with the standard deviation of HF's initializer_range (0.02), norms 1,
-// written as bf16 (what a Mistral-7B checkpoint holds). Filled in parallel from a counter-based
-// generator, so 7B parameters take seconds.
+// HF's initialisation (N(0, 0.02^2) matrices, norms 1) in bf16, what a Mistral-7B checkpoint
+// holds; core/random.h draws 7B parameters in seconds.
 void write_bf16_weights(const MistralConfig& c, const std::string& path) {
   const std::vector<ParameterSpec> table = model::parameter_table(c);
   std::vector<std::vector<bf16>> values(table.size());
@@ -436,17 +435,11 @@ void write_bf16_weights(const MistralConfig& c, const std::string& path) {
   for (size_t t = 0; t < table.size(); ++t) {
     const ParameterSpec& p = table[t];
     values[t].resize(p.numel);
-    const bool norm = p.shape.size() == 1;
-    parallel_for(p.numel, size_t(1) << 16, [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; ++i) {
-        uint64_t z = (uint64_t(t) << 40) + i + 0x9e3779b97f4a7c15ull;  // splitmix64
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        z ^= z >> 31;
-        const float uniform = float(z >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f;  // [-1, 1)
-        values[t][i] = f32_to_bf16(norm ? 1.0f : uniform * 0.02f * std::sqrt(3.0f));
-      }
-    });
+    if (p.shape.size() == 1) {
+      std::fill(values[t].begin(), values[t].end(), f32_to_bf16(1.0f));
+    } else {
+      fill_normal(p.numel, 0, t, 0.02, values[t].data());
+    }
     tensors.push_back({p.name, StDType::BF16, p.shape, values[t].data()});
   }
   write_safetensors(path, tensors, {{"format", "pt"}});
