@@ -149,6 +149,28 @@ std::vector<float> sequence_logps(const Batch& b, const std::vector<float>& logp
 
 constexpr float kDpoBeta = 0.1f;
 
+// The sigmoid DPO loss (beta 0.1) of a batch whose documents alternate chosen, rejected, from
+// the policy's per-token logp and the reference's per-document sums; writes d loss / d logp
+// (mean over pairs) into dlogp's targeted tokens and returns the loss.
+double dpo_loss_and_dlogp(const Batch& b, const std::vector<float>& logp, const std::vector<float>& ref,
+                          std::vector<float>& dlogp) {
+  const std::vector<float> pi = sequence_logps(b, logp);
+  const size_t pairs = pi.size() / 2;
+  std::vector<float> pc(pairs), pr(pairs), rc(pairs), rr(pairs), losses(pairs), dc(pairs), dr(pairs);
+  for (size_t i = 0; i < pairs; ++i) {
+    pc[i] = pi[2 * i], pr[i] = pi[2 * i + 1], rc[i] = ref[2 * i], rr[i] = ref[2 * i + 1];
+  }
+  const double loss = cpu::dpo_loss(long(pairs), cpu::DpoLossType::Sigmoid, kDpoBeta, 0.0f, pc.data(), pr.data(),
+                                    rc.data(), rr.data(), losses.data(), dc.data(), dr.data())
+                          .loss_mean;
+  for (size_t doc = 0; doc + 1 < b.cu.size(); ++doc) {
+    const float g = (doc % 2 == 0 ? dc[doc / 2] : dr[doc / 2]) / float(pairs);
+    for (int32_t t = b.cu[doc]; t < b.cu[doc + 1]; ++t)
+      if (b.targets[size_t(t)] != -100) dlogp[size_t(t)] = g;
+  }
+  return loss;
+}
+
 template <class Model>
 Trace train(Model& m, const std::string& weights, const Batch& sft, const Batch& dpo) {
   Trace trace;
@@ -157,7 +179,6 @@ Trace train(Model& m, const std::string& weights, const Batch& sft, const Batch&
   trace.reference_logp.resize(dpo.ids.size());
   m.logprobs(dpo.view(), trace.reference_logp.data());
   const std::vector<float> ref = sequence_logps(dpo, trace.reference_logp);
-  const long pairs = long(ref.size() / 2);  // documents: chosen 0, rejected 0, chosen 1, ...
   const model::AdamWOptions hp{1e-3, 0.9, 0.999, 1e-8, 0.01, 1.0};
 
   auto step = [&](const Batch& b, bool preference) {
@@ -174,24 +195,7 @@ Trace train(Model& m, const std::string& weights, const Batch& sft, const Batch&
         dlogp[t] = -1.0f / float(count);
       }
     } else {
-      const std::vector<float> pi = sequence_logps(b, logp);
-      const size_t n = static_cast<size_t>(pairs);
-      std::vector<float> pc(n), pr(n), rc(n), rr(n);
-      for (long i = 0; i < pairs; ++i) {
-        pc[size_t(i)] = pi[size_t(2 * i)];
-        pr[size_t(i)] = pi[size_t(2 * i + 1)];
-        rc[size_t(i)] = ref[size_t(2 * i)];
-        rr[size_t(i)] = ref[size_t(2 * i + 1)];
-      }
-      std::vector<float> losses(n), dc(n), dr(n);
-      loss = cpu::dpo_loss(pairs, cpu::DpoLossType::Sigmoid, kDpoBeta, 0.0f, pc.data(), pr.data(), rc.data(),
-                           rr.data(), losses.data(), dc.data(), dr.data())
-                 .loss_mean;
-      for (size_t doc = 0; doc + 1 < b.cu.size(); ++doc) {
-        const float g = (doc % 2 == 0 ? dc[doc / 2] : dr[doc / 2]) / float(pairs);
-        for (int32_t t = b.cu[doc]; t < b.cu[doc + 1]; ++t)
-          if (b.targets[size_t(t)] != -100) dlogp[size_t(t)] = g;
-      }
+      loss = dpo_loss_and_dlogp(b, logp, ref, dlogp);
     }
     m.backward(dlogp.data(), long(dlogp.size()));
     trace.loss.push_back(loss);
@@ -471,20 +475,7 @@ double dpo_step(CudaMistralModel& policy, CudaMistralModel& reference, const Bat
   policy.zero_grad();
   policy.forward(b.view(), logp.data());
   times.forward_s += seconds(start);
-  const std::vector<float> pi = sequence_logps(b, logp), ref = sequence_logps(b, ref_logp);
-  const size_t pairs = pi.size() / 2;
-  std::vector<float> pc(pairs), pr(pairs), rc(pairs), rr(pairs), losses(pairs), dc(pairs), dr(pairs);
-  for (size_t i = 0; i < pairs; ++i) {
-    pc[i] = pi[2 * i], pr[i] = pi[2 * i + 1], rc[i] = ref[2 * i], rr[i] = ref[2 * i + 1];
-  }
-  const double loss = cpu::dpo_loss(long(pairs), cpu::DpoLossType::Sigmoid, kDpoBeta, 0.0f, pc.data(), pr.data(),
-                                    rc.data(), rr.data(), losses.data(), dc.data(), dr.data())
-                          .loss_mean;
-  for (size_t doc = 0; doc + 1 < b.cu.size(); ++doc) {
-    const float g = (doc % 2 == 0 ? dc[doc / 2] : dr[doc / 2]) / float(pairs);
-    for (int32_t t = b.cu[doc]; t < b.cu[doc + 1]; ++t)
-      if (b.targets[size_t(t)] != -100) dlogp[size_t(t)] = g;
-  }
+  const double loss = dpo_loss_and_dlogp(b, logp, sequence_logps(b, ref_logp), dlogp);
   start = clock::now();
   policy.backward(dlogp.data(), long(dlogp.size()));
   times.backward_s += seconds(start);
