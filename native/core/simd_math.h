@@ -1,4 +1,5 @@
-// Vector math for the AVX2 kernel paths: e^x on 8 floats, as glibc's expf does it on one, over
+// Vector math for the AVX2 kernel paths: f32 -> bf16 rounding exactly as f32_to_bf16 (core/bf16.h)
+// does it, and e^x on 8 floats, as glibc's expf does it on one, over
 // the whole float range (overflow to +inf, gradual underflow to subnormals and 0, NaN in, NaN
 // out), within 2 ulp of the exact value (at most 1.26 ulp measured: tests/test_simd_math.cpp).
 //
@@ -48,6 +49,26 @@ ZN_TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
 ZN_TARGET_AVX2 inline __m256i first_lanes(long count) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(count)), lane);
+}
+
+// f32_to_bf16 on 8 lanes (nearest even, NaN quieted with its sign and top payload bits kept):
+// the rounded values as f32, their low 16 bits zero.
+ZN_TARGET_AVX2 inline __m256 round_to_bf16_avx2(__m256 x) {
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i high_half = _mm256_set1_epi32(int(0xffff0000u));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), high_half);
+  const __m256i quiet_nan = _mm256_or_si256(_mm256_and_si256(u, high_half), _mm256_set1_epi32(0x400000));
+  const __m256 is_nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  return _mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(quiet_nan), is_nan);
+}
+
+// The same, packed into eight bf16 values (their 16-bit patterns, in lane order).
+ZN_TARGET_AVX2 inline __m128i to_bf16_avx2(__m256 x) {
+  const __m256i high = _mm256_srli_epi32(_mm256_castps_si256(round_to_bf16_avx2(x)), 16);
+  // Each lane now holds 0..0xffff, so the signed-to-unsigned saturating pack keeps it as is.
+  return _mm_packus_epi32(_mm256_castsi256_si128(high), _mm256_extracti128_si256(high, 1));
 }
 
 }  // namespace zn::simd

@@ -106,9 +106,7 @@ ZN_TARGET_AVX2 void update_range_avx2(const Coefficients& c, size_t begin, size_
     _mm256_storeu_ps(m + i, mi);
     _mm256_storeu_ps(v + i, vi);
     _mm256_storeu_ps(param + i, p_new);
-    if (param_bf16) {
-      for (size_t k = i; k < i + 8; ++k) param_bf16[k] = f32_to_bf16(param[k]);
-    }
+    if (param_bf16) _mm_storeu_si128(reinterpret_cast<__m128i*>(param_bf16 + i), simd::to_bf16_avx2(p_new));
   }
   update_range(c, i, end, param, grad, m, v, param_bf16);
 }

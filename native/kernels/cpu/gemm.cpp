@@ -27,6 +27,7 @@
 #include "core/bf16.h"
 #include "core/cpu_features.h"
 #include "core/errors.h"
+#include "core/simd_math.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/gemm_internal.h"
 
@@ -283,16 +284,7 @@ __attribute__((target("avx2,fma"))) inline __m256 load8(const float* s, KeepF32)
 }
 
 __attribute__((target("avx2,fma"))) inline __m256 load8(const float* s, RoundF32ToBf16) {
-  const __m256 x = _mm256_loadu_ps(s);
-  const __m256i u = _mm256_castps_si256(x);
-  const __m256i high_half = _mm256_set1_epi32(int(0xffff0000u));
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_and_si256(
-      _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), high_half);
-  const __m256i quiet_nan =
-      _mm256_or_si256(_mm256_and_si256(u, high_half), _mm256_set1_epi32(0x400000));
-  const __m256 is_nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-  return _mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(quiet_nan), is_nan);
+  return simd::round_to_bf16_avx2(_mm256_loadu_ps(s));
 }
 
 __attribute__((target("avx2,fma"))) inline __m256 load8(const bf16* s, WidenBf16) {
