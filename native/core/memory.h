@@ -21,4 +21,29 @@ void return_large_blocks_to_os();
 // memory.current) when the process runs in one. 0 when neither can be read (not Linux).
 size_t available_host_memory();
 
+// Zeroed host memory for large buffers that are streamed over whole, such as the offloaded
+// optimizer's master weights and moments: an anonymous mapping, 2 MiB aligned, its pages
+// committed when first written and backed by transparent huge pages where the kernel allows
+// (madvise). 2 MiB pages take 512x fewer page faults on first touch (the first AdamW step of an
+// offloaded Mistral-7B writes 54 GiB of fresh moments) and fewer TLB misses when streamed.
+// data() is null when the mapping fails; the owner reports it.
+class HugePageMemory {
+ public:
+  HugePageMemory() = default;
+  explicit HugePageMemory(size_t bytes);
+  ~HugePageMemory();
+  HugePageMemory(HugePageMemory&& other) noexcept;
+  HugePageMemory& operator=(HugePageMemory&& other) noexcept;
+  HugePageMemory(const HugePageMemory&) = delete;
+  HugePageMemory& operator=(const HugePageMemory&) = delete;
+
+  void* data() const { return data_; }
+  size_t size() const { return bytes_; }
+
+ private:
+  void release();
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 }  // namespace zn

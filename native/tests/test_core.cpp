@@ -3,7 +3,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "core/bf16.h"
@@ -61,6 +66,56 @@ ZN_TEST("core.available_host_memory_is_within_physical_memory") {
   const size_t available = available_host_memory();
   EXPECT(available > 0 && available <= physical, "available ", available, ", physical ", physical);
 #endif
+}
+
+#if defined(__linux__)
+// The THPeligible field of the /proc/self/smaps mapping that holds `p`: -1 when not found.
+int thp_eligible(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long long lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream header(line);
+    if (header >> std::hex >> lo >> dash >> hi && dash == '-' && line.find(':') > line.find(' ')) {
+      inside = lo <= at && at < hi;
+    } else if (inside && line.rfind("THPeligible:", 0) == 0) {
+      return std::stoi(line.substr(12));
+    }
+  }
+  return -1;
+}
+#endif
+
+// HugePageMemory: zeroed, 2 MiB aligned, every byte writable, moves hand the mapping over, and
+// where the kernel has transparent huge pages (mode always or madvise) the mapping is eligible.
+ZN_TEST("core.huge_page_memory_is_zeroed_aligned_and_thp_eligible") {
+  const size_t bytes = (size_t(5) << 20) + 123;
+  HugePageMemory memory(bytes);
+  EXPECT(memory.data() != nullptr && memory.size() >= bytes, "mapping of ", bytes, " bytes failed");
+  EXPECT(reinterpret_cast<uintptr_t>(memory.data()) % (size_t(2) << 20) == 0, "not 2 MiB aligned: ", memory.data());
+  auto* bytes_at = static_cast<unsigned char*>(memory.data());
+  size_t nonzero = 0;
+  for (size_t i = 0; i < memory.size(); ++i) nonzero += bytes_at[i] != 0;
+  EXPECT(nonzero == 0, nonzero, " bytes not zero");
+  std::memset(bytes_at, 0x5a, memory.size());
+#if defined(__linux__)
+  std::ifstream mode_file("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string mode;
+  std::getline(mode_file, mode);
+  if (mode.find("[always]") != std::string::npos || mode.find("[madvise]") != std::string::npos) {
+    EXPECT(thp_eligible(memory.data()) == 1, "THP mode '", mode, "' but the mapping's THPeligible is ",
+           thp_eligible(memory.data()));
+  } else {
+    std::printf("     transparent huge pages: '%s' here, eligibility not checked\n", mode.c_str());
+  }
+#endif
+  HugePageMemory moved(std::move(memory));
+  EXPECT(memory.data() == nullptr && memory.size() == 0, "the moved-from buffer still owns memory");
+  EXPECT(static_cast<unsigned char*>(moved.data())[bytes - 1] == 0x5a, "the moved buffer lost its contents");
+  HugePageMemory empty(0);
+  EXPECT(empty.data() == nullptr, "a zero-byte buffer maps memory");
 }
 
 // Normal draws: the moments and the one-sigma mass of N(0, std^2) within a few standard errors
