@@ -44,7 +44,10 @@ Reference reference(const Case& c, const std::vector<double>& h, const std::vect
     r.lse[n] = zmax + std::log(sum);
     const bool ignored = labels[n] == cpu::kIgnoreIndex;
     r.logp[n] = ignored ? 0.0 : z[labels[n]] - r.lse[n];
-    if (ignored) continue;
+    if (ignored) {
+      r.lse[n] = 0.0;  // the contract: an ignored token's logits are never computed
+      continue;
+    }
     for (long v = 0; v < V; ++v) {
       const double dz = g[n] * ((v == labels[n] ? 1.0 : 0.0) - std::exp(z[v] - r.lse[n]));
       for (long k = 0; k < d; ++k) {

@@ -200,7 +200,7 @@ size_t logprob_scratch_bytes(const LogprobShape& shape, bool backward) {
   if (backward)
     bytes += 2 * tokens * size_t(shape.dim) * sizeof(float) + size_t(shape.tokens) * sizeof(long);
   else
-    bytes += tokens * sizeof(RunningLse);
+    bytes += tokens * (sizeof(RunningLse) + size_t(shape.dim) * sizeof(float)) + size_t(shape.tokens) * sizeof(long);
   return bytes;
 }
 
@@ -209,28 +209,42 @@ void logprob_forward(const LogprobShape& shape, const float* hidden, const void*
   check_arguments("logprob_forward", shape, labels);
   const RowKernels K = row_kernels(path);
   const long N = shape.tokens, d = shape.dim, V = shape.vocab;
-  std::vector<float> logits(size_t(std::min(N, kTokenChunk) * std::min(V, kVocabChunk)));
-  std::vector<RunningLse> state(size_t(std::min(N, kTokenChunk)));
-  for (long t0 = 0; t0 < N; t0 += kTokenChunk) {
-    const long tn = std::min(kTokenChunk, N - t0);
-    std::fill(state.begin(), state.begin() + tn, RunningLse{});
+  // Only labelled tokens get logits: they are packed into the GEMM's panels (a DPO batch's
+  // prompt tokens, a quarter to a half of it, cost nothing), and ignored ones get logp 0, lse 0.
+  std::vector<long> labelled;
+  for (long t = 0; t < N; ++t) {
+    if (labels[t] != kIgnoreIndex) labelled.push_back(t);
+    else logp[t] = lse[t] = 0.0f;
+  }
+  const long A = long(labelled.size());
+  if (A == 0) return;
+  const long panel_rows = std::min(A, kTokenChunk);
+  std::vector<float> logits(size_t(panel_rows * std::min(V, kVocabChunk)));
+  std::vector<float> hidden_panel(size_t(panel_rows * d));
+  std::vector<RunningLse> state(static_cast<size_t>(panel_rows));
+  for (long a0 = 0; a0 < A; a0 += kTokenChunk) {
+    const long an = std::min(kTokenChunk, A - a0);
+    const long* tokens = labelled.data() + a0;
+    // The GEMM rounds the panel to bf16 itself where the weight is bf16, as it did unpacked.
+    gather_rows(hidden, d, tokens, an, /*round_bf16=*/false, hidden_panel.data());
+    std::fill(state.begin(), state.begin() + an, RunningLse{});
     for (long v0 = 0; v0 < V; v0 += kVocabChunk) {
       const long vn = std::min(kVocabChunk, V - v0);
-      gemm(false, true, tn, vn, d, 1.0f, Matrix{hidden + t0 * d, DType::F32, d},
+      gemm(false, true, an, vn, d, 1.0f, Matrix{hidden_panel.data(), DType::F32, d},
            weight_rows(weight, weight_dtype, v0, d), 0.0f, logits.data(), vn);
-      parallel_for(size_t(tn), rows_grain(vn), [&](size_t begin, size_t end) {
+      parallel_for(size_t(an), rows_grain(vn), [&](size_t begin, size_t end) {
         for (size_t r = begin; r < end; ++r) {
           const float* z = logits.data() + r * vn;
           absorb_tile_row(K, z, vn, state[r]);
-          const long label = labels[t0 + long(r)];
+          const long label = labels[tokens[r]];
           if (label >= v0 && label < v0 + vn) state[r].label_logit = z[label - v0];
         }
       });
     }
-    for (long r = 0; r < tn; ++r) {
+    for (long r = 0; r < an; ++r) {
       const double row_lse = double(state[r].max) + std::log(state[r].sum);
-      lse[t0 + r] = float(row_lse);
-      logp[t0 + r] = labels[t0 + r] == kIgnoreIndex ? 0.0f : float(state[r].label_logit - row_lse);
+      lse[tokens[r]] = float(row_lse);
+      logp[tokens[r]] = float(state[r].label_logit - row_lse);
     }
   }
 }

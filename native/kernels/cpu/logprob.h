@@ -2,7 +2,7 @@
 // materialising the [N, V] logits. Walks tokens and vocabulary in chunks, keeps per-token
 // running max / sum-exp (online log-sum-exp), and recomputes the chunks in backward.
 //   hidden [N, d] f32; weight (lm_head) [V, d] f32 or bf16; labels [N], -100 = ignored
-//   (logp 0, lse still computed, no gradient). logp, lse: [N]. A label outside [0, V) that
+//   (logp 0, lse 0: no logits are computed for it, no gradient). logp, lse: [N]. A label outside [0, V) that
 //   is not -100 is an error naming the token.
 // With a bf16 weight, the GEMM's rule rounds what meets it to bf16: the hidden states for the
 // logits, dlogits for dhidden; dweight = dlogitsᵀ · bf16(hidden) in f32 (the exact gradient of

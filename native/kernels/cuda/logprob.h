@@ -6,7 +6,8 @@
 // forms dlogits = dlogp[n] (1[v == label] - softmax) and runs two GEMMs per chunk:
 // dhidden (f32, overwritten) = dlogits · W and dweight (f32, +=) += dlogitsᵀ · hidden.
 //   hidden [N, d] and weight [V, d]: one dtype (bf16: tensor-core GEMMs, dlogits rounded to bf16;
-//   f32: f32 GEMMs). labels [N] int32, -100 = ignored (logp 0, lse still computed, no gradient).
+//   f32: f32 GEMMs). labels [N] int32, -100 = ignored (logp 0, no gradient; its lse is computed
+//   here, where the CPU kernel skips an ignored token's logits and writes 0: nothing reads it).
 // The forward checks labels on the device first (check_labels = false skips the check and its
 // stream synchronisation). Device pointers; asynchronous on `stream`.
 #pragma once
