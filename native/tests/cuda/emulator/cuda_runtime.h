@@ -2,8 +2,13 @@
 // machine without a GPU (see run.sh). Each CUDA thread is a fiber; a block's fibers run in one OS
 // thread, switching only at barriers (__syncthreads, and the warp-wide exchanges behind shuffles,
 // ldmatrix and mma), so a missing barrier shows up as a read of data no one has written yet.
-// Blocks run one after another; launches run synchronously. Not a model of timing or of the
-// memory system: of indexing, masking, fragment layouts and barrier placement.
+// Blocks run one after another. Not a model of timing or of the memory system: of indexing,
+// masking, fragment layouts and barrier placement, and of the host's ordering against the device:
+// launches, async copies and memsets are queued and run only when the host waits (a stream,
+// device or event synchronization, a synchronous copy, a free), so a host that reads a copy's
+// result before waiting, or rewrites a pinned source before its copy ran, sees stale data.
+// ZN_EMULATOR_EAGER=1 runs that work at the call instead (a copy landing in a pinned buffer the
+// host still reads shows up then): the two extremes of what a GPU may do.
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -73,12 +78,16 @@ unsigned char* dynamic_smem();
 void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body);
 void check_launch(dim3 grid, dim3 block, size_t smem);
 
+// Device work waiting for the host to wait on it, in issue order (one order for every stream: a
+// schedule a GPU may also pick).
+void enqueue(std::function<void()> work);
+
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
             Args&&... args) {
-  check_launch(grid, block, smem);
+  check_launch(grid, block, smem);  // configuration errors surface at the launch, as on a GPU
   std::tuple<std::decay_t<Params>...> copied(std::forward<Args>(args)...);
-  run_grid(grid, block, smem, [&] { std::apply(kernel, copied); });
+  enqueue([=] { run_grid(grid, block, smem, [&] { std::apply(kernel, copied); }); });
 }
 
 // `kernel<<<grid, block, smem, stream>>>(args)` is rewritten by run.sh into
@@ -160,6 +169,7 @@ cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaEventCreate(cudaEvent_t* e);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b);
 cudaError_t cudaGetDeviceCount(int* n);
 cudaError_t cudaGetDevice(int* d);

@@ -5,13 +5,17 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
+#include <map>
 #include <memory>
+#include <string>
 
 #include "cuda_runtime.h"
 
 struct EmuStream {};
 struct EmuEvent {
   std::chrono::steady_clock::time_point when;
+  long recorded_at = 0;  // the queue position of its latest record; 0: never recorded
 };
 
 namespace emu {
@@ -180,6 +184,52 @@ void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& b
   current = nullptr;
 }
 
+namespace {
+
+struct Queued {
+  long position;
+  std::function<void()> work;
+};
+std::deque<Queued> queue;
+long issued = 0, completed = 0;  // queue positions: the last one issued, the last one run
+
+// cudaMallocHost's blocks, by start: copies to and from them are asynchronous, so they are
+// queued; a pageable host buffer is read or written at the call, as the CUDA runtime does.
+std::map<const char*, size_t> pinned;
+
+bool is_pinned(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  auto it = pinned.upper_bound(c);
+  if (it == pinned.begin()) return false;
+  --it;
+  return c < it->first + it->second;
+}
+
+// Runs queued work up to and including queue position `until`.
+void run_until(long until) {
+  while (!queue.empty() && queue.front().position <= until) {
+    Queued next = std::move(queue.front());
+    queue.pop_front();
+    next.work();
+    completed = next.position;
+  }
+}
+
+void drain() { run_until(issued); }
+
+}  // namespace
+
+// ZN_EMULATOR_EAGER=1 runs device work at the call instead, the other extreme a GPU may pick:
+// then a copy that lands in a buffer the host is still reading shows up.
+void enqueue(std::function<void()> work) {
+  static const bool eager = [] {
+    const char* value = std::getenv("ZN_EMULATOR_EAGER");
+    return value && std::string(value) == "1";
+  }();
+  queue.push_back({++issued, std::move(work)});
+  if (eager) drain();
+}
+
 }  // namespace emu
 
 using emu::last_error;
@@ -197,47 +247,84 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 cudaError_t cudaFree(void* p) {
+  emu::drain();  // cudaFree waits for the device
   std::free(p);
   return cudaSuccess;
 }
-// Pinned host memory is plain host memory here (every copy is synchronous).
-cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  const cudaError_t e = cudaMalloc(p, bytes);
+  if (e == cudaSuccess) emu::pinned[static_cast<const char*>(*p)] = bytes;
+  return e;
+}
+cudaError_t cudaFreeHost(void* p) {
+  emu::drain();
+  emu::pinned.erase(static_cast<const char*>(p));
+  std::free(p);
+  return cudaSuccess;
+}
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  emu::drain();
   std::memcpy(dst, src, bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
+  if (kind == cudaMemcpyDeviceToHost && !emu::is_pinned(dst)) return cudaMemcpy(dst, src, bytes, kind);
+  if (kind == cudaMemcpyHostToDevice && !emu::is_pinned(src)) {
+    // Pageable: the runtime stages the source before returning, so the caller may reuse it.
+    auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
+                                                               static_cast<const unsigned char*>(src) + bytes);
+    emu::enqueue([=] { std::memcpy(dst, staged->data(), bytes); });
+    return cudaSuccess;
+  }
+  emu::enqueue([=] { std::memcpy(dst, src, bytes); });
+  return cudaSuccess;
 }
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  emu::drain();
   std::memset(p, value, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  emu::enqueue([=] { std::memset(p, value, bytes); });
+  return cudaSuccess;
+}
 cudaError_t cudaStreamCreate(cudaStream_t* s) {
   *s = new EmuStream;
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  emu::drain();  // its queued work still runs
   delete s;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  emu::drain();
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() {
+  emu::drain();
+  return cudaSuccess;
+}
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
   *e = new EmuEvent;
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  emu::run_until(e->recorded_at);  // a record still queued would write to it
   delete e;
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
-  e->when = std::chrono::steady_clock::now();
+  emu::enqueue([e] { e->when = std::chrono::steady_clock::now(); });
+  e->recorded_at = emu::issued;
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  emu::run_until(e->recorded_at);  // never recorded: returns at once, as CUDA does
   return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  emu::run_until(std::max(a->recorded_at, b->recorded_at));
   *ms = std::chrono::duration<float, std::milli>(b->when - a->when).count();
   return cudaSuccess;
 }

@@ -3,7 +3,8 @@
 # .cu of the backend is rewritten (launch syntax, dynamic shared memory) and compiled with the host
 # compiler against emulated CUDA headers, each CUDA thread a fiber. Slow (a few thousand emulated
 # threads per second) but exact about indexing, masks, fragment layouts and barrier placement,
-# so a kernel can be checked before a GPU is lent. cuBLASLt is not emulated.
+# so a kernel can be checked before a GPU is lent. cuBLASLt is not emulated. Device work runs
+# when the host waits for it (ZN_EMULATOR_EAGER=1: at once), so host/device ordering is checked too.
 #   native/tests/cuda/emulator/run.sh <build dir with libzn_core.a> [zn_cuda_check args]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
