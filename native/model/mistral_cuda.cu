@@ -79,12 +79,10 @@ struct CudaBuffers {
 };
 
 void HostFloats::allocate(size_t count, const char* what) {
-  data_.reset(static_cast<float*>(std::calloc(count, sizeof(float))));
-  ZN_CHECK(data_, "model: cannot allocate ", count * sizeof(float), " bytes of host memory for the offloaded ",
-           what);
+  memory_ = HugePageMemory(count * sizeof(float));
+  ZN_CHECK(!empty() || count == 0, "model: cannot allocate ", count * sizeof(float),
+           " bytes of host memory for the offloaded ", what);
 }
-
-void HostFloats::Free::operator()(float* p) const { std::free(p); }
 
 // Page-locked host memory: what cudaMemcpyAsync copies from and to without blocking the host.
 class PinnedBuffer {
@@ -99,17 +97,34 @@ class PinnedBuffer {
   void* data_ = nullptr;
 };
 
-// offload_optimizer's copy buffers: gradient chunks coming down (two, so that the next one
-// arrives while this one is stepped) and the updated compute weights going up.
+// A CUDA event for ordering only (no timing), owned.
+class Event {
+ public:
+  Event() { ZN_CUDA_CHECK(cudaEventCreate(&event_)); }
+  ~Event() { cudaEventDestroy(event_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+// offload_optimizer's copy buffers, two of each kind, used by alternate chunks: while the host
+// steps chunk i, chunk i+1's gradients come down and chunk i-1's new compute weights go up.
+// grads_arrived[i % 2] marks the end of chunk i's gradient copy.
 struct OffloadStaging {
   size_t chunk;  // elements
-  PinnedBuffer grads0, grads1, weights;
+  PinnedBuffer grads0, grads1, weights0, weights1;
+  Event grads_arrived[2];
   OffloadStaging(size_t chunk_elements, size_t weight_bytes)
       : chunk(chunk_elements),
         grads0(chunk * sizeof(float)),
         grads1(chunk * sizeof(float)),
-        weights(chunk * weight_bytes) {}
-  float* grads(size_t i) const { return static_cast<float*>((i % 2 ? grads1 : grads0).data()); }
+        weights0(chunk * weight_bytes),
+        weights1(chunk * weight_bytes) {}
+  float* grads(size_t round) const { return static_cast<float*>((round % 2 ? grads1 : grads0).data()); }
+  void* weights(size_t round) const { return (round % 2 ? weights1 : weights0).data(); }
 };
 
 namespace {
@@ -162,7 +177,7 @@ size_t offload_chunk(size_t params) {
 }
 
 size_t offload_staging_bytes(size_t params, const ModelOptions& o) {
-  return offload_chunk(params) * (2 * sizeof(float) + dtype_size(activation_dtype(o)));
+  return 2 * offload_chunk(params) * (sizeof(float) + dtype_size(activation_dtype(o)));
 }
 
 cuda::LogprobShape logprob_shape(const MistralConfig& c, long tokens) { return {tokens, c.hidden_size, c.vocab_size}; }
@@ -832,9 +847,11 @@ void CudaMistralModel::device_adamw(const AdamWOptions& hp) {
 }
 
 // The CPU model's AdamW over the host master and moments, a chunk of the gradient at a time, on
-// a pipeline: while chunk i is stepped, chunk i+1's gradients come down; chunk i's new compute
-// weights (bf16, or f32 in f32 mode) then go up. One stream orders the copies, so the wait at the
-// top of each round covers both the gradients needed now and the weight buffer's last upload.
+// a pipeline over the staging buffers: chunk i is stepped on the host while the stream brings
+// chunk i+1's gradients down and takes chunk i-1's new compute weights (bf16, or f32 in f32 mode)
+// up. Before chunk i the host waits for chunk i's gradients only. That also covers the weight
+// buffer it is about to fill: chunk i-2's upload, the last copy to read it, was issued before
+// chunk i's gradient copy on the same stream, and a stream completes its copies in order.
 void CudaMistralModel::offloaded_adamw(const AdamWOptions& hp, double norm) {
   CudaBuffers& B = *buf_;
   OffloadStaging& S = *staging_;
@@ -842,27 +859,32 @@ void CudaMistralModel::offloaded_adamw(const AdamWOptions& hp, double norm) {
   const bool bf16_mode = options_.precision == Precision::BF16;
   const size_t n = parameter_count(params_), weight_bytes = bf16_mode ? sizeof(bf16) : sizeof(float);
   char* device_weights = bf16_mode ? reinterpret_cast<char*>(B.weights_bf16) : reinterpret_cast<char*>(B.master);
-  auto fetch = [&](size_t begin, float* into) {
-    ZN_CUDA_CHECK(cudaMemcpyAsync(into, B.grads + begin, std::min(S.chunk, n - begin) * sizeof(float),
+  auto fetch = [&](size_t round) {
+    const size_t begin = round * S.chunk;
+    if (begin >= n) return;
+    ZN_CUDA_CHECK(cudaMemcpyAsync(S.grads(round), B.grads + begin, std::min(S.chunk, n - begin) * sizeof(float),
                                   cudaMemcpyDeviceToHost, stream_));
+    ZN_CUDA_CHECK(cudaEventRecord(S.grads_arrived[round % 2].get(), stream_));
   };
-  fetch(0, S.grads(0));
+  fetch(0);
+  fetch(1);
   for (size_t begin = 0, round = 0; begin < n; begin += S.chunk, ++round) {
     const size_t end = std::min(n, begin + S.chunk);
-    sync();
-    if (end < n) fetch(end, S.grads(round + 1));
+    ZN_CUDA_CHECK(cudaEventSynchronize(S.grads_arrived[round % 2].get()));
     const float* grads = S.grads(round);
+    void* weights = S.weights(round);
     for (const ParameterSpec& p : params_) {
       const size_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel);
       if (lo >= hi) continue;
       const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0, step_, scale};
-      bf16* copy = bf16_mode ? static_cast<bf16*>(S.weights.data()) + (lo - begin) : nullptr;
+      bf16* copy = bf16_mode ? static_cast<bf16*>(weights) + (lo - begin) : nullptr;
       cpu::adamw_update(long(hi - lo), s, host_master_.data() + lo, grads + (lo - begin), host_m_.data() + lo,
                         host_v_.data() + lo, copy);
     }
-    if (!bf16_mode) std::memcpy(S.weights.data(), host_master_.data() + begin, (end - begin) * sizeof(float));
-    ZN_CUDA_CHECK(cudaMemcpyAsync(device_weights + begin * weight_bytes, S.weights.data(), (end - begin) * weight_bytes,
+    if (!bf16_mode) std::memcpy(weights, host_master_.data() + begin, (end - begin) * sizeof(float));
+    ZN_CUDA_CHECK(cudaMemcpyAsync(device_weights + begin * weight_bytes, weights, (end - begin) * weight_bytes,
                                   cudaMemcpyHostToDevice, stream_));
+    fetch(round + 2);  // into the gradient buffer just stepped
   }
   sync();
   if (B.norms) upload_norms_from_host();

@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "core/memory.h"
 #include "kernels/cuda/array.h"
 #include "model/mistral.h"
 
@@ -45,19 +46,17 @@ struct CudaBuffers;
 struct CudaLayerActivations;
 struct OffloadStaging;
 
-// Zeroed host floats from calloc: the OS maps zero pages lazily, so 81 GiB of offloaded master
-// and moments cost nothing until written (a std::vector would zero every page up front).
+// Zeroed host floats (core/memory.h's HugePageMemory): the OS maps pages lazily, so 81 GiB of
+// offloaded master and moments cost nothing until written (a std::vector would zero every page
+// up front), and in 2 MiB pages where it can, for the host AdamW's streaming passes.
 class HostFloats {
  public:
   void allocate(size_t count, const char* what);  // throws zn::Error naming the bytes
-  float* data() const { return data_.get(); }
-  bool empty() const { return !data_; }
+  float* data() const { return static_cast<float*>(memory_.data()); }
+  bool empty() const { return !memory_.data(); }
 
  private:
-  struct Free {
-    void operator()(float* p) const;
-  };
-  std::unique_ptr<float[], Free> data_;
+  HugePageMemory memory_;
 };
 
 class CudaMistralModel {
