@@ -5,8 +5,9 @@
 #    cuBLASLt from NVIDIA's pip wheels in python3's environment (nvidia/cu13) or the toolkit;
 # 2. zn_cuda_check: every CUDA kernel against its CPU kernel and a float64 reference (PASS/FAIL),
 #    and SFT/DPO steps of a small Mistral on the GPU model against the CPU model;
-# 2b. with Node.js (carried): the package's GPU model and trainer against the CPU, and
-#    `zephyr-native bench --device cuda` on the small preset;
+# 2b. with Node.js (carried): the package's GPU model and trainer against the CPU, and SFT and DPO
+#    steps of the small preset on the GPU beside transformers + TRL on the same GPU (bench/steps.ts
+#    --peer --device cuda; trl and datasets come as wheels from bench/device-wheels.sh);
 # 3. timings: GEMM, attention, the memory-bound kernels, a Mistral-7B decoder layer step
 #    (forward + backward) and a whole Mistral-7B DPO step on the GPU model (bf16 policy with
 #    checkpointing and the optimizer offloaded to the host, frozen bf16 reference, 8192 policy
@@ -17,7 +18,7 @@
 # A part that fails is reported and the others still run. The whole run keeps within
 # ZN_DEVICE_BUDGET seconds (default 540): each part's time limit shrinks to what is left.
 # Files in $OUT: device-check.log (everything), results.jsonl, build.log, ctest.log, table.txt,
-# bench-cuda-<preset>.json (with Node.js).
+# peer-cuda-small.json (with Node.js).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$PWD/out/device-check}
@@ -139,10 +140,18 @@ if [[ $with_node == ON ]]; then
   if part "build addons" 180 cmake --build "$build" -j "$jobs" --target zn_cpu zn_cuda >>"$out/build.log" 2>&1 &&
     part "tsc" 60 node node_modules/typescript/bin/tsc -p tsconfig.json; then
     part "node tests on the GPU" 150 node --test --test-concurrency=1 dist/test/cuda-model.test.js dist/test/cuda-addon.test.js
-    # mistral-7b's step is timed by zn_cuda_check (step7b below): the package bench would first
-    # write a 29 GB f32 random-init folder from JavaScript, which alone outlasts this budget.
-    part "bench small on the GPU" 90 node dist/lib/cli/main.js bench --preset small --device cuda --precision bf16 \
-      --mode both --steps 3 --warmup 1 --json "$out/bench-cuda-small.json"
+    # The small preset's steps beside transformers + TRL on this GPU. The image has torch and
+    # transformers; trl, datasets and two of their needs travel as wheels in .device/wheels
+    # (bench/device-wheels.sh), installed into a scratch folder. Without them the TRL side is
+    # skipped with the reason and ours still runs. mistral-7b's step is timed by zn_cuda_check
+    # (step7b below), where TRL on one 80 GB GPU would not fit.
+    if ! python3 -c 'import trl, datasets' 2>/dev/null && compgen -G ".device/wheels/*.whl" >/dev/null; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/zn-site .device/wheels/*.whl &&
+        export PYTHONPATH=/tmp/zn-site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    python3 -c 'import trl, datasets; print("TRL", trl.__version__, "datasets", datasets.__version__)' 2>&1 | tail -n 1
+    part "small preset beside TRL on the GPU" 180 env ZN_PYTHON=python3 node dist/bench/peer.js --preset small \
+      --device cuda --precision bf16 --mode both --steps 3 --warmup 1 --json "$out/peer-cuda-small.json"
   fi
 else
   parts+=("package on the GPU: not run (no node or node_modules: carry .device from ../shared/device/prepare.sh)")
@@ -180,5 +189,5 @@ step "report"
 cat "$build"/results/*.jsonl >"$out/results.jsonl" 2>/dev/null
 printf '%s\n' "${parts[@]}" >"$build/results/parts.txt"
 python3 bench/device_report.py "$out/results.jsonl" --parts "$build/results/parts.txt" --ctest "$out/ctest.log" \
-  | tee "$out/table.txt"
+  --peer "$out/peer-cuda-small.json" | tee "$out/table.txt"
 echo "device check finished in $((SECONDS - started))s; files in $out"

@@ -1,7 +1,8 @@
 """The final table of bench/device-check.sh, from the JSON lines of zn_cuda_check and
 bench/torch_device.py: checks summary, GEMM and attention TFLOP/s (ours beside torch), the
-memory-bound kernels, the CPU test suite, and how each part of the run ended.
-  python3 bench/device_report.py results.jsonl [--parts parts.txt] [--ctest ctest.log]
+memory-bound kernels, the training steps beside TRL on the same GPU (bench/steps.ts --peer
+--device cuda's JSON), the CPU test suite, and how each part of the run ended.
+  python3 bench/device_report.py results.jsonl [--parts parts.txt] [--ctest ctest.log] [--peer peer.json]
 """
 import argparse
 import json
@@ -31,11 +32,34 @@ def table(header, rows):
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
+def print_peer(path):
+    """SFT and DPO steps of the small preset, zephyr-native beside transformers + TRL on this GPU."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"\nsteps beside TRL: no report ({error})")
+        return
+    results = report.get("results", [])
+    rows = [[r["mode"], r["precision"], r["implementation"], fmt(r["step_s"], 3), fmt(r["tokens_per_s"], 0),
+             fmt(r["peak_bytes"] / 2**20, 0)] for r in results]
+    preset = report.get("settings", {}).get("preset", "?")
+    print(f"\nTraining steps, {preset} preset, zephyr-native beside transformers + TRL "
+          "(on the GPU, peak memory is device memory taken, the same measure both sides)")
+    print(table(["mode", "precision", "implementation", "s/step", "tokens/s", "peak MiB"], rows))
+    for r in report.get("ratios", []):
+        print(f"  {r['mode']} {r['precision']}: zephyr-native / TRL tokens/s {r['tokens_per_s']:.2f}x, "
+              f"time/step {r['step_s']:.2f}, peak memory {r['peak_bytes']:.2f}")
+    if results and not report.get("ratios"):
+        print("  no TRL side (see the log: trl or datasets missing on this machine?)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("results")
     parser.add_argument("--parts", default="")
     parser.add_argument("--ctest", default="")
+    parser.add_argument("--peer", default="")
     args = parser.parse_args()
     try:
         records = load(args.results)
@@ -108,6 +132,9 @@ def main():
     torch_errors = [r for r in bench if r.get("source") == "torch" and "error" in r]
     for r in torch_errors:
         print(f"torch {r['op']} {r['shape']}: {r['error'][:200]}")
+
+    if args.peer:
+        print_peer(args.peer)
 
     if args.ctest:
         try:

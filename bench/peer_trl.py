@@ -2,13 +2,15 @@
 the same model folder and batch shape as zephyr-native's bench (bench/peer.ts writes the folder:
 config.json, random-init weights and the Llama-2 tokenizer, so both sides run the very same
 preset), timed per optimizer step with a callback.
-Prints one JSON object: {preset, mode, implementation: "trl", precision, step_s (median after
-warm-up), steps_s (all timed), tokens_per_step, tokens_per_s, peak_bytes (max RSS), threads,
-versions}.
+Prints one JSON object: {preset, mode, implementation: "trl", precision, device, step_s (median
+after warm-up), steps_s (all timed), tokens_per_step, tokens_per_s, peak_bytes, threads, versions}.
+peak_bytes is the max RSS on the CPU; on a GPU it is what zephyr-native's bench reports there: the
+device's free memory before the models, less the lowest free memory seen after a step (the
+caching allocator's reserve and cuBLAS workspaces included, the CUDA context not).
 
 usage: python peer_trl.py --model DIR --preset NAME --mode sft|dpo --precision bf16|f32
                           --sequences 4 --seq-len 512 --prompt-len 128
-                          [--steps 3] [--warmup 1] [--threads N]
+                          [--steps 3] [--warmup 1] [--threads N] [--device cpu|cuda]
 
 SFT: `sequences` rows of `seq_len` random token ids (pre-tokenized, so the trainer does not
 tokenize). DPO: `sequences` pairs of text made of words that are one token each, so prompt +
@@ -64,6 +66,7 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
 
     import datasets
@@ -74,6 +77,14 @@ def main():
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    gpu = args.device == "cuda"
+    if gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("peer_trl.py: --device cuda but torch sees no CUDA GPU")
+        torch.zeros(1, device="cuda")  # the CUDA context first, so the baseline below excludes it
+        torch.cuda.synchronize()
+        free_before = torch.cuda.mem_get_info()[0]
+        lowest_free = [free_before]
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -93,14 +104,21 @@ def main():
     times = []
 
     class StepTimer(TrainerCallback):
+        # On a GPU each step is timed to the end of its kernels, and free memory is read then.
         def on_step_begin(self, *a, **k):
+            if gpu:
+                torch.cuda.synchronize()
             self.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
+            if gpu:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - self.start)
+            if gpu:
+                lowest_free[0] = min(lowest_free[0], torch.cuda.mem_get_info()[0])
 
     common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.sequences, max_steps=total_steps,
-                  learning_rate=1e-5, logging_steps=1000, save_strategy="no", report_to="none", use_cpu=True,
+                  learning_rate=1e-5, logging_steps=1000, save_strategy="no", report_to="none", use_cpu=not gpu,
                   bf16=args.precision == "bf16", gradient_checkpointing=False, max_length=args.seq_len,
                   dataloader_drop_last=True, disable_tqdm=True, max_grad_norm=1.0, weight_decay=0.0)
     if args.mode == "sft":
@@ -119,11 +137,12 @@ def main():
     trainer.train()
     timed = times[args.warmup:]
     step_s = statistics.median(timed)
+    peak_bytes = (free_before - lowest_free[0]) if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({
         "preset": args.preset, "mode": args.mode, "implementation": "trl", "precision": args.precision,
-        "step_s": step_s, "steps_s": timed, "tokens_per_step": tokens_per_step,
+        "device": args.device, "step_s": step_s, "steps_s": timed, "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step / step_s,
-        "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_bytes": peak_bytes,
         "threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                      "python": sys.version.split()[0]},

@@ -1,7 +1,7 @@
 /**
  * `npm run bench:steps -- [--preset tiny|small] [--mode sft|dpo|both] [--precision bf16|f32|both]
  *                          [--steps 3] [--warmup 1] [--rounds 1] [--json FILE] [--peer]
- *                          [--peer-steps N] [--peer-warmup N]`
+ *                          [--peer-steps N] [--peer-warmup N] [--device cpu|cuda]`
  *
  * Step benchmarks (lib/bench/): zephyr-native's SFT and DPO optimizer steps on a preset, each
  * configuration in its own child process. With --peer (`npm run bench:peer`, bench/peer.ts) the
@@ -9,6 +9,8 @@
  * very same model folder, in the same invocation, alternating (ours, TRL, ours, TRL, ...) so
  * drift on a shared machine hits both; both sides use the same thread count. Prints Markdown
  * tables (results, and zephyr-native / TRL ratios) and writes JSON with --json.
+ * --device cuda runs both sides on the GPU (the device check does): no MFU there (no measured
+ * peak), and peak memory is device memory taken, measured the same way on both sides.
  */
 import { spawnSync } from 'node:child_process';
 import { join, resolve } from 'node:path';
@@ -51,6 +53,8 @@ function count(name: string, value: string, min: number): number {
   return n;
 }
 
+type BenchDevice = 'cpu' | 'cuda';
+
 interface TrlRun {
   python: string;
   script: string;
@@ -59,11 +63,11 @@ interface TrlRun {
 }
 
 /** One TRL configuration in its own Python process; its stderr is shown only when it fails. */
-function runTrl(trl: TrlRun, preset: PresetName, mode: BenchMode, precision: BenchPrecision, steps: number, warmup: number): BenchMeasurement & { versions: Record<string, string> } {
+function runTrl(trl: TrlRun, preset: PresetName, mode: BenchMode, precision: BenchPrecision, steps: number, warmup: number, device: BenchDevice): BenchMeasurement & { versions: Record<string, string> } {
   const p = PRESETS[preset];
   const args = [
     trl.script,
-    ...['--model', trl.modelDir, '--preset', preset, '--mode', mode, '--precision', precision],
+    ...['--model', trl.modelDir, '--preset', preset, '--mode', mode, '--precision', precision, '--device', device],
     ...['--sequences', String(p.sequences), '--seq-len', String(p.seqLen), '--prompt-len', String(p.promptLen)],
     ...['--steps', String(steps), '--warmup', String(warmup), '--threads', String(trl.threads)],
   ];
@@ -105,6 +109,7 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
       'peer-warmup': { type: 'string' },
       json: { type: 'string' },
       'cache-dir': { type: 'string', default: defaultBenchCacheDir() },
+      device: { type: 'string', default: 'cpu' },
       peer: { type: 'boolean', default: defaults.peer },
       'no-peer': { type: 'boolean', default: false },
     },
@@ -115,6 +120,7 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
   const steps = count('steps', values.steps!, 1);
   const warmup = count('warmup', values.warmup!, 0);
   const rounds = count('rounds', values.rounds!, 1);
+  const device = choice('device', values.device!, ['cpu', 'cuda'] as const);
   const peerSteps = count('peer-steps', values['peer-steps'] ?? String(steps), 1);
   const peerWarmup = count('peer-warmup', values['peer-warmup'] ?? String(warmup), 0);
   const modes: BenchMode[] = mode === 'both' ? ['sft', 'dpo'] : [mode];
@@ -131,8 +137,9 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
     }
   }
 
-  console.error(`measuring this machine's multiply-add peak (${threads} threads) ...`);
-  let peak = await measurePeak();
+  // MFU is against a peak this machine measured: the GPU's is not measured, so none there.
+  if (device === 'cpu') console.error(`measuring this machine's multiply-add peak (${threads} threads) ...`);
+  let peak = device === 'cpu' ? await measurePeak() : null;
   const modelDir = await ensureBenchModel(PRESETS[preset], resolve(values['cache-dir']!));
   if (trl) trl.modelDir = modelDir;
   console.error(`model folder: ${modelDir}; threads: zephyr-native ${threads} (ZN_NUM_THREADS / addon info), torch ${threads} (torch.set_num_threads)`);
@@ -149,10 +156,10 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
     for (const m of modes) {
       for (const p of precisions) {
         console.error(`round ${round}/${rounds}: ${preset} ${m} ${p} zephyr-native ...`);
-        add(toResult(await runInChild({ preset, mode: m, precision: p, steps, warmup, device: 'cpu', modelDir }), peak));
+        add(toResult(await runInChild({ preset, mode: m, precision: p, steps, warmup, device, modelDir }), peak));
         if (trl) {
           console.error(`round ${round}/${rounds}: ${preset} ${m} ${p} TRL ...`);
-          const { versions, ...measurement } = runTrl(trl, preset, m, p, peerSteps, peerWarmup);
+          const { versions, ...measurement } = runTrl(trl, preset, m, p, peerSteps, peerWarmup, device);
           trlVersions = versions;
           add(toResult(measurement, peak));
         }
@@ -160,24 +167,26 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
     }
   }
   // Measured again at the end: on a shared machine the better of the two is the truer peak.
-  const endPeak = await measurePeak();
-  if (endPeak.f32 > peak.f32) {
-    peak = mergePeaks(peak, endPeak);
-    for (const list of runs.values()) list.splice(0, list.length, ...list.map((r) => toResult(r, peak)));
+  const endPeak = peak ? await measurePeak() : null;
+  if (peak && endPeak && endPeak.f32 > peak.f32) {
+    const better = mergePeaks(peak, endPeak);
+    peak = better;
+    for (const list of runs.values()) list.splice(0, list.length, ...list.map((r) => toResult(r, better)));
   }
 
   const results = [...runs.values()].map(combine);
   console.log(formatResults(results));
   const ratioRows = ratios(results);
   if (ratioRows.length > 0) console.log(`\n${formatRatios(ratioRows)}`);
-  console.log(`\n${MFU_FORMULA}; peak ${peak.f32.toFixed(1)} GFLOP/s f32, ${peak.bf16.toFixed(1)} GFLOP/s bf16 (${peak.threads} threads)`);
+  if (peak) console.log(`\n${MFU_FORMULA}; peak ${peak.f32.toFixed(1)} GFLOP/s f32, ${peak.bf16.toFixed(1)} GFLOP/s bf16 (${peak.threads} threads)`);
+  else console.log('\nOn the GPU: no MFU (no measured peak); peak memory is device memory taken (free before the models, less the lowest free after a step), on both sides');
   if (values.json) {
     writeJsonAtomic(resolve(values.json), {
       results,
       ratios: ratioRows,
-      machine: machineInfo(peak),
+      machine: { ...machineInfo(peak), gpu: device === 'cuda' ? loadNative('cuda').info() : null },
       versions: { ...ourVersions(), ...trlVersions },
-      settings: { preset, steps, warmup, peer_steps: peerSteps, peer_warmup: peerWarmup, rounds, threads, mfu_formula: MFU_FORMULA, preset_shape: PRESETS[preset] },
+      settings: { preset, device, steps, warmup, peer_steps: peerSteps, peer_warmup: peerWarmup, rounds, threads, mfu_formula: MFU_FORMULA, preset_shape: PRESETS[preset] },
     });
     console.error(`wrote ${values.json}`);
   }

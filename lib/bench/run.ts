@@ -180,7 +180,7 @@ export function ratios(results: BenchResult[]): Ratio[] {
 
 export function formatRatios(list: Ratio[]): string {
   return markdown(
-    ['preset', 'mode', 'precision', 'time/step zephyr-native/TRL', 'tokens/s zephyr-native/TRL', 'peak RSS zephyr-native/TRL'],
+    ['preset', 'mode', 'precision', 'time/step zephyr-native/TRL', 'tokens/s zephyr-native/TRL', 'peak memory zephyr-native/TRL'],
     list.map((r) => [r.preset, r.mode, r.precision, r.step_s.toFixed(2), `${r.tokens_per_s.toFixed(2)}x`, r.peak_bytes.toFixed(2)]),
   );
 }
