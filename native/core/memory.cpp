@@ -5,6 +5,7 @@
 #include <cstdlib>  // defines __GLIBC__ where the C library is glibc
 #include <fstream>
 #include <string>
+#include <utility>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -12,7 +13,6 @@
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
 #endif
-#include <utility>
 
 namespace zn {
 

@@ -97,7 +97,7 @@ class PinnedBuffer {
   void* data_ = nullptr;
 };
 
-// A CUDA event for ordering only (no timing), owned.
+// A CUDA event, owned (used here to wait for one copy, not for timing).
 class Event {
  public:
   Event() { ZN_CUDA_CHECK(cudaEventCreate(&event_)); }
