@@ -640,7 +640,7 @@ void CudaMistralModel::layer_forward(int l, const float* x, float* out, CudaLaye
   linear_forward(N, ffn, d, {a.act, t}, weight(*p.down), 1.0f, {out, DType::F32}, s);
 }
 
-void CudaMistralModel::run_forward(bool keep) {
+void CudaMistralModel::run_forward(bool keep, bool with_head) {
   const MistralConfig& c = config_;
   CudaBuffers& B = *buf_;
   const long N = tokens_, d = c.hidden_size;
@@ -653,6 +653,7 @@ void CudaMistralModel::run_forward(bool keep) {
   for (int l = 0; l < c.num_layers; ++l) layer_forward(l, residual(l), residual(l + 1), slot(l), true);
   cuda::rmsnorm_forward(N, d, c.rms_norm_eps, {residual(c.num_layers), DType::F32},
                         norm_weight(*index_.final_norm), {B.final_norm, act_dtype()}, B.final_rstd, stream_);
+  if (!with_head) return;
   cuda::logprob_forward(logprob_shape(c, N), {B.final_norm, act_dtype()}, weight(*index_.lm_head), B.targets,
                         B.logp, B.logit_lse, B.logprob_workspace, stream_, /*check_labels=*/false);
 }
@@ -758,8 +759,18 @@ void CudaMistralModel::layer_backward(int l, const float* x) {
 void CudaMistralModel::forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp) {
   ZN_CHECK(options_.trainable, "model: forwardBackward() on a model created with trainable: false");
   validate_dlogp(dlogp, batch.tokens);
-  forward(batch, logp);
-  backward(dlogp, batch.tokens);
+  use_device();
+  have_activations_ = false;
+  upload_batch(batch);
+  CudaBuffers& B = *buf_;
+  const long N = tokens_;
+  ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(N) * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  run_forward(true, /*with_head=*/false);
+  cuda::logprob_forward_backward(logprob_shape(config_, N), {B.final_norm, act_dtype()}, weight(*index_.lm_head),
+                                 B.targets, B.dlogp, B.logp, B.dnorm, grad(*index_.lm_head), B.logprob_workspace,
+                                 stream_, /*check_labels=*/false);
+  backward_below_head();
+  download_logp(logp);
 }
 
 void CudaMistralModel::backward(const float* dlogp, long tokens) {
@@ -773,12 +784,19 @@ void CudaMistralModel::backward(const float* dlogp, long tokens) {
   validate_dlogp(dlogp, tokens);
   const MistralConfig& c = config_;
   CudaBuffers& B = *buf_;
-  const long N = tokens_, d = c.hidden_size;
+  const long N = tokens_;
   const DType t = act_dtype();
   ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(N) * sizeof(float), cudaMemcpyHostToDevice, stream_));
-
   cuda::logprob_backward(logprob_shape(c, N), {B.final_norm, t}, weight(*index_.lm_head), B.targets,
                          B.logit_lse, B.dlogp, B.dnorm, grad(*index_.lm_head), B.logprob_workspace, stream_);
+  backward_below_head();
+}
+
+void CudaMistralModel::backward_below_head() {
+  const MistralConfig& c = config_;
+  CudaBuffers& B = *buf_;
+  const long N = tokens_, d = c.hidden_size;
+  const DType t = act_dtype();
   cuda::rmsnorm_backward(N, d, {B.residual[size_t(c.num_layers)], DType::F32}, norm_weight(*index_.final_norm),
                          B.final_rstd, {B.dnorm, DType::F32}, {B.dres, DType::F32}, grad(*index_.final_norm),
                          stream_);

@@ -87,8 +87,8 @@ class CudaMistralModel {
   void logprobs(const TokenBatchView& batch, float* logp);
   void next_token_logits(const TokenBatchView& batch, float* logits);
   void backward(const float* dlogp, long tokens);
-  // forward() then backward(): the GPU has no one-pass lm_head kernel yet (the CPU model's
-  // forward_backward saves the backward's logits recompute; on the GPU that is left to do).
+  // forward() then backward() with the lm_head in one pass (cuda::logprob_forward_backward):
+  // dlogp is known up front, so the backward does not recompute the logits.
   void forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp);
   void zero_grad();
   double clip_and_step(const AdamWOptions& hp);
@@ -101,7 +101,9 @@ class CudaMistralModel {
   void use_device() const;
   void upload_batch(const TokenBatchView& batch);
   void download_logp(float* logp) const;
-  void run_forward(bool keep_for_backward);
+  // The decoder (embedding, layers, final norm), then the log-probs unless with_head is false.
+  void run_forward(bool keep_for_backward, bool with_head = true);
+  void backward_below_head();  // from the final norm's input gradient (dnorm) down
   void layer_forward(int l, const float* x, float* out, CudaLayerActivations& acts, bool need_output);
   void layer_backward(int l, const float* x);
   void refresh_bf16();

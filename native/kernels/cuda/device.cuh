@@ -61,6 +61,19 @@ __device__ __forceinline__ T block_sum(T x, T* scratch) {
   return total;
 }
 
+// Max over the block, as block_sum (every thread gets it; barriers at both ends).
+__device__ __forceinline__ float block_max(float x, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  x = warp_max(x);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  float total = -INFINITY;
+  for (int w = 0; w < int(blockDim.x >> 5); ++w) total = fmaxf(total, scratch[w]);
+  __syncthreads();
+  return total;
+}
+
 // Two f32 rounded to bf16 and packed, the first in the low half (the lower column index).
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

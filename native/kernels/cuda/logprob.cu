@@ -3,6 +3,8 @@
 //   finally:             lse = m + log s;  logp = z[label] - lse
 //   backward, per chunk: dz = g (1[v == label] - e^(z - lse));  dhidden += dz · W_chunk;
 //                        dW_chunk += dzᵀ · hidden
+//   forward_backward, per panel of rows over the whole vocabulary: z = hidden · Wᵀ; lse, logp and
+//                        dz per row; dhidden = dz · W;  dW += dzᵀ · hidden
 #include "kernels/cuda/logprob.h"
 
 #include "kernels/cuda/check.h"
@@ -34,10 +36,22 @@ struct Workspace {
 // Each region starts on a 256-byte boundary (vector loads, cuBLASLt's preferred alignment).
 long padded(long floats) { return (floats + 63) / 64 * 64; }
 
-Workspace carve(const LogprobShape& shape, LogprobChunks chunks, void* base) {
+// The one-pass kernel's panel: rows of f32 logits over the whole vocabulary in the logits region
+// and their dlogits (f32 room) in the dlogits region, each region padded(max(nc vc, V)) floats.
+long grid_floats(const LogprobShape& shape, LogprobChunks chunks) {
   const long nc = token_chunk(shape, chunks), vc = vocab_chunk(shape, chunks);
+  return padded(nc * vc > shape.vocab ? nc * vc : shape.vocab);
+}
+
+long panel_rows(const LogprobShape& shape, LogprobChunks chunks) {
+  const long fit = grid_floats(shape, chunks) / shape.vocab;
+  return shape.tokens < fit ? shape.tokens : fit;
+}
+
+Workspace carve(const LogprobShape& shape, LogprobChunks chunks, void* base) {
+  const long nc = token_chunk(shape, chunks);
   float* f = static_cast<float*>(base);
-  const long grid = padded(nc * vc), column = padded(nc);
+  const long grid = grid_floats(shape, chunks), column = padded(nc);
   return {f, f + grid, f + 2 * grid, f + 2 * grid + column, f + 2 * grid + 2 * column};
 }
 
@@ -92,6 +106,32 @@ __global__ void dlogits_kernel(long rows, long vc, long v0, const float* logits,
   }
 }
 
+// One block per row of a full-vocabulary panel: lse, logp (0 where ignored) and the row's
+// dlogits g (1[v == label] - e^(z - lse)), g = 0 for an ignored token.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) fused_rows_kernel(long rows, long vocab, const float* logits,
+                                                              const int32_t* labels, const float* dlogp,
+                                                              float* logp, T* dz) {
+  __shared__ float scratch[32];
+  for (long n = blockIdx.x; n < rows; n += gridDim.x) {
+    const float* z = logits + n * vocab;
+    float local_max = -INFINITY;
+    for (long v = threadIdx.x; v < vocab; v += blockDim.x) local_max = fmaxf(local_max, z[v]);
+    const float row_max = device::block_max(local_max, scratch);
+    float local_sum = 0.0f;
+    for (long v = threadIdx.x; v < vocab; v += blockDim.x) local_sum += expf(z[v] - row_max);
+    const float lse = row_max + logf(device::block_sum(local_sum, scratch));
+    const int32_t label = labels[n];
+    const bool ignored = label == kIgnoreIndex;
+    if (threadIdx.x == 0) logp[n] = ignored ? 0.0f : z[label] - lse;
+    const float g = ignored ? 0.0f : dlogp[n];
+    T* out = dz + n * vocab;
+    for (long v = threadIdx.x; v < vocab; v += blockDim.x) {
+      out[v] = from_f32<T>(g * ((v == label ? 1.0f : 0.0f) - expf(z[v] - lse)));
+    }
+  }
+}
+
 void check_args(const char* op, const LogprobShape& shape, ConstArray hidden, ConstArray weight,
                 LogprobChunks chunks) {
   ZN_CHECK(chunks.tokens > 0 && chunks.vocab > 0, op, ": chunk sizes must be positive");
@@ -117,8 +157,8 @@ void chunk_logits(const LogprobShape& shape, ConstArray hidden, ConstArray weigh
 }  // namespace
 
 size_t logprob_workspace_bytes(const LogprobShape& shape, LogprobChunks chunks) {
-  const long nc = token_chunk(shape, chunks), vc = vocab_chunk(shape, chunks);
-  return size_t(2 * padded(nc * vc) + 3 * padded(nc)) * sizeof(float);
+  const long nc = token_chunk(shape, chunks);
+  return size_t(2 * grid_floats(shape, chunks) + 3 * padded(nc)) * sizeof(float);
 }
 
 void logprob_forward(const LogprobShape& shape, ConstArray hidden, ConstArray weight,
@@ -172,6 +212,34 @@ void logprob_backward(const LogprobShape& shape, ConstArray hidden, ConstArray w
            Matrix{element(hidden.data, t, n0 * d), t, d}, 1.0f,
            OutMatrix{dweight + v0 * d, DType::F32, d}, stream);
     }
+  }
+}
+
+void logprob_forward_backward(const LogprobShape& shape, ConstArray hidden, ConstArray weight,
+                              const int32_t* labels, const float* dlogp, float* logp, float* dhidden,
+                              float* dweight, void* workspace, cudaStream_t stream, bool check_labels,
+                              LogprobChunks chunks) {
+  check_args("logprob_forward_backward", shape, hidden, weight, chunks);
+  if (shape.tokens == 0) return;
+  if (check_labels)
+    check_ids("logprob_forward_backward", "labels", labels, shape.tokens, shape.vocab, kIgnoreIndex, stream);
+  const Workspace ws = carve(shape, chunks, workspace);
+  const long V = shape.vocab, d = shape.dim, rows_max = panel_rows(shape, chunks);
+  const DType t = hidden.dtype;
+  for (long n0 = 0; n0 < shape.tokens; n0 += rows_max) {
+    const long rows = shape.tokens - n0 < rows_max ? shape.tokens - n0 : rows_max;
+    chunk_logits(shape, hidden, weight, n0, rows, 0, V, ws.logits, stream);
+    dispatch_dtype(t, [&](auto tag) {
+      using T = decltype(tag);
+      fused_rows_kernel<T><<<unsigned(rows < 65535 ? rows : 65535), kThreads, 0, stream>>>(
+          rows, V, ws.logits, labels + n0, dlogp + n0, logp + n0, static_cast<T*>(ws.dlogits));
+    });
+    ZN_CUDA_CHECK_LAUNCH();
+    // dhidden[n0:] = dz · W;  dW += dzᵀ · hidden[n0:]
+    gemm(false, false, rows, d, V, 1.0f, Matrix{ws.dlogits, t, V}, Matrix{weight.data, t, d}, 0.0f,
+         OutMatrix{dhidden + n0 * d, DType::F32, d}, stream);
+    gemm(true, false, V, d, rows, 1.0f, Matrix{ws.dlogits, t, V}, Matrix{element(hidden.data, t, n0 * d), t, d},
+         1.0f, OutMatrix{dweight, DType::F32, d}, stream);
   }
 }
 

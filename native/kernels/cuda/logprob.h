@@ -24,8 +24,9 @@ namespace zn::cuda {
 using LogprobShape = cpu::LogprobShape;
 using cpu::kIgnoreIndex;
 
-// Chunk sizes: the defaults keep the workspace near 256 MiB; tests pass small ones so that a
-// small problem still crosses chunk boundaries.
+// Chunk sizes: the defaults keep the workspace near 256 MiB (and never below one full-vocabulary
+// row of logits and dlogits, for the one-pass kernel); tests pass small ones so that a small
+// problem still crosses chunk boundaries.
 struct LogprobChunks {
   long tokens = 4096;
   long vocab = 8192;
@@ -41,5 +42,15 @@ void logprob_backward(const LogprobShape& shape, ConstArray hidden, ConstArray w
                       const int32_t* labels, const float* lse, const float* dlogp, float* dhidden,
                       float* dweight, void* workspace, cudaStream_t stream,
                       LogprobChunks chunks = {});
+
+// Forward and backward in one pass, for a dlogp known before the forward (SFT), as the CPU's
+// logprob_forward_backward: panels of tokens get their logits over the whole vocabulary once
+// (as many rows as the workspace holds, at least one), a row kernel forms lse, logp and dlogits
+// from them, and the two backward GEMMs follow: three lm_head GEMMs instead of four. Writes logp
+// (0 where ignored) and dhidden (overwritten; 0 for ignored tokens), accumulates dweight; no lse.
+void logprob_forward_backward(const LogprobShape& shape, ConstArray hidden, ConstArray weight,
+                              const int32_t* labels, const float* dlogp, float* logp, float* dhidden,
+                              float* dweight, void* workspace, cudaStream_t stream,
+                              bool check_labels = true, LogprobChunks chunks = {});
 
 }  // namespace zn::cuda

@@ -181,23 +181,27 @@ Trace train(Model& m, const std::string& weights, const Batch& sft, const Batch&
   const std::vector<float> ref = sequence_logps(dpo, trace.reference_logp);
   const model::AdamWOptions hp{1e-3, 0.9, 0.999, 1e-8, 0.01, 1.0};
 
+  // SFT steps take forward_backward (dlogp is -1/count per labelled token, known up front: the
+  // GPU's one-pass lm_head against the CPU's), DPO steps forward then backward.
   auto step = [&](const Batch& b, bool preference) {
     m.zero_grad();
     std::vector<float> logp(b.ids.size()), dlogp(b.ids.size(), 0.0f);
-    m.forward(b.view(), logp.data());
     double loss = 0;
     if (!preference) {
       long count = 0;
       for (size_t t = 0; t < logp.size(); ++t) count += b.targets[t] != -100;
       for (size_t t = 0; t < logp.size(); ++t) {
-        if (b.targets[t] == -100) continue;
-        loss -= logp[t] / double(count);
-        dlogp[t] = -1.0f / float(count);
+        if (b.targets[t] != -100) dlogp[t] = -1.0f / float(count);
+      }
+      m.forward_backward(b.view(), dlogp.data(), logp.data());
+      for (size_t t = 0; t < logp.size(); ++t) {
+        if (b.targets[t] != -100) loss -= logp[t] / double(count);
       }
     } else {
+      m.forward(b.view(), logp.data());
       loss = dpo_loss_and_dlogp(b, logp, ref, dlogp);
+      m.backward(dlogp.data(), long(dlogp.size()));
     }
-    m.backward(dlogp.data(), long(dlogp.size()));
     trace.loss.push_back(loss);
     trace.grads.push_back(read_all(m, true));
     trace.grad_norm.push_back(m.clip_and_step(hp));

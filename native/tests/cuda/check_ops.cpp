@@ -542,11 +542,20 @@ void check_logprob_case(Report& report, cudaStream_t stream, DType t, LogprobChu
         }
       }
     }
+    // The one-pass kernel on the same inputs, outputs poisoned, dweight from the same start.
+    DeviceArray logp1(static_cast<size_t>(N), DType::F32), dhidden1(static_cast<size_t>(N * d), DType::F32),
+        dweight1(dweight0, DType::F32);
+    logprob_forward_backward(shape, dh.carray(), dw.carray(), dlabels.data(), ddl.f32(), logp1.f32(), dhidden1.f32(),
+                             dweight1.f32(), workspace.data(), stream, true, chunks);
     const double tol = t == DType::BF16 ? kBf16Tol : kF32Tol * 10;
     report.compare("logprob", what + " logp", "f64", rel_error(logp.read(), rl), t == DType::BF16 ? kBf16InputTol : kF32Tol);
     report.compare("logprob", what + " lse", "f64", rel_error(lse.read(), rlse), kF32Tol);
     report.compare("logprob", what + " dhidden", "f64", rel_error(dhidden.read(), rdh), tol);
     report.compare("logprob", what + " dweight", "f64", rel_error(dweight.read(), rdw), tol);
+    report.compare("logprob", what + " one-pass logp", "f64", rel_error(logp1.read(), rl),
+                   t == DType::BF16 ? kBf16InputTol : kF32Tol);
+    report.compare("logprob", what + " one-pass dhidden", "f64", rel_error(dhidden1.read(), rdh), tol);
+    report.compare("logprob", what + " one-pass dweight", "f64", rel_error(dweight1.read(), rdw), tol);
 #ifdef ZN_HAVE_CPU_LOGPROB
     std::vector<bf16> weight_bf16(weight.size());
     for (size_t i = 0; i < weight.size(); ++i) weight_bf16[i] = f32_to_bf16(weight[i]);
@@ -557,6 +566,13 @@ void check_logprob_case(Report& report, cudaStream_t stream, DType t, LogprobChu
     report.compare("logprob", what + " logp", "cpu", rel_error(logp.read(), cl), t == DType::BF16 ? kBf16InputTol : kF32Tol);
     report.compare("logprob", what + " dhidden", "cpu", rel_error(dhidden.read(), cdh), tol);
     report.compare("logprob", what + " dweight", "cpu", rel_error(dweight.read(), cdw), tol);
+    std::vector<float> fl(static_cast<size_t>(N)), fdh(static_cast<size_t>(N * d)), fdw = dweight0;
+    cpu::logprob_forward_backward(shape, hidden.data(), w, t, labels.data(), dlogp.data(), fl.data(), fdh.data(),
+                                  fdw.data());
+    report.compare("logprob", what + " one-pass logp", "cpu", rel_error(logp1.read(), fl),
+                   t == DType::BF16 ? kBf16InputTol : kF32Tol);
+    report.compare("logprob", what + " one-pass dhidden", "cpu", rel_error(dhidden1.read(), fdh), tol);
+    report.compare("logprob", what + " one-pass dweight", "cpu", rel_error(dweight1.read(), fdw), tol);
 #endif
   });
 }
@@ -788,6 +804,9 @@ void run_op_checks(Report& report, cudaStream_t stream, const std::string& only,
     check_logprob_case(report, stream, F, {128, 1000});
     check_logprob_case(report, stream, H, {128, 1000});
     if (!quick) check_logprob_case(report, stream, H, {});
+    // A token chunk x vocab chunk smaller than one vocabulary row: the one-pass kernel's panel
+    // is then the one row the workspace always has room for.
+    if (!quick) check_logprob_case(report, stream, F, {2, 1000});
   }
   if (selected(only, "dpo"))
     for (DpoLossType type : {DpoLossType::Sigmoid, DpoLossType::Ipo, DpoLossType::Hinge}) {
