@@ -64,11 +64,7 @@ __global__ void __launch_bounds__(kThreads) merge_chunk_kernel(
     const float* z = logits + n * vc;
     float local_max = -INFINITY;
     for (long v = threadIdx.x; v < vc; v += blockDim.x) local_max = fmaxf(local_max, z[v]);
-    local_max = device::warp_max(local_max);
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = local_max;
-    __syncthreads();
-    float chunk_max = -INFINITY;
-    for (int w = 0; w < int(blockDim.x >> 5); ++w) chunk_max = fmaxf(chunk_max, scratch[w]);
+    const float chunk_max = device::block_max(local_max, scratch);
     const float previous_max = first ? -INFINITY : run_max[n];
     const float new_max = fmaxf(previous_max, chunk_max);
     float sum = 0.0f;
