@@ -191,7 +191,7 @@ struct Queued {
   std::function<void()> work;
 };
 std::deque<Queued> queue;
-long issued = 0, completed = 0;  // queue positions: the last one issued, the last one run
+long issued = 0;  // the queue position of the last work issued
 
 // cudaMallocHost's blocks, by start: copies to and from them are asynchronous, so they are
 // queued; a pageable host buffer is read or written at the call, as the CUDA runtime does.
@@ -211,7 +211,6 @@ void run_until(long until) {
     Queued next = std::move(queue.front());
     queue.pop_front();
     next.work();
-    completed = next.position;
   }
 }
 
