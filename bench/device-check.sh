@@ -5,14 +5,15 @@
 #    cuBLASLt from NVIDIA's pip wheels in python3's environment (nvidia/cu13) or the toolkit;
 # 2. zn_cuda_check: every CUDA kernel against its CPU kernel and a float64 reference (PASS/FAIL),
 #    and SFT/DPO steps of a small Mistral on the GPU model against the CPU model;
-# 2b. with Node.js (carried): the package's GPU model and trainer against the CPU, and SFT and DPO
+# 3. timings: GEMM, attention, the memory-bound kernels and a Mistral-7B decoder layer step
+#    (forward + backward), each in its own process;
+# 4. bench/torch_device.py: torch.matmul and SDPA / FlexAttention on the same shapes and card;
+# 4b. with Node.js (carried): the package's GPU model and trainer against the CPU, and SFT and DPO
 #    steps of the small preset on the GPU beside transformers + TRL on the same GPU (bench/steps.ts
 #    --peer --device cuda; trl and datasets come as wheels from bench/device-wheels.sh);
-# 3. timings: GEMM, attention, the memory-bound kernels, a Mistral-7B decoder layer step
-#    (forward + backward) and a whole Mistral-7B DPO step on the GPU model (bf16 policy with
-#    checkpointing and the optimizer offloaded to the host, frozen bf16 reference, 8192 policy
-#    tokens; its random bf16 weights are written to $TMPDIR, 14.5 GB), each in its own process;
-# 4. bench/torch_device.py: torch.matmul and SDPA / FlexAttention on the same shapes and card;
+# 4c. a whole Mistral-7B DPO step on the GPU model (bf16 policy with checkpointing and the
+#    optimizer offloaded to the host, frozen bf16 reference, 8192 policy tokens; its random bf16
+#    weights are written to $TMPDIR, 14.5 GB);
 # 5. the CPU test suite (ctest) on this host, with its CPU flags (AVX-512 BF16 paths run here);
 # 6. one table (bench/device_report.py), printed last and written to $OUT/table.txt.
 # A part that fails is reported and the others still run. The whole run keeps within
@@ -132,6 +133,18 @@ else
   parts+=("kernel checks and timings: not run (no zn_cuda_check; see build.log)")
 fi
 
+# The kernel timings and torch's on the same shapes come first: they are quick and make the table;
+# the package-level part and the whole 7B step, the longest, follow.
+if [[ -x $check ]]; then
+  for family in gemm attention memory layer; do
+    step "timings: $family"
+    part "timings $family" 150 "$check" --no-checks --only "$family" --json "$build/results/bench-$family.jsonl"
+  done
+fi
+
+step "torch on the same shapes"
+part "torch" 240 env PYTHONUNBUFFERED=1 python3 bench/torch_device.py --json "$build/results/torch.jsonl"
+
 # The package on the GPU: lib/model and the trainer driving the CUDA addon's Model against the
 # CPU addon (test/cuda-model.test.ts, test/cuda-addon.test.ts), then the user's bench command.
 if [[ $with_node == ON ]]; then
@@ -161,17 +174,12 @@ if [[ -x $check ]]; then
   # step7b writes 14.5 GB of random weights to $TMPDIR: RAM-backed /dev/shm when it has room,
   # so that neither writing (fsync) nor loading waits on the disk.
   shm_gb=$(df --output=avail -BG /dev/shm 2>/dev/null | tail -n 1 | tr -dc '0-9')
-  for family in gemm attention memory layer step7b; do
-    step "timings: $family"
-    scratch=${TMPDIR:-/tmp}
-    [[ $family == step7b && ${shm_gb:-0} -ge 20 ]] && scratch=/dev/shm
-    part "timings $family" 150 env TMPDIR="$scratch" "$check" --no-checks --only "$family" \
-      --json "$build/results/bench-$family.jsonl"
-  done
+  scratch=${TMPDIR:-/tmp}
+  ((${shm_gb:-0} >= 20)) && scratch=/dev/shm
+  step "timings: step7b"
+  part "timings step7b" 150 env TMPDIR="$scratch" "$check" --no-checks --only step7b \
+    --json "$build/results/bench-step7b.jsonl"
 fi
-
-step "torch on the same shapes"
-part "torch" 240 env PYTHONUNBUFFERED=1 python3 bench/torch_device.py --json "$build/results/torch.jsonl"
 
 step "CPU tests (ctest) on this host"
 left=$(limit 300)
