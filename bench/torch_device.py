@@ -128,6 +128,11 @@ def attention_functions(tokens, window, docs):
             return visible & (q_idx - kv_idx < window) if window > 0 else visible
 
         block_mask = create_block_mask(mask_mod, None, None, tokens, tokens)
+        # The backward is timed by re-running it on one graph (retain_graph=True), which a compiled
+        # backward that donates its saved buffers refuses (the first H100 run, torch 2.11).
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
         compiled = torch.compile(flex_attention, dynamic=False)
         yield "flex_attention (compiled), gqa", lambda q, k, v: compiled(q, k, v, block_mask=block_mask, enable_gqa=True)
     except Exception as error:  # noqa: BLE001

@@ -211,7 +211,9 @@ export async function loadModel(dir: string, options: ModelOptions = {}): Promis
   if (typeof addon.Model !== 'function') {
     throw new ZnError(`the ${addon.info().backend} backend has no model implementation yet`);
   }
-  const { shards } = checkMistralWeights(readCheckpointWeights(dir, addon), config);
+  // Headers are read on the host by the CPU addon, which every install builds: the CUDA addon
+  // holds only device work (a device run found it lacked readSafetensorsHeader).
+  const { shards } = checkMistralWeights(readCheckpointWeights(dir), config);
   const resolved = nativeOptions(config, options);
   const native = new addon.Model(resolved);
   await native.loadWeights({ files: shards.map((shard) => shard.path) });
