@@ -1,5 +1,5 @@
 /** zephyr-native's public library API: what a Node service imports. */
-export { loadNative, type AddonInfo, type Device, type NativeAddon } from './native.js';
+export { loadNative, type AddonInfo, type BackendAddon, type Device, type NativeAddon } from './native.js';
 export { UsageError, ZnError } from './errors.js';
 export { VERSION } from './version.js';
 export { countRows, listSplits, readRows, type ReadOptions, type SourceRow } from './data/readers.js';

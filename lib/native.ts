@@ -51,19 +51,40 @@ export interface DpoLossResult {
   metrics: Record<string, number>;
 }
 
-/** The functions every backend addon exports. */
-export interface NativeAddon {
+/**
+ * What every backend addon (CPU and CUDA) exports: the model, its memory plan and the DPO loss.
+ * `loadNative(device)` gives this much for any device.
+ */
+export interface BackendAddon {
   info(): AddonInfo;
   /** Self-check of the thread pool and the async path: sum of x^2 in f64. */
   sumOfSquares(options: { values: Float32Array }): Promise<number>;
+  /** The fused DPO loss (native/kernels/cpu/dpo.h): per-pair losses, gradients, TRL metrics. */
+  dpoLoss(options: DpoLossOptions): DpoLossResult;
+  /** The Mistral model (native/model/mistral.h): `new addon.Model({config, maxTokens, ...})`. */
+  Model: new (options: NativeModelOptions) => NativeModel;
+  /** The bytes a Model with these options would allocate, computed without allocating. */
+  modelMemoryPlan(options: NativeModelOptions): MemoryPlan;
+}
+
+/** BackendAddon's members, which loadNative checks an addon file has (a stale build lacks some). */
+export const BACKEND_MEMBERS = ['info', 'sumOfSquares', 'dpoLoss', 'Model', 'modelMemoryPlan'] as const;
+// Compiles only while BACKEND_MEMBERS names every member of BackendAddon.
+const everyMemberListed: [Exclude<keyof BackendAddon, (typeof BACKEND_MEMBERS)[number]>] extends [never] ? true : never = true;
+void everyMemberListed;
+
+/**
+ * The CPU addon: a backend, plus the host-side functions (files, random draws, the machine's
+ * peak) that the package calls on every device, always through `loadNative('cpu')`: the CUDA
+ * addon holds device work only.
+ */
+export interface NativeAddon extends BackendAddon {
   /**
    * N(0, std^2) draws (native/core/random.h), counter-based: element i of (seed, stream) is the
    * same however the work is split. For initialising weights.
    */
   randomNormal(options: { count: number; seed: number; stream?: number; std: number; dtype?: 'f32' }): Promise<Float32Array>;
   randomNormal(options: { count: number; seed: number; stream?: number; std: number; dtype: 'bf16' }): Promise<Uint16Array>;
-  /** The fused DPO loss (native/kernels/cpu/dpo.h): per-pair losses, gradients, TRL metrics. */
-  dpoLoss(options: DpoLossOptions): DpoLossResult;
   /** A safetensors file's validated header: tensors in file order, and `__metadata__`. */
   readSafetensorsHeader(options: { path: string }): SafetensorsHeader;
   /** One tensor converted to f32 or bf16 (bits). For tests and small tensors. */
@@ -75,10 +96,6 @@ export interface NativeAddon {
     tensors: SafetensorsTensorData[];
     metadata?: Record<string, string>;
   }): Promise<void>;
-  /** The Mistral model (native/model/mistral.h): `new addon.Model({config, maxTokens, ...})`. */
-  Model: new (options: NativeModelOptions) => NativeModel;
-  /** The bytes a Model with these options would allocate, computed without allocating. */
-  modelMemoryPlan(options: NativeModelOptions): MemoryPlan;
   /** This machine's multiply-add peak (native/core/peak.h), GFLOP/s on every pool thread: MFU's denominator. */
   measurePeak(options: { secondsPerLoop?: number }): Promise<{ f32: number; bf16: number; threads: number; loops: { name: string; dtype: string; gflops: number }[] }>;
 }
@@ -228,26 +245,31 @@ export function packageRoot(): string {
   return dir;
 }
 
-const loaded = new Map<string, NativeAddon>();
+const loaded = new Map<string, BackendAddon>();
 
-function loadFile(file: string, what: string): NativeAddon {
+function loadFile<Addon extends BackendAddon>(file: string, what: string): Addon {
   const cached = loaded.get(file);
-  if (cached) return cached;
+  if (cached) return cached as Addon;
+  let addon: Record<string, unknown>;
   try {
-    const addon = require(file) as NativeAddon;
-    loaded.set(file, addon);
-    return addon;
+    addon = require(file) as Record<string, unknown>;
   } catch (error) {
     throw new ZnError(`cannot load the ${what} (${file}): ${(error as Error).message}`);
   }
+  const missing = BACKEND_MEMBERS.filter((name) => typeof addon[name] !== 'function');
+  if (missing.length > 0) {
+    throw new ZnError(`the ${what} (${file}) lacks ${missing.join(', ')}: it is from an older build; rebuild it`);
+  }
+  loaded.set(file, addon as unknown as BackendAddon);
+  return addon as unknown as Addon;
 }
 
 function loadCpu(): NativeAddon {
   const override = process.env.ZN_ADDON_PATH;
-  if (override) return loadFile(resolve(override), 'CPU addon named by ZN_ADDON_PATH');
+  if (override) return loadFile<NativeAddon>(resolve(override), 'CPU addon named by ZN_ADDON_PATH');
   const root = packageRoot();
   const cached = loaded.get(root);
-  if (cached) return cached;
+  if (cached) return cached as NativeAddon;
   try {
     const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeAddon;
     const addon = nodeGypBuild(root);
@@ -267,7 +289,7 @@ export function cudaAddonCandidates(): string[] {
   return [...fromEnv, join(root, 'build-cuda', 'cuda', 'zn_cuda.node'), join(root, 'build', 'cuda', 'zn_cuda.node')];
 }
 
-function loadCuda(): NativeAddon {
+function loadCuda(): BackendAddon {
   const candidates = cudaAddonCandidates();
   const file = candidates.find((candidate) => existsSync(candidate));
   if (!file) {
@@ -287,8 +309,13 @@ function loadCuda(): NativeAddon {
   return addon;
 }
 
-/** Loads the addon for a device. A missing or broken CUDA backend is a ZnError, never a crash. */
-export function loadNative(device: Device = 'cpu'): NativeAddon {
+/**
+ * Loads the addon for a device. A missing or broken CUDA backend is a ZnError, never a crash.
+ * Only the CPU addon has the host-side functions: `loadNative('cpu')` is typed with them.
+ */
+export function loadNative(device?: 'cpu'): NativeAddon;
+export function loadNative(device: Device): BackendAddon;
+export function loadNative(device: Device = 'cpu'): BackendAddon {
   switch (device) {
     case 'cpu':
       return loadCpu();

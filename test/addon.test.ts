@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import { loadNative, packageRoot, type NativeAddon } from '../lib/native.js';
+import { BACKEND_MEMBERS, loadNative, packageRoot, type NativeAddon } from '../lib/native.js';
 import { ZnError } from '../lib/errors.js';
 
 const require = createRequire(import.meta.url);
@@ -42,6 +43,24 @@ describe('native addon', () => {
       /sumOfSquares: 'values' must be a Float32Array/,
     );
     await assert.rejects(addon.sumOfSquares({ values: new Float32Array([1, Number.NaN]) }), /values\[1\] is not finite/);
+  });
+
+  it('an addon file without every backend member (a stale build) is a ZnError naming what it lacks', () => {
+    for (const name of BACKEND_MEMBERS) assert.equal(typeof (loadNative('cpu') as unknown as Record<string, unknown>)[name], 'function', name);
+    const stale = join(mkdtempSync(join(tmpdir(), 'zn-stale-addon-')), 'zn_cpu.cjs');
+    writeFileSync(stale, 'exports.info = () => ({}); exports.Model = function Model() {};\n');
+    const saved = process.env.ZN_ADDON_PATH;
+    process.env.ZN_ADDON_PATH = stale;
+    try {
+      assert.throws(
+        () => loadNative('cpu'),
+        (error: unknown) =>
+          error instanceof ZnError && error.message.includes(stale) && /lacks sumOfSquares, dpoLoss, modelMemoryPlan: it is from an older build/.test(error.message),
+      );
+    } finally {
+      if (saved === undefined) delete process.env.ZN_ADDON_PATH;
+      else process.env.ZN_ADDON_PATH = saved;
+    }
   });
 
   it('a missing CUDA backend is a catchable ZnError', () => {

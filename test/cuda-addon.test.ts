@@ -10,7 +10,7 @@ import { createRequire } from 'node:module';
 import { describe, it } from 'node:test';
 
 import { ZnError } from '../lib/errors.js';
-import { cudaAddonCandidates, loadNative } from '../lib/native.js';
+import { BACKEND_MEMBERS, cudaAddonCandidates, loadNative } from '../lib/native.js';
 
 const require = createRequire(import.meta.url);
 
@@ -108,6 +108,8 @@ describe('CUDA addon', { skip }, () => {
   }
 
   it('without a usable GPU: clear errors, a ZnError from loadNative, auto picks the CPU; with one: info, sum of squares, DPO loss as the CPU addon, GEMM against float64', async () => {
+    // Everything the package calls on a backend is there (the file functions are the CPU addon's).
+    for (const name of BACKEND_MEMBERS) assert.equal(typeof (addon as unknown as Record<string, unknown>)[name], 'function', name);
     if (noGpu) await withoutGpu();
     else await withGpu();
   });

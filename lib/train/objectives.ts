@@ -14,7 +14,7 @@ import { IGNORE_INDEX } from '../data/batch.js';
 import { collatePreference, collateSft } from '../data/collate.js';
 import type { PreferencePair } from '../data/dpo-tokenize.js';
 import type { SftItem } from '../data/load.js';
-import type { NativeAddon } from '../native.js';
+import type { BackendAddon } from '../native.js';
 import type { Objective, StepResult } from './loop.js';
 
 /** The model operations objectives use (lib/model/model.ts MistralModel has them). */
@@ -124,7 +124,7 @@ export class DpoObjective implements Objective<PreferencePair> {
   constructor(
     private readonly policy: ObjectiveModel,
     private readonly reference: ReferenceLogps,
-    private readonly addon: NativeAddon,
+    private readonly addon: BackendAddon,
     private readonly settings: DpoSettings,
   ) {}
 
