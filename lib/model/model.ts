@@ -207,12 +207,9 @@ export class MistralModel {
 export async function loadModel(dir: string, options: ModelOptions = {}): Promise<MistralModel> {
   const config = readMistralConfig(dir);
   const device = options.device ?? 'cpu';
-  const addon = loadNative(device);
-  if (typeof addon.Model !== 'function') {
-    throw new ZnError(`the ${addon.info().backend} backend has no model implementation yet`);
-  }
-  // Headers are read on the host by the CPU addon, which every install builds: the CUDA addon
-  // holds only device work (a device run found it lacked readSafetensorsHeader).
+  const addon = loadNative(device);  // checked to have a Model (lib/native.ts BACKEND_MEMBERS)
+  // File headers are the CPU addon's to read (every install builds it); the device's addon
+  // holds device work only.
   const { shards } = checkMistralWeights(readCheckpointWeights(dir), config);
   const resolved = nativeOptions(config, options);
   const native = new addon.Model(resolved);
