@@ -33,45 +33,43 @@ __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-__device__ __forceinline__ double warp_sum(double x) {
-  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-__device__ __forceinline__ float warp_max(float x) {
-  for (int offset = 16; offset > 0; offset >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  return x;
-}
+struct Add {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct Max {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
-// `scratch` holds 32 values; the call begins and ends with a barrier, so it can be reused.
+// `op` over the 32 lanes of a warp; every lane gets the result.
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_reduce(T x, Op op) {
+  for (int offset = 16; offset > 0; offset >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) { return warp_reduce(x, Add{}); }
+__device__ __forceinline__ double warp_sum(double x) { return warp_reduce(x, Add{}); }
+__device__ __forceinline__ float warp_max(float x) { return warp_reduce(x, Max{}); }
+
+// `op` over the block (blockDim.x a multiple of 32, at most 1024), starting from `identity`;
+// every thread gets the result. `scratch` holds 32 values; the call begins and ends with a
+// barrier, so it can be reused.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T x, T identity, Op op, T* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  x = warp_reduce(x, op);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  T total = identity;
+  for (int w = 0; w < int(blockDim.x >> 5); ++w) total = op(total, scratch[w]);
+  __syncthreads();
+  return total;
+}
 template <typename T>
-__device__ __forceinline__ T block_sum(T x, T* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  x = warp_sum(x);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  T total = 0;
-  for (int w = 0; w < int(blockDim.x >> 5); ++w) total += scratch[w];
-  __syncthreads();
-  return total;
-}
-
-// Max over the block, as block_sum (every thread gets it; barriers at both ends).
+__device__ __forceinline__ T block_sum(T x, T* scratch) { return block_reduce(x, T(0), Add{}, scratch); }
 __device__ __forceinline__ float block_max(float x, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  x = warp_max(x);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  float total = -INFINITY;
-  for (int w = 0; w < int(blockDim.x >> 5); ++w) total = fmaxf(total, scratch[w]);
-  __syncthreads();
-  return total;
+  return block_reduce(x, -INFINITY, Max{}, scratch);
 }
 
 // Two f32 rounded to bf16 and packed, the first in the low half (the lower column index).
