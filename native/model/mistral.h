@@ -19,31 +19,15 @@
 
 #include "core/bf16.h"
 #include "core/dtype.h"
+#include "model/cpu_backend.h"
+#include "model/decoder.h"
+#include "model/parameters.h"
 
 namespace zn {
 class SafetensorsFile;
 }
 
 namespace zn::model {
-
-struct MistralConfig {
-  long vocab_size = 0;
-  long hidden_size = 0;
-  long intermediate_size = 0;
-  int num_layers = 0;
-  int num_heads = 0;
-  int num_kv_heads = 0;
-  int head_dim = 0;  // HF: config.head_dim, else hidden_size / num_attention_heads
-  float rms_norm_eps = 1e-5f;
-  float rope_theta = 10000.0f;
-  long sliding_window = 0;  // <= 0: none (HF sliding_window: null)
-  bool tie_word_embeddings = false;
-  long pad_token_id = -1;  // < 0: none; otherwise that embedding row gets no gradient
-
-  void validate() const;  // throws zn::Error naming the bad field
-  long q_dim() const { return long(num_heads) * head_dim; }
-  long kv_dim() const { return long(num_kv_heads) * head_dim; }
-};
 
 enum class Precision { F32, BF16 };
 
@@ -58,38 +42,7 @@ struct ModelOptions {
   bool offload_optimizer = false;
 };
 
-// One parameter: HF name and shape, its place in the master (and bf16, gradient, moment)
-// buffers, and whether AdamW decays it (HF Trainer.get_decay_parameter_names: not norms).
-struct ParameterSpec {
-  std::string name;
-  std::vector<int64_t> shape;
-  size_t offset = 0;  // in elements
-  size_t numel = 0;
-  bool decay = true;
-};
-
-std::vector<ParameterSpec> parameter_table(const MistralConfig& config);
-size_t parameter_count(const std::vector<ParameterSpec>& table);  // total elements
-
-// A frozen bf16 model keeps no f32 master: the kernels read bf16 weights, and only the norm
-// weights (the 1-D parameters) stay f32, in a compact buffer. norm_slots gives each parameter's
-// offset there (kNoSlot for a matrix) and returns the buffer's length.
-constexpr size_t kNoSlot = ~size_t(0);
-size_t norm_slots(const std::vector<ParameterSpec>& table, std::vector<size_t>* slots);
 inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }
-const ParameterSpec& find_parameter(const std::vector<ParameterSpec>& table, const std::string& name);  // throws when unknown
-
-// Where each part of the model sits in a parameter table (pointers into that table).
-struct LayerParameters {
-  const ParameterSpec *input_norm, *q, *k, *v, *o, *post_norm, *gate, *up, *down;
-};
-struct ParameterIndex {
-  std::vector<LayerParameters> layers;
-  const ParameterSpec* embed = nullptr;
-  const ParameterSpec* final_norm = nullptr;
-  const ParameterSpec* lm_head = nullptr;  // == embed when tied
-};
-ParameterIndex index_parameters(const MistralConfig& config, const std::vector<ParameterSpec>& table);
 
 // Bytes the model will allocate, by category, computable before allocating anything.
 struct MemoryPlan {
@@ -178,11 +131,9 @@ long optimizer_state_step(const SafetensorsFile& file);
 // Reads one moment of one parameter (numel f32 values) from an open optimizer state file.
 void read_optimizer_moment(const SafetensorsFile& file, Moment moment, const ParameterSpec& p, float* out);
 
-struct Activations;
-struct LayerActivations;
 class RowGradient;
 
-class MistralModel {
+class MistralModel final : private Decoder::Parameters {
  public:
   MistralModel(const MistralConfig& config, const ModelOptions& options);
   ~MistralModel();
@@ -238,36 +189,25 @@ class MistralModel {
 
  private:
   void copy_batch(const TokenBatchView& batch);
-  void run_forward(float* logp, bool keep_for_backward);
-  void run_trunk(bool keep_for_backward);  // embedding, layers, final norm into acts_->normed
-  // From dnormed = d loss / d (final norm output) down to the embedding; with
-  // top_mlp_overwritten the top layer's gate and up are recomputed first.
-  void backward_trunk(const float* dnormed, bool top_mlp_overwritten);
-  void recompute_mlp_inputs(int l, const float* h);
-  void layer_forward(int l, const float* x, float* out, LayerActivations& acts, bool need_output);
-  void attention_residual(int l, const float* x, const float* attn, float* h);  // h = x + o_proj(attn)
-  void recompute_kv(int l, const float* x);
-  void layer_backward(int l, const float* x, const float* h, float* dres);
-  void refresh_bf16();
-  const void* weight(const ParameterSpec& p) const;
+  DeviceBatch batch() const;  // the last copied batch, as the kernels read it
+  void embedding_backward();  // from the decoder's d loss / d (embedding output)
+  // Decoder::Parameters: the weights the kernels read and the dense gradients.
+  ConstTensor weight(const ParameterSpec& p) const override;
+  const float* norm_weight(const ParameterSpec& p) const override { return f32_values(p); }  // f32 in every mode
+  float* grad(const ParameterSpec& p) override;  // dense gradients only (not an untied embedding's)
   // A parameter's f32 values: the master, or a frozen bf16 model's norm weights; null for a
   // frozen bf16 model's matrices (bf16 only).
   const float* f32_values(const ParameterSpec& p) const;
-  const float* norm_weight(const ParameterSpec& p) const { return f32_values(p); }  // f32 in every mode
   size_t norm_slot(const ParameterSpec& p) const { return norm_slots_[size_t(&p - params_.data())]; }
-  DType weight_dtype() const;
-  float* grad(const ParameterSpec& p);  // dense gradients only (not an untied embedding's)
   bool has_row_gradient(const ParameterSpec& p) const;
   size_t dense_grad_offset(const ParameterSpec& p) const;  // in grads_, which skips a row-held embedding
+  void refresh_bf16();
 
   MistralConfig config_;
   ModelOptions options_;
   MemoryPlan plan_;
   std::vector<ParameterSpec> params_;
-  std::vector<LayerParameters> layers_;
-  const ParameterSpec* embed_ = nullptr;
-  const ParameterSpec* final_norm_ = nullptr;
-  const ParameterSpec* lm_head_ = nullptr;  // == embed_ when tied
+  ParameterIndex index_;  // pointers into params_
 
   std::vector<float> master_;       // all but a frozen bf16 model
   std::vector<bf16> weights_bf16_;  // bf16 mode only
@@ -285,7 +225,9 @@ class MistralModel {
     void operator()(float* p) const;
   };
   std::unique_ptr<float[], FreeDeleter> arena_;
-  std::unique_ptr<Activations> acts_;
+  std::unique_ptr<DecoderBuffers> buffers_;  // laid out in arena_
+  CpuBackend backend_;
+  std::unique_ptr<Decoder> decoder_;
 
   // The batch of the last forward(), kept for backward().
   std::vector<int32_t> input_ids_, position_ids_, targets_, cu_seqlens_;

@@ -1,0 +1,122 @@
+// The Mistral decoder, written once: forward, backward (with recomputation) and the log-prob
+// head as a plain sequence of Backend ops (model/backend.h), for the CPU model (mistral.cpp) and
+// the CUDA model (mistral_cuda.cu) alike. The math is mistral.h's:
+//   h   = x + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm1(x)
+//   out = h + down_proj(silu(gate_proj(n2)) * up_proj(n2)),                       n2 = rmsnorm2(h)
+//
+// What differs between the backends is data, not code: where each activation lives
+// (DecoderBuffers, laid out by each model's plan) and which of them the backward recomputes
+// instead of keeping (Recompute). The CPU keeps what a GEMM or attention produced and recomputes
+// what elementwise work gives back exactly (the norm outputs, silu(gate) * up, and
+// h = x + o_proj(attn) in the next layer's dead input buffer; k and v too, in one pair of buffers
+// for all layers), so its buffers alias heavily; the GPU keeps everything per layer, in bf16
+// where a GEMM reads it. Recomputed values are the forward's bits (the same ops on the same
+// inputs), so either policy gives the same gradients.
+#pragma once
+#include <vector>
+
+#include "model/backend.h"
+#include "model/parameters.h"
+
+namespace zn::model {
+
+// What the backward rebuilds instead of keeping from the forward.
+struct Recompute {
+  bool norms = false;      // n1, n2 and the final norm's output (rmsnorm_forward again)
+  bool mlp_act = false;    // act = silu(gate) * up
+  bool h = false;          // h = x + o_proj(attn), into the layer's output buffer
+  bool shared_kv = false;  // every layer's k, v live in one pair of buffers: recomputed below the top
+};
+
+// One layer's activations (a slot; one slot serves every layer when nothing is kept or with
+// gradient checkpointing). Pointers may alias each other and DecoderBuffers' shared buffers as
+// the layout decides; a recomputed value's pointer is where the recomputation writes it.
+struct LayerSlot {
+  Tensor norm1;  // rmsnorm1(x)         [N, d]
+  float* rstd1;  // 1 / rms(x)          [N]
+  Tensor q;      // rope(q_proj(n1))    [N, Hq * D]
+  Tensor k;      // rope(k_proj(n1))    [N, Hkv * D]
+  Tensor v;      // v_proj(n1)          [N, Hkv * D]
+  Tensor attn;   // attention output    [N, Hq * D]
+  float* lse;    // attention lse       [Hq, N]
+  float* h;      // x + o_proj(attn)    [N, d] f32; null: h is built in the layer's output buffer
+  Tensor norm2;  // rmsnorm2(h)         [N, d]
+  float* rstd2;  // 1 / rms(h)          [N]
+  Tensor gate;   // gate_proj(n2)       [N, ffn]
+  Tensor up;     // up_proj(n2)         [N, ffn]
+  Tensor act;    // silu(gate) * up     [N, ffn]
+  // Backward scratch: the MLP's and the attention's input gradients (the CPU puts them over
+  // this slot's gate and up, the GPU in buffers of their own).
+  Tensor dgate, dup;     // [N, ffn]
+  Tensor dq, dk, dv;     // [N, Hq * D], [N, Hkv * D] x 2
+};
+
+struct DecoderBuffers {
+  std::vector<float*> residual;  // layer inputs x_0 .. x_L, f32 (two, ping-pong, if not trainable)
+  std::vector<LayerSlot> layers;
+  Tensor final_norm;   // the lm_head's input  [N, d]
+  float* final_rstd;   // [N]
+  float* logit_lse;    // log-sum-exp of the logits  [N]
+  // Backward (trainable only).
+  float* dres;         // d loss / d residual stream  [N, d] f32
+  Tensor dres_operand; // dres as GEMMs read it: dres itself, or its bf16 rounding
+  float* dnorm;        // d loss / d (a norm's output), sum of the GEMMs' dx  [N, d] f32
+  float* dnorm_x;      // rmsnorm backward's dx  [N, d] f32
+  Tensor dattn;        // [N, Hq * D]
+  Tensor dact;         // [N, ffn]
+  // The lm_head's workspace. With head_overwrites_top_mlp it spans the top slot's gate and up
+  // (recomputed afterwards), act and dres, so the one-pass head writes dhidden over its own
+  // input (the final norm) instead of into dnorm.
+  Workspace head;
+  bool head_overwrites_top_mlp = false;
+  Workspace attention_backward;
+};
+
+class Decoder {
+ public:
+  // index: the model's parameter index; weights and gradients are read through `parameters`.
+  class Parameters {
+   public:
+    virtual ~Parameters() = default;
+    virtual ConstTensor weight(const ParameterSpec& p) const = 0;       // GEMM / lookup operand
+    virtual const float* norm_weight(const ParameterSpec& p) const = 0;  // f32 in every mode
+    virtual float* grad(const ParameterSpec& p) = 0;                     // dense f32 gradient
+  };
+
+  Decoder(const MistralConfig& config, const ParameterIndex& index, Backend& backend, Recompute recompute)
+      : c_(config), index_(index), ops_(backend), recompute_(recompute) {}
+
+  // Embedding, layers and final norm into B.final_norm; with keep, every layer's activations
+  // for backward (else two residual buffers and one slot serve all layers).
+  void trunk_forward(const DeviceBatch& batch, DecoderBuffers& B, const Parameters& P, bool keep);
+  // trunk_forward, then logp per token (0 where the target is -100).
+  void forward(const DeviceBatch& batch, DecoderBuffers& B, const Parameters& P, bool keep, float* logp);
+  // After forward(keep): the head's backward from dlogp, then the layers' (backward_layers).
+  void backward(const DeviceBatch& batch, DecoderBuffers& B, Parameters& P, const float* dlogp,
+                bool gradient_checkpointing);
+  // trunk_forward(keep), then the head's forward and backward in one pass, then the layers'.
+  void forward_backward(const DeviceBatch& batch, DecoderBuffers& B, Parameters& P, const float* dlogp,
+                        float* logp, bool gradient_checkpointing);
+  // After either: B.dres holds d loss / d (embedding output); the embedding's gradient is the
+  // owner's (its storage differs: rows on the CPU, dense on the GPU).
+
+ private:
+  void layer_forward(int l, const DeviceBatch& batch, const float* x, float* out, LayerSlot& a, const Parameters& P,
+                     bool need_output);
+  void layer_backward(int l, const DeviceBatch& batch, const float* x, const float* h, LayerSlot& a,
+                      DecoderBuffers& B, Parameters& P);
+  // From dnormed = d loss / d (final norm output) down to d loss / d (embedding output) in B.dres.
+  void backward_layers(const DeviceBatch& batch, DecoderBuffers& B, Parameters& P, ConstTensor dnormed,
+                       bool gradient_checkpointing, bool top_mlp_overwritten);
+  void attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const Parameters& P);
+  void recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const Parameters& P);
+  void recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const Parameters& P);
+  cpu::AttentionShape attention_shape(long tokens) const;
+
+  const MistralConfig& c_;
+  const ParameterIndex& index_;
+  Backend& ops_;
+  Recompute recompute_;
+};
+
+}  // namespace zn::model
