@@ -20,50 +20,50 @@ cpu::AttentionShape Decoder::attention_shape(long tokens) const {
 // Forward
 
 // h = x + o_proj(attn).
-void Decoder::attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const Parameters& P) {
+void Decoder::attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const WeightSource& W) {
   const long d = c_.hidden_size;
   ops_.copy(N * d, x, h);
-  ops_.linear_forward(N, c_.q_dim(), d, attn, P.weight(*index_.layers[size_t(l)].o), 1.0f, f32(h));
+  ops_.linear_forward(N, c_.q_dim(), d, attn, W.weight(*index_.layers[size_t(l)].o), 1.0f, f32(h));
 }
 
 void Decoder::layer_forward(int l, const DeviceBatch& batch, const float* x, float* out, LayerSlot& a,
-                            const Parameters& P, bool need_output) {
+                            const WeightSource& W, bool need_output) {
   const LayerParameters& p = index_.layers[size_t(l)];
   const long N = batch.tokens, d = c_.hidden_size, qd = c_.q_dim(), kvd = c_.kv_dim();
   const long ffn = c_.intermediate_size;
 
-  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(x), P.norm_weight(*p.input_norm), a.norm1, a.rstd1);
-  ops_.linear_forward(N, d, qd, a.norm1, P.weight(*p.q), 0.0f, a.q);
-  ops_.linear_forward(N, d, kvd, a.norm1, P.weight(*p.k), 0.0f, a.k);
-  ops_.linear_forward(N, d, kvd, a.norm1, P.weight(*p.v), 0.0f, a.v);
+  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(x), W.norm_weight(*p.input_norm), a.norm1, a.rstd1);
+  ops_.linear_forward(N, d, qd, a.norm1, W.weight(*p.q), 0.0f, a.q);
+  ops_.linear_forward(N, d, kvd, a.norm1, W.weight(*p.k), 0.0f, a.k);
+  ops_.linear_forward(N, d, kvd, a.norm1, W.weight(*p.v), 0.0f, a.v);
   ops_.rope_forward(N, c_.num_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.q);
   ops_.rope_forward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.k);
   ops_.attention_forward(attention_shape(N), a.q, a.k, a.v, batch, a.attn, a.lse);
   float* h = a.h ? a.h : out;  // without a buffer of its own, the MLP adds into h in place
-  attention_residual(l, N, x, a.attn, h, P);
+  attention_residual(l, N, x, a.attn, h, W);
 
-  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(h), P.norm_weight(*p.post_norm), a.norm2, a.rstd2);
-  ops_.linear_forward(N, d, ffn, a.norm2, P.weight(*p.gate), 0.0f, a.gate);
-  ops_.linear_forward(N, d, ffn, a.norm2, P.weight(*p.up), 0.0f, a.up);
+  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(h), W.norm_weight(*p.post_norm), a.norm2, a.rstd2);
+  ops_.linear_forward(N, d, ffn, a.norm2, W.weight(*p.gate), 0.0f, a.gate);
+  ops_.linear_forward(N, d, ffn, a.norm2, W.weight(*p.up), 0.0f, a.up);
   if (need_output || !recompute_.mlp_act) ops_.swiglu_forward(N * ffn, a.gate, a.up, a.act);
   if (!need_output) return;  // recomputation for backward: down_proj's output is not needed
   if (h != out) ops_.copy(N * d, h, out);
-  ops_.linear_forward(N, ffn, d, a.act, P.weight(*p.down), 1.0f, f32(out));
+  ops_.linear_forward(N, ffn, d, a.act, W.weight(*p.down), 1.0f, f32(out));
 }
 
-void Decoder::trunk_forward(const DeviceBatch& batch, DecoderBuffers& B, const Parameters& P, bool keep) {
+void Decoder::trunk_forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep) {
   const long N = batch.tokens, d = c_.hidden_size;
   auto residual = [&](int l) { return B.residual[keep ? size_t(l) : size_t(l % 2)]; };
-  ops_.embedding_forward(N, d, c_.vocab_size, batch.input_ids, P.weight(*index_.embed), f32(residual(0)));
+  ops_.embedding_forward(N, d, c_.vocab_size, batch.input_ids, W.weight(*index_.embed), f32(residual(0)));
   for (int l = 0; l < c_.num_layers; ++l)
-    layer_forward(l, batch, residual(l), residual(l + 1), B.layers[slot_index(B, l, keep)], P, true);
-  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(residual(c_.num_layers)), P.norm_weight(*index_.final_norm),
+    layer_forward(l, batch, residual(l), residual(l + 1), B.layers[slot_index(B, l, keep)], W, true);
+  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(residual(c_.num_layers)), W.norm_weight(*index_.final_norm),
                        B.final_norm, B.final_rstd);
 }
 
-void Decoder::forward(const DeviceBatch& batch, DecoderBuffers& B, const Parameters& P, bool keep, float* logp) {
-  trunk_forward(batch, B, P, keep);
-  ops_.logprob_forward({batch.tokens, c_.hidden_size, c_.vocab_size}, B.final_norm, P.weight(*index_.lm_head),
+void Decoder::forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep, float* logp) {
+  trunk_forward(batch, B, W, keep);
+  ops_.logprob_forward({batch.tokens, c_.hidden_size, c_.vocab_size}, B.final_norm, W.weight(*index_.lm_head),
                        batch.targets, logp, B.logit_lse, B.head);
 }
 
@@ -72,28 +72,28 @@ void Decoder::forward(const DeviceBatch& batch, DecoderBuffers& B, const Paramet
 
 // Layer l's k and v as layer_forward computed them (n1 from the same rmsnorm), into the pair of
 // buffers every layer shares.
-void Decoder::recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const Parameters& P) {
+void Decoder::recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W) {
   const LayerParameters& p = index_.layers[size_t(l)];
   const long N = batch.tokens, d = c_.hidden_size, kvd = c_.kv_dim();
-  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(x), P.norm_weight(*p.input_norm), a.norm1, a.rstd1);
-  ops_.linear_forward(N, d, kvd, a.norm1, P.weight(*p.k), 0.0f, a.k);
-  ops_.linear_forward(N, d, kvd, a.norm1, P.weight(*p.v), 0.0f, a.v);
+  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(x), W.norm_weight(*p.input_norm), a.norm1, a.rstd1);
+  ops_.linear_forward(N, d, kvd, a.norm1, W.weight(*p.k), 0.0f, a.k);
+  ops_.linear_forward(N, d, kvd, a.norm1, W.weight(*p.v), 0.0f, a.v);
   ops_.rope_forward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.k);
 }
 
 // The top layer's gate and up as layer_forward computed them, after the one-pass lm_head used
 // their region as its panel.
-void Decoder::recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const Parameters& P) {
+void Decoder::recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const WeightSource& W) {
   const LayerParameters& p = index_.layers[size_t(l)];
   const long d = c_.hidden_size, ffn = c_.intermediate_size;
-  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(h), P.norm_weight(*p.post_norm), a.norm2, a.rstd2);
-  ops_.linear_forward(N, d, ffn, a.norm2, P.weight(*p.gate), 0.0f, a.gate);
-  ops_.linear_forward(N, d, ffn, a.norm2, P.weight(*p.up), 0.0f, a.up);
+  ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(h), W.norm_weight(*p.post_norm), a.norm2, a.rstd2);
+  ops_.linear_forward(N, d, ffn, a.norm2, W.weight(*p.gate), 0.0f, a.gate);
+  ops_.linear_forward(N, d, ffn, a.norm2, W.weight(*p.up), 0.0f, a.up);
 }
 
 // On entry B.dres = d loss / d (layer output); on exit d loss / d (layer input x).
 void Decoder::layer_backward(int l, const DeviceBatch& batch, const float* x, const float* h, LayerSlot& a,
-                             DecoderBuffers& B, Parameters& P) {
+                             DecoderBuffers& B, const WeightSource& W, GradientSink& G) {
   const LayerParameters& p = index_.layers[size_t(l)];
   const long N = batch.tokens, d = c_.hidden_size, qd = c_.q_dim(), kvd = c_.kv_dim();
   const long ffn = c_.intermediate_size;
@@ -103,36 +103,37 @@ void Decoder::layer_backward(int l, const DeviceBatch& batch, const float* x, co
 
   // MLP: out = h + down(silu(gate(n2)) * up(n2)).
   if (recompute_.mlp_act) ops_.swiglu_forward(N * ffn, a.gate, a.up, a.act);
-  ops_.linear_backward(N, ffn, d, a.act, B.dres_operand, P.weight(*p.down), B.dact, 0.0f, P.grad(*p.down));
+  ops_.linear_backward(N, ffn, d, a.act, B.dres_operand, W.weight(*p.down), B.dact, 0.0f, G.grad(*p.down));
   ops_.swiglu_backward(N * ffn, a.gate, a.up, B.dact, a.dgate, a.dup);
-  if (recompute_.norms) ops_.rmsnorm_forward(N, d, eps, f32(h), P.norm_weight(*p.post_norm), a.norm2, a.rstd2);
-  ops_.linear_backward(N, d, ffn, a.norm2, a.dgate, P.weight(*p.gate), f32(B.dnorm), 0.0f, P.grad(*p.gate));
-  ops_.linear_backward(N, d, ffn, a.norm2, a.dup, P.weight(*p.up), f32(B.dnorm), 1.0f, P.grad(*p.up));
-  ops_.rmsnorm_backward(N, d, f32(h), P.norm_weight(*p.post_norm), a.rstd2, f32(B.dnorm), f32(B.dnorm_x),
-                        P.grad(*p.post_norm));
+  if (recompute_.norms) ops_.rmsnorm_forward(N, d, eps, f32(h), W.norm_weight(*p.post_norm), a.norm2, a.rstd2);
+  ops_.linear_backward(N, d, ffn, a.norm2, a.dgate, W.weight(*p.gate), f32(B.dnorm), 0.0f, G.grad(*p.gate));
+  ops_.linear_backward(N, d, ffn, a.norm2, a.dup, W.weight(*p.up), f32(B.dnorm), 1.0f, G.grad(*p.up));
+  ops_.rmsnorm_backward(N, d, f32(h), W.norm_weight(*p.post_norm), a.rstd2, f32(B.dnorm), f32(B.dnorm_x),
+                        G.grad(*p.post_norm));
   ops_.add_into(N * d, B.dnorm_x, B.dres, rounded);  // now d loss / d h
 
   // Attention: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
-  ops_.linear_backward(N, qd, d, a.attn, B.dres_operand, P.weight(*p.o), B.dattn, 0.0f, P.grad(*p.o));
+  ops_.linear_backward(N, qd, d, a.attn, B.dres_operand, W.weight(*p.o), B.dattn, 0.0f, G.grad(*p.o));
   ops_.attention_backward(attention_shape(N), a.q, a.k, a.v, batch, a.attn, a.lse, B.dattn, a.dq, a.dk, a.dv,
                           B.attention_backward);
   ops_.rope_backward(N, c_.num_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.dq);
   ops_.rope_backward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.dk);
-  if (recompute_.norms) ops_.rmsnorm_forward(N, d, eps, f32(x), P.norm_weight(*p.input_norm), a.norm1, a.rstd1);
-  ops_.linear_backward(N, d, qd, a.norm1, a.dq, P.weight(*p.q), f32(B.dnorm), 0.0f, P.grad(*p.q));
-  ops_.linear_backward(N, d, kvd, a.norm1, a.dk, P.weight(*p.k), f32(B.dnorm), 1.0f, P.grad(*p.k));
-  ops_.linear_backward(N, d, kvd, a.norm1, a.dv, P.weight(*p.v), f32(B.dnorm), 1.0f, P.grad(*p.v));
-  ops_.rmsnorm_backward(N, d, f32(x), P.norm_weight(*p.input_norm), a.rstd1, f32(B.dnorm), f32(B.dnorm_x),
-                        P.grad(*p.input_norm));
+  if (recompute_.norms) ops_.rmsnorm_forward(N, d, eps, f32(x), W.norm_weight(*p.input_norm), a.norm1, a.rstd1);
+  ops_.linear_backward(N, d, qd, a.norm1, a.dq, W.weight(*p.q), f32(B.dnorm), 0.0f, G.grad(*p.q));
+  ops_.linear_backward(N, d, kvd, a.norm1, a.dk, W.weight(*p.k), f32(B.dnorm), 1.0f, G.grad(*p.k));
+  ops_.linear_backward(N, d, kvd, a.norm1, a.dv, W.weight(*p.v), f32(B.dnorm), 1.0f, G.grad(*p.v));
+  ops_.rmsnorm_backward(N, d, f32(x), W.norm_weight(*p.input_norm), a.rstd1, f32(B.dnorm), f32(B.dnorm_x),
+                        G.grad(*p.input_norm));
   ops_.add_into(N * d, B.dnorm_x, B.dres, rounded);  // now d loss / d x
 }
 
-void Decoder::backward_layers(const DeviceBatch& batch, DecoderBuffers& B, Parameters& P, ConstTensor dnormed,
-                              bool gradient_checkpointing, bool top_mlp_overwritten) {
+void Decoder::backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W,
+                              GradientSink& G, ConstTensor dnormed, bool gradient_checkpointing,
+                              bool top_mlp_overwritten) {
   const long N = batch.tokens, d = c_.hidden_size;
   const int top = c_.num_layers - 1;
-  ops_.rmsnorm_backward(N, d, f32(B.residual[size_t(c_.num_layers)]), P.norm_weight(*index_.final_norm),
-                        B.final_rstd, dnormed, f32(B.dres), P.grad(*index_.final_norm));
+  ops_.rmsnorm_backward(N, d, f32(B.residual[size_t(c_.num_layers)]), W.norm_weight(*index_.final_norm),
+                        B.final_rstd, dnormed, f32(B.dres), G.grad(*index_.final_norm));
   if (B.dres_operand.data != B.dres) ops_.round(N * d, B.dres, B.dres_operand);
   for (int l = top; l >= 0; --l) {
     const float* x = B.residual[size_t(l)];
@@ -142,36 +143,36 @@ void Decoder::backward_layers(const DeviceBatch& batch, DecoderBuffers& B, Param
     LayerSlot& a = B.layers[slot_index(B, l, true)];
     // With checkpointing the one slot still holds the top layer's activations from forward.
     if (gradient_checkpointing && l != top) {
-      layer_forward(l, batch, x, out, a, P, false);
+      layer_forward(l, batch, x, out, a, W, false);
     } else if (recompute_.h) {
-      if (recompute_.shared_kv && l != top) recompute_kv(l, batch, x, a, P);
-      attention_residual(l, N, x, a.attn, out, P);
-      if (top_mlp_overwritten && l == top) recompute_mlp_inputs(l, N, out, a, P);
+      if (recompute_.shared_kv && l != top) recompute_kv(l, batch, x, a, W);
+      attention_residual(l, N, x, a.attn, out, W);
+      if (top_mlp_overwritten && l == top) recompute_mlp_inputs(l, N, out, a, W);
     }
-    layer_backward(l, batch, x, a.h ? a.h : out, a, B, P);
+    layer_backward(l, batch, x, a.h ? a.h : out, a, B, W, G);
   }
 }
 
-void Decoder::backward(const DeviceBatch& batch, DecoderBuffers& B, Parameters& P, const float* dlogp,
-                       bool gradient_checkpointing) {
+void Decoder::backward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, GradientSink& G,
+                       const float* dlogp, bool gradient_checkpointing) {
   const long N = batch.tokens, d = c_.hidden_size;
   if (recompute_.norms) {
     ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(B.residual[size_t(c_.num_layers)]),
-                         P.norm_weight(*index_.final_norm), B.final_norm, B.final_rstd);
+                         W.norm_weight(*index_.final_norm), B.final_norm, B.final_rstd);
   }
-  ops_.logprob_backward({N, d, c_.vocab_size}, B.final_norm, P.weight(*index_.lm_head), batch.targets, B.logit_lse,
-                        dlogp, B.dnorm, P.grad(*index_.lm_head), B.head);
-  backward_layers(batch, B, P, f32(B.dnorm), gradient_checkpointing, false);
+  ops_.logprob_backward({N, d, c_.vocab_size}, B.final_norm, W.weight(*index_.lm_head), batch.targets, B.logit_lse,
+                        dlogp, B.dnorm, G.grad(*index_.lm_head), B.head);
+  backward_layers(batch, B, W, G, f32(B.dnorm), gradient_checkpointing, false);
 }
 
-void Decoder::forward_backward(const DeviceBatch& batch, DecoderBuffers& B, Parameters& P, const float* dlogp,
-                               float* logp, bool gradient_checkpointing) {
-  trunk_forward(batch, B, P, true);
+void Decoder::forward_backward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W,
+                               GradientSink& G, const float* dlogp, float* logp, bool gradient_checkpointing) {
+  trunk_forward(batch, B, W, true);
   float* dhidden = B.head_overwrites_top_mlp ? static_cast<float*>(B.final_norm.data) : B.dnorm;
   ops_.logprob_forward_backward({batch.tokens, c_.hidden_size, c_.vocab_size}, B.final_norm,
-                                P.weight(*index_.lm_head), batch.targets, dlogp, logp, dhidden,
-                                P.grad(*index_.lm_head), B.head);
-  backward_layers(batch, B, P, f32(dhidden), gradient_checkpointing, B.head_overwrites_top_mlp);
+                                W.weight(*index_.lm_head), batch.targets, dlogp, logp, dhidden,
+                                G.grad(*index_.lm_head), B.head);
+  backward_layers(batch, B, W, G, f32(dhidden), gradient_checkpointing, B.head_overwrites_top_mlp);
 }
 
 }  // namespace zn::model

@@ -72,45 +72,54 @@ struct DecoderBuffers {
   Workspace attention_backward;
 };
 
+// The parameters as the kernels read them. A forward needs nothing else of a model, so a
+// generator or a frozen reference runs on weights alone.
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual ConstTensor weight(const ParameterSpec& p) const = 0;       // GEMM / lookup operand
+  virtual const float* norm_weight(const ParameterSpec& p) const = 0;  // f32 in every mode
+};
+
+// Where a backward accumulates gradients: a model's training state. A parameter without one
+// (frozen) is never asked for.
+class GradientSink {
+ public:
+  virtual ~GradientSink() = default;
+  virtual float* grad(const ParameterSpec& p) = 0;  // dense f32, accumulated into
+};
+
 class Decoder {
  public:
-  // index: the model's parameter index; weights and gradients are read through `parameters`.
-  class Parameters {
-   public:
-    virtual ~Parameters() = default;
-    virtual ConstTensor weight(const ParameterSpec& p) const = 0;       // GEMM / lookup operand
-    virtual const float* norm_weight(const ParameterSpec& p) const = 0;  // f32 in every mode
-    virtual float* grad(const ParameterSpec& p) = 0;                     // dense f32 gradient
-  };
-
+  // index: the parameter index the weights and gradients are looked up by.
   Decoder(const MistralConfig& config, const ParameterIndex& index, Backend& backend, Recompute recompute)
       : c_(config), index_(index), ops_(backend), recompute_(recompute) {}
 
   // Embedding, layers and final norm into B.final_norm; with keep, every layer's activations
   // for backward (else two residual buffers and one slot serve all layers).
-  void trunk_forward(const DeviceBatch& batch, DecoderBuffers& B, const Parameters& P, bool keep);
+  void trunk_forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep);
   // trunk_forward, then logp per token (0 where the target is -100).
-  void forward(const DeviceBatch& batch, DecoderBuffers& B, const Parameters& P, bool keep, float* logp);
+  void forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep, float* logp);
   // After forward(keep): the head's backward from dlogp, then the layers' (backward_layers).
-  void backward(const DeviceBatch& batch, DecoderBuffers& B, Parameters& P, const float* dlogp,
-                bool gradient_checkpointing);
+  void backward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, GradientSink& G,
+                const float* dlogp, bool gradient_checkpointing);
   // trunk_forward(keep), then the head's forward and backward in one pass, then the layers'.
-  void forward_backward(const DeviceBatch& batch, DecoderBuffers& B, Parameters& P, const float* dlogp,
-                        float* logp, bool gradient_checkpointing);
+  void forward_backward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, GradientSink& G,
+                        const float* dlogp, float* logp, bool gradient_checkpointing);
   // After either: B.dres holds d loss / d (embedding output); the embedding's gradient is the
   // owner's (its storage differs: rows on the CPU, dense on the GPU).
 
  private:
-  void layer_forward(int l, const DeviceBatch& batch, const float* x, float* out, LayerSlot& a, const Parameters& P,
-                     bool need_output);
+  void layer_forward(int l, const DeviceBatch& batch, const float* x, float* out, LayerSlot& a,
+                     const WeightSource& W, bool need_output);
   void layer_backward(int l, const DeviceBatch& batch, const float* x, const float* h, LayerSlot& a,
-                      DecoderBuffers& B, Parameters& P);
+                      DecoderBuffers& B, const WeightSource& W, GradientSink& G);
   // From dnormed = d loss / d (final norm output) down to d loss / d (embedding output) in B.dres.
-  void backward_layers(const DeviceBatch& batch, DecoderBuffers& B, Parameters& P, ConstTensor dnormed,
-                       bool gradient_checkpointing, bool top_mlp_overwritten);
-  void attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const Parameters& P);
-  void recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const Parameters& P);
-  void recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const Parameters& P);
+  void backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, GradientSink& G,
+                       ConstTensor dnormed, bool gradient_checkpointing, bool top_mlp_overwritten);
+  void attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const WeightSource& W);
+  void recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W);
+  void recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const WeightSource& W);
   cpu::AttentionShape attention_shape(long tokens) const;
 
   const MistralConfig& c_;

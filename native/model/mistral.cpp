@@ -1,6 +1,8 @@
-// Mistral forward/backward as a plain sequence of kernel calls (see mistral.h for the math).
-// Memory: everything is allocated in the constructor from the plan; a step allocates nothing
-// except the kernels' own per-call scratch (the log-prob chunks).
+// The Mistral model on the CPU: parameters, gradients, AdamW and files here; forward and backward
+// are the one decoder (decoder.cpp) on CpuBackend. Memory: the plan's buffers are allocated in
+// the constructor; a call adds the kernels' own scratch (the log-prob chunks, attention panels),
+// next_token_logits its [docs, d] rows, and an untied embedding's row gradient grows as gradient
+// accumulation touches new rows (row_gradient.h).
 #include "model/mistral.h"
 
 #include <algorithm>
@@ -504,7 +506,7 @@ void MistralModel::backward(const float* dlogp, long tokens) {
            tokens_, " tokens");
   have_activations_ = false;
   validate_dlogp(dlogp, tokens_);
-  decoder_->backward(batch(), *buffers_, *this, dlogp, options_.gradient_checkpointing);
+  decoder_->backward(batch(), *buffers_, *this, *this, dlogp, options_.gradient_checkpointing);
   embedding_backward();
 }
 
@@ -513,7 +515,7 @@ void MistralModel::forward_backward(const TokenBatchView& batch, const float* dl
   have_activations_ = false;
   copy_batch(batch);
   validate_dlogp(dlogp, tokens_);
-  decoder_->forward_backward(this->batch(), *buffers_, *this, dlogp, logp, options_.gradient_checkpointing);
+  decoder_->forward_backward(this->batch(), *buffers_, *this, *this, dlogp, logp, options_.gradient_checkpointing);
   embedding_backward();
 }
 

@@ -1,7 +1,9 @@
-// Mistral (MistralForCausalLM) on packed token streams, llm.c style: a config, a parameter table
-// in Hugging Face names and layouts over one contiguous f32 master buffer (plus a bf16 copy in
-// bf16 mode) and one contiguous f32 gradient buffer, an activation plan laid out once for a
-// maximum token count, and forward/backward as a plain sequence of kernel calls.
+// Mistral (MistralForCausalLM) on packed token streams, llm.c style, on the CPU: a parameter
+// table (parameters.h) in Hugging Face names and layouts over one contiguous f32 master buffer
+// (plus a bf16 copy in bf16 mode) and an f32 gradient buffer, an activation plan laid out once
+// for a maximum token count, and the one decoder (decoder.h) on CpuBackend for forward and
+// backward. The contract here (options, batch, memory plan, optimizer and file formats, errors)
+// is the CUDA model's too (mistral_cuda.h).
 //
 // A decoder layer (HF MistralDecoderLayer, pre-norm):
 //   h   = x + o_proj(attention(rope(q_proj(n1)), rope(k_proj(n1)), v_proj(n1))),  n1 = rmsnorm1(x)
@@ -133,7 +135,7 @@ void read_optimizer_moment(const SafetensorsFile& file, Moment moment, const Par
 
 class RowGradient;
 
-class MistralModel final : private Decoder::Parameters {
+class MistralModel final : private WeightSource, private GradientSink {
  public:
   MistralModel(const MistralConfig& config, const ModelOptions& options);
   ~MistralModel();
@@ -191,7 +193,7 @@ class MistralModel final : private Decoder::Parameters {
   void copy_batch(const TokenBatchView& batch);
   DeviceBatch batch() const;  // the last copied batch, as the kernels read it
   void embedding_backward();  // from the decoder's d loss / d (embedding output)
-  // Decoder::Parameters: the weights the kernels read and the dense gradients.
+  // WeightSource and GradientSink (what the decoder reads and accumulates into): the weights the kernels read and the dense gradients.
   ConstTensor weight(const ParameterSpec& p) const override;
   const float* norm_weight(const ParameterSpec& p) const override { return f32_values(p); }  // f32 in every mode
   float* grad(const ParameterSpec& p) override;  // dense gradients only (not an untied embedding's)

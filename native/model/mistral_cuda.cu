@@ -1,6 +1,6 @@
-// Mistral forward/backward on the GPU (residency and dtypes: mistral_cuda.h; the math:
-// mistral.h): the CPU model's plain sequence of kernel calls with the cuda:: kernels, on the
-// model's one stream, over one device arena laid out from the plan.
+// The Mistral model on the GPU (residency and dtypes: mistral_cuda.h): the one decoder
+// (decoder.h) on CudaBackend, the model's one stream, over one device arena laid out from the
+// plan; weights, gradients, the optimizer step and files are this file's.
 #include "model/mistral_cuda.h"
 
 #include <algorithm>
@@ -16,39 +16,16 @@
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/check.h"
-#include "kernels/cuda/device.cuh"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/logprob.h"
-#include "kernels/cuda/rmsnorm.h"
-#include "kernels/cuda/rope.h"
-#include "kernels/cuda/swiglu.h"
 #include "model/safetensors.h"
 
 namespace zn::model {
 
-using cuda::Array;
-using cuda::ConstArray;
-
 // ---------------------------------------------------------------------------------------------
 // The arena: every device buffer of the model, laid out once for max_tokens.
-
-struct CudaLayerActivations {
-  void* norm1;   // rmsnorm1(x)                 [N, d]        act dtype
-  float* rstd1;  //                              [N]
-  void* q;       // rope(q_proj(norm1))          [N, Hq * D]   act
-  void* k;       // rope(k_proj(norm1))          [N, Hkv * D]  act
-  void* v;       // v_proj(norm1)                [N, Hkv * D]  act
-  void* attn;    // attention output             [N, Hq * D]   act
-  float* lse;    // attention log-sum-exp        [Hq, N]
-  float* h;      // x + o_proj(attn)             [N, d]        f32 (residual stream)
-  void* norm2;   // rmsnorm2(h)                  [N, d]        act
-  float* rstd2;  //                              [N]
-  void* gate;    // gate_proj(norm2)             [N, ffn]      act
-  void* up;      // up_proj(norm2)               [N, ffn]      act
-  void* act;     // silu(gate) * up              [N, ffn]      act
-};
 
 struct CudaBuffers {
   // Parameters (offsets of the parameter table apply to each).
@@ -60,20 +37,9 @@ struct CudaBuffers {
   // The batch of the last call, and the per-token values crossing to and from the host.
   int32_t *input_ids, *position_ids, *targets, *cu_seqlens;
   float *logp, *dlogp;
-  // Activations (as the CPU model's Activations).
-  std::vector<float*> residual;  // layer inputs x_0 .. x_L (two, ping-pong, if not trainable)
-  std::vector<CudaLayerActivations> layers;
-  void* final_norm;  // act [N, d]
-  float* final_rstd;
-  float* logit_lse;
-  // Backward scratch (trainable only).
-  float *dres, *dnorm, *dtmp;  // f32 [N, d]
-  void* dres_act;              // dres as a GEMM operand: its bf16 rounding, or dres in f32 mode
-  void *dattn, *dq, *dk, *dv;  // act
-  void *dact, *dgate, *dup;    // act [N, ffn]
-  // Workspaces.
-  void* logprob_workspace;    // the log-prob chunks; also next_token_logits' logits chunks
-  void* attention_workspace;  // attention backward (trainable only)
+  // The decoder's activations, every layer's kept (each slot's own norm1, h, norm2 and act) and
+  // its workspaces: head holds the log-prob chunks (also next_token_logits' logits chunks).
+  DecoderBuffers acts;
   double* grad_sum_of_squares;
   float* clip_coefficient;
 };
@@ -194,9 +160,9 @@ struct Widths {
         ffn(size_t(c.intermediate_size)), heads(size_t(c.num_heads)), act(dtype_size(activation_dtype(o))) {}
 };
 
-CudaLayerActivations take_layer_slot(const Widths& w, DeviceArena& arena) {
-  auto act = [&](size_t count) { return arena.take_bytes(count * w.act); };
-  CudaLayerActivations s;
+LayerSlot take_layer_slot(const Widths& w, DType t, DeviceArena& arena) {
+  auto act = [&](size_t count) { return Tensor{arena.take_bytes(count * w.act), t}; };
+  LayerSlot s;
   s.norm1 = act(w.N * w.d);
   s.rstd1 = arena.take<float>(w.N);
   s.q = act(w.N * w.qd);
@@ -213,39 +179,46 @@ CudaLayerActivations take_layer_slot(const Widths& w, DeviceArena& arena) {
   return s;
 }
 
-void take_backward_scratch(const Widths& w, bool bf16_mode, DeviceArena& arena, CudaBuffers& b) {
-  auto act = [&](size_t count) { return arena.take_bytes(count * w.act); };
+// The backward's scratch: one set for all layers (each slot's dgate, dup, dq, dk, dv point here).
+void take_backward_scratch(const Widths& w, DType t, DeviceArena& arena, DecoderBuffers& b) {
+  auto act = [&](size_t count) { return Tensor{arena.take_bytes(count * w.act), t}; };
   b.dres = arena.take<float>(w.N * w.d);
   b.dnorm = arena.take<float>(w.N * w.d);
-  b.dtmp = arena.take<float>(w.N * w.d);
-  b.dres_act = bf16_mode ? act(w.N * w.d) : b.dres;
+  b.dnorm_x = arena.take<float>(w.N * w.d);
+  b.dres_operand = t == DType::BF16 ? act(w.N * w.d) : f32(b.dres);
   b.dattn = act(w.N * w.qd);
-  b.dq = act(w.N * w.qd);
-  b.dk = act(w.N * w.kvd);
-  b.dv = act(w.N * w.kvd);
+  const Tensor dq = act(w.N * w.qd), dk = act(w.N * w.kvd), dv = act(w.N * w.kvd);
   b.dact = act(w.N * w.ffn);
-  b.dgate = act(w.N * w.ffn);
-  b.dup = act(w.N * w.ffn);
+  const Tensor dgate = act(w.N * w.ffn), dup = act(w.N * w.ffn);
+  for (LayerSlot& s : b.layers) {
+    s.dq = dq;
+    s.dk = dk;
+    s.dv = dv;
+    s.dgate = dgate;
+    s.dup = dup;
+  }
 }
 
 // The batch, the per-token values crossing to the host, and the activations (as the CPU
 // model's layout_activations).
 void take_activations(const MistralConfig& c, const ModelOptions& o, DeviceArena& arena, CudaBuffers& b) {
   const Widths w(c, o);
+  const DType t = activation_dtype(o);
+  DecoderBuffers& a = b.acts;
   b.input_ids = arena.take<int32_t>(w.N);
   b.position_ids = arena.take<int32_t>(w.N);
   b.targets = arena.take<int32_t>(w.N);
   b.cu_seqlens = arena.take<int32_t>(w.N + 1);
   b.logp = arena.take<float>(w.N);
   b.dlogp = o.trainable ? arena.take<float>(w.N) : nullptr;
-  b.residual.resize(o.trainable ? size_t(c.num_layers) + 1 : 2);
-  for (float*& x : b.residual) x = arena.take<float>(w.N * w.d);
-  b.layers.resize(o.trainable && !o.gradient_checkpointing ? size_t(c.num_layers) : 1);
-  for (CudaLayerActivations& slot : b.layers) slot = take_layer_slot(w, arena);
-  b.final_norm = arena.take_bytes(w.N * w.d * w.act);
-  b.final_rstd = arena.take<float>(w.N);
-  b.logit_lse = arena.take<float>(w.N);
-  if (o.trainable) take_backward_scratch(w, o.precision == Precision::BF16, arena, b);
+  a.residual.resize(o.trainable ? size_t(c.num_layers) + 1 : 2);
+  for (float*& x : a.residual) x = arena.take<float>(w.N * w.d);
+  a.layers.resize(o.trainable && !o.gradient_checkpointing ? size_t(c.num_layers) : 1);
+  for (LayerSlot& slot : a.layers) slot = take_layer_slot(w, t, arena);
+  a.final_norm = {arena.take_bytes(w.N * w.d * w.act), t};
+  a.final_rstd = arena.take<float>(w.N);
+  a.logit_lse = arena.take<float>(w.N);
+  if (o.trainable) take_backward_scratch(w, t, arena, a);
 }
 
 // Lays the arena out for max_tokens (walked once to plan, once to allocate, so the two cannot
@@ -272,10 +245,11 @@ MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, Cud
   close_section(plan.optimizer);
   take_activations(c, o, arena, b);
   close_section(plan.activations);
-  b.logprob_workspace = arena.take_bytes(cuda::logprob_workspace_bytes(logprob_shape(c, o.max_tokens)));
-  b.attention_workspace =
-      o.trainable ? arena.take_bytes(cuda::attention_backward_workspace_bytes(attention_shape(c, o.max_tokens)))
-                  : nullptr;
+  const size_t head_bytes = cuda::logprob_workspace_bytes(logprob_shape(c, o.max_tokens));
+  b.acts.head = {arena.take_bytes(head_bytes), head_bytes};
+  const size_t attention_bytes =
+      o.trainable ? cuda::attention_backward_workspace_bytes(attention_shape(c, o.max_tokens)) : 0;
+  b.acts.attention_backward = {o.trainable ? arena.take_bytes(attention_bytes) : nullptr, attention_bytes};
   b.grad_sum_of_squares = arena.take<double>(1);
   b.clip_coefficient = arena.take<float>(1);
   close_section(plan.logits_chunks);
@@ -312,55 +286,6 @@ constexpr size_t kLibraryReserve = size_t(256) << 20;
        gib(device.total_memory), "; try ", advice);
 }
 
-// ---- small elementwise kernels the model needs beside the op kernels
-
-// to += from, and rounded = bf16(to) when rounded is not null (the GEMM operand of dres).
-__global__ void add_into_kernel(long n, const float* from, float* to, __nv_bfloat16* rounded) {
-  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x) {
-    const float sum = to[i] + from[i];
-    to[i] = sum;
-    if (rounded) rounded[i] = __float2bfloat16_rn(sum);
-  }
-}
-
-__global__ void round_to_bf16_kernel(long n, const float* from, __nv_bfloat16* to) {
-  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x)
-    to[i] = __float2bfloat16_rn(from[i]);
-}
-
-void add_into(long n, const float* from, float* to, void* rounded, cudaStream_t stream) {
-  add_into_kernel<<<cuda::grid_size(n, 256), 256, 0, stream>>>(n, from, to,
-                                                              static_cast<__nv_bfloat16*>(rounded));
-  ZN_CUDA_CHECK_LAUNCH();
-}
-
-void round_to_bf16(long n, const float* from, void* to, cudaStream_t stream) {
-  round_to_bf16_kernel<<<cuda::grid_size(n, 256), 256, 0, stream>>>(n, from, static_cast<__nv_bfloat16*>(to));
-  ZN_CUDA_CHECK_LAUNCH();
-}
-
-// ---- linear layers over the GEMM (weights [out, in] as stored by HF)
-
-// y[N, out] = x[N, in] · Wᵀ + beta y.
-void linear_forward(long N, long in, long out, ConstArray x, ConstArray w, float beta, Array y,
-                    cudaStream_t stream) {
-  cuda::gemm(false, true, N, out, in, 1.0f, {x.data, x.dtype, in}, {w.data, w.dtype, in}, beta,
-             {y.data, y.dtype, out}, stream);
-}
-
-// dx[N, in] = dy · W + dx_beta dx; dW[out, in] += dyᵀ · x (f32).
-void linear_backward(long N, long in, long out, ConstArray x, ConstArray dy, ConstArray w, Array dx,
-                     float dx_beta, float* dw, cudaStream_t stream) {
-  cuda::gemm(false, false, N, in, out, 1.0f, {dy.data, dy.dtype, out}, {w.data, w.dtype, in}, dx_beta,
-             {dx.data, dx.dtype, in}, stream);
-  cuda::gemm(true, false, out, in, N, 1.0f, {dy.data, dy.dtype, out}, {x.data, x.dtype, in}, 1.0f,
-             {dw, DType::F32, in}, stream);
-}
-
-void copy_f32(long n, const float* from, float* to, cudaStream_t stream) {
-  ZN_CUDA_CHECK(cudaMemcpyAsync(to, from, size_t(n) * sizeof(float), cudaMemcpyDeviceToDevice, stream));
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -387,6 +312,7 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
   }
   try {
     ZN_CUDA_CHECK(cudaStreamCreate(&stream_));
+    backend_.set_stream(stream_);
     allocate();
     if (offloads(options_)) {
       const size_t n = parameter_count(params_);
@@ -424,6 +350,8 @@ void CudaMistralModel::allocate() {
   }
   buf_ = std::make_unique<CudaBuffers>();
   layout(config_, options_, static_cast<char*>(arena_), *buf_);
+  // The GPU keeps every activation (Recompute: nothing), in bf16 where a GEMM reads it.
+  decoder_ = std::make_unique<Decoder>(config_, index_, backend_, Recompute{});
   ZN_CUDA_CHECK(cudaMemsetAsync(arena_, 0, plan_.total(), stream_));
   sync();
 }
@@ -476,23 +404,23 @@ void CudaMistralModel::read_gradient(const ParameterSpec& p, float* out) const {
 DType CudaMistralModel::act_dtype() const { return activation_dtype(options_); }
 
 // Matmul operand: the bf16 copy in bf16 mode, else the f32 master.
-ConstArray CudaMistralModel::weight(const ParameterSpec& p) const {
+ConstTensor CudaMistralModel::weight(const ParameterSpec& p) const {
   if (options_.precision == Precision::BF16) return {buf_->weights_bf16 + p.offset, DType::BF16};
   return {buf_->master + p.offset, DType::F32};
 }
 
 // Norm weights: f32 in both modes, as the CPU model (the master, or the compact copy without one).
-ConstArray CudaMistralModel::norm_weight(const ParameterSpec& p) const {
-  if (buf_->master) return {buf_->master + p.offset, DType::F32};
-  return {buf_->norms + norm_slot(p), DType::F32};
+const float* CudaMistralModel::norm_weight(const ParameterSpec& p) const {
+  if (buf_->master) return buf_->master + p.offset;
+  return buf_->norms + norm_slot(p);
 }
 
-float* CudaMistralModel::grad(const ParameterSpec& p) const { return buf_->grads + p.offset; }
+float* CudaMistralModel::grad(const ParameterSpec& p) { return buf_->grads + p.offset; }
 
 // After the device master changed: its bf16 rounding for the kernels (bf16 mode).
 void CudaMistralModel::refresh_bf16() {
   if (options_.precision == Precision::BF16 && buf_->master)
-    round_to_bf16(long(parameter_count(params_)), buf_->master, buf_->weights_bf16, stream_);
+    backend_.round(long(parameter_count(params_)), buf_->master, {buf_->weights_bf16, DType::BF16});
 }
 
 // One parameter's new f32 values (host) to the device: into the device master, or, without
@@ -609,53 +537,9 @@ void CudaMistralModel::upload_batch(const TokenBatchView& b) {
                                 cudaMemcpyHostToDevice, stream_));
 }
 
-void CudaMistralModel::layer_forward(int l, const float* x, float* out, CudaLayerActivations& a,
-                                     bool need_output) {
-  const MistralConfig& c = config_;
-  const LayerParameters& p = index_.layers[size_t(l)];
-  const long N = tokens_, d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
-  const long ffn = c.intermediate_size;
-  const DType t = act_dtype();
-  cudaStream_t s = stream_;
-
-  cuda::rmsnorm_forward(N, d, c.rms_norm_eps, {x, DType::F32}, norm_weight(*p.input_norm), {a.norm1, t},
-                        a.rstd1, s);
-  linear_forward(N, d, qd, {a.norm1, t}, weight(*p.q), 0.0f, {a.q, t}, s);
-  linear_forward(N, d, kvd, {a.norm1, t}, weight(*p.k), 0.0f, {a.k, t}, s);
-  linear_forward(N, d, kvd, {a.norm1, t}, weight(*p.v), 0.0f, {a.v, t}, s);
-  cuda::rope_forward(N, c.num_heads, c.head_dim, c.rope_theta, buf_->position_ids, {a.q, t}, s);
-  cuda::rope_forward(N, c.num_kv_heads, c.head_dim, c.rope_theta, buf_->position_ids, {a.k, t}, s);
-  cuda::attention_forward(attention_shape(c, N), {a.q, t}, {a.k, t}, {a.v, t}, buf_->cu_seqlens, n_docs_,
-                          {a.attn, t}, a.lse, s);
-  copy_f32(N * d, x, a.h, s);
-  linear_forward(N, qd, d, {a.attn, t}, weight(*p.o), 1.0f, {a.h, DType::F32}, s);
-
-  cuda::rmsnorm_forward(N, d, c.rms_norm_eps, {a.h, DType::F32}, norm_weight(*p.post_norm), {a.norm2, t},
-                        a.rstd2, s);
-  linear_forward(N, d, ffn, {a.norm2, t}, weight(*p.gate), 0.0f, {a.gate, t}, s);
-  linear_forward(N, d, ffn, {a.norm2, t}, weight(*p.up), 0.0f, {a.up, t}, s);
-  cuda::swiglu_forward(N * ffn, {a.gate, t}, {a.up, t}, {a.act, t}, s);
-  if (!need_output) return;  // recomputation for backward: down_proj's output is not needed
-  copy_f32(N * d, a.h, out, s);
-  linear_forward(N, ffn, d, {a.act, t}, weight(*p.down), 1.0f, {out, DType::F32}, s);
-}
-
-void CudaMistralModel::run_forward(bool keep, bool with_head) {
-  const MistralConfig& c = config_;
-  CudaBuffers& B = *buf_;
-  const long N = tokens_, d = c.hidden_size;
-  // Without keeping, two residual buffers alternate and one layer slot serves every layer.
-  auto residual = [&](int l) { return B.residual[keep ? size_t(l) : size_t(l % 2)]; };
-  auto slot = [&](int l) -> CudaLayerActivations& { return B.layers[keep && B.layers.size() > 1 ? size_t(l) : 0]; };
-
-  cuda::embedding_forward(N, d, c.vocab_size, B.input_ids, weight(*index_.embed), {residual(0), DType::F32},
-                          stream_, /*check_ids=*/false);
-  for (int l = 0; l < c.num_layers; ++l) layer_forward(l, residual(l), residual(l + 1), slot(l), true);
-  cuda::rmsnorm_forward(N, d, c.rms_norm_eps, {residual(c.num_layers), DType::F32},
-                        norm_weight(*index_.final_norm), {B.final_norm, act_dtype()}, B.final_rstd, stream_);
-  if (!with_head) return;
-  cuda::logprob_forward(logprob_shape(c, N), {B.final_norm, act_dtype()}, weight(*index_.lm_head), B.targets,
-                        B.logp, B.logit_lse, B.logprob_workspace, stream_, /*check_labels=*/false);
+DeviceBatch CudaMistralModel::batch() const {
+  const CudaBuffers& B = *buf_;
+  return {tokens_, n_docs_, B.input_ids, B.position_ids, B.targets, B.cu_seqlens};
 }
 
 void CudaMistralModel::download_logp(float* logp) const { download(buf_->logp, size_t(tokens_), logp); }
@@ -666,7 +550,7 @@ void CudaMistralModel::forward(const TokenBatchView& batch, float* logp) {
   use_device();
   have_activations_ = false;
   upload_batch(batch);
-  run_forward(true);
+  decoder_->forward(this->batch(), buf_->acts, *this, true, buf_->logp);
   download_logp(logp);
   have_activations_ = true;
 }
@@ -675,7 +559,7 @@ void CudaMistralModel::logprobs(const TokenBatchView& batch, float* logp) {
   use_device();
   have_activations_ = false;  // the shared slots are overwritten
   upload_batch(batch);
-  run_forward(false);
+  decoder_->forward(this->batch(), buf_->acts, *this, false, buf_->logp);
   download_logp(logp);
 }
 
@@ -686,21 +570,22 @@ void CudaMistralModel::next_token_logits(const TokenBatchView& batch, float* log
   use_device();
   have_activations_ = false;
   upload_batch(batch);
-  run_forward(false);
+  const DecoderBuffers& A = buf_->acts;
+  decoder_->trunk_forward(this->batch(), buf_->acts, *this, false);
   const long d = config_.hidden_size, V = config_.vocab_size;
   const size_t row_bytes = size_t(d) * dtype_size(act_dtype());
-  char* rows = static_cast<char*>(buf_->layers[0].norm1);
+  char* rows = static_cast<char*>(A.layers[0].norm1.data);
   for (int doc = 0; doc < n_docs_; ++doc) {
     const long row = cu_seqlens_[size_t(doc) + 1] - 1;
     ZN_CHECK(row >= cu_seqlens_[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
     ZN_CUDA_CHECK(cudaMemcpyAsync(rows + size_t(doc) * row_bytes,
-                                  static_cast<const char*>(buf_->final_norm) + size_t(row) * row_bytes,
+                                  static_cast<const char*>(A.final_norm.data) + size_t(row) * row_bytes,
                                   row_bytes, cudaMemcpyDeviceToDevice, stream_));
   }
   const cuda::LogprobChunks chunks;
   const long row_chunk = std::min(options_.max_tokens, chunks.tokens), vocab_chunk = std::min(V, chunks.vocab);
-  float* chunk_logits = static_cast<float*>(buf_->logprob_workspace);
-  const ConstArray head = weight(*index_.lm_head);
+  float* chunk_logits = static_cast<float*>(A.head.data);
+  const ConstTensor head = weight(*index_.lm_head);
   std::vector<float> host(size_t(row_chunk * vocab_chunk));
   for (long r0 = 0; r0 < n_docs_; r0 += row_chunk) {
     const long nr = std::min(row_chunk, long(n_docs_) - r0);
@@ -719,43 +604,6 @@ void CudaMistralModel::next_token_logits(const TokenBatchView& batch, float* log
 // ---------------------------------------------------------------------------------------------
 // Backward
 
-// On entry dres (and dres_act) = d loss / d (layer output); on exit d loss / d (layer input x).
-void CudaMistralModel::layer_backward(int l, const float* x) {
-  const MistralConfig& c = config_;
-  const LayerParameters& p = index_.layers[size_t(l)];
-  CudaBuffers& B = *buf_;
-  CudaLayerActivations& a = B.layers[B.layers.size() > 1 ? size_t(l) : 0];
-  const long N = tokens_, d = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
-  const long ffn = c.intermediate_size;
-  const DType t = act_dtype();
-  const DType F = DType::F32;
-  void* rounded = t == DType::BF16 ? B.dres_act : nullptr;  // refreshed with each update of dres
-  cudaStream_t s = stream_;
-
-  // MLP: out = h + down(silu(gate(n2)) * up(n2)).
-  linear_backward(N, ffn, d, {a.act, t}, {B.dres_act, t}, weight(*p.down), {B.dact, t}, 0.0f, grad(*p.down), s);
-  cuda::swiglu_backward(N * ffn, {a.gate, t}, {a.up, t}, {B.dact, t}, {B.dgate, t}, {B.dup, t}, s);
-  linear_backward(N, d, ffn, {a.norm2, t}, {B.dgate, t}, weight(*p.gate), {B.dnorm, F}, 0.0f, grad(*p.gate), s);
-  linear_backward(N, d, ffn, {a.norm2, t}, {B.dup, t}, weight(*p.up), {B.dnorm, F}, 1.0f, grad(*p.up), s);
-  cuda::rmsnorm_backward(N, d, {a.h, F}, norm_weight(*p.post_norm), a.rstd2, {B.dnorm, F}, {B.dtmp, F},
-                         grad(*p.post_norm), s);
-  add_into(N * d, B.dtmp, B.dres, rounded, s);  // now d loss / d h
-
-  // Attention: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
-  linear_backward(N, qd, d, {a.attn, t}, {B.dres_act, t}, weight(*p.o), {B.dattn, t}, 0.0f, grad(*p.o), s);
-  cuda::attention_backward(attention_shape(c, N), {a.q, t}, {a.k, t}, {a.v, t}, B.cu_seqlens, n_docs_,
-                           {a.attn, t}, a.lse, {B.dattn, t}, {B.dq, t}, {B.dk, t}, {B.dv, t},
-                           B.attention_workspace, s);
-  cuda::rope_backward(N, c.num_heads, c.head_dim, c.rope_theta, B.position_ids, {B.dq, t}, s);
-  cuda::rope_backward(N, c.num_kv_heads, c.head_dim, c.rope_theta, B.position_ids, {B.dk, t}, s);
-  linear_backward(N, d, qd, {a.norm1, t}, {B.dq, t}, weight(*p.q), {B.dnorm, F}, 0.0f, grad(*p.q), s);
-  linear_backward(N, d, kvd, {a.norm1, t}, {B.dk, t}, weight(*p.k), {B.dnorm, F}, 1.0f, grad(*p.k), s);
-  linear_backward(N, d, kvd, {a.norm1, t}, {B.dv, t}, weight(*p.v), {B.dnorm, F}, 1.0f, grad(*p.v), s);
-  cuda::rmsnorm_backward(N, d, {x, F}, norm_weight(*p.input_norm), a.rstd1, {B.dnorm, F}, {B.dtmp, F},
-                         grad(*p.input_norm), s);
-  add_into(N * d, B.dtmp, B.dres, rounded, s);  // now d loss / d x
-}
-
 void CudaMistralModel::forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp) {
   ZN_CHECK(options_.trainable, "model: forwardBackward() on a model created with trainable: false");
   validate_dlogp(dlogp, batch.tokens);
@@ -763,13 +611,9 @@ void CudaMistralModel::forward_backward(const TokenBatchView& batch, const float
   have_activations_ = false;
   upload_batch(batch);
   CudaBuffers& B = *buf_;
-  const long N = tokens_;
-  ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(N) * sizeof(float), cudaMemcpyHostToDevice, stream_));
-  run_forward(true, /*with_head=*/false);
-  cuda::logprob_forward_backward(logprob_shape(config_, N), {B.final_norm, act_dtype()}, weight(*index_.lm_head),
-                                 B.targets, B.dlogp, B.logp, B.dnorm, grad(*index_.lm_head), B.logprob_workspace,
-                                 stream_, /*check_labels=*/false);
-  backward_below_head();
+  ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(tokens_) * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  decoder_->forward_backward(this->batch(), B.acts, *this, *this, B.dlogp, B.logp, options_.gradient_checkpointing);
+  embedding_backward();
   download_logp(logp);
 }
 
@@ -782,35 +626,19 @@ void CudaMistralModel::backward(const float* dlogp, long tokens) {
   use_device();
   have_activations_ = false;
   validate_dlogp(dlogp, tokens);
-  const MistralConfig& c = config_;
   CudaBuffers& B = *buf_;
-  const long N = tokens_;
-  const DType t = act_dtype();
-  ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(N) * sizeof(float), cudaMemcpyHostToDevice, stream_));
-  cuda::logprob_backward(logprob_shape(c, N), {B.final_norm, t}, weight(*index_.lm_head), B.targets,
-                         B.logit_lse, B.dlogp, B.dnorm, grad(*index_.lm_head), B.logprob_workspace, stream_);
-  backward_below_head();
+  ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(tokens_) * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  decoder_->backward(this->batch(), B.acts, *this, *this, B.dlogp, options_.gradient_checkpointing);
+  embedding_backward();
 }
 
-void CudaMistralModel::backward_below_head() {
-  const MistralConfig& c = config_;
-  CudaBuffers& B = *buf_;
-  const long N = tokens_, d = c.hidden_size;
-  const DType t = act_dtype();
-  cuda::rmsnorm_backward(N, d, {B.residual[size_t(c.num_layers)], DType::F32}, norm_weight(*index_.final_norm),
-                         B.final_rstd, {B.dnorm, DType::F32}, {B.dres, DType::F32}, grad(*index_.final_norm),
-                         stream_);
-  if (t == DType::BF16) round_to_bf16(N * d, B.dres, B.dres_act, stream_);
-  for (int l = c.num_layers - 1; l >= 0; --l) {
-    // With checkpointing the one slot still holds the last layer's activations from forward.
-    if (options_.gradient_checkpointing && l != c.num_layers - 1) {
-      layer_forward(l, B.residual[size_t(l)], nullptr, B.layers[0], false);
-    }
-    layer_backward(l, B.residual[size_t(l)]);
-  }
-  cuda::embedding_backward(N, d, c.vocab_size, B.input_ids, {B.dres, DType::F32}, c.pad_token_id,
-                           grad(*index_.embed), stream_);
-  sync();  // a fault in any kernel surfaces here, in the call that caused it
+// The lookup's gradient (dense) from d loss / d (embedding output), which the decoder left in
+// dres; then the stream is drained, so a fault in any kernel surfaces in the call that caused it.
+void CudaMistralModel::embedding_backward() {
+  const CudaBuffers& B = *buf_;
+  cuda::embedding_backward(tokens_, config_.hidden_size, config_.vocab_size, B.input_ids,
+                           {B.acts.dres, DType::F32}, config_.pad_token_id, grad(*index_.embed), stream_);
+  sync();
 }
 
 void CudaMistralModel::zero_grad() {

@@ -37,13 +37,13 @@
 #include <vector>
 
 #include "core/memory.h"
-#include "kernels/cuda/array.h"
+#include "model/cuda_backend.h"
+#include "model/decoder.h"
 #include "model/mistral.h"
 
 namespace zn::model {
 
 struct CudaBuffers;
-struct CudaLayerActivations;
 struct OffloadStaging;
 
 // Zeroed host floats (core/memory.h's HugePageMemory): the OS maps pages lazily, so 81 GiB of
@@ -59,7 +59,7 @@ class HostFloats {
   HugePageMemory memory_;
 };
 
-class CudaMistralModel {
+class CudaMistralModel final : private WeightSource, private GradientSink {
  public:
   // Builds on the current device; throws zn::Error stating the plan when it does not fit.
   CudaMistralModel(const MistralConfig& config, const ModelOptions& options);
@@ -100,12 +100,9 @@ class CudaMistralModel {
   void allocate();
   void use_device() const;
   void upload_batch(const TokenBatchView& batch);
+  DeviceBatch batch() const;  // the last uploaded batch
   void download_logp(float* logp) const;
-  // The decoder (embedding, layers, final norm), then the log-probs unless with_head is false.
-  void run_forward(bool keep_for_backward, bool with_head = true);
-  void backward_below_head();  // from the final norm's input gradient (dnorm) down
-  void layer_forward(int l, const float* x, float* out, CudaLayerActivations& acts, bool need_output);
-  void layer_backward(int l, const float* x);
+  void embedding_backward();  // from the decoder's d loss / d (embedding output), then sync
   void refresh_bf16();
   void upload_parameter(const ParameterSpec& p, const float* values);
   void upload_norms_from_host();
@@ -114,9 +111,10 @@ class CudaMistralModel {
   bool offloaded() const { return !host_master_.empty(); }
   size_t norm_slot(const ParameterSpec& p) const;
   DType act_dtype() const;
-  cuda::ConstArray weight(const ParameterSpec& p) const;
-  cuda::ConstArray norm_weight(const ParameterSpec& p) const;
-  float* grad(const ParameterSpec& p) const;
+  // WeightSource and GradientSink (what the decoder reads and accumulates into): the weights the kernels read and the gradients (device memory).
+  ConstTensor weight(const ParameterSpec& p) const override;
+  const float* norm_weight(const ParameterSpec& p) const override;
+  float* grad(const ParameterSpec& p) override;
   void download(const float* device, size_t count, float* host) const;
   void upload(const float* host, size_t count, float* device);
   void sync() const;
@@ -131,6 +129,8 @@ class CudaMistralModel {
   cudaStream_t stream_ = nullptr;
   void* arena_ = nullptr;  // the one device allocation
   std::unique_ptr<CudaBuffers> buf_;  // the arena's layout
+  CudaBackend backend_;               // on stream_
+  std::unique_ptr<Decoder> decoder_;
   std::vector<size_t> norm_slots_;    // by parameter: its place among the f32 norm weights
   long step_ = 0;
 
