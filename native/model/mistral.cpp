@@ -149,8 +149,8 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   const std::vector<ParameterSpec> table = parameter_table(c);
   const size_t params = parameter_count(table);
   MemoryPlan plan;
-  plan.weights = frozen_bf16(o) ? params * 2 + norm_slots(table, nullptr) * 4
-                                : params * 4 + (o.precision == Precision::BF16 ? params * 2 : 0);
+  // The weights the kernels read, and a trainable bf16 model's f32 master (CpuTrainState's).
+  plan.weights = CpuWeights::bytes(table, o.precision) + (o.trainable && o.precision == Precision::BF16 ? params * 4 : 0);
   // An untied embedding's gradient is held by rows (model/row_gradient.h), with slots for one
   // micro-batch's tokens; gradient accumulation over new tokens adds rows beyond the plan.
   const size_t embed = size_t(c.vocab_size) * size_t(c.hidden_size);
@@ -207,27 +207,9 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
                     advice + "a smaller maxTokens, or the GPU backend (device: 'cuda')");
   params_ = parameter_table(config_);
   index_ = index_parameters(config_, params_);
-
-  const size_t n = parameter_count(params_);
-  const size_t norm_count = norm_slots(params_, &norm_slots_);
-  if (frozen_bf16(options_)) {
-    norms_.assign(norm_count, 0.0f);
-  } else {
-    master_.assign(n, 0.0f);
-  }
-  if (options_.precision == Precision::BF16) weights_bf16_.assign(n, bf16{0});
-  if (options_.trainable) {
-    // The embedding is the table's first parameter, so the dense gradients of the others keep
-    // their offsets less its size when it has a RowGradient instead.
-    ZN_CHECK(index_.embed->offset == 0, "model: the embedding must be the first parameter");
-    if (!config_.tie_word_embeddings) {
-      embed_grad_ = std::make_unique<RowGradient>(config_.vocab_size, config_.hidden_size, options_.max_tokens);
-      embed_slots_.resize(size_t(options_.max_tokens));
-    }
-    grads_.assign(n - (embed_grad_ ? index_.embed->numel : 0), 0.0f);
-    adam_m_.assign(n, 0.0f);
-    adam_v_.assign(n, 0.0f);
-  }
+  weights_ = std::make_unique<CpuWeights>(params_, options_.precision);
+  if (options_.trainable)
+    state_ = std::make_unique<CpuTrainState>(config_, params_, index_, options_.max_tokens, *weights_);
   buffers_ = std::make_unique<DecoderBuffers>();
   arena_.reset(static_cast<float*>(std::calloc(plan_.activations / 4, sizeof(float))));
   ZN_CHECK(arena_ || plan_.activations == 0, "model: cannot allocate ", plan_.activations,
@@ -252,21 +234,19 @@ const ParameterSpec& MistralModel::parameter(const std::string& name) const {
   return find_parameter(params_, name);
 }
 
-size_t MistralModel::dense_grad_offset(const ParameterSpec& p) const {
-  return p.offset - (embed_grad_ ? index_.embed->numel : 0);
-}
-
-bool MistralModel::has_row_gradient(const ParameterSpec& p) const {
-  return embed_grad_ && p.offset == index_.embed->offset;
-}
-
 MemoryPlan MistralModel::plan(const MistralConfig& config, const ModelOptions& options) {
   return plan_memory(config, options);
 }
 
+CpuTrainState& MistralModel::train_state(const char* what) const {
+  ZN_CHECK(state_, "model: ", what, " on a model created with trainable: false");
+  return *state_;
+}
+
 const float* MistralModel::master(const ParameterSpec& p) const {
-  ZN_CHECK(!master_.empty(), "model: a frozen bf16 model keeps no f32 master (read_master widens its weights)");
-  return master_.data() + p.offset;
+  if (state_) return state_->master(p);
+  ZN_CHECK(!weights_->is_bf16(), "model: a frozen bf16 model keeps no f32 master (read_master widens its weights)");
+  return weights_->f32_values(p);
 }
 
 // The f32 values, or a frozen bf16 model's bf16 weights widened.
@@ -275,35 +255,18 @@ void MistralModel::read_master(const ParameterSpec& p, float* out) const {
     std::memcpy(out, values, p.numel * sizeof(float));
     return;
   }
-  const bf16* values = weights_bf16_.data() + p.offset;
-  for (size_t i = 0; i < p.numel; ++i) out[i] = bf16_to_f32(values[i]);
+  weights_->read(p, out);
 }
 
 void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
-  ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
-  if (has_row_gradient(p)) return embed_grad_->dense_rows(0, config_.vocab_size, out);
-  std::memcpy(out, grads_.data() + dense_grad_offset(p), p.numel * sizeof(float));
+  ZN_CHECK(state_, "model: gradients exist only for a trainable model");
+  state_->read_gradient(p, out);
 }
 
-float* MistralModel::grad(const ParameterSpec& p) {
-  ZN_CHECK(!has_row_gradient(p), "model: the embedding's gradient is held by rows");
-  return grads_.data() + dense_grad_offset(p);
-}
-
-// Matmul operand: the bf16 copy in bf16 mode, else the f32 master.
-ConstTensor MistralModel::weight(const ParameterSpec& p) const {
-  if (options_.precision == Precision::BF16) return {weights_bf16_.data() + p.offset, DType::BF16};
-  return {master_.data() + p.offset, DType::F32};
-}
+long MistralModel::optimizer_step() const { return state_ ? state_->step() : 0; }
 
 const float* MistralModel::f32_values(const ParameterSpec& p) const {
-  if (!master_.empty()) return master_.data() + p.offset;
-  return norm_slot(p) == kNoSlot ? nullptr : norms_.data() + norm_slot(p);
-}
-
-void MistralModel::refresh_bf16() {
-  if (options_.precision == Precision::BF16 && !master_.empty())
-    backend_.round(long(master_.size()), master_.data(), {weights_bf16_.data(), DType::BF16});
+  return state_ ? state_->master(p) : weights_->f32_values(p);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -341,17 +304,16 @@ std::vector<std::string> MistralModel::load_weights(const std::vector<std::strin
   WeightFiles weights(files);
   std::vector<float> staging;
   for (const ParameterSpec& p : params_) {
-    if (!master_.empty()) {
-      weights.read(p, master_.data() + p.offset);
+    if (state_) {
+      weights.read(p, state_->master(p));
       continue;
     }
-    // Frozen bf16: only the rounding is kept (and the norm weights in f32).
+    // Frozen: into the weights (bf16: only the rounding is kept, and the norm weights in f32).
     staging.resize(p.numel);
     weights.read(p, staging.data());
-    backend_.round(long(p.numel), staging.data(), {weights_bf16_.data() + p.offset, DType::BF16});
-    if (norm_slot(p) != kNoSlot) std::memcpy(norms_.data() + norm_slot(p), staging.data(), p.numel * sizeof(float));
+    weights_->assign(p, staging.data());
   }
-  refresh_bf16();
+  if (state_) state_->publish();
   have_activations_ = false;
   return weights.unread();
 }
@@ -366,26 +328,20 @@ void MistralModel::save_weights(const std::string& path, const std::vector<std::
     if (const float* values = f32_values(p)) {
       tensors.push_back({p.name, stored, p.shape, values, StDType::F32});
     } else {
-      tensors.push_back({p.name, stored, p.shape, weights_bf16_.data() + p.offset, StDType::BF16});
+      tensors.push_back({p.name, stored, p.shape, weights_->bf16_values(p), StDType::BF16});
     }
   }
   write_safetensors(path, tensors, metadata);
 }
 
 void MistralModel::save_optimizer_state(const std::string& path) const {
-  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  write_optimizer_state(path, params_, adam_m_.data(), adam_v_.data(), step_);
+  ZN_CHECK(state_, "model: a frozen model has no optimizer state");
+  state_->save_optimizer_state(path);
 }
 
 void MistralModel::load_optimizer_state(const std::string& path) {
-  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  SafetensorsFile file(path);
-  const long step = optimizer_state_step(file);
-  for (const ParameterSpec& p : params_) {
-    read_optimizer_moment(file, Moment::First, p, adam_m_.data() + p.offset);
-    read_optimizer_moment(file, Moment::Second, p, adam_v_.data() + p.offset);
-  }
-  step_ = step;
+  ZN_CHECK(state_, "model: a frozen model has no optimizer state");
+  state_->load_optimizer_state(path);
 }
 
 static std::string optimizer_tensor_name(Moment moment, const ParameterSpec& p) {
@@ -462,20 +418,20 @@ void MistralModel::forward(const TokenBatchView& batch, float* logp) {
            "was created with trainable: false; use logprobs()");
   have_activations_ = false;
   copy_batch(batch);
-  decoder_->forward(this->batch(), *buffers_, *this, true, logp);
+  decoder_->forward(this->batch(), *buffers_, *weights_, true, logp);
   have_activations_ = true;
 }
 
 void MistralModel::logprobs(const TokenBatchView& batch, float* logp) {
   have_activations_ = false;  // the shared slots are overwritten
   copy_batch(batch);
-  decoder_->forward(this->batch(), *buffers_, *this, false, logp);
+  decoder_->forward(this->batch(), *buffers_, *weights_, false, logp);
 }
 
 void MistralModel::next_token_logits(const TokenBatchView& batch, float* logits) {
   have_activations_ = false;
   copy_batch(batch);
-  decoder_->trunk_forward(this->batch(), *buffers_, *this, false);
+  decoder_->trunk_forward(this->batch(), *buffers_, *weights_, false);
   const long d = config_.hidden_size;
   const float* normed = static_cast<const float*>(buffers_->final_norm.data);
   std::vector<float> last_rows(size_t(n_docs_) * size_t(d));
@@ -484,7 +440,7 @@ void MistralModel::next_token_logits(const TokenBatchView& batch, float* logits)
     ZN_CHECK(row >= cu_seqlens_[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
     std::copy_n(normed + row * d, d, last_rows.data() + size_t(doc) * size_t(d));
   }
-  const ConstTensor head = weight(*index_.lm_head);
+  const ConstTensor head = weights_->weight(*index_.lm_head);
   cpu::gemm(false, true, n_docs_, config_.vocab_size, d, 1.0f, {last_rows.data(), DType::F32, d},
             {head.data, head.dtype, d}, 0.0f, logits, config_.vocab_size);
 }
@@ -506,8 +462,9 @@ void MistralModel::backward(const float* dlogp, long tokens) {
            tokens_, " tokens");
   have_activations_ = false;
   validate_dlogp(dlogp, tokens_);
-  decoder_->backward(batch(), *buffers_, *this, *this, dlogp, options_.gradient_checkpointing);
-  embedding_backward();
+  CpuTrainState& state = train_state("backward()");
+  decoder_->backward(batch(), *buffers_, *weights_, state, dlogp, options_.gradient_checkpointing);
+  state.embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
 }
 
 void MistralModel::forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp) {
@@ -515,30 +472,13 @@ void MistralModel::forward_backward(const TokenBatchView& batch, const float* dl
   have_activations_ = false;
   copy_batch(batch);
   validate_dlogp(dlogp, tokens_);
-  decoder_->forward_backward(this->batch(), *buffers_, *this, *this, dlogp, logp, options_.gradient_checkpointing);
-  embedding_backward();
+  CpuTrainState& state = train_state("forwardBackward()");
+  decoder_->forward_backward(this->batch(), *buffers_, *weights_, state, dlogp, logp,
+                             options_.gradient_checkpointing);
+  state.embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
 }
 
-// The lookup's gradient from d loss / d (embedding output), which the decoder left in dres.
-void MistralModel::embedding_backward() {
-  const MistralConfig& c = config_;
-  const long N = tokens_, d = c.hidden_size;
-  if (embed_grad_) {
-    // The lookup's scatter-add into the rows' slots: the same kernel over a table of slots.
-    embed_grad_->assign(input_ids_.data(), N, embed_slots_.data());
-    const long pad_slot = c.pad_token_id >= 0 ? embed_grad_->slot_of(c.pad_token_id) : -1;
-    cpu::embedding_backward(N, d, embed_grad_->slots(), embed_slots_.data(), buffers_->dres, pad_slot,
-                            embed_grad_->values());
-  } else {
-    cpu::embedding_backward(N, d, c.vocab_size, input_ids_.data(), buffers_->dres, c.pad_token_id, grad(*index_.embed));
-  }
-}
-
-void MistralModel::zero_grad() {
-  ZN_CHECK(options_.trainable, "model: zeroGrad() on a model created with trainable: false");
-  std::memset(grads_.data(), 0, grads_.size() * 4);
-  if (embed_grad_) embed_grad_->clear();
-}
+void MistralModel::zero_grad() { train_state("zeroGrad()").zero_grad(); }
 
 // ---------------------------------------------------------------------------------------------
 // Optimizer
@@ -556,36 +496,7 @@ void check_grad_norm(double norm) {
 }
 
 double MistralModel::clip_and_step(const AdamWOptions& hp) {
-  ZN_CHECK(options_.trainable, "model: an optimizer step on a model created with trainable: false");
-  validate_adamw(hp);
-  const double squares = cpu::sum_of_squares(long(grads_.size()), grads_.data());
-  const double norm = std::sqrt(squares + (embed_grad_ ? embed_grad_->sum_of_squares() : 0.0));
-  check_grad_norm(norm);
-  const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
-  ++step_;
-  const bool bf16_copy = options_.precision == Precision::BF16;
-  for (const ParameterSpec& p : params_) {
-    const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0,
-                           step_, scale};
-    auto update = [&](size_t offset, size_t count, const float* g) {
-      cpu::adamw_update(long(count), s, master_.data() + offset, g, adam_m_.data() + offset,
-                        adam_v_.data() + offset, bf16_copy ? weights_bf16_.data() + offset : nullptr);
-    };
-    if (!has_row_gradient(p)) {
-      update(p.offset, p.numel, grads_.data() + dense_grad_offset(p));
-      continue;
-    }
-    // Rows without a slot step with a zero gradient, as a dense one would have them: blocks of
-    // rows are written out dense (256 KiB at a time) for the same AdamW kernel.
-    const long d = config_.hidden_size, block = std::max(1L, 65536 / d);
-    std::vector<float> dense(size_t(block * d));
-    for (long r0 = 0; r0 < config_.vocab_size; r0 += block) {
-      const long rows = std::min(block, config_.vocab_size - r0);
-      embed_grad_->dense_rows(r0, rows, dense.data());
-      update(p.offset + size_t(r0 * d), size_t(rows * d), dense.data());
-    }
-  }
-  return norm;
+  return train_state("an optimizer step").clip_and_step(hp);
 }
 
 }  // namespace zn::model

@@ -1,8 +1,8 @@
 // Mistral (MistralForCausalLM) on packed token streams, llm.c style, on the CPU: a parameter
-// table (parameters.h) in Hugging Face names and layouts over one contiguous f32 master buffer
-// (plus a bf16 copy in bf16 mode) and an f32 gradient buffer, an activation plan laid out once
-// for a maximum token count, and the one decoder (decoder.h) on CpuBackend for forward and
-// backward. The contract here (options, batch, memory plan, optimizer and file formats, errors)
+// table (parameters.h) in Hugging Face names and layouts, the weights the kernels read apart from
+// the training state (cpu_state.h: gradients, moments, the f32 master; none when frozen), an
+// activation plan laid out once for a maximum token count, and the one decoder (decoder.h) on
+// CpuBackend for forward and backward. The contract here (options, batch, memory plan, optimizer and file formats, errors)
 // is the CUDA model's too (mistral_cuda.h).
 //
 // A decoder layer (HF MistralDecoderLayer, pre-norm):
@@ -22,6 +22,7 @@
 #include "core/bf16.h"
 #include "core/dtype.h"
 #include "model/cpu_backend.h"
+#include "model/cpu_state.h"
 #include "model/decoder.h"
 #include "model/parameters.h"
 
@@ -135,7 +136,7 @@ void read_optimizer_moment(const SafetensorsFile& file, Moment moment, const Par
 
 class RowGradient;
 
-class MistralModel final : private WeightSource, private GradientSink {
+class MistralModel {
  public:
   MistralModel(const MistralConfig& config, const ModelOptions& options);
   ~MistralModel();
@@ -155,7 +156,7 @@ class MistralModel final : private WeightSource, private GradientSink {
   // CUDA model shares (its buffers live on the device).
   void read_master(const ParameterSpec& p, float* out) const;
   void read_gradient(const ParameterSpec& p, float* out) const;  // throws when not trainable
-  long optimizer_step() const { return step_; }
+  long optimizer_step() const;
 
   // Reads every parameter from safetensors files (any of F32/F16/BF16). Returns the names of
   // tensors in the files that are not parameters (e.g. a tied lm_head.weight); a missing
@@ -192,34 +193,18 @@ class MistralModel final : private WeightSource, private GradientSink {
  private:
   void copy_batch(const TokenBatchView& batch);
   DeviceBatch batch() const;  // the last copied batch, as the kernels read it
-  void embedding_backward();  // from the decoder's d loss / d (embedding output)
-  // WeightSource and GradientSink (what the decoder reads and accumulates into): the weights the kernels read and the dense gradients.
-  ConstTensor weight(const ParameterSpec& p) const override;
-  const float* norm_weight(const ParameterSpec& p) const override { return f32_values(p); }  // f32 in every mode
-  float* grad(const ParameterSpec& p) override;  // dense gradients only (not an untied embedding's)
-  // A parameter's f32 values: the master, or a frozen bf16 model's norm weights; null for a
-  // frozen bf16 model's matrices (bf16 only).
+  CpuTrainState& train_state(const char* what) const;  // throws naming `what` when frozen
+  // A parameter's f32 values: the master, or a frozen model's f32 weights or norm weights; null
+  // for a frozen bf16 model's matrices (bf16 only).
   const float* f32_values(const ParameterSpec& p) const;
-  size_t norm_slot(const ParameterSpec& p) const { return norm_slots_[size_t(&p - params_.data())]; }
-  bool has_row_gradient(const ParameterSpec& p) const;
-  size_t dense_grad_offset(const ParameterSpec& p) const;  // in grads_, which skips a row-held embedding
-  void refresh_bf16();
 
   MistralConfig config_;
   ModelOptions options_;
   MemoryPlan plan_;
   std::vector<ParameterSpec> params_;
   ParameterIndex index_;  // pointers into params_
-
-  std::vector<float> master_;       // all but a frozen bf16 model
-  std::vector<bf16> weights_bf16_;  // bf16 mode only
-  std::vector<float> norms_;        // frozen bf16: the norm weights, at norm_slots_
-  std::vector<size_t> norm_slots_;  // by parameter index
-  std::vector<float> grads_;        // trainable only; all but a row-held embedding's
-  std::unique_ptr<RowGradient> embed_grad_;  // trainable with untied embeddings
-  std::vector<int32_t> embed_slots_;         // each token's slot in embed_grad_
-  std::vector<float> adam_m_, adam_v_;  // AdamW moments (trainable only)
-  long step_ = 0;
+  std::unique_ptr<CpuWeights> weights_;
+  std::unique_ptr<CpuTrainState> state_;  // trainable only
 
   // calloc'd, not a std::vector: its pages are committed when first written, so the arena adds
   // nothing to the peak while weights load (a tensor's file pages are resident then).
