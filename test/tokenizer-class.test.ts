@@ -25,6 +25,7 @@ const CASES: [string, TokenizerConfigForClass, ModelConfigForTokenizer | null, s
   ['Mistral model folder, no class', {}, { model_type: 'mistral' }, 'TokenizersBackend'],
   ['Mistral model folder, unknown class', { tokenizer_class: 'NoSuchTokenizer' }, { model_type: 'mistral' }, 'TokenizersBackend'],
   ['Mistral model folder with auto_map', { ...llama, auto_map: { AutoTokenizer: [null, 'LlamaTokenizerFast'] } }, { model_type: 'mistral' }, 'LlamaTokenizer'],
+  ['Mistral model folder, auto_map without AutoTokenizer', { ...llama, auto_map: { AutoModel: 'model.Model' } }, { model_type: 'mistral' }, 'TokenizersBackend'],
   ['Llama model folder', llama, { model_type: 'llama' }, 'LlamaTokenizer'],
   ['Llama model folder, no class', {}, { model_type: 'llama' }, 'TokenizersBackend'],
   ['Llama model folder, PreTrainedTokenizerFast in config.json', {}, { model_type: 'llama', tokenizer_class: 'PreTrainedTokenizerFast' }, 'TokenizersBackend'],

@@ -91,8 +91,8 @@ export function chooseTokenizerClass(tokenizerConfig: TokenizerConfigForClass, m
   const modelType = nonEmptyString(modelConfig?.model_type);
   const registered = modelType === null ? null : registeredClass(modelType);
 
-  if (named !== null && modelType !== null && registered !== null && tokenizerConfig.auto_map === undefined && registered !== withoutFast(named)) {
-    if (GENERIC_CLASSES.has(registered)) {
+  if (named !== null && modelType !== null && registered !== null && !hasTokenizerAutoMap(tokenizerConfig) && registered !== withoutFast(named)) {
+    if (registered === BACKEND) {
       return choice(BACKEND, `config.json's model_type '${modelType}' registers ${BACKEND}, which transformers uses over ${namedWhere} ${named}`);
     }
     if (modelType in HUB_CLASS_OVERRIDES) {
@@ -128,6 +128,13 @@ function registeredClass(modelType: string): string | null {
 function namedClass(name: string): string {
   const base = withoutFast(name);
   return GENERIC_CLASSES.has(name) || GENERIC_CLASSES.has(base) ? BACKEND : base;
+}
+
+/** tokenizer_config's `auto_map` for AutoTokenizer (remote code): a list, or a dict's `AutoTokenizer` entry. */
+function hasTokenizerAutoMap(tokenizerConfig: TokenizerConfigForClass): boolean {
+  const autoMap = tokenizerConfig.auto_map;
+  if (Array.isArray(autoMap)) return true;
+  return typeof autoMap === 'object' && autoMap !== null && (autoMap as Record<string, unknown>).AutoTokenizer != null;
 }
 
 function withoutFast(name: string): string {

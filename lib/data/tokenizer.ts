@@ -2,7 +2,7 @@
  * An HF tokenizer folder (`tokenizer.json` + `tokenizer_config.json`, optionally
  * `special_tokens_map.json` and `chat_template.jinja`) loaded the way transformers 5 loads it,
  * encoded by @huggingface/tokenizers (pure JS; equal to the Rust `tokenizers` token for token on
- * SentencePiece-style BPE with byte fallback, checked in test/tokenizer.test.ts).
+ * SentencePiece-style BPE with byte fallback, checked in test/conformance/data-tokenizer.test.ts).
  *
  * The transformers rule that matters for Mistral/Llama folders: which class AutoTokenizer picks
  * (tokenizer-class.ts; config.json takes part, so a Mistral model folder gets `TokenizersBackend`
@@ -28,8 +28,8 @@ import { Tokenizer } from '@huggingface/tokenizers';
 
 import { ZnError } from '../errors.js';
 import { cutWordsAtUnmergeableBoundaries } from './bpe-words.js';
-import { type ModelConfigForTokenizer, type TokenizerClassChoice, chooseTokenizerClass } from './tokenizer-class.js';
 import { type TokenOffsets, alignTokens, offsetPipeline } from './token-offsets.js';
+import { type ModelConfigForTokenizer, type TokenizerClassChoice, chooseTokenizerClass } from './tokenizer-class.js';
 
 /** The parts of tokenizer.json this module reads or rewrites; the rest passes through. */
 export interface TokenizerJson {
