@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { packageRoot } from '../lib/native.js';
 
 const cli = join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
@@ -63,6 +64,28 @@ describe('data inspect', () => {
     assert.match(result.stdout, /mode dpo/);
     assert.match(result.stdout, /--- chosen\n<\|user\|>\nCapital of France\?<\/s> \n<\|assistant\|>\n\[\[Paris\.<\/s> \n\]\]/);
     assert.match(result.stdout, /--- rejected\n[\s\S]*\[\[Lyon\.<\/s> \n\]\]/);
+  });
+
+  it('shows which tokenizer pipeline runs and why: a model folder (config.json) differs from its tokenizer files alone', () => {
+    const tokenizerDir = join(work, 'tokenizer');
+    const modelDir = join(work, 'model');
+    writeLlama2TokenizerFolder(tokenizerDir);
+    writeLlama2TokenizerFolder(modelDir);
+    writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ model_type: 'mistral' }));
+    const pipeline = (...args: string[]) => {
+      const result = run('--dataset_name', chats, ...args);
+      assert.equal(result.status, 0, result.stderr);
+      return result.stdout.split('\n').find((line) => line.startsWith('tokenizer pipeline: '));
+    };
+    assert.equal(
+      pipeline('--model_name_or_path', modelDir),
+      "tokenizer pipeline: TokenizersBackend, tokenizer.json as written; because config.json's model_type 'mistral' registers TokenizersBackend, which transformers uses over tokenizer_config.json's tokenizer_class LlamaTokenizer",
+    );
+    assert.equal(
+      pipeline('--model_name_or_path', tokenizerDir),
+      "tokenizer pipeline: LlamaTokenizer, rebuilt from vocab and merges, Metaspace prepend always; because tokenizer_config.json's tokenizer_class is LlamaTokenizer (no config.json)",
+    );
+    assert.match(pipeline()!, /^tokenizer pipeline: LlamaTokenizer, rebuilt/);
   });
 
   it('--strict fails at the first bad row with file, row and field', () => {

