@@ -1,9 +1,9 @@
 // The Mistral model resident on one GPU: the CPU model's contract (mistral.h: same config,
 // options, parameter table, batch, optimizer and file formats, same methods and errors) with
 // every buffer on the device. One cudaMalloc holds everything, laid out from the device plan
-// like the CPU model's arena: f32 master weights (+ a bf16 copy in bf16 mode), f32 gradients,
-// AdamW moments, the batch, the activations and the kernels' workspaces (log-prob chunks,
-// attention backward). Every kernel runs on one stream the model owns; the host sees only the
+// like the CPU model's arena: the weights (cuda_state.h's CudaWeights), the training state
+// (CudaTrainState: f32 master, gradients, AdamW moments), the batch, the activations and the
+// kernels' workspaces (log-prob chunks, attention backward). Every kernel runs on one stream the model owns; the host sees only the
 // batch going in, logp / logits and the grad-norm scalar coming out, and load / save.
 //
 // Two layouts keep the f32 master off the device, so that Mistral-7B trains on one 80 GB GPU:
@@ -25,8 +25,8 @@
 //   f32 C), as autocast training keeps it; rmsnorm reads f32 x and writes bf16 y, and its
 //   backward writes dx in x's dtype (f32), which the residual gradient accumulates into. The
 //   GEMMs read a bf16 rounding of dres (dres_bf16, as autocast's bf16 branch gradient).
-// - f32 always: statistics (rstd, log-sum-exp), norm weights (the f32 master, as the CPU
-//   model), dnorm (the sum of two or three GEMMs into the rmsnorm input gradient), every
+// - f32 always: statistics (rstd, log-sum-exp), norm weights (an f32 copy beside the bf16
+//   weights, as the CPU model keeps), dnorm (the sum of two or three GEMMs into the rmsnorm input gradient), every
 //   parameter gradient, moments.
 #pragma once
 #include <cuda_runtime_api.h>
@@ -36,30 +36,16 @@
 #include <string>
 #include <vector>
 
-#include "core/memory.h"
 #include "model/cuda_backend.h"
+#include "model/cuda_state.h"
 #include "model/decoder.h"
 #include "model/mistral.h"
 
 namespace zn::model {
 
 struct CudaBuffers;
-struct OffloadStaging;
 
-// Zeroed host floats (core/memory.h's HugePageMemory): the OS maps pages lazily, so 81 GiB of
-// offloaded master and moments cost nothing until written (a std::vector would zero every page
-// up front), and in 2 MiB pages where it can, for the host AdamW's streaming passes.
-class HostFloats {
- public:
-  void allocate(size_t count, const char* what);  // throws zn::Error naming the bytes
-  float* data() const { return static_cast<float*>(memory_.data()); }
-  bool empty() const { return !memory_.data(); }
-
- private:
-  HugePageMemory memory_;
-};
-
-class CudaMistralModel final : private WeightSource, private GradientSink {
+class CudaMistralModel {
  public:
   // Builds on the current device; throws zn::Error stating the plan when it does not fit.
   CudaMistralModel(const MistralConfig& config, const ModelOptions& options);
@@ -77,7 +63,7 @@ class CudaMistralModel final : private WeightSource, private GradientSink {
   const ParameterSpec& parameter(const std::string& name) const;  // throws when unknown
   void read_master(const ParameterSpec& p, float* out) const;      // numel floats, host
   void read_gradient(const ParameterSpec& p, float* out) const;    // throws when not trainable
-  long optimizer_step() const { return step_; }
+  long optimizer_step() const;
 
   std::vector<std::string> load_weights(const std::vector<std::string>& files);
   void save_weights(const std::string& path, const std::vector<std::string>& names, SaveDType dtype,
@@ -103,20 +89,9 @@ class CudaMistralModel final : private WeightSource, private GradientSink {
   DeviceBatch batch() const;  // the last uploaded batch
   void download_logp(float* logp) const;
   void embedding_backward();  // from the decoder's d loss / d (embedding output), then sync
-  void refresh_bf16();
-  void upload_parameter(const ParameterSpec& p, const float* values);
-  void upload_norms_from_host();
-  void device_adamw(const AdamWOptions& hp);
-  void offloaded_adamw(const AdamWOptions& hp, double norm);
-  bool offloaded() const { return !host_master_.empty(); }
-  size_t norm_slot(const ParameterSpec& p) const;
+  CudaTrainState& train_state(const char* what) const;  // throws naming `what` when frozen
   DType act_dtype() const;
-  // WeightSource and GradientSink (what the decoder reads and accumulates into): the weights the kernels read and the gradients (device memory).
-  ConstTensor weight(const ParameterSpec& p) const override;
-  const float* norm_weight(const ParameterSpec& p) const override;
-  float* grad(const ParameterSpec& p) override;
   void download(const float* device, size_t count, float* host) const;
-  void upload(const float* host, size_t count, float* device);
   void sync() const;
 
   MistralConfig config_;
@@ -131,12 +106,8 @@ class CudaMistralModel final : private WeightSource, private GradientSink {
   std::unique_ptr<CudaBuffers> buf_;  // the arena's layout
   CudaBackend backend_;               // on stream_
   std::unique_ptr<Decoder> decoder_;
-  std::vector<size_t> norm_slots_;    // by parameter: its place among the f32 norm weights
-  long step_ = 0;
-
-  // offload_optimizer: the f32 master and moments (host), and the pinned copy buffers.
-  HostFloats host_master_, host_m_, host_v_;
-  std::unique_ptr<OffloadStaging> staging_;
+  std::unique_ptr<CudaWeights> weights_;
+  std::unique_ptr<CudaTrainState> state_;  // trainable only
 
   // The batch of the last forward() (host copies of what backward and next_token_logits need).
   std::vector<int32_t> cu_seqlens_;

@@ -1,0 +1,344 @@
+// CudaWeights and CudaTrainState (cuda_state.h): the GPU model's parameters in and out, and its
+// optimizer step, on the device or offloaded to the host.
+#include "model/cuda_state.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/errors.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/adamw.h"
+#include "kernels/cuda/adamw.h"
+#include "kernels/cuda/check.h"
+#include "model/cuda_backend.h"
+#include "model/mistral.h"
+#include "model/safetensors.h"
+
+namespace zn::model {
+
+void HostFloats::allocate(size_t count, const char* what) {
+  memory_ = HugePageMemory(count * sizeof(float));
+  ZN_CHECK(!empty() || count == 0, "model: cannot allocate ", count * sizeof(float),
+           " bytes of host memory for the offloaded ", what);
+}
+
+// Page-locked host memory: what cudaMemcpyAsync copies from and to without blocking the host.
+class PinnedBuffer {
+ public:
+  explicit PinnedBuffer(size_t bytes) { ZN_CUDA_CHECK(cudaMallocHost(&data_, bytes)); }
+  ~PinnedBuffer() { cudaFreeHost(data_); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void* data() const { return data_; }
+
+ private:
+  void* data_ = nullptr;
+};
+
+// A CUDA event, owned (used here to wait for one copy, not for timing).
+class Event {
+ public:
+  Event() { ZN_CUDA_CHECK(cudaEventCreate(&event_)); }
+  ~Event() { cudaEventDestroy(event_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+// offload_optimizer's copy buffers, two of each kind, used by alternate chunks: while the host
+// steps chunk i, chunk i+1's gradients come down and chunk i-1's new compute weights go up.
+// grads_arrived[i % 2] marks the end of chunk i's gradient copy.
+struct OffloadStaging {
+  size_t chunk;  // elements
+  PinnedBuffer grads0, grads1, weights0, weights1;
+  Event grads_arrived[2];
+  OffloadStaging(size_t chunk_elements, size_t weight_bytes)
+      : chunk(chunk_elements),
+        grads0(chunk * sizeof(float)),
+        grads1(chunk * sizeof(float)),
+        weights0(chunk * weight_bytes),
+        weights1(chunk * weight_bytes) {}
+  float* grads(size_t round) const { return static_cast<float*>((round % 2 ? grads1 : grads0).data()); }
+  void* weights(size_t round) const { return (round % 2 ? weights1 : weights0).data(); }
+};
+
+namespace {
+
+// offload_optimizer moves the gradient down and the compute weights up in chunks of this many
+// elements (64 MiB of f32), through two pinned gradient buffers and two pinned weight buffers.
+// ZN_OFFLOAD_CHUNK (elements) overrides it: the device check uses an odd size so that chunks
+// split parameters, and it is a knob for tuning the copy pipeline on a device.
+constexpr size_t kOffloadChunk = size_t(1) << 24;
+
+size_t offload_chunk(size_t params) {
+  size_t chunk = kOffloadChunk;
+  if (const char* text = std::getenv("ZN_OFFLOAD_CHUNK")) {
+    char* end = nullptr;
+    const unsigned long long value = std::strtoull(text, &end, 10);
+    ZN_CHECK(*text && *end == 0 && value > 0, "ZN_OFFLOAD_CHUNK must be a positive element count, got '", text, "'");
+    chunk = size_t(value);
+  }
+  return std::min(params, chunk);
+}
+
+size_t weight_element_bytes(Precision precision) { return precision == Precision::BF16 ? sizeof(bf16) : sizeof(float); }
+
+void sync(cudaStream_t stream) { ZN_CUDA_CHECK(cudaStreamSynchronize(stream)); }
+
+void download(const float* device, size_t count, float* host, cudaStream_t stream) {
+  ZN_CUDA_CHECK(cudaMemcpyAsync(host, device, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
+  sync(stream);
+}
+
+void upload(const float* host, size_t count, float* device, cudaStream_t stream) {
+  ZN_CUDA_CHECK(cudaMemcpyAsync(device, host, count * sizeof(float), cudaMemcpyHostToDevice, stream));
+  sync(stream);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Weights
+
+CudaWeights::CudaWeights(const std::vector<ParameterSpec>& table, CudaWeightBuffers buffers, cudaStream_t stream)
+    : table_(table), buffers_(buffers), stream_(stream) {
+  norm_slots(table, &norm_slots_);
+}
+
+// Matmul operand: the bf16 rounding in bf16 mode, else the f32 values.
+ConstTensor CudaWeights::weight(const ParameterSpec& p) const {
+  if (is_bf16()) return {buffers_.bf16_values + p.offset, DType::BF16};
+  return {buffers_.f32_values + p.offset, DType::F32};
+}
+
+const float* CudaWeights::norm_weight(const ParameterSpec& p) const {
+  if (!is_bf16()) return buffers_.f32_values + p.offset;
+  float* values = norm_values(p);
+  ZN_CHECK(values, "model: '", p.name, "' is not a norm weight");
+  return values;
+}
+
+float* CudaWeights::norm_values(const ParameterSpec& p) const {
+  const size_t slot = norm_slots_[size_t(&p - table_.data())];
+  return is_bf16() && slot != kNoSlot ? buffers_.norms + slot : nullptr;
+}
+
+void CudaWeights::assign(const ParameterSpec& p, const float* host) {
+  if (!is_bf16()) return upload(host, p.numel, buffers_.f32_values + p.offset, stream_);
+  std::vector<bf16> rounded(p.numel);
+  parallel_for(p.numel, size_t(1) << 16, [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) rounded[i] = f32_to_bf16(host[i]);
+  });
+  ZN_CUDA_CHECK(cudaMemcpyAsync(buffers_.bf16_values + p.offset, rounded.data(), p.numel * sizeof(bf16),
+                                cudaMemcpyHostToDevice, stream_));
+  sync(stream_);
+  if (float* norm = norm_values(p)) upload(host, p.numel, norm, stream_);
+}
+
+void CudaWeights::read(const ParameterSpec& p, float* host) const {
+  if (!is_bf16()) return download(buffers_.f32_values + p.offset, p.numel, host, stream_);
+  if (const float* norm = norm_values(p)) return download(norm, p.numel, host, stream_);
+  std::vector<bf16> values(p.numel);
+  ZN_CUDA_CHECK(cudaMemcpyAsync(values.data(), buffers_.bf16_values + p.offset, p.numel * sizeof(bf16),
+                                cudaMemcpyDeviceToHost, stream_));
+  sync(stream_);
+  for (size_t i = 0; i < p.numel; ++i) host[i] = bf16_to_f32(values[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Train state
+
+size_t CudaTrainState::offload_host_bytes(const std::vector<ParameterSpec>& table, Precision precision) {
+  const size_t params = parameter_count(table);
+  const size_t staging = 2 * offload_chunk(params) * (sizeof(float) + weight_element_bytes(precision));
+  return params * 3 * sizeof(float) + staging;
+}
+
+CudaTrainState::CudaTrainState(const std::vector<ParameterSpec>& table, bool offload, CudaWeights& weights,
+                               CudaTrainBuffers buffers, CudaBackend& backend, cudaStream_t stream)
+    : table_(table), weights_(weights), buffers_(buffers), backend_(backend), stream_(stream) {
+  if (!offload) return;
+  const size_t n = parameter_count(table);
+  host_master_.allocate(n, "master weights");
+  host_m_.allocate(n, "first moments");
+  host_v_.allocate(n, "second moments");
+  staging_ = std::make_unique<OffloadStaging>(offload_chunk(n), weights.is_bf16() ? sizeof(bf16) : sizeof(float));
+}
+
+CudaTrainState::~CudaTrainState() = default;
+
+float* CudaTrainState::device_master() const {
+  if (offloaded()) return nullptr;
+  return weights_.is_bf16() ? buffers_.master : weights_.buffers().f32_values;
+}
+
+void CudaTrainState::zero_grad() {
+  ZN_CUDA_CHECK(cudaMemsetAsync(buffers_.grads, 0, parameter_count(table_) * sizeof(float), stream_));
+  sync(stream_);
+}
+
+void CudaTrainState::read_gradient(const ParameterSpec& p, float* host) const {
+  download(buffers_.grads + p.offset, p.numel, host, stream_);
+}
+
+void CudaTrainState::read_master(const ParameterSpec& p, float* host) const {
+  if (offloaded()) {
+    std::memcpy(host, host_master_.data() + p.offset, p.numel * sizeof(float));
+    return;
+  }
+  download(device_master() + p.offset, p.numel, host, stream_);
+}
+
+float* CudaTrainState::host_master(const ParameterSpec& p) const {
+  return offloaded() ? host_master_.data() + p.offset : nullptr;
+}
+
+void CudaTrainState::write_master(const ParameterSpec& p, const float* host) {
+  if (offloaded()) {
+    if (host != host_master_.data() + p.offset) std::memcpy(host_master_.data() + p.offset, host, p.numel * sizeof(float));
+    return;
+  }
+  upload(host, p.numel, device_master() + p.offset, stream_);
+}
+
+// bf16 mode's f32 norm weights from the master (AdamW writes the matrices' rounding itself).
+void CudaTrainState::copy_norms_from_master() {
+  for (const ParameterSpec& p : table_) {
+    float* norm = weights_.norm_values(p);
+    if (!norm) continue;
+    if (offloaded()) {
+      upload(host_master_.data() + p.offset, p.numel, norm, stream_);
+    } else {
+      ZN_CUDA_CHECK(cudaMemcpyAsync(norm, buffers_.master + p.offset, p.numel * sizeof(float),
+                                    cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+  sync(stream_);
+}
+
+void CudaTrainState::publish() {
+  if (offloaded()) {
+    for (const ParameterSpec& p : table_) weights_.assign(p, host_master_.data() + p.offset);
+    return;
+  }
+  if (!weights_.is_bf16()) return;  // f32 mode: the master is the weights
+  backend_.round(long(parameter_count(table_)), buffers_.master, {weights_.buffers().bf16_values, DType::BF16});
+  copy_norms_from_master();
+}
+
+double CudaTrainState::clip_and_step(const AdamWOptions& hp) {
+  validate_adamw(hp);
+  const cuda::GradSpan all{buffers_.grads, long(parameter_count(table_))};
+  cuda::sum_of_squares(&all, 1, buffers_.grad_sum_of_squares, stream_);
+  double sum_of_squares = 0;
+  ZN_CUDA_CHECK(cudaMemcpyAsync(&sum_of_squares, buffers_.grad_sum_of_squares, sizeof(double),
+                                cudaMemcpyDeviceToHost, stream_));
+  sync(stream_);
+  const double norm = std::sqrt(sum_of_squares);
+  check_grad_norm(norm);
+  ++step_;
+  if (offloaded()) {
+    offloaded_adamw(hp, norm);
+  } else {
+    device_adamw(hp);
+  }
+  if (weights_.is_bf16()) copy_norms_from_master();
+  return norm;
+}
+
+void CudaTrainState::device_adamw(const AdamWOptions& hp) {
+  const CudaTrainBuffers& B = buffers_;
+  cuda::clip_coefficient(B.grad_sum_of_squares, hp.max_grad_norm, B.clip_coefficient, stream_);
+  std::vector<cuda::AdamWTensor> decay, no_decay;
+  float* const master = device_master();
+  bf16* const rounded = weights_.buffers().bf16_values;  // written as AdamW goes (bf16 mode)
+  for (const ParameterSpec& p : table_) {
+    (p.decay ? decay : no_decay)
+        .push_back({master + p.offset, B.grads + p.offset, B.adam_m + p.offset, B.adam_v + p.offset,
+                    rounded ? rounded + p.offset : nullptr, long(p.numel)});
+  }
+  cuda::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, step_, 1.0f};
+  cuda::adamw_update(decay.data(), int(decay.size()), s, B.clip_coefficient, stream_);
+  s.weight_decay = 0.0;
+  cuda::adamw_update(no_decay.data(), int(no_decay.size()), s, B.clip_coefficient, stream_);
+  sync(stream_);
+}
+
+// The CPU model's AdamW over the host master and moments, a chunk of the gradient at a time, on
+// a pipeline over the staging buffers: chunk i is stepped on the host while the stream brings
+// chunk i+1's gradients down and takes chunk i-1's new compute weights (bf16, or f32 in f32 mode)
+// up. Before chunk i the host waits for chunk i's gradients only. That also covers the weight
+// buffer it is about to fill: chunk i-2's upload, the last copy to read it, was issued before
+// chunk i's gradient copy on the same stream, and a stream completes its copies in order.
+void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm) {
+  OffloadStaging& S = *staging_;
+  const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
+  const bool bf16_mode = weights_.is_bf16();
+  const size_t n = parameter_count(table_), weight_bytes = bf16_mode ? sizeof(bf16) : sizeof(float);
+  char* device_weights = bf16_mode ? reinterpret_cast<char*>(weights_.buffers().bf16_values)
+                                   : reinterpret_cast<char*>(weights_.buffers().f32_values);
+  auto fetch = [&](size_t round) {
+    const size_t begin = round * S.chunk;
+    if (begin >= n) return;
+    ZN_CUDA_CHECK(cudaMemcpyAsync(S.grads(round), buffers_.grads + begin, std::min(S.chunk, n - begin) * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream_));
+    ZN_CUDA_CHECK(cudaEventRecord(S.grads_arrived[round % 2].get(), stream_));
+  };
+  fetch(0);
+  fetch(1);
+  for (size_t begin = 0, round = 0; begin < n; begin += S.chunk, ++round) {
+    const size_t end = std::min(n, begin + S.chunk);
+    ZN_CUDA_CHECK(cudaEventSynchronize(S.grads_arrived[round % 2].get()));
+    const float* grads = S.grads(round);
+    void* weights = S.weights(round);
+    for (const ParameterSpec& p : table_) {
+      const size_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel);
+      if (lo >= hi) continue;
+      const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0, step_, scale};
+      bf16* copy = bf16_mode ? static_cast<bf16*>(weights) + (lo - begin) : nullptr;
+      cpu::adamw_update(long(hi - lo), s, host_master_.data() + lo, grads + (lo - begin), host_m_.data() + lo,
+                        host_v_.data() + lo, copy);
+    }
+    if (!bf16_mode) std::memcpy(weights, host_master_.data() + begin, (end - begin) * sizeof(float));
+    ZN_CUDA_CHECK(cudaMemcpyAsync(device_weights + begin * weight_bytes, weights, (end - begin) * weight_bytes,
+                                  cudaMemcpyHostToDevice, stream_));
+    fetch(round + 2);  // into the gradient buffer just stepped
+  }
+  sync(stream_);
+}
+
+// The moments pass through host memory whole (write_safetensors takes every tensor at once).
+void CudaTrainState::save_optimizer_state(const std::string& path) const {
+  if (offloaded()) return write_optimizer_state(path, table_, host_m_.data(), host_v_.data(), step_);
+  const size_t n = parameter_count(table_);
+  std::vector<float> m(n), v(n);
+  download(buffers_.adam_m, n, m.data(), stream_);
+  download(buffers_.adam_v, n, v.data(), stream_);
+  write_optimizer_state(path, table_, m.data(), v.data(), step_);
+}
+
+void CudaTrainState::load_optimizer_state(const std::string& path) {
+  SafetensorsFile file(path);
+  const long step = optimizer_state_step(file);
+  std::vector<float> staging;
+  for (const ParameterSpec& p : table_) {
+    if (offloaded()) {
+      read_optimizer_moment(file, Moment::First, p, host_m_.data() + p.offset);
+      read_optimizer_moment(file, Moment::Second, p, host_v_.data() + p.offset);
+      continue;
+    }
+    staging.resize(p.numel);
+    read_optimizer_moment(file, Moment::First, p, staging.data());
+    upload(staging.data(), p.numel, buffers_.adam_m + p.offset, stream_);
+    read_optimizer_moment(file, Moment::Second, p, staging.data());
+    upload(staging.data(), p.numel, buffers_.adam_v + p.offset, stream_);
+  }
+  step_ = step;
+}
+
+}  // namespace zn::model

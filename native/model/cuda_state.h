@@ -1,0 +1,127 @@
+// The GPU model's parameters, split by owner as the CPU model's (cpu_state.h):
+// - CudaWeights: what the kernels read, on the device (the decoder's WeightSource): f32 in f32
+//   mode; in bf16 mode the bf16 rounding of every parameter and the norm weights in f32. A frozen
+//   model (the DPO reference) is weights alone.
+// - CudaTrainState: what training adds (the decoder's GradientSink): the f32 gradients (one
+//   contiguous buffer, so the grad norm reads it at once), AdamW's moments and step count, and the
+//   f32 master: the weights' own f32 values in f32 mode, a device buffer in bf16 mode, or, with
+//   offload_optimizer, host memory together with the moments (ZeRO-Offload's split: the device
+//   keeps what the kernels read and the gradients). A step writes the weights.
+// Device memory comes from the model's one arena (pieces handed in); every copy runs on the
+// model's stream.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/memory.h"
+#include "model/decoder.h"
+#include "model/parameters.h"
+
+namespace zn::model {
+
+enum class Precision;
+struct AdamWOptions;
+class CudaBackend;
+struct OffloadStaging;
+
+// Zeroed host floats (core/memory.h's HugePageMemory): the OS maps pages lazily, so 81 GiB of
+// offloaded master and moments cost nothing until written (a std::vector would zero every page
+// up front), and in 2 MiB pages where it can, for the host AdamW's streaming passes.
+class HostFloats {
+ public:
+  void allocate(size_t count, const char* what);  // throws zn::Error naming the bytes
+  float* data() const { return static_cast<float*>(memory_.data()); }
+  bool empty() const { return !memory_.data(); }
+
+ private:
+  HugePageMemory memory_;
+};
+
+// Where the weights live on the device (laid out by the model's plan).
+struct CudaWeightBuffers {
+  float* f32_values = nullptr;   // f32 mode
+  bf16* bf16_values = nullptr;   // bf16 mode
+  float* norms = nullptr;  // bf16 mode: the norm weights, at norm_slots
+};
+
+class CudaWeights final : public WeightSource {
+ public:
+  CudaWeights(const std::vector<ParameterSpec>& table, CudaWeightBuffers buffers, cudaStream_t stream);
+
+  ConstTensor weight(const ParameterSpec& p) const override;
+  const float* norm_weight(const ParameterSpec& p) const override;
+
+  bool is_bf16() const { return buffers_.bf16_values != nullptr; }
+  const CudaWeightBuffers& buffers() const { return buffers_; }
+  float* norm_values(const ParameterSpec& p) const;  // bf16 mode's f32 copy of a norm; else null
+  // One parameter from host f32 values: f32 copied; bf16 rounded on the host (to nearest even, as
+  // the device rounds) and a norm's values kept in f32 too. Waits for the copies.
+  void assign(const ParameterSpec& p, const float* host);
+  void read(const ParameterSpec& p, float* host) const;  // widened to f32; waits
+
+ private:
+  const std::vector<ParameterSpec>& table_;
+  CudaWeightBuffers buffers_;
+  std::vector<size_t> norm_slots_;
+  cudaStream_t stream_;
+};
+
+// The train state's device buffers (laid out by the model's plan).
+struct CudaTrainBuffers {
+  float* master = nullptr;  // bf16 mode without offload_optimizer
+  float* grads = nullptr;
+  float* adam_m = nullptr;  // without offload_optimizer
+  float* adam_v = nullptr;
+  double* grad_sum_of_squares = nullptr;
+  float* clip_coefficient = nullptr;
+};
+
+class CudaTrainState final : public GradientSink {
+ public:
+  // Host bytes with offload_optimizer: the f32 master, the two moments and the copy buffers.
+  static size_t offload_host_bytes(const std::vector<ParameterSpec>& table, Precision precision);
+  CudaTrainState(const std::vector<ParameterSpec>& table, bool offload, CudaWeights& weights,
+                 CudaTrainBuffers buffers, CudaBackend& backend, cudaStream_t stream);
+  ~CudaTrainState() override;
+
+  float* grad(const ParameterSpec& p) override { return buffers_.grads + p.offset; }
+  const float* gradients() const { return buffers_.grads; }  // every parameter's, laid out as the table
+  void zero_grad();
+  // The norm of the gradient (f64, copied back: the metric and the finite check), clipping as
+  // torch clip_grad_norm_, then AdamW on the device (multi-tensor, the clipping coefficient
+  // computed there) or, offloaded, on the host; then the weights from the new master.
+  double clip_and_step(const AdamWOptions& hp);
+  long step() const { return step_; }
+
+  void read_gradient(const ParameterSpec& p, float* host) const;
+  void read_master(const ParameterSpec& p, float* host) const;
+  // Offloaded: the host master of a parameter, which loading fills directly; else null.
+  float* host_master(const ParameterSpec& p) const;
+  void write_master(const ParameterSpec& p, const float* host);  // waits
+  void publish();  // the weights from the master (after loading)
+
+  void save_optimizer_state(const std::string& path) const;
+  void load_optimizer_state(const std::string& path);
+
+ private:
+  bool offloaded() const { return !host_master_.empty(); }
+  float* device_master() const;  // the f32 master on the device (null when offloaded)
+  void device_adamw(const AdamWOptions& hp);
+  void offloaded_adamw(const AdamWOptions& hp, double norm);
+  void copy_norms_from_master();
+
+  const std::vector<ParameterSpec>& table_;
+  CudaWeights& weights_;
+  CudaTrainBuffers buffers_;
+  CudaBackend& backend_;
+  cudaStream_t stream_;
+  long step_ = 0;
+  HostFloats host_master_, host_m_, host_v_;  // offload_optimizer
+  std::unique_ptr<OffloadStaging> staging_;
+};
+
+}  // namespace zn::model
