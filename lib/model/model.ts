@@ -152,8 +152,8 @@ export class MistralModel {
 
   /**
    * forward(batch) then backward(dlogp) in one call, for a loss whose dlogp does not depend on the
-   * log-probs (SFT's token mean); returns the log-probs. On the CPU the lm_head's logits are
-   * computed once instead of again in backward.
+   * log-probs (SFT's token mean); returns the log-probs. On either backend the lm_head's logits
+   * are computed once instead of again in backward.
    */
   async forwardBackward(batch: TokenBatch, dlogp: Float32Array): Promise<Float32Array> {
     return (await this.native.forwardBackward({ ...batch, dlogp })).logp;
