@@ -35,7 +35,7 @@ function stageCommand(name: 'sft' | 'dpo', describe: string): CommandModule<obje
     describe,
     builder,
     handler: async (argv) => {
-      const { config, where } = recipeWithFlags(argv);
+      const { config, where } = recipeWithFlags(argv, name);
       await runToEnd((options) => (name === 'sft' ? sft : dpo)(config, options), { where, isolate: argv.isolate === true });
     },
   };
