@@ -40,7 +40,7 @@ export {
 } from './model/model.js';
 export { scoreRows, type ScoredRow, type ScoreOptions } from './model/score.js';
 export type { AdamWHyperparameters, MemoryPlan, NativeModel, NativeParameter, NativeTokenBatch } from './native.js';
-export { dpo, sft, train, TrainingRun, type PipelineConfig, type RunOptions, type TrainingConfig } from './train/api.js';
+export { dpo, sft, train, TrainingRun, type PipelineConfig, type RunOptions, type Recipe } from './train/api.js';
 export type { StageResult } from './train/stage.js';
 export type { LogEntry } from './train/state.js';
 export { greedyChat } from './model/generate.js';

@@ -195,7 +195,7 @@ export interface NativeModel {
   nextTokenLogits(batch: NativeTokenBatch): Promise<{ logits: Float32Array }>;
   /** Accumulates parameter gradients of a loss whose per-token gradient is dlogp. */
   backward(options: { dlogp: Float32Array }): Promise<void>;
-  /** forward then backward(dlogp) in one call, for a dlogp known before the forward (SFT); the CPU model computes the lm_head's logits once. */
+  /** forward then backward(dlogp) in one call, for a dlogp known before the forward (SFT); the lm_head's logits are computed once (CPU and GPU). */
   forwardBackward(batch: NativeTokenBatch & { dlogp: Float32Array }): Promise<{ logp: Float32Array }>;
   zeroGrad(options: Record<string, never>): Promise<void>;
   /** Global grad-norm clipping (torch clip_grad_norm_) and one AdamW step. */

@@ -41,6 +41,22 @@ describe('training configuration', () => {
     assert.throws(() => resolveStage('sft', [{ values: { lr_scheduler_type: 'polynomial' }, where: 'r' }]), /one of linear/);
   });
 
+  it('types each value once: null takes the default, lists and flag text become the key\'s type', () => {
+    const config = resolveStage('dpo', [
+      { values: { learning_rate: null, gradient_checkpointing: null, max_length: null, loss_type: ['ipo'] }, where: 'r.yaml' },
+      { values: { resume_from_checkpoint: 'true', logging_first_step: 'True' }, where: 'command line' },
+    ]);
+    assert.equal(config.values.learning_rate, 1e-6);
+    assert.equal(config.values.gradient_checkpointing, true);
+    assert.equal(config.values.max_length, null, 'max_length: null means no limit');
+    assert.equal(config.values.loss_type, 'ipo');
+    assert.equal(config.values.resume_from_checkpoint, true);
+    assert.equal(config.values.logging_first_step, true);
+    assert.equal(resolveStage('sft', [{ values: { resume_from_checkpoint: 'runs/x/checkpoint-4' }, where: 'r' }]).values.resume_from_checkpoint, 'runs/x/checkpoint-4');
+    assert.throws(() => resolveStage('dpo', [{ values: { loss_type: ['sigmoid', 'ipo'] }, where: 'r.yaml' }]), /r\.yaml: 'loss_type' must be one value/);
+    assert.throws(() => resolveStage('sft', [{ values: { resume_from_checkpoint: 3 }, where: '--resume_from_checkpoint' }]), /--resume_from_checkpoint: 'resume_from_checkpoint' must be a checkpoint folder or true/);
+  });
+
   it('reads an alignment-handbook style recipe', () => {
     const dir = mkdtempSync(join(tmpdir(), 'zn-recipe-'));
     const file = join(dir, 'dpo.yaml');

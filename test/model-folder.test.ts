@@ -11,7 +11,7 @@ import {
   parseShardSize,
   planShards,
   readCheckpointWeights,
-  saveCheckpoint,
+  writeModelFolder,
   weightsIndexJson,
   type TensorPlan,
 } from '../lib/model/folder.js';
@@ -61,7 +61,7 @@ function arrayWriter(values: Map<string, Float32Array>) {
 
 async function saveTiny(dir: string, maxShardSize: number | string, config = tiny) {
   const values = tensorValues(config);
-  const plan = await saveCheckpoint(dir, mistralParameterShapes(config), {
+  const plan = await writeModelFolder(dir, mistralParameterShapes(config), {
     config,
     dtype: 'float32',
     maxShardSize,
@@ -187,7 +187,7 @@ describe('model folders: save and load', () => {
     writeFileSync(join(source, 'unrelated.txt'), 'x');
     const dir = join(tempDir(), 'out', 'nested');
     const values = tensorValues(tiny);
-    await saveCheckpoint(dir, mistralParameterShapes(tiny), {
+    await writeModelFolder(dir, mistralParameterShapes(tiny), {
       config: tiny,
       dtype: 'float32',
       writeShard: arrayWriter(values),

@@ -1,12 +1,12 @@
 /**
  * Trainer invariants (the idea of TRL's tests/invariant): gradient accumulation does not change
  * the result, a run killed with SIGKILL and resumed from its last checkpoint continues to the
- * same losses and weights as one never interrupted, and an AbortSignal stops a run cleanly with
- * a checkpoint.
+ * same losses and weights as one never interrupted, and an AbortSignal (the library) or SIGINT
+ * (the CLI) stops a run cleanly with a checkpoint.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
@@ -133,15 +133,58 @@ describe('trainer invariants', () => {
     for (const [name, x] of a) assert.deepEqual(b.get(name), x, name);
   });
 
-  it('an AbortSignal stops the run after the current step and writes a checkpoint', async () => {
+  it('an AbortSignal stops the run after the current step and writes a checkpoint; the library installs no signal handlers', async () => {
+    const handlers = () => [process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')];
+    const before = handlers();
+    let during: number[] = [];
     const controller = new AbortController();
     const run = sft({ ...base(), output_dir: join(work, 'aborted'), per_device_train_batch_size: 4, save_strategy: 'no' }, { signal: controller.signal, progress: 'silent' });
     run.on('log', (entry) => {
+      during = handlers();
       if (entry.step === 2) controller.abort();
     });
     const [result] = await run;
     assert.equal(result.stoppedEarly, true);
     assert.equal(result.globalStep, 2);
     assert.ok(existsSync(join(work, 'aborted', 'checkpoint-2', 'optimizer.safetensors')));
+    assert.ok(!existsSync(join(work, 'aborted', 'model.safetensors')), 'a stopped run writes no final model');
+    assert.deepEqual(during, before, 'SIGINT/SIGTERM listeners while training');
   });
+
+  it('a signal aborted before the first step stops the run without a checkpoint', async () => {
+    const [result] = await sft({ ...base(), output_dir: join(work, 'aborted-early') }, { signal: AbortSignal.abort(), progress: 'silent' });
+    assert.equal(result.stoppedEarly, true);
+    assert.equal(result.globalStep, 0);
+    assert.ok(!existsSync(join(work, 'aborted-early', 'checkpoint-0')));
+  });
+
+  for (const isolate of [false, true]) {
+    it(`the CLI stops on SIGINT after the current step, with a checkpoint, and exits 130${isolate ? ' (--isolate)' : ''}`, async () => {
+      const dir = join(work, isolate ? 'sigint-isolated' : 'sigint');
+      const flags = Object.entries({ ...base(), max_steps: 200, save_strategy: 'no', per_device_train_batch_size: 2, output_dir: dir }).flatMap(([k, v]) => [`--${k}`, String(v)]);
+      const child = spawn(process.execPath, [cli, 'sft', ...flags, ...(isolate ? ['--isolate'] : [])], { stdio: 'ignore' });
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+      const metrics = join(dir, 'metrics.jsonl');
+      await new Promise<void>((resolve) => {
+        const timer = setInterval(() => {
+          if (existsSync(metrics) && readFileSync(metrics, 'utf8').split('\n').length > 2) {
+            clearInterval(timer);
+            child.kill('SIGINT');
+            resolve();
+          }
+        }, 5);
+        void exited.then(() => {
+          clearInterval(timer);
+          resolve();
+        });
+      });
+      assert.equal(await exited, 130);
+      const checkpoints = readdirSync(dir).filter((name) => name.startsWith('checkpoint-'));
+      assert.equal(checkpoints.length, 1, checkpoints.join(', '));
+      const step = Number(checkpoints[0].slice('checkpoint-'.length));
+      assert.ok(step >= 2 && step < 200, `stopped at step ${step}`);
+      assert.ok(existsSync(join(dir, checkpoints[0], 'optimizer.safetensors')));
+      assert.ok(!existsSync(join(dir, 'model.safetensors')), 'a stopped run writes no final model');
+    });
+  }
 });

@@ -147,5 +147,8 @@ describe('training pipeline', () => {
     const unsupported = spawnSync(process.execPath, [cli, 'dpo', '--model_name_or_path', 'x', '--push_to_hub', 'true'], { encoding: 'utf8' });
     assert.equal(unsupported.status, 2);
     assert.match(unsupported.stderr, /'push_to_hub: true' is not supported/);
+    const badFlag = spawnSync(process.execPath, [cli, 'sft', '--config', recipe, '--max_steps', '1.5'], { encoding: 'utf8' });
+    assert.equal(badFlag.status, 2);
+    assert.match(badFlag.stderr, /command line: 'max_steps' must be an integer/, 'a bad flag is named as a flag, not as the file');
   });
 });

@@ -149,7 +149,7 @@ export async function runStepBench(options: StepBenchOptions): Promise<StepMeasu
   } else {
     const reference = await loadModel(options.modelDir, { ...modelOptions, trainable: false });
     planned += reference.memoryPlan().total;
-    objective = new DpoObjective(timed(policy, phases, 'forward'), new ModelReference(timed(reference, phases, 'reference')), loadNative(options.device), {
+    objective = new DpoObjective(timed(policy, phases, 'forward'), new ModelReference(timed(reference, phases, 'reference')), options.device, {
       beta: 0.1,
       lossType: 'sigmoid',
       labelSmoothing: 0,

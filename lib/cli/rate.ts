@@ -5,6 +5,7 @@ import { judgeApiKeyFromEnv } from '../aif/judge.js';
 import { type RateProgress, type RateStats, rateFile } from '../aif/rate.js';
 import { countRows } from '../data/readers.js';
 import { UsageError, ZnError } from '../errors.js';
+import { untilStopSignal } from './stop-signals.js';
 
 interface RateArgs {
   input: string;
@@ -58,33 +59,29 @@ export const rateCommand: CommandModule<object, RateArgs> = {
     const apiKey = judgeApiKeyFromEnv();
     if (!apiKey) process.stderr.write('rate: no ZN_JUDGE_API_KEY or OPENAI_API_KEY set: requests go without an Authorization header\n');
     const progress = new ProgressDisplay(total);
-    const stop = new AbortController();
-    const onSignal = () => stop.abort();
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
     let stats: RateStats;
     try {
-      stats = await rateFile(args.input, args.split, {
-        output: args.output,
-        url: args.judge_url,
-        model: args.judge_model,
-        apiKey,
-        concurrency: args.concurrency,
-        timeoutMs: args.timeout * 1000,
-        maxRetries: args.max_retries,
-        backoffBaseMs: args.backoff_base * 1000,
-        backoffMaxMs: args.backoff_max * 1000,
-        temperature: args.temperature,
-        maxTokens: args.max_tokens,
-        total,
-        signal: stop.signal,
-        onProgress: (p) => progress.update(p),
-        onRetry: () => progress.retried(),
-      });
+      stats = await untilStopSignal((signal) =>
+        rateFile(args.input, args.split, {
+          output: args.output,
+          url: args.judge_url,
+          model: args.judge_model,
+          apiKey,
+          concurrency: args.concurrency,
+          timeoutMs: args.timeout * 1000,
+          maxRetries: args.max_retries,
+          backoffBaseMs: args.backoff_base * 1000,
+          backoffMaxMs: args.backoff_max * 1000,
+          temperature: args.temperature,
+          maxTokens: args.max_tokens,
+          total,
+          signal,
+          onProgress: (p) => progress.update(p),
+          onRetry: () => progress.retried(),
+        }),
+      );
     } finally {
       progress.stop();
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
     }
     process.stderr.write(summary(stats, args.output));
     if (stats.failed > 0) {

@@ -6,9 +6,10 @@
 import type { Argv, CommandModule } from 'yargs';
 
 import { UsageError } from '../errors.js';
-import { dpo, sft, train, type PipelineConfig, type TrainingRun } from '../train/api.js';
+import { dpo, sft, train, type PipelineConfig, type RunOptions, type TrainingRun } from '../train/api.js';
 import { keyAppliesTo, readRecipeFile, STAGES } from '../train/config.js';
 import { runDemo } from '../demo/demo.js';
+import { untilStopSignal } from './stop-signals.js';
 import { flagsFrom, recipeWithFlags } from './training-flags.js';
 
 function builder(yargs: Argv): Argv {
@@ -19,10 +20,13 @@ function builder(yargs: Argv): Argv {
     .epilogue('Keys: see README "Training configuration". An unknown key is an error.');
 }
 
-async function finish(run: TrainingRun): Promise<void> {
-  const results = await run;
-  const last = results[results.length - 1];
-  if (last?.stoppedEarly) process.exitCode = 130;
+/**
+ * Runs a training job until it ends or Ctrl-C / SIGTERM stops it after the current step with a
+ * checkpoint; a stopped run exits 130.
+ */
+async function runToEnd(start: (options: RunOptions) => TrainingRun, options: RunOptions): Promise<void> {
+  const results = await untilStopSignal((signal) => start({ ...options, signal }).result);
+  if (results.at(-1)?.stoppedEarly) process.exitCode = 130;
 }
 
 function stageCommand(name: 'sft' | 'dpo', describe: string): CommandModule<object, Record<string, unknown>> {
@@ -31,8 +35,8 @@ function stageCommand(name: 'sft' | 'dpo', describe: string): CommandModule<obje
     describe,
     builder,
     handler: async (argv) => {
-      const { config, where } = recipeWithFlags(argv);
-      await finish((name === 'sft' ? sft : dpo)(config, { where, isolate: argv.isolate === true }));
+      const { config, where } = recipeWithFlags(argv, name);
+      await runToEnd((options) => (name === 'sft' ? sft : dpo)(config, options), { where, isolate: argv.isolate === true });
     },
   };
 }
@@ -68,6 +72,7 @@ export const trainCommand: CommandModule<object, Record<string, unknown>> = {
       await runDemo({ dir: demoDir ?? 'zephyr-demo' });
       return;
     }
-    await finish(train(pipelineWithFlags(readRecipeFile(argv.config) as PipelineConfig, flags), { where: argv.config, isolate: argv.isolate === true }));
+    const pipeline = pipelineWithFlags(readRecipeFile(argv.config) as PipelineConfig, flags);
+    await runToEnd((options) => train(pipeline, options), { where: argv.config, isolate: argv.isolate === true });
   },
 };

@@ -2,7 +2,7 @@
  * Every training key is also a flag (`--learning_rate 5e-7`): flags are collected from the
  * parsed command line, `--key-name` spelled with hyphens too, and layered over the recipe.
  */
-import { readRecipeFile } from '../train/config.js';
+import { checkKeys, readRecipeFile, type Stage } from '../train/config.js';
 
 const YARGS_KEYS = new Set(['_', '$0', 'config', 'verbose', 'help', 'version', 'isolate']);
 
@@ -17,9 +17,14 @@ export function flagsFrom(argv: Record<string, unknown>): Record<string, unknown
   return flags;
 }
 
-/** The recipe file's keys (if --config was given) with the flags on top. */
-export function recipeWithFlags(argv: Record<string, unknown>): { config: Record<string, unknown>; where: string } {
+/**
+ * The recipe file's keys (if --config was given) with the flags on top. The flags are checked
+ * here, so that an error in one names the command line rather than the file.
+ */
+export function recipeWithFlags(argv: Record<string, unknown>, stage: Stage): { config: Record<string, unknown>; where: string } {
   const file = typeof argv.config === 'string' ? argv.config : null;
   const recipe = file ? readRecipeFile(file) : {};
-  return { config: { ...recipe, ...flagsFrom(argv) }, where: file ?? 'command line' };
+  const flags = flagsFrom(argv);
+  checkKeys(flags, stage, 'command line');
+  return { config: { ...recipe, ...flags }, where: file ?? 'command line' };
 }

@@ -316,7 +316,7 @@ export function readGenerationConfig(dir: string): Record<string, unknown> | nul
   return value;
 }
 
-export interface SaveCheckpointOptions {
+export interface ModelFolderOptions {
   config: MistralConfig;
   /** The dtype the weights are stored in (written to config.json as `dtype`). */
   dtype: CheckpointDType;
@@ -357,10 +357,10 @@ function copyTokenizerFiles(from: string, to: string): void {
  * config.json, generation_config.json and the tokenizer files. Weight files of an earlier save
  * that the new layout does not use are removed once the new ones are in place.
  */
-export async function saveCheckpoint(
+export async function writeModelFolder(
   dir: string,
   tensors: { name: string; shape: number[] }[],
-  options: SaveCheckpointOptions,
+  options: ModelFolderOptions,
 ): Promise<SavePlan> {
   const dtype = STORED_DTYPE[options.dtype];
   if (!dtype) throw new ZnError(`cannot save weights as '${String(options.dtype)}': expected float32, bfloat16 or float16`);

@@ -12,6 +12,8 @@ import type { TokenBatch } from '../data/batch.js';
 import {
   type AdamWHyperparameters,
   type Device,
+  type DpoLossOptions,
+  type DpoLossResult,
   type MemoryPlan,
   type NativeModel,
   type NativeModelConfig,
@@ -20,9 +22,14 @@ import {
   loadNative,
 } from '../native.js';
 import { type CheckpointDType, type MistralConfig, readMistralConfig } from './config.js';
-import { checkMistralWeights, readCheckpointWeights, saveCheckpoint } from './folder.js';
+import { checkMistralWeights, readCheckpointWeights, writeModelFolder } from './folder.js';
+
+export type { Device, DpoLossOptions, DpoLossResult, MemoryPlan };
 
 export type ModelDType = 'f32' | 'bf16';
+
+/** A device a model runs on: 'auto' resolved. */
+export type ComputeDevice = Exclude<Device, 'auto'>;
 
 export interface ModelOptions {
   /** 'cpu' (default), 'cuda' or 'auto'. */
@@ -85,6 +92,18 @@ function nativeOptions(config: MistralConfig, options: ModelOptions): NativeMode
   };
 }
 
+/** The device 'auto' means here: cuda when the CUDA addon loads and has a model, else cpu. */
+export function computeDevice(device: Device): ComputeDevice {
+  if (device !== 'auto') return device;
+  const addon = loadNative('auto');
+  return addon.info().backend === 'cuda' && typeof addon.Model === 'function' ? 'cuda' : 'cpu';
+}
+
+/** The fused DPO loss on a device's backend: per-pair losses, their gradients, TRL's metrics. */
+export function dpoLoss(device: Device, options: DpoLossOptions): DpoLossResult {
+  return loadNative(device).dpoLoss(options);
+}
+
 /** The bytes a model would allocate (weights, grads, optimizer, activations, logits chunks), before allocating. */
 export function modelMemoryPlan(config: MistralConfig, options: ModelOptions = {}): MemoryPlan {
   return loadNative(options.device ?? 'cpu').modelMemoryPlan(nativeOptions(config, options));
@@ -133,8 +152,8 @@ export class MistralModel {
 
   /**
    * forward(batch) then backward(dlogp) in one call, for a loss whose dlogp does not depend on the
-   * log-probs (SFT's token mean); returns the log-probs. On the CPU the lm_head's logits are
-   * computed once instead of again in backward.
+   * log-probs (SFT's token mean); returns the log-probs. On either backend the lm_head's logits
+   * are computed once instead of again in backward.
    */
   async forwardBackward(batch: TokenBatch, dlogp: Float32Array): Promise<Float32Array> {
     return (await this.native.forwardBackward({ ...batch, dlogp })).logp;
@@ -192,7 +211,7 @@ export class MistralModel {
    */
   async save(dir: string, options: SaveOptions = {}): Promise<void> {
     const dtype = options.dtype ?? (this.options.dtype === 'bf16' ? 'bfloat16' : 'float32');
-    await saveCheckpoint(dir, this.parameters(), {
+    await writeModelFolder(dir, this.parameters(), {
       config: this.config,
       dtype,
       maxShardSize: options.maxShardSize,

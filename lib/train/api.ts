@@ -21,12 +21,13 @@ import { TrainingEvents } from './loop.js';
 import { type StageResult, runStage } from './stage.js';
 import type { LogEntry } from './state.js';
 
-export type TrainingConfig = Record<string, unknown>;
+/** One stage's settings under TRL / alignment-handbook key names, as a recipe file holds them (checked when the run starts). */
+export type Recipe = Record<string, unknown>;
 
 /** A pipeline: keys shared by both stages at the top level, per-stage keys under sft / dpo. */
-export interface PipelineConfig extends TrainingConfig {
-  sft?: TrainingConfig;
-  dpo?: TrainingConfig;
+export interface PipelineConfig extends Recipe {
+  sft?: Recipe;
+  dpo?: Recipe;
 }
 
 export interface RunOptions {
@@ -73,10 +74,10 @@ export class TrainingRun extends EventEmitter<RunEvents> implements PromiseLike<
 }
 
 /** Splits a pipeline into ordered stages, filling the DPO model from the SFT output. */
-export function pipelineStages(pipeline: PipelineConfig): { stage: Stage; config: TrainingConfig }[] {
+export function pipelineStages(pipeline: PipelineConfig): { stage: Stage; config: Recipe }[] {
   const { sft, dpo, ...shared } = pipeline;
   if (!sft && !dpo) throw new ZnError('a pipeline needs an `sft` stage, a `dpo` stage, or both');
-  const stages: { stage: Stage; config: TrainingConfig }[] = [];
+  const stages: { stage: Stage; config: Recipe }[] = [];
   if (sft) stages.push({ stage: 'sft', config: { ...shared, ...sft } });
   if (dpo) {
     const config = { ...shared, ...dpo };
@@ -89,14 +90,14 @@ export function pipelineStages(pipeline: PipelineConfig): { stage: Stage; config
   return stages;
 }
 
-async function runInProcess(stages: { stage: Stage; config: TrainingConfig }[], run: TrainingRun, options: RunOptions): Promise<StageResult[]> {
-  const resolved = stages.map(({ stage, config }) => ({ stage, values: resolveStage(stage, [{ values: config, where: options.where ?? `${stage} config` }]).values }));
+async function runInProcess(stages: { stage: Stage; config: Recipe }[], run: TrainingRun, options: RunOptions): Promise<StageResult[]> {
+  const resolved = stages.map(({ stage, config }) => resolveStage(stage, [{ values: config, where: options.where ?? `${stage} config` }]));
   const results: StageResult[] = [];
-  for (const { stage, values } of resolved) {
+  for (const config of resolved) {
     const events = new TrainingEvents();
-    events.on('log', (entry) => run.emit('log', { ...entry, stage }));
+    events.on('log', (entry) => run.emit('log', { ...entry, stage: config.stage }));
     events.on('checkpoint', (dir) => run.emit('checkpoint', dir));
-    const result = await runStage(stage, values, { events, signal: options.signal, progress: options.progress });
+    const result = await runStage(config, { events, signal: options.signal, progress: options.progress });
     results.push(result);
     if (result.stoppedEarly) break;
   }
@@ -109,9 +110,11 @@ type WorkerMessage =
   | { type: 'done'; results: StageResult[] }
   | { type: 'error'; message: string };
 
-function runIsolated(stages: { stage: Stage; config: TrainingConfig }[], run: TrainingRun, options: RunOptions): Promise<StageResult[]> {
+function runIsolated(stages: { stage: Stage; config: Recipe }[], run: TrainingRun, options: RunOptions): Promise<StageResult[]> {
   return new Promise((resolveRun, reject) => {
-    const worker = fork(fileURLToPath(new URL('./worker.js', import.meta.url)), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    // Its own process group: a terminal's Ctrl-C reaches this process only, which decides (through
+    // options.signal) whether the job stops; the job stops by itself if this process goes away.
+    const worker = fork(fileURLToPath(new URL('./worker.js', import.meta.url)), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
     let settled = false;
     const settle = (fn: () => void): void => {
       if (!settled) {
@@ -135,15 +138,15 @@ function runIsolated(stages: { stage: Stage; config: TrainingConfig }[], run: Tr
   });
 }
 
-function start(stages: { stage: Stage; config: TrainingConfig }[], options: RunOptions): TrainingRun {
+function start(stages: { stage: Stage; config: Recipe }[], options: RunOptions): TrainingRun {
   return new TrainingRun((run) => (options.isolate ? runIsolated(stages, run, options) : runInProcess(stages, run, options)));
 }
 
-export function sft(config: TrainingConfig, options: RunOptions = {}): TrainingRun {
+export function sft(config: Recipe, options: RunOptions = {}): TrainingRun {
   return start([{ stage: 'sft', config }], options);
 }
 
-export function dpo(config: TrainingConfig, options: RunOptions = {}): TrainingRun {
+export function dpo(config: Recipe, options: RunOptions = {}): TrainingRun {
   return start([{ stage: 'dpo', config }], options);
 }
 

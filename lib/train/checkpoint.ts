@@ -92,15 +92,14 @@ export interface LoadedCheckpoint {
   logHistory: LogEntry[];
 }
 
-/** `resume_from_checkpoint`: a folder, or true for the latest in output_dir. */
-export function findCheckpoint(outputDir: string, resume: unknown): string | null {
-  if (resume === null || resume === undefined || resume === false || resume === 'false') return null;
-  if (resume === true || resume === 'true') {
+/** `resume_from_checkpoint`: a folder, true for the latest in output_dir, or false / null for none. */
+export function findCheckpoint(outputDir: string, resume: string | boolean | null): string | null {
+  if (resume === null || resume === false) return null;
+  if (resume === true) {
     const latest = listCheckpoints(outputDir).pop();
     if (!latest) throw new ZnError(`resume_from_checkpoint: no checkpoint-<step> folder in ${outputDir}`);
     return latest.dir;
   }
-  if (typeof resume !== 'string') throw new ZnError(`resume_from_checkpoint must be a folder or true, got ${JSON.stringify(resume)}`);
   if (!existsSync(join(resume, 'zephyr_state.json'))) {
     throw new ZnError(`resume_from_checkpoint: ${resume} is not a zephyr-native checkpoint (no zephyr_state.json)`);
   }

@@ -18,21 +18,27 @@ import { UsageError } from '../errors.js';
 import knownKeys from './known-keys.json' with { type: 'json' };
 
 export type Stage = 'sft' | 'dpo';
-type Kind = 'number' | 'integer' | 'boolean' | 'string' | 'string-or-list' | 'object' | 'any';
+type Kind = 'number' | 'integer' | 'boolean' | 'string' | 'string-or-list' | 'object' | 'checkpoint';
 
 interface KeySpec {
   kind: Kind;
+  /** The value when the key is absent, or given as null (unless `nullable`). */
   default: unknown;
+  /** A stage's own default, where TRL's SFTConfig and DPOConfig differ. */
+  stageDefault?: Partial<Record<Stage, unknown>>;
+  /** null is a value of its own (e.g. "no limit"), not a request for the default. */
+  nullable?: true;
+  /** A list must hold exactly one value, which the key then has (e.g. `[sigmoid]` -> `sigmoid`). */
+  single?: true;
   help: string;
   /** Stages that read the key; absent: both. */
-  stages?: Stage[];
+  stages?: readonly Stage[];
   /** Allowed values (for string keys). */
   choices?: readonly string[];
   /** Accepted spellings of the same key (older TRL / handbook names). */
   aliasOf?: string;
 }
 
-const BOTH: Stage[] = ['sft', 'dpo'];
 
 /** The keys zephyr-native implements. */
 export const KEYS = {
@@ -40,7 +46,7 @@ export const KEYS = {
   model_name_or_path: { kind: 'string', default: null, help: 'Hugging Face model folder to start from' },
   ref_model_name_or_path: { kind: 'string', default: null, stages: ['dpo'], help: 'Frozen reference model folder (default: a copy of the initial policy)' },
   output_dir: { kind: 'string', default: null, help: 'Where the trained model folder, checkpoints and logs go' },
-  device: { kind: 'string', default: 'auto', choices: ['cpu', 'cuda', 'auto'], help: 'Backend: cpu, cuda, or auto (cuda when available)' },
+  device: { kind: 'string', default: 'auto', choices: ['cpu', 'cuda', 'auto'] as const, help: 'Backend: cpu, cuda, or auto (cuda when available)' },
   use_cpu: { kind: 'boolean', default: false, help: 'Same as --device cpu (transformers key)' },
   bf16: { kind: 'boolean', default: null, help: 'bf16 weights and matmul inputs with f32 master weights (default: true on GPU, false on CPU)' },
   torch_dtype: { kind: 'string', default: null, help: 'dtype of the weights as loaded (auto, bfloat16, float16, float32); training precision follows bf16' },
@@ -56,19 +62,19 @@ export const KEYS = {
   dataset_splits: { kind: 'string-or-list', default: null, help: 'Splits read with dataset_mixer' },
   dataset_mixture: { kind: 'object', default: null, help: 'alignment-handbook form: {datasets: [{id, config, split, columns, weight}], seed, test_split_size}' },
   chat_template: { kind: 'string', default: null, help: 'Jinja chat template overriding the tokenizer\'s' },
-  max_length: { kind: 'integer', default: 1024, help: 'Longest tokenized sequence; longer ones keep their start' },
+  max_length: { kind: 'integer', default: 1024, nullable: true, help: 'Longest tokenized sequence; longer ones keep their start (null: no limit)' },
   max_seq_length: { kind: 'integer', default: null, stages: ['sft'], aliasOf: 'max_length', help: 'Older TRL name of max_length (SFT)' },
   max_prompt_length: { kind: 'integer', default: null, stages: ['dpo'], help: 'Older TRL rule: keep the last N prompt tokens before max_length applies' },
   packing: { kind: 'boolean', default: false, stages: ['sft'], help: 'Pack examples into max_length rows, documents kept apart' },
   assistant_only_loss: { kind: 'boolean', default: false, stages: ['sft'], help: 'Loss on assistant tokens only' },
   // optimisation
-  learning_rate: { kind: 'number', default: null, help: 'Peak learning rate (default: 2e-5 for sft, 1e-6 for dpo, as TRL)' },
+  learning_rate: { kind: 'number', default: 2e-5, stageDefault: { dpo: 1e-6 }, help: 'Peak learning rate (default: 2e-5 for sft, 1e-6 for dpo, as TRL)' },
   num_train_epochs: { kind: 'number', default: 3, help: 'Epochs (ignored when max_steps > 0)' },
   max_steps: { kind: 'integer', default: -1, help: 'Optimizer steps; > 0 overrides num_train_epochs' },
   per_device_train_batch_size: { kind: 'integer', default: 8, help: 'Examples (sft) or pairs (dpo) per micro-batch' },
   per_device_eval_batch_size: { kind: 'integer', default: 8, help: 'Examples or pairs per evaluation batch' },
   gradient_accumulation_steps: { kind: 'integer', default: 1, help: 'Micro-batches per optimizer step' },
-  lr_scheduler_type: { kind: 'string', default: 'linear', choices: ['linear', 'cosine', 'constant', 'constant_with_warmup'], help: 'Learning-rate schedule (HF Trainer formulas)' },
+  lr_scheduler_type: { kind: 'string', default: 'linear', choices: ['linear', 'cosine', 'constant', 'constant_with_warmup'] as const, help: 'Learning-rate schedule (HF Trainer formulas)' },
   warmup_ratio: { kind: 'number', default: 0, help: 'Warmup as a fraction of the total steps (rounded up)' },
   warmup_steps: { kind: 'number', default: 0, help: 'Warmup steps; a value below 1 is a ratio (transformers 5)' },
   weight_decay: { kind: 'number', default: 0, help: 'AdamW decoupled weight decay (not applied to norm weights, as HF Trainer)' },
@@ -79,22 +85,20 @@ export const KEYS = {
   seed: { kind: 'integer', default: 42, help: 'Seed for shuffling and sampling' },
   // DPO
   beta: { kind: 'number', default: 0.1, stages: ['dpo'], help: 'DPO temperature beta' },
-  loss_type: { kind: 'string-or-list', default: 'sigmoid', stages: ['dpo'], choices: ['sigmoid', 'ipo', 'hinge'], help: 'DPO loss: sigmoid, ipo or hinge' },
+  loss_type: { kind: 'string-or-list', single: true, default: 'sigmoid', stages: ['dpo'], choices: ['sigmoid', 'ipo', 'hinge'] as const, help: 'DPO loss: sigmoid, ipo or hinge (one at a time)' },
   label_smoothing: { kind: 'number', default: 0, stages: ['dpo'], help: 'Conservative DPO label smoothing' },
   precompute_ref_log_probs: { kind: 'boolean', default: false, stages: ['dpo'], help: 'Compute reference log-probs once up front (cached on disk) and free the reference model' },
   // logging, evaluation, checkpoints
   logging_steps: { kind: 'number', default: 10, help: 'Log every N optimizer steps' },
   logging_first_step: { kind: 'boolean', default: false, help: 'Also log the first step' },
-  eval_strategy: { kind: 'string', default: 'no', choices: ['no', 'steps', 'epoch'], help: 'When to evaluate on the test split' },
+  eval_strategy: { kind: 'string', default: 'no', choices: ['no', 'steps', 'epoch'] as const, help: 'When to evaluate on the test split' },
   eval_steps: { kind: 'number', default: null, help: 'Evaluate every N steps (default: logging_steps)' },
   do_eval: { kind: 'boolean', default: false, help: 'transformers key; evaluation runs when eval_strategy is not "no"' },
-  save_strategy: { kind: 'string', default: 'steps', choices: ['no', 'steps', 'epoch'], help: 'When to write checkpoint-<step>/ folders' },
+  save_strategy: { kind: 'string', default: 'steps', choices: ['no', 'steps', 'epoch'] as const, help: 'When to write checkpoint-<step>/ folders' },
   save_steps: { kind: 'number', default: 500, help: 'Checkpoint every N steps' },
   save_total_limit: { kind: 'integer', default: null, help: 'Keep at most N checkpoints (oldest deleted)' },
-  resume_from_checkpoint: { kind: 'any', default: null, help: 'A checkpoint folder, or true for the latest in output_dir' },
+  resume_from_checkpoint: { kind: 'checkpoint', default: null, help: 'A checkpoint folder, or true for the latest in output_dir' },
 } satisfies Record<string, KeySpec>;
-
-export type KeyName = keyof typeof KEYS;
 
 /**
  * Known TRL/transformers/handbook keys we do not implement but whose listed values change
@@ -151,11 +155,35 @@ interface KnownKeys {
 
 const known = knownKeys as KnownKeys;
 
-export type TrainingConfig = { [K in KeyName]: unknown } & Record<string, unknown>;
+type Keys = typeof KEYS;
+
+/** The keys a stage's values hold: every implemented key but the alternative spellings. */
+export type KeyName = { [K in keyof Keys]: Keys[K] extends { aliasOf: string } ? never : K }[keyof Keys];
+
+interface KindValue {
+  number: number;
+  integer: number;
+  boolean: boolean;
+  string: string;
+  'string-or-list': string | string[];
+  object: Record<string, unknown>;
+  /** resume_from_checkpoint: a folder, or true for the latest in output_dir (false: none). */
+  checkpoint: string | boolean;
+}
+
+type ValueOf<S> =
+  | (S extends { choices: readonly (infer C)[] }
+      ? S extends { kind: 'string-or-list'; single?: undefined } ? C | C[] : C
+      : S extends { kind: infer K extends keyof KindValue } ? KindValue[K] : never)
+  | (S extends { default: null } | { nullable: true } ? null : never);
+
+/** A stage's settings, each key typed by its entry in KEYS. */
+export type TrainingValues = { [K in KeyName]: ValueOf<Keys[K]> };
 
 export interface StageConfig {
   stage: Stage;
-  values: Record<KeyName, unknown>;
+  /** Every key, typed; keys the stage does not read hold their defaults. */
+  values: TrainingValues;
   /** Where each value came from, for error messages ("recipe.yaml", "--flag", "default"). */
   origin: Partial<Record<KeyName, string>>;
 }
@@ -178,10 +206,7 @@ function coerce(name: string, spec: KeySpec, value: unknown, where: string): unk
       return n;
     }
     case 'boolean':
-      if (typeof value === 'boolean') return value;
-      if (value === 'true' || value === 'True') return true;
-      if (value === 'false' || value === 'False') return false;
-      return fail('true or false');
+      return booleanOf(value) ?? fail('true or false');
     case 'string':
       if (typeof value !== 'string') fail('a string');
       if (spec.choices && !spec.choices.includes(value as string)) fail(`one of ${spec.choices.join(', ')}`);
@@ -192,14 +217,24 @@ function coerce(name: string, spec: KeySpec, value: unknown, where: string): unk
       if (spec.choices) {
         for (const v of list) if (!spec.choices.includes(v as string)) fail(`one of ${spec.choices.join(', ')}`);
       }
-      return value;
+      if (!spec.single) return value;
+      return list.length === 1 ? list[0] : fail('one value (zephyr-native runs one at a time)');
     }
     case 'object':
       if (typeof value !== 'object' || Array.isArray(value)) fail('a mapping');
       return value;
-    default:
-      return value;
+    case 'checkpoint':
+      if (typeof value === 'string' && value !== 'true' && value !== 'false' && value !== '') return value;
+      return booleanOf(value) ?? fail('a checkpoint folder or true');
   }
+}
+
+/** true / false, as YAML or a flag's text spells them; null for anything else. */
+function booleanOf(value: unknown): boolean | null {
+  if (typeof value === 'boolean') return value;
+  if (value === 'true' || value === 'True') return true;
+  if (value === 'false' || value === 'False') return false;
+  return null;
 }
 
 /** A flag's text read as its default's type ("true" -> true, "0.5" -> 0.5), for comparison. */
@@ -263,42 +298,41 @@ export function readRecipeFile(path: string): Record<string, unknown> {
   return document as Record<string, unknown>;
 }
 
-/** Stage defaults that differ between SFT and DPO (TRL's). */
-const STAGE_DEFAULTS: Record<Stage, Partial<Record<KeyName, unknown>>> = {
-  sft: { learning_rate: 2e-5 },
-  dpo: { learning_rate: 1e-6 },
-};
+function defaultOf(spec: KeySpec, stage: Stage): unknown {
+  return spec.stageDefault?.[stage] ?? spec.default;
+}
 
 /**
  * Builds one stage's configuration from layers applied in order (later wins): defaults, then
- * each layer (e.g. the recipe file, then CLI flags).
+ * each layer (e.g. the recipe file, then CLI flags). A key given as null takes its default,
+ * unless null means something of its own for that key (`nullable`).
  */
 export function resolveStage(stage: Stage, layers: { values: Record<string, unknown>; where: string }[]): StageConfig {
-  const values = {} as Record<KeyName, unknown>;
+  const values: Record<string, unknown> = {};
   const origin: StageConfig['origin'] = {};
-  for (const [name, spec] of Object.entries(KEYS) as [KeyName, KeySpec][]) {
-    if (spec.aliasOf) continue;
-    if (spec.stages && !spec.stages.includes(stage)) continue;
-    values[name] = STAGE_DEFAULTS[stage][name] ?? spec.default;
-    origin[name] = 'default';
+  const specs = Object.entries(KEYS as Record<string, KeySpec>).filter(([, spec]) => !spec.aliasOf);
+  for (const [name, spec] of specs) {
+    values[name] = defaultOf(spec, stage);
+    origin[name as KeyName] = 'default';
   }
   for (const layer of layers) {
     for (const [name, value] of Object.entries(checkKeys(layer.values, stage, layer.where))) {
-      values[name as KeyName] = value;
+      const spec = (KEYS as Record<string, KeySpec>)[name];
+      values[name] = value === null && !spec.nullable ? defaultOf(spec, stage) : value;
       origin[name as KeyName] = layer.where;
     }
   }
-  return { stage, values, origin };
+  return { stage, values: values as TrainingValues, origin };
 }
 
 /** Help lines for every implemented key of a stage (for --help and the README). */
 export function describeKeys(stage: Stage): { name: string; kind: string; default: unknown; help: string }[] {
   return (Object.entries(KEYS) as [string, KeySpec][])
     .filter(([, spec]) => !spec.stages || spec.stages.includes(stage))
-    .map(([name, spec]) => ({ name, kind: spec.kind, default: STAGE_DEFAULTS[stage][name as KeyName] ?? spec.default, help: spec.help }));
+    .map(([name, spec]) => ({ name, kind: spec.kind, default: defaultOf(spec, stage), help: spec.help }));
 }
 
-export const STAGES: readonly Stage[] = BOTH;
+export const STAGES: readonly Stage[] = ['sft', 'dpo'];
 
 /** Whether a key given for a whole pipeline applies to a stage (stage-only keys go to theirs). */
 export function keyAppliesTo(name: string, stage: Stage): boolean {

@@ -1,8 +1,9 @@
 /**
  * The training loop shared by SFT and DPO, with HF Trainer's bookkeeping: epochs or max_steps,
  * gradient accumulation, the learning-rate schedule, clipping, logging every `logging_steps`,
- * evaluation, checkpoints every `save_steps`, exact resume, and a clean stop on SIGINT/SIGTERM,
- * an AbortSignal or a non-finite loss.
+ * evaluation, checkpoints every `save_steps`, exact resume, and a stop on an AbortSignal (after
+ * the current step, with a checkpoint) or a non-finite loss. It installs no process signal
+ * handlers: the CLI turns SIGINT/SIGTERM into an abort (lib/cli/train-commands.ts).
  *
  * What differs between SFT and DPO (how a micro-batch becomes a loss and per-token gradients)
  * lives in an Objective.
@@ -14,6 +15,7 @@ import { join } from 'node:path';
 import { seededPermutation } from '../data/shuffle.js';
 import { ZnError } from '../errors.js';
 import { type CheckpointableModel, type Cursor, findCheckpoint, readCheckpoint, removeUnfinishedCheckpoints, saveCheckpoint, type ZephyrState } from './checkpoint.js';
+import type { TrainingValues } from './config.js';
 import { lrAt, type ScheduleConfig } from './schedule.js';
 import { type LogEntry, MetricsStream, type StateFields, writeTrainerState } from './state.js';
 
@@ -60,12 +62,12 @@ export interface LoopSettings {
   optimizer: OptimizerSettings;
   loggingSteps: number;
   loggingFirstStep: boolean;
-  evalStrategy: 'no' | 'steps' | 'epoch';
+  evalStrategy: TrainingValues['eval_strategy'];
   evalSteps: number;
-  saveStrategy: 'no' | 'steps' | 'epoch';
+  saveStrategy: TrainingValues['save_strategy'];
   saveSteps: number;
   saveTotalLimit: number | null;
-  resumeFromCheckpoint: unknown;
+  resumeFromCheckpoint: TrainingValues['resume_from_checkpoint'];
 }
 
 export interface LoopEvents {
@@ -137,13 +139,7 @@ export async function runLoop<Example>(
     writeFileSync(join(settings.outputDir, 'metrics.jsonl'), '');
   }
 
-  let stopRequested = signal?.aborted ?? false;
-  const requestStop = (): void => {
-    stopRequested = true;
-  };
-  signal?.addEventListener('abort', requestStop);
-  process.on('SIGINT', requestStop);
-  process.on('SIGTERM', requestStop);
+  const firstStep = cursor.globalStep;
 
   const epochFloat = (): number => cursor.epoch + cursor.microBatch / microPerEpoch;
   const stateFields = (): StateFields => ({
@@ -182,80 +178,76 @@ export async function runLoop<Example>(
   let windowMetrics: Record<string, number>[] = [];
   let stoppedEarly = false;
   const started = Date.now();
-  try {
-    while (cursor.globalStep < maxSteps) {
-      if (stopRequested) {
-        stoppedEarly = true;
-        break;
-      }
-      // One optimizer step: up to `gradientAccumulationSteps` micro-batches, never across an epoch end.
-      const micro: Example[][] = [];
-      while (micro.length < settings.gradientAccumulationSteps && cursor.microBatch < microPerEpoch) {
-        const begin = cursor.microBatch * settings.batchSize;
-        micro.push(order.slice(begin, begin + settings.batchSize).map((i) => train[i]));
-        cursor = { ...cursor, microBatch: cursor.microBatch + 1 };
-      }
-      await model.zeroGrad();
-      const result = await objective.accumulate(micro);
-      if (!Number.isFinite(result.loss)) {
-        throw new ZnError(
-          `${settings.stage}: non-finite loss (${result.loss}) at step ${cursor.globalStep + 1}; stopped, the last good checkpoint is kept`,
-        );
-      }
-      const lr = lrAt(schedule, cursor.globalStep);
-      const { gradNorm } = await model.clipAndStep({ ...settings.optimizer, lr });
-      cursor = { ...cursor, globalStep: cursor.globalStep + 1, tokensSeen: cursor.tokensSeen + result.tokens };
-      lossSum += result.loss;
-      windowLoss += result.loss;
-      windowSteps += 1;
-      windowMetrics = windowMetrics.concat(result.metrics);
-      const epochEnded = cursor.microBatch >= microPerEpoch;
-
-      const logNow =
-        cursor.globalStep % settings.loggingSteps === 0 || (settings.loggingFirstStep && cursor.globalStep === 1) || cursor.globalStep === maxSteps;
-      if (logNow) {
-        log({
-          loss: windowLoss / windowSteps,
-          grad_norm: gradNorm,
-          // transformers 5 logs the rate this update used (read before the scheduler steps).
-          learning_rate: lr,
-          ...meanOf(windowMetrics),
-          epoch: epochFloat(),
-          step: cursor.globalStep,
-        });
-        windowLoss = 0;
-        windowSteps = 0;
-        windowMetrics = [];
-      }
-      if (epochEnded) {
-        cursor = { ...cursor, epoch: cursor.epoch + 1, microBatch: 0 };
-        order = epochOrder(train.length, settings.seed, cursor.epoch);
-      }
-      if ((settings.evalStrategy === 'steps' && cursor.globalStep % settings.evalSteps === 0) || (settings.evalStrategy === 'epoch' && epochEnded)) {
-        await evaluate();
-      }
-      const saveNow =
-        (settings.saveStrategy === 'steps' && cursor.globalStep % settings.saveSteps === 0) || (settings.saveStrategy === 'epoch' && epochEnded);
-      if (saveNow && cursor.globalStep < maxSteps) await checkpoint();
+  while (cursor.globalStep < maxSteps) {
+    if (signal?.aborted) {
+      stoppedEarly = true;
+      break;
     }
-    if (stoppedEarly) {
-      await checkpoint();
-    } else {
-      const runtime = (Date.now() - started) / 1000;
+    // One optimizer step: up to `gradientAccumulationSteps` micro-batches, never across an epoch end.
+    const micro: Example[][] = [];
+    while (micro.length < settings.gradientAccumulationSteps && cursor.microBatch < microPerEpoch) {
+      const begin = cursor.microBatch * settings.batchSize;
+      micro.push(order.slice(begin, begin + settings.batchSize).map((i) => train[i]));
+      cursor = { ...cursor, microBatch: cursor.microBatch + 1 };
+    }
+    await model.zeroGrad();
+    const result = await objective.accumulate(micro);
+    if (!Number.isFinite(result.loss)) {
+      throw new ZnError(
+        `${settings.stage}: non-finite loss (${result.loss}) at step ${cursor.globalStep + 1}; stopped, the last good checkpoint is kept`,
+      );
+    }
+    const lr = lrAt(schedule, cursor.globalStep);
+    const { gradNorm } = await model.clipAndStep({ ...settings.optimizer, lr });
+    cursor = { ...cursor, globalStep: cursor.globalStep + 1, tokensSeen: cursor.tokensSeen + result.tokens };
+    lossSum += result.loss;
+    windowLoss += result.loss;
+    windowSteps += 1;
+    windowMetrics = windowMetrics.concat(result.metrics);
+    const epochEnded = cursor.microBatch >= microPerEpoch;
+
+    const logNow =
+      cursor.globalStep % settings.loggingSteps === 0 || (settings.loggingFirstStep && cursor.globalStep === 1) || cursor.globalStep === maxSteps;
+    if (logNow) {
       log({
-        train_runtime: runtime,
-        train_steps_per_second: cursor.globalStep / Math.max(runtime, 1e-9),
-        total_flos: 0,
-        train_loss: lossSum / Math.max(1, cursor.globalStep),
+        loss: windowLoss / windowSteps,
+        grad_norm: gradNorm,
+        // transformers 5 logs the rate this update used (read before the scheduler steps).
+        learning_rate: lr,
+        ...meanOf(windowMetrics),
         epoch: epochFloat(),
         step: cursor.globalStep,
       });
+      windowLoss = 0;
+      windowSteps = 0;
+      windowMetrics = [];
     }
-    writeTrainerState(settings.outputDir, stateFields());
-  } finally {
-    signal?.removeEventListener('abort', requestStop);
-    process.off('SIGINT', requestStop);
-    process.off('SIGTERM', requestStop);
+    if (epochEnded) {
+      cursor = { ...cursor, epoch: cursor.epoch + 1, microBatch: 0 };
+      order = epochOrder(train.length, settings.seed, cursor.epoch);
+    }
+    if ((settings.evalStrategy === 'steps' && cursor.globalStep % settings.evalSteps === 0) || (settings.evalStrategy === 'epoch' && epochEnded)) {
+      await evaluate();
+    }
+    const saveNow =
+      (settings.saveStrategy === 'steps' && cursor.globalStep % settings.saveSteps === 0) || (settings.saveStrategy === 'epoch' && epochEnded);
+    if (saveNow && cursor.globalStep < maxSteps) await checkpoint();
   }
+  if (stoppedEarly) {
+    // A stop before this run's first step has nothing new to save: the checkpoint it resumed
+    // from (if any) still holds.
+    if (cursor.globalStep > firstStep) await checkpoint();
+  } else {
+    const runtime = (Date.now() - started) / 1000;
+    log({
+      train_runtime: runtime,
+      train_steps_per_second: cursor.globalStep / Math.max(runtime, 1e-9),
+      total_flos: 0,
+      train_loss: lossSum / Math.max(1, cursor.globalStep),
+      epoch: epochFloat(),
+      step: cursor.globalStep,
+    });
+  }
+  writeTrainerState(settings.outputDir, stateFields());
   return { globalStep: cursor.globalStep, trainLoss: lossSum / Math.max(1, cursor.globalStep), logHistory, stoppedEarly };
 }

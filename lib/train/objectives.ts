@@ -14,7 +14,7 @@ import { IGNORE_INDEX } from '../data/batch.js';
 import { collatePreference, collateSft } from '../data/collate.js';
 import type { PreferencePair } from '../data/dpo-tokenize.js';
 import type { SftItem } from '../data/load.js';
-import type { BackendAddon } from '../native.js';
+import { type Device, dpoLoss } from '../model/model.js';
 import type { Objective, StepResult } from './loop.js';
 
 /** The model operations objectives use (lib/model/model.ts MistralModel has them). */
@@ -124,13 +124,13 @@ export class DpoObjective implements Objective<PreferencePair> {
   constructor(
     private readonly policy: ObjectiveModel,
     private readonly reference: ReferenceLogps,
-    private readonly addon: BackendAddon,
+    private readonly device: Device,
     private readonly settings: DpoSettings,
   ) {}
 
   private loss(batch: PreferenceBatch, policy: { chosen: Float32Array; rejected: Float32Array }, ref: { chosen: Float32Array; rejected: Float32Array }) {
     const counts = completionTokens(batch);
-    return this.addon.dpoLoss({
+    return dpoLoss(this.device, {
       policyChosen: policy.chosen,
       policyRejected: policy.rejected,
       refChosen: ref.chosen,

@@ -1,32 +1,26 @@
 /**
- * One training stage (dSFT or dDPO) from a resolved configuration: tokenizer and data, the
- * memory plan printed before anything large is allocated, the policy (and for DPO the frozen
- * reference or its precomputed log-probs), the loop, and the final Hugging Face model folder.
+ * One training stage (dSFT or dDPO) from a resolved configuration, as a sequence of steps:
+ * resolve the sources (model folder, device, tokenizer), load the data, plan the loop, build the
+ * policy, build the reference (DPO), build the objective, run the loop, save the model folder.
  */
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 
-import { type DataConfig } from '../data/dataset-config.js';
-import { DEFAULT_DPO_OPTIONS, type PreferencePair } from '../data/dpo-tokenize.js';
+import type { DataConfig } from '../data/dataset-config.js';
+import type { PreferencePair } from '../data/dpo-tokenize.js';
 import { loadDpoData, loadSftData, type LoadedData, type SftItem } from '../data/load.js';
 import { DEFAULT_SFT_OPTIONS } from '../data/sft-examples.js';
 import { HfTokenizer } from '../data/tokenizer.js';
-import { collatePreference } from '../data/collate.js';
 import { UsageError, ZnError } from '../errors.js';
-import { writeFileAtomic } from '../io/atomic.js';
-import { readMistralConfig } from '../model/config.js';
+import { type MistralConfig, readMistralConfig } from '../model/config.js';
 import { locateWeights } from '../model/folder.js';
-import { loadModel, type MistralModel, modelMemoryPlan, type ModelOptions } from '../model/model.js';
-import { type Device, loadNative, type MemoryPlan } from '../native.js';
-import type { KeyName, Stage } from './config.js';
-import { type LoopModel, type LoopResult, type LoopSettings, runLoop, TrainingEvents } from './loop.js';
-import { completionLogps, DpoObjective, ModelReference, PrecomputedReference, SftObjective, type ReferenceLogps } from './objectives.js';
+import { type ComputeDevice, computeDevice, loadModel, type MistralModel, type ModelDType, type ModelOptions } from '../model/model.js';
+import type { Stage, StageConfig, TrainingValues } from './config.js';
+import { logMemoryPlan } from './memory-plan.js';
+import { type LoopModel, type LoopResult, type LoopSettings, type Objective, runLoop, totalSteps, TrainingEvents } from './loop.js';
+import { DpoObjective, type ReferenceLogps, SftObjective } from './objectives.js';
 import { progressReporter, type ProgressReporter } from './progress.js';
+import { type BuiltReference, buildReference } from './reference.js';
 import { warmupSteps } from './schedule.js';
-import { totalSteps } from './loop.js';
-
-export type StageValues = Record<KeyName, unknown>;
 
 export interface StageRunOptions {
   events?: TrainingEvents;
@@ -39,43 +33,75 @@ export interface StageResult extends LoopResult {
   outputDir: string;
 }
 
-const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
-const num = (v: unknown, fallback: number): number => (typeof v === 'number' ? v : fallback);
+/** What a stage trains from and where it writes, resolved from its configuration. */
+export interface StageSources {
+  stage: Stage;
+  modelDir: string;
+  /** DPO's frozen reference: ref_model_name_or_path, else the initial policy's folder. */
+  refDir: string;
+  outputDir: string;
+  device: ComputeDevice;
+  dtype: ModelDType;
+  modelConfig: MistralConfig;
+  tokenizer: HfTokenizer;
+}
 
-function require_(values: StageValues, key: KeyName, stage: Stage): string {
-  const value = str(values[key]);
+/** A stage's examples: SFT items or preference pairs, with the stage they belong to. */
+export type StageData = { stage: 'sft'; data: LoadedData<SftItem> } | { stage: 'dpo'; data: LoadedData<PreferencePair> };
+
+type Example = SftItem | PreferencePair;
+
+function required(values: TrainingValues, key: 'model_name_or_path' | 'output_dir', stage: Stage): string {
+  const value = values[key];
   if (!value) throw new UsageError(`${stage}: '${key}' is required`);
   return value;
 }
 
-export function resolveDevice(values: StageValues): 'cpu' | 'cuda' {
-  if (values.use_cpu === true) return 'cpu';
-  const device = (values.device ?? 'auto') as Device;
-  if (device === 'auto') {
-    const addon = loadNative('auto');
-    return addon.info().backend === 'cuda' && typeof addon.Model === 'function' ? 'cuda' : 'cpu';
-  }
-  return device;
+export function resolveSources({ stage, values }: StageConfig): StageSources {
+  const modelDir = required(values, 'model_name_or_path', stage);
+  const outputDir = required(values, 'output_dir', stage);
+  if (values.chat_template) throw new UsageError(`${stage}: 'chat_template' overrides are not supported yet; put the template in the tokenizer folder`);
+  const device = values.use_cpu ? 'cpu' : computeDevice(values.device);
+  return {
+    stage,
+    modelDir,
+    refDir: values.ref_model_name_or_path ?? modelDir,
+    outputDir,
+    device,
+    dtype: (values.bf16 ?? device === 'cuda') ? 'bf16' : 'f32',
+    modelConfig: readMistralConfig(modelDir),
+    tokenizer: HfTokenizer.fromFolder(modelDir),
+  };
 }
 
-function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+function dataConfig(values: TrainingValues): DataConfig {
+  return {
+    dataset_name: values.dataset_name,
+    dataset_config: values.dataset_config,
+    dataset_train_split: values.dataset_train_split,
+    dataset_test_split: values.dataset_test_split,
+    dataset_mixer: values.dataset_mixer as DataConfig['dataset_mixer'],
+    dataset_splits: values.dataset_splits,
+    dataset_mixture: values.dataset_mixture as DataConfig['dataset_mixture'],
+  };
 }
 
-export function describeMemoryPlan(label: string, plan: MemoryPlan): string {
-  return (
-    `memory plan (${label}): weights ${formatBytes(plan.weights)}, grads ${formatBytes(plan.grads)}, ` +
-    `optimizer ${formatBytes(plan.optimizer)}, activations ${formatBytes(plan.activations)}, ` +
-    `logits chunks ${formatBytes(plan.logitsChunks)}; total ${formatBytes(plan.total)}` +
-    (plan.host > 0 ? `; host (offloaded optimizer) ${formatBytes(plan.host)}` : '')
-  );
+export async function loadStageData({ stage, values }: StageConfig, sources: StageSources, log: (line: string) => void): Promise<StageData> {
+  const maxLength = values.max_length;
+  const loaded: StageData =
+    stage === 'sft'
+      ? {
+          stage,
+          data: await loadSftData(
+            dataConfig(values),
+            sources.tokenizer,
+            { ...DEFAULT_SFT_OPTIONS, maxLength, packing: values.packing, assistantOnlyLoss: values.assistant_only_loss },
+            { log },
+          ),
+        }
+      : { stage, data: await loadDpoData(dataConfig(values), sources.tokenizer, { maxLength, maxPromptLength: values.max_prompt_length }, { log }) };
+  if (loaded.data.train.length === 0) throw new ZnError(`${stage}: no usable training rows (see the summary above)`);
+  return loaded;
 }
 
 /** The most tokens any micro-batch can hold: the `batchSize` longest items together. */
@@ -84,49 +110,64 @@ function maxTokensPerBatch(lengths: number[], batchSize: number): number {
   return Math.max(1, sorted.slice(0, batchSize).reduce((a, b) => a + b, 0));
 }
 
-function dataConfig(values: StageValues): DataConfig {
-  return {
-    dataset_name: str(values.dataset_name),
-    dataset_config: str(values.dataset_config),
-    dataset_train_split: str(values.dataset_train_split),
-    dataset_test_split: str(values.dataset_test_split),
-    dataset_mixer: values.dataset_mixer as DataConfig['dataset_mixer'],
-    dataset_splits: values.dataset_splits as DataConfig['dataset_splits'],
-    dataset_mixture: values.dataset_mixture as DataConfig['dataset_mixture'],
-  };
+/** The tokens the model must plan activations for: the largest training or evaluation micro-batch. */
+function plannedTokens({ stage, data }: StageData, batchSize: number): number {
+  if (stage === 'sft') return maxTokensPerBatch([...data.train, ...data.test].map((item) => item.inputIds.length), batchSize);
+  const all = [...data.train, ...data.test];
+  const chosen = all.map((p) => p.promptIds.length + p.chosenIds.length);
+  const rejected = all.map((p) => p.promptIds.length + p.rejectedIds.length);
+  return maxTokensPerBatch(chosen, batchSize) + maxTokensPerBatch(rejected, batchSize);
 }
 
-function loopSettings(stage: Stage, values: StageValues, outputDir: string): LoopSettings {
-  const loggingSteps = num(values.logging_steps, 10);
-  return {
+/** HF Trainer's bookkeeping for this stage: steps, schedule, optimizer, logging, checkpoints. */
+export function loopSettings({ stage, values }: StageConfig, outputDir: string, trainExamples: number): LoopSettings {
+  const settings: LoopSettings = {
     stage,
     outputDir,
-    seed: num(values.seed, 42),
-    numTrainEpochs: num(values.num_train_epochs, 3),
-    maxSteps: num(values.max_steps, -1),
-    batchSize: num(values.per_device_train_batch_size, 8),
-    evalBatchSize: num(values.per_device_eval_batch_size, 8),
-    gradientAccumulationSteps: num(values.gradient_accumulation_steps, 1),
-    schedule: { type: values.lr_scheduler_type as LoopSettings['schedule']['type'], peakLr: num(values.learning_rate, 0), warmupSteps: 0 },
+    seed: values.seed,
+    numTrainEpochs: values.num_train_epochs,
+    maxSteps: values.max_steps,
+    batchSize: values.per_device_train_batch_size,
+    evalBatchSize: values.per_device_eval_batch_size,
+    gradientAccumulationSteps: values.gradient_accumulation_steps,
+    schedule: { type: values.lr_scheduler_type, peakLr: values.learning_rate, warmupSteps: 0 },
     optimizer: {
-      beta1: num(values.adam_beta1, 0.9),
-      beta2: num(values.adam_beta2, 0.999),
-      eps: num(values.adam_epsilon, 1e-8),
-      weightDecay: num(values.weight_decay, 0),
-      maxGradNorm: num(values.max_grad_norm, 1),
+      beta1: values.adam_beta1,
+      beta2: values.adam_beta2,
+      eps: values.adam_epsilon,
+      weightDecay: values.weight_decay,
+      maxGradNorm: values.max_grad_norm,
     },
-    loggingSteps,
-    loggingFirstStep: values.logging_first_step === true,
-    evalStrategy: values.eval_strategy as LoopSettings['evalStrategy'],
-    evalSteps: num(values.eval_steps, loggingSteps),
-    saveStrategy: values.save_strategy as LoopSettings['saveStrategy'],
-    saveSteps: num(values.save_steps, 500),
-    saveTotalLimit: typeof values.save_total_limit === 'number' ? values.save_total_limit : null,
+    loggingSteps: values.logging_steps,
+    loggingFirstStep: values.logging_first_step,
+    evalStrategy: values.eval_strategy,
+    evalSteps: values.eval_steps ?? values.logging_steps,
+    saveStrategy: values.save_strategy,
+    saveSteps: values.save_steps,
+    saveTotalLimit: values.save_total_limit,
     resumeFromCheckpoint: values.resume_from_checkpoint,
+  };
+  const total = totalSteps(trainExamples, settings);
+  settings.schedule.warmupSteps = warmupSteps(total, { warmup_steps: values.warmup_steps, warmup_ratio: values.warmup_ratio });
+  return settings;
+}
+
+export function policyOptions({ values }: StageConfig, sources: StageSources, maxTokens: number): ModelOptions {
+  return {
+    device: sources.device,
+    dtype: sources.dtype,
+    maxTokens,
+    gradientCheckpointing: values.gradient_checkpointing,
+    offloadOptimizer: values.offload_optimizer,
+    trainable: true,
   };
 }
 
-/** The model as the loop drives it: checkpoints hold f32 master weights and AdamW moments. */
+export function buildPolicy(sources: StageSources, options: ModelOptions): Promise<MistralModel> {
+  return loadModel(sources.modelDir, options);
+}
+
+/** The policy as the loop drives it: checkpoints hold f32 master weights and AdamW moments. */
 function loopModel(model: MistralModel): LoopModel {
   return {
     zeroGrad: () => model.zeroGrad(),
@@ -140,168 +181,86 @@ function loopModel(model: MistralModel): LoopModel {
   };
 }
 
-/** A cache key for reference log-probs: the reference weights (name, size, mtime) and the data. */
-function referenceCacheKey(refDir: string, pairs: PreferencePair[], values: StageValues): string {
-  const hash = createHash('sha256');
-  for (const file of locateWeights(refDir).files) {
-    const stat = statSync(file);
-    hash.update(`${resolve(file)}:${stat.size}:${stat.mtimeMs}\n`);
-  }
-  hash.update(`${values.max_length}:${values.max_prompt_length}\n`);
-  for (const pair of pairs) {
-    hash.update(pair.promptIds);
-    hash.update(pair.chosenIds);
-    hash.update(pair.rejectedIds);
-  }
-  return hash.digest('hex').slice(0, 32);
+/** DPO's reference log-probs (a frozen model, or precomputed), and the model holding its memory. */
+export function buildStageReference({ values }: StageConfig, sources: StageSources, data: LoadedData<PreferencePair>, policyModelOptions: ModelOptions, log: (line: string) => void): Promise<BuiltReference> {
+  return buildReference(
+    {
+      dir: sources.refDir,
+      modelOptions: policyModelOptions,
+      precompute: values.precompute_ref_log_probs,
+      batchSize: values.per_device_eval_batch_size,
+      cacheDir: join(sources.outputDir, 'cache'),
+      tokenization: `${values.max_length}:${values.max_prompt_length}`,
+    },
+    [data.train, data.test],
+    log,
+  );
 }
 
-async function precomputeReference(
-  refDir: string,
-  sets: PreferencePair[][],
-  options: ModelOptions,
-  batchSize: number,
-  values: StageValues,
-  cacheDir: string,
+/** SFT's token-mean loss, or DPO's loss of the policy against the reference. */
+export function buildObjective({ stage, values }: StageConfig, sources: StageSources, policy: MistralModel, reference: ReferenceLogps | null): Objective<Example> {
+  if (stage === 'sft') return new SftObjective(policy);
+  if (!reference) throw new ZnError('dpo: the objective needs a reference');
+  return new DpoObjective(policy, reference, sources.device, { beta: values.beta, lossType: values.loss_type, labelSmoothing: values.label_smoothing });
+}
+
+async function runTrainingLoop(
+  policy: MistralModel,
+  objective: Objective<Example>,
+  { data }: StageData,
+  settings: LoopSettings,
   progress: ProgressReporter,
-): Promise<PrecomputedReference> {
-  const all = sets.flat();
-  const key = referenceCacheKey(refDir, all, values);
-  const file = join(cacheDir, `ref-logps-${key}.json`);
-  const table = new Map<PreferencePair, { chosen: number; rejected: number }>();
-  if (existsSync(file)) {
-    const cached = JSON.parse(readFileSync(file, 'utf8')) as { chosen: number[]; rejected: number[] };
-    if (cached.chosen.length === all.length) {
-      all.forEach((pair, i) => table.set(pair, { chosen: cached.chosen[i], rejected: cached.rejected[i] }));
-      progress.message(`reference log-probs: read from cache ${file}`);
-      return new PrecomputedReference(table);
-    }
-  }
-  progress.message(`reference log-probs: computing for ${all.length} pairs (cached in ${file})`);
-  const reference = await loadModel(refDir, { ...options, trainable: false, gradientCheckpointing: false });
-  const chosen: number[] = [];
-  const rejected: number[] = [];
-  try {
-    for (let i = 0; i < all.length; i += batchSize) {
-      const pairs = all.slice(i, i + batchSize);
-      const batch = collatePreference(pairs);
-      const sums = completionLogps(batch, await reference.logprobs(batch));
-      pairs.forEach((pair, j) => {
-        table.set(pair, { chosen: sums.chosen[j], rejected: sums.rejected[j] });
-        chosen.push(sums.chosen[j]);
-        rejected.push(sums.rejected[j]);
-      });
-    }
-  } finally {
-    reference.dispose();  // what precomputing is for: training runs without the reference's memory
-  }
-  mkdirSync(cacheDir, { recursive: true });
-  writeFileAtomic(file, JSON.stringify({ chosen, rejected }));
-  return new PrecomputedReference(table);
-}
-
-function itemLength(item: SftItem): number {
-  return item.inputIds.length;
-}
-
-export async function runStage(stage: Stage, values: StageValues, options: StageRunOptions = {}): Promise<StageResult> {
-  const progress = progressReporter(options.progress ?? 'auto');
+  options: StageRunOptions,
+): Promise<LoopResult> {
   const events = options.events ?? new TrainingEvents();
-  const modelDir = require_(values, 'model_name_or_path', stage);
-  const outputDir = require_(values, 'output_dir', stage);
-  const device = resolveDevice(values);
-  const bf16 = values.bf16 === null || values.bf16 === undefined ? device === 'cuda' : values.bf16 === true;
-  const config = readMistralConfig(modelDir);
-  const tokenizer = HfTokenizer.fromFolder(modelDir);
-  if (values.chat_template) throw new UsageError(`${stage}: 'chat_template' overrides are not supported yet; put the template in the tokenizer folder`);
-  const log = (line: string): void => progress.message(line);
-  const settings = loopSettings(stage, values, outputDir);
-  const maxLength = typeof values.max_length === 'number' ? values.max_length : null;
-
-  let data: LoadedData<SftItem> | LoadedData<PreferencePair>;
-  let maxTokens: number;
-  if (stage === 'sft') {
-    data = await loadSftData(
-      dataConfig(values),
-      tokenizer,
-      { ...DEFAULT_SFT_OPTIONS, maxLength, packing: values.packing === true, assistantOnlyLoss: values.assistant_only_loss === true },
-      { log },
-    );
-    const lengths = [...data.train, ...data.test].map(itemLength);
-    maxTokens = maxTokensPerBatch(lengths, Math.max(settings.batchSize, settings.evalBatchSize));
-  } else {
-    data = await loadDpoData(
-      dataConfig(values),
-      tokenizer,
-      { ...DEFAULT_DPO_OPTIONS, maxLength, maxPromptLength: typeof values.max_prompt_length === 'number' ? values.max_prompt_length : null },
-      { log },
-    );
-    const all = [...data.train, ...data.test];
-    const chosen = all.map((p) => p.promptIds.length + p.chosenIds.length);
-    const rejected = all.map((p) => p.promptIds.length + p.rejectedIds.length);
-    const per = Math.max(settings.batchSize, settings.evalBatchSize);
-    maxTokens = maxTokensPerBatch(chosen, per) + maxTokensPerBatch(rejected, per);
+  progress.start(totalSteps(data.train.length, settings), settings.stage);
+  events.on('log', (entry) => progress.log(entry));
+  events.on('checkpoint', (dir) => progress.message(`checkpoint: ${dir}`));
+  try {
+    return await runLoop<Example>(loopModel(policy), objective, data.train, data.test, settings, events, options.signal);
+  } finally {
+    progress.stop();
   }
-  if (data.train.length === 0) throw new ZnError(`${stage}: no usable training rows (see the summary above)`);
+}
 
-  const total = totalSteps(data.train.length, settings);
-  settings.schedule.warmupSteps = warmupSteps(total, { warmup_steps: num(values.warmup_steps, 0), warmup_ratio: num(values.warmup_ratio, 0) });
-  const modelOptions: ModelOptions = {
-    device,
-    dtype: bf16 ? 'bf16' : 'f32',
-    maxTokens,
-    gradientCheckpointing: values.gradient_checkpointing === true,
-    offloadOptimizer: values.offload_optimizer === true,
-  };
-  log(describeMemoryPlan(`policy, ${stage}, ${modelOptions.dtype}, ${maxTokens} tokens per micro-batch`, modelMemoryPlan(config, { ...modelOptions, trainable: true })));
+/** The trained policy as an HF model folder, in the training dtype. */
+function saveModel(policy: MistralModel, sources: StageSources): Promise<void> {
+  return policy.save(sources.outputDir, { dtype: sources.dtype === 'bf16' ? 'bfloat16' : 'float32' });
+}
+
+export async function runStage(config: StageConfig, options: StageRunOptions = {}): Promise<StageResult> {
+  const { stage } = config;
+  const progress = progressReporter(options.progress ?? 'auto');
+  const log = (line: string): void => progress.message(line);
+  const sources = resolveSources(config);
+  const loaded = await loadStageData(config, sources, log);
+  const settings = loopSettings(config, sources.outputDir, loaded.data.train.length);
+  const maxTokens = plannedTokens(loaded, Math.max(settings.batchSize, settings.evalBatchSize));
+  const modelOptions = policyOptions(config, sources, maxTokens);
+  logMemoryPlan(log, `policy, ${stage}, ${sources.dtype}, ${maxTokens} tokens per micro-batch`, sources.modelConfig, modelOptions);
   // The models are freed when the stage ends, however it ends: the garbage collector does not see
   // their memory, and a pipeline's next stage needs it (a 7B policy holds tens of GiB).
   const owned: MistralModel[] = [];
+  const own = (model: MistralModel): void => void owned.push(model);
   try {
-    const policy = await loadModel(modelDir, { ...modelOptions, trainable: true });
-    owned.push(policy);
-
-    let objective;
-    if (stage === 'sft') {
-      objective = new SftObjective(policy);
-    } else {
-      const refDir = str(values.ref_model_name_or_path) ?? modelDir;
-      let reference: ReferenceLogps;
-      if (values.precompute_ref_log_probs === true) {
-        const sets = [(data as LoadedData<PreferencePair>).train, (data as LoadedData<PreferencePair>).test];
-        reference = await precomputeReference(refDir, sets, modelOptions, settings.evalBatchSize, values, join(outputDir, 'cache'), progress);
-      } else {
-        log(describeMemoryPlan('reference', modelMemoryPlan(readMistralConfig(refDir), { ...modelOptions, trainable: false })));
-        const referenceModel = await loadModel(refDir, { ...modelOptions, trainable: false, gradientCheckpointing: false });
-        owned.push(referenceModel);
-        reference = new ModelReference(referenceModel);
-      }
-      const lossType = (Array.isArray(values.loss_type) ? values.loss_type : [values.loss_type]) as string[];
-      if (lossType.length !== 1) throw new UsageError(`dpo: one loss_type at a time is supported, got ${lossType.join(', ')}`);
-      objective = new DpoObjective(policy, reference, loadNative(device), {
-        beta: num(values.beta, 0.1),
-        lossType: lossType[0] as 'sigmoid' | 'ipo' | 'hinge',
-        labelSmoothing: num(values.label_smoothing, 0),
-      });
+    const policy = await buildPolicy(sources, modelOptions);
+    own(policy);
+    let reference: ReferenceLogps | null = null;
+    if (loaded.stage === 'dpo') {
+      const built = await buildStageReference(config, sources, loaded.data, modelOptions, log);
+      if (built.model) own(built.model);
+      reference = built.reference;
     }
-
+    const objective = buildObjective(config, sources, policy, reference);
     const started = Date.now();
-    progress.start(total, stage);
-    events.on('log', (entry) => progress.log(entry));
-    events.on('checkpoint', (dir) => progress.message(`checkpoint: ${dir}`));
-    let result: LoopResult;
-    try {
-      result = await runLoop(loopModel(policy), objective as never, data.train as never[], data.test as never[], settings, events, options.signal);
-    } finally {
-      progress.stop();
-    }
-    if (!result.stoppedEarly) {
-      await policy.save(outputDir, { dtype: bf16 ? 'bfloat16' : 'float32' });
-      log(`${stage}: ${result.globalStep} steps in ${((Date.now() - started) / 1000).toFixed(1)} s; model written to ${outputDir}`);
+    const result = await runTrainingLoop(policy, objective, loaded, settings, progress, options);
+    if (result.stoppedEarly) {
+      log(`${stage}: stopped at step ${result.globalStep}; resume from the last checkpoint in ${sources.outputDir}`);
     } else {
-      log(`${stage}: stopped at step ${result.globalStep}; a checkpoint was written in ${outputDir}`);
+      await saveModel(policy, sources);
+      log(`${stage}: ${result.globalStep} steps in ${((Date.now() - started) / 1000).toFixed(1)} s; model written to ${sources.outputDir}`);
     }
-    return { ...result, stage, outputDir };
+    return { ...result, stage, outputDir: sources.outputDir };
   } finally {
     for (const model of owned) model.dispose();
   }

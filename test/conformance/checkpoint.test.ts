@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { readMistralConfig, type CheckpointDType, type MistralConfig } from '../../lib/model/config.js';
-import { checkMistralWeights, readCheckpointWeights, saveCheckpoint, type TensorPlan } from '../../lib/model/folder.js';
+import { checkMistralWeights, readCheckpointWeights, writeModelFolder, type TensorPlan } from '../../lib/model/folder.js';
 import { mistralParameterShapes } from '../../lib/model/parameters.js';
 import { loadNative, packageRoot } from '../../lib/native.js';
 import { referencePython, runPython } from '../support/python.js';
@@ -113,7 +113,7 @@ describe('checkpoint conformance with transformers', { skip: skipReason ?? false
       const config: MistralConfig = readMistralConfig(source);
       const weights = readCheckpointWeights(source, addon);
       const out = join(work, 'written', `${k}-${caseName}-${dtype}`);
-      const plan = await saveCheckpoint(out, mistralParameterShapes(config), {
+      const plan = await writeModelFolder(out, mistralParameterShapes(config), {
         config,
         dtype,
         maxShardSize,
