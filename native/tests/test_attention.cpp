@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -299,6 +300,289 @@ ZN_TEST("attention.backward_schemes_agree_bitwise") {
     EXPECT(std::memcmp(&ra.dk[t * 2 * 24], &rb.dk[t * 24], 24 * sizeof(float)) == 0, "dk token ", t);
     EXPECT(std::memcmp(&ra.dv[t * 2 * 24], &rb.dv[t * 24], 24 * sizeof(float)) == 0, "dv token ", t);
   }
+}
+
+// ---- Queries over separate keys (a KV cache) ----------------------------------------------
+
+namespace {
+
+using zn::cpu::AttentionSequences;
+
+// One sequence: the positions of its query rows, and of its key rows in buffer order, in a
+// buffer of `capacity` rows (>= the keys; the rows past them hold NaN, which must never be read).
+struct CachedSequence {
+  std::vector<int32_t> q_positions, k_positions;
+  long capacity = 0;  // 0: exactly the keys
+};
+
+struct CachedCase {
+  std::string name;
+  int heads, kv_heads, head_dim;
+  long window;
+  std::vector<CachedSequence> seqs;
+  float scale = 0;  // 0: 1/sqrt(head_dim)
+};
+
+// Positions from..to-1 in order.
+std::vector<int32_t> positions(int32_t from, int32_t to) {
+  std::vector<int32_t> p;
+  for (int32_t x = from; x < to; ++x) p.push_back(x);
+  return p;
+}
+
+// The rows of a rolling buffer of `slots` rows after positions 0..length-1 were written to
+// slot position % slots: the last min(length, slots) positions, out of order once it wraps.
+std::vector<int32_t> rolling_buffer(int32_t length, int32_t slots) {
+  std::vector<int32_t> rows(size_t(std::min(length, slots)));
+  for (int32_t p = std::max(0, length - slots); p < length; ++p) rows[size_t(p % slots)] = p;
+  return rows;
+}
+
+// The arrays of AttentionSequences for a case, and inputs with NaN in the unused key rows.
+struct CachedInputs {
+  std::vector<int32_t> cu_seqlens_q, q_positions, k_begin, k_len, k_positions;
+  std::vector<float> q, k, v;
+  long query_rows = 0, key_rows = 0;
+
+  AttentionSequences sequences() const {
+    return {int(k_begin.size()), cu_seqlens_q.data(), q_positions.data(), k_begin.data(),
+            k_len.data(),        k_positions.data(),  key_rows};
+  }
+};
+
+CachedInputs cached_inputs(const CachedCase& c) {
+  CachedInputs in;
+  in.cu_seqlens_q.push_back(0);
+  for (const CachedSequence& seq : c.seqs) {
+    const long keys = long(seq.k_positions.size());
+    in.cu_seqlens_q.push_back(in.cu_seqlens_q.back() + int32_t(seq.q_positions.size()));
+    in.q_positions.insert(in.q_positions.end(), seq.q_positions.begin(), seq.q_positions.end());
+    in.k_begin.push_back(int32_t(in.key_rows));
+    in.k_len.push_back(int32_t(keys));
+    in.k_positions.insert(in.k_positions.end(), seq.k_positions.begin(), seq.k_positions.end());
+    const long capacity = std::max(keys, seq.capacity);
+    in.k_positions.resize(size_t(in.key_rows + capacity), -1);
+    in.key_rows += capacity;
+  }
+  in.query_rows = in.cu_seqlens_q.back();
+  const size_t kv_row = size_t(c.kv_heads * c.head_dim);
+  in.q = random_f32(size_t(in.query_rows) * c.heads * c.head_dim);
+  in.k = random_f32(size_t(in.key_rows) * kv_row);
+  in.v = random_f32(size_t(in.key_rows) * kv_row);
+  for (size_t row = 0; row < size_t(in.key_rows); ++row) {
+    if (in.k_positions[row] >= 0) continue;
+    std::fill_n(in.k.begin() + long(row * kv_row), kv_row, NAN);
+    std::fill_n(in.v.begin() + long(row * kv_row), kv_row, NAN);
+  }
+  return in;
+}
+
+AttentionShape cached_shape(const CachedCase& c, long query_rows) {
+  return {query_rows, c.heads, c.kv_heads, c.head_dim, c.window,
+          c.scale != 0 ? c.scale : float(1.0 / std::sqrt(double(c.head_dim)))};
+}
+
+// Straight from the definition: query at pq sees key at pk iff pk <= pq and pq - window < pk;
+// a row that sees nothing is 0 with lse -inf.
+Reference cached_reference(const CachedCase& c, const CachedInputs& in) {
+  const long D = c.head_dim, G = c.heads / c.kv_heads;
+  const double scale = cached_shape(c, in.query_rows).scale;
+  Reference ref;
+  ref.out.assign(in.q.size(), 0.0);
+  ref.lse.assign(size_t(c.heads * in.query_rows), -INFINITY);
+  for (size_t s = 0; s < c.seqs.size(); ++s) {
+    for (long i = in.cu_seqlens_q[s]; i < in.cu_seqlens_q[s + 1]; ++i) {
+      const long pq = in.q_positions[size_t(i)];
+      for (long h = 0; h < c.heads; ++h) {
+        std::vector<std::pair<long, double>> scores;  // (key row, score)
+        double max = -INFINITY;
+        for (long j = in.k_begin[s]; j < in.k_begin[s] + in.k_len[s]; ++j) {
+          const long pk = in.k_positions[size_t(j)];
+          if (pk > pq || (c.window > 0 && pq - c.window >= pk)) continue;
+          double dot = 0;
+          for (long d = 0; d < D; ++d) {
+            dot += double(in.q[size_t((i * c.heads + h) * D + d)]) *
+                   in.k[size_t((j * c.kv_heads + h / G) * D + d)];
+          }
+          scores.push_back({j, scale * dot});
+          max = std::max(max, scale * dot);
+        }
+        if (scores.empty()) continue;
+        double sum = 0;
+        for (const auto& [j, x] : scores) sum += std::exp(x - max);
+        ref.lse[size_t(h * in.query_rows + i)] = max + std::log(sum);
+        for (const auto& [j, x] : scores) {
+          const double p = std::exp(x - max) / sum;
+          for (long d = 0; d < D; ++d) {
+            ref.out[size_t((i * c.heads + h) * D + d)] +=
+                p * in.v[size_t((j * c.kv_heads + h / G) * D + d)];
+          }
+        }
+      }
+    }
+  }
+  return ref;
+}
+
+Result run_cached(const CachedCase& c, const CachedInputs& in, CpuPath path) {
+  Result r;
+  r.out.resize(in.q.size());
+  r.lse.resize(size_t(c.heads * in.query_rows));
+  poison(r.out);
+  poison(r.lse);
+  cpu::attention_forward(cached_shape(c, in.query_rows), in.sequences(), in.q.data(), in.k.data(),
+                         in.v.data(), r.out.data(), r.lse.data(), path);
+  return r;
+}
+
+void expect_lse_close(const std::vector<float>& lse, const std::vector<double>& ref,
+                      const std::string& what) {
+  std::vector<float> finite;
+  std::vector<double> finite_ref;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (std::isinf(ref[i])) {
+      EXPECT(lse[i] == -INFINITY, what, ": row ", i, " sees no key but lse = ", lse[i]);
+    } else {
+      finite.push_back(lse[i]);
+      finite_ref.push_back(ref[i]);
+    }
+  }
+  expect_close(finite, finite_ref, kF32RelTol, what);
+}
+
+const std::vector<CachedCase>& cached_cases() {
+  static const std::vector<CachedCase> all = {
+      {"prompt chunk after a cached prefix", 4, 2, 24, 0,
+       {{positions(80, 100), positions(0, 100)}}},
+      {"chunk of 100 queries (two query blocks) over 230 keys, window 90", 8, 2, 16, 90,
+       {{positions(130, 230), positions(0, 230)}}},
+      {"single-token decodes of different lengths", 8, 2, 32, 0,
+       {{{0}, positions(0, 1)},
+        {{64}, positions(0, 65)},
+        {{199}, positions(0, 200)},
+        {{129}, positions(0, 130), 160}}},
+      {"decode over a wrapped rolling buffer (window = slots)", 8, 1, 40, 48,
+       {{{149}, rolling_buffer(150, 48)}, {{30}, rolling_buffer(31, 48), 48}}},
+      {"chunk over a wrapped rolling buffer larger than the window", 4, 4, 16, 48,
+       {{positions(140, 150), rolling_buffer(150, 64)}, {positions(200, 203), rolling_buffer(203, 64)}}},
+      {"sequences without visible keys", 4, 2, 8, 10,
+       {{{5, 6}, positions(10, 20)},    // every key in the future
+        {{3}, {}},                      // no keys
+        {{}, positions(0, 4)},          // no queries
+        {{50, 9}, positions(0, 12)},    // the first query's window has passed every key
+        {{7}, positions(0, 8)}}},
+      {"Mistral head_dim, GQA 4, window 4096, 300-key cache", 8, 2, 128, 4096,
+       {{{299}, positions(0, 300)}, {positions(290, 300), positions(0, 300)}}},
+  };
+  return all;
+}
+
+// The packed forward's documents as sequences: k_begin = cu_seqlens, positions within documents.
+CachedCase packed_as_sequences(const Case& c) {
+  CachedCase cached{c.name(), c.heads, c.kv_heads, c.head_dim, c.window, {}, c.shape().scale};
+  for (int32_t n : c.doc_lengths) cached.seqs.push_back({positions(0, n), positions(0, n)});
+  return cached;
+}
+
+}  // namespace
+
+ZN_TEST("attention.cached_matches_float64_reference") {
+  for (const CachedCase& c : cached_cases()) {
+    const CachedInputs in = cached_inputs(c);
+    const Reference ref = cached_reference(c, in);
+    for (CpuPath path : {cpu_path(), CpuPath::Scalar}) {
+      const Result r = run_cached(c, in, path);
+      const std::string what = c.name + " path=" + cpu_path_name(path) + ": ";
+      expect_close(r.out, ref.out, kF32RelTol, what + "out");
+      expect_lse_close(r.lse, ref.lse, what + "lse");
+    }
+  }
+}
+
+// A row that sees no key is exactly 0 (not NaN); lse may be left out.
+ZN_TEST("attention.cached_rows_without_keys_are_zero") {
+  const CachedCase& c = cached_cases()[5];
+  const CachedInputs in = cached_inputs(c);
+  Result r = run_cached(c, in, cpu_path());
+  for (long i : {0L, 1L, 2L, 3L}) {  // positions 5, 6 (future keys), 3 (no keys), 50 (window passed)
+    for (long e = 0; e < c.heads * c.head_dim; ++e) {
+      EXPECT(r.out[size_t(i * c.heads * c.head_dim + e)] == 0.0f, "row ", i, " element ", e);
+    }
+  }
+  std::vector<float> out(in.q.size());
+  cpu::attention_forward(cached_shape(c, in.query_rows), in.sequences(), in.q.data(), in.k.data(),
+                         in.v.data(), out.data(), nullptr);
+  EXPECT(std::memcmp(out.data(), r.out.data(), out.size() * sizeof(float)) == 0);
+}
+
+// The packed stream through the sequence form gives the packed forward's bits, on every path.
+ZN_TEST("attention.cached_packed_case_equals_packed_forward_bitwise") {
+  for (const Case& c : cases()) {
+    const Inputs in = random_inputs(c);
+    const std::vector<int32_t> cu = c.cu_seqlens();
+    CachedInputs cached = cached_inputs(packed_as_sequences(c));
+    cached.q = in.q;
+    cached.k = in.k;
+    cached.v = in.v;
+    for (CpuPath path : {cpu_path(), CpuPath::Scalar}) {
+      std::vector<float> out(in.q.size()), lse(size_t(c.heads * c.tokens));
+      cpu::attention_forward(c.shape(), in.q.data(), in.k.data(), in.v.data(), cu.data(),
+                             int(c.doc_lengths.size()), out.data(), lse.data(), path);
+      const Result r = run_cached(packed_as_sequences(c), cached, path);
+      const std::string what = c.name() + " path=" + cpu_path_name(path);
+      EXPECT(std::memcmp(out.data(), r.out.data(), out.size() * sizeof(float)) == 0, what, " out");
+      EXPECT(std::memcmp(lse.data(), r.lse.data(), lse.size() * sizeof(float)) == 0, what, " lse");
+    }
+  }
+}
+
+ZN_TEST("attention.cached_results_are_deterministic") {
+  const CachedCase c{"many decodes", 8, 2, 32, 64,
+                     {{{299}, rolling_buffer(300, 64)}, {{70}, positions(0, 71)},
+                      {positions(100, 164), positions(0, 164)}, {{5}, positions(0, 6)}}};
+  const CachedInputs in = cached_inputs(c);
+  const Result a = run_cached(c, in, cpu_path()), b = run_cached(c, in, cpu_path());
+  EXPECT(std::memcmp(a.out.data(), b.out.data(), a.out.size() * sizeof(float)) == 0);
+  EXPECT(std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)) == 0);
+}
+
+ZN_TEST("attention.cached_rejects_bad_arguments") {
+  const CachedCase c{"two sequences", 2, 1, 8, 0,
+                     {{positions(3, 5), positions(0, 5)}, {{2}, positions(0, 3)}}};
+  const CachedInputs good = cached_inputs(c);
+  std::vector<float> out(good.q.size()), lse(size_t(2 * good.query_rows));
+  auto error_of = [&](const std::function<void(CachedInputs&, AttentionShape&)>& spoil) {
+    CachedInputs in = good;
+    AttentionShape shape = cached_shape(c, in.query_rows);
+    spoil(in, shape);
+    try {
+      cpu::attention_forward(shape, in.sequences(), in.q.data(), in.k.data(), in.v.data(),
+                             out.data(), lse.data());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  auto expect_error = [&](const std::function<void(CachedInputs&, AttentionShape&)>& spoil,
+                          const std::string& part) {
+    const std::string message = error_of(spoil);
+    EXPECT(message.find(part) != std::string::npos, "expected an error naming '", part,
+           "', got '", message, "'");
+  };
+  EXPECT(error_of([](CachedInputs&, AttentionShape&) {}).empty());
+  expect_error([](CachedInputs&, AttentionShape& s) { s.n_kv_heads = 3; }, "n_kv_heads (3)");
+  expect_error([](CachedInputs& in, AttentionShape&) { in.cu_seqlens_q = {0, 3, 2}; },
+               "cu_seqlens_q must not decrease");
+  expect_error([](CachedInputs&, AttentionShape& s) { s.tokens = 4; },
+               "cu_seqlens_q[2] = 3 must equal tokens = 4");
+  expect_error([](CachedInputs& in, AttentionShape&) { in.q_positions[2] = -1; },
+               "q_positions[2] must be >= 0");
+  expect_error([](CachedInputs& in, AttentionShape&) { in.k_positions[6] = -7; },
+               "k_positions[6] (sequence 1) must be >= 0");
+  expect_error([](CachedInputs& in, AttentionShape&) { in.k_len[1] = 4; },
+               "k_len[1] = 4, outside the key_rows = 8");
+  expect_error([](CachedInputs& in, AttentionShape&) { in.k_begin[0] = -1; }, "k_begin[0] = -1");
+  expect_error([](CachedInputs& in, AttentionShape&) { in.key_rows = -1; }, "key_rows must be >= 0");
 }
 
 ZN_TEST("attention.accepts_an_empty_batch") {

@@ -71,22 +71,59 @@ Layout make_layout(const AttentionShape& shape) {
   return L;
 }
 
-void check_arguments(const char* op, const AttentionShape& shape, const int32_t* cu_seqlens,
-                     int n_docs) {
+void check_shape(const char* op, const AttentionShape& shape) {
   ZN_CHECK(shape.tokens >= 0, op, ": tokens must be >= 0, got ", shape.tokens);
   ZN_CHECK(shape.n_heads > 0 && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0,
            op, ": n_kv_heads (", shape.n_kv_heads, ") must be positive and divide n_heads (",
            shape.n_heads, ")");
   ZN_CHECK(shape.head_dim > 0, op, ": head_dim must be positive, got ", shape.head_dim);
   ZN_CHECK(std::isfinite(shape.scale), op, ": scale must be finite, got ", shape.scale);
-  ZN_CHECK(n_docs >= 0, op, ": n_docs must be >= 0, got ", n_docs);
-  ZN_CHECK(cu_seqlens[0] == 0, op, ": cu_seqlens[0] must be 0, got ", cu_seqlens[0]);
-  for (int d = 0; d < n_docs; ++d) {
-    ZN_CHECK(cu_seqlens[d + 1] >= cu_seqlens[d], op, ": cu_seqlens must not decrease, but [",
-             d + 1, "] = ", cu_seqlens[d + 1], " < [", d, "] = ", cu_seqlens[d]);
+}
+
+// `name` holds count + 1 non-decreasing row offsets from 0 to tokens.
+void check_offsets(const char* op, const char* name, const int32_t* offsets, int count,
+                   long tokens) {
+  ZN_CHECK(offsets != nullptr, op, ": ", name, " must not be null");
+  ZN_CHECK(offsets[0] == 0, op, ": ", name, "[0] must be 0, got ", offsets[0]);
+  for (int d = 0; d < count; ++d) {
+    ZN_CHECK(offsets[d + 1] >= offsets[d], op, ": ", name, " must not decrease, but [", d + 1,
+             "] = ", offsets[d + 1], " < [", d, "] = ", offsets[d]);
   }
-  ZN_CHECK(cu_seqlens[n_docs] == shape.tokens, op, ": cu_seqlens[", n_docs, "] = ",
-           cu_seqlens[n_docs], " must equal tokens = ", shape.tokens);
+  ZN_CHECK(offsets[count] == tokens, op, ": ", name, "[", count, "] = ", offsets[count],
+           " must equal tokens = ", tokens);
+}
+
+void check_arguments(const char* op, const AttentionShape& shape, const int32_t* cu_seqlens,
+                     int n_docs) {
+  check_shape(op, shape);
+  ZN_CHECK(n_docs >= 0, op, ": n_docs must be >= 0, got ", n_docs);
+  check_offsets(op, "cu_seqlens", cu_seqlens, n_docs, shape.tokens);
+}
+
+void check_sequences(const char* op, const AttentionShape& shape, const AttentionSequences& seqs) {
+  check_shape(op, shape);
+  ZN_CHECK(seqs.n_seqs >= 0, op, ": n_seqs must be >= 0, got ", seqs.n_seqs);
+  ZN_CHECK(seqs.key_rows >= 0, op, ": key_rows must be >= 0, got ", seqs.key_rows);
+  check_offsets(op, "cu_seqlens_q", seqs.cu_seqlens_q, seqs.n_seqs, shape.tokens);
+  ZN_CHECK(shape.tokens == 0 || seqs.q_positions != nullptr, op, ": q_positions must not be null");
+  ZN_CHECK(seqs.n_seqs == 0 || (seqs.k_begin != nullptr && seqs.k_len != nullptr), op,
+           ": k_begin and k_len must not be null");
+  ZN_CHECK(seqs.key_rows == 0 || seqs.k_positions != nullptr, op,
+           ": k_positions must not be null");
+  for (long t = 0; t < shape.tokens; ++t) {
+    ZN_CHECK(seqs.q_positions[t] >= 0, op, ": q_positions[", t, "] must be >= 0, got ",
+             seqs.q_positions[t]);
+  }
+  for (int s = 0; s < seqs.n_seqs; ++s) {
+    const long begin = seqs.k_begin[s], len = seqs.k_len[s];
+    ZN_CHECK(begin >= 0 && len >= 0 && begin + len <= seqs.key_rows, op, ": sequence ", s,
+             " has key rows k_begin[", s, "] = ", begin, " .. + k_len[", s, "] = ", len,
+             ", outside the key_rows = ", seqs.key_rows, " rows of k and v");
+    for (long j = begin; j < begin + len; ++j) {
+      ZN_CHECK(seqs.k_positions[j] >= 0, op, ": k_positions[", j, "] (sequence ", s,
+               ") must be >= 0, got ", seqs.k_positions[j]);
+    }
+  }
 }
 
 std::vector<Span> documents(const int32_t* cu_seqlens, int n_docs) {
@@ -405,6 +442,24 @@ struct KeyTiles {
 MatB columns_operand(const Layout& L, const float* tile) { return {tile, kLanes, L.padded_dim * kLanes}; }
 MatB rows_operand(const float* tile) { return {tile, kLanes, kKeyTile * kLanes}; }
 
+// Rows `keys` of x [rows][Hkv][D], kv head h, as one tile in `layout` (zeros past the keys).
+void pack_tile(const Layout& L, const float* x, long h, Span keys, TileLayout layout, float* dst) {
+  const long P = L.padded_dim;
+  std::fill(dst, dst + P * kKeyTile, 0.0f);
+  for (long j = keys.begin; j < keys.end; ++j) {
+    const float* src = x + j * L.kv_stride() + h * L.head_dim;
+    const long c = j - keys.begin;
+    if (layout == TileLayout::Columns) {
+      float* column = dst + c / kLanes * P * kLanes + c % kLanes;
+      for (long d = 0; d < L.head_dim; ++d) column[d * kLanes] = src[d];
+    } else {
+      for (long d = 0; d < L.head_dim; ++d) {
+        dst[d / kLanes * kKeyTile * kLanes + c * kLanes + d % kLanes] = src[d];
+      }
+    }
+  }
+}
+
 KeyTiles pack_key_tiles(const Layout& L, const std::vector<Span>& docs, const float* x,
                         TileLayout layout) {
   KeyTiles tiles;
@@ -416,26 +471,11 @@ KeyTiles pack_key_tiles(const Layout& L, const std::vector<Span>& docs, const fl
   }
   tiles.size = L.padded_dim * kKeyTile;
   tiles.data = new_buffer(L.kv_heads * tiles.count * tiles.size);
-  const long P = L.padded_dim;
   parallel_for(size_t(L.kv_heads * tiles.count), 1, [&](size_t begin, size_t end) {
     for (long item = long(begin); item < long(end); ++item) {
-      const long h = item / tiles.count;
       const auto [doc, index] = tile_docs[size_t(item % tiles.count)];
-      const Span keys = key_tile(docs[size_t(doc)], index);
-      float* dst = tiles.data.get() + item * tiles.size;
-      std::fill(dst, dst + tiles.size, 0.0f);
-      for (long j = keys.begin; j < keys.end; ++j) {
-        const float* src = x + j * L.kv_stride() + h * L.head_dim;
-        const long c = j - keys.begin;
-        if (layout == TileLayout::Columns) {
-          float* column = dst + c / kLanes * P * kLanes + c % kLanes;
-          for (long d = 0; d < L.head_dim; ++d) column[d * kLanes] = src[d];
-        } else {
-          for (long d = 0; d < L.head_dim; ++d) {
-            dst[d / kLanes * kKeyTile * kLanes + c * kLanes + d % kLanes] = src[d];
-          }
-        }
-      }
+      pack_tile(L, x, item / tiles.count, key_tile(docs[size_t(doc)], index), layout,
+                tiles.data.get() + item * tiles.size);
     }
   });
   return tiles;
@@ -465,6 +505,7 @@ long row_index(const Layout& L, long head, long t) {
 
 struct Scratch {
   std::vector<float> q, scores, dscores, rows_out, dk, dv, row_max, row_sum, rescale;
+  std::vector<float> k_columns, v_rows;  // one key tile, packed per tile by the cached forward
 };
 
 Scratch& scratch_for(const Layout& L) {
@@ -475,6 +516,7 @@ Scratch& scratch_for(const Layout& L) {
   const size_t key_tiles = size_t(kKeyTilesPerPass * kKeyTile) * dim;
   for (auto* v : {&s.dk, &s.dv}) v->resize(std::max(v->size(), key_tiles));
   for (auto* v : {&s.row_max, &s.row_sum, &s.rescale}) v->resize(std::max(v->size(), rows));
+  for (auto* v : {&s.k_columns, &s.v_rows}) v->resize(std::max(v->size(), kKeyTile * dim));
   return s;
 }
 
@@ -516,13 +558,14 @@ struct ForwardOperands {
   float *out, *lse;
 };
 
-void forward_block(const Layout& L, const Kernels& K, const ForwardOperands& a, long kv_head,
-                   long doc_index, Span doc, Span queries) {
-  Scratch& s = scratch_for(L);
+// The forward of one query block (the G heads of a kv head × rows `queries` of q) in three
+// steps, shared by the packed and the cached forward: start (scaled Q, empty softmax state),
+// one attend per key tile the block may see, finish.
+void start_query_block(const Layout& L, const float* q, long kv_head, Span queries, Scratch& s) {
   const long rows = queries.size() * L.group, P = L.padded_dim;
   for (long t = queries.begin; t < queries.end; ++t) {
     for (long g = 0; g < L.group; ++g) {
-      const float* src = a.q + t * L.q_stride() + (kv_head * L.group + g) * L.head_dim;
+      const float* src = q + t * L.q_stride() + (kv_head * L.group + g) * L.head_dim;
       float* row = s.q.data() + ((t - queries.begin) * L.group + g) * P;
       for (long d = 0; d < L.head_dim; ++d) row[d] = src[d] * L.scale;
       std::fill(row + L.head_dim, row + P, 0.0f);
@@ -531,31 +574,55 @@ void forward_block(const Layout& L, const Kernels& K, const ForwardOperands& a, 
   std::fill_n(s.row_max.data(), rows, kNegInf);
   std::fill_n(s.row_sum.data(), rows, 0.0f);
   std::fill_n(s.rows_out.data(), rows * P, 0.0f);
-  const Span tiles = key_tiles_seen_by(L, doc, queries);
-  for (long tile = tiles.begin; tile < tiles.end; ++tile) {
-    const Span keys = key_tile(doc, tile);
-    const long width = round_up(keys.size(), kLanes);
-    K.matmul(rows, width, P, {s.q.data(), P, false},
-             columns_operand(L, a.k_columns.tile(kv_head, doc_index, tile)), s.scores.data(),
-             kKeyTile, false);
-    mask_scores(L, doc, queries, keys, width, s.scores.data());
-    K.softmax(s.scores.data(), rows, width, s.row_max.data(), s.row_sum.data(), s.rescale.data());
-    for (long r = 0; r < rows; ++r) {
-      if (s.rescale[r] == 1.0f) continue;
-      float* o = s.rows_out.data() + r * P;
-      for (long d = 0; d < P; ++d) o[d] *= s.rescale[r];
-    }
-    K.matmul(rows, P, keys.size(), {s.scores.data(), kKeyTile, false},
-             rows_operand(a.v_rows.tile(kv_head, doc_index, tile)), s.rows_out.data(), P, true);
+}
+
+// S = Q·Kᵀ over `keys` keys, mask(width, S) sets hidden scores to -inf, then the online softmax
+// rescales O and adds P·V.
+template <typename Mask>
+void attend_key_tile(const Layout& L, const Kernels& K, Scratch& s, long rows, long keys,
+                     const float* k_columns, const float* v_rows, const Mask& mask) {
+  const long P = L.padded_dim, width = round_up(keys, kLanes);
+  K.matmul(rows, width, P, {s.q.data(), P, false}, columns_operand(L, k_columns), s.scores.data(),
+           kKeyTile, false);
+  mask(width, s.scores.data());
+  K.softmax(s.scores.data(), rows, width, s.row_max.data(), s.row_sum.data(), s.rescale.data());
+  for (long r = 0; r < rows; ++r) {
+    if (s.rescale[r] == 1.0f) continue;
+    float* o = s.rows_out.data() + r * P;
+    for (long d = 0; d < P; ++d) o[d] *= s.rescale[r];
   }
-  // Every query sees at least itself, so row_sum > 0.
+  K.matmul(rows, P, keys, {s.scores.data(), kKeyTile, false}, rows_operand(v_rows),
+           s.rows_out.data(), P, true);
+}
+
+// out = O / rowsum, lse = max + log(rowsum) (lse may be null). A row that saw no key (only in
+// the cached forward: a packed query sees itself) has rowsum 0 and gets 0 and -inf.
+void finish_query_block(const Layout& L, const Scratch& s, long kv_head, Span queries, float* out,
+                        float* lse) {
+  const long rows = queries.size() * L.group, P = L.padded_dim;
   for (long r = 0; r < rows; ++r) {
     const long t = queries.begin + r / L.group, h = kv_head * L.group + r % L.group;
     const float* o = s.rows_out.data() + r * P;
-    float* dst = a.out + t * L.q_stride() + h * L.head_dim;
-    for (long d = 0; d < L.head_dim; ++d) dst[d] = o[d] / s.row_sum[r];
-    a.lse[h * L.tokens + t] = s.row_max[r] + std::log(s.row_sum[r]);
+    float* dst = out + t * L.q_stride() + h * L.head_dim;
+    const bool seen = s.row_sum[r] > 0.0f;
+    for (long d = 0; d < L.head_dim; ++d) dst[d] = seen ? o[d] / s.row_sum[r] : 0.0f;
+    if (lse) lse[h * L.tokens + t] = seen ? s.row_max[r] + std::log(s.row_sum[r]) : kNegInf;
   }
+}
+
+void forward_block(const Layout& L, const Kernels& K, const ForwardOperands& a, long kv_head,
+                   long doc_index, Span doc, Span queries) {
+  Scratch& s = scratch_for(L);
+  start_query_block(L, a.q, kv_head, queries, s);
+  const Span tiles = key_tiles_seen_by(L, doc, queries);
+  for (long tile = tiles.begin; tile < tiles.end; ++tile) {
+    const Span keys = key_tile(doc, tile);
+    attend_key_tile(L, K, s, queries.size() * L.group, keys.size(),
+                    a.k_columns.tile(kv_head, doc_index, tile),
+                    a.v_rows.tile(kv_head, doc_index, tile),
+                    [&](long width, float* scores) { mask_scores(L, doc, queries, keys, width, scores); });
+  }
+  finish_query_block(L, s, kv_head, queries, a.out, a.lse);
 }
 
 }  // namespace
@@ -578,6 +645,113 @@ void attention_forward(const AttentionShape& shape, const float* q, const float*
 void attention_forward(const AttentionShape& shape, const float* q, const float* k, const float* v,
                        const int32_t* cu_seqlens, int n_docs, float* out, float* lse) {
   attention_forward(shape, q, k, v, cu_seqlens, n_docs, out, lse, cpu_path());
+}
+
+// ---- Forward over separate query and key sequences (a KV cache) ----------------------------
+
+namespace {
+
+// The smallest and largest position of some rows.
+struct PositionRange {
+  long min, max;
+};
+
+PositionRange position_range(const int32_t* positions, Span rows) {
+  const auto [lo, hi] = std::minmax_element(positions + rows.begin, positions + rows.end);
+  return {*lo, *hi};
+}
+
+// Query at position pq sees key at position pk iff pk <= pq and pq - window < pk.
+struct PositionMask {
+  long window;  // <= 0: none
+
+  bool sees(long pq, long pk) const { return pk <= pq && (window <= 0 || pq - window < pk); }
+  // Whether some query of positions `queries` may see some key of positions `keys`.
+  bool may_see(PositionRange queries, PositionRange keys) const {
+    return keys.min <= queries.max && (window <= 0 || queries.min - window < keys.max);
+  }
+};
+
+struct CachedOperands {
+  const float *q, *k, *v;
+  const int32_t *q_positions, *k_positions;
+  PositionMask mask;
+  float *out, *lse;
+};
+
+// Scores of hidden (query, key) pairs become -inf, by position; the G rows of a query token
+// share its mask.
+void mask_scores_by_position(const Layout& L, const CachedOperands& a, Span queries, Span keys,
+                             long width, float* scores) {
+  for (long t = queries.begin; t < queries.end; ++t) {
+    float* rows = scores + (t - queries.begin) * L.group * kKeyTile;
+    for (long c = 0; c < width; ++c) {
+      if (c < keys.size() && a.mask.sees(a.q_positions[t], a.k_positions[keys.begin + c])) continue;
+      for (long g = 0; g < L.group; ++g) rows[g * kKeyTile + c] = kNegInf;
+    }
+  }
+}
+
+// One query block of one sequence over that sequence's key rows, tile by tile in row order.
+// Tiles are aligned to the sequence's first key row, as the packed forward aligns them to the
+// document start, so a packed stream gives the same tiles, the same skips and the same bits.
+// Rows of a rolling buffer are not in position order, so a tile is skipped when the ranges of
+// positions show that no query of the block sees any of its keys. Each tile is packed into
+// per-thread scratch when it is visited: a decoding step reads every cached key once.
+void forward_cached_block(const Layout& L, const Kernels& K, const CachedOperands& a,
+                          long kv_head, Span queries, Span keys) {
+  Scratch& s = scratch_for(L);
+  start_query_block(L, a.q, kv_head, queries, s);
+  const PositionRange query_positions = position_range(a.q_positions, queries);
+  for (long tile = 0; tile < count_key_tiles(keys); ++tile) {
+    const Span tile_keys = key_tile(keys, tile);
+    if (!a.mask.may_see(query_positions, position_range(a.k_positions, tile_keys))) continue;
+    pack_tile(L, a.k, kv_head, tile_keys, TileLayout::Columns, s.k_columns.data());
+    pack_tile(L, a.v, kv_head, tile_keys, TileLayout::Rows, s.v_rows.data());
+    attend_key_tile(L, K, s, queries.size() * L.group, tile_keys.size(), s.k_columns.data(),
+                    s.v_rows.data(), [&](long width, float* scores) {
+                      mask_scores_by_position(L, a, queries, tile_keys, width, scores);
+                    });
+  }
+  finish_query_block(L, s, kv_head, queries, a.out, a.lse);
+}
+
+}  // namespace
+
+void attention_forward(const AttentionShape& shape, const AttentionSequences& seqs,
+                       const float* q, const float* k, const float* v, float* out, float* lse,
+                       CpuPath path) {
+  check_sequences("attention_forward", shape, seqs);
+  const Layout L = make_layout(shape);
+  const Kernels K = kernels_for(path);
+  const CachedOperands operands{q, k, v, seqs.q_positions, seqs.k_positions,
+                                PositionMask{shape.window}, out, lse};
+  std::vector<Span> queries, keys;
+  std::vector<WorkItem> items;
+  for (int sq = 0; sq < seqs.n_seqs; ++sq) {
+    const Span rows{seqs.cu_seqlens_q[sq], seqs.cu_seqlens_q[sq + 1]};
+    if (rows.size() == 0) continue;
+    const Span key_rows{seqs.k_begin[sq], seqs.k_begin[sq] + seqs.k_len[sq]};
+    for (long h = 0; h < L.kv_heads; ++h) {
+      for (long b = 0; b < count_query_blocks(L, rows); ++b) {
+        const double cost = double(query_block(L, rows, b).size() * L.group) *
+                            double(count_key_tiles(key_rows) + 1);
+        items.push_back({h, long(queries.size()), b, cost});
+      }
+    }
+    queries.push_back(rows);
+    keys.push_back(key_rows);
+  }
+  run_items(std::move(items), [&](const WorkItem& item) {
+    const Span rows = queries[size_t(item.doc)];
+    forward_cached_block(L, K, operands, item.kv_head, query_block(L, rows, item.index),
+                         keys[size_t(item.doc)]);
+  });
+}
+
+void attention_forward(const AttentionShape& shape, const AttentionSequences& seqs,
+                       const float* q, const float* k, const float* v, float* out, float* lse) {
+  attention_forward(shape, seqs, q, k, v, out, lse, cpu_path());
 }
 
 // ---- Backward ---------------------------------------------------------------------------

@@ -8,6 +8,20 @@
 // Working memory: K and V are repacked once per call into per-tile matmul panels (forward about
 // 2x the size of k; backward 3x k plus 3x q for Q, dO and the dQ accumulator), all O(T·H·D).
 // Results are deterministic: the same inputs give the same bits for any thread count.
+//
+// Queries over separate keys (decoding over a KV cache): attention_forward with
+// AttentionSequences. Sequence s has query rows [cu_seqlens_q[s], cu_seqlens_q[s+1]) of q and key
+// rows [k_begin[s], k_begin[s] + k_len[s]) of k and v; every row carries its absolute position.
+// The mask is by position, not by row: query at position pq sees key at position pk iff
+// pk <= pq and pq - window < pk (window <= 0: no window). Key rows may be in any order (a rolling
+// buffer of `window` slots, slot = position % window, wraps), and a packed stream is the case
+// k_begin = cu_seqlens_q, k_len = document lengths, positions = index within the document (it
+// gives the bits of the packed forward). A query row that sees no key gets out = 0 and
+// lse = -inf (never NaN). shape.tokens is the number of query rows; lse [Hq, tokens] may be
+// nullptr. Each key tile is packed when visited, into per-thread scratch (no call-wide copy of
+// the cache), and the work is split over (sequence, kv head, query block), so a batch of
+// single-token decodes uses every thread.
+// There is no backward for this form: training uses the packed one.
 #pragma once
 #include <cstdint>
 
@@ -27,6 +41,21 @@ struct AttentionShape {
 void attention_forward(const AttentionShape& shape, const float* q, const float* k, const float* v,
                        const int32_t* cu_seqlens, int n_docs, float* out, float* lse);
 
+// Queries and keys as separate sequences (see the top of this file). Arrays are int32, on the
+// host for the CPU kernels and on the device for the CUDA ones.
+struct AttentionSequences {
+  int n_seqs;
+  const int32_t* cu_seqlens_q;  // n_seqs + 1 query row offsets: 0 first, shape.tokens last
+  const int32_t* q_positions;   // [shape.tokens] absolute position of each query row, >= 0
+  const int32_t* k_begin;       // [n_seqs] first key row of each sequence
+  const int32_t* k_len;         // [n_seqs] key rows of each sequence (0: no keys)
+  const int32_t* k_positions;   // [key_rows] absolute position of each key row
+  long key_rows;                // rows of k and v: [key_rows, Hkv, D]
+};
+
+void attention_forward(const AttentionShape& shape, const AttentionSequences& seqs,
+                       const float* q, const float* k, const float* v, float* out, float* lse);
+
 // dq, dk, dv are overwritten.
 void attention_backward(const AttentionShape& shape, const float* q, const float* k,
                         const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,
@@ -35,6 +64,9 @@ void attention_backward(const AttentionShape& shape, const float* q, const float
 // The same on a given SIMD path instead of cpu_path() (tests and benchmarks compare paths).
 void attention_forward(const AttentionShape& shape, const float* q, const float* k, const float* v,
                        const int32_t* cu_seqlens, int n_docs, float* out, float* lse,
+                       CpuPath path);
+void attention_forward(const AttentionShape& shape, const AttentionSequences& seqs,
+                       const float* q, const float* k, const float* v, float* out, float* lse,
                        CpuPath path);
 void attention_backward(const AttentionShape& shape, const float* q, const float* k,
                         const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,

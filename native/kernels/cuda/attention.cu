@@ -7,6 +7,8 @@
 // mma.sync tiles; tiles no query of the block can see are never visited, tiles every query sees
 // skip the mask. The backward runs two kernels (dQ by query blocks, dK/dV by key blocks): two more
 // score recomputations than FA2's atomic dQ, in exchange for no atomics and deterministic sums.
+// Queries over separate keys (a KV cache): a CTA per (query row, head), its warps taking every
+// kSplitWarps-th key of the sequence, their softmax states merged in a fixed order.
 #include "kernels/cuda/attention.h"
 
 #include <cmath>
@@ -51,8 +53,14 @@ struct Params {
   void* dv;
   float* lse;
   float* dsum;  // rowsum(dout * out), [Hq, T]
-  const int32_t* cu_seqlens;
-  int n_docs;
+  const int32_t* cu_seqlens;  // separate keys: cu_seqlens_q
+  int n_docs;                 // separate keys: n_seqs
+  // Separate keys only (see AttentionSequences): the mask is by position.
+  const int32_t* q_positions;
+  const int32_t* k_begin;
+  const int32_t* k_len;
+  const int32_t* k_positions;
+  int key_rows;
   int tokens;
   int n_heads, n_kv_heads, head_dim;
   int window;        // <= 0: none
@@ -137,6 +145,19 @@ __device__ __forceinline__ void store_row(T* row, const float (&r)[kSimpleMaxChu
     if (lane + 32 * c < D) row[lane + 32 * c] = from_f32<T>(r[c] * scale);
 }
 
+// One key (score s, value row v_row) into a row's online softmax state (max m, sum l, acc).
+template <typename T>
+__device__ __forceinline__ void online_softmax_step(float& m, float& l, float (&acc)[kSimpleMaxChunks], float s,
+                                                    const T* v_row, int D, int lane) {
+  const float m_new = fmaxf(m, s);
+  const float correction = expf(m - m_new), weight = expf(s - m_new);
+  l = l * correction + weight;
+#pragma unroll
+  for (int c = 0; c < kSimpleMaxChunks; ++c) acc[c] *= correction;
+  axpy_row(acc, weight, v_row, D, lane);
+  m = m_new;
+}
+
 template <typename T>
 __global__ void simple_forward_kernel(Params p) {
   const long warp = (blockIdx.x * long(blockDim.x) + threadIdx.x) / 32;
@@ -152,16 +173,64 @@ __global__ void simple_forward_kernel(Params p) {
   float m = -INFINITY, l = 0.0f;
   for (int j = first_key(p, i); j <= i; ++j) {
     const float s = dot_row(q, k + j * kv_stride, D, lane) * p.scale;
-    const float m_new = fmaxf(m, s);
-    const float correction = expf(m - m_new), weight = expf(s - m_new);
-    l = l * correction + weight;
-#pragma unroll
-    for (int c = 0; c < kSimpleMaxChunks; ++c) acc[c] *= correction;
-    axpy_row(acc, weight, v + j * kv_stride, D, lane);
-    m = m_new;
+    online_softmax_step(m, l, acc, s, v + j * kv_stride, D, lane);
   }
   store_row(static_cast<T*>(p.out_or_dq) + (long(i) * p.n_heads + h) * D, acc, 1.0f / l, D, lane);
   if (lane == 0) p.lse[long(h) * p.tokens + i] = m + logf(l);
+}
+
+// ---- separate query and key sequences: a CTA per (query row, head) ----
+
+constexpr int kSplitWarps = 4;
+
+// Warp w folds keys w, w + kSplitWarps, ... of the row's sequence that its position sees into
+// its own softmax state; warp 0 merges the states in warp order, so the sums do not depend on
+// timing. A row that sees no key is written as 0 (lse -inf).
+template <typename T>
+__global__ void __launch_bounds__(32 * kSplitWarps) sequences_forward_kernel(Params p) {
+  __shared__ float merged_acc[kSplitWarps][32 * kSimpleMaxChunks];
+  __shared__ float merged_max[kSplitWarps], merged_sum[kSplitWarps];
+  const int i = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int D = p.head_dim, kvh = h / (p.n_heads / p.n_kv_heads);
+  const int seq = doc_index(p, i);
+  // Clamped to the key buffer so that malformed ranges can never send the kernel out of bounds.
+  const int begin = min(max(p.k_begin[seq], 0), p.key_rows);
+  const int end = int(min(long(begin) + max(p.k_len[seq], 0), long(p.key_rows)));
+  const int pq = p.q_positions[i];
+  const T* k = static_cast<const T*>(p.k) + long(kvh) * D;
+  const T* v = static_cast<const T*>(p.v) + long(kvh) * D;
+  const long kv_stride = long(p.n_kv_heads) * D;
+  float q[kSimpleMaxChunks], acc[kSimpleMaxChunks] = {};
+  load_row(q, static_cast<const T*>(p.q) + (long(i) * p.n_heads + h) * D, D, lane);
+  float m = -INFINITY, l = 0.0f;
+  for (int j = begin + warp; j < end; j += kSplitWarps) {
+    const int pk = p.k_positions[j];
+    if (pk > pq || (p.window > 0 && pq - p.window >= pk)) continue;
+    const float s = dot_row(q, k + j * kv_stride, D, lane) * p.scale;
+    online_softmax_step(m, l, acc, s, v + j * kv_stride, D, lane);
+  }
+#pragma unroll
+  for (int c = 0; c < kSimpleMaxChunks; ++c) merged_acc[warp][lane + 32 * c] = acc[c];
+  if (lane == 0) {
+    merged_max[warp] = m;
+    merged_sum[warp] = l;
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  float row_max = -INFINITY;
+  for (int w = 0; w < kSplitWarps; ++w) row_max = fmaxf(row_max, merged_max[w]);
+  float sum = 0.0f, out[kSimpleMaxChunks] = {};
+  if (row_max != -INFINITY) {
+    for (int w = 0; w < kSplitWarps; ++w) {
+      const float factor = expf(merged_max[w] - row_max);  // 0 for a warp that saw no key
+      sum += merged_sum[w] * factor;
+#pragma unroll
+      for (int c = 0; c < kSimpleMaxChunks; ++c) out[c] += merged_acc[w][lane + 32 * c] * factor;
+    }
+  }
+  store_row(static_cast<T*>(p.out_or_dq) + (long(i) * p.n_heads + h) * D, out,
+            sum > 0.0f ? 1.0f / sum : 0.0f, D, lane);
+  if (lane == 0 && p.lse) p.lse[long(h) * p.tokens + i] = sum > 0.0f ? row_max + logf(sum) : -INFINITY;
 }
 
 template <typename T>
@@ -609,15 +678,19 @@ void flash_backward(const Params& p, cudaStream_t stream) {
   ZN_CUDA_CHECK_LAUNCH();
 }
 
-Params make_params(const char* op, const AttentionShape& shape, ConstArray q, ConstArray k,
-                   ConstArray v, const int32_t* cu_seqlens, int n_docs) {
+void check_shape(const char* op, const AttentionShape& shape, ConstArray q, ConstArray k, ConstArray v) {
   ZN_CHECK(shape.tokens >= 0 && shape.tokens < INT_MAX, op, ": tokens must be in [0, 2^31), got ", shape.tokens);
   ZN_CHECK(shape.n_heads > 0 && shape.n_kv_heads > 0 && shape.n_heads % shape.n_kv_heads == 0, op,
            ": n_kv_heads (", shape.n_kv_heads, ") must divide n_heads (", shape.n_heads, ")");
   ZN_CHECK(shape.head_dim > 0 && shape.head_dim <= 32 * kSimpleMaxChunks, op,
            ": head_dim must be in [1, ", 32 * kSimpleMaxChunks, "], got ", shape.head_dim);
-  ZN_CHECK(n_docs >= 1, op, ": n_docs must be at least 1, got ", n_docs);
   ZN_CHECK(q.dtype == k.dtype && q.dtype == v.dtype, op, ": q, k and v must share one dtype");
+}
+
+Params make_params(const char* op, const AttentionShape& shape, ConstArray q, ConstArray k,
+                   ConstArray v, const int32_t* cu_seqlens, int n_docs) {
+  check_shape(op, shape, q, k, v);
+  ZN_CHECK(n_docs >= 1, op, ": n_docs must be at least 1, got ", n_docs);
   Params p{};
   p.q = q.data;
   p.k = k.data;
@@ -670,6 +743,36 @@ void attention_forward(const AttentionShape& shape, ConstArray q, ConstArray k, 
   dispatch_dtype(q.dtype, [&](auto tag) {
     using T = decltype(tag);
     simple_forward_kernel<T><<<warp_blocks(shape.tokens * shape.n_heads), 128, 0, stream>>>(p);
+  });
+  ZN_CUDA_CHECK_LAUNCH();
+}
+
+void attention_forward(const AttentionShape& shape, const AttentionSequences& seqs, ConstArray q,
+                       ConstArray k, ConstArray v, Array out, float* lse, cudaStream_t stream) {
+  const char* op = "attention_forward";
+  check_shape(op, shape, q, k, v);
+  ZN_CHECK(out.dtype == q.dtype, op, ": out must have q's dtype");
+  ZN_CHECK(seqs.n_seqs >= 0, op, ": n_seqs must be >= 0, got ", seqs.n_seqs);
+  ZN_CHECK(seqs.key_rows >= 0 && seqs.key_rows < INT_MAX, op, ": key_rows must be in [0, 2^31), got ",
+           seqs.key_rows);
+  if (shape.tokens == 0) return;
+  ZN_CHECK(seqs.n_seqs >= 1, op, ": n_seqs must be at least 1 when there are query rows");
+  ZN_CHECK(seqs.cu_seqlens_q && seqs.q_positions && seqs.k_begin && seqs.k_len, op,
+           ": cu_seqlens_q, q_positions, k_begin and k_len must not be null");
+  ZN_CHECK(seqs.key_rows == 0 || seqs.k_positions, op, ": k_positions must not be null");
+  Params p = make_params(op, shape, q, k, v, seqs.cu_seqlens_q, seqs.n_seqs);
+  p.window = shape.window <= 0 || shape.window >= INT_MAX ? 0 : int(shape.window);
+  p.q_positions = seqs.q_positions;
+  p.k_begin = seqs.k_begin;
+  p.k_len = seqs.k_len;
+  p.k_positions = seqs.k_positions;
+  p.key_rows = int(seqs.key_rows);
+  p.out_or_dq = out.data;
+  p.lse = lse;
+  dispatch_dtype(q.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const dim3 grid(unsigned(shape.tokens), unsigned(shape.n_heads));
+    sequences_forward_kernel<T><<<grid, 32 * kSplitWarps, 0, stream>>>(p);
   });
   ZN_CUDA_CHECK_LAUNCH();
 }
