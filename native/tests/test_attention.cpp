@@ -10,6 +10,7 @@
 
 #include "core/cpu_features.h"
 #include "harness.h"
+#include "tests/attention_sequences.h"
 #include "kernels/cpu/attention.h"
 
 using namespace zn;
@@ -306,65 +307,22 @@ ZN_TEST("attention.backward_schemes_agree_bitwise") {
 
 namespace {
 
-using zn::cpu::AttentionSequences;
-
-// One sequence: the positions of its query rows, and of its key rows in buffer order, in a
-// buffer of `capacity` rows (>= the keys; the rows past them hold NaN, which must never be read).
-struct CachedSequence {
-  std::vector<int32_t> q_positions, k_positions;
-  long capacity = 0;  // 0: exactly the keys
-};
-
 struct CachedCase {
   std::string name;
   int heads, kv_heads, head_dim;
   long window;
-  std::vector<CachedSequence> seqs;
+  std::vector<SequenceRows> seqs;
   float scale = 0;  // 0: 1/sqrt(head_dim)
 };
 
-// Positions from..to-1 in order.
-std::vector<int32_t> positions(int32_t from, int32_t to) {
-  std::vector<int32_t> p;
-  for (int32_t x = from; x < to; ++x) p.push_back(x);
-  return p;
-}
-
-// The rows of a rolling buffer of `slots` rows after positions 0..length-1 were written to
-// slot position % slots: the last min(length, slots) positions, out of order once it wraps.
-std::vector<int32_t> rolling_buffer(int32_t length, int32_t slots) {
-  std::vector<int32_t> rows(size_t(std::min(length, slots)));
-  for (int32_t p = std::max(0, length - slots); p < length; ++p) rows[size_t(p % slots)] = p;
-  return rows;
-}
-
-// The arrays of AttentionSequences for a case, and inputs with NaN in the unused key rows.
-struct CachedInputs {
-  std::vector<int32_t> cu_seqlens_q, q_positions, k_begin, k_len, k_positions;
+// The sequences' arrays, and inputs with NaN in the unused key rows.
+struct CachedInputs : SequenceArrays {
   std::vector<float> q, k, v;
-  long query_rows = 0, key_rows = 0;
-
-  AttentionSequences sequences() const {
-    return {int(k_begin.size()), cu_seqlens_q.data(), q_positions.data(), k_begin.data(),
-            k_len.data(),        k_positions.data(),  key_rows};
-  }
+  using SequenceArrays::SequenceArrays;
 };
 
 CachedInputs cached_inputs(const CachedCase& c) {
-  CachedInputs in;
-  in.cu_seqlens_q.push_back(0);
-  for (const CachedSequence& seq : c.seqs) {
-    const long keys = long(seq.k_positions.size());
-    in.cu_seqlens_q.push_back(in.cu_seqlens_q.back() + int32_t(seq.q_positions.size()));
-    in.q_positions.insert(in.q_positions.end(), seq.q_positions.begin(), seq.q_positions.end());
-    in.k_begin.push_back(int32_t(in.key_rows));
-    in.k_len.push_back(int32_t(keys));
-    in.k_positions.insert(in.k_positions.end(), seq.k_positions.begin(), seq.k_positions.end());
-    const long capacity = std::max(keys, seq.capacity);
-    in.k_positions.resize(size_t(in.key_rows + capacity), -1);
-    in.key_rows += capacity;
-  }
-  in.query_rows = in.cu_seqlens_q.back();
+  CachedInputs in(c.seqs);
   const size_t kv_row = size_t(c.kv_heads * c.head_dim);
   in.q = random_f32(size_t(in.query_rows) * c.heads * c.head_dim);
   in.k = random_f32(size_t(in.key_rows) * kv_row);
@@ -430,7 +388,7 @@ Result run_cached(const CachedCase& c, const CachedInputs& in, CpuPath path) {
   r.lse.resize(size_t(c.heads * in.query_rows));
   poison(r.out);
   poison(r.lse);
-  cpu::attention_forward(cached_shape(c, in.query_rows), in.sequences(), in.q.data(), in.k.data(),
+  cpu::attention_forward(cached_shape(c, in.query_rows), in.view(), in.q.data(), in.k.data(),
                          in.v.data(), r.out.data(), r.lse.data(), path);
   return r;
 }
@@ -510,7 +468,7 @@ ZN_TEST("attention.cached_rows_without_keys_are_zero") {
     }
   }
   std::vector<float> out(in.q.size());
-  cpu::attention_forward(cached_shape(c, in.query_rows), in.sequences(), in.q.data(), in.k.data(),
+  cpu::attention_forward(cached_shape(c, in.query_rows), in.view(), in.q.data(), in.k.data(),
                          in.v.data(), out.data(), nullptr);
   EXPECT(std::memcmp(out.data(), r.out.data(), out.size() * sizeof(float)) == 0);
 }
@@ -556,7 +514,7 @@ ZN_TEST("attention.cached_rejects_bad_arguments") {
     AttentionShape shape = cached_shape(c, in.query_rows);
     spoil(in, shape);
     try {
-      cpu::attention_forward(shape, in.sequences(), in.q.data(), in.k.data(), in.v.data(),
+      cpu::attention_forward(shape, in.view(), in.q.data(), in.k.data(), in.v.data(),
                              out.data(), lse.data());
     } catch (const Error& e) {
       return std::string(e.what());

@@ -10,17 +10,20 @@
 // Results are deterministic: the same inputs give the same bits for any thread count.
 //
 // Queries over separate keys (decoding over a KV cache): attention_forward with
-// AttentionSequences. Sequence s has query rows [cu_seqlens_q[s], cu_seqlens_q[s+1]) of q and key
-// rows [k_begin[s], k_begin[s] + k_len[s]) of k and v; every row carries its absolute position.
-// The mask is by position, not by row: query at position pq sees key at position pk iff
-// pk <= pq and pq - window < pk (window <= 0: no window). Key rows may be in any order (a rolling
-// buffer of `window` slots, slot = position % window, wraps), and a packed stream is the case
-// k_begin = cu_seqlens_q, k_len = document lengths, positions = index within the document (it
-// gives the bits of the packed forward). A query row that sees no key gets out = 0 and
-// lse = -inf (never NaN). shape.tokens is the number of query rows; lse [Hq, tokens] may be
-// nullptr. Each key tile is packed when visited, into per-thread scratch (no call-wide copy of
-// the cache), and the work is split over (sequence, kv head, query block), so a batch of
-// single-token decodes uses every thread.
+// AttentionSequences.
+//   q [Tq, Hq, D] with Tq = shape.tokens, k and v [key_rows, Hkv, D], out [Tq, Hq, D],
+//   lse [Hq, Tq] or nullptr (not written).
+// Sequence s has query rows [cu_seqlens_q[s], cu_seqlens_q[s+1]) and key rows
+// [k_begin[s], k_begin[s] + k_len[s]); every row carries its absolute position. The mask is by
+// position, not by row: query at position pq sees key at position pk iff pk <= pq and
+// pq - window < pk (window <= 0: no window); GQA as above. Key rows may be in any order, so a
+// rolling buffer of `window` slots (slot = position % window) that has wrapped works as it is,
+// and so do per-sequence cache slots of fixed capacity (k_begin = s * capacity). A packed stream
+// is the case k_begin = cu_seqlens_q, k_len = document lengths, positions = index within the
+// document, and gives the packed forward's bits. A query row that sees no key gets out = 0 and
+// lse = -inf, never NaN. Work is split over (sequence, kv head, query block), so a batch of
+// single-token decodes uses every thread; each key tile is packed into per-thread scratch when
+// visited (no call-wide copy of the cache). Deterministic for any thread count.
 // There is no backward for this form: training uses the packed one.
 #pragma once
 #include <cstdint>

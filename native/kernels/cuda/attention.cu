@@ -145,18 +145,35 @@ __device__ __forceinline__ void store_row(T* row, const float (&r)[kSimpleMaxChu
     if (lane + 32 * c < D) row[lane + 32 * c] = from_f32<T>(r[c] * scale);
 }
 
-// One key (score s, value row v_row) into a row's online softmax state (max m, sum l, acc).
+// One warp's online softmax for query row i of head h: attend(p, j) folds key row j in.
 template <typename T>
-__device__ __forceinline__ void online_softmax_step(float& m, float& l, float (&acc)[kSimpleMaxChunks], float s,
-                                                    const T* v_row, int D, int lane) {
-  const float m_new = fmaxf(m, s);
-  const float correction = expf(m - m_new), weight = expf(s - m_new);
-  l = l * correction + weight;
+struct RowSoftmax {
+  const T* k;
+  const T* v;
+  long kv_stride;
+  float q[kSimpleMaxChunks], acc[kSimpleMaxChunks] = {};
+  float m = -INFINITY, l = 0.0f;  // running max and sum of exp(score - m)
+
+  __device__ RowSoftmax(const Params& p, int i, int h, int lane) {
+    const int kvh = h / (p.n_heads / p.n_kv_heads);
+    k = static_cast<const T*>(p.k) + long(kvh) * p.head_dim;
+    v = static_cast<const T*>(p.v) + long(kvh) * p.head_dim;
+    kv_stride = long(p.n_kv_heads) * p.head_dim;
+    load_row(q, static_cast<const T*>(p.q) + (long(i) * p.n_heads + h) * p.head_dim, p.head_dim, lane);
+  }
+
+  __device__ __forceinline__ void attend(const Params& p, int j, int lane) {
+    const long row = j * kv_stride;
+    const float s = dot_row(q, k + row, p.head_dim, lane) * p.scale;
+    const float m_new = fmaxf(m, s);
+    const float correction = expf(m - m_new), weight = expf(s - m_new);
+    l = l * correction + weight;
 #pragma unroll
-  for (int c = 0; c < kSimpleMaxChunks; ++c) acc[c] *= correction;
-  axpy_row(acc, weight, v_row, D, lane);
-  m = m_new;
-}
+    for (int c = 0; c < kSimpleMaxChunks; ++c) acc[c] *= correction;
+    axpy_row(acc, weight, v + row, p.head_dim, lane);
+    m = m_new;
+  }
+};
 
 template <typename T>
 __global__ void simple_forward_kernel(Params p) {
@@ -164,24 +181,15 @@ __global__ void simple_forward_kernel(Params p) {
   const int lane = threadIdx.x % 32, D = p.head_dim;
   if (warp >= long(p.tokens) * p.n_heads) return;
   const int i = int(warp / p.n_heads), h = int(warp % p.n_heads);
-  const int kvh = h / (p.n_heads / p.n_kv_heads);
-  const T* k = static_cast<const T*>(p.k) + long(kvh) * D;
-  const T* v = static_cast<const T*>(p.v) + long(kvh) * D;
-  const long kv_stride = long(p.n_kv_heads) * D;
-  float q[kSimpleMaxChunks], acc[kSimpleMaxChunks] = {};
-  load_row(q, static_cast<const T*>(p.q) + (long(i) * p.n_heads + h) * D, D, lane);
-  float m = -INFINITY, l = 0.0f;
-  for (int j = first_key(p, i); j <= i; ++j) {
-    const float s = dot_row(q, k + j * kv_stride, D, lane) * p.scale;
-    online_softmax_step(m, l, acc, s, v + j * kv_stride, D, lane);
-  }
-  store_row(static_cast<T*>(p.out_or_dq) + (long(i) * p.n_heads + h) * D, acc, 1.0f / l, D, lane);
-  if (lane == 0) p.lse[long(h) * p.tokens + i] = m + logf(l);
+  RowSoftmax<T> row(p, i, h, lane);
+  for (int j = first_key(p, i); j <= i; ++j) row.attend(p, j, lane);
+  store_row(static_cast<T*>(p.out_or_dq) + (long(i) * p.n_heads + h) * D, row.acc, 1.0f / row.l, D, lane);
+  if (lane == 0) p.lse[long(h) * p.tokens + i] = row.m + logf(row.l);
 }
 
 // ---- separate query and key sequences: a CTA per (query row, head) ----
 
-constexpr int kSplitWarps = 4;
+constexpr int kSplitWarps = 8;
 
 // Warp w folds keys w, w + kSplitWarps, ... of the row's sequence that its position sees into
 // its own softmax state; warp 0 merges the states in warp order, so the sums do not depend on
@@ -191,29 +199,21 @@ __global__ void __launch_bounds__(32 * kSplitWarps) sequences_forward_kernel(Par
   __shared__ float merged_acc[kSplitWarps][32 * kSimpleMaxChunks];
   __shared__ float merged_max[kSplitWarps], merged_sum[kSplitWarps];
   const int i = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int D = p.head_dim, kvh = h / (p.n_heads / p.n_kv_heads);
   const int seq = doc_index(p, i);
   // Clamped to the key buffer so that malformed ranges can never send the kernel out of bounds.
   const int begin = min(max(p.k_begin[seq], 0), p.key_rows);
   const int end = int(min(long(begin) + max(p.k_len[seq], 0), long(p.key_rows)));
   const int pq = p.q_positions[i];
-  const T* k = static_cast<const T*>(p.k) + long(kvh) * D;
-  const T* v = static_cast<const T*>(p.v) + long(kvh) * D;
-  const long kv_stride = long(p.n_kv_heads) * D;
-  float q[kSimpleMaxChunks], acc[kSimpleMaxChunks] = {};
-  load_row(q, static_cast<const T*>(p.q) + (long(i) * p.n_heads + h) * D, D, lane);
-  float m = -INFINITY, l = 0.0f;
+  RowSoftmax<T> row(p, i, h, lane);
   for (int j = begin + warp; j < end; j += kSplitWarps) {
     const int pk = p.k_positions[j];
-    if (pk > pq || (p.window > 0 && pq - p.window >= pk)) continue;
-    const float s = dot_row(q, k + j * kv_stride, D, lane) * p.scale;
-    online_softmax_step(m, l, acc, s, v + j * kv_stride, D, lane);
+    if (pk <= pq && (p.window <= 0 || pq - p.window < pk)) row.attend(p, j, lane);
   }
 #pragma unroll
-  for (int c = 0; c < kSimpleMaxChunks; ++c) merged_acc[warp][lane + 32 * c] = acc[c];
+  for (int c = 0; c < kSimpleMaxChunks; ++c) merged_acc[warp][lane + 32 * c] = row.acc[c];
   if (lane == 0) {
-    merged_max[warp] = m;
-    merged_sum[warp] = l;
+    merged_max[warp] = row.m;
+    merged_sum[warp] = row.l;
   }
   __syncthreads();
   if (warp != 0) return;
@@ -228,8 +228,8 @@ __global__ void __launch_bounds__(32 * kSplitWarps) sequences_forward_kernel(Par
       for (int c = 0; c < kSimpleMaxChunks; ++c) out[c] += merged_acc[w][lane + 32 * c] * factor;
     }
   }
-  store_row(static_cast<T*>(p.out_or_dq) + (long(i) * p.n_heads + h) * D, out,
-            sum > 0.0f ? 1.0f / sum : 0.0f, D, lane);
+  store_row(static_cast<T*>(p.out_or_dq) + (long(i) * p.n_heads + h) * p.head_dim, out,
+            sum > 0.0f ? 1.0f / sum : 0.0f, p.head_dim, lane);
   if (lane == 0 && p.lse) p.lse[long(h) * p.tokens + i] = sum > 0.0f ? row_max + logf(sum) : -INFINITY;
 }
 

@@ -28,6 +28,7 @@
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/swiglu.h"
+#include "tests/attention_sequences.h"
 
 namespace zn::cuda::check {
 
@@ -295,51 +296,28 @@ struct SequencesCase {
   std::string name;
   int heads, kv_heads, head_dim;
   long window;
-  // Per sequence: query positions; the key positions in buffer order; the buffer's rows.
-  std::vector<std::vector<int32_t>> q_positions, k_positions;
-  std::vector<long> capacity;
+  std::vector<test::SequenceRows> seqs;
 };
-
-// Positions [from, to) in order, or as a rolling buffer of `slots` rows (slot = position % slots)
-// holding the last `slots` of positions [0, to).
-std::vector<int32_t> span_of(int32_t from, int32_t to) {
-  std::vector<int32_t> p;
-  for (int32_t x = from; x < to; ++x) p.push_back(x);
-  return p;
-}
-std::vector<int32_t> rolling(int32_t to, int32_t slots) {
-  std::vector<int32_t> rows(size_t(std::min(to, slots)));
-  for (int32_t x = std::max(0, to - slots); x < to; ++x) rows[size_t(x % slots)] = x;
-  return rows;
-}
 
 void check_attention_sequences_case(Report& report, cudaStream_t stream, const SequencesCase& c, DType t) {
   const std::string what = std::string("sequences ") + dt(t) + " " + c.name;
   guarded(report, "attention", what, [&] {
-    std::vector<int32_t> cu_q{0}, q_pos, k_begin, k_len, k_pos;
-    for (size_t s = 0; s < c.q_positions.size(); ++s) {
-      cu_q.push_back(cu_q.back() + int32_t(c.q_positions[s].size()));
-      q_pos.insert(q_pos.end(), c.q_positions[s].begin(), c.q_positions[s].end());
-      k_begin.push_back(int32_t(k_pos.size()));
-      k_len.push_back(int32_t(c.k_positions[s].size()));
-      k_pos.insert(k_pos.end(), c.k_positions[s].begin(), c.k_positions[s].end());
-      k_pos.resize(size_t(k_begin.back() + std::max(long(k_len.back()), c.capacity[s])), 0);
-    }
-    const long rows = cu_q.back(), key_rows = long(k_pos.size());
-    const size_t nq = size_t(rows * c.heads * c.head_dim), nkv = size_t(key_rows * c.kv_heads * c.head_dim);
+    const test::SequenceArrays host(c.seqs);
+    const long rows = host.query_rows;
+    const size_t nq = size_t(rows * c.heads * c.head_dim), nkv = size_t(host.key_rows * c.kv_heads * c.head_dim);
     const std::vector<float> q = quantize(random_normal(nq), t), k = quantize(random_normal(nkv), t),
                              v = quantize(random_normal(nkv), t);
     const AttentionShape shape{rows, c.heads, c.kv_heads, c.head_dim, c.window,
                                float(1.0 / std::sqrt(double(c.head_dim)))};
-    const int n_seqs = int(k_begin.size());
     std::vector<float> cpu_out(nq), cpu_lse(size_t(rows * c.heads));
-    cpu::attention_forward(shape, {n_seqs, cu_q.data(), q_pos.data(), k_begin.data(), k_len.data(), k_pos.data(), key_rows},
-                           q.data(), k.data(), v.data(), cpu_out.data(), cpu_lse.data());
-    DeviceBuffer<int32_t> d_cu_q = upload_i32(cu_q), d_q_pos = upload_i32(q_pos), d_k_begin = upload_i32(k_begin),
-                          d_k_len = upload_i32(k_len), d_k_pos = upload_i32(k_pos);
+    cpu::attention_forward(shape, host.view(), q.data(), k.data(), v.data(), cpu_out.data(), cpu_lse.data());
+    DeviceBuffer<int32_t> cu_q = upload_i32(host.cu_seqlens_q), q_pos = upload_i32(host.q_positions),
+                          k_begin = upload_i32(host.k_begin), k_len = upload_i32(host.k_len),
+                          k_pos = upload_i32(host.k_positions);
     DeviceArray dq(q, t), dk(k, t), dv(v, t), out(nq, t), lse(cpu_lse.size(), DType::F32);
-    attention_forward(shape, {n_seqs, d_cu_q.data(), d_q_pos.data(), d_k_begin.data(), d_k_len.data(), d_k_pos.data(), key_rows},
-                      dq.carray(), dk.carray(), dv.carray(), out.array(), lse.f32(), stream);
+    const AttentionSequences seqs{int(host.k_begin.size()), cu_q.data(), q_pos.data(), k_begin.data(),
+                                  k_len.data(), k_pos.data(), host.key_rows};
+    attention_forward(shape, seqs, dq.carray(), dk.carray(), dv.carray(), out.array(), lse.f32(), stream);
     const std::vector<float> got_lse = lse.read();
     // Rows that see no key: lse -inf on both sides; the rest compared as numbers.
     std::vector<float> seen_lse, seen_cpu_lse;
@@ -360,20 +338,25 @@ void check_attention_sequences_case(Report& report, cudaStream_t stream, const S
 
 void check_attention_sequences(Report& report, cudaStream_t stream) {
   const DType F = DType::F32, H = DType::BF16;
+  using test::positions;
+  using test::rolling_buffer;
   // A prompt chunk after a cached prefix, and single-token decodes of different lengths (one
   // in a buffer with unused rows), GQA 4.
   const SequencesCase chunk_and_decodes{"chunk+decodes H8/2 D64", 8, 2, 64, 0,
-                                        {span_of(70, 80), {0}, {99}, {40}},
-                                        {span_of(0, 80), span_of(0, 1), span_of(0, 100), span_of(0, 41)},
-                                        {0, 0, 0, 64}};
+                                        {{positions(70, 80), positions(0, 80)},
+                                         {{0}, positions(0, 1)},
+                                         {{99}, positions(0, 100)},
+                                         {{40}, positions(0, 41), 64}}};
   // Wrapped rolling buffers (window = slots, and slots larger than the window for a chunk), a
   // sequence without keys, one whose keys are all in the future, one whose window has passed.
   const SequencesCase rolling_window{"rolling w24 H4/1 D40", 4, 1, 40, 24,
-                                     {{149}, span_of(60, 64), {3}, {5}, {50, 9}},
-                                     {rolling(150, 24), rolling(64, 32), {}, span_of(10, 20), span_of(0, 12)},
-                                     {24, 32, 0, 0, 0}};
-  const SequencesCase mistral{"decode H4/1 D128 w4096", 4, 1, 128, 4096, {{199}, span_of(196, 200)},
-                              {span_of(0, 200), span_of(0, 200)}, {0, 0}};
+                                     {{{149}, rolling_buffer(150, 24)},
+                                      {positions(60, 64), rolling_buffer(64, 32)},
+                                      {{3}, {}},
+                                      {{5}, positions(10, 20)},
+                                      {{50, 9}, positions(0, 12)}}};
+  const SequencesCase mistral{"decode H4/1 D128 w4096", 4, 1, 128, 4096,
+                              {{{199}, positions(0, 200)}, {positions(196, 200), positions(0, 200)}}};
   for (DType t : {F, H}) {
     check_attention_sequences_case(report, stream, chunk_and_decodes, t);
     check_attention_sequences_case(report, stream, rolling_window, t);
