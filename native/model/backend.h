@@ -73,6 +73,12 @@ class Backend {
   virtual void attention_backward(const cpu::AttentionShape& shape, ConstTensor q, ConstTensor k, ConstTensor v,
                                   const DeviceBatch& batch, ConstTensor out, const float* lse, ConstTensor dout,
                                   Tensor dq, Tensor dk, Tensor dv, Workspace workspace) = 0;
+  // Queries over keys held elsewhere (a KvCache): sequence s's query rows attend over its key
+  // rows, masked by position (kernels/cpu/attention.h, AttentionSequences). lse may be null.
+  virtual void attention_forward(const cpu::AttentionShape& shape, const cpu::AttentionSequences& seqs,
+                                 ConstTensor q, ConstTensor k, ConstTensor v, Tensor out, float* lse) = 0;
+  // dst row rows[i] = src row i, for the rows[i] >= 0 (a KvCache's append); one dtype.
+  virtual void scatter_rows(long count, long row_elements, const int32_t* rows, ConstTensor src, Tensor dst) = 0;
   virtual void swiglu_forward(long n, ConstTensor gate, ConstTensor up, Tensor out) = 0;
   virtual void swiglu_backward(long n, ConstTensor gate, ConstTensor up, ConstTensor dout, Tensor dgate,
                                Tensor dup) = 0;

@@ -76,6 +76,21 @@ void CpuBackend::attention_backward(const cpu::AttentionShape& shape, ConstTenso
                           values(dout), values(dq), values(dk), values(dv));
 }
 
+void CpuBackend::attention_forward(const cpu::AttentionShape& shape, const cpu::AttentionSequences& seqs,
+                                   ConstTensor q, ConstTensor k, ConstTensor v, Tensor out, float* lse) {
+  cpu::attention_forward(shape, seqs, values(q), values(k), values(v), values(out), lse);
+}
+
+void CpuBackend::scatter_rows(long count, long row_elements, const int32_t* rows, ConstTensor src, Tensor dst) {
+  const float* from = values(src);
+  float* to = values(dst);
+  parallel_for(size_t(count), 1, [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) {
+      if (rows[i] >= 0) std::memcpy(to + size_t(rows[i]) * row_elements, from + i * row_elements, row_elements * 4);
+    }
+  });
+}
+
 void CpuBackend::swiglu_forward(long n, ConstTensor gate, ConstTensor up, Tensor out) {
   cpu::swiglu_forward(n, values(gate), values(up), values(out));
 }

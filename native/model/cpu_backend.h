@@ -22,6 +22,9 @@ class CpuBackend final : public Backend {
   void attention_backward(const cpu::AttentionShape& shape, ConstTensor q, ConstTensor k, ConstTensor v,
                           const DeviceBatch& batch, ConstTensor out, const float* lse, ConstTensor dout, Tensor dq,
                           Tensor dk, Tensor dv, Workspace workspace) override;
+  void attention_forward(const cpu::AttentionShape& shape, const cpu::AttentionSequences& seqs, ConstTensor q,
+                         ConstTensor k, ConstTensor v, Tensor out, float* lse) override;
+  void scatter_rows(long count, long row_elements, const int32_t* rows, ConstTensor src, Tensor dst) override;
   void swiglu_forward(long n, ConstTensor gate, ConstTensor up, Tensor out) override;
   void swiglu_backward(long n, ConstTensor gate, ConstTensor up, ConstTensor dout, Tensor dgate,
                        Tensor dup) override;

@@ -32,6 +32,15 @@ __global__ void add_into_kernel(long n, const float* from, float* to, __nv_bfloa
   }
 }
 
+// dst[rows[i]] = src[i], one block per row, byte by byte (a decoding step moves a few KiB a layer).
+__global__ void scatter_rows_kernel(long row_bytes, const int32_t* rows, const char* src, char* dst) {
+  const long i = blockIdx.x;
+  if (rows[i] < 0) return;
+  const char* from = src + i * row_bytes;
+  char* to = dst + long(rows[i]) * row_bytes;
+  for (long b = threadIdx.x; b < row_bytes; b += blockDim.x) to[b] = from[b];
+}
+
 __global__ void round_to_bf16_kernel(long n, const float* from, __nv_bfloat16* to) {
   for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x)
     to[i] = __float2bfloat16_rn(from[i]);
@@ -83,6 +92,21 @@ void CudaBackend::attention_backward(const cpu::AttentionShape& shape, ConstTens
                                      Tensor dq, Tensor dk, Tensor dv, Workspace workspace) {
   cuda::attention_backward(shape, array(q), array(k), array(v), batch.cu_seqlens, batch.n_docs, array(out), lse,
                            array(dout), array(dq), array(dk), array(dv), workspace.data, stream_);
+}
+
+void CudaBackend::attention_forward(const cpu::AttentionShape& shape, const cpu::AttentionSequences& seqs,
+                                    ConstTensor q, ConstTensor k, ConstTensor v, Tensor out, float* lse) {
+  cuda::attention_forward(shape, seqs, array(q), array(k), array(v), array(out), lse, stream_);
+}
+
+void CudaBackend::scatter_rows(long count, long row_elements, const int32_t* rows, ConstTensor src, Tensor dst) {
+  ZN_CHECK(src.dtype == dst.dtype, "cuda backend: scatter_rows copies one dtype, got ", dtype_name(src.dtype),
+           " into ", dtype_name(dst.dtype));
+  if (count == 0) return;
+  scatter_rows_kernel<<<unsigned(count), 256, 0, stream_>>>(long(row_elements * dtype_size(src.dtype)), rows,
+                                                           static_cast<const char*>(src.data),
+                                                           static_cast<char*>(dst.data));
+  ZN_CUDA_CHECK_LAUNCH();
 }
 
 void CudaBackend::swiglu_forward(long n, ConstTensor gate, ConstTensor up, Tensor out) {

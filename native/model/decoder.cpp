@@ -26,8 +26,19 @@ void Decoder::attention_residual(int l, long N, const float* x, ConstTensor attn
   ops_.linear_forward(N, c_.q_dim(), d, attn, W.weight(*index_.layers[size_t(l)].o), 1.0f, f32(h));
 }
 
+// The new tokens' k and v into the cache, then attention over the step's keys.
+void Decoder::attend_cached(int l, long N, const CachedStep& step, LayerSlot& a) {
+  KvCache& cache = *step.cache;
+  const long row = cache.shape().row_elements();
+  ops_.scatter_rows(N, row, step.cache_rows, a.k, cache.keys(l));
+  ops_.scatter_rows(N, row, step.cache_rows, a.v, cache.values(l));
+  const ConstTensor k = step.keys_from_cache ? ConstTensor(cache.keys(l)) : ConstTensor(a.k);
+  const ConstTensor v = step.keys_from_cache ? ConstTensor(cache.values(l)) : ConstTensor(a.v);
+  ops_.attention_forward(attention_shape(N), step.keys, a.q, k, v, a.attn, nullptr);
+}
+
 void Decoder::layer_forward(int l, const DeviceBatch& batch, const float* x, float* out, LayerSlot& a,
-                            const WeightSource& W, bool need_output) {
+                            const WeightSource& W, bool need_output, const CachedStep* cached) {
   const LayerParameters& p = index_.layers[size_t(l)];
   const long N = batch.tokens, d = c_.hidden_size, qd = c_.q_dim(), kvd = c_.kv_dim();
   const long ffn = c_.intermediate_size;
@@ -38,7 +49,11 @@ void Decoder::layer_forward(int l, const DeviceBatch& batch, const float* x, flo
   ops_.linear_forward(N, d, kvd, a.norm1, W.weight(*p.v), 0.0f, a.v);
   ops_.rope_forward(N, c_.num_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.q);
   ops_.rope_forward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.k);
-  ops_.attention_forward(attention_shape(N), a.q, a.k, a.v, batch, a.attn, a.lse);
+  if (cached) {
+    attend_cached(l, N, *cached, a);
+  } else {
+    ops_.attention_forward(attention_shape(N), a.q, a.k, a.v, batch, a.attn, a.lse);
+  }
   float* h = a.h ? a.h : out;  // without a buffer of its own, the MLP adds into h in place
   attention_residual(l, N, x, a.attn, h, W);
 
@@ -51,14 +66,24 @@ void Decoder::layer_forward(int l, const DeviceBatch& batch, const float* x, flo
   ops_.linear_forward(N, ffn, d, a.act, W.weight(*p.down), 1.0f, f32(out));
 }
 
-void Decoder::trunk_forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep) {
+void Decoder::run_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep,
+                         const CachedStep* cached) {
   const long N = batch.tokens, d = c_.hidden_size;
   auto residual = [&](int l) { return B.residual[keep ? size_t(l) : size_t(l % 2)]; };
   ops_.embedding_forward(N, d, c_.vocab_size, batch.input_ids, W.weight(*index_.embed), f32(residual(0)));
   for (int l = 0; l < c_.num_layers; ++l)
-    layer_forward(l, batch, residual(l), residual(l + 1), B.layers[slot_index(B, l, keep)], W, true);
+    layer_forward(l, batch, residual(l), residual(l + 1), B.layers[slot_index(B, l, keep)], W, true, cached);
   ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(residual(c_.num_layers)), W.norm_weight(*index_.final_norm),
                        B.final_norm, B.final_rstd);
+}
+
+void Decoder::trunk_forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep) {
+  run_layers(batch, B, W, keep, nullptr);
+}
+
+void Decoder::forward_cached(const DeviceBatch& batch, const CachedStep& step, DecoderBuffers& B,
+                             const WeightSource& W) {
+  run_layers(batch, B, W, false, &step);
 }
 
 void Decoder::forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep, float* logp) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "model/backend.h"
+#include "model/kv_cache.h"
 #include "model/parameters.h"
 
 namespace zn::model {
@@ -89,6 +90,18 @@ class GradientSink {
   virtual float* grad(const ParameterSpec& p) = 0;  // dense f32, accumulated into
 };
 
+// A forward over new tokens that continue sequences held in a KvCache (generation). Each layer
+// writes the new tokens' k and v to the cache rows cache_rows names (-1: not kept), then the
+// queries attend over `keys`: rows of the cache after those writes, or, with keys_from_cache
+// false (fresh sequences, whose prompts may be longer than the cache), the step's own k and v,
+// of which the cache keeps the last rows. Arrays live where the backend's kernels run.
+struct CachedStep {
+  KvCache* cache = nullptr;
+  const int32_t* cache_rows = nullptr;  // [tokens]
+  cpu::AttentionSequences keys{};
+  bool keys_from_cache = true;
+};
+
 class Decoder {
  public:
   // index: the parameter index the weights and gradients are looked up by.
@@ -98,6 +111,9 @@ class Decoder {
   // Embedding, layers and final norm into B.final_norm; with keep, every layer's activations
   // for backward (else two residual buffers and one slot serve all layers).
   void trunk_forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep);
+  // trunk_forward over new tokens of cached sequences (keep false: two residual buffers and one
+  // slot); the final norm of every new token ends in B.final_norm.
+  void forward_cached(const DeviceBatch& batch, const CachedStep& step, DecoderBuffers& B, const WeightSource& W);
   // trunk_forward, then logp per token (0 where the target is -100).
   void forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep, float* logp);
   // After forward(keep): the head's backward from dlogp, then the layers' (backward_layers).
@@ -111,7 +127,10 @@ class Decoder {
 
  private:
   void layer_forward(int l, const DeviceBatch& batch, const float* x, float* out, LayerSlot& a,
-                     const WeightSource& W, bool need_output);
+                     const WeightSource& W, bool need_output, const CachedStep* cached = nullptr);
+  void run_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep,
+                  const CachedStep* cached);
+  void attend_cached(int l, long N, const CachedStep& step, LayerSlot& a);
   void layer_backward(int l, const DeviceBatch& batch, const float* x, const float* h, LayerSlot& a,
                       DecoderBuffers& B, const WeightSource& W, GradientSink& G);
   // From dnormed = d loss / d (final norm output) down to d loss / d (embedding output) in B.dres.

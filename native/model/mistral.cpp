@@ -432,17 +432,63 @@ void MistralModel::next_token_logits(const TokenBatchView& batch, float* logits)
   have_activations_ = false;
   copy_batch(batch);
   decoder_->trunk_forward(this->batch(), *buffers_, *weights_, false);
+  last_row_logits(cu_seqlens_.data(), n_docs_, logits);
+}
+
+void MistralModel::last_row_logits(const int32_t* cu_seqlens, int n, float* logits) const {
   const long d = config_.hidden_size;
   const float* normed = static_cast<const float*>(buffers_->final_norm.data);
-  std::vector<float> last_rows(size_t(n_docs_) * size_t(d));
-  for (int doc = 0; doc < n_docs_; ++doc) {
-    const long row = cu_seqlens_[size_t(doc) + 1] - 1;
-    ZN_CHECK(row >= cu_seqlens_[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
+  std::vector<float> last_rows(size_t(n) * size_t(d));
+  for (int doc = 0; doc < n; ++doc) {
+    const long row = cu_seqlens[size_t(doc) + 1] - 1;
+    ZN_CHECK(row >= cu_seqlens[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
     std::copy_n(normed + row * d, d, last_rows.data() + size_t(doc) * size_t(d));
   }
   const ConstTensor head = weights_->weight(*index_.lm_head);
-  cpu::gemm(false, true, n_docs_, config_.vocab_size, d, 1.0f, {last_rows.data(), DType::F32, d},
+  cpu::gemm(false, true, n, config_.vocab_size, d, 1.0f, {last_rows.data(), DType::F32, d},
             {head.data, head.dtype, d}, 0.0f, logits, config_.vocab_size);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation
+
+size_t MistralModel::generation_bytes(const MistralConfig& config, int sequences, long max_context) {
+  return KvCacheShape::for_model(config, max_context, sequences, DType::F32).bytes();
+}
+
+void MistralModel::start_generation(int sequences, long max_context) {
+  const KvCacheShape shape = KvCacheShape::for_model(config_, max_context, sequences, DType::F32);
+  cache_.reset();
+  cache_memory_.clear();
+  cache_memory_.shrink_to_fit();
+  check_host_memory(shape.bytes(), "the generation cache (" + gib(shape.bytes()) + ")",
+                    "fewer sequences at once or a shorter context");
+  cache_memory_.assign(shape.bytes() / sizeof(float), 0.0f);
+  cache_ = std::make_unique<KvCache>(shape, cache_memory_.data());
+  max_context_ = max_context;
+}
+
+KvCache& MistralModel::cache(const char* what) const {
+  ZN_CHECK(cache_, "model: ", what, " before startGeneration()");
+  return *cache_;
+}
+
+int MistralModel::acquire_sequence() { return cache("acquireSequence()").acquire(); }
+
+void MistralModel::release_sequence(int slot) { cache("releaseSequence()").release(slot); }
+
+void MistralModel::extend(const ExtendRequest& request, float* logits) {
+  KvCache& kv = cache("extend()");
+  have_activations_ = false;  // the shared slots are overwritten
+  const ExtendPlan plan = plan_extend(kv, request, options_.max_tokens, config_.vocab_size, max_context_);
+  const DeviceBatch batch{plan.tokens,          request.sequences,       request.tokens,
+                          plan.positions.data(), plan.targets.data(),     plan.cu_seqlens.data()};
+  const CachedStep step{&kv, plan.cache_rows.data(),
+                        plan.keys(plan.cu_seqlens.data(), plan.positions.data(), plan.k_begin.data(),
+                                  plan.k_len.data(), plan.k_positions.data()),
+                        plan.keys_from_cache};
+  decoder_->forward_cached(batch, step, *buffers_, *weights_);
+  last_row_logits(plan.cu_seqlens.data(), request.sequences, logits);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@
 #include "model/cpu_backend.h"
 #include "model/cpu_state.h"
 #include "model/decoder.h"
+#include "model/generation.h"
 #include "model/parameters.h"
 
 namespace zn {
@@ -190,6 +191,16 @@ class MistralModel {
   void save_optimizer_state(const std::string& path) const;
   void load_optimizer_state(const std::string& path);
 
+  // Generation (generation.h): a KvCache of `sequences` slots for up to max_context positions
+  // each, in host memory beside the model's buffers (replacing an earlier one); sequences take a
+  // slot, extend() runs their new tokens and gives each one's next-token logits
+  // [sequences, vocab] f32, and a finished sequence releases its slot.
+  static size_t generation_bytes(const MistralConfig& config, int sequences, long max_context);
+  void start_generation(int sequences, long max_context);
+  int acquire_sequence();  // -1 when every slot is taken
+  void release_sequence(int slot);
+  void extend(const ExtendRequest& request, float* logits);
+
  private:
   void copy_batch(const TokenBatchView& batch);
   DeviceBatch batch() const;  // the last copied batch, as the kernels read it
@@ -197,6 +208,9 @@ class MistralModel {
   // A parameter's f32 values: the master, or a frozen model's f32 weights or norm weights; null
   // for a frozen bf16 model's matrices (bf16 only).
   const float* f32_values(const ParameterSpec& p) const;
+  // The logits of the token after each sequence's last row of the last forward, [n, vocab].
+  void last_row_logits(const int32_t* cu_seqlens, int n, float* logits) const;
+  KvCache& cache(const char* what) const;  // throws naming `what` before start_generation
 
   MistralConfig config_;
   ModelOptions options_;
@@ -215,6 +229,11 @@ class MistralModel {
   std::unique_ptr<DecoderBuffers> buffers_;  // laid out in arena_
   CpuBackend backend_;
   std::unique_ptr<Decoder> decoder_;
+
+  // Generation's cache and its memory.
+  std::vector<float> cache_memory_;
+  std::unique_ptr<KvCache> cache_;
+  long max_context_ = 0;
 
   // The batch of the last forward(), kept for backward().
   std::vector<int32_t> input_ids_, position_ids_, targets_, cu_seqlens_;

@@ -627,3 +627,130 @@ ZN_TEST("model.bad_batches_and_configs_are_errors_naming_the_field") {
       expect_error([&] { MistralModel impossible(c, huge); }, needle);
   }
 }
+
+// ----- generation over the KvCache ---------------------------------------------------------
+
+namespace {
+
+// Next-token logits of whole sequences, each one a document of a fresh forward.
+std::vector<float> full_logits(MistralModel& m, const std::vector<std::vector<int32_t>>& sequences) {
+  Batch b;
+  b.cu.push_back(0);
+  for (const auto& s : sequences) {
+    for (size_t i = 0; i < s.size(); ++i) {
+      b.ids.push_back(s[i]);
+      b.positions.push_back(int32_t(i));
+      b.targets.push_back(-100);
+    }
+    b.cu.push_back(int32_t(b.ids.size()));
+  }
+  std::vector<float> logits(sequences.size() * size_t(m.config().vocab_size));
+  m.next_token_logits(b.view(), logits.data());
+  return logits;
+}
+
+// One extend call: for each (slot, new tokens), the sequence's history grows by them.
+std::vector<float> extend(MistralModel& m, std::map<int, std::vector<int32_t>>& history,
+                          const std::vector<std::pair<int, std::vector<int32_t>>>& calls) {
+  std::vector<int32_t> slots, counts, tokens;
+  for (const auto& [slot, add] : calls) {
+    slots.push_back(slot);
+    counts.push_back(int32_t(add.size()));
+    tokens.insert(tokens.end(), add.begin(), add.end());
+    history[slot].insert(history[slot].end(), add.begin(), add.end());
+  }
+  std::vector<float> logits(calls.size() * size_t(m.config().vocab_size));
+  m.extend({int(calls.size()), slots.data(), counts.data(), tokens.data()}, logits.data());
+  return logits;
+}
+
+}  // namespace
+
+// Prompts longer than the window (3) prefilled together, then single-token steps past the window
+// (the rolling buffer wraps), a sequence leaving and another joining mid-way beside decoding
+// ones, and a multi-token chunk that fits before the wrap: every step's logits are those of a
+// fresh forward over the whole sequence.
+ZN_TEST("model.cached_extend_matches_a_forward_over_the_whole_sequence") {
+  const MistralConfig c = tiny_config(false);
+  const Params P = random_params(c);
+  std::uniform_int_distribution<int> token(0, int(c.vocab_size) - 1);
+  for (Precision precision : {Precision::F32, Precision::BF16}) {
+    for (bool trainable : {false, true}) {
+      ModelOptions o;
+      o.max_tokens = 32;  // the longest comparison: three whole sequences, 26 tokens
+      o.precision = precision;
+      o.trainable = trainable;
+      auto model = make_model(c, P, o);
+      model->start_generation(3, 20);
+      std::map<int, std::vector<int32_t>> history;
+      auto random_tokens = [&](int n) {
+        std::vector<int32_t> t;
+        for (int i = 0; i < n; ++i) t.push_back(token(test::rng()));
+        return t;
+      };
+      auto check = [&](const std::vector<float>& got, const std::vector<int>& slots, const char* what) {
+        std::vector<std::vector<int32_t>> sequences;
+        for (int s : slots) sequences.push_back(history[s]);
+        const std::vector<float> want = full_logits(*model, sequences);
+        test::expect_close(got, test::to_f64(want), precision == Precision::F32 ? 1e-5 : 1e-4, what);
+      };
+      const int a = model->acquire_sequence(), b = model->acquire_sequence();
+      check(extend(*model, history, {{a, random_tokens(5)}, {b, random_tokens(2)}}), {a, b}, "prefill");
+      for (int step = 0; step < 4; ++step)
+        check(extend(*model, history, {{a, random_tokens(1)}, {b, random_tokens(1)}}), {a, b}, "decode");
+      model->release_sequence(b);
+      history.erase(b);
+      const int d = model->acquire_sequence();
+      EXPECT(d >= 0);
+      // A joins decoding beside a prompt of 2 tokens (<= the cache's 3 rows).
+      check(extend(*model, history, {{d, random_tokens(2)}, {a, random_tokens(1)}}), {d, a}, "join");
+      check(extend(*model, history, {{d, random_tokens(1)}, {a, random_tokens(1)}}), {d, a}, "after join");
+      const int e = model->acquire_sequence();
+      check(extend(*model, history, {{e, random_tokens(1)}}), {e}, "one-token prompt");
+      check(extend(*model, history, {{e, random_tokens(2)}}), {e}, "chunk before the wrap");
+      for (int step = 0; step < 3; ++step)
+        check(extend(*model, history, {{a, random_tokens(1)}, {d, random_tokens(1)}, {e, random_tokens(1)}}),
+              {a, d, e}, "three decoding");
+    }
+  }
+}
+
+ZN_TEST("model.generation_bounds_and_errors") {
+  const MistralConfig c = tiny_config(true);
+  // The cache holds min(window, context) positions per sequence and layer: keys and values.
+  EXPECT(MistralModel::generation_bytes(c, 4, 100) == size_t(2 * c.num_layers * 4 * 3 * c.num_kv_heads * c.head_dim * 4));
+  EXPECT(MistralModel::generation_bytes(c, 4, 2) == size_t(2 * c.num_layers * 4 * 2 * c.num_kv_heads * c.head_dim * 4));
+  const Params P = random_params(c);
+  ModelOptions o;
+  o.max_tokens = 8;
+  o.trainable = false;
+  auto model = make_model(c, P, o);
+  auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
+    try {
+      f();
+    } catch (const Error& e) {
+      EXPECT(std::string(e.what()).find(needle) != std::string::npos, "message: ", e.what());
+      return;
+    }
+    fail("expected an error mentioning '", needle, "'");
+  };
+  std::vector<float> logits(size_t(2 * c.vocab_size));
+  int32_t slot = 0, count = 1, token = 1;
+  expect_error([&] { model->extend({1, &slot, &count, &token}, logits.data()); }, "before startGeneration()");
+  model->start_generation(2, 10);
+  slot = model->acquire_sequence();
+  expect_error([&] { int32_t other = 1; model->extend({1, &other, &count, &token}, logits.data()); }, "holds no sequence");
+  token = int32_t(c.vocab_size);
+  expect_error([&] { model->extend({1, &slot, &count, &token}, logits.data()); }, "tokens[0] = 13");
+  std::vector<int32_t> many(12, 1);
+  count = 12;
+  expect_error([&] { model->extend({1, &slot, &count, many.data()}, logits.data()); }, "beyond the context of 10");
+  count = 9;
+  expect_error([&] { model->extend({1, &slot, &count, many.data()}, logits.data()); }, "more than maxTokens 8");
+  count = 2;
+  model->extend({1, &slot, &count, many.data()}, logits.data());
+  // 2 cached + 2 new would wrap the 3 rows within the call.
+  expect_error([&] { model->extend({1, &slot, &count, many.data()}, logits.data()); }, "would wrap");
+  count = 0;
+  expect_error([&] { model->extend({1, &slot, &count, many.data()}, logits.data()); }, "at least 1");
+}
