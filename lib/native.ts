@@ -65,10 +65,12 @@ export interface BackendAddon {
   Model: new (options: NativeModelOptions) => NativeModel;
   /** The bytes a Model with these options would allocate, computed without allocating. */
   modelMemoryPlan(options: NativeModelOptions): MemoryPlan;
+  /** The bytes startGeneration({sequences, maxContext}) would allocate (the KvCache). */
+  generationMemory(options: NativeModelOptions & { sequences: number; maxContext: number }): number;
 }
 
 /** BackendAddon's members, which loadNative checks an addon file has (a stale build lacks some). */
-export const BACKEND_MEMBERS = ['info', 'sumOfSquares', 'dpoLoss', 'Model', 'modelMemoryPlan'] as const;
+export const BACKEND_MEMBERS = ['info', 'sumOfSquares', 'dpoLoss', 'Model', 'modelMemoryPlan', 'generationMemory'] as const;
 // Compiles only while BACKEND_MEMBERS names every member of BackendAddon.
 const everyMemberListed: [Exclude<keyof BackendAddon, (typeof BACKEND_MEMBERS)[number]>] extends [never] ? true : never = true;
 void everyMemberListed;
@@ -206,6 +208,21 @@ export interface NativeModel {
   optimizerStep(): number;
   getParameter(options: { name: string }): Float32Array;
   getGradient(options: { name: string }): Float32Array;
+  /**
+   * Generation (native/model/generation.h): a KvCache for `sequences` sequences of up to
+   * `maxContext` positions each (a rolling buffer of the sliding window), replacing an earlier one.
+   */
+  startGeneration(options: { sequences: number; maxContext: number }): Promise<void>;
+  /** A free sequence slot, or -1 when every slot is taken. */
+  acquireSequence(options: Record<string, never>): number;
+  releaseSequence(options: { slot: number }): void;
+  /**
+   * Runs the new tokens of some sequences (counts[i] tokens for slots[i], laid end to end) over
+   * their cached ones and returns each sequence's next-token logits, [slots x vocab]. A fresh
+   * sequence's prompt may have any length; a cached one takes one token a call once its window
+   * has filled.
+   */
+  extend(options: { slots: Int32Array; counts: Int32Array; tokens: Int32Array }): Promise<{ logits: Float32Array }>;
   /** Frees the model's memory now; later calls throw. Throws while a call is running. */
   dispose(): void;
 }

@@ -55,7 +55,7 @@ describe('native addon', () => {
       assert.throws(
         () => loadNative('cpu'),
         (error: unknown) =>
-          error instanceof ZnError && error.message.includes(stale) && /lacks sumOfSquares, dpoLoss, modelMemoryPlan: it is from an older build/.test(error.message),
+          error instanceof ZnError && error.message.includes(stale) && /lacks sumOfSquares, dpoLoss, modelMemoryPlan, generationMemory: it is from an older build/.test(error.message),
       );
     } finally {
       if (saved === undefined) delete process.env.ZN_ADDON_PATH;

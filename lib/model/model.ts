@@ -109,6 +109,12 @@ export function modelMemoryPlan(config: MistralConfig, options: ModelOptions = {
   return loadNative(options.device ?? 'cpu').modelMemoryPlan(nativeOptions(config, options));
 }
 
+/** The bytes startGeneration would allocate for this many sequences and context (the KvCache). */
+export function generationMemory(config: MistralConfig, options: ModelOptions & { sequences: number; maxContext: number }): number {
+  const { sequences, maxContext, ...model } = options;
+  return loadNative(model.device ?? 'cpu').generationMemory({ ...nativeOptions(config, model), sequences, maxContext });
+}
+
 export class MistralModel {
   constructor(
     /** The folder the weights came from (tokenizer files are copied from it on save). */
@@ -143,6 +149,29 @@ export class MistralModel {
   /** Logits of the next token after each document of the batch: [documents x vocab]. */
   async nextTokenLogits(batch: TokenBatch): Promise<Float32Array> {
     return (await this.native.nextTokenLogits(batch)).logits;
+  }
+
+  /**
+   * Generation: a KvCache for `sequences` sequences of up to `maxContext` positions (Mistral's
+   * rolling buffer: min(sliding window, maxContext) of them held per sequence), replacing an
+   * earlier one. lib/generate's engine drives it.
+   */
+  startGeneration(sequences: number, maxContext: number): Promise<void> {
+    return this.native.startGeneration({ sequences, maxContext });
+  }
+
+  /** A free sequence slot, or -1 when all are taken. */
+  acquireSequence(): number {
+    return this.native.acquireSequence({});
+  }
+
+  releaseSequence(slot: number): void {
+    this.native.releaseSequence({ slot });
+  }
+
+  /** New tokens of some sequences (counts[i] for slots[i], end to end); each one's next-token logits [slots x vocab]. */
+  async extend(slots: Int32Array, counts: Int32Array, tokens: Int32Array): Promise<Float32Array> {
+    return (await this.native.extend({ slots, counts, tokens })).logits;
   }
 
   /** Accumulates gradients of a loss whose derivative w.r.t. each token's log-prob is dlogp. */

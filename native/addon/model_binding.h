@@ -70,6 +70,19 @@ inline Napi::Float32Array copy_to_js(Napi::Env env, const float* data, size_t n)
   return out;
 }
 
+// generationMemory({config, dtype, maxTokens, sequences, maxContext}): the bytes startGeneration
+// would allocate (the KvCache, and on a GPU the per-call arrays beside it).
+template <class Model>
+Napi::Value GenerationMemory(const Napi::CallbackInfo& info) {
+  Options options(info, "generationMemory");
+  size_t bytes = 0;
+  run_sync(options, [&] {
+    bytes = Model::generation_bytes(read_config(options.object("config")), read_model_options(options),
+                                    int(options.integer("sequences")), long(options.integer("maxContext")));
+  });
+  return Napi::Number::New(info.Env(), double(bytes));
+}
+
 // modelMemoryPlan({config, dtype, maxTokens, ...}): the bytes a Model would allocate.
 template <class Model>
 Napi::Value ModelMemoryPlan(const Napi::CallbackInfo& info) {
@@ -100,6 +113,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                         ModelWrap::InstanceMethod("optimizerStep", &ModelWrap::OptimizerStep),
                         ModelWrap::InstanceMethod("getParameter", &ModelWrap::GetParameter),
                         ModelWrap::InstanceMethod("getGradient", &ModelWrap::GetGradient),
+                        ModelWrap::InstanceMethod("startGeneration", &ModelWrap::StartGeneration),
+                        ModelWrap::InstanceMethod("acquireSequence", &ModelWrap::AcquireSequence),
+                        ModelWrap::InstanceMethod("releaseSequence", &ModelWrap::ReleaseSequence),
+                        ModelWrap::InstanceMethod("extend", &ModelWrap::Extend),
                         ModelWrap::InstanceMethod("dispose", &ModelWrap::Dispose)});
   }
 
@@ -353,6 +370,69 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     return run(options, [path](Model& m) { m.load_optimizer_state(path); });
   }
 
+  // startGeneration({sequences, maxContext}) -> Promise<void>: a KvCache for `sequences` at once,
+  // each up to maxContext positions (model/generation.h), replacing an earlier one.
+  Napi::Value StartGeneration(const Napi::CallbackInfo& info) {
+    Options options(info, "startGeneration");
+    const long sequences = long(options.integer("sequences"));
+    const long max_context = long(options.integer("maxContext"));
+    if (sequences <= 0 || sequences > 1 << 20) options.error("'sequences' must be in [1, 2^20], got " + std::to_string(sequences));
+    if (max_context <= 0) options.error("'maxContext' must be positive, got " + std::to_string(max_context));
+    return run(options, [sequences, max_context](Model& m) { m.start_generation(int(sequences), max_context); });
+  }
+
+  // acquireSequence() -> slot number, or -1 when every slot is taken.
+  Napi::Value AcquireSequence(const Napi::CallbackInfo& info) {
+    Options options(info, "acquireSequence");
+    check_idle(options);
+    Model& model = live(info.Env(), "acquireSequence");
+    int slot = -1;
+    run_sync(options, [&] { slot = model.acquire_sequence(); });
+    return Napi::Number::New(info.Env(), slot);
+  }
+
+  // releaseSequence({slot}): the slot is free for another sequence.
+  Napi::Value ReleaseSequence(const Napi::CallbackInfo& info) {
+    Options options(info, "releaseSequence");
+    check_idle(options);
+    Model& model = live(info.Env(), "releaseSequence");
+    const int slot = int(options.integer("slot"));
+    run_sync(options, [&] { model.release_sequence(slot); });
+    return info.Env().Undefined();
+  }
+
+  // extend({slots, counts, tokens}: Int32Arrays) -> Promise<{logits: Float32Array}>: the new
+  // tokens of some sequences (counts[i] for slots[i], laid end to end in tokens), and each
+  // sequence's next-token logits, [slots, vocab].
+  Napi::Value Extend(const Napi::CallbackInfo& info) {
+    Options options(info, "extend");
+    ArrayView<int32_t> slots = options.i32("slots");
+    ArrayView<int32_t> counts = options.i32("counts");
+    ArrayView<int32_t> tokens = options.i32("tokens");
+    options.expect_size("counts", counts, slots.size);
+    size_t total = 0;
+    for (size_t i = 0; i < counts.size; ++i) total += size_t(std::max(counts.data[i], 0));
+    options.expect_size("tokens", tokens, total);
+    auto request = std::make_shared<std::vector<int32_t>>();  // slots, counts, tokens: copied off the JS heap
+    request->insert(request->end(), slots.data, slots.data + slots.size);
+    request->insert(request->end(), counts.data, counts.data + counts.size);
+    request->insert(request->end(), tokens.data, tokens.data + tokens.size);
+    const int n = int(slots.size);
+    auto logits = std::make_shared<std::vector<float>>();
+    return run(
+        options,
+        [request, n, logits](Model& m) {
+          const int32_t* data = request->data();
+          logits->resize(size_t(n) * size_t(m.config().vocab_size));
+          m.extend({n, data, data + n, data + 2 * n}, logits->data());
+        },
+        [logits](Napi::Env env) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          out.Set("logits", copy_to_js(env, logits->data(), logits->size()));
+          return out;
+        });
+  }
+
   // getParameter({name}) / getGradient({name}) -> Float32Array copies (for tests and tools).
   Napi::Value GetParameter(const Napi::CallbackInfo& info) {
     return CopyParameter(info, "getParameter", &Model::read_master);
@@ -381,6 +461,7 @@ template <class Model>
 void register_model_class(Napi::Env env, Napi::Object exports) {
   exports.Set("Model", ModelWrap<Model>::Define(env));
   exports.Set("modelMemoryPlan", Napi::Function::New(env, ModelMemoryPlan<Model>, "modelMemoryPlan"));
+  exports.Set("generationMemory", Napi::Function::New(env, GenerationMemory<Model>, "generationMemory"));
 }
 
 }  // namespace zn::addon

@@ -10,6 +10,7 @@ void register_all(Napi::Env env, Napi::Object exports) {
   register_model(env, exports);
   register_peak(env, exports);
   register_safetensors(env, exports);
+  register_sampling(env, exports);
 }
 
 }  // namespace zn::addon

@@ -20,11 +20,15 @@ uint64_t mix(uint64_t z) {
 // A uniform in (0, 1) from 53 random bits, offset by half a step so that log() never sees 0.
 double to_uniform(uint64_t bits) { return (double(bits >> 11) + 0.5) * 0x1.0p-53; }
 
+uint64_t stream_key(uint64_t seed, uint64_t stream) {
+  return mix(mix(seed + kGolden) ^ (stream * 0xd1b54a32d192ed03ull));
+}
+
 // Pair k of the stream: the splitmix64 sequence's draws 2k+1 and 2k+2 from state `key`, through
 // Box-Muller; element 2k takes the cosine branch, 2k+1 the sine branch.
 template <typename Store>
 void fill(size_t n, uint64_t seed, uint64_t stream, double std, Store store) {
-  const uint64_t key = mix(mix(seed + kGolden) ^ (stream * 0xd1b54a32d192ed03ull));
+  const uint64_t key = stream_key(seed, stream);
   constexpr double kTwoPi = 6.283185307179586476925286766559;
   parallel_for(n, size_t(1) << 14, [&](size_t begin, size_t end) {
     for (size_t i = begin; i < end;) {
@@ -44,6 +48,10 @@ void fill(size_t n, uint64_t seed, uint64_t stream, double std, Store store) {
 }
 
 }  // namespace
+
+double uniform_draw(uint64_t seed, uint64_t stream, uint64_t index) {
+  return to_uniform(mix(stream_key(seed, stream) + (index + 1) * kGolden));
+}
 
 void fill_normal(size_t n, uint64_t seed, uint64_t stream, double std, float* out) {
   fill(n, seed, stream, std, [out](size_t i, float x) { out[i] = x; });

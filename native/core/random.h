@@ -12,6 +12,9 @@
 namespace zn {
 
 void fill_normal(size_t n, uint64_t seed, uint64_t stream, double std, float* out);
+// Draw `index` of stream `stream` as a uniform in (0, 1): counter-based like fill_normal, so a
+// sampler's k-th draw of a sequence depends on (seed, stream, k) only.
+double uniform_draw(uint64_t seed, uint64_t stream, uint64_t index);
 // The same draws rounded to bf16 (round to nearest even).
 void fill_normal(size_t n, uint64_t seed, uint64_t stream, double std, bf16* out);
 

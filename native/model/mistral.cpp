@@ -452,8 +452,9 @@ void MistralModel::last_row_logits(const int32_t* cu_seqlens, int n, float* logi
 // ---------------------------------------------------------------------------------------------
 // Generation
 
-size_t MistralModel::generation_bytes(const MistralConfig& config, int sequences, long max_context) {
-  return KvCacheShape::for_model(config, max_context, sequences, DType::F32).bytes();
+size_t MistralModel::generation_bytes(const MistralConfig& config, const ModelOptions&, int sequences,
+                                      long max_context) {
+  return KvCacheShape::for_model(config, max_context, sequences, DType::F32).bytes();  // f32 in every mode
 }
 
 void MistralModel::start_generation(int sequences, long max_context) {

@@ -195,7 +195,8 @@ class MistralModel {
   // each, in host memory beside the model's buffers (replacing an earlier one); sequences take a
   // slot, extend() runs their new tokens and gives each one's next-token logits
   // [sequences, vocab] f32, and a finished sequence releases its slot.
-  static size_t generation_bytes(const MistralConfig& config, int sequences, long max_context);
+  static size_t generation_bytes(const MistralConfig& config, const ModelOptions& options, int sequences,
+                                 long max_context);
   void start_generation(int sequences, long max_context);
   int acquire_sequence();  // -1 when every slot is taken
   void release_sequence(int slot);

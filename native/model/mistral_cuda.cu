@@ -248,6 +248,7 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
 CudaMistralModel::~CudaMistralModel() {
   cudaSetDevice(device_);
   state_.reset();  // its pinned buffers go before the stream
+  free_generation();
   if (stream_) cudaStreamSynchronize(stream_);
   if (arena_) cudaFree(arena_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -420,14 +421,21 @@ void CudaMistralModel::next_token_logits(const TokenBatchView& batch, float* log
   use_device();
   have_activations_ = false;
   upload_batch(batch);
-  const DecoderBuffers& A = buf_->acts;
   decoder_->trunk_forward(this->batch(), buf_->acts, *weights_, false);
+  last_row_logits(cu_seqlens_.data(), n_docs_, logits);
+}
+
+// The last row of each document's final norm is gathered into layer slot 0's norm1 (free after a
+// forward that keeps nothing; n <= tokens rows fit), and the [n, vocab] logits are made in
+// chunks in the log-prob workspace, which holds a token chunk x vocab chunk of f32 logits.
+void CudaMistralModel::last_row_logits(const int32_t* cu_seqlens, int n, float* logits) {
+  const DecoderBuffers& A = buf_->acts;
   const long d = config_.hidden_size, V = config_.vocab_size;
   const size_t row_bytes = size_t(d) * dtype_size(act_dtype());
   char* rows = static_cast<char*>(A.layers[0].norm1.data);
-  for (int doc = 0; doc < n_docs_; ++doc) {
-    const long row = cu_seqlens_[size_t(doc) + 1] - 1;
-    ZN_CHECK(row >= cu_seqlens_[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
+  for (int doc = 0; doc < n; ++doc) {
+    const long row = cu_seqlens[size_t(doc) + 1] - 1;
+    ZN_CHECK(row >= cu_seqlens[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
     ZN_CUDA_CHECK(cudaMemcpyAsync(rows + size_t(doc) * row_bytes,
                                   static_cast<const char*>(A.final_norm.data) + size_t(row) * row_bytes,
                                   row_bytes, cudaMemcpyDeviceToDevice, stream_));
@@ -437,8 +445,8 @@ void CudaMistralModel::next_token_logits(const TokenBatchView& batch, float* log
   float* chunk_logits = static_cast<float*>(A.head.data);
   const ConstTensor head = weights_->weight(*index_.lm_head);
   std::vector<float> host(size_t(row_chunk * vocab_chunk));
-  for (long r0 = 0; r0 < n_docs_; r0 += row_chunk) {
-    const long nr = std::min(row_chunk, long(n_docs_) - r0);
+  for (long r0 = 0; r0 < n; r0 += row_chunk) {
+    const long nr = std::min(row_chunk, long(n) - r0);
     for (long v0 = 0; v0 < V; v0 += vocab_chunk) {
       const long nv = std::min(vocab_chunk, V - v0);
       cuda::gemm(false, true, nr, nv, d, 1.0f, {rows + size_t(r0) * row_bytes, act_dtype(), d},
@@ -449,6 +457,109 @@ void CudaMistralModel::next_token_logits(const TokenBatchView& batch, float* log
         std::memcpy(logits + (r0 + r) * V + v0, host.data() + r * nv, size_t(nv) * sizeof(float));
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation
+
+namespace {
+
+// The generation allocation: the cache, then the cache rows of a call's tokens, each sequence's
+// first key row and key count, and every cache row's position.
+struct GenerationLayout {
+  size_t cache, cache_rows, k_begin, k_len, k_positions, total;
+  GenerationLayout(const KvCacheShape& shape, long max_tokens) {
+    DeviceArena arena(nullptr);
+    cache = arena.used();
+    arena.take_bytes(shape.bytes());
+    cache_rows = arena.used();
+    arena.take<int32_t>(size_t(max_tokens));
+    k_begin = arena.used();
+    arena.take<int32_t>(size_t(shape.slots));
+    k_len = arena.used();
+    arena.take<int32_t>(size_t(shape.slots));
+    k_positions = arena.used();
+    arena.take<int32_t>(size_t(shape.slots) * size_t(shape.capacity));
+    total = arena.used();
+  }
+};
+
+}  // namespace
+
+size_t CudaMistralModel::generation_bytes(const MistralConfig& config, const ModelOptions& options, int sequences,
+                                          long max_context) {
+  const KvCacheShape shape = KvCacheShape::for_model(config, max_context, sequences, activation_dtype(options));
+  return GenerationLayout(shape, options.max_tokens).total;
+}
+
+void CudaMistralModel::free_generation() {
+  cache_.reset();
+  if (generation_memory_) cudaFree(generation_memory_);
+  generation_memory_ = nullptr;
+}
+
+void CudaMistralModel::start_generation(int sequences, long max_context) {
+  use_device();
+  const KvCacheShape shape = KvCacheShape::for_model(config_, max_context, sequences, act_dtype());
+  const GenerationLayout layout(shape, options_.max_tokens);
+  free_generation();
+  const cuda::DeviceInfo device = cuda::device_info(device_);
+  ZN_CHECK(layout.total <= device.free_memory, "model: the generation cache needs ", gib(layout.total), " on GPU ",
+           device.index, " (", device.name, "), which has ", gib(device.free_memory),
+           " free; try fewer sequences at once or a shorter context");
+  ZN_CUDA_CHECK(cudaMalloc(&generation_memory_, layout.total));
+  char* base = static_cast<char*>(generation_memory_);
+  ZN_CUDA_CHECK(cudaMemsetAsync(base, 0, layout.total, stream_));
+  cache_ = std::make_unique<KvCache>(shape, base + layout.cache);
+  cache_rows_ = reinterpret_cast<int32_t*>(base + layout.cache_rows);
+  k_begin_ = reinterpret_cast<int32_t*>(base + layout.k_begin);
+  k_len_ = reinterpret_cast<int32_t*>(base + layout.k_len);
+  k_positions_ = reinterpret_cast<int32_t*>(base + layout.k_positions);
+  max_context_ = max_context;
+  sync();
+}
+
+KvCache& CudaMistralModel::cache(const char* what) const {
+  ZN_CHECK(cache_, "model: ", what, " before startGeneration()");
+  return *cache_;
+}
+
+int CudaMistralModel::acquire_sequence() { return cache("acquireSequence()").acquire(); }
+
+void CudaMistralModel::release_sequence(int slot) { cache("releaseSequence()").release(slot); }
+
+// The plan's arrays go up (the batch's into the model's batch buffers; of the key positions only
+// this call's slots' rows, or the step's own positions for fresh prompts), then the decoder runs.
+void CudaMistralModel::extend(const ExtendRequest& request, float* logits) {
+  KvCache& kv = cache("extend()");
+  use_device();
+  have_activations_ = false;
+  const ExtendPlan plan = plan_extend(kv, request, options_.max_tokens, config_.vocab_size, max_context_);
+  const CudaBuffers& B = *buf_;
+  auto up = [&](void* device, const int32_t* host, size_t count) {
+    ZN_CUDA_CHECK(cudaMemcpyAsync(device, host, count * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  };
+  const size_t N = size_t(plan.tokens), n = size_t(request.sequences);
+  up(B.input_ids, request.tokens, N);
+  up(B.position_ids, plan.positions.data(), N);
+  up(B.targets, plan.targets.data(), N);
+  up(B.cu_seqlens, plan.cu_seqlens.data(), n + 1);
+  up(cache_rows_, plan.cache_rows.data(), N);
+  up(k_begin_, plan.k_begin.data(), n);
+  up(k_len_, plan.k_len.data(), n);
+  const int32_t* key_positions = B.position_ids;
+  if (plan.keys_from_cache) {
+    for (size_t s = 0; s < n; ++s)
+      up(k_positions_ + plan.k_begin[s], plan.k_positions.data() + plan.k_begin[s], size_t(plan.k_len[s]));
+    key_positions = k_positions_;
+  }
+  tokens_ = plan.tokens;
+  n_docs_ = request.sequences;
+  const CachedStep step{&kv, cache_rows_,
+                        plan.keys(B.cu_seqlens, B.position_ids, k_begin_, k_len_, key_positions),
+                        plan.keys_from_cache};
+  decoder_->forward_cached(batch(), step, buf_->acts, *weights_);
+  last_row_logits(plan.cu_seqlens.data(), request.sequences, logits);
 }
 
 // ---------------------------------------------------------------------------------------------

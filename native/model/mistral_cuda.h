@@ -82,6 +82,15 @@ class CudaMistralModel {
   void save_optimizer_state(const std::string& path) const;
   void load_optimizer_state(const std::string& path);
 
+  // Generation, as the CPU model's (mistral.h): the KvCache (in the activation dtype) and the
+  // per-call arrays live in one device allocation of their own beside the arena.
+  static size_t generation_bytes(const MistralConfig& config, const ModelOptions& options, int sequences,
+                                 long max_context);
+  void start_generation(int sequences, long max_context);
+  int acquire_sequence();
+  void release_sequence(int slot);
+  void extend(const ExtendRequest& request, float* logits);
+
  private:
   void allocate();
   void use_device() const;
@@ -93,6 +102,10 @@ class CudaMistralModel {
   DType act_dtype() const;
   void download(const float* device, size_t count, float* host) const;
   void sync() const;
+  // Logits of the token after each sequence's last row of the last forward, [n, vocab] (host).
+  void last_row_logits(const int32_t* cu_seqlens, int n, float* logits);
+  KvCache& cache(const char* what) const;  // throws naming `what` before start_generation
+  void free_generation();
 
   MistralConfig config_;
   ModelOptions options_;
@@ -108,6 +121,12 @@ class CudaMistralModel {
   std::unique_ptr<Decoder> decoder_;
   std::unique_ptr<CudaWeights> weights_;
   std::unique_ptr<CudaTrainState> state_;  // trainable only
+
+  // Generation: the cache's device memory (cache, then the per-call arrays) and bookkeeping.
+  void* generation_memory_ = nullptr;
+  std::unique_ptr<KvCache> cache_;
+  long max_context_ = 0;
+  int32_t *cache_rows_ = nullptr, *k_begin_ = nullptr, *k_len_ = nullptr, *k_positions_ = nullptr;
 
   // The batch of the last forward() (host copies of what backward and next_token_logits need).
   std::vector<int32_t> cu_seqlens_;

@@ -718,8 +718,8 @@ ZN_TEST("model.cached_extend_matches_a_forward_over_the_whole_sequence") {
 ZN_TEST("model.generation_bounds_and_errors") {
   const MistralConfig c = tiny_config(true);
   // The cache holds min(window, context) positions per sequence and layer: keys and values.
-  EXPECT(MistralModel::generation_bytes(c, 4, 100) == size_t(2 * c.num_layers * 4 * 3 * c.num_kv_heads * c.head_dim * 4));
-  EXPECT(MistralModel::generation_bytes(c, 4, 2) == size_t(2 * c.num_layers * 4 * 2 * c.num_kv_heads * c.head_dim * 4));
+  EXPECT(MistralModel::generation_bytes(c, {}, 4, 100) == size_t(2 * c.num_layers * 4 * 3 * c.num_kv_heads * c.head_dim * 4));
+  EXPECT(MistralModel::generation_bytes(c, {}, 4, 2) == size_t(2 * c.num_layers * 4 * 2 * c.num_kv_heads * c.head_dim * 4));
   const Params P = random_params(c);
   ModelOptions o;
   o.max_tokens = 8;

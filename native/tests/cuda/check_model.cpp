@@ -20,6 +20,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -660,6 +661,64 @@ void run_model_timing(Report& report, const std::string& only) {
   });
 }
 
+// Generation (KvCache, model/generation.h): the same extend calls on the CPU and GPU models: two
+// fresh prompts, one longer than the window (8), prefilled together; decoding steps past the
+// window, so the rolling buffer wraps; a sequence leaving and another joining beside a decoding
+// one. Each call's next-token logits are compared.
+void check_generation_case(Report& report, const MistralConfig& c, Precision precision, double tol) {
+  const std::string what = std::string("extend logits, ") + (precision == Precision::BF16 ? "bf16" : "f32");
+  guarded(report, "generation", what, [&] {
+    TempFile weights(".safetensors");
+    write_random_weights(c, weights.path);
+    MistralModel cpu(c, {precision, kMaxTokens, false, false});
+    CudaMistralModel gpu(c, {precision, kMaxTokens, false, false});
+    cpu.load_weights({weights.path});
+    gpu.load_weights({weights.path});
+    cpu.start_generation(3, 40);
+    gpu.start_generation(3, 40);
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<int32_t> token(0, int32_t(c.vocab_size) - 1);
+    double worst = 0;
+    auto extend = [&](const std::vector<std::pair<int, int>>& calls) {
+      std::vector<int32_t> slots, counts, tokens;
+      for (const auto& [slot, count] : calls) {
+        slots.push_back(slot);
+        counts.push_back(count);
+        for (int i = 0; i < count; ++i) tokens.push_back(token(rng));
+      }
+      const model::ExtendRequest request{int(calls.size()), slots.data(), counts.data(), tokens.data()};
+      std::vector<float> want(calls.size() * size_t(c.vocab_size)), got(want.size());
+      cpu.extend(request, want.data());
+      gpu.extend(request, got.data());
+      worst = std::max(worst, rel_error(got, want));
+    };
+    auto acquire = [&] {
+      const int slot = cpu.acquire_sequence();
+      ZN_CHECK(gpu.acquire_sequence() == slot, "the GPU model gave another slot than the CPU model's ", slot);
+      return slot;
+    };
+    const int a = acquire(), b = acquire();
+    extend({{a, 11}, {b, 3}});
+    for (int step = 0; step < 9; ++step) extend({{a, 1}, {b, 1}});
+    cpu.release_sequence(b);
+    gpu.release_sequence(b);
+    const int d = acquire();
+    extend({{d, 5}, {a, 1}});
+    for (int step = 0; step < 4; ++step) extend({{a, 1}, {d, 1}});
+    report.compare("generation", what, "cpu", worst, tol);
+  });
+}
+
+void run_generation_checks(Report& report, const std::string& only) {
+  if (std::string("generation").rfind(only, 0) != 0) return;
+  std::printf("\n== generation checks (CPU MistralModel vs CudaMistralModel over the KvCache)\n");
+  const MistralConfig small = tiny_config(32, false), flash = tiny_config(64, true);
+  // f32: the two devices differ in summation order only. bf16: the GPU keeps activations and the
+  // cache in bf16, the CPU in f32 (as in the training checks' bf16 tolerances).
+  check_generation_case(report, small, Precision::F32, 1e-4);
+  check_generation_case(report, flash, Precision::BF16, 5e-2);
+}
+
 void run_model_checks(Report& report, const std::string& only, bool quick) {
   if (std::string("model").rfind(only, 0) != 0) return;  // --only: a prefix of the name, as the op checks
   std::printf("\n== model checks (CPU MistralModel vs CudaMistralModel, GEMMs %s)\n",
@@ -697,6 +756,11 @@ void run_model_checks(Report& report, const std::string& only, bool quick) {
 void run_model_checks(Report&, const std::string& only, bool) {
   if (std::string("model").rfind(only, 0) != 0) return;
   std::printf("\n== model checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
+}
+
+void run_generation_checks(Report&, const std::string& only) {
+  if (std::string("generation").rfind(only, 0) != 0) return;
+  std::printf("\n== generation checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
 }
 
 void run_model_timing(Report&, const std::string& only) {
