@@ -43,6 +43,8 @@ export type { AdamWHyperparameters, MemoryPlan, NativeModel, NativeParameter, Na
 export { dpo, sft, train, TrainingRun, type PipelineConfig, type RunOptions, type Recipe } from './train/api.js';
 export type { StageResult } from './train/stage.js';
 export type { LogEntry } from './train/state.js';
-export { greedyChat } from './model/generate.js';
+export { greedyChat, Generator, type GenerationInput, type GeneratorOptions, type RequestOptions } from './generate/generate.js';
+export { GenerationEngine, type Completion, type FinishReason, type GeneratedToken } from './generate/engine.js';
+export { resolveGeneration, type GenerationOptions } from './generate/options.js';
 export { mistralConfig, writeRandomModel } from './model/init.js';
 export { readMistralConfig, type MistralConfig } from './model/config.js';

@@ -87,6 +87,12 @@ export interface NativeAddon extends BackendAddon {
    */
   randomNormal(options: { count: number; seed: number; stream?: number; std: number; dtype?: 'f32' }): Promise<Float32Array>;
   randomNormal(options: { count: number; seed: number; stream?: number; std: number; dtype: 'bf16' }): Promise<Uint16Array>;
+  /**
+   * One next token per row of logits (native/kernels/cpu/sampling.h): repetition penalty, then
+   * greedy (temperature 0) or temperature, top-k, top-p, min-p and a counter-based draw
+   * (seed = seedHigh * 2^32 + seedLow, draw number `draws[row]`); logprobs are the model's own.
+   */
+  sampleTokens(options: NativeSamplingRows): Promise<{ tokens: Int32Array; logprobs: Float32Array }>;
   /** A safetensors file's validated header: tensors in file order, and `__metadata__`. */
   readSafetensorsHeader(options: { path: string }): SafetensorsHeader;
   /** One tensor converted to f32 or bf16 (bits). For tests and small tensors. */
@@ -103,6 +109,23 @@ export interface NativeAddon extends BackendAddon {
 }
 
 /** MistralConfig fields the native model needs (lib/model/model.ts maps config.json to it). */
+/** Per-row inputs of sampleTokens: logits [rows x vocab] and one value per row of each setting. */
+export interface NativeSamplingRows {
+  logits: Float32Array;
+  vocab: number;
+  temperature: Float32Array;
+  topK: Int32Array;
+  topP: Float32Array;
+  minP: Float32Array;
+  repetitionPenalty: Float32Array;
+  seedLow: Int32Array;
+  seedHigh: Int32Array;
+  draws: Int32Array;
+  /** Each row's sequence so far (for the repetition penalty), end to end, split by historyOffsets. */
+  history: Int32Array;
+  historyOffsets: Int32Array;
+}
+
 export interface NativeModelConfig {
   vocabSize: number;
   hiddenSize: number;

@@ -8,7 +8,7 @@ import { IGNORE_INDEX, type TokenBatch } from '../lib/data/batch.js';
 import { chatTemplateOf } from '../lib/data/load.js';
 import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { HfTokenizer } from '../lib/data/tokenizer.js';
-import { greedyChat } from '../lib/model/generate.js';
+import { greedyChat } from '../lib/generate/generate.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { loadModel, type MistralModel } from '../lib/model/model.js';
 

@@ -21,7 +21,7 @@ import { DEFAULT_SFT_OPTIONS } from '../data/sft-examples.js';
 import { writeLlama2TokenizerFolder } from '../data/llama2-tokenizer.js';
 import { HfTokenizer } from '../data/tokenizer.js';
 import { writeRows } from '../data/writers.js';
-import { greedyChat } from '../model/generate.js';
+import { greedyChat } from '../generate/generate.js';
 import { mistralConfig, writeRandomModel } from '../model/init.js';
 import { loadModel, type MistralModel } from '../model/model.js';
 import { loadNative } from '../native.js';
