@@ -4,7 +4,8 @@
 # 1. builds the CUDA backend for the GPU it finds (ZN_CUDA_ARCHS overrides, e.g. 90a-real), with
 #    cuBLASLt from NVIDIA's pip wheels in python3's environment (nvidia/cu13) or the toolkit;
 # 2. zn_cuda_check: every CUDA kernel against its CPU kernel and a float64 reference (PASS/FAIL),
-#    and SFT/DPO steps of a small Mistral on the GPU model against the CPU model;
+#    SFT/DPO steps of a small Mistral on the GPU model against the CPU model, and generation
+#    (KvCache extend calls: prefill, decoding past the window, join and leave) against the CPU;
 # 3. timings: GEMM, attention, the memory-bound kernels and a Mistral-7B decoder layer step
 #    (forward + backward), each in its own process;
 # 4. bench/torch_device.py: torch.matmul and SDPA / FlexAttention on the same shapes and card;

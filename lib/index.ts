@@ -30,6 +30,7 @@ export { DatasetReport, SKIP_REASONS, type SkipReason } from './data/validation.
 export { seededPermutation, seededShuffle } from './data/shuffle.js';
 export {
   DEFAULT_MAX_TOKENS,
+  generationMemory,
   loadModel,
   MistralModel,
   modelMemoryPlan,
