@@ -70,6 +70,9 @@ void expect_close(const std::vector<float>& out, const std::vector<double>& ref,
 void expect_close(const std::vector<double>& out, const std::vector<double>& ref, double tol,
                   const std::string& what);
 
+// Runs f and expects a zn::Error whose message contains `needle`.
+void expect_error(const std::function<void()>& f, const std::string& needle);
+
 // Central-difference gradient of a scalar float64 function f at x.
 std::vector<double> finite_difference(const std::function<double(const std::vector<double>&)>& f,
                                       std::vector<double> x, double step = kFdStep);

@@ -26,16 +26,6 @@ KvCacheShape small_shape(long capacity, int slots) {
   return s;
 }
 
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT(std::string(e.what()).find(needle) != std::string::npos, "error '", e.what(), "' lacks '", needle, "'");
-    return;
-  }
-  fail("expected an error mentioning '", needle, "'");
-}
-
 }  // namespace
 
 ZN_TEST("kv_cache.bytes_and_layout") {
@@ -81,11 +71,11 @@ ZN_TEST("kv_cache.slots_join_and_leave") {
   EXPECT(cache.free_slots() == 1);
   EXPECT(cache.acquire() == b, "a freed slot is taken again");
   EXPECT(cache.length(b) == 0, "a new sequence starts at position 0, got ", cache.length(b));
-  expect_error([&] { cache.release(7); }, "no slot 7");
+  test::expect_error([&] { cache.release(7); }, "no slot 7");
   cache.release(a);
-  expect_error([&] { cache.release(a); }, "holds no sequence");
-  expect_error([&] { cache.append(a, 1, rows.data()); }, "holds no sequence");
-  expect_error([&] { cache.append(c, -1, rows.data()); }, "count must be >= 0");
+  test::expect_error([&] { cache.release(a); }, "holds no sequence");
+  test::expect_error([&] { cache.append(a, 1, rows.data()); }, "holds no sequence");
+  test::expect_error([&] { cache.append(c, -1, rows.data()); }, "count must be >= 0");
 }
 
 // Appends in chunks of varied sizes (single tokens as decoding does, prompt chunks, a chunk

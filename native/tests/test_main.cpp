@@ -46,6 +46,16 @@ std::vector<float> round_bf16(const std::vector<float>& v) {
   return out;
 }
 
+void expect_error(const std::function<void()>& f, const std::string& needle) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT(std::string(e.what()).find(needle) != std::string::npos, "error '", e.what(), "' lacks '", needle, "'");
+    return;
+  }
+  fail("expected an error mentioning '", needle, "'");
+}
+
 void poison(std::vector<float>& v) {
   for (float& x : v) x = std::nanf("");
 }

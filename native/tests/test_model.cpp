@@ -587,15 +587,7 @@ ZN_TEST("model.optimizer_state_round_trips") {
 }
 
 ZN_TEST("model.bad_batches_and_configs_are_errors_naming_the_field") {
-  auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
-    try {
-      f();
-    } catch (const Error& e) {
-      EXPECT(std::string(e.what()).find(needle) != std::string::npos, "message: ", e.what());
-      return;
-    }
-    fail("expected an error mentioning '", needle, "'");
-  };
+  using test::expect_error;
   MistralConfig bad = tiny_config(true);
   bad.num_kv_heads = 3;
   expect_error([&] { bad.validate(); }, "num_key_value_heads");
@@ -725,15 +717,7 @@ ZN_TEST("model.generation_bounds_and_errors") {
   o.max_tokens = 8;
   o.trainable = false;
   auto model = make_model(c, P, o);
-  auto expect_error = [](const std::function<void()>& f, const std::string& needle) {
-    try {
-      f();
-    } catch (const Error& e) {
-      EXPECT(std::string(e.what()).find(needle) != std::string::npos, "message: ", e.what());
-      return;
-    }
-    fail("expected an error mentioning '", needle, "'");
-  };
+  using test::expect_error;
   std::vector<float> logits(size_t(2 * c.vocab_size));
   int32_t slot = 0, count = 1, token = 1;
   expect_error([&] { model->extend({1, &slot, &count, &token}, logits.data()); }, "before startGeneration()");

@@ -706,6 +706,23 @@ void check_generation_case(Report& report, const MistralConfig& c, Precision pre
     extend({{d, 5}, {a, 1}});
     for (int step = 0; step < 4; ++step) extend({{a, 1}, {d, 1}});
     report.compare("generation", what, "cpu", worst, tol);
+    // Greedy decoding on each device from its own argmax: the tokens where the two first differ.
+    auto greedy = [&](auto& model, int slot) {
+      std::vector<int32_t> tokens;
+      std::vector<float> logits(size_t(c.vocab_size));
+      int32_t token = 7, count = 1;
+      for (int step = 0; step < 12; ++step) {
+        model.extend({1, &slot, &count, &token}, logits.data());
+        token = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        tokens.push_back(token);
+      }
+      return tokens;
+    };
+    const std::vector<int32_t> on_cpu = greedy(cpu, d), on_gpu = greedy(gpu, d);
+    const size_t same = size_t(std::mismatch(on_cpu.begin(), on_cpu.end(), on_gpu.begin()).first - on_cpu.begin());
+    std::printf("     greedy tokens equal on both devices: %zu of %zu\n", same, on_cpu.size());
+    if (precision == Precision::F32)
+      report.compare("generation", "greedy tokens differing, f32", "cpu", double(on_cpu.size() - same), 0.0);
   });
 }
 
