@@ -17,12 +17,18 @@
 //               the AVX2 kernel (no 512-bit f32 kernel yet)
 // The scalar path packs bf16 GEMMs as Bf16Pairs too, so everything around the AVX-512 micro-
 // kernel (packing, blocking, edges) is tested on machines without AVX-512.
+// A few rows against a transposed B (decoding: y = x·Wᵀ for one row per sequence, W [N, K] as
+// HF stores it) skip the blocking: each output is a dot product of an A row with one contiguous
+// row of W, so the weights stream through once (packing them would read and write all of W
+// first, for a product that reads each element once). Rows of W are split over the threads;
+// each output is one thread's fixed-order sum, so results do not depend on the thread count.
 #include "kernels/cpu/gemm.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <vector>
 
 #include "core/bf16.h"
 #include "core/cpu_features.h"
@@ -540,6 +546,99 @@ void gemm_blocked(const Problem& pr) {
   }
 }
 
+// ---- few rows against Wᵀ (see the header)
+
+constexpr long kRowsDotMaxM = 8;
+
+bool rows_dot_applies(bool trans_a, bool trans_b, long M) { return !trans_a && trans_b && M <= kRowsDotMaxM; }
+
+// Row m of op(A) as f32, rounded to bf16 first when the product is computed in bf16.
+std::vector<float> a_rows_f32(const Matrix& A, long M, long K, bool bf16_compute) {
+  std::vector<float> rows(static_cast<size_t>(M * K));
+  for (long m = 0; m < M; ++m) {
+    for (long k = 0; k < K; ++k) {
+      float x = A.dtype == DType::BF16 ? bf16_to_f32(static_cast<const bf16*>(A.data)[m * A.ld + k])
+                                       : static_cast<const float*>(A.data)[m * A.ld + k];
+      if (bf16_compute) x = bf16_to_f32(f32_to_bf16(x));
+      rows[size_t(m * K + k)] = x;
+    }
+  }
+  return rows;
+}
+
+// acc[m] = sum_k x[m][k] * w[k] for one row w of B (bf16 widened exactly, or f32 rounded to
+// bf16 when the product is bf16).
+void rows_dot_scalar(long M, long K, const float* x, const void* w, DType wdt, bool bf16_compute, float* acc) {
+  for (long m = 0; m < M; ++m) acc[m] = 0.0f;
+  for (long k = 0; k < K; ++k) {
+    float wk = wdt == DType::BF16 ? bf16_to_f32(static_cast<const bf16*>(w)[k]) : static_cast<const float*>(w)[k];
+    if (bf16_compute && wdt == DType::F32) wk = bf16_to_f32(f32_to_bf16(wk));
+    for (long m = 0; m < M; ++m) acc[m] += x[m * K + k] * wk;
+  }
+}
+
+#ifdef ZN_GEMM_X86
+ZN_TARGET_AVX2 inline __m256 load_w8(const void* w, DType wdt, bool bf16_compute, long k) {
+  if (wdt == DType::BF16) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const bf16*>(w) + k));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  }
+  const __m256 v = _mm256_loadu_ps(static_cast<const float*>(w) + k);
+  return bf16_compute ? simd::round_to_bf16_avx2(v) : v;
+}
+
+ZN_TARGET_AVX2 inline float sum8(__m256 v) {
+  const __m128 pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 quad = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+  return _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)));
+}
+
+ZN_TARGET_AVX2 void rows_dot_avx2(long M, long K, const float* x, const void* w, DType wdt, bool bf16_compute,
+                                  float* acc) {
+  __m256 sums[kRowsDotMaxM];
+  for (long m = 0; m < M; ++m) sums[m] = _mm256_setzero_ps();
+  const long full = K / 8 * 8;
+  for (long k = 0; k < full; k += 8) {
+    const __m256 wk = load_w8(w, wdt, bf16_compute, k);
+    for (long m = 0; m < M; ++m) sums[m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), wk, sums[m]);
+  }
+  for (long m = 0; m < M; ++m) acc[m] = sum8(sums[m]);
+  if (full == K) return;
+  float tail[kRowsDotMaxM];
+  const char* w_tail = static_cast<const char*>(w) + full * long(dtype_size(wdt));
+  std::vector<float> x_tail(static_cast<size_t>(M * (K - full)));
+  for (long m = 0; m < M; ++m)
+    for (long k = full; k < K; ++k) x_tail[size_t(m * (K - full) + k - full)] = x[m * K + k];
+  rows_dot_scalar(M, K - full, x_tail.data(), w_tail, wdt, bf16_compute, tail);
+  for (long m = 0; m < M; ++m) acc[m] += tail[m];
+}
+#endif
+
+void gemm_rows_dot(bool avx2, long M, long N, long K, float alpha, const Matrix& A, const Matrix& B, float beta,
+                   float* C, long ldc, bool bf16_compute) {
+  const std::vector<float> x = a_rows_f32(A, M, K, bf16_compute);
+  const size_t w_row_bytes = size_t(B.ld) * dtype_size(B.dtype);
+  parallel_for(size_t(N), 64, [&](size_t begin, size_t end) {
+    float acc[kRowsDotMaxM];
+    for (size_t n = begin; n < end; ++n) {
+      const void* w = static_cast<const char*>(B.data) + n * w_row_bytes;
+#ifdef ZN_GEMM_X86
+      if (avx2) {
+        rows_dot_avx2(M, K, x.data(), w, B.dtype, bf16_compute, acc);
+      } else {
+        rows_dot_scalar(M, K, x.data(), w, B.dtype, bf16_compute, acc);
+      }
+#else
+      rows_dot_scalar(M, K, x.data(), w, B.dtype, bf16_compute, acc);
+#endif
+      for (long m = 0; m < M; ++m) {
+        float& out = C[m * ldc + long(n)];
+        out = beta == 0.0f ? alpha * acc[m] : alpha * acc[m] + beta * out;
+      }
+    }
+  });
+}
+
 // C = beta * C (alpha == 0 or K == 0: the product contributes nothing and A, B are not read).
 void scale_output(long M, long N, float beta, float* C, long ldc) {
   for (long i = 0; i < M; ++i) {
@@ -586,6 +685,9 @@ void gemm_on_path(CpuPath path, bool trans_a, bool trans_b, long M, long N, long
   check_operand("B", B, trans_b, K, N);
 
   const bool bf16_compute = A.dtype == DType::BF16 || B.dtype == DType::BF16;
+  if (rows_dot_applies(trans_a, trans_b, M)) {
+    return gemm_rows_dot(path != CpuPath::Scalar, M, N, K, alpha, A, B, beta, C, ldc, bf16_compute);
+  }
   const Problem problem{M, N, K, alpha, beta, a_source(A, trans_a), b_source(B, trans_b),
                         bf16_compute, C, ldc};
   switch (path) {
