@@ -123,6 +123,12 @@ describe('chat in a terminal (tmux)', { skip: hasTmux() ? false : 'tmux is not i
     }
   }
   const atPrompt = (text: string): boolean => /\n>$/.test(text);
+  async function startChat(flags: string[]): Promise<void> {
+    spawnSync('tmux', ['-L', socket, 'kill-session', '-t', session]);
+    const command = [process.execPath, cli, 'chat', '--model_name_or_path', modelDir, ...flags].map((a) => `'${a}'`).join(' ');
+    tmux('new-session', '-d', '-s', session, '-x', '120', '-y', '40', `${command}; echo "chat exited $?"; sleep 600`);
+    await waitFor('the banner and the prompt', (text) => text.includes('Ctrl-C stops an answer') && atPrompt(text));
+  }
   after(() => spawnSync('tmux', ['-L', socket, 'kill-server']));
 
   it('streams an answer, Ctrl-C stops it and prompts again, /exit quits with 0', { timeout: 5 * WAIT_MS }, async () => {
@@ -132,9 +138,7 @@ describe('chat in a terminal (tmux)', { skip: hasTmux() ? false : 'tmux is not i
     const prefix = /^[\x20-\x7e]*/.exec(start)![0].slice(0, 30);
     assert.ok(prefix.length >= 3, `the fixture's answer should start with printable text, got ${JSON.stringify(start)}`);
 
-    const command = [process.execPath, cli, 'chat', '--model_name_or_path', modelDir, ...flags].map((a) => `'${a}'`).join(' ');
-    tmux('new-session', '-d', '-s', session, '-x', '120', '-y', '40', `${command}; echo "chat exited $?"; sleep 600`);
-    await waitFor('the banner and the prompt', (text) => text.includes('Ctrl-C stops an answer') && atPrompt(text));
+    await startChat(flags);
 
     tmux('send-keys', '-t', session, '-l', 'hello');
     tmux('send-keys', '-t', session, 'Enter');
@@ -151,4 +155,12 @@ describe('chat in a terminal (tmux)', { skip: hasTmux() ? false : 'tmux is not i
     tmux('send-keys', '-t', session, 'Enter');
     await waitFor('the exit', (text) => /chat exited 0$/.test(text));
   });
+
+  for (const key of ['C-c', 'C-d']) {
+    it(`${key} at the prompt quits with 0`, { timeout: 3 * WAIT_MS }, async () => {
+      await startChat(['--max_new_tokens', '4']);
+      tmux('send-keys', '-t', session, key);
+      await waitFor('the exit', (text) => /chat exited 0$/.test(text));
+    });
+  }
 });
