@@ -87,6 +87,11 @@ describe('chat on a pipe', () => {
 });
 
 describe('chat: bad input', () => {
+  it('is listed in --help', () => {
+    const result = spawnSync(process.execPath, [cli, '--help'], { encoding: 'utf8' });
+    assert.match(result.stdout, /zephyr-native chat\b/);
+  });
+
   it('--top_p 0 is a usage error, one line, exit 2', () => {
     const result = chat('hello\n', '--top_p', '0');
     assert.equal(result.status, 2);
