@@ -81,8 +81,8 @@ describe('chat on a pipe', () => {
     assert.equal(answers.length, 3, result.stdout);
     assert.ok(answers[0].length > 0);
     assert.equal(answers[1], '');
-    assert.match(result.stderr, /fills the context \(40 of 40 tokens\): \/reset/);
-    assert.match(result.stderr, /the message was not sent/);
+    assert.match(result.stderr, /^chat: the conversation fills the context \(40 tokens\): \/reset to start again$/m);
+    assert.match(result.stderr, /^chat: the conversation with this message needs \d+ tokens, the context holds 40: the message was not sent/m);
   });
 });
 

@@ -11,8 +11,12 @@ import { untilStopSignal } from './stop-signals.js';
 
 const PROMPT = '> ';
 
-function contextFullNotice(session: ChatSession, tokens: number): string {
-  return `the conversation fills the context (${tokens} of ${session.maxContext} tokens): /reset to start again`;
+function contextFullNotice(session: ChatSession): string {
+  return `the conversation fills the context (${session.maxContext} tokens): /reset to start again`;
+}
+
+function notSentNotice(session: ChatSession, promptTokens: number): string {
+  return `the conversation with this message needs ${promptTokens} tokens, the context holds ${session.maxContext}: the message was not sent; /reset to start again`;
 }
 
 /** What a terminal shows after an answer, or null. */
@@ -21,10 +25,10 @@ function turnNotice(session: ChatSession, result: TurnResult, maxNewTokens: numb
     case 'stopped':
       return '[stopped]';
     case 'contextFull':
-      return `[${contextFullNotice(session, result.promptTokens)}; the message was not sent]`;
+      return `[${notSentNotice(session, result.promptTokens)}]`;
     case 'answer': {
       const { completion } = result;
-      if (result.contextFull) return `[${contextFullNotice(session, completion.promptTokens + completion.tokenIds.length)}]`;
+      if (result.contextFull) return `[${contextFullNotice(session)}]`;
       if (completion.finishReason === 'length') return `[the answer reached max_new_tokens${maxNewTokens ? ` (${maxNewTokens})` : ''}]`;
       return null;
     }
@@ -103,6 +107,7 @@ export async function chatOnPipe(session: ChatSession): Promise<void> {
   const notice = (text: string): void => void process.stderr.write(`chat: ${text}\n`);
   await untilStopSignal(async (signal) => {
     const lines = createInterface({ input: process.stdin, terminal: false, crlfDelay: Infinity });
+    signal.addEventListener('abort', () => lines.close(), { once: true });
     try {
       for await (const line of lines) {
         const command = parseChatInput(line);
@@ -113,10 +118,8 @@ export async function chatOnPipe(session: ChatSession): Promise<void> {
         else if (command.kind === 'message') {
           const result = await session.reply(command.content, { signal, onText: (text) => output.write(text) });
           output.write('\n\n');
-          if (result.kind === 'contextFull') notice(`${contextFullNotice(session, result.promptTokens)}; the message was not sent (empty answer)`);
-          if (result.kind === 'answer' && result.contextFull) {
-            notice(contextFullNotice(session, result.completion.promptTokens + result.completion.tokenIds.length));
-          }
+          if (result.kind === 'contextFull') notice(`${notSentNotice(session, result.promptTokens)} (its answer is empty)`);
+          if (result.kind === 'answer' && result.contextFull) notice(contextFullNotice(session));
           if (result.kind === 'stopped') break;
         }
       }
