@@ -3,6 +3,7 @@ import type { CommandModule } from 'yargs';
 
 import { benchCommand } from './bench.js';
 import { binarizeCommand } from './binarize.js';
+import { chatCommand } from './chat.js';
 import { dataCommand } from './data.js';
 import { infoCommand } from './info.js';
 import { rateCommand } from './rate.js';
@@ -16,6 +17,7 @@ export const commands: CommandModule<object, any>[] = [
   binarizeCommand,
   rateCommand,
   scoreCommand,
+  chatCommand,
   benchCommand,
   dataCommand,
   infoCommand,
