@@ -155,9 +155,10 @@ describe('greedy generation conformance with transformers generate', { skip: ski
       const { tokens, margins } = ref.implementations.eager;
       const prefixes = tokens.map((theirs, p) => agreed(run.tokens[p], theirs));
       const total = prefixes.reduce((a, b) => a + b, 0);
+      const parted = prefixes.flatMap((at, p) => (at < ref.max_new_tokens ? [`prompt ${p} step ${at} margin ${margins[p][at].toFixed(3)}`] : []));
       t.diagnostic(
         `${name}: bf16 agrees for ${prefixes} of ${ref.max_new_tokens} tokens (${total}/${tokens.length * ref.max_new_tokens}); ` +
-          `first-step logits vs f32: relative ${firstRel.toExponential(1)}, max abs ${firstAbs.toFixed(3)}`,
+          `first-step logits vs f32: relative ${firstRel.toExponential(1)}, max abs ${firstAbs.toFixed(3)}; parted at: ${parted.join(', ') || 'none'}`,
       );
       // bf16 keeps 8 significant bits of the weights and matmul inputs: the logits move by about
       // 1% relative (measured at the first step: firstRel). Greedy can flip only where the two
