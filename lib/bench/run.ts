@@ -94,13 +94,21 @@ export function ourVersions(): Record<string, string> {
 
 /** Runs one configuration in a fresh child process (so its max RSS is its own). */
 export function runInChild(options: StepBenchOptions): Promise<StepMeasurement> {
+  return runChildScript('./child.js', options, `bench ${options.preset} ${options.mode} ${options.precision}`);
+}
+
+/**
+ * Sends `options` to a fresh child process running `script` (beside this file), which answers
+ * one IPC message, {type: 'result', result} or {type: 'error', message}.
+ */
+export function runChildScript<Options extends object, Result>(script: string, options: Options, label: string): Promise<Result> {
   return new Promise((resolve, reject) => {
-    const child = fork(fileURLToPath(new URL('./child.js', import.meta.url)), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const child = fork(fileURLToPath(new URL(script, import.meta.url)), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     let settled = false;
-    child.on('message', (message: { type: 'result'; result: StepMeasurement } | { type: 'error'; message: string }) => {
+    child.on('message', (message: { type: 'result'; result: Result } | { type: 'error'; message: string }) => {
       settled = true;
       if (message.type === 'result') resolve(message.result);
-      else reject(new ZnError(`bench ${options.preset} ${options.mode} ${options.precision}: ${message.message}`));
+      else reject(new ZnError(`${label}: ${message.message}`));
     });
     child.on('error', (error) => {
       if (!settled) reject(new ZnError(`bench: could not start the benchmark process: ${error.message}`));
@@ -109,7 +117,7 @@ export function runInChild(options: StepBenchOptions): Promise<StepMeasurement> 
     child.on('exit', (code, signal) => {
       if (!settled) {
         settled = true;
-        reject(new ZnError(`bench ${options.preset} ${options.mode} ${options.precision}: the benchmark process ended (${signal ?? `exit ${code}`}) before reporting${signal === 'SIGKILL' ? ' (out of memory?)' : ''}`));
+        reject(new ZnError(`${label}: the benchmark process ended (${signal ?? `exit ${code}`}) before reporting${signal === 'SIGKILL' ? ' (out of memory?)' : ''}`));
       }
     });
     child.send(options);
@@ -125,9 +133,9 @@ export function toResult(measurement: BenchMeasurement, peak: MeasuredPeak | nul
   return { ...measurement, flops_per_step: flops, mfu: mfu === null ? null : Number(mfu.toFixed(4)) };
 }
 
-const mib = (bytes: number) => `${(bytes / (1 << 20)).toFixed(0)} MiB`;
+export const mib = (bytes: number) => `${(bytes / (1 << 20)).toFixed(0)} MiB`;
 
-function markdown(header: string[], rows: string[][]): string {
+export function markdown(header: string[], rows: string[][]): string {
   const line = (cells: string[]) => `| ${cells.join(' | ')} |`;
   return [line(header), line(header.map(() => '---')), ...rows.map(line)].join('\n');
 }

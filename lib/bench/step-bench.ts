@@ -106,7 +106,7 @@ function timed(model: MistralModel, phases: StepPhases, logprobsPhase: keyof Ste
  * after each step (the models' arenas and the libraries' workspaces; the CUDA context already
  * exists when the first reading is taken). A no-op on the CPU.
  */
-function deviceMemoryTracker(device: Device): { sample(): void; peak(): number } {
+export function deviceMemoryTracker(device: Device): { sample(): void; peak(): number } {
   if (device !== 'cuda') return { sample: () => {}, peak: () => 0 };
   const addon = loadNative('cuda');
   const free = () => addon.info().freeMemory ?? 0;
