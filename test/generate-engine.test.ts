@@ -127,6 +127,8 @@ describe('generation engine', () => {
     }
     const full = result.value;
     assert.equal(streamed, full.text);
+    // Decoded piece by piece, the text is the whole decode of the tokens.
+    assert.equal(full.text, tokenizer.decode(full.tokenIds, { skipSpecialTokens: true }));
     assert.ok(full.text.length > 8, `a long enough text to cut: ${JSON.stringify(full.text)}`);
     const stop = full.text.slice(4, 7);
     const [[cut]] = await generator.generate([conversation], { maxNewTokens: 24, doSample: false, stopTokenIds: [], stop: [stop] });
