@@ -6,7 +6,9 @@
  * against one (ratio printed).
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -18,6 +20,7 @@ import { HfTokenizer } from '../lib/data/tokenizer.js';
 import { Generator } from '../lib/generate/generate.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { loadModel } from '../lib/model/model.js';
+import { packageRoot } from '../lib/native.js';
 import { createServer, type ZephyrServer } from '../lib/serve/server.js';
 
 const work = mkdtempSync(join(tmpdir(), 'zn-serve-'));
@@ -228,5 +231,57 @@ describe('serve', { timeout: 180_000 }, () => {
     it('refuses a non-loopback host without a key unless insecure', async () => {
       await assert.rejects(createServer(modelDir, { host: '0.0.0.0', port: 0 }), /--api_key/);
     });
+  });
+
+  it('`zephyr-native serve` judges for `rate`, and on SIGTERM finishes the request in flight and exits 0', async () => {
+    // A long context: the judge's rubric prompt is longer than the other tests' model holds.
+    const judgeDir = join(work, 'judge');
+    await writeRandomModel(judgeDir, mistralConfig({
+      vocab_size: 32000, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4,
+      num_key_value_heads: 2, max_position_embeddings: 4096, sliding_window: 64, tie_word_embeddings: false,
+      bos_token_id: 1, eos_token_id: 2, initializer_range: 0.5,
+    }), { seed: 6, tokenizerDir: join(work, 'tokenizer') });
+    const cli = join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
+    const serve = spawn(process.execPath, [cli, 'serve', '--model_name_or_path', judgeDir, '--port', '0', '--served_model_name', 'judge', '--shutdown_timeout', '20'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    serve.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+    const killer = setTimeout(() => serve.kill('SIGKILL'), 120_000);
+    try {
+      const deadline = Date.now() + 60_000;
+      while (!/ at (http:\/\/\S+)\/v1/.test(stderr)) {
+        assert.ok(Date.now() < deadline && serve.exitCode === null, `serve did not start: ${stderr}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      const url = / at (http:\/\/\S+)\/v1/.exec(stderr)![1];
+
+      const input = join(work, 'rate-input.jsonl');
+      const output = join(work, 'rate-output.jsonl');
+      writeFileSync(input, [0, 1].map((i) => JSON.stringify({ instruction: `Say ${i}.`, completions: [{ model: 'a', response: `${i}` }, { model: 'b', response: 'no' }] })).join('\n') + '\n');
+      const rate = spawn(process.execPath, [cli, 'rate', '--input', input, '--output', output, '--judge_url', `${url}/v1`, '--judge_model', 'judge', '--max_tokens', '8', '--max_retries', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let rateErr = '';
+      rate.stderr.setEncoding('utf8').on('data', (text: string) => (rateErr += text));
+      const [rateCode] = await once(rate, 'exit');
+      // A random model's answers are no ratings: the rows come back invalid, but every request was answered.
+      assert.equal(rateCode, 0, rateErr);
+      assert.equal(readFileSync(output, 'utf8').trim().split('\n').length, 2);
+      assert.match(stderr, /POST \/v1\/chat\/completions 200 /);
+
+      const inFlight = await fetch(`${url}/v1/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'judge', prompt: 'Tell a story.', max_tokens: 300, temperature: 0, stream: true }),
+        signal: AbortSignal.timeout(60_000),
+      });
+      const reader = inFlight.body!.getReader();
+      let events = new TextDecoder().decode((await reader.read()).value);
+      serve.kill('SIGTERM');
+      for (let part = await reader.read(); !part.done; part = await reader.read()) events += new TextDecoder().decode(part.value);
+      assert.ok(events.endsWith('data: [DONE]\n\n'), 'the stream in flight ran to its end');
+      assert.match(events, /"finish_reason":"(stop|length)"/);
+      const [code] = await once(serve, 'exit');
+      assert.equal(code, 0, stderr);
+    } finally {
+      clearTimeout(killer);
+      if (serve.exitCode === null) serve.kill('SIGKILL');
+    }
   });
 });
