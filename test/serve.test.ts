@@ -152,6 +152,35 @@ describe('serve', { timeout: 180_000 }, () => {
     assert.deepEqual(models.data.map((m) => m.id), ['tiny']);
   });
 
+  it('answers malformed bodies, truncated bodies and huge values with an HTTP answer', async () => {
+    const hi = '"messages":[{"role":"user","content":"hi"}]';
+    const cases: [string, number, string | null][] = [
+      ['null', 400, null], ['[]', 400, null], ['{"messages":"hi"}', 400, 'messages'], ['{"messages":[]}', 400, 'messages'],
+      [`{${hi},"stop":[""]}`, 400, 'stop'], [`{${hi},"n":1.5}`, 400, 'n'], [`{${hi},"seed":-1}`, 400, 'seed'],
+      [`{${hi},"temperature":1e308}`, 400, 'temperature'], [`{${hi},"max_tokens":1e308}`, 200, null],
+      ['{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}', 400, 'messages[0].content[0]'],
+    ];
+    for (const [body, status, param] of cases) {
+      const answer = await post(server, '/v1/chat/completions', body);
+      assert.equal(answer.status, status, body);
+      if (status === 400) assert.equal(answer.json.error.param, param, body);
+    }
+    const { connect } = await import('node:net');
+    const statusLine = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(new URL(server.url).port), '127.0.0.1', () => {
+        socket.write('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"prompt":');
+        setTimeout(() => socket.end(), 50);
+      });
+      let reply = '';
+      socket.on('data', (data) => (reply += data));
+      socket.on('close', () => resolve(reply.split('\r\n')[0]));
+      socket.on('error', reject);
+      socket.setTimeout(10_000, () => reject(new Error('no answer to a truncated body within 10 s')));
+    });
+    assert.equal(statusLine, 'HTTP/1.1 400 Bad Request');
+    assert.equal((await fetch(`${server.url}/health`)).status, 200);
+  });
+
   it('lets a client leave mid-stream while another completes', async () => {
     const [[expected]] = await reference.generate([MESSAGES], { maxNewTokens: 40, doSample: false });
     const leaving = new AbortController();

@@ -89,14 +89,26 @@ function paramOf(message: string): string | null {
   return name === undefined ? null : (renamed[name] ?? name);
 }
 
+type SchemaError = NonNullable<FastifyError['validation']>[number];
+
 /** messages[0].role from a schema error's /messages/0/role. */
-function paramOfValidation(error: FastifyError): string | null {
-  const first = error.validation?.[0];
-  if (!first) return null;
-  const path = first.instancePath.split('/').filter(Boolean);
-  const missing = (first.params as { missingProperty?: string }).missingProperty;
+function paramOfSchemaError(error: SchemaError): string | null {
+  const path = error.instancePath.split('/').filter(Boolean);
+  const missing = (error.params as { missingProperty?: string }).missingProperty;
   if (missing) path.push(missing);
   return path.reduce((param, part) => (/^\d+$/.test(part) ? `${param}[${part}]` : param ? `${param}.${part}` : part), '') || null;
+}
+
+/**
+ * The 400 for a body that fails its schema. A field with several allowed forms (stop: a string,
+ * a list or null) fails every branch: the message lists what each branch wanted.
+ */
+function schemaError(errors: SchemaError[]): ApiError {
+  const anyOf = errors.find((e) => e.keyword === 'anyOf');
+  const branches = anyOf ? errors.filter((e) => e !== anyOf) : errors.slice(0, 1);
+  const param = paramOfSchemaError(anyOf ?? errors[0]);
+  const message = [...new Set(branches.map((e) => `${paramOfSchemaError(e) ?? 'the body'} ${e.message ?? 'is invalid'}`))].join(', or ');
+  return badRequest(message, param, branches.some((e) => e.keyword === 'type') ? 'invalid_type' : 'invalid_value');
 }
 
 export async function createServer(modelOrDir: string | MistralModel, options: ServeOptions = {}): Promise<ZephyrServer> {
@@ -132,10 +144,7 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
 
   app.setErrorHandler((error: FastifyError | ApiError, _request, reply) => {
     if (error instanceof ApiError) return reply.code(error.status).headers(error.headers).send(error.body);
-    if (error.validation) {
-      const param = paramOfValidation(error);
-      return reply.code(400).send(badRequest(`${param ?? 'body'} ${error.validation[0].message ?? 'is invalid'}`, param, 'invalid_type').body);
-    }
+    if (error.validation) return reply.code(400).send(schemaError(error.validation).body);
     const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
     const type = status === 500 ? 'server_error' : 'invalid_request_error';
     const message = status === 500 ? `internal error: ${error.message}` : error.message;
