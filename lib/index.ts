@@ -49,3 +49,4 @@ export { GenerationEngine, type Completion, type FinishReason, type GeneratedTok
 export { resolveGeneration, type GenerationOptions } from './generate/options.js';
 export { mistralConfig, writeRandomModel } from './model/init.js';
 export { readMistralConfig, type MistralConfig } from './model/config.js';
+export { createServer, type ServeOptions, type ZephyrServer } from './serve/server.js';

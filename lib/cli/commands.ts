@@ -9,6 +9,7 @@ import { infoCommand } from './info.js';
 import { rateCommand } from './rate.js';
 import { dpoCommand, sftCommand, trainCommand } from './train-commands.js';
 import { scoreCommand } from './score.js';
+import { serveCommand } from './serve.js';
 
 export const commands: CommandModule<object, any>[] = [
   trainCommand,
@@ -18,6 +19,7 @@ export const commands: CommandModule<object, any>[] = [
   rateCommand,
   scoreCommand,
   chatCommand,
+  serveCommand,
   benchCommand,
   dataCommand,
   infoCommand,

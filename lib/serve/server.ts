@@ -1,0 +1,402 @@
+/**
+ * `serve`: OpenAI's chat completions and completions API over the generation engine. Every
+ * request's sequences join the engine's running batch (continuous batching: lib/generate/engine.ts)
+ * and leave it when they end or their client goes away. Fastify parses and checks the JSON
+ * against the schemas in ./requests.ts; everything a client can get wrong is an OpenAI error JSON
+ * (./api-error.ts), never a crash. A bounded number of sequences may be in flight
+ * (max_batch running + max_queue waiting); beyond it, 429 with Retry-After.
+ */
+import { randomUUID, timingSafeEqual } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import type { ServerResponse } from 'node:http';
+
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+
+import { HfTokenizer } from '../data/tokenizer.js';
+import { UsageError } from '../errors.js';
+import type { Completion, GeneratedToken } from '../generate/engine.js';
+import { Generator } from '../generate/generate.js';
+import { resolveGeneration } from '../generate/options.js';
+import { loadModel, type MistralModel, type ModelDType } from '../model/model.js';
+import type { Device } from '../native.js';
+import { ApiError, badRequest } from './api-error.js';
+import { chatCall, chatCompletionSchema, completionCall, completionSchema, type ChatCompletionBody, type CompletionBody, type GenerationCall } from './requests.js';
+
+export interface ServeOptions {
+  /** Default 127.0.0.1. A host other than loopback needs apiKey or insecure. */
+  host?: string;
+  /** Default 8000; 0 picks a free port. */
+  port?: number;
+  /** The model name clients send and /v1/models lists (default: the folder's name). */
+  servedModelName?: string;
+  /** When set, every route but /health needs `Authorization: Bearer <apiKey>`. */
+  apiKey?: string;
+  /** Allow a non-loopback host without an API key. */
+  insecure?: boolean;
+  /** Sequences decoded at once (default 8). */
+  maxBatch?: number;
+  /** Sequences that may wait for a place in the batch (default 64); more get 429. */
+  maxQueue?: number;
+  /** Completions one request may ask for (n; default 16, at most maxBatch + maxQueue). */
+  maxN?: number;
+  /** Positions a sequence may reach, prompt included (default max_position_embeddings). */
+  maxContext?: number;
+  /** Loading a folder: backend and dtype (default cpu, f32). */
+  device?: Device;
+  dtype?: ModelDType;
+  /** The tokenizer (default: the model folder's). */
+  tokenizer?: HfTokenizer;
+  /** Put the prompt into the access log (default false). */
+  logPrompts?: boolean;
+  /** Where the access-log lines go (default stderr; null: nowhere). */
+  log?: ((line: string) => void) | null;
+  /** close(): how long requests in flight may take to finish before they are cut (default 30 s). */
+  shutdownTimeoutMs?: number;
+}
+
+export interface ZephyrServer {
+  /** http://host:port */
+  readonly url: string;
+  readonly address: AddressInfo;
+  readonly servedModelName: string;
+  /** Stop accepting, let requests in flight finish (bounded), free the model if it was loaded here. */
+  close(): Promise<void>;
+}
+
+const LOOPBACK = /^(localhost|127(\.\d{1,3}){3}|::1|::ffff:127(\.\d{1,3}){3})$/;
+
+interface RequestRecord {
+  start: number;
+  promptTokens: number;
+  completionTokens: number;
+  prompt: string | null;
+}
+
+function sameSecret(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+function checkCount(name: string, value: number, min: number): void {
+  if (!Number.isSafeInteger(value) || value < min) throw new UsageError(`serve: ${name} must be an integer >= ${min}, got ${value}`);
+}
+
+/** The request parameter a generation UsageError names ("generation: top_p must be ..."). */
+function paramOf(message: string): string | null {
+  const name = /^generation: (?:a )?(\w+)/.exec(message)?.[1];
+  const renamed: Record<string, string> = { max_new_tokens: 'max_tokens', num_return_sequences: 'n' };
+  return name === undefined ? null : (renamed[name] ?? name);
+}
+
+type SchemaError = NonNullable<FastifyError['validation']>[number];
+
+/** messages[0].role from a schema error's /messages/0/role. */
+function paramOfSchemaError(error: SchemaError): string | null {
+  const path = error.instancePath.split('/').filter(Boolean);
+  const missing = (error.params as { missingProperty?: string }).missingProperty;
+  if (missing) path.push(missing);
+  return path.reduce((param, part) => (/^\d+$/.test(part) ? `${param}[${part}]` : param ? `${param}.${part}` : part), '') || null;
+}
+
+/**
+ * The 400 for a body that fails its schema. A field with several allowed forms (stop: a string,
+ * a list or null) fails every branch: the message lists what each branch wanted.
+ */
+function schemaError(errors: SchemaError[]): ApiError {
+  const anyOf = errors.find((e) => e.keyword === 'anyOf');
+  const branches = anyOf ? errors.filter((e) => e !== anyOf) : errors.slice(0, 1);
+  const param = paramOfSchemaError(anyOf ?? errors[0]);
+  const message = [...new Set(branches.map((e) => `${paramOfSchemaError(e) ?? 'the body'} ${e.message ?? 'is invalid'}`))].join(', or ');
+  return badRequest(message, param, branches.some((e) => e.keyword === 'type') ? 'invalid_type' : 'invalid_value');
+}
+
+export async function createServer(modelOrDir: string | MistralModel, options: ServeOptions = {}): Promise<ZephyrServer> {
+  const host = options.host ?? '127.0.0.1';
+  const apiKey = options.apiKey || undefined;
+  if (!LOOPBACK.test(host) && !apiKey && !options.insecure) {
+    throw new UsageError(`serve: --host ${host} is reachable from other machines; give --api_key (or ZN_SERVE_API_KEY), or --insecure to serve it without a key`);
+  }
+  const maxBatch = options.maxBatch ?? 8;
+  const maxQueue = options.maxQueue ?? 64;
+  checkCount('max_batch', maxBatch, 1);
+  checkCount('max_queue', maxQueue, 0);
+  const maxN = Math.min(options.maxN ?? 16, maxBatch + maxQueue);
+  const dir = typeof modelOrDir === 'string' ? modelOrDir : modelOrDir.dir;
+  const servedModelName = options.servedModelName ?? (dir.replace(/[\\/]+$/, '').split(/[\\/]/).pop() || 'model');
+  const log = options.log === undefined ? (line: string) => process.stderr.write(`${line}\n`) : options.log;
+  const created = Math.floor(Date.now() / 1000);
+
+  let generator: Generator | null = null;
+  let model: MistralModel | null = typeof modelOrDir === 'string' ? null : modelOrDir;
+  let sequencesInFlight = 0;
+  const shutdown = new AbortController();
+  const records = new WeakMap<FastifyRequest, RequestRecord>();
+
+  const app: FastifyInstance = Fastify({
+    logger: false,
+    bodyLimit: 8 * 1024 * 1024,
+    // Slow senders: the whole request must arrive within this time (the response may take longer).
+    requestTimeout: 60_000,
+    return503OnClosing: true,
+    ajv: { customOptions: { coerceTypes: false, allErrors: false, removeAdditional: false, useDefaults: false } },
+  });
+
+  app.setErrorHandler((error: FastifyError | ApiError, _request, reply) => {
+    if (error instanceof ApiError) return reply.code(error.status).headers(error.headers).send(error.body);
+    if (error.validation) return reply.code(400).send(schemaError(error.validation).body);
+    const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
+    const type = status === 500 ? 'server_error' : 'invalid_request_error';
+    const message = status === 500 ? `internal error: ${error.message}` : error.message;
+    return reply.code(status).send(new ApiError(status, message, type, null, error.code ?? null).body);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const error = new ApiError(404, `no route ${request.method} ${request.url.split('?')[0]}`, 'not_found_error', null, 'not_found');
+    return reply.code(404).send(error.body);
+  });
+
+  app.addHook('onRequest', async (request, reply) => {
+    const record: RequestRecord = { start: performance.now(), promptTokens: 0, completionTokens: 0, prompt: null };
+    records.set(request, record);
+    reply.raw.once('close', () => {
+      if (!log) return;
+      const ms = (performance.now() - record.start).toFixed(1);
+      const route = request.routeOptions.url ?? request.url.split('?')[0];
+      const cut = reply.raw.writableFinished ? '' : ' (client gone)';
+      const prompt = options.logPrompts && record.prompt !== null ? ` prompt=${JSON.stringify(record.prompt)}` : '';
+      log(`${request.method} ${route} ${reply.raw.statusCode}${cut} prompt_tokens=${record.promptTokens} completion_tokens=${record.completionTokens} ${ms}ms${prompt}`);
+    });
+    if (!apiKey || request.url === '/health') return;
+    const given = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1];
+    if (given === undefined || !sameSecret(given, apiKey)) {
+      throw new ApiError(401, 'invalid or missing API key (Authorization: Bearer <key>)', 'authentication_error', null, 'invalid_api_key');
+    }
+  });
+
+  app.get('/health', async (_request, reply) => (generator ? { status: 'ok' } : reply.code(503).send({ status: 'loading' })));
+  app.get('/v1/models', async () => ({ object: 'list', data: [{ id: servedModelName, object: 'model', created, owned_by: 'zephyr-native' }] }));
+
+  /** The checked request, its prompt's token count, and a place in the batch (or an ApiError). */
+  function admit(request: FastifyRequest, body: { model?: string }, call: GenerationCall, promptParam: string): number {
+    if (!generator) throw new ApiError(503, 'the model is still loading', 'server_error', null, 'loading', { 'Retry-After': '5' });
+    if (body.model !== undefined && body.model !== servedModelName) {
+      throw new ApiError(404, `the model ${JSON.stringify(body.model)} does not exist; this server serves ${JSON.stringify(servedModelName)}`, 'not_found_error', 'model', 'model_not_found');
+    }
+    if (call.n > maxN) throw badRequest(`n must be at most ${maxN}, got ${call.n}`, 'n');
+    try {
+      resolveGeneration({ ...call.options, numReturnSequences: call.n });
+    } catch (error) {
+      if (error instanceof UsageError) throw badRequest(error.message.replace(/^generation: /, ''), paramOf(error.message));
+      throw error;
+    }
+    let promptTokens: number;
+    try {
+      promptTokens = generator.promptIds(call.input).length;
+    } catch (error) {
+      throw badRequest(`${promptParam}: cannot render the prompt: ${(error as Error).message}`, promptParam);
+    }
+    const maxContext = generator.engine.maxContext;
+    if (promptTokens >= maxContext) {
+      throw badRequest(`the prompt has ${promptTokens} tokens; this model's context holds ${maxContext}, leaving no room for an answer`, promptParam, 'context_length_exceeded');
+    }
+    if (sequencesInFlight + call.n > maxBatch + maxQueue) {
+      throw new ApiError(429, `the server is busy (${sequencesInFlight} sequences in flight, room for ${maxBatch + maxQueue}); retry later`, 'rate_limit_error', null, 'server_busy', { 'Retry-After': '1' });
+    }
+    const record = records.get(request)!;
+    record.promptTokens = promptTokens;
+    record.prompt = JSON.stringify(call.input);
+    return promptTokens;
+  }
+
+  /** The request's n streams, ended by the client leaving or by shutdown's last resort. */
+  async function run(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    call: GenerationCall,
+    onToken: (index: number, token: GeneratedToken) => void,
+  ): Promise<Completion[]> {
+    const gen = generator!;
+    const client = new AbortController();
+    const onClose = (): void => {
+      if (!reply.raw.writableFinished) client.abort(new Error('the client went away'));
+    };
+    reply.raw.once('close', onClose);
+    const signal = AbortSignal.any([client.signal, shutdown.signal]);
+    const record = records.get(request)!;
+    sequencesInFlight += call.n;
+    try {
+      // allSettled: the count of sequences in flight drops only once every one has left the batch.
+      const settled = await Promise.allSettled(
+        Array.from({ length: call.n }, async (_, index) => {
+          const seed = call.options.seed === undefined ? undefined : call.options.seed + index;
+          const tokens = gen.stream(call.input, { ...call.options, seed, signal });
+          for (;;) {
+            const next = await tokens.next();
+            if (next.done) return next.value;
+            if (next.value.token !== null) record.completionTokens++;
+            onToken(index, next.value);
+          }
+        }),
+      );
+      const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+      if (failed) throw failed.reason;
+      return settled.map((s) => (s as PromiseFulfilledResult<Completion>).value);
+    } finally {
+      sequencesInFlight -= call.n;
+      reply.raw.off('close', onClose);
+    }
+  }
+
+  const tokenText = (id: number): string => generator!.tokenizer.decode([id]);
+  const chatLogprob = (id: number, logprob: number) => {
+    const token = tokenText(id);
+    return { token, logprob, bytes: [...Buffer.from(token, 'utf8')], top_logprobs: [] };
+  };
+  const usageOf = (promptTokens: number, completions: Completion[]) => {
+    const completionTokens = completions.reduce((sum, c) => sum + c.tokenIds.length, 0);
+    return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
+  };
+
+  /** Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. */
+  async function streamEvents(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    call: GenerationCall,
+    promptTokens: number,
+    chunk: (choices: unknown[], usage?: unknown) => unknown,
+    first: ((index: number) => unknown) | null,
+    piece: (index: number, token: GeneratedToken) => unknown,
+    last: (index: number, reason: string) => unknown,
+  ): Promise<void> {
+    reply.hijack();
+    const raw: ServerResponse = reply.raw;
+    raw.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+    const send = (data: unknown): void => {
+      if (!raw.writableEnded && !raw.destroyed) raw.write(`data: ${JSON.stringify(data)}\n\n`);
+    };
+    const usageField = call.includeUsage ? { usage: null } : {};
+    if (first) for (let i = 0; i < call.n; i++) send({ ...(chunk([first(i)]) as object), ...usageField });
+    try {
+      const completions = await run(request, reply, call, (index, token) => {
+        if (token.text !== '' || (call.logprobs && token.token !== null)) send({ ...(chunk([piece(index, token)]) as object), ...usageField });
+      });
+      completions.forEach((completion, index) => send({ ...(chunk([last(index, completion.finishReason)]) as object), ...usageField }));
+      if (call.includeUsage) send(chunk([], usageOf(promptTokens, completions)));
+    } catch (error) {
+      if (raw.destroyed) return;
+      const apiError = new ApiError(500, `generation failed: ${(error as Error).message}`, 'server_error');
+      send(apiError.body);
+    }
+    if (!raw.destroyed) raw.end('data: [DONE]\n\n');
+  }
+
+  app.post<{ Body: ChatCompletionBody }>('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async (request, reply) => {
+    const call = chatCall(request.body);
+    const promptTokens = admit(request, request.body, call, 'messages');
+    const id = `chatcmpl-${randomUUID().replaceAll('-', '')}`;
+    const base = { id, created: Math.floor(Date.now() / 1000), model: servedModelName, system_fingerprint: null };
+    if (call.stream) {
+      const chunk = (choices: unknown[], usage?: unknown) => ({ ...base, object: 'chat.completion.chunk', choices, ...(usage ? { usage } : {}) });
+      return streamEvents(
+        request, reply, call, promptTokens, chunk,
+        (index) => ({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }),
+        (index, token) => ({
+          index,
+          delta: { content: token.text },
+          logprobs: call.logprobs ? { content: token.token === null ? [] : [chatLogprob(token.token, token.logprob!)] } : null,
+          finish_reason: null,
+        }),
+        (index, reason) => ({ index, delta: {}, logprobs: null, finish_reason: reason }),
+      );
+    }
+    const completions = await run(request, reply, call, () => {});
+    return {
+      ...base,
+      object: 'chat.completion',
+      choices: completions.map((c, index) => ({
+        index,
+        message: { role: 'assistant', content: c.text, refusal: null },
+        logprobs: call.logprobs ? { content: c.tokenIds.map((id, t) => chatLogprob(id, c.logprobs[t])) } : null,
+        finish_reason: c.finishReason,
+      })),
+      usage: usageOf(promptTokens, completions),
+    };
+  });
+
+  const completionLogprobs = (tokenIds: number[], logprobs: number[]) => {
+    const tokens = tokenIds.map(tokenText);
+    let offset = 0;
+    const textOffset = tokens.map((t) => ((offset += t.length), offset - t.length));
+    return { tokens, token_logprobs: logprobs, top_logprobs: null, text_offset: textOffset };
+  };
+
+  app.post<{ Body: CompletionBody }>('/v1/completions', { schema: { body: completionSchema } }, async (request, reply) => {
+    const call = completionCall(request.body);
+    const promptTokens = admit(request, request.body, call, 'prompt');
+    const id = `cmpl-${randomUUID().replaceAll('-', '')}`;
+    const base = { id, object: 'text_completion', created: Math.floor(Date.now() / 1000), model: servedModelName, system_fingerprint: null };
+    if (call.stream) {
+      const chunk = (choices: unknown[], usage?: unknown) => ({ ...base, choices, ...(usage ? { usage } : {}) });
+      return streamEvents(
+        request, reply, call, promptTokens, chunk, null,
+        (index, token) => ({
+          index,
+          text: token.text,
+          logprobs: call.logprobs && token.token !== null ? completionLogprobs([token.token], [token.logprob!]) : null,
+          finish_reason: null,
+        }),
+        (index, reason) => ({ index, text: '', logprobs: null, finish_reason: reason }),
+      );
+    }
+    const completions = await run(request, reply, call, () => {});
+    return {
+      ...base,
+      choices: completions.map((c, index) => ({
+        index,
+        text: c.text,
+        logprobs: call.logprobs ? completionLogprobs(c.tokenIds, c.logprobs) : null,
+        finish_reason: c.finishReason,
+      })),
+      usage: usageOf(promptTokens, completions),
+    };
+  });
+
+  await app.listen({ host, port: options.port ?? 8000 });
+  try {
+    const tokenizer = options.tokenizer ?? HfTokenizer.fromFolder(dir);
+    model ??= await loadModel(dir, { device: options.device, dtype: options.dtype, maxTokens: Math.max(maxBatch, 2048) });
+    generator = await Generator.create(model, tokenizer, { batchSize: maxBatch, maxContext: options.maxContext });
+  } catch (error) {
+    await app.close();
+    if (typeof modelOrDir === 'string') model?.dispose();
+    throw error;
+  }
+  const address = app.server.address() as AddressInfo;
+  const urlHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+
+  let closing: Promise<void> | null = null;
+  const close = async (): Promise<void> => {
+    const closed = app.close();
+    const timeoutMs = options.shutdownTimeoutMs ?? 30_000;
+    let timer: NodeJS.Timeout | undefined;
+    const late = await Promise.race([
+      closed.then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (late) {
+      shutdown.abort(new Error('the server is shutting down'));
+      app.server.closeAllConnections();
+      await closed;
+    }
+    // Sequences end at a token boundary; the engine's loop is idle once none is in flight.
+    while (sequencesInFlight > 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    if (typeof modelOrDir === 'string') model?.dispose();
+  };
+  return {
+    url: `http://${urlHost}:${address.port}`,
+    address,
+    servedModelName,
+    close: () => (closing ??= close()),
+  };
+}

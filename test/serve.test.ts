@@ -1,0 +1,316 @@
+/**
+ * `serve` through the official OpenAI client (npm `openai`), on loopback, every wait bounded:
+ * chat and completions, streaming and not, n > 1, stop strings, seeds, usage; greedy text equals
+ * the Generator's for the same request; OpenAI error JSON for bad input, 401, 429; a client that
+ * leaves mid-stream frees its place and does not disturb another; 16 concurrent greedy requests
+ * against one (ratio printed).
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import OpenAI from 'openai';
+
+import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
+import { HfTokenizer } from '../lib/data/tokenizer.js';
+import { Generator } from '../lib/generate/generate.js';
+import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
+import { loadModel } from '../lib/model/model.js';
+import { packageRoot } from '../lib/native.js';
+import { createServer, type ZephyrServer } from '../lib/serve/server.js';
+
+const work = mkdtempSync(join(tmpdir(), 'zn-serve-'));
+const modelDir = join(work, 'model');
+after(() => rmSync(work, { recursive: true, force: true }));
+
+const MESSAGES = [{ role: 'user' as const, content: 'Name three colours.' }];
+
+function client(server: ZephyrServer, apiKey = 'unused'): OpenAI {
+  return new OpenAI({ baseURL: `${server.url}/v1`, apiKey, maxRetries: 0, timeout: 30_000 });
+}
+
+async function post(server: ZephyrServer, route: string, body: string, headers: Record<string, string> = {}) {
+  const response = await fetch(`${server.url}${route}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body,
+    signal: AbortSignal.timeout(30_000),
+  });
+  return { status: response.status, headers: response.headers, json: (await response.json()) as { error: { message: string; type: string; param: string | null; code: string | null } } };
+}
+
+describe('serve', { timeout: 180_000 }, () => {
+  let server: ZephyrServer;
+  let openai: OpenAI;
+  let reference: Generator;
+  const logLines: string[] = [];
+
+  before(async () => {
+    writeLlama2TokenizerFolder(join(work, 'tokenizer'));
+    const config = mistralConfig({
+      vocab_size: 32000, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4,
+      num_key_value_heads: 2, max_position_embeddings: 256, sliding_window: 64, tie_word_embeddings: false,
+      bos_token_id: 1, eos_token_id: 2, initializer_range: 0.5,
+    });
+    await writeRandomModel(modelDir, config, { seed: 5, tokenizerDir: join(work, 'tokenizer') });
+    // The reference runs on a model of its own: a Generator owns its model's KvCache.
+    reference = await Generator.create(await loadModel(modelDir, { maxTokens: 64 }), HfTokenizer.fromFolder(modelDir), { batchSize: 4 });
+    server = await createServer(modelDir, { port: 0, servedModelName: 'tiny', maxBatch: 8, maxQueue: 32, log: (line) => logLines.push(line) });
+    openai = client(server);
+  });
+  after(async () => {
+    await server?.close();
+    reference?.engine.model.dispose();
+  });
+
+  it('answers a greedy chat with the Generator\'s text and counts its tokens', async () => {
+    const [[expected]] = await reference.generate([MESSAGES], { maxNewTokens: 20, doSample: false });
+    const answer = await openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, max_tokens: 20, temperature: 0 });
+    assert.equal(answer.object, 'chat.completion');
+    assert.equal(answer.choices[0].message.content, expected.text);
+    assert.equal(answer.choices[0].finish_reason, expected.finishReason);
+    assert.deepEqual(answer.usage, {
+      prompt_tokens: reference.promptIds(MESSAGES).length,
+      completion_tokens: expected.tokenIds.length,
+      total_tokens: reference.promptIds(MESSAGES).length + expected.tokenIds.length,
+    });
+    assert.match(logLines.at(-1)!, /^POST \/v1\/chat\/completions 200 prompt_tokens=\d+ completion_tokens=\d+ [\d.]+ms$/);
+    assert.ok(!logLines.at(-1)!.includes('colours'), 'the prompt stays out of the log');
+  });
+
+  it('streams the same text in OpenAI chunks with usage last, and logprobs per token', async () => {
+    const plain = await openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, max_tokens: 20, temperature: 0, logprobs: true });
+    const stream = await openai.chat.completions.create({
+      model: 'tiny', messages: MESSAGES, max_tokens: 20, temperature: 0, stream: true, stream_options: { include_usage: true }, logprobs: true,
+    });
+    let text = '';
+    let finish: string | null = null;
+    let usage: OpenAI.CompletionUsage | null | undefined;
+    const logprobs: number[] = [];
+    for await (const chunk of stream) {
+      assert.equal(chunk.object, 'chat.completion.chunk');
+      if (chunk.usage) usage = chunk.usage;
+      for (const choice of chunk.choices) {
+        text += choice.delta.content ?? '';
+        finish = choice.finish_reason ?? finish;
+        for (const entry of choice.logprobs?.content ?? []) logprobs.push(entry.logprob);
+      }
+    }
+    assert.equal(text, plain.choices[0].message.content);
+    assert.equal(finish, plain.choices[0].finish_reason);
+    assert.deepEqual(usage, plain.usage);
+    const expectedLogprobs = plain.choices[0].logprobs!.content!.map((entry) => entry.logprob);
+    assert.equal(expectedLogprobs.length, plain.usage!.completion_tokens);
+    assert.deepEqual(logprobs, expectedLogprobs);
+  });
+
+  it('gives n completions, the same ones again for the same seed', async () => {
+    const ask = () => openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, max_tokens: 12, temperature: 1, n: 3, seed: 42 });
+    const [first, second] = await Promise.all([ask(), ask()]);
+    assert.deepEqual(first.choices.map((c) => c.index), [0, 1, 2]);
+    assert.deepEqual(second.choices.map((c) => c.message.content), first.choices.map((c) => c.message.content));
+    assert.equal(first.usage!.completion_tokens, first.choices.length > 0 ? second.usage!.completion_tokens : 0);
+  });
+
+  it('ends a completion before its stop string', async () => {
+    const full = await openai.completions.create({ model: 'tiny', prompt: 'Once upon a time', max_tokens: 24, temperature: 0 });
+    const text = full.choices[0].text;
+    assert.ok(text.length >= 6, `a long enough text to cut: ${JSON.stringify(text)}`);
+    const stop = text.slice(4, 6);
+    const cut = await openai.completions.create({ model: 'tiny', prompt: 'Once upon a time', max_tokens: 24, temperature: 0, stop: [stop] });
+    assert.equal(cut.choices[0].text, text.slice(0, text.indexOf(stop)));
+    assert.equal(cut.choices[0].finish_reason, 'stop');
+  });
+
+  it('answers bad requests with OpenAI error JSON', async () => {
+    const badJson = await post(server, '/v1/chat/completions', '{"messages": [');
+    assert.equal(badJson.status, 400);
+    assert.equal(badJson.json.error.type, 'invalid_request_error');
+    const wrongType = await post(server, '/v1/chat/completions', JSON.stringify({ messages: MESSAGES, max_tokens: '5' }));
+    assert.equal(wrongType.status, 400);
+    assert.equal(wrongType.json.error.param, 'max_tokens');
+    const badRole = await post(server, '/v1/chat/completions', JSON.stringify({ messages: [{ role: 'wizard', content: 'hi' }] }));
+    assert.equal(badRole.json.error.param, 'messages[0].role');
+    await assert.rejects(
+      openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, n: 1000 }),
+      (error: unknown) => error instanceof OpenAI.BadRequestError && error.param === 'n',
+    );
+    await assert.rejects(
+      openai.completions.create({ model: 'tiny', prompt: 'word '.repeat(400) }),
+      (error: unknown) => error instanceof OpenAI.BadRequestError && error.code === 'context_length_exceeded',
+    );
+    await assert.rejects(
+      openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, top_logprobs: 3, logprobs: true }),
+      (error: unknown) => error instanceof OpenAI.BadRequestError && error.param === 'top_logprobs',
+    );
+    await assert.rejects(openai.chat.completions.create({ model: 'other', messages: MESSAGES }), OpenAI.NotFoundError);
+    const models = await openai.models.list();
+    assert.deepEqual(models.data.map((m) => m.id), ['tiny']);
+  });
+
+  it('answers malformed bodies, truncated bodies and huge values with an HTTP answer', async () => {
+    const hi = '"messages":[{"role":"user","content":"hi"}]';
+    const cases: [string, number, string | null][] = [
+      ['null', 400, null], ['[]', 400, null], ['{"messages":"hi"}', 400, 'messages'], ['{"messages":[]}', 400, 'messages'],
+      [`{${hi},"stop":[""]}`, 400, 'stop'], [`{${hi},"n":1.5}`, 400, 'n'], [`{${hi},"seed":-1}`, 400, 'seed'],
+      [`{${hi},"temperature":1e308}`, 400, 'temperature'], [`{${hi},"max_tokens":1e308}`, 200, null],
+      ['{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}', 400, 'messages[0].content[0]'],
+    ];
+    for (const [body, status, param] of cases) {
+      const answer = await post(server, '/v1/chat/completions', body);
+      assert.equal(answer.status, status, body);
+      if (status === 400) assert.equal(answer.json.error.param, param, body);
+    }
+    const { connect } = await import('node:net');
+    const statusLine = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(new URL(server.url).port), '127.0.0.1', () => {
+        socket.write('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"prompt":');
+        setTimeout(() => socket.end(), 50);
+      });
+      let reply = '';
+      socket.on('data', (data) => (reply += data));
+      socket.on('close', () => resolve(reply.split('\r\n')[0]));
+      socket.on('error', reject);
+      socket.setTimeout(10_000, () => reject(new Error('no answer to a truncated body within 10 s')));
+    });
+    assert.equal(statusLine, 'HTTP/1.1 400 Bad Request');
+    assert.equal((await fetch(`${server.url}/health`)).status, 200);
+  });
+
+  it('lets a client leave mid-stream while another completes', async () => {
+    const [[expected]] = await reference.generate([MESSAGES], { maxNewTokens: 40, doSample: false });
+    const leaving = new AbortController();
+    const leaver = (async () => {
+      const stream = await openai.chat.completions.create(
+        { model: 'tiny', messages: [{ role: 'user', content: 'Go on and on.' }], max_tokens: 200, temperature: 0, stream: true },
+        { signal: leaving.signal },
+      );
+      let chunks = 0;
+      // The client ends its iteration quietly on abort; the server sees the connection close.
+      for await (const _ of stream) if (++chunks === 3) leaving.abort();
+      return chunks;
+    })();
+    const stayer = openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, max_tokens: 40, temperature: 0 });
+    assert.equal(await leaver, 3);
+    const deadline = Date.now() + 10_000;
+    while (!logLines.some((line) => line.includes('(client gone)'))) {
+      assert.ok(Date.now() < deadline, 'the server did not see the client leave within 10 s');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.equal((await stayer).choices[0].message.content, expected.text);
+  });
+
+  it('prints how much 16 concurrent greedy requests gain over one', async () => {
+    const ask = () => openai.completions.create({ model: 'tiny', prompt: 'Count:', max_tokens: 32, temperature: 0 });
+    let start = performance.now();
+    const one = await ask();
+    const single = performance.now() - start;
+    start = performance.now();
+    const many = await Promise.all(Array.from({ length: 16 }, ask));
+    const concurrent = performance.now() - start;
+    for (const answer of many) assert.equal(answer.choices[0].text, one.choices[0].text);
+    console.log(`serve: 16 concurrent greedy requests took ${(concurrent / single).toFixed(2)}x one request (${single.toFixed(0)} ms vs ${concurrent.toFixed(0)} ms, max_batch 8)`);
+  });
+
+  describe('limits', () => {
+    let guarded: ZephyrServer;
+    before(async () => {
+      guarded = await createServer(await loadModel(modelDir, { maxTokens: 64 }), {
+        port: 0, servedModelName: 'tiny', apiKey: 'sesame', maxBatch: 1, maxQueue: 0, log: null,
+      });
+    });
+    after(async () => guarded?.close());
+
+    it('needs the API key on every route but /health', async () => {
+      assert.equal((await fetch(`${guarded.url}/health`)).status, 200);
+      await assert.rejects(client(guarded, 'wrong').models.list(), OpenAI.AuthenticationError);
+      const noKey = await post(guarded, '/v1/completions', JSON.stringify({ prompt: 'hi' }));
+      assert.equal(noKey.status, 401);
+      assert.equal(noKey.json.error.code, 'invalid_api_key');
+      assert.equal((await client(guarded, 'sesame').models.list()).data[0].id, 'tiny');
+    });
+
+    it('answers 429 with Retry-After when the queue is full, and frees a left stream\'s place', async () => {
+      const keyed = client(guarded, 'sesame');
+      const leaving = new AbortController();
+      const stream = await keyed.completions.create({ model: 'tiny', prompt: 'Long story:', max_tokens: 200, temperature: 0, stream: true }, { signal: leaving.signal });
+      const iterator = stream[Symbol.asyncIterator]();
+      await iterator.next();
+      const busy = await post(guarded, '/v1/completions', JSON.stringify({ prompt: 'hi', max_tokens: 2 }), { authorization: 'Bearer sesame' });
+      assert.equal(busy.status, 429);
+      assert.equal(busy.headers.get('retry-after'), '1');
+      assert.equal(busy.json.error.type, 'rate_limit_error');
+      leaving.abort();
+      await iterator.next().catch(() => {});
+      // The aborted sequence leaves at its next token: within a bounded wait the place is free.
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const next = await post(guarded, '/v1/completions', JSON.stringify({ prompt: 'hi', max_tokens: 2 }), { authorization: 'Bearer sesame' });
+        if (next.status === 200) break;
+        assert.equal(next.status, 429);
+        assert.ok(Date.now() < deadline, 'the left stream\'s place was not freed within 10 s');
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    });
+
+    it('refuses a non-loopback host without a key unless insecure', async () => {
+      await assert.rejects(createServer(modelDir, { host: '0.0.0.0', port: 0 }), /--api_key/);
+    });
+  });
+
+  it('`zephyr-native serve` judges for `rate`, and on SIGTERM finishes the request in flight and exits 0', async () => {
+    // A long context: the judge's rubric prompt is longer than the other tests' model holds.
+    const judgeDir = join(work, 'judge');
+    await writeRandomModel(judgeDir, mistralConfig({
+      vocab_size: 32000, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4,
+      num_key_value_heads: 2, max_position_embeddings: 4096, sliding_window: 64, tie_word_embeddings: false,
+      bos_token_id: 1, eos_token_id: 2, initializer_range: 0.5,
+    }), { seed: 6, tokenizerDir: join(work, 'tokenizer') });
+    const cli = join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
+    const serve = spawn(process.execPath, [cli, 'serve', '--model_name_or_path', judgeDir, '--port', '0', '--served_model_name', 'judge', '--shutdown_timeout', '20'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    serve.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+    const killer = setTimeout(() => serve.kill('SIGKILL'), 120_000);
+    try {
+      const deadline = Date.now() + 60_000;
+      while (!/ at (http:\/\/\S+)\/v1/.test(stderr)) {
+        assert.ok(Date.now() < deadline && serve.exitCode === null, `serve did not start: ${stderr}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      const url = / at (http:\/\/\S+)\/v1/.exec(stderr)![1];
+
+      const input = join(work, 'rate-input.jsonl');
+      const output = join(work, 'rate-output.jsonl');
+      writeFileSync(input, [0, 1].map((i) => JSON.stringify({ instruction: `Say ${i}.`, completions: [{ model: 'a', response: `${i}` }, { model: 'b', response: 'no' }] })).join('\n') + '\n');
+      const rate = spawn(process.execPath, [cli, 'rate', '--input', input, '--output', output, '--judge_url', `${url}/v1`, '--judge_model', 'judge', '--max_tokens', '8', '--max_retries', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let rateErr = '';
+      rate.stderr.setEncoding('utf8').on('data', (text: string) => (rateErr += text));
+      const [rateCode] = await once(rate, 'exit');
+      // A random model's answers are no ratings: the rows come back invalid, but every request was answered.
+      assert.equal(rateCode, 0, rateErr);
+      assert.equal(readFileSync(output, 'utf8').trim().split('\n').length, 2);
+      assert.match(stderr, /POST \/v1\/chat\/completions 200 /);
+
+      const inFlight = await fetch(`${url}/v1/completions`, {
+        method: 'POST', headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'judge', prompt: 'Tell a story.', max_tokens: 300, temperature: 0, stream: true }),
+        signal: AbortSignal.timeout(60_000),
+      });
+      const reader = inFlight.body!.getReader();
+      let events = new TextDecoder().decode((await reader.read()).value);
+      serve.kill('SIGTERM');
+      for (let part = await reader.read(); !part.done; part = await reader.read()) events += new TextDecoder().decode(part.value);
+      assert.ok(events.endsWith('data: [DONE]\n\n'), 'the stream in flight ran to its end');
+      assert.match(events, /"finish_reason":"(stop|length)"/);
+      const [code] = await once(serve, 'exit');
+      assert.equal(code, 0, stderr);
+    } finally {
+      clearTimeout(killer);
+      if (serve.exitCode === null) serve.kill('SIGKILL');
+    }
+  });
+});
