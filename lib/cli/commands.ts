@@ -4,6 +4,7 @@ import type { CommandModule } from 'yargs';
 import { benchCommand } from './bench.js';
 import { binarizeCommand } from './binarize.js';
 import { dataCommand } from './data.js';
+import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { rateCommand } from './rate.js';
 import { dpoCommand, sftCommand, trainCommand } from './train-commands.js';
@@ -13,6 +14,7 @@ export const commands: CommandModule<object, any>[] = [
   trainCommand,
   sftCommand,
   dpoCommand,
+  generateCommand,
   binarizeCommand,
   rateCommand,
   scoreCommand,
