@@ -39,6 +39,7 @@ const ROWS = [
   { messages: [{ role: 'assistant', content: 'I speak first' }] },
   { messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Summarise Zephyr' }, { role: 'assistant', content: 'A chat model.' }] },
   { prompt: 'word '.repeat(300) },
+  { prompt: [{ role: 'user', content: 'Name a colour' }], chosen: [{ role: 'assistant', content: 'Red' }], rejected: [{ role: 'assistant', content: 'Blue' }] },
 ];
 /** The conversations the usable rows ask for, in order. */
 const CONVERSATIONS = [
@@ -47,6 +48,7 @@ const CONVERSATIONS = [
   [{ role: 'user', content: 'Explain DPO' }],
   [{ role: 'user', content: 'Which is better?' }],
   [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Summarise Zephyr' }],
+  [{ role: 'user', content: 'Name a colour' }],
 ];
 
 interface CliResult {
@@ -101,8 +103,8 @@ describe('generate', () => {
     assert.equal(result.status, 0, result.stderr);
     const rows = readJsonl(output);
     assert.equal(rows.length, CONVERSATIONS.length);
-    assert.deepEqual(rows.map((row) => row.instruction), ['Write a haiku about rain', 'Tell me a joke', 'Explain DPO', 'Which is better?', 'Summarise Zephyr']);
-    assert.deepEqual(rows.map((row) => row.messages), [undefined, CONVERSATIONS[1], undefined, undefined, CONVERSATIONS[4]]);
+    assert.deepEqual(rows.map((row) => row.instruction), ['Write a haiku about rain', 'Tell me a joke', 'Explain DPO', 'Which is better?', 'Summarise Zephyr', 'Name a colour']);
+    assert.deepEqual(rows.map((row) => row.messages), [undefined, CONVERSATIONS[1], undefined, undefined, CONVERSATIONS[4], undefined]);
     for (const row of rows) {
       assert.deepEqual(Object.keys(row).filter((key) => key !== 'messages'), ['instruction', 'completions']);
       assert.deepEqual(row.completions.map((c: any) => c.model), ['model-a', 'model-b']);
@@ -126,18 +128,18 @@ describe('generate', () => {
         model.dispose();
       }
     }
-    assert.match(result.stderr, /generate: 8 rows read, 5 used, 3 skipped/);
+    assert.match(result.stderr, /generate: 9 rows read, 6 used, 3 skipped/);
     assert.match(result.stderr, /prompts\.jsonl: row 4: field 'prompt': no 'prompt', 'instruction' or 'messages'/);
     assert.match(result.stderr, /prompts\.jsonl: row 5: field 'messages\[0\]\.role': expected 'user', found 'assistant'/);
     assert.match(result.stderr, /prompts\.jsonl: row 7: field 'prompt': \d+ tokens; model-a holds 256 positions/);
-    assert.match(result.stderr, /this run: 5 rows written, 10 completions, \d+ new tokens/);
+    assert.match(result.stderr, /this run: 6 rows written, 12 completions, \d+ new tokens/);
     assert.ok(!existsSync(`${output}.parts`), 'the parts folder is removed when every row is written');
 
     const again = await runCli(['generate', ...modelFlags, '--dataset_name', prompts, '--output', output, '--max_new_tokens', '6', '--device', 'cpu']);
     assert.equal(again.status, 0, again.stderr);
-    assert.match(again.stderr, /5 rows already in the output/);
+    assert.match(again.stderr, /6 rows already in the output/);
     assert.match(again.stderr, /this run: 0 rows written, 0 completions/);
-    assert.equal(readJsonl(output).length, 5);
+    assert.equal(readJsonl(output).length, 6);
 
     const strict = await runCli(['generate', ...modelFlags, '--dataset_name', prompts, '--output', join(work, 'strict.jsonl'), '--strict', '--device', 'cpu']);
     assert.equal(strict.status, 1);
@@ -210,12 +212,12 @@ describe('generate', () => {
       await server.close();
     }
     const ratedRows = readJsonl(rated);
-    assert.equal(ratedRows.length, 5);
+    assert.equal(ratedRows.length, 6);
     assert.ok(ratedRows.every((row) => row.completions.every((c: any) => c.annotations.helpfulness.Rating !== 'N/A')));
     const binarize = await runCli(['binarize', '--input', rated, '--output', prefs]);
     assert.equal(binarize.status, 0, binarize.stderr);
     const pairs = readJsonl(prefs);
-    assert.equal(pairs.length, 5);
+    assert.equal(pairs.length, 6);
     const byInstruction = new Map(readJsonl(generated).map((row) => [row.instruction, row]));
     for (const pair of pairs) assert.equal(pair.chosen[1].content, byInstruction.get(pair.prompt)!.completions[0].response);
     const dpo = await runCli([

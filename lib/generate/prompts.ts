@@ -1,7 +1,7 @@
 /**
  * The prompt a dataset row asks for, in the shapes `generate` reads: a `prompt` text (UltraChat
- * and UltraFeedback-binarized rows carry one: the user's first message), an `instruction` (raw
- * UltraFeedback), or `messages` alone: the conversation when its last message is the user's, else
+ * and UltraFeedback-binarized rows carry one: the user's first message), or messages ending in
+ * the user's (TRL's conversational prompt), an `instruction` (raw UltraFeedback), or `messages` alone: the conversation when its last message is the user's, else
  * the conversation up to its first user message (an UltraChat chat without its `prompt` field).
  * A text becomes a one-message conversation; every prompt is rendered with the chat template.
  */
@@ -18,6 +18,7 @@ export interface RowPrompt {
 
 /** The row's prompt, or a RowProblem saying why it has none. */
 export function rowPrompt(row: Record<string, unknown>): RowPrompt {
+  if (Array.isArray(row.prompt)) return conversationPrompt(parseMessages(row.prompt, 'prompt'), 'prompt');
   for (const field of ['prompt', 'instruction'] as const) {
     const value = row[field];
     if (value === undefined || value === null) continue;
@@ -28,7 +29,11 @@ export function rowPrompt(row: Record<string, unknown>): RowPrompt {
   if (row.messages === undefined || row.messages === null) throw new RowProblem('no_prompt', 'prompt', "no 'prompt', 'instruction' or 'messages'");
   const messages = parseMessages(row.messages, 'messages');
   const end = messages.at(-1)!.role === 'user' ? messages.length : messages.findIndex((m) => m.role === 'user') + 1;
-  if (end === 0) throw new RowProblem('role_order', 'messages', 'no user message');
-  const conversation = messages.slice(0, end);
-  return { instruction: conversation.at(-1)!.content, conversation };
+  return conversationPrompt(messages.slice(0, end), 'messages');
+}
+
+function conversationPrompt(conversation: ChatMessage[], field: string): RowPrompt {
+  const last = conversation.at(-1);
+  if (last?.role !== 'user') throw new RowProblem('role_order', field, 'the prompt does not end with a user message');
+  return { instruction: last.content, conversation };
 }
