@@ -150,31 +150,36 @@ describe('generate', () => {
   it('resumes to the file an uninterrupted sampled run writes: after --max_rows, Ctrl-C in either model\'s pass and torn lines', async () => {
     const many = join(work, 'many.jsonl');
     writeJsonl(many, Array.from({ length: 16 }, (_, i) => ({ prompt: `question number ${i}` })));
-    const args = (output: string, ...extra: string[]) => ['generate', ...modelFlags, '--dataset_name', many, '--output', output, ...SAMPLED, '--batch_size', '2', '--device', 'cpu', ...extra];
+    const args = (output: string, ...extra: string[]) => ['generate', ...modelFlags, '--dataset_name', many, '--output', output, ...SAMPLED, '--device', 'cpu', ...extra];
     const whole = join(work, 'whole.jsonl');
-    assert.equal((await runCli(args(whole))).status, 0);
+    assert.equal((await runCli(args(whole, '--batch_size', '2'))).status, 0);
     const expected = readFileSync(whole, 'utf8');
     assert.equal(readJsonl(whole).length, 16);
     assert.ok(readJsonl(whole).every((row) => row.completions.length === 4));
 
     const cut = join(work, 'cut.jsonl');
-    assert.equal((await runCli(args(cut, '--max_rows', '5'))).status, 0);
+    // Another batch size: a sequence's tokens do not depend on the batch it decodes in.
+    assert.equal((await runCli(args(cut, '--max_rows', '5', '--batch_size', '5'))).status, 0);
     assert.equal(readJsonl(cut).length, 5);
     const rest = await runCli(args(cut));
     assert.equal(rest.status, 0, rest.stderr);
     assert.match(rest.stderr, /5 rows already in the output/);
     assert.equal(readFileSync(cut, 'utf8'), expected);
 
-    // Ctrl-C as the first model loads: nothing written; as the last one loads: the first model's
-    // completions are all in the parts folder. Then a crash tears a line of each file.
+    // Ctrl-C as the first model loads: nothing in the output; as the last one loads: the first
+    // model's completions are all in the parts folder. Then a crash tears a line of each file.
     for (const [where, pattern] of [['first', /loading model 1\/2/], ['last', /loading model 2\/2/]] as const) {
       const stopped = join(work, `stopped-${where}.jsonl`);
       const first = await runCli(args(stopped), pattern);
       assert.equal(first.status, 130, first.stderr);
       assert.match(first.stderr, /stopped before every row was written .*run the same command again to continue/);
-      assert.equal(existsSync(stopped) ? readFileSync(stopped, 'utf8') : '', '');
+      // The signal may land a little after the model loaded: some rows may be done.
+      const written = existsSync(stopped) ? readFileSync(stopped, 'utf8') : '';
+      assert.ok(expected.startsWith(written), 'the output holds whole rows, a prefix of the full file');
+      if (where === 'first') assert.equal(written, '');
       const part = join(`${stopped}.parts`, 'model-0.jsonl');
-      assert.equal(existsSync(part) ? readJsonl(part).length : 0, where === 'first' ? 0 : 16);
+      const partRows = existsSync(part) ? readJsonl(part).length : 0;
+      assert.ok(where === 'first' ? partRows < 16 : partRows === 16, `${partRows} rows in ${part}`);
       if (where === 'last') {
         const tear = (path: string, keep: number, text: string) => {
           const lines = text.split('\n');
