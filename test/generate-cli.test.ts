@@ -1,7 +1,8 @@
 /**
  * `zephyr-native generate` on two tiny random models: prompts from every row shape, skipped rows
  * reported with file and row, two models' completions per row equal to Generator.generate called
- * directly (greedy), resume (--max_rows; Ctrl-C in the first and in the last model's pass; torn lines)
+ * directly (greedy), resume (--max_rows; Ctrl-C in the first and in the last model's pass; a stop
+ * with rows in flight; torn lines)
  * giving the file an uninterrupted sampled run writes, the loop generate -> rate -> binarize ->
  * dpo, and bad input refused with nothing written.
  */
@@ -14,6 +15,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { HfTokenizer } from '../lib/data/tokenizer.js';
+import { type GenerateProgress, generateFile } from '../lib/generate/generate-file.js';
 import { Generator } from '../lib/generate/generate.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { loadModel } from '../lib/model/model.js';
@@ -192,6 +194,34 @@ describe('generate', () => {
       assert.equal(resumed.status, 0, resumed.stderr);
       assert.equal(readFileSync(stopped, 'utf8'), expected, `resumed after a stop in the ${where} model's pass`);
       assert.ok(!existsSync(`${stopped}.parts`));
+    }
+
+    // Stopped while rows are in flight (the library's signal, as Ctrl-C aborts it): those rows
+    // are finished and written, then the run ends; the next run completes the same file.
+    for (const [k, after] of [[0, 3], [1, 2]]) {
+      const stopped = join(work, `in-flight-${k}.jsonl`);
+      const stop = new AbortController();
+      const options = {
+        models,
+        output: stopped,
+        generation: { doSample: true, temperature: 0.9, topP: 0.95, seed: 7, numReturnSequences: 2, maxNewTokens: 5 },
+        batchSize: 4,
+        device: 'cpu' as const,
+      };
+      const onProgress = (p: GenerateProgress) => {
+        if (p.modelIndex === k && p.done === after) stop.abort();
+      };
+      const stats = await generateFile(many, { ...options, signal: stop.signal, onProgress });
+      assert.equal(stats.stopped, true);
+      const partRows = readJsonl(join(`${stopped}.parts`, 'model-0.jsonl')).length;
+      const outRows = existsSync(stopped) ? readJsonl(stopped).length : 0;
+      // batch 4 with 2 completions a row: 4 rows in flight; those started before the stop finish.
+      if (k === 0) assert.deepEqual([partRows, outRows], [after + 3, 0]);
+      else assert.deepEqual([partRows, outRows, stats.written], [16, after + 3, after + 3]);
+      assert.ok(expected.startsWith(existsSync(stopped) ? readFileSync(stopped, 'utf8') : ''));
+      const resumed = await generateFile(many, options);
+      assert.equal(resumed.stopped, false);
+      assert.equal(readFileSync(stopped, 'utf8'), expected);
     }
 
     const other = await runCli(args(cut).map((arg) => (arg === many ? prompts : arg)));
