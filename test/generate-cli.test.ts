@@ -2,9 +2,8 @@
  * `zephyr-native generate` on two tiny random models: prompts from every row shape, skipped rows
  * reported with file and row, two models' completions per row equal to Generator.generate called
  * directly (greedy), resume (--max_rows; Ctrl-C in the first and in the last model's pass; a stop
- * with rows in flight; torn lines)
- * giving the file an uninterrupted sampled run writes, the loop generate -> rate -> binarize ->
- * dpo, and bad input refused with nothing written.
+ * with rows in flight; torn lines) giving the file an uninterrupted sampled run writes, the loop
+ * generate -> rate -> binarize -> dpo, and bad input refused with nothing written.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
