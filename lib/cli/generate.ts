@@ -2,7 +2,7 @@ import { SingleBar } from 'cli-progress';
 import type { CommandModule } from 'yargs';
 
 import { type GenerateProgress, type GenerateStats, generateFile } from '../generate/generate-file.js';
-import { type GenerationOptions, resolveGeneration } from '../generate/options.js';
+import type { GenerationOptions } from '../generate/options.js';
 import { UsageError } from '../errors.js';
 import { computeDevice, type ModelDType } from '../model/model.js';
 import type { Device } from '../native.js';
@@ -75,7 +75,6 @@ export const generateCommand: CommandModule<object, GenerateArgs> = {
         if (args.max_rows !== undefined && (!Number.isInteger(args.max_rows) || args.max_rows < 1)) {
           throw new UsageError(`--max_rows must be a positive integer, got ${args.max_rows}`);
         }
-        resolveGeneration(generationOptions(args));
         return true;
       }),
   handler: async (args) => {

@@ -38,7 +38,7 @@ import { DEFAULT_MAX_TOKENS, loadModel, type ModelDType } from '../model/model.j
 import type { Device } from '../native.js';
 import type { Completion } from './engine.js';
 import { Generator, promptIds } from './generate.js';
-import type { GenerationOptions } from './options.js';
+import { type GenerationOptions, resolveGeneration } from './options.js';
 import { type RowPrompt, rowPrompt } from './prompts.js';
 
 export interface GenerateFileOptions {
@@ -122,6 +122,7 @@ interface CompletionRecord {
 export async function generateFile(input: string, options: GenerateFileOptions): Promise<GenerateStats> {
   if (!/\.jsonl$/i.test(options.output)) throw new ZnError(`generate output must be a .jsonl file (it is appended to row by row), got ${options.output}`);
   if (options.models.length === 0) throw new ZnError('generate: no model given');
+  resolveGeneration(options.generation ?? {}); // bad sampling options: refused before anything is read or written
   const sources = options.models.map(modelSource);
   const report = new DatasetReport('generate', options.strict ?? false);
   const prompts = await planPrompts(input, options, sources, report);
