@@ -47,6 +47,7 @@ export type { LogEntry } from './train/state.js';
 export { greedyChat, Generator, type GenerationInput, type GeneratorOptions, type RequestOptions } from './generate/generate.js';
 export { GenerationEngine, type Completion, type FinishReason, type GeneratedToken } from './generate/engine.js';
 export { resolveGeneration, type GenerationOptions } from './generate/options.js';
+export { generateFile, type GenerateFileOptions, type GenerateProgress, type GenerateStats } from './generate/generate-file.js';
 export { mistralConfig, writeRandomModel } from './model/init.js';
 export { readMistralConfig, type MistralConfig } from './model/config.js';
 export { createServer, type ServeOptions, type ZephyrServer } from './serve/server.js';

@@ -16,7 +16,7 @@ describe('cli', () => {
   it('--help lists every subcommand', () => {
     const result = run('--help');
     assert.equal(result.status, 0);
-    for (const name of ['train', 'sft', 'dpo', 'binarize', 'rate', 'score', 'bench', 'data']) {
+    for (const name of ['train', 'sft', 'dpo', 'generate', 'binarize', 'rate', 'score', 'bench', 'data']) {
       assert.match(result.stdout, new RegExp(`zephyr-native ${name}\\b`), `--help lacks ${name}`);
     }
   });

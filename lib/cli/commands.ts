@@ -5,6 +5,7 @@ import { benchCommand } from './bench.js';
 import { binarizeCommand } from './binarize.js';
 import { chatCommand } from './chat.js';
 import { dataCommand } from './data.js';
+import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { rateCommand } from './rate.js';
 import { dpoCommand, sftCommand, trainCommand } from './train-commands.js';
@@ -15,6 +16,7 @@ export const commands: CommandModule<object, any>[] = [
   trainCommand,
   sftCommand,
   dpoCommand,
+  generateCommand,
   binarizeCommand,
   rateCommand,
   scoreCommand,

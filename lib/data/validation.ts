@@ -8,6 +8,7 @@ import { ZnError } from '../errors.js';
 
 export const SKIP_REASONS = {
   missing_field: 'a required field is missing',
+  no_prompt: "no prompt: none of 'prompt', 'instruction' or 'messages'",
   wrong_type: 'a field has the wrong type',
   unknown_role: "a message role is not 'system', 'user' or 'assistant'",
   role_order: 'messages are out of order (system first, then user and assistant alternating, user first)',

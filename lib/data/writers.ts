@@ -368,7 +368,7 @@ export class JsonlAppender {
 }
 
 /** Truncates `path` after its last newline, if it has bytes after it. A missing file is fine. */
-async function cutTornLine(path: string): Promise<void> {
+export async function cutTornLine(path: string): Promise<void> {
   const handle = await open(path, 'r+').catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return undefined;
     throw error;

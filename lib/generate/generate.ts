@@ -47,9 +47,7 @@ export class Generator {
 
   /** The token ids a prompt or conversation is given to the model as. */
   promptIds(input: GenerationInput): number[] {
-    if (typeof input === 'string') return this.tokenizer.encode(input, { addSpecialTokens: true });
-    const text = this.template.render(input, { addGenerationPrompt: true });
-    return this.tokenizer.encode(text, { addSpecialTokens: false });
+    return promptIds(this.tokenizer, this.template, input);
   }
 
   /** Completions of every input (numReturnSequences each), all decoded together. */
@@ -78,6 +76,16 @@ export class Generator {
       signal: options.signal,
     }));
   }
+}
+
+/**
+ * The token ids a prompt or conversation is given to a model as (no model needed: `generate`
+ * checks prompt lengths for every model before loading any).
+ */
+export function promptIds(tokenizer: HfTokenizer, template: ChatTemplate, input: GenerationInput): number[] {
+  if (typeof input === 'string') return tokenizer.encode(input, { addSpecialTokens: true });
+  const text = template.render(input, { addGenerationPrompt: true });
+  return tokenizer.encode(text, { addSpecialTokens: false });
 }
 
 /** Greedy completions of user prompts, each a one-message conversation (the demo's samples). */
