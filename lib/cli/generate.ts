@@ -2,27 +2,19 @@ import { SingleBar } from 'cli-progress';
 import type { CommandModule } from 'yargs';
 
 import { type GenerateProgress, type GenerateStats, generateFile } from '../generate/generate-file.js';
-import type { GenerationOptions } from '../generate/options.js';
 import { UsageError } from '../errors.js';
 import { computeDevice, type ModelDType } from '../model/model.js';
 import type { Device } from '../native.js';
+import { generationOptions, withGenerationFlags, type GenerationFlags } from './generation-flags.js';
 import { formatDuration } from './rate.js';
 import { untilStopSignal } from './stop-signals.js';
 
-interface GenerateArgs {
+interface GenerateArgs extends GenerationFlags {
   model_name_or_path: string[];
   dataset_name: string;
   split?: string;
   output: string;
   num_return_sequences?: number;
-  max_new_tokens?: number;
-  do_sample?: boolean;
-  temperature?: number;
-  top_k?: number;
-  top_p?: number;
-  min_p?: number;
-  repetition_penalty?: number;
-  seed?: number;
   batch_size: number;
   device: Device;
   dtype?: ModelDType;
@@ -30,40 +22,17 @@ interface GenerateArgs {
   strict: boolean;
 }
 
-/** The sampling flags given (the others come from each model's generation_config.json). */
-function generationOptions(args: GenerateArgs): GenerationOptions {
-  return {
-    numReturnSequences: args.num_return_sequences,
-    maxNewTokens: args.max_new_tokens,
-    doSample: args.do_sample,
-    temperature: args.temperature,
-    topK: args.top_k,
-    topP: args.top_p,
-    minP: args.min_p,
-    repetitionPenalty: args.repetition_penalty,
-    seed: args.seed,
-  };
-}
-
 /** `zephyr-native generate`: completions of a dataset's prompts, resumable (lib/generate/generate-file.ts). */
 export const generateCommand: CommandModule<object, GenerateArgs> = {
   command: 'generate',
   describe: 'Generate completions of a dataset\'s prompts with one or more models (raw UltraFeedback rows for rate)',
   builder: (yargs) =>
-    yargs
+    withGenerationFlags(yargs, 'Seed: completions of row i from model k use seeds derived from (seed, i, k), so a resumed run writes the same')
       .option('model_name_or_path', { type: 'string', array: true, demandOption: true, describe: 'Model folder; repeat for several models (loaded one at a time, in this order)' })
       .option('dataset_name', { type: 'string', demandOption: true, describe: 'Prompts (prompt, messages, instruction): .jsonl, .json, .parquet or an HF folder' })
       .option('split', { type: 'string', describe: 'Split to read when --dataset_name is a dataset folder with several' })
       .option('output', { type: 'string', demandOption: true, describe: 'JSON Lines file, appended row by row; rerun to resume' })
       .option('num_return_sequences', { type: 'number', describe: 'Completions per prompt from each model (default 1)' })
-      .option('max_new_tokens', { type: 'number', describe: 'New tokens at most (default: generation_config.json, else 512)' })
-      .option('do_sample', { type: 'boolean', describe: 'Sample instead of greedy (default: generation_config.json; a temperature > 0 samples)' })
-      .option('temperature', { type: 'number', describe: 'Sampling temperature (default: generation_config.json, else 1)' })
-      .option('top_k', { type: 'number', describe: 'Keep the k most likely tokens; 0 keeps all (default 50)' })
-      .option('top_p', { type: 'number', describe: 'Nucleus sampling: the smallest set with this probability, in (0, 1] (default 1)' })
-      .option('min_p', { type: 'number', describe: 'Drop tokens below min_p x the top probability, in [0, 1] (default 0)' })
-      .option('repetition_penalty', { type: 'number', describe: 'Penalty > 0 on tokens already in the sequence (default 1: none)' })
-      .option('seed', { type: 'number', describe: 'Seed: completions of row i from model k use seeds derived from (seed, i, k), so a resumed run writes the same' })
       .option('batch_size', { type: 'number', default: 8, describe: 'Sequences decoded at once' })
       .option('device', { choices: ['cpu', 'cuda', 'auto'] as const, default: 'auto' as Device, describe: 'Where the models run' })
       .option('dtype', { choices: ['f32', 'bf16'] as const, describe: 'Compute precision (default bf16 on cuda, f32 on cpu)' })
@@ -87,7 +56,7 @@ export const generateCommand: CommandModule<object, GenerateArgs> = {
           models: args.model_name_or_path,
           output: args.output,
           split: args.split,
-          generation: generationOptions(args),
+          generation: { ...generationOptions(args), numReturnSequences: args.num_return_sequences },
           batchSize: args.batch_size,
           device,
           dtype: args.dtype ?? (device === 'cuda' ? 'bf16' : 'f32'),
