@@ -81,6 +81,13 @@ describe('generation engine', () => {
     }
   });
 
+  it('the cache is bounded by the window: 2 x layers x sequences x min(window, context) x kv heads x head dim x 4 bytes', async () => {
+    const engine = await GenerationEngine.create(model, tokenizer, { maxSequences: 3 });
+    // 2 layers, 2 kv heads of head_dim 32 / 4 = 8, window 8 (of a 96-token context), f32.
+    assert.equal(engine.cacheBytes, 2 * 2 * 3 * 8 * 2 * 8 * 4);
+    assert.match(engine.cachePlan, /generation cache: 0\.0 MiB \(3 sequences x 8 positions x 2 layers/);
+  });
+
   it('a prompt longer than maxTokens is prefilled in chunks and decodes the same', async () => {
     const small = await loadModel(join(work, 'model'), { maxTokens: 16 });
     const engine = await GenerationEngine.create(small, tokenizer, { maxSequences: 2 });

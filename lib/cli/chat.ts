@@ -47,7 +47,7 @@ export const chatCommand: CommandModule<object, ChatArgs> = {
     const session = new ChatSession(generator, generationOptions(args), args.system ?? null);
     if (process.stdin.isTTY && process.stdout.isTTY) {
       const where = `${computeDevice(model.options.device)}, ${model.options.dtype}, ${session.maxContext}-token context`;
-      const banner = `zephyr-native chat: ${args.model_name_or_path} (${where}). ${CHAT_COMMANDS_HELP} or Ctrl-D; Ctrl-C stops an answer.`;
+      const banner = `zephyr-native chat: ${args.model_name_or_path} (${where}; ${generator.engine.cachePlan}). ${CHAT_COMMANDS_HELP} or Ctrl-D; Ctrl-C stops an answer.`;
       await chatInTerminal(session, banner, args.max_new_tokens);
     } else {
       await chatOnPipe(session);

@@ -75,6 +75,7 @@ export const serveCommand: CommandModule<object, ServeArgs> = {
         logPrompts: args.log_prompts,
         shutdownTimeoutMs: args.shutdown_timeout * 1000,
       });
+      process.stderr.write(`zephyr-native serve: ${server.cachePlan}\n`);
       process.stderr.write(`zephyr-native serve: ${server.servedModelName} at ${server.url}/v1 (Ctrl-C stops)\n`);
       if (!signal.aborted) await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
       process.stderr.write('zephyr-native serve: stopping; finishing the requests in flight\n');

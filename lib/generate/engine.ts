@@ -9,7 +9,7 @@
  */
 import type { HfTokenizer } from '../data/tokenizer.js';
 import { UsageError, ZnError } from '../errors.js';
-import type { MistralModel } from '../model/model.js';
+import { generationMemory, type MistralModel } from '../model/model.js';
 import { sampleTokens, type TokenSampling } from '../model/sampling.js';
 import { CompletionText } from './text.js';
 
@@ -96,7 +96,17 @@ export class GenerationEngine {
     readonly tokenizer: HfTokenizer,
     readonly maxSequences: number,
     readonly maxContext: number,
+    /** Bytes of the KvCache (and the GPU's per-call arrays), planned before allocating. */
+    readonly cacheBytes: number,
   ) {}
+
+  /** The cache's plan, as the trainer prints its memory plan. */
+  get cachePlan(): string {
+    const c = this.model.config;
+    const positions = Math.min(c.slidingWindow ?? this.maxContext, this.maxContext);
+    const mib = (this.cacheBytes / 2 ** 20).toFixed(1);
+    return `generation cache: ${mib} MiB (${this.maxSequences} sequences x ${positions} positions x ${c.numHiddenLayers} layers of keys and values; context ${this.maxContext})`;
+  }
 
   /** Allocates the model's KvCache for `maxSequences` sequences of up to `maxContext` positions. */
   static async create(model: MistralModel, tokenizer: HfTokenizer, options: EngineOptions): Promise<GenerationEngine> {
@@ -108,8 +118,10 @@ export class GenerationEngine {
       throw new UsageError(`generation: ${options.maxSequences} sequences at once need a model loaded with maxTokens >= ${options.maxSequences} (it has ${model.maxTokens})`);
     }
     if (!Number.isInteger(maxContext) || maxContext < 2) throw new UsageError(`generation: the context must be an integer >= 2, got ${maxContext}`);
+    const { device, dtype, maxTokens } = model.options;
+    const bytes = generationMemory(model.config, { device, dtype, maxTokens, sequences: options.maxSequences, maxContext });
     await model.startGeneration(options.maxSequences, maxContext);
-    return new GenerationEngine(model, tokenizer, options.maxSequences, maxContext);
+    return new GenerationEngine(model, tokenizer, options.maxSequences, maxContext, bytes);
   }
 
   /** Streams one sequence's tokens; the iterator ends with the sequence (see `completion`). */

@@ -59,6 +59,8 @@ export interface ZephyrServer {
   readonly url: string;
   readonly address: AddressInfo;
   readonly servedModelName: string;
+  /** The generation cache's plan (bytes, sequences, positions), as `serve` prints it at start. */
+  readonly cachePlan: string;
   /** Stop accepting, let requests in flight finish (bounded), free the model if it was loaded here. */
   close(): Promise<void>;
 }
@@ -397,6 +399,7 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
     url: `http://${urlHost}:${address.port}`,
     address,
     servedModelName,
+    cachePlan: generator.engine.cachePlan,
     close: () => (closing ??= close()),
   };
 }
