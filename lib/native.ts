@@ -92,7 +92,7 @@ export interface NativeAddon extends BackendAddon {
    * greedy (temperature 0) or temperature, top-k, top-p, min-p and a counter-based draw
    * (seed = seedHigh * 2^32 + seedLow, draw number `draws[row]`); logprobs are the model's own.
    */
-  sampleTokens(options: NativeSamplingRows): Promise<{ tokens: Int32Array; logprobs: Float32Array }>;
+  sampleTokens(options: NativeSamplingRows): { tokens: Int32Array; logprobs: Float32Array };
   /** A safetensors file's validated header: tensors in file order, and `__metadata__`. */
   readSafetensorsHeader(options: { path: string }): SafetensorsHeader;
   /** One tensor converted to f32 or bf16 (bits). For tests and small tensors. */

@@ -217,9 +217,13 @@ export class GenerationEngine {
     const vocab = this.model.config.vocabSize;
     const ready = batch.map((b, row) => ({ ...b, row })).filter((b) => b.sequence.pending.length === 0);
     if (ready.length === 0) return;
-    const rows = new Float32Array(ready.length * vocab);
-    ready.forEach((b, i) => rows.set(logits.subarray(b.row * vocab, (b.row + 1) * vocab), i * vocab));
-    const sampled = await sampleTokens(
+    // Decoding steps sample every row; prefill steps only the prompts they finished.
+    let rows = logits;
+    if (ready.length < batch.length) {
+      rows = new Float32Array(ready.length * vocab);
+      ready.forEach((b, i) => rows.set(logits.subarray(b.row * vocab, (b.row + 1) * vocab), i * vocab));
+    }
+    const sampled = sampleTokens(
       rows,
       vocab,
       ready.map((b) => ({ sampling: b.sequence.request.sampling, history: b.sequence.history, draw: b.sequence.generated.length })),

@@ -28,12 +28,12 @@ export interface SampleRow {
   draw: number;
 }
 
-/** One token per row of `logits` ([rows x vocab]), and its log-probability under the model. */
-export async function sampleTokens(
+/** One token per row of `logits` ([rows x vocab]), and its log-probability under the model (synchronous: a few ms a step). */
+export function sampleTokens(
   logits: Float32Array,
   vocab: number,
   rows: readonly SampleRow[],
-): Promise<{ tokens: Int32Array; logprobs: Float32Array }> {
+): { tokens: Int32Array; logprobs: Float32Array } {
   const n = rows.length;
   const column = <T extends Float32Array | Int32Array>(make: new (n: number) => T, value: (row: SampleRow) => number): T => {
     const out = new make(n);

@@ -1,6 +1,5 @@
 // Binding for next-token sampling (kernels/cpu/sampling.h): a host op over logits that any
 // device's generation returns, so it lives in the CPU addon only.
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,9 +14,11 @@ namespace {
 
 // sampleTokens({logits: Float32Array [rows x vocab], vocab, temperature, topP, minP,
 //   repetitionPenalty: Float32Array [rows], topK, seedLow, seedHigh, draws: Int32Array [rows],
-//   history: Int32Array, historyOffsets: Int32Array [rows + 1]}) -> Promise<{tokens: Int32Array,
-//   logprobs: Float32Array}>. Row r's draw is uniform_draw(seed, 0, draws[r]) with seed =
+//   history: Int32Array, historyOffsets: Int32Array [rows + 1]}) -> {tokens: Int32Array,
+//   logprobs: Float32Array}. Row r's draw is uniform_draw(seed, 0, draws[r]) with seed =
 //   seedHigh * 2^32 + seedLow, so a sequence's k-th token depends on its seed and k only.
+// Synchronous, on the pool: it reads the logits where they are (a decoding step's work is a
+// few milliseconds; copying 128 KiB of logits a row off the JS heap for a worker cost more).
 Napi::Value SampleTokens(const Napi::CallbackInfo& info) {
   Options options(info, "sampleTokens");
   const long vocab = long(options.integer("vocab"));
@@ -36,35 +37,23 @@ Napi::Value SampleTokens(const Napi::CallbackInfo& info) {
     if (size != rows) options.error("'" + std::string(name) + "' must hold one value per row (" + std::to_string(rows) + ")");
   }
   options.expect_size("historyOffsets", offsets, rows + 1);
-  // Copies off the JS heap, which the worker thread must not read.
-  auto values = std::make_shared<std::vector<float>>(logits.data, logits.data + logits.size);
-  auto tokens_so_far = std::make_shared<std::vector<int32_t>>(history.data, history.data + history.size);
   std::vector<cpu::SampleRow> in(rows);
   for (size_t r = 0; r < rows; ++r) {
     const int32_t begin = offsets.data[r], end = offsets.data[r + 1];
     if (begin < 0 || end < begin || size_t(end) > history.size) options.error("'historyOffsets' must rise within 'history'");
     const uint64_t seed = (uint64_t(uint32_t(seed_high.data[r])) << 32) | uint32_t(seed_low.data[r]);
-    in[r] = {values->data() + r * size_t(vocab), tokens_so_far->data() + begin, long(end - begin),
+    in[r] = {logits.data + r * size_t(vocab), history.data + begin, long(end - begin),
              {temperature.data[r], top_k.data[r], top_p.data[r], min_p.data[r], penalty.data[r]},
              uniform_draw(seed, 0, uint64_t(uint32_t(draws.data[r])))};
   }
-  auto tokens = std::make_shared<std::vector<int32_t>>(rows);
-  auto logprobs = std::make_shared<std::vector<float>>(rows);
-  auto rows_in = std::make_shared<std::vector<cpu::SampleRow>>(std::move(in));
-  return run_async(
-      options, [values, tokens_so_far, rows_in, vocab, tokens, logprobs] {
-        cpu::sample_tokens(long(rows_in->size()), vocab, rows_in->data(), tokens->data(), logprobs->data());
-      },
-      [tokens, logprobs](Napi::Env env) -> Napi::Value {
-        Napi::Object out = Napi::Object::New(env);
-        Napi::Int32Array t = Napi::Int32Array::New(env, tokens->size());
-        std::copy(tokens->begin(), tokens->end(), t.Data());
-        out.Set("tokens", t);
-        Napi::Float32Array l = Napi::Float32Array::New(env, logprobs->size());
-        std::copy(logprobs->begin(), logprobs->end(), l.Data());
-        out.Set("logprobs", l);
-        return out;
-      });
+  Napi::Env env = info.Env();
+  Napi::Int32Array tokens = Napi::Int32Array::New(env, rows);
+  Napi::Float32Array logprobs = Napi::Float32Array::New(env, rows);
+  run_sync(options, [&] { cpu::sample_tokens(long(rows), vocab, in.data(), tokens.Data(), logprobs.Data()); });
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("tokens", tokens);
+  out.Set("logprobs", logprobs);
+  return out;
 }
 
 }  // namespace

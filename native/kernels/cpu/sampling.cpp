@@ -8,7 +8,9 @@
 #include <numeric>
 #include <vector>
 
+#include "core/cpu_features.h"
 #include "core/errors.h"
+#include "core/simd_math.h"
 #include "core/thread_pool.h"
 
 namespace zn::cpu {
@@ -34,11 +36,35 @@ long first_argmax(const std::vector<float>& scores) {
   return long(std::max_element(scores.begin(), scores.end()) - scores.begin());
 }
 
-// log softmax(logits)[token], in f64.
+// sum_v e^(logits[v] - top), accumulated in f64: the AVX2 path takes e^x 8 lanes at a time
+// (core/simd_math.h, within 2 ulp of expf), the scalar path std::exp.
+#if defined(__x86_64__)
+ZN_TARGET_AVX2 double sum_exp_avx2(const float* logits, long vocab, float top) {
+  __m256d low = _mm256_setzero_pd(), high = _mm256_setzero_pd();
+  const __m256 shift = _mm256_set1_ps(top);
+  const long full = vocab / 8 * 8;
+  for (long v = 0; v < full; v += 8) {
+    const __m256 e = simd::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(logits + v), shift));
+    low = _mm256_add_pd(low, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    high = _mm256_add_pd(high, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(low, high));
+  double sum = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+  for (long v = full; v < vocab; ++v) sum += std::exp(double(logits[v]) - top);
+  return sum;
+}
+#endif
+
+// log softmax(logits)[token]: what a sampled token's logprob reports.
 float log_softmax_at(const float* logits, long vocab, long token) {
   const float top = *std::max_element(logits, logits + vocab);
   double sum = 0;
-  for (long v = 0; v < vocab; ++v) sum += std::exp(double(logits[v]) - top);
+#if defined(__x86_64__)
+  if (cpu_path() != CpuPath::Scalar) sum = sum_exp_avx2(logits, vocab, top);
+  else
+#endif
+    for (long v = 0; v < vocab; ++v) sum += std::exp(double(logits[v]) - top);
   return float(double(logits[token]) - top - std::log(sum));
 }
 
@@ -104,9 +130,14 @@ void sample_tokens(long rows, long vocab, const SampleRow* in, int32_t* tokens, 
     std::vector<float> scores;
     for (size_t r = begin; r < end; ++r) {
       const SampleRow& row = in[r];
-      scores.assign(row.logits, row.logits + vocab);
-      apply_repetition_penalty(row, vocab, scores);
-      const long token = row.params.temperature <= 0 ? first_argmax(scores) : draw(row, vocab, scores);
+      long token;
+      if (row.params.temperature <= 0 && row.params.repetition_penalty == 1.0f) {
+        token = long(std::max_element(row.logits, row.logits + vocab) - row.logits);  // plain greedy: no copy
+      } else {
+        scores.assign(row.logits, row.logits + vocab);
+        apply_repetition_penalty(row, vocab, scores);
+        token = row.params.temperature <= 0 ? first_argmax(scores) : draw(row, vocab, scores);
+      }
       tokens[r] = int32_t(token);
       logprobs[r] = log_softmax_at(row.logits, vocab, token);
     }
