@@ -241,11 +241,12 @@ export interface NativeModel {
   releaseSequence(options: { slot: number }): void;
   /**
    * Runs the new tokens of some sequences (counts[i] tokens for slots[i], laid end to end) over
-   * their cached ones and returns each sequence's next-token logits, [slots x vocab]. A fresh
+   * their cached ones and writes each sequence's next-token logits, [slots x vocab], into
+   * `logits` (the caller's buffer, reused across steps). A fresh
    * sequence's prompt may have any length; a cached one takes one token a call once its window
    * has filled.
    */
-  extend(options: { slots: Int32Array; counts: Int32Array; tokens: Int32Array }): Promise<{ logits: Float32Array }>;
+  extend(options: { slots: Int32Array; counts: Int32Array; tokens: Int32Array; logits: Float32Array }): Promise<{ logits: Float32Array }>;
   /** Frees the model's memory now; later calls throw. Throws while a call is running. */
   dispose(): void;
 }

@@ -88,6 +88,8 @@ class Sequence {
 
 export class GenerationEngine {
   private readonly waiting: Sequence[] = [];
+  /** Every step's logits land here: [maxSequences x vocab], allocated once. */
+  private readonly logits: Float32Array;
   private readonly running: Sequence[] = [];
   private pumping = false;
 
@@ -98,7 +100,9 @@ export class GenerationEngine {
     readonly maxContext: number,
     /** Bytes of the KvCache (and the GPU's per-call arrays), planned before allocating. */
     readonly cacheBytes: number,
-  ) {}
+  ) {
+    this.logits = new Float32Array(maxSequences * model.config.vocabSize);
+  }
 
   /** The cache's plan, as the trainer prints its memory plan. */
   get cachePlan(): string {
@@ -213,8 +217,8 @@ export class GenerationEngine {
     const counts = Int32Array.from(batch, (b) => b.tokens.length);
     const tokens = Int32Array.from(batch.flatMap((b) => b.tokens));
     if (prefilling.length > 0) for (const b of batch) b.sequence.pending = b.sequence.pending.slice(b.tokens.length);
-    const logits = await this.model.extend(slots, counts, tokens);
     const vocab = this.model.config.vocabSize;
+    const logits = await this.model.extend(slots, counts, tokens, this.logits.subarray(0, batch.length * vocab));
     const ready = batch.map((b, row) => ({ ...b, row })).filter((b) => b.sequence.pending.length === 0);
     if (ready.length === 0) return;
     // Decoding steps sample every row; prefill steps only the prompts they finished.

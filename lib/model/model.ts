@@ -169,9 +169,13 @@ export class MistralModel {
     this.native.releaseSequence({ slot });
   }
 
-  /** New tokens of some sequences (counts[i] for slots[i], end to end); each one's next-token logits [slots x vocab]. */
-  async extend(slots: Int32Array, counts: Int32Array, tokens: Int32Array): Promise<Float32Array> {
-    return (await this.native.extend({ slots, counts, tokens })).logits;
+  /**
+   * New tokens of some sequences (counts[i] for slots[i], end to end); each one's next-token
+   * logits [slots x vocab], written into `logits` when given (a buffer a decoding loop reuses).
+   */
+  async extend(slots: Int32Array, counts: Int32Array, tokens: Int32Array, logits?: Float32Array): Promise<Float32Array> {
+    const out = logits ?? new Float32Array(slots.length * this.config.vocabSize);
+    return (await this.native.extend({ slots, counts, tokens, logits: out })).logits;
   }
 
   /** Accumulates gradients of a loss whose derivative w.r.t. each token's log-prob is dlogp. */

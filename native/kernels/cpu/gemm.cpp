@@ -17,11 +17,11 @@
 //               the AVX2 kernel (no 512-bit f32 kernel yet)
 // The scalar path packs bf16 GEMMs as Bf16Pairs too, so everything around the AVX-512 micro-
 // kernel (packing, blocking, edges) is tested on machines without AVX-512.
-// A few rows against a transposed B (decoding: y = x·Wᵀ for one row per sequence, W [N, K] as
+// Up to 32 rows against a transposed B (decoding: y = x·Wᵀ for one row per sequence, W [N, K] as
 // HF stores it) skip the blocking: each output is a dot product of an A row with one contiguous
 // row of W, so the weights stream through once (packing them would read and write all of W
-// first, for a product that reads each element once). Rows of W are split over the threads;
-// each output is one thread's fixed-order sum, so results do not depend on the thread count.
+// first, each step). Rows of W are split over the threads, four at a time swept by pairs of A
+// rows; each output is one thread's fixed-order sum, so results do not depend on the thread count.
 #include "kernels/cpu/gemm.h"
 
 #include <algorithm>
@@ -548,7 +548,7 @@ void gemm_blocked(const Problem& pr) {
 
 // ---- few rows against Wᵀ (see the header)
 
-constexpr long kRowsDotMaxM = 8;
+constexpr long kRowsDotMaxM = 32;
 
 bool rows_dot_applies(bool trans_a, bool trans_b, long M) { return !trans_a && trans_b && M <= kRowsDotMaxM; }
 
@@ -578,63 +578,87 @@ void rows_dot_scalar(long M, long K, const float* x, const void* w, DType wdt, b
 }
 
 #ifdef ZN_GEMM_X86
-ZN_TARGET_AVX2 inline __m256 load_w8(const void* w, DType wdt, bool bf16_compute, long k) {
-  if (wdt == DType::BF16) {
-    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const bf16*>(w) + k));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
-  }
-  const __m256 v = _mm256_loadu_ps(static_cast<const float*>(w) + k);
-  return bf16_compute ? simd::round_to_bf16_avx2(v) : v;
-}
-
 ZN_TARGET_AVX2 inline float sum8(__m256 v) {
   const __m128 pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 quad = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
   return _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)));
 }
 
-ZN_TARGET_AVX2 void rows_dot_avx2(long M, long K, const float* x, const void* w, DType wdt, bool bf16_compute,
-                                  float* acc) {
-  __m256 sums[kRowsDotMaxM];
-  for (long m = 0; m < M; ++m) sums[m] = _mm256_setzero_ps();
+// Four rows of W against every row of op(A): the W rows are widened to f32 once into `w` (4 x K,
+// rows past `nw` zero), then pairs of A rows sweep them from L1 with 2 x 4 accumulators, so each
+// vector of W loaded feeds two FMAs and each vector of A four. Each output is still one 8-lane
+// accumulator over k in order, then its lanes and the tail: the same sum for any blocking.
+ZN_TARGET_AVX2 void rows_dot_avx2(long M, long K, const float* x, const float* w, float* acc /* M x 4 */) {
   const long full = K / 8 * 8;
-  for (long k = 0; k < full; k += 8) {
-    const __m256 wk = load_w8(w, wdt, bf16_compute, k);
-    for (long m = 0; m < M; ++m) sums[m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), wk, sums[m]);
+  for (long m0 = 0; m0 < M; m0 += 2) {
+    const bool pair = m0 + 1 < M;
+    const float* x0 = x + m0 * K;
+    const float* x1 = pair ? x0 + K : x0;
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+    __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    for (long k = 0; k < full; k += 8) {
+      const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + K + k);
+      const __m256 w2 = _mm256_loadu_ps(w + 2 * K + k), w3 = _mm256_loadu_ps(w + 3 * K + k);
+      const __m256 v0 = _mm256_loadu_ps(x0 + k), v1 = _mm256_loadu_ps(x1 + k);
+      a00 = _mm256_fmadd_ps(v0, w0, a00);
+      a01 = _mm256_fmadd_ps(v0, w1, a01);
+      a02 = _mm256_fmadd_ps(v0, w2, a02);
+      a03 = _mm256_fmadd_ps(v0, w3, a03);
+      a10 = _mm256_fmadd_ps(v1, w0, a10);
+      a11 = _mm256_fmadd_ps(v1, w1, a11);
+      a12 = _mm256_fmadd_ps(v1, w2, a12);
+      a13 = _mm256_fmadd_ps(v1, w3, a13);
+    }
+    const __m256 sums[2][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}};
+    for (long i = 0; i < (pair ? 2 : 1); ++i) {
+      const float* xr = x + (m0 + i) * K;
+      for (long j = 0; j < 4; ++j) {
+        float tail = 0.0f;
+        for (long k = full; k < K; ++k) tail += xr[k] * w[j * K + k];
+        acc[(m0 + i) * 4 + j] = sum8(sums[i][j]) + tail;
+      }
+    }
   }
-  for (long m = 0; m < M; ++m) acc[m] = sum8(sums[m]);
-  if (full == K) return;
-  float tail[kRowsDotMaxM];
-  const char* w_tail = static_cast<const char*>(w) + full * long(dtype_size(wdt));
-  std::vector<float> x_tail(static_cast<size_t>(M * (K - full)));
-  for (long m = 0; m < M; ++m)
-    for (long k = full; k < K; ++k) x_tail[size_t(m * (K - full) + k - full)] = x[m * K + k];
-  rows_dot_scalar(M, K - full, x_tail.data(), w_tail, wdt, bf16_compute, tail);
-  for (long m = 0; m < M; ++m) acc[m] += tail[m];
 }
 #endif
+
+// Row n of B as f32 (bf16 widened exactly; f32 rounded to bf16 when the product is bf16).
+void widen_row(const void* w, DType wdt, bool bf16_compute, long K, float* out) {
+  for (long k = 0; k < K; ++k) {
+    const float v = wdt == DType::BF16 ? bf16_to_f32(static_cast<const bf16*>(w)[k]) : static_cast<const float*>(w)[k];
+    out[k] = bf16_compute && wdt == DType::F32 ? bf16_to_f32(f32_to_bf16(v)) : v;
+  }
+}
 
 void gemm_rows_dot(bool avx2, long M, long N, long K, float alpha, const Matrix& A, const Matrix& B, float beta,
                    float* C, long ldc, bool bf16_compute) {
   const std::vector<float> x = a_rows_f32(A, M, K, bf16_compute);
   const size_t w_row_bytes = size_t(B.ld) * dtype_size(B.dtype);
+  auto store = [&](long m, long n, float value) {
+    float& out = C[m * ldc + n];
+    out = beta == 0.0f ? alpha * value : alpha * value + beta * out;
+  };
   parallel_for(size_t(N), 64, [&](size_t begin, size_t end) {
-    float acc[kRowsDotMaxM];
-    for (size_t n = begin; n < end; ++n) {
-      const void* w = static_cast<const char*>(B.data) + n * w_row_bytes;
+    std::vector<float> acc(static_cast<size_t>(M * 4));
 #ifdef ZN_GEMM_X86
-      if (avx2) {
-        rows_dot_avx2(M, K, x.data(), w, B.dtype, bf16_compute, acc);
-      } else {
-        rows_dot_scalar(M, K, x.data(), w, B.dtype, bf16_compute, acc);
+    if (avx2) {
+      std::vector<float> w(static_cast<size_t>(4 * K));
+      for (size_t n0 = begin; n0 < end; n0 += 4) {
+        const long nw = long(std::min<size_t>(4, end - n0));
+        for (long j = 0; j < 4; ++j) {
+          if (j < nw) widen_row(static_cast<const char*>(B.data) + (n0 + size_t(j)) * w_row_bytes, B.dtype, bf16_compute, K, w.data() + j * K);
+          else std::fill_n(w.data() + j * K, K, 0.0f);
+        }
+        rows_dot_avx2(M, K, x.data(), w.data(), acc.data());
+        for (long m = 0; m < M; ++m)
+          for (long j = 0; j < nw; ++j) store(m, long(n0) + j, acc[size_t(m * 4 + j)]);
       }
-#else
-      rows_dot_scalar(M, K, x.data(), w, B.dtype, bf16_compute, acc);
+      return;
+    }
 #endif
-      for (long m = 0; m < M; ++m) {
-        float& out = C[m * ldc + long(n)];
-        out = beta == 0.0f ? alpha * acc[m] : alpha * acc[m] + beta * out;
-      }
+    for (size_t n = begin; n < end; ++n) {
+      rows_dot_scalar(M, K, x.data(), static_cast<const char*>(B.data) + n * w_row_bytes, B.dtype, bf16_compute, acc.data());
+      for (long m = 0; m < M; ++m) store(m, long(n), acc[size_t(m)]);
     }
   });
 }
