@@ -19,21 +19,10 @@ import { parseArgs } from 'node:util';
 import { type GenerateBenchOptions, type GenerateDevice, type GenerateMeasurement } from '../lib/bench/generate-bench.js';
 import { defaultBenchCacheDir, ensureBenchModel } from '../lib/bench/model-cache.js';
 import { type BenchPrecision, PRESETS, type PresetName } from '../lib/bench/presets.js';
-import { machineInfo, markdown, mib, ourVersions, runChildScript } from '../lib/bench/run.js';
+import { choice, count, machineInfo, markdown, mib, ourVersions, runChildScript } from '../lib/bench/run.js';
 import { writeJsonAtomic } from '../lib/io/atomic.js';
 import { loadNative, packageRoot } from '../lib/native.js';
 import { referencePython } from '../test/support/python.js';
-
-function choice<T extends string>(name: string, value: string, allowed: readonly T[]): T {
-  if (!(allowed as readonly string[]).includes(value)) throw new Error(`--${name} must be one of ${allowed.join(', ')}, got '${value}'`);
-  return value as T;
-}
-
-function count(name: string, value: string, min: number): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min}, got '${value}'`);
-  return n;
-}
 
 interface Peer {
   python: string;

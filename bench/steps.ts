@@ -19,8 +19,8 @@ import { parseArgs } from 'node:util';
 import { ensureBenchModel, defaultBenchCacheDir } from '../lib/bench/model-cache.js';
 import { type BenchMode, type BenchPrecision, PRESETS, type PresetName } from '../lib/bench/presets.js';
 import {
-  type BenchMeasurement,
-  type BenchResult,
+  choice,
+  count,
   formatRatios,
   formatResults,
   machineInfo,
@@ -30,6 +30,8 @@ import {
   ratios,
   runInChild,
   toResult,
+  type BenchMeasurement,
+  type BenchResult,
 } from '../lib/bench/run.js';
 import { median } from '../lib/bench/step-bench.js';
 import { writeJsonAtomic } from '../lib/io/atomic.js';
@@ -41,17 +43,6 @@ const MFU_FORMULA =
   'MFU = step FLOPs / step seconds / measured multiply-add peak; step FLOPs = 6*N*policy_tokens + 2*N*reference_tokens + ' +
   '3*A(policy documents) + A(reference documents); N = parameters that enter a matmul (projections and lm_head, not the ' +
   'embedding lookup); A = 4*layers*heads*head_dim per visible causal (query, key) pair';
-
-function choice<T extends string>(name: string, value: string, allowed: readonly T[]): T {
-  if (!(allowed as readonly string[]).includes(value)) throw new Error(`--${name} must be one of ${allowed.join(', ')}, got '${value}'`);
-  return value as T;
-}
-
-function count(name: string, value: string, min: number): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min}, got '${value}'`);
-  return n;
-}
 
 type BenchDevice = 'cpu' | 'cuda';
 

@@ -192,3 +192,16 @@ export function formatRatios(list: Ratio[]): string {
     list.map((r) => [r.preset, r.mode, r.precision, r.step_s.toFixed(2), `${r.tokens_per_s.toFixed(2)}x`, r.peak_bytes.toFixed(2)]),
   );
 }
+
+/** A bench flag's value from a fixed set; an error naming the flag otherwise. */
+export function choice<T extends string>(name: string, value: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(value)) throw new Error(`--${name} must be one of ${allowed.join(', ')}, got '${value}'`);
+  return value as T;
+}
+
+/** A bench flag's integer value, at least `min`; an error naming the flag otherwise. */
+export function count(name: string, value: string, min: number): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min}, got '${value}'`);
+  return n;
+}

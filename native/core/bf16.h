@@ -1,6 +1,7 @@
 // bfloat16 storage: the top 16 bits of an IEEE f32. Conversion rounds to nearest even, as
 // PyTorch and the hardware (vcvtneps2bf16, __float2bfloat16_rn) do; NaN stays NaN.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 
@@ -24,5 +25,8 @@ inline bf16 f32_to_bf16(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return bf16{uint16_t(u >> 16)};
 }
+
+// f32_to_bf16 over n values, split over the thread pool (loading and publishing weights).
+void round_to_bf16(size_t n, const float* from, bf16* to);
 
 }  // namespace zn

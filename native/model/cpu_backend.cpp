@@ -136,10 +136,7 @@ void CpuBackend::add_into(long n, const float* from, float* to, Tensor rounded) 
 
 void CpuBackend::round(long n, const float* from, Tensor to) {
   ZN_CHECK(to.dtype == DType::BF16, "cpu backend: round() makes bf16, asked for ", dtype_name(to.dtype));
-  bf16* out = static_cast<bf16*>(to.data);
-  parallel_for(size_t(n), kElementGrain, [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) out[i] = f32_to_bf16(from[i]);
-  });
+  round_to_bf16(size_t(n), from, static_cast<bf16*>(to.data));
 }
 
 }  // namespace zn::model

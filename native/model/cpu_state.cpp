@@ -6,7 +6,6 @@
 #include <cstring>
 
 #include "core/errors.h"
-#include "core/thread_pool.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/embedding.h"
 #include "model/mistral.h"
@@ -14,16 +13,6 @@
 #include "model/safetensors.h"
 
 namespace zn::model {
-
-namespace {
-
-void round_to_bf16(size_t n, const float* from, bf16* to) {
-  parallel_for(n, size_t(1) << 14, [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) to[i] = f32_to_bf16(from[i]);
-  });
-}
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // Weights

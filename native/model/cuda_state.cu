@@ -8,7 +8,6 @@
 #include <cstring>
 
 #include "core/errors.h"
-#include "core/thread_pool.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/check.h"
@@ -131,9 +130,7 @@ float* CudaWeights::norm_values(const ParameterSpec& p) const {
 void CudaWeights::assign(const ParameterSpec& p, const float* host) {
   if (!is_bf16()) return upload(host, p.numel, buffers_.f32_values + p.offset, stream_);
   std::vector<bf16> rounded(p.numel);
-  parallel_for(p.numel, size_t(1) << 16, [&](size_t b, size_t e) {
-    for (size_t i = b; i < e; ++i) rounded[i] = f32_to_bf16(host[i]);
-  });
+  round_to_bf16(p.numel, host, rounded.data());
   ZN_CUDA_CHECK(cudaMemcpyAsync(buffers_.bf16_values + p.offset, rounded.data(), p.numel * sizeof(bf16),
                                 cudaMemcpyHostToDevice, stream_));
   sync(stream_);

@@ -14,9 +14,6 @@
 
 #include "core/errors.h"
 #include "core/memory.h"
-#include "core/thread_pool.h"
-#include "kernels/cpu/adamw.h"
-#include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/logprob.h"
 #include "model/row_gradient.h"
