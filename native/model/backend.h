@@ -55,7 +55,8 @@ class Backend {
   // y[N, out] = x[N, in] · Wᵀ + beta y, W [out, in] as stored by HF.
   virtual void linear_forward(long N, long in, long out, ConstTensor x, ConstTensor w, float beta, Tensor y) = 0;
   // dW[out, in] += dyᵀ · x (f32), then dx[N, in] = dy · W + dx_beta dx: dW is read from x before
-  // dx is written, so dx may take x's buffer.
+  // dx is written, so dx may take x's buffer. A null dW (or rmsnorm's, the log-prob head's dw):
+  // the weight is frozen and its gradient is not computed.
   virtual void linear_backward(long N, long in, long out, ConstTensor x, ConstTensor dy, ConstTensor w, Tensor dx,
                                float dx_beta, float* dw) = 0;
   // y = rmsnorm(x) * w, rstd = 1 / rms(x); the same inputs give the same bits (the decoder

@@ -38,8 +38,9 @@ void CpuBackend::linear_forward(long N, long in, long out, ConstTensor x, ConstT
 
 void CpuBackend::linear_backward(long N, long in, long out, ConstTensor x, ConstTensor dy, ConstTensor w, Tensor dx,
                                  float dx_beta, float* dw) {
-  cpu::gemm(true, false, out, in, N, 1.0f, {values(dy), DType::F32, out}, {values(x), DType::F32, in}, 1.0f, dw,
-            in);
+  if (dw)
+    cpu::gemm(true, false, out, in, N, 1.0f, {values(dy), DType::F32, out}, {values(x), DType::F32, in}, 1.0f, dw,
+              in);
   if (dx) cpu::gemm(false, false, N, in, out, 1.0f, {values(dy), DType::F32, out}, {w.data, w.dtype, in}, dx_beta,
                     values(dx), in);
 }

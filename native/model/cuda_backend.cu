@@ -55,8 +55,9 @@ void CudaBackend::linear_forward(long N, long in, long out, ConstTensor x, Const
 
 void CudaBackend::linear_backward(long N, long in, long out, ConstTensor x, ConstTensor dy, ConstTensor w, Tensor dx,
                                   float dx_beta, float* dw) {
-  cuda::gemm(true, false, out, in, N, 1.0f, {dy.data, dy.dtype, out}, {x.data, x.dtype, in}, 1.0f,
-             {dw, DType::F32, in}, stream_);
+  if (dw)
+    cuda::gemm(true, false, out, in, N, 1.0f, {dy.data, dy.dtype, out}, {x.data, x.dtype, in}, 1.0f,
+               {dw, DType::F32, in}, stream_);
   if (dx) cuda::gemm(false, false, N, in, out, 1.0f, {dy.data, dy.dtype, out}, {w.data, w.dtype, in}, dx_beta,
                      {dx.data, dx.dtype, in}, stream_);
 }

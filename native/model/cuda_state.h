@@ -2,11 +2,12 @@
 // - CudaWeights: what the kernels read, on the device (the decoder's WeightSource): f32 in f32
 //   mode; in bf16 mode the bf16 rounding of every parameter and the norm weights in f32. A frozen
 //   model (the DPO reference) is weights alone.
-// - CudaTrainState: what training adds (the decoder's GradientSink): the f32 gradients (one
-//   contiguous buffer, so the grad norm reads it at once), AdamW's moments and step count, and the
-//   f32 master: the weights' own f32 values in f32 mode, a device buffer in bf16 mode, or, with
-//   offload_optimizer, host memory together with the moments (ZeRO-Offload's split: the device
-//   keeps what the kernels read and the gradients). A step writes the weights.
+// - CudaTrainState: what training adds for one parameter group (parameters.h; the decoder's
+//   GradientSink): the f32 gradients (one contiguous buffer laid out by the group, so the grad
+//   norm reads it at once), AdamW's moments and step count, and the f32 master: the weights' own
+//   f32 values in f32 mode, a device buffer in bf16 mode, or, with offload_optimizer, host memory
+//   together with the moments (ZeRO-Offload's split: the device keeps what the kernels read and
+//   the gradients). A step writes the weights. Parameters outside the group are frozen.
 // Device memory comes from the model's one arena (pieces handed in); every copy runs on the
 // model's stream.
 #pragma once
@@ -83,13 +84,16 @@ struct CudaTrainBuffers {
 class CudaTrainState final : public GradientSink {
  public:
   // Host bytes with offload_optimizer: the f32 master, the two moments and the copy buffers.
-  static size_t offload_host_bytes(const std::vector<ParameterSpec>& table, Precision precision);
-  CudaTrainState(const std::vector<ParameterSpec>& table, bool offload, CudaWeights& weights,
-                 CudaTrainBuffers buffers, CudaBackend& backend, cudaStream_t stream);
+  static size_t offload_host_bytes(const ParameterGroup& group, Precision precision);
+  CudaTrainState(const ParameterGroup& group, bool offload, CudaWeights& weights, CudaTrainBuffers buffers,
+                 CudaBackend& backend, cudaStream_t stream);
   ~CudaTrainState() override;
 
-  float* grad(const ParameterSpec& p) override { return buffers_.grads + p.offset; }
-  const float* gradients() const { return buffers_.grads; }  // every parameter's, laid out as the table
+  const ParameterGroup& group() const { return group_; }
+  // Null for a parameter outside the group.
+  float* grad(const ParameterSpec& p) override {
+    return group_.contains(p) ? buffers_.grads + group_.offset(p) : nullptr;
+  }
   void zero_grad();
   // The norm of the gradient (f64, copied back: the metric and the finite check), clipping as
   // torch clip_grad_norm_, then AdamW on the device (multi-tensor, the clipping coefficient
@@ -109,12 +113,12 @@ class CudaTrainState final : public GradientSink {
 
  private:
   bool offloaded() const { return !host_master_.empty(); }
-  float* device_master() const;  // the f32 master on the device (null when offloaded)
+  float* device_master(const ParameterSpec& p) const;  // on the device (null when offloaded)
   void device_adamw(const AdamWOptions& hp);
   void offloaded_adamw(const AdamWOptions& hp, double norm);
   void copy_norms_from_master();
 
-  const std::vector<ParameterSpec>& table_;
+  const ParameterGroup& group_;
   CudaWeights& weights_;
   CudaTrainBuffers buffers_;
   CudaBackend& backend_;

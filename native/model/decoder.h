@@ -13,6 +13,7 @@
 // where a GEMM reads it. Recomputed values are the forward's bits (the same ops on the same
 // inputs), so either policy gives the same gradients.
 #pragma once
+#include <utility>
 #include <vector>
 
 #include "model/backend.h"
@@ -82,12 +83,29 @@ class WeightSource {
   virtual const float* norm_weight(const ParameterSpec& p) const = 0;  // f32 in every mode
 };
 
-// Where a backward accumulates gradients: a model's training state. A parameter without one
-// (frozen) is never asked for.
+// Where a backward accumulates gradients: a train state (one per trained parameter group). A
+// parameter it does not train gives null, and the backward then computes no weight gradient for
+// it (only the input gradients that flow on through it).
 class GradientSink {
  public:
   virtual ~GradientSink() = default;
-  virtual float* grad(const ParameterSpec& p) = 0;  // dense f32, accumulated into
+  virtual float* grad(const ParameterSpec& p) = 0;  // dense f32, accumulated into; null: frozen
+};
+
+// Several train states as one sink (say LoRA's adapters and a fully trained lm_head): each
+// parameter's gradient goes to the state whose group holds it.
+class GradientSinks final : public GradientSink {
+ public:
+  explicit GradientSinks(std::vector<GradientSink*> sinks) : sinks_(std::move(sinks)) {}
+  float* grad(const ParameterSpec& p) override {
+    for (GradientSink* sink : sinks_) {
+      if (float* g = sink->grad(p)) return g;
+    }
+    return nullptr;
+  }
+
+ private:
+  std::vector<GradientSink*> sinks_;
 };
 
 // A forward over new tokens that continue sequences held in a KvCache (generation). Each layer

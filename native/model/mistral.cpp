@@ -144,17 +144,18 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   c.validate();
   ZN_CHECK(o.max_tokens > 0, "model: maxTokens must be positive, got ", o.max_tokens);
   const std::vector<ParameterSpec> table = parameter_table(c);
-  const size_t params = parameter_count(table);
+  const ParameterGroup trained(table, o.frozen);
+  const size_t params = o.trainable ? trained.numel() : 0;
   MemoryPlan plan;
   // The weights the kernels read, and a trainable bf16 model's f32 master (CpuTrainState's).
-  plan.weights = CpuWeights::bytes(table, o.precision) + (o.trainable && o.precision == Precision::BF16 ? params * 4 : 0);
+  plan.weights = CpuWeights::bytes(table, o.precision) + (o.precision == Precision::BF16 ? params * 4 : 0);
   // An untied embedding's gradient is held by rows (model/row_gradient.h), with slots for one
   // micro-batch's tokens; gradient accumulation over new tokens adds rows beyond the plan.
   const size_t embed = size_t(c.vocab_size) * size_t(c.hidden_size);
-  plan.grads = !o.trainable ? 0
-               : c.tie_word_embeddings ? params * 4
-                                       : (params - embed) * 4 + RowGradient::planned_bytes(c.vocab_size, c.hidden_size, o.max_tokens);
-  plan.optimizer = o.trainable ? params * 8 : 0;
+  const bool row_embedding = o.trainable && !c.tie_word_embeddings && trained.contains(table.front());
+  plan.grads = row_embedding ? (params - embed) * 4 + RowGradient::planned_bytes(c.vocab_size, c.hidden_size, o.max_tokens)
+                             : params * 4;
+  plan.optimizer = params * 8;
   DecoderBuffers counting;
   plan.activations = layout_activations(c, o, nullptr, counting) * 4;
   const cpu::LogprobShape head{o.max_tokens, c.hidden_size, c.vocab_size};
@@ -204,9 +205,10 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
                     advice + "a smaller maxTokens, or the GPU backend (device: 'cuda')");
   params_ = parameter_table(config_);
   index_ = index_parameters(config_, params_);
+  trained_ = std::make_unique<ParameterGroup>(params_, options_.frozen);
   weights_ = std::make_unique<CpuWeights>(params_, options_.precision);
   if (options_.trainable)
-    state_ = std::make_unique<CpuTrainState>(config_, params_, index_, options_.max_tokens, *weights_);
+    state_ = std::make_unique<CpuTrainState>(config_, *trained_, index_, options_.max_tokens, *weights_);
   buffers_ = std::make_unique<DecoderBuffers>();
   arena_.reset(static_cast<float*>(std::calloc(plan_.activations / 4, sizeof(float))));
   ZN_CHECK(arena_ || plan_.activations == 0, "model: cannot allocate ", plan_.activations,
@@ -241,7 +243,7 @@ CpuTrainState& MistralModel::train_state(const char* what) const {
 }
 
 const float* MistralModel::master(const ParameterSpec& p) const {
-  if (state_) return state_->master(p);
+  if (trains(p)) return state_->master(p);
   ZN_CHECK(!weights_->is_bf16(), "model: a frozen bf16 model keeps no f32 master (read_master widens its weights)");
   return weights_->f32_values(p);
 }
@@ -263,7 +265,7 @@ void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
 long MistralModel::optimizer_step() const { return state_ ? state_->step() : 0; }
 
 const float* MistralModel::f32_values(const ParameterSpec& p) const {
-  return state_ ? state_->master(p) : weights_->f32_values(p);
+  return trains(p) ? state_->master(p) : weights_->f32_values(p);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -301,7 +303,7 @@ std::vector<std::string> MistralModel::load_weights(const std::vector<std::strin
   WeightFiles weights(files);
   std::vector<float> staging;
   for (const ParameterSpec& p : params_) {
-    if (state_) {
+    if (trains(p)) {
       weights.read(p, state_->master(p));
       continue;
     }
@@ -345,12 +347,13 @@ static std::string optimizer_tensor_name(Moment moment, const ParameterSpec& p) 
   return (moment == Moment::First ? "exp_avg." : "exp_avg_sq.") + p.name;
 }
 
-void write_optimizer_state(const std::string& path, const std::vector<ParameterSpec>& params,
-                           const float* exp_avg, const float* exp_avg_sq, long step) {
+void write_optimizer_state(const std::string& path, const ParameterGroup& group, const float* exp_avg,
+                           const float* exp_avg_sq, long step) {
   std::vector<StTensorToWrite> tensors;
-  for (const ParameterSpec& p : params) {
-    tensors.push_back({optimizer_tensor_name(Moment::First, p), StDType::F32, p.shape, exp_avg + p.offset});
-    tensors.push_back({optimizer_tensor_name(Moment::Second, p), StDType::F32, p.shape, exp_avg_sq + p.offset});
+  for (const ParameterSpec* p : group.members()) {
+    const size_t at = group.offset(*p);
+    tensors.push_back({optimizer_tensor_name(Moment::First, *p), StDType::F32, p->shape, exp_avg + at});
+    tensors.push_back({optimizer_tensor_name(Moment::Second, *p), StDType::F32, p->shape, exp_avg_sq + at});
   }
   write_safetensors(path, tensors, {{"format", "zephyr-native-adamw"}, {"step", std::to_string(step)}});
 }

@@ -44,6 +44,9 @@ struct ModelOptions {
   // weights and AdamW moments live in host memory and the AdamW step runs on the CPU, so the
   // device keeps only the weights the kernels read and the f32 gradients (ZeRO-Offload's split).
   bool offload_optimizer = false;
+  // Parameters a trainable model keeps frozen (by name): they get no gradient, no optimizer
+  // state and in bf16 no f32 master; the others are the trained parameter group (parameters.h).
+  std::vector<std::string> frozen;
 };
 
 inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }
@@ -127,9 +130,10 @@ class WeightFiles {
 // resumes on the other): f32 tensors exp_avg.<parameter> and exp_avg_sq.<parameter> in the
 // parameter's shape, metadata {format: zephyr-native-adamw, step}.
 enum class Moment { First, Second };  // exp_avg, exp_avg_sq
-// Writes the file (atomically) from host copies of both moments, laid out as the parameter table.
-void write_optimizer_state(const std::string& path, const std::vector<ParameterSpec>& params,
-                           const float* exp_avg, const float* exp_avg_sq, long step);
+// Writes the file (atomically) from host copies of both moments of a group's members, laid out as
+// the group (a frozen parameter has no moments and no tensors in the file).
+void write_optimizer_state(const std::string& path, const ParameterGroup& group, const float* exp_avg,
+                           const float* exp_avg_sq, long step);
 // The step recorded in an open optimizer state file (throws naming the file when absent or bad).
 long optimizer_state_step(const SafetensorsFile& file);
 // Reads one moment of one parameter (numel f32 values) from an open optimizer state file.
@@ -206,6 +210,7 @@ class MistralModel {
   void copy_batch(const TokenBatchView& batch);
   DeviceBatch batch() const;  // the last copied batch, as the kernels read it
   CpuTrainState& train_state(const char* what) const;  // throws naming `what` when frozen
+  bool trains(const ParameterSpec& p) const { return state_ && trained_->contains(p); }
   // A parameter's f32 values: the master, or a frozen model's f32 weights or norm weights; null
   // for a frozen bf16 model's matrices (bf16 only).
   const float* f32_values(const ParameterSpec& p) const;
@@ -218,8 +223,9 @@ class MistralModel {
   MemoryPlan plan_;
   std::vector<ParameterSpec> params_;
   ParameterIndex index_;  // pointers into params_
+  std::unique_ptr<ParameterGroup> trained_;  // all but options_.frozen
   std::unique_ptr<CpuWeights> weights_;
-  std::unique_ptr<CpuTrainState> state_;  // trainable only
+  std::unique_ptr<CpuTrainState> state_;  // trainable only, for trained_
 
   // calloc'd, not a std::vector: its pages are committed when first written, so the arena adds
   // nothing to the peak while weights load (a tensor's file pages are resident then).

@@ -145,6 +145,8 @@ void take_activations(const MistralConfig& c, const ModelOptions& o, DeviceArena
 MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, CudaBuffers& b) {
   const std::vector<ParameterSpec> table = parameter_table(c);
   const size_t params = parameter_count(table);
+  const ParameterGroup trained(table, o.frozen);
+  const size_t trained_params = o.trainable ? trained.numel() : 0;
   DeviceArena arena(base);
   MemoryPlan plan;
   size_t mark = 0;
@@ -157,12 +159,12 @@ MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, Cud
   b.weights.f32_values = bf16_mode ? nullptr : arena.take<float>(params);
   b.weights.bf16_values = bf16_mode ? arena.take<bf16>(params) : nullptr;
   b.weights.norms = bf16_mode ? arena.take<float>(norm_slots(table, nullptr)) : nullptr;
-  b.train.master = bf16_mode && moments_here ? arena.take<float>(params) : nullptr;
+  b.train.master = bf16_mode && moments_here ? arena.take<float>(trained_params) : nullptr;
   close_section(plan.weights);
-  b.train.grads = o.trainable ? arena.take<float>(params) : nullptr;
+  b.train.grads = o.trainable ? arena.take<float>(trained_params) : nullptr;
   close_section(plan.grads);
-  b.train.adam_m = moments_here ? arena.take<float>(params) : nullptr;
-  b.train.adam_v = moments_here ? arena.take<float>(params) : nullptr;
+  b.train.adam_m = moments_here ? arena.take<float>(trained_params) : nullptr;
+  b.train.adam_v = moments_here ? arena.take<float>(trained_params) : nullptr;
   close_section(plan.optimizer);
   take_activations(c, o, arena, b);
   close_section(plan.activations);
@@ -174,7 +176,7 @@ MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, Cud
   b.train.grad_sum_of_squares = arena.take<double>(1);
   b.train.clip_coefficient = arena.take<float>(1);
   close_section(plan.logits_chunks);
-  plan.host = offloads(o) ? CudaTrainState::offload_host_bytes(table, o.precision) : 0;
+  plan.host = offloads(o) ? CudaTrainState::offload_host_bytes(trained, o.precision) : 0;
   return plan;
 }
 
@@ -223,6 +225,7 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
   plan_ = plan(config_, options_);
   params_ = parameter_table(config_);
   index_ = index_parameters(config_, params_);
+  trained_ = std::make_unique<ParameterGroup>(params_, options_.frozen);
   cuda::device_count();  // a readable error when there is no GPU or driver
   ZN_CUDA_CHECK(cudaGetDevice(&device_));
   if (offloads(options_)) {
@@ -235,7 +238,7 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
     allocate();
     weights_ = std::make_unique<CudaWeights>(params_, buf_->weights, stream_);
     if (options_.trainable) {
-      state_ = std::make_unique<CudaTrainState>(params_, offloads(options_), *weights_, buf_->train, backend_,
+      state_ = std::make_unique<CudaTrainState>(*trained_, offloads(options_), *weights_, buf_->train, backend_,
                                                 stream_);
     }
   } catch (...) {
@@ -299,7 +302,7 @@ long CudaMistralModel::optimizer_step() const { return state_ ? state_->step() :
 // The f32 master of a trainable model (host, or device); else the weights, widened from bf16.
 void CudaMistralModel::read_master(const ParameterSpec& p, float* out) const {
   use_device();
-  if (state_) return state_->read_master(p, out);
+  if (trains(p)) return state_->read_master(p, out);
   weights_->read(p, out);
 }
 
@@ -320,13 +323,13 @@ std::vector<std::string> CudaMistralModel::load_weights(const std::vector<std::s
   have_activations_ = false;
   std::vector<float> staging;
   for (const ParameterSpec& p : params_) {
-    float* values = state_ ? state_->host_master(p) : nullptr;  // offloaded: read in place
+    float* values = trains(p) ? state_->host_master(p) : nullptr;  // offloaded: read in place
     if (!values) {
       staging.resize(p.numel);
       values = staging.data();
     }
     weights.read(p, values);
-    if (state_) {
+    if (trains(p)) {
       state_->write_master(p, values);
     } else {
       weights_->assign(p, values);
@@ -346,7 +349,7 @@ void CudaMistralModel::save_weights(const std::string& path, const std::vector<s
   std::vector<StTensorToWrite> tensors;
   for (size_t i = 0; i < names.size(); ++i) {
     const ParameterSpec& p = parameter(names[i]);
-    const float* values = state_ ? state_->host_master(p) : nullptr;
+    const float* values = trains(p) ? state_->host_master(p) : nullptr;
     if (!values) {
       host[i].resize(p.numel);
       read_master(p, host[i].data());
@@ -598,8 +601,10 @@ void CudaMistralModel::backward(const float* dlogp, long tokens) {
 // dres; then the stream is drained, so a fault in any kernel surfaces in the call that caused it.
 void CudaMistralModel::embedding_backward() {
   const CudaBuffers& B = *buf_;
-  cuda::embedding_backward(tokens_, config_.hidden_size, config_.vocab_size, B.input_ids,
-                           {B.acts.dres, DType::F32}, config_.pad_token_id, state_->grad(*index_.embed), stream_);
+  if (float* grad = state_->grad(*index_.embed)) {  // null: a frozen embedding
+    cuda::embedding_backward(tokens_, config_.hidden_size, config_.vocab_size, B.input_ids,
+                             {B.acts.dres, DType::F32}, config_.pad_token_id, grad, stream_);
+  }
   sync();
 }
 

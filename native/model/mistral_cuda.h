@@ -99,6 +99,7 @@ class CudaMistralModel {
   void download_logp(float* logp) const;
   void embedding_backward();  // from the decoder's d loss / d (embedding output), then sync
   CudaTrainState& train_state(const char* what) const;  // throws naming `what` when frozen
+  bool trains(const ParameterSpec& p) const { return state_ && trained_->contains(p); }
   DType act_dtype() const;
   void download(const float* device, size_t count, float* host) const;
   void sync() const;
@@ -112,6 +113,7 @@ class CudaMistralModel {
   MemoryPlan plan_;
   std::vector<ParameterSpec> params_;
   ParameterIndex index_;  // pointers into params_
+  std::unique_ptr<ParameterGroup> trained_;  // all but options_.frozen
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

@@ -586,6 +586,122 @@ ZN_TEST("model.optimizer_state_round_trips") {
   }
 }
 
+// A trainable model with frozen parameters (ModelOptions::frozen; the trained parameter group
+// of parameters.h): the same forward, the same gradients for what it trains and none for what it
+// freezes, an optimizer step that moves only the group, and optimizer state for the group alone.
+ZN_TEST("model.frozen_parameters_get_no_gradient_state_or_update") {
+  const AdamWOptions hp{1e-2, 0.9, 0.99, 1e-8, 0.1, 0.0};  // no clipping: the norms differ
+  for (bool tied : {true, false}) {
+    const MistralConfig c = tiny_config(tied);
+    const Params P = random_params(c);
+    const Batch b = random_batch(c, {6, 4});
+    const std::vector<float> w = test::random_f32(b.ids.size());
+    // The head and top layer's MLP frozen (the log-prob head's and rmsnorm's null dweight), or
+    // the embedding and the bottom layer (nothing below them trains: the backward still runs).
+    const std::vector<std::vector<std::string>> frozen_sets = {
+        {tied ? "model.embed_tokens.weight" : "lm_head.weight", "model.norm.weight",
+         "model.layers.1.mlp.down_proj.weight", "model.layers.1.post_attention_layernorm.weight"},
+        {"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", "model.layers.0.self_attn.q_proj.weight",
+         "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+         "model.layers.0.self_attn.o_proj.weight"}};
+    for (const std::vector<std::string>& frozen : frozen_sets) {
+      for (Precision precision : {Precision::F32, Precision::BF16}) {
+        for (bool fused : {false, true}) {
+          const std::string where = std::string(tied ? "tied" : "untied") + (precision == Precision::BF16 ? " bf16" : " f32") +
+                                    (fused ? " forwardBackward " : " forward+backward ") + frozen.front();
+          ModelOptions o;
+          o.max_tokens = 16;
+          o.precision = precision;
+          auto full = make_model(c, P, o);
+          o.frozen = frozen;
+          auto part = make_model(c, P, o);
+          auto is_frozen = [&](const ParameterSpec& p) {
+            return std::find(frozen.begin(), frozen.end(), p.name) != frozen.end();
+          };
+          std::vector<float> logp_full(b.ids.size()), logp_part(b.ids.size());
+          for (auto [m, logp] : {std::pair{full.get(), &logp_full}, std::pair{part.get(), &logp_part}}) {
+            m->zero_grad();
+            if (fused) {
+              m->forward_backward(b.view(), w.data(), logp->data());
+            } else {
+              m->forward(b.view(), logp->data());
+              m->backward(w.data(), long(w.size()));
+            }
+          }
+          EXPECT(logp_full == logp_part, where, ": logp differs");
+          double squares = 0;
+          size_t trained = 0;
+          for (const ParameterSpec& p : part->parameters()) {
+            if (is_frozen(p)) {
+              test::expect_error([&] { gradient_of(*part, p.name); }, "'" + p.name + "' is frozen");
+              continue;
+            }
+            trained += p.numel;
+            const std::vector<float> g = gradient_of(*part, p.name);
+            EXPECT(g == gradient_of(*full, p.name), where, ": gradient of ", p.name, " differs");
+            for (float x : g) squares += double(x) * x;
+          }
+          EXPECT(part->memory_plan().optimizer == trained * 8, where, ": ", part->memory_plan().optimizer);
+          EXPECT(part->memory_plan().grads < full->memory_plan().grads, where);
+
+          const double norm = part->clip_and_step(hp);
+          full->clip_and_step(hp);
+          EXPECT(std::fabs(norm - std::sqrt(squares)) <= 1e-6 * std::sqrt(squares), where, ": norm ", norm);
+          std::vector<float> before(0), after(0);
+          for (const ParameterSpec& p : part->parameters()) {
+            after.resize(p.numel);
+            part->read_master(p, after.data());
+            if (!is_frozen(p)) {
+              std::vector<float> want(p.numel);
+              full->read_master(full->parameter(p.name), want.data());
+              EXPECT(after == want, where, ": stepped ", p.name, " differs");
+              continue;
+            }
+            const bool rounded = precision == Precision::BF16 && p.shape.size() == 2;
+            for (size_t i = 0; i < p.numel; ++i) {
+              const float value = float(P.at(p.name)[i]);
+              const float expected = rounded ? bf16_to_f32(f32_to_bf16(value)) : value;
+              EXPECT(after[i] == expected, where, ": frozen ", p.name, "[", i, "] moved");
+            }
+          }
+
+          // The optimizer state holds the group's members only, and resumes bit-identically.
+          TempFile state(".safetensors");
+          part->save_optimizer_state(state.path);
+          {
+            SafetensorsFile file(state.path);
+            EXPECT(file.tensors().size() == 2 * (part->parameters().size() - frozen.size()), where);
+            for (const std::string& name : frozen) EXPECT(!file.find("exp_avg." + name), where, ": ", name);
+          }
+          TempFile weights(".safetensors");
+          std::vector<std::string> names;
+          for (const ParameterSpec& p : part->parameters()) names.push_back(p.name);
+          part->save_weights(weights.path, names, SaveDType::F32, {});
+          MistralModel resumed(c, o);
+          resumed.load_weights({weights.path});
+          resumed.load_optimizer_state(state.path);
+          for (MistralModel* m : {part.get(), &resumed}) {
+            m->zero_grad();
+            m->forward(b.view(), logp_part.data());
+            m->backward(w.data(), long(w.size()));
+            m->clip_and_step(hp);
+          }
+          for (const ParameterSpec& p : part->parameters()) {
+            std::vector<float> x(p.numel), y(p.numel);
+            part->read_master(p, x.data());
+            resumed.read_master(resumed.parameter(p.name), y.data());
+            EXPECT(x == y, where, ": resumed ", p.name, " differs");
+          }
+        }
+      }
+    }
+  }
+  ModelOptions o;
+  o.max_tokens = 4;
+  o.frozen = {"model.layers.0.mlp.gate_proj"};
+  test::expect_error([&] { MistralModel(tiny_config(false), o); }, "no parameter named 'model.layers.0.mlp.gate_proj'");
+}
+
 ZN_TEST("model.bad_batches_and_configs_are_errors_naming_the_field") {
   using test::expect_error;
   MistralConfig bad = tiny_config(true);

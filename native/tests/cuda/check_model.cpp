@@ -144,11 +144,17 @@ struct Trace {
   std::vector<std::vector<float>> after_first;       // [parameter]: after step 1
 };
 
+bool is_frozen(const ModelOptions& o, const ParameterSpec& p) {
+  return std::find(o.frozen.begin(), o.frozen.end(), p.name) != o.frozen.end();
+}
+
+// Every parameter's values or gradients (a frozen parameter's: zeros, as it has none).
 template <class Model>
 std::vector<std::vector<float>> read_all(const Model& m, bool gradients) {
   std::vector<std::vector<float>> out;
   for (const ParameterSpec& p : m.parameters()) {
     out.emplace_back(p.numel);
+    if (gradients && is_frozen(m.options(), p)) continue;
     if (gradients) m.read_gradient(p, out.back().data());
     else m.read_master(p, out.back().data());
   }
@@ -351,6 +357,7 @@ struct ModelCase {
   Precision precision;
   bool checkpointing;
   bool offload = false;
+  std::vector<std::string> frozen;  // ModelOptions::frozen
 };
 
 // Chunks of the offloaded step: odd, so that chunk edges fall inside parameters and rows.
@@ -379,7 +386,7 @@ void check_training(Report& report, const ModelCase& mc, const Batch& sft, const
   const std::string what = mc.name + (mc.precision == Precision::BF16 ? " bf16" : " f32") +
                            (mc.checkpointing ? " ckpt" : "") + (mc.offload ? " offload" : "");
   guarded(report, "model", what, [&] {
-    const ModelOptions options{mc.precision, kMaxTokens, mc.checkpointing, true, mc.offload};
+    const ModelOptions options{mc.precision, kMaxTokens, mc.checkpointing, true, mc.offload, mc.frozen};
     TempFile weights(".safetensors");
     write_random_weights(mc.config, weights.path);
     MistralModel cpu_model(mc.config, options);
@@ -388,6 +395,12 @@ void check_training(Report& report, const ModelCase& mc, const Batch& sft, const
     const Trace gpu = train(gpu_model, weights.path, sft, dpo);
     compare_traces(report, what, cpu_model.parameters(), gpu, cpu,
                    mc.precision == Precision::BF16 ? kBf16 : kF32);
+    if (mc.frozen.empty()) return;
+    size_t moved = 0;
+    for (size_t p = 0; p < gpu.initial.size(); ++p)
+      if (is_frozen(options, gpu_model.parameters()[p]))
+        moved += std::memcmp(gpu.initial[p].data(), gpu.trained[p].data(), gpu.initial[p].size() * 4) != 0;
+    report.compare("model", what + " frozen parameters moved", "bits", double(moved), 0.0);
   });
 }
 
@@ -736,6 +749,28 @@ void run_generation_checks(Report& report, const std::string& only) {
   check_generation_case(report, flash, Precision::BF16, 5e-2);
 }
 
+// Training with frozen parameters (ModelOptions::frozen: one trained parameter group that skips
+// some of the table), CPU against GPU: the embedding, the bottom layer's attention and the
+// head frozen, so the group is not one run of the table and the offloaded step's chunks (odd
+// sized) copy its weights up in pieces.
+void run_frozen_checks(Report& report, const std::string& only) {
+  if (std::string("frozen").rfind(only, 0) != 0) return;
+  std::printf("\n== frozen-parameter checks (CPU MistralModel vs CudaMistralModel, a trained group)\n");
+  const MistralConfig small = tiny_config(32, false);
+  const Batch sft = packed_batch({20, 14, 10}, 3, small.vocab_size, small.pad_token_id);
+  const Batch dpo = packed_batch({12, 10, 11, 9}, 4, small.vocab_size, small.pad_token_id);
+  const std::vector<std::string> frozen = {"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
+                                           "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.o_proj.weight",
+                                           "model.layers.1.post_attention_layernorm.weight", "model.norm.weight",
+                                           "lm_head.weight"};
+  check_training(report, {"D32 frozen", small, Precision::F32, false, false, frozen}, sft, dpo);
+  check_training(report, {"D32 frozen", small, Precision::BF16, false, false, frozen}, sft, dpo);
+  setenv("ZN_OFFLOAD_CHUNK", kOffloadChunkForChecks, 1);
+  check_training(report, {"D32 frozen", small, Precision::BF16, false, true, frozen}, sft, dpo);
+  check_training(report, {"D32 frozen", small, Precision::F32, true, true, frozen}, sft, dpo);
+  unsetenv("ZN_OFFLOAD_CHUNK");
+}
+
 void run_model_checks(Report& report, const std::string& only, bool quick) {
   if (std::string("model").rfind(only, 0) != 0) return;  // --only: a prefix of the name, as the op checks
   std::printf("\n== model checks (CPU MistralModel vs CudaMistralModel, GEMMs %s)\n",
@@ -773,6 +808,11 @@ void run_model_checks(Report& report, const std::string& only, bool quick) {
 void run_model_checks(Report&, const std::string& only, bool) {
   if (std::string("model").rfind(only, 0) != 0) return;
   std::printf("\n== model checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
+}
+
+void run_frozen_checks(Report&, const std::string& only) {
+  if (std::string("frozen").rfind(only, 0) != 0) return;
+  std::printf("\n== frozen-parameter checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
 }
 
 void run_generation_checks(Report&, const std::string& only) {
