@@ -147,15 +147,14 @@ void CpuTrainState::publish() {
   for (const ParameterSpec* p : group_.members()) weights_.assign(*p, master(*p));
 }
 
-double CpuTrainState::clip_and_step(const AdamWOptions& hp) {
-  validate_adamw(hp);
+double CpuTrainState::grad_sum_of_squares() const {
   const double squares = cpu::sum_of_squares(long(grads_.size()), grads_.data());
-  const double norm = std::sqrt(squares + (embed_grad_ ? embed_grad_->sum_of_squares() : 0.0));
-  check_grad_norm(norm);
-  const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
+  return squares + (embed_grad_ ? embed_grad_->sum_of_squares() : 0.0);
+}
+
+void CpuTrainState::step(const AdamWOptions& hp, float clip_scale) {
   ++step_;
-  for (const ParameterSpec* p : group_.members()) step_parameter(*p, hp, scale);
-  return norm;
+  for (const ParameterSpec* p : group_.members()) step_parameter(*p, hp, clip_scale);
 }
 
 // AdamW writes the bf16 rounding of what it updates, so the weights' matrices are current when
@@ -182,10 +181,6 @@ void CpuTrainState::step_parameter(const ParameterSpec& p, const AdamWOptions& h
     }
   }
   if (rounded && p.shape.size() == 1) weights_.assign(p, master(p));
-}
-
-void CpuTrainState::save_optimizer_state(const std::string& path) const {
-  write_optimizer_state(path, group_, adam_m_.data(), adam_v_.data(), step_);
 }
 
 void CpuTrainState::load_optimizer_state(const std::string& path) {

@@ -16,6 +16,7 @@
 
 #include "core/bf16.h"
 #include "model/decoder.h"
+#include "model/optimizer_state.h"
 #include "model/parameters.h"
 
 namespace zn::model {
@@ -70,9 +71,11 @@ class CpuTrainState final : public GradientSink {
   void embedding_backward(long tokens, const int32_t* ids, const float* dres);
   void read_gradient(const ParameterSpec& p, float* out) const;
   void zero_grad();
-  // Global L2 norm of the gradients, clipping as torch clip_grad_norm_, then one AdamW step and
-  // the weights from the new master. Returns the norm before clipping (HF's grad_norm).
-  double clip_and_step(const AdamWOptions& hp);
+  // The sum of the squared gradients (the global norm of torch's clip_grad_norm_ sums it over
+  // every trained group), then one AdamW step with the gradients scaled by clip_scale and the
+  // weights from the new master.
+  double grad_sum_of_squares() const;
+  void step(const AdamWOptions& hp, float clip_scale);
   long step() const { return step_; }
 
   // The f32 master values of a member (the weights' own in f32 mode): loading writes them, then
@@ -82,8 +85,8 @@ class CpuTrainState final : public GradientSink {
   void publish();
 
   // The optimizer state file (write_optimizer_state) holds the group's members.
+  OptimizerMoments moments() const { return {&group_, adam_m_.data(), adam_v_.data()}; }
 
-  void save_optimizer_state(const std::string& path) const;
   void load_optimizer_state(const std::string& path);
 
  private:

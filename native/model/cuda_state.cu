@@ -13,6 +13,7 @@
 #include "kernels/cuda/check.h"
 #include "model/cuda_backend.h"
 #include "model/mistral.h"
+#include "model/optimizer_state.h"
 #include "model/safetensors.h"
 
 namespace zn::model {
@@ -330,12 +331,12 @@ void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm) {
 
 // The moments pass through host memory whole (write_safetensors takes every tensor at once).
 void CudaTrainState::save_optimizer_state(const std::string& path) const {
-  if (offloaded()) return write_optimizer_state(path, group_, host_m_.data(), host_v_.data(), step_);
+  if (offloaded()) return write_optimizer_state(path, {{&group_, host_m_.data(), host_v_.data()}}, step_);
   const size_t n = group_.numel();
   std::vector<float> m(n), v(n);
   download(buffers_.adam_m, n, m.data(), stream_);
   download(buffers_.adam_v, n, v.data(), stream_);
-  write_optimizer_state(path, group_, m.data(), v.data(), step_);
+  write_optimizer_state(path, {{&group_, m.data(), v.data()}}, step_);
 }
 
 void CudaTrainState::load_optimizer_state(const std::string& path) {

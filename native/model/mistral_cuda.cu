@@ -215,6 +215,7 @@ constexpr size_t kLibraryReserve = size_t(256) << 20;
 
 MemoryPlan CudaMistralModel::plan(const MistralConfig& config, const ModelOptions& options) {
   config.validate();
+  ZN_CHECK(options.lora.rank == 0, "model: LoRA adapters run on the CPU model only so far (device: 'cpu')");
   ZN_CHECK(options.max_tokens > 0, "model: maxTokens must be positive, got ", options.max_tokens);
   CudaBuffers counting{};
   return layout(config, options, nullptr, counting);

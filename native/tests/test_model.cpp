@@ -702,6 +702,182 @@ ZN_TEST("model.frozen_parameters_get_no_gradient_state_or_update") {
   test::expect_error([&] { MistralModel(tiny_config(false), o); }, "no parameter named 'model.layers.0.mlp.gate_proj'");
 }
 
+namespace {
+
+// The base parameters with every adapter merged in, W + s B A (the float64 reference's weights).
+Params merged(const Params& base, const Params& adapters, const LoraTable& lora, const std::vector<ParameterSpec>& table) {
+  Params out = base;
+  const double s = lora.config().scale();
+  const long r = lora.config().rank;
+  for (const ParameterSpec& p : table) {
+    const LoraPair* pair = lora.pair(p);
+    if (!pair) continue;
+    const long rows = p.shape[0], cols = p.shape[1];
+    const std::vector<double>&A = adapters.at(pair->a->name), &B = adapters.at(pair->b->name);
+    std::vector<double>& W = out[p.name];
+    for (long i = 0; i < rows; ++i)
+      for (long j = 0; j < cols; ++j) {
+        double sum = 0;
+        for (long k = 0; k < r; ++k) sum += B[size_t(i * r + k)] * A[size_t(k * cols + j)];
+        W[size_t(i * cols + j)] += s * sum;
+      }
+  }
+  return out;
+}
+
+void write_params(const std::string& path, const std::vector<ParameterSpec>& table, const Params& values) {
+  std::vector<std::vector<float>> data;
+  std::vector<StTensorToWrite> tensors;
+  data.reserve(table.size());
+  for (const ParameterSpec& p : table) {
+    data.emplace_back(values.at(p.name).begin(), values.at(p.name).end());
+    tensors.push_back({p.name, StDType::F32, p.shape, data.back().data()});
+  }
+  write_safetensors(path, tensors, {});
+}
+
+}  // namespace
+
+// LoRA (model/lora.h) against float64: the model with adapters is the base with W + s B A
+// merged in (PEFT's merge_and_unload), so its log-probs are the reference's on merged weights
+// and the gradients of every A and B entry are central differences of that reference.
+ZN_TEST("model.lora_adapters_match_float64_merged_weights") {
+  struct Case {
+    LoraConfig lora;
+    std::string trained_base;  // a base parameter trained beside the adapters (PEFT's modules_to_save)
+  };
+  const std::vector<Case> cases = {{{2, 3.0, false, {"all-linear"}}, ""},
+                                   {{3, 4.0, true, {"q_proj", "v_proj", "down_proj"}}, "model.norm.weight"}};
+  for (const Case& lc : cases) {
+    for (bool tied : {false, true}) {
+      const MistralConfig c = tiny_config(tied);
+      const Params P = random_params(c);
+      const Batch b = random_batch(c, {7, 5});
+      const std::vector<float> w = test::random_f32(b.ids.size());
+      const std::vector<ParameterSpec> table = parameter_table(c);
+      const LoraTable lora(table, lc.lora);
+      Params adapters;
+      for (const ParameterSpec& p : lora.parameters()) adapters[p.name] = test::to_f64(test::random_f32(p.numel, 0.5f));
+      const std::string where = std::string(tied ? "tied " : "untied ") + lc.lora.target_modules.front();
+
+      ModelOptions o;
+      o.max_tokens = 16;
+      o.lora = lc.lora;
+      for (const ParameterSpec& p : table)
+        if (p.name != lc.trained_base) o.frozen.push_back(p.name);
+      auto model = make_model(c, P, o);
+      TempFile adapter_file(".safetensors");
+      write_params(adapter_file.path, lora.parameters(), adapters);
+      EXPECT(model->load_adapters({adapter_file.path}).empty(), where);
+
+      const std::vector<float> logp = run_logp(*model, b, true);
+      test::expect_close(logp, reference_logp(c, merged(P, adapters, lora, table), b), test::kF32RelTol,
+                         where + ": logp");
+      model->zero_grad();
+      model->backward(w.data(), long(w.size()));
+      Params fd_adapters = adapters;
+      double squares = 0;
+      for (const ParameterSpec& p : model->adapter_parameters()) {
+        std::vector<double> fd(p.numel);
+        std::vector<double>& values = fd_adapters[p.name];
+        for (size_t i = 0; i < p.numel; ++i) {
+          const double saved = values[i], h = 1e-5 * std::max(1.0, std::fabs(saved));
+          values[i] = saved + h;
+          const double up = weighted_loss(c, merged(P, fd_adapters, lora, table), b, w);
+          values[i] = saved - h;
+          const double down = weighted_loss(c, merged(P, fd_adapters, lora, table), b, w);
+          values[i] = saved;
+          fd[i] = (up - down) / (2 * h);
+        }
+        const std::vector<float> g = gradient_of(*model, p.name);
+        test::expect_close(g, fd, 1e-4, where + ": d loss / d " + p.name);
+        for (float x : g) squares += double(x) * x;
+      }
+      for (const ParameterSpec& p : model->parameters()) {
+        if (p.name != lc.trained_base) {
+          test::expect_error([&] { gradient_of(*model, p.name); }, "'" + p.name + "' is frozen");
+          continue;
+        }
+        Params fd_base = merged(P, adapters, lora, table);
+        std::vector<double> fd(p.numel);
+        for (size_t i = 0; i < p.numel; ++i) {
+          const double saved = fd_base[p.name][i], h = 1e-5;
+          fd_base[p.name][i] = saved + h;
+          const double up = weighted_loss(c, fd_base, b, w);
+          fd_base[p.name][i] = saved - h;
+          const double down = weighted_loss(c, fd_base, b, w);
+          fd_base[p.name][i] = saved;
+          fd[i] = (up - down) / (2 * h);
+        }
+        const std::vector<float> g = gradient_of(*model, p.name);
+        test::expect_close(g, fd, 1e-4, where + ": d loss / d " + p.name);
+        for (float x : g) squares += double(x) * x;
+      }
+
+      // With the adapters off, the model is the base model, bit for bit.
+      ModelOptions plain;
+      plain.max_tokens = 16;
+      auto base = make_model(c, P, plain);
+      model->set_adapters_enabled(false);
+      EXPECT(run_logp(*model, b, false) == run_logp(*base, b, false), where, ": adapters off differs from the base");
+      model->set_adapters_enabled(true);
+
+      // One step over both groups with one global norm; the frozen base stays put.
+      const AdamWOptions hp{1e-2, 0.9, 0.99, 1e-8, 0.1, 0.5};
+      const double norm = model->clip_and_step(hp);
+      EXPECT(std::fabs(norm - std::sqrt(squares)) <= 1e-6 * std::sqrt(squares), where, ": norm ", norm);
+      for (const ParameterSpec& p : model->parameters()) {
+        if (p.name == lc.trained_base) continue;
+        const std::vector<float> now(model->master(p), model->master(p) + p.numel);
+        EXPECT(now == std::vector<float>(P.at(p.name).begin(), P.at(p.name).end()), where, ": frozen ", p.name, " moved");
+      }
+      size_t moved = 0;
+      for (const ParameterSpec& p : model->adapter_parameters())
+        for (size_t i = 0; i < p.numel; ++i) moved += model->master(p)[i] != float(adapters.at(p.name)[i]);
+      EXPECT(moved > 0, where, ": no adapter moved");
+
+      // Adapters and optimizer state saved and resumed: the next step is bit-identical.
+      TempFile saved(".safetensors"), state(".safetensors");
+      std::vector<std::string> names;
+      for (const ParameterSpec& p : model->adapter_parameters()) names.push_back(p.name);
+      if (!lc.trained_base.empty()) names.push_back(lc.trained_base);
+      model->save_weights(saved.path, names, SaveDType::F32, {});
+      model->save_optimizer_state(state.path);
+      auto resumed = make_model(c, P, o);
+      const std::vector<std::string> rest = resumed->load_adapters({saved.path});
+      EXPECT(rest.size() == (lc.trained_base.empty() ? 0u : 1u), where);
+      if (!lc.trained_base.empty()) {  // the base as trained: P with the stepped parameter
+        Params stepped = P;
+        const ParameterSpec& t = model->parameter(lc.trained_base);
+        stepped[t.name].assign(model->master(t), model->master(t) + t.numel);
+        TempFile full(".safetensors");
+        write_params(full.path, table, stepped);
+        resumed->load_weights({full.path});
+      }
+      resumed->load_optimizer_state(state.path);
+      EXPECT(resumed->optimizer_step() == 1, where);
+      for (MistralModel* m : {model.get(), resumed.get()}) {
+        m->zero_grad();
+        std::vector<float> unused(b.ids.size());
+        m->forward_backward(b.view(), w.data(), unused.data());
+        m->clip_and_step(hp);
+      }
+      std::vector<const ParameterSpec*> trained;
+      for (const ParameterSpec& p : model->adapter_parameters()) trained.push_back(&p);
+      if (!lc.trained_base.empty()) trained.push_back(&model->parameter(lc.trained_base));
+      for (const ParameterSpec* p : trained) {
+        const ParameterSpec& q = resumed->parameter(p->name);
+        EXPECT(std::equal(model->master(*p), model->master(*p) + p->numel, resumed->master(q)), where, ": resumed ",
+               p->name);
+      }
+    }
+  }
+  test::expect_error([] { LoraTable(parameter_table(tiny_config(false)), {4, 8.0, false, {"qkv_proj"}}); },
+                     "lora_target_modules names 'qkv_proj'");
+  test::expect_error([] { LoraTable(parameter_table(tiny_config(false)), {0, 8.0, false, {"q_proj"}}); },
+                     "lora_r must be positive");
+}
+
 ZN_TEST("model.bad_batches_and_configs_are_errors_naming_the_field") {
   using test::expect_error;
   MistralConfig bad = tiny_config(true);
