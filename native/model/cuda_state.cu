@@ -232,24 +232,28 @@ void CudaTrainState::publish() {
   copy_norms_from_master();
 }
 
-double CudaTrainState::clip_and_step(const AdamWOptions& hp) {
-  validate_adamw(hp);
+double CudaTrainState::grad_sum_of_squares() const {
   const cuda::GradSpan all{buffers_.grads, long(group_.numel())};
   cuda::sum_of_squares(&all, 1, buffers_.grad_sum_of_squares, stream_);
   double sum_of_squares = 0;
   ZN_CUDA_CHECK(cudaMemcpyAsync(&sum_of_squares, buffers_.grad_sum_of_squares, sizeof(double),
                                 cudaMemcpyDeviceToHost, stream_));
   sync(stream_);
-  const double norm = std::sqrt(sum_of_squares);
-  check_grad_norm(norm);
+  return sum_of_squares;
+}
+
+void CudaTrainState::step(const AdamWOptions& hp, double total_squares) {
   ++step_;
   if (offloaded()) {
-    offloaded_adamw(hp, norm);
+    offloaded_adamw(hp, std::sqrt(total_squares));
   } else {
+    // The device computes the clipping coefficient from the global sum (this group's own when
+    // it is the only one: the value it copied back, so the same bits).
+    ZN_CUDA_CHECK(cudaMemcpyAsync(buffers_.grad_sum_of_squares, &total_squares, sizeof(double),
+                                  cudaMemcpyHostToDevice, stream_));
     device_adamw(hp);
   }
   if (weights_.is_bf16()) copy_norms_from_master();
-  return norm;
 }
 
 void CudaTrainState::device_adamw(const AdamWOptions& hp) {
@@ -330,13 +334,13 @@ void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm) {
 }
 
 // The moments pass through host memory whole (write_safetensors takes every tensor at once).
-void CudaTrainState::save_optimizer_state(const std::string& path) const {
-  if (offloaded()) return write_optimizer_state(path, {{&group_, host_m_.data(), host_v_.data()}}, step_);
+OptimizerMoments CudaTrainState::moments() const {
+  if (offloaded()) return {&group_, host_m_.data(), host_v_.data()};
   const size_t n = group_.numel();
-  std::vector<float> m(n), v(n);
-  download(buffers_.adam_m, n, m.data(), stream_);
-  download(buffers_.adam_v, n, v.data(), stream_);
-  write_optimizer_state(path, {{&group_, m.data(), v.data()}}, step_);
+  moment_copies_.resize(2 * n);
+  download(buffers_.adam_m, n, moment_copies_.data(), stream_);
+  download(buffers_.adam_v, n, moment_copies_.data() + n, stream_);
+  return {&group_, moment_copies_.data(), moment_copies_.data() + n};
 }
 
 void CudaTrainState::load_optimizer_state(const std::string& path) {

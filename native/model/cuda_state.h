@@ -20,6 +20,7 @@
 #include "core/bf16.h"
 #include "core/memory.h"
 #include "model/decoder.h"
+#include "model/optimizer_state.h"
 #include "model/parameters.h"
 
 namespace zn::model {
@@ -95,11 +96,15 @@ class CudaTrainState final : public GradientSink {
     return group_.contains(p) ? buffers_.grads + group_.offset(p) : nullptr;
   }
   void zero_grad();
-  // The norm of the gradient (f64, copied back: the metric and the finite check), clipping as
-  // torch clip_grad_norm_, then AdamW on the device (multi-tensor, the clipping coefficient
-  // computed there) or, offloaded, on the host; then the weights from the new master.
-  double clip_and_step(const AdamWOptions& hp);
+  // The sum of the squared gradients (f64, copied back: the global norm of torch's
+  // clip_grad_norm_ sums it over every trained group, and the host checks it is finite).
+  double grad_sum_of_squares() const;
+  // AdamW with the gradients clipped by the global norm sqrt(total_squares), on the device
+  // (multi-tensor, the clipping coefficient computed there) or, offloaded, on the host; then the
+  // weights from the new master.
+  void step(const AdamWOptions& hp, double total_squares);
   long step() const { return step_; }
+  OptimizerMoments moments() const;  // host copies when the moments live on the device
 
   void read_gradient(const ParameterSpec& p, float* host) const;
   void read_master(const ParameterSpec& p, float* host) const;
@@ -108,7 +113,6 @@ class CudaTrainState final : public GradientSink {
   void write_master(const ParameterSpec& p, const float* host);  // waits
   void publish();  // the weights from the master (after loading)
 
-  void save_optimizer_state(const std::string& path) const;
   void load_optimizer_state(const std::string& path);
 
  private:
@@ -126,6 +130,7 @@ class CudaTrainState final : public GradientSink {
   long step_ = 0;
   HostFloats host_master_, host_m_, host_v_;  // offload_optimizer
   std::unique_ptr<OffloadStaging> staging_;
+  mutable std::vector<float> moment_copies_;  // moments(): both moments, downloaded
 };
 
 }  // namespace zn::model
