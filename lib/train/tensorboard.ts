@@ -28,6 +28,7 @@ const schema = protobuf.Root.fromJSON({
             file_version: { type: 'string', id: 3 },
             summary: { type: 'Summary', id: 5 },
           },
+          oneofs: { what: { oneof: ['file_version', 'summary'] } },
         },
         Summary: {
           fields: { value: { rule: 'repeated', type: 'Value', id: 1 } },
@@ -39,6 +40,8 @@ const schema = protobuf.Root.fromJSON({
                 tensor: { type: 'TensorProto', id: 8 },
                 metadata: { type: 'SummaryMetadata', id: 9 },
               },
+              // Members of a oneof are written even at 0 (a plain proto3 float at 0 is not).
+              oneofs: { value: { oneof: ['simple_value', 'tensor'] } },
             },
           },
         },
