@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import { UsageError } from '../lib/errors.js';
 import { describeKeys, readRecipeFile, removedIn, resolveStage } from '../lib/train/config.js';
 import { integrationsOf } from '../lib/train/report-to.js';
+import { flagsFrom } from '../lib/cli/training-flags.js';
 
 describe('training configuration', () => {
   it('layers defaults, recipe and flags (flags win) with TRL stage defaults', () => {
@@ -116,5 +117,15 @@ describe('training configuration', () => {
     assert.deepEqual(integrationsOf(reportTo(['wandb', 'tensorboard', 'wandb'])), ['wandb', 'tensorboard']);
     assert.deepEqual(integrationsOf(reportTo('tensorboard')), ['tensorboard']);
     assert.throws(() => reportTo(['mlflow']), /'report_to' must be one of none, all, tensorboard, wandb/);
+  });
+
+  it('--no_X flags (HfArgumentParser) set a boolean key to false; a key named no_X keeps its name', () => {
+    assert.deepEqual(flagsFrom({ _: [], $0: 'zn', no_remove_unused_columns: true, no_cuda: true, bf16: true }), { remove_unused_columns: false, no_cuda: true, bf16: true });
+    assert.deepEqual(flagsFrom({ _: [], $0: 'zn', no_learning_rate: true }), { no_learning_rate: true }, 'not a boolean key: left for the unknown-key error');
+  });
+
+  it("'tf32: true' is accepted with a notice (f32 matmuls stay full f32)", () => {
+    const config = resolveStage('sft', [{ values: { tf32: true }, where: 'r' }]);
+    assert.deepEqual(config.notices, ["r: 'tf32: true': f32 matmuls stay full f32 here (no TF32), so results are at least as precise; accepted"]);
   });
 });

@@ -140,6 +140,7 @@ describe('alignment-handbook Zephyr recipes', () => {
     const run = runCli('sft', forTest(recipe, join(work, 'Mistral-7B-v0.1'), output, { per_device_eval_batch_size: 8 }), 'sft-2023');
     assert.equal(run.status, 0, run.stderr);
     assert.match(run.stderr, /'preprocessing_num_workers' \(dropped in alignment-handbook/);
+    assert.match(run.stderr, /'tf32: true': f32 matmuls stay full f32 here/);
     const events = readdirSync(join(output, 'runs'));
     assert.equal(events.length, 1);
     assert.ok(readdirSync(join(output, 'runs', events[0])).some((name) => name.startsWith('events.out.tfevents.')));

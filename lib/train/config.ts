@@ -249,6 +249,24 @@ function likeDefault(value: unknown, defaultValue: unknown): unknown {
   return value;
 }
 
+/**
+ * Known keys whose non-default values ask for something zephyr-native does differently without
+ * changing the result's meaning: accepted, with the notice saying what happens instead.
+ */
+const NOTICED: Record<string, (value: unknown) => string | null> = {
+  // cuBLASLt runs f32 matmuls with CUBLAS_COMPUTE_32F (native/kernels/cuda/gemm.cu); bf16 ones
+  // accumulate in f32 either way. TF32 would trade precision for speed; we keep the precision.
+  tf32: (v) => (v === true ? "'tf32: true': f32 matmuls stay full f32 here (no TF32), so results are at least as precise" : null),
+};
+
+/** Whether a key (implemented, known or an older version's) takes true/false. */
+export function isBooleanKey(name: string): boolean {
+  const spec = (KEYS as Record<string, KeySpec>)[name];
+  if (spec) return spec.kind === 'boolean';
+  const entry = known.keys[name] ?? known.removed[name];
+  return typeof entry?.default === 'boolean';
+}
+
 /** The release that dropped a key (e.g. 'transformers 5.0'), or null for a current key. */
 export function removedIn(name: string): string | null {
   return known.removed[name]?.removed_in ?? null;
@@ -277,6 +295,11 @@ export function checkKeys(raw: Record<string, unknown>, stage: Stage, where: str
     const value = likeDefault(rawValue, entry.default);
     const same = SAME_BEHAVIOUR[name];
     const dropped = removedIn(name);
+    const noticed = NOTICED[name]?.(value) ?? null;
+    if (noticed) {
+      notices.push(`${where}: ${noticed}; accepted`);
+      continue;
+    }
     if (value === null || deepEqual(value, entry.default) || (same && same(value))) {
       if (dropped) notices.push(`${where}: '${name}' (dropped in ${dropped}) changes nothing here; accepted`);
       continue;
