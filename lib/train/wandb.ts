@@ -10,7 +10,7 @@
  * calls the API and then drops the history), and dropping the logs quietly is not an option.
  * Online without a key is an error before training starts.
  */
-import wandb from '@wandb/sdk';
+import type WandbSdk from '@wandb/sdk';
 
 import { UsageError } from '../errors.js';
 import { type Reporter, rewriteLogs } from './reporter.js';
@@ -39,8 +39,13 @@ function baseUrl(): string {
   return process.env.WANDB_BASE_URL || 'https://api.wandb.ai';
 }
 
+/** The client, loaded on first use: importing it costs about a second, which no other command should pay. */
+async function client(): Promise<typeof WandbSdk> {
+  return (await import('@wandb/sdk')).default;
+}
+
 /** The API key from WANDB_API_KEY or ~/.netrc (the client's own lookup); an error before training without one. */
-async function apiKey(): Promise<string> {
+async function apiKey(wandb: typeof WandbSdk): Promise<string> {
   try {
     return await wandb.login({ key: process.env.WANDB_API_KEY ?? '', host: baseUrl(), timeout: 60_000 });
   } catch (error) {
@@ -80,7 +85,8 @@ export async function openWandb(run: { runName: string | null; config: Record<st
     log('report_to wandb: WANDB_MODE=disabled, nothing is sent to W&B');
     return null;
   }
-  const key = await apiKey();
+  const wandb = await client();
+  const key = await apiKey(wandb);
   const project = process.env.WANDB_PROJECT || 'huggingface';
   let opened;
   try {
