@@ -76,8 +76,8 @@ describe('alignment-handbook Zephyr recipes', () => {
     // Enough rows for the recipes' test_split_size (1000 chats, 2000 pairs) and a few steps.
     const chats = ultrachatRows(1100, 7);
     mkdirSync(join(ultrachat, 'default', 'data'), { recursive: true });
-    await writeRows(join(ultrachat, 'default', 'data', 'train_sft-00000-of-00001.parquet'), chats.slice(0, 900));
-    await writeRows(join(ultrachat, 'default', 'data', 'test_sft-00000-of-00001.parquet'), chats.slice(900));
+    await writeRows(join(ultrachat, 'default', 'data', 'train_sft-00000-of-00001.parquet'), chats.slice(0, 1050));
+    await writeRows(join(ultrachat, 'default', 'data', 'test_sft-00000-of-00001.parquet'), chats.slice(1050));
     const { pairs } = await binarize(ultrafeedbackRows(2100, 8), { seed: 3 });
     await writePreferences(ultrafeedback, pairs, { testSize: 100, seed: 3 });
   });
@@ -99,6 +99,11 @@ describe('alignment-handbook Zephyr recipes', () => {
     const losses = history(output).filter((e) => 'loss' in e);
     assert.deepEqual(losses.map((e) => e.step), [2]);
     assert.ok(Number.isFinite(losses[0].loss));
+    // eval_strategy: epoch with max_steps ending the epoch early: HF Trainer still runs its
+    // epoch-end evaluation, once, on the 1000 held-out rows.
+    const evals = history(output).filter((e) => 'eval_loss' in e);
+    assert.deepEqual(evals.map((e) => e.step), [2]);
+    assert.ok(Number.isFinite(evals[0].eval_loss));
   });
 
   it('dpo/config_full.yaml runs from the SFT output; its TensorBoard events equal log_history', (t) => {
