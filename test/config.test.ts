@@ -102,6 +102,9 @@ describe('training configuration', () => {
     ]);
     assert.throws(() => resolveStage('sft', [{ values: { hub_model_revision: 'v1.0' }, where: 'r' }]), /'hub_model_revision: "v1.0"' is not supported .*dropped in alignment-handbook/);
     assert.throws(() => resolveStage('sft', [{ values: { evaluation_strategy: 'sometimes' }, where: 'r' }]), /'evaluation_strategy' must be one of no, steps, epoch/);
+    // The H4 handbook's default (true) inserted an empty system turn, which is not implemented.
+    assert.throws(() => resolveStage('sft', [{ values: { auto_insert_empty_system_msg: true }, where: 'r' }]), /'auto_insert_empty_system_msg: true' is not supported by zephyr-native \(this value is not implemented; the key was dropped in alignment-handbook/);
+    assert.equal(resolveStage('sft', [{ values: { auto_insert_empty_system_msg: false }, where: 'r' }]).notices.length, 1);
     assert.equal(removedIn('overwrite_output_dir'), 'transformers 5.0');
     assert.equal(removedIn('evaluation_strategy'), 'transformers 4.46');
     assert.equal(removedIn('max_seq_length'), 'trl 0.20');

@@ -259,6 +259,16 @@ const NOTICED: Record<string, (value: unknown) => string | null> = {
   tf32: (v) => (v === true ? "'tf32: true': f32 matmuls stay full f32 here (no TF32), so results are at least as precise" : null),
 };
 
+/**
+ * Keys whose old default asked for something not implemented here: only these values are
+ * accepted, the default included or not.
+ */
+const ONLY_VALUES: Partial<Record<string, (value: unknown) => boolean>> = {
+  // The H4 handbook inserted an empty system turn when a chat had none and the template knew the
+  // system role (its default, true); TRL's trainers, and this package, never do.
+  auto_insert_empty_system_msg: (v) => v === false,
+};
+
 /** Whether a key (implemented, known or an older version's) takes true/false. */
 export function isBooleanKey(name: string): boolean {
   const spec = (KEYS as Record<string, KeySpec>)[name];
@@ -300,13 +310,14 @@ export function checkKeys(raw: Record<string, unknown>, stage: Stage, where: str
       notices.push(`${where}: ${noticed}; accepted`);
       continue;
     }
-    if (value === null || deepEqual(value, entry.default) || (same && same(value))) {
+    const only = ONLY_VALUES[name];
+    if (only ? only(value) : value === null || deepEqual(value, entry.default) || (same && same(value))) {
       if (dropped) notices.push(`${where}: '${name}' (dropped in ${dropped}) changes nothing here; accepted`);
       continue;
     }
+    const accepted = only ? 'this value is not implemented' : `only the default ${JSON.stringify(entry.default)} is accepted`;
     throw new UsageError(
-      `${where}: '${name}: ${JSON.stringify(value)}' is not supported by zephyr-native ` +
-        `(only the default ${JSON.stringify(entry.default)} is accepted${dropped ? `; the key was dropped in ${dropped}` : ''})`,
+      `${where}: '${name}: ${JSON.stringify(value)}' is not supported by zephyr-native (${accepted}${dropped ? `; the key was dropped in ${dropped}` : ''})`,
     );
   }
   return out;
