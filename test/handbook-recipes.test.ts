@@ -20,6 +20,8 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { binarize } from '../lib/aif/binarize.js';
 import { writePreferences } from '../lib/aif/preference-files.js';
 import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
+import { chatTemplateOf } from '../lib/data/load.js';
+import { HfTokenizer } from '../lib/data/tokenizer.js';
 import { writeRows } from '../lib/data/writers.js';
 import { ultrachatRows, ultrafeedbackRows } from '../lib/demo/teacher.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
@@ -104,6 +106,17 @@ describe('alignment-handbook Zephyr recipes', () => {
     const evals = history(output).filter((e) => 'eval_loss' in e);
     assert.deepEqual(evals.map((e) => e.step), [2]);
     assert.ok(Number.isFinite(evals[0].eval_loss));
+  });
+
+  it("a recipe's chat_template replaces the tokenizer's for rendering, the tokenizer otherwise unchanged", () => {
+    const base = HfTokenizer.fromFolder(join(work, 'tokenizer'));
+    const template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}{% endfor %}";
+    const custom = base.withChatTemplate(template);
+    assert.equal(custom.chatTemplate, template);
+    assert.notEqual(base.chatTemplate, template, 'the original keeps its template');
+    const text = chatTemplateOf(custom).render([{ role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Hello' }]);
+    assert.equal(text, '[user] Hi</s>[assistant] Hello</s>');
+    assert.deepEqual(custom.encode(text, { addSpecialTokens: false }), base.encode(text, { addSpecialTokens: false }));
   });
 
   it('dpo/config_full.yaml runs from the SFT output; its TensorBoard events equal log_history', (t) => {
