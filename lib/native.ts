@@ -224,6 +224,8 @@ export interface NativeModel {
   loadAdapters(options: { files: string[] }): Promise<{ unexpected: string[] }>;
   /** Off: every later call runs the base model alone (TRL's reference for a fresh adapter). */
   setAdaptersEnabled(options: { enabled: boolean }): void;
+  /** W += s B A into the base (PEFT's merge_and_unload; CPU model, dtype f32), adapters off after. */
+  mergeAdapters(options: Record<string, never>): Promise<void>;
   /** Writes one safetensors file atomically: these parameters, in this order, narrowed to dtype. */
   saveWeights(options: { path: string; names: string[]; dtype?: 'F32' | 'F16' | 'BF16'; metadata?: Record<string, string> }): Promise<void>;
   /** Per-token log p(target) (0 where target is -100), keeping activations for backward. */

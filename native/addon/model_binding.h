@@ -109,6 +109,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                         ModelWrap::InstanceMethod("adapterParameters", &ModelWrap::AdapterParameters),
                         ModelWrap::InstanceMethod("loadAdapters", &ModelWrap::LoadAdapters),
                         ModelWrap::InstanceMethod("setAdaptersEnabled", &ModelWrap::SetAdaptersEnabled),
+                        ModelWrap::InstanceMethod("mergeAdapters", &ModelWrap::MergeAdapters),
                         ModelWrap::InstanceMethod("memoryPlan", &ModelWrap::MemoryPlan),
                         ModelWrap::InstanceMethod("loadWeights", &ModelWrap::LoadWeights),
                         ModelWrap::InstanceMethod("saveWeights", &ModelWrap::SaveWeights),
@@ -203,6 +204,12 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     const bool enabled = options.boolean("enabled", true);
     run_sync(options, [&] { model.set_adapters_enabled(enabled); });
     return info.Env().Undefined();
+  }
+
+  // mergeAdapters({}) -> Promise<void>: W += s B A into the base, adapters off after.
+  Napi::Value MergeAdapters(const Napi::CallbackInfo& info) {
+    Options options(info, "mergeAdapters");
+    return run(options, [](Model& m) { m.merge_adapters(); });
   }
 
   static Napi::Value parameter_list(Napi::Env env, const std::vector<model::ParameterSpec>& params) {

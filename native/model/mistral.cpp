@@ -284,6 +284,25 @@ CpuWeights& MistralModel::weights_of(const ParameterSpec& p) const {
   return is_adapter(p) ? *adapter_weights_ : *weights_;
 }
 
+void MistralModel::merge_adapters() {
+  ZN_CHECK(lora_, "model: mergeAdapters() on a model without LoRA adapters");
+  const LoraConfig& lora = lora_->config();
+  for (const ParameterSpec& p : params_) {
+    const LoraPair* pair = lora_->pair(p);
+    if (!pair) continue;
+    const float* a = f32_values(*pair->a);
+    const float* b = f32_values(*pair->b);
+    float* w = const_cast<float*>(f32_values(p));  // the master or f32 weights this model owns
+    ZN_CHECK(a && b && w, "model: merging adapters needs f32 weights (dtype f32)");
+    const long out = p.shape[0], in = p.shape[1];
+    cpu::gemm(false, false, out, in, lora.rank, float(lora.scale()), {b, DType::F32, lora.rank}, {a, DType::F32, in},
+              1.0f, w, in);
+  }
+  for (CpuTrainState* s : {state_.get(), adapter_state_.get()})
+    if (s) s->publish();
+  set_adapters_enabled(false);
+}
+
 void MistralModel::set_adapters_enabled(bool enabled) {
   ZN_CHECK(lora_, "model: setAdaptersEnabled() on a model without LoRA adapters");
   have_activations_ = false;  // a backward must follow a forward with the same adapters

@@ -168,6 +168,9 @@ class MistralModel {
   std::vector<std::string> load_adapters(const std::vector<std::string>& files);
   // With the adapters off, every call runs the base model alone (a fresh adapter's reference).
   void set_adapters_enabled(bool enabled);
+  // Folds the adapters into the base, W += s B A (PEFT's merge_and_unload), in f32 (dtype f32
+  // only), and switches them off: the base alone is then the merged model.
+  void merge_adapters();
   // Writes one safetensors file (atomically) holding the named parameters (base or adapter) in the given order,
   // narrowed from the f32 master while writing. The caller plans the shards (lib/model/folder.ts).
   void save_weights(const std::string& path, const std::vector<std::string>& names, SaveDType dtype,

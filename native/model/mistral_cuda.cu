@@ -375,6 +375,10 @@ const std::vector<ParameterSpec>& CudaMistralModel::adapter_parameters() const {
   return lora_ ? lora_->parameters() : none;
 }
 
+void CudaMistralModel::merge_adapters() {
+  fail("model: mergeAdapters() runs on the CPU model (device: 'cpu'), where the merged f32 weights are written");
+}
+
 void CudaMistralModel::set_adapters_enabled(bool enabled) {
   ZN_CHECK(lora_, "model: setAdaptersEnabled() on a model without LoRA adapters");
   have_activations_ = false;

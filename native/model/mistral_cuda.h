@@ -69,6 +69,8 @@ class CudaMistralModel {
   std::vector<std::string> load_weights(const std::vector<std::string>& files);
   std::vector<std::string> load_adapters(const std::vector<std::string>& files);
   void set_adapters_enabled(bool enabled);
+  // Folding adapters into the base is the CPU model's (zephyr-native merge): an error here.
+  void merge_adapters();
   void save_weights(const std::string& path, const std::vector<std::string>& names, SaveDType dtype,
                     const std::map<std::string, std::string>& metadata) const;
 
