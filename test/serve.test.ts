@@ -143,10 +143,6 @@ describe('serve', { timeout: 180_000 }, () => {
       openai.completions.create({ model: 'tiny', prompt: 'word '.repeat(400) }),
       (error: unknown) => error instanceof OpenAI.BadRequestError && error.code === 'context_length_exceeded',
     );
-    await assert.rejects(
-      openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, top_logprobs: 3, logprobs: true }),
-      (error: unknown) => error instanceof OpenAI.BadRequestError && error.param === 'top_logprobs',
-    );
     await assert.rejects(openai.chat.completions.create({ model: 'other', messages: MESSAGES }), OpenAI.NotFoundError);
     const models = await openai.models.list();
     assert.deepEqual(models.data.map((m) => m.id), ['tiny']);
@@ -190,8 +186,12 @@ describe('serve', { timeout: 180_000 }, () => {
         { signal: leaving.signal },
       );
       let chunks = 0;
-      // The client ends its iteration quietly on abort; the server sees the connection close.
-      for await (const _ of stream) if (++chunks === 3) leaving.abort();
+      // Chunks already read stay in the client's buffer: stop iterating; the server sees the connection close.
+      for await (const _ of stream) {
+        if (++chunks < 3) continue;
+        leaving.abort();
+        break;
+      }
       return chunks;
     })();
     const stayer = openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, max_tokens: 40, temperature: 0 });
