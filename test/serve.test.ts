@@ -148,11 +148,65 @@ describe('serve', { timeout: 180_000 }, () => {
     assert.deepEqual(models.data.map((m) => m.id), ['tiny']);
   });
 
+  it('knows every field OpenAI defines: a wrong type is a 400 naming it, an unknown field a 400 as OpenAI words it', async () => {
+    // The request fields of openai@6's ChatCompletionCreateParams and CompletionCreateParams.
+    const openaiChat = [
+      'messages', 'model', 'audio', 'frequency_penalty', 'function_call', 'functions', 'logit_bias', 'logprobs', 'max_completion_tokens',
+      'max_tokens', 'metadata', 'modalities', 'moderation', 'n', 'parallel_tool_calls', 'prediction', 'presence_penalty', 'prompt_cache_key',
+      'prompt_cache_options', 'prompt_cache_retention', 'reasoning_effort', 'response_format', 'safety_identifier', 'seed', 'service_tier',
+      'stop', 'store', 'stream', 'stream_options', 'temperature', 'tool_choice', 'tools', 'top_logprobs', 'top_p', 'user', 'verbosity',
+      'web_search_options',
+    ];
+    const openaiCompletions = [
+      'model', 'prompt', 'best_of', 'echo', 'frequency_penalty', 'logit_bias', 'logprobs', 'max_tokens', 'n', 'presence_penalty', 'seed',
+      'stop', 'stream', 'stream_options', 'suffix', 'temperature', 'top_p', 'user',
+    ];
+    const routes = [
+      { route: '/v1/chat/completions', fields: openaiChat, body: { messages: MESSAGES } },
+      { route: '/v1/completions', fields: openaiCompletions, body: { prompt: 'hi' } },
+    ];
+    for (const { route, fields, body } of routes) {
+      for (const field of fields) {
+        // A value no form of the field takes: objects where the field takes none, else a number.
+        const objectLike = ['messages', 'audio', 'function_call', 'logit_bias', 'metadata', 'moderation', 'prediction', 'prompt_cache_options',
+          'response_format', 'stream_options', 'tool_choice', 'web_search_options'].includes(field);
+        const wrong = objectLike ? 7 : field === 'functions' || field === 'tools' || field === 'modalities' ? 'x' : { wrong: true };
+        const answer = await post(server, route, JSON.stringify({ ...body, [field]: wrong }));
+        assert.equal(answer.status, 400, `${route} ${field}: ${JSON.stringify(answer.json)}`);
+        assert.equal(answer.json.error.type, 'invalid_request_error');
+        assert.equal(answer.json.error.param, field, `${route} ${field}: ${answer.json.error.message}`);
+      }
+      const unknown = await post(server, route, JSON.stringify({ ...body, max_tokens: 1, frobnicate: 1 }));
+      assert.equal(unknown.status, 400);
+      assert.equal(unknown.json.error.message, 'Unrecognized request argument supplied: frobnicate');
+      assert.equal(unknown.json.error.param, 'frobnicate');
+    }
+    const nested = await post(server, '/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user', content: 'hi', mood: 'ok' }] }));
+    assert.equal(nested.json.error.param, 'messages[0].mood');
+    const streamOption = await post(server, '/v1/chat/completions', JSON.stringify({ messages: MESSAGES, stream_options: { include_usage: 'yes' } }));
+    assert.equal(streamOption.json.error.param, 'stream_options.include_usage');
+    // Fields that change nothing here, and neutral values of unsupported ones, are accepted.
+    const neutral = await openai.chat.completions.create({
+      model: 'tiny', messages: [{ role: 'user', content: 'hi', name: 'ann' }], max_tokens: 2, user: 'u', metadata: { k: 'v' }, store: false,
+      parallel_tool_calls: true, tool_choice: 'none', response_format: { type: 'text' }, service_tier: 'auto', frequency_penalty: 0,
+      presence_penalty: 0, logit_bias: {}, tools: [], prompt_cache_key: 'p', safety_identifier: 's', verbosity: 'medium',
+    });
+    assert.equal(neutral.choices.length, 1);
+    for (const [field, value] of [['tools', [{ type: 'function', function: { name: 'f' } }]], ['logit_bias', { 5: 10 }], ['response_format', { type: 'json_object' }], ['reasoning_effort', 'low']] as const) {
+      const answer = await post(server, '/v1/chat/completions', JSON.stringify({ messages: MESSAGES, [field]: value }));
+      assert.equal(answer.status, 400, field);
+      assert.equal(answer.json.error.param, field);
+      assert.equal(answer.json.error.code, 'unsupported_parameter');
+    }
+    const topWithout = await post(server, '/v1/chat/completions', JSON.stringify({ messages: MESSAGES, top_logprobs: 2 }));
+    assert.equal(topWithout.json.error.param, 'top_logprobs');
+  });
+
   it('answers malformed bodies, truncated bodies and huge values with an HTTP answer', async () => {
     const hi = '"messages":[{"role":"user","content":"hi"}]';
     const cases: [string, number, string | null][] = [
       ['null', 400, null], ['[]', 400, null], ['{"messages":"hi"}', 400, 'messages'], ['{"messages":[]}', 400, 'messages'],
-      [`{${hi},"stop":[""]}`, 400, 'stop'], [`{${hi},"n":1.5}`, 400, 'n'], [`{${hi},"seed":-1}`, 400, 'seed'],
+      [`{${hi},"stop":[""]}`, 400, 'stop[0]'], [`{${hi},"n":1.5}`, 400, 'n'], [`{${hi},"seed":-1}`, 400, 'seed'],
       [`{${hi},"temperature":1e308}`, 400, 'temperature'], [`{${hi},"max_tokens":1e308}`, 200, null],
       ['{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}', 400, 'messages[0].content[0]'],
     ];

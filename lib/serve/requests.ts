@@ -205,6 +205,9 @@ export function schemaError(errors: ErrorObject[]): ApiError {
     return badRequest(message, param, 'unknown_parameter');
   }
   const anyOf = errors.find((e) => e.keyword === 'anyOf');
+  // A value of the right form that fails inside it (stream_options.include_usage) names the inner field.
+  const inner = anyOf ? errors.find((e) => e.instancePath.length > anyOf.instancePath.length) : undefined;
+  if (inner) return schemaError([inner]);
   const branches = anyOf ? errors.filter((e) => e !== anyOf) : errors.slice(0, 1);
   const param = paramOfSchemaError(anyOf ?? errors[0]);
   const message = [...new Set(branches.map((e) => `${paramOfSchemaError(e) ?? 'the body'} ${e.message ?? 'is invalid'}`))].join(', or ');
