@@ -126,6 +126,21 @@ describe('serve', { timeout: 180_000 }, () => {
     assert.equal(cut.choices[0].finish_reason, 'stop');
   });
 
+  it('takes a completions prompt as token ids, and refuses empty, out-of-vocabulary and several prompts', async () => {
+    const prompt = 'Once upon a time';
+    const ids = reference.promptIds(prompt);
+    const byText = await openai.completions.create({ model: 'tiny', prompt, max_tokens: 8, temperature: 0 });
+    const byIds = await openai.completions.create({ model: 'tiny', prompt: ids, max_tokens: 8, temperature: 0 });
+    assert.equal(byIds.choices[0].text, byText.choices[0].text);
+    assert.equal(byIds.usage!.prompt_tokens, ids.length);
+    const cases: [unknown, string][] = [[[], 'prompt'], [[[]], 'prompt[0]'], [[1, 99_999_999], 'prompt'], [['a', 'b'], 'unsupported_parameter'], [[-1], 'prompt[0]']];
+    for (const [body, expected] of cases) {
+      const answer = await post(server, '/v1/completions', JSON.stringify({ prompt: body }));
+      assert.equal(answer.status, 400, JSON.stringify(body));
+      assert.ok(answer.json.error.param === expected || answer.json.error.code === expected, `${JSON.stringify(body)}: ${JSON.stringify(answer.json.error)}`);
+    }
+  });
+
   it('answers bad requests with OpenAI error JSON', async () => {
     const badJson = await post(server, '/v1/chat/completions', '{"messages": [');
     assert.equal(badJson.status, 400);

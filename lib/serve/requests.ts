@@ -300,6 +300,7 @@ export function chatCall(json: unknown): GenerationCall {
 
 function completionPrompt(prompt: CompletionBody['prompt']): string | { tokenIds: number[] } {
   if (typeof prompt === 'string') return prompt;
+  if (prompt.length === 0) throw badRequest('prompt: the prompt is empty', 'prompt');
   if (typeof prompt[0] === 'number') return { tokenIds: prompt as number[] };
   if (prompt.length !== 1) unsupported('prompt', `a list of ${prompt.length} prompts (send one prompt per request)`);
   const [only] = prompt as (string | number[])[];
