@@ -1,9 +1,10 @@
 /**
  * `serve`: OpenAI's chat completions and completions API over the generation engine. Every
  * request's sequences join the engine's running batch (continuous batching: lib/generate/engine.ts)
- * and leave it when they end or their client goes away. Fastify parses and checks the JSON
- * against the schemas in ./requests.ts; everything a client can get wrong is an OpenAI error JSON
- * (./api-error.ts), never a crash. A bounded number of sequences may be in flight
+ * and leave it when they end or their client goes away. Fastify parses the JSON; ./requests.ts
+ * checks it against OpenAI's fields and translates it; ./responses.ts shapes the answers. Everything
+ * a client can get wrong is an OpenAI error JSON (./api-error.ts), never a crash. A prompt is
+ * tokenized once per request, whatever its n. A bounded number of sequences may be in flight
  * (max_batch running + max_queue waiting); beyond it, 429 with Retry-After.
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
