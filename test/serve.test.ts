@@ -246,6 +246,37 @@ describe('serve', { timeout: 180_000 }, () => {
     assert.equal((await fetch(`${server.url}/health`)).status, 200);
   });
 
+  it('answers 200 randomly mutated and truncated bodies with a well-formed HTTP answer', async () => {
+    let state = 12345;
+    const random = (n: number) => ((state = (state * 1103515245 + 12345) % 2 ** 31), state % n);
+    const values: unknown[] = [null, true, false, -1, 0, 1, 2, 1.5, 17, 1e308, -1e308, '', 'x', 'x'.repeat(5000), [], [1], [''], ['a', 'b'], {}, { a: 1 }, { type: 'text' }, [{ role: 'user' }]];
+    const fields = ['model', 'messages', 'temperature', 'top_p', 'n', 'stop', 'seed', 'stream', 'stream_options', 'logprobs', 'top_logprobs',
+      'frequency_penalty', 'logit_bias', 'tools', 'response_format', 'user', 'metadata', 'top_k', 'min_p', 'repetition_penalty', 'prompt', 'echo', 'frobnicate'];
+    for (let i = 0; i < 200; i++) {
+      const route = random(2) === 0 ? '/v1/chat/completions' : '/v1/completions';
+      const body: Record<string, unknown> = route === '/v1/completions' ? { prompt: 'hi', max_tokens: 2 } : { messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 };
+      for (let k = 0, count = 1 + random(3); k < count; k++) body[fields[random(fields.length)]] = values[random(values.length)];
+      if (random(4) === 0) body.messages = [{ role: values[random(values.length)], content: values[random(values.length)] }];
+      let text = JSON.stringify(body);
+      if (random(5) === 0) text = text.slice(0, random(text.length));
+      const response = await fetch(`${server.url}${route}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: text, signal: AbortSignal.timeout(30_000) });
+      const raw = await response.text();
+      const what = `${route} ${text.slice(0, 300)} -> ${response.status} ${raw.slice(0, 300)}`;
+      if (response.headers.get('content-type')?.startsWith('text/event-stream')) {
+        assert.equal(response.status, 200, what);
+        assert.ok(raw.endsWith('data: [DONE]\n\n'), what);
+        continue;
+      }
+      const json = JSON.parse(raw) as { choices?: unknown[]; error?: { message: string; type: string } };
+      if (response.status === 200) assert.ok(Array.isArray(json.choices) && json.choices.length > 0, what);
+      else {
+        assert.ok([400, 404].includes(response.status), what);
+        assert.ok(json.error && json.error.message.length > 0 && ['invalid_request_error', 'not_found_error'].includes(json.error.type), what);
+      }
+    }
+    assert.equal((await fetch(`${server.url}/health`)).status, 200);
+  });
+
   it('lets a client leave mid-stream while another completes', async () => {
     const [[expected]] = await reference.generate([MESSAGES], { maxNewTokens: 40, doSample: false });
     const leaving = new AbortController();
