@@ -97,12 +97,15 @@ export async function main(argv: string[]): Promise<void> {
       draw: 10,
     }));
     const firstRow = logits.subarray(0, VOCAB);
+    let rowMax = -Infinity;
+    for (const x of firstRow) rowMax = Math.max(rowMax, x);
+    const firstRowLse = rowMax + Math.log(firstRow.reduce((sum, x) => sum + Math.exp(x - rowMax), 0));
     const strings = new TokenStrings(tokenizer);
     const chatBody = JSON.stringify({
       model: 'zephyr', messages: conversation, max_tokens: 256, temperature: 0.7, top_p: 0.95, seed: 3, n: 1, stream: true,
       stream_options: { include_usage: true }, stop: ['</s>', '\nUser:'], logprobs: true, top_logprobs: 5, user: 'bench',
     });
-    const top5 = topLogprobs(firstRow, 5);
+    const top5 = topLogprobs(firstRow, 5, firstRowLse);
     const chunkBase = { id: 'chatcmpl-0123456789abcdef', object: 'chat.completion.chunk', created: 1_700_000_000, model: 'zephyr', system_fingerprint: null };
 
     const bench = new Bench({ time, warmup: true });
@@ -131,7 +134,7 @@ export async function main(argv: string[]): Promise<void> {
         sampleTokens(logits, VOCAB, rows);
       })
       .add('sampling: top-5 log-probs of one 32,000 row', () => {
-        topLogprobs(firstRow, 5);
+        topLogprobs(firstRow, 5, firstRowLse);
       })
       .add('serve: chat request JSON -> engine options', () => {
         const call = chatCall(JSON.parse(chatBody));

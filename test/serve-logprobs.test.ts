@@ -132,13 +132,14 @@ describe('serve log-probs against transformers', { skip: skipReason ?? false, ti
         worst = Math.max(worst, Math.abs(entry.logprob - expected[c].chosen[t]));
         const top = entry.top_logprobs;
         checkTop(strings, top.map((alt) => alt.token), top.map((alt) => alt.logprob), expected[c].top[t], what);
+        top.forEach((alt, i) => (worst = Math.max(worst, Math.abs(alt.logprob - expected[c].top[t][i][1]))));
         assert.deepEqual(entry.bytes, strings.of(paths[c][t]).bytes, `${what} bytes`);
         for (const alt of top) if (!alt.token.startsWith('bytes:')) assert.deepEqual(alt.bytes, [...Buffer.from(alt.token, 'utf8')], `${what} bytes of ${alt.token}`);
         const self = top.find((alt) => alt.token === entry.token);
         if (self) assert.equal(self.logprob, entry.logprob, `${what}: the chosen token's two log-probs are one value`);
       });
     });
-    console.log(`serve logprobs: largest difference from transformers (f64 log_softmax) ${worst.toExponential(2)}`);
+    console.log(`serve logprobs: largest difference from transformers (f64 log_softmax), chosen tokens and alternatives: ${worst.toExponential(2)}`);
   });
 
   it('completions: logprobs N gives the N likeliest tokens and the chosen one, streaming and not', () => {

@@ -12,7 +12,7 @@ import { UsageError, ZnError } from '../errors.js';
 import { generationMemory, type MistralModel } from '../model/model.js';
 import { sampleTokens, type TokenSampling } from '../model/sampling.js';
 import { CompletionText } from './text.js';
-import { logSumExp, topLogprobs, type TokenLogprob } from './top-logprobs.js';
+import { topLogprobs, type TokenLogprob } from './top-logprobs.js';
 
 export type { TokenLogprob } from './top-logprobs.js';
 
@@ -247,13 +247,14 @@ export class GenerationEngine {
     );
     ready.forEach((b, i) => {
       const token = sampled.tokens[i];
+      const logprob = sampled.logprobs[i];
       const k = b.sequence.request.topLogprobs ?? 0;
-      if (k === 0) return this.accept(b.sequence, token, sampled.logprobs[i], []);
-      // The sampled token's log-prob is taken against the same f64 logsumexp as its alternatives,
-      // so a token reported both ways reports one value.
+      if (k === 0) return this.accept(b.sequence, token, logprob, []);
+      // The sampler's log-prob is logits[token] - logsumexp: the alternatives use the same
+      // logsumexp, and the sampled token among them reports the very same value.
       const row = rows.subarray(i * vocab, (i + 1) * vocab);
-      const lse = logSumExp(row);
-      this.accept(b.sequence, token, row[token] - lse, topLogprobs(row, k, lse));
+      const top = topLogprobs(row, k, row[token] - logprob).map((alt) => (alt.token === token ? { token, logprob } : alt));
+      this.accept(b.sequence, token, logprob, top);
     });
   }
 

@@ -1,9 +1,10 @@
 /**
  * The most likely tokens of a logits row and their log-probabilities, log softmax(logits)[v]
  * = logits[v] - logsumexp(logits), of the raw logits: before the repetition penalty, temperature
- * and truncation, as OpenAI's `top_logprobs` and vLLM's default raw log-probs report them. Only
- * rows whose request asks for alternatives pay for this pass (a max, an exp-sum in f64 and a
- * k-best scan over the vocabulary).
+ * and truncation, as OpenAI's `top_logprobs` and vLLM's default raw log-probs report them. The
+ * logsumexp comes from the sampler, which already took it (f64 sums) for the sampled token's
+ * log-prob; what is left is one k-best scan over the vocabulary, paid only by rows whose request
+ * asks for alternatives.
  */
 
 export interface TokenLogprob {
@@ -11,21 +12,12 @@ export interface TokenLogprob {
   logprob: number;
 }
 
-/** log(sum_v e^logits[v]) in f64, shifted by the row's max so no exp overflows. */
-export function logSumExp(logits: Float32Array): number {
-  let top = -Infinity;
-  for (let v = 0; v < logits.length; v++) if (logits[v] > top) top = logits[v];
-  if (top === -Infinity || !Number.isFinite(top)) return top;
-  let sum = 0;
-  for (let v = 0; v < logits.length; v++) sum += Math.exp(logits[v] - top);
-  return top + Math.log(sum);
-}
-
 /**
  * The k largest logits' tokens, most likely first (equal logits: the lower id first, as a stable
- * sort of the vocabulary would give), with their log-probabilities against `lse`.
+ * sort of the vocabulary would give), with their log-probabilities against `lse`, the row's
+ * logsumexp.
  */
-export function topLogprobs(logits: Float32Array, k: number, lse = logSumExp(logits)): TokenLogprob[] {
+export function topLogprobs(logits: Float32Array, k: number, lse: number): TokenLogprob[] {
   const count = Math.min(k, logits.length);
   if (count <= 0) return [];
   // A sorted list of at most k candidates: k <= 20, so insertion beats a heap.
