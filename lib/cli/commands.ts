@@ -7,6 +7,7 @@ import { chatCommand } from './chat.js';
 import { dataCommand } from './data.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
+import { mergeCommand } from './merge.js';
 import { rateCommand } from './rate.js';
 import { dpoCommand, sftCommand, trainCommand } from './train-commands.js';
 import { scoreCommand } from './score.js';
@@ -22,6 +23,7 @@ export const commands: CommandModule<object, any>[] = [
   scoreCommand,
   chatCommand,
   serveCommand,
+  mergeCommand,
   benchCommand,
   dataCommand,
   infoCommand,

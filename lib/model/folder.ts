@@ -344,7 +344,7 @@ function removeStaleWeights(dir: string, plan: SavePlan): void {
   }
 }
 
-function copyTokenizerFiles(from: string, to: string): void {
+export function copyTokenizerFiles(from: string, to: string): void {
   if (resolve(from) === resolve(to)) return;
   for (const name of TOKENIZER_FILES) {
     const source = join(from, name);

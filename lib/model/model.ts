@@ -21,8 +21,25 @@ import {
   type NativeParameter,
   loadNative,
 } from '../native.js';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { fsyncDir } from '../io/atomic.js';
 import { type CheckpointDType, type MistralConfig, readMistralConfig } from './config.js';
-import { checkMistralWeights, readCheckpointWeights, writeModelFolder } from './folder.js';
+import { checkMistralWeights, copyTokenizerFiles, readCheckpointWeights, SAFETENSORS_METADATA, writeModelFolder } from './folder.js';
+import { uniformSampler } from './init.js';
+import { mistralParameterShapes } from './parameters.js';
+import {
+  ADAPTER_WEIGHTS_FILE,
+  adapterBaseFolder,
+  checkLoraSettings,
+  initialAdapterValues,
+  isAdapterFolder,
+  type LoraSettings,
+  readAdapterFolder,
+  writeAdapterConfig,
+} from './peft.js';
 
 export type { Device, DpoLossOptions, DpoLossResult, MemoryPlan };
 
@@ -48,6 +65,16 @@ export interface ModelOptions {
    * no effect on the CPU).
    */
   offloadOptimizer?: boolean;
+  /**
+   * LoRA adapters on the projections, over a frozen base (no gradient, optimizer state or f32
+   * master for it): fresh ones initialised as PEFT's default (A Kaiming-uniform, B zero) unless
+   * the folder loaded is a PEFT adapter folder, whose settings and tensors are used instead.
+   */
+  lora?: LoraSettings;
+  /** Seed of a fresh adapter's A (default 0). */
+  loraSeed?: number;
+  /** An adapter folder's base model folder, overriding its base_model_name_or_path. */
+  baseModel?: string;
 }
 
 export interface SaveOptions {
@@ -77,6 +104,15 @@ export function nativeModelConfig(config: MistralConfig): NativeModelConfig {
   };
 }
 
+/** The native model's options for LoRA: the adapters, and every base parameter frozen. */
+function loraOptions(config: MistralConfig, lora: LoraSettings | undefined): Pick<NativeModelOptions, 'lora' | 'frozen'> {
+  if (!lora) return {};
+  return {
+    lora: { rank: lora.rank, alpha: lora.alpha, rslora: lora.rslora, targetModules: lora.targetModules },
+    frozen: mistralParameterShapes(config).map((p) => p.name),
+  };
+}
+
 function nativeOptions(config: MistralConfig, options: ModelOptions): NativeModelOptions {
   const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
   if (!Number.isSafeInteger(maxTokens) || maxTokens <= 0) throw new ZnError(`maxTokens must be a positive integer, got ${maxTokens}`);
@@ -89,6 +125,7 @@ function nativeOptions(config: MistralConfig, options: ModelOptions): NativeMode
     gradientCheckpointing: options.gradientCheckpointing ?? false,
     trainable: options.trainable ?? false,
     offloadOptimizer: options.offloadOptimizer ?? false,
+    ...loraOptions(config, options.lora),
   };
 }
 
@@ -120,7 +157,11 @@ export class MistralModel {
     /** The folder the weights came from (tokenizer files are copied from it on save). */
     readonly dir: string,
     readonly config: MistralConfig,
-    readonly options: Readonly<Required<Omit<ModelOptions, 'device'>>> & { device: Device },
+    readonly options: Readonly<Required<Omit<ModelOptions, 'device' | 'lora' | 'loraSeed' | 'baseModel'>>> & {
+      device: Device;
+      /** LoRA's settings when the model has adapters. */
+      lora: LoraSettings | null;
+    },
     private readonly native: NativeModel,
   ) {}
 
@@ -134,6 +175,36 @@ export class MistralModel {
 
   memoryPlan(): MemoryPlan {
     return this.native.memoryPlan();
+  }
+
+  /** LoRA's adapter parameters, named as PEFT saves them (none without adapters). */
+  adapterParameters(): NativeParameter[] {
+    return this.native.adapterParameters();
+  }
+
+  /** Off: every later call runs the base model alone (TRL's DPO reference for a fresh adapter). */
+  setAdaptersEnabled(enabled: boolean): void {
+    this.native.setAdaptersEnabled({ enabled });
+  }
+
+  /** Folds the adapters into the base weights, W += s B A (PEFT's merge_and_unload; CPU, dtype f32). */
+  mergeAdapters(): Promise<void> {
+    return this.native.mergeAdapters({});
+  }
+
+  /**
+   * Writes a PEFT adapter folder: adapter_model.safetensors (f32, PEFT's tensor names),
+   * adapter_config.json naming the base, and the base folder's tokenizer files; peft's
+   * PeftModel.from_pretrained loads it.
+   */
+  async saveAdapter(dir: string, baseModelNameOrPath: string = this.dir): Promise<void> {
+    if (!this.options.lora) throw new ZnError('saveAdapter: this model has no LoRA adapters');
+    mkdirSync(dir, { recursive: true });
+    const names = this.adapterParameters().map((p) => p.name);
+    await this.native.saveWeights({ path: join(dir, ADAPTER_WEIGHTS_FILE), names, dtype: 'F32', metadata: { ...SAFETENSORS_METADATA } });
+    writeAdapterConfig(dir, this.options.lora, baseModelNameOrPath);
+    copyTokenizerFiles(this.dir, dir);
+    fsyncDir(dir);
   }
 
   /** Per-token log p(target) (0 where the target is -100), keeping activations for backward(). */
@@ -255,17 +326,31 @@ export class MistralModel {
   }
 }
 
-/** Loads an HF MistralForCausalLM folder (config.json + safetensors weights) into native memory. */
+/**
+ * Loads an HF MistralForCausalLM folder (config.json + safetensors weights) into native memory;
+ * or a PEFT LoRA adapter folder: its base model (base_model_name_or_path, or options.baseModel)
+ * with the adapters on it.
+ */
 export async function loadModel(dir: string, options: ModelOptions = {}): Promise<MistralModel> {
+  let adapterWeights: string | null = null;
+  if (isAdapterFolder(dir)) {
+    const base = adapterBaseFolder(readAdapterFolder(dir), options.baseModel);
+    const adapter = readAdapterFolder(dir, readMistralConfig(base).numHiddenLayers);
+    options = { ...options, lora: adapter.lora };
+    adapterWeights = adapter.weightsFile;
+    dir = base;
+  }
   const config = readMistralConfig(dir);
   const device = options.device ?? 'cpu';
   const addon = loadNative(device);  // checked to have a Model (lib/native.ts BACKEND_MEMBERS)
   // File headers are the CPU addon's to read (every install builds it); the device's addon
   // holds device work only.
   const { shards } = checkMistralWeights(readCheckpointWeights(dir), config);
+  if (options.lora) checkLoraSettings(options.lora, 'lora');
   const resolved = nativeOptions(config, options);
   const native = new addon.Model(resolved);
   await native.loadWeights({ files: shards.map((shard) => shard.path) });
+  if (options.lora) await loadAdapterTensors(native, adapterWeights, options.loraSeed ?? 0);
   return new MistralModel(
     dir,
     config,
@@ -276,7 +361,33 @@ export async function loadModel(dir: string, options: ModelOptions = {}): Promis
       gradientCheckpointing: resolved.gradientCheckpointing!,
       trainable: resolved.trainable!,
       offloadOptimizer: resolved.offloadOptimizer!,
+      lora: options.lora ?? null,
     },
     native,
   );
+}
+
+/** The adapters from a PEFT file, or fresh ones (PEFT's initialisation) through a temporary file. */
+async function loadAdapterTensors(native: NativeModel, file: string | null, seed: number): Promise<void> {
+  let temp: string | null = null;
+  if (!file) {
+    temp = mkdtempSync(join(tmpdir(), 'zn-adapter-'));
+    file = join(temp, ADAPTER_WEIGHTS_FILE);
+    const uniform = uniformSampler(seed);
+    const tensors = native.adapterParameters().map(({ name, shape }) => ({
+      name,
+      dtype: 'F32' as const,
+      shape,
+      data: initialAdapterValues(shape, name.endsWith('lora_A.weight') ? 'A' : 'B', uniform),
+    }));
+    await loadNative('cpu').writeSafetensors({ path: file, tensors, metadata: { ...SAFETENSORS_METADATA } });
+  }
+  try {
+    const { unexpected } = await native.loadAdapters({ files: [file] });
+    if (unexpected.length > 0) {
+      throw new ZnError(`${file}: holds tensors that are not adapters of this model's targets: ${unexpected.slice(0, 5).join(', ')}${unexpected.length > 5 ? ', ...' : ''}`);
+    }
+  } finally {
+    if (temp) rmSync(temp, { recursive: true, force: true });
+  }
 }

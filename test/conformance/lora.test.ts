@@ -5,6 +5,10 @@
  * loss = sum_t w[t] logp[t] w.r.t. every lora_A and lora_B agree with PEFT's (float64) to 1e-4
  * relative in f32; with the adapters off the log-probs are PEFT's disable_adapter() ones; the
  * frozen base gets no gradient. Cases: all-linear (r 4), and q/v/down with rsLoRA (r 2).
+ * Through lib/model: loadModel reads PEFT's adapter folder (its resolved full-name
+ * target_modules too), one AdamW step, saveAdapter writes a folder PEFT's
+ * PeftModel.from_pretrained loads with the same log-probs, and `zephyr-native merge` writes the
+ * weights PEFT's merge_and_unload makes from that adapter.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -12,8 +16,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { spawnSync } from 'node:child_process';
+
 import { readMistralConfig } from '../../lib/model/config.js';
-import { nativeModelConfig } from '../../lib/model/model.js';
+import { loadModel, nativeModelConfig } from '../../lib/model/model.js';
+import { LORA_MODULES } from '../../lib/model/peft.js';
 import { loadNative, packageRoot, type NativeModel, type NativeTokenBatch } from '../../lib/native.js';
 import { referencePython, runPython } from '../support/python.js';
 
@@ -102,4 +109,39 @@ describe('LoRA conformance with PEFT', { skip: skipReason ?? false }, () => {
       model.dispose();
     });
   }
+
+  it('loadModel of PEFT adapter folders, a step, saveAdapter and merge: PEFT loads the saved adapter with the same log-probs, and merges to the same weights', async () => {
+    const cli = join(root, 'dist', 'lib', 'cli', 'main.js');
+    const after = new Map<string, Float32Array>();
+    for (const name of Object.keys(CASES)) {
+      const ref = refs.get(name)!;
+      const base = join(work, name, 'base');
+      const model = await loadModel(join(work, name, 'adapter'), { baseModel: base, trainable: true, maxTokens: 32 });
+      const { targetModules, ...settings } = model.options.lora!;
+      const { targetModules: wanted, ...expected } = CASES[name];
+      assert.deepEqual(settings, { ...expected, dropout: 0 }, 'settings read from adapter_config.json');
+      // PEFT writes all-linear resolved to every layer's modules by full name.
+      assert.deepEqual([...targetModules].sort(), [...(wanted[0] === 'all-linear' ? LORA_MODULES : wanted)].sort());
+      assert.ok(relError(await model.logprobs(packed(ref)), ref.logp) < 1e-4, `${name}: loadModel(adapter folder) log-probs`);
+      await model.zeroGrad();
+      await model.forward(packed(ref));
+      await model.backward(Float32Array.from(ref.weights));
+      await model.clipAndStep({ lr: 1e-2, weightDecay: 0.01, maxGradNorm: 1 });
+      after.set(name, await model.logprobs(packed(ref)));
+      await model.saveAdapter(join(work, name, 'ours'), base);
+      model.dispose();
+      const merged = spawnSync(process.execPath, [cli, 'merge', '--adapter', join(work, name, 'ours'), '--output', join(work, name, 'merged'), '--dtype', 'float32'], { encoding: 'utf8' });
+      assert.equal(merged.status, 0, merged.stderr);
+      const plain = await loadModel(join(work, name, 'merged'), { maxTokens: 32 });
+      assert.ok(relError(await plain.logprobs(packed(ref)), after.get(name)!) < 1e-5, `${name}: merged folder = adapters on`);
+      plain.dispose();
+    }
+    runPython(python!, join(root, 'test', 'conformance', 'lora_reference.py'), ['check', work]);
+    const check = JSON.parse(readFileSync(join(work, 'check.json'), 'utf8')) as Record<string, { logp: number[]; merge_max_rel: number }>;
+    for (const name of Object.keys(CASES)) {
+      const err = relError(after.get(name)!, check[name].logp);
+      assert.ok(err < 1e-4, `${name}: PEFT's log-probs with our saved adapter: ${err}`);
+      assert.ok(check[name].merge_max_rel < 1e-6, `${name}: merged weights vs PEFT merge_and_unload: ${check[name].merge_max_rel}`);
+    }
+  });
 });

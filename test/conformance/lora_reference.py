@@ -1,5 +1,6 @@
 """Reference for test/conformance/lora.test.ts: LoRA adapters built, saved and run by PEFT on a
-tiny random MistralForCausalLM. Run only by the tests: `python lora_reference.py OUT_DIR`.
+tiny random MistralForCausalLM. Run only by the tests: `python lora_reference.py OUT_DIR`, then
+`python lora_reference.py check OUT_DIR` once the test has written its own adapters (see check()).
 
 For each case it writes OUT_DIR/<case>/base (the base model, save_pretrained, f32),
 OUT_DIR/<case>/adapter (PEFT's save_pretrained: adapter_config.json, adapter_model.safetensors)
@@ -70,7 +71,39 @@ def run_case(name, options, out_dir, generator):
         json.dump(reference, f)
 
 
+def check(out_dir):
+    """For each case, zephyr-native's saved adapter (OUT_DIR/<case>/ours) loaded by PEFT: its
+    per-token log-probs on the reference documents (float64), and the largest relative
+    difference between zephyr-native's merged folder (OUT_DIR/<case>/merged) and PEFT's
+    merge_and_unload of the same adapter, over every parameter."""
+    from peft import PeftModel
+
+    results = {}
+    for name in CASES:
+        case_dir = os.path.join(out_dir, name)
+        with open(os.path.join(case_dir, "reference.json")) as f:
+            reference = json.load(f)
+        base = MistralForCausalLM.from_pretrained(os.path.join(case_dir, "base"), dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, os.path.join(case_dir, "ours"))
+        with torch.no_grad():
+            logp = document_logps(model.double(), reference["documents"], reference["targets"], "sdpa")
+        base = MistralForCausalLM.from_pretrained(os.path.join(case_dir, "base"), dtype=torch.float32)
+        peft_merged = PeftModel.from_pretrained(base, os.path.join(case_dir, "ours")).merge_and_unload()
+        ours = MistralForCausalLM.from_pretrained(os.path.join(case_dir, "merged"), dtype=torch.float32)
+        theirs = dict(peft_merged.named_parameters())
+        worst = 0.0
+        for key, value in ours.named_parameters():
+            diff = (value - theirs[key]).norm() / theirs[key].norm().clamp(min=1e-30)
+            worst = max(worst, diff.item())
+        results[name] = {"logp": logp.tolist(), "merge_max_rel": worst}
+    with open(os.path.join(out_dir, "check.json"), "w") as f:
+        json.dump(results, f)
+
+
 def main():
+    if sys.argv[1] == "check":
+        check(sys.argv[2])
+        return
     out_dir = sys.argv[1]
     generator = torch.Generator().manual_seed(11)
     torch.manual_seed(11)
