@@ -187,6 +187,12 @@ export class MistralModel {
     this.native.setAdaptersEnabled({ enabled });
   }
 
+  /** Replaces the adapters with the tensors of PEFT adapter files (e.g. a checkpoint's). */
+  async loadAdapters(files: string[]): Promise<void> {
+    const { unexpected } = await this.native.loadAdapters({ files });
+    if (unexpected.length > 0) throw new ZnError(`${files.join(', ')}: tensors that are not this model's adapters: ${unexpected.slice(0, 5).join(', ')}`);
+  }
+
   /** Folds the adapters into the base weights, W += s B A (PEFT's merge_and_unload; CPU, dtype f32). */
   mergeAdapters(): Promise<void> {
     return this.native.mergeAdapters({});

@@ -152,6 +152,16 @@ export function adapterBaseFolder(adapter: AdapterFolder, base?: string): string
   return found;
 }
 
+/** The folder holding a model's config.json and weights: `dir`, or an adapter folder's base. */
+export function baseFolderOf(dir: string): string {
+  return isAdapterFolder(dir) ? adapterBaseFolder(readAdapterFolder(dir)) : dir;
+}
+
+/** The weight files a model folder's values come from: its shards, or an adapter's and its base's. */
+export function weightFilesOf(dir: string, locate: (dir: string) => string[]): string[] {
+  return isAdapterFolder(dir) ? [join(dir, ADAPTER_WEIGHTS_FILE), ...locate(baseFolderOf(dir))] : locate(dir);
+}
+
 /** adapter_config.json as PEFT 0.21 writes it for a LoRA adapter on a causal LM. */
 export function adapterConfigJson(lora: LoraSettings, baseModelNameOrPath: string | null): Record<string, unknown> {
   return {

@@ -59,6 +59,14 @@ export const KEYS = {
   dtype: { kind: 'string', default: null, aliasOf: 'torch_dtype', help: 'transformers 5 name of torch_dtype' },
   gradient_checkpointing: { kind: 'boolean', default: true, help: 'Recompute each decoder layer in backward to save activation memory' },
   offload_optimizer: { kind: 'boolean', default: false, help: 'GPU: f32 master weights and AdamW moments in host memory, the step on the CPU (ZeRO-Offload); no effect on the CPU' },
+  // LoRA (TRL ModelConfig names; PEFT's maths)
+  use_peft: { kind: 'boolean', default: false, help: 'Train LoRA adapters over a frozen base (output_dir is then a PEFT adapter folder)' },
+  lora_r: { kind: 'integer', default: 16, help: 'LoRA rank' },
+  lora_alpha: { kind: 'number', default: 32, help: 'LoRA alpha: the adapters scale by alpha / r (alpha / sqrt(r) with use_rslora)' },
+  lora_dropout: { kind: 'number', default: 0.05, help: 'Dropout on the adapters\' input (only 0 is implemented so far)' },
+  lora_target_modules: { kind: 'string-or-list', default: null, help: 'Projections to adapt (q_proj, ..., down_proj) or all-linear (default: PEFT\'s for Mistral, q_proj and v_proj)' },
+  use_rslora: { kind: 'boolean', default: false, help: 'rsLoRA scaling alpha / sqrt(r)' },
+  lora_modules_to_save: { kind: 'string-or-list', default: null, help: 'Modules trained in full beside the adapters (not implemented yet: null only)' },
   // data
   dataset_name: { kind: 'string', default: null, help: 'Dataset file or HF dataset folder' },
   dataset_config: { kind: 'string', default: null, help: 'Dataset configuration name (accepted for HF datasets; folders have one)' },

@@ -106,6 +106,24 @@ export class ModelReference implements ReferenceLogps {
   }
 }
 
+/**
+ * A fresh LoRA adapter's reference: the policy itself with its adapters off (TRL's
+ * disable_adapter), so one copy of the base serves both. Taken before the policy's forward, so it
+ * never clobbers the activations a backward needs.
+ */
+export class AdaptersOffReference implements ReferenceLogps {
+  constructor(private readonly model: ObjectiveModel & { setAdaptersEnabled(enabled: boolean): void }) {}
+
+  async of(_pairs: PreferencePair[], batch: PreferenceBatch): Promise<{ chosen: Float32Array; rejected: Float32Array }> {
+    this.model.setAdaptersEnabled(false);
+    try {
+      return completionLogps(batch, await this.model.logprobs(batch));
+    } finally {
+      this.model.setAdaptersEnabled(true);
+    }
+  }
+}
+
 /** Reference log-probs looked up per pair (precompute_ref_log_probs). */
 export class PrecomputedReference implements ReferenceLogps {
   constructor(private readonly table: Map<PreferencePair, { chosen: number; rejected: number }>) {}

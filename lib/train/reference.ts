@@ -12,6 +12,7 @@ import { writeFileAtomic } from '../io/atomic.js';
 import { readMistralConfig } from '../model/config.js';
 import { locateWeights } from '../model/folder.js';
 import { loadModel, type MistralModel, type ModelOptions } from '../model/model.js';
+import { baseFolderOf, weightFilesOf } from '../model/peft.js';
 import { logMemoryPlan } from './memory-plan.js';
 import { completionLogps, ModelReference, PrecomputedReference, type ReferenceLogps } from './objectives.js';
 
@@ -37,7 +38,7 @@ export interface BuiltReference {
 
 export async function buildReference(source: ReferenceSource, sets: PreferencePair[][], log: (line: string) => void): Promise<BuiltReference> {
   if (source.precompute) return { reference: await precomputeReference(source, sets.flat(), log), model: null };
-  logMemoryPlan(log, 'reference', readMistralConfig(source.dir), { ...source.modelOptions, trainable: false });
+  logMemoryPlan(log, 'reference', readMistralConfig(baseFolderOf(source.dir)), { ...source.modelOptions, trainable: false });
   const model = await loadFrozen(source);
   return { reference: new ModelReference(model), model };
 }
@@ -49,7 +50,7 @@ function loadFrozen(source: ReferenceSource): Promise<MistralModel> {
 /** A cache key for reference log-probs: the reference weights (name, size, mtime) and the data. */
 function referenceCacheKey(source: ReferenceSource, pairs: PreferencePair[]): string {
   const hash = createHash('sha256');
-  for (const file of locateWeights(source.dir).files) {
+  for (const file of weightFilesOf(source.dir, (dir) => locateWeights(dir).files)) {
     const stat = statSync(file);
     hash.update(`${resolve(file)}:${stat.size}:${stat.mtimeMs}\n`);
   }

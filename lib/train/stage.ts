@@ -3,7 +3,7 @@
  * resolve the sources (model folder, device, tokenizer), load the data, plan the loop, build the
  * policy, build the reference (DPO), build the objective, run the loop, save the model folder.
  */
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic.js';
@@ -17,11 +17,12 @@ import { UsageError, ZnError } from '../errors.js';
 import { type MistralConfig, readMistralConfig } from '../model/config.js';
 import { locateWeights } from '../model/folder.js';
 import { type ComputeDevice, computeDevice, loadModel, type MistralModel, type ModelDType, type ModelOptions } from '../model/model.js';
+import { ADAPTER_WEIGHTS_FILE, adapterBaseFolder, checkLoraSettings, isAdapterFolder, type LoraSettings, readAdapterFolder } from '../model/peft.js';
 import { listCheckpoints } from './checkpoint.js';
 import type { Stage, StageConfig, TrainingValues } from './config.js';
 import { logMemoryPlan } from './memory-plan.js';
 import { type LoopModel, type LoopResult, type LoopSettings, type Objective, runLoop, totalSteps, TrainingEvents } from './loop.js';
-import { DpoObjective, type ReferenceLogps, SftObjective } from './objectives.js';
+import { AdaptersOffReference, DpoObjective, type ReferenceLogps, SftObjective } from './objectives.js';
 import { progressReporter, type ProgressReporter } from './progress.js';
 import { type BuiltReference, buildReference } from './reference.js';
 import { closeReporters, openReporters, type Reporter } from './report-to.js';
@@ -41,7 +42,12 @@ export interface StageResult extends LoopResult {
 /** What a stage trains from and where it writes, resolved from its configuration. */
 export interface StageSources {
   stage: Stage;
+  /** model_name_or_path: a model folder, or a PEFT adapter folder whose adapter training continues. */
   modelDir: string;
+  /** The folder holding config.json and the base weights: modelDir, or an adapter folder's base. */
+  baseDir: string;
+  /** LoRA's settings: use_peft's for a fresh adapter, or the adapter folder's; null: full training. */
+  lora: LoraSettings | null;
   /** DPO's frozen reference: ref_model_name_or_path, else the initial policy's folder. */
   refDir: string;
   outputDir: string;
@@ -73,17 +79,48 @@ export function resolveSources({ stage, values }: StageConfig): StageSources {
   const modelDir = required(values, 'model_name_or_path', stage);
   const outputDir = required(values, 'output_dir', stage);
   const device = values.use_cpu ? 'cpu' : computeDevice(values.device);
+  const adapter = isAdapterFolder(modelDir) ? readAdapterFolder(modelDir) : null;
+  const baseDir = adapter ? adapterBaseFolder(adapter) : modelDir;
+  const modelConfig = readMistralConfig(baseDir);
+  const lora = adapter ? readAdapterFolder(modelDir, modelConfig.numHiddenLayers).lora : freshLora(values, stage);
+  if (lora && lora.dropout > 0) {
+    throw new UsageError(`${stage}: lora_dropout ${lora.dropout}: dropout on the adapters' input is not implemented yet; set lora_dropout: 0`);
+  }
+  // An adapter folder written by PEFT may hold no tokenizer: the base's then.
+  const tokenizerDir = existsSync(join(modelDir, 'tokenizer.json')) || existsSync(join(modelDir, 'tokenizer.model')) ? modelDir : baseDir;
   return {
     stage,
     modelDir,
+    baseDir,
+    lora,
     refDir: values.ref_model_name_or_path ?? modelDir,
     outputDir,
     device,
     dtype: (values.bf16 ?? device === 'cuda') ? 'bf16' : 'f32',
-    modelConfig: readMistralConfig(modelDir),
-    tokenizer: tokenizerWithTemplate(HfTokenizer.fromFolder(modelDir), values.chat_template),
+    modelConfig,
+    tokenizer: tokenizerWithTemplate(HfTokenizer.fromFolder(tokenizerDir), values.chat_template),
     chatTemplate: values.chat_template,
   };
+}
+
+/** use_peft's adapter settings (TRL's ModelConfig keys), or null without use_peft. */
+function freshLora(values: TrainingValues, stage: Stage): LoraSettings | null {
+  if (!values.use_peft) return null;
+  if (values.lora_modules_to_save !== null) {
+    throw new UsageError(`${stage}: lora_modules_to_save (modules trained in full beside the adapters) is not implemented yet`);
+  }
+  const targets = values.lora_target_modules;
+  return checkLoraSettings(
+    {
+      rank: values.lora_r,
+      alpha: values.lora_alpha,
+      rslora: values.use_rslora,
+      // PEFT's default targets for Mistral (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
+      targetModules: targets === null ? ['q_proj', 'v_proj'] : Array.isArray(targets) ? targets : [targets],
+      dropout: values.lora_dropout,
+    },
+    stage,
+  );
 }
 
 function dataConfig(values: TrainingValues): DataConfig {
@@ -172,33 +209,52 @@ export function policyOptions({ values }: StageConfig, sources: StageSources, ma
     gradientCheckpointing: values.gradient_checkpointing,
     offloadOptimizer: values.offload_optimizer,
     trainable: true,
+    ...(sources.lora && !isAdapterFolder(sources.modelDir) ? { lora: sources.lora, loraSeed: values.seed } : {}),
   };
 }
 
+/** The policy: the model folder, or an adapter folder's base with its adapters (training them on). */
 export function buildPolicy(sources: StageSources, options: ModelOptions): Promise<MistralModel> {
   return loadModel(sources.modelDir, options);
 }
 
-/** The policy as the loop drives it: checkpoints hold f32 master weights and AdamW moments. */
-function loopModel(model: MistralModel): LoopModel {
+/**
+ * The policy as the loop drives it: checkpoints hold f32 master weights (with LoRA: the adapter
+ * folder, the base being unchanged) and AdamW moments.
+ */
+function loopModel(model: MistralModel, sources: StageSources): LoopModel {
   return {
     zeroGrad: () => model.zeroGrad(),
     clipAndStep: (o) => model.clipAndStep({ lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm }),
-    saveCheckpointWeights: (dir) => model.save(dir, { dtype: 'float32' }),
+    saveCheckpointWeights: (dir) => (sources.lora ? model.saveAdapter(dir, sources.baseDir) : model.save(dir, { dtype: 'float32' })),
     saveOptimizerState: (file) => model.saveOptimizerState(file),
     loadCheckpoint: async (dir) => {
-      await model.loadWeights(locateWeights(dir).files);
+      if (sources.lora) {
+        await model.loadAdapters([join(dir, ADAPTER_WEIGHTS_FILE)]);
+      } else {
+        await model.loadWeights(locateWeights(dir).files);
+      }
       await model.loadOptimizerState(join(dir, 'optimizer.safetensors'));
     },
   };
 }
 
-/** DPO's reference log-probs (a frozen model, or precomputed), and the model holding its memory. */
-export function buildStageReference({ values }: StageConfig, sources: StageSources, data: LoadedData<PreferencePair>, policyModelOptions: ModelOptions, log: (line: string) => void): Promise<BuiltReference> {
+/**
+ * DPO's reference log-probs (a frozen model, or precomputed), and the model holding its memory.
+ * A fresh adapter's reference is the policy with its adapters off (TRL: the same weights without
+ * the adapter), so one copy of the base serves both; a policy that starts from an adapter folder
+ * has that folder (base + starting adapter, frozen) as its reference, so the first loss is log 2.
+ */
+export async function buildStageReference({ values }: StageConfig, sources: StageSources, data: LoadedData<PreferencePair>, policy: MistralModel, policyModelOptions: ModelOptions, log: (line: string) => void): Promise<BuiltReference> {
+  if (sources.lora && !isAdapterFolder(sources.modelDir) && !values.ref_model_name_or_path && !values.precompute_ref_log_probs) {
+    log('reference: the policy with its adapters off (one copy of the base)');
+    return { reference: new AdaptersOffReference(policy), model: null };
+  }
+  const { lora: _lora, loraSeed: _seed, ...options } = policyModelOptions;
   return buildReference(
     {
       dir: sources.refDir,
-      modelOptions: policyModelOptions,
+      modelOptions: options,
       precompute: values.precompute_ref_log_probs,
       batchSize: values.per_device_eval_batch_size,
       cacheDir: join(sources.outputDir, 'cache'),
@@ -217,7 +273,7 @@ export function buildObjective({ stage, values }: StageConfig, sources: StageSou
 }
 
 async function runTrainingLoop(
-  policy: MistralModel,
+  policy: LoopModel,
   objective: Objective<Example>,
   { data }: StageData,
   settings: LoopSettings,
@@ -231,7 +287,7 @@ async function runTrainingLoop(
   for (const reporter of reporters) events.on('log', (entry) => reporter.log(entry));
   events.on('checkpoint', (dir) => progress.message(`checkpoint: ${dir}`));
   try {
-    return await runLoop<Example>(loopModel(policy), objective, data.train, data.test, settings, events, options.signal);
+    return await runLoop<Example>(policy, objective, data.train, data.test, settings, events, options.signal);
   } finally {
     progress.stop();
   }
@@ -242,7 +298,11 @@ async function runTrainingLoop(
  * with it as `chat_template.jinja` (which transformers 5, and this package, read first).
  */
 async function saveModel(policy: MistralModel, sources: StageSources): Promise<void> {
-  await policy.save(sources.outputDir, { dtype: sources.dtype === 'bf16' ? 'bfloat16' : 'float32' });
+  if (sources.lora) {
+    await policy.saveAdapter(sources.outputDir, sources.baseDir);
+  } else {
+    await policy.save(sources.outputDir, { dtype: sources.dtype === 'bf16' ? 'bfloat16' : 'float32' });
+  }
   if (sources.chatTemplate) writeFileAtomic(join(sources.outputDir, 'chat_template.jinja'), sources.chatTemplate);
 }
 
@@ -294,14 +354,14 @@ async function trainStage(config: StageConfig, sources: StageSources, reporters:
     own(policy);
     let reference: ReferenceLogps | null = null;
     if (loaded.stage === 'dpo') {
-      const built = await buildStageReference(config, sources, loaded.data, modelOptions, log);
+      const built = await buildStageReference(config, sources, loaded.data, policy, modelOptions, log);
       if (built.model) own(built.model);
       reference = built.reference;
     }
     const objective = buildObjective(config, sources, policy, reference);
     clearEarlierCheckpoints(config, sources.outputDir, log);
     const started = Date.now();
-    const result = await runTrainingLoop(policy, objective, loaded, settings, progress, reporters, options);
+    const result = await runTrainingLoop(loopModel(policy, sources), objective, loaded, settings, progress, reporters, options);
     if (result.stoppedEarly) {
       log(`${stage}: stopped at step ${result.globalStep}; resume from the last checkpoint in ${sources.outputDir}`);
     } else {
