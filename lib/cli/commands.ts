@@ -5,6 +5,7 @@ import { benchCommand } from './bench.js';
 import { binarizeCommand } from './binarize.js';
 import { chatCommand } from './chat.js';
 import { dataCommand } from './data.js';
+import { evalCommand } from './eval.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { rateCommand } from './rate.js';
@@ -20,6 +21,7 @@ export const commands: CommandModule<object, any>[] = [
   binarizeCommand,
   rateCommand,
   scoreCommand,
+  evalCommand,
   chatCommand,
   serveCommand,
   benchCommand,
