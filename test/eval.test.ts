@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -17,6 +17,13 @@ import { inflateSync } from 'node:zlib';
 
 import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { ZnError } from '../lib/errors.js';
+import { HfTokenizer } from '../lib/data/tokenizer.js';
+import { categoryTemperature } from '../lib/eval/answers.js';
+import { prepareEval } from '../lib/eval/evaluate.js';
+import { fillTemplate } from '../lib/eval/judge-prompts.js';
+import { parsePairVerdict, parseRating } from '../lib/eval/verdicts.js';
+import { Generator } from '../lib/generate/generate.js';
+import { loadModel } from '../lib/model/model.js';
 import { readQuestions } from '../lib/eval/questions.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { packageRoot } from '../lib/native.js';
@@ -133,6 +140,13 @@ before(async () => {
 });
 after(() => judge?.close());
 
+/** A fresh output folder holding the single run's answers, so only judging runs (no model loads). */
+function withAnswers(name: string): string {
+  const out = join(work, name);
+  cpSync(join(work, 'single', 'model_answer'), join(out, 'model_answer'), { recursive: true });
+  return out;
+}
+
 function evalArgs(outputDir: string, extra: string[] = []): string[] {
   return [
     'eval', ...models.flatMap((dir) => ['--model_name_or_path', dir]), '--questions', join(work, 'questions.jsonl'),
@@ -223,7 +237,7 @@ describe('eval: single-answer grading', () => {
 
 describe('eval: resume after a kill', () => {
   it('killed while judging, a rerun judges only what is missing and duplicates nothing', async () => {
-    const out = join(work, 'killed');
+    const out = withAnswers('killed');
     const file = join(out, 'model_judgment', 'judge-x_single.jsonl');
     judge.delayMs = 150;
     const first = judge.requests.length;
@@ -253,8 +267,7 @@ describe('eval: resume after a kill', () => {
 
 describe('eval: pairwise against a baseline', () => {
   it('plays both orders, maps A/B back to the models, and counts FastChat win rates', async () => {
-    const out = join(work, 'pairwise');
-    mkdirSync(join(out, 'model_answer'), { recursive: true });
+    const out = withAnswers('pairwise');
     // The baseline's answers: best on 81 (baseline wins), neutral elsewhere; 82 asks for a tie, 112 a biased judge.
     const questions = QUESTIONS.map((q) => ({ ...q, turns: q.turns.map((t) => t.replace(/<score:[\w-]+>/, '')) }));
     questions[1].turns[0] += ' <tie>';
@@ -298,7 +311,7 @@ describe('eval: pairwise against a baseline', () => {
 
 describe('eval: --judge_prompts in FastChat judge_prompts.jsonl format', () => {
   it('the right prompt per category, reference and turn reaches the judge, filled like str.format', async () => {
-    const out = join(work, 'prompts');
+    const out = withAnswers('prompts');
     const prompt = (name: string, template: string) => ({
       name, type: 'single', system_prompt: `system of ${name}`, prompt_template: `PROMPT=${name} {{literal}}\n${template}`, description: '', category: 'general', output_format: '[[rating]]',
     });
@@ -329,12 +342,12 @@ describe('eval: --judge_prompts in FastChat judge_prompts.jsonl format', () => {
     }
   });
 
-  it('a prompt file without a prompt the mode needs is refused before any model loads', async () => {
+  it('a prompt file without a prompt the mode needs is refused before any model loads', () => {
     writeJsonl(join(work, 'partial_prompts.jsonl'), [{ name: 'single-v1', type: 'single', system_prompt: '', prompt_template: '{question}', output_format: '[[rating]]' }]);
-    const result = await runCli(evalArgs(join(work, 'partial'), ['--judge_prompts', join(work, 'partial_prompts.jsonl')]));
-    assert.notEqual(result.status, 0);
-    assert.match(result.stderr, /no prompt named 'single-math-v1'/);
-    assert.equal(existsSync(join(work, 'partial', 'model_answer')), false);
+    const options = { models: [{ path: models[0], id: 'alpha' }], questions: join(work, 'questions.jsonl'), judgePrompts: join(work, 'partial_prompts.jsonl'), outputDir: join(work, 'partial'), judge: { model: 'j', complete: async () => '' } };
+    assert.throws(() => prepareEval(options), /partial_prompts\.jsonl: no prompt named 'single-math-v1'/);
+    writeJsonl(join(work, 'partial_prompts.jsonl'), [{ name: 'single-v1', type: 'single', system_prompt: '', prompt_template: '{question', output_format: '[[rating]]' }]);
+    assert.throws(() => prepareEval(options), /partial_prompts\.jsonl: line 1: field 'prompt_template': unsupported format field at offset 0/);
   });
 });
 
@@ -361,5 +374,56 @@ describe('eval: bad questions', () => {
     assert.equal(result.status, 1, result.stderr);
     assert.match(result.stderr, cases[2][2]);
     assert.equal(existsSync(out), false);
+  });
+});
+
+describe('eval: reading judge replies (FastChat patterns)', () => {
+  it('ratings: [[N]], else the [N] backup; out of 1-10 or missing is a failure with its reason', () => {
+    assert.deepEqual(parseRating('Good answer.\n\nRating: [[8]]'), { score: 8 });
+    assert.deepEqual(parseRating('Rating: [[7.5]]'), { score: 7.5 });
+    assert.deepEqual(parseRating('I rate it [6] overall'), { score: 6 });
+    assert.deepEqual(parseRating('first [[3]] then [[9]]'), { score: 3 });
+    assert.deepEqual(parseRating('Rating: [[11]]'), { failure: 'rating 11 is outside 1-10' });
+    assert.deepEqual(parseRating('Rating: eight'), { failure: 'no rating in the "[[rating]]" format' });
+  });
+
+  it('pairwise verdicts: [[A]], [[B]], [[C]] a tie; none or two different ones are failures', () => {
+    assert.deepEqual(parsePairVerdict('A is better. [[A]]'), { verdict: 'A' });
+    assert.deepEqual(parsePairVerdict('[[B]]'), { verdict: 'B' });
+    assert.deepEqual(parsePairVerdict('Equally good: [[C]]'), { verdict: 'tie' });
+    assert.deepEqual(parsePairVerdict('[[B]] ... final: [[B]]'), { verdict: 'B' });
+    assert.deepEqual(parsePairVerdict('Either [[A]] or [[B]]'), { failure: 'more than one verdict (A, B)' });
+    assert.deepEqual(parsePairVerdict('A wins'), { failure: 'no verdict in the "[[A]]" / "[[B]]" / "[[C]]" format' });
+  });
+
+  it('templates fill like Python str.format: {name} fields, {{ }} braces, a missing field named', () => {
+    assert.equal(fillTemplate('Q: {question} {{x}} A: {answer}', { question: 'q{1}', answer: 'a', extra: 'unused' }), 'Q: q{1} {x} A: a');
+    assert.throws(() => fillTemplate('{ref_answer_1}', { question: 'q' }, 'single-math-v1'), /judge prompt 'single-math-v1': the template uses \{ref_answer_1\}/);
+    assert.throws(() => fillTemplate('a } b', {}), /single '}' at offset 2/);
+  });
+
+  it('per-category temperatures are FastChat\'s temperature_config, 0.7 for others', () => {
+    const fastchat: Record<string, number> = { writing: 0.7, roleplay: 0.7, extraction: 0.0, math: 0.0, coding: 0.0, reasoning: 0.0, stem: 0.1, humanities: 0.1, 'arena-hard-200': 0.0 };
+    for (const [category, temperature] of Object.entries(fastchat)) assert.equal(categoryTemperature(category), temperature, category);
+    assert.equal(categoryTemperature('poetry'), 0.7);
+  });
+
+  it('greedy categories answer as Generator does, turn 2 continuing the conversation', async () => {
+    const rows = readJsonl(join(work, 'single', 'model_answer', 'alpha.jsonl'));
+    const question = QUESTIONS.find((q) => q.category === 'math')!;
+    const answer = rows.find((r) => r.question_id === question.question_id)!.choices[0].turns;
+    const model = await loadModel(models[0]);
+    try {
+      const generator = await Generator.create(model, HfTokenizer.fromFolder(models[0]), { batchSize: 1 });
+      const messages: { role: 'user' | 'assistant'; content: string }[] = [];
+      for (const [t, turn] of question.turns.entries()) {
+        messages.push({ role: 'user', content: turn });
+        const [[completion]] = await generator.generate([messages], { maxNewTokens: 6, doSample: false });
+        assert.equal(answer[t], completion.text.trim(), `turn ${t + 1}`);
+        messages.push({ role: 'assistant', content: completion.text.trim() });
+      }
+    } finally {
+      model.dispose();
+    }
   });
 });

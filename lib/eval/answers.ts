@@ -55,6 +55,8 @@ export interface AnswerOptions {
   batchSize?: number;
   device?: Device;
   dtype?: ModelDType;
+  /** Temperatures by category over FastChat's (the demo answers its own categories greedily). */
+  temperatures?: Readonly<Record<string, number>>;
   /** The run's seed for sampled answers (default 0: the same questions give the same answers). */
   seed?: number;
   signal?: AbortSignal;
@@ -156,7 +158,7 @@ async function answerWithModel(model: AnsweringModel, todo: Question[], file: st
 
 /** The model's answers to each turn of a question; null when stopped part way. */
 async function converse(generator: Generator, question: Question, modelId: string, options: AnswerOptions, signal: AbortSignal, stats: AnswerStats): Promise<string[] | null> {
-  const temperature = categoryTemperature(question.category);
+  const temperature = options.temperatures?.[question.category] ?? categoryTemperature(question.category);
   const messages: ChatMessage[] = [];
   const answers: string[] = [];
   for (const [t, turn] of question.turns.entries()) {

@@ -145,11 +145,13 @@ export function resultsTable(results: EvalResults): string {
       return `${r.win}/${r.loss}/${r.tie}`;
     })]);
   }
-  lines.push(['turn 1', pick((r) => r.turn1)], ['turn 2', pick((r) => r.turn2)]);
+  lines.push(['turn 1', pick((r) => r.turn1)]);
+  // Single-turn question sets (the demo's) have no second turn: no row of dashes.
+  if (models.some((m) => results.models[m].turn2 !== null)) lines.push(['turn 2', pick((r) => r.turn2)]);
   for (const category of results.categories) lines.push([category, pick((r) => r.categories[category])]);
   if (single) lines.push(['failed judgments', models.map((m) => String((results.models[m] as SingleResult).counts.failed))]);
   else lines.push(['unreadable games', models.map((m) => String((results.models[m] as PairResult).errors))]);
-  const title = single ? `MT-Bench (judge ${results.judge})` : `pairwise (judge ${results.judge})`;
+  const title = single ? `score 1-10 (judge ${results.judge})` : `pairwise (judge ${results.judge})`;
   const first = Math.max(title.length, ...lines.map(([label]) => label.length));
   const widths = models.map((m, i) => Math.max(m.length, ...lines.map(([, cells]) => cells[i].length)));
   const row = (label: string, cells: string[]) => [label.padEnd(first), ...cells.map((c, i) => c.padStart(widths[i]))].join('  ').trimEnd();
