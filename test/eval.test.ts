@@ -24,6 +24,7 @@ import { fillTemplate } from '../lib/eval/judge-prompts.js';
 import { parsePairVerdict, parseRating } from '../lib/eval/verdicts.js';
 import { Generator } from '../lib/generate/generate.js';
 import { loadModel } from '../lib/model/model.js';
+import { createServer } from '../lib/serve/server.js';
 import { readQuestions } from '../lib/eval/questions.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { packageRoot } from '../lib/native.js';
@@ -424,6 +425,40 @@ describe('eval: reading judge replies (FastChat patterns)', () => {
       }
     } finally {
       model.dispose();
+    }
+  });
+});
+
+describe('eval: zephyr-native serve as the judge', () => {
+  it('a served tiny model judges over HTTP; its replies carry no rating, so every judgment is recorded as failed, none dropped', async () => {
+    const judgeDir = join(work, 'judge-model');
+    const config = mistralConfig({
+      vocab_size: 32000, hidden_size: 32, intermediate_size: 48, num_hidden_layers: 2, num_attention_heads: 4,
+      num_key_value_heads: 2, max_position_embeddings: 2048, sliding_window: 2048, tie_word_embeddings: true,
+      bos_token_id: 1, eos_token_id: 2, initializer_range: 0.5,
+    });
+    await writeRandomModel(judgeDir, config, { seed: 99, tokenizerDir: join(work, 'tokenizer') });
+    const access: string[] = [];
+    const server = await createServer(judgeDir, { port: 0, servedModelName: 'served-judge', log: (line) => access.push(line) });
+    try {
+      const out = withAnswers('served');
+      const args = evalArgs(out).map((a) => (a === judge.url ? `${server.url}/v1` : a === 'judge-x' ? 'served-judge' : a));
+      const result = await runCli([...args, '--judge_max_tokens', '8']);
+      assert.equal(result.status, 0, result.stderr);
+      const rows = readJsonl(join(out, 'model_judgment', 'served-judge_single.jsonl'));
+      assert.equal(rows.length, 20);
+      for (const row of rows) {
+        assert.equal(row.score, -1);
+        assert.match(row.failure, /unreadable twice: (no rating|rating .* is outside 1-10)/);
+        assert.deepEqual(row.judge[0], 'served-judge');
+      }
+      assert.equal(access.filter((line) => line.includes('/v1/chat/completions') && line.includes(' 200 ')).length, 40, 'each judgment asked twice');
+      const results = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8'));
+      assert.equal(results.models.alpha.overall, null);
+      assert.equal(results.models.alpha.counts.failed, 10);
+      assert.match(result.stderr, /20 recorded as failed/);
+    } finally {
+      await server.close();
     }
   });
 });
