@@ -288,7 +288,7 @@ async function judgeAblation(root: string, models: Record<string, string>, say: 
   });
   const overall = Object.fromEntries(Object.entries(report.results.models).map(([id, r]) => [id, (r as SingleResult).overall]));
   say('');
-  say(`5. judged ablation: ${tasks.length} held-out tasks (${EVAL_PER_CATEGORY} per category), greedy answers, rule-based judge (10: the teacher's answer; 5: the result, worded otherwise; 1: wrong)`);
+  say(`5. judged ablation: ${tasks.length} held-out tasks (${EVAL_PER_CATEGORY} per category), greedy answers, rule-based judge (10: the teacher's answer; 5: the result, worded otherwise; 3: the answer's form, wrong result; 1: anything else)`);
   for (const line of resultsTable(report.results).split('\n')) say(`   ${line}`);
   say(`   ${verdict('SFT', overall.sft, 'base', overall.base)}`);
   say(`   ${verdict('SFT+DPO', overall['sft+dpo'], 'SFT', overall.sft)}`);

@@ -5,6 +5,7 @@
  * the answer from the built-in single-answer prompt (single-v1) and rates:
  *   10  the teacher's answer, exactly;
  *    5  the result is there (the sum, the reversed word...), worded otherwise;
+ *    3  the answer has the task's form (`"w" has N letters.`) with a wrong result;
  *    1  anything else.
  * A request it cannot read gets a reply with no rating, which eval records as a failed judgment.
  */
@@ -15,11 +16,21 @@ import type { Task } from './teacher.js';
 const ANSWER_START = "[The Start of Assistant's Answer]\n";
 const ANSWER_END = "\n[The End of Assistant's Answer]";
 
+/** The form of the teacher's answer per category, whatever the numbers or words in it. */
+const FORMS: Record<string, RegExp> = {
+  addition: /^\d+ \+ \d+ = -?\d+\.$/,
+  reversing: /^"[a-z]+" reversed is "[a-z]+"\.$/,
+  capitals: /^[A-Z]+ [A-Z]+$/,
+  counting: /^"[a-z]+" has \d+ letters\.$/,
+  sorting: /^\d+, \d+, \d+, \d+$/,
+};
+
 export function ruleBasedRating(task: Task, answer: string): number {
   const text = answer.trim();
   if (text === task.answer) return 10;
   const escaped = task.key.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  return new RegExp(`(^|[^\\w])${escaped}($|[^\\w])`).test(text) ? 5 : 1;
+  if (new RegExp(`(^|[^\\w])${escaped}($|[^\\w])`).test(text)) return 5;
+  return FORMS[task.category]?.test(text) ? 3 : 1;
 }
 
 export function ruleBasedJudge(tasks: Task[]): EvalJudge {
