@@ -6,6 +6,7 @@ import { binarizeCommand } from './binarize.js';
 import { chatCommand } from './chat.js';
 import { dataCommand } from './data.js';
 import { evalCommand } from './eval.js';
+import { plotCommand } from './plot.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { rateCommand } from './rate.js';
@@ -22,6 +23,7 @@ export const commands: CommandModule<object, any>[] = [
   rateCommand,
   scoreCommand,
   evalCommand,
+  plotCommand,
   chatCommand,
   serveCommand,
   benchCommand,

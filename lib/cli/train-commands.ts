@@ -9,6 +9,7 @@ import { UsageError } from '../errors.js';
 import { dpo, sft, train, type PipelineConfig, type RunOptions, type TrainingRun } from '../train/api.js';
 import { keyAppliesTo, readRecipeFile, STAGES } from '../train/config.js';
 import { runDemo } from '../demo/demo.js';
+import { writeTrainingCurves } from '../eval/curves.js';
 import { untilStopSignal } from './stop-signals.js';
 import { flagsFrom, recipeWithFlags } from './training-flags.js';
 
@@ -22,10 +23,11 @@ function builder(yargs: Argv): Argv {
 
 /**
  * Runs a training job until it ends or Ctrl-C / SIGTERM stops it after the current step with a
- * checkpoint; a stopped run exits 130.
+ * checkpoint; a stopped run exits 130. Each stage's folder gets its training_curves.svg/.png.
  */
 async function runToEnd(start: (options: RunOptions) => TrainingRun, options: RunOptions): Promise<void> {
   const results = await untilStopSignal((signal) => start({ ...options, signal }).result);
+  for (const result of results) process.stderr.write(`training curves: ${await writeTrainingCurves(result.outputDir)}\n`);
   if (results.at(-1)?.stoppedEarly) process.exitCode = 130;
 }
 

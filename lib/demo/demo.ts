@@ -32,6 +32,7 @@ import { loadNative } from '../native.js';
 import { dpo, sft } from '../train/api.js';
 import { completionLogps } from '../train/objectives.js';
 import { IGNORE_INDEX } from '../data/batch.js';
+import { writeTrainingCurves } from '../eval/curves.js';
 import { evaluate } from '../eval/evaluate.js';
 import { resultsTable, type SingleResult } from '../eval/results.js';
 import { ruleBasedJudge } from './judge.js';
@@ -218,6 +219,8 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
     { where: 'demo' },
   );
 
+  await writeTrainingCurves(sftDir);
+
   // 3c. dDPO from the SFT model against its frozen copy.
   const sftModel = await loadModel(sftDir);
   const sftRef = await pairLogps(sftModel, prefTest);
@@ -237,6 +240,7 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
     per_device_train_batch_size: 8,
   };
   await dpo({ ...dpoConfig, model_name_or_path: sftDir, output_dir: dpoDir }, { where: 'demo' });
+  await writeTrainingCurves(dpoDir);
   const dpoModel = await loadModel(dpoDir);
   const afterDpo = await heldOut(dpoModel, sftRef, sftTest, prefTest);
   completions.dpo = await greedyChat(dpoModel, tokenizer, template, prompts);
@@ -260,6 +264,7 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   const dpoBaseDir = join(root, 'dpo-base');
   say('5. ablation: dDPO from the base model (no dSFT), same preferences and settings');
   await dpo({ ...dpoConfig, model_name_or_path: base, output_dir: dpoBaseDir }, { where: 'demo' });
+  await writeTrainingCurves(dpoBaseDir);
   const judged = await judgeAblation(root, { base, sft: sftDir, 'sft+dpo': dpoDir, 'dpo-only': dpoBaseDir }, say);
   say(`models: ${base} (base), ${sftDir} (dSFT), ${dpoDir} (dDPO), ${dpoBaseDir} (dDPO without dSFT): Hugging Face folders that transformers loads`);
   return { before, afterSft, afterDpo, judged };

@@ -32,7 +32,7 @@ export interface RunCurves {
 export interface CurvePoint {
   run: string;
   panel: string;
-  series: string;
+  metric: string;
   step: number;
   value: number;
 }
@@ -62,7 +62,7 @@ export function curvePoints(runs: RunCurves[]): CurvePoint[] {
         for (const metric of panel.metrics) {
           const value = entry[metric];
           if (typeof value === 'number' && Number.isFinite(value)) {
-            points.push({ run, panel: panel.title, series: runs.length > 1 ? `${run}: ${metric}` : metric, step, value });
+            points.push({ run, panel: panel.title, metric, step, value });
           }
         }
       }
@@ -71,9 +71,16 @@ export function curvePoints(runs: RunCurves[]): CurvePoint[] {
   return points;
 }
 
-/** The Vega-Lite spec: a panel per quantity present, two columns, each with its own y scale. */
+/**
+ * The Vega-Lite spec: a panel per quantity present, two columns, each with its own y scale;
+ * colour tells the runs apart (dashes the metrics sharing a panel), or the metrics of one run.
+ */
 export function curvesSpec(points: CurvePoint[], title: string): Record<string, unknown> {
   const panels = PANELS.map((p) => p.title).filter((t) => points.some((point) => point.panel === t));
+  const overlay = new Set(points.map((p) => p.run)).size > 1;
+  const lines = overlay
+    ? { color: { field: 'run', type: 'nominal', title: 'run' }, strokeDash: { field: 'metric', type: 'nominal', title: 'metric', legend: { symbolType: 'stroke', symbolStrokeColor: 'black', labelLimit: 400 } } }
+    : { color: { field: 'metric', type: 'nominal', title: 'metric', legend: { labelLimit: 400 } } };
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title,
@@ -89,7 +96,7 @@ export function curvesSpec(points: CurvePoint[], title: string): Record<string, 
       encoding: {
         x: { field: 'step', type: 'quantitative', title: 'step' },
         y: { field: 'value', type: 'quantitative', title: null, scale: { zero: false } },
-        color: { field: 'series', type: 'nominal', title: 'series', legend: { labelLimit: 400 } },
+        ...lines,
       },
     },
   };
@@ -108,4 +115,14 @@ export async function curvesSvg(runs: RunCurves[], title?: string): Promise<stri
   } finally {
     view.finalize();
   }
+}
+
+/**
+ * `<dir>/training_curves.svg` and `.png` for a finished stage's folder (what sft, dpo and train
+ * write at the end of each stage). Returns the SVG's path.
+ */
+export async function writeTrainingCurves(dir: string): Promise<string> {
+  const { writeChart } = await import('./charts.js');
+  const svg = await curvesSvg([readRunCurves(dir)]);
+  return (await writeChart(join(dir, 'training_curves'), svg)).svg;
 }
