@@ -40,10 +40,10 @@ export function radarSpec(options: RadarOptions): vega.Spec {
     description: options.title ?? 'radar chart',
     width: SIZE,
     height: SIZE,
-    padding: { left: 110, right: 190, top: 70, bottom: 60 },
+    padding: { left: 110, right: 190, top: 100, bottom: 60 },
     autosize: { type: 'none', contains: 'content' },
     background: 'white',
-    title: options.title ? { text: options.title, offset: 40, fontSize: 16 } : undefined,
+    title: options.title ? { text: options.title, offset: 30, fontSize: 16 } : undefined,
     signals: [{ name: 'radius', update: 'width / 2' }],
     data: [
       { name: 'table', values: rows },

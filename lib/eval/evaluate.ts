@@ -106,6 +106,6 @@ export function radarOf(results: EvalResults, title?: string) {
     categories: results.categories,
     series: Object.entries(results.models).map(([model, r]) => ({ model, values: (r as SingleResult | PairResult).categories })),
     max: single ? 10 : 1,
-    title: title ?? (single ? `MT-Bench score by category (judge: ${results.judge})` : `Win rate vs ${(Object.values(results.models)[0] as PairResult).baseline} by category (judge: ${results.judge})`),
+    title: title ?? (single ? `Score by category (judge: ${results.judge})` : `Win rate vs ${(Object.values(results.models)[0] as PairResult).baseline} by category (judge: ${results.judge})`),
   };
 }
