@@ -19,7 +19,7 @@ import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { ZnError } from '../lib/errors.js';
 import { HfTokenizer } from '../lib/data/tokenizer.js';
 import { categoryTemperature } from '../lib/eval/answers.js';
-import { prepareEval } from '../lib/eval/evaluate.js';
+import { evaluate, prepareEval } from '../lib/eval/evaluate.js';
 import { fillTemplate } from '../lib/eval/judge-prompts.js';
 import { parsePairVerdict, parseRating } from '../lib/eval/verdicts.js';
 import { Generator } from '../lib/generate/generate.js';
@@ -460,5 +460,31 @@ describe('eval: zephyr-native serve as the judge', () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+describe('eval: stopped while answering', () => {
+  it('keeps the finished answers, and a rerun answers only the rest, as an uninterrupted run would', async () => {
+    const out = join(work, 'stopped');
+    const stop = new AbortController();
+    const options = {
+      models: [{ path: models[0], id: 'alpha' }],
+      questions: join(work, 'questions.jsonl'),
+      outputDir: out,
+      judge: { model: 'inline', complete: async () => 'Rating: [[5]]' },
+      answering: { maxNewTokens: 6, batchSize: 1, device: 'cpu' as const, onProgress: ({ done }: { done: number }) => done >= 2 && stop.abort() },
+    };
+    await assert.rejects(evaluate({ ...options, signal: stop.signal }), /eval stopped: the answers and judgments written so far are kept/);
+    const partial = readJsonl(join(out, 'model_answer', 'alpha.jsonl'));
+    assert.ok(partial.length >= 2 && partial.length < QUESTIONS.length, `${partial.length} answers kept`);
+    assert.equal(existsSync(join(out, 'model_judgment')), false);
+    const report = await evaluate({ ...options, answering: { ...options.answering, onProgress: () => undefined } });
+    assert.equal(report.answers[0].resumed, partial.length);
+    assert.equal(report.answers[0].answered, QUESTIONS.length - partial.length);
+    const rows = readJsonl(join(out, 'model_answer', 'alpha.jsonl'));
+    assert.deepEqual(rows.map((r) => r.question_id), QUESTIONS.map((q) => q.question_id));
+    // Greedy and seeded sampling: the same turns as the uninterrupted single run.
+    const uninterrupted = readJsonl(join(work, 'single', 'model_answer', 'alpha.jsonl'));
+    assert.deepEqual(rows.map((r) => r.choices[0].turns), uninterrupted.map((r) => r.choices[0].turns));
   });
 });

@@ -10,7 +10,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { UsageError } from '../errors.js';
+import { UsageError, ZnError } from '../errors.js';
 import { writeJsonAtomic } from '../io/atomic.js';
 import { answerFile, answerQuestions, type AnswerOptions, type AnsweringModel, type AnswerStats, checkModelId, readAnswers } from './answers.js';
 import { radarSvg, writeChart } from './charts.js';
@@ -75,15 +75,20 @@ export function prepareEval(options: EvalOptions): { questions: Question[]; prom
   return { questions, prompts, mode, modelIds };
 }
 
+const STOPPED = 'eval stopped: the answers and judgments written so far are kept; run the same command again to continue';
+
 export async function evaluate(options: EvalOptions): Promise<EvalReport> {
+  const stopped = () => {
+    if (options.signal?.aborted) throw new ZnError(STOPPED);
+  };
   const { questions, prompts, mode, modelIds } = prepareEval(options);
   mkdirSync(options.outputDir, { recursive: true });
   const answers: AnswerStats[] = [];
   for (const model of options.models) {
-    options.signal?.throwIfAborted();
+    stopped();
     answers.push(await answerQuestions(model, questions, options.outputDir, { ...options.answering, signal: options.signal }));
   }
-  options.signal?.throwIfAborted();
+  stopped();
   const judging = await judgeAnswers(options.judge, questions, modelIds, readAnswers(options.outputDir, modelIds), options.outputDir, {
     mode,
     prompts,

@@ -14,8 +14,7 @@
  * for a brace), filled as FastChat fills them.
  */
 import { ZnError } from '../errors.js';
-import { type Question } from './questions.js';
-import { readJsonLines } from './questions.js';
+import { type Question, readJsonLines } from './questions.js';
 
 export type OutputFormat = '[[rating]]' | '[[A]]';
 
