@@ -1,7 +1,7 @@
 /**
  * The demo's judged ablation: its rule-based judge reads eval's built-in single-answer prompt and
  * rates answers by the teacher's rules, and eval scores pre-written answers of four "models" per
- * task category (no model is loaded: the answers are already in model_answer/).
+ * task category (no model folder: the answers are already in model_answer/, judged as `--model_id` beyond the folders).
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -49,7 +49,8 @@ describe('the demo judge', () => {
       writeFileSync(join(out, 'model_answer', `${id}.jsonl`), rows.map((row) => `${JSON.stringify(row)}\n`).join(''));
     }
     const report = await evaluate({
-      models: Object.keys(answer).map((id) => ({ id, path: join(work, 'no-model-needed') })),
+      models: [],
+      answered: Object.keys(answer),
       questions,
       outputDir: out,
       judge: ruleBasedJudge(tasks),

@@ -39,7 +39,7 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
   builder: (yargs) =>
     yargs
       .option('model_name_or_path', { type: 'string', array: true, default: [], describe: 'Model folder that answers; repeat for several (loaded one at a time)' })
-      .option('model_id', { type: 'string', array: true, describe: 'Id of each model, in the same order (default: the folder name): model_answer/<id>.jsonl' })
+      .option('model_id', { type: 'string', array: true, describe: 'Id of each model, in the same order (default: the folder name): model_answer/<id>.jsonl; ids beyond the folders are judged from answer files already there' })
       .option('questions', { type: 'string', demandOption: true, describe: "FastChat question.jsonl: {question_id, category, turns, reference?}" })
       .option('judge_url', { type: 'string', demandOption: true, describe: 'OpenAI-compatible base URL of the judge (https://host/v1) or .../chat/completions' })
       .option('judge_model', { type: 'string', demandOption: true, describe: 'Judge model name (also names model_judgment/<judge_model>_single.jsonl)' })
@@ -58,8 +58,8 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       .option('max_retries', { type: 'number', default: 6, describe: 'Judge retries on 429, 5xx, timeouts and network errors' })
       .option('judge_max_tokens', { type: 'number', default: 2048, describe: "Longest judge reply, in tokens (FastChat's 2048)" })
       .check((args) => {
-        if (args.model_id !== undefined && args.model_id.length !== args.model_name_or_path.length) {
-          throw new UsageError(`--model_id is given ${args.model_id.length} times for ${args.model_name_or_path.length} --model_name_or_path`);
+        if (args.model_id !== undefined && args.model_id.length < args.model_name_or_path.length) {
+          throw new UsageError(`--model_id is given ${args.model_id.length} times for ${args.model_name_or_path.length} --model_name_or_path (one per folder, in order)`);
         }
         for (const name of ['max_new_tokens', 'batch_size', 'concurrency'] as const) {
           if (!Number.isInteger(args[name]) || args[name] < 1) throw new UsageError(`--${name} must be a positive integer, got ${args[name]}`);
@@ -91,6 +91,7 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
     const report = await untilStopSignal((signal) =>
       evaluate({
         models,
+        answered: args.model_id?.slice(models.length),
         questions: args.questions,
         referenceAnswers: args.reference_answers,
         judgePrompts: args.judge_prompts,

@@ -27,7 +27,11 @@ function builder(yargs: Argv): Argv {
  */
 async function runToEnd(start: (options: RunOptions) => TrainingRun, options: RunOptions): Promise<void> {
   const results = await untilStopSignal((signal) => start({ ...options, signal }).result);
-  for (const result of results) process.stderr.write(`training curves: ${await writeTrainingCurves(result.outputDir)}\n`);
+  for (const result of results) {
+    // The model is saved by now: a chart that cannot be drawn (no step logged) is a note, not a failure.
+    const note = await writeTrainingCurves(result.outputDir).catch((error: Error) => `not drawn (${error.message})`);
+    process.stderr.write(`training curves: ${note}\n`);
+  }
   if (results.at(-1)?.stoppedEarly) process.exitCode = 130;
 }
 

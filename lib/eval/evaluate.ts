@@ -22,6 +22,8 @@ import { type EvalResults, pairResults, type PairResult, type SingleResult, sing
 export interface EvalOptions {
   /** Models that answer (model_answer/<id>.jsonl); their answers already there are kept. */
   models: AnsweringModel[];
+  /** Model ids judged from answer files already in model_answer/ (no model folder: e.g. FastChat's published answers). */
+  answered?: string[];
   /** FastChat question.jsonl. */
   questions: string;
   /** A FastChat answer file of reference answers (they replace the questions' `reference`). */
@@ -54,6 +56,11 @@ export function prepareEval(options: EvalOptions): { questions: Question[]; prom
   const questions = withReferences(readQuestions(options.questions), references);
   const prompts = promptSet(options.judgePrompts ? readJudgePrompts(options.judgePrompts) : DEFAULT_JUDGE_PROMPTS, mode, options.judgePrompts);
   const ids = options.models.map((m) => m.id);
+  for (const id of options.answered ?? []) {
+    checkModelId(id);
+    if (!existsSync(answerFile(options.outputDir, id))) throw new UsageError(`model '${id}' has no folder and ${answerFile(options.outputDir, id)} does not exist`);
+    ids.push(id);
+  }
   ids.forEach(checkModelId);
   const duplicate = ids.find((id, i) => ids.indexOf(id) !== i);
   if (duplicate !== undefined) throw new UsageError(`model id '${duplicate}' is given twice (ids name the answer files; pass --model_id to tell the models apart)`);
@@ -71,7 +78,7 @@ export function prepareEval(options: EvalOptions): { questions: Question[]; prom
   } else if (options.baseline) {
     throw new UsageError('--baseline is for --mode pairwise');
   }
-  if (ids.length === 0 && mode === 'single') throw new UsageError('no model to evaluate');
+  if (ids.length === 0) throw new UsageError('no model to evaluate');
   return { questions, prompts, mode, modelIds };
 }
 
