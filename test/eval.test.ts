@@ -11,10 +11,12 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { inflateSync } from 'node:zlib';
 
+import { JudgeClient } from '../lib/aif/judge.js';
+import type { ChatTurn } from '../lib/aif/rubric.js';
 import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { ZnError } from '../lib/errors.js';
 import { HfTokenizer } from '../lib/data/tokenizer.js';
@@ -141,6 +143,19 @@ before(async () => {
 });
 after(() => judge?.close());
 
+/** What evalArgs asks for, as the library's options (the judge through the `rate` client, as the CLI). */
+function libraryOptions(outputDir: string) {
+  const client = new JudgeClient({ url: judge.url, model: 'judge-x', maxRetries: 0 });
+  return {
+    models: models.map((path) => ({ path, id: basename(path) })),
+    questions: join(work, 'questions.jsonl'),
+    outputDir,
+    judge: { model: 'judge-x', complete: (messages: ChatTurn[], signal?: AbortSignal) => client.complete(messages, signal) },
+    concurrency: 2,
+    answering: { maxNewTokens: 6, device: 'cpu' as const },
+  };
+}
+
 /** A fresh output folder holding the single run's answers, so only judging runs (no model loads). */
 function withAnswers(name: string): string {
   const out = join(work, name);
@@ -228,10 +243,10 @@ describe('eval: single-answer grading', () => {
 
   it('a second run asks nothing again', async () => {
     const before = judge.requests.length;
-    const again = await runCli(evalArgs(out));
-    assert.equal(again.status, 0, again.stderr);
+    const again = await evaluate(libraryOptions(out));
     assert.equal(judge.requests.length, before);
-    assert.match(again.stderr, /alpha: 0 questions answered this run, 5 already/);
+    assert.deepEqual(again.answers.map((a) => [a.model, a.answered, a.resumed]), [['alpha', 0, 5], ['beta', 0, 5]]);
+    assert.deepEqual([again.judging.judged, again.judging.resumed], [0, 20]);
     assert.equal(readJsonl(join(out, 'model_judgment', 'judge-x_single.jsonl')).length, 20);
   });
 });
@@ -324,8 +339,7 @@ describe('eval: --judge_prompts in FastChat judge_prompts.jsonl format', () => {
       { name: 'pair-v2', type: 'pairwise', system_prompt: '', prompt_template: '{question}', output_format: '[[A]]' },
     ]);
     const start = judge.requests.length;
-    const result = await runCli(evalArgs(out, ['--judge_prompts', join(work, 'judge_prompts.jsonl')]));
-    assert.equal(result.status, 0, result.stderr);
+    await evaluate({ ...libraryOptions(out), judgePrompts: join(work, 'judge_prompts.jsonl') });
     const answers = new Map(readJsonl(join(out, 'model_answer', 'alpha.jsonl')).map((r) => [r.question_id, r.choices[0].turns]));
     const requests = judge.requests.slice(start).filter((r) => !r.reask);
     assert.equal(requests.length, 20);
