@@ -68,14 +68,20 @@ function pipelineWithFlags(pipeline: PipelineConfig, flags: Record<string, unkno
 export const trainCommand: CommandModule<object, Record<string, unknown>> = {
   command: 'train',
   describe: 'Run a pipeline (dSFT then dDPO) from a recipe; with no arguments, the built-in demo',
-  builder: (yargs) => builder(yargs).option('demo_dir', { type: 'string', describe: 'Where the demo writes its folder (default ./zephyr-demo)' }),
+  builder: (yargs) =>
+    builder(yargs)
+      .option('demo_dir', { type: 'string', describe: 'Where the demo writes its folder (default ./zephyr-demo)' })
+      .option('demo_seed', { type: 'number', describe: "The demo's seed: model initialisation and training (default 0)" }),
   handler: async (argv) => {
     const flags = flagsFrom(argv);
     const demoDir = typeof argv.demo_dir === 'string' ? argv.demo_dir : null;
+    const demoSeed = typeof argv.demo_seed === 'number' ? argv.demo_seed : undefined;
+    if (demoSeed !== undefined && !(Number.isInteger(demoSeed) && demoSeed >= 0)) throw new UsageError(`--demo_seed must be an integer >= 0, got ${demoSeed}`);
     delete flags.demo_dir;
+    delete flags.demo_seed;
     if (typeof argv.config !== 'string') {
       if (Object.keys(flags).length > 0) throw new UsageError('train: flags need a pipeline (--config pipeline.yaml); with no arguments train runs the demo');
-      await runDemo({ dir: demoDir ?? 'zephyr-demo' });
+      await runDemo({ dir: demoDir ?? 'zephyr-demo', seed: demoSeed });
       return;
     }
     const pipeline = pipelineWithFlags(readRecipeFile(argv.config) as PipelineConfig, flags);
