@@ -31,8 +31,12 @@ import { readQuestions } from '../lib/eval/questions.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { packageRoot } from '../lib/native.js';
 import { MtJudgeServer } from './support/mt-judge-server.js';
+import { referencePython, runPython } from './support/python.js';
 
 const cli = join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
+/** FastChat's show_result.py restated with pandas: the reference for averages and win rates. */
+const showResult = join(packageRoot(), 'test', 'support', 'fastchat_show_result.py');
+const pandas = referencePython(['pandas']);
 const work = mkdtempSync(join(tmpdir(), 'zn-eval-'));
 after(() => rmSync(work, { recursive: true, force: true }));
 const models = [join(work, 'alpha'), join(work, 'beta')];
@@ -234,6 +238,15 @@ describe('eval: single-answer grading', () => {
     assert.match(result.stderr, /2 recorded as failed/);
   });
 
+  it('overall and per-turn scores equal FastChat show_result.py\'s (pandas) on the same judgment file', (t) => {
+    if (!pandas.python) return t.skip(pandas.skipReason!);
+    const fastchat = JSON.parse(runPython(pandas.python, showResult, ['single', join(out, 'model_judgment', 'judge-x_single.jsonl')]));
+    const results = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8'));
+    for (const id of ['alpha', 'beta']) {
+      for (const key of ['overall', 'turn1', 'turn2']) assert.ok(Math.abs(results.models[id][key] - fastchat[id][key]) < 1e-12, `${id} ${key}: ${results.models[id][key]} vs ${fastchat[id][key]}`);
+    }
+  });
+
   it('draws the radar chart: every model and category in the SVG, a PNG that decodes', () => {
     const results = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8'));
     assertRadar(readFileSync(join(out, 'radar.svg'), 'utf8'), { alpha: results.models.alpha.categories, beta: results.models.beta.categories }, 10);
@@ -322,6 +335,16 @@ describe('eval: pairwise against a baseline', () => {
     assert.match(result.stdout, /win \/ loss \/ tie\s+0\/2\/8\s+0\/2\/8/);
     const expected = { writing: 0.25, math: 0.5, humanities: 0.5 };
     assertRadar(readFileSync(join(out, 'radar.svg'), 'utf8'), { alpha: expected, beta: expected }, 1);
+  });
+
+  it('win, loss, tie and the win rates equal FastChat show_result.py\'s (pandas) on the same judgment file', (t) => {
+    if (!pandas.python) return t.skip(pandas.skipReason!);
+    const out = join(work, 'pairwise');
+    const results = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8'));
+    const fastchat = JSON.parse(runPython(pandas.python, showResult, ['pairwise', join(out, 'model_judgment', 'judge-x_pair.jsonl'), 'base']));
+    for (const id of ['alpha', 'beta']) {
+      for (const key of ['win', 'loss', 'tie', 'win_rate', 'loss_rate', 'win_rate_adjusted']) assert.equal(results.models[id][key], fastchat[id][key], `${id} ${key}`);
+    }
   });
 });
 
