@@ -159,6 +159,14 @@ export interface NativeModelOptions {
    * on the CPU model, which holds everything in host memory.
    */
   offloadOptimizer?: boolean;
+  /** Parameters a trainable model keeps frozen (no gradient, no optimizer state, no f32 master in bf16). */
+  frozen?: string[];
+  /**
+   * LoRA adapters on the projections (PEFT's LoraConfig: r, lora_alpha, use_rslora,
+   * target_modules with 'all-linear'), a trained group of their own; freezing the base is the
+   * caller's (frozen).
+   */
+  lora?: { rank: number; alpha: number; rslora?: boolean; targetModules: string[] };
 }
 
 /**
@@ -207,9 +215,17 @@ export interface AdamWHyperparameters {
  */
 export interface NativeModel {
   parameters(): NativeParameter[];
+  /** LoRA's adapter parameters, named as PEFT saves them (empty without adapters). */
+  adapterParameters(): NativeParameter[];
   memoryPlan(): MemoryPlan;
   /** Reads every parameter from safetensors files; returns the names of extra tensors. */
   loadWeights(options: { files: string[] }): Promise<{ unexpected: string[] }>;
+  /** Reads every adapter parameter (PEFT's adapter_model.safetensors); returns the names of extra tensors. */
+  loadAdapters(options: { files: string[] }): Promise<{ unexpected: string[] }>;
+  /** Off: every later call runs the base model alone (TRL's reference for a fresh adapter). */
+  setAdaptersEnabled(options: { enabled: boolean }): void;
+  /** W += s B A into the base (PEFT's merge_and_unload; CPU model, dtype f32), adapters off after. */
+  mergeAdapters(options: Record<string, never>): Promise<void>;
   /** Writes one safetensors file atomically: these parameters, in this order, narrowed to dtype. */
   saveWeights(options: { path: string; names: string[]; dtype?: 'F32' | 'F16' | 'BF16'; metadata?: Record<string, string> }): Promise<void>;
   /** Per-token log p(target) (0 where target is -100), keeping activations for backward. */

@@ -5,7 +5,9 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
 import { UsageError } from '../lib/errors.js';
-import { readRecipeFile, resolveStage } from '../lib/train/config.js';
+import { describeKeys, readRecipeFile, removedIn, resolveStage } from '../lib/train/config.js';
+import { integrationsOf } from '../lib/train/report-to.js';
+import { flagsFrom } from '../lib/cli/training-flags.js';
 
 describe('training configuration', () => {
   it('layers defaults, recipe and flags (flags win) with TRL stage defaults', () => {
@@ -81,5 +83,52 @@ describe('training configuration', () => {
     assert.equal(config.values.warmup_ratio, 0.1);
     writeFileSync(file, 'a: [1, 2\n');
     assert.throws(() => readRecipeFile(file), /not valid YAML/);
+  });
+
+  it('keys older transformers / TRL / handbook versions defined: honoured, or accepted with a notice, or refused', () => {
+    const config = resolveStage('sft', [
+      {
+        values: { overwrite_output_dir: true, evaluation_strategy: 'epoch', no_cuda: true, logging_dir: 'tb', preprocessing_num_workers: 12, push_to_hub_revision: false },
+        where: 'old.yaml',
+      },
+    ]);
+    assert.equal(config.values.overwrite_output_dir, true);
+    assert.equal(config.values.eval_strategy, 'epoch', 'evaluation_strategy is eval_strategy');
+    assert.equal(config.values.use_cpu, true, 'no_cuda is use_cpu');
+    assert.equal(config.values.logging_dir, 'tb');
+    assert.deepEqual(config.notices, [
+      "old.yaml: 'preprocessing_num_workers' (dropped in alignment-handbook's H4 arguments (before its move to TRL's config classes)) changes nothing here; accepted",
+      "old.yaml: 'push_to_hub_revision' (dropped in alignment-handbook's H4 arguments (before its move to TRL's config classes)) changes nothing here; accepted",
+    ]);
+    assert.throws(() => resolveStage('sft', [{ values: { hub_model_revision: 'v1.0' }, where: 'r' }]), /'hub_model_revision: "v1.0"' is not supported .*dropped in alignment-handbook/);
+    assert.throws(() => resolveStage('sft', [{ values: { evaluation_strategy: 'sometimes' }, where: 'r' }]), /'evaluation_strategy' must be one of no, steps, epoch/);
+    // The H4 handbook's default (true) inserted an empty system turn, which is not implemented.
+    assert.throws(() => resolveStage('sft', [{ values: { auto_insert_empty_system_msg: true }, where: 'r' }]), /'auto_insert_empty_system_msg: true' is not supported by zephyr-native \(this value is not implemented; the key was dropped in alignment-handbook/);
+    assert.equal(resolveStage('sft', [{ values: { auto_insert_empty_system_msg: false }, where: 'r' }]).notices.length, 1);
+    assert.equal(removedIn('overwrite_output_dir'), 'transformers 5.0');
+    assert.equal(removedIn('evaluation_strategy'), 'transformers 4.46');
+    assert.equal(removedIn('max_seq_length'), 'trl 0.20');
+    assert.equal(removedIn('learning_rate'), null);
+    assert.equal(describeKeys('sft').find((k) => k.name === 'warmup_ratio')?.removedIn, 'transformers 5.15');
+  });
+
+  it('report_to takes tensorboard, wandb, all, none or a list of them', () => {
+    const reportTo = (value: unknown) => resolveStage('sft', [{ values: { report_to: value }, where: 'r' }]).values.report_to;
+    assert.deepEqual(integrationsOf(reportTo('none')), []);
+    assert.deepEqual(integrationsOf(reportTo([])), []);
+    assert.deepEqual(integrationsOf(reportTo('all')), ['tensorboard', 'wandb']);
+    assert.deepEqual(integrationsOf(reportTo(['wandb', 'tensorboard', 'wandb'])), ['wandb', 'tensorboard']);
+    assert.deepEqual(integrationsOf(reportTo('tensorboard')), ['tensorboard']);
+    assert.throws(() => reportTo(['mlflow']), /'report_to' must be one of none, all, tensorboard, wandb/);
+  });
+
+  it('--no_X flags (HfArgumentParser) set a boolean key to false; a key named no_X keeps its name', () => {
+    assert.deepEqual(flagsFrom({ _: [], $0: 'zn', no_remove_unused_columns: true, no_cuda: true, bf16: true }), { remove_unused_columns: false, no_cuda: true, bf16: true });
+    assert.deepEqual(flagsFrom({ _: [], $0: 'zn', no_learning_rate: true }), { no_learning_rate: true }, 'not a boolean key: left for the unknown-key error');
+  });
+
+  it("'tf32: true' is accepted with a notice (f32 matmuls stay full f32)", () => {
+    const config = resolveStage('sft', [{ values: { tf32: true }, where: 'r' }]);
+    assert.deepEqual(config.notices, ["r: 'tf32: true': f32 matmuls stay full f32 here (no TF32), so results are at least as precise; accepted"]);
   });
 });

@@ -126,6 +126,21 @@ describe('serve', { timeout: 180_000 }, () => {
     assert.equal(cut.choices[0].finish_reason, 'stop');
   });
 
+  it('takes a completions prompt as token ids, and refuses empty, out-of-vocabulary and several prompts', async () => {
+    const prompt = 'Once upon a time';
+    const ids = reference.promptIds(prompt);
+    const byText = await openai.completions.create({ model: 'tiny', prompt, max_tokens: 8, temperature: 0 });
+    const byIds = await openai.completions.create({ model: 'tiny', prompt: ids, max_tokens: 8, temperature: 0 });
+    assert.equal(byIds.choices[0].text, byText.choices[0].text);
+    assert.equal(byIds.usage!.prompt_tokens, ids.length);
+    const cases: [unknown, string][] = [[[], 'prompt'], [[[]], 'prompt[0]'], [[1, 99_999_999], 'prompt'], [['a', 'b'], 'unsupported_parameter'], [[-1], 'prompt[0]']];
+    for (const [body, expected] of cases) {
+      const answer = await post(server, '/v1/completions', JSON.stringify({ prompt: body }));
+      assert.equal(answer.status, 400, JSON.stringify(body));
+      assert.ok(answer.json.error.param === expected || answer.json.error.code === expected, `${JSON.stringify(body)}: ${JSON.stringify(answer.json.error)}`);
+    }
+  });
+
   it('answers bad requests with OpenAI error JSON', async () => {
     const badJson = await post(server, '/v1/chat/completions', '{"messages": [');
     assert.equal(badJson.status, 400);
@@ -143,20 +158,70 @@ describe('serve', { timeout: 180_000 }, () => {
       openai.completions.create({ model: 'tiny', prompt: 'word '.repeat(400) }),
       (error: unknown) => error instanceof OpenAI.BadRequestError && error.code === 'context_length_exceeded',
     );
-    await assert.rejects(
-      openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, top_logprobs: 3, logprobs: true }),
-      (error: unknown) => error instanceof OpenAI.BadRequestError && error.param === 'top_logprobs',
-    );
     await assert.rejects(openai.chat.completions.create({ model: 'other', messages: MESSAGES }), OpenAI.NotFoundError);
     const models = await openai.models.list();
     assert.deepEqual(models.data.map((m) => m.id), ['tiny']);
+  });
+
+  it('knows every field OpenAI defines: a wrong type is a 400 naming it, an unknown field a 400 as OpenAI words it', async () => {
+    // The request fields of openai@6's ChatCompletionCreateParams and CompletionCreateParams.
+    const openaiChat = [
+      'messages', 'model', 'audio', 'frequency_penalty', 'function_call', 'functions', 'logit_bias', 'logprobs', 'max_completion_tokens',
+      'max_tokens', 'metadata', 'modalities', 'moderation', 'n', 'parallel_tool_calls', 'prediction', 'presence_penalty', 'prompt_cache_key',
+      'prompt_cache_options', 'prompt_cache_retention', 'reasoning_effort', 'response_format', 'safety_identifier', 'seed', 'service_tier',
+      'stop', 'store', 'stream', 'stream_options', 'temperature', 'tool_choice', 'tools', 'top_logprobs', 'top_p', 'user', 'verbosity',
+      'web_search_options',
+    ];
+    const openaiCompletions = [
+      'model', 'prompt', 'best_of', 'echo', 'frequency_penalty', 'logit_bias', 'logprobs', 'max_tokens', 'n', 'presence_penalty', 'seed',
+      'stop', 'stream', 'stream_options', 'suffix', 'temperature', 'top_p', 'user',
+    ];
+    const routes = [
+      { route: '/v1/chat/completions', fields: openaiChat, body: { messages: MESSAGES } },
+      { route: '/v1/completions', fields: openaiCompletions, body: { prompt: 'hi' } },
+    ];
+    for (const { route, fields, body } of routes) {
+      for (const field of fields) {
+        // A value no form of the field takes: objects where the field takes none, else a number.
+        const objectLike = ['messages', 'audio', 'function_call', 'logit_bias', 'metadata', 'moderation', 'prediction', 'prompt_cache_options',
+          'response_format', 'stream_options', 'tool_choice', 'web_search_options'].includes(field);
+        const wrong = objectLike ? 7 : field === 'functions' || field === 'tools' || field === 'modalities' ? 'x' : { wrong: true };
+        const answer = await post(server, route, JSON.stringify({ ...body, [field]: wrong }));
+        assert.equal(answer.status, 400, `${route} ${field}: ${JSON.stringify(answer.json)}`);
+        assert.equal(answer.json.error.type, 'invalid_request_error');
+        assert.equal(answer.json.error.param, field, `${route} ${field}: ${answer.json.error.message}`);
+      }
+      const unknown = await post(server, route, JSON.stringify({ ...body, max_tokens: 1, frobnicate: 1 }));
+      assert.equal(unknown.status, 400);
+      assert.equal(unknown.json.error.message, 'Unrecognized request argument supplied: frobnicate');
+      assert.equal(unknown.json.error.param, 'frobnicate');
+    }
+    const nested = await post(server, '/v1/chat/completions', JSON.stringify({ messages: [{ role: 'user', content: 'hi', mood: 'ok' }] }));
+    assert.equal(nested.json.error.param, 'messages[0].mood');
+    const streamOption = await post(server, '/v1/chat/completions', JSON.stringify({ messages: MESSAGES, stream_options: { include_usage: 'yes' } }));
+    assert.equal(streamOption.json.error.param, 'stream_options.include_usage');
+    // Fields that change nothing here, and neutral values of unsupported ones, are accepted.
+    const neutral = await openai.chat.completions.create({
+      model: 'tiny', messages: [{ role: 'user', content: 'hi', name: 'ann' }], max_tokens: 2, user: 'u', metadata: { k: 'v' }, store: false,
+      parallel_tool_calls: true, tool_choice: 'none', response_format: { type: 'text' }, service_tier: 'auto', frequency_penalty: 0,
+      presence_penalty: 0, logit_bias: {}, tools: [], prompt_cache_key: 'p', safety_identifier: 's', verbosity: 'medium',
+    });
+    assert.equal(neutral.choices.length, 1);
+    for (const [field, value] of [['tools', [{ type: 'function', function: { name: 'f' } }]], ['logit_bias', { 5: 10 }], ['response_format', { type: 'json_object' }], ['reasoning_effort', 'low']] as const) {
+      const answer = await post(server, '/v1/chat/completions', JSON.stringify({ messages: MESSAGES, [field]: value }));
+      assert.equal(answer.status, 400, field);
+      assert.equal(answer.json.error.param, field);
+      assert.equal(answer.json.error.code, 'unsupported_parameter');
+    }
+    const topWithout = await post(server, '/v1/chat/completions', JSON.stringify({ messages: MESSAGES, top_logprobs: 2 }));
+    assert.equal(topWithout.json.error.param, 'top_logprobs');
   });
 
   it('answers malformed bodies, truncated bodies and huge values with an HTTP answer', async () => {
     const hi = '"messages":[{"role":"user","content":"hi"}]';
     const cases: [string, number, string | null][] = [
       ['null', 400, null], ['[]', 400, null], ['{"messages":"hi"}', 400, 'messages'], ['{"messages":[]}', 400, 'messages'],
-      [`{${hi},"stop":[""]}`, 400, 'stop'], [`{${hi},"n":1.5}`, 400, 'n'], [`{${hi},"seed":-1}`, 400, 'seed'],
+      [`{${hi},"stop":[""]}`, 400, 'stop[0]'], [`{${hi},"n":1.5}`, 400, 'n'], [`{${hi},"seed":-1}`, 400, 'seed'],
       [`{${hi},"temperature":1e308}`, 400, 'temperature'], [`{${hi},"max_tokens":1e308}`, 200, null],
       ['{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}', 400, 'messages[0].content[0]'],
     ];
@@ -181,6 +246,37 @@ describe('serve', { timeout: 180_000 }, () => {
     assert.equal((await fetch(`${server.url}/health`)).status, 200);
   });
 
+  it('answers 200 randomly mutated and truncated bodies with a well-formed HTTP answer', async () => {
+    let state = 12345;
+    const random = (n: number) => ((state = (state * 1103515245 + 12345) % 2 ** 31), state % n);
+    const values: unknown[] = [null, true, false, -1, 0, 1, 2, 1.5, 17, 1e308, -1e308, '', 'x', 'x'.repeat(5000), [], [1], [''], ['a', 'b'], {}, { a: 1 }, { type: 'text' }, [{ role: 'user' }]];
+    const fields = ['model', 'messages', 'temperature', 'top_p', 'n', 'stop', 'seed', 'stream', 'stream_options', 'logprobs', 'top_logprobs',
+      'frequency_penalty', 'logit_bias', 'tools', 'response_format', 'user', 'metadata', 'top_k', 'min_p', 'repetition_penalty', 'prompt', 'echo', 'frobnicate'];
+    for (let i = 0; i < 200; i++) {
+      const route = random(2) === 0 ? '/v1/chat/completions' : '/v1/completions';
+      const body: Record<string, unknown> = route === '/v1/completions' ? { prompt: 'hi', max_tokens: 2 } : { messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 };
+      for (let k = 0, count = 1 + random(3); k < count; k++) body[fields[random(fields.length)]] = values[random(values.length)];
+      if (random(4) === 0) body.messages = [{ role: values[random(values.length)], content: values[random(values.length)] }];
+      let text = JSON.stringify(body);
+      if (random(5) === 0) text = text.slice(0, random(text.length));
+      const response = await fetch(`${server.url}${route}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: text, signal: AbortSignal.timeout(30_000) });
+      const raw = await response.text();
+      const what = `${route} ${text.slice(0, 300)} -> ${response.status} ${raw.slice(0, 300)}`;
+      if (response.headers.get('content-type')?.startsWith('text/event-stream')) {
+        assert.equal(response.status, 200, what);
+        assert.ok(raw.endsWith('data: [DONE]\n\n'), what);
+        continue;
+      }
+      const json = JSON.parse(raw) as { choices?: unknown[]; error?: { message: string; type: string } };
+      if (response.status === 200) assert.ok(Array.isArray(json.choices) && json.choices.length > 0, what);
+      else {
+        assert.ok([400, 404].includes(response.status), what);
+        assert.ok(json.error && json.error.message.length > 0 && ['invalid_request_error', 'not_found_error'].includes(json.error.type), what);
+      }
+    }
+    assert.equal((await fetch(`${server.url}/health`)).status, 200);
+  });
+
   it('lets a client leave mid-stream while another completes', async () => {
     const [[expected]] = await reference.generate([MESSAGES], { maxNewTokens: 40, doSample: false });
     const leaving = new AbortController();
@@ -190,8 +286,12 @@ describe('serve', { timeout: 180_000 }, () => {
         { signal: leaving.signal },
       );
       let chunks = 0;
-      // The client ends its iteration quietly on abort; the server sees the connection close.
-      for await (const _ of stream) if (++chunks === 3) leaving.abort();
+      // Chunks already read stay in the client's buffer: stop iterating; the server sees the connection close.
+      for await (const _ of stream) {
+        if (++chunks < 3) continue;
+        leaving.abort();
+        break;
+      }
       return chunks;
     })();
     const stayer = openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, max_tokens: 40, temperature: 0 });

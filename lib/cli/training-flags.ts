@@ -2,7 +2,7 @@
  * Every training key is also a flag (`--learning_rate 5e-7`): flags are collected from the
  * parsed command line, `--key-name` spelled with hyphens too, and layered over the recipe.
  */
-import { checkKeys, readRecipeFile, type Stage } from '../train/config.js';
+import { checkKeys, isBooleanKey, readRecipeFile, type Stage } from '../train/config.js';
 
 const YARGS_KEYS = new Set(['_', '$0', 'config', 'verbose', 'help', 'version', 'isolate']);
 
@@ -12,7 +12,12 @@ export function flagsFrom(argv: Record<string, unknown>): Record<string, unknown
   const flags: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(argv)) {
     if (YARGS_KEYS.has(key) || camelAliases.has(key)) continue;
-    flags[key.replace(/-/g, '_')] = value;
+    const name = key.replace(/-/g, '_');
+    // transformers' HfArgumentParser spells `X: false` for a boolean X as `--no_X` (TRL's example
+    // commands use `--no_remove_unused_columns`).
+    const negated = name.startsWith('no_') && !isBooleanKey(name) && isBooleanKey(name.slice(3));
+    if (negated && (value === true || value === 'true')) flags[name.slice(3)] = false;
+    else flags[name] = value;
   }
   return flags;
 }

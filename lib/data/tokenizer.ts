@@ -140,6 +140,11 @@ export class HfTokenizer {
     return new HfTokenizer(tokenizerJson, { ...specialMap, ...config }, templateFile, folder, chooseTokenizerClass(config, modelConfig));
   }
 
+  /** The same tokenizer with another chat template (a recipe's `chat_template`, as the handbook sets `tokenizer.chat_template`). */
+  withChatTemplate(template: string): HfTokenizer {
+    return Object.assign(Object.create(HfTokenizer.prototype) as HfTokenizer, this, { chatTemplate: template });
+  }
+
   get bosTokenId(): number | null {
     return this.bosToken === null ? null : this.tokenToId(this.bosToken);
   }

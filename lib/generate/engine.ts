@@ -12,6 +12,9 @@ import { UsageError, ZnError } from '../errors.js';
 import { generationMemory, type MistralModel } from '../model/model.js';
 import { sampleTokens, type TokenSampling } from '../model/sampling.js';
 import { CompletionText } from './text.js';
+import { topLogprobs, type TokenLogprob } from './top-logprobs.js';
+
+export type { TokenLogprob } from './top-logprobs.js';
 
 export type FinishReason = 'stop' | 'length';
 
@@ -24,6 +27,8 @@ export interface GeneratedToken {
   token: number | null;
   /** log p(token) under the model (before any sampling processor); null with token. */
   logprob: number | null;
+  /** The request's topLogprobs most likely tokens at this step (same raw distribution); [] when it asks for none. */
+  top: TokenLogprob[];
   text: string;
 }
 
@@ -31,6 +36,8 @@ export interface Completion {
   text: string;
   tokenIds: number[];
   logprobs: number[];
+  /** Per token, the most likely alternatives (empty lists unless the request asked for topLogprobs). */
+  topLogprobs: TokenLogprob[][];
   finishReason: FinishReason;
   promptTokens: number;
 }
@@ -41,6 +48,8 @@ export interface SequenceRequest {
   maxNewTokens: number;
   stopTokenIds: readonly number[];
   stop: readonly string[];
+  /** Most likely tokens to report per step, with their log-probabilities (default 0). */
+  topLogprobs?: number;
   signal?: AbortSignal;
 }
 
@@ -60,6 +69,7 @@ class Sequence {
   readonly text: CompletionText;
   readonly generated: number[] = [];
   readonly logprobs: number[] = [];
+  readonly topLogprobs: TokenLogprob[][] = [];
   finishReason: FinishReason | null = null;
   error: unknown = null;
   /** Tokens (and the end) waiting for the stream's consumer. */
@@ -153,6 +163,7 @@ export class GenerationEngine {
       text: sequence.text.value,
       tokenIds: [...sequence.generated],
       logprobs: [...sequence.logprobs],
+      topLogprobs: [...sequence.topLogprobs],
       finishReason: sequence.finishReason!,
       promptTokens: sequence.request.promptIds.length,
     };
@@ -167,6 +178,8 @@ export class GenerationEngine {
     const vocab = this.model.config.vocabSize;
     const bad = prompt.findIndex((id) => !Number.isInteger(id) || id < 0 || id >= vocab);
     if (bad >= 0) throw new UsageError(`generation: prompt token ${bad} is ${prompt[bad]}, outside the vocabulary [0, ${vocab})`);
+    const top = request.topLogprobs ?? 0;
+    if (!Number.isInteger(top) || top < 0) throw new UsageError(`generation: top_logprobs must be an integer >= 0, got ${top}`);
     request.signal?.throwIfAborted();
     const sequence = new Sequence(request, this.tokenizer);
     this.waiting.push(sequence);
@@ -232,7 +245,17 @@ export class GenerationEngine {
       vocab,
       ready.map((b) => ({ sampling: b.sequence.request.sampling, history: b.sequence.history, draw: b.sequence.generated.length })),
     );
-    ready.forEach((b, i) => this.accept(b.sequence, sampled.tokens[i], sampled.logprobs[i]));
+    ready.forEach((b, i) => {
+      const token = sampled.tokens[i];
+      const logprob = sampled.logprobs[i];
+      const k = b.sequence.request.topLogprobs ?? 0;
+      if (k === 0) return this.accept(b.sequence, token, logprob, []);
+      // The sampler's log-prob is logits[token] - logsumexp: the alternatives use the same
+      // logsumexp, and the sampled token among them reports the very same value.
+      const row = rows.subarray(i * vocab, (i + 1) * vocab);
+      const top = topLogprobs(row, k, row[token] - logprob).map((alt) => (alt.token === token ? { token, logprob } : alt));
+      this.accept(b.sequence, token, logprob, top);
+    });
   }
 
   /**
@@ -266,14 +289,15 @@ export class GenerationEngine {
     return chunks;
   }
 
-  private accept(sequence: Sequence, token: number, logprob: number): void {
+  private accept(sequence: Sequence, token: number, logprob: number, top: TokenLogprob[]): void {
     const { request } = sequence;
     if (request.stopTokenIds.includes(token)) return this.finish(sequence, 'stop');
     sequence.generated.push(token);
     sequence.logprobs.push(logprob);
+    sequence.topLogprobs.push(top);
     sequence.history.push(token);
     const text = sequence.text.push(token);
-    sequence.queue.push({ token, logprob, text });
+    sequence.queue.push({ token, logprob, top, text });
     if (sequence.text.stopped) return this.finish(sequence, 'stop');
     const positions = request.promptIds.length + sequence.generated.length;
     if (sequence.generated.length >= request.maxNewTokens || positions >= this.maxContext) return this.finish(sequence, 'length');
@@ -282,7 +306,7 @@ export class GenerationEngine {
 
   private finish(sequence: Sequence, reason: FinishReason): void {
     const rest = sequence.text.finish();
-    if (rest) sequence.queue.push({ token: null, logprob: null, text: rest });
+    if (rest) sequence.queue.push({ token: null, logprob: null, top: [], text: rest });
     sequence.finishReason = reason;
     this.leave(sequence);
   }

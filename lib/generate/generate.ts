@@ -10,7 +10,7 @@ import type { ChatMessage, ChatTemplate } from '../data/chat-template.js';
 import type { HfTokenizer } from '../data/tokenizer.js';
 import { readGenerationConfig } from '../model/folder.js';
 import type { MistralModel } from '../model/model.js';
-import { GenerationEngine, type Completion, type GeneratedToken } from './engine.js';
+import { GenerationEngine, type Completion, type GeneratedToken, type SequenceRequest } from './engine.js';
 import { optionsFromGenerationConfig, resolveGeneration, type GenerationOptions } from './options.js';
 
 export type GenerationInput = string | ChatMessage[];
@@ -18,6 +18,8 @@ export type GenerationInput = string | ChatMessage[];
 export interface RequestOptions extends GenerationOptions {
   /** Ends the request at the next token boundary, freeing its sequences' slots. */
   signal?: AbortSignal;
+  /** Most likely alternatives to report per token, with their log-probabilities (default 0). */
+  topLogprobs?: number;
 }
 
 export interface GeneratorOptions {
@@ -61,8 +63,16 @@ export class Generator {
     return this.engine.stream(request);
   }
 
-  private requests(input: GenerationInput, options: RequestOptions) {
-    const promptIds = this.promptIds(input);
+  private requests(input: GenerationInput, options: RequestOptions): SequenceRequest[] {
+    return this.sequenceRequests(this.promptIds(input), options);
+  }
+
+  /**
+   * The engine's requests for a prompt already tokenized: numReturnSequences of them (seeds seed,
+   * seed + 1, ...), options resolved over generation_config.json. A bad option is a UsageError
+   * naming it.
+   */
+  sequenceRequests(promptIds: number[], options: RequestOptions = {}): SequenceRequest[] {
     const eos = this.tokenizer.eosTokenId;
     const defaults = optionsFromGenerationConfig(this.defaults, promptIds.length);
     if (eos !== null) defaults.stopTokenIds = [...(defaults.stopTokenIds ?? []), eos];
@@ -73,6 +83,7 @@ export class Generator {
       maxNewTokens: resolved.maxNewTokens,
       stopTokenIds: resolved.stopTokenIds,
       stop: resolved.stop,
+      topLogprobs: options.topLogprobs,
       signal: options.signal,
     }));
   }

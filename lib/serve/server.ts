@@ -1,9 +1,10 @@
 /**
  * `serve`: OpenAI's chat completions and completions API over the generation engine. Every
  * request's sequences join the engine's running batch (continuous batching: lib/generate/engine.ts)
- * and leave it when they end or their client goes away. Fastify parses and checks the JSON
- * against the schemas in ./requests.ts; everything a client can get wrong is an OpenAI error JSON
- * (./api-error.ts), never a crash. A bounded number of sequences may be in flight
+ * and leave it when they end or their client goes away. Fastify parses the JSON; ./requests.ts
+ * checks it against OpenAI's fields and translates it; ./responses.ts shapes the answers. Everything
+ * a client can get wrong is an OpenAI error JSON (./api-error.ts), never a crash. A prompt is
+ * tokenized once per request, whatever its n. A bounded number of sequences may be in flight
  * (max_batch running + max_queue waiting); beyond it, 429 with Retry-After.
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
@@ -14,13 +15,14 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, ty
 
 import { HfTokenizer } from '../data/tokenizer.js';
 import { UsageError } from '../errors.js';
-import type { Completion, GeneratedToken } from '../generate/engine.js';
+import type { Completion, GeneratedToken, SequenceRequest } from '../generate/engine.js';
 import { Generator } from '../generate/generate.js';
-import { resolveGeneration } from '../generate/options.js';
 import { loadModel, type MistralModel, type ModelDType } from '../model/model.js';
 import type { Device } from '../native.js';
 import { ApiError, badRequest } from './api-error.js';
-import { chatCall, chatCompletionSchema, completionCall, completionSchema, type ChatCompletionBody, type CompletionBody, type GenerationCall } from './requests.js';
+import { chatCall, completionCall, type GenerationCall } from './requests.js';
+import { chatLogprobs, chatTokenLogprob, completionLogprobs, sseEvent, SSE_DONE, usageOf } from './responses.js';
+import { TokenStrings } from './token-strings.js';
 
 export interface ServeOptions {
   /** Default 127.0.0.1. A host other than loopback needs apiKey or insecure. */
@@ -91,28 +93,6 @@ function paramOf(message: string): string | null {
   return name === undefined ? null : (renamed[name] ?? name);
 }
 
-type SchemaError = NonNullable<FastifyError['validation']>[number];
-
-/** messages[0].role from a schema error's /messages/0/role. */
-function paramOfSchemaError(error: SchemaError): string | null {
-  const path = error.instancePath.split('/').filter(Boolean);
-  const missing = (error.params as { missingProperty?: string }).missingProperty;
-  if (missing) path.push(missing);
-  return path.reduce((param, part) => (/^\d+$/.test(part) ? `${param}[${part}]` : param ? `${param}.${part}` : part), '') || null;
-}
-
-/**
- * The 400 for a body that fails its schema. A field with several allowed forms (stop: a string,
- * a list or null) fails every branch: the message lists what each branch wanted.
- */
-function schemaError(errors: SchemaError[]): ApiError {
-  const anyOf = errors.find((e) => e.keyword === 'anyOf');
-  const branches = anyOf ? errors.filter((e) => e !== anyOf) : errors.slice(0, 1);
-  const param = paramOfSchemaError(anyOf ?? errors[0]);
-  const message = [...new Set(branches.map((e) => `${paramOfSchemaError(e) ?? 'the body'} ${e.message ?? 'is invalid'}`))].join(', or ');
-  return badRequest(message, param, branches.some((e) => e.keyword === 'type') ? 'invalid_type' : 'invalid_value');
-}
-
 export async function createServer(modelOrDir: string | MistralModel, options: ServeOptions = {}): Promise<ZephyrServer> {
   const host = options.host ?? '127.0.0.1';
   const apiKey = options.apiKey || undefined;
@@ -141,12 +121,10 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
     // Slow senders: the whole request must arrive within this time (the response may take longer).
     requestTimeout: 60_000,
     return503OnClosing: true,
-    ajv: { customOptions: { coerceTypes: false, allErrors: false, removeAdditional: false, useDefaults: false } },
   });
 
   app.setErrorHandler((error: FastifyError | ApiError, _request, reply) => {
     if (error instanceof ApiError) return reply.code(error.status).headers(error.headers).send(error.body);
-    if (error.validation) return reply.code(400).send(schemaError(error.validation).body);
     const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
     const type = status === 500 ? 'server_error' : 'invalid_request_error';
     const message = status === 500 ? `internal error: ${error.message}` : error.message;
@@ -178,25 +156,37 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
   app.get('/health', async (_request, reply) => (generator ? { status: 'ok' } : reply.code(503).send({ status: 'loading' })));
   app.get('/v1/models', async () => ({ object: 'list', data: [{ id: servedModelName, object: 'model', created, owned_by: 'zephyr-native' }] }));
 
-  /** The checked request, its prompt's token count, and a place in the batch (or an ApiError). */
-  function admit(request: FastifyRequest, body: { model?: string }, call: GenerationCall, promptParam: string): number {
+  /** The request's prompt ids and engine requests, with a place in the batch (or an ApiError). */
+  function admit(request: FastifyRequest, body: { model?: unknown }, call: GenerationCall, promptParam: string): { promptTokens: number; requests: SequenceRequest[] } {
     if (!generator) throw new ApiError(503, 'the model is still loading', 'server_error', null, 'loading', { 'Retry-After': '5' });
     if (body.model !== undefined && body.model !== servedModelName) {
       throw new ApiError(404, `the model ${JSON.stringify(body.model)} does not exist; this server serves ${JSON.stringify(servedModelName)}`, 'not_found_error', 'model', 'model_not_found');
     }
     if (call.n > maxN) throw badRequest(`n must be at most ${maxN}, got ${call.n}`, 'n');
+    // Tokenized once: the n sequences share the prompt's ids.
+    let promptIds: number[];
+    const input = call.input;
+    if (typeof input === 'object' && 'tokenIds' in input) {
+      promptIds = input.tokenIds;
+      const vocab = generator.engine.model.config.vocabSize;
+      const bad = promptIds.findIndex((id) => id >= vocab);
+      if (bad >= 0) throw badRequest(`prompt: token ${bad} is ${promptIds[bad]}, outside the vocabulary [0, ${vocab})`, promptParam);
+    } else {
+      try {
+        promptIds = generator.promptIds(input);
+      } catch (error) {
+        throw badRequest(`${promptParam}: cannot render the prompt: ${(error as Error).message}`, promptParam);
+      }
+    }
+    let requests: SequenceRequest[];
     try {
-      resolveGeneration({ ...call.options, numReturnSequences: call.n });
+      requests = generator.sequenceRequests(promptIds, call.options);
     } catch (error) {
       if (error instanceof UsageError) throw badRequest(error.message.replace(/^generation: /, ''), paramOf(error.message));
       throw error;
     }
-    let promptTokens: number;
-    try {
-      promptTokens = generator.promptIds(call.input).length;
-    } catch (error) {
-      throw badRequest(`${promptParam}: cannot render the prompt: ${(error as Error).message}`, promptParam);
-    }
+    const promptTokens = promptIds.length;
+    if (promptTokens === 0) throw badRequest(`${promptParam}: the prompt is empty`, promptParam);
     const maxContext = generator.engine.maxContext;
     if (promptTokens >= maxContext) {
       throw badRequest(`the prompt has ${promptTokens} tokens; this model's context holds ${maxContext}, leaving no room for an answer`, promptParam, 'context_length_exceeded');
@@ -207,17 +197,17 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
     const record = records.get(request)!;
     record.promptTokens = promptTokens;
     record.prompt = JSON.stringify(call.input);
-    return promptTokens;
+    return { promptTokens, requests };
   }
 
   /** The request's n streams, ended by the client leaving or by shutdown's last resort. */
   async function run(
     request: FastifyRequest,
     reply: FastifyReply,
-    call: GenerationCall,
+    requests: SequenceRequest[],
     onToken: (index: number, token: GeneratedToken) => void,
   ): Promise<Completion[]> {
-    const gen = generator!;
+    const engine = generator!.engine;
     const client = new AbortController();
     const onClose = (): void => {
       if (!reply.raw.writableFinished) client.abort(new Error('the client went away'));
@@ -225,13 +215,12 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
     reply.raw.once('close', onClose);
     const signal = AbortSignal.any([client.signal, shutdown.signal]);
     const record = records.get(request)!;
-    sequencesInFlight += call.n;
+    sequencesInFlight += requests.length;
     try {
       // allSettled: the count of sequences in flight drops only once every one has left the batch.
       const settled = await Promise.allSettled(
-        Array.from({ length: call.n }, async (_, index) => {
-          const seed = call.options.seed === undefined ? undefined : call.options.seed + index;
-          const tokens = gen.stream(call.input, { ...call.options, seed, signal });
+        requests.map(async (sequence, index) => {
+          const tokens = engine.stream({ ...sequence, signal });
           for (;;) {
             const next = await tokens.next();
             if (next.done) return next.value;
@@ -244,27 +233,19 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
       if (failed) throw failed.reason;
       return settled.map((s) => (s as PromiseFulfilledResult<Completion>).value);
     } finally {
-      sequencesInFlight -= call.n;
+      sequencesInFlight -= requests.length;
       reply.raw.off('close', onClose);
     }
   }
 
-  const tokenText = (id: number): string => generator!.tokenizer.decode([id]);
-  const chatLogprob = (id: number, logprob: number) => {
-    const token = tokenText(id);
-    return { token, logprob, bytes: [...Buffer.from(token, 'utf8')], top_logprobs: [] };
-  };
-  const usageOf = (promptTokens: number, completions: Completion[]) => {
-    const completionTokens = completions.reduce((sum, c) => sum + c.tokenIds.length, 0);
-    return { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens };
-  };
+  let strings: TokenStrings | null = null;
 
   /** Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. */
   async function streamEvents(
     request: FastifyRequest,
     reply: FastifyReply,
     call: GenerationCall,
-    promptTokens: number,
+    admitted: { promptTokens: number; requests: SequenceRequest[] },
     chunk: (choices: unknown[], usage?: unknown) => unknown,
     first: ((index: number) => unknown) | null,
     piece: (index: number, token: GeneratedToken) => unknown,
@@ -274,92 +255,91 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
     const raw: ServerResponse = reply.raw;
     raw.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
     const send = (data: unknown): void => {
-      if (!raw.writableEnded && !raw.destroyed) raw.write(`data: ${JSON.stringify(data)}\n\n`);
+      if (!raw.writableEnded && !raw.destroyed) raw.write(sseEvent(data));
     };
     const usageField = call.includeUsage ? { usage: null } : {};
     if (first) for (let i = 0; i < call.n; i++) send({ ...(chunk([first(i)]) as object), ...usageField });
     try {
-      const completions = await run(request, reply, call, (index, token) => {
+      const completions = await run(request, reply, admitted.requests, (index, token) => {
         if (token.text !== '' || (call.logprobs && token.token !== null)) send({ ...(chunk([piece(index, token)]) as object), ...usageField });
       });
       completions.forEach((completion, index) => send({ ...(chunk([last(index, completion.finishReason)]) as object), ...usageField }));
-      if (call.includeUsage) send(chunk([], usageOf(promptTokens, completions)));
+      if (call.includeUsage) send(chunk([], usageOf(admitted.promptTokens, completions)));
     } catch (error) {
       if (raw.destroyed) return;
       const apiError = new ApiError(500, `generation failed: ${(error as Error).message}`, 'server_error');
       send(apiError.body);
     }
-    if (!raw.destroyed) raw.end('data: [DONE]\n\n');
+    if (!raw.destroyed) raw.end(SSE_DONE);
   }
 
-  app.post<{ Body: ChatCompletionBody }>('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async (request, reply) => {
+  app.post('/v1/chat/completions', async (request, reply) => {
     const call = chatCall(request.body);
-    const promptTokens = admit(request, request.body, call, 'messages');
+    const admitted = admit(request, request.body as { model?: unknown }, call, 'messages');
     const id = `chatcmpl-${randomUUID().replaceAll('-', '')}`;
     const base = { id, created: Math.floor(Date.now() / 1000), model: servedModelName, system_fingerprint: null };
+    const tokens = strings!;
     if (call.stream) {
       const chunk = (choices: unknown[], usage?: unknown) => ({ ...base, object: 'chat.completion.chunk', choices, ...(usage ? { usage } : {}) });
       return streamEvents(
-        request, reply, call, promptTokens, chunk,
+        request, reply, call, admitted, chunk,
         (index) => ({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }),
         (index, token) => ({
           index,
           delta: { content: token.text },
-          logprobs: call.logprobs ? { content: token.token === null ? [] : [chatLogprob(token.token, token.logprob!)] } : null,
+          logprobs: call.logprobs ? { content: token.token === null ? [] : [chatTokenLogprob(tokens, token.token, token.logprob!, token.top)], refusal: null } : null,
           finish_reason: null,
         }),
         (index, reason) => ({ index, delta: {}, logprobs: null, finish_reason: reason }),
       );
     }
-    const completions = await run(request, reply, call, () => {});
+    const completions = await run(request, reply, admitted.requests, () => {});
     return {
       ...base,
       object: 'chat.completion',
       choices: completions.map((c, index) => ({
         index,
         message: { role: 'assistant', content: c.text, refusal: null },
-        logprobs: call.logprobs ? { content: c.tokenIds.map((id, t) => chatLogprob(id, c.logprobs[t])) } : null,
+        logprobs: call.logprobs ? chatLogprobs(tokens, c.tokenIds, c.logprobs, c.topLogprobs) : null,
         finish_reason: c.finishReason,
       })),
-      usage: usageOf(promptTokens, completions),
+      usage: usageOf(admitted.promptTokens, completions),
     };
   });
 
-  const completionLogprobs = (tokenIds: number[], logprobs: number[]) => {
-    const tokens = tokenIds.map(tokenText);
-    let offset = 0;
-    const textOffset = tokens.map((t) => ((offset += t.length), offset - t.length));
-    return { tokens, token_logprobs: logprobs, top_logprobs: null, text_offset: textOffset };
-  };
-
-  app.post<{ Body: CompletionBody }>('/v1/completions', { schema: { body: completionSchema } }, async (request, reply) => {
+  app.post('/v1/completions', async (request, reply) => {
     const call = completionCall(request.body);
-    const promptTokens = admit(request, request.body, call, 'prompt');
+    const admitted = admit(request, request.body as { model?: unknown }, call, 'prompt');
     const id = `cmpl-${randomUUID().replaceAll('-', '')}`;
     const base = { id, object: 'text_completion', created: Math.floor(Date.now() / 1000), model: servedModelName, system_fingerprint: null };
+    const tokens = strings!;
     if (call.stream) {
       const chunk = (choices: unknown[], usage?: unknown) => ({ ...base, choices, ...(usage ? { usage } : {}) });
+      // text_offset counts from the start of each choice's completion, across its chunks.
+      const offsets = new Array<number>(call.n).fill(0);
       return streamEvents(
-        request, reply, call, promptTokens, chunk, null,
-        (index, token) => ({
-          index,
-          text: token.text,
-          logprobs: call.logprobs && token.token !== null ? completionLogprobs([token.token], [token.logprob!]) : null,
-          finish_reason: null,
-        }),
+        request, reply, call, admitted, chunk, null,
+        (index, token) => {
+          let logprobs = null;
+          if (call.logprobs && token.token !== null) {
+            logprobs = completionLogprobs(tokens, [token.token], [token.logprob!], [token.top], offsets[index]);
+            offsets[index] += logprobs.tokens[0].length;
+          }
+          return { index, text: token.text, logprobs, finish_reason: null };
+        },
         (index, reason) => ({ index, text: '', logprobs: null, finish_reason: reason }),
       );
     }
-    const completions = await run(request, reply, call, () => {});
+    const completions = await run(request, reply, admitted.requests, () => {});
     return {
       ...base,
       choices: completions.map((c, index) => ({
         index,
         text: c.text,
-        logprobs: call.logprobs ? completionLogprobs(c.tokenIds, c.logprobs) : null,
+        logprobs: call.logprobs ? completionLogprobs(tokens, c.tokenIds, c.logprobs, c.topLogprobs) : null,
         finish_reason: c.finishReason,
       })),
-      usage: usageOf(promptTokens, completions),
+      usage: usageOf(admitted.promptTokens, completions),
     };
   });
 
@@ -368,6 +348,7 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
     const tokenizer = options.tokenizer ?? HfTokenizer.fromFolder(dir);
     model ??= await loadModel(dir, { device: options.device, dtype: options.dtype, maxTokens: Math.max(maxBatch, 2048) });
     generator = await Generator.create(model, tokenizer, { batchSize: maxBatch, maxContext: options.maxContext });
+    strings = new TokenStrings(tokenizer);
   } catch (error) {
     await app.close();
     if (typeof modelOrDir === 'string') model?.dispose();

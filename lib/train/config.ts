@@ -8,6 +8,10 @@
  *   - a key TRL/transformers know (lib/train/known-keys.json, generated from TRL's dataclasses)
  *     that we do not implement: accepted only when its value leaves behaviour unchanged (the TRL
  *     default, or a value listed in SAME_BEHAVIOUR), otherwise an error saying it is unsupported,
+ *   - a key an earlier transformers / TRL / alignment-handbook version defined (known-keys.json's
+ *     `removed`, with the version that dropped it): honoured where it is implemented here
+ *     (`overwrite_output_dir`, `evaluation_strategy`, `logging_dir`, ...), otherwise accepted at a
+ *     value that changes nothing, with a one-line notice, and an error at any other value,
  *   - or unknown: an error naming it (usually a typo).
  */
 import { readFileSync } from 'node:fs';
@@ -48,6 +52,8 @@ export const KEYS = {
   output_dir: { kind: 'string', default: null, help: 'Where the trained model folder, checkpoints and logs go' },
   device: { kind: 'string', default: 'auto', choices: ['cpu', 'cuda', 'auto'] as const, help: 'Backend: cpu, cuda, or auto (cuda when available)' },
   use_cpu: { kind: 'boolean', default: false, help: 'Same as --device cpu (transformers key)' },
+  no_cuda: { kind: 'boolean', default: false, aliasOf: 'use_cpu', help: 'Older transformers name of use_cpu' },
+  overwrite_output_dir: { kind: 'boolean', default: false, help: 'Start afresh: checkpoints an earlier run left in output_dir are deleted, not resumed (resume_from_checkpoint still wins)' },
   bf16: { kind: 'boolean', default: null, help: 'bf16 weights and matmul inputs with f32 master weights (default: true on GPU, false on CPU)' },
   torch_dtype: { kind: 'string', default: null, help: 'dtype of the weights as loaded (auto, bfloat16, float16, float32); training precision follows bf16' },
   dtype: { kind: 'string', default: null, aliasOf: 'torch_dtype', help: 'transformers 5 name of torch_dtype' },
@@ -75,7 +81,7 @@ export const KEYS = {
   per_device_eval_batch_size: { kind: 'integer', default: 8, help: 'Examples or pairs per evaluation batch' },
   gradient_accumulation_steps: { kind: 'integer', default: 1, help: 'Micro-batches per optimizer step' },
   lr_scheduler_type: { kind: 'string', default: 'linear', choices: ['linear', 'cosine', 'constant', 'constant_with_warmup'] as const, help: 'Learning-rate schedule (HF Trainer formulas)' },
-  warmup_ratio: { kind: 'number', default: 0, help: 'Warmup as a fraction of the total steps (rounded up)' },
+  warmup_ratio: { kind: 'number', default: 0, help: 'Warmup as a fraction of the total steps (rounded up; transformers 5.15 folds it into warmup_steps)' },
   warmup_steps: { kind: 'number', default: 0, help: 'Warmup steps; a value below 1 is a ratio (transformers 5)' },
   weight_decay: { kind: 'number', default: 0, help: 'AdamW decoupled weight decay (not applied to norm weights, as HF Trainer)' },
   adam_beta1: { kind: 'number', default: 0.9, help: 'AdamW beta1' },
@@ -92,12 +98,17 @@ export const KEYS = {
   logging_steps: { kind: 'number', default: 10, help: 'Log every N optimizer steps' },
   logging_first_step: { kind: 'boolean', default: false, help: 'Also log the first step' },
   eval_strategy: { kind: 'string', default: 'no', choices: ['no', 'steps', 'epoch'] as const, help: 'When to evaluate on the test split' },
+  evaluation_strategy: { kind: 'string', default: null, aliasOf: 'eval_strategy', choices: ['no', 'steps', 'epoch'] as const, help: 'Older transformers name of eval_strategy' },
   eval_steps: { kind: 'number', default: null, help: 'Evaluate every N steps (default: logging_steps)' },
   do_eval: { kind: 'boolean', default: false, help: 'transformers key; evaluation runs when eval_strategy is not "no"' },
   save_strategy: { kind: 'string', default: 'steps', choices: ['no', 'steps', 'epoch'] as const, help: 'When to write checkpoint-<step>/ folders' },
   save_steps: { kind: 'number', default: 500, help: 'Checkpoint every N steps' },
   save_total_limit: { kind: 'integer', default: null, help: 'Keep at most N checkpoints (oldest deleted)' },
   resume_from_checkpoint: { kind: 'checkpoint', default: null, help: 'A checkpoint folder, or true for the latest in output_dir' },
+  // where the logs go besides trainer_state.json and metrics.jsonl (HF Trainer's integrations)
+  report_to: { kind: 'string-or-list', default: 'none', choices: ['none', 'all', 'tensorboard', 'wandb'] as const, help: 'Also log to tensorboard, wandb, both (all or a list), or none' },
+  logging_dir: { kind: 'string', default: null, help: 'TensorBoard folder (default: $TENSORBOARD_LOGGING_DIR, else output_dir/runs/<date>_<host>)' },
+  run_name: { kind: 'string', default: null, help: 'The W&B run\'s display name (default: W&B picks one)' },
 } satisfies Record<string, KeySpec>;
 
 /**
@@ -119,11 +130,8 @@ const SAME_BEHAVIOUR: Record<string, (value: unknown) => boolean> = {
   log_level: () => true,
   log_level_replica: () => true,
   disable_tqdm: () => true,
-  run_name: () => true,
-  overwrite_output_dir: () => true,
   remove_unused_columns: () => true,
   model_revision: (v) => v === 'main',
-  report_to: (v) => v === 'none' || (Array.isArray(v) && v.length === 0) || v === null,
   // Only meaningful with push_to_hub, which must stay false.
   hub_model_id: () => true,
   hub_strategy: () => true,
@@ -140,17 +148,11 @@ const SAME_BEHAVIOUR: Record<string, (value: unknown) => boolean> = {
   trust_remote_code: (v) => v === false,
 };
 
-/** Keys alignment-handbook recipes use that are in neither TRL dataclass table. */
-const HANDBOOK_KEYS: Record<string, unknown> = {
-  use_flash_attention_2: false,
-  preprocessing_num_workers: null,
-  dataset_configs: null,
-  auto_insert_empty_system_msg: true,
-};
-
 interface KnownKeys {
   source: string;
   keys: Record<string, { default: unknown; in: string[] }>;
+  /** Keys earlier versions defined: the release that dropped each, and its default there. */
+  removed: Record<string, { default: unknown; removed_in: string }>;
 }
 
 const known = knownKeys as KnownKeys;
@@ -182,6 +184,8 @@ export type TrainingValues = { [K in KeyName]: ValueOf<Keys[K]> };
 
 export interface StageConfig {
   stage: Stage;
+  /** One line per accepted key that changes nothing here (an older version's key), to log when the stage starts. */
+  notices: string[];
   /** Every key, typed; keys the stage does not read hold their defaults. */
   values: TrainingValues;
   /** Where each value came from, for error messages ("recipe.yaml", "--flag", "default"). */
@@ -246,10 +250,44 @@ function likeDefault(value: unknown, defaultValue: unknown): unknown {
 }
 
 /**
- * Checks raw key/value pairs (from YAML or flags) for one stage and returns the implemented
- * ones, coerced. Throws UsageError naming the key for unknown or unsupported keys.
+ * Known keys whose non-default values ask for something zephyr-native does differently without
+ * changing the result's meaning: accepted, with the notice saying what happens instead.
  */
-export function checkKeys(raw: Record<string, unknown>, stage: Stage, where: string): Record<string, unknown> {
+const NOTICED: Record<string, (value: unknown) => string | null> = {
+  // cuBLASLt runs f32 matmuls with CUBLAS_COMPUTE_32F (native/kernels/cuda/gemm.cu); bf16 ones
+  // accumulate in f32 either way. TF32 would trade precision for speed; we keep the precision.
+  tf32: (v) => (v === true ? "'tf32: true': f32 matmuls stay full f32 here (no TF32), so results are at least as precise" : null),
+};
+
+/**
+ * Keys whose old default asked for something not implemented here: only these values are
+ * accepted, the default included or not.
+ */
+const ONLY_VALUES: Partial<Record<string, (value: unknown) => boolean>> = {
+  // The H4 handbook inserted an empty system turn when a chat had none and the template knew the
+  // system role (its default, true); TRL's trainers, and this package, never do.
+  auto_insert_empty_system_msg: (v) => v === false,
+};
+
+/** Whether a key (implemented, known or an older version's) takes true/false. */
+export function isBooleanKey(name: string): boolean {
+  const spec = (KEYS as Record<string, KeySpec>)[name];
+  if (spec) return spec.kind === 'boolean';
+  const entry = known.keys[name] ?? known.removed[name];
+  return typeof entry?.default === 'boolean';
+}
+
+/** The release that dropped a key (e.g. 'transformers 5.0'), or null for a current key. */
+export function removedIn(name: string): string | null {
+  return known.removed[name]?.removed_in ?? null;
+}
+
+/**
+ * Checks raw key/value pairs (from YAML or flags) for one stage and returns the implemented
+ * ones, coerced. Throws UsageError naming the key for unknown or unsupported keys; an older
+ * version's key accepted without effect adds a line to `notices`.
+ */
+export function checkKeys(raw: Record<string, unknown>, stage: Stage, where: string, notices: string[] = []): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [name, rawValue] of Object.entries(raw)) {
     const spec = (KEYS as Record<string, KeySpec>)[name];
@@ -260,18 +298,26 @@ export function checkKeys(raw: Record<string, unknown>, stage: Stage, where: str
       out[spec.aliasOf ?? name] = coerce(name, spec, rawValue, where);
       continue;
     }
-    const knownKey = known.keys[name];
-    const handbookDefault = name in HANDBOOK_KEYS ? HANDBOOK_KEYS[name] : undefined;
-    if (!knownKey && handbookDefault === undefined && !(name in HANDBOOK_KEYS)) {
+    const entry = known.keys[name] ?? known.removed[name];
+    if (!entry) {
       throw new UsageError(`${where}: unknown key '${name}' (not a zephyr-native, TRL or transformers setting)`);
     }
-    const defaultValue = knownKey ? knownKey.default : handbookDefault;
-    const value = likeDefault(rawValue, defaultValue);
+    const value = likeDefault(rawValue, entry.default);
     const same = SAME_BEHAVIOUR[name];
-    if (value === null || deepEqual(value, defaultValue) || (same && same(value))) continue;
+    const dropped = removedIn(name);
+    const noticed = NOTICED[name]?.(value) ?? null;
+    if (noticed) {
+      notices.push(`${where}: ${noticed}; accepted`);
+      continue;
+    }
+    const only = ONLY_VALUES[name];
+    if (only ? only(value) : value === null || deepEqual(value, entry.default) || (same && same(value))) {
+      if (dropped) notices.push(`${where}: '${name}' (dropped in ${dropped}) changes nothing here; accepted`);
+      continue;
+    }
+    const accepted = only ? 'this value is not implemented' : `only the default ${JSON.stringify(entry.default)} is accepted`;
     throw new UsageError(
-      `${where}: '${name}: ${JSON.stringify(value)}' is not supported by zephyr-native ` +
-        `(only the default ${JSON.stringify(defaultValue)} is accepted)`,
+      `${where}: '${name}: ${JSON.stringify(value)}' is not supported by zephyr-native (${accepted}${dropped ? `; the key was dropped in ${dropped}` : ''})`,
     );
   }
   return out;
@@ -310,26 +356,27 @@ function defaultOf(spec: KeySpec, stage: Stage): unknown {
 export function resolveStage(stage: Stage, layers: { values: Record<string, unknown>; where: string }[]): StageConfig {
   const values: Record<string, unknown> = {};
   const origin: StageConfig['origin'] = {};
+  const notices: string[] = [];
   const specs = Object.entries(KEYS as Record<string, KeySpec>).filter(([, spec]) => !spec.aliasOf);
   for (const [name, spec] of specs) {
     values[name] = defaultOf(spec, stage);
     origin[name as KeyName] = 'default';
   }
   for (const layer of layers) {
-    for (const [name, value] of Object.entries(checkKeys(layer.values, stage, layer.where))) {
+    for (const [name, value] of Object.entries(checkKeys(layer.values, stage, layer.where, notices))) {
       const spec = (KEYS as Record<string, KeySpec>)[name];
       values[name] = value === null && !spec.nullable ? defaultOf(spec, stage) : value;
       origin[name as KeyName] = layer.where;
     }
   }
-  return { stage, values: values as TrainingValues, origin };
+  return { stage, notices, values: values as TrainingValues, origin };
 }
 
 /** Help lines for every implemented key of a stage (for --help and the README). */
-export function describeKeys(stage: Stage): { name: string; kind: string; default: unknown; help: string }[] {
+export function describeKeys(stage: Stage): { name: string; kind: string; default: unknown; help: string; removedIn: string | null }[] {
   return (Object.entries(KEYS) as [string, KeySpec][])
     .filter(([, spec]) => !spec.stages || spec.stages.includes(stage))
-    .map(([name, spec]) => ({ name, kind: spec.kind, default: defaultOf(spec, stage), help: spec.help }));
+    .map(([name, spec]) => ({ name, kind: spec.kind, default: defaultOf(spec, stage), help: spec.help, removedIn: removedIn(name) }));
 }
 
 export const STAGES: readonly Stage[] = ['sft', 'dpo'];

@@ -226,7 +226,10 @@ export async function runLoop<Example>(
       cursor = { ...cursor, epoch: cursor.epoch + 1, microBatch: 0 };
       order = epochOrder(train.length, settings.seed, cursor.epoch);
     }
-    if ((settings.evalStrategy === 'steps' && cursor.globalStep % settings.evalSteps === 0) || (settings.evalStrategy === 'epoch' && epochEnded)) {
+    // HF Trainer ends the epoch loop when max_steps stops training mid-epoch, and its epoch-end
+    // evaluation still runs (a recipe with eval_strategy: epoch and max_steps evaluates once).
+    const epochClosed = epochEnded || cursor.globalStep >= maxSteps;
+    if ((settings.evalStrategy === 'steps' && cursor.globalStep % settings.evalSteps === 0) || (settings.evalStrategy === 'epoch' && epochClosed)) {
       await evaluate();
     }
     const saveNow =

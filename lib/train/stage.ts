@@ -3,7 +3,10 @@
  * resolve the sources (model folder, device, tokenizer), load the data, plan the loop, build the
  * policy, build the reference (DPO), build the objective, run the loop, save the model folder.
  */
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+
+import { writeFileAtomic } from '../io/atomic.js';
 
 import type { DataConfig } from '../data/dataset-config.js';
 import type { PreferencePair } from '../data/dpo-tokenize.js';
@@ -14,12 +17,14 @@ import { UsageError, ZnError } from '../errors.js';
 import { type MistralConfig, readMistralConfig } from '../model/config.js';
 import { locateWeights } from '../model/folder.js';
 import { type ComputeDevice, computeDevice, loadModel, type MistralModel, type ModelDType, type ModelOptions } from '../model/model.js';
+import { listCheckpoints } from './checkpoint.js';
 import type { Stage, StageConfig, TrainingValues } from './config.js';
 import { logMemoryPlan } from './memory-plan.js';
 import { type LoopModel, type LoopResult, type LoopSettings, type Objective, runLoop, totalSteps, TrainingEvents } from './loop.js';
 import { DpoObjective, type ReferenceLogps, SftObjective } from './objectives.js';
 import { progressReporter, type ProgressReporter } from './progress.js';
 import { type BuiltReference, buildReference } from './reference.js';
+import { closeReporters, openReporters, type Reporter } from './report-to.js';
 import { warmupSteps } from './schedule.js';
 
 export interface StageRunOptions {
@@ -44,6 +49,8 @@ export interface StageSources {
   dtype: ModelDType;
   modelConfig: MistralConfig;
   tokenizer: HfTokenizer;
+  /** The recipe's `chat_template`, which replaced the tokenizer's (saved with the model). */
+  chatTemplate: string | null;
 }
 
 /** A stage's examples: SFT items or preference pairs, with the stage they belong to. */
@@ -57,10 +64,14 @@ function required(values: TrainingValues, key: 'model_name_or_path' | 'output_di
   return value;
 }
 
+/** The handbook sets `tokenizer.chat_template` from the recipe's `chat_template`; so does this. */
+function tokenizerWithTemplate(tokenizer: HfTokenizer, template: string | null): HfTokenizer {
+  return template ? tokenizer.withChatTemplate(template) : tokenizer;
+}
+
 export function resolveSources({ stage, values }: StageConfig): StageSources {
   const modelDir = required(values, 'model_name_or_path', stage);
   const outputDir = required(values, 'output_dir', stage);
-  if (values.chat_template) throw new UsageError(`${stage}: 'chat_template' overrides are not supported yet; put the template in the tokenizer folder`);
   const device = values.use_cpu ? 'cpu' : computeDevice(values.device);
   return {
     stage,
@@ -70,7 +81,8 @@ export function resolveSources({ stage, values }: StageConfig): StageSources {
     device,
     dtype: (values.bf16 ?? device === 'cuda') ? 'bf16' : 'f32',
     modelConfig: readMistralConfig(modelDir),
-    tokenizer: HfTokenizer.fromFolder(modelDir),
+    tokenizer: tokenizerWithTemplate(HfTokenizer.fromFolder(modelDir), values.chat_template),
+    chatTemplate: values.chat_template,
   };
 }
 
@@ -210,11 +222,13 @@ async function runTrainingLoop(
   { data }: StageData,
   settings: LoopSettings,
   progress: ProgressReporter,
+  reporters: Reporter[],
   options: StageRunOptions,
 ): Promise<LoopResult> {
   const events = options.events ?? new TrainingEvents();
   progress.start(totalSteps(data.train.length, settings), settings.stage);
   events.on('log', (entry) => progress.log(entry));
+  for (const reporter of reporters) events.on('log', (entry) => reporter.log(entry));
   events.on('checkpoint', (dir) => progress.message(`checkpoint: ${dir}`));
   try {
     return await runLoop<Example>(loopModel(policy), objective, data.train, data.test, settings, events, options.signal);
@@ -223,16 +237,49 @@ async function runTrainingLoop(
   }
 }
 
-/** The trained policy as an HF model folder, in the training dtype. */
-function saveModel(policy: MistralModel, sources: StageSources): Promise<void> {
-  return policy.save(sources.outputDir, { dtype: sources.dtype === 'bf16' ? 'bfloat16' : 'float32' });
+/**
+ * The trained policy as an HF model folder, in the training dtype; a recipe's chat_template goes
+ * with it as `chat_template.jinja` (which transformers 5, and this package, read first).
+ */
+async function saveModel(policy: MistralModel, sources: StageSources): Promise<void> {
+  await policy.save(sources.outputDir, { dtype: sources.dtype === 'bf16' ? 'bfloat16' : 'float32' });
+  if (sources.chatTemplate) writeFileAtomic(join(sources.outputDir, 'chat_template.jinja'), sources.chatTemplate);
+}
+
+/**
+ * `overwrite_output_dir: true` (transformers before 5.0): start afresh. The checkpoints an earlier
+ * run left are deleted rather than resumed from or mixed with this run's (save_total_limit would
+ * count them); an explicit resume_from_checkpoint still wins, as it did in transformers.
+ */
+function clearEarlierCheckpoints({ values }: StageConfig, outputDir: string, log: (line: string) => void): void {
+  if (!values.overwrite_output_dir || values.resume_from_checkpoint) return;
+  const earlier = listCheckpoints(outputDir);
+  for (const { dir } of earlier) rmSync(dir, { recursive: true, force: true });
+  if (earlier.length > 0) log(`overwrite_output_dir: removed ${earlier.length} checkpoint(s) of an earlier run in ${outputDir}`);
+}
+
+/** The run's settings as the integrations record them (W&B run config, TensorBoard `args`). */
+function runConfig({ stage, values }: StageConfig): Record<string, unknown> {
+  return { stage, ...values };
 }
 
 export async function runStage(config: StageConfig, options: StageRunOptions = {}): Promise<StageResult> {
-  const { stage } = config;
   const progress = progressReporter(options.progress ?? 'auto');
   const log = (line: string): void => progress.message(line);
+  for (const notice of config.notices) log(notice);
   const sources = resolveSources(config);
+  // Opened first: a W&B run that cannot open (no key) fails the stage before data or models load.
+  const reporters = await openReporters(config.values, sources.outputDir, runConfig(config), log);
+  try {
+    return await trainStage(config, sources, reporters, progress, options);
+  } finally {
+    await closeReporters(reporters);
+  }
+}
+
+async function trainStage(config: StageConfig, sources: StageSources, reporters: Reporter[], progress: ProgressReporter, options: StageRunOptions): Promise<StageResult> {
+  const { stage } = config;
+  const log = (line: string): void => progress.message(line);
   const loaded = await loadStageData(config, sources, log);
   const settings = loopSettings(config, sources.outputDir, loaded.data.train.length);
   const maxTokens = plannedTokens(loaded, Math.max(settings.batchSize, settings.evalBatchSize));
@@ -252,8 +299,9 @@ export async function runStage(config: StageConfig, options: StageRunOptions = {
       reference = built.reference;
     }
     const objective = buildObjective(config, sources, policy, reference);
+    clearEarlierCheckpoints(config, sources.outputDir, log);
     const started = Date.now();
-    const result = await runTrainingLoop(policy, objective, loaded, settings, progress, options);
+    const result = await runTrainingLoop(policy, objective, loaded, settings, progress, reporters, options);
     if (result.stoppedEarly) {
       log(`${stage}: stopped at step ${result.globalStep}; resume from the last checkpoint in ${sources.outputDir}`);
     } else {

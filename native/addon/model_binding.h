@@ -49,6 +49,14 @@ inline model::ModelOptions read_model_options(const Options& o) {
   m.gradient_checkpointing = o.boolean("gradientCheckpointing", false);
   m.trainable = o.boolean("trainable", true);
   m.offload_optimizer = o.boolean("offloadOptimizer", false);
+  if (o.has("frozen")) m.frozen = o.strings("frozen");
+  if (o.has("lora")) {
+    const Options lora = o.object("lora");
+    m.lora.rank = int(lora.integer("rank"));
+    m.lora.alpha = lora.number("alpha");
+    m.lora.rslora = lora.boolean("rslora", false);
+    m.lora.target_modules = lora.strings("targetModules");
+  }
   return m;
 }
 
@@ -98,6 +106,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   static Napi::Function Define(Napi::Env env) {
     return ModelWrap::DefineClass(env, "Model",
                        {ModelWrap::InstanceMethod("parameters", &ModelWrap::Parameters),
+                        ModelWrap::InstanceMethod("adapterParameters", &ModelWrap::AdapterParameters),
+                        ModelWrap::InstanceMethod("loadAdapters", &ModelWrap::LoadAdapters),
+                        ModelWrap::InstanceMethod("setAdaptersEnabled", &ModelWrap::SetAdaptersEnabled),
+                        ModelWrap::InstanceMethod("mergeAdapters", &ModelWrap::MergeAdapters),
                         ModelWrap::InstanceMethod("memoryPlan", &ModelWrap::MemoryPlan),
                         ModelWrap::InstanceMethod("loadWeights", &ModelWrap::LoadWeights),
                         ModelWrap::InstanceMethod("saveWeights", &ModelWrap::SaveWeights),
@@ -177,8 +189,30 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   }
 
   Napi::Value Parameters(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    const auto& params = live(env, "parameters").parameters();
+    return parameter_list(info.Env(), live(info.Env(), "parameters").parameters());
+  }
+
+  Napi::Value AdapterParameters(const Napi::CallbackInfo& info) {
+    return parameter_list(info.Env(), live(info.Env(), "adapterParameters").adapter_parameters());
+  }
+
+  // setAdaptersEnabled({enabled: boolean}): off, every later call runs the base model alone.
+  Napi::Value SetAdaptersEnabled(const Napi::CallbackInfo& info) {
+    Options options(info, "setAdaptersEnabled");
+    check_idle(options);
+    Model& model = live(info.Env(), "setAdaptersEnabled");
+    const bool enabled = options.boolean("enabled", true);
+    run_sync(options, [&] { model.set_adapters_enabled(enabled); });
+    return info.Env().Undefined();
+  }
+
+  // mergeAdapters({}) -> Promise<void>: W += s B A into the base, adapters off after.
+  Napi::Value MergeAdapters(const Napi::CallbackInfo& info) {
+    Options options(info, "mergeAdapters");
+    return run(options, [](Model& m) { m.merge_adapters(); });
+  }
+
+  static Napi::Value parameter_list(Napi::Env env, const std::vector<model::ParameterSpec>& params) {
     Napi::Array out = Napi::Array::New(env, params.size());
     for (size_t i = 0; i < params.size(); ++i) {
       Napi::Object p = Napi::Object::New(env);
@@ -210,12 +244,17 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   }
 
   // loadWeights({files: string[]}) -> Promise<{unexpected: string[]}>
-  Napi::Value LoadWeights(const Napi::CallbackInfo& info) {
-    Options options(info, "loadWeights");
+  Napi::Value LoadWeights(const Napi::CallbackInfo& info) { return Load(info, "loadWeights", &Model::load_weights); }
+  // loadAdapters({files: string[]}) -> Promise<{unexpected: string[]}>: PEFT's adapter tensors.
+  Napi::Value LoadAdapters(const Napi::CallbackInfo& info) { return Load(info, "loadAdapters", &Model::load_adapters); }
+
+  Napi::Value Load(const Napi::CallbackInfo& info, const char* op,
+                   std::vector<std::string> (Model::*load)(const std::vector<std::string>&)) {
+    Options options(info, op);
     auto files = options.strings("files");
     auto unexpected = std::make_shared<std::vector<std::string>>();
     return run(
-        options, [files, unexpected](Model& m) { *unexpected = m.load_weights(files); },
+        options, [files, unexpected, load](Model& m) { *unexpected = (m.*load)(files); },
         [unexpected](Napi::Env env) -> Napi::Value {
           Napi::Object out = Napi::Object::New(env);
           Napi::Array names = Napi::Array::New(env, unexpected->size());

@@ -52,12 +52,15 @@ class Backend {
  public:
   virtual ~Backend() = default;
 
-  // y[N, out] = x[N, in] · Wᵀ + beta y, W [out, in] as stored by HF.
-  virtual void linear_forward(long N, long in, long out, ConstTensor x, ConstTensor w, float beta, Tensor y) = 0;
-  // dW[out, in] += dyᵀ · x (f32), then dx[N, in] = dy · W + dx_beta dx: dW is read from x before
-  // dx is written, so dx may take x's buffer.
+  // y[N, out] = alpha x[N, in] · Wᵀ + beta y, W [out, in] as stored by HF.
+  virtual void linear_forward(long N, long in, long out, ConstTensor x, ConstTensor w, float beta, Tensor y,
+                              float alpha = 1.0f) = 0;
+  // The gradients of y = alpha x · Wᵀ: dW[out, in] += alpha dyᵀ · x (f32), then dx[N, in] =
+  // alpha dy · W + dx_beta dx: dW is read from x before dx is written, so dx may take x's buffer.
+  // A null dW (or rmsnorm's, the log-prob head's dw): the weight is frozen and its gradient is
+  // not computed; a null dx: none is wanted.
   virtual void linear_backward(long N, long in, long out, ConstTensor x, ConstTensor dy, ConstTensor w, Tensor dx,
-                               float dx_beta, float* dw) = 0;
+                               float dx_beta, float* dw, float alpha = 1.0f) = 0;
   // y = rmsnorm(x) * w, rstd = 1 / rms(x); the same inputs give the same bits (the decoder
   // recomputes norm outputs this way where it does not keep them).
   virtual void rmsnorm_forward(long rows, long dim, float eps, ConstTensor x, const float* w, Tensor y,

@@ -32,15 +32,17 @@ constexpr size_t kElementGrain = size_t(1) << 14;
 
 }  // namespace
 
-void CpuBackend::linear_forward(long N, long in, long out, ConstTensor x, ConstTensor w, float beta, Tensor y) {
-  cpu::gemm(false, true, N, out, in, 1.0f, {values(x), DType::F32, in}, {w.data, w.dtype, in}, beta, values(y), out);
+void CpuBackend::linear_forward(long N, long in, long out, ConstTensor x, ConstTensor w, float beta, Tensor y,
+                                float alpha) {
+  cpu::gemm(false, true, N, out, in, alpha, {values(x), DType::F32, in}, {w.data, w.dtype, in}, beta, values(y), out);
 }
 
 void CpuBackend::linear_backward(long N, long in, long out, ConstTensor x, ConstTensor dy, ConstTensor w, Tensor dx,
-                                 float dx_beta, float* dw) {
-  cpu::gemm(true, false, out, in, N, 1.0f, {values(dy), DType::F32, out}, {values(x), DType::F32, in}, 1.0f, dw,
-            in);
-  if (dx) cpu::gemm(false, false, N, in, out, 1.0f, {values(dy), DType::F32, out}, {w.data, w.dtype, in}, dx_beta,
+                                 float dx_beta, float* dw, float alpha) {
+  if (dw)
+    cpu::gemm(true, false, out, in, N, alpha, {values(dy), DType::F32, out}, {values(x), DType::F32, in}, 1.0f, dw,
+              in);
+  if (dx) cpu::gemm(false, false, N, in, out, alpha, {values(dy), DType::F32, out}, {w.data, w.dtype, in}, dx_beta,
                     values(dx), in);
 }
 

@@ -59,18 +59,6 @@ void CpuWeights::assign(const ParameterSpec& p, const float* values) {
   if (norm_slot(p) != kNoSlot) std::memcpy(norms_.data() + norm_slot(p), values, p.numel * sizeof(float));
 }
 
-void CpuWeights::assign_all(const float* values) {
-  if (!is_bf16()) {
-    std::memcpy(f32_.data(), values, f32_.size() * sizeof(float));
-    return;
-  }
-  round_to_bf16(bf16_.size(), values, bf16_.data());
-  for (const ParameterSpec& p : table_) {
-    if (norm_slot(p) != kNoSlot)
-      std::memcpy(norms_.data() + norm_slot(p), values + p.offset, p.numel * sizeof(float));
-  }
-}
-
 void CpuWeights::read(const ParameterSpec& p, float* out) const {
   if (const float* values = f32_values(p)) {
     std::memcpy(out, values, p.numel * sizeof(float));
@@ -83,14 +71,15 @@ void CpuWeights::read(const ParameterSpec& p, float* out) const {
 // ---------------------------------------------------------------------------------------------
 // Train state
 
-CpuTrainState::CpuTrainState(const MistralConfig& config, const std::vector<ParameterSpec>& table,
-                             const ParameterIndex& index, long max_tokens, CpuWeights& weights)
-    : config_(config), table_(table), index_(index), weights_(weights) {
-  const size_t n = parameter_count(table);
-  // The embedding is the table's first parameter, so the dense gradients of the others keep
-  // their offsets less its size when it has a RowGradient instead.
+CpuTrainState::CpuTrainState(const MistralConfig& config, const ParameterGroup& group, const ParameterIndex& index,
+                             long max_tokens, CpuWeights& weights)
+    : config_(config), group_(group), index_(index), weights_(weights) {
+  const size_t n = group.numel();
+  // The embedding is the table's first parameter, so when the group trains it, it is the group's
+  // first member too, and the dense gradients of the others keep their group offsets less its
+  // size when it has a RowGradient instead.
   ZN_CHECK(index.embed->offset == 0, "model: the embedding must be the first parameter");
-  if (!config.tie_word_embeddings) {
+  if (!config.tie_word_embeddings && group.contains(*index.embed)) {
     embed_grad_ = std::make_unique<RowGradient>(config.vocab_size, config.hidden_size, max_tokens);
     embed_slots_.resize(size_t(max_tokens));
   }
@@ -103,20 +92,22 @@ CpuTrainState::CpuTrainState(const MistralConfig& config, const std::vector<Para
 CpuTrainState::~CpuTrainState() = default;
 
 size_t CpuTrainState::dense_grad_offset(const ParameterSpec& p) const {
-  return p.offset - (embed_grad_ ? index_.embed->numel : 0);
+  return group_.offset(p) - (embed_grad_ ? index_.embed->numel : 0);
 }
 
 bool CpuTrainState::has_row_gradient(const ParameterSpec& p) const {
-  return embed_grad_ && p.offset == index_.embed->offset;
+  return embed_grad_ && &p == index_.embed;
 }
 
 float* CpuTrainState::grad(const ParameterSpec& p) {
+  if (!group_.contains(p)) return nullptr;
   ZN_CHECK(!has_row_gradient(p), "model: the embedding's gradient is held by rows");
   return grads_.data() + dense_grad_offset(p);
 }
 
 void CpuTrainState::embedding_backward(long tokens, const int32_t* ids, const float* dres) {
   const MistralConfig& c = config_;
+  if (!group_.contains(*index_.embed)) return;
   if (!embed_grad_) {
     cpu::embedding_backward(tokens, c.hidden_size, c.vocab_size, ids, dres, c.pad_token_id, grad(*index_.embed));
     return;
@@ -129,6 +120,7 @@ void CpuTrainState::embedding_backward(long tokens, const int32_t* ids, const fl
 }
 
 void CpuTrainState::read_gradient(const ParameterSpec& p, float* out) const {
+  group_.offset(p);  // throws naming a frozen parameter
   if (has_row_gradient(p)) return embed_grad_->dense_rows(0, config_.vocab_size, out);
   std::memcpy(out, grads_.data() + dense_grad_offset(p), p.numel * sizeof(float));
 }
@@ -138,62 +130,65 @@ void CpuTrainState::zero_grad() {
   if (embed_grad_) embed_grad_->clear();
 }
 
-float* CpuTrainState::master_data() { return master_.empty() ? weights_.f32_data() : master_.data(); }
-
-float* CpuTrainState::master(const ParameterSpec& p) { return master_data() + p.offset; }
+float* CpuTrainState::master(const ParameterSpec& p) {
+  if (master_.empty()) {
+    group_.offset(p);  // throws naming a frozen parameter
+    return weights_.f32_data() + p.offset;
+  }
+  return master_.data() + group_.offset(p);
+}
 
 const float* CpuTrainState::master(const ParameterSpec& p) const {
   return const_cast<CpuTrainState*>(this)->master(p);
 }
 
 void CpuTrainState::publish() {
-  if (!master_.empty()) weights_.assign_all(master_.data());
+  if (master_.empty()) return;  // f32 mode: the master is the weights
+  for (const ParameterSpec* p : group_.members()) weights_.assign(*p, master(*p));
 }
 
-double CpuTrainState::clip_and_step(const AdamWOptions& hp) {
-  validate_adamw(hp);
+double CpuTrainState::grad_sum_of_squares() const {
   const double squares = cpu::sum_of_squares(long(grads_.size()), grads_.data());
-  const double norm = std::sqrt(squares + (embed_grad_ ? embed_grad_->sum_of_squares() : 0.0));
-  check_grad_norm(norm);
-  const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
-  ++step_;
-  bf16* const rounded = weights_.is_bf16() ? weights_.bf16_data() : nullptr;
-  for (const ParameterSpec& p : table_) {
-    const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0, step_, scale};
-    // AdamW writes the bf16 rounding of what it updates, so the weights' matrices are current
-    // when it returns; only the f32 norm weights are copied after.
-    auto update = [&](size_t offset, size_t count, const float* g) {
-      cpu::adamw_update(long(count), s, master_data() + offset, g, adam_m_.data() + offset,
-                        adam_v_.data() + offset, rounded ? rounded + offset : nullptr);
-    };
-    if (!has_row_gradient(p)) {
-      update(p.offset, p.numel, grads_.data() + dense_grad_offset(p));
-    } else {
-      // Rows without a slot step with a zero gradient, as a dense one would have them: blocks of
-      // rows are written out dense (256 KiB at a time) for the same AdamW kernel.
-      const long d = config_.hidden_size, block = std::max(1L, 65536 / d);
-      std::vector<float> dense(size_t(block * d));
-      for (long r0 = 0; r0 < config_.vocab_size; r0 += block) {
-        const long rows = std::min(block, config_.vocab_size - r0);
-        embed_grad_->dense_rows(r0, rows, dense.data());
-        update(p.offset + size_t(r0 * d), size_t(rows * d), dense.data());
-      }
-    }
-    if (rounded && p.shape.size() == 1) weights_.assign(p, master(p));
-  }
-  return norm;
+  return squares + (embed_grad_ ? embed_grad_->sum_of_squares() : 0.0);
 }
 
-void CpuTrainState::save_optimizer_state(const std::string& path) const {
-  write_optimizer_state(path, table_, adam_m_.data(), adam_v_.data(), step_);
+void CpuTrainState::step(const AdamWOptions& hp, float clip_scale) {
+  ++step_;
+  for (const ParameterSpec* p : group_.members()) step_parameter(*p, hp, clip_scale);
+}
+
+// AdamW writes the bf16 rounding of what it updates, so the weights' matrices are current when
+// it returns; only the f32 norm weights are copied after.
+void CpuTrainState::step_parameter(const ParameterSpec& p, const AdamWOptions& hp, float clip_scale) {
+  const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0, step_, clip_scale};
+  bf16* const rounded = weights_.is_bf16() ? weights_.bf16_data() + p.offset : nullptr;
+  const size_t at = group_.offset(p);
+  auto update = [&](size_t begin, size_t count, const float* g) {
+    cpu::adamw_update(long(count), s, master(p) + begin, g, adam_m_.data() + at + begin, adam_v_.data() + at + begin,
+                      rounded ? rounded + begin : nullptr);
+  };
+  if (!has_row_gradient(p)) {
+    update(0, p.numel, grads_.data() + dense_grad_offset(p));
+  } else {
+    // Rows without a slot step with a zero gradient, as a dense one would have them: blocks of
+    // rows are written out dense (256 KiB at a time) for the same AdamW kernel.
+    const long d = config_.hidden_size, block = std::max(1L, 65536 / d);
+    std::vector<float> dense(size_t(block * d));
+    for (long r0 = 0; r0 < config_.vocab_size; r0 += block) {
+      const long rows = std::min(block, config_.vocab_size - r0);
+      embed_grad_->dense_rows(r0, rows, dense.data());
+      update(size_t(r0 * d), size_t(rows * d), dense.data());
+    }
+  }
+  if (rounded && p.shape.size() == 1) weights_.assign(p, master(p));
 }
 
 void CpuTrainState::load_optimizer_state(const std::string& path) {
   SafetensorsFile file(path);
   const long step = optimizer_state_step(file);
-  for (const ParameterSpec& p : table_) {
-    read_optimizer_moment(file, Moment::First, p, adam_m_.data() + p.offset);
-    read_optimizer_moment(file, Moment::Second, p, adam_v_.data() + p.offset);
+  for (const ParameterSpec* p : group_.members()) {
+    read_optimizer_moment(file, Moment::First, *p, adam_m_.data() + group_.offset(*p));
+    read_optimizer_moment(file, Moment::Second, *p, adam_v_.data() + group_.offset(*p));
   }
   step_ = step;
 }

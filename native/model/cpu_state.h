@@ -3,10 +3,12 @@
 //   f32. bf16 mode: every parameter's bf16 rounding (the matmul operands) and the norm weights
 //   (the 1-D parameters) in f32. Nothing else: a frozen model (a DPO reference, a generator) is
 //   weights alone, and several readers may share them while nobody trains them.
-// - CpuTrainState: what training adds (the decoder's GradientSink): the gradients (an untied
-//   embedding's by rows, model/row_gradient.h), AdamW's moments and step count, and in bf16 mode
-//   the f32 master the step updates; the step then writes the weights (in f32 mode it updates
-//   the weights' own f32 values, which are the master).
+// - CpuTrainState: what training adds for one parameter group (parameters.h; the decoder's
+//   GradientSink): the gradients (an untied embedding's by rows, model/row_gradient.h), AdamW's
+//   moments and step count, and in bf16 mode the f32 master the step updates, all laid out by
+//   the group; the step then writes the weights (in f32 mode it updates the weights' own f32
+//   values, which are the master). Parameters outside the group are frozen: it holds nothing
+//   for them and gives them no gradient.
 #pragma once
 #include <memory>
 #include <string>
@@ -14,6 +16,7 @@
 
 #include "core/bf16.h"
 #include "model/decoder.h"
+#include "model/optimizer_state.h"
 #include "model/parameters.h"
 
 namespace zn::model {
@@ -33,8 +36,6 @@ class CpuWeights final : public WeightSource {
 
   // One parameter from f32 values (bf16 mode: their rounding, and the values of a norm).
   void assign(const ParameterSpec& p, const float* values);
-  // Every parameter from an f32 buffer laid out as the table (bf16 mode: rounded in parallel).
-  void assign_all(const float* values);
   // f32 values of a parameter where the weights hold them (f32 mode, or a norm), else null.
   const float* f32_values(const ParameterSpec& p) const;
   void read(const ParameterSpec& p, float* out) const;  // widened to f32
@@ -58,40 +59,47 @@ class CpuWeights final : public WeightSource {
 class CpuTrainState final : public GradientSink {
  public:
   // max_tokens: the most tokens one backward carries (the embedding's row slots).
-  CpuTrainState(const MistralConfig& config, const std::vector<ParameterSpec>& table, const ParameterIndex& index,
+  CpuTrainState(const MistralConfig& config, const ParameterGroup& group, const ParameterIndex& index,
                 long max_tokens, CpuWeights& weights);
   ~CpuTrainState() override;
 
-  float* grad(const ParameterSpec& p) override;  // dense gradients only (not a row-held embedding's)
-  // The embedding's gradient from d loss / d (embedding output) of a batch's tokens.
+  const ParameterGroup& group() const { return group_; }
+  // Dense gradients only (not a row-held embedding's); null for a parameter outside the group.
+  float* grad(const ParameterSpec& p) override;
+  // The embedding's gradient from d loss / d (embedding output) of a batch's tokens (nothing
+  // when the group does not train the embedding).
   void embedding_backward(long tokens, const int32_t* ids, const float* dres);
   void read_gradient(const ParameterSpec& p, float* out) const;
   void zero_grad();
-  // Global L2 norm of the gradients, clipping as torch clip_grad_norm_, then one AdamW step and
-  // the weights from the new master. Returns the norm before clipping (HF's grad_norm).
-  double clip_and_step(const AdamWOptions& hp);
+  // The sum of the squared gradients (the global norm of torch's clip_grad_norm_ sums it over
+  // every trained group), then one AdamW step with the gradients scaled by clip_scale and the
+  // weights from the new master.
+  double grad_sum_of_squares() const;
+  void step(const AdamWOptions& hp, float clip_scale);
   long step() const { return step_; }
 
-  // The f32 master values of a parameter (the weights' own in f32 mode): loading writes them,
-  // then publish() gives the weights their rounding.
+  // The f32 master values of a member (the weights' own in f32 mode): loading writes them, then
+  // publish() gives the weights their rounding.
   float* master(const ParameterSpec& p);
   const float* master(const ParameterSpec& p) const;
   void publish();
 
-  void save_optimizer_state(const std::string& path) const;
+  // The optimizer state file (write_optimizer_state) holds the group's members.
+  OptimizerMoments moments() const { return {&group_, adam_m_.data(), adam_v_.data()}; }
+
   void load_optimizer_state(const std::string& path);
 
  private:
-  float* master_data();  // laid out as the table
   bool has_row_gradient(const ParameterSpec& p) const;
   size_t dense_grad_offset(const ParameterSpec& p) const;  // in grads_, which skips a row-held embedding
+  void step_parameter(const ParameterSpec& p, const AdamWOptions& hp, float clip_scale);
 
   const MistralConfig& config_;
-  const std::vector<ParameterSpec>& table_;
+  const ParameterGroup& group_;
   const ParameterIndex& index_;
   CpuWeights& weights_;
-  std::vector<float> master_;  // bf16 mode only
-  std::vector<float> grads_;   // all but a row-held embedding's
+  std::vector<float> master_;  // bf16 mode only, laid out by the group
+  std::vector<float> grads_;   // all members but a row-held embedding
   std::unique_ptr<RowGradient> embed_grad_;  // untied embeddings
   std::vector<int32_t> embed_slots_;         // each token's slot in embed_grad_
   std::vector<float> adam_m_, adam_v_;

@@ -48,16 +48,18 @@ __global__ void round_to_bf16_kernel(long n, const float* from, __nv_bfloat16* t
 
 }  // namespace
 
-void CudaBackend::linear_forward(long N, long in, long out, ConstTensor x, ConstTensor w, float beta, Tensor y) {
-  cuda::gemm(false, true, N, out, in, 1.0f, {x.data, x.dtype, in}, {w.data, w.dtype, in}, beta,
+void CudaBackend::linear_forward(long N, long in, long out, ConstTensor x, ConstTensor w, float beta, Tensor y,
+                                 float alpha) {
+  cuda::gemm(false, true, N, out, in, alpha, {x.data, x.dtype, in}, {w.data, w.dtype, in}, beta,
              {y.data, y.dtype, out}, stream_);
 }
 
 void CudaBackend::linear_backward(long N, long in, long out, ConstTensor x, ConstTensor dy, ConstTensor w, Tensor dx,
-                                  float dx_beta, float* dw) {
-  cuda::gemm(true, false, out, in, N, 1.0f, {dy.data, dy.dtype, out}, {x.data, x.dtype, in}, 1.0f,
-             {dw, DType::F32, in}, stream_);
-  if (dx) cuda::gemm(false, false, N, in, out, 1.0f, {dy.data, dy.dtype, out}, {w.data, w.dtype, in}, dx_beta,
+                                  float dx_beta, float* dw, float alpha) {
+  if (dw)
+    cuda::gemm(true, false, out, in, N, alpha, {dy.data, dy.dtype, out}, {x.data, x.dtype, in}, 1.0f,
+               {dw, DType::F32, in}, stream_);
+  if (dx) cuda::gemm(false, false, N, in, out, alpha, {dy.data, dy.dtype, out}, {w.data, w.dtype, in}, dx_beta,
                      {dx.data, dx.dtype, in}, stream_);
 }
 

@@ -12,9 +12,10 @@ class CudaBackend final : public Backend {
  public:
   void set_stream(cudaStream_t stream) { stream_ = stream; }
 
-  void linear_forward(long N, long in, long out, ConstTensor x, ConstTensor w, float beta, Tensor y) override;
+  void linear_forward(long N, long in, long out, ConstTensor x, ConstTensor w, float beta, Tensor y,
+                      float alpha) override;
   void linear_backward(long N, long in, long out, ConstTensor x, ConstTensor dy, ConstTensor w, Tensor dx,
-                       float dx_beta, float* dw) override;
+                       float dx_beta, float* dw, float alpha) override;
   void rmsnorm_forward(long rows, long dim, float eps, ConstTensor x, const float* w, Tensor y,
                        float* rstd) override;
   void rmsnorm_backward(long rows, long dim, ConstTensor x, const float* w, const float* rstd, ConstTensor dy,

@@ -13,6 +13,7 @@
 #include "kernels/cuda/check.h"
 #include "model/cuda_backend.h"
 #include "model/mistral.h"
+#include "model/optimizer_state.h"
 #include "model/safetensors.h"
 
 namespace zn::model {
@@ -150,17 +151,17 @@ void CudaWeights::read(const ParameterSpec& p, float* host) const {
 // ---------------------------------------------------------------------------------------------
 // Train state
 
-size_t CudaTrainState::offload_host_bytes(const std::vector<ParameterSpec>& table, Precision precision) {
-  const size_t params = parameter_count(table);
+size_t CudaTrainState::offload_host_bytes(const ParameterGroup& group, Precision precision) {
+  const size_t params = group.numel();
   const size_t staging = 2 * offload_chunk(params) * (sizeof(float) + weight_element_bytes(precision));
   return params * 3 * sizeof(float) + staging;
 }
 
-CudaTrainState::CudaTrainState(const std::vector<ParameterSpec>& table, bool offload, CudaWeights& weights,
+CudaTrainState::CudaTrainState(const ParameterGroup& group, bool offload, CudaWeights& weights,
                                CudaTrainBuffers buffers, CudaBackend& backend, cudaStream_t stream)
-    : table_(table), weights_(weights), buffers_(buffers), backend_(backend), stream_(stream) {
+    : group_(group), weights_(weights), buffers_(buffers), backend_(backend), stream_(stream) {
   if (!offload) return;
-  const size_t n = parameter_count(table);
+  const size_t n = group.numel();
   host_master_.allocate(n, "master weights");
   host_m_.allocate(n, "first moments");
   host_v_.allocate(n, "second moments");
@@ -169,50 +170,52 @@ CudaTrainState::CudaTrainState(const std::vector<ParameterSpec>& table, bool off
 
 CudaTrainState::~CudaTrainState() = default;
 
-float* CudaTrainState::device_master() const {
+// f32 mode: the weights' own values (at the table's offset); bf16: the group's master buffer.
+float* CudaTrainState::device_master(const ParameterSpec& p) const {
   if (offloaded()) return nullptr;
-  return weights_.is_bf16() ? buffers_.master : weights_.buffers().f32_values;
+  const size_t at = group_.offset(p);  // throws naming a frozen parameter
+  return weights_.is_bf16() ? buffers_.master + at : weights_.buffers().f32_values + p.offset;
 }
 
 void CudaTrainState::zero_grad() {
-  ZN_CUDA_CHECK(cudaMemsetAsync(buffers_.grads, 0, parameter_count(table_) * sizeof(float), stream_));
+  ZN_CUDA_CHECK(cudaMemsetAsync(buffers_.grads, 0, group_.numel() * sizeof(float), stream_));
   sync(stream_);
 }
 
 void CudaTrainState::read_gradient(const ParameterSpec& p, float* host) const {
-  download(buffers_.grads + p.offset, p.numel, host, stream_);
+  download(buffers_.grads + group_.offset(p), p.numel, host, stream_);
 }
 
 void CudaTrainState::read_master(const ParameterSpec& p, float* host) const {
   if (offloaded()) {
-    std::memcpy(host, host_master_.data() + p.offset, p.numel * sizeof(float));
+    std::memcpy(host, host_master(p), p.numel * sizeof(float));
     return;
   }
-  download(device_master() + p.offset, p.numel, host, stream_);
+  download(device_master(p), p.numel, host, stream_);
 }
 
 float* CudaTrainState::host_master(const ParameterSpec& p) const {
-  return offloaded() ? host_master_.data() + p.offset : nullptr;
+  return offloaded() ? host_master_.data() + group_.offset(p) : nullptr;
 }
 
 void CudaTrainState::write_master(const ParameterSpec& p, const float* host) {
   if (offloaded()) {
-    if (host != host_master_.data() + p.offset) std::memcpy(host_master_.data() + p.offset, host, p.numel * sizeof(float));
+    if (host != host_master(p)) std::memcpy(host_master(p), host, p.numel * sizeof(float));
     return;
   }
-  upload(host, p.numel, device_master() + p.offset, stream_);
+  upload(host, p.numel, device_master(p), stream_);
 }
 
 // bf16 mode's f32 norm weights from the master (AdamW writes the matrices' rounding itself).
 void CudaTrainState::copy_norms_from_master() {
-  for (const ParameterSpec& p : table_) {
-    float* norm = weights_.norm_values(p);
+  for (const ParameterSpec* p : group_.members()) {
+    float* norm = weights_.norm_values(*p);
     if (!norm) continue;
     if (offloaded()) {
-      upload(host_master_.data() + p.offset, p.numel, norm, stream_);
+      upload(host_master(*p), p->numel, norm, stream_);
     } else {
-      ZN_CUDA_CHECK(cudaMemcpyAsync(norm, buffers_.master + p.offset, p.numel * sizeof(float),
-                                    cudaMemcpyDeviceToDevice, stream_));
+      ZN_CUDA_CHECK(cudaMemcpyAsync(norm, device_master(*p), p->numel * sizeof(float), cudaMemcpyDeviceToDevice,
+                                    stream_));
     }
   }
   sync(stream_);
@@ -220,44 +223,49 @@ void CudaTrainState::copy_norms_from_master() {
 
 void CudaTrainState::publish() {
   if (offloaded()) {
-    for (const ParameterSpec& p : table_) weights_.assign(p, host_master_.data() + p.offset);
+    for (const ParameterSpec* p : group_.members()) weights_.assign(*p, host_master(*p));
     return;
   }
   if (!weights_.is_bf16()) return;  // f32 mode: the master is the weights
-  backend_.round(long(parameter_count(table_)), buffers_.master, {weights_.buffers().bf16_values, DType::BF16});
+  for (const ParameterSpec* p : group_.members())
+    backend_.round(long(p->numel), device_master(*p), {weights_.buffers().bf16_values + p->offset, DType::BF16});
   copy_norms_from_master();
 }
 
-double CudaTrainState::clip_and_step(const AdamWOptions& hp) {
-  validate_adamw(hp);
-  const cuda::GradSpan all{buffers_.grads, long(parameter_count(table_))};
+double CudaTrainState::grad_sum_of_squares() const {
+  const cuda::GradSpan all{buffers_.grads, long(group_.numel())};
   cuda::sum_of_squares(&all, 1, buffers_.grad_sum_of_squares, stream_);
   double sum_of_squares = 0;
   ZN_CUDA_CHECK(cudaMemcpyAsync(&sum_of_squares, buffers_.grad_sum_of_squares, sizeof(double),
                                 cudaMemcpyDeviceToHost, stream_));
   sync(stream_);
-  const double norm = std::sqrt(sum_of_squares);
-  check_grad_norm(norm);
+  return sum_of_squares;
+}
+
+void CudaTrainState::step(const AdamWOptions& hp, double total_squares) {
   ++step_;
   if (offloaded()) {
-    offloaded_adamw(hp, norm);
+    offloaded_adamw(hp, std::sqrt(total_squares));
   } else {
+    // The device computes the clipping coefficient from the global sum (this group's own when
+    // it is the only one: the value it copied back, so the same bits).
+    ZN_CUDA_CHECK(cudaMemcpyAsync(buffers_.grad_sum_of_squares, &total_squares, sizeof(double),
+                                  cudaMemcpyHostToDevice, stream_));
     device_adamw(hp);
   }
   if (weights_.is_bf16()) copy_norms_from_master();
-  return norm;
 }
 
 void CudaTrainState::device_adamw(const AdamWOptions& hp) {
   const CudaTrainBuffers& B = buffers_;
   cuda::clip_coefficient(B.grad_sum_of_squares, hp.max_grad_norm, B.clip_coefficient, stream_);
   std::vector<cuda::AdamWTensor> decay, no_decay;
-  float* const master = device_master();
   bf16* const rounded = weights_.buffers().bf16_values;  // written as AdamW goes (bf16 mode)
-  for (const ParameterSpec& p : table_) {
-    (p.decay ? decay : no_decay)
-        .push_back({master + p.offset, B.grads + p.offset, B.adam_m + p.offset, B.adam_v + p.offset,
-                    rounded ? rounded + p.offset : nullptr, long(p.numel)});
+  for (const ParameterSpec* p : group_.members()) {
+    const size_t at = group_.offset(*p);
+    (p->decay ? decay : no_decay)
+        .push_back({device_master(*p), B.grads + at, B.adam_m + at, B.adam_v + at,
+                    rounded ? rounded + p->offset : nullptr, long(p->numel)});
   }
   cuda::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, step_, 1.0f};
   cuda::adamw_update(decay.data(), int(decay.size()), s, B.clip_coefficient, stream_);
@@ -272,11 +280,13 @@ void CudaTrainState::device_adamw(const AdamWOptions& hp) {
 // up. Before chunk i the host waits for chunk i's gradients only. That also covers the weight
 // buffer it is about to fill: chunk i-2's upload, the last copy to read it, was issued before
 // chunk i's gradient copy on the same stream, and a stream completes its copies in order.
+// Chunks are ranges of the group's layout; the weights they go up to sit at the table's offsets,
+// one copy for each run of members that is contiguous in both (one a chunk for a whole table).
 void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm) {
   OffloadStaging& S = *staging_;
   const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
   const bool bf16_mode = weights_.is_bf16();
-  const size_t n = parameter_count(table_), weight_bytes = bf16_mode ? sizeof(bf16) : sizeof(float);
+  const size_t n = group_.numel(), weight_bytes = bf16_mode ? sizeof(bf16) : sizeof(float);
   char* device_weights = bf16_mode ? reinterpret_cast<char*>(weights_.buffers().bf16_values)
                                    : reinterpret_cast<char*>(weights_.buffers().f32_values);
   auto fetch = [&](size_t round) {
@@ -292,48 +302,63 @@ void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm) {
     const size_t end = std::min(n, begin + S.chunk);
     ZN_CUDA_CHECK(cudaEventSynchronize(S.grads_arrived[round % 2].get()));
     const float* grads = S.grads(round);
-    void* weights = S.weights(round);
-    for (const ParameterSpec& p : table_) {
-      const size_t lo = std::max(begin, p.offset), hi = std::min(end, p.offset + p.numel);
+    char* weights = static_cast<char*>(S.weights(round));
+    size_t run_begin = 0, run_end = 0, run_table = 0;  // the pending copy: [begin, end) of the group, at run_table
+    auto flush = [&] {
+      if (run_end > run_begin)
+        ZN_CUDA_CHECK(cudaMemcpyAsync(device_weights + run_table * weight_bytes, weights + (run_begin - begin) * weight_bytes,
+                                      (run_end - run_begin) * weight_bytes, cudaMemcpyHostToDevice, stream_));
+    };
+    for (const ParameterSpec* p : group_.members()) {
+      const size_t at = group_.offset(*p);
+      const size_t lo = std::max(begin, at), hi = std::min(end, at + p->numel);
       if (lo >= hi) continue;
-      const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0, step_, scale};
-      bf16* copy = bf16_mode ? static_cast<bf16*>(weights) + (lo - begin) : nullptr;
+      const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p->decay ? hp.weight_decay : 0.0, step_, scale};
+      bf16* copy = bf16_mode ? reinterpret_cast<bf16*>(weights) + (lo - begin) : nullptr;
       cpu::adamw_update(long(hi - lo), s, host_master_.data() + lo, grads + (lo - begin), host_m_.data() + lo,
                         host_v_.data() + lo, copy);
+      if (!bf16_mode)
+        std::memcpy(weights + (lo - begin) * weight_bytes, host_master_.data() + lo, (hi - lo) * sizeof(float));
+      const size_t table_at = p->offset + (lo - at);
+      if (run_end == lo && run_table + (run_end - run_begin) == table_at) {
+        run_end = hi;  // continues the pending run in both layouts
+      } else {
+        flush();
+        run_begin = lo, run_end = hi, run_table = table_at;
+      }
     }
-    if (!bf16_mode) std::memcpy(weights, host_master_.data() + begin, (end - begin) * sizeof(float));
-    ZN_CUDA_CHECK(cudaMemcpyAsync(device_weights + begin * weight_bytes, weights, (end - begin) * weight_bytes,
-                                  cudaMemcpyHostToDevice, stream_));
+    flush();
     fetch(round + 2);  // into the gradient buffer just stepped
   }
   sync(stream_);
 }
 
 // The moments pass through host memory whole (write_safetensors takes every tensor at once).
-void CudaTrainState::save_optimizer_state(const std::string& path) const {
-  if (offloaded()) return write_optimizer_state(path, table_, host_m_.data(), host_v_.data(), step_);
-  const size_t n = parameter_count(table_);
-  std::vector<float> m(n), v(n);
-  download(buffers_.adam_m, n, m.data(), stream_);
-  download(buffers_.adam_v, n, v.data(), stream_);
-  write_optimizer_state(path, table_, m.data(), v.data(), step_);
+OptimizerMoments CudaTrainState::moments() const {
+  if (offloaded()) return {&group_, host_m_.data(), host_v_.data()};
+  const size_t n = group_.numel();
+  moment_copies_.resize(2 * n);
+  download(buffers_.adam_m, n, moment_copies_.data(), stream_);
+  download(buffers_.adam_v, n, moment_copies_.data() + n, stream_);
+  return {&group_, moment_copies_.data(), moment_copies_.data() + n};
 }
 
 void CudaTrainState::load_optimizer_state(const std::string& path) {
   SafetensorsFile file(path);
   const long step = optimizer_state_step(file);
   std::vector<float> staging;
-  for (const ParameterSpec& p : table_) {
+  for (const ParameterSpec* p : group_.members()) {
+    const size_t at = group_.offset(*p);
     if (offloaded()) {
-      read_optimizer_moment(file, Moment::First, p, host_m_.data() + p.offset);
-      read_optimizer_moment(file, Moment::Second, p, host_v_.data() + p.offset);
+      read_optimizer_moment(file, Moment::First, *p, host_m_.data() + at);
+      read_optimizer_moment(file, Moment::Second, *p, host_v_.data() + at);
       continue;
     }
-    staging.resize(p.numel);
-    read_optimizer_moment(file, Moment::First, p, staging.data());
-    upload(staging.data(), p.numel, buffers_.adam_m + p.offset, stream_);
-    read_optimizer_moment(file, Moment::Second, p, staging.data());
-    upload(staging.data(), p.numel, buffers_.adam_v + p.offset, stream_);
+    staging.resize(p->numel);
+    read_optimizer_moment(file, Moment::First, *p, staging.data());
+    upload(staging.data(), p->numel, buffers_.adam_m + at, stream_);
+    read_optimizer_moment(file, Moment::Second, *p, staging.data());
+    upload(staging.data(), p->numel, buffers_.adam_v + at, stream_);
   }
   step_ = step;
 }

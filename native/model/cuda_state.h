@@ -2,11 +2,12 @@
 // - CudaWeights: what the kernels read, on the device (the decoder's WeightSource): f32 in f32
 //   mode; in bf16 mode the bf16 rounding of every parameter and the norm weights in f32. A frozen
 //   model (the DPO reference) is weights alone.
-// - CudaTrainState: what training adds (the decoder's GradientSink): the f32 gradients (one
-//   contiguous buffer, so the grad norm reads it at once), AdamW's moments and step count, and the
-//   f32 master: the weights' own f32 values in f32 mode, a device buffer in bf16 mode, or, with
-//   offload_optimizer, host memory together with the moments (ZeRO-Offload's split: the device
-//   keeps what the kernels read and the gradients). A step writes the weights.
+// - CudaTrainState: what training adds for one parameter group (parameters.h; the decoder's
+//   GradientSink): the f32 gradients (one contiguous buffer laid out by the group, so the grad
+//   norm reads it at once), AdamW's moments and step count, and the f32 master: the weights' own
+//   f32 values in f32 mode, a device buffer in bf16 mode, or, with offload_optimizer, host memory
+//   together with the moments (ZeRO-Offload's split: the device keeps what the kernels read and
+//   the gradients). A step writes the weights. Parameters outside the group are frozen.
 // Device memory comes from the model's one arena (pieces handed in); every copy runs on the
 // model's stream.
 #pragma once
@@ -19,6 +20,7 @@
 #include "core/bf16.h"
 #include "core/memory.h"
 #include "model/decoder.h"
+#include "model/optimizer_state.h"
 #include "model/parameters.h"
 
 namespace zn::model {
@@ -83,19 +85,26 @@ struct CudaTrainBuffers {
 class CudaTrainState final : public GradientSink {
  public:
   // Host bytes with offload_optimizer: the f32 master, the two moments and the copy buffers.
-  static size_t offload_host_bytes(const std::vector<ParameterSpec>& table, Precision precision);
-  CudaTrainState(const std::vector<ParameterSpec>& table, bool offload, CudaWeights& weights,
-                 CudaTrainBuffers buffers, CudaBackend& backend, cudaStream_t stream);
+  static size_t offload_host_bytes(const ParameterGroup& group, Precision precision);
+  CudaTrainState(const ParameterGroup& group, bool offload, CudaWeights& weights, CudaTrainBuffers buffers,
+                 CudaBackend& backend, cudaStream_t stream);
   ~CudaTrainState() override;
 
-  float* grad(const ParameterSpec& p) override { return buffers_.grads + p.offset; }
-  const float* gradients() const { return buffers_.grads; }  // every parameter's, laid out as the table
+  const ParameterGroup& group() const { return group_; }
+  // Null for a parameter outside the group.
+  float* grad(const ParameterSpec& p) override {
+    return group_.contains(p) ? buffers_.grads + group_.offset(p) : nullptr;
+  }
   void zero_grad();
-  // The norm of the gradient (f64, copied back: the metric and the finite check), clipping as
-  // torch clip_grad_norm_, then AdamW on the device (multi-tensor, the clipping coefficient
-  // computed there) or, offloaded, on the host; then the weights from the new master.
-  double clip_and_step(const AdamWOptions& hp);
+  // The sum of the squared gradients (f64, copied back: the global norm of torch's
+  // clip_grad_norm_ sums it over every trained group, and the host checks it is finite).
+  double grad_sum_of_squares() const;
+  // AdamW with the gradients clipped by the global norm sqrt(total_squares), on the device
+  // (multi-tensor, the clipping coefficient computed there) or, offloaded, on the host; then the
+  // weights from the new master.
+  void step(const AdamWOptions& hp, double total_squares);
   long step() const { return step_; }
+  OptimizerMoments moments() const;  // host copies when the moments live on the device
 
   void read_gradient(const ParameterSpec& p, float* host) const;
   void read_master(const ParameterSpec& p, float* host) const;
@@ -104,17 +113,16 @@ class CudaTrainState final : public GradientSink {
   void write_master(const ParameterSpec& p, const float* host);  // waits
   void publish();  // the weights from the master (after loading)
 
-  void save_optimizer_state(const std::string& path) const;
   void load_optimizer_state(const std::string& path);
 
  private:
   bool offloaded() const { return !host_master_.empty(); }
-  float* device_master() const;  // the f32 master on the device (null when offloaded)
+  float* device_master(const ParameterSpec& p) const;  // on the device (null when offloaded)
   void device_adamw(const AdamWOptions& hp);
   void offloaded_adamw(const AdamWOptions& hp, double norm);
   void copy_norms_from_master();
 
-  const std::vector<ParameterSpec>& table_;
+  const ParameterGroup& group_;
   CudaWeights& weights_;
   CudaTrainBuffers buffers_;
   CudaBackend& backend_;
@@ -122,6 +130,7 @@ class CudaTrainState final : public GradientSink {
   long step_ = 0;
   HostFloats host_master_, host_m_, host_v_;  // offload_optimizer
   std::unique_ptr<OffloadStaging> staging_;
+  mutable std::vector<float> moment_copies_;  // moments(): both moments, downloaded
 };
 
 }  // namespace zn::model

@@ -19,11 +19,41 @@ cpu::AttentionShape Decoder::attention_shape(long tokens) const {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
+// y = x W^T + beta y, and with an adapter on W, + s (x A^T) B^T: two thin GEMMs through [N, r].
+void Decoder::project(const ParameterSpec& p, long N, long in, long out, ConstTensor x, float beta, Tensor y,
+                      const WeightSource& W, LayerSlot& a) {
+  ops_.linear_forward(N, in, out, x, W.weight(p), beta, y);
+  const LoraPair* pair = adapters_ ? adapters_->table->pair(p) : nullptr;
+  if (!pair) return;
+  const LoraConfig& lora = adapters_->table->config();
+  const WeightSource& A = *adapters_->weights;
+  ops_.linear_forward(N, in, lora.rank, x, A.weight(*pair->a), 0.0f, a.lora_t);
+  ops_.linear_forward(N, lora.rank, out, a.lora_t, A.weight(*pair->b), 1.0f, y, float(lora.scale()));
+}
+
+// With t = x A^T recomputed: dB += s dy^T t and dt = s dy B, then dA += dt^T x, all before the
+// base's dx overwrites x (dx may be x's buffer); then dx += dt A.
+void Decoder::project_backward(const ParameterSpec& p, long N, long in, long out, ConstTensor x, ConstTensor dy,
+                               Tensor dx, float dx_beta, const WeightSource& W, GradientSink& G, LayerSlot& a) {
+  const LoraPair* pair = adapters_ ? adapters_->table->pair(p) : nullptr;
+  const long r = pair ? adapters_->table->config().rank : 0;
+  if (pair) {
+    const WeightSource& A = *adapters_->weights;
+    ops_.linear_forward(N, in, r, x, A.weight(*pair->a), 0.0f, a.lora_t);
+    ops_.linear_backward(N, r, out, a.lora_t, dy, A.weight(*pair->b), a.lora_dt, 0.0f, G.grad(*pair->b),
+                         float(adapters_->table->config().scale()));
+    ops_.linear_backward(N, in, r, x, a.lora_dt, A.weight(*pair->a), Tensor{}, 0.0f, G.grad(*pair->a));
+  }
+  ops_.linear_backward(N, in, out, x, dy, W.weight(p), dx, dx_beta, G.grad(p));
+  if (pair) ops_.linear_backward(N, in, r, x, a.lora_dt, adapters_->weights->weight(*pair->a), dx, 1.0f, nullptr);
+}
+
 // h = x + o_proj(attn).
-void Decoder::attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const WeightSource& W) {
+void Decoder::attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const WeightSource& W,
+                                 LayerSlot& a) {
   const long d = c_.hidden_size;
   ops_.copy(N * d, x, h);
-  ops_.linear_forward(N, c_.q_dim(), d, attn, W.weight(*index_.layers[size_t(l)].o), 1.0f, f32(h));
+  project(*index_.layers[size_t(l)].o, N, c_.q_dim(), d, attn, 1.0f, f32(h), W, a);
 }
 
 // The new tokens' k and v into the cache, then attention over the step's keys.
@@ -44,9 +74,9 @@ void Decoder::layer_forward(int l, const DeviceBatch& batch, const float* x, flo
   const long ffn = c_.intermediate_size;
 
   ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(x), W.norm_weight(*p.input_norm), a.norm1, a.rstd1);
-  ops_.linear_forward(N, d, qd, a.norm1, W.weight(*p.q), 0.0f, a.q);
-  ops_.linear_forward(N, d, kvd, a.norm1, W.weight(*p.k), 0.0f, a.k);
-  ops_.linear_forward(N, d, kvd, a.norm1, W.weight(*p.v), 0.0f, a.v);
+  project(*p.q, N, d, qd, a.norm1, 0.0f, a.q, W, a);
+  project(*p.k, N, d, kvd, a.norm1, 0.0f, a.k, W, a);
+  project(*p.v, N, d, kvd, a.norm1, 0.0f, a.v, W, a);
   ops_.rope_forward(N, c_.num_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.q);
   ops_.rope_forward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.k);
   if (cached) {
@@ -55,15 +85,15 @@ void Decoder::layer_forward(int l, const DeviceBatch& batch, const float* x, flo
     ops_.attention_forward(attention_shape(N), a.q, a.k, a.v, batch, a.attn, a.lse);
   }
   float* h = a.h ? a.h : out;  // without a buffer of its own, the MLP adds into h in place
-  attention_residual(l, N, x, a.attn, h, W);
+  attention_residual(l, N, x, a.attn, h, W, a);
 
   ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(h), W.norm_weight(*p.post_norm), a.norm2, a.rstd2);
-  ops_.linear_forward(N, d, ffn, a.norm2, W.weight(*p.gate), 0.0f, a.gate);
-  ops_.linear_forward(N, d, ffn, a.norm2, W.weight(*p.up), 0.0f, a.up);
+  project(*p.gate, N, d, ffn, a.norm2, 0.0f, a.gate, W, a);
+  project(*p.up, N, d, ffn, a.norm2, 0.0f, a.up, W, a);
   if (need_output || !recompute_.mlp_act) ops_.swiglu_forward(N * ffn, a.gate, a.up, a.act);
   if (!need_output) return;  // recomputation for backward: down_proj's output is not needed
   if (h != out) ops_.copy(N * d, h, out);
-  ops_.linear_forward(N, ffn, d, a.act, W.weight(*p.down), 1.0f, f32(out));
+  project(*p.down, N, ffn, d, a.act, 1.0f, f32(out), W, a);
 }
 
 void Decoder::run_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep,
@@ -101,8 +131,8 @@ void Decoder::recompute_kv(int l, const DeviceBatch& batch, const float* x, Laye
   const LayerParameters& p = index_.layers[size_t(l)];
   const long N = batch.tokens, d = c_.hidden_size, kvd = c_.kv_dim();
   ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(x), W.norm_weight(*p.input_norm), a.norm1, a.rstd1);
-  ops_.linear_forward(N, d, kvd, a.norm1, W.weight(*p.k), 0.0f, a.k);
-  ops_.linear_forward(N, d, kvd, a.norm1, W.weight(*p.v), 0.0f, a.v);
+  project(*p.k, N, d, kvd, a.norm1, 0.0f, a.k, W, a);
+  project(*p.v, N, d, kvd, a.norm1, 0.0f, a.v, W, a);
   ops_.rope_forward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.k);
 }
 
@@ -112,8 +142,8 @@ void Decoder::recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, 
   const LayerParameters& p = index_.layers[size_t(l)];
   const long d = c_.hidden_size, ffn = c_.intermediate_size;
   ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(h), W.norm_weight(*p.post_norm), a.norm2, a.rstd2);
-  ops_.linear_forward(N, d, ffn, a.norm2, W.weight(*p.gate), 0.0f, a.gate);
-  ops_.linear_forward(N, d, ffn, a.norm2, W.weight(*p.up), 0.0f, a.up);
+  project(*p.gate, N, d, ffn, a.norm2, 0.0f, a.gate, W, a);
+  project(*p.up, N, d, ffn, a.norm2, 0.0f, a.up, W, a);
 }
 
 // On entry B.dres = d loss / d (layer output); on exit d loss / d (layer input x).
@@ -128,25 +158,25 @@ void Decoder::layer_backward(int l, const DeviceBatch& batch, const float* x, co
 
   // MLP: out = h + down(silu(gate(n2)) * up(n2)).
   if (recompute_.mlp_act) ops_.swiglu_forward(N * ffn, a.gate, a.up, a.act);
-  ops_.linear_backward(N, ffn, d, a.act, B.dres_operand, W.weight(*p.down), B.dact, 0.0f, G.grad(*p.down));
+  project_backward(*p.down, N, ffn, d, a.act, B.dres_operand, B.dact, 0.0f, W, G, a);
   ops_.swiglu_backward(N * ffn, a.gate, a.up, B.dact, a.dgate, a.dup);
   if (recompute_.norms) ops_.rmsnorm_forward(N, d, eps, f32(h), W.norm_weight(*p.post_norm), a.norm2, a.rstd2);
-  ops_.linear_backward(N, d, ffn, a.norm2, a.dgate, W.weight(*p.gate), f32(B.dnorm), 0.0f, G.grad(*p.gate));
-  ops_.linear_backward(N, d, ffn, a.norm2, a.dup, W.weight(*p.up), f32(B.dnorm), 1.0f, G.grad(*p.up));
+  project_backward(*p.gate, N, d, ffn, a.norm2, a.dgate, f32(B.dnorm), 0.0f, W, G, a);
+  project_backward(*p.up, N, d, ffn, a.norm2, a.dup, f32(B.dnorm), 1.0f, W, G, a);
   ops_.rmsnorm_backward(N, d, f32(h), W.norm_weight(*p.post_norm), a.rstd2, f32(B.dnorm), f32(B.dnorm_x),
                         G.grad(*p.post_norm));
   ops_.add_into(N * d, B.dnorm_x, B.dres, rounded);  // now d loss / d h
 
   // Attention: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))).
-  ops_.linear_backward(N, qd, d, a.attn, B.dres_operand, W.weight(*p.o), B.dattn, 0.0f, G.grad(*p.o));
+  project_backward(*p.o, N, qd, d, a.attn, B.dres_operand, B.dattn, 0.0f, W, G, a);
   ops_.attention_backward(attention_shape(N), a.q, a.k, a.v, batch, a.attn, a.lse, B.dattn, a.dq, a.dk, a.dv,
                           B.attention_backward);
   ops_.rope_backward(N, c_.num_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.dq);
   ops_.rope_backward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.dk);
   if (recompute_.norms) ops_.rmsnorm_forward(N, d, eps, f32(x), W.norm_weight(*p.input_norm), a.norm1, a.rstd1);
-  ops_.linear_backward(N, d, qd, a.norm1, a.dq, W.weight(*p.q), f32(B.dnorm), 0.0f, G.grad(*p.q));
-  ops_.linear_backward(N, d, kvd, a.norm1, a.dk, W.weight(*p.k), f32(B.dnorm), 1.0f, G.grad(*p.k));
-  ops_.linear_backward(N, d, kvd, a.norm1, a.dv, W.weight(*p.v), f32(B.dnorm), 1.0f, G.grad(*p.v));
+  project_backward(*p.q, N, d, qd, a.norm1, a.dq, f32(B.dnorm), 0.0f, W, G, a);
+  project_backward(*p.k, N, d, kvd, a.norm1, a.dk, f32(B.dnorm), 1.0f, W, G, a);
+  project_backward(*p.v, N, d, kvd, a.norm1, a.dv, f32(B.dnorm), 1.0f, W, G, a);
   ops_.rmsnorm_backward(N, d, f32(x), W.norm_weight(*p.input_norm), a.rstd1, f32(B.dnorm), f32(B.dnorm_x),
                         G.grad(*p.input_norm));
   ops_.add_into(N * d, B.dnorm_x, B.dres, rounded);  // now d loss / d x
@@ -171,7 +201,7 @@ void Decoder::backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const
       layer_forward(l, batch, x, out, a, W, false);
     } else if (recompute_.h) {
       if (recompute_.shared_kv && l != top) recompute_kv(l, batch, x, a, W);
-      attention_residual(l, N, x, a.attn, out, W);
+      attention_residual(l, N, x, a.attn, out, W, a);
       if (top_mlp_overwritten && l == top) recompute_mlp_inputs(l, N, out, a, W);
     }
     layer_backward(l, batch, x, a.h ? a.h : out, a, B, W, G);

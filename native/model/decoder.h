@@ -13,10 +13,12 @@
 // where a GEMM reads it. Recomputed values are the forward's bits (the same ops on the same
 // inputs), so either policy gives the same gradients.
 #pragma once
+#include <utility>
 #include <vector>
 
 #include "model/backend.h"
 #include "model/kv_cache.h"
+#include "model/lora.h"
 #include "model/parameters.h"
 
 namespace zn::model {
@@ -50,6 +52,9 @@ struct LayerSlot {
   // this slot's gate and up, the GPU in buffers of their own).
   Tensor dgate, dup;     // [N, ffn]
   Tensor dq, dk, dv;     // [N, Hq * D], [N, Hkv * D] x 2
+  // With adapters: a projection's x A^T and d loss / d (x A^T), [N, r] (one pair for all
+  // projections: each is recomputed where the backward needs it).
+  Tensor lora_t, lora_dt;
 };
 
 struct DecoderBuffers {
@@ -82,12 +87,36 @@ class WeightSource {
   virtual const float* norm_weight(const ParameterSpec& p) const = 0;  // f32 in every mode
 };
 
-// Where a backward accumulates gradients: a model's training state. A parameter without one
-// (frozen) is never asked for.
+// Where a backward accumulates gradients: a train state (one per trained parameter group). A
+// parameter it does not train gives null, and the backward then computes no weight gradient for
+// it (only the input gradients that flow on through it).
 class GradientSink {
  public:
   virtual ~GradientSink() = default;
-  virtual float* grad(const ParameterSpec& p) = 0;  // dense f32, accumulated into
+  virtual float* grad(const ParameterSpec& p) = 0;  // dense f32, accumulated into; null: frozen
+};
+
+// Several train states as one sink (say LoRA's adapters and a fully trained lm_head): each
+// parameter's gradient goes to the state whose group holds it.
+class GradientSinks final : public GradientSink {
+ public:
+  explicit GradientSinks(std::vector<GradientSink*> sinks) : sinks_(std::move(sinks)) {}
+  float* grad(const ParameterSpec& p) override {
+    for (GradientSink* sink : sinks_) {
+      if (float* g = sink->grad(p)) return g;
+    }
+    return nullptr;
+  }
+
+ private:
+  std::vector<GradientSink*> sinks_;
+};
+
+// LoRA adapters (model/lora.h) on the targeted projections, read from weights of their own; their
+// gradients go to the sink the backward is given, whose train state holds the adapter group.
+struct Adapters {
+  const LoraTable* table = nullptr;
+  const WeightSource* weights = nullptr;
 };
 
 // A forward over new tokens that continue sequences held in a KvCache (generation). Each layer
@@ -125,7 +154,18 @@ class Decoder {
   // After either: B.dres holds d loss / d (embedding output); the embedding's gradient is the
   // owner's (its storage differs: rows on the CPU, dense on the GPU).
 
+  // Every later call adds the adapters' term to the projections they target; null: the base
+  // model alone (a fresh adapter's DPO reference is the same weights with the adapters off).
+  void set_adapters(const Adapters* adapters) { adapters_ = adapters; }
+
  private:
+  // y = x W^T + beta y, plus the adapter's s (x A^T) B^T when p has one (a.lora_t: scratch).
+  void project(const ParameterSpec& p, long N, long in, long out, ConstTensor x, float beta, Tensor y,
+               const WeightSource& W, LayerSlot& a);
+  // The gradients of project(): dW (when trained), dA and dB (through the sink), and dx = dy W +
+  // dx_beta dx + the adapter's s (dy B) A. x is read before dx is written (dx may be x's buffer).
+  void project_backward(const ParameterSpec& p, long N, long in, long out, ConstTensor x, ConstTensor dy, Tensor dx,
+                        float dx_beta, const WeightSource& W, GradientSink& G, LayerSlot& a);
   void layer_forward(int l, const DeviceBatch& batch, const float* x, float* out, LayerSlot& a,
                      const WeightSource& W, bool need_output, const CachedStep* cached = nullptr);
   void run_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep,
@@ -136,7 +176,8 @@ class Decoder {
   // From dnormed = d loss / d (final norm output) down to d loss / d (embedding output) in B.dres.
   void backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, GradientSink& G,
                        ConstTensor dnormed, bool gradient_checkpointing, bool top_mlp_overwritten);
-  void attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const WeightSource& W);
+  void attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const WeightSource& W,
+                          LayerSlot& a);
   void recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W);
   void recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const WeightSource& W);
   cpu::AttentionShape attention_shape(long tokens) const;
@@ -145,6 +186,7 @@ class Decoder {
   const ParameterIndex& index_;
   Backend& ops_;
   Recompute recompute_;
+  const Adapters* adapters_ = nullptr;
 };
 
 }  // namespace zn::model

@@ -14,6 +14,7 @@
 
 #include "core/errors.h"
 #include "core/memory.h"
+#include "kernels/cpu/adamw.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/logprob.h"
 #include "model/row_gradient.h"
@@ -131,9 +132,15 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
   a.final_norm = normed;
   a.dnorm_x = static_cast<float*>(normed.data);
   if (!o.trainable) act = a.layers[0].gate;
+  // LoRA's [N, r] pair, which every projection recomputes where it needs it.
+  const size_t r = size_t(o.lora.rank);
+  const Tensor lora_t = r ? f32(arena.take(N * r)) : Tensor{};
+  const Tensor lora_dt = r && o.trainable ? f32(arena.take(N * r)) : Tensor{};
   for (LayerSlot& s : a.layers) {
     s.norm1 = s.norm2 = normed;
     s.act = act;
+    s.lora_t = lora_t;
+    s.lora_dt = lora_dt;
   }
   return arena.used();
 }
@@ -144,17 +151,26 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   c.validate();
   ZN_CHECK(o.max_tokens > 0, "model: maxTokens must be positive, got ", o.max_tokens);
   const std::vector<ParameterSpec> table = parameter_table(c);
-  const size_t params = parameter_count(table);
+  const ParameterGroup trained(table, o.frozen);
+  const size_t params = o.trainable ? trained.numel() : 0;
   MemoryPlan plan;
   // The weights the kernels read, and a trainable bf16 model's f32 master (CpuTrainState's).
-  plan.weights = CpuWeights::bytes(table, o.precision) + (o.trainable && o.precision == Precision::BF16 ? params * 4 : 0);
+  plan.weights = CpuWeights::bytes(table, o.precision) + (o.precision == Precision::BF16 ? params * 4 : 0);
   // An untied embedding's gradient is held by rows (model/row_gradient.h), with slots for one
   // micro-batch's tokens; gradient accumulation over new tokens adds rows beyond the plan.
   const size_t embed = size_t(c.vocab_size) * size_t(c.hidden_size);
-  plan.grads = !o.trainable ? 0
-               : c.tie_word_embeddings ? params * 4
-                                       : (params - embed) * 4 + RowGradient::planned_bytes(c.vocab_size, c.hidden_size, o.max_tokens);
-  plan.optimizer = o.trainable ? params * 8 : 0;
+  const bool row_embedding = o.trainable && !c.tie_word_embeddings && trained.contains(table.front());
+  plan.grads = row_embedding ? (params - embed) * 4 + RowGradient::planned_bytes(c.vocab_size, c.hidden_size, o.max_tokens)
+                             : params * 4;
+  plan.optimizer = params * 8;
+  if (o.lora.rank > 0) {  // the adapters: weights, and when trainable a group's state
+    const LoraTable lora(table, o.lora);
+    const size_t adapter = parameter_count(lora.parameters()), trained_adapter = o.trainable ? adapter : 0;
+    plan.weights += CpuWeights::bytes(lora.parameters(), o.precision) +
+                    (o.precision == Precision::BF16 ? trained_adapter * 4 : 0);
+    plan.grads += trained_adapter * 4;
+    plan.optimizer += trained_adapter * 8;
+  }
   DecoderBuffers counting;
   plan.activations = layout_activations(c, o, nullptr, counting) * 4;
   const cpu::LogprobShape head{o.max_tokens, c.hidden_size, c.vocab_size};
@@ -204,9 +220,24 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
                     advice + "a smaller maxTokens, or the GPU backend (device: 'cuda')");
   params_ = parameter_table(config_);
   index_ = index_parameters(config_, params_);
+  trained_ = std::make_unique<ParameterGroup>(params_, options_.frozen);
   weights_ = std::make_unique<CpuWeights>(params_, options_.precision);
-  if (options_.trainable)
-    state_ = std::make_unique<CpuTrainState>(config_, params_, index_, options_.max_tokens, *weights_);
+  if (options_.trainable && trained_->numel() > 0)
+    state_ = std::make_unique<CpuTrainState>(config_, *trained_, index_, options_.max_tokens, *weights_);
+  std::vector<GradientSink*> sinks;
+  if (state_) sinks.push_back(state_.get());
+  if (options_.lora.rank > 0) {
+    lora_ = std::make_unique<LoraTable>(params_, options_.lora);
+    adapter_group_ = std::make_unique<ParameterGroup>(lora_->parameters());
+    adapter_weights_ = std::make_unique<CpuWeights>(lora_->parameters(), options_.precision);
+    if (options_.trainable) {
+      adapter_state_ = std::make_unique<CpuTrainState>(config_, *adapter_group_, index_, options_.max_tokens,
+                                                       *adapter_weights_);
+      sinks.push_back(adapter_state_.get());
+    }
+    adapters_ = {lora_.get(), adapter_weights_.get()};
+  }
+  gradients_ = std::make_unique<GradientSinks>(sinks);
   buffers_ = std::make_unique<DecoderBuffers>();
   arena_.reset(static_cast<float*>(std::calloc(plan_.activations / 4, sizeof(float))));
   ZN_CHECK(arena_ || plan_.activations == 0, "model: cannot allocate ", plan_.activations,
@@ -216,6 +247,7 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   const Recompute recompute{/*norms=*/true, /*mlp_act=*/true, /*h=*/true,
                             /*shared_kv=*/buffers_->layers.size() > 1};
   decoder_ = std::make_unique<Decoder>(config_, index_, backend_, recompute);
+  if (lora_) decoder_->set_adapters(&adapters_);
   const size_t N = size_t(options_.max_tokens);
   input_ids_.resize(N);
   position_ids_.resize(N);
@@ -228,22 +260,71 @@ MistralModel::~MistralModel() = default;
 void MistralModel::FreeDeleter::operator()(float* p) const { std::free(p); }
 
 const ParameterSpec& MistralModel::parameter(const std::string& name) const {
+  if (lora_ && name.rfind("base_model.model.", 0) == 0) return find_parameter(lora_->parameters(), name);
   return find_parameter(params_, name);
+}
+
+const std::vector<ParameterSpec>& MistralModel::adapter_parameters() const {
+  static const std::vector<ParameterSpec> none;
+  return lora_ ? lora_->parameters() : none;
+}
+
+bool MistralModel::is_adapter(const ParameterSpec& p) const {
+  if (!lora_) return false;
+  const std::vector<ParameterSpec>& table = lora_->parameters();
+  return &p >= table.data() && &p < table.data() + table.size();
+}
+
+CpuTrainState* MistralModel::state_of(const ParameterSpec& p) const {
+  if (is_adapter(p)) return adapter_state_.get();
+  return state_ && trained_->contains(p) ? state_.get() : nullptr;
+}
+
+CpuWeights& MistralModel::weights_of(const ParameterSpec& p) const {
+  return is_adapter(p) ? *adapter_weights_ : *weights_;
+}
+
+void MistralModel::merge_adapters() {
+  ZN_CHECK(lora_, "model: mergeAdapters() on a model without LoRA adapters");
+  const LoraConfig& lora = lora_->config();
+  for (const ParameterSpec& p : params_) {
+    const LoraPair* pair = lora_->pair(p);
+    if (!pair) continue;
+    const float* a = f32_values(*pair->a);
+    const float* b = f32_values(*pair->b);
+    float* w = const_cast<float*>(f32_values(p));  // the master or f32 weights this model owns
+    ZN_CHECK(a && b && w, "model: merging adapters needs f32 weights (dtype f32)");
+    const long out = p.shape[0], in = p.shape[1];
+    cpu::gemm(false, false, out, in, lora.rank, float(lora.scale()), {b, DType::F32, lora.rank}, {a, DType::F32, in},
+              1.0f, w, in);
+  }
+  for (CpuTrainState* s : {state_.get(), adapter_state_.get()})
+    if (s) s->publish();
+  set_adapters_enabled(false);
+}
+
+void MistralModel::set_adapters_enabled(bool enabled) {
+  ZN_CHECK(lora_, "model: setAdaptersEnabled() on a model without LoRA adapters");
+  have_activations_ = false;  // a backward must follow a forward with the same adapters
+  decoder_->set_adapters(enabled ? &adapters_ : nullptr);
 }
 
 MemoryPlan MistralModel::plan(const MistralConfig& config, const ModelOptions& options) {
   return plan_memory(config, options);
 }
 
-CpuTrainState& MistralModel::train_state(const char* what) const {
-  ZN_CHECK(state_, "model: ", what, " on a model created with trainable: false");
-  return *state_;
+std::vector<CpuTrainState*> MistralModel::train_states(const char* what) const {
+  ZN_CHECK(options_.trainable, "model: ", what, " on a model created with trainable: false");
+  std::vector<CpuTrainState*> states;
+  for (CpuTrainState* s : {state_.get(), adapter_state_.get()})
+    if (s) states.push_back(s);
+  return states;
 }
 
 const float* MistralModel::master(const ParameterSpec& p) const {
-  if (state_) return state_->master(p);
-  ZN_CHECK(!weights_->is_bf16(), "model: a frozen bf16 model keeps no f32 master (read_master widens its weights)");
-  return weights_->f32_values(p);
+  if (CpuTrainState* s = state_of(p)) return s->master(p);
+  ZN_CHECK(!weights_of(p).is_bf16(), "model: a frozen bf16 parameter keeps no f32 master (read_master widens its weights)");
+  return weights_of(p).f32_values(p);
 }
 
 // The f32 values, or a frozen bf16 model's bf16 weights widened.
@@ -252,18 +333,24 @@ void MistralModel::read_master(const ParameterSpec& p, float* out) const {
     std::memcpy(out, values, p.numel * sizeof(float));
     return;
   }
-  weights_->read(p, out);
+  weights_of(p).read(p, out);
 }
 
 void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
-  ZN_CHECK(state_, "model: gradients exist only for a trainable model");
-  state_->read_gradient(p, out);
+  ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
+  CpuTrainState* s = state_of(p);
+  ZN_CHECK(s, "model: '", p.name, "' is frozen (it belongs to no trained parameter group)");
+  s->read_gradient(p, out);
 }
 
-long MistralModel::optimizer_step() const { return state_ ? state_->step() : 0; }
+long MistralModel::optimizer_step() const {
+  const CpuTrainState* s = state_ ? state_.get() : adapter_state_.get();
+  return s ? s->step() : 0;
+}
 
 const float* MistralModel::f32_values(const ParameterSpec& p) const {
-  return state_ ? state_->master(p) : weights_->f32_values(p);
+  if (CpuTrainState* s = state_of(p)) return s->master(p);
+  return weights_of(p).f32_values(p);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,21 +384,33 @@ std::vector<std::string> WeightFiles::unread() const {
   return names;
 }
 
-std::vector<std::string> MistralModel::load_weights(const std::vector<std::string>& files) {
-  WeightFiles weights(files);
+void MistralModel::read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table) {
   std::vector<float> staging;
-  for (const ParameterSpec& p : params_) {
-    if (state_) {
-      weights.read(p, state_->master(p));
+  for (const ParameterSpec& p : table) {
+    if (CpuTrainState* s = state_of(p)) {
+      files.read(p, s->master(p));
       continue;
     }
     // Frozen: into the weights (bf16: only the rounding is kept, and the norm weights in f32).
     staging.resize(p.numel);
-    weights.read(p, staging.data());
-    weights_->assign(p, staging.data());
+    files.read(p, staging.data());
+    weights_of(p).assign(p, staging.data());
   }
-  if (state_) state_->publish();
+  for (CpuTrainState* s : {state_.get(), adapter_state_.get()})
+    if (s) s->publish();
   have_activations_ = false;
+}
+
+std::vector<std::string> MistralModel::load_weights(const std::vector<std::string>& files) {
+  WeightFiles weights(files);
+  read_parameters(weights, params_);
+  return weights.unread();
+}
+
+std::vector<std::string> MistralModel::load_adapters(const std::vector<std::string>& files) {
+  ZN_CHECK(lora_, "model: loadAdapters() on a model without LoRA adapters");
+  WeightFiles weights(files);
+  read_parameters(weights, lora_->parameters());
   return weights.unread();
 }
 
@@ -325,50 +424,24 @@ void MistralModel::save_weights(const std::string& path, const std::vector<std::
     if (const float* values = f32_values(p)) {
       tensors.push_back({p.name, stored, p.shape, values, StDType::F32});
     } else {
-      tensors.push_back({p.name, stored, p.shape, weights_->bf16_values(p), StDType::BF16});
+      tensors.push_back({p.name, stored, p.shape, weights_of(p).bf16_values(p), StDType::BF16});
     }
   }
   write_safetensors(path, tensors, metadata);
 }
 
 void MistralModel::save_optimizer_state(const std::string& path) const {
-  ZN_CHECK(state_, "model: a frozen model has no optimizer state");
-  state_->save_optimizer_state(path);
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  std::vector<OptimizerMoments> groups;
+  for (CpuTrainState* s : train_states("saving optimizer state")) groups.push_back(s->moments());
+  write_optimizer_state(path, groups, optimizer_step());
 }
 
 void MistralModel::load_optimizer_state(const std::string& path) {
-  ZN_CHECK(state_, "model: a frozen model has no optimizer state");
-  state_->load_optimizer_state(path);
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  for (CpuTrainState* s : train_states("loading optimizer state")) s->load_optimizer_state(path);
 }
 
-static std::string optimizer_tensor_name(Moment moment, const ParameterSpec& p) {
-  return (moment == Moment::First ? "exp_avg." : "exp_avg_sq.") + p.name;
-}
-
-void write_optimizer_state(const std::string& path, const std::vector<ParameterSpec>& params,
-                           const float* exp_avg, const float* exp_avg_sq, long step) {
-  std::vector<StTensorToWrite> tensors;
-  for (const ParameterSpec& p : params) {
-    tensors.push_back({optimizer_tensor_name(Moment::First, p), StDType::F32, p.shape, exp_avg + p.offset});
-    tensors.push_back({optimizer_tensor_name(Moment::Second, p), StDType::F32, p.shape, exp_avg_sq + p.offset});
-  }
-  write_safetensors(path, tensors, {{"format", "zephyr-native-adamw"}, {"step", std::to_string(step)}});
-}
-
-long optimizer_state_step(const SafetensorsFile& file) {
-  auto step = file.metadata().find("step");
-  ZN_CHECK(step != file.metadata().end(), file.path(), ": not an optimizer state file (no 'step' in its metadata)");
-  char* end = nullptr;
-  const long parsed = std::strtol(step->second.c_str(), &end, 10);
-  ZN_CHECK(end && *end == 0 && parsed >= 0, file.path(), ": bad optimizer step '", step->second, "'");
-  return parsed;
-}
-
-void read_optimizer_moment(const SafetensorsFile& file, Moment moment, const ParameterSpec& p, float* out) {
-  const std::string name = optimizer_tensor_name(moment, p);
-  ZN_CHECK(file.find(name), file.path(), ": optimizer state lacks '", name, "'");
-  file.read(name, p.shape, DType::F32, out);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Forward
@@ -506,9 +579,8 @@ void MistralModel::backward(const float* dlogp, long tokens) {
            tokens_, " tokens");
   have_activations_ = false;
   validate_dlogp(dlogp, tokens_);
-  CpuTrainState& state = train_state("backward()");
-  decoder_->backward(batch(), *buffers_, *weights_, state, dlogp, options_.gradient_checkpointing);
-  state.embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
+  decoder_->backward(batch(), *buffers_, *weights_, *gradients_, dlogp, options_.gradient_checkpointing);
+  if (state_) state_->embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
 }
 
 void MistralModel::forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp) {
@@ -516,13 +588,14 @@ void MistralModel::forward_backward(const TokenBatchView& batch, const float* dl
   have_activations_ = false;
   copy_batch(batch);
   validate_dlogp(dlogp, tokens_);
-  CpuTrainState& state = train_state("forwardBackward()");
-  decoder_->forward_backward(this->batch(), *buffers_, *weights_, state, dlogp, logp,
+  decoder_->forward_backward(this->batch(), *buffers_, *weights_, *gradients_, dlogp, logp,
                              options_.gradient_checkpointing);
-  state.embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
+  if (state_) state_->embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
 }
 
-void MistralModel::zero_grad() { train_state("zeroGrad()").zero_grad(); }
+void MistralModel::zero_grad() {
+  for (CpuTrainState* s : train_states("zeroGrad()")) s->zero_grad();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Optimizer
@@ -539,8 +612,18 @@ void check_grad_norm(double norm) {
            "); the optimizer step was not taken");
 }
 
+// One global norm over every trained group, as torch's clip_grad_norm_ over the trainable
+// parameters, then each group's step with the same clipping.
 double MistralModel::clip_and_step(const AdamWOptions& hp) {
-  return train_state("an optimizer step").clip_and_step(hp);
+  const std::vector<CpuTrainState*> states = train_states("an optimizer step");
+  validate_adamw(hp);
+  double squares = 0;
+  for (const CpuTrainState* s : states) squares += s->grad_sum_of_squares();
+  const double norm = std::sqrt(squares);
+  check_grad_norm(norm);
+  const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
+  for (CpuTrainState* s : states) s->step(hp, scale);
+  return norm;
 }
 
 }  // namespace zn::model

@@ -25,6 +25,8 @@
 #include "model/cpu_state.h"
 #include "model/decoder.h"
 #include "model/generation.h"
+#include "model/lora.h"
+#include "model/optimizer_state.h"
 #include "model/parameters.h"
 
 namespace zn {
@@ -44,6 +46,12 @@ struct ModelOptions {
   // weights and AdamW moments live in host memory and the AdamW step runs on the CPU, so the
   // device keeps only the weights the kernels read and the f32 gradients (ZeRO-Offload's split).
   bool offload_optimizer = false;
+  // Parameters a trainable model keeps frozen (by name): they get no gradient, no optimizer
+  // state and in bf16 no f32 master; the others are the trained parameter group (parameters.h).
+  std::vector<std::string> frozen;
+  // LoRA adapters on the projections (lora.h; rank 0: none), a trained group of their own when
+  // the model is trainable. Freezing the base is the caller's choice (frozen), as PEFT's is.
+  LoraConfig lora;
 };
 
 inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }
@@ -123,17 +131,6 @@ class WeightFiles {
   std::map<std::string, const SafetensorsFile*> where_;
 };
 
-// The optimizer state file both models write and read (a checkpoint written on one device
-// resumes on the other): f32 tensors exp_avg.<parameter> and exp_avg_sq.<parameter> in the
-// parameter's shape, metadata {format: zephyr-native-adamw, step}.
-enum class Moment { First, Second };  // exp_avg, exp_avg_sq
-// Writes the file (atomically) from host copies of both moments, laid out as the parameter table.
-void write_optimizer_state(const std::string& path, const std::vector<ParameterSpec>& params,
-                           const float* exp_avg, const float* exp_avg_sq, long step);
-// The step recorded in an open optimizer state file (throws naming the file when absent or bad).
-long optimizer_state_step(const SafetensorsFile& file);
-// Reads one moment of one parameter (numel f32 values) from an open optimizer state file.
-void read_optimizer_moment(const SafetensorsFile& file, Moment moment, const ParameterSpec& p, float* out);
 
 class RowGradient;
 
@@ -150,7 +147,10 @@ class MistralModel {
   // What a model of this config and options would allocate (plan_memory), before building one.
   static MemoryPlan plan(const MistralConfig& config, const ModelOptions& options);
   const std::vector<ParameterSpec>& parameters() const { return params_; }
-  const ParameterSpec& parameter(const std::string& name) const;  // throws when unknown
+  // The LoRA adapters' table (empty without adapters), named as PEFT saves them.
+  const std::vector<ParameterSpec>& adapter_parameters() const;
+  // A base or adapter parameter by name; throws when unknown.
+  const ParameterSpec& parameter(const std::string& name) const;
   // The f32 master values (not held by a frozen bf16 model: read_master widens its bf16 values).
   const float* master(const ParameterSpec& p) const;
   // Copies of one parameter's f32 master values / gradient (numel floats), the accessors the
@@ -163,7 +163,15 @@ class MistralModel {
   // tensors in the files that are not parameters (e.g. a tied lm_head.weight); a missing
   // parameter is an error naming it.
   std::vector<std::string> load_weights(const std::vector<std::string>& files);
-  // Writes one safetensors file (atomically) holding the named parameters in the given order,
+  // Reads every adapter parameter from safetensors files (PEFT's adapter_model.safetensors
+  // names); returns the names of tensors that are not adapter parameters.
+  std::vector<std::string> load_adapters(const std::vector<std::string>& files);
+  // With the adapters off, every call runs the base model alone (a fresh adapter's reference).
+  void set_adapters_enabled(bool enabled);
+  // Folds the adapters into the base, W += s B A (PEFT's merge_and_unload), in f32 (dtype f32
+  // only), and switches them off: the base alone is then the merged model.
+  void merge_adapters();
+  // Writes one safetensors file (atomically) holding the named parameters (base or adapter) in the given order,
   // narrowed from the f32 master while writing. The caller plans the shards (lib/model/folder.ts).
   void save_weights(const std::string& path, const std::vector<std::string>& names, SaveDType dtype,
                     const std::map<std::string, std::string>& metadata) const;
@@ -205,7 +213,14 @@ class MistralModel {
  private:
   void copy_batch(const TokenBatchView& batch);
   DeviceBatch batch() const;  // the last copied batch, as the kernels read it
-  CpuTrainState& train_state(const char* what) const;  // throws naming `what` when frozen
+  // The train states (the base group's when it trains anything, the adapters'); throws naming
+  // `what` on a model created with trainable: false.
+  std::vector<CpuTrainState*> train_states(const char* what) const;
+  bool is_adapter(const ParameterSpec& p) const;
+  // The state training p, or null when p is frozen.
+  CpuTrainState* state_of(const ParameterSpec& p) const;
+  CpuWeights& weights_of(const ParameterSpec& p) const;
+  void read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table);
   // A parameter's f32 values: the master, or a frozen model's f32 weights or norm weights; null
   // for a frozen bf16 model's matrices (bf16 only).
   const float* f32_values(const ParameterSpec& p) const;
@@ -218,8 +233,16 @@ class MistralModel {
   MemoryPlan plan_;
   std::vector<ParameterSpec> params_;
   ParameterIndex index_;  // pointers into params_
+  std::unique_ptr<ParameterGroup> trained_;  // all but options_.frozen
   std::unique_ptr<CpuWeights> weights_;
-  std::unique_ptr<CpuTrainState> state_;  // trainable only
+  std::unique_ptr<CpuTrainState> state_;  // trainable only, for trained_ (unless it is empty)
+  // LoRA: the adapter table, its weights and (trainable) its state; the decoder's view of them.
+  std::unique_ptr<LoraTable> lora_;
+  std::unique_ptr<ParameterGroup> adapter_group_;
+  std::unique_ptr<CpuWeights> adapter_weights_;
+  std::unique_ptr<CpuTrainState> adapter_state_;
+  Adapters adapters_;
+  std::unique_ptr<GradientSinks> gradients_;  // every state, for the decoder's backward
 
   // calloc'd, not a std::vector: its pages are committed when first written, so the arena adds
   // nothing to the peak while weights load (a tensor's file pages are resident then).

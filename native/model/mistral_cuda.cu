@@ -29,6 +29,9 @@ struct CudaBuffers {
   // Parameters (offsets of the parameter table apply to each).
   CudaWeightBuffers weights;
   CudaTrainBuffers train;  // trainable only
+  // LoRA's adapters (offsets of the adapter table), as the base's.
+  CudaWeightBuffers adapter_weights;
+  CudaTrainBuffers adapter_train;
   // The batch of the last call, and the per-token values crossing to and from the host.
   int32_t *input_ids, *position_ids, *targets, *cu_seqlens;
   float *logp, *dlogp;
@@ -138,32 +141,60 @@ void take_activations(const MistralConfig& c, const ModelOptions& o, DeviceArena
   a.final_rstd = arena.take<float>(w.N);
   a.logit_lse = arena.take<float>(w.N);
   if (o.trainable) take_backward_scratch(w, t, arena, a);
+  // LoRA's [N, r] pair, which every projection recomputes where it needs it.
+  const size_t r = size_t(o.lora.rank);
+  const Tensor lora_t = r ? Tensor{arena.take_bytes(w.N * r * w.act), t} : Tensor{};
+  const Tensor lora_dt = r && o.trainable ? Tensor{arena.take_bytes(w.N * r * w.act), t} : Tensor{};
+  for (LayerSlot& s : a.layers) {
+    s.lora_t = lora_t;
+    s.lora_dt = lora_dt;
+  }
+}
+
+// A parameter table's weights (CudaWeights) and, for its trained group, the train state's
+// device buffers (CudaTrainState): the f32 master of a bf16 model that steps on the device, the
+// gradients and the moments. Adds the bytes to the plan's categories.
+void take_parameters(const std::vector<ParameterSpec>& table, size_t trained, const ModelOptions& o,
+                     DeviceArena& arena, CudaWeightBuffers& weights, CudaTrainBuffers& train, MemoryPlan& plan) {
+  const size_t params = parameter_count(table);
+  const bool bf16_mode = o.precision == Precision::BF16, moments_here = o.trainable && !offloads(o);
+  size_t mark = arena.used();
+  auto close_section = [&](size_t& bytes) {
+    bytes += arena.used() - mark;
+    mark = arena.used();
+  };
+  weights.f32_values = bf16_mode ? nullptr : arena.take<float>(params);
+  weights.bf16_values = bf16_mode ? arena.take<bf16>(params) : nullptr;
+  weights.norms = bf16_mode ? arena.take<float>(norm_slots(table, nullptr)) : nullptr;
+  train.master = bf16_mode && moments_here ? arena.take<float>(trained) : nullptr;
+  close_section(plan.weights);
+  train.grads = o.trainable ? arena.take<float>(trained) : nullptr;
+  close_section(plan.grads);
+  train.adam_m = moments_here ? arena.take<float>(trained) : nullptr;
+  train.adam_v = moments_here ? arena.take<float>(trained) : nullptr;
+  close_section(plan.optimizer);
 }
 
 // Lays the arena out for max_tokens (walked once to plan, once to allocate, so the two cannot
 // disagree); returns the bytes of each category.
 MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, CudaBuffers& b) {
   const std::vector<ParameterSpec> table = parameter_table(c);
-  const size_t params = parameter_count(table);
+  const ParameterGroup trained(table, o.frozen);
   DeviceArena arena(base);
   MemoryPlan plan;
-  size_t mark = 0;
+  take_parameters(table, o.trainable ? trained.numel() : 0, o, arena, b.weights, b.train, plan);
+  std::unique_ptr<LoraTable> lora;
+  if (o.lora.rank > 0) {
+    lora = std::make_unique<LoraTable>(table, o.lora);
+    const size_t adapters = parameter_count(lora->parameters());
+    take_parameters(lora->parameters(), o.trainable ? adapters : 0, o, arena, b.adapter_weights, b.adapter_train,
+                    plan);
+  }
+  size_t mark = arena.used();
   auto close_section = [&](size_t& bytes) {
     bytes = arena.used() - mark;
     mark = arena.used();
   };
-  const bool bf16_mode = o.precision == Precision::BF16, moments_here = o.trainable && !offloads(o);
-  // The weights (CudaWeights), and the f32 master of a bf16 model that steps on the device.
-  b.weights.f32_values = bf16_mode ? nullptr : arena.take<float>(params);
-  b.weights.bf16_values = bf16_mode ? arena.take<bf16>(params) : nullptr;
-  b.weights.norms = bf16_mode ? arena.take<float>(norm_slots(table, nullptr)) : nullptr;
-  b.train.master = bf16_mode && moments_here ? arena.take<float>(params) : nullptr;
-  close_section(plan.weights);
-  b.train.grads = o.trainable ? arena.take<float>(params) : nullptr;
-  close_section(plan.grads);
-  b.train.adam_m = moments_here ? arena.take<float>(params) : nullptr;
-  b.train.adam_v = moments_here ? arena.take<float>(params) : nullptr;
-  close_section(plan.optimizer);
   take_activations(c, o, arena, b);
   close_section(plan.activations);
   const size_t head_bytes = cuda::logprob_workspace_bytes(logprob_shape(c, o.max_tokens));
@@ -173,8 +204,15 @@ MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, Cud
   b.acts.attention_backward = {o.trainable ? arena.take_bytes(attention_bytes) : nullptr, attention_bytes};
   b.train.grad_sum_of_squares = arena.take<double>(1);
   b.train.clip_coefficient = arena.take<float>(1);
+  if (lora) {
+    b.adapter_train.grad_sum_of_squares = arena.take<double>(1);
+    b.adapter_train.clip_coefficient = arena.take<float>(1);
+  }
   close_section(plan.logits_chunks);
-  plan.host = offloads(o) ? CudaTrainState::offload_host_bytes(table, o.precision) : 0;
+  if (offloads(o)) {
+    plan.host = CudaTrainState::offload_host_bytes(trained, o.precision);
+    if (lora) plan.host += CudaTrainState::offload_host_bytes(ParameterGroup(lora->parameters()), o.precision);
+  }
   return plan;
 }
 
@@ -223,6 +261,11 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
   plan_ = plan(config_, options_);
   params_ = parameter_table(config_);
   index_ = index_parameters(config_, params_);
+  trained_ = std::make_unique<ParameterGroup>(params_, options_.frozen);
+  if (options_.lora.rank > 0) {
+    lora_ = std::make_unique<LoraTable>(params_, options_.lora);
+    adapter_group_ = std::make_unique<ParameterGroup>(lora_->parameters());
+  }
   cuda::device_count();  // a readable error when there is no GPU or driver
   ZN_CUDA_CHECK(cudaGetDevice(&device_));
   if (offloads(options_)) {
@@ -234,10 +277,23 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
     backend_.set_stream(stream_);
     allocate();
     weights_ = std::make_unique<CudaWeights>(params_, buf_->weights, stream_);
-    if (options_.trainable) {
-      state_ = std::make_unique<CudaTrainState>(params_, offloads(options_), *weights_, buf_->train, backend_,
+    std::vector<GradientSink*> sinks;
+    if (options_.trainable && trained_->numel() > 0) {
+      state_ = std::make_unique<CudaTrainState>(*trained_, offloads(options_), *weights_, buf_->train, backend_,
                                                 stream_);
+      sinks.push_back(state_.get());
     }
+    if (lora_) {
+      adapter_weights_ = std::make_unique<CudaWeights>(lora_->parameters(), buf_->adapter_weights, stream_);
+      if (options_.trainable) {
+        adapter_state_ = std::make_unique<CudaTrainState>(*adapter_group_, offloads(options_), *adapter_weights_,
+                                                          buf_->adapter_train, backend_, stream_);
+        sinks.push_back(adapter_state_.get());
+      }
+      adapters_ = {lora_.get(), adapter_weights_.get()};
+      decoder_->set_adapters(&adapters_);
+    }
+    gradients_ = std::make_unique<GradientSinks>(sinks);
   } catch (...) {
     if (arena_) cudaFree(arena_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -248,6 +304,7 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
 CudaMistralModel::~CudaMistralModel() {
   cudaSetDevice(device_);
   state_.reset();  // its pinned buffers go before the stream
+  adapter_state_.reset();
   free_generation();
   if (stream_) cudaStreamSynchronize(stream_);
   if (arena_) cudaFree(arena_);
@@ -285,28 +342,67 @@ void CudaMistralModel::download(const float* device, size_t count, float* host) 
 }
 
 const ParameterSpec& CudaMistralModel::parameter(const std::string& name) const {
+  if (lora_ && name.rfind("base_model.model.", 0) == 0) return find_parameter(lora_->parameters(), name);
   return find_parameter(params_, name);
 }
 
-CudaTrainState& CudaMistralModel::train_state(const char* what) const {
-  ZN_CHECK(state_, "model: ", what, " on a model created with trainable: false");
+std::vector<CudaTrainState*> CudaMistralModel::train_states(const char* what) const {
+  ZN_CHECK(options_.trainable, "model: ", what, " on a model created with trainable: false");
   use_device();
-  return *state_;
+  std::vector<CudaTrainState*> states;
+  for (CudaTrainState* s : {state_.get(), adapter_state_.get()})
+    if (s) states.push_back(s);
+  return states;
 }
 
-long CudaMistralModel::optimizer_step() const { return state_ ? state_->step() : 0; }
+bool CudaMistralModel::is_adapter(const ParameterSpec& p) const {
+  if (!lora_) return false;
+  const std::vector<ParameterSpec>& table = lora_->parameters();
+  return &p >= table.data() && &p < table.data() + table.size();
+}
+
+CudaTrainState* CudaMistralModel::state_of(const ParameterSpec& p) const {
+  if (is_adapter(p)) return adapter_state_.get();
+  return state_ && trained_->contains(p) ? state_.get() : nullptr;
+}
+
+CudaWeights& CudaMistralModel::weights_of(const ParameterSpec& p) const {
+  return is_adapter(p) ? *adapter_weights_ : *weights_;
+}
+
+const std::vector<ParameterSpec>& CudaMistralModel::adapter_parameters() const {
+  static const std::vector<ParameterSpec> none;
+  return lora_ ? lora_->parameters() : none;
+}
+
+void CudaMistralModel::merge_adapters() {
+  fail("model: mergeAdapters() runs on the CPU model (device: 'cpu'), where the merged f32 weights are written");
+}
+
+void CudaMistralModel::set_adapters_enabled(bool enabled) {
+  ZN_CHECK(lora_, "model: setAdaptersEnabled() on a model without LoRA adapters");
+  have_activations_ = false;
+  decoder_->set_adapters(enabled ? &adapters_ : nullptr);
+}
+
+long CudaMistralModel::optimizer_step() const {
+  const CudaTrainState* s = state_ ? state_.get() : adapter_state_.get();
+  return s ? s->step() : 0;
+}
 
 // The f32 master of a trainable model (host, or device); else the weights, widened from bf16.
 void CudaMistralModel::read_master(const ParameterSpec& p, float* out) const {
   use_device();
-  if (state_) return state_->read_master(p, out);
-  weights_->read(p, out);
+  if (CudaTrainState* s = state_of(p)) return s->read_master(p, out);
+  weights_of(p).read(p, out);
 }
 
 void CudaMistralModel::read_gradient(const ParameterSpec& p, float* out) const {
-  ZN_CHECK(state_, "model: gradients exist only for a trainable model");
+  ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
   use_device();
-  state_->read_gradient(p, out);
+  CudaTrainState* s = state_of(p);
+  ZN_CHECK(s, "model: '", p.name, "' is frozen (it belongs to no trained parameter group)");
+  s->read_gradient(p, out);
 }
 
 DType CudaMistralModel::act_dtype() const { return activation_dtype(options_); }
@@ -314,26 +410,39 @@ DType CudaMistralModel::act_dtype() const { return activation_dtype(options_); }
 // ---------------------------------------------------------------------------------------------
 // Weights and optimizer state in and out (through host staging buffers)
 
-std::vector<std::string> CudaMistralModel::load_weights(const std::vector<std::string>& files) {
+void CudaMistralModel::read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table) {
   use_device();
-  WeightFiles weights(files);
   have_activations_ = false;
   std::vector<float> staging;
-  for (const ParameterSpec& p : params_) {
-    float* values = state_ ? state_->host_master(p) : nullptr;  // offloaded: read in place
+  for (const ParameterSpec& p : table) {
+    CudaTrainState* s = state_of(p);
+    float* values = s ? s->host_master(p) : nullptr;  // offloaded: read in place
     if (!values) {
       staging.resize(p.numel);
       values = staging.data();
     }
-    weights.read(p, values);
-    if (state_) {
-      state_->write_master(p, values);
+    files.read(p, values);
+    if (s) {
+      s->write_master(p, values);
     } else {
-      weights_->assign(p, values);
+      weights_of(p).assign(p, values);
     }
   }
-  if (state_) state_->publish();
+  for (CudaTrainState* s : {state_.get(), adapter_state_.get()})
+    if (s) s->publish();
   sync();
+}
+
+std::vector<std::string> CudaMistralModel::load_weights(const std::vector<std::string>& files) {
+  WeightFiles weights(files);
+  read_parameters(weights, params_);
+  return weights.unread();
+}
+
+std::vector<std::string> CudaMistralModel::load_adapters(const std::vector<std::string>& files) {
+  ZN_CHECK(lora_, "model: loadAdapters() on a model without LoRA adapters");
+  WeightFiles weights(files);
+  read_parameters(weights, lora_->parameters());
   return weights.unread();
 }
 
@@ -346,7 +455,8 @@ void CudaMistralModel::save_weights(const std::string& path, const std::vector<s
   std::vector<StTensorToWrite> tensors;
   for (size_t i = 0; i < names.size(); ++i) {
     const ParameterSpec& p = parameter(names[i]);
-    const float* values = state_ ? state_->host_master(p) : nullptr;
+    const CudaTrainState* s = state_of(p);
+    const float* values = s ? s->host_master(p) : nullptr;
     if (!values) {
       host[i].resize(p.numel);
       read_master(p, host[i].data());
@@ -358,15 +468,15 @@ void CudaMistralModel::save_weights(const std::string& path, const std::vector<s
 }
 
 void CudaMistralModel::save_optimizer_state(const std::string& path) const {
-  ZN_CHECK(state_, "model: a frozen model has no optimizer state");
-  use_device();
-  state_->save_optimizer_state(path);
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  std::vector<OptimizerMoments> groups;
+  for (CudaTrainState* s : train_states("saving optimizer state")) groups.push_back(s->moments());
+  write_optimizer_state(path, groups, optimizer_step());
 }
 
 void CudaMistralModel::load_optimizer_state(const std::string& path) {
-  ZN_CHECK(state_, "model: a frozen model has no optimizer state");
-  use_device();
-  state_->load_optimizer_state(path);
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  for (CudaTrainState* s : train_states("loading optimizer state")) s->load_optimizer_state(path);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -573,7 +683,7 @@ void CudaMistralModel::forward_backward(const TokenBatchView& batch, const float
   upload_batch(batch);
   CudaBuffers& B = *buf_;
   ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(tokens_) * sizeof(float), cudaMemcpyHostToDevice, stream_));
-  decoder_->forward_backward(this->batch(), B.acts, *weights_, *state_, B.dlogp, B.logp,
+  decoder_->forward_backward(this->batch(), B.acts, *weights_, *gradients_, B.dlogp, B.logp,
                              options_.gradient_checkpointing);
   embedding_backward();
   download_logp(logp);
@@ -590,7 +700,7 @@ void CudaMistralModel::backward(const float* dlogp, long tokens) {
   validate_dlogp(dlogp, tokens);
   CudaBuffers& B = *buf_;
   ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(tokens_) * sizeof(float), cudaMemcpyHostToDevice, stream_));
-  decoder_->backward(this->batch(), B.acts, *weights_, *state_, B.dlogp, options_.gradient_checkpointing);
+  decoder_->backward(this->batch(), B.acts, *weights_, *gradients_, B.dlogp, options_.gradient_checkpointing);
   embedding_backward();
 }
 
@@ -598,15 +708,28 @@ void CudaMistralModel::backward(const float* dlogp, long tokens) {
 // dres; then the stream is drained, so a fault in any kernel surfaces in the call that caused it.
 void CudaMistralModel::embedding_backward() {
   const CudaBuffers& B = *buf_;
-  cuda::embedding_backward(tokens_, config_.hidden_size, config_.vocab_size, B.input_ids,
-                           {B.acts.dres, DType::F32}, config_.pad_token_id, state_->grad(*index_.embed), stream_);
+  if (float* grad = state_ ? state_->grad(*index_.embed) : nullptr) {  // null: a frozen embedding
+    cuda::embedding_backward(tokens_, config_.hidden_size, config_.vocab_size, B.input_ids,
+                             {B.acts.dres, DType::F32}, config_.pad_token_id, grad, stream_);
+  }
   sync();
 }
 
-void CudaMistralModel::zero_grad() { train_state("zeroGrad()").zero_grad(); }
+void CudaMistralModel::zero_grad() {
+  for (CudaTrainState* s : train_states("zeroGrad()")) s->zero_grad();
+}
 
+// One global norm over every trained group, as torch's clip_grad_norm_ over the trainable
+// parameters, then each group's step with the same clipping.
 double CudaMistralModel::clip_and_step(const AdamWOptions& hp) {
-  return train_state("an optimizer step").clip_and_step(hp);
+  const std::vector<CudaTrainState*> states = train_states("an optimizer step");
+  validate_adamw(hp);
+  double squares = 0;
+  for (const CudaTrainState* s : states) squares += s->grad_sum_of_squares();
+  const double norm = std::sqrt(squares);
+  check_grad_norm(norm);
+  for (CudaTrainState* s : states) s->step(hp, squares);
+  return norm;
 }
 
 }  // namespace zn::model

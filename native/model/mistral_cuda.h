@@ -60,12 +60,17 @@ class CudaMistralModel {
   // the log-prob chunks and the attention backward's rowsum buffer.
   static MemoryPlan plan(const MistralConfig& config, const ModelOptions& options);
   const std::vector<ParameterSpec>& parameters() const { return params_; }
-  const ParameterSpec& parameter(const std::string& name) const;  // throws when unknown
+  const std::vector<ParameterSpec>& adapter_parameters() const;  // LoRA's (empty without)
+  const ParameterSpec& parameter(const std::string& name) const;  // base or adapter; throws when unknown
   void read_master(const ParameterSpec& p, float* out) const;      // numel floats, host
   void read_gradient(const ParameterSpec& p, float* out) const;    // throws when not trainable
   long optimizer_step() const;
 
   std::vector<std::string> load_weights(const std::vector<std::string>& files);
+  std::vector<std::string> load_adapters(const std::vector<std::string>& files);
+  void set_adapters_enabled(bool enabled);
+  // Folding adapters into the base is the CPU model's (zephyr-native merge): an error here.
+  void merge_adapters();
   void save_weights(const std::string& path, const std::vector<std::string>& names, SaveDType dtype,
                     const std::map<std::string, std::string>& metadata) const;
 
@@ -98,7 +103,11 @@ class CudaMistralModel {
   DeviceBatch batch() const;  // the last uploaded batch
   void download_logp(float* logp) const;
   void embedding_backward();  // from the decoder's d loss / d (embedding output), then sync
-  CudaTrainState& train_state(const char* what) const;  // throws naming `what` when frozen
+  std::vector<CudaTrainState*> train_states(const char* what) const;  // throws naming `what` when frozen
+  bool is_adapter(const ParameterSpec& p) const;
+  CudaTrainState* state_of(const ParameterSpec& p) const;  // null: frozen
+  CudaWeights& weights_of(const ParameterSpec& p) const;
+  void read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table);
   DType act_dtype() const;
   void download(const float* device, size_t count, float* host) const;
   void sync() const;
@@ -112,6 +121,7 @@ class CudaMistralModel {
   MemoryPlan plan_;
   std::vector<ParameterSpec> params_;
   ParameterIndex index_;  // pointers into params_
+  std::unique_ptr<ParameterGroup> trained_;  // all but options_.frozen
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -120,7 +130,14 @@ class CudaMistralModel {
   CudaBackend backend_;               // on stream_
   std::unique_ptr<Decoder> decoder_;
   std::unique_ptr<CudaWeights> weights_;
-  std::unique_ptr<CudaTrainState> state_;  // trainable only
+  std::unique_ptr<CudaTrainState> state_;  // trainable only, for trained_ (unless it is empty)
+  // LoRA (as the CPU model's).
+  std::unique_ptr<LoraTable> lora_;
+  std::unique_ptr<ParameterGroup> adapter_group_;
+  std::unique_ptr<CudaWeights> adapter_weights_;
+  std::unique_ptr<CudaTrainState> adapter_state_;
+  Adapters adapters_;
+  std::unique_ptr<GradientSinks> gradients_;
 
   // Generation: the cache's device memory (cache, then the per-call arrays) and bookkeeping.
   void* generation_memory_ = nullptr;

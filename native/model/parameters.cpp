@@ -1,6 +1,7 @@
 // Mistral's config checks and parameter table (parameters.h).
 #include "model/parameters.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/errors.h"
@@ -80,6 +81,28 @@ const ParameterSpec& find_parameter(const std::vector<ParameterSpec>& table, con
     if (p.name == name) return p;
   }
   fail("model: no parameter named '", name, "'");
+}
+
+ParameterGroup::ParameterGroup(const std::vector<ParameterSpec>& table, const std::vector<std::string>& frozen)
+    : table_begin_(table.data()), slots_(table.size(), kNoSlot) {
+  for (const std::string& name : frozen) find_parameter(table, name);  // names a parameter
+  for (size_t i = 0; i < table.size(); ++i) {
+    if (std::find(frozen.begin(), frozen.end(), table[i].name) != frozen.end()) continue;
+    members_.push_back(&table[i]);
+    slots_[i] = numel_;
+    numel_ += table[i].numel;
+  }
+}
+
+size_t ParameterGroup::slot(const ParameterSpec& p) const {
+  const size_t i = size_t(&p - table_begin_);
+  return i < slots_.size() ? slots_[i] : kNoSlot;
+}
+
+size_t ParameterGroup::offset(const ParameterSpec& p) const {
+  const size_t at = slot(p);
+  ZN_CHECK(at != kNoSlot, "model: '", p.name, "' is frozen (it belongs to no trained parameter group)");
+  return at;
 }
 
 ParameterIndex index_parameters(const MistralConfig& config, const std::vector<ParameterSpec>& table) {

@@ -48,6 +48,31 @@ constexpr size_t kNoSlot = ~size_t(0);
 size_t norm_slots(const std::vector<ParameterSpec>& table, std::vector<size_t>* slots);
 const ParameterSpec& find_parameter(const std::vector<ParameterSpec>& table, const std::string& name);  // throws when unknown
 
+// Parameters trained together: the unit a train state covers (its gradients, moments and
+// master are laid out by the group, members end to end in table order). A parameter outside
+// every trained group is frozen: no gradient, no optimizer state, and in bf16 no f32 master.
+// A whole model's training is one group of the whole table (offsets equal to the table's);
+// LoRA's adapters are a group of their own over a frozen base.
+class ParameterGroup {
+ public:
+  // The members of `table` whose names are not in `frozen` (each of which must name one).
+  ParameterGroup(const std::vector<ParameterSpec>& table, const std::vector<std::string>& frozen = {});
+
+  const std::vector<const ParameterSpec*>& members() const { return members_; }
+  size_t numel() const { return numel_; }
+  bool contains(const ParameterSpec& p) const { return slot(p) != kNoSlot; }
+  size_t offset(const ParameterSpec& p) const;  // in the group's layout; throws for a non-member
+  bool whole_table() const { return members_.size() == slots_.size(); }
+
+ private:
+  size_t slot(const ParameterSpec& p) const;
+
+  const ParameterSpec* table_begin_;
+  std::vector<const ParameterSpec*> members_;
+  std::vector<size_t> slots_;  // by table index: the group offset, or kNoSlot
+  size_t numel_ = 0;
+};
+
 // Where each part of the model sits in a parameter table (pointers into that table).
 struct LayerParameters {
   const ParameterSpec *input_norm, *q, *k, *v, *o, *post_norm, *gate, *up, *down;

@@ -586,6 +586,298 @@ ZN_TEST("model.optimizer_state_round_trips") {
   }
 }
 
+// A trainable model with frozen parameters (ModelOptions::frozen; the trained parameter group
+// of parameters.h): the same forward, the same gradients for what it trains and none for what it
+// freezes, an optimizer step that moves only the group, and optimizer state for the group alone.
+ZN_TEST("model.frozen_parameters_get_no_gradient_state_or_update") {
+  const AdamWOptions hp{1e-2, 0.9, 0.99, 1e-8, 0.1, 0.0};  // no clipping: the norms differ
+  for (bool tied : {true, false}) {
+    const MistralConfig c = tiny_config(tied);
+    const Params P = random_params(c);
+    const Batch b = random_batch(c, {6, 4});
+    const std::vector<float> w = test::random_f32(b.ids.size());
+    // The head and top layer's MLP frozen (the log-prob head's and rmsnorm's null dweight), or
+    // the embedding and the bottom layer (nothing below them trains: the backward still runs).
+    const std::vector<std::vector<std::string>> frozen_sets = {
+        {tied ? "model.embed_tokens.weight" : "lm_head.weight", "model.norm.weight",
+         "model.layers.1.mlp.down_proj.weight", "model.layers.1.post_attention_layernorm.weight"},
+        {"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", "model.layers.0.self_attn.q_proj.weight",
+         "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+         "model.layers.0.self_attn.o_proj.weight"}};
+    for (const std::vector<std::string>& frozen : frozen_sets) {
+      for (Precision precision : {Precision::F32, Precision::BF16}) {
+        for (bool fused : {false, true}) {
+          const std::string where = std::string(tied ? "tied" : "untied") + (precision == Precision::BF16 ? " bf16" : " f32") +
+                                    (fused ? " forwardBackward " : " forward+backward ") + frozen.front();
+          ModelOptions o;
+          o.max_tokens = 16;
+          o.precision = precision;
+          auto full = make_model(c, P, o);
+          o.frozen = frozen;
+          auto part = make_model(c, P, o);
+          auto is_frozen = [&](const ParameterSpec& p) {
+            return std::find(frozen.begin(), frozen.end(), p.name) != frozen.end();
+          };
+          std::vector<float> logp_full(b.ids.size()), logp_part(b.ids.size());
+          for (auto [m, logp] : {std::pair{full.get(), &logp_full}, std::pair{part.get(), &logp_part}}) {
+            m->zero_grad();
+            if (fused) {
+              m->forward_backward(b.view(), w.data(), logp->data());
+            } else {
+              m->forward(b.view(), logp->data());
+              m->backward(w.data(), long(w.size()));
+            }
+          }
+          EXPECT(logp_full == logp_part, where, ": logp differs");
+          double squares = 0;
+          size_t trained = 0;
+          for (const ParameterSpec& p : part->parameters()) {
+            if (is_frozen(p)) {
+              test::expect_error([&] { gradient_of(*part, p.name); }, "'" + p.name + "' is frozen");
+              continue;
+            }
+            trained += p.numel;
+            const std::vector<float> g = gradient_of(*part, p.name);
+            EXPECT(g == gradient_of(*full, p.name), where, ": gradient of ", p.name, " differs");
+            for (float x : g) squares += double(x) * x;
+          }
+          EXPECT(part->memory_plan().optimizer == trained * 8, where, ": ", part->memory_plan().optimizer);
+          EXPECT(part->memory_plan().grads < full->memory_plan().grads, where);
+
+          const double norm = part->clip_and_step(hp);
+          full->clip_and_step(hp);
+          EXPECT(std::fabs(norm - std::sqrt(squares)) <= 1e-6 * std::sqrt(squares), where, ": norm ", norm);
+          std::vector<float> before(0), after(0);
+          for (const ParameterSpec& p : part->parameters()) {
+            after.resize(p.numel);
+            part->read_master(p, after.data());
+            if (!is_frozen(p)) {
+              std::vector<float> want(p.numel);
+              full->read_master(full->parameter(p.name), want.data());
+              EXPECT(after == want, where, ": stepped ", p.name, " differs");
+              continue;
+            }
+            const bool rounded = precision == Precision::BF16 && p.shape.size() == 2;
+            for (size_t i = 0; i < p.numel; ++i) {
+              const float value = float(P.at(p.name)[i]);
+              const float expected = rounded ? bf16_to_f32(f32_to_bf16(value)) : value;
+              EXPECT(after[i] == expected, where, ": frozen ", p.name, "[", i, "] moved");
+            }
+          }
+
+          // The optimizer state holds the group's members only, and resumes bit-identically.
+          TempFile state(".safetensors");
+          part->save_optimizer_state(state.path);
+          {
+            SafetensorsFile file(state.path);
+            EXPECT(file.tensors().size() == 2 * (part->parameters().size() - frozen.size()), where);
+            for (const std::string& name : frozen) EXPECT(!file.find("exp_avg." + name), where, ": ", name);
+          }
+          TempFile weights(".safetensors");
+          std::vector<std::string> names;
+          for (const ParameterSpec& p : part->parameters()) names.push_back(p.name);
+          part->save_weights(weights.path, names, SaveDType::F32, {});
+          MistralModel resumed(c, o);
+          resumed.load_weights({weights.path});
+          resumed.load_optimizer_state(state.path);
+          for (MistralModel* m : {part.get(), &resumed}) {
+            m->zero_grad();
+            m->forward(b.view(), logp_part.data());
+            m->backward(w.data(), long(w.size()));
+            m->clip_and_step(hp);
+          }
+          for (const ParameterSpec& p : part->parameters()) {
+            std::vector<float> x(p.numel), y(p.numel);
+            part->read_master(p, x.data());
+            resumed.read_master(resumed.parameter(p.name), y.data());
+            EXPECT(x == y, where, ": resumed ", p.name, " differs");
+          }
+        }
+      }
+    }
+  }
+  ModelOptions o;
+  o.max_tokens = 4;
+  o.frozen = {"model.layers.0.mlp.gate_proj"};
+  test::expect_error([&] { MistralModel(tiny_config(false), o); }, "no parameter named 'model.layers.0.mlp.gate_proj'");
+}
+
+namespace {
+
+// The base parameters with every adapter merged in, W + s B A (the float64 reference's weights).
+Params merged(const Params& base, const Params& adapters, const LoraTable& lora, const std::vector<ParameterSpec>& table) {
+  Params out = base;
+  const double s = lora.config().scale();
+  const long r = lora.config().rank;
+  for (const ParameterSpec& p : table) {
+    const LoraPair* pair = lora.pair(p);
+    if (!pair) continue;
+    const long rows = p.shape[0], cols = p.shape[1];
+    const std::vector<double>&A = adapters.at(pair->a->name), &B = adapters.at(pair->b->name);
+    std::vector<double>& W = out[p.name];
+    for (long i = 0; i < rows; ++i)
+      for (long j = 0; j < cols; ++j) {
+        double sum = 0;
+        for (long k = 0; k < r; ++k) sum += B[size_t(i * r + k)] * A[size_t(k * cols + j)];
+        W[size_t(i * cols + j)] += s * sum;
+      }
+  }
+  return out;
+}
+
+void write_params(const std::string& path, const std::vector<ParameterSpec>& table, const Params& values) {
+  std::vector<std::vector<float>> data;
+  std::vector<StTensorToWrite> tensors;
+  data.reserve(table.size());
+  for (const ParameterSpec& p : table) {
+    data.emplace_back(values.at(p.name).begin(), values.at(p.name).end());
+    tensors.push_back({p.name, StDType::F32, p.shape, data.back().data()});
+  }
+  write_safetensors(path, tensors, {});
+}
+
+}  // namespace
+
+// LoRA (model/lora.h) against float64: the model with adapters is the base with W + s B A
+// merged in (PEFT's merge_and_unload), so its log-probs are the reference's on merged weights
+// and the gradients of every A and B entry are central differences of that reference.
+ZN_TEST("model.lora_adapters_match_float64_merged_weights") {
+  struct Case {
+    LoraConfig lora;
+    std::string trained_base;  // a base parameter trained beside the adapters (PEFT's modules_to_save)
+  };
+  const std::vector<Case> cases = {{{2, 3.0, false, {"all-linear"}}, ""},
+                                   {{3, 4.0, true, {"q_proj", "v_proj", "down_proj"}}, "model.norm.weight"}};
+  for (const Case& lc : cases) {
+    for (bool tied : {false, true}) {
+      const MistralConfig c = tiny_config(tied);
+      const Params P = random_params(c);
+      const Batch b = random_batch(c, {7, 5});
+      const std::vector<float> w = test::random_f32(b.ids.size());
+      const std::vector<ParameterSpec> table = parameter_table(c);
+      const LoraTable lora(table, lc.lora);
+      Params adapters;
+      for (const ParameterSpec& p : lora.parameters()) adapters[p.name] = test::to_f64(test::random_f32(p.numel, 0.5f));
+      const std::string where = std::string(tied ? "tied " : "untied ") + lc.lora.target_modules.front();
+
+      ModelOptions o;
+      o.max_tokens = 16;
+      o.lora = lc.lora;
+      for (const ParameterSpec& p : table)
+        if (p.name != lc.trained_base) o.frozen.push_back(p.name);
+      auto model = make_model(c, P, o);
+      TempFile adapter_file(".safetensors");
+      write_params(adapter_file.path, lora.parameters(), adapters);
+      EXPECT(model->load_adapters({adapter_file.path}).empty(), where);
+
+      const std::vector<float> logp = run_logp(*model, b, true);
+      test::expect_close(logp, reference_logp(c, merged(P, adapters, lora, table), b), test::kF32RelTol,
+                         where + ": logp");
+      model->zero_grad();
+      model->backward(w.data(), long(w.size()));
+      Params fd_adapters = adapters;
+      double squares = 0;
+      for (const ParameterSpec& p : model->adapter_parameters()) {
+        std::vector<double> fd(p.numel);
+        std::vector<double>& values = fd_adapters[p.name];
+        for (size_t i = 0; i < p.numel; ++i) {
+          const double saved = values[i], h = 1e-5 * std::max(1.0, std::fabs(saved));
+          values[i] = saved + h;
+          const double up = weighted_loss(c, merged(P, fd_adapters, lora, table), b, w);
+          values[i] = saved - h;
+          const double down = weighted_loss(c, merged(P, fd_adapters, lora, table), b, w);
+          values[i] = saved;
+          fd[i] = (up - down) / (2 * h);
+        }
+        const std::vector<float> g = gradient_of(*model, p.name);
+        test::expect_close(g, fd, 1e-4, where + ": d loss / d " + p.name);
+        for (float x : g) squares += double(x) * x;
+      }
+      for (const ParameterSpec& p : model->parameters()) {
+        if (p.name != lc.trained_base) {
+          test::expect_error([&] { gradient_of(*model, p.name); }, "'" + p.name + "' is frozen");
+          continue;
+        }
+        Params fd_base = merged(P, adapters, lora, table);
+        std::vector<double> fd(p.numel);
+        for (size_t i = 0; i < p.numel; ++i) {
+          const double saved = fd_base[p.name][i], h = 1e-5;
+          fd_base[p.name][i] = saved + h;
+          const double up = weighted_loss(c, fd_base, b, w);
+          fd_base[p.name][i] = saved - h;
+          const double down = weighted_loss(c, fd_base, b, w);
+          fd_base[p.name][i] = saved;
+          fd[i] = (up - down) / (2 * h);
+        }
+        const std::vector<float> g = gradient_of(*model, p.name);
+        test::expect_close(g, fd, 1e-4, where + ": d loss / d " + p.name);
+        for (float x : g) squares += double(x) * x;
+      }
+
+      // With the adapters off, the model is the base model, bit for bit.
+      ModelOptions plain;
+      plain.max_tokens = 16;
+      auto base = make_model(c, P, plain);
+      model->set_adapters_enabled(false);
+      EXPECT(run_logp(*model, b, false) == run_logp(*base, b, false), where, ": adapters off differs from the base");
+      model->set_adapters_enabled(true);
+
+      // One step over both groups with one global norm; the frozen base stays put.
+      const AdamWOptions hp{1e-2, 0.9, 0.99, 1e-8, 0.1, 0.5};
+      const double norm = model->clip_and_step(hp);
+      EXPECT(std::fabs(norm - std::sqrt(squares)) <= 1e-6 * std::sqrt(squares), where, ": norm ", norm);
+      for (const ParameterSpec& p : model->parameters()) {
+        if (p.name == lc.trained_base) continue;
+        const std::vector<float> now(model->master(p), model->master(p) + p.numel);
+        EXPECT(now == std::vector<float>(P.at(p.name).begin(), P.at(p.name).end()), where, ": frozen ", p.name, " moved");
+      }
+      size_t moved = 0;
+      for (const ParameterSpec& p : model->adapter_parameters())
+        for (size_t i = 0; i < p.numel; ++i) moved += model->master(p)[i] != float(adapters.at(p.name)[i]);
+      EXPECT(moved > 0, where, ": no adapter moved");
+
+      // Adapters and optimizer state saved and resumed: the next step is bit-identical.
+      TempFile saved(".safetensors"), state(".safetensors");
+      std::vector<std::string> names;
+      for (const ParameterSpec& p : model->adapter_parameters()) names.push_back(p.name);
+      if (!lc.trained_base.empty()) names.push_back(lc.trained_base);
+      model->save_weights(saved.path, names, SaveDType::F32, {});
+      model->save_optimizer_state(state.path);
+      auto resumed = make_model(c, P, o);
+      const std::vector<std::string> rest = resumed->load_adapters({saved.path});
+      EXPECT(rest.size() == (lc.trained_base.empty() ? 0u : 1u), where);
+      if (!lc.trained_base.empty()) {  // the base as trained: P with the stepped parameter
+        Params stepped = P;
+        const ParameterSpec& t = model->parameter(lc.trained_base);
+        stepped[t.name].assign(model->master(t), model->master(t) + t.numel);
+        TempFile full(".safetensors");
+        write_params(full.path, table, stepped);
+        resumed->load_weights({full.path});
+      }
+      resumed->load_optimizer_state(state.path);
+      EXPECT(resumed->optimizer_step() == 1, where);
+      for (MistralModel* m : {model.get(), resumed.get()}) {
+        m->zero_grad();
+        std::vector<float> unused(b.ids.size());
+        m->forward_backward(b.view(), w.data(), unused.data());
+        m->clip_and_step(hp);
+      }
+      std::vector<const ParameterSpec*> trained;
+      for (const ParameterSpec& p : model->adapter_parameters()) trained.push_back(&p);
+      if (!lc.trained_base.empty()) trained.push_back(&model->parameter(lc.trained_base));
+      for (const ParameterSpec* p : trained) {
+        const ParameterSpec& q = resumed->parameter(p->name);
+        EXPECT(std::equal(model->master(*p), model->master(*p) + p->numel, resumed->master(q)), where, ": resumed ",
+               p->name);
+      }
+    }
+  }
+  test::expect_error([] { LoraTable(parameter_table(tiny_config(false)), {4, 8.0, false, {"qkv_proj"}}); },
+                     "lora_target_modules names 'qkv_proj'");
+  test::expect_error([] { LoraTable(parameter_table(tiny_config(false)), {0, 8.0, false, {"q_proj"}}); },
+                     "lora_r must be positive");
+}
+
 ZN_TEST("model.bad_batches_and_configs_are_errors_naming_the_field") {
   using test::expect_error;
   MistralConfig bad = tiny_config(true);

@@ -287,7 +287,7 @@ void logprob_backward(const LogprobShape& shape, const float* hidden, const void
       });
       const Matrix dlogits{logits.data(), DType::F32, vn};
       gemm(false, false, an, d, vn, 1.0f, dlogits, w, v0 == 0 ? 0.0f : 1.0f, dhidden_panel.data(), d);
-      gemm(true, false, vn, d, an, 1.0f, dlogits, panel, 1.0f, dweight + v0 * d, d);
+      if (dweight) gemm(true, false, vn, d, an, 1.0f, dlogits, panel, 1.0f, dweight + v0 * d, d);
     }
     scatter_rows(dhidden_panel.data(), d, active.data() + a0, an, dhidden);
   }
@@ -344,7 +344,7 @@ void logprob_forward_backward(const LogprobShape& shape, const float* hidden, co
     });
     const Matrix dlogits{logits, DType::F32, V};
     gemm(false, false, an, d, V, 1.0f, dlogits, w, 0.0f, dhidden_panel, d);
-    gemm(true, false, V, d, an, 1.0f, dlogits, panel, 1.0f, dweight, d);
+    if (dweight) gemm(true, false, V, d, an, 1.0f, dlogits, panel, 1.0f, dweight, d);
     scatter_rows(dhidden_panel, d, tokens, an, dhidden);
   }
 }

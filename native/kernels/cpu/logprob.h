@@ -8,7 +8,8 @@
 // logits, dlogits for dhidden; dweight = dlogitsᵀ · bf16(hidden) in f32 (the exact gradient of
 // the logits actually computed).
 // Backward: with g[n] = dlogp[n], dlogits[n, v] = g[n] * (1[v == label] - softmax[n, v]);
-//   dhidden = dlogits · W (overwritten), dweight += dlogitsᵀ · hidden (f32, accumulated).
+//   dhidden = dlogits · W (overwritten), dweight += dlogitsᵀ · hidden (f32, accumulated; null:
+//   not computed, a frozen lm_head).
 #pragma once
 #include <cstddef>
 #include <cstdint>

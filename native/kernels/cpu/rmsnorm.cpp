@@ -69,6 +69,7 @@ void rmsnorm_backward(long rows, long dim, const float* x, const float* weight, 
   });
   // dweight: split by columns, so each thread owns its slice of dweight (no races, and the sum
   // order is the same for any thread count).
+  if (!dweight) return;
   parallel_for(size_t(dim), 64, [&](size_t begin, size_t end) {
     std::vector<float> sums(end - begin, 0.0f);
     for (long row = 0; row < rows; ++row) {

@@ -12,7 +12,7 @@ void rmsnorm_forward(long rows, long dim, float eps, const float* x, const float
 void rmsnorm_apply(long rows, long dim, const float* x, const float* weight, const float* rstd,
                    float* y);
 
-// dx is overwritten; dweight is accumulated into (+=).
+// dx is overwritten; dweight is accumulated into (+=), or null: not computed (a frozen weight).
 void rmsnorm_backward(long rows, long dim, const float* x, const float* weight, const float* rstd,
                       const float* dy, float* dx, float* dweight);
 

@@ -204,9 +204,10 @@ void logprob_backward(const LogprobShape& shape, ConstArray hidden, ConstArray w
       gemm(false, false, rows, d, vc, 1.0f, Matrix{ws.dlogits, t, vc},
            Matrix{element(weight.data, t, v0 * d), t, d}, v0 == 0 ? 0.0f : 1.0f,
            OutMatrix{dhidden + n0 * d, DType::F32, d}, stream);
-      gemm(true, false, vc, d, rows, 1.0f, Matrix{ws.dlogits, t, vc},
-           Matrix{element(hidden.data, t, n0 * d), t, d}, 1.0f,
-           OutMatrix{dweight + v0 * d, DType::F32, d}, stream);
+      if (dweight)
+        gemm(true, false, vc, d, rows, 1.0f, Matrix{ws.dlogits, t, vc},
+             Matrix{element(hidden.data, t, n0 * d), t, d}, 1.0f,
+             OutMatrix{dweight + v0 * d, DType::F32, d}, stream);
     }
   }
 }
@@ -234,8 +235,9 @@ void logprob_forward_backward(const LogprobShape& shape, ConstArray hidden, Cons
     // dhidden[n0:] = dz · W;  dW += dzᵀ · hidden[n0:]
     gemm(false, false, rows, d, V, 1.0f, Matrix{ws.dlogits, t, V}, Matrix{weight.data, t, d}, 0.0f,
          OutMatrix{dhidden + n0 * d, DType::F32, d}, stream);
-    gemm(true, false, V, d, rows, 1.0f, Matrix{ws.dlogits, t, V}, Matrix{element(hidden.data, t, n0 * d), t, d},
-         1.0f, OutMatrix{dweight, DType::F32, d}, stream);
+    if (dweight)
+      gemm(true, false, V, d, rows, 1.0f, Matrix{ws.dlogits, t, V}, Matrix{element(hidden.data, t, n0 * d), t, d},
+           1.0f, OutMatrix{dweight, DType::F32, d}, stream);
   }
 }
 

@@ -4,7 +4,8 @@
 // workspace); each chunk is one GEMM (gemm.h) and one pass that merges its max / sum-exp into
 // per-token running values (online log-sum-exp). The backward recomputes each chunk's logits,
 // forms dlogits = dlogp[n] (1[v == label] - softmax) and runs two GEMMs per chunk:
-// dhidden (f32, overwritten) = dlogits · W and dweight (f32, +=) += dlogitsᵀ · hidden.
+// dhidden (f32, overwritten) = dlogits · W and dweight (f32, +=) += dlogitsᵀ · hidden (null: not
+// computed, a frozen lm_head).
 //   hidden [N, d] and weight [V, d]: one dtype (bf16: tensor-core GEMMs, dlogits rounded to bf16;
 //   f32: f32 GEMMs). labels [N] int32, -100 = ignored (logp 0, no gradient; its lse is computed
 //   here, where the CPU kernel skips an ignored token's logits and writes 0: nothing reads it).

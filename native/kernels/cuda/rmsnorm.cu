@@ -59,13 +59,14 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_backward_kernel(
     for (long i = threadIdx.x; i < dim; i += blockDim.x) {
       const float xi = to_f32(xr[i]), gi = to_f32(dyr[i]);
       dx[row * dim + i] = from_f32<X>(r * gi * to_f32(weight[i]) - c * xi);
+      if (!dweight) continue;  // a frozen weight
       if (shared_partials)
         partial[i] += gi * xi * r;  // element i belongs to this thread alone
       else
         atomicAdd(dweight + i, gi * xi * r);
     }
   }
-  if (shared_partials)
+  if (shared_partials && dweight)
     for (long i = threadIdx.x; i < dim; i += blockDim.x) atomicAdd(dweight + i, partial[i]);
 }
 
@@ -95,7 +96,7 @@ void rmsnorm_backward(long rows, long dim, ConstArray x, ConstArray weight, cons
   ZN_CHECK(rows >= 0 && dim > 0, "rmsnorm_backward: bad shape rows=", rows, " dim=", dim);
   ZN_CHECK(dx.dtype == x.dtype, "rmsnorm_backward: dx must have x's dtype (", dtype_name(x.dtype), ")");
   if (rows == 0) return;
-  const bool shared_partials = dim <= kSharedPartialDims;
+  const bool shared_partials = dweight && dim <= kSharedPartialDims;
   const size_t smem = shared_partials ? size_t(dim) * sizeof(float) : 0;
   const unsigned blocks = unsigned(rows < kMaxBlocks ? rows : kMaxBlocks);
   dispatch_dtype(x.dtype, [&](auto xt) {

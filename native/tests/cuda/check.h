@@ -91,6 +91,10 @@ void run_op_checks(Report& report, cudaStream_t stream, const std::string& only,
 void run_benchmarks(Report& report, cudaStream_t stream, const std::string& only);
 // The CPU and CUDA Mistral models trained side by side (check_model.cpp); quick: fewer cases.
 void run_model_checks(Report& report, const std::string& only, bool quick);
+// The same with frozen parameters (a trained parameter group short of the table).
+void run_frozen_checks(Report& report, const std::string& only);
+// LoRA adapters trained on both devices (check_model.cpp, "lora").
+void run_lora_checks(Report& report, const std::string& only);
 // The CPU and CUDA models' generation (KvCache extend calls) side by side (check_model.cpp).
 void run_generation_checks(Report& report, const std::string& only);
 // A Mistral-7B DPO step on the GPU model as one 80 GB GPU runs it (check_model.cpp, "step7b").

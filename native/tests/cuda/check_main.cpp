@@ -249,6 +249,8 @@ int main(int argc, char** argv) {
   ZN_CUDA_CHECK(cudaStreamCreate(&stream));
   if (checks) check::run_op_checks(report, stream, only, quick);
   if (checks) check::run_model_checks(report, only, quick);
+  if (checks) check::run_frozen_checks(report, only);
+  if (checks) check::run_lora_checks(report, only);
   if (checks) check::run_generation_checks(report, only);
   if (bench) check::run_benchmarks(report, stream, only);
   if (bench) check::run_model_timing(report, only);

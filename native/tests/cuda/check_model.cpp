@@ -144,15 +144,58 @@ struct Trace {
   std::vector<std::vector<float>> after_first;       // [parameter]: after step 1
 };
 
+// ModelOptions by field (its later fields, frozen and lora, left empty).
+ModelOptions model_options(Precision precision, long max_tokens, bool checkpointing, bool trainable,
+                           bool offload = false) {
+  ModelOptions o;
+  o.precision = precision;
+  o.max_tokens = max_tokens;
+  o.gradient_checkpointing = checkpointing;
+  o.trainable = trainable;
+  o.offload_optimizer = offload;
+  return o;
+}
+
+bool is_frozen(const ModelOptions& o, const ParameterSpec& p) {
+  return std::find(o.frozen.begin(), o.frozen.end(), p.name) != o.frozen.end();
+}
+
+// Every parameter's values or gradients (a frozen parameter's: zeros, as it has none), the
+// base's, then LoRA's adapters'.
 template <class Model>
 std::vector<std::vector<float>> read_all(const Model& m, bool gradients) {
   std::vector<std::vector<float>> out;
-  for (const ParameterSpec& p : m.parameters()) {
-    out.emplace_back(p.numel);
-    if (gradients) m.read_gradient(p, out.back().data());
-    else m.read_master(p, out.back().data());
+  for (const auto* table : {&m.parameters(), &m.adapter_parameters()}) {
+    for (const ParameterSpec& p : *table) {
+      out.emplace_back(p.numel);
+      if (gradients && is_frozen(m.options(), p)) continue;
+      if (gradients) m.read_gradient(p, out.back().data());
+      else m.read_master(p, out.back().data());
+    }
   }
   return out;
+}
+
+// Every parameter, base then adapters (read_all's order).
+template <class Model>
+std::vector<ParameterSpec> all_parameters(const Model& m) {
+  std::vector<ParameterSpec> all = m.parameters();
+  all.insert(all.end(), m.adapter_parameters().begin(), m.adapter_parameters().end());
+  return all;
+}
+
+// Random LoRA adapters, A and B both N(0, 0.5^2 / fan-in) (B nonzero, unlike PEFT's start, so
+// that both matrices get gradients from the first step).
+void write_random_adapters(const MistralConfig& c, const model::LoraConfig& lora, const std::string& path) {
+  const model::LoraTable table(model::parameter_table(c), lora);
+  std::vector<std::vector<float>> values;
+  std::vector<StTensorToWrite> tensors;
+  values.reserve(table.parameters().size());
+  for (const ParameterSpec& p : table.parameters()) {
+    values.push_back(random_normal(p.numel, 0.5f / std::sqrt(float(p.shape[1]))));
+    tensors.push_back({p.name, StDType::F32, p.shape, values.back().data()});
+  }
+  write_safetensors(path, tensors, {});
 }
 
 // Per-document sums of logp over the targeted tokens.
@@ -188,9 +231,10 @@ double dpo_loss_and_dlogp(const Batch& b, const std::vector<float>& logp, const 
 }
 
 template <class Model>
-Trace train(Model& m, const std::string& weights, const Batch& sft, const Batch& dpo) {
+Trace train(Model& m, const std::string& weights, const std::string& adapters, const Batch& sft, const Batch& dpo) {
   Trace trace;
   m.load_weights({weights});
+  if (!adapters.empty()) m.load_adapters({adapters});
   trace.initial = read_all(m, false);
   trace.reference_logp.resize(dpo.ids.size());
   m.logprobs(dpo.view(), trace.reference_logp.data());
@@ -346,11 +390,17 @@ void compare_traces(Report& report, const std::string& what, const std::vector<P
 }
 
 struct ModelCase {
+  ModelCase(std::string name_, MistralConfig config_, Precision precision_, bool checkpointing_, bool offload_ = false,
+            std::vector<std::string> frozen_ = {}, model::LoraConfig lora_ = {})
+      : name(std::move(name_)), config(config_), precision(precision_), checkpointing(checkpointing_),
+        offload(offload_), frozen(std::move(frozen_)), lora(std::move(lora_)) {}
   std::string name;
   MistralConfig config;
   Precision precision;
   bool checkpointing;
-  bool offload = false;
+  bool offload;
+  std::vector<std::string> frozen;  // ModelOptions::frozen
+  model::LoraConfig lora;            // ModelOptions::lora
 };
 
 // Chunks of the offloaded step: odd, so that chunk edges fall inside parameters and rows.
@@ -379,15 +429,25 @@ void check_training(Report& report, const ModelCase& mc, const Batch& sft, const
   const std::string what = mc.name + (mc.precision == Precision::BF16 ? " bf16" : " f32") +
                            (mc.checkpointing ? " ckpt" : "") + (mc.offload ? " offload" : "");
   guarded(report, "model", what, [&] {
-    const ModelOptions options{mc.precision, kMaxTokens, mc.checkpointing, true, mc.offload};
-    TempFile weights(".safetensors");
+    ModelOptions options = model_options(mc.precision, kMaxTokens, mc.checkpointing, true, mc.offload);
+    options.frozen = mc.frozen;
+    options.lora = mc.lora;
+    TempFile weights(".safetensors"), adapters(".safetensors");
     write_random_weights(mc.config, weights.path);
+    if (mc.lora.rank > 0) write_random_adapters(mc.config, mc.lora, adapters.path);
+    const std::string adapter_path = mc.lora.rank > 0 ? adapters.path : "";
     MistralModel cpu_model(mc.config, options);
     CudaMistralModel gpu_model(mc.config, options);
-    const Trace cpu = train(cpu_model, weights.path, sft, dpo);
-    const Trace gpu = train(gpu_model, weights.path, sft, dpo);
-    compare_traces(report, what, cpu_model.parameters(), gpu, cpu,
-                   mc.precision == Precision::BF16 ? kBf16 : kF32);
+    const Trace cpu = train(cpu_model, weights.path, adapter_path, sft, dpo);
+    const Trace gpu = train(gpu_model, weights.path, adapter_path, sft, dpo);
+    const std::vector<ParameterSpec> params = all_parameters(cpu_model);
+    compare_traces(report, what, params, gpu, cpu, mc.precision == Precision::BF16 ? kBf16 : kF32);
+    if (mc.frozen.empty()) return;
+    size_t moved = 0;
+    for (size_t p = 0; p < gpu.initial.size(); ++p)
+      if (is_frozen(options, params[p]))
+        moved += std::memcmp(gpu.initial[p].data(), gpu.trained[p].data(), gpu.initial[p].size() * 4) != 0;
+    report.compare("model", what + " frozen parameters moved", "bits", double(moved), 0.0);
   });
 }
 
@@ -396,7 +456,7 @@ void check_training(Report& report, const ModelCase& mc, const Batch& sft, const
 void check_files(Report& report, const MistralConfig& c, const Batch& sft, bool offload) {
   const std::string what = offload ? " (offload)" : "";
   guarded(report, "model", "save/load across devices" + what, [&] {
-    const ModelOptions options{Precision::BF16, kMaxTokens, false, true, offload};
+    const ModelOptions options = model_options(Precision::BF16, kMaxTokens, false, true, offload);
     TempFile weights(".safetensors"), saved(".safetensors"), state1(".st"), state2(".st"), state3(".st");
     write_random_weights(c, weights.path);
     CudaMistralModel gpu(c, options);
@@ -443,8 +503,8 @@ void check_frozen(Report& report, const MistralConfig& c, const Batch& sft) {
   guarded(report, "model", "frozen bf16 model", [&] {
     TempFile weights(".safetensors");
     write_random_weights(c, weights.path);
-    CudaMistralModel trainable(c, {Precision::BF16, kMaxTokens, false, true});
-    CudaMistralModel frozen(c, {Precision::BF16, kMaxTokens, false, false});
+    CudaMistralModel trainable(c, model_options(Precision::BF16, kMaxTokens, false, true));
+    CudaMistralModel frozen(c, model_options(Precision::BF16, kMaxTokens, false, false));
     trainable.load_weights({weights.path});
     frozen.load_weights({weights.path});
     std::vector<float> a(sft.ids.size()), b(sft.ids.size());
@@ -489,7 +549,7 @@ std::string error_text(const std::function<void()>& body) {
 
 void check_errors(Report& report, const MistralConfig& c, const Batch& sft) {
   guarded(report, "model", "errors", [&] {
-    const ModelOptions options{Precision::F32, kMaxTokens, false, false};
+    const ModelOptions options = model_options(Precision::F32, kMaxTokens, false, false);
     MistralModel cpu(c, options);
     CudaMistralModel gpu(c, options);
     Batch bad = sft;
@@ -501,7 +561,7 @@ void check_errors(Report& report, const MistralConfig& c, const Batch& sft) {
     report.compare("model", "bad token id: same error text as the CPU", "cpu",
                    gpu_text == cpu_text && cpu_text.find("inputIds[5]") != std::string::npos ? 0.0 : 1.0, 0.0);
 
-    const ModelOptions huge{Precision::BF16, 1000000000L, false, true};
+    const ModelOptions huge = model_options(Precision::BF16, 1000000000L, false, true);
     const std::string plan_text = error_text([&] { CudaMistralModel impossible(c, huge); });
     std::printf("     impossible plan: \"%s\"\n", plan_text.c_str());
     bool states_plan = true;
@@ -574,7 +634,8 @@ double dpo_step(CudaMistralModel& policy, CudaMistralModel& reference, const Bat
 struct DpoModels {
   CudaMistralModel policy, reference;
   DpoModels(const MistralConfig& c, long tokens, const std::string& weights)
-      : policy(c, {Precision::BF16, tokens, true, true, true}), reference(c, {Precision::BF16, tokens, false, false}) {
+      : policy(c, model_options(Precision::BF16, tokens, true, true, true)),
+        reference(c, model_options(Precision::BF16, tokens, false, false)) {
     policy.load_weights({weights});
     reference.load_weights({weights});
   }
@@ -670,8 +731,8 @@ void check_generation_case(Report& report, const MistralConfig& c, Precision pre
   guarded(report, "generation", what, [&] {
     TempFile weights(".safetensors");
     write_random_weights(c, weights.path);
-    MistralModel cpu(c, {precision, kMaxTokens, false, false});
-    CudaMistralModel gpu(c, {precision, kMaxTokens, false, false});
+    MistralModel cpu(c, model_options(precision, kMaxTokens, false, false));
+    CudaMistralModel gpu(c, model_options(precision, kMaxTokens, false, false));
     cpu.load_weights({weights.path});
     gpu.load_weights({weights.path});
     cpu.start_generation(3, 40);
@@ -736,6 +797,53 @@ void run_generation_checks(Report& report, const std::string& only) {
   check_generation_case(report, flash, Precision::BF16, 5e-2);
 }
 
+// Training with frozen parameters (ModelOptions::frozen: one trained parameter group that skips
+// some of the table), CPU against GPU: the embedding, the bottom layer's attention and the
+// head frozen, so the group is not one run of the table and the offloaded step's chunks (odd
+// sized) copy its weights up in pieces.
+void run_frozen_checks(Report& report, const std::string& only) {
+  if (std::string("frozen").rfind(only, 0) != 0) return;
+  std::printf("\n== frozen-parameter checks (CPU MistralModel vs CudaMistralModel, a trained group)\n");
+  const MistralConfig small = tiny_config(32, false);
+  const Batch sft = packed_batch({20, 14, 10}, 3, small.vocab_size, small.pad_token_id);
+  const Batch dpo = packed_batch({12, 10, 11, 9}, 4, small.vocab_size, small.pad_token_id);
+  const std::vector<std::string> frozen = {"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
+                                           "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.o_proj.weight",
+                                           "model.layers.1.post_attention_layernorm.weight", "model.norm.weight",
+                                           "lm_head.weight"};
+  check_training(report, {"D32 frozen", small, Precision::F32, false, false, frozen}, sft, dpo);
+  check_training(report, {"D32 frozen", small, Precision::BF16, false, false, frozen}, sft, dpo);
+  setenv("ZN_OFFLOAD_CHUNK", kOffloadChunkForChecks, 1);
+  check_training(report, {"D32 frozen", small, Precision::BF16, false, true, frozen}, sft, dpo);
+  check_training(report, {"D32 frozen", small, Precision::F32, true, true, frozen}, sft, dpo);
+  unsetenv("ZN_OFFLOAD_CHUNK");
+}
+
+// LoRA (model/lora.h) trained on both devices over a frozen base: every projection adapted (r 8),
+// and q/v/down with rsLoRA beside a trained final norm (two trained groups, one clip norm), in
+// f32 and bf16, on the device and offloaded.
+void run_lora_checks(Report& report, const std::string& only) {
+  if (std::string("lora").rfind(only, 0) != 0) return;
+  std::printf("\n== LoRA checks (CPU MistralModel vs CudaMistralModel, adapters over a frozen base)\n");
+  const MistralConfig small = tiny_config(32, false);
+  const Batch sft = packed_batch({20, 14, 10}, 3, small.vocab_size, small.pad_token_id);
+  const Batch dpo = packed_batch({12, 10, 11, 9}, 4, small.vocab_size, small.pad_token_id);
+  std::vector<std::string> base, all_but_norm;
+  for (const ParameterSpec& p : model::parameter_table(small)) {
+    base.push_back(p.name);
+    if (p.name != "model.norm.weight") all_but_norm.push_back(p.name);
+  }
+  const model::LoraConfig every{8, 16.0, false, {"all-linear"}}, some{4, 8.0, true, {"q_proj", "v_proj", "down_proj"}};
+  check_training(report, {"D32 LoRA all-linear", small, Precision::F32, false, false, base, every}, sft, dpo);
+  check_training(report, {"D32 LoRA all-linear", small, Precision::BF16, false, false, base, every}, sft, dpo);
+  check_training(report, {"D32 LoRA q/v/down + norm", small, Precision::BF16, true, false, all_but_norm, some}, sft,
+                 dpo);
+  setenv("ZN_OFFLOAD_CHUNK", kOffloadChunkForChecks, 1);
+  check_training(report, {"D32 LoRA q/v/down + norm", small, Precision::BF16, false, true, all_but_norm, some}, sft,
+                 dpo);
+  unsetenv("ZN_OFFLOAD_CHUNK");
+}
+
 void run_model_checks(Report& report, const std::string& only, bool quick) {
   if (std::string("model").rfind(only, 0) != 0) return;  // --only: a prefix of the name, as the op checks
   std::printf("\n== model checks (CPU MistralModel vs CudaMistralModel, GEMMs %s)\n",
@@ -773,6 +881,16 @@ void run_model_checks(Report& report, const std::string& only, bool quick) {
 void run_model_checks(Report&, const std::string& only, bool) {
   if (std::string("model").rfind(only, 0) != 0) return;
   std::printf("\n== model checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
+}
+
+void run_lora_checks(Report&, const std::string& only) {
+  if (std::string("lora").rfind(only, 0) != 0) return;
+  std::printf("\n== LoRA checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
+}
+
+void run_frozen_checks(Report&, const std::string& only) {
+  if (std::string("frozen").rfind(only, 0) != 0) return;
+  std::printf("\n== frozen-parameter checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
 }
 
 void run_generation_checks(Report&, const std::string& only) {
