@@ -15,7 +15,7 @@ import { basename, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { inflateSync } from 'node:zlib';
 
-import { JudgeClient } from '../lib/aif/judge.js';
+import { JudgeClient, JudgeRejectedError, JudgeUnavailableError } from '../lib/aif/judge.js';
 import type { ChatTurn } from '../lib/aif/rubric.js';
 import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { ZnError } from '../lib/errors.js';
@@ -523,5 +523,42 @@ describe('eval: stopped while answering', () => {
     // Greedy and seeded sampling: the same turns as the uninterrupted single run.
     const uninterrupted = readJsonl(join(work, 'single', 'model_answer', 'alpha.jsonl'));
     assert.deepEqual(rows.map((r) => r.choices[0].turns), uninterrupted.map((r) => r.choices[0].turns));
+  });
+});
+
+describe('eval: a judge that refuses or stays unavailable', () => {
+  it('a refused request is recorded as failed with the reason; an unavailable judge writes nothing, and the next run asks only for those', async () => {
+    const out = withAnswers('refusing');
+    const asked: string[] = [];
+    const judgeFor = (script: (user: string) => string) => ({
+      model: 'scripted',
+      complete: async (messages: ChatTurn[]) => {
+        const user = messages.find((m) => m.role === 'user')!.content;
+        asked.push(user);
+        return script(user);
+      },
+    });
+    const options = { models: [], answered: ['alpha'], questions: join(work, 'questions.jsonl'), outputDir: out };
+    const first = await evaluate({
+      ...options,
+      judge: judgeFor((user) => {
+        if (user.includes('Write a poem.')) throw new JudgeRejectedError('judge rejected the request (HTTP 400: too long)');
+        if (user.includes('Who was Kant?')) throw new JudgeUnavailableError('judge: gave up after 7 attempts (last: HTTP 503)');
+        return 'Rating: [[4]]';
+      }),
+    });
+    // 81: both turns refused (recorded); 151: both turns unavailable (not written).
+    assert.deepEqual([first.judging.judged, first.judging.failed, first.judging.unavailable], [8, 2, 2]);
+    const rows = readJsonl(join(out, 'model_judgment', 'scripted_single.jsonl'));
+    assert.equal(rows.length, 8);
+    for (const row of rows.filter((r) => r.question_id === 81)) {
+      assert.equal(row.score, -1);
+      assert.match(row.failure, /HTTP 400: too long/);
+    }
+    assert.equal((first.results.models.alpha as { counts: { failed: number } }).counts.failed, 2);
+    asked.length = 0;
+    const second = await evaluate({ ...options, judge: judgeFor(() => 'Rating: [[6]]') });
+    assert.deepEqual([second.judging.judged, second.judging.resumed], [2, 8]);
+    assert.ok(asked.length === 2 && asked.every((user) => user.includes('Who was Kant?')));
   });
 });
