@@ -51,3 +51,10 @@ export { generateFile, type GenerateFileOptions, type GenerateProgress, type Gen
 export { mistralConfig, writeRandomModel } from './model/init.js';
 export { readMistralConfig, type MistralConfig } from './model/config.js';
 export { createServer, type ServeOptions, type ZephyrServer } from './serve/server.js';
+export { evaluate, type EvalOptions, type EvalReport } from './eval/evaluate.js';
+export { readQuestions, readReferenceAnswers, type Question } from './eval/questions.js';
+export { DEFAULT_JUDGE_PROMPTS, readJudgePrompts, type JudgePrompt } from './eval/judge-prompts.js';
+export type { EvalJudge } from './eval/judgments.js';
+export { resultsTable, type EvalResults, type PairResult, type SingleResult } from './eval/results.js';
+export { radarSpec, radarSvg, svgToPng } from './eval/charts.js';
+export { curvesSvg, readRunCurves, writeTrainingCurves } from './eval/curves.js';

@@ -280,10 +280,10 @@ async function finishedRows(output: string): Promise<Map<string, number>> {
   return counts;
 }
 
-type Limiter = <T>(task: () => Promise<T>) => Promise<T>;
+export type Limiter = <T>(task: () => Promise<T>) => Promise<T>;
 
-/** Runs at most `slots` tasks at once, first come first served. */
-function limiter(slots: number): Limiter {
+/** Runs at most `slots` tasks at once, first come first served (eval's judgments share it). */
+export function limiter(slots: number): Limiter {
   let active = 0;
   const waiting: (() => void)[] = [];
   return async (task) => {

@@ -5,6 +5,8 @@ import { benchCommand } from './bench.js';
 import { binarizeCommand } from './binarize.js';
 import { chatCommand } from './chat.js';
 import { dataCommand } from './data.js';
+import { evalCommand } from './eval.js';
+import { plotCommand } from './plot.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { mergeCommand } from './merge.js';
@@ -21,6 +23,8 @@ export const commands: CommandModule<object, any>[] = [
   binarizeCommand,
   rateCommand,
   scoreCommand,
+  evalCommand,
+  plotCommand,
   chatCommand,
   serveCommand,
   mergeCommand,

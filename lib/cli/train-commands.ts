@@ -9,6 +9,7 @@ import { UsageError } from '../errors.js';
 import { dpo, sft, train, type PipelineConfig, type RunOptions, type TrainingRun } from '../train/api.js';
 import { keyAppliesTo, readRecipeFile, STAGES } from '../train/config.js';
 import { runDemo } from '../demo/demo.js';
+import { writeTrainingCurves } from '../eval/curves.js';
 import { untilStopSignal } from './stop-signals.js';
 import { flagsFrom, recipeWithFlags } from './training-flags.js';
 
@@ -22,10 +23,15 @@ function builder(yargs: Argv): Argv {
 
 /**
  * Runs a training job until it ends or Ctrl-C / SIGTERM stops it after the current step with a
- * checkpoint; a stopped run exits 130.
+ * checkpoint; a stopped run exits 130. Each stage's folder gets its training_curves.svg/.png.
  */
 async function runToEnd(start: (options: RunOptions) => TrainingRun, options: RunOptions): Promise<void> {
   const results = await untilStopSignal((signal) => start({ ...options, signal }).result);
+  for (const result of results) {
+    // The model is saved by now: a chart that cannot be drawn (no step logged) is a note, not a failure.
+    const note = await writeTrainingCurves(result.outputDir).catch((error: Error) => `not drawn (${error.message})`);
+    process.stderr.write(`training curves: ${note}\n`);
+  }
   if (results.at(-1)?.stoppedEarly) process.exitCode = 130;
 }
 
@@ -62,14 +68,20 @@ function pipelineWithFlags(pipeline: PipelineConfig, flags: Record<string, unkno
 export const trainCommand: CommandModule<object, Record<string, unknown>> = {
   command: 'train',
   describe: 'Run a pipeline (dSFT then dDPO) from a recipe; with no arguments, the built-in demo',
-  builder: (yargs) => builder(yargs).option('demo_dir', { type: 'string', describe: 'Where the demo writes its folder (default ./zephyr-demo)' }),
+  builder: (yargs) =>
+    builder(yargs)
+      .option('demo_dir', { type: 'string', describe: 'Where the demo writes its folder (default ./zephyr-demo)' })
+      .option('demo_seed', { type: 'number', describe: "The demo's seed: model initialisation and training (default 0)" }),
   handler: async (argv) => {
     const flags = flagsFrom(argv);
     const demoDir = typeof argv.demo_dir === 'string' ? argv.demo_dir : null;
+    const demoSeed = typeof argv.demo_seed === 'number' ? argv.demo_seed : undefined;
+    if (demoSeed !== undefined && !(Number.isInteger(demoSeed) && demoSeed >= 0)) throw new UsageError(`--demo_seed must be an integer >= 0, got ${demoSeed}`);
     delete flags.demo_dir;
+    delete flags.demo_seed;
     if (typeof argv.config !== 'string') {
       if (Object.keys(flags).length > 0) throw new UsageError('train: flags need a pipeline (--config pipeline.yaml); with no arguments train runs the demo');
-      await runDemo({ dir: demoDir ?? 'zephyr-demo' });
+      await runDemo({ dir: demoDir ?? 'zephyr-demo', seed: demoSeed });
       return;
     }
     const pipeline = pipelineWithFlags(readRecipeFile(argv.config) as PipelineConfig, flags);

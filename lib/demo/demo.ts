@@ -7,7 +7,11 @@
  *   3. dSFT on the chats; AIF: binarize the ratings into chosen/rejected pairs; dDPO from the SFT
  *      model against its frozen copy;
  *   4. before/after: held-out SFT loss, held-out DPO reward accuracy and margins, and greedy
- *      completions of held-out prompts.
+ *      completions of held-out prompts;
+ *   5. the paper's ablation, judged: DPO also from the base model (no SFT), then base, SFT,
+ *      SFT+DPO and DPO-only answer held-out tasks through `eval` (lib/eval/), scored per task
+ *      category by a rule-based judge that knows the answers (lib/demo/judge.ts); the table,
+ *      the radar chart, and whether DPO helped.
  */
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -28,14 +32,23 @@ import { loadNative } from '../native.js';
 import { dpo, sft } from '../train/api.js';
 import { completionLogps } from '../train/objectives.js';
 import { IGNORE_INDEX } from '../data/batch.js';
-import { ultrachatRows, ultrafeedbackRows } from './teacher.js';
+import { writeTrainingCurves } from '../eval/curves.js';
+import { evaluate } from '../eval/evaluate.js';
+import { resultsTable, type SingleResult } from '../eval/results.js';
+import { ruleBasedJudge } from './judge.js';
+import { heldOutTasks, ultrachatRows, ultrafeedbackRows } from './teacher.js';
 
 export interface DemoOptions {
   dir: string;
   /** Scales the data and step counts (tests use a small fraction). */
   scale?: number;
+  /** Seed of the model's initialisation and of training (default 0 and 42). */
+  seed?: number;
   log?: (line: string) => void;
 }
+
+/** Held-out tasks per category that the judged ablation asks each model. */
+const EVAL_PER_CATEGORY = 10;
 
 const SFT_TRAIN = 2000;
 const SFT_TEST = 100;
@@ -141,7 +154,7 @@ function table(rows: [string, HeldOut, boolean][]): string[] {
   ];
 }
 
-export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; afterSft: HeldOut; afterDpo: HeldOut }> {
+export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; afterSft: HeldOut; afterDpo: HeldOut; judged: AblationScores }> {
   const say = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const scale = options.scale ?? 1;
   const root = resolve(options.dir);
@@ -154,7 +167,9 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   writeLlama2TokenizerFolder(tokenizerDir);
   const base = join(root, 'base');
   const config = mistralConfig(DEMO_MODEL);
-  await writeRandomModel(base, config, { seed: 0, tokenizerDir });
+  const seed = options.seed ?? 0;
+  const training = { ...DEMO_TRAINING, seed: DEMO_TRAINING.seed + seed };
+  await writeRandomModel(base, config, { seed, tokenizerDir });
   say(`1. base model: ${base} (Mistral architecture, ${config.numHiddenLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}, random init)`);
 
   // 2. Teacher data.
@@ -190,7 +205,7 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   say('3. dSFT on the teacher chats');
   await sft(
     {
-      ...DEMO_TRAINING,
+      ...training,
       model_name_or_path: base,
       dataset_name: ultrachat,
       dataset_train_split: 'train_sft',
@@ -204,6 +219,8 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
     { where: 'demo' },
   );
 
+  await writeTrainingCurves(sftDir);
+
   // 3c. dDPO from the SFT model against its frozen copy.
   const sftModel = await loadModel(sftDir);
   const sftRef = await pairLogps(sftModel, prefTest);
@@ -211,22 +228,19 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   completions.sft = await greedyChat(sftModel, tokenizer, template, prompts);
   const dpoDir = join(root, 'dpo');
   say('3. dDPO on the binarized preferences (reference: the frozen SFT model)');
-  await dpo(
-    {
-      ...DEMO_TRAINING,
-      model_name_or_path: sftDir,
-      dataset_name: binarized,
-      dataset_train_split: 'train_prefs',
-      dataset_test_split: 'test_prefs',
-      output_dir: dpoDir,
-      beta: 0.1,
-      learning_rate: 5e-4,
-      lr_scheduler_type: 'linear',
-      warmup_ratio: 0.1,
-      per_device_train_batch_size: 8,
-    },
-    { where: 'demo' },
-  );
+  const dpoConfig = {
+    ...training,
+    dataset_name: binarized,
+    dataset_train_split: 'train_prefs',
+    dataset_test_split: 'test_prefs',
+    beta: 0.1,
+    learning_rate: 5e-4,
+    lr_scheduler_type: 'linear',
+    warmup_ratio: 0.1,
+    per_device_train_batch_size: 8,
+  };
+  await dpo({ ...dpoConfig, model_name_or_path: sftDir, output_dir: dpoDir }, { where: 'demo' });
+  await writeTrainingCurves(dpoDir);
   const dpoModel = await loadModel(dpoDir);
   const afterDpo = await heldOut(dpoModel, sftRef, sftTest, prefTest);
   completions.dpo = await greedyChat(dpoModel, tokenizer, template, prompts);
@@ -245,6 +259,52 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
     say(`   user: ${prompt}  (teacher: ${testChats[i].messages[1].content})`);
     for (const name of ['base', 'sft', 'dpo']) say(`     ${name.padEnd(4)} -> ${JSON.stringify(completions[name][i])}`);
   });
-  say(`models: ${base} (base), ${sftDir} (dSFT), ${dpoDir} (dDPO): Hugging Face folders that transformers loads`);
-  return { before, afterSft, afterDpo };
+
+  // 5. The paper's ablation, judged: DPO from the base model too, then every model through eval.
+  const dpoBaseDir = join(root, 'dpo-base');
+  say('5. ablation: dDPO from the base model (no dSFT), same preferences and settings');
+  await dpo({ ...dpoConfig, model_name_or_path: base, output_dir: dpoBaseDir }, { where: 'demo' });
+  await writeTrainingCurves(dpoBaseDir);
+  const judged = await judgeAblation(root, { base, sft: sftDir, 'sft+dpo': dpoDir, 'dpo-only': dpoBaseDir }, say);
+  say(`models: ${base} (base), ${sftDir} (dSFT), ${dpoDir} (dDPO), ${dpoBaseDir} (dDPO without dSFT): Hugging Face folders that transformers loads`);
+  return { before, afterSft, afterDpo, judged };
+}
+
+/** Overall rule-based-judge score (1-10) per model of the ablation. */
+export type AblationScores = Record<string, number | null>;
+
+/**
+ * Every model answers the same held-out tasks (greedy) through eval; the rule-based judge scores
+ * them per category; prints the table and whether DPO helped, writes results and the radar chart.
+ */
+async function judgeAblation(root: string, models: Record<string, string>, say: (line: string) => void): Promise<AblationScores> {
+  const tasks = heldOutTasks(EVAL_PER_CATEGORY, 4);
+  const outputDir = join(root, 'eval');
+  mkdirSync(outputDir, { recursive: true });
+  const questions = join(outputDir, 'questions.jsonl');
+  await writeRows(questions, tasks.map((task, i) => ({ question_id: i + 1, category: task.category, turns: [task.prompt], reference: [task.answer] })));
+  const categories = [...new Set(tasks.map((task) => task.category))];
+  const report = await evaluate({
+    models: Object.entries(models).map(([id, path]) => ({ id, path })),
+    questions,
+    outputDir,
+    judge: ruleBasedJudge(tasks),
+    answering: { maxNewTokens: 32, device: 'cpu', dtype: 'f32', temperatures: Object.fromEntries(categories.map((c) => [c, 0])) },
+  });
+  const overall = Object.fromEntries(Object.entries(report.results.models).map(([id, r]) => [id, (r as SingleResult).overall]));
+  say('');
+  say(`5. judged ablation: ${tasks.length} held-out tasks (${EVAL_PER_CATEGORY} per category), greedy answers, rule-based judge (10: the teacher's answer; 5: the result, worded otherwise; 3: the answer's form, wrong result; 1: anything else)`);
+  for (const line of resultsTable(report.results).split('\n')) say(`   ${line}`);
+  say(`   ${verdict('SFT', overall.sft, 'base', overall.base)}`);
+  say(`   ${verdict('SFT+DPO', overall['sft+dpo'], 'SFT', overall.sft)}`);
+  say(`   ${verdict('SFT+DPO', overall['sft+dpo'], 'DPO-only', overall['dpo-only'])}`);
+  say(`   files: ${report.files.results}, ${report.files.radarSvg}, ${report.files.radarPng}; answers and judgments in FastChat's formats under ${outputDir}`);
+  return overall;
+}
+
+function verdict(name: string, score: number | null | undefined, other: string, otherScore: number | null | undefined): string {
+  const show = (value: number | null | undefined) => (value === null || value === undefined ? '-' : value.toFixed(2));
+  if (score === null || score === undefined || otherScore === null || otherScore === undefined) return `${name} vs ${other}: not judged`;
+  const outcome = score > otherScore ? 'better' : score < otherScore ? 'WORSE' : 'no different';
+  return `${name} ${show(score)} vs ${other} ${show(otherScore)}: ${outcome} on held-out tasks (one seed: see the README for three)`;
 }

@@ -10,8 +10,12 @@
 import { createHash } from 'node:crypto';
 
 export interface Task {
+  /** The kind of task: the category its held-out questions are scored under. */
+  category: string;
   prompt: string;
   answer: string;
+  /** The result alone (the sum, the reversed word...): what a right but loosely worded answer contains. */
+  key: string;
   /** A plausible wrong answer (an off-by-one result, a partly reversed word...). */
   nearMiss: string;
 }
@@ -39,20 +43,20 @@ const TASKS: ((rng: Rng) => Task)[] = [
   (rng) => {
     const a = int(rng, 2, 60);
     const b = int(rng, 2, 40);
-    return { prompt: `What is ${a} + ${b}?`, answer: `${a} + ${b} = ${a + b}.`, nearMiss: `${a} + ${b} = ${a + b + (rng() < 0.5 ? 1 : -1)}.` };
+    return { category: 'addition', prompt: `What is ${a} + ${b}?`, answer: `${a} + ${b} = ${a + b}.`, key: String(a + b), nearMiss: `${a} + ${b} = ${a + b + (rng() < 0.5 ? 1 : -1)}.` };
   },
   (rng) => {
     const word = pick(rng, WORDS);
     const reversed = [...word].reverse().join('');
-    return { prompt: `Reverse the word "${word}".`, answer: `"${word}" reversed is "${reversed}".`, nearMiss: `"${word}" reversed is "${reversed.slice(1)}${reversed[0]}".` };
+    return { category: 'reversing', prompt: `Reverse the word "${word}".`, answer: `"${word}" reversed is "${reversed}".`, key: reversed, nearMiss: `"${word}" reversed is "${reversed.slice(1)}${reversed[0]}".` };
   },
   (rng) => {
     const words = `${pick(rng, WORDS)} ${pick(rng, WORDS)}`;
-    return { prompt: `Write "${words}" in capital letters.`, answer: words.toUpperCase(), nearMiss: words[0].toUpperCase() + words.slice(1) };
+    return { category: 'capitals', prompt: `Write "${words}" in capital letters.`, answer: words.toUpperCase(), key: words.toUpperCase(), nearMiss: words[0].toUpperCase() + words.slice(1) };
   },
   (rng) => {
     const word = pick(rng, WORDS);
-    return { prompt: `How many letters are in "${word}"?`, answer: `"${word}" has ${word.length} letters.`, nearMiss: `"${word}" has ${word.length + 1} letters.` };
+    return { category: 'counting', prompt: `How many letters are in "${word}"?`, answer: `"${word}" has ${word.length} letters.`, key: String(word.length), nearMiss: `"${word}" has ${word.length + 1} letters.` };
   },
   (rng) => {
     const numbers = Array.from({ length: 4 }, () => int(rng, 1, 30));
@@ -62,12 +66,18 @@ const TASKS: ((rng: Rng) => Task)[] = [
     [swapped[1], swapped[2]] = [swapped[2], swapped[1]];
     const nearMiss = swapped[1] !== swapped[2] ? swapped : [...sorted].reverse();
     const wrong = nearMiss.join(', ') === sorted.join(', ') ? `${sorted.join(', ')}, 0` : nearMiss.join(', ');
-    return { prompt: `Sort these numbers from smallest to largest: ${numbers.join(', ')}.`, answer: sorted.join(', '), nearMiss: wrong };
+    return { category: 'sorting', prompt: `Sort these numbers from smallest to largest: ${numbers.join(', ')}.`, answer: sorted.join(', '), key: sorted.join(', '), nearMiss: wrong };
   },
 ];
 
 export function makeTask(rng: Rng): Task {
   return pick(rng, TASKS)(rng);
+}
+
+/** Held-out tasks, `perCategory` of each kind, in category order (pure function of the seed). */
+export function heldOutTasks(perCategory: number, seed: number): Task[] {
+  const rng = seededRandom(seed);
+  return TASKS.flatMap((task) => Array.from({ length: perCategory }, () => task(rng)));
 }
 
 export function promptId(prompt: string): string {
