@@ -218,26 +218,23 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   }
   check_host_memory(plan_.total(), "the memory plan (" + plan_breakdown(plan_, options_) + ")",
                     advice + "a smaller maxTokens, or the GPU backend (device: 'cuda')");
-  params_ = parameter_table(config_);
-  index_ = index_parameters(config_, params_);
-  trained_ = std::make_unique<ParameterGroup>(params_, options_.frozen);
-  weights_ = std::make_unique<CpuWeights>(params_, options_.precision);
-  if (options_.trainable && trained_->numel() > 0)
-    state_ = std::make_unique<CpuTrainState>(config_, *trained_, index_, options_.max_tokens, *weights_);
-  std::vector<GradientSink*> sinks;
-  if (state_) sinks.push_back(state_.get());
+  Owners& o = owners_;
+  o.params = parameter_table(config_);
+  o.index = index_parameters(config_, o.params);
+  o.trained = std::make_unique<ParameterGroup>(o.params, options_.frozen);
+  o.weights = std::make_unique<CpuWeights>(o.params, options_.precision);
+  if (options_.trainable && o.trained->numel() > 0)
+    o.state = std::make_unique<CpuTrainState>(config_, *o.trained, o.index, options_.max_tokens, *o.weights);
   if (options_.lora.rank > 0) {
-    lora_ = std::make_unique<LoraTable>(params_, options_.lora);
-    adapter_group_ = std::make_unique<ParameterGroup>(lora_->parameters());
-    adapter_weights_ = std::make_unique<CpuWeights>(lora_->parameters(), options_.precision);
+    o.lora = std::make_unique<LoraTable>(o.params, options_.lora);
+    o.adapter_group = std::make_unique<ParameterGroup>(o.lora->parameters());
+    o.adapter_weights = std::make_unique<CpuWeights>(o.lora->parameters(), options_.precision);
     if (options_.trainable) {
-      adapter_state_ = std::make_unique<CpuTrainState>(config_, *adapter_group_, index_, options_.max_tokens,
-                                                       *adapter_weights_);
-      sinks.push_back(adapter_state_.get());
+      o.adapter_state = std::make_unique<CpuTrainState>(config_, *o.adapter_group, o.index, options_.max_tokens,
+                                                        *o.adapter_weights);
     }
-    adapters_ = {lora_.get(), adapter_weights_.get()};
   }
-  gradients_ = std::make_unique<GradientSinks>(sinks);
+  o.link();
   buffers_ = std::make_unique<DecoderBuffers>();
   arena_.reset(static_cast<float*>(std::calloc(plan_.activations / 4, sizeof(float))));
   ZN_CHECK(arena_ || plan_.activations == 0, "model: cannot allocate ", plan_.activations,
@@ -246,8 +243,8 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   // The CPU keeps GEMM and attention outputs only (see the activation plan above).
   const Recompute recompute{/*norms=*/true, /*mlp_act=*/true, /*h=*/true,
                             /*shared_kv=*/buffers_->layers.size() > 1};
-  decoder_ = std::make_unique<Decoder>(config_, index_, backend_, recompute);
-  if (lora_) decoder_->set_adapters(&adapters_);
+  decoder_ = std::make_unique<Decoder>(config_, owners_.index, backend_, recompute);
+  if (owners_.lora) decoder_->set_adapters(&owners_.adapters);
   const size_t N = size_t(options_.max_tokens);
   input_ids_.resize(N);
   position_ids_.resize(N);
@@ -259,36 +256,12 @@ MistralModel::~MistralModel() = default;
 
 void MistralModel::FreeDeleter::operator()(float* p) const { std::free(p); }
 
-const ParameterSpec& MistralModel::parameter(const std::string& name) const {
-  if (lora_ && name.rfind("base_model.model.", 0) == 0) return find_parameter(lora_->parameters(), name);
-  return find_parameter(params_, name);
-}
-
-const std::vector<ParameterSpec>& MistralModel::adapter_parameters() const {
-  static const std::vector<ParameterSpec> none;
-  return lora_ ? lora_->parameters() : none;
-}
-
-bool MistralModel::is_adapter(const ParameterSpec& p) const {
-  if (!lora_) return false;
-  const std::vector<ParameterSpec>& table = lora_->parameters();
-  return &p >= table.data() && &p < table.data() + table.size();
-}
-
-CpuTrainState* MistralModel::state_of(const ParameterSpec& p) const {
-  if (is_adapter(p)) return adapter_state_.get();
-  return state_ && trained_->contains(p) ? state_.get() : nullptr;
-}
-
-CpuWeights& MistralModel::weights_of(const ParameterSpec& p) const {
-  return is_adapter(p) ? *adapter_weights_ : *weights_;
-}
 
 void MistralModel::merge_adapters() {
-  ZN_CHECK(lora_, "model: mergeAdapters() on a model without LoRA adapters");
-  const LoraConfig& lora = lora_->config();
-  for (const ParameterSpec& p : params_) {
-    const LoraPair* pair = lora_->pair(p);
+  ZN_CHECK(owners_.lora, "model: mergeAdapters() on a model without LoRA adapters");
+  const LoraConfig& lora = owners_.lora->config();
+  for (const ParameterSpec& p : owners_.params) {
+    const LoraPair* pair = owners_.lora->pair(p);
     if (!pair) continue;
     const float* a = f32_values(*pair->a);
     const float* b = f32_values(*pair->b);
@@ -298,15 +271,14 @@ void MistralModel::merge_adapters() {
     cpu::gemm(false, false, out, in, lora.rank, float(lora.scale()), {b, DType::F32, lora.rank}, {a, DType::F32, in},
               1.0f, w, in);
   }
-  for (CpuTrainState* s : {state_.get(), adapter_state_.get()})
-    if (s) s->publish();
+  for (CpuTrainState* s : owners_.states()) s->publish();
   set_adapters_enabled(false);
 }
 
 void MistralModel::set_adapters_enabled(bool enabled) {
-  ZN_CHECK(lora_, "model: setAdaptersEnabled() on a model without LoRA adapters");
+  ZN_CHECK(owners_.lora, "model: setAdaptersEnabled() on a model without LoRA adapters");
   have_activations_ = false;  // a backward must follow a forward with the same adapters
-  decoder_->set_adapters(enabled ? &adapters_ : nullptr);
+  decoder_->set_adapters(enabled ? &owners_.adapters : nullptr);
 }
 
 MemoryPlan MistralModel::plan(const MistralConfig& config, const ModelOptions& options) {
@@ -315,16 +287,13 @@ MemoryPlan MistralModel::plan(const MistralConfig& config, const ModelOptions& o
 
 std::vector<CpuTrainState*> MistralModel::train_states(const char* what) const {
   ZN_CHECK(options_.trainable, "model: ", what, " on a model created with trainable: false");
-  std::vector<CpuTrainState*> states;
-  for (CpuTrainState* s : {state_.get(), adapter_state_.get()})
-    if (s) states.push_back(s);
-  return states;
+  return owners_.states();
 }
 
 const float* MistralModel::master(const ParameterSpec& p) const {
-  if (CpuTrainState* s = state_of(p)) return s->master(p);
-  ZN_CHECK(!weights_of(p).is_bf16(), "model: a frozen bf16 parameter keeps no f32 master (read_master widens its weights)");
-  return weights_of(p).f32_values(p);
+  if (CpuTrainState* s = owners_.state_of(p)) return s->master(p);
+  ZN_CHECK(!owners_.weights_of(p).is_bf16(), "model: a frozen bf16 parameter keeps no f32 master (read_master widens its weights)");
+  return owners_.weights_of(p).f32_values(p);
 }
 
 // The f32 values, or a frozen bf16 model's bf16 weights widened.
@@ -333,24 +302,21 @@ void MistralModel::read_master(const ParameterSpec& p, float* out) const {
     std::memcpy(out, values, p.numel * sizeof(float));
     return;
   }
-  weights_of(p).read(p, out);
+  owners_.weights_of(p).read(p, out);
 }
 
 void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
   ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
-  CpuTrainState* s = state_of(p);
+  CpuTrainState* s = owners_.state_of(p);
   ZN_CHECK(s, "model: '", p.name, "' is frozen (it belongs to no trained parameter group)");
   s->read_gradient(p, out);
 }
 
-long MistralModel::optimizer_step() const {
-  const CpuTrainState* s = state_ ? state_.get() : adapter_state_.get();
-  return s ? s->step() : 0;
-}
+long MistralModel::optimizer_step() const { return owners_.optimizer_step(); }
 
 const float* MistralModel::f32_values(const ParameterSpec& p) const {
-  if (CpuTrainState* s = state_of(p)) return s->master(p);
-  return weights_of(p).f32_values(p);
+  if (CpuTrainState* s = owners_.state_of(p)) return s->master(p);
+  return owners_.weights_of(p).f32_values(p);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,30 +353,29 @@ std::vector<std::string> WeightFiles::unread() const {
 void MistralModel::read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table) {
   std::vector<float> staging;
   for (const ParameterSpec& p : table) {
-    if (CpuTrainState* s = state_of(p)) {
+    if (CpuTrainState* s = owners_.state_of(p)) {
       files.read(p, s->master(p));
       continue;
     }
     // Frozen: into the weights (bf16: only the rounding is kept, and the norm weights in f32).
     staging.resize(p.numel);
     files.read(p, staging.data());
-    weights_of(p).assign(p, staging.data());
+    owners_.weights_of(p).assign(p, staging.data());
   }
-  for (CpuTrainState* s : {state_.get(), adapter_state_.get()})
-    if (s) s->publish();
+  for (CpuTrainState* s : owners_.states()) s->publish();
   have_activations_ = false;
 }
 
 std::vector<std::string> MistralModel::load_weights(const std::vector<std::string>& files) {
   WeightFiles weights(files);
-  read_parameters(weights, params_);
+  read_parameters(weights, owners_.params);
   return weights.unread();
 }
 
 std::vector<std::string> MistralModel::load_adapters(const std::vector<std::string>& files) {
-  ZN_CHECK(lora_, "model: loadAdapters() on a model without LoRA adapters");
+  ZN_CHECK(owners_.lora, "model: loadAdapters() on a model without LoRA adapters");
   WeightFiles weights(files);
-  read_parameters(weights, lora_->parameters());
+  read_parameters(weights, owners_.lora->parameters());
   return weights.unread();
 }
 
@@ -424,7 +389,7 @@ void MistralModel::save_weights(const std::string& path, const std::vector<std::
     if (const float* values = f32_values(p)) {
       tensors.push_back({p.name, stored, p.shape, values, StDType::F32});
     } else {
-      tensors.push_back({p.name, stored, p.shape, weights_of(p).bf16_values(p), StDType::BF16});
+      tensors.push_back({p.name, stored, p.shape, owners_.weights_of(p).bf16_values(p), StDType::BF16});
     }
   }
   write_safetensors(path, tensors, metadata);
@@ -488,20 +453,20 @@ void MistralModel::forward(const TokenBatchView& batch, float* logp) {
            "was created with trainable: false; use logprobs()");
   have_activations_ = false;
   copy_batch(batch);
-  decoder_->forward(this->batch(), *buffers_, *weights_, true, logp);
+  decoder_->forward(this->batch(), *buffers_, *owners_.weights, true, logp);
   have_activations_ = true;
 }
 
 void MistralModel::logprobs(const TokenBatchView& batch, float* logp) {
   have_activations_ = false;  // the shared slots are overwritten
   copy_batch(batch);
-  decoder_->forward(this->batch(), *buffers_, *weights_, false, logp);
+  decoder_->forward(this->batch(), *buffers_, *owners_.weights, false, logp);
 }
 
 void MistralModel::next_token_logits(const TokenBatchView& batch, float* logits) {
   have_activations_ = false;
   copy_batch(batch);
-  decoder_->trunk_forward(this->batch(), *buffers_, *weights_, false);
+  decoder_->trunk_forward(this->batch(), *buffers_, *owners_.weights, false);
   last_row_logits(cu_seqlens_.data(), n_docs_, logits);
 }
 
@@ -514,7 +479,7 @@ void MistralModel::last_row_logits(const int32_t* cu_seqlens, int n, float* logi
     ZN_CHECK(row >= cu_seqlens[size_t(doc)], "model: next_token_logits: document ", doc, " is empty");
     std::copy_n(normed + row * d, d, last_rows.data() + size_t(doc) * size_t(d));
   }
-  const ConstTensor head = weights_->weight(*index_.lm_head);
+  const ConstTensor head = owners_.weights->weight(*owners_.index.lm_head);
   cpu::gemm(false, true, n, config_.vocab_size, d, 1.0f, {last_rows.data(), DType::F32, d},
             {head.data, head.dtype, d}, 0.0f, logits, config_.vocab_size);
 }
@@ -558,7 +523,7 @@ void MistralModel::extend(const ExtendRequest& request, float* logits) {
                         plan.keys(plan.cu_seqlens.data(), plan.positions.data(), plan.k_begin.data(),
                                   plan.k_len.data(), plan.k_positions.data()),
                         plan.keys_from_cache};
-  decoder_->forward_cached(batch, step, *buffers_, *weights_);
+  decoder_->forward_cached(batch, step, *buffers_, *owners_.weights);
   last_row_logits(plan.cu_seqlens.data(), request.sequences, logits);
 }
 
@@ -579,8 +544,8 @@ void MistralModel::backward(const float* dlogp, long tokens) {
            tokens_, " tokens");
   have_activations_ = false;
   validate_dlogp(dlogp, tokens_);
-  decoder_->backward(batch(), *buffers_, *weights_, *gradients_, dlogp, options_.gradient_checkpointing);
-  if (state_) state_->embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
+  decoder_->backward(batch(), *buffers_, *owners_.weights, *owners_.gradients, dlogp, options_.gradient_checkpointing);
+  if (owners_.state) owners_.state->embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
 }
 
 void MistralModel::forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp) {
@@ -588,9 +553,9 @@ void MistralModel::forward_backward(const TokenBatchView& batch, const float* dl
   have_activations_ = false;
   copy_batch(batch);
   validate_dlogp(dlogp, tokens_);
-  decoder_->forward_backward(this->batch(), *buffers_, *weights_, *gradients_, dlogp, logp,
+  decoder_->forward_backward(this->batch(), *buffers_, *owners_.weights, *owners_.gradients, dlogp, logp,
                              options_.gradient_checkpointing);
-  if (state_) state_->embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
+  if (owners_.state) owners_.state->embedding_backward(tokens_, input_ids_.data(), buffers_->dres);
 }
 
 void MistralModel::zero_grad() {

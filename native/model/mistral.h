@@ -27,6 +27,7 @@
 #include "model/generation.h"
 #include "model/lora.h"
 #include "model/optimizer_state.h"
+#include "model/parameter_owners.h"
 #include "model/parameters.h"
 
 namespace zn {
@@ -146,11 +147,11 @@ class MistralModel {
   const MemoryPlan& memory_plan() const { return plan_; }
   // What a model of this config and options would allocate (plan_memory), before building one.
   static MemoryPlan plan(const MistralConfig& config, const ModelOptions& options);
-  const std::vector<ParameterSpec>& parameters() const { return params_; }
+  const std::vector<ParameterSpec>& parameters() const { return owners_.params; }
   // The LoRA adapters' table (empty without adapters), named as PEFT saves them.
-  const std::vector<ParameterSpec>& adapter_parameters() const;
+  const std::vector<ParameterSpec>& adapter_parameters() const { return owners_.adapter_parameters(); }
   // A base or adapter parameter by name; throws when unknown.
-  const ParameterSpec& parameter(const std::string& name) const;
+  const ParameterSpec& parameter(const std::string& name) const { return owners_.find(name); }
   // The f32 master values (not held by a frozen bf16 model: read_master widens its bf16 values).
   const float* master(const ParameterSpec& p) const;
   // Copies of one parameter's f32 master values / gradient (numel floats), the accessors the
@@ -216,10 +217,6 @@ class MistralModel {
   // The train states (the base group's when it trains anything, the adapters'); throws naming
   // `what` on a model created with trainable: false.
   std::vector<CpuTrainState*> train_states(const char* what) const;
-  bool is_adapter(const ParameterSpec& p) const;
-  // The state training p, or null when p is frozen.
-  CpuTrainState* state_of(const ParameterSpec& p) const;
-  CpuWeights& weights_of(const ParameterSpec& p) const;
   void read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table);
   // A parameter's f32 values: the master, or a frozen model's f32 weights or norm weights; null
   // for a frozen bf16 model's matrices (bf16 only).
@@ -231,18 +228,8 @@ class MistralModel {
   MistralConfig config_;
   ModelOptions options_;
   MemoryPlan plan_;
-  std::vector<ParameterSpec> params_;
-  ParameterIndex index_;  // pointers into params_
-  std::unique_ptr<ParameterGroup> trained_;  // all but options_.frozen
-  std::unique_ptr<CpuWeights> weights_;
-  std::unique_ptr<CpuTrainState> state_;  // trainable only, for trained_ (unless it is empty)
-  // LoRA: the adapter table, its weights and (trainable) its state; the decoder's view of them.
-  std::unique_ptr<LoraTable> lora_;
-  std::unique_ptr<ParameterGroup> adapter_group_;
-  std::unique_ptr<CpuWeights> adapter_weights_;
-  std::unique_ptr<CpuTrainState> adapter_state_;
-  Adapters adapters_;
-  std::unique_ptr<GradientSinks> gradients_;  // every state, for the decoder's backward
+  using Owners = ParameterOwners<CpuWeights, CpuTrainState>;
+  Owners owners_;  // the base and adapter tables, their weights and train states
 
   // calloc'd, not a std::vector: its pages are committed when first written, so the arena adds
   // nothing to the peak while weights load (a tensor's file pages are resident then).

@@ -259,12 +259,13 @@ MemoryPlan CudaMistralModel::plan(const MistralConfig& config, const ModelOption
 CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptions& options)
     : config_(config), options_(options) {
   plan_ = plan(config_, options_);
-  params_ = parameter_table(config_);
-  index_ = index_parameters(config_, params_);
-  trained_ = std::make_unique<ParameterGroup>(params_, options_.frozen);
+  Owners& o = owners_;
+  o.params = parameter_table(config_);
+  o.index = index_parameters(config_, o.params);
+  o.trained = std::make_unique<ParameterGroup>(o.params, options_.frozen);
   if (options_.lora.rank > 0) {
-    lora_ = std::make_unique<LoraTable>(params_, options_.lora);
-    adapter_group_ = std::make_unique<ParameterGroup>(lora_->parameters());
+    o.lora = std::make_unique<LoraTable>(o.params, options_.lora);
+    o.adapter_group = std::make_unique<ParameterGroup>(o.lora->parameters());
   }
   cuda::device_count();  // a readable error when there is no GPU or driver
   ZN_CUDA_CHECK(cudaGetDevice(&device_));
@@ -276,24 +277,20 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
     ZN_CUDA_CHECK(cudaStreamCreate(&stream_));
     backend_.set_stream(stream_);
     allocate();
-    weights_ = std::make_unique<CudaWeights>(params_, buf_->weights, stream_);
-    std::vector<GradientSink*> sinks;
-    if (options_.trainable && trained_->numel() > 0) {
-      state_ = std::make_unique<CudaTrainState>(*trained_, offloads(options_), *weights_, buf_->train, backend_,
-                                                stream_);
-      sinks.push_back(state_.get());
+    o.weights = std::make_unique<CudaWeights>(o.params, buf_->weights, stream_);
+    if (options_.trainable && o.trained->numel() > 0) {
+      o.state = std::make_unique<CudaTrainState>(*o.trained, offloads(options_), *o.weights, buf_->train, backend_,
+                                                 stream_);
     }
-    if (lora_) {
-      adapter_weights_ = std::make_unique<CudaWeights>(lora_->parameters(), buf_->adapter_weights, stream_);
+    if (o.lora) {
+      o.adapter_weights = std::make_unique<CudaWeights>(o.lora->parameters(), buf_->adapter_weights, stream_);
       if (options_.trainable) {
-        adapter_state_ = std::make_unique<CudaTrainState>(*adapter_group_, offloads(options_), *adapter_weights_,
-                                                          buf_->adapter_train, backend_, stream_);
-        sinks.push_back(adapter_state_.get());
+        o.adapter_state = std::make_unique<CudaTrainState>(*o.adapter_group, offloads(options_), *o.adapter_weights,
+                                                           buf_->adapter_train, backend_, stream_);
       }
-      adapters_ = {lora_.get(), adapter_weights_.get()};
-      decoder_->set_adapters(&adapters_);
     }
-    gradients_ = std::make_unique<GradientSinks>(sinks);
+    o.link();
+    if (o.lora) decoder_->set_adapters(&o.adapters);
   } catch (...) {
     if (arena_) cudaFree(arena_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -303,8 +300,8 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
 
 CudaMistralModel::~CudaMistralModel() {
   cudaSetDevice(device_);
-  state_.reset();  // its pinned buffers go before the stream
-  adapter_state_.reset();
+  owners_.state.reset();  // their pinned buffers go before the stream
+  owners_.adapter_state.reset();
   free_generation();
   if (stream_) cudaStreamSynchronize(stream_);
   if (arena_) cudaFree(arena_);
@@ -327,7 +324,7 @@ void CudaMistralModel::allocate() {
   buf_ = std::make_unique<CudaBuffers>();
   layout(config_, options_, static_cast<char*>(arena_), *buf_);
   // The GPU keeps every activation (Recompute: nothing), in bf16 where a GEMM reads it.
-  decoder_ = std::make_unique<Decoder>(config_, index_, backend_, Recompute{});
+  decoder_ = std::make_unique<Decoder>(config_, owners_.index, backend_, Recompute{});
   ZN_CUDA_CHECK(cudaMemsetAsync(arena_, 0, plan_.total(), stream_));
   sync();
 }
@@ -341,38 +338,10 @@ void CudaMistralModel::download(const float* device, size_t count, float* host) 
   sync();
 }
 
-const ParameterSpec& CudaMistralModel::parameter(const std::string& name) const {
-  if (lora_ && name.rfind("base_model.model.", 0) == 0) return find_parameter(lora_->parameters(), name);
-  return find_parameter(params_, name);
-}
-
 std::vector<CudaTrainState*> CudaMistralModel::train_states(const char* what) const {
   ZN_CHECK(options_.trainable, "model: ", what, " on a model created with trainable: false");
   use_device();
-  std::vector<CudaTrainState*> states;
-  for (CudaTrainState* s : {state_.get(), adapter_state_.get()})
-    if (s) states.push_back(s);
-  return states;
-}
-
-bool CudaMistralModel::is_adapter(const ParameterSpec& p) const {
-  if (!lora_) return false;
-  const std::vector<ParameterSpec>& table = lora_->parameters();
-  return &p >= table.data() && &p < table.data() + table.size();
-}
-
-CudaTrainState* CudaMistralModel::state_of(const ParameterSpec& p) const {
-  if (is_adapter(p)) return adapter_state_.get();
-  return state_ && trained_->contains(p) ? state_.get() : nullptr;
-}
-
-CudaWeights& CudaMistralModel::weights_of(const ParameterSpec& p) const {
-  return is_adapter(p) ? *adapter_weights_ : *weights_;
-}
-
-const std::vector<ParameterSpec>& CudaMistralModel::adapter_parameters() const {
-  static const std::vector<ParameterSpec> none;
-  return lora_ ? lora_->parameters() : none;
+  return owners_.states();
 }
 
 void CudaMistralModel::merge_adapters() {
@@ -380,27 +349,24 @@ void CudaMistralModel::merge_adapters() {
 }
 
 void CudaMistralModel::set_adapters_enabled(bool enabled) {
-  ZN_CHECK(lora_, "model: setAdaptersEnabled() on a model without LoRA adapters");
+  ZN_CHECK(owners_.lora, "model: setAdaptersEnabled() on a model without LoRA adapters");
   have_activations_ = false;
-  decoder_->set_adapters(enabled ? &adapters_ : nullptr);
+  decoder_->set_adapters(enabled ? &owners_.adapters : nullptr);
 }
 
-long CudaMistralModel::optimizer_step() const {
-  const CudaTrainState* s = state_ ? state_.get() : adapter_state_.get();
-  return s ? s->step() : 0;
-}
+long CudaMistralModel::optimizer_step() const { return owners_.optimizer_step(); }
 
 // The f32 master of a trainable model (host, or device); else the weights, widened from bf16.
 void CudaMistralModel::read_master(const ParameterSpec& p, float* out) const {
   use_device();
-  if (CudaTrainState* s = state_of(p)) return s->read_master(p, out);
-  weights_of(p).read(p, out);
+  if (CudaTrainState* s = owners_.state_of(p)) return s->read_master(p, out);
+  owners_.weights_of(p).read(p, out);
 }
 
 void CudaMistralModel::read_gradient(const ParameterSpec& p, float* out) const {
   ZN_CHECK(options_.trainable, "model: gradients exist only for a trainable model");
   use_device();
-  CudaTrainState* s = state_of(p);
+  CudaTrainState* s = owners_.state_of(p);
   ZN_CHECK(s, "model: '", p.name, "' is frozen (it belongs to no trained parameter group)");
   s->read_gradient(p, out);
 }
@@ -415,7 +381,7 @@ void CudaMistralModel::read_parameters(WeightFiles& files, const std::vector<Par
   have_activations_ = false;
   std::vector<float> staging;
   for (const ParameterSpec& p : table) {
-    CudaTrainState* s = state_of(p);
+    CudaTrainState* s = owners_.state_of(p);
     float* values = s ? s->host_master(p) : nullptr;  // offloaded: read in place
     if (!values) {
       staging.resize(p.numel);
@@ -425,24 +391,23 @@ void CudaMistralModel::read_parameters(WeightFiles& files, const std::vector<Par
     if (s) {
       s->write_master(p, values);
     } else {
-      weights_of(p).assign(p, values);
+      owners_.weights_of(p).assign(p, values);
     }
   }
-  for (CudaTrainState* s : {state_.get(), adapter_state_.get()})
-    if (s) s->publish();
+  for (CudaTrainState* s : owners_.states()) s->publish();
   sync();
 }
 
 std::vector<std::string> CudaMistralModel::load_weights(const std::vector<std::string>& files) {
   WeightFiles weights(files);
-  read_parameters(weights, params_);
+  read_parameters(weights, owners_.params);
   return weights.unread();
 }
 
 std::vector<std::string> CudaMistralModel::load_adapters(const std::vector<std::string>& files) {
-  ZN_CHECK(lora_, "model: loadAdapters() on a model without LoRA adapters");
+  ZN_CHECK(owners_.lora, "model: loadAdapters() on a model without LoRA adapters");
   WeightFiles weights(files);
-  read_parameters(weights, lora_->parameters());
+  read_parameters(weights, owners_.lora->parameters());
   return weights.unread();
 }
 
@@ -455,7 +420,7 @@ void CudaMistralModel::save_weights(const std::string& path, const std::vector<s
   std::vector<StTensorToWrite> tensors;
   for (size_t i = 0; i < names.size(); ++i) {
     const ParameterSpec& p = parameter(names[i]);
-    const CudaTrainState* s = state_of(p);
+    const CudaTrainState* s = owners_.state_of(p);
     const float* values = s ? s->host_master(p) : nullptr;
     if (!values) {
       host[i].resize(p.numel);
@@ -511,7 +476,7 @@ void CudaMistralModel::forward(const TokenBatchView& batch, float* logp) {
   use_device();
   have_activations_ = false;
   upload_batch(batch);
-  decoder_->forward(this->batch(), buf_->acts, *weights_, true, buf_->logp);
+  decoder_->forward(this->batch(), buf_->acts, *owners_.weights, true, buf_->logp);
   download_logp(logp);
   have_activations_ = true;
 }
@@ -520,7 +485,7 @@ void CudaMistralModel::logprobs(const TokenBatchView& batch, float* logp) {
   use_device();
   have_activations_ = false;  // the shared slots are overwritten
   upload_batch(batch);
-  decoder_->forward(this->batch(), buf_->acts, *weights_, false, buf_->logp);
+  decoder_->forward(this->batch(), buf_->acts, *owners_.weights, false, buf_->logp);
   download_logp(logp);
 }
 
@@ -531,7 +496,7 @@ void CudaMistralModel::next_token_logits(const TokenBatchView& batch, float* log
   use_device();
   have_activations_ = false;
   upload_batch(batch);
-  decoder_->trunk_forward(this->batch(), buf_->acts, *weights_, false);
+  decoder_->trunk_forward(this->batch(), buf_->acts, *owners_.weights, false);
   last_row_logits(cu_seqlens_.data(), n_docs_, logits);
 }
 
@@ -553,7 +518,7 @@ void CudaMistralModel::last_row_logits(const int32_t* cu_seqlens, int n, float* 
   const cuda::LogprobChunks chunks;
   const long row_chunk = std::min(options_.max_tokens, chunks.tokens), vocab_chunk = std::min(V, chunks.vocab);
   float* chunk_logits = static_cast<float*>(A.head.data);
-  const ConstTensor head = weights_->weight(*index_.lm_head);
+  const ConstTensor head = owners_.weights->weight(*owners_.index.lm_head);
   std::vector<float> host(size_t(row_chunk * vocab_chunk));
   for (long r0 = 0; r0 < n; r0 += row_chunk) {
     const long nr = std::min(row_chunk, long(n) - r0);
@@ -668,7 +633,7 @@ void CudaMistralModel::extend(const ExtendRequest& request, float* logits) {
   const CachedStep step{&kv, cache_rows_,
                         plan.keys(B.cu_seqlens, B.position_ids, k_begin_, k_len_, key_positions),
                         plan.keys_from_cache};
-  decoder_->forward_cached(batch(), step, buf_->acts, *weights_);
+  decoder_->forward_cached(batch(), step, buf_->acts, *owners_.weights);
   last_row_logits(plan.cu_seqlens.data(), request.sequences, logits);
 }
 
@@ -683,7 +648,7 @@ void CudaMistralModel::forward_backward(const TokenBatchView& batch, const float
   upload_batch(batch);
   CudaBuffers& B = *buf_;
   ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(tokens_) * sizeof(float), cudaMemcpyHostToDevice, stream_));
-  decoder_->forward_backward(this->batch(), B.acts, *weights_, *gradients_, B.dlogp, B.logp,
+  decoder_->forward_backward(this->batch(), B.acts, *owners_.weights, *owners_.gradients, B.dlogp, B.logp,
                              options_.gradient_checkpointing);
   embedding_backward();
   download_logp(logp);
@@ -700,7 +665,7 @@ void CudaMistralModel::backward(const float* dlogp, long tokens) {
   validate_dlogp(dlogp, tokens);
   CudaBuffers& B = *buf_;
   ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(tokens_) * sizeof(float), cudaMemcpyHostToDevice, stream_));
-  decoder_->backward(this->batch(), B.acts, *weights_, *gradients_, B.dlogp, options_.gradient_checkpointing);
+  decoder_->backward(this->batch(), B.acts, *owners_.weights, *owners_.gradients, B.dlogp, options_.gradient_checkpointing);
   embedding_backward();
 }
 
@@ -708,7 +673,7 @@ void CudaMistralModel::backward(const float* dlogp, long tokens) {
 // dres; then the stream is drained, so a fault in any kernel surfaces in the call that caused it.
 void CudaMistralModel::embedding_backward() {
   const CudaBuffers& B = *buf_;
-  if (float* grad = state_ ? state_->grad(*index_.embed) : nullptr) {  // null: a frozen embedding
+  if (float* grad = owners_.state ? owners_.state->grad(*owners_.index.embed) : nullptr) {  // null: a frozen embedding
     cuda::embedding_backward(tokens_, config_.hidden_size, config_.vocab_size, B.input_ids,
                              {B.acts.dres, DType::F32}, config_.pad_token_id, grad, stream_);
   }

@@ -40,6 +40,7 @@
 #include "model/cuda_state.h"
 #include "model/decoder.h"
 #include "model/mistral.h"
+#include "model/parameter_owners.h"
 
 namespace zn::model {
 
@@ -59,9 +60,10 @@ class CudaMistralModel {
   // Device bytes by category, computable without a GPU. logits_chunks holds every workspace:
   // the log-prob chunks and the attention backward's rowsum buffer.
   static MemoryPlan plan(const MistralConfig& config, const ModelOptions& options);
-  const std::vector<ParameterSpec>& parameters() const { return params_; }
-  const std::vector<ParameterSpec>& adapter_parameters() const;  // LoRA's (empty without)
-  const ParameterSpec& parameter(const std::string& name) const;  // base or adapter; throws when unknown
+  const std::vector<ParameterSpec>& parameters() const { return owners_.params; }
+  const std::vector<ParameterSpec>& adapter_parameters() const { return owners_.adapter_parameters(); }
+  // A base or adapter parameter by name; throws when unknown.
+  const ParameterSpec& parameter(const std::string& name) const { return owners_.find(name); }
   void read_master(const ParameterSpec& p, float* out) const;      // numel floats, host
   void read_gradient(const ParameterSpec& p, float* out) const;    // throws when not trainable
   long optimizer_step() const;
@@ -104,9 +106,6 @@ class CudaMistralModel {
   void download_logp(float* logp) const;
   void embedding_backward();  // from the decoder's d loss / d (embedding output), then sync
   std::vector<CudaTrainState*> train_states(const char* what) const;  // throws naming `what` when frozen
-  bool is_adapter(const ParameterSpec& p) const;
-  CudaTrainState* state_of(const ParameterSpec& p) const;  // null: frozen
-  CudaWeights& weights_of(const ParameterSpec& p) const;
   void read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table);
   DType act_dtype() const;
   void download(const float* device, size_t count, float* host) const;
@@ -119,9 +118,6 @@ class CudaMistralModel {
   MistralConfig config_;
   ModelOptions options_;
   MemoryPlan plan_;
-  std::vector<ParameterSpec> params_;
-  ParameterIndex index_;  // pointers into params_
-  std::unique_ptr<ParameterGroup> trained_;  // all but options_.frozen
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
@@ -129,15 +125,8 @@ class CudaMistralModel {
   std::unique_ptr<CudaBuffers> buf_;  // the arena's layout
   CudaBackend backend_;               // on stream_
   std::unique_ptr<Decoder> decoder_;
-  std::unique_ptr<CudaWeights> weights_;
-  std::unique_ptr<CudaTrainState> state_;  // trainable only, for trained_ (unless it is empty)
-  // LoRA (as the CPU model's).
-  std::unique_ptr<LoraTable> lora_;
-  std::unique_ptr<ParameterGroup> adapter_group_;
-  std::unique_ptr<CudaWeights> adapter_weights_;
-  std::unique_ptr<CudaTrainState> adapter_state_;
-  Adapters adapters_;
-  std::unique_ptr<GradientSinks> gradients_;
+  using Owners = ParameterOwners<CudaWeights, CudaTrainState>;
+  Owners owners_;  // the base and adapter tables, their weights and train states (after the arena)
 
   // Generation: the cache's device memory (cache, then the per-call arrays) and bookkeeping.
   void* generation_memory_ = nullptr;

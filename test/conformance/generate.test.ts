@@ -20,6 +20,7 @@ import { GenerationEngine } from '../../lib/generate/engine.js';
 import { loadModel, type ModelDType } from '../../lib/model/model.js';
 import { packageRoot } from '../../lib/native.js';
 import { referencePython, runPython } from '../support/python.js';
+import { relError } from '../support/reference-batch.js';
 
 interface Reference {
   vocab_size: number;
@@ -67,16 +68,6 @@ async function firstLogits(dir: string, ref: Reference, dtype: ModelDType): Prom
   } finally {
     model.dispose();
   }
-}
-
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff += (a[i] - b[i]) ** 2;
-    norm += b[i] ** 2;
-  }
-  return Math.sqrt(diff) / Math.sqrt(norm);
 }
 
 function maxAbsError(a: ArrayLike<number>, b: ArrayLike<number>): number {

@@ -11,18 +11,18 @@
  * weights PEFT's merge_and_unload makes from that adapter.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-
-import { spawnSync } from 'node:child_process';
 
 import { readMistralConfig } from '../../lib/model/config.js';
 import { loadModel, nativeModelConfig } from '../../lib/model/model.js';
 import { LORA_MODULES } from '../../lib/model/peft.js';
 import { loadNative, packageRoot, type NativeModel, type NativeTokenBatch } from '../../lib/native.js';
 import { referencePython, runPython } from '../support/python.js';
+import { packDocuments, relError } from '../support/reference-batch.js';
 
 interface Reference {
   documents: number[][];
@@ -40,26 +40,8 @@ const CASES: Record<string, { rank: number; alpha: number; rslora: boolean; targ
 const root = packageRoot();
 const { python, skipReason } = referencePython(['torch', 'transformers', 'peft', 'safetensors']);
 
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff += (a[i] - b[i]) ** 2;
-    norm += b[i] ** 2;
-  }
-  return Math.sqrt(diff) / Math.max(Math.sqrt(norm), 1e-30);
-}
-
 function packed(ref: Reference): NativeTokenBatch {
-  const cu = [0];
-  for (const doc of ref.documents) cu.push(cu[cu.length - 1] + doc.length);
-  return {
-    inputIds: Int32Array.from(ref.documents.flat()),
-    positionIds: Int32Array.from(ref.documents.flatMap((doc) => doc.map((_, i) => i))),
-    targets: Int32Array.from(ref.targets.flat()),
-    cuSeqlens: Int32Array.from(cu),
-  };
+  return packDocuments(ref.documents, ref.targets);
 }
 
 describe('LoRA conformance with PEFT', { skip: skipReason ?? false }, () => {

@@ -17,6 +17,7 @@ import type { TokenBatch } from '../../lib/data/batch.js';
 import { loadModel, type MistralModel } from '../../lib/model/model.js';
 import { packageRoot } from '../../lib/native.js';
 import { referencePython, runPython } from '../support/python.js';
+import { packDocuments, relError } from '../support/reference-batch.js';
 
 interface Reference {
   config: Record<string, unknown>;
@@ -33,27 +34,8 @@ const CASES = ['gqa_window_tied', 'mqa_headdim_untied'] as const;
 const root = packageRoot();
 const { python, skipReason } = referencePython(['torch', 'transformers', 'safetensors']);
 
-/** ||a - b|| / ||b|| over the whole tensor. */
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff += (a[i] - b[i]) ** 2;
-    norm += b[i] ** 2;
-  }
-  return Math.sqrt(diff) / Math.max(Math.sqrt(norm), 1e-30);
-}
-
 function packed(ref: Reference): TokenBatch {
-  const cu = [0];
-  for (const doc of ref.documents) cu.push(cu[cu.length - 1] + doc.length);
-  return {
-    inputIds: Int32Array.from(ref.documents.flat()),
-    positionIds: Int32Array.from(ref.documents.flatMap((doc) => doc.map((_, i) => i))),
-    targets: Int32Array.from(ref.targets.flat()),
-    cuSeqlens: Int32Array.from(cu),
-  };
+  return packDocuments(ref.documents, ref.targets);
 }
 
 /** Gradients of sum_t w[t] logp[t] for every parameter, keyed by name: forward then backward, or one forwardBackward call. */

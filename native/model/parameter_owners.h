@@ -1,0 +1,77 @@
+// Who holds each parameter of a model, for both devices' models (Weights/State: CpuWeights and
+// CpuTrainState, or CudaWeights and CudaTrainState): the base table with its weights and, for
+// its trained group, a train state (none when every base parameter is frozen); LoRA's adapter
+// table with its own weights and, when training, its own state; and the decoder's views of them
+// (the adapters it adds, the sinks its backward fills). Each model builds the members (storage
+// differs by device); the lookups here are the same for both.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/decoder.h"
+#include "model/lora.h"
+#include "model/parameters.h"
+
+namespace zn::model {
+
+template <class Weights, class State>
+struct ParameterOwners {
+  std::vector<ParameterSpec> params;
+  ParameterIndex index;                     // pointers into params
+  std::unique_ptr<ParameterGroup> trained;  // all but ModelOptions::frozen
+  std::unique_ptr<Weights> weights;
+  std::unique_ptr<State> state;  // trainable, for trained (unless it is empty)
+  std::unique_ptr<LoraTable> lora;
+  std::unique_ptr<ParameterGroup> adapter_group;
+  std::unique_ptr<Weights> adapter_weights;
+  std::unique_ptr<State> adapter_state;  // trainable
+  Adapters adapters;
+  std::unique_ptr<GradientSinks> gradients;  // every state, for the decoder's backward
+
+  // The decoder's views, once weights and states exist.
+  void link() {
+    std::vector<GradientSink*> sinks;
+    for (State* s : states()) sinks.push_back(s);
+    gradients = std::make_unique<GradientSinks>(sinks);
+    if (lora) adapters = {lora.get(), adapter_weights.get()};
+  }
+
+  std::vector<State*> states() const {
+    std::vector<State*> out;
+    for (State* s : {state.get(), adapter_state.get()})
+      if (s) out.push_back(s);
+    return out;
+  }
+
+  bool is_adapter(const ParameterSpec& p) const {
+    if (!lora) return false;
+    const std::vector<ParameterSpec>& table = lora->parameters();
+    return &p >= table.data() && &p < table.data() + table.size();
+  }
+
+  State* state_of(const ParameterSpec& p) const {  // null: frozen
+    if (is_adapter(p)) return adapter_state.get();
+    return state && trained->contains(p) ? state.get() : nullptr;
+  }
+
+  Weights& weights_of(const ParameterSpec& p) const { return is_adapter(p) ? *adapter_weights : *weights; }
+
+  const std::vector<ParameterSpec>& adapter_parameters() const {
+    static const std::vector<ParameterSpec> none;
+    return lora ? lora->parameters() : none;
+  }
+
+  // A base or adapter parameter (PEFT's names start "base_model.model."); throws when unknown.
+  const ParameterSpec& find(const std::string& name) const {
+    if (lora && name.rfind("base_model.model.", 0) == 0) return find_parameter(lora->parameters(), name);
+    return find_parameter(params, name);
+  }
+
+  long optimizer_step() const {
+    const State* s = state ? state.get() : adapter_state.get();
+    return s ? s->step() : 0;
+  }
+};
+
+}  // namespace zn::model
