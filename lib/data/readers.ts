@@ -30,7 +30,7 @@ export interface ReadOptions {
   split?: string;
 }
 
-const DATA_EXTENSIONS = ['.parquet', '.jsonl', '.json'] as const;
+export const DATA_EXTENSIONS = ['.parquet', '.jsonl', '.json'] as const;
 const PARQUET_MAGIC = 'PAR1';
 
 /** Rows of a file or of one split of an HF dataset folder, streamed in file order. */
