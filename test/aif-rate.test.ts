@@ -292,6 +292,13 @@ describe('rate: against a scripted judge', () => {
       assert.equal(child.exitCode, null, `the first run ended before it could be killed: ${childStderr}`);
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
+    // One writer per output: a second run on the same output stops at once, naming the first
+    // (held up by a slow judge meanwhile, so it is still running).
+    server.setScript(() => ({ kind: 'answer', delayMs: 5000 }));
+    const second = await runCli(args, env);
+    assert.equal(child.exitCode, null, `the first run ended before the second started: ${childStderr}`);
+    assert.equal(second.status, 1);
+    assert.equal(second.stderr.trim().split('\n').pop(), `zephyr-native: --output ${output} is being written by another process ${child.pid} (\`zephyr-native ${args.join(' ')}\`, started ${JSON.parse(readFileSync(`${output}.lock`, 'utf8')).started}); wait for it to finish or stop it (lock file ${output}.lock)`);
     child.kill('SIGKILL');
     assert.equal(await exited, 'SIGKILL');
     const afterKill = readFileSync(output, 'utf8');
@@ -301,9 +308,12 @@ describe('rate: against a scripted judge', () => {
     const firstRun = server.requests.slice(firstStart);
     assert.ok(firstRun.length < rows.length * 4, 'the first run was not killed mid-run');
 
+    server.setScript(() => ({ kind: 'answer', delayMs: 25 }));
     const secondStart = server.requests.length;
     const resumed = await runCli(args, env);
     assert.equal(resumed.status, 0, resumed.stderr);
+    assert.match(resumed.stderr, new RegExp(`^--output ${output}: taking over the lock of process ${child.pid} \\(.*\\), which is no longer running$`, 'm'));
+    assert.ok(!existsSync(`${output}.lock`), 'the lock is released when the run ends');
     assert.match(resumed.stderr, new RegExp(`rate: 24 rows: ${rows.length - saved.size} rated, ${saved.size} already in the output, 0 failed`));
     assert.doesNotMatch(resumed.stderr, /sk-cli-secret-456/);
     // Non-TTY progress is plain text lines, no bar drawing or escape codes.

@@ -1,5 +1,3 @@
-import { existsSync, statSync } from 'node:fs';
-
 import type { CommandModule } from 'yargs';
 
 import { HfTokenizer } from '../data/tokenizer.js';
@@ -11,6 +9,7 @@ import type { Device } from '../native.js';
 import { chatInTerminal, chatOnPipe } from './chat-io.js';
 import { generationOptions, withGenerationFlags, type GenerationFlags } from './generation-flags.js';
 import { CHAT_COMMANDS_HELP, ChatSession } from './chat-session.js';
+import { checkModelArg, resolveModelPath } from './hub-args.js';
 
 interface ChatArgs extends GenerationFlags {
   model_name_or_path: string;
@@ -32,8 +31,7 @@ export const chatCommand: CommandModule<object, ChatArgs> = {
       .option('dtype', { choices: ['f32', 'bf16'] as const, default: 'f32' as ModelDType, describe: 'f32, or bf16 weights and matmul inputs' })
       .option('max_context', { type: 'number', describe: 'Tokens a conversation may fill, answers included (default max_position_embeddings)' })
       .check((args) => {
-        const dir = args.model_name_or_path;
-        if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`--model_name_or_path: no such model folder: ${dir}`);
+        checkModelArg('model_name_or_path', args.model_name_or_path);
         if (args.max_context !== undefined && !(Number.isSafeInteger(args.max_context) && args.max_context >= 2)) {
           throw new UsageError(`--max_context must be an integer >= 2, got ${args.max_context}`);
         }
@@ -41,8 +39,9 @@ export const chatCommand: CommandModule<object, ChatArgs> = {
         return true;
       }),
   handler: async (args) => {
-    const tokenizer = HfTokenizer.fromFolder(args.model_name_or_path);
-    const model = await loadModel(args.model_name_or_path, { device: args.device, dtype: args.dtype });
+    const dir = await resolveModelPath(args.model_name_or_path);
+    const tokenizer = HfTokenizer.fromFolder(dir);
+    const model = await loadModel(dir, { device: args.device, dtype: args.dtype });
     const generator = await Generator.create(model, tokenizer, { batchSize: 1, maxContext: args.max_context });
     const session = new ChatSession(generator, generationOptions(args), args.system ?? null);
     if (process.stdin.isTTY && process.stdout.isTTY) {

@@ -8,6 +8,7 @@ import { dataCommand } from './data.js';
 import { evalCommand } from './eval.js';
 import { plotCommand } from './plot.js';
 import { generateCommand } from './generate.js';
+import { downloadCommand, uploadCommand } from './hub.js';
 import { infoCommand } from './info.js';
 import { mergeCommand } from './merge.js';
 import { rateCommand } from './rate.js';
@@ -30,5 +31,7 @@ export const commands: CommandModule<object, any>[] = [
   mergeCommand,
   benchCommand,
   dataCommand,
+  downloadCommand,
+  uploadCommand,
   infoCommand,
 ];

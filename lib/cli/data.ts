@@ -18,6 +18,7 @@ import { packExamples } from '../data/packing.js';
 import { listSplits, readRows } from '../data/readers.js';
 import { DEFAULT_SFT_OPTIONS, type SftExample } from '../data/sft-examples.js';
 import { HfTokenizer } from '../data/tokenizer.js';
+import { resolveDatasetPath, resolveModelPath } from './hub-args.js';
 
 type Mode = 'sft' | 'dpo';
 
@@ -60,8 +61,8 @@ const inspectCommand: CommandModule<object, InspectArgs> = {
       }),
   handler: async (args) => {
     const out = (line = '') => process.stdout.write(`${line}\n`);
-    const tokenizer = args.model_name_or_path ? HfTokenizer.fromFolder(args.model_name_or_path) : loadLlama2Tokenizer();
-    const plan = singleSplitPlan(args.dataset_name, args.split);
+    const tokenizer = args.model_name_or_path ? HfTokenizer.fromFolder(await resolveModelPath(args.model_name_or_path)) : loadLlama2Tokenizer();
+    const plan = singleSplitPlan(await resolveDatasetPath(args.dataset_name, { splits: args.split ? [args.split] : [] }), args.split);
     const mode = args.mode ?? (await detectMode(plan));
     const template = chatTemplateOf(tokenizer);
     out(`dataset: ${args.dataset_name}${plan.train[0].split ? ` (split ${plan.train[0].split})` : ''}, mode ${mode}`);

@@ -8,6 +8,7 @@ import type { Device } from '../native.js';
 import { generationOptions, withGenerationFlags, type GenerationFlags } from './generation-flags.js';
 import { formatDuration } from './rate.js';
 import { untilStopSignal } from './stop-signals.js';
+import { lockOutputFile, resolveDatasetPath, resolveModelPath } from './hub-args.js';
 
 interface GenerateArgs extends GenerationFlags {
   model_name_or_path: string[];
@@ -47,13 +48,17 @@ export const generateCommand: CommandModule<object, GenerateArgs> = {
         return true;
       }),
   handler: async (args) => {
+    lockOutputFile(args.output);
+    const models: string[] = [];
+    for (const model of args.model_name_or_path) models.push(await resolveModelPath(model));
+    const dataset = await resolveDatasetPath(args.dataset_name, { splits: args.split ? [args.split] : [] });
     const device = computeDevice(args.device);
     const progress = new ProgressDisplay();
     let stats: GenerateStats;
     try {
       stats = await untilStopSignal((signal) =>
-        generateFile(args.dataset_name, {
-          models: args.model_name_or_path,
+        generateFile(dataset, {
+          models,
           output: args.output,
           split: args.split,
           generation: { ...generationOptions(args), numReturnSequences: args.num_return_sequences },

@@ -6,6 +6,7 @@ import { type RateProgress, type RateStats, rateFile } from '../aif/rate.js';
 import { countRows } from '../data/readers.js';
 import { UsageError, ZnError } from '../errors.js';
 import { untilStopSignal } from './stop-signals.js';
+import { lockOutputFile, resolveDatasetPath } from './hub-args.js';
 
 interface RateArgs {
   input: string;
@@ -55,14 +56,16 @@ export const rateCommand: CommandModule<object, RateArgs> = {
         return true;
       }),
   handler: async (args) => {
-    const total = await countRows(args.input, { split: args.split });
+    lockOutputFile(args.output);
+    const input = await resolveDatasetPath(args.input, { splits: args.split ? [args.split] : [] });
+    const total = await countRows(input, { split: args.split });
     const apiKey = judgeApiKeyFromEnv();
     if (!apiKey) process.stderr.write('rate: no ZN_JUDGE_API_KEY or OPENAI_API_KEY set: requests go without an Authorization header\n');
     const progress = new ProgressDisplay(total);
     let stats: RateStats;
     try {
       stats = await untilStopSignal((signal) =>
-        rateFile(args.input, args.split, {
+        rateFile(input, args.split, {
           output: args.output,
           url: args.judge_url,
           model: args.judge_model,

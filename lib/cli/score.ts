@@ -13,6 +13,7 @@ import { UsageError } from '../errors.js';
 import { loadModel, type ModelDType } from '../model/model.js';
 import { scoreRows } from '../model/score.js';
 import type { Device } from '../native.js';
+import { lockOutputFile, resolveDatasetPath, resolveModelPath } from './hub-args.js';
 
 interface ScoreArgs {
   model_name_or_path: string;
@@ -65,14 +66,18 @@ export const scoreCommand: CommandModule<object, ScoreArgs> = {
         return true;
       }),
   handler: async (args) => {
-    const tokenizer = HfTokenizer.fromFolder(args.tokenizer_name_or_path ?? args.model_name_or_path);
+    lockOutputFile(args.output);
+    const modelDir = await resolveModelPath(args.model_name_or_path);
+    const refDir = args.ref_model_name_or_path ? await resolveModelPath(args.ref_model_name_or_path) : null;
+    const dataset = await resolveDatasetPath(args.dataset_name, { splits: args.dataset_split ? [args.dataset_split] : [] });
+    const tokenizer = HfTokenizer.fromFolder(args.tokenizer_name_or_path ? await resolveModelPath(args.tokenizer_name_or_path) : modelDir);
     const template = chatTemplateOf(tokenizer);
     const maxLength = args.max_length ?? null;
     const preferences = new DpoTokenizer(tokenizer, template, { maxLength, maxPromptLength: args.max_prompt_length ?? null });
     const sft = new SftTokenizer(tokenizer, template, { ...DEFAULT_SFT_OPTIONS, maxLength, assistantOnlyLoss: args.assistant_only_loss });
     const modelOptions = { device: args.device, dtype: args.dtype, maxTokens: args.batch_tokens };
-    const model = await loadModel(args.model_name_or_path, modelOptions);
-    const refModel = args.ref_model_name_or_path ? await loadModel(args.ref_model_name_or_path, modelOptions) : null;
+    const model = await loadModel(modelDir, modelOptions);
+    const refModel = refDir ? await loadModel(refDir, modelOptions) : null;
     const report = new DatasetReport('score', args.strict);
 
     const started = Date.now();
@@ -84,7 +89,7 @@ export const scoreCommand: CommandModule<object, ScoreArgs> = {
       const rate = Math.round(tokens / Math.max((now - started) / 1000, 1e-3));
       process.stderr.write(`score: ${rows} rows (${report.skippedTotal} skipped), ${tokens} tokens, ${rate} tokens/s\n`);
     };
-    const rows = readRows(args.dataset_name, { split: args.dataset_split });
+    const rows = readRows(dataset, { split: args.dataset_split });
     const { rows: written } = await writeRows(args.output, scoreRows(rows, { model, refModel, preferences, sft, report, progress }));
     for (const line of report.summary()) process.stderr.write(`${line}\n`);
     process.stderr.write(`score: wrote ${written} rows to ${args.output}\n`);

@@ -1,5 +1,3 @@
-import { existsSync, statSync } from 'node:fs';
-
 import type { CommandModule } from 'yargs';
 
 import { UsageError } from '../errors.js';
@@ -7,6 +5,7 @@ import type { ModelDType } from '../model/model.js';
 import type { Device } from '../native.js';
 import { createServer } from '../serve/server.js';
 import { untilStopSignal } from './stop-signals.js';
+import { checkModelArg, resolveModelPath } from './hub-args.js';
 
 interface ServeArgs {
   model_name_or_path: string;
@@ -48,8 +47,7 @@ export const serveCommand: CommandModule<object, ServeArgs> = {
       .option('log_prompts', { type: 'boolean', default: false, describe: 'Put each request\'s prompt into the access log' })
       .option('shutdown_timeout', { type: 'number', default: 30, describe: 'Seconds requests in flight may take to finish after SIGINT/SIGTERM' })
       .check((args) => {
-        const dir = args.model_name_or_path;
-        if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`--model_name_or_path: no such model folder: ${dir}`);
+        checkModelArg('model_name_or_path', args.model_name_or_path);
         if (!(Number.isInteger(args.port) && args.port >= 0 && args.port < 65536)) throw new UsageError(`--port must be an integer in [0, 65535], got ${args.port}`);
         if (!(Number.isSafeInteger(args.max_batch) && args.max_batch >= 1)) throw new UsageError(`--max_batch must be an integer >= 1, got ${args.max_batch}`);
         if (!(Number.isSafeInteger(args.max_queue) && args.max_queue >= 0)) throw new UsageError(`--max_queue must be an integer >= 0, got ${args.max_queue}`);
@@ -60,8 +58,9 @@ export const serveCommand: CommandModule<object, ServeArgs> = {
         return true;
       }),
   handler: async (args) => {
+    const dir = await resolveModelPath(args.model_name_or_path);
     await untilStopSignal(async (signal) => {
-      const server = await createServer(args.model_name_or_path, {
+      const server = await createServer(dir, {
         host: args.host,
         port: args.port,
         servedModelName: args.served_model_name,

@@ -26,6 +26,8 @@ import { seededPermutation } from './shuffle.js';
 
 export interface DatasetMixtureEntry {
   id: string;
+  /** A Hub dataset's branch, tag or commit (resolved by lib/hub before planning). */
+  revision?: string | null;
   config?: string | null;
   split?: string | null;
   columns?: string[] | null;
@@ -113,7 +115,7 @@ function mixturePlan(mixture: NonNullable<DataConfig['dataset_mixture']>): Datas
   const train = mixture.datasets.map((entry, i): DatasetSource => {
     const where = `dataset_mixture.datasets[${i}]`;
     for (const key of Object.keys(entry)) {
-      if (!['id', 'config', 'split', 'columns', 'weight'].includes(key)) throw new UsageError(`${where}: unknown key '${key}'`);
+      if (!['id', 'revision', 'config', 'split', 'columns', 'weight'].includes(key)) throw new UsageError(`${where}: unknown key '${key}'`);
     }
     if (typeof entry.id !== 'string' || entry.id === '') throw new UsageError(`${where}.id: expected a dataset path`);
     if (entry.columns !== undefined && entry.columns !== null && !(Array.isArray(entry.columns) && entry.columns.every((c) => typeof c === 'string'))) {

@@ -66,7 +66,7 @@ function dataFileSplit(path: string): { dir: string; split: string } | null {
 
 function selectModelFiles(paths: string[]): string[] {
   const wanted = paths.filter((path) => MODEL_FILES.has(path));
-  if (paths.includes(SINGLE_WEIGHTS_FILE)) return wanted;
+  if (paths.includes(SINGLE_WEIGHTS_FILE)) return [...wanted, SINGLE_WEIGHTS_FILE];
   const shards = paths.filter((path) => SHARD.test(path));
   if (paths.includes(WEIGHTS_INDEX_FILE)) return [...wanted, WEIGHTS_INDEX_FILE, ...shards];
   return wanted;

@@ -21,11 +21,14 @@ export function isNetworkError(error: unknown): boolean {
   return error.name === 'TypeError' && /fetch failed/.test(error.message) ? true : typeof cause?.code === 'string' && /^(ECONN|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|UND_ERR)/.test(cause.code);
 }
 
-export function hubError(error: unknown, repo: RepoRef, env: HubEnvironment, file?: string): ZnError {
+export function hubError(error: unknown, repo: RepoRef, env: HubEnvironment, file?: string, action: 'download' | 'upload' = 'download'): ZnError {
   const name = describeRepo(repo);
   const where = file ? `${name}: ${file}` : name;
   if (error instanceof HubApiError) {
     const code = errorCode(error);
+    if ((error.statusCode === 401 || error.statusCode === 403) && action === 'upload') {
+      return new ZnError(`${where}: the Hub refused the token (HTTP ${error.statusCode} from ${env.endpoint}): it is invalid or has no write access to this repository`);
+    }
     if (error.statusCode === 401 || error.statusCode === 403) {
       const gated = code === 'GatedRepo' || /gated|restricted/i.test(error.message);
       const token = env.token ? 'the token in use (HF_TOKEN) has no access to it' : 'no token is set (HF_TOKEN, or `hf auth login`)';
@@ -47,6 +50,7 @@ export function hubError(error: unknown, repo: RepoRef, env: HubEnvironment, fil
   }
   if (isNetworkError(error)) {
     const cause = (error as Error & { cause?: { code?: string; message?: string } }).cause;
+    if (action === 'upload') return new ZnError(`${where}: cannot reach the Hub at ${env.endpoint} (${cause?.code ?? cause?.message ?? (error as Error).message}); nothing was uploaded`);
     return new ZnError(
       `${where}: cannot reach the Hub at ${env.endpoint} (${cause?.code ?? cause?.message ?? (error as Error).message}) and the files are not in the cache ${env.cacheDir}; ` +
         'connect, or download them where there is a network (`zephyr-native download`) and set HF_HUB_OFFLINE=1',

@@ -67,6 +67,14 @@ export const KEYS = {
   lora_target_modules: { kind: 'string-or-list', default: null, help: 'Projections to adapt (q_proj, ..., down_proj) or all-linear (default: PEFT\'s for Mistral, q_proj and v_proj)' },
   use_rslora: { kind: 'boolean', default: false, help: 'rsLoRA scaling alpha / sqrt(r)' },
   lora_modules_to_save: { kind: 'string-or-list', default: null, help: 'Modules trained in full beside the adapters (not implemented yet: null only)' },
+  // the Hub (lib/hub): ids in the path keys above resolve through the shared cache
+  model_revision: { kind: 'string', default: 'main', help: 'Branch, tag or commit of a Hub model id (model_name_or_path, ref_model_name_or_path)' },
+  push_to_hub: { kind: 'boolean', default: false, help: 'Upload output_dir to hub_model_id when the stage ends' },
+  hub_model_id: { kind: 'string', default: null, help: 'Hub repository (org/name) push_to_hub uploads to' },
+  hub_strategy: { kind: 'string', default: 'every_save', choices: ['end', 'every_save', 'checkpoint', 'all_checkpoints'] as const, help: 'What push_to_hub uploads: the model (end, every_save), plus the last checkpoint as last-checkpoint/ (checkpoint), or every checkpoint folder (all_checkpoints)' },
+  hub_private_repo: { kind: 'boolean', default: null, help: 'Create the repository private (default: the Hub\'s default for your account)' },
+  hub_revision: { kind: 'string', default: null, help: 'Branch push_to_hub commits to (created from main when missing; default main)' },
+  hub_token: { kind: 'string', default: null, help: 'Token for push_to_hub (default: HF_TOKEN or the saved login)' },
   // data
   dataset_name: { kind: 'string', default: null, help: 'Dataset file or HF dataset folder' },
   dataset_config: { kind: 'string', default: null, help: 'Dataset configuration name (accepted for HF datasets; folders have one)' },
@@ -139,11 +147,6 @@ const SAME_BEHAVIOUR: Record<string, (value: unknown) => boolean> = {
   log_level_replica: () => true,
   disable_tqdm: () => true,
   remove_unused_columns: () => true,
-  model_revision: (v) => v === 'main',
-  // Only meaningful with push_to_hub, which must stay false.
-  hub_model_id: () => true,
-  hub_strategy: () => true,
-  hub_private_repo: () => true,
   // Mistral has no dropout layers (attention_dropout 0), so disabling dropout is a no-op.
   disable_dropout: () => true,
   // Padding-free batches are all we make; the loss is the same either way.

@@ -3,8 +3,8 @@
  * resolve the sources (model folder, device, tokenizer), load the data, plan the loop, build the
  * policy, build the reference (DPO), build the objective, run the loop, save the model folder.
  */
-import { existsSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic.js';
 
@@ -27,6 +27,9 @@ import { progressReporter, type ProgressReporter } from './progress.js';
 import { type BuiltReference, buildReference } from './reference.js';
 import { closeReporters, openReporters, type Reporter } from './report-to.js';
 import { warmupSteps } from './schedule.js';
+import { resolveHubInputs } from './hub-inputs.js';
+import { HubPusher } from './hub-push.js';
+import { lockOutput } from '../io/output-lock.js';
 
 export interface StageRunOptions {
   events?: TrainingEvents;
@@ -323,7 +326,29 @@ function runConfig({ stage, values }: StageConfig): Record<string, unknown> {
   return { stage, ...values };
 }
 
+/**
+ * A stage as a process runs it: output_dir locked for the stage's life (one writer), Hub ids
+ * resolved to cached folders, the training, then push_to_hub.
+ */
 export async function runStage(config: StageConfig, options: StageRunOptions = {}): Promise<StageResult> {
+  const outputDir = required(config.values, 'output_dir', config.stage);
+  const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  mkdirSync(dirname(resolve(outputDir)), { recursive: true });
+  const lock = lockOutput(outputDir, { what: 'output_dir', log });
+  try {
+    const resolved = await resolveHubInputs(config, options.progress === 'silent' ? 'silent' : 'auto');
+    const pusher = config.values.push_to_hub ? new HubPusher(config.values, outputDir, log) : null;
+    const events = options.events ?? new TrainingEvents();
+    if (pusher) events.on('checkpoint', (dir) => pusher.checkpoint(dir));
+    const result = await runResolvedStage(resolved, { ...options, events });
+    await pusher?.finish(!result.stoppedEarly);
+    return result;
+  } finally {
+    lock.release();
+  }
+}
+
+async function runResolvedStage(config: StageConfig, options: StageRunOptions): Promise<StageResult> {
   const progress = progressReporter(options.progress ?? 'auto');
   const log = (line: string): void => progress.message(line);
   for (const notice of config.notices) log(notice);
