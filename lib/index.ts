@@ -58,3 +58,8 @@ export type { EvalJudge } from './eval/judgments.js';
 export { resultsTable, type EvalResults, type PairResult, type SingleResult } from './eval/results.js';
 export { radarSpec, radarSvg, svgToPng } from './eval/charts.js';
 export { curvesSvg, readRunCurves, writeTrainingCurves } from './eval/curves.js';
+export { hubEnvironment, type HubEnvironment } from './hub/environment.js';
+export { resolveDatasetPath, resolveModelPath, type DatasetResolveOptions, type ResolveOptions } from './hub/resolve.js';
+export { downloadRepo, type DownloadOptions, type DownloadProgress, type DownloadResult } from './hub/download.js';
+export { uploadFolder, type UploadOptions, type UploadResult } from './hub/upload.js';
+export { lockOutput, type LockOptions, type OutputLock } from './io/output-lock.js';

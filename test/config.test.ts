@@ -31,8 +31,8 @@ describe('training configuration', () => {
   });
 
   it('a known but unimplemented key is accepted at its default and rejected otherwise', () => {
-    assert.doesNotThrow(() => resolveStage('sft', [{ values: { push_to_hub: false, use_liger_kernel: false }, where: 'r' }]));
-    assert.throws(() => resolveStage('sft', [{ values: { push_to_hub: true }, where: 'r' }]), /'push_to_hub: true' is not supported/);
+    assert.doesNotThrow(() => resolveStage('sft', [{ values: { hub_always_push: false, use_liger_kernel: false }, where: 'r' }]));
+    assert.throws(() => resolveStage('sft', [{ values: { use_liger_kernel: true }, where: 'r' }]), /'use_liger_kernel: true' is not supported/);
     assert.throws(() => resolveStage('dpo', [{ values: { f_divergence_type: 'js_divergence' }, where: 'r' }]), /not supported/);
     assert.doesNotThrow(() => resolveStage('dpo', [{ values: { f_divergence_type: 'reverse_kl', use_cpu: true }, where: 'r' }]));
   });

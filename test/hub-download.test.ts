@@ -15,7 +15,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { downloadRepo } from '../lib/hub/download.js';
 import { type HubEnvironment, hubEnvironment } from '../lib/hub/environment.js';
-import { fnmatchRegExp } from '../lib/hub/file-selection.js';
+import { fnmatchRegExp, selectFiles } from '../lib/hub/file-selection.js';
 import { resolveDatasetPath, resolveModelPath } from '../lib/hub/resolve.js';
 import { FakeHub, TEST_TOKEN } from './support/fake-hub.js';
 import { referencePython } from './support/python.js';
@@ -74,6 +74,22 @@ describe('hub: environment', () => {
     assert.deepEqual(explicit, { cacheDir: '/x/cache', offline: false, token: 'hf_env', endpoint: 'http://127.0.0.1:9' });
     assert.equal(hubEnvironment({ XDG_CACHE_HOME: '/xdg', HF_HUB_OFFLINE: 'TRUE', HF_TOKEN_PATH: '/nonexistent' }).cacheDir, '/xdg/huggingface/hub');
     rmSync(home, { recursive: true, force: true });
+  });
+
+  it('selects the files the recipe\'s repositories need, from their file lists on the Hub', () => {
+    const mistral = ['.gitattributes', 'README.md', 'config.json', 'generation_config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors',
+      'model.safetensors.index.json', 'pytorch_model-00001-of-00002.bin', 'pytorch_model-00002-of-00002.bin', 'pytorch_model.bin.index.json', 'special_tokens_map.json',
+      'tokenizer.json', 'tokenizer.model', 'tokenizer_config.json'];
+    assert.deepEqual(selectFiles(mistral, { type: 'model' }, 'mistralai/Mistral-7B-v0.1').sort(), ['config.json', 'generation_config.json', 'model-00001-of-00002.safetensors',
+      'model-00002-of-00002.safetensors', 'model.safetensors.index.json', 'special_tokens_map.json', 'tokenizer.json', 'tokenizer.model', 'tokenizer_config.json']);
+    assert.throws(() => selectFiles(['config.json', 'pytorch_model.bin'], { type: 'model' }, 'x/y'), /x\/y: the repository has only pickled PyTorch weights \(pytorch_model\.bin\)/);
+    const ultrachat = ['.gitattributes', 'README.md', 'data/test_gen-00000-of-00001-3d4cd8309148a71f.parquet', 'data/test_sft-00000-of-00001-f7dfac4afe5b93f4.parquet',
+      'data/train_gen-00000-of-00003-a6c9fb894be3e50b.parquet', 'data/train_sft-00000-of-00003-a3ecf92756993583.parquet', 'data/train_sft-00001-of-00003-0a1804bcb6ae68c6.parquet',
+      'data/train_sft-00002-of-00003-ee46ed25cfae92c6.parquet'];
+    assert.deepEqual(selectFiles(ultrachat, { type: 'dataset', splits: ['train_sft', 'test_sft'] }, 'HuggingFaceH4/ultrachat_200k'), [
+      'data/test_sft-00000-of-00001-f7dfac4afe5b93f4.parquet', 'data/train_sft-00000-of-00003-a3ecf92756993583.parquet',
+      'data/train_sft-00001-of-00003-0a1804bcb6ae68c6.parquet', 'data/train_sft-00002-of-00003-ee46ed25cfae92c6.parquet']);
+    assert.deepEqual(selectFiles(ultrachat, { type: 'dataset', include: ['*.md'] }, 'x/y'), ['README.md']);
   });
 
   it('matches include patterns as fnmatch does (* crosses /)', () => {

@@ -144,9 +144,9 @@ describe('training pipeline', () => {
     const result = spawnSync(process.execPath, [cli, 'sft', '--config', recipe], { encoding: 'utf8' });
     assert.equal(result.status, 2);
     assert.match(result.stderr, /unknown key 'learnig_rate'/);
-    const unsupported = spawnSync(process.execPath, [cli, 'dpo', '--model_name_or_path', 'x', '--push_to_hub', 'true'], { encoding: 'utf8' });
+    const unsupported = spawnSync(process.execPath, [cli, 'dpo', '--model_name_or_path', 'x', '--use_liger_kernel', 'true'], { encoding: 'utf8' });
     assert.equal(unsupported.status, 2);
-    assert.match(unsupported.stderr, /'push_to_hub: true' is not supported/);
+    assert.match(unsupported.stderr, /'use_liger_kernel: true' is not supported/);
     const badFlag = spawnSync(process.execPath, [cli, 'sft', '--config', recipe, '--max_steps', '1.5'], { encoding: 'utf8' });
     assert.equal(badFlag.status, 2);
     assert.match(badFlag.stderr, /command line: 'max_steps' must be an integer/, 'a bad flag is named as a flag, not as the file');
