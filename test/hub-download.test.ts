@@ -145,7 +145,7 @@ describe('hub: cache layout as huggingface_hub writes it', () => {
   });
 
   it('HF_HUB_OFFLINE with a missing repository or revision is an error at once, not a request', async () => {
-    await assert.rejects(resolveModelPath('test-org/absent', { env: offline(cache), fetch: noNetwork }), /test-org\/absent: HF_HUB_OFFLINE is set and it is not in the cache/);
+    await assert.rejects(resolveModelPath('test-org/absent', { env: offline(cache), fetch: noNetwork }), /test-org\/absent: HF_HUB_OFFLINE is set and it is neither a local folder nor in the cache/);
     await assert.rejects(resolveModelPath(MODEL, { env: offline(cache), revision: 'v3', fetch: noNetwork }), /tiny-mistral@v3: HF_HUB_OFFLINE is set/);
     await assert.rejects(resolveDatasetPath(DATASET, { env: offline(cache), splits: ['train'], fetch: noNetwork }), /dataset test-org\/chats: HF_HUB_OFFLINE/);
   });
@@ -244,7 +244,7 @@ describe('hub: downloads from a Hub-compatible server', () => {
   });
 
   it('a missing repository or revision is a 404 error naming it', async () => {
-    await assert.rejects(resolveModelPath('test-org/nope', { env: env(cache, hub), progress: 'silent' }), /test-org\/nope: no such repository on the Hub \(or it is private and needs HF_TOKEN\) \(HTTP 404/);
+    await assert.rejects(resolveModelPath('test-org/nope', { env: env(cache, hub), progress: 'silent' }), /test-org\/nope: no local folder of that name, and no such repository on the Hub \(or it is private and needs HF_TOKEN\) \(HTTP 404/);
     await assert.rejects(resolveModelPath(MODEL, { env: env(cache, hub), revision: 'v9', progress: 'silent' }), /tiny-mistral@v9: revision 'v9' does not exist \(HTTP 404/);
   });
 

@@ -43,7 +43,7 @@ export function hubError(error: unknown, repo: RepoRef, env: HubEnvironment, fil
           ? `revision '${repo.revision}' does not exist`
           : code === 'EntryNotFound' || /entry not found/i.test(error.message)
             ? 'the file does not exist'
-            : 'no such repository on the Hub (or it is private and needs HF_TOKEN)';
+            : 'no local folder of that name, and no such repository on the Hub (or it is private and needs HF_TOKEN)';
       return new ZnError(`${where}: ${what} (HTTP 404 from ${env.endpoint})`);
     }
     return new ZnError(`${where}: the Hub answered HTTP ${error.statusCode}: ${error.message.split('. URL:')[0]}`);

@@ -74,7 +74,7 @@ async function resolveRepo(repo: RepoRef, selection: Omit<Selection, 'type'>, co
   const noExist = cached ? join(repoCacheDir(env.cacheDir, repo), '.no_exist', cached.commit) : '';
   if (cached && complete(cached.dir, noExist)) return cached.dir;
   if (env.offline) {
-    const state = cached ? `the cached snapshot ${cached.dir} lacks files zephyr-native needs` : `it is not in the cache ${env.cacheDir}`;
+    const state = cached ? `the cached snapshot ${cached.dir} lacks files zephyr-native needs` : `it is neither a local folder nor in the cache ${env.cacheDir}`;
     throw new ZnError(`${describeRepo(repo)}: HF_HUB_OFFLINE is set and ${state}; download it first (zephyr-native download ${repo.id}${repo.type === 'dataset' ? ' --repo_type dataset' : ''}) or unset HF_HUB_OFFLINE`);
   }
   const reporter = transferReporter(options.progress ?? 'auto', 'download');
