@@ -19,6 +19,8 @@ import { lockOutput } from '../lib/io/output-lock.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { packageRoot } from '../lib/native.js';
 import { sft } from '../lib/train/api.js';
+import type { TrainingValues } from '../lib/train/config.js';
+import { HubPusher } from '../lib/train/hub-push.js';
 import { FakeHub, TEST_TOKEN } from './support/fake-hub.js';
 
 const work = mkdtempSync(join(tmpdir(), 'zn-hub-train-'));
@@ -142,6 +144,21 @@ describe('hub: trainer and CLI', () => {
     const env = { cacheDir: join(work, 'cache'), offline: false, token: null, endpoint: hub.url };
     await assert.rejects(uploadFolder(join(work, 'base'), 'test-org/other', { env }), /upload to test-org\/other: no Hub token \(set HF_TOKEN, or run `hf auth login`\)/);
     await assert.rejects(uploadFolder(join(work, 'base'), 'test-org/other', { env: { ...env, token: 'hf_wrong' }, progress: 'silent' }), /test-org\/other: the Hub refused the token \(HTTP 401 from http:\/\/127\.0\.0\.1:\d+\): it is invalid or has no write access to this repository/);
+  });
+
+  it('push_to_hub with hub_model_id as a bare name, or none, goes under the token\'s account (whoami), as HF Trainer', async () => {
+    const saved = { ...process.env };
+    Object.assign(process.env, hubEnv());
+    try {
+      const values = { hub_strategy: 'end', hub_revision: null, hub_private_repo: null, hub_token: null } as const;
+      await new HubPusher({ ...values, hub_model_id: 'named-model' } as unknown as TrainingValues, join(work, 'base'), () => undefined).finish(true);
+      await new HubPusher({ ...values, hub_model_id: null } as unknown as TrainingValues, join(work, 'base'), () => undefined).finish(true);
+    } finally {
+      process.env = saved;
+    }
+    assert.deepEqual(hub.files('model', 'test-user/named-model')!.get('config.json'), readFileSync(join(work, 'base', 'config.json')));
+    assert.ok(hub.files('model', 'test-user/base')!.has('model.safetensors'));
+    assert.throws(() => new HubPusher({ hub_model_id: 'a/b/c' } as unknown as TrainingValues, work, () => undefined), /hub_model_id: 'a\/b\/c' is not a Hub repository name/);
   });
 
   it('one writer per output_dir: a second sft stops at once; after a SIGKILL the next run takes over and resumes', async () => {

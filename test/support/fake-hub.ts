@@ -142,6 +142,7 @@ export class FakeHub {
     if ((m = /^\/api\/(models|datasets)\/([^/]+\/[^/]+)\/revision\/(.+)$/.exec(path))) return this.info(req, res, m[1] === 'models' ? 'model' : 'dataset', m[2]!, m[3]!);
     if ((m = /^\/api\/(models|datasets)\/([^/]+\/[^/]+)\/tree\/([^/]+)(\/.*)?$/.exec(path))) return this.tree(req, res, m[1] === 'models' ? 'model' : 'dataset', m[2]!, m[3]!);
     if ((m = /^\/(datasets\/)?([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(path))) return this.resolve(req, res, m[1] ? 'dataset' : 'model', m[2]!, m[3]!, decodeURIComponent(m[4]!));
+    if (path === '/api/whoami-v2') return this.authorized(req) ? this.json(res, 200, { type: 'user', name: 'test-user', auth: { type: 'access_token' } }) : this.json(res, 401, { error: 'Invalid credentials in Authorization header' });
     if (path === '/api/repos/create' && req.method === 'POST') return this.createRepo(req, res);
     if ((m = /^\/api\/(models|datasets)\/([^/]+\/[^/]+)\/branch\/(.+)$/.exec(path)) && req.method === 'POST') return this.createBranch(req, res, m[1] === 'models' ? 'model' : 'dataset', m[2]!, decodeURIComponent(m[3]!));
     if ((m = /^\/api\/(models|datasets)\/([^/]+\/[^/]+)\/preupload\/(.+)$/.exec(path))) return this.preupload(req, res);
