@@ -123,10 +123,16 @@ describe('hub: trainer and CLI', () => {
   });
 
   it('`upload DIR REPO` then `download REPO` gives the same files through the shared cache', async () => {
+    const base = files(join(work, 'base'));
+    writeFileSync(join(work, 'base', '.gitattributes'), '*.safetensors filter=lfs\n');
+    writeFileSync(join(work, 'base', '.config.json.tmp-12-34'), 'half written');
+    writeFileSync(join(work, 'base', 'output.lock'), '{}');
     const up = startCli(['upload', join(work, 'base'), 'test-org/uploaded', '--revision', 'v1', '--commit_message', 'first'], hubEnv());
     assert.equal((await up.exited).code, 0, up.stderr());
     const pushed = hub.files('model', 'test-org/uploaded', 'v1')!;
-    const base = files(join(work, 'base'));
+    assert.equal(pushed.get('.gitattributes')?.toString(), '*.safetensors filter=lfs\n');
+    assert.ok(!pushed.has('.config.json.tmp-12-34') && !pushed.has('output.lock'));
+    for (const name of ['.gitattributes', '.config.json.tmp-12-34', 'output.lock']) rmSync(join(work, 'base', name));
     for (const [name, data] of Object.entries(base)) assert.deepEqual(pushed.get(name), data, name);
     assert.equal(hub.files('model', 'test-org/uploaded', 'main')!.has('config.json'), false);
 

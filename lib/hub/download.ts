@@ -16,10 +16,9 @@
  * fails. A per-blob lock keeps two zephyr-native processes from appending to one partial file.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 
 import { datasetInfo, downloadFile, listFiles, type ListFileEntry, modelInfo } from '@huggingface/hub';
 
@@ -114,6 +113,25 @@ function sizeOf(path: string): number {
 }
 
 /**
+ * Appends a response body to the partial file chunk by chunk, each chunk on disk before it is
+ * counted, so an interrupted transfer keeps every byte it received for the next try to resume from.
+ */
+async function appendBody(body: Readable, path: string, onChunk: (chunk: Buffer) => void): Promise<void> {
+  const fd = openSync(path, 'a');
+  try {
+    for await (const chunk of body) {
+      const data = chunk as Buffer;
+      let written = 0;
+      while (written < data.length) written += writeSync(fd, data, written, data.length - written);
+      onChunk(data);
+    }
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
  * Fetches one file into its blob: resumes a partial file, checks the hash, renames it into
  * place. `advance` is told of every byte written.
  */
@@ -130,11 +148,10 @@ async function fetchBlob(repo: RepoRef, commit: string, file: RemoteFile, blob: 
     const remote = await downloadFile({ repo: { type: repo.type, name: repo.id }, path: file.path, revision: commit, ...credentials(options) });
     if (!remote) throw new ZnError(`${describeRepo(repo)}: ${file.path}: the Hub has no such file at ${commit}`);
     const body = Readable.fromWeb((offset > 0 ? remote.slice(offset) : remote).stream() as import('node:stream/web').ReadableStream);
-    body.on('data', (chunk: Buffer) => {
+    await appendBody(body, incomplete, (chunk) => {
       hash.update(chunk);
       advance(chunk.length);
     });
-    await pipeline(body, createWriteStream(incomplete, { flags: 'a' }));
   }
   const written = sizeOf(incomplete);
   const digest = hash.digest('hex');

@@ -38,10 +38,16 @@ export interface UploadResult {
   files: string[];
 }
 
-/** Lock files, temporary files of atomic writes and partial downloads never leave the machine. */
+/**
+ * Lock files, temporary files of atomic writes (`.name.tmp-...`), partial downloads, and what
+ * huggingface_hub's upload_folder leaves out too (`.git/`, `.cache/huggingface/`) never leave
+ * the machine.
+ */
 function isScratch(path: string): boolean {
-  const name = path.split('/').pop()!;
-  return name.endsWith('.lock') || name.startsWith('.') || name.endsWith('.incomplete');
+  const parts = path.split('/');
+  const name = parts[parts.length - 1]!;
+  if (parts.includes('.git') || path.startsWith('.cache/huggingface/') || path.includes('/.cache/huggingface/')) return true;
+  return name.endsWith('.lock') || name.endsWith('.incomplete') || /^\..+\.tmp/.test(parts.find((p) => p.startsWith('.')) ?? '');
 }
 
 function listFolder(dir: string): string[] {

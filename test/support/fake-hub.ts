@@ -202,7 +202,8 @@ export class FakeHub {
     const cut = this.faults.cutAfter;
     if (cut && cut.path === file && body.length > cut.bytes) {
       this.faults.cutAfter = null;
-      res.write(body.subarray(0, cut.bytes), () => res.destroy());
+      // A FIN after the partial body (not a reset, which could drop bytes the client has not read yet).
+      res.write(body.subarray(0, cut.bytes), () => res.socket?.end());
       return;
     }
     res.end(body);
