@@ -149,6 +149,7 @@ describe('hub: trainer and CLI', () => {
 
     const env = { cacheDir: join(work, 'cache'), offline: false, token: null, endpoint: hub.url };
     await assert.rejects(uploadFolder(join(work, 'base'), 'test-org/other', { env }), /upload to test-org\/other: no Hub token \(set HF_TOKEN, or run `hf auth login`\)/);
+    await assert.rejects(uploadFolder(join(work, 'base'), 'test-org/other', { env: { ...env, offline: true, token: TEST_TOKEN } }), /upload to test-org\/other: HF_HUB_OFFLINE is set/);
     await assert.rejects(uploadFolder(join(work, 'base'), 'test-org/other', { env: { ...env, token: 'hf_wrong' }, progress: 'silent' }), /test-org\/other: the Hub refused the token \(HTTP 401 from http:\/\/127\.0\.0\.1:\d+\): it is invalid or has no write access to this repository/);
   });
 

@@ -74,6 +74,7 @@ async function existsOk(call: () => Promise<unknown>): Promise<void> {
 
 export async function uploadFolder(dir: string, repoId: string, options: UploadOptions): Promise<UploadResult> {
   checkRepoId(repoId, 'upload');
+  if (options.env.offline) throw new UsageError(`upload to ${repoId}: HF_HUB_OFFLINE is set; unset it to upload`);
   const token = options.env.token;
   if (!token) throw new UsageError(`upload to ${repoId}: no Hub token (set HF_TOKEN, or run \`hf auth login\`)`);
   let files: string[];

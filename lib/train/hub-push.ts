@@ -45,6 +45,7 @@ export class HubPusher {
     if (!isRepoId(this.name) && !isRepoId(`user/${this.name}`)) throw new UsageError(`hub_model_id: '${this.name}' is not a Hub repository name (org/name, or name)`);
     const env = hubEnvironment();
     // Checked now, not after hours of training.
+    if (env.offline) throw new UsageError('push_to_hub: HF_HUB_OFFLINE is set; unset it to upload');
     if (!values.hub_token && !env.token) throw new UsageError('push_to_hub needs a Hub token: set HF_TOKEN (or hub_token), or run `hf auth login`');
     this.options = { env: values.hub_token ? { ...env, token: values.hub_token } : env, revision: values.hub_revision, private: values.hub_private_repo, progress: 'silent' };
   }
