@@ -18,7 +18,10 @@ import { uploadFolder } from '../lib/hub/upload.js';
 import { lockOutput } from '../lib/io/output-lock.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { packageRoot } from '../lib/native.js';
-import { sft } from '../lib/train/api.js';
+import { listSplits } from '../lib/data/readers.js';
+import { pipelineStages, sft } from '../lib/train/api.js';
+import { readRecipeFile, resolveStage } from '../lib/train/config.js';
+import { resolveHubInputs } from '../lib/train/hub-inputs.js';
 import type { TrainingValues } from '../lib/train/config.js';
 import { HubPusher } from '../lib/train/hub-push.js';
 import { FakeHub, TEST_TOKEN } from './support/fake-hub.js';
@@ -120,6 +123,31 @@ describe('hub: trainer and CLI', () => {
     assert.deepEqual(pushed.get('last-checkpoint/zephyr_state.json'), output['checkpoint-1/zephyr_state.json']);
     assert.ok(![...pushed.keys()].some((path) => path.startsWith('checkpoint-') || path.endsWith('.lock')), [...pushed.keys()].join(', '));
     assert.ok(!existsSync(`${join(work, 'sft')}.lock`));
+  });
+
+  it('recipes/zephyr-7b-beta.yaml as written: its Hub ids and splits resolve through the cache', async () => {
+    hub.addCommit('model', 'mistralai/Mistral-7B-v0.1', { ...files(join(work, 'base')), 'pytorch_model.bin': 'never fetched' });
+    const rows = readFileSync(join(work, 'chats', 'data', 'train-00000-of-00001.parquet'));
+    hub.addCommit('dataset', 'HuggingFaceH4/ultrachat_200k', {
+      'data/train_sft-00000-of-00001-a3ecf92756993583.parquet': rows, 'data/test_sft-00000-of-00001-f7dfac4afe5b93f4.parquet': rows,
+      'data/train_gen-00000-of-00001-3d4cd8309148a71f.parquet': 'not requested',
+    });
+    hub.addCommit('dataset', 'HuggingFaceH4/ultrafeedback_binarized', { 'data/train_prefs-00000-of-00001.parquet': rows, 'data/test_prefs-00000-of-00001.parquet': rows });
+    const stages = pipelineStages(readRecipeFile(join(packageRoot(), 'recipes', 'zephyr-7b-beta.yaml')));
+    const saved = { ...process.env };
+    Object.assign(process.env, hubEnv());
+    try {
+      const sftStage = await resolveHubInputs(resolveStage('sft', [{ values: stages[0]!.config, where: 'recipe' }]), 'silent');
+      assert.match(sftStage.values.model_name_or_path!, /models--mistralai--Mistral-7B-v0\.1\/snapshots\/[0-9a-f]{40}$/);
+      assert.ok(existsSync(join(sftStage.values.model_name_or_path!, 'model.safetensors')) && !existsSync(join(sftStage.values.model_name_or_path!, 'pytorch_model.bin')));
+      assert.deepEqual(listSplits(sftStage.values.dataset_name!), ['test_sft', 'train_sft']);
+      // The dpo stage starts from the sft stage's output_dir, a local folder once sft has run.
+      const dpoKeys = { ...stages[1]!.config, model_name_or_path: join(work, 'base') };
+      const dpoStage = await resolveHubInputs(resolveStage('dpo', [{ values: dpoKeys, where: 'recipe' }]), 'silent');
+      assert.deepEqual(listSplits(dpoStage.values.dataset_name!), ['test_prefs', 'train_prefs']);
+    } finally {
+      process.env = saved;
+    }
   });
 
   it('`upload DIR REPO` then `download REPO` gives the same files through the shared cache', async () => {
