@@ -114,6 +114,8 @@ describe('hub: trainer and CLI', () => {
     // The final model folder is on the Hub, byte for byte, with the last checkpoint beside it.
     const pushed = hub.files('model', 'test-org/tiny-sft')!;
     assert.ok(hub.repos.get('model/test-org/tiny-sft')!.private);
+    // Commits: the new repository, checkpoint-1's model files, last-checkpoint/, the final model.
+    assert.equal(hub.repos.get('model/test-org/tiny-sft')!.commits.size, 4);
     const output = files(join(work, 'sft'));
     for (const name of ['config.json', 'model.safetensors', 'tokenizer.json', 'generation_config.json', 'trainer_state.json']) {
       assert.deepEqual(pushed.get(name), output[name], name);
