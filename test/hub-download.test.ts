@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { resolveQuestionsFile } from '../lib/cli/hub-args.js';
 import { downloadRepo } from '../lib/hub/download.js';
 import { type HubEnvironment, hubEnvironment } from '../lib/hub/environment.js';
 import { fnmatchRegExp, selectFiles } from '../lib/hub/file-selection.js';
@@ -267,6 +268,20 @@ describe('hub: downloads from a Hub-compatible server', () => {
     assert.ok(existsSync(join(dir, 'data', 'test_sft-00000-of-00001.parquet')));
     assert.ok(!existsSync(join(dir, 'data', 'train_gen-00000-of-00001.parquet')));
     assert.equal(await resolveDatasetPath(DATASET, { env: env(cache, hub), splits: ['train_sft'], fetch: noNetwork }), dir);
+  });
+
+  it('eval --questions: a Hub dataset laid out as FastChat\'s data/<bench>/question.jsonl', async () => {
+    hub.addCommit('dataset', 'test-org/bench', { 'data/mt_bench/question.jsonl': '{"question_id": 81, "category": "writing", "turns": ["Hi"]}\n', 'README.md': 'card' });
+    const saved = { ...process.env };
+    Object.assign(process.env, { HF_HUB_CACHE: cache, HF_ENDPOINT: hub.url, HF_HUB_OFFLINE: '', HF_TOKEN: '' });
+    try {
+      const file = await resolveQuestionsFile('test-org/bench');
+      assert.match(file, /datasets--test-org--bench\/snapshots\/[0-9a-f]{40}\/data\/mt_bench\/question\.jsonl$/);
+      assert.equal(JSON.parse(readFileSync(file, 'utf8')).question_id, 81);
+      assert.equal(await resolveQuestionsFile(join(cache, 'local.jsonl')), join(cache, 'local.jsonl'));
+    } finally {
+      process.env = saved;
+    }
   });
 
   describe('the same cache as Python huggingface_hub', () => {

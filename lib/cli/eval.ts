@@ -8,6 +8,7 @@ import { evaluate, type EvalReport } from '../eval/evaluate.js';
 import { resultsTable } from '../eval/results.js';
 import { computeDevice, type ModelDType } from '../model/model.js';
 import type { Device } from '../native.js';
+import { lockOutputFile, resolveModelPath, resolveQuestionsFile } from './hub-args.js';
 import { untilStopSignal } from './stop-signals.js';
 
 interface EvalArgs {
@@ -74,8 +75,13 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
         return true;
       }),
   handler: async (args) => {
+    lockOutputFile(args.output_dir, 'output_dir');
     const device = computeDevice(args.device);
-    const models = args.model_name_or_path.map((path, i) => ({ path, id: args.model_id?.[i] ?? basename(resolve(path)) }));
+    const models: { path: string; id: string }[] = [];
+    for (const [i, path] of args.model_name_or_path.entries()) {
+      models.push({ path: await resolveModelPath(path), id: args.model_id?.[i] ?? basename(resolve(path)) });
+    }
+    const questions = await resolveQuestionsFile(args.questions);
     const apiKey = judgeApiKeyFromEnv();
     const client = new JudgeClient({
       url: args.judge_url,
@@ -92,7 +98,7 @@ export const evalCommand: CommandModule<object, EvalArgs> = {
       evaluate({
         models,
         answered: args.model_id?.slice(models.length),
-        questions: args.questions,
+        questions,
         referenceAnswers: args.reference_answers,
         judgePrompts: args.judge_prompts,
         mode: args.mode,

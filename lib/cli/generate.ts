@@ -1,3 +1,5 @@
+import { basename, resolve } from 'node:path';
+
 import { SingleBar } from 'cli-progress';
 import type { CommandModule } from 'yargs';
 
@@ -59,6 +61,8 @@ export const generateCommand: CommandModule<object, GenerateArgs> = {
       stats = await untilStopSignal((signal) =>
         generateFile(dataset, {
           models,
+          // A Hub model's completions carry its id, not the cache's snapshot folder name.
+          modelNames: args.model_name_or_path.map((value, k) => (models[k] === value ? basename(resolve(value)) : value)),
           output: args.output,
           split: args.split,
           generation: { ...generationOptions(args), numReturnSequences: args.num_return_sequences },

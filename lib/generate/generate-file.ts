@@ -44,6 +44,8 @@ import { type RowPrompt, rowPrompt } from './prompts.js';
 export interface GenerateFileOptions {
   /** Model folders, in the order their completions appear in each row. */
   models: string[];
+  /** The `model` of each model's completions (default: its folder's name; the CLI gives a Hub model's id). */
+  modelNames?: string[];
   /** The JSON Lines file rows are appended to; rows already in it are not generated again. */
   output: string;
   /** Split to read when the input is a dataset folder. */
@@ -123,7 +125,7 @@ export async function generateFile(input: string, options: GenerateFileOptions):
   if (!/\.jsonl$/i.test(options.output)) throw new ZnError(`generate output must be a .jsonl file (it is appended to row by row), got ${options.output}`);
   if (options.models.length === 0) throw new ZnError('generate: no model given');
   resolveGeneration(options.generation ?? {}); // bad sampling options: refused before anything is read or written
-  const sources = options.models.map(modelSource);
+  const sources = options.models.map((dir, k) => modelSource(dir, options.modelNames?.[k]));
   const report = new DatasetReport('generate', options.strict ?? false);
   const prompts = await planPrompts(input, options, sources, report);
   const perModel = options.generation?.numReturnSequences ?? 1;
@@ -159,10 +161,10 @@ export async function generateFile(input: string, options: GenerateFileOptions):
   return stats;
 }
 
-function modelSource(dir: string): ModelSource {
+function modelSource(dir: string, name?: string): ModelSource {
   const config = readMistralConfig(dir);
   const tokenizer = HfTokenizer.fromFolder(dir);
-  return { dir, name: basename(resolve(dir)), tokenizer, template: chatTemplateOf(tokenizer), maxPositions: config.maxPositionEmbeddings };
+  return { dir, name: name ?? basename(resolve(dir)), tokenizer, template: chatTemplateOf(tokenizer), maxPositions: config.maxPositionEmbeddings };
 }
 
 /** Every usable prompt of the dataset (or its first maxRows rows); skipped rows go to `report`. */

@@ -4,7 +4,7 @@
  * zephyr-native needs (no network at all then), else downloaded into it (lib/hub/download.ts).
  * With HF_HUB_OFFLINE set, a repository missing from the cache is an error, never a request.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { listSplits } from '../data/readers.js';
@@ -13,7 +13,7 @@ import { locateWeights } from '../model/folder.js';
 import { cachedSnapshot, repoCacheDir } from './cache.js';
 import { downloadRepo } from './download.js';
 import { type HubEnvironment, hubEnvironment } from './environment.js';
-import type { Selection } from './file-selection.js';
+import { fnmatchRegExp, type Selection } from './file-selection.js';
 import { type ProgressMode, transferReporter } from './progress.js';
 import { describeRepo, hubRepoOf, type RepoRef } from './repo-id.js';
 
@@ -31,6 +31,8 @@ export interface DatasetResolveOptions extends ResolveOptions {
   /** How many of `splits` (from the start) must be in the cache for it to count as complete. */
   requiredSplits?: number;
   config?: string | null;
+  /** fnmatch patterns of the files wanted, instead of splits (e.g. FastChat's question.jsonl). */
+  include?: string[];
 }
 
 function hasTokenizer(dir: string, noExist: string): boolean {
@@ -68,6 +70,11 @@ function datasetComplete(dir: string, options: DatasetResolveOptions): boolean {
   return splits.length > 0 && required.every((split) => splits.includes(split));
 }
 
+function hasMatchingFile(dir: string, include: string[]): boolean {
+  const patterns = include.map(fnmatchRegExp);
+  return readdirSync(dir, { recursive: true, encoding: 'utf8' }).some((path) => patterns.some((pattern) => pattern.test(path)));
+}
+
 async function resolveRepo(repo: RepoRef, selection: Omit<Selection, 'type'>, complete: (dir: string, noExist: string) => boolean, options: ResolveOptions): Promise<string> {
   const env = options.env ?? hubEnvironment();
   const cached = cachedSnapshot(env.cacheDir, repo);
@@ -96,5 +103,6 @@ export async function resolveModelPath(value: string, options: ResolveOptions = 
 export async function resolveDatasetPath(value: string, options: DatasetResolveOptions = {}): Promise<string> {
   const repo = hubRepoOf(value, 'dataset', options.revision);
   if (!repo) return value;
+  if (options.include) return resolveRepo(repo, { include: options.include }, (dir) => hasMatchingFile(dir, options.include!), options);
   return resolveRepo(repo, { splits: options.splits ?? null, config: options.config ?? null }, (dir) => datasetComplete(dir, options), options);
 }
