@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { connect } from 'node:net';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -320,7 +321,7 @@ describe('serve', { timeout: 180_000 }, () => {
     let guarded: ZephyrServer;
     before(async () => {
       guarded = await createServer(await loadModel(modelDir, { maxTokens: 64 }), {
-        port: 0, servedModelName: 'tiny', apiKey: 'sesame', maxBatch: 1, maxQueue: 0, log: null,
+        port: 0, servedModelName: 'tiny', apiKey: 'sesame', maxBatch: 1, maxQueue: 0, log: null, requestTimeoutMs: 1500,
       });
     });
     after(async () => guarded?.close());
@@ -355,6 +356,22 @@ describe('serve', { timeout: 180_000 }, () => {
         assert.ok(Date.now() < deadline, 'the left stream\'s place was not freed within 10 s');
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
+    });
+
+    it('answers a stalled sender 408 and closes it within the request timeout, serving others meanwhile', async () => {
+      const { hostname, port } = new URL(guarded.url);
+      const socket = connect(Number(port), hostname);
+      await once(socket, 'connect');
+      const started = Date.now();
+      let answer = '';
+      socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+      // Headers promise 200 bytes of body; 15 arrive, then nothing.
+      socket.write('POST /v1/completions HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer sesame\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{"prompt": "hi"');
+      assert.equal((await fetch(`${guarded.url}/health`)).status, 200);
+      await once(socket, 'close');
+      assert.match(answer, /^HTTP\/1\.1 408/);
+      assert.ok(Date.now() - started < 10_000, `closed after ${Date.now() - started} ms (request timeout 1.5 s)`);
+      assert.equal((await fetch(`${guarded.url}/health`)).status, 200);
     });
 
     it('refuses a non-loopback host without a key unless insecure', async () => {

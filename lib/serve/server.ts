@@ -9,7 +9,7 @@
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import type { ServerResponse } from 'node:http';
+import { createServer as createHttpServer, type ServerResponse } from 'node:http';
 
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 
@@ -54,6 +54,8 @@ export interface ServeOptions {
   log?: ((line: string) => void) | null;
   /** close(): how long requests in flight may take to finish before they are cut (default 30 s). */
   shutdownTimeoutMs?: number;
+  /** Slow senders: a request must arrive whole within this (default 60 s), else 408 and the connection closes. */
+  requestTimeoutMs?: number;
 }
 
 export interface ZephyrServer {
@@ -115,12 +117,16 @@ export async function createServer(modelOrDir: string | MistralModel, options: S
   const shutdown = new AbortController();
   const records = new WeakMap<FastifyRequest, RequestRecord>();
 
+  // Slow senders: the whole request must arrive within requestTimeout (the response may take
+  // longer). Node checks that deadline every connectionsCheckingInterval (30 s by default), so a
+  // shorter timeout is checked often enough to hold.
+  const requestTimeout = options.requestTimeoutMs ?? 60_000;
   const app: FastifyInstance = Fastify({
     logger: false,
     bodyLimit: 8 * 1024 * 1024,
-    // Slow senders: the whole request must arrive within this time (the response may take longer).
-    requestTimeout: 60_000,
     return503OnClosing: true,
+    serverFactory: (handler) =>
+      createHttpServer({ requestTimeout, connectionsCheckingInterval: Math.min(30_000, Math.max(50, requestTimeout / 4)) }, handler),
   });
 
   app.setErrorHandler((error: FastifyError | ApiError, _request, reply) => {
