@@ -97,6 +97,8 @@ void run_frozen_checks(Report& report, const std::string& only);
 void run_lora_checks(Report& report, const std::string& only);
 // The CPU and CUDA models' generation (KvCache extend calls) side by side (check_model.cpp).
 void run_generation_checks(Report& report, const std::string& only);
+// The device plan of a Mistral-7B LoRA DPO step against 24 GiB (check_model.cpp, "lora-plan").
+void run_lora_plan(Report& report, const std::string& only);
 // A Mistral-7B DPO step on the GPU model as one 80 GB GPU runs it (check_model.cpp, "step7b").
 void run_model_timing(Report& report, const std::string& only);
 

@@ -666,8 +666,7 @@ void check_dpo_step(Report& report, const MistralConfig& c) {
 // Mistral-7B, 4 pairs of 1024-token documents (256-token prompts): 8192 policy tokens, as
 // `zephyr-native bench --preset mistral-7b --mode dpo`. One warm-up step (it also faults in the
 // host's 81 GiB of master and moments), then two timed.
-void run_model_timing(Report& report, const std::string& only) {
-  if (!only.empty() && std::string("step7b").rfind(only, 0) != 0) return;
+MistralConfig mistral_7b_config() {
   MistralConfig c;
   c.vocab_size = 32000;
   c.hidden_size = 4096;
@@ -679,6 +678,30 @@ void run_model_timing(Report& report, const std::string& only) {
   c.rms_norm_eps = 1e-5f;
   c.rope_theta = 10000.0f;
   c.sliding_window = 4096;
+  return c;
+}
+
+// The device plan of a Mistral-7B LoRA DPO step as issue 20 sizes it for a 24 GB card: r 16,
+// all-linear, bf16 base frozen, checkpointing, 4 pairs x 2 x 1024 tokens, the reference being the
+// policy with its adapters off (no second model). The plan alone: nothing is allocated.
+void run_lora_plan(Report& report, const std::string& only) {
+  if (!only.empty() && std::string("lora-plan").rfind(only, 0) != 0) return;
+  const MistralConfig c = mistral_7b_config();
+  ModelOptions o = model_options(Precision::BF16, 8192, true, true);
+  o.lora = {16, 32.0, false, {"all-linear"}};
+  for (const ParameterSpec& p : model::parameter_table(c)) o.frozen.push_back(p.name);
+  guarded(report, "lora-plan", "Mistral-7B LoRA DPO plan", [&] {
+    const model::MemoryPlan plan = CudaMistralModel::plan(c, o);
+    std::printf("\n== Mistral-7B LoRA DPO (r 16, all-linear, bf16 base, ckpt, 8192 tokens): %s\n",
+                model::plan_breakdown(plan, o).c_str());
+    report.note("lora7b_plan_gib", std::to_string(double(plan.total()) / double(size_t(1) << 30)));
+    report.compare("lora-plan", "device plan vs 24 GiB", "GiB", double(plan.total()) / double(size_t(24) << 30), 1.0);
+  });
+}
+
+void run_model_timing(Report& report, const std::string& only) {
+  if (!only.empty() && std::string("step7b").rfind(only, 0) != 0) return;
+  const MistralConfig c = mistral_7b_config();
   const std::string shape = "Mistral-7B DPO step, 4 pairs x 2 x 1024 tokens, bf16, ckpt, offloaded optimizer";
   std::printf("\n== %s\n", shape.c_str());
   guarded(report, "step7b", shape, [&] {
@@ -896,6 +919,11 @@ void run_frozen_checks(Report&, const std::string& only) {
 void run_generation_checks(Report&, const std::string& only) {
   if (std::string("generation").rfind(only, 0) != 0) return;
   std::printf("\n== generation checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
+}
+
+void run_lora_plan(Report&, const std::string& only) {
+  if (!only.empty() && std::string("lora-plan").rfind(only, 0) != 0) return;
+  std::printf("\n== LoRA plan skipped: the GPU model needs zn_core (built with ZN_CUDA_CHECK_CPU=ON)\n");
 }
 
 void run_model_timing(Report&, const std::string& only) {
