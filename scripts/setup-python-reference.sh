@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Python reference stack (torch, transformers, trl, peft, safetensors, tokenizers, pandas
-# for FastChat's result tables, and
-# tensorboard to read back the event files report_to writes) into
+# Installs the Python reference stack (torch, transformers, trl, peft, safetensors, tokenizers,
+# pandas for FastChat's result tables, and tensorboard to read back the event files report_to
+# writes) into
 # .venv-ref for the conformance tests and peer benchmarks. These are never runtime dependencies
 # of zephyr-native. Where pip cannot get them, the conformance tests skip with a message.
 # ZN_PIP_ARGS adds pip options (e.g. an --index-url for a local mirror).
