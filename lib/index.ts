@@ -39,6 +39,7 @@ export {
   type ModelOptions,
   type SaveOptions,
 } from './model/model.js';
+export { isAdapterFolder, readAdapterFolder, type AdapterFolder, type LoraSettings } from './model/peft.js';
 export { scoreRows, type ScoredRow, type ScoreOptions } from './model/score.js';
 export type { AdamWHyperparameters, MemoryPlan, NativeModel, NativeParameter, NativeTokenBatch } from './native.js';
 export { dpo, sft, train, TrainingRun, type PipelineConfig, type RunOptions, type Recipe } from './train/api.js';
@@ -46,6 +47,7 @@ export type { StageResult } from './train/stage.js';
 export type { LogEntry } from './train/state.js';
 export { greedyChat, Generator, type GenerationInput, type GeneratorOptions, type RequestOptions } from './generate/generate.js';
 export { GenerationEngine, type Completion, type FinishReason, type GeneratedToken } from './generate/engine.js';
+export type { TokenLogprob } from './generate/top-logprobs.js';
 export { resolveGeneration, type GenerationOptions } from './generate/options.js';
 export { generateFile, type GenerateFileOptions, type GenerateProgress, type GenerateStats } from './generate/generate-file.js';
 export { mistralConfig, writeRandomModel } from './model/init.js';
