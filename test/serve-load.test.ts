@@ -23,6 +23,7 @@ import { Generator } from '../lib/generate/generate.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { loadModel } from '../lib/model/model.js';
 import { createServer, type ZephyrServer } from '../lib/serve/server.js';
+import { streamThenLeave } from './support/openai-streams.js';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -66,20 +67,7 @@ describe('serve under load', { timeout: 180_000 }, () => {
 
   it(`streams ${CLIENTS} concurrent clients their own greedy answers while one is killed mid-stream`, async () => {
     const expected = await reference.generate(Array.from({ length: CLIENTS }, (_, c) => messagesOf(c)), { maxNewTokens: NEW_TOKENS, doSample: false });
-    const killed = new AbortController();
-    const victim = (async () => {
-      const stream = await openai.chat.completions.create(
-        { model: 'tiny', messages: [{ role: 'user', content: 'Go on and on.' }], max_tokens: 200, temperature: 0, stream: true },
-        { signal: killed.signal },
-      );
-      let chunks = 0;
-      for await (const _ of stream) {
-        if (++chunks < 3) continue;
-        killed.abort();
-        break;
-      }
-      return chunks;
-    })();
+    const victim = streamThenLeave(openai, 'tiny');
     const start = performance.now();
     const answers = await Promise.all(
       Array.from({ length: CLIENTS }, async (_, c) => {

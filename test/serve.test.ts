@@ -23,6 +23,7 @@ import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { loadModel } from '../lib/model/model.js';
 import { packageRoot } from '../lib/native.js';
 import { createServer, type ZephyrServer } from '../lib/serve/server.js';
+import { streamThenLeave } from './support/openai-streams.js';
 
 const work = mkdtempSync(join(tmpdir(), 'zn-serve-'));
 const modelDir = join(work, 'model');
@@ -280,21 +281,7 @@ describe('serve', { timeout: 180_000 }, () => {
 
   it('lets a client leave mid-stream while another completes', async () => {
     const [[expected]] = await reference.generate([MESSAGES], { maxNewTokens: 40, doSample: false });
-    const leaving = new AbortController();
-    const leaver = (async () => {
-      const stream = await openai.chat.completions.create(
-        { model: 'tiny', messages: [{ role: 'user', content: 'Go on and on.' }], max_tokens: 200, temperature: 0, stream: true },
-        { signal: leaving.signal },
-      );
-      let chunks = 0;
-      // Chunks already read stay in the client's buffer: stop iterating; the server sees the connection close.
-      for await (const _ of stream) {
-        if (++chunks < 3) continue;
-        leaving.abort();
-        break;
-      }
-      return chunks;
-    })();
+    const leaver = streamThenLeave(openai, 'tiny');
     const stayer = openai.chat.completions.create({ model: 'tiny', messages: MESSAGES, max_tokens: 40, temperature: 0 });
     assert.equal(await leaver, 3);
     const deadline = Date.now() + 10_000;

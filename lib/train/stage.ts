@@ -51,6 +51,8 @@ export interface StageSources {
   baseDir: string;
   /** LoRA's settings: use_peft's for a fresh adapter, or the adapter folder's; null: full training. */
   lora: LoraSettings | null;
+  /** use_peft on a full model: the adapters start fresh (PEFT's initialisation). */
+  freshAdapter: boolean;
   /** DPO's frozen reference: ref_model_name_or_path, else the initial policy's folder. */
   refDir: string;
   outputDir: string;
@@ -96,6 +98,7 @@ export function resolveSources({ stage, values }: StageConfig): StageSources {
     modelDir,
     baseDir,
     lora,
+    freshAdapter: lora !== null && adapter === null,
     refDir: values.ref_model_name_or_path ?? modelDir,
     outputDir,
     device,
@@ -212,7 +215,7 @@ export function policyOptions({ values }: StageConfig, sources: StageSources, ma
     gradientCheckpointing: values.gradient_checkpointing,
     offloadOptimizer: values.offload_optimizer,
     trainable: true,
-    ...(sources.lora && !isAdapterFolder(sources.modelDir) ? { lora: sources.lora, loraSeed: values.seed } : {}),
+    ...(sources.freshAdapter ? { lora: sources.lora!, loraSeed: values.seed } : {}),
   };
 }
 
@@ -249,7 +252,7 @@ function loopModel(model: MistralModel, sources: StageSources): LoopModel {
  * has that folder (base + starting adapter, frozen) as its reference, so the first loss is log 2.
  */
 export async function buildStageReference({ values }: StageConfig, sources: StageSources, data: LoadedData<PreferencePair>, policy: MistralModel, policyModelOptions: ModelOptions, log: (line: string) => void): Promise<BuiltReference> {
-  if (sources.lora && !isAdapterFolder(sources.modelDir) && !values.ref_model_name_or_path && !values.precompute_ref_log_probs) {
+  if (sources.freshAdapter && !values.ref_model_name_or_path && !values.precompute_ref_log_probs) {
     log('reference: the policy with its adapters off (one copy of the base)');
     return { reference: new AdaptersOffReference(policy), model: null };
   }
