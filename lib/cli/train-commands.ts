@@ -10,6 +10,7 @@ import { dpo, sft, train, type PipelineConfig, type RunOptions, type TrainingRun
 import { keyAppliesTo, readRecipeFile, STAGES } from '../train/config.js';
 import { runDemo } from '../demo/demo.js';
 import { writeTrainingCurves } from '../eval/curves.js';
+import { currentRanks } from '../model/ranks.js';
 import { untilStopSignal } from './stop-signals.js';
 import { flagsFrom, recipeWithFlags } from './training-flags.js';
 
@@ -27,7 +28,8 @@ function builder(yargs: Argv): Argv {
  */
 async function runToEnd(start: (options: RunOptions) => TrainingRun, options: RunOptions): Promise<void> {
   const results = await untilStopSignal((signal) => start({ ...options, signal }).result);
-  for (const result of results) {
+  // Under mpirun, rank 0 draws (it wrote the logs); the other ranks write nothing.
+  for (const result of currentRanks().isLeader ? results : []) {
     // The model is saved by now: a chart that cannot be drawn (no step logged) is a note, not a failure.
     const note = await writeTrainingCurves(result.outputDir).catch((error: Error) => `not drawn (${error.message})`);
     process.stderr.write(`training curves: ${note}\n`);
