@@ -132,6 +132,27 @@ describe('data-parallel bookkeeping (no MPI)', () => {
     const summed = await sumAcrossRanks({ loss: 0.5, tokens: 60, metrics: [{ b: 1, a: 2 }, { b: 3, a: 4 }] }, twoRanks);
     assert.deepEqual(summed, { loss: 0.75, tokens: 100, metrics: [{ a: 2.5, b: 2 }, { a: 6, b: 5 }] });
   });
+
+  it('refuses, before loading anything, what ranks cannot do: torchrun variables, --isolate and the demo under mpirun', () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'zn-dp-refusals-'));
+    const run = (env: Record<string, string>, args: string[]) => {
+      const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(OMPI_|PMI_|RANK$|WORLD_SIZE$|LOCAL_RANK$)/.test(k)));
+      return spawnSync(process.execPath, [cli, ...args], { cwd, env: { ...clean, ...env }, encoding: 'utf8' });
+    };
+    const stage = ['sft', '--model_name_or_path', 'model', '--dataset_name', 'chats.jsonl', '--output_dir', 'out'];
+    const torchrun = run({ RANK: '0', WORLD_SIZE: '2' }, stage);
+    assert.equal(torchrun.status, 2, torchrun.stderr);
+    assert.match(torchrun.stderr, /WORLD_SIZE=2 \(torchrun's variables\), but ranks here talk over MPI: start them with `mpirun -n 2/);
+    const mpi = { OMPI_COMM_WORLD_RANK: '0', OMPI_COMM_WORLD_SIZE: '2' };
+    const isolated = run(mpi, [...stage, '--isolate']);
+    assert.equal(isolated.status, 2, isolated.stderr);
+    assert.match(isolated.stderr, /--isolate\) runs the job in a child process, which ranks started by mpirun cannot do/);
+    const demo = run(mpi, ['train']);
+    assert.equal(demo.status, 2, demo.stderr);
+    assert.match(demo.stderr, /the built-in demo runs on one process/);
+    assert.deepEqual(readdirSync(cwd), [], 'nothing written');
+    rmSync(cwd, { recursive: true, force: true });
+  });
 });
 
 const skip = mpiSkipReason();

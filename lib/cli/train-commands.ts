@@ -10,7 +10,7 @@ import { dpo, sft, train, type PipelineConfig, type RunOptions, type TrainingRun
 import { keyAppliesTo, readRecipeFile, STAGES } from '../train/config.js';
 import { runDemo } from '../demo/demo.js';
 import { writeTrainingCurves } from '../eval/curves.js';
-import { currentRanks } from '../model/ranks.js';
+import { currentRanks, launchEnvironment } from '../model/ranks.js';
 import { untilStopSignal } from './stop-signals.js';
 import { flagsFrom, recipeWithFlags } from './training-flags.js';
 
@@ -83,6 +83,8 @@ export const trainCommand: CommandModule<object, Record<string, unknown>> = {
     delete flags.demo_seed;
     if (typeof argv.config !== 'string') {
       if (Object.keys(flags).length > 0) throw new UsageError('train: flags need a pipeline (--config pipeline.yaml); with no arguments train runs the demo');
+      // Its generation and rating steps would run, and write, once per rank.
+      if (launchEnvironment().worldSize > 1) throw new UsageError('train: the built-in demo runs on one process; start it without mpirun');
       await runDemo({ dir: demoDir ?? 'zephyr-demo', seed: demoSeed });
       return;
     }
