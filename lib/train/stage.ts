@@ -421,7 +421,11 @@ async function trainStage(
     own(policy);
     let reference: ReferenceLogps | null = null;
     if (loaded.stage === 'dpo') {
+      // Precomputed reference log-probs: rank 0 computes and caches them, the others read its cache.
+      const shared = config.values.precompute_ref_log_probs && ranks.size > 1;
+      if (shared && !ranks.isLeader) await ranks.barrier('rank 0 precomputing the reference log-probs');
       const built = await buildStageReference(config, sources, loaded.data, policy, modelOptions, log);
+      if (shared && ranks.isLeader) await ranks.barrier('rank 0 precomputing the reference log-probs');
       if (built.model) own(built.model);
       reference = built.reference;
     }
