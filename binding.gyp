@@ -20,5 +20,26 @@
         "CLANG_CXX_LANGUAGE_STANDARD": "c++17"
       }
     }
+  ],
+  "comment": "zn_mpi, the optional MPI addon, is built only where an MPI compiler wrapper answers (native/mpi-config.cjs). It sits beside zn_cpu.node in build/Release; node-gyp-build and prebuildify take the first .node file there by name, which stays zn_cpu.node.",
+  "conditions": [
+    ["'<!(node native/mpi-config.cjs found)'=='true'", {
+      "targets": [
+        {
+          "target_name": "zn_mpi",
+          "sources": ["<!@(node native/sources.cjs mpi_addon)"],
+          "include_dirs": [
+            "<!(node -p \"require('node-addon-api').include_dir\")",
+            "native"
+          ],
+          "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "OMPI_SKIP_MPICXX", "MPICH_SKIP_MPICXX"],
+          "cflags!": ["-fno-exceptions"],
+          "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++20"],
+          "cflags_cc": ["-std=c++17", "-O2", "-fexceptions", "-frtti", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(node native/mpi-config.cjs cflags)"],
+          "libraries": ["<!@(node native/mpi-config.cjs libs)"],
+          "ldflags": ["-pthread", "-ldl"]
+        }
+      ]
+    }]
   ]
 }

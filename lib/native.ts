@@ -167,6 +167,11 @@ export interface NativeModelOptions {
    * caller's (frozen).
    */
   lora?: { rank: number; alpha: number; rslora?: boolean; targetModules: string[] };
+  /**
+   * CPU model: an untied embedding's gradient as a dense [vocab, dim] buffer rather than by the
+   * rows a step touched, so that data-parallel ranks can sum whole gradient buffers.
+   */
+  denseEmbeddingGradient?: boolean;
 }
 
 /**
@@ -248,6 +253,12 @@ export interface NativeModel {
   getParameter(options: { name: string }): Float32Array;
   getGradient(options: { name: string }): Float32Array;
   /**
+   * CPU model: views (no copy) over each trained group's f32 gradient buffer, for summing across
+   * data-parallel ranks in place; the same arrays every call, detached by dispose(). Refused for
+   * an untied embedding's gradient held by rows (create the model with denseEmbeddingGradient).
+   */
+  gradientBuffers(): Float32Array[];
+  /**
    * Generation (native/model/generation.h): a KvCache for `sequences` sequences of up to
    * `maxContext` positions each (a rolling buffer of the sliding window), replacing an earlier one.
    */
@@ -265,6 +276,54 @@ export interface NativeModel {
   extend(options: { slots: Int32Array; counts: Int32Array; tokens: Int32Array; logits: Float32Array }): Promise<{ logits: Float32Array }>;
   /** Frees the model's memory now; later calls throw. Throws while a call is running. */
   dispose(): void;
+}
+
+/**
+ * The optional MPI addon (`zn_mpi.node`, built where an MPI compiler wrapper is found): MPI's
+ * own collectives over the ranks `mpirun` started (native/parallel/mpi_collectives.h). One
+ * collective at a time, entered in the same order on every rank.
+ */
+export interface MpiAddon {
+  /** MPI_Init_thread (once per process); MPI's view of this process. */
+  init(): { rank: number; size: number; threadMultiple: boolean; library: string };
+  finalize(): void;
+  /** Sums the buffer across the ranks, in place on every rank. */
+  allReduceSum(options: { data: Float32Array | Float64Array }): Promise<void>;
+  /** Rank `root`'s values into every rank's buffer. */
+  broadcast(options: { data: Float32Array | Float64Array | Int32Array | Uint8Array; root: number }): Promise<void>;
+  /** Every rank's `data`, in rank order, into `out` (ranks x data.length, same element type). */
+  allGather<T extends Float32Array | Float64Array | Int32Array | Uint8Array>(options: { data: T; out: T }): Promise<void>;
+  barrier(options: Record<string, never>): Promise<void>;
+  /** MPI_Abort: the launcher ends every rank with `code`. Never returns. */
+  abort(options: { code: number }): never;
+}
+
+/** Where the MPI addon may have been built, in the order they are tried. */
+export function mpiAddonCandidates(): string[] {
+  const root = packageRoot();
+  const fromEnv = process.env.ZN_MPI_ADDON ? [resolve(process.env.ZN_MPI_ADDON)] : [];
+  return [...fromEnv, join(root, 'build', 'Release', 'zn_mpi.node')];
+}
+
+let mpiAddon: MpiAddon | null = null;
+
+/** The MPI addon; a ZnError saying how to build it when it is missing or does not load. */
+export function loadMpi(): MpiAddon {
+  if (mpiAddon) return mpiAddon;
+  const candidates = mpiAddonCandidates();
+  const file = candidates.find((candidate) => existsSync(candidate));
+  if (!file) {
+    throw new ZnError(
+      `the MPI addon is not built (looked for ${candidates.join(', ')}). Install MPI ` +
+        '(`apt-get install -y libopenmpi-dev openmpi-bin`) and rebuild: `npx node-gyp rebuild`',
+    );
+  }
+  try {
+    mpiAddon = require(file) as MpiAddon;
+  } catch (error) {
+    throw new ZnError(`cannot load the MPI addon (${file}): ${(error as Error).message}`);
+  }
+  return mpiAddon;
 }
 
 /** Every dtype name the safetensors format defines (only F32, F16 and BF16 load). */

@@ -168,7 +168,7 @@ export async function runStepBench(options: StepBenchOptions): Promise<StepMeasu
     const optimizerStart = performance.now();
     await policy.zeroGrad();
     let optimizer = (performance.now() - optimizerStart) / 1000;
-    const result = await (objective as Objective<SftItem | PreferencePair>).accumulate([batch]);
+    const result = await (objective as Objective<SftItem | PreferencePair>).accumulate({ global: [batch], local: [batch] });
     const stepStart = performance.now();
     await policy.clipAndStep({ lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 });
     optimizer += (performance.now() - stepStart) / 1000;

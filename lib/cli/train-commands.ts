@@ -10,6 +10,7 @@ import { dpo, sft, train, type PipelineConfig, type RunOptions, type TrainingRun
 import { keyAppliesTo, readRecipeFile, STAGES } from '../train/config.js';
 import { runDemo } from '../demo/demo.js';
 import { writeTrainingCurves } from '../eval/curves.js';
+import { currentRanks, launchEnvironment } from '../model/ranks.js';
 import { untilStopSignal } from './stop-signals.js';
 import { flagsFrom, recipeWithFlags } from './training-flags.js';
 
@@ -27,7 +28,8 @@ function builder(yargs: Argv): Argv {
  */
 async function runToEnd(start: (options: RunOptions) => TrainingRun, options: RunOptions): Promise<void> {
   const results = await untilStopSignal((signal) => start({ ...options, signal }).result);
-  for (const result of results) {
+  // Under mpirun, rank 0 draws (it wrote the logs); the other ranks write nothing.
+  for (const result of currentRanks().isLeader ? results : []) {
     // The model is saved by now: a chart that cannot be drawn (no step logged) is a note, not a failure.
     const note = await writeTrainingCurves(result.outputDir).catch((error: Error) => `not drawn (${error.message})`);
     process.stderr.write(`training curves: ${note}\n`);
@@ -81,6 +83,8 @@ export const trainCommand: CommandModule<object, Record<string, unknown>> = {
     delete flags.demo_seed;
     if (typeof argv.config !== 'string') {
       if (Object.keys(flags).length > 0) throw new UsageError('train: flags need a pipeline (--config pipeline.yaml); with no arguments train runs the demo');
+      // Its generation and rating steps would run, and write, once per rank.
+      if (launchEnvironment().worldSize > 1) throw new UsageError('train: the built-in demo runs on one process; start it without mpirun');
       await runDemo({ dir: demoDir ?? 'zephyr-demo', seed: demoSeed });
       return;
     }

@@ -75,6 +75,11 @@ export interface ModelOptions {
   loraSeed?: number;
   /** An adapter folder's base model folder, overriding its base_model_name_or_path. */
   baseModel?: string;
+  /**
+   * CPU: an untied embedding's gradient as one dense buffer (default: by the rows a step
+   * touched), so that data-parallel ranks sum whole gradient buffers (gradientBuffers()).
+   */
+  denseEmbeddingGradient?: boolean;
 }
 
 export interface SaveOptions {
@@ -125,6 +130,7 @@ function nativeOptions(config: MistralConfig, options: ModelOptions): NativeMode
     gradientCheckpointing: options.gradientCheckpointing ?? false,
     trainable: options.trainable ?? false,
     offloadOptimizer: options.offloadOptimizer ?? false,
+    denseEmbeddingGradient: options.denseEmbeddingGradient ?? false,
     ...loraOptions(config, options.lora),
   };
 }
@@ -301,6 +307,15 @@ export class MistralModel {
     return this.native.getParameter({ name });
   }
 
+  /**
+   * Views (no copy) over each trained group's gradient buffer (CPU model; the base group when it
+   * trains anything, then the adapters): what data-parallel ranks sum in place. Valid until
+   * dispose(); an untied embedding needs denseEmbeddingGradient.
+   */
+  gradientBuffers(): Float32Array[] {
+    return this.native.gradientBuffers();
+  }
+
   /** A copy of a parameter's accumulated gradient (trainable models). */
   getGradient(name: string): Float32Array {
     return this.native.getGradient({ name });
@@ -367,6 +382,7 @@ export async function loadModel(dir: string, options: ModelOptions = {}): Promis
       gradientCheckpointing: resolved.gradientCheckpointing!,
       trainable: resolved.trainable!,
       offloadOptimizer: resolved.offloadOptimizer!,
+      denseEmbeddingGradient: resolved.denseEmbeddingGradient!,
       lora: options.lora ?? null,
     },
     native,

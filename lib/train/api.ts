@@ -15,7 +15,8 @@ import { fork } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { fileURLToPath } from 'node:url';
 
-import { ZnError } from '../errors.js';
+import { UsageError, ZnError } from '../errors.js';
+import { launchEnvironment } from '../model/ranks.js';
 import { resolveStage, type Stage } from './config.js';
 import { TrainingEvents } from './loop.js';
 import { type StageResult, runStage } from './stage.js';
@@ -139,6 +140,10 @@ function runIsolated(stages: { stage: Stage; config: Recipe }[], run: TrainingRu
 }
 
 function start(stages: { stage: Stage; config: Recipe }[], options: RunOptions): TrainingRun {
+  // A child of an mpirun rank would read the rank's MPI environment as its own.
+  if (options.isolate && launchEnvironment().worldSize > 1) {
+    throw new UsageError('isolate (--isolate) runs the job in a child process, which ranks started by mpirun cannot do; leave it off');
+  }
   return new TrainingRun((run) => (options.isolate ? runIsolated(stages, run, options) : runInProcess(stages, run, options)));
 }
 

@@ -30,6 +30,8 @@ export interface ZephyrState {
   maxSteps: number;
   /** Sum of the per-step losses so far (for train_loss at the end). */
   lossSum: number;
+  /** Rows of one micro-batch across every rank, which the cursor counts in (absent before data parallel: not checked). */
+  microBatchRows?: number;
 }
 
 /** What a checkpoint needs from the model. */

@@ -121,6 +121,8 @@ export const KEYS = {
   save_steps: { kind: 'number', default: 500, help: 'Checkpoint every N steps' },
   save_total_limit: { kind: 'integer', default: null, help: 'Keep at most N checkpoints (oldest deleted)' },
   resume_from_checkpoint: { kind: 'checkpoint', default: null, help: 'A checkpoint folder, or true for the latest in output_dir' },
+  // data parallel (ranks started by mpirun; lib/model/ranks.ts)
+  ddp_timeout: { kind: 'number', default: 1800, help: 'Seconds a rank waits in a collective (mpirun ranks) before it aborts the job, naming what it waited for' },
   // where the logs go besides trainer_state.json and metrics.jsonl (HF Trainer's integrations)
   report_to: { kind: 'string-or-list', default: 'none', choices: ['none', 'all', 'tensorboard', 'wandb'] as const, help: 'Also log to tensorboard, wandb, both (all or a list), or none' },
   logging_dir: { kind: 'string', default: null, help: 'TensorBoard folder (default: $TENSORBOARD_LOGGING_DIR, else output_dir/runs/<date>_<host>)' },

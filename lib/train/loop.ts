@@ -7,6 +7,13 @@
  *
  * What differs between SFT and DPO (how a micro-batch becomes a loss and per-token gradients)
  * lives in an Objective.
+ *
+ * Data parallel (Ranks, lib/model/ranks.ts): every rank walks the single-process order with
+ * micro-batches of per_device_train_batch_size x ranks rows and takes rows rank, rank + ranks,
+ * ... of each, so the steps do not depend on the number of ranks; after the last micro-batch the
+ * gradients, the loss and the metrics are summed across the ranks (before clipping: grad_norm is
+ * the global one) and every rank takes the same optimizer step. Rank 0 alone logs, evaluates and
+ * writes files; the others wait for it at a barrier.
  */
 import { EventEmitter } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -14,6 +21,7 @@ import { join } from 'node:path';
 
 import { seededPermutation } from '../data/shuffle.js';
 import { ZnError } from '../errors.js';
+import { type Ranks, SINGLE_RANK } from '../model/ranks.js';
 import { type CheckpointableModel, type Cursor, findCheckpoint, readCheckpoint, removeUnfinishedCheckpoints, saveCheckpoint, type ZephyrState } from './checkpoint.js';
 import type { TrainingValues } from './config.js';
 import { lrAt, type ScheduleConfig } from './schedule.js';
@@ -30,21 +38,35 @@ export interface OptimizerSettings {
 /** The model operations the loop needs (the native model implements them). */
 export interface LoopModel extends CheckpointableModel {
   zeroGrad(): Promise<void>;
+  /** The gradient buffers data-parallel ranks sum in place (asked for only with several ranks). */
+  gradientBuffers(): Float32Array[];
   clipAndStep(options: OptimizerSettings & { lr: number }): Promise<{ gradNorm: number }>;
   loadCheckpoint(dir: string): Promise<void>;
 }
 
+/**
+ * What a rank computed of one step. Each field is this rank's part: summed across the ranks it is
+ * the step's value (one rank: the value itself).
+ */
 export interface StepResult {
   /** The step's loss as HF logs it (sum over its micro-batches of their share). */
   loss: number;
-  /** Per-micro-batch metric means, averaged at logging time as TRL does. */
+  /** Per-micro-batch metric means, averaged at logging time as TRL does (the same keys on every rank). */
   metrics: Record<string, number>[];
   tokens: number;
 }
 
+/** One optimizer step's micro-batches: the whole step's, and this rank's rows of each. */
+export interface StepBatches<Example> {
+  /** The micro-batches one process with per_device_train_batch_size x ranks would take. */
+  global: Example[][];
+  /** This rank's rows of each (rank, rank + ranks, ...; the same arrays with one rank); a last, short micro-batch may leave a rank none. */
+  local: Example[][];
+}
+
 export interface Objective<Example> {
-  /** Forward and backward over one optimizer step's micro-batches; gradients accumulate. */
-  accumulate(microBatches: Example[][]): Promise<StepResult>;
+  /** Forward and backward over this rank's rows of one optimizer step, normalised by the whole step; gradients accumulate. */
+  accumulate(step: StepBatches<Example>): Promise<StepResult>;
   /** Metrics on held-out batches (names without the eval_ prefix). */
   evaluate(batches: Example[][]): Promise<Record<string, number>>;
 }
@@ -68,6 +90,8 @@ export interface LoopSettings {
   saveSteps: number;
   saveTotalLimit: number | null;
   resumeFromCheckpoint: TrainingValues['resume_from_checkpoint'];
+  /** Data-parallel ranks (1: one process); a micro-batch holds batchSize x worldSize rows in all. */
+  worldSize: number;
 }
 
 export interface LoopEvents {
@@ -94,15 +118,49 @@ export function stepsPerEpoch(examples: number, batchSize: number, accumulation:
   return Math.ceil(Math.ceil(examples / batchSize) / accumulation);
 }
 
-export function totalSteps(examples: number, settings: Pick<LoopSettings, 'maxSteps' | 'numTrainEpochs' | 'batchSize' | 'gradientAccumulationSteps'>): number {
+/** Rows of one micro-batch across every rank (HF: per_device_train_batch_size x world size). */
+export function globalBatchSize(settings: Pick<LoopSettings, 'batchSize' | 'worldSize'>): number {
+  return settings.batchSize * settings.worldSize;
+}
+
+export function totalSteps(examples: number, settings: Pick<LoopSettings, 'maxSteps' | 'numTrainEpochs' | 'batchSize' | 'gradientAccumulationSteps' | 'worldSize'>): number {
   if (settings.maxSteps > 0) return settings.maxSteps;
-  return Math.ceil(settings.numTrainEpochs * stepsPerEpoch(examples, settings.batchSize, settings.gradientAccumulationSteps));
+  return Math.ceil(settings.numTrainEpochs * stepsPerEpoch(examples, globalBatchSize(settings), settings.gradientAccumulationSteps));
+}
+
+/** Rows rank, rank + ranks, ... of each micro-batch (DistributedSampler's interleaving). */
+export function rankShare<Example>(microBatches: Example[][], ranks: Pick<Ranks, 'rank' | 'size'>): Example[][] {
+  if (ranks.size === 1) return microBatches;
+  return microBatches.map((rows) => rows.filter((_, i) => i % ranks.size === ranks.rank));
+}
+
+/** The step's loss, tokens and metrics summed across the ranks (one rank: unchanged). */
+export async function sumAcrossRanks(part: StepResult, ranks: Ranks): Promise<StepResult> {
+  if (ranks.size === 1) return part;
+  const keys = part.metrics.map((record) => Object.keys(record).sort());
+  const values = Float64Array.from([part.loss, part.tokens, ...part.metrics.flatMap((record, m) => keys[m].map((k) => record[k]))]);
+  await ranks.allReduceSum([values], "the step's loss and metrics");
+  let next = 2;
+  const metrics = keys.map((names) => Object.fromEntries(names.map((k) => [k, values[next++]])));
+  return { loss: values[0], tokens: values[1], metrics };
 }
 
 function meanOf(records: Record<string, number>[]): Record<string, number> {
   const sums: Record<string, number> = {};
   for (const record of records) for (const [k, v] of Object.entries(record)) sums[k] = (sums[k] ?? 0) + v;
   return Object.fromEntries(Object.entries(sums).map(([k, v]) => [k, v / records.length]));
+}
+
+/**
+ * A checkpoint's cursor counts micro-batches of a number of rows (per_device_train_batch_size x
+ * ranks); resuming with another number would continue from the wrong example.
+ */
+function checkMicroBatchRows(dir: string, saved: number | undefined, now: number): void {
+  if (saved === undefined || saved === now) return;
+  throw new ZnError(
+    `${dir} was written with micro-batches of ${saved} rows in all (per_device_train_batch_size x ranks), and this run takes ${now}: ` +
+      `resume with per_device_train_batch_size x ranks = ${saved} (e.g. ${saved} on one process)`,
+  );
 }
 
 export async function runLoop<Example>(
@@ -113,11 +171,17 @@ export async function runLoop<Example>(
   settings: LoopSettings,
   events: TrainingEvents,
   signal?: AbortSignal,
+  ranks: Ranks = SINGLE_RANK,
 ): Promise<LoopResult> {
   if (train.length === 0) throw new ZnError(`${settings.stage}: the training set is empty`);
-  mkdirSync(settings.outputDir, { recursive: true });
-  removeUnfinishedCheckpoints(settings.outputDir);
-  const microPerEpoch = Math.ceil(train.length / settings.batchSize);
+  if (settings.worldSize !== ranks.size) throw new ZnError(`${settings.stage}: planned for ${settings.worldSize} ranks, running on ${ranks.size}`);
+  const leader = ranks.isLeader;
+  if (leader) {
+    mkdirSync(settings.outputDir, { recursive: true });
+    removeUnfinishedCheckpoints(settings.outputDir);
+  }
+  const microBatchRows = globalBatchSize(settings);
+  const microPerEpoch = Math.ceil(train.length / microBatchRows);
   const maxSteps = totalSteps(train.length, settings);
   const schedule: ScheduleConfig = { ...settings.schedule, totalSteps: maxSteps };
   const metricsStream = MetricsStream.inDir(settings.outputDir);
@@ -129,13 +193,14 @@ export async function runLoop<Example>(
   if (resumeDir) {
     const loaded = readCheckpoint(resumeDir);
     if (loaded.state.stage !== settings.stage) throw new ZnError(`${resumeDir} is a ${loaded.state.stage} checkpoint, not ${settings.stage}`);
+    checkMicroBatchRows(resumeDir, loaded.state.microBatchRows, microBatchRows);
     await model.loadCheckpoint(resumeDir);
     cursor = loaded.state.cursor;
     logHistory = loaded.logHistory;
     lossSum = loaded.state.lossSum;
     // The metrics stream restarts from what the checkpoint knew.
-    writeFileSync(join(settings.outputDir, 'metrics.jsonl'), logHistory.map((e) => `${JSON.stringify(e)}\n`).join(''));
-  } else {
+    if (leader) writeFileSync(join(settings.outputDir, 'metrics.jsonl'), logHistory.map((e) => `${JSON.stringify(e)}\n`).join(''));
+  } else if (leader) {
     writeFileSync(join(settings.outputDir, 'metrics.jsonl'), '');
   }
 
@@ -146,7 +211,7 @@ export async function runLoop<Example>(
     globalStep: cursor.globalStep,
     epoch: epochFloat(),
     maxSteps,
-    numTrainEpochs: settings.maxSteps > 0 ? Math.ceil(maxSteps / stepsPerEpoch(train.length, settings.batchSize, settings.gradientAccumulationSteps)) : settings.numTrainEpochs,
+    numTrainEpochs: settings.maxSteps > 0 ? Math.ceil(maxSteps / stepsPerEpoch(train.length, microBatchRows, settings.gradientAccumulationSteps)) : settings.numTrainEpochs,
     loggingSteps: settings.loggingSteps,
     evalSteps: settings.evalSteps,
     saveSteps: settings.saveSteps,
@@ -156,20 +221,28 @@ export async function runLoop<Example>(
   });
   const log = (entry: LogEntry): void => {
     logHistory.push(entry);
+    if (!leader) return;
     metricsStream.append(entry);
     events.emit('log', entry);
   };
   const checkpoint = async (): Promise<void> => {
-    const state: ZephyrState = { format: 1, stage: settings.stage, cursor, seed: settings.seed, maxSteps, lossSum };
-    const dir = await saveCheckpoint(settings.outputDir, model, state, stateFields(), settings.saveTotalLimit);
-    events.emit('checkpoint', dir);
+    if (leader) {
+      const state: ZephyrState = { format: 1, stage: settings.stage, cursor, seed: settings.seed, maxSteps, lossSum, microBatchRows };
+      const dir = await saveCheckpoint(settings.outputDir, model, state, stateFields(), settings.saveTotalLimit);
+      events.emit('checkpoint', dir);
+    }
+    await ranks.barrier(`checkpoint-${cursor.globalStep}, which rank 0 writes`);
   };
+  // Rank 0 evaluates the whole split (every rank holds the same weights); the others wait.
   const evaluate = async (): Promise<void> => {
     if (evalSet.length === 0) return;
-    const batches: Example[][] = [];
-    for (let i = 0; i < evalSet.length; i += settings.evalBatchSize) batches.push(evalSet.slice(i, i + settings.evalBatchSize));
-    const metrics = await objective.evaluate(batches);
-    log({ ...Object.fromEntries(Object.entries(metrics).map(([k, v]) => [`eval_${k}`, v])), epoch: epochFloat(), step: cursor.globalStep });
+    if (leader) {
+      const batches: Example[][] = [];
+      for (let i = 0; i < evalSet.length; i += settings.evalBatchSize) batches.push(evalSet.slice(i, i + settings.evalBatchSize));
+      const metrics = await objective.evaluate(batches);
+      log({ ...Object.fromEntries(Object.entries(metrics).map(([k, v]) => [`eval_${k}`, v])), epoch: epochFloat(), step: cursor.globalStep });
+    }
+    await ranks.barrier(`the evaluation at step ${cursor.globalStep}, which rank 0 runs`);
   };
 
   let order = epochOrder(train.length, settings.seed, cursor.epoch);
@@ -179,19 +252,22 @@ export async function runLoop<Example>(
   let stoppedEarly = false;
   const started = Date.now();
   while (cursor.globalStep < maxSteps) {
-    if (signal?.aborted) {
+    // Ranks stop together: a stop request on any of them stops all after the same step.
+    if (await ranks.any(signal?.aborted ?? false, 'the stop check before a step')) {
       stoppedEarly = true;
       break;
     }
     // One optimizer step: up to `gradientAccumulationSteps` micro-batches, never across an epoch end.
     const micro: Example[][] = [];
     while (micro.length < settings.gradientAccumulationSteps && cursor.microBatch < microPerEpoch) {
-      const begin = cursor.microBatch * settings.batchSize;
-      micro.push(order.slice(begin, begin + settings.batchSize).map((i) => train[i]));
+      const begin = cursor.microBatch * microBatchRows;
+      micro.push(order.slice(begin, begin + microBatchRows).map((i) => train[i]));
       cursor = { ...cursor, microBatch: cursor.microBatch + 1 };
     }
     await model.zeroGrad();
-    const result = await objective.accumulate(micro);
+    const part = await objective.accumulate({ global: micro, local: rankShare(micro, ranks) });
+    if (ranks.size > 1) await ranks.allReduceSum(model.gradientBuffers(), 'the gradient all-reduce');
+    const result = await sumAcrossRanks(part, ranks);
     if (!Number.isFinite(result.loss)) {
       throw new ZnError(
         `${settings.stage}: non-finite loss (${result.loss}) at step ${cursor.globalStep + 1}; stopped, the last good checkpoint is kept`,
@@ -251,6 +327,6 @@ export async function runLoop<Example>(
       step: cursor.globalStep,
     });
   }
-  writeTrainerState(settings.outputDir, stateFields());
+  if (leader) writeTrainerState(settings.outputDir, stateFields());
   return { globalStep: cursor.globalStep, trainLoss: lossSum / Math.max(1, cursor.globalStep), logHistory, stoppedEarly };
 }

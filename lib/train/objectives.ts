@@ -8,6 +8,11 @@
  * DPO: each micro-batch's loss is the mean over its pairs, divided by the number of micro-batches
  *   in the step (Trainer's loss / gradient_accumulation_steps, DPOTrainer takes no token counts).
  *   d loss / d logp[t] is d loss / d pi for the completion containing t.
+ *
+ * With data-parallel ranks each one runs its rows of the step (StepBatches.local) and normalises
+ * by the whole step (StepBatches.global): SFT by the step's loss-token count across every rank,
+ * DPO by each micro-batch's pair count across every rank; the loop sums the ranks' gradients,
+ * losses and metric shares. One rank computes exactly what it did before ranks existed.
  */
 import type { PreferenceBatch, TokenBatch } from '../data/batch.js';
 import { IGNORE_INDEX } from '../data/batch.js';
@@ -15,7 +20,8 @@ import { collatePreference, collateSft } from '../data/collate.js';
 import type { PreferencePair } from '../data/dpo-tokenize.js';
 import type { SftItem } from '../data/load.js';
 import { type Device, dpoLoss } from '../model/model.js';
-import type { Objective, StepResult } from './loop.js';
+import { ZnError } from '../errors.js';
+import type { Objective, StepBatches, StepResult } from './loop.js';
 
 /** The model operations objectives use (lib/model/model.ts MistralModel has them). */
 export interface ObjectiveModel {
@@ -34,10 +40,12 @@ function lossTokens(batch: TokenBatch): number {
 export class SftObjective implements Objective<SftItem> {
   constructor(private readonly model: ObjectiveModel) {}
 
-  async accumulate(microBatches: SftItem[][]): Promise<StepResult> {
-    // All micro-batches are collated up front: the step's loss-token count normalises every one.
-    const batches = microBatches.map(collateSft);
-    const total = batches.reduce((sum, batch) => sum + lossTokens(batch), 0);
+  async accumulate({ global, local }: StepBatches<SftItem>): Promise<StepResult> {
+    // All micro-batches are collated up front: the step's loss-token count (every rank's rows)
+    // normalises every one.
+    const batches = local.filter((items) => items.length > 0).map(collateSft);
+    const counted = global === local ? batches : global.map(collateSft);
+    const total = counted.reduce((sum, batch) => sum + lossTokens(batch), 0);
     let nll = 0;
     let tokens = 0;
     for (const batch of batches) {
@@ -86,6 +94,9 @@ function completionTokens(batch: PreferenceBatch): { chosen: Int32Array; rejecte
   }
   return { chosen: counts.slice(0, batch.pairs), rejected: counts.slice(batch.pairs) };
 }
+
+/** TRL's logged DPO metrics (besides the loss), the keys dpoLoss returns. */
+export const DPO_METRICS = ['rewards/chosen', 'rewards/rejected', 'rewards/accuracies', 'rewards/margins', 'logps/chosen', 'logps/rejected'] as const;
 
 export interface DpoSettings {
   beta: number;
@@ -161,31 +172,39 @@ export class DpoObjective implements Objective<PreferencePair> {
     });
   }
 
-  async accumulate(microBatches: PreferencePair[][]): Promise<StepResult> {
-    const scale = 1 / microBatches.length;
+  async accumulate({ global, local }: StepBatches<PreferencePair>): Promise<StepResult> {
+    const scale = 1 / global.length;
     let loss = 0;
     let tokens = 0;
-    const metrics: Record<string, number>[] = [];
-    let next = collatePreference(microBatches[0]);
-    for (let m = 0; m < microBatches.length; m++) {
-      const pairs = microBatches[m];
-      const batch = next;
+    // A rank with no rows of a micro-batch still reports its (zero) share of the metrics.
+    const metrics: Record<string, number>[] = global.map(() => Object.fromEntries(DPO_METRICS.map((k) => [k, 0])));
+    const todo = local.flatMap((pairs, m) => (pairs.length > 0 ? [m] : []));
+    let next = todo.length > 0 ? collatePreference(local[todo[0]]) : null;
+    for (let i = 0; i < todo.length; i++) {
+      const m = todo[i];
+      const pairs = local[m];
+      // This rank's pairs' part of the micro-batch's mean (1 with one rank).
+      const share = pairs.length / global[m].length;
+      const batch = next!;
       const ref = await this.reference.of(pairs, batch);
       const forward = this.policy.forward(batch);
       // The next micro-batch is collated on the main thread while the native forward runs.
-      if (m + 1 < microBatches.length) next = collatePreference(microBatches[m + 1]);
+      if (i + 1 < todo.length) next = collatePreference(local[todo[i + 1]]);
       const logp = await forward;
       const result = this.loss(batch, completionLogps(batch, logp), ref);
       const dlogp = new Float32Array(logp.length);
       for (let d = 0; d < 2 * batch.pairs; d++) {
-        const grad = (d < batch.pairs ? result.dPolicyChosen[d] : result.dPolicyRejected[d - batch.pairs]) * (scale / batch.pairs);
+        const grad = (d < batch.pairs ? result.dPolicyChosen[d] : result.dPolicyRejected[d - batch.pairs]) * (scale / global[m].length);
         for (let t = batch.cuSeqlens[d]; t < batch.cuSeqlens[d + 1]; t++) if (batch.targets[t] !== IGNORE_INDEX) dlogp[t] = grad;
       }
       await this.policy.backward(dlogp);
-      loss += result.metrics.loss * scale;
+      loss += result.metrics.loss * share * scale;
       tokens += batch.inputIds.length;
       const { loss: _mean, ...logged } = result.metrics;
-      metrics.push(logged);
+      if (Object.keys(logged).sort().join() !== [...DPO_METRICS].sort().join()) {
+        throw new ZnError(`dpo: the loss kernel's metrics (${Object.keys(logged).join(', ')}) are not DPO_METRICS`);
+      }
+      metrics[m] = Object.fromEntries(Object.entries(logged).map(([k, v]) => [k, v * share]));
     }
     return { loss, metrics, tokens };
   }

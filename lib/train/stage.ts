@@ -2,6 +2,10 @@
  * One training stage (dSFT or dDPO) from a resolved configuration, as a sequence of steps:
  * resolve the sources (model folder, device, tokenizer), load the data, plan the loop, build the
  * policy, build the reference (DPO), build the objective, run the loop, save the model folder.
+ *
+ * Under `mpirun -n N` every rank runs the stage on its share of each step (lib/train/loop.ts);
+ * rank 0 alone holds the output lock, resolves Hub ids first, reports, writes checkpoints and
+ * the model folder, and pushes to the Hub. A rank that fails aborts the whole job, naming itself.
  */
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -30,6 +34,7 @@ import { warmupSteps } from './schedule.js';
 import { resolveHubInputs } from './hub-inputs.js';
 import { HubPusher } from './hub-push.js';
 import { lockOutput } from '../io/output-lock.js';
+import { openRanks, type Ranks } from '../model/ranks.js';
 
 export interface StageRunOptions {
   events?: TrainingEvents;
@@ -175,7 +180,7 @@ function plannedTokens({ stage, data }: StageData, batchSize: number): number {
 }
 
 /** HF Trainer's bookkeeping for this stage: steps, schedule, optimizer, logging, checkpoints. */
-export function loopSettings({ stage, values }: StageConfig, outputDir: string, trainExamples: number): LoopSettings {
+export function loopSettings({ stage, values }: StageConfig, outputDir: string, trainExamples: number, worldSize = 1): LoopSettings {
   const settings: LoopSettings = {
     stage,
     outputDir,
@@ -201,14 +206,17 @@ export function loopSettings({ stage, values }: StageConfig, outputDir: string, 
     saveSteps: values.save_steps,
     saveTotalLimit: values.save_total_limit,
     resumeFromCheckpoint: values.resume_from_checkpoint,
+    worldSize,
   };
   const total = totalSteps(trainExamples, settings);
   settings.schedule.warmupSteps = warmupSteps(total, { warmup_steps: values.warmup_steps, warmup_ratio: values.warmup_ratio });
   return settings;
 }
 
-export function policyOptions({ values }: StageConfig, sources: StageSources, maxTokens: number): ModelOptions {
+export function policyOptions({ values }: StageConfig, sources: StageSources, maxTokens: number, worldSize = 1): ModelOptions {
   return {
+    // Ranks sum whole gradient buffers; an untied embedding's by-rows gradient is not one.
+    ...(worldSize > 1 ? { denseEmbeddingGradient: true } : {}),
     device: sources.device,
     dtype: sources.dtype,
     maxTokens,
@@ -231,6 +239,7 @@ export function buildPolicy(sources: StageSources, options: ModelOptions): Promi
 function loopModel(model: MistralModel, sources: StageSources): LoopModel {
   return {
     zeroGrad: () => model.zeroGrad(),
+    gradientBuffers: () => model.gradientBuffers(),
     clipAndStep: (o) => model.clipAndStep({ lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm }),
     saveCheckpointWeights: (dir) => (sources.lora ? model.saveAdapter(dir, sources.baseDir) : model.save(dir, { dtype: 'float32' })),
     saveOptimizerState: (file) => model.saveOptimizerState(file),
@@ -286,6 +295,7 @@ async function runTrainingLoop(
   progress: ProgressReporter,
   reporters: Reporter[],
   options: StageRunOptions,
+  ranks: Ranks,
 ): Promise<LoopResult> {
   const events = options.events ?? new TrainingEvents();
   progress.start(totalSteps(data.train.length, settings), settings.stage);
@@ -293,7 +303,7 @@ async function runTrainingLoop(
   for (const reporter of reporters) events.on('log', (entry) => reporter.log(entry));
   events.on('checkpoint', (dir) => progress.message(`checkpoint: ${dir}`));
   try {
-    return await runLoop<Example>(policy, objective, data.train, data.test, settings, events, options.signal);
+    return await runLoop<Example>(policy, objective, data.train, data.test, settings, events, options.signal, ranks);
   } finally {
     progress.stop();
   }
@@ -329,21 +339,35 @@ function runConfig({ stage, values }: StageConfig): Record<string, unknown> {
   return { stage, ...values };
 }
 
+/** A stage as a process runs it: one rank's part of it under mpirun, else the whole stage. */
+export async function runStage(config: StageConfig, options: StageRunOptions = {}): Promise<StageResult> {
+  const ranks = openRanks(config.values.ddp_timeout);
+  if (ranks.size === 1) return runLeaderStage(config, options, ranks);
+  try {
+    return ranks.isLeader ? await runLeaderStage(config, options, ranks) : await runFollowerStage(config, options, ranks);
+  } catch (error) {
+    // The other ranks would wait for this one in their next collective: end the job now.
+    return ranks.abort(`${config.stage}: ${(error as Error).message}`);
+  }
+}
+
 /**
- * A stage as a process runs it: output_dir locked for the stage's life (one writer), Hub ids
+ * Rank 0 (or the only process): output_dir locked for the stage's life (one writer), Hub ids
  * resolved to cached folders, the training, then push_to_hub.
  */
-export async function runStage(config: StageConfig, options: StageRunOptions = {}): Promise<StageResult> {
+async function runLeaderStage(config: StageConfig, options: StageRunOptions, ranks: Ranks): Promise<StageResult> {
   const outputDir = required(config.values, 'output_dir', config.stage);
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
   mkdirSync(dirname(resolve(outputDir)), { recursive: true });
   const lock = lockOutput(outputDir, { what: 'output_dir', log });
   try {
     const resolved = await resolveHubInputs(config, options.progress === 'silent' ? 'silent' : 'auto');
+    await ranks.barrier('rank 0 resolving Hub ids');
+    if (ranks.size > 1) log(`data parallel: ${ranks.size} ranks over MPI, ${ranks.size} x per_device_train_batch_size rows per micro-batch; rank 0 logs and writes`);
     const pusher = config.values.push_to_hub ? new HubPusher(config.values, outputDir, log) : null;
     const events = options.events ?? new TrainingEvents();
     if (pusher) events.on('checkpoint', (dir) => pusher.checkpoint(dir));
-    const result = await runResolvedStage(resolved, { ...options, events });
+    const result = await runResolvedStage(resolved, { ...options, events }, ranks);
     await pusher?.finish(!result.stoppedEarly);
     return result;
   } finally {
@@ -351,28 +375,43 @@ export async function runStage(config: StageConfig, options: StageRunOptions = {
   }
 }
 
-async function runResolvedStage(config: StageConfig, options: StageRunOptions): Promise<StageResult> {
+/** Ranks 1..N-1: the same training, silent, writing nothing; Hub ids resolve from the cache rank 0 filled. */
+async function runFollowerStage(config: StageConfig, options: StageRunOptions, ranks: Ranks): Promise<StageResult> {
+  await ranks.barrier('rank 0 resolving Hub ids');
+  const resolved = await resolveHubInputs(config, 'silent');
+  return runResolvedStage(resolved, { ...options, progress: 'silent' }, ranks);
+}
+
+async function runResolvedStage(config: StageConfig, options: StageRunOptions, ranks: Ranks): Promise<StageResult> {
   const progress = progressReporter(options.progress ?? 'auto');
   const log = (line: string): void => progress.message(line);
   for (const notice of config.notices) log(notice);
   const sources = resolveSources(config);
   // Opened first: a W&B run that cannot open (no key) fails the stage before data or models load.
-  const reporters = await openReporters(config.values, sources.outputDir, runConfig(config), log);
+  const reporters = ranks.isLeader ? await openReporters(config.values, sources.outputDir, runConfig(config), log) : [];
   try {
-    return await trainStage(config, sources, reporters, progress, options);
+    return await trainStage(config, sources, reporters, progress, options, ranks);
   } finally {
     await closeReporters(reporters);
   }
 }
 
-async function trainStage(config: StageConfig, sources: StageSources, reporters: Reporter[], progress: ProgressReporter, options: StageRunOptions): Promise<StageResult> {
+async function trainStage(
+  config: StageConfig,
+  sources: StageSources,
+  reporters: Reporter[],
+  progress: ProgressReporter,
+  options: StageRunOptions,
+  ranks: Ranks,
+): Promise<StageResult> {
   const { stage } = config;
   const log = (line: string): void => progress.message(line);
   const loaded = await loadStageData(config, sources, log);
-  const settings = loopSettings(config, sources.outputDir, loaded.data.train.length);
+  const settings = loopSettings(config, sources.outputDir, loaded.data.train.length, ranks.size);
   const maxTokens = plannedTokens(loaded, Math.max(settings.batchSize, settings.evalBatchSize));
-  const modelOptions = policyOptions(config, sources, maxTokens);
-  logMemoryPlan(log, `policy, ${stage}, ${sources.dtype}, ${maxTokens} tokens per micro-batch`, sources.modelConfig, modelOptions);
+  const modelOptions = policyOptions(config, sources, maxTokens, ranks.size);
+  const perRank = ranks.size > 1 ? `, per rank (${ranks.size} ranks)` : '';
+  logMemoryPlan(log, `policy, ${stage}, ${sources.dtype}, ${maxTokens} tokens per micro-batch${perRank}`, sources.modelConfig, modelOptions);
   // The models are freed when the stage ends, however it ends: the garbage collector does not see
   // their memory, and a pipeline's next stage needs it (a 7B policy holds tens of GiB).
   const owned: MistralModel[] = [];
@@ -382,18 +421,24 @@ async function trainStage(config: StageConfig, sources: StageSources, reporters:
     own(policy);
     let reference: ReferenceLogps | null = null;
     if (loaded.stage === 'dpo') {
+      // Precomputed reference log-probs: rank 0 computes and caches them, the others read its cache.
+      const shared = config.values.precompute_ref_log_probs && ranks.size > 1;
+      if (shared && !ranks.isLeader) await ranks.barrier('rank 0 precomputing the reference log-probs');
       const built = await buildStageReference(config, sources, loaded.data, policy, modelOptions, log);
+      if (shared && ranks.isLeader) await ranks.barrier('rank 0 precomputing the reference log-probs');
       if (built.model) own(built.model);
       reference = built.reference;
     }
     const objective = buildObjective(config, sources, policy, reference);
-    clearEarlierCheckpoints(config, sources.outputDir, log);
+    if (ranks.isLeader) clearEarlierCheckpoints(config, sources.outputDir, log);
+    await ranks.barrier('rank 0 clearing earlier checkpoints');
     const started = Date.now();
-    const result = await runTrainingLoop(loopModel(policy, sources), objective, loaded, settings, progress, reporters, options);
+    const result = await runTrainingLoop(loopModel(policy, sources), objective, loaded, settings, progress, reporters, options, ranks);
     if (result.stoppedEarly) {
       log(`${stage}: stopped at step ${result.globalStep}; resume from the last checkpoint in ${sources.outputDir}`);
     } else {
-      await saveModel(policy, sources);
+      if (ranks.isLeader) await saveModel(policy, sources);
+      await ranks.barrier('the model folder, which rank 0 writes');
       log(`${stage}: ${result.globalStep} steps in ${((Date.now() - started) / 1000).toFixed(1)} s; model written to ${sources.outputDir}`);
     }
     return { ...result, stage, outputDir: sources.outputDir };

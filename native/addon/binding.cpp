@@ -163,6 +163,14 @@ ArrayView<int32_t> Options::i32(const char* name) const {
 ArrayView<uint8_t> Options::u8(const char* name) const {
   return typed<uint8_t, napi_uint8_array>(name, "Uint8Array");
 }
+ArrayView<double> Options::f64(const char* name) const {
+  return typed<double, napi_float64_array>(name, "Float64Array");
+}
+napi_typedarray_type Options::typed_array_type(const char* name) const {
+  Napi::Value value = field(name);
+  if (!value.IsTypedArray()) error(std::string("'") + name + "' must be a typed array");
+  return value.As<Napi::TypedArray>().TypedArrayType();
+}
 ArrayView<float> Options::f32_or_empty(const char* name) const {
   return has(name) ? f32(name) : ArrayView<float>{};
 }

@@ -39,6 +39,9 @@ class Options {
   ArrayView<uint16_t> u16(const char* name) const;  // bf16 bit patterns
   ArrayView<int32_t> i32(const char* name) const;
   ArrayView<uint8_t> u8(const char* name) const;
+  ArrayView<double> f64(const char* name) const;
+  // The element type of a typed-array field (an error naming the field when it is not one).
+  napi_typedarray_type typed_array_type(const char* name) const;
   // Optional arrays: an empty view when the field is absent, null or undefined.
   ArrayView<float> f32_or_empty(const char* name) const;
   ArrayView<int32_t> i32_or_empty(const char* name) const;

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "addon/binding.h"
@@ -49,6 +50,7 @@ inline model::ModelOptions read_model_options(const Options& o) {
   m.gradient_checkpointing = o.boolean("gradientCheckpointing", false);
   m.trainable = o.boolean("trainable", true);
   m.offload_optimizer = o.boolean("offloadOptimizer", false);
+  m.dense_embedding_gradient = o.boolean("denseEmbeddingGradient", false);
   if (o.has("frozen")) m.frozen = o.strings("frozen");
   if (o.has("lora")) {
     const Options lora = o.object("lora");
@@ -125,6 +127,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                         ModelWrap::InstanceMethod("optimizerStep", &ModelWrap::OptimizerStep),
                         ModelWrap::InstanceMethod("getParameter", &ModelWrap::GetParameter),
                         ModelWrap::InstanceMethod("getGradient", &ModelWrap::GetGradient),
+                        ModelWrap::InstanceMethod("gradientBuffers", &ModelWrap::GradientBuffers),
                         ModelWrap::InstanceMethod("startGeneration", &ModelWrap::StartGeneration),
                         ModelWrap::InstanceMethod("acquireSequence", &ModelWrap::AcquireSequence),
                         ModelWrap::InstanceMethod("releaseSequence", &ModelWrap::ReleaseSequence),
@@ -143,6 +146,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   // The model is shared with in-flight work, so garbage-collecting the JS object mid-call is safe.
   std::shared_ptr<Model> model_;
   std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
+  Napi::Reference<Napi::Array> grad_views_;  // gradientBuffers(), made on first use
 
   // The model, or a JS error when dispose() has freed it.
   Model& live(Napi::Env env, const char* op) const {
@@ -239,8 +243,44 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   // while a call runs (that call holds the model).
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     if (*busy_) throw Napi::Error::New(info.Env(), "dispose: the model is busy with another call (await it first)");
+    DetachGradientViews();
     model_.reset();
     return info.Env().Undefined();
+  }
+
+  // gradientBuffers() -> Float32Array[]: views (no copy) over each trained group's f32 gradient
+  // buffer, which data-parallel ranks sum in place (the MPI addon's allReduceSum). Made once per
+  // model (the buffers never move); dispose() detaches them, so a view kept past it reads as
+  // empty instead of freed memory. CPU model only: the GPU model's gradients are device memory.
+  Napi::Value GradientBuffers(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
+      throw Napi::Error::New(env, "gradientBuffers: the GPU model's gradients are device memory (data parallel on GPUs is not built yet)");
+    } else {
+      Model& m = live(env, "gradientBuffers");
+      if (grad_views_.IsEmpty()) {
+        std::vector<typename Model::GradientBuffer> buffers;
+        try {
+          buffers = m.gradient_buffers();
+        } catch (const std::exception& e) {
+          throw Napi::Error::New(env, std::string("gradientBuffers: ") + e.what());
+        }
+        Napi::Array views = Napi::Array::New(env, buffers.size());
+        for (size_t i = 0; i < buffers.size(); ++i) {
+          Napi::ArrayBuffer memory = Napi::ArrayBuffer::New(env, buffers[i].data, buffers[i].size * sizeof(float));
+          views.Set(uint32_t(i), Napi::Float32Array::New(env, buffers[i].size, memory, 0));
+        }
+        grad_views_ = Napi::Persistent(views);
+      }
+      return grad_views_.Value();
+    }
+  }
+
+  void DetachGradientViews() {
+    if (grad_views_.IsEmpty()) return;
+    Napi::Array views = grad_views_.Value();
+    for (uint32_t i = 0; i < views.Length(); ++i) views.Get(i).As<Napi::Float32Array>().ArrayBuffer().Detach();
+    grad_views_.Reset();
   }
 
   // loadWeights({files: string[]}) -> Promise<{unexpected: string[]}>

@@ -72,14 +72,14 @@ void CpuWeights::read(const ParameterSpec& p, float* out) const {
 // Train state
 
 CpuTrainState::CpuTrainState(const MistralConfig& config, const ParameterGroup& group, const ParameterIndex& index,
-                             long max_tokens, CpuWeights& weights)
+                             long max_tokens, CpuWeights& weights, bool dense_embedding)
     : config_(config), group_(group), index_(index), weights_(weights) {
   const size_t n = group.numel();
   // The embedding is the table's first parameter, so when the group trains it, it is the group's
   // first member too, and the dense gradients of the others keep their group offsets less its
   // size when it has a RowGradient instead.
   ZN_CHECK(index.embed->offset == 0, "model: the embedding must be the first parameter");
-  if (!config.tie_word_embeddings && group.contains(*index.embed)) {
+  if (!config.tie_word_embeddings && !dense_embedding && group.contains(*index.embed)) {
     embed_grad_ = std::make_unique<RowGradient>(config.vocab_size, config.hidden_size, max_tokens);
     embed_slots_.resize(size_t(max_tokens));
   }
@@ -123,6 +123,12 @@ void CpuTrainState::read_gradient(const ParameterSpec& p, float* out) const {
   group_.offset(p);  // throws naming a frozen parameter
   if (has_row_gradient(p)) return embed_grad_->dense_rows(0, config_.vocab_size, out);
   std::memcpy(out, grads_.data() + dense_grad_offset(p), p.numel * sizeof(float));
+}
+
+std::pair<float*, size_t> CpuTrainState::dense_gradients() {
+  ZN_CHECK(!embed_grad_, "model: the embedding's gradient is held by rows; create the model with a dense embedding gradient "
+           "(denseEmbeddingGradient) to sum whole gradient buffers across ranks");
+  return {grads_.data(), grads_.size()};
 }
 
 void CpuTrainState::zero_grad() {

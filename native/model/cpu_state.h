@@ -12,6 +12,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/bf16.h"
@@ -59,8 +60,9 @@ class CpuWeights final : public WeightSource {
 class CpuTrainState final : public GradientSink {
  public:
   // max_tokens: the most tokens one backward carries (the embedding's row slots).
+  // dense_embedding: an untied embedding's gradient as a dense buffer too (not by rows).
   CpuTrainState(const MistralConfig& config, const ParameterGroup& group, const ParameterIndex& index,
-                long max_tokens, CpuWeights& weights);
+                long max_tokens, CpuWeights& weights, bool dense_embedding = false);
   ~CpuTrainState() override;
 
   const ParameterGroup& group() const { return group_; }
@@ -71,6 +73,9 @@ class CpuTrainState final : public GradientSink {
   void embedding_backward(long tokens, const int32_t* ids, const float* dres);
   void read_gradient(const ParameterSpec& p, float* out) const;
   void zero_grad();
+  // The whole group's gradient as one f32 buffer (laid out by the group); throws when an
+  // untied embedding's gradient is held by rows.
+  std::pair<float*, size_t> dense_gradients();
   // The sum of the squared gradients (the global norm of torch's clip_grad_norm_ sums it over
   // every trained group), then one AdamW step with the gradients scaled by clip_scale and the
   // weights from the new master.

@@ -159,7 +159,8 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   // An untied embedding's gradient is held by rows (model/row_gradient.h), with slots for one
   // micro-batch's tokens; gradient accumulation over new tokens adds rows beyond the plan.
   const size_t embed = size_t(c.vocab_size) * size_t(c.hidden_size);
-  const bool row_embedding = o.trainable && !c.tie_word_embeddings && trained.contains(table.front());
+  const bool row_embedding =
+      o.trainable && !c.tie_word_embeddings && !o.dense_embedding_gradient && trained.contains(table.front());
   plan.grads = row_embedding ? (params - embed) * 4 + RowGradient::planned_bytes(c.vocab_size, c.hidden_size, o.max_tokens)
                              : params * 4;
   plan.optimizer = params * 8;
@@ -224,14 +225,15 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   o.trained = std::make_unique<ParameterGroup>(o.params, options_.frozen);
   o.weights = std::make_unique<CpuWeights>(o.params, options_.precision);
   if (options_.trainable && o.trained->numel() > 0)
-    o.state = std::make_unique<CpuTrainState>(config_, *o.trained, o.index, options_.max_tokens, *o.weights);
+    o.state = std::make_unique<CpuTrainState>(config_, *o.trained, o.index, options_.max_tokens, *o.weights,
+                                              options_.dense_embedding_gradient);
   if (options_.lora.rank > 0) {
     o.lora = std::make_unique<LoraTable>(o.params, options_.lora);
     o.adapter_group = std::make_unique<ParameterGroup>(o.lora->parameters());
     o.adapter_weights = std::make_unique<CpuWeights>(o.lora->parameters(), options_.precision);
     if (options_.trainable) {
       o.adapter_state = std::make_unique<CpuTrainState>(config_, *o.adapter_group, o.index, options_.max_tokens,
-                                                        *o.adapter_weights);
+                                                        *o.adapter_weights, options_.dense_embedding_gradient);
     }
   }
   o.link();
@@ -288,6 +290,15 @@ MemoryPlan MistralModel::plan(const MistralConfig& config, const ModelOptions& o
 std::vector<CpuTrainState*> MistralModel::train_states(const char* what) const {
   ZN_CHECK(options_.trainable, "model: ", what, " on a model created with trainable: false");
   return owners_.states();
+}
+
+std::vector<MistralModel::GradientBuffer> MistralModel::gradient_buffers() const {
+  std::vector<GradientBuffer> out;
+  for (CpuTrainState* s : train_states("gradient buffers")) {
+    const auto [data, size] = s->dense_gradients();
+    out.push_back({data, size});
+  }
+  return out;
 }
 
 const float* MistralModel::master(const ParameterSpec& p) const {

@@ -53,6 +53,10 @@ struct ModelOptions {
   // LoRA adapters on the projections (lora.h; rank 0: none), a trained group of their own when
   // the model is trainable. Freezing the base is the caller's choice (frozen), as PEFT's is.
   LoraConfig lora;
+  // An untied embedding's gradient as a dense [vocab, dim] buffer instead of by rows
+  // (row_gradient.h): data-parallel ranks sum whole gradient buffers across processes, and
+  // each rank's micro-batches touch different rows.
+  bool dense_embedding_gradient = false;
 };
 
 inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }
@@ -159,6 +163,14 @@ class MistralModel {
   void read_master(const ParameterSpec& p, float* out) const;
   void read_gradient(const ParameterSpec& p, float* out) const;  // throws when not trainable
   long optimizer_step() const;
+  // Each trained group's dense f32 gradient buffer (the base group's when it trains anything,
+  // then the adapters'), for summing across data-parallel ranks in place. Refused while an
+  // untied embedding's gradient is held by rows (dense_embedding_gradient gives a dense one).
+  struct GradientBuffer {
+    float* data;
+    size_t size;
+  };
+  std::vector<GradientBuffer> gradient_buffers() const;
 
   // Reads every parameter from safetensors files (any of F32/F16/BF16). Returns the names of
   // tensors in the files that are not parameters (e.g. a tied lm_head.weight); a missing

@@ -1,0 +1,306 @@
+/**
+ * Data parallel on CPU ranks over MPI (issue 23's invariance checks, ZeRO stage 0): 2 ranks x
+ * micro-batch b under `mpirun` take the same steps as 1 process x micro-batch 2b (the reference:
+ * the single-process trainer, whose accumulation invariants test/train-invariants.test.ts checks)
+ * for SFT (untied embeddings: the dense embedding gradient), DPO (with rank 0's evaluation) and
+ * LoRA; a 2-rank checkpoint resumes on 1 process to the single-process trajectory; a killed rank
+ * ends the job naming it, and a rank that never reaches a collective ends it at ddp_timeout.
+ * The MPI tests skip with a message where mpirun or the MPI addon is missing.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { pathToFileURL } from 'node:url';
+
+import { binarize } from '../lib/aif/binarize.js';
+import { writePreferences } from '../lib/aif/preference-files.js';
+import { ultrachatRows, ultrafeedbackRows } from '../lib/demo/teacher.js';
+import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
+import { writeRows } from '../lib/data/writers.js';
+import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
+import { launchEnvironment, type Ranks, SINGLE_RANK } from '../lib/model/ranks.js';
+import { loadNative, mpiAddonCandidates, packageRoot } from '../lib/native.js';
+import { dpo, sft } from '../lib/train/api.js';
+import { rankShare, sumAcrossRanks } from '../lib/train/loop.js';
+
+const root = packageRoot();
+const cli = join(root, 'dist', 'lib', 'cli', 'main.js');
+
+function mpiSkipReason(): string | null {
+  if (spawnSync('mpirun', ['--version'], { encoding: 'utf8' }).status !== 0) {
+    return 'mpirun not found: `apt-get install -y libopenmpi-dev openmpi-bin`, then `npx node-gyp rebuild` (.ci/run does both)';
+  }
+  if (!mpiAddonCandidates().some((file) => existsSync(file))) return 'the MPI addon (zn_mpi.node) is not built: `npx node-gyp rebuild` with MPI installed';
+  return null;
+}
+
+interface Finished {
+  code: number | null;
+  output: string;
+  seconds: number;
+}
+
+/** `mpirun -n N node <args>`; the root and oversubscription flags are the test machine's (2 cores, root). */
+function mpirun(ranks: number, args: string[], options: { timeoutMs?: number; onStart?: (pid: number) => void } = {}): Promise<Finished> {
+  const started = Date.now();
+  const env: NodeJS.ProcessEnv = { ...process.env, ZN_NUM_THREADS: '1' };
+  for (const name of Object.keys(env)) if (/^(OMPI_|PMIX_|PMI_)/.test(name)) delete env[name];
+  const child = spawn('mpirun', ['--allow-run-as-root', '--oversubscribe', '-n', String(ranks), process.execPath, ...args], { env });
+  let output = '';
+  child.stdout.on('data', (chunk) => (output += chunk));
+  child.stderr.on('data', (chunk) => (output += chunk));
+  options.onStart?.(child.pid!);
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 120_000);
+  return new Promise((resolve) =>
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, output, seconds: (Date.now() - started) / 1000 });
+    }),
+  );
+}
+
+function flags(recipe: Record<string, unknown>): string[] {
+  return Object.entries(recipe).flatMap(([k, v]) => [`--${k}`, String(v)]);
+}
+
+type Entry = Record<string, number>;
+const history = (dir: string): Entry[] => JSON.parse(readFileSync(join(dir, 'trainer_state.json'), 'utf8')).log_history as Entry[];
+
+async function tensors(path: string): Promise<Map<string, Float32Array>> {
+  const addon = loadNative('cpu');
+  const out = new Map<string, Float32Array>();
+  for (const tensor of addon.readSafetensorsHeader({ path }).tensors) out.set(tensor.name, await addon.readTensor({ path, name: tensor.name, dtype: 'f32' }));
+  return out;
+}
+
+function assertClose(actual: number, expected: number, relative: number, what: string): void {
+  assert.ok(Math.abs(actual - expected) <= relative * Math.max(Math.abs(expected), 1e-3), `${what}: ${actual} vs ${expected}`);
+}
+
+/** The logged steps (and evaluations) of two runs agree to float tolerance, metric by metric. */
+function assertSameTrajectory(actual: Entry[], expected: Entry[], metrics: string[]): void {
+  const pick = (entries: Entry[]) => entries.filter((e) => 'loss' in e || 'eval_loss' in e);
+  const a = pick(actual);
+  const b = pick(expected);
+  assert.equal(a.length, b.length, 'logged entries');
+  for (let i = 0; i < b.length; i++) {
+    assert.equal(a[i].step, b[i].step);
+    for (const name of metrics.filter((m) => m in b[i])) assertClose(a[i][name], b[i][name], 1e-5, `step ${b[i].step} ${name}`);
+  }
+}
+
+async function assertSameWeights(actualFile: string, expectedFile: string): Promise<void> {
+  const expected = await tensors(expectedFile);
+  const actual = await tensors(actualFile);
+  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
+  for (const [name, x] of expected) {
+    const y = actual.get(name)!;
+    let diff = 0;
+    let norm = 0;
+    x.forEach((v, i) => {
+      diff += (v - y[i]) ** 2;
+      norm += v * v;
+    });
+    assert.ok(Math.sqrt(diff) <= 1e-5 * Math.sqrt(norm), `${name}: relative difference ${Math.sqrt(diff / norm)}`);
+  }
+}
+
+describe('data-parallel bookkeeping (no MPI)', () => {
+  it('reads the rank, world size and local rank as mpirun and torchrun set them', () => {
+    assert.deepEqual(launchEnvironment({}), { rank: 0, worldSize: 1, localRank: 0, launcher: 'none' });
+    assert.deepEqual(launchEnvironment({ OMPI_COMM_WORLD_RANK: '3', OMPI_COMM_WORLD_SIZE: '4', OMPI_COMM_WORLD_LOCAL_RANK: '1' }), {
+      rank: 3, worldSize: 4, localRank: 1, launcher: 'mpirun',
+    });
+    assert.deepEqual(launchEnvironment({ PMI_RANK: '1', PMI_SIZE: '2' }), { rank: 1, worldSize: 2, localRank: 1, launcher: 'mpirun' });
+    assert.deepEqual(launchEnvironment({ RANK: '5', WORLD_SIZE: '8', LOCAL_RANK: '1' }), { rank: 5, worldSize: 8, localRank: 1, launcher: 'torchrun' });
+    assert.throws(() => launchEnvironment({ RANK: '2', WORLD_SIZE: '2' }), /RANK=2 is not below WORLD_SIZE=2/);
+    assert.throws(() => launchEnvironment({ OMPI_COMM_WORLD_SIZE: 'two' }), /OMPI_COMM_WORLD_SIZE=two: expected an integer >= 1/);
+  });
+
+  it("gives rank r rows r, r + N, ... of each micro-batch, and sums the ranks' step results", async () => {
+    const micro = [[0, 1, 2, 3, 4], [5, 6]];
+    assert.deepEqual(rankShare(micro, { rank: 0, size: 2 }), [[0, 2, 4], [5]]);
+    assert.deepEqual(rankShare(micro, { rank: 1, size: 2 }), [[1, 3], [6]]);
+    assert.deepEqual(rankShare(micro, { rank: 2, size: 3 }), [[2], []]);
+    assert.equal(rankShare(micro, SINGLE_RANK), micro);
+    // Two ranks' parts, summed by a stand-in for MPI's all-reduce.
+    const other = Float64Array.from([0.25, 40, 0.5, 1, 2, 2]);
+    const twoRanks = { ...SINGLE_RANK, size: 2, allReduceSum: async ([values]: Float64Array[]) => values.forEach((v, i) => (values[i] = v + other[i])) } as unknown as Ranks;
+    const summed = await sumAcrossRanks({ loss: 0.5, tokens: 60, metrics: [{ b: 1, a: 2 }, { b: 3, a: 4 }] }, twoRanks);
+    assert.deepEqual(summed, { loss: 0.75, tokens: 100, metrics: [{ a: 2.5, b: 2 }, { a: 6, b: 5 }] });
+  });
+
+  it('refuses, before loading anything, what ranks cannot do: torchrun variables, --isolate and the demo under mpirun', () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'zn-dp-refusals-'));
+    const run = (env: Record<string, string>, args: string[]) => {
+      const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(OMPI_|PMI_|RANK$|WORLD_SIZE$|LOCAL_RANK$)/.test(k)));
+      return spawnSync(process.execPath, [cli, ...args], { cwd, env: { ...clean, ...env }, encoding: 'utf8' });
+    };
+    const stage = ['sft', '--model_name_or_path', 'model', '--dataset_name', 'chats.jsonl', '--output_dir', 'out'];
+    const torchrun = run({ RANK: '0', WORLD_SIZE: '2' }, stage);
+    assert.equal(torchrun.status, 2, torchrun.stderr);
+    assert.match(torchrun.stderr, /WORLD_SIZE=2 \(torchrun's variables\), but ranks here talk over MPI: start them with `mpirun -n 2/);
+    const mpi = { OMPI_COMM_WORLD_RANK: '0', OMPI_COMM_WORLD_SIZE: '2' };
+    const isolated = run(mpi, [...stage, '--isolate']);
+    assert.equal(isolated.status, 2, isolated.stderr);
+    assert.match(isolated.stderr, /--isolate\) runs the job in a child process, which ranks started by mpirun cannot do/);
+    const demo = run(mpi, ['train']);
+    assert.equal(demo.status, 2, demo.stderr);
+    assert.match(demo.stderr, /the built-in demo runs on one process/);
+    assert.deepEqual(readdirSync(cwd), [], 'nothing written');
+    rmSync(cwd, { recursive: true, force: true });
+  });
+});
+
+const skip = mpiSkipReason();
+
+describe('data parallel on 2 MPI ranks', { skip: skip ?? false }, () => {
+  const work = mkdtempSync(join(tmpdir(), 'zn-data-parallel-'));
+  const common = {
+    use_cpu: true,
+    bf16: false,
+    gradient_checkpointing: false,
+    max_length: 64,
+    max_steps: 5,
+    logging_steps: 1,
+    learning_rate: 3e-3,
+    seed: 7,
+    gradient_accumulation_steps: 2,
+  };
+  const chats = { model_name_or_path: join(work, 'model'), dataset_name: join(work, 'chats.jsonl') };
+  const prefs = { model_name_or_path: join(work, 'model'), dataset_name: join(work, 'prefs'), dataset_train_split: 'train_prefs', dataset_test_split: 'test_prefs' };
+
+  before(async () => {
+    writeLlama2TokenizerFolder(join(work, 'tokenizer'));
+    // Untied embeddings: the ranks sum the embedding's gradient as a dense buffer.
+    const config = mistralConfig({
+      vocab_size: 32000, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
+      num_key_value_heads: 2, max_position_embeddings: 128, sliding_window: 16, tie_word_embeddings: false,
+      bos_token_id: 1, eos_token_id: 2,
+    });
+    await writeRandomModel(join(work, 'model'), config, { seed: 3, tokenizerDir: join(work, 'tokenizer') });
+    await writeRows(join(work, 'chats.jsonl'), ultrachatRows(40, 11));
+    const { pairs } = await binarize(ultrafeedbackRows(40, 5), { seed: 3 });
+    await writePreferences(join(work, 'prefs'), pairs, { testSize: 4, seed: 3 });
+  });
+
+  after(() => rmSync(work, { recursive: true, force: true }));
+
+  it('sft: 2 ranks x micro-batch 2 == 1 process x micro-batch 4 (losses, grad norms, weights after 5 steps); its checkpoint resumes on 1 process', async () => {
+    const recipe = { ...common, ...chats, save_strategy: 'steps', save_steps: 2 };
+    await sft({ ...recipe, output_dir: join(work, 'sft-1'), per_device_train_batch_size: 4 }, { progress: 'silent' });
+    const two = await mpirun(2, [cli, 'sft', ...flags({ ...recipe, output_dir: join(work, 'sft-2'), per_device_train_batch_size: 2 })]);
+    assert.equal(two.code, 0, two.output);
+    assertSameTrajectory(history(join(work, 'sft-2')), history(join(work, 'sft-1')), ['loss', 'grad_norm', 'learning_rate']);
+    await assertSameWeights(join(work, 'sft-2', 'model.safetensors'), join(work, 'sft-1', 'model.safetensors'));
+    // Rank 0 alone wrote: one set of checkpoints, no leftovers, one memory plan line.
+    assert.deepEqual(readdirSync(join(work, 'sft-2')).filter((name) => name.includes('checkpoint')).sort(), ['checkpoint-2', 'checkpoint-4']);
+    assert.equal(two.output.match(/memory plan \(policy/g)?.length, 1, two.output);
+    assert.match(two.output, /data parallel: 2 ranks over MPI/);
+
+    // The 2-rank checkpoint-2 on one process with micro-batch 4: the single-process trajectory.
+    const resumed = join(work, 'sft-resumed');
+    mkdirSync(resumed);
+    cpSync(join(work, 'sft-2', 'checkpoint-2'), join(resumed, 'checkpoint-2'), { recursive: true });
+    await sft({ ...recipe, output_dir: resumed, per_device_train_batch_size: 4, resume_from_checkpoint: true }, { progress: 'silent' });
+    assertSameTrajectory(history(resumed), history(join(work, 'sft-1')), ['loss', 'grad_norm', 'learning_rate']);
+    await assertSameWeights(join(resumed, 'model.safetensors'), join(work, 'sft-1', 'model.safetensors'));
+    // With another micro-batch in all, the cursor would point elsewhere: refused, naming both.
+    const other = join(work, 'sft-other');
+    mkdirSync(other);
+    cpSync(join(work, 'sft-2', 'checkpoint-2'), join(other, 'checkpoint-2'), { recursive: true });
+    await assert.rejects(
+      sft({ ...recipe, output_dir: other, per_device_train_batch_size: 2, resume_from_checkpoint: true }, { progress: 'silent' }).result,
+      /micro-batches of 4 rows in all .* this run takes 2/,
+    );
+  });
+
+  it('dpo: 2 ranks x micro-batch 2 == 1 process x micro-batch 4, rank 0 evaluating', async () => {
+    const recipe = { ...common, ...prefs, save_strategy: 'no', eval_strategy: 'steps', eval_steps: 5 };
+    await dpo({ ...recipe, output_dir: join(work, 'dpo-1'), per_device_train_batch_size: 4 }, { progress: 'silent' });
+    const two = await mpirun(2, [cli, 'dpo', ...flags({ ...recipe, output_dir: join(work, 'dpo-2'), per_device_train_batch_size: 2 })]);
+    assert.equal(two.code, 0, two.output);
+    const metrics = ['loss', 'grad_norm', 'rewards/chosen', 'rewards/rejected', 'rewards/margins', 'rewards/accuracies', 'logps/chosen', 'eval_loss', 'eval_rewards/margins'];
+    assertSameTrajectory(history(join(work, 'dpo-2')), history(join(work, 'dpo-1')), metrics);
+    assert.ok(history(join(work, 'dpo-2')).some((e) => 'eval_loss' in e), 'evaluated at step 5');
+    await assertSameWeights(join(work, 'dpo-2', 'model.safetensors'), join(work, 'dpo-1', 'model.safetensors'));
+  });
+
+  it('lora sft: only the adapters are reduced; 2 ranks == 1 process', async () => {
+    const recipe = { ...common, ...chats, save_strategy: 'no', use_peft: true, lora_r: 4, lora_alpha: 8, lora_dropout: 0, lora_target_modules: 'all-linear', learning_rate: 1e-2 };
+    await sft({ ...recipe, output_dir: join(work, 'lora-1'), per_device_train_batch_size: 4 }, { progress: 'silent' });
+    const two = await mpirun(2, [cli, 'sft', ...flags({ ...recipe, output_dir: join(work, 'lora-2'), per_device_train_batch_size: 2 })]);
+    assert.equal(two.code, 0, two.output);
+    assertSameTrajectory(history(join(work, 'lora-2')), history(join(work, 'lora-1')), ['loss', 'grad_norm']);
+    await assertSameWeights(join(work, 'lora-2', 'adapter_model.safetensors'), join(work, 'lora-1', 'adapter_model.safetensors'));
+  });
+
+  it('a killed rank ends the job with a message naming it, no hang', async () => {
+    const dir = join(work, 'killed');
+    const run = mpirun(2, [cli, 'sft', ...flags({ ...common, ...chats, max_steps: 500, save_strategy: 'no', per_device_train_batch_size: 2, output_dir: dir })], {
+      onStart: (pid) => {
+        const timer = setInterval(() => {
+          if (!existsSync(join(dir, 'metrics.jsonl')) || readFileSync(join(dir, 'metrics.jsonl'), 'utf8').split('\n').length < 3) return;
+          const rank1 = descendants(pid).find((child) => environOf(child).includes('OMPI_COMM_WORLD_RANK=1'));
+          if (rank1 === undefined) return;
+          clearInterval(timer);
+          process.kill(rank1, 'SIGKILL');
+        }, 20);
+        timer.unref();
+      },
+    });
+    const finished = await run;
+    assert.notEqual(finished.code, 0, finished.output);
+    assert.match(finished.output, /rank 1 .*(exited on signal 9|Killed)/s);
+    assert.ok(!existsSync(join(dir, 'model.safetensors')), 'no final model from a killed job');
+  });
+
+  it('a rank that never reaches a collective ends the job at ddp_timeout, naming what it waited for', async () => {
+    const script = join(work, 'stuck-rank.mjs');
+    writeFileSync(
+      script,
+      `import { openRanks } from ${JSON.stringify(pathToFileURL(join(root, 'dist', 'lib', 'model', 'ranks.js')).href)};\n` +
+        'const ranks = openRanks(2);\n' +
+        'if (ranks.rank === 1) setTimeout(() => {}, 60_000);\n' +
+        "else await ranks.barrier('the test barrier');\n",
+    );
+    const finished = await mpirun(2, [script], { timeoutMs: 50_000 });
+    assert.notEqual(finished.code, 0, finished.output);
+    assert.match(finished.output, /rank 0 of 2: the test barrier did not complete within 2 s \(ddp_timeout\)/);
+    assert.ok(finished.seconds < 30, `ended after ${finished.seconds} s`);
+  });
+});
+
+/** Every process below `pid` (Linux /proc). */
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  const visit = (parent: number): void => {
+    const tasks = join('/proc', String(parent), 'task');
+    if (!existsSync(tasks)) return;
+    for (const task of readdirSync(tasks)) {
+      let children = '';
+      try {
+        children = readFileSync(join(tasks, task, 'children'), 'utf8');
+      } catch {
+        continue;
+      }
+      for (const child of children.split(' ').filter(Boolean).map(Number)) {
+        out.push(child);
+        visit(child);
+      }
+    }
+  };
+  visit(pid);
+  return out;
+}
+
+function environOf(pid: number): string {
+  try {
+    return readFileSync(join('/proc', String(pid), 'environ'), 'utf8');
+  } catch {
+    return '';
+  }
+}
