@@ -5,8 +5,8 @@
  * step does exactly the trainer's work: zeroGrad, forward, (reference log-probs,) backward,
  * grad-norm clip and AdamW. With `peft` the policy is fresh LoRA adapters over the frozen base,
  * and DPO's reference is the policy with its adapters off (AdaptersOffReference, as the trainer
- * does for use_peft on a full model): one copy of the base. lib/bench/run.ts runs each configuration in its own child process,
- * so peak RSS is that configuration's alone.
+ * does for use_peft on a full model): one copy of the base. lib/bench/run.ts runs each
+ * configuration in its own child process, so peak RSS is that configuration's alone.
  */
 import { performance } from 'node:perf_hooks';
 

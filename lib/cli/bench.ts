@@ -49,7 +49,6 @@ function checkRunnable(args: BenchArgs): void {
   }
 }
 
-
 /**
  * The GPU models' plans (policy, and the frozen reference for full DPO; LoRA's reference is the
  * policy with its adapters off) against free device memory, checked before a random-init folder
