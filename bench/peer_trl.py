@@ -17,6 +17,13 @@ tokenize). DPO: `sequences` pairs of text made of words that are one token each,
 completion is `seq_len` tokens after TRL's keep_start truncation (checked below: the token count
 reported is the one TRL actually trains on). The reference model is a frozen copy, run forward
 every step (precompute_ref_log_probs=False), as zephyr-native's bench does.
+
+--peft (with --lora-r, --lora-alpha, --lora-target-modules): LoRA steps through TRL + PEFT, a
+peft.LoraConfig of those settings (no dropout, no bias, CAUSAL_LM) passed as the trainers'
+peft_config; DPO gets no ref_model, so TRL's reference is the policy with its adapters disabled
+(zephyr-native's bench does the same with one copy of the base). In bf16 the frozen base is loaded
+in bfloat16 (as the alignment-handbook's LoRA recipes load it, torch_dtype: bfloat16, and as
+zephyr-native holds a LoRA base); PEFT keeps the adapters in f32 and the Trainer autocasts.
 """
 import argparse
 import copy
@@ -67,6 +74,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--peft", action="store_true", help="LoRA adapters over the frozen base (TRL + PEFT)")
+    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=float, default=32)
+    parser.add_argument("--lora-target-modules", default="all-linear")
     args = parser.parse_args()
 
     import datasets
@@ -88,8 +99,15 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # f32 master weights in both precisions; bf16 is autocast, as the Trainer does with bf16=True.
-    model = MistralForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    # Full training: f32 master weights in both precisions; bf16 is autocast, as the Trainer does
+    # with bf16=True. LoRA in bf16: the frozen base in bfloat16 (nothing updates it), adapters f32.
+    base_dtype = torch.bfloat16 if args.peft and args.precision == "bf16" else torch.float32
+    model = MistralForCausalLM.from_pretrained(args.model, dtype=base_dtype)
+    peft_config = None
+    if args.peft:
+        import peft
+        peft_config = peft.LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
+                                      target_modules=args.lora_target_modules, bias="none", task_type="CAUSAL_LM")
     if model.config.vocab_size != len(tokenizer):
         raise SystemExit(f"peer_trl.py: vocab_size {model.config.vocab_size} != tokenizer size {len(tokenizer)}")
 
@@ -123,11 +141,17 @@ def main():
                   dataloader_drop_last=True, disable_tqdm=True, max_grad_norm=1.0, weight_decay=0.0)
     if args.mode == "sft":
         trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common, packing=False), train_dataset=data,
-                                 processing_class=tokenizer, callbacks=[StepTimer()])
+                                 processing_class=tokenizer, callbacks=[StepTimer()], peft_config=peft_config)
     else:
-        trainer = trl.DPOTrainer(model=model, ref_model=copy.deepcopy(model),
+        # LoRA: no ref_model, so TRL's reference is the policy with its adapters disabled.
+        trainer = trl.DPOTrainer(model=model, ref_model=None if args.peft else copy.deepcopy(model),
                                  args=trl.DPOConfig(**common, beta=0.1, precompute_ref_log_probs=False),
-                                 train_dataset=data, processing_class=tokenizer, callbacks=[StepTimer()])
+                                 train_dataset=data, processing_class=tokenizer, callbacks=[StepTimer()],
+                                 peft_config=peft_config)
+    if args.peft:
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        print(f"peer_trl.py: LoRA r {args.lora_r}, alpha {args.lora_alpha}, {args.lora_target_modules}: "
+              f"{trainable} trainable parameters", file=sys.stderr)
     lengths = trained_tokens(args.mode, trainer.train_dataset, args.seq_len)
     per_row = 2 * args.seq_len if args.mode == "dpo" else args.seq_len
     if len(lengths) != rows or any(length != per_row for length in lengths):
@@ -138,14 +162,19 @@ def main():
     timed = times[args.warmup:]
     step_s = statistics.median(timed)
     peak_bytes = (free_before - lowest_free[0]) if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+                "python": sys.version.split()[0]}
+    if args.peft:
+        import peft
+        versions["peft"] = peft.__version__
     print(json.dumps({
         "preset": args.preset, "mode": args.mode, "implementation": "trl", "precision": args.precision,
+        "peft": {"r": args.lora_r, "alpha": args.lora_alpha, "target_modules": args.lora_target_modules} if args.peft else None,
         "device": args.device, "step_s": step_s, "steps_s": timed, "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step / step_s,
         "peak_bytes": peak_bytes,
         "threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-                     "python": sys.version.split()[0]},
+        "versions": versions,
     }))
 
 

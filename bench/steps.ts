@@ -1,7 +1,7 @@
 /**
  * `npm run bench:steps -- [--preset tiny|small] [--mode sft|dpo|both] [--precision bf16|f32|both]
  *                          [--steps 3] [--warmup 1] [--rounds 1] [--json FILE] [--peer]
- *                          [--peer-steps N] [--peer-warmup N] [--device cpu|cuda]`
+ *                          [--peer-steps N] [--peer-warmup N] [--device cpu|cuda] [--peft]`
  *
  * Step benchmarks (lib/bench/): zephyr-native's SFT and DPO optimizer steps on a preset, each
  * configuration in its own child process. With --peer (`npm run bench:peer`, bench/peer.ts) the
@@ -11,13 +11,16 @@
  * tables (results, and zephyr-native / TRL ratios) and writes JSON with --json.
  * --device cuda runs both sides on the GPU (the device check does): no MFU there (no measured
  * peak), and peak memory is device memory taken, measured the same way on both sides.
+ * --peft times LoRA steps instead (BENCH_PEFT: r 16, alpha 32, all-linear, over the frozen base),
+ * beside TRL + PEFT (a LoraConfig of the same settings; DPO with no ref_model, so TRL's reference
+ * is the policy with its adapters disabled, as ours).
  */
 import { spawnSync } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { ensureBenchModel, defaultBenchCacheDir } from '../lib/bench/model-cache.js';
-import { type BenchMode, type BenchPrecision, PRESETS, type PresetName } from '../lib/bench/presets.js';
+import { BENCH_PEFT, type BenchMode, type BenchPeft, type BenchPrecision, PRESETS, type PresetName } from '../lib/bench/presets.js';
 import {
   choice,
   count,
@@ -44,6 +47,12 @@ const MFU_FORMULA =
   '3*A(policy documents) + A(reference documents); N = parameters that enter a matmul (projections and lm_head, not the ' +
   'embedding lookup); A = 4*layers*heads*head_dim per visible causal (query, key) pair';
 
+/** With --peft the frozen base takes no weight gradients, and the adapters cost 6 FLOPs per parameter per token. */
+const LORA_MFU_FORMULA =
+  'MFU = step FLOPs / step seconds / measured multiply-add peak; LoRA step FLOPs = (4*N + 6*L)*policy_tokens + ' +
+  '2*N*reference_tokens + 3*A(policy documents) + A(reference documents); N = parameters that enter a matmul; ' +
+  'L = adapter parameters (r*(in+out) per adapted projection); A = 4*layers*heads*head_dim per visible causal (query, key) pair';
+
 type BenchDevice = 'cpu' | 'cuda';
 
 interface TrlRun {
@@ -54,13 +63,23 @@ interface TrlRun {
 }
 
 /** One TRL configuration in its own Python process; its stderr is shown only when it fails. */
-function runTrl(trl: TrlRun, preset: PresetName, mode: BenchMode, precision: BenchPrecision, steps: number, warmup: number, device: BenchDevice): BenchMeasurement & { versions: Record<string, string> } {
+function runTrl(
+  trl: TrlRun,
+  preset: PresetName,
+  mode: BenchMode,
+  precision: BenchPrecision,
+  steps: number,
+  warmup: number,
+  device: BenchDevice,
+  peft: BenchPeft | null,
+): BenchMeasurement & { versions: Record<string, string> } {
   const p = PRESETS[preset];
   const args = [
     trl.script,
     ...['--model', trl.modelDir, '--preset', preset, '--mode', mode, '--precision', precision, '--device', device],
     ...['--sequences', String(p.sequences), '--seq-len', String(p.seqLen), '--prompt-len', String(p.promptLen)],
     ...['--steps', String(steps), '--warmup', String(warmup), '--threads', String(trl.threads)],
+    ...(peft ? ['--peft', '--lora-r', String(peft.r), '--lora-alpha', String(peft.alpha), '--lora-target-modules', peft.target_modules] : []),
   ];
   const result = spawnSync(trl.python, args, { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, TOKENIZERS_PARALLELISM: 'false' } });
   const last = result.stdout?.trim().split('\n').pop() ?? '';
@@ -101,6 +120,7 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
       json: { type: 'string' },
       'cache-dir': { type: 'string', default: defaultBenchCacheDir() },
       device: { type: 'string', default: 'cpu' },
+      peft: { type: 'boolean', default: false },
       peer: { type: 'boolean', default: defaults.peer },
       'no-peer': { type: 'boolean', default: false },
     },
@@ -117,10 +137,11 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
   const modes: BenchMode[] = mode === 'both' ? ['sft', 'dpo'] : [mode];
   const precisions: BenchPrecision[] = precision === 'both' ? ['bf16', 'f32'] : [precision];
   const threads = loadNative('cpu').info().threads;
+  const peft = values.peft ? BENCH_PEFT : null;
 
   let trl: TrlRun | null = null;
   if (values.peer && !values['no-peer']) {
-    const reference = referencePython(['torch', 'transformers', 'trl', 'datasets']);
+    const reference = referencePython(['torch', 'transformers', 'trl', 'datasets', ...(peft ? ['peft'] : [])]);
     if (reference.python) {
       trl = { python: reference.python, script: join(packageRoot(), 'bench', 'peer_trl.py'), modelDir: '', threads };
     } else {
@@ -146,11 +167,12 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
   for (let round = 1; round <= rounds; round++) {
     for (const m of modes) {
       for (const p of precisions) {
-        console.error(`round ${round}/${rounds}: ${preset} ${m} ${p} zephyr-native ...`);
-        add(toResult(await runInChild({ preset, mode: m, precision: p, steps, warmup, device, modelDir }), peak));
+        const label = `${preset} ${m} ${p}${peft ? ' LoRA' : ''}`;
+        console.error(`round ${round}/${rounds}: ${label} zephyr-native ...`);
+        add(toResult(await runInChild({ preset, mode: m, precision: p, steps, warmup, device, modelDir, peft }), peak));
         if (trl) {
-          console.error(`round ${round}/${rounds}: ${preset} ${m} ${p} TRL ...`);
-          const { versions, ...measurement } = runTrl(trl, preset, m, p, peerSteps, peerWarmup, device);
+          console.error(`round ${round}/${rounds}: ${label} TRL${peft ? ' + PEFT' : ''} ...`);
+          const { versions, ...measurement } = runTrl(trl, preset, m, p, peerSteps, peerWarmup, device, peft);
           trlVersions = versions;
           add(toResult(measurement, peak));
         }
@@ -169,7 +191,7 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
   console.log(formatResults(results));
   const ratioRows = ratios(results);
   if (ratioRows.length > 0) console.log(`\n${formatRatios(ratioRows)}`);
-  if (peak) console.log(`\n${MFU_FORMULA}; peak ${peak.f32.toFixed(1)} GFLOP/s f32, ${peak.bf16.toFixed(1)} GFLOP/s bf16 (${peak.threads} threads)`);
+  if (peak) console.log(`\n${peft ? LORA_MFU_FORMULA : MFU_FORMULA}; peak ${peak.f32.toFixed(1)} GFLOP/s f32, ${peak.bf16.toFixed(1)} GFLOP/s bf16 (${peak.threads} threads)`);
   else console.log('\nOn the GPU: no MFU (no measured peak); peak memory is device memory taken (free before the models, less the lowest free after a step), on both sides');
   if (values.json) {
     writeJsonAtomic(resolve(values.json), {
@@ -177,7 +199,7 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
       ratios: ratioRows,
       machine: { ...machineInfo(peak), gpu: device === 'cuda' ? loadNative('cuda').info() : null },
       versions: { ...ourVersions(), ...trlVersions },
-      settings: { preset, device, steps, warmup, peer_steps: peerSteps, peer_warmup: peerWarmup, rounds, threads, mfu_formula: MFU_FORMULA, preset_shape: PRESETS[preset] },
+      settings: { preset, device, peft, steps, warmup, peer_steps: peerSteps, peer_warmup: peerWarmup, rounds, threads, mfu_formula: peft ? LORA_MFU_FORMULA : MFU_FORMULA, preset_shape: PRESETS[preset] },
     });
     console.error(`wrote ${values.json}`);
   }

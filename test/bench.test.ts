@@ -11,9 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { attentionForwardFlops, matmulParameters, stepFlops, visiblePairs } from '../lib/bench/flops.js';
-import { PRESETS } from '../lib/bench/presets.js';
+import { attentionForwardFlops, loraParameters, matmulParameters, stepFlops, visiblePairs } from '../lib/bench/flops.js';
+import { BENCH_PEFT, benchLoraSettings, PRESETS } from '../lib/bench/presets.js';
 import { mistralConfig } from '../lib/model/init.js';
+import { modelMemoryPlan } from '../lib/model/model.js';
 import { mistralParameterShapes } from '../lib/model/parameters.js';
 import { packageRoot } from '../lib/native.js';
 
@@ -52,6 +53,18 @@ describe('bench FLOPs', () => {
     assert.equal(attentionForwardFlops(small, [512]), attention);
     assert.equal(stepFlops(small, preset, 'sft').flops, 6 * n * 2048 + 3 * 4 * attention);
     assert.equal(stepFlops(small, preset, 'dpo').flops, 6 * n * 4096 + 3 * 8 * attention + 2 * n * 4096 + 8 * attention);
+  });
+
+  it('LoRA (--peft): 4N + 6L per policy token (no base weight gradients), 2N per reference token', () => {
+    // small, all-linear r 16: r x (in + out) for q 512+512, k and v 512+256, o 512+512,
+    // gate and up 512+1408, down 1408+512, on each of 8 layers.
+    const adapters = 8 * 16 * (1024 + 2 * 768 + 1024 + 2 * 1920 + 1920);
+    assert.equal(loraParameters(small, 16), adapters);
+    const n = matmulParameters(small);
+    const attention = 4 * 8 * 8 * 64 * ((512 * 513) / 2);
+    const preset = PRESETS.small;
+    assert.equal(stepFlops(small, preset, 'sft', BENCH_PEFT).flops, (4 * n + 6 * adapters) * 2048 + 3 * 4 * attention);
+    assert.equal(stepFlops(small, preset, 'dpo', BENCH_PEFT).flops, (4 * n + 6 * adapters) * 4096 + 3 * 8 * attention + 2 * n * 4096 + 8 * attention);
   });
 });
 
@@ -93,6 +106,36 @@ describe('zephyr-native bench', () => {
     assert.ok(report.machine.cores >= 1 && report.machine.threads >= 1);
     if (report.machine.cpu_features.includes('fma')) assert.ok(report.machine.peak_gflops!.f32 > 0);
     assert.equal(typeof report.versions['zephyr-native'], 'string');
+  });
+
+  it('--peft: LoRA steps on the tiny preset, the reference being the policy with its adapters off', () => {
+    const json = join(dir, 'bench-peft.json');
+    const result = run('bench', '--preset', 'tiny', '--peft', '--steps', '1', '--warmup', '0', '--precision', 'f32', '--json', json, '--cache-dir', join(dir, 'cache'));
+    assert.equal(result.status, 0, result.stderr);
+    assert.match(result.stdout, /\| tiny \| sft \| f32 \| zephyr-native \| LoRA r 16, alpha 32, all-linear \|/);
+    const report = JSON.parse(readFileSync(json, 'utf8'));
+    assert.deepEqual(report.results.map((r: { mode: string }) => r.mode), ['sft', 'dpo']);
+    const config = mistralConfig(PRESETS.tiny.model);
+    const tokens = { sft: 4 * 128, dpo: 2 * 4 * 128 } as Record<string, number>;
+    for (const r of report.results) {
+      assert.deepEqual(r.peft, { r: 16, alpha: 32, target_modules: 'all-linear' });
+      assert.equal(r.tokens_per_step, tokens[r.mode]);
+      assert.ok(r.step_s > 0 && Math.abs(r.tokens_per_s * r.step_s - tokens[r.mode]!) < 1e-6);
+      assert.equal(r.flops_per_step, stepFlops(config, PRESETS.tiny, r.mode, BENCH_PEFT).flops);
+      // One model, the policy with adapters: no second copy of the base for DPO's reference.
+      const policyPlan = modelMemoryPlan(config, { dtype: 'f32', maxTokens: tokens[r.mode], trainable: true, lora: benchLoraSettings(BENCH_PEFT) });
+      assert.equal(r.planned_bytes, policyPlan.total);
+      // The frozen base: gradients and AdamW moments of the adapters only.
+      const full = modelMemoryPlan(config, { dtype: 'f32', maxTokens: tokens[r.mode], trainable: true });
+      assert.ok(policyPlan.optimizer < full.optimizer / 10, `optimizer ${policyPlan.optimizer} vs full ${full.optimizer}`);
+      assert.ok(r.peak_bytes > r.planned_bytes, `peak ${r.peak_bytes}, planned ${r.planned_bytes}`);
+    }
+    const [sft, dpo] = report.results;
+    // B starts at zero (PEFT's init): the policy is the random base, loss close to ln(vocab) ...
+    assert.ok(Math.abs(sft.losses[0] - Math.log(32000)) < 0.2, `SFT loss ${sft.losses[0]}`);
+    // ... and equals its adapters-off reference: -log sigmoid(0) = ln 2.
+    assert.ok(Math.abs(dpo.losses[0] - Math.LN2) < 1e-6, `DPO loss ${dpo.losses[0]}`);
+    assert.ok(dpo.phases_s.reference > 0, 'the DPO step ran the adapters-off reference');
   });
 
   it('mistral-7b on the CPU is refused with the reason, before anything is written', () => {

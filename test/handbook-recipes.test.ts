@@ -1,4 +1,8 @@
 /**
+ * Our LoRA recipe (recipes/zephyr-7b-beta-lora.yaml): its CUDA memory plan for Mistral-7B against
+ * one 24 GB GPU, and the pipeline in miniature through the CLI (sft adapter -> dpo adapter ->
+ * merge -> score) with the recipe's keys, only locations and sizes changed.
+ *
  * The alignment-handbook's Zephyr full recipes (test/fixtures/alignment-handbook: their key sets,
  * values as published) run through the CLI as written, against a tiny model and tiny data: only
  * the model and dataset locations, max_steps, output_dir, batch sizes and the upload switch
@@ -10,6 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,8 +29,10 @@ import { chatTemplateOf } from '../lib/data/load.js';
 import { HfTokenizer } from '../lib/data/tokenizer.js';
 import { writeRows } from '../lib/data/writers.js';
 import { ultrachatRows, ultrafeedbackRows } from '../lib/demo/teacher.js';
+import { PRESETS } from '../lib/bench/presets.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
-import { packageRoot } from '../lib/native.js';
+import { nativeOptions } from '../lib/model/model.js';
+import { cudaAddonCandidates, type MemoryPlan, packageRoot } from '../lib/native.js';
 import { closeReporters, openReporters } from '../lib/train/report-to.js';
 import { sft } from '../lib/train/api.js';
 import { referencePython, runPython } from './support/python.js';
@@ -181,6 +188,122 @@ describe('alignment-handbook Zephyr recipes', () => {
       }
     }
     assert.ok(!existsSync(join(work, 'wandb')), 'nothing was written: training never started');
+  });
+});
+
+describe('recipes/zephyr-7b-beta-lora.yaml', () => {
+  const dir = join(work, 'lora-recipe');
+  const recipe = readRecipe(join(packageRoot(), 'recipes', 'zephyr-7b-beta-lora.yaml'));
+  const sftKeys = recipe.sft as Recipe;
+  const dpoKeys = recipe.dpo as Recipe;
+
+  before(async () => {
+    writeLlama2TokenizerFolder(join(dir, 'tokenizer'));
+    const config = mistralConfig({
+      vocab_size: 32000, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
+      num_key_value_heads: 2, max_position_embeddings: 512, sliding_window: 256, tie_word_embeddings: false,
+      bos_token_id: 1, eos_token_id: 2,
+    });
+    await writeRandomModel(join(dir, 'Mistral-7B-v0.1'), config, { seed: 11, tokenizerDir: join(dir, 'tokenizer') });
+    const chats = ultrachatRows(40, 12);
+    mkdirSync(join(dir, 'ultrachat_200k', 'data'), { recursive: true });
+    await writeRows(join(dir, 'ultrachat_200k', 'data', 'train_sft-00000-of-00001.parquet'), chats.slice(0, 32));
+    await writeRows(join(dir, 'ultrachat_200k', 'data', 'test_sft-00000-of-00001.parquet'), chats.slice(32));
+    const { pairs } = await binarize(ultrafeedbackRows(40, 13), { seed: 3 });
+    await writePreferences(join(dir, 'ultrafeedback_binarized'), pairs, { testSize: 8, seed: 3 });
+  });
+
+  it('is planned for one 24 GB GPU: each stage on Mistral-7B, bf16 base, at most 24 GiB of device memory', (t) => {
+    const addonFile = cudaAddonCandidates().find((candidate) => existsSync(candidate));
+    if (!addonFile) {
+      t.skip('the CUDA addon is not built here (bash scripts/build-cuda.sh builds it)');
+      return;
+    }
+    // The device plan needs no GPU: the addon file itself, not loadNative('cuda') (which asks for one).
+    const addon = createRequire(import.meta.url)(addonFile) as { modelMemoryPlan(options: object): MemoryPlan };
+    const mistral7b = mistralConfig(PRESETS['mistral-7b'].model);
+    const lora = {
+      rank: recipe.lora_r as number,
+      alpha: recipe.lora_alpha as number,
+      rslora: false,
+      targetModules: recipe.lora_target_modules as string[],
+      dropout: recipe.lora_dropout as number,
+    };
+    const GiB = 1024 ** 3;
+    assert.equal(recipe.bf16, true);
+    // Activations are planned for the largest micro-batch, training or evaluation (lib/train/stage.ts).
+    const sftTokens = Math.max(sftKeys.per_device_train_batch_size as number, sftKeys.per_device_eval_batch_size as number) * (sftKeys.max_length as number);
+    const dpoTokens = 2 * Math.max(dpoKeys.per_device_train_batch_size as number, dpoKeys.per_device_eval_batch_size as number) * (dpoKeys.max_length as number);
+    const plan = (maxTokens: number, trainable: boolean) =>
+      addon.modelMemoryPlan(
+        nativeOptions(mistral7b, { dtype: 'bf16', maxTokens, trainable, gradientCheckpointing: recipe.gradient_checkpointing as boolean, ...(trainable ? { lora } : {}) }),
+      );
+    for (const [stage, tokens] of [['sft', sftTokens], ['dpo', dpoTokens]] as const) {
+      const policy = plan(tokens, true);
+      assert.ok(policy.total <= 24 * GiB, `${stage}: ${(policy.total / GiB).toFixed(2)} GiB planned`);
+      // The adapters alone train: their gradients and AdamW moments are well under 1 GiB.
+      assert.ok(policy.grads + policy.optimizer < GiB, `${stage}: grads ${policy.grads}, optimizer ${policy.optimizer}`);
+    }
+    // DPO's reference (the SFT adapter) as a frozen second copy of the base would not fit: the
+    // recipe precomputes its log-probs with the policy itself instead.
+    assert.equal(dpoKeys.precompute_ref_log_probs, true);
+    assert.ok(plan(dpoTokens, true).total + plan(dpoTokens, false).total > 24 * GiB);
+  });
+
+  it('runs as a pipeline in miniature: sft adapter -> dpo adapter -> merge -> score', () => {
+    const out = (name: string) => join(dir, name);
+    const pipeline: Recipe = {
+      ...recipe,
+      // lora_dropout above 0 is not implemented yet (refused): 0 until it is, the rest as written.
+      lora_dropout: 0,
+      max_steps: 2,
+      sft: { ...sftKeys, model_name_or_path: out('Mistral-7B-v0.1'), dataset_name: out('ultrachat_200k'), output_dir: out('sft') },
+      // logging_first_step: the first step's loss is what shows which reference the stage used.
+      dpo: { ...dpoKeys, dataset_name: out('ultrafeedback_binarized'), output_dir: out('dpo'), logging_first_step: true },
+    };
+    const run = runCli('train', pipeline, 'lora-pipeline');
+    assert.equal(run.status, 0, run.stderr);
+    for (const stage of ['sft', 'dpo']) {
+      const config = JSON.parse(readFileSync(join(out(stage), 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+      assert.equal(config.peft_type, 'LORA');
+      assert.equal(config.r, recipe.lora_r);
+      assert.equal(config.lora_alpha, recipe.lora_alpha);
+      assert.deepEqual([...(config.target_modules as string[])].sort(), [...(recipe.lora_target_modules as string[])].sort());
+      assert.equal(config.base_model_name_or_path, out('Mistral-7B-v0.1'));
+      assert.ok(!existsSync(join(out(stage), 'model.safetensors')), `${stage}: an adapter, not a model`);
+    }
+    assert.deepEqual(history(out('sft')).filter((e) => 'loss' in e).map((e) => e.step), [2]);
+    assert.ok(history(out('sft')).some((e) => 'eval_loss' in e), 'sft: eval_strategy epoch evaluates at the end');
+    // The dpo stage continued the SFT adapter; its reference is that adapter, its log-probs computed
+    // by the policy before its first step (no frozen copy of the base): the first loss is log 2.
+    assert.match(run.stderr, /reference log-probs: computing for \d+ pairs with the policy before its first step/);
+    assert.doesNotMatch(run.stderr, /memory plan \(reference/);
+    const dpoLog = history(out('dpo')).filter((e) => 'loss' in e);
+    assert.deepEqual(dpoLog.map((e) => e.step), [1, 2]);
+    assert.ok(Math.abs(dpoLog[0].loss - Math.LN2) < 1e-6, `dpo step 1 loss ${dpoLog[0].loss}`);
+    assert.ok(Math.abs(dpoLog[0]['rewards/margins']) < 1e-6);
+
+    const merged = spawnSync(process.execPath, [cli, 'merge', '--adapter', out('dpo'), '--output', out('merged'), '--dtype', 'float32'], { encoding: 'utf8' });
+    assert.equal(merged.status, 0, merged.stderr);
+    assert.ok(existsSync(join(out('merged'), 'model.safetensors')) && !existsSync(join(out('merged'), 'adapter_config.json')));
+    // Scored against the SFT adapter: the merged model and the adapter it came from agree.
+    const score = (model: string, name: string) => {
+      const args = ['score', '--model_name_or_path', model, '--ref_model_name_or_path', out('sft'), '--dataset_name', out('ultrafeedback_binarized'), '--dataset_split', 'test_prefs'];
+      const result = spawnSync(process.execPath, [cli, ...args, '--max_length', String(dpoKeys.max_length), '--max_prompt_length', String(dpoKeys.max_prompt_length), '--output', out(name)], { encoding: 'utf8' });
+      assert.equal(result.status, 0, result.stderr);
+      return readFileSync(out(name), 'utf8').trim().split('\n').map((line) => JSON.parse(line) as Record<string, number>);
+    };
+    const fromMerged = score(out('merged'), 'merged.jsonl');
+    const fromAdapter = score(out('dpo'), 'adapter.jsonl');
+    assert.equal(fromMerged.length, 8);
+    const close = (a: number, b: number) => Math.abs(a - b) <= 1e-4 * Math.max(1, Math.abs(b));
+    for (const [i, row] of fromMerged.entries()) {
+      for (const key of ['chosen_logps', 'rejected_logps', 'ref_chosen_logps', 'ref_rejected_logps']) {
+        assert.ok(Number.isFinite(row[key]) && close(row[key], fromAdapter[i][key]), `row ${i} ${key}: merged ${row[key]}, adapter ${fromAdapter[i][key]}`);
+      }
+    }
+    // Two DPO steps at 5e-6 moved the policy off its SFT reference, though only a little.
+    assert.ok(fromMerged.some((row) => row.chosen_logps !== row.ref_chosen_logps), 'the DPO adapter differs from the SFT one');
   });
 });
 

@@ -5,10 +5,30 @@
  * policy sees 2 x sequences x seqLen tokens and the reference model the same again.
  */
 import { DEMO_MODEL } from '../demo/demo.js';
+import type { LoraSettings } from '../model/peft.js';
 
 export type PresetName = 'tiny' | 'small' | 'mistral-7b';
 export type BenchMode = 'sft' | 'dpo';
 export type BenchPrecision = 'f32' | 'bf16';
+
+/**
+ * LoRA as `--peft` trains it (the JSON results' `peft` field): rank 16 on every linear layer but
+ * the lm_head (PEFT's `all-linear`), alpha 32 (TRL ModelConfig's default), no dropout, over a
+ * frozen base; DPO's reference is the policy with its adapters off (TRL with a PEFT policy and no
+ * ref_model).
+ */
+export interface BenchPeft {
+  r: number;
+  alpha: number;
+  target_modules: 'all-linear';
+}
+
+export const BENCH_PEFT: BenchPeft = { r: 16, alpha: 32, target_modules: 'all-linear' };
+
+/** The model's LoRA settings for a bench configuration (no dropout). */
+export function benchLoraSettings(peft: BenchPeft): LoraSettings {
+  return { rank: peft.r, alpha: peft.alpha, rslora: false, targetModules: [peft.target_modules], dropout: 0 };
+}
 
 export interface BenchPreset {
   name: PresetName;

@@ -12,7 +12,7 @@ import { mistralConfig } from '../model/init.js';
 import { loadNative } from '../native.js';
 import { VERSION } from '../version.js';
 import { stepFlops } from './flops.js';
-import { type BenchMode, type BenchPrecision, PRESETS, type PresetName } from './presets.js';
+import { type BenchMode, type BenchPeft, type BenchPrecision, PRESETS, type PresetName } from './presets.js';
 import type { StepBenchOptions, StepMeasurement } from './step-bench.js';
 
 /** What either implementation measures for one configuration. */
@@ -21,6 +21,8 @@ export interface BenchMeasurement {
   mode: BenchMode;
   implementation: 'zephyr-native' | 'trl';
   precision: BenchPrecision;
+  /** LoRA's r, alpha and targets (TRL: + PEFT) when adapters are trained; null: full fine-tuning. */
+  peft: BenchPeft | null;
   tokens_per_s: number;
   step_s: number;
   peak_bytes: number;
@@ -94,7 +96,7 @@ export function ourVersions(): Record<string, string> {
 
 /** Runs one configuration in a fresh child process (so its max RSS is its own). */
 export function runInChild(options: StepBenchOptions): Promise<StepMeasurement> {
-  return runChildScript('./child.js', options, `bench ${options.preset} ${options.mode} ${options.precision}`);
+  return runChildScript('./child.js', options, `bench ${options.preset} ${options.mode} ${options.precision}${options.peft ? ' peft' : ''}`);
 }
 
 /**
@@ -127,7 +129,7 @@ export function runChildScript<Options extends object, Result>(script: string, o
 /** A measurement (ours or TRL's) as a report row, with its MFU against `peak`. */
 export function toResult(measurement: BenchMeasurement, peak: MeasuredPeak | null): BenchResult {
   const preset = PRESETS[measurement.preset];
-  const { flops } = stepFlops(mistralConfig(preset.model), preset, measurement.mode);
+  const { flops } = stepFlops(mistralConfig(preset.model), preset, measurement.mode, measurement.peft);
   const peakGflops = peak ? (measurement.precision === 'bf16' ? peak.bf16 : peak.f32) : 0;
   const mfu = peakGflops > 0 ? flops / measurement.step_s / (peakGflops * 1e9) : null;
   return { ...measurement, flops_per_step: flops, mfu: mfu === null ? null : Number(mfu.toFixed(4)) };
@@ -142,12 +144,13 @@ export function markdown(header: string[], rows: string[][]): string {
 
 export function formatResults(results: BenchResult[]): string {
   return markdown(
-    ['preset', 'mode', 'precision', 'implementation', 'threads', 'step s (median)', 'tokens/s', 'MFU', 'peak memory'],
+    ['preset', 'mode', 'precision', 'implementation', 'training', 'threads', 'step s (median)', 'tokens/s', 'MFU', 'peak memory'],
     results.map((r) => [
       r.preset,
       r.mode,
       r.precision,
-      r.implementation,
+      r.implementation === 'trl' && r.peft ? 'trl + peft' : r.implementation,
+      describeTraining(r.peft),
       String(r.threads),
       r.step_s.toFixed(3),
       r.tokens_per_s.toFixed(0),
@@ -157,10 +160,18 @@ export function formatResults(results: BenchResult[]): string {
   );
 }
 
+/** What a configuration trains: `full`, or LoRA's rank, alpha and targets. */
+export function describeTraining(peft: BenchPeft | null): string {
+  return peft ? `LoRA r ${peft.r}, alpha ${peft.alpha}, ${peft.target_modules}` : 'full';
+}
+
+const samePeft = (a: BenchPeft | null, b: BenchPeft | null): boolean => JSON.stringify(a) === JSON.stringify(b);
+
 export interface Ratio {
   preset: PresetName;
   mode: BenchMode;
   precision: BenchPrecision;
+  peft: BenchPeft | null;
   /** zephyr-native / TRL: below 1 is faster / smaller. */
   step_s: number;
   peak_bytes: number;
@@ -171,13 +182,16 @@ export interface Ratio {
 export function ratios(results: BenchResult[]): Ratio[] {
   const out: Ratio[] = [];
   for (const ours of results.filter((r) => r.implementation === 'zephyr-native')) {
-    const peer = results.find((r) => r.implementation === 'trl' && r.preset === ours.preset && r.mode === ours.mode && r.precision === ours.precision);
+    const peer = results.find(
+      (r) => r.implementation === 'trl' && r.preset === ours.preset && r.mode === ours.mode && r.precision === ours.precision && samePeft(r.peft, ours.peft),
+    );
     if (!peer) continue;
     const round = (x: number) => Number(x.toFixed(3));
     out.push({
       preset: ours.preset,
       mode: ours.mode,
       precision: ours.precision,
+      peft: ours.peft,
       step_s: round(ours.step_s / peer.step_s),
       peak_bytes: round(ours.peak_bytes / peer.peak_bytes),
       tokens_per_s: round(ours.tokens_per_s / peer.tokens_per_s),
@@ -188,8 +202,8 @@ export function ratios(results: BenchResult[]): Ratio[] {
 
 export function formatRatios(list: Ratio[]): string {
   return markdown(
-    ['preset', 'mode', 'precision', 'time/step zephyr-native/TRL', 'tokens/s zephyr-native/TRL', 'peak memory zephyr-native/TRL'],
-    list.map((r) => [r.preset, r.mode, r.precision, r.step_s.toFixed(2), `${r.tokens_per_s.toFixed(2)}x`, r.peak_bytes.toFixed(2)]),
+    ['preset', 'mode', 'precision', 'training', 'time/step zephyr-native/TRL', 'tokens/s zephyr-native/TRL', 'peak memory zephyr-native/TRL'],
+    list.map((r) => [r.preset, r.mode, r.precision, describeTraining(r.peft), r.step_s.toFixed(2), `${r.tokens_per_s.toFixed(2)}x`, r.peak_bytes.toFixed(2)]),
   );
 }
 

@@ -3,8 +3,10 @@
  * random-token micro-batches of its shape, and warm-up + timed optimizer steps through the
  * trainer's own objectives (SftObjective; DpoObjective against a frozen reference model), so a
  * step does exactly the trainer's work: zeroGrad, forward, (reference log-probs,) backward,
- * grad-norm clip and AdamW. lib/bench/run.ts runs each configuration in its own child process,
- * so peak RSS is that configuration's alone.
+ * grad-norm clip and AdamW. With `peft` the policy is fresh LoRA adapters over the frozen base,
+ * and DPO's reference is the policy with its adapters off (AdaptersOffReference, as the trainer
+ * does for use_peft on a full model): one copy of the base. lib/bench/run.ts runs each
+ * configuration in its own child process, so peak RSS is that configuration's alone.
  */
 import { performance } from 'node:perf_hooks';
 
@@ -14,9 +16,9 @@ import type { TokenBatch } from '../data/batch.js';
 import { uniformSampler } from '../model/init.js';
 import { loadModel, type MistralModel } from '../model/model.js';
 import { loadNative, type Device } from '../native.js';
-import { DpoObjective, ModelReference, type ObjectiveModel, SftObjective } from '../train/objectives.js';
+import { AdaptersOffReference, DpoObjective, ModelReference, type ObjectiveModel, type ReferenceLogps, SftObjective } from '../train/objectives.js';
 import type { Objective } from '../train/loop.js';
-import { type BenchMode, type BenchPrecision, type PresetName, PRESETS, policyTokensPerStep } from './presets.js';
+import { benchLoraSettings, type BenchMode, type BenchPeft, type BenchPrecision, type PresetName, PRESETS, policyTokensPerStep } from './presets.js';
 
 export interface StepBenchOptions {
   preset: PresetName;
@@ -29,6 +31,8 @@ export interface StepBenchOptions {
   device: Device;
   /** The preset's random-init HF folder (lib/bench/model-cache.ts). */
   modelDir: string;
+  /** LoRA settings (BENCH_PEFT) for adapter training; null: full fine-tuning. */
+  peft: BenchPeft | null;
 }
 
 /** Mean seconds per timed step in each part of the step. */
@@ -46,13 +50,15 @@ export interface StepMeasurement {
   implementation: 'zephyr-native';
   precision: BenchPrecision;
   device: Device;
+  /** LoRA's r, alpha and targets when the step trains adapters; null for full fine-tuning. */
+  peft: BenchPeft | null;
   step_s: number;
   steps_s: number[];
   tokens_per_step: number;
   tokens_per_s: number;
   /** Max RSS of the process (CPU); on the GPU, the most device memory the step took (free memory before the models, less its lowest value after a step). */
   peak_bytes: number;
-  /** The model memory plans (policy + reference): weights, grads, optimizer, activations. */
+  /** The model memory plans (policy + reference model, if any): weights, grads, optimizer, activations. */
   planned_bytes: number;
   threads: number;
   phases_s: StepPhases;
@@ -83,7 +89,7 @@ function dpoBatch(pairs: number, seqLen: number, promptLen: number, vocab: numbe
 }
 
 /** The model calls objectives make, each adding its wall time to a phase. */
-function timed(model: MistralModel, phases: StepPhases, logprobsPhase: keyof StepPhases): ObjectiveModel {
+function timed(model: MistralModel, phases: StepPhases, logprobsPhase: keyof StepPhases): ObjectiveModel & { setAdaptersEnabled(enabled: boolean): void } {
   const time = async <T>(phase: keyof StepPhases, call: () => Promise<T>): Promise<T> => {
     const start = performance.now();
     try {
@@ -98,6 +104,7 @@ function timed(model: MistralModel, phases: StepPhases, logprobsPhase: keyof Ste
     backward: (dlogp: Float32Array) => time('backward', () => model.backward(dlogp)),
     // SFT's one-call forward and backward: all of it counts as backward (phases_s.forward is 0).
     forwardBackward: (batch: TokenBatch, dlogp: Float32Array) => time('backward', () => model.forwardBackward(batch, dlogp)),
+    setAdaptersEnabled: (enabled: boolean) => model.setAdaptersEnabled(enabled),
   };
 }
 
@@ -135,7 +142,9 @@ export async function runStepBench(options: StepBenchOptions): Promise<StepMeasu
     ...modelOptions,
     trainable: true,
     gradientCheckpointing: preset.gradientCheckpointing,
-    offloadOptimizer: preset.offloadOptimizer,
+    // The adapters' optimizer state is small: nothing worth moving to the host.
+    offloadOptimizer: preset.offloadOptimizer && !options.peft,
+    ...(options.peft ? { lora: benchLoraSettings(options.peft) } : {}),
   });
   const vocab = policy.config.vocabSize;
   const phases: StepPhases = { forward: 0, backward: 0, reference: 0, optimizer: 0, other: 0 };
@@ -147,9 +156,15 @@ export async function runStepBench(options: StepBenchOptions): Promise<StepMeasu
     objective = new SftObjective(timed(policy, phases, 'forward'));
     makeBatch = (next) => sftBatch(preset.sequences, preset.seqLen, vocab, next);
   } else {
-    const reference = await loadModel(options.modelDir, { ...modelOptions, trainable: false });
-    planned += reference.memoryPlan().total;
-    objective = new DpoObjective(timed(policy, phases, 'forward'), new ModelReference(timed(reference, phases, 'reference')), options.device, {
+    let reference: ReferenceLogps;
+    if (options.peft) {
+      reference = new AdaptersOffReference(timed(policy, phases, 'reference'));
+    } else {
+      const referenceModel = await loadModel(options.modelDir, { ...modelOptions, trainable: false });
+      planned += referenceModel.memoryPlan().total;
+      reference = new ModelReference(timed(referenceModel, phases, 'reference'));
+    }
+    objective = new DpoObjective(timed(policy, phases, 'forward'), reference, options.device, {
       beta: 0.1,
       lossType: 'sigmoid',
       labelSmoothing: 0,
@@ -192,6 +207,7 @@ export async function runStepBench(options: StepBenchOptions): Promise<StepMeasu
     implementation: 'zephyr-native',
     precision: options.precision,
     device: options.device,
+    peft: options.peft,
     step_s: stepS,
     steps_s: stepsS,
     tokens_per_step: policyTokens,

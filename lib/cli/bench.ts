@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 
 import { defaultBenchCacheDir, ensureBenchModel } from '../bench/model-cache.js';
-import { type BenchMode, type BenchPrecision, PRESET_NAMES, PRESETS, type PresetName, policyTokensPerStep } from '../bench/presets.js';
+import { BENCH_PEFT, benchLoraSettings, type BenchMode, type BenchPrecision, PRESET_NAMES, PRESETS, type PresetName, policyTokensPerStep } from '../bench/presets.js';
 import { type BenchResult, formatResults, machineInfo, measurePeak, ourVersions, runInChild, toResult } from '../bench/run.js';
 import { UsageError, ZnError } from '../errors.js';
 import { writeJsonAtomic } from '../io/atomic.js';
@@ -16,6 +16,7 @@ interface BenchArgs {
   precision: BenchPrecision;
   steps: number;
   warmup: number;
+  peft: boolean;
   json?: string;
   'cache-dir': string;
 }
@@ -39,17 +40,19 @@ function checkRunnable(args: BenchArgs): void {
       dtype: args.precision,
       maxTokens: policyTokensPerStep(preset, 'dpo'),
       trainable: true,
+      ...(args.peft ? { lora: benchLoraSettings(BENCH_PEFT) } : {}),
     });
     throw new ZnError(
-      `bench --preset ${args.preset} is GPU-only: one full fine-tuning step needs ${(plan.total / GIB).toFixed(0)} GiB ` +
-        '(weights, gradients, AdamW moments, activations) and hours per step on a CPU; use --device cuda, or --preset small on this CPU',
+      `bench --preset ${args.preset} is GPU-only: one ${args.peft ? 'LoRA' : 'full fine-tuning'} step needs ${(plan.total / GIB).toFixed(0)} GiB ` +
+        `(weights, ${args.peft ? 'adapter ' : ''}gradients, AdamW moments, activations) and hours per step on a CPU; use --device cuda, or --preset small on this CPU`,
     );
   }
 }
 
 /**
- * The GPU models' plans (policy, and the frozen reference for DPO) against free device memory,
- * checked before a random-init folder of the preset is written (7B: 14 GiB of weights).
+ * The GPU models' plans (policy, and the frozen reference for full DPO; LoRA's reference is the
+ * policy with its adapters off) against free device memory, checked before a random-init folder
+ * of the preset is written (7B: 14 GiB of weights).
  */
 function refuseWhatDoesNotFit(args: BenchArgs, freeBytes: number): void {
   const preset = PRESETS[args.preset];
@@ -60,9 +63,10 @@ function refuseWhatDoesNotFit(args: BenchArgs, freeBytes: number): void {
       ...options,
       trainable: true,
       gradientCheckpointing: preset.gradientCheckpointing,
-      offloadOptimizer: preset.offloadOptimizer,
+      offloadOptimizer: preset.offloadOptimizer && !args.peft,
+      ...(args.peft ? { lora: benchLoraSettings(BENCH_PEFT) } : {}),
     });
-    const reference = mode === 'dpo' ? modelMemoryPlan(mistralConfig(preset.model), { ...options, trainable: false }).total : 0;
+    const reference = mode === 'dpo' && !args.peft ? modelMemoryPlan(mistralConfig(preset.model), { ...options, trainable: false }).total : 0;
     const needed = policy.total + reference;
     if (needed > freeBytes) {
       const gib = (bytes: number) => `${(bytes / GIB).toFixed(1)} GiB`;
@@ -94,6 +98,11 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
       .option('precision', { choices: ['bf16', 'f32'] as const, default: 'bf16' as BenchPrecision, describe: 'bf16: bf16 matmul inputs, f32 master weights' })
       .option('steps', { type: 'number', default: 3, describe: 'Timed steps (the median is reported)' })
       .option('warmup', { type: 'number', default: 1, describe: 'Untimed steps first' })
+      .option('peft', {
+        type: 'boolean',
+        default: false,
+        describe: `LoRA steps: r ${BENCH_PEFT.r}, alpha ${BENCH_PEFT.alpha}, ${BENCH_PEFT.target_modules} adapters over the frozen base; DPO's reference is the policy with its adapters off`,
+      })
       .option('json', { type: 'string', describe: 'Also write the results as JSON to this file' })
       .option('cache-dir', { type: 'string', default: defaultBenchCacheDir(), describe: 'Where random-init preset models are kept' })
       .epilogue(
@@ -114,8 +123,9 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
     const modelDir = await ensureBenchModel(preset, args['cache-dir']);
     const results: BenchResult[] = [];
     for (const mode of modes) {
-      process.stderr.write(`${args.preset} ${mode} ${args.precision}: ${args.warmup} warm-up + ${args.steps} timed steps ...\n`);
-      const measurement = await runInChild({ preset: args.preset, mode, precision: args.precision, steps: args.steps, warmup: args.warmup, device: args.device, modelDir });
+      process.stderr.write(`${args.preset} ${mode} ${args.precision}${args.peft ? ' LoRA' : ''}: ${args.warmup} warm-up + ${args.steps} timed steps ...\n`);
+      const peft = args.peft ? BENCH_PEFT : null;
+      const measurement = await runInChild({ preset: args.preset, mode, precision: args.precision, steps: args.steps, warmup: args.warmup, device: args.device, modelDir, peft });
       results.push(toResult(measurement, peak));
     }
     process.stdout.write(`${formatResults(results)}\n`);

@@ -118,7 +118,8 @@ function loraOptions(config: MistralConfig, lora: LoraSettings | undefined): Pic
   };
 }
 
-function nativeOptions(config: MistralConfig, options: ModelOptions): NativeModelOptions {
+/** The native model's options (what modelMemoryPlan plans) for a config and ModelOptions. */
+export function nativeOptions(config: MistralConfig, options: ModelOptions): NativeModelOptions {
   const maxTokens = options.maxTokens ?? DEFAULT_MAX_TOKENS;
   if (!Number.isSafeInteger(maxTokens) || maxTokens <= 0) throw new ZnError(`maxTokens must be a positive integer, got ${maxTokens}`);
   const dtype = options.dtype ?? 'f32';

@@ -28,6 +28,12 @@ export interface ReferenceSource {
   cacheDir: string;
   /** What the tokenization depended on beyond the pairs' ids (part of the cache key). */
   tokenization: string;
+  /**
+   * The policy, when before its first step it is the reference (LoRA without
+   * ref_model_name_or_path: the starting adapter, or a fresh one whose B is zero): precomputed
+   * log-probs then come from it, and no second copy of the base is ever loaded.
+   */
+  initialPolicy?: MistralModel;
 }
 
 /** The reference, and the model that holds its memory (null once precomputed: freed). */
@@ -74,8 +80,8 @@ async function precomputeReference(source: ReferenceSource, all: PreferencePair[
       return new PrecomputedReference(table);
     }
   }
-  log(`reference log-probs: computing for ${all.length} pairs (cached in ${file})`);
-  const reference = await loadFrozen(source);
+  log(`reference log-probs: computing for ${all.length} pairs${source.initialPolicy ? ' with the policy before its first step' : ''} (cached in ${file})`);
+  const reference = source.initialPolicy ?? (await loadFrozen(source));
   const chosen: number[] = [];
   const rejected: number[] = [];
   try {
@@ -90,7 +96,8 @@ async function precomputeReference(source: ReferenceSource, all: PreferencePair[
       });
     }
   } finally {
-    reference.dispose();  // what precomputing is for: training runs without the reference's memory
+    // What precomputing is for: training runs without the reference's memory.
+    if (reference !== source.initialPolicy) reference.dispose();
   }
   mkdirSync(source.cacheDir, { recursive: true });
   writeFileAtomic(file, JSON.stringify({ chosen, rejected }));

@@ -259,6 +259,8 @@ function loopModel(model: MistralModel, sources: StageSources): LoopModel {
  * A fresh adapter's reference is the policy with its adapters off (TRL: the same weights without
  * the adapter), so one copy of the base serves both; a policy that starts from an adapter folder
  * has that folder (base + starting adapter, frozen) as its reference, so the first loss is log 2.
+ * With precompute_ref_log_probs a LoRA policy computes them itself before its first step (it is
+ * the reference then), so no second copy of the base is loaded even for a moment.
  */
 export async function buildStageReference({ values }: StageConfig, sources: StageSources, data: LoadedData<PreferencePair>, policy: MistralModel, policyModelOptions: ModelOptions, log: (line: string) => void): Promise<BuiltReference> {
   if (sources.freshAdapter && !values.ref_model_name_or_path && !values.precompute_ref_log_probs) {
@@ -274,6 +276,7 @@ export async function buildStageReference({ values }: StageConfig, sources: Stag
       batchSize: values.per_device_eval_batch_size,
       cacheDir: join(sources.outputDir, 'cache'),
       tokenization: `${values.max_length}:${values.max_prompt_length}`,
+      ...(sources.lora && !values.ref_model_name_or_path ? { initialPolicy: policy } : {}),
     },
     [data.train, data.test],
     log,
