@@ -44,11 +44,31 @@ export interface DemoOptions {
   scale?: number;
   /** Seed of the model's initialisation and of training (default 0 and 42). */
   seed?: number;
+  /** Overrides of the model's shape (tests train a smaller one; the vocabulary stays the tokenizer's). */
+  model?: Partial<Omit<typeof DEMO_MODEL, 'vocab_size'>>;
   log?: (line: string) => void;
+  /** The trainers' step lines on stderr ('auto', the default) or none ('silent'). */
+  progress?: 'auto' | 'silent';
+  /** Held-out tasks per category in the judged ablation (default 10). */
+  judgedPerCategory?: number;
+  /** Each stage's training_curves.svg/.png (default true; tests that do not look at them skip the drawing). */
+  trainingCurves?: boolean;
+}
+
+/** What the demo made: held-out metrics, judged scores, and where its models and evaluation are. */
+export interface DemoResult {
+  before: HeldOut;
+  afterSft: HeldOut;
+  afterDpo: HeldOut;
+  judged: AblationScores;
+  /** Model folders by the ablation's names: base, sft, sft+dpo, dpo-only. */
+  models: Record<string, string>;
+  /** The judged ablation's folder (questions.jsonl, model_answer/, model_judgment/, results.json). */
+  evalDir: string;
 }
 
 /** Held-out tasks per category that the judged ablation asks each model. */
-const EVAL_PER_CATEGORY = 10;
+const JUDGED_PER_CATEGORY = 10;
 
 const SFT_TRAIN = 2000;
 const SFT_TEST = 100;
@@ -86,7 +106,7 @@ const DEMO_TRAINING = {
   seed: 42,
 };
 
-interface HeldOut {
+export interface HeldOut {
   sftLoss: number;
   rewardAccuracy: number;
   rewardMargin: number;
@@ -154,7 +174,7 @@ function table(rows: [string, HeldOut, boolean][]): string[] {
   ];
 }
 
-export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; afterSft: HeldOut; afterDpo: HeldOut; judged: AblationScores }> {
+export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const say = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const scale = options.scale ?? 1;
   const root = resolve(options.dir);
@@ -166,7 +186,7 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   const tokenizerDir = join(root, 'tokenizer');
   writeLlama2TokenizerFolder(tokenizerDir);
   const base = join(root, 'base');
-  const config = mistralConfig(DEMO_MODEL);
+  const config = mistralConfig({ ...DEMO_MODEL, ...options.model });
   const seed = options.seed ?? 0;
   const training = { ...DEMO_TRAINING, seed: DEMO_TRAINING.seed + seed };
   await writeRandomModel(base, config, { seed, tokenizerDir });
@@ -216,10 +236,10 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
       warmup_ratio: 0.05,
       per_device_train_batch_size: 16,
     },
-    { where: 'demo' },
+    { where: 'demo', progress: options.progress },
   );
 
-  await writeTrainingCurves(sftDir);
+  if (options.trainingCurves ?? true) await writeTrainingCurves(sftDir);
 
   // 3c. dDPO from the SFT model against its frozen copy.
   const sftModel = await loadModel(sftDir);
@@ -239,8 +259,8 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
     warmup_ratio: 0.1,
     per_device_train_batch_size: 8,
   };
-  await dpo({ ...dpoConfig, model_name_or_path: sftDir, output_dir: dpoDir }, { where: 'demo' });
-  await writeTrainingCurves(dpoDir);
+  await dpo({ ...dpoConfig, model_name_or_path: sftDir, output_dir: dpoDir }, { where: 'demo', progress: options.progress });
+  if (options.trainingCurves ?? true) await writeTrainingCurves(dpoDir);
   const dpoModel = await loadModel(dpoDir);
   const afterDpo = await heldOut(dpoModel, sftRef, sftTest, prefTest);
   completions.dpo = await greedyChat(dpoModel, tokenizer, template, prompts);
@@ -263,11 +283,12 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   // 5. The paper's ablation, judged: DPO from the base model too, then every model through eval.
   const dpoBaseDir = join(root, 'dpo-base');
   say('5. ablation: dDPO from the base model (no dSFT), same preferences and settings');
-  await dpo({ ...dpoConfig, model_name_or_path: base, output_dir: dpoBaseDir }, { where: 'demo' });
-  await writeTrainingCurves(dpoBaseDir);
-  const judged = await judgeAblation(root, { base, sft: sftDir, 'sft+dpo': dpoDir, 'dpo-only': dpoBaseDir }, say);
+  await dpo({ ...dpoConfig, model_name_or_path: base, output_dir: dpoBaseDir }, { where: 'demo', progress: options.progress });
+  if (options.trainingCurves ?? true) await writeTrainingCurves(dpoBaseDir);
+  const models = { base, sft: sftDir, 'sft+dpo': dpoDir, 'dpo-only': dpoBaseDir };
+  const judged = await judgeAblation(root, models, options.judgedPerCategory ?? JUDGED_PER_CATEGORY, say);
   say(`models: ${base} (base), ${sftDir} (dSFT), ${dpoDir} (dDPO), ${dpoBaseDir} (dDPO without dSFT): Hugging Face folders that transformers loads`);
-  return { before, afterSft, afterDpo, judged };
+  return { before, afterSft, afterDpo, judged, models, evalDir: join(root, 'eval') };
 }
 
 /** Overall rule-based-judge score (1-10) per model of the ablation. */
@@ -277,8 +298,8 @@ export type AblationScores = Record<string, number | null>;
  * Every model answers the same held-out tasks (greedy) through eval; the rule-based judge scores
  * them per category; prints the table and whether DPO helped, writes results and the radar chart.
  */
-async function judgeAblation(root: string, models: Record<string, string>, say: (line: string) => void): Promise<AblationScores> {
-  const tasks = heldOutTasks(EVAL_PER_CATEGORY, 4);
+async function judgeAblation(root: string, models: Record<string, string>, perCategory: number, say: (line: string) => void): Promise<AblationScores> {
+  const tasks = heldOutTasks(perCategory, 4);
   const outputDir = join(root, 'eval');
   mkdirSync(outputDir, { recursive: true });
   const questions = join(outputDir, 'questions.jsonl');
@@ -293,7 +314,7 @@ async function judgeAblation(root: string, models: Record<string, string>, say: 
   });
   const overall = Object.fromEntries(Object.entries(report.results.models).map(([id, r]) => [id, (r as SingleResult).overall]));
   say('');
-  say(`5. judged ablation: ${tasks.length} held-out tasks (${EVAL_PER_CATEGORY} per category), greedy answers, rule-based judge (10: the teacher's answer; 5: the result, worded otherwise; 3: the answer's form, wrong result; 1: anything else)`);
+  say(`5. judged ablation: ${tasks.length} held-out tasks (${perCategory} per category), greedy answers, rule-based judge (10: the teacher's answer; 5: the result, worded otherwise; 3: the answer's form, wrong result; 1: anything else)`);
   for (const line of resultsTable(report.results).split('\n')) say(`   ${line}`);
   say(`   ${verdict('SFT', overall.sft, 'base', overall.base)}`);
   say(`   ${verdict('SFT+DPO', overall['sft+dpo'], 'SFT', overall.sft)}`);
