@@ -6,9 +6,9 @@
  *   - raw UltraFeedback-style rows {instruction, completions[]}, where several rule-based
  *     "student models" answer (correct, near-miss, wrong, evasive) and a rule-based judge rates
  *     each completion 1-5 on the four UltraFeedback aspects (the tests' preference data; the
- *     demo's own come from its SFT model, lib/demo/demo.ts).
- * The tasks are ones a tiny transformer can learn as skills (attention finds and copies words of
- * the prompt), so held-out prompts can be new lists, never seen in training, and scoring them
+ *     demo's own come from its SFT model, lib/demo/aif.ts).
+ * The tasks are skills a transformer can learn (attention finds and copies words of the prompt,
+ * or counts them), so held-out prompts can be new lists, never seen in training, and scoring them
  * measures the skill rather than recall. Every word is one token of Llama-2's tokenizer.
  * Everything is a pure function of the seed.
  */
@@ -95,6 +95,7 @@ const TASKS: TaskMaker[] = [
   },
 ];
 
+/** The task kinds, in TASKS' order (the held-out tasks' and the radar chart's order). */
 export const CATEGORIES = ['first', 'last', 'repeating', 'reversing', 'counting'];
 
 export function makeTask(rng: Rng): Task {
