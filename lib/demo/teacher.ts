@@ -1,10 +1,15 @@
 /**
- * The built-in demo's data, made here with a rule-based "teacher" on tasks whose answers can be
- * checked exactly (arithmetic, reversing, upper-casing, counting, sorting):
+ * The built-in demo's data, made here with a rule-based "teacher" on tasks over short word lists
+ * whose answers can be checked exactly (which word comes first or last, repeating the list,
+ * reversing its order, counting its words):
  *   - UltraChat-style SFT rows {prompt, prompt_id, messages}, answered correctly by the teacher;
  *   - raw UltraFeedback-style rows {instruction, completions[]}, where several rule-based
  *     "student models" answer (correct, near-miss, wrong, evasive) and a rule-based judge rates
- *     each completion 1-5 on the four UltraFeedback aspects.
+ *     each completion 1-5 on the four UltraFeedback aspects (the tests' preference data; the
+ *     demo's own come from its SFT model, lib/demo/aif.ts).
+ * The tasks are skills a transformer can learn (attention finds and copies words of the prompt,
+ * or counts them), so held-out prompts can be new lists, never seen in training, and scoring them
+ * measures the skill rather than recall. Every word is one token of Llama-2's tokenizer.
  * Everything is a pure function of the seed.
  */
 import { createHash } from 'node:crypto';
@@ -14,9 +19,9 @@ export interface Task {
   category: string;
   prompt: string;
   answer: string;
-  /** The result alone (the sum, the reversed word...): what a right but loosely worded answer contains. */
+  /** The result alone (the word, the list, the count): what a right but loosely worded answer contains. */
   key: string;
-  /** A plausible wrong answer (an off-by-one result, a partly reversed word...). */
+  /** A plausible wrong answer (another word of the list, the list unreversed, a count off by one). */
   nearMiss: string;
 }
 
@@ -34,70 +39,118 @@ export function seededRandom(seed: number): Rng {
   };
 }
 
-const WORDS = ['apple', 'river', 'planet', 'garden', 'silver', 'window', 'rocket', 'forest', 'candle', 'mirror', 'tiger', 'ocean', 'paper', 'guitar', 'pencil', 'orange'];
+/** Single tokens of Llama-2's tokenizer (after a space), so a list of n words is n tokens. */
+export const WORDS: readonly string[] = [
+  'apple', 'river', 'planet', 'garden', 'silver', 'window', 'forest', 'candle', 'mirror', 'ocean', 'paper', 'guitar',
+  'orange', 'house', 'water', 'music', 'table', 'chair', 'bread', 'horse', 'green', 'light', 'stone', 'cloud',
+  'money', 'paint', 'glass', 'metal', 'sugar', 'dream', 'train', 'field', 'heart', 'night', 'smile', 'storm',
+  'sound', 'bird', 'fish', 'tree', 'book', 'door', 'hand', 'road', 'ship', 'star', 'wolf', 'king',
+];
 
 const pick = <T>(rng: Rng, items: readonly T[]): T => items[Math.floor(rng() * items.length)];
 const int = (rng: Rng, lo: number, hi: number): number => lo + Math.floor(rng() * (hi - lo + 1));
 
-const TASKS: ((rng: Rng) => Task)[] = [
-  (rng) => {
-    const a = int(rng, 2, 60);
-    const b = int(rng, 2, 40);
-    return { category: 'addition', prompt: `What is ${a} + ${b}?`, answer: `${a} + ${b} = ${a + b}.`, key: String(a + b), nearMiss: `${a} + ${b} = ${a + b + (rng() < 0.5 ? 1 : -1)}.` };
-  },
-  (rng) => {
+/** 2 to 5 different words. */
+function wordList(rng: Rng): string[] {
+  const length = int(rng, 2, 5);
+  const words: string[] = [];
+  while (words.length < length) {
     const word = pick(rng, WORDS);
-    const reversed = [...word].reverse().join('');
-    return { category: 'reversing', prompt: `Reverse the word "${word}".`, answer: `"${word}" reversed is "${reversed}".`, key: reversed, nearMiss: `"${word}" reversed is "${reversed.slice(1)}${reversed[0]}".` };
+    if (!words.includes(word)) words.push(word);
+  }
+  return words;
+}
+
+/** Another word of the list than `not` (the lists have two words at least). */
+function otherWord(rng: Rng, words: string[], not: string): string {
+  const others = words.filter((w) => w !== not);
+  return pick(rng, others);
+}
+
+type TaskMaker = (words: string[], rng: Rng) => Task;
+
+const TASKS: TaskMaker[] = [
+  (words, rng) => {
+    const quoted = `"${words.join(' ')}"`;
+    return { category: 'first', prompt: `Which word comes first in ${quoted}?`, answer: `"${words[0]}" comes first.`, key: `"${words[0]}"`, nearMiss: `"${otherWord(rng, words, words[0])}" comes first.` };
   },
-  (rng) => {
-    const words = `${pick(rng, WORDS)} ${pick(rng, WORDS)}`;
-    return { category: 'capitals', prompt: `Write "${words}" in capital letters.`, answer: words.toUpperCase(), key: words.toUpperCase(), nearMiss: words[0].toUpperCase() + words.slice(1) };
+  (words, rng) => {
+    const last = words[words.length - 1];
+    return { category: 'last', prompt: `Which word comes last in "${words.join(' ')}"?`, answer: `"${last}" comes last.`, key: `"${last}"`, nearMiss: `"${otherWord(rng, words, last)}" comes last.` };
   },
-  (rng) => {
-    const word = pick(rng, WORDS);
-    return { category: 'counting', prompt: `How many letters are in "${word}"?`, answer: `"${word}" has ${word.length} letters.`, key: String(word.length), nearMiss: `"${word}" has ${word.length + 1} letters.` };
+  (words) => {
+    const list = words.join(' ');
+    // The near miss drops the last word.
+    return { category: 'repeating', prompt: `Repeat "${list}".`, answer: list, key: list, nearMiss: words.slice(0, -1).join(' ') };
   },
-  (rng) => {
-    const numbers = Array.from({ length: 4 }, () => int(rng, 1, 30));
-    const sorted = [...numbers].sort((x, y) => x - y);
-    // The near miss must differ from the answer: swap two neighbours that differ, or reverse.
-    const swapped = [...sorted];
-    [swapped[1], swapped[2]] = [swapped[2], swapped[1]];
-    const nearMiss = swapped[1] !== swapped[2] ? swapped : [...sorted].reverse();
-    const wrong = nearMiss.join(', ') === sorted.join(', ') ? `${sorted.join(', ')}, 0` : nearMiss.join(', ');
-    return { category: 'sorting', prompt: `Sort these numbers from smallest to largest: ${numbers.join(', ')}.`, answer: sorted.join(', '), key: sorted.join(', '), nearMiss: wrong };
+  (words) => {
+    const reversed = [...words].reverse().join(' ');
+    // The near miss is the commonest mistake: the list as it was.
+    return { category: 'reversing', prompt: `Reverse the order of "${words.join(' ')}".`, answer: reversed, key: reversed, nearMiss: words.join(' ') };
+  },
+  (words, rng) => {
+    const quoted = `"${words.join(' ')}"`;
+    const off = words.length + (rng() < 0.5 && words.length > 2 ? -1 : 1);
+    return { category: 'counting', prompt: `How many words are in ${quoted}?`, answer: `${quoted} has ${words.length} words.`, key: `${words.length} words`, nearMiss: `${quoted} has ${off} words.` };
   },
 ];
 
+/** The task kinds, in TASKS' order (the held-out tasks' and the radar chart's order). */
+export const CATEGORIES = ['first', 'last', 'repeating', 'reversing', 'counting'];
+
 export function makeTask(rng: Rng): Task {
-  return pick(rng, TASKS)(rng);
+  const maker = pick(rng, TASKS);
+  return maker(wordList(rng), rng);
 }
 
-/** Held-out tasks, `perCategory` of each kind, in category order (pure function of the seed). */
-export function heldOutTasks(perCategory: number, seed: number): Task[] {
+/**
+ * Held-out tasks, `perCategory` of each kind, in category order (pure function of the seed). Their
+ * word lists are new: `seen` (the word lists of the training prompts, as `listOf` gives them) are
+ * never drawn, so a held-out prompt cannot be answered from memory.
+ */
+export function heldOutTasks(perCategory: number, seed: number, seen: ReadonlySet<string> = new Set()): Task[] {
   const rng = seededRandom(seed);
-  return TASKS.flatMap((task) => Array.from({ length: perCategory }, () => task(rng)));
+  const drawn = new Set(seen);
+  return TASKS.flatMap((maker) =>
+    Array.from({ length: perCategory }, () => {
+      let words = wordList(rng);
+      while (drawn.has(words.join(' '))) words = wordList(rng);
+      drawn.add(words.join(' '));
+      return maker(words, rng);
+    }),
+  );
+}
+
+/** The word list a task prompt is about ("apple river"), or null for another prompt. */
+export function listOf(prompt: string): string | null {
+  return /"([a-z ]+)"/.exec(prompt)?.[1] ?? null;
 }
 
 export function promptId(prompt: string): string {
   return createHash('sha256').update(prompt).digest('hex');
 }
 
+/** `count` tasks of random kinds (pure function of the seed). */
+export function randomTasks(count: number, seed: number): Task[] {
+  const rng = seededRandom(seed);
+  return Array.from({ length: count }, () => makeTask(rng));
+}
+
+/** A task as an UltraChat-200k row, answered by the teacher. */
+export function chatRow(task: Task): { prompt: string; prompt_id: string; messages: { role: 'user' | 'assistant'; content: string }[] } {
+  return {
+    prompt: task.prompt,
+    prompt_id: promptId(task.prompt),
+    messages: [
+      { role: 'user', content: task.prompt },
+      { role: 'assistant', content: task.answer },
+    ],
+  };
+}
+
 /** UltraChat-200k schema. */
 export function ultrachatRows(count: number, seed: number): object[] {
-  const rng = seededRandom(seed);
-  return Array.from({ length: count }, () => {
-    const task = makeTask(rng);
-    return {
-      prompt: task.prompt,
-      prompt_id: promptId(task.prompt),
-      messages: [
-        { role: 'user', content: task.prompt },
-        { role: 'assistant', content: task.answer },
-      ],
-    };
-  });
+  return randomTasks(count, seed).map(chatRow);
 }
 
 interface Student {
