@@ -163,10 +163,12 @@ export interface NativeModelOptions {
   frozen?: string[];
   /**
    * LoRA adapters on the projections (PEFT's LoraConfig: r, lora_alpha, use_rslora,
-   * target_modules with 'all-linear'), a trained group of their own; freezing the base is the
-   * caller's (frozen).
+   * target_modules with 'all-linear', lora_dropout), a trained group of their own; freezing the
+   * base is the caller's (frozen). dropout (in [0, 1)) acts in training forwards (forward,
+   * forwardBackward) only, with counter-based masks named by dropoutSeed, the optimizer step and
+   * the micro-batch's index within it, so a resumed run draws the same masks.
    */
-  lora?: { rank: number; alpha: number; rslora?: boolean; targetModules: string[] };
+  lora?: { rank: number; alpha: number; rslora?: boolean; targetModules: string[]; dropout?: number; dropoutSeed?: number };
   /**
    * CPU model: an untied embedding's gradient as a dense [vocab, dim] buffer rather than by the
    * rows a step touched, so that data-parallel ranks can sum whole gradient buffers.

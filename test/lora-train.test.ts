@@ -3,8 +3,8 @@
  * and writes a PEFT adapter folder; the dpo stage continues that adapter against a frozen copy of
  * it (first loss log 2); a fresh-adapter dpo stage uses the policy with its adapters off as the
  * reference (one copy of the base, first loss log 2); `merge` folds the adapter into a plain
- * folder with the same log-probs; checkpoints hold the adapter and resume; bad LoRA keys are
- * errors naming them.
+ * folder with the same log-probs; checkpoints hold the adapter and resume (with lora_dropout
+ * too); bad LoRA keys are errors naming them.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -22,7 +22,7 @@ import { writeRows } from '../lib/data/writers.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { loadModel, MistralModel } from '../lib/model/model.js';
 import { packageRoot } from '../lib/native.js';
-import { dpo, train } from '../lib/train/api.js';
+import { dpo, sft as sftRun, train } from '../lib/train/api.js';
 
 const work = mkdtempSync(join(tmpdir(), 'zn-lora-train-'));
 const cli = join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
@@ -129,10 +129,30 @@ describe('LoRA training', () => {
     assert.equal(sha(join(work, 'resumed', 'adapter_model.safetensors')), sha(join(work, 'fresh', 'adapter_model.safetensors')));
   });
 
+  it('lora_dropout 0.05 (TRL\'s default) trains, is written to adapter_config.json and resumes byte-identically', async () => {
+    const sft = {
+      ...common, ...lora, lora_dropout: 0.05, model_name_or_path: join(work, 'base'), dataset_name: join(work, 'chats.jsonl'),
+      max_steps: 3, learning_rate: 1e-2, per_device_train_batch_size: 2, gradient_accumulation_steps: 2, save_strategy: 'steps', save_steps: 1,
+    };
+    await sftRun({ ...sft, output_dir: join(work, 'dropout') }, { progress: 'silent' });
+    const config = JSON.parse(readFileSync(join(work, 'dropout', 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+    assert.equal(config.lora_dropout, 0.05);
+    const losses = history(join(work, 'dropout')).filter((e) => 'loss' in e).map((e) => e.loss);
+    assert.equal(losses.length, 3);
+    assert.ok(losses[2] < losses[0], `sft loss falls with dropout: ${losses.join(', ')}`);
+    // Resumed from checkpoint-1 (the masks of steps 2 and 3 drawn again from seed, step and micro-batch).
+    await sftRun({ ...sft, output_dir: join(work, 'dropout-resumed'), resume_from_checkpoint: join(work, 'dropout', 'checkpoint-1') }, { progress: 'silent' });
+    assert.equal(sha(join(work, 'dropout-resumed', 'adapter_model.safetensors')), sha(join(work, 'dropout', 'adapter_model.safetensors')));
+    // The masks matter: the same run without dropout ends elsewhere.
+    await sftRun({ ...sft, lora_dropout: 0, save_strategy: 'no', output_dir: join(work, 'no-dropout') }, { progress: 'silent' });
+    assert.notEqual(sha(join(work, 'no-dropout', 'adapter_model.safetensors')), sha(join(work, 'dropout', 'adapter_model.safetensors')));
+  });
+
   it('bad LoRA keys are errors naming them', () => {
     const base = ['dpo', '--model_name_or_path', join(work, 'base'), '--dataset_name', join(work, 'prefs'), '--output_dir', join(work, 'bad'), '--use_cpu', 'true', '--use_peft', 'true'];
     const cases: [string[], RegExp][] = [
-      [[], /lora_dropout 0\.05: dropout on the adapters' input is not implemented yet; set lora_dropout: 0/],
+      [['--lora_dropout', '1'], /lora_dropout must be in \[0, 1\), got 1/],
+      [['--lora_dropout=-0.1'], /lora_dropout must be in \[0, 1\), got -0\.1/],
       [['--lora_dropout', '0', '--lora_r', '0'], /lora_r must be a positive integer, got 0/],
       [['--lora_dropout', '0', '--lora_target_modules', 'qkv_proj'], /lora_target_modules names 'qkv_proj'/],
       [['--lora_dropout', '0', '--lora_modules_to_save', 'lm_head'], /lora_modules_to_save .* is not implemented yet/],

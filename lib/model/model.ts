@@ -71,7 +71,7 @@ export interface ModelOptions {
    * the folder loaded is a PEFT adapter folder, whose settings and tensors are used instead.
    */
   lora?: LoraSettings;
-  /** Seed of a fresh adapter's A (default 0). */
+  /** Seed of a fresh adapter's A and of lora_dropout's masks (default 0). */
   loraSeed?: number;
   /** An adapter folder's base model folder, overriding its base_model_name_or_path. */
   baseModel?: string;
@@ -110,10 +110,10 @@ export function nativeModelConfig(config: MistralConfig): NativeModelConfig {
 }
 
 /** The native model's options for LoRA: the adapters, and every base parameter frozen. */
-function loraOptions(config: MistralConfig, lora: LoraSettings | undefined): Pick<NativeModelOptions, 'lora' | 'frozen'> {
+function loraOptions(config: MistralConfig, lora: LoraSettings | undefined, seed: number): Pick<NativeModelOptions, 'lora' | 'frozen'> {
   if (!lora) return {};
   return {
-    lora: { rank: lora.rank, alpha: lora.alpha, rslora: lora.rslora, targetModules: lora.targetModules },
+    lora: { rank: lora.rank, alpha: lora.alpha, rslora: lora.rslora, targetModules: lora.targetModules, dropout: lora.dropout, dropoutSeed: seed },
     frozen: mistralParameterShapes(config).map((p) => p.name),
   };
 }
@@ -132,7 +132,7 @@ export function nativeOptions(config: MistralConfig, options: ModelOptions): Nat
     trainable: options.trainable ?? false,
     offloadOptimizer: options.offloadOptimizer ?? false,
     denseEmbeddingGradient: options.denseEmbeddingGradient ?? false,
-    ...loraOptions(config, options.lora),
+    ...loraOptions(config, options.lora, options.loraSeed ?? 0),
   };
 }
 

@@ -29,7 +29,7 @@ export interface LoraSettings {
   rslora: boolean;
   /** Module suffixes (`q_proj`, ...) or `all-linear`. */
   targetModules: string[];
-  /** Training only (the native model has no dropout yet: > 0 is refused when training). */
+  /** lora_dropout, in [0, 1): applied to the adapters' input in training forwards only. */
   dropout: number;
 }
 

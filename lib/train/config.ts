@@ -63,7 +63,7 @@ export const KEYS = {
   use_peft: { kind: 'boolean', default: false, help: 'Train LoRA adapters over a frozen base (output_dir is then a PEFT adapter folder)' },
   lora_r: { kind: 'integer', default: 16, help: 'LoRA rank' },
   lora_alpha: { kind: 'number', default: 32, help: 'LoRA alpha: the adapters scale by alpha / r (alpha / sqrt(r) with use_rslora)' },
-  lora_dropout: { kind: 'number', default: 0.05, help: 'Dropout on the adapters\' input (only 0 is implemented so far)' },
+  lora_dropout: { kind: 'number', default: 0.05, help: 'Dropout on the adapters\' input while training, in [0, 1) (PEFT\'s nn.Dropout per adapted projection; counter-based masks from seed, step and micro-batch)' },
   lora_target_modules: { kind: 'string-or-list', default: null, help: 'Projections to adapt (q_proj, ..., down_proj) or all-linear (default: PEFT\'s for Mistral, q_proj and v_proj)' },
   use_rslora: { kind: 'boolean', default: false, help: 'rsLoRA scaling alpha / sqrt(r)' },
   lora_modules_to_save: { kind: 'string-or-list', default: null, help: 'Modules trained in full beside the adapters (not implemented yet: null only)' },

@@ -93,9 +93,6 @@ export function resolveSources({ stage, values }: StageConfig): StageSources {
   const baseDir = adapter ? adapterBaseFolder(adapter) : modelDir;
   const modelConfig = readMistralConfig(baseDir);
   const lora = adapter ? readAdapterFolder(modelDir, modelConfig.numHiddenLayers).lora : freshLora(values, stage);
-  if (lora && lora.dropout > 0) {
-    throw new UsageError(`${stage}: lora_dropout ${lora.dropout}: dropout on the adapters' input is not implemented yet; set lora_dropout: 0`);
-  }
   // An adapter folder written by PEFT may hold no tokenizer: the base's then.
   const tokenizerDir = existsSync(join(modelDir, 'tokenizer.json')) || existsSync(join(modelDir, 'tokenizer.model')) ? modelDir : baseDir;
   return {
@@ -223,7 +220,9 @@ export function policyOptions({ values }: StageConfig, sources: StageSources, ma
     gradientCheckpointing: values.gradient_checkpointing,
     offloadOptimizer: values.offload_optimizer,
     trainable: true,
-    ...(sources.freshAdapter ? { lora: sources.lora!, loraSeed: values.seed } : {}),
+    // The seed draws a fresh adapter's A and, for any adapter, lora_dropout's masks.
+    ...(sources.lora ? { loraSeed: values.seed } : {}),
+    ...(sources.freshAdapter ? { lora: sources.lora! } : {}),
   };
 }
 

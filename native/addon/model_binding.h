@@ -58,6 +58,10 @@ inline model::ModelOptions read_model_options(const Options& o) {
     m.lora.alpha = lora.number("alpha");
     m.lora.rslora = lora.boolean("rslora", false);
     m.lora.target_modules = lora.strings("targetModules");
+    m.lora.dropout = lora.number("dropout", 0.0);
+    if (!(m.lora.dropout >= 0 && m.lora.dropout < 1))
+      lora.error("'dropout' must be in [0, 1), got " + std::to_string(m.lora.dropout));
+    m.lora.dropout_seed = uint64_t(lora.integer("dropoutSeed", 0));  // any integer: its 64 bits name the masks
   }
   return m;
 }

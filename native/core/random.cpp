@@ -2,39 +2,27 @@
 
 #include <cmath>
 
+#include "core/counter_random.h"
 #include "core/thread_pool.h"
 
 namespace zn {
 
 namespace {
 
-constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ull;
-
-// splitmix64's output function: a bijective mix of its 64-bit state.
-uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 // A uniform in (0, 1) from 53 random bits, offset by half a step so that log() never sees 0.
 double to_uniform(uint64_t bits) { return (double(bits >> 11) + 0.5) * 0x1.0p-53; }
-
-uint64_t stream_key(uint64_t seed, uint64_t stream) {
-  return mix(mix(seed + kGolden) ^ (stream * 0xd1b54a32d192ed03ull));
-}
 
 // Pair k of the stream: the splitmix64 sequence's draws 2k+1 and 2k+2 from state `key`, through
 // Box-Muller; element 2k takes the cosine branch, 2k+1 the sine branch.
 template <typename Store>
 void fill(size_t n, uint64_t seed, uint64_t stream, double std, Store store) {
-  const uint64_t key = stream_key(seed, stream);
+  const uint64_t key = counter_stream_key(seed, stream);
   constexpr double kTwoPi = 6.283185307179586476925286766559;
   parallel_for(n, size_t(1) << 14, [&](size_t begin, size_t end) {
     for (size_t i = begin; i < end;) {
       const uint64_t k = i / 2;
-      const double radius = std * std::sqrt(-2.0 * std::log(to_uniform(mix(key + (2 * k + 1) * kGolden))));
-      const double angle = kTwoPi * to_uniform(mix(key + (2 * k + 2) * kGolden));
+      const double radius = std * std::sqrt(-2.0 * std::log(to_uniform(counter_bits(key, 2 * k))));
+      const double angle = kTwoPi * to_uniform(counter_bits(key, 2 * k + 1));
       if (i % 2 == 0) {
         store(i, float(radius * std::cos(angle)));
         if (i + 1 < end) store(i + 1, float(radius * std::sin(angle)));
@@ -50,7 +38,7 @@ void fill(size_t n, uint64_t seed, uint64_t stream, double std, Store store) {
 }  // namespace
 
 double uniform_draw(uint64_t seed, uint64_t stream, uint64_t index) {
-  return to_uniform(mix(stream_key(seed, stream) + (index + 1) * kGolden));
+  return to_uniform(counter_bits(counter_stream_key(seed, stream), index));
 }
 
 void fill_normal(size_t n, uint64_t seed, uint64_t stream, double std, float* out) {

@@ -1,4 +1,4 @@
-// Seeded N(0, std^2) draws for weight initialisation. Counter-based: element i of stream
+// Seeded N(0, std^2) draws for weight initialisation. Counter-based (core/counter_random.h): element i of stream
 // `stream` depends only on (seed, stream, i), so a tensor's values are the same for any thread
 // count or chunking, and each parameter (one stream each) can be drawn on its own. Elements 2k and
 // 2k+1 are the two Box-Muller outputs (cosine, sine) of a pair of 53-bit uniforms: draws 2k+1 and

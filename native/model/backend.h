@@ -9,6 +9,7 @@
 
 #include "core/dtype.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/dropout.h"
 #include "kernels/cpu/logprob.h"
 
 namespace zn::model {
@@ -98,6 +99,10 @@ class Backend {
   virtual void logprob_forward_backward(const cpu::LogprobShape& shape, ConstTensor hidden, ConstTensor w,
                                         const int32_t* targets, const float* dlogp, float* logp, float* dhidden,
                                         float* dw, Workspace workspace) = 0;
+  // y = dropout(x), or y += dropout(x) with accumulate, over [rows, cols] (kernels/cpu/dropout.h:
+  // the same mask bits on every backend). x and y may differ in dtype.
+  virtual void dropout(long rows, long cols, const cpu::DropoutMask& mask, ConstTensor x, Tensor y,
+                       bool accumulate) = 0;
   virtual void copy(long n, const float* from, float* to) = 0;
   // to += from, and rounded = to in rounded's dtype when rounded is given (the GEMM operand of
   // the residual gradient in bf16 mode).

@@ -7,6 +7,7 @@
 #include "core/errors.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/dropout.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/logprob.h"
@@ -123,6 +124,11 @@ void CpuBackend::logprob_forward_backward(const cpu::LogprobShape& shape, ConstT
                                           float* dw, Workspace workspace) {
   cpu::logprob_forward_backward(shape, values(hidden), w.data, w.dtype, targets, dlogp, logp, dhidden, dw,
                                 {static_cast<float*>(workspace.data), workspace.bytes / sizeof(float)});
+}
+
+void CpuBackend::dropout(long rows, long cols, const cpu::DropoutMask& mask, ConstTensor x, Tensor y,
+                         bool accumulate) {
+  cpu::dropout_forward(rows, cols, mask, values(x), values(y), accumulate);
 }
 
 void CpuBackend::copy(long n, const float* from, float* to) {

@@ -8,6 +8,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/dropout.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/logprob.h"
@@ -142,6 +143,11 @@ void CudaBackend::logprob_forward_backward(const cpu::LogprobShape& shape, Const
                                            float* dw, Workspace workspace) {
   cuda::logprob_forward_backward(shape, array(hidden), array(w), targets, dlogp, logp, dhidden, dw, workspace.data,
                                  stream_, /*check_labels=*/false);
+}
+
+void CudaBackend::dropout(long rows, long cols, const cpu::DropoutMask& mask, ConstTensor x, Tensor y,
+                          bool accumulate) {
+  cuda::dropout_forward(rows, cols, mask, array(x), array(y), accumulate, stream_);
 }
 
 void CudaBackend::copy(long n, const float* from, float* to) {

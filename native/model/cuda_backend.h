@@ -44,6 +44,8 @@ class CudaBackend final : public Backend {
   void logprob_forward_backward(const cpu::LogprobShape& shape, ConstTensor hidden, ConstTensor w,
                                 const int32_t* targets, const float* dlogp, float* logp, float* dhidden, float* dw,
                                 Workspace workspace) override;
+  void dropout(long rows, long cols, const cpu::DropoutMask& mask, ConstTensor x, Tensor y,
+               bool accumulate) override;
   void copy(long n, const float* from, float* to) override;
   void add_into(long n, const float* from, float* to, Tensor rounded) override;
   void round(long n, const float* from, Tensor to) override;

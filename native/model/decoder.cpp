@@ -19,7 +19,17 @@ cpu::AttentionShape Decoder::attention_shape(long tokens) const {
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-// y = x W^T + beta y, and with an adapter on W, + s (x A^T) B^T: two thin GEMMs through [N, r].
+ConstTensor Decoder::adapter_input(const LoraPair& pair, long N, long in, ConstTensor x, LayerSlot& a,
+                                   cpu::DropoutMask* mask) {
+  const double p = adapters_->table->config().dropout;
+  if (!dropout_ || p == 0) return x;
+  *mask = cpu::dropout_mask(p, lora_dropout_key(*dropout_, pair.layer, pair.projection));
+  ops_.dropout(N, in, *mask, x, a.lora_x, false);
+  return a.lora_x;
+}
+
+// y = x W^T + beta y, and with an adapter on W, + s (dropout(x) A^T) B^T: two thin GEMMs
+// through [N, r].
 void Decoder::project(const ParameterSpec& p, long N, long in, long out, ConstTensor x, float beta, Tensor y,
                       const WeightSource& W, LayerSlot& a) {
   ops_.linear_forward(N, in, out, x, W.weight(p), beta, y);
@@ -27,25 +37,39 @@ void Decoder::project(const ParameterSpec& p, long N, long in, long out, ConstTe
   if (!pair) return;
   const LoraConfig& lora = adapters_->table->config();
   const WeightSource& A = *adapters_->weights;
-  ops_.linear_forward(N, in, lora.rank, x, A.weight(*pair->a), 0.0f, a.lora_t);
+  cpu::DropoutMask mask;
+  const ConstTensor ax = adapter_input(*pair, N, in, x, a, &mask);
+  ops_.linear_forward(N, in, lora.rank, ax, A.weight(*pair->a), 0.0f, a.lora_t);
   ops_.linear_forward(N, lora.rank, out, a.lora_t, A.weight(*pair->b), 1.0f, y, float(lora.scale()));
 }
 
-// With t = x A^T recomputed: dB += s dy^T t and dt = s dy B, then dA += dt^T x, all before the
-// base's dx overwrites x (dx may be x's buffer); then dx += dt A.
+// With xd = dropout(x) (the forward's mask, drawn again) and t = xd A^T recomputed: dB += s dy^T t
+// and dt = s dy B, then dA += dt^T xd, all before the base's dx overwrites x (dx may be x's
+// buffer); then dx += dropout'(dt A): dt A itself without dropout, else masked and scaled in
+// lora_x first.
 void Decoder::project_backward(const ParameterSpec& p, long N, long in, long out, ConstTensor x, ConstTensor dy,
                                Tensor dx, float dx_beta, const WeightSource& W, GradientSink& G, LayerSlot& a) {
   const LoraPair* pair = adapters_ ? adapters_->table->pair(p) : nullptr;
   const long r = pair ? adapters_->table->config().rank : 0;
+  cpu::DropoutMask mask;
+  ConstTensor ax = x;
   if (pair) {
     const WeightSource& A = *adapters_->weights;
-    ops_.linear_forward(N, in, r, x, A.weight(*pair->a), 0.0f, a.lora_t);
+    ax = adapter_input(*pair, N, in, x, a, &mask);
+    ops_.linear_forward(N, in, r, ax, A.weight(*pair->a), 0.0f, a.lora_t);
     ops_.linear_backward(N, r, out, a.lora_t, dy, A.weight(*pair->b), a.lora_dt, 0.0f, G.grad(*pair->b),
                          float(adapters_->table->config().scale()));
-    ops_.linear_backward(N, in, r, x, a.lora_dt, A.weight(*pair->a), Tensor{}, 0.0f, G.grad(*pair->a));
+    ops_.linear_backward(N, in, r, ax, a.lora_dt, A.weight(*pair->a), Tensor{}, 0.0f, G.grad(*pair->a));
   }
   ops_.linear_backward(N, in, out, x, dy, W.weight(p), dx, dx_beta, G.grad(p));
-  if (pair) ops_.linear_backward(N, in, r, x, a.lora_dt, adapters_->weights->weight(*pair->a), dx, 1.0f, nullptr);
+  if (!pair) return;
+  const ConstTensor a_weight = adapters_->weights->weight(*pair->a);
+  if (ax.data == x.data) {
+    ops_.linear_backward(N, in, r, x, a.lora_dt, a_weight, dx, 1.0f, nullptr);
+  } else {
+    ops_.linear_backward(N, in, r, a.lora_x, a.lora_dt, a_weight, a.lora_x, 0.0f, nullptr);
+    ops_.dropout(N, in, mask, a.lora_x, dx, true);
+  }
 }
 
 // h = x + o_proj(attn).

@@ -55,6 +55,9 @@ struct LayerSlot {
   // With adapters: a projection's x A^T and d loss / d (x A^T), [N, r] (one pair for all
   // projections: each is recomputed where the backward needs it).
   Tensor lora_t, lora_dt;
+  // With lora_dropout while training: dropout(x), the A-GEMM's input [N, in], and in the backward
+  // (dt A) before the mask's backward; [N, the widest projection input] (null otherwise).
+  Tensor lora_x;
 };
 
 struct DecoderBuffers {
@@ -157,6 +160,10 @@ class Decoder {
   // Every later call adds the adapters' term to the projections they target; null: the base
   // model alone (a fresh adapter's DPO reference is the same weights with the adapters off).
   void set_adapters(const Adapters* adapters) { adapters_ = adapters; }
+  // The training forward the next calls belong to (and the backward that follows): the adapters'
+  // input goes through lora_dropout with this draw's masks. Null (evaluation: scoring, reference
+  // log-probs, generation): no dropout, as PEFT's modules in eval mode.
+  void set_dropout(const LoraDropoutDraw* draw) { dropout_ = draw; }
 
  private:
   // y = x W^T + beta y, plus the adapter's s (x A^T) B^T when p has one (a.lora_t: scratch).
@@ -166,6 +173,9 @@ class Decoder {
   // dx_beta dx + the adapter's s (dy B) A. x is read before dx is written (dx may be x's buffer).
   void project_backward(const ParameterSpec& p, long N, long in, long out, ConstTensor x, ConstTensor dy, Tensor dx,
                         float dx_beta, const WeightSource& W, GradientSink& G, LayerSlot& a);
+  // The adapter's input: x, or dropout(x) in a.lora_x when a draw is set (mask: its mask then).
+  ConstTensor adapter_input(const LoraPair& pair, long N, long in, ConstTensor x, LayerSlot& a,
+                            cpu::DropoutMask* mask);
   void layer_forward(int l, const DeviceBatch& batch, const float* x, float* out, LayerSlot& a,
                      const WeightSource& W, bool need_output, const CachedStep* cached = nullptr);
   void run_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep,
@@ -187,6 +197,7 @@ class Decoder {
   Backend& ops_;
   Recompute recompute_;
   const Adapters* adapters_ = nullptr;
+  const LoraDropoutDraw* dropout_ = nullptr;
 };
 
 }  // namespace zn::model

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/counter_random.h"
 #include "core/errors.h"
 
 namespace zn::model {
@@ -20,6 +21,7 @@ void LoraConfig::validate() const {
   ZN_CHECK(rank > 0, "lora: lora_r must be positive, got ", rank);
   ZN_CHECK(std::isfinite(alpha) && alpha > 0, "lora: lora_alpha must be positive, got ", alpha);
   ZN_CHECK(!target_modules.empty(), "lora: lora_target_modules is empty");
+  ZN_CHECK(dropout >= 0 && dropout < 1, "lora: lora_dropout must be in [0, 1), got ", dropout);
   for (const std::string& m : target_modules) {
     const auto& known = lora_module_names();
     ZN_CHECK(m == "all-linear" || std::find(known.begin(), known.end(), m) != known.end(),
@@ -34,6 +36,13 @@ std::string lora_parameter_name(const std::string& base_name, char matrix) {
   return "base_model.model." + module + ".lora_" + matrix + ".weight";
 }
 
+uint64_t lora_dropout_key(const LoraDropoutDraw& draw, int layer, int projection) {
+  // "lora" in the seed keeps these streams apart from the weight initialisation's (seed, parameter).
+  const uint64_t per_forward = counter_stream_key(counter_stream_key(draw.seed ^ 0x6c6f7261ull, draw.step),
+                                                  draw.micro_batch);
+  return counter_stream_key(per_forward, uint64_t(layer) * lora_module_names().size() + uint64_t(projection));
+}
+
 namespace {
 
 // "model.layers.3.self_attn.q_proj.weight" -> "q_proj"; "" for anything else.
@@ -44,6 +53,14 @@ std::string projection_of(const std::string& name) {
   const std::string module = name.substr(start + 1, end - start - 1);
   const auto& known = lora_module_names();
   return std::find(known.begin(), known.end(), module) != known.end() ? module : "";
+}
+
+// "model.layers.3.self_attn.q_proj.weight" -> 3.
+int layer_of(const std::string& name) { return std::stoi(name.substr(std::string("model.layers.").size())); }
+
+int projection_index(const std::string& module) {
+  const auto& known = lora_module_names();
+  return int(std::find(known.begin(), known.end(), module) - known.begin());
 }
 
 bool targeted(const LoraConfig& config, const std::string& module) {
@@ -58,7 +75,11 @@ LoraTable::LoraTable(const std::vector<ParameterSpec>& base, const LoraConfig& c
     : config_(config), base_begin_(base.data()), pairs_(base.size()) {
   config.validate();
   const int64_t r = config.rank;
-  std::vector<std::pair<size_t, size_t>> placed;  // base index -> first of its two adapter rows
+  struct Placed {
+    size_t base_index, row;  // the base parameter, the first of its two adapter rows
+    int layer, projection;
+  };
+  std::vector<Placed> placed;
   size_t offset = 0;
   auto add = [&](const std::string& name, std::vector<int64_t> shape) {
     const size_t numel = size_t(shape[0] * shape[1]);
@@ -69,13 +90,13 @@ LoraTable::LoraTable(const std::vector<ParameterSpec>& base, const LoraConfig& c
     const std::string module = projection_of(base[i].name);
     if (module.empty() || !targeted(config, module)) continue;
     const int64_t out = base[i].shape[0], in = base[i].shape[1];
-    placed.push_back({i, table_.size()});
+    placed.push_back({i, table_.size(), layer_of(base[i].name), projection_index(module)});
     add(lora_parameter_name(base[i].name, 'A'), {r, in});
     add(lora_parameter_name(base[i].name, 'B'), {out, r});
   }
   ZN_CHECK(!table_.empty(), "lora: lora_target_modules matches no projection of the model");
   // Pointers once the table has stopped growing.
-  for (const auto& [base_index, row] : placed) pairs_[base_index] = {&table_[row], &table_[row + 1]};
+  for (const Placed& p : placed) pairs_[p.base_index] = {&table_[p.row], &table_[p.row + 1], p.layer, p.projection};
 }
 
 const LoraPair* LoraTable::pair(const ParameterSpec& base) const {

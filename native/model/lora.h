@@ -1,5 +1,7 @@
 // LoRA adapters (Hu et al. 2021) on Mistral's projections, as PEFT's LoraLayer computes them:
-//   y = x W^T + s * (x A^T) B^T,   A [r, in], B [out, r],   s = alpha / r (rsLoRA: alpha / sqrt(r))
+//   y = x W^T + s * (dropout(x) A^T) B^T,   A [r, in], B [out, r],   s = alpha / r (rsLoRA: alpha / sqrt(r))
+// dropout (lora_dropout) acts in training forwards only (PEFT's nn.Dropout per adapted layer, each
+// projection its own mask), with counter-based masks (LoraDropoutDraw) instead of torch's RNG.
 // The adapters are a parameter table of their own, named as PEFT saves them
 // ("base_model.model.<base module>.lora_A.weight"), so the same CpuWeights / CudaWeights and
 // train state serve them as the base: the adapters are one trained parameter group over a frozen
@@ -7,6 +9,7 @@
 // Adapters); with the adapters switched off the model is the base model (TRL's reference for a
 // fresh adapter).
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -21,6 +24,9 @@ struct LoraConfig {
   // PEFT module names ("q_proj", "gate_proj", ...); "all-linear" is every projection (PEFT never
   // adapts the lm_head under all-linear).
   std::vector<std::string> target_modules;
+  double dropout = 0;  // lora_dropout, in [0, 1): the drop probability of the adapters' input
+  // The masks' seed (the trainer's seed): with the step and micro-batch it names every mask.
+  uint64_t dropout_seed = 0;
 
   double scale() const;  // alpha / r, or alpha / sqrt(r) with rslora
   void validate() const;  // throws zn::Error naming the field
@@ -33,7 +39,24 @@ const std::vector<std::string>& lora_module_names();
 struct LoraPair {
   const ParameterSpec* a = nullptr;  // [r, in]
   const ParameterSpec* b = nullptr;  // [out, r]
+  int layer = 0;                     // the decoder layer
+  int projection = 0;                // its index in lora_module_names()
 };
+
+// Which training forward a dropout mask belongs to: the optimizer step it accumulates into and
+// the forward's index among that step's micro-batches. Both come back on resume (the step from
+// the optimizer state, the micro-batch counting from 0 at a step boundary), so a resumed run draws
+// the masks the uninterrupted one drew.
+struct LoraDropoutDraw {
+  uint64_t seed = 0;
+  uint64_t step = 0;
+  uint64_t micro_batch = 0;
+};
+
+// The stream key of the mask over a projection's input [tokens, in] in one training forward:
+// element (row, col) is kept when counter_bits(key, row * in + col) >= p * 2^64
+// (kernels/cpu/dropout.h). This function and that rule are the masks' specification.
+uint64_t lora_dropout_key(const LoraDropoutDraw& draw, int layer, int projection);
 
 // The adapter table for a base table, and where each base projection's pair sits.
 class LoraTable {

@@ -136,11 +136,15 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
   const size_t r = size_t(o.lora.rank);
   const Tensor lora_t = r ? f32(arena.take(N * r)) : Tensor{};
   const Tensor lora_dt = r && o.trainable ? f32(arena.take(N * r)) : Tensor{};
+  // lora_dropout's dropped input, for the widest projection input (training only).
+  const bool dropout = r && o.trainable && o.lora.dropout > 0;
+  const Tensor lora_x = dropout ? f32(arena.take(N * std::max({d, qd, ffn}))) : Tensor{};
   for (LayerSlot& s : a.layers) {
     s.norm1 = s.norm2 = normed;
     s.act = act;
     s.lora_t = lora_t;
     s.lora_dt = lora_dt;
+    s.lora_x = lora_x;
   }
   return arena.used();
 }
@@ -464,6 +468,7 @@ void MistralModel::forward(const TokenBatchView& batch, float* logp) {
            "was created with trainable: false; use logprobs()");
   have_activations_ = false;
   copy_batch(batch);
+  decoder_->set_dropout(owners_.next_dropout_draw());  // a training forward
   decoder_->forward(this->batch(), *buffers_, *owners_.weights, true, logp);
   have_activations_ = true;
 }
@@ -471,12 +476,14 @@ void MistralModel::forward(const TokenBatchView& batch, float* logp) {
 void MistralModel::logprobs(const TokenBatchView& batch, float* logp) {
   have_activations_ = false;  // the shared slots are overwritten
   copy_batch(batch);
+  decoder_->set_dropout(nullptr);  // evaluation: no dropout
   decoder_->forward(this->batch(), *buffers_, *owners_.weights, false, logp);
 }
 
 void MistralModel::next_token_logits(const TokenBatchView& batch, float* logits) {
   have_activations_ = false;
   copy_batch(batch);
+  decoder_->set_dropout(nullptr);  // evaluation: no dropout
   decoder_->trunk_forward(this->batch(), *buffers_, *owners_.weights, false);
   last_row_logits(cu_seqlens_.data(), n_docs_, logits);
 }
@@ -534,6 +541,7 @@ void MistralModel::extend(const ExtendRequest& request, float* logits) {
                         plan.keys(plan.cu_seqlens.data(), plan.positions.data(), plan.k_begin.data(),
                                   plan.k_len.data(), plan.k_positions.data()),
                         plan.keys_from_cache};
+  decoder_->set_dropout(nullptr);  // evaluation: no dropout
   decoder_->forward_cached(batch, step, *buffers_, *owners_.weights);
   last_row_logits(plan.cu_seqlens.data(), request.sequences, logits);
 }
@@ -564,6 +572,7 @@ void MistralModel::forward_backward(const TokenBatchView& batch, const float* dl
   have_activations_ = false;
   copy_batch(batch);
   validate_dlogp(dlogp, tokens_);
+  decoder_->set_dropout(owners_.next_dropout_draw());  // a training forward
   decoder_->forward_backward(this->batch(), *buffers_, *owners_.weights, *owners_.gradients, dlogp, logp,
                              options_.gradient_checkpointing);
   if (owners_.state) owners_.state->embedding_backward(tokens_, input_ids_.data(), buffers_->dres);

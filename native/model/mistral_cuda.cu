@@ -145,9 +145,13 @@ void take_activations(const MistralConfig& c, const ModelOptions& o, DeviceArena
   const size_t r = size_t(o.lora.rank);
   const Tensor lora_t = r ? Tensor{arena.take_bytes(w.N * r * w.act), t} : Tensor{};
   const Tensor lora_dt = r && o.trainable ? Tensor{arena.take_bytes(w.N * r * w.act), t} : Tensor{};
+  // lora_dropout's dropped input, for the widest projection input (training only).
+  const bool dropout = r && o.trainable && o.lora.dropout > 0;
+  const Tensor lora_x = dropout ? Tensor{arena.take_bytes(w.N * std::max({w.d, w.qd, w.ffn}) * w.act), t} : Tensor{};
   for (LayerSlot& s : a.layers) {
     s.lora_t = lora_t;
     s.lora_dt = lora_dt;
+    s.lora_x = lora_x;
   }
 }
 
@@ -476,6 +480,7 @@ void CudaMistralModel::forward(const TokenBatchView& batch, float* logp) {
   use_device();
   have_activations_ = false;
   upload_batch(batch);
+  decoder_->set_dropout(owners_.next_dropout_draw());  // a training forward
   decoder_->forward(this->batch(), buf_->acts, *owners_.weights, true, buf_->logp);
   download_logp(logp);
   have_activations_ = true;
@@ -485,6 +490,7 @@ void CudaMistralModel::logprobs(const TokenBatchView& batch, float* logp) {
   use_device();
   have_activations_ = false;  // the shared slots are overwritten
   upload_batch(batch);
+  decoder_->set_dropout(nullptr);  // evaluation: no dropout
   decoder_->forward(this->batch(), buf_->acts, *owners_.weights, false, buf_->logp);
   download_logp(logp);
 }
@@ -496,6 +502,7 @@ void CudaMistralModel::next_token_logits(const TokenBatchView& batch, float* log
   use_device();
   have_activations_ = false;
   upload_batch(batch);
+  decoder_->set_dropout(nullptr);  // evaluation: no dropout
   decoder_->trunk_forward(this->batch(), buf_->acts, *owners_.weights, false);
   last_row_logits(cu_seqlens_.data(), n_docs_, logits);
 }
@@ -633,6 +640,7 @@ void CudaMistralModel::extend(const ExtendRequest& request, float* logits) {
   const CachedStep step{&kv, cache_rows_,
                         plan.keys(B.cu_seqlens, B.position_ids, k_begin_, k_len_, key_positions),
                         plan.keys_from_cache};
+  decoder_->set_dropout(nullptr);  // evaluation: no dropout
   decoder_->forward_cached(batch(), step, buf_->acts, *owners_.weights);
   last_row_logits(plan.cu_seqlens.data(), request.sequences, logits);
 }
@@ -648,6 +656,7 @@ void CudaMistralModel::forward_backward(const TokenBatchView& batch, const float
   upload_batch(batch);
   CudaBuffers& B = *buf_;
   ZN_CUDA_CHECK(cudaMemcpyAsync(B.dlogp, dlogp, size_t(tokens_) * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  decoder_->set_dropout(owners_.next_dropout_draw());  // a training forward
   decoder_->forward_backward(this->batch(), B.acts, *owners_.weights, *owners_.gradients, B.dlogp, B.logp,
                              options_.gradient_checkpointing);
   embedding_backward();

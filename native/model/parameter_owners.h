@@ -72,6 +72,24 @@ struct ParameterOwners {
     const State* s = state ? state.get() : adapter_state.get();
     return s ? s->step() : 0;
   }
+
+  // A training forward's lora_dropout draw (null without dropout): the next micro-batch of the
+  // current optimizer step, counted from 0 again once the step has moved (or after a resume).
+  const LoraDropoutDraw* next_dropout_draw() {
+    if (!lora || lora->config().dropout == 0) return nullptr;
+    const long step = optimizer_step();
+    if (step != dropout_step_) {
+      dropout_step_ = step;
+      dropout_micro_batches_ = 0;
+    }
+    dropout_draw_ = {lora->config().dropout_seed, uint64_t(step), dropout_micro_batches_++};
+    return &dropout_draw_;
+  }
+
+ private:
+  LoraDropoutDraw dropout_draw_;  // the last training forward's, which its backward reads again
+  long dropout_step_ = -1;
+  uint64_t dropout_micro_batches_ = 0;
 };
 
 }  // namespace zn::model

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -160,7 +161,13 @@ Matrix attention(const Matrix& q, const Matrix& k, const Matrix& v, const Mistra
   return out;
 }
 
-std::vector<double> reference_logp(const MistralConfig& c, const Params& P, const Batch& b) {
+// A projection's output y = x W^T, to which a reference with adapters adds its term (layer l,
+// module name such as "q_proj").
+using AdapterTerm = std::function<void(int l, const std::string& module, const Matrix& x, long N, long in, long out,
+                                       Matrix& y)>;
+
+std::vector<double> reference_logp(const MistralConfig& c, const Params& P, const Batch& b,
+                                   const AdapterTerm& adapter = nullptr) {
   const long N = long(b.ids.size()), d = c.hidden_size, ffn = c.intermediate_size;
   Matrix x(size_t(N * d));
   // nn.Embedding(padding_idx): the pad row's lookup is a constant (no gradient through it), so
@@ -175,19 +182,24 @@ std::vector<double> reference_logp(const MistralConfig& c, const Params& P, cons
     }
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
+    auto project = [&](const std::string& module, const std::string& block, const Matrix& in_x, long in, long out) {
+      Matrix y = linear(in_x, P.at(p + block + "." + module + ".weight"), N, in, out);
+      if (adapter) adapter(l, module, in_x, N, in, out, y);
+      return y;
+    };
     Matrix n1 = rmsnorm(x, P.at(p + "input_layernorm.weight"), N, d, c.rms_norm_eps);
-    Matrix q = linear(n1, P.at(p + "self_attn.q_proj.weight"), N, d, c.q_dim());
-    Matrix k = linear(n1, P.at(p + "self_attn.k_proj.weight"), N, d, c.kv_dim());
-    Matrix v = linear(n1, P.at(p + "self_attn.v_proj.weight"), N, d, c.kv_dim());
+    Matrix q = project("q_proj", "self_attn", n1, d, c.q_dim());
+    Matrix k = project("k_proj", "self_attn", n1, d, c.kv_dim());
+    Matrix v = project("v_proj", "self_attn", n1, d, c.kv_dim());
     rope(q, N, c.num_heads, c.head_dim, c.rope_theta, b.positions);
     rope(k, N, c.num_kv_heads, c.head_dim, c.rope_theta, b.positions);
-    Matrix o = linear(attention(q, k, v, c, b.cu), P.at(p + "self_attn.o_proj.weight"), N, c.q_dim(), d);
+    Matrix o = project("o_proj", "self_attn", attention(q, k, v, c, b.cu), c.q_dim(), d);
     for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
     Matrix n2 = rmsnorm(x, P.at(p + "post_attention_layernorm.weight"), N, d, c.rms_norm_eps);
-    Matrix gate = linear(n2, P.at(p + "mlp.gate_proj.weight"), N, d, ffn);
-    Matrix up = linear(n2, P.at(p + "mlp.up_proj.weight"), N, d, ffn);
+    Matrix gate = project("gate_proj", "mlp", n2, d, ffn);
+    Matrix up = project("up_proj", "mlp", n2, d, ffn);
     for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1 + std::exp(-gate[i])) * up[i];
-    Matrix down = linear(gate, P.at(p + "mlp.down_proj.weight"), N, ffn, d);
+    Matrix down = project("down_proj", "mlp", gate, ffn, d);
     for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
   }
   Matrix h = rmsnorm(x, P.at("model.norm.weight"), N, d, c.rms_norm_eps);
@@ -205,8 +217,9 @@ std::vector<double> reference_logp(const MistralConfig& c, const Params& P, cons
   return logp;
 }
 
-double weighted_loss(const MistralConfig& c, const Params& P, const Batch& b, const std::vector<float>& w) {
-  const std::vector<double> logp = reference_logp(c, P, b);
+double weighted_loss(const MistralConfig& c, const Params& P, const Batch& b, const std::vector<float>& w,
+                     const AdapterTerm& adapter = nullptr) {
+  const std::vector<double> logp = reference_logp(c, P, b, adapter);
   double loss = 0;
   for (size_t t = 0; t < logp.size(); ++t) loss += w[t] * logp[t];
   return loss;
@@ -1029,4 +1042,162 @@ ZN_TEST("model.generation_bounds_and_errors") {
   expect_error([&] { model->extend({1, &slot, &count, many.data()}, logits.data()); }, "would wrap");
   count = 0;
   expect_error([&] { model->extend({1, &slot, &count, many.data()}, logits.data()); }, "at least 1");
+}
+
+namespace {
+
+// LoRA's term with lora_dropout as the float64 reference computes it: s (dropout(x) A^T) B^T, the
+// mask of (draw, layer, projection) taken from the counter function the masks are specified by
+// (model/lora.h: element (row, col) kept when draw row * in + col of lora_dropout_key's stream is
+// at least p * 2^64), kept values scaled by 1 / (1 - p). No draw: no dropout (evaluation).
+AdapterTerm lora_reference(const Params& adapters, const LoraConfig& lora, const LoraDropoutDraw* draw) {
+  return [&adapters, lora, draw](int l, const std::string& module, const Matrix& x, long N, long in, long out,
+                                 Matrix& y) {
+    const std::string block = module == "gate_proj" || module == "up_proj" || module == "down_proj" ? "mlp" : "self_attn";
+    const std::string prefix = "base_model.model.model.layers." + std::to_string(l) + "." + block + "." + module;
+    if (!adapters.count(prefix + ".lora_A.weight")) return;
+    const std::vector<double>&A = adapters.at(prefix + ".lora_A.weight"), &B = adapters.at(prefix + ".lora_B.weight");
+    const auto& names = lora_module_names();
+    const int projection = int(std::find(names.begin(), names.end(), module) - names.begin());
+    const uint64_t key = draw ? lora_dropout_key(*draw, l, projection) : 0;
+    Matrix dropped = x;
+    for (size_t i = 0; draw && i < dropped.size(); ++i) {
+      const bool keep = double(counter_bits(key, i)) >= std::ldexp(lora.dropout, 64);
+      dropped[i] = keep ? dropped[i] / (1.0 - lora.dropout) : 0.0;
+    }
+    const long r = lora.rank;
+    const Matrix t = linear(dropped, A, N, in, r);
+    const Matrix term = linear(t, B, N, r, out);
+    for (size_t i = 0; i < y.size(); ++i) y[i] += lora.scale() * term[i];
+  };
+}
+
+}  // namespace
+
+// lora_dropout (model/lora.h) against float64: a training forward's log-probs are the reference's
+// with the same masks (drawn per step, micro-batch, layer and projection), every A and B gradient
+// is a central difference of that reference, gradient checkpointing regenerates the masks, an
+// evaluation forward applies none, p = 0 runs no dropout at all, and a resumed run draws the masks
+// the uninterrupted one drew (bit-identical steps).
+ZN_TEST("model.lora_dropout_matches_float64_reference_with_the_same_masks") {
+  const std::vector<LoraConfig> cases = {{2, 3.0, false, {"all-linear"}, 0.1, 7},
+                                         {3, 4.0, true, {"q_proj", "v_proj", "down_proj"}, 0.1, 12345}};
+  for (const LoraConfig& lc : cases) {
+    const bool tied = lc.rslora;
+    const MistralConfig c = tiny_config(tied);
+    const Params P = random_params(c);
+    const Batch b = random_batch(c, {7, 5}), b2 = random_batch(c, {6, 6});
+    const std::vector<float> w = test::random_f32(b.ids.size());
+    const std::vector<ParameterSpec> table = parameter_table(c);
+    const LoraTable lora(table, lc);
+    Params adapters;
+    for (const ParameterSpec& p : lora.parameters()) adapters[p.name] = test::to_f64(test::random_f32(p.numel, 0.5f));
+    const std::string where = lc.target_modules.front();
+    TempFile adapter_file(".safetensors");
+    write_params(adapter_file.path, lora.parameters(), adapters);
+    ModelOptions o;
+    o.max_tokens = 16;
+    o.lora = lc;
+    for (const ParameterSpec& p : table) o.frozen.push_back(p.name);
+    auto make = [&](const ModelOptions& options) {
+      auto m = make_model(c, P, options);
+      EXPECT(m->load_adapters({adapter_file.path}).empty(), where);
+      return m;
+    };
+    auto model = make(o);
+
+    // The first training forward draws (seed, step 0, micro-batch 0).
+    const LoraDropoutDraw first{lc.dropout_seed, 0, 0};
+    const std::vector<float> logp = run_logp(*model, b, true);
+    const std::vector<double> expected = reference_logp(c, P, b, lora_reference(adapters, lc, &first));
+    test::expect_close(logp, expected, test::kF32RelTol, where + ": training logp with dropout");
+    const std::vector<double> undropped = reference_logp(c, P, b, lora_reference(adapters, lc, nullptr));
+    double moved = 0;
+    for (size_t t = 0; t < logp.size(); ++t) moved = std::max(moved, std::fabs(expected[t] - undropped[t]));
+    EXPECT(moved > 1e-3, where, ": the masks changed no log-prob (", moved, ")");
+
+    model->zero_grad();
+    model->backward(w.data(), long(w.size()));
+    Params fd_adapters = adapters;
+    for (const ParameterSpec& p : model->adapter_parameters()) {
+      std::vector<double> fd(p.numel);
+      std::vector<double>& values = fd_adapters[p.name];
+      for (size_t i = 0; i < p.numel; ++i) {
+        const double saved = values[i], h = 1e-5 * std::max(1.0, std::fabs(saved));
+        values[i] = saved + h;
+        const double up = weighted_loss(c, P, b, w, lora_reference(fd_adapters, lc, &first));
+        values[i] = saved - h;
+        const double down = weighted_loss(c, P, b, w, lora_reference(fd_adapters, lc, &first));
+        values[i] = saved;
+        fd[i] = (up - down) / (2 * h);
+      }
+      test::expect_close(gradient_of(*model, p.name), fd, 1e-4, where + ": d loss / d " + p.name);
+    }
+
+    // Gradient checkpointing recomputes the layers, drawing the same masks again.
+    ModelOptions ckpt_options = o;
+    ckpt_options.gradient_checkpointing = true;
+    auto ckpt = make(ckpt_options);
+    EXPECT(run_logp(*ckpt, b, true) == logp, where, ": checkpointed forward differs");
+    ckpt->zero_grad();
+    ckpt->backward(w.data(), long(w.size()));
+    for (const ParameterSpec& p : model->adapter_parameters())
+      test::expect_close(gradient_of(*ckpt, p.name), test::to_f64(gradient_of(*model, p.name)), 1e-5,
+                         where + ": checkpointed d loss / d " + p.name);
+
+    // Evaluation forwards apply no dropout; p = 0 runs none while training either.
+    test::expect_close(run_logp(*model, b, false), undropped, test::kF32RelTol, where + ": eval logp");
+    ModelOptions no_dropout = o;
+    no_dropout.lora.dropout = 0;
+    auto plain = make(no_dropout);
+    EXPECT(run_logp(*plain, b, true) == run_logp(*model, b, false), where, ": p = 0 differs from evaluation");
+    const size_t widest = size_t(std::max({c.hidden_size, c.q_dim(), c.intermediate_size})) * size_t(o.max_tokens);
+    EXPECT(plan_memory(c, o).activations == plan_memory(c, no_dropout).activations + (widest + 15) / 16 * 16 * 4,
+           where, ": the plan holds one [maxTokens, widest input] f32 buffer for the dropped input");
+
+    // The next forward of the step is micro-batch 1; after the step, step 1's micro-batch 0.
+    const std::vector<float> w2 = test::random_f32(b2.ids.size());
+    std::vector<float> unused(b2.ids.size());
+    const LoraDropoutDraw second{lc.dropout_seed, 0, 1}, next_step{lc.dropout_seed, 1, 0};
+    model->forward_backward(b2.view(), w2.data(), unused.data());
+    test::expect_close(unused, reference_logp(c, P, b2, lora_reference(adapters, lc, &second)), test::kF32RelTol,
+                       where + ": micro-batch 1's masks");
+    const AdamWOptions hp{1e-2, 0.9, 0.99, 1e-8, 0.1, 0.5};
+    model->clip_and_step(hp);
+    Params stepped;
+    for (const ParameterSpec& p : model->adapter_parameters())
+      stepped[p.name].assign(model->master(p), model->master(p) + p.numel);
+    TempFile saved(".safetensors"), state(".safetensors");
+    std::vector<std::string> names;
+    for (const ParameterSpec& p : model->adapter_parameters()) names.push_back(p.name);
+    model->save_weights(saved.path, names, SaveDType::F32, {});
+    model->save_optimizer_state(state.path);
+
+    // Resumed from the checkpoint after step 1: two more steps of two micro-batches each are
+    // bit-identical to the uninterrupted run's (whose first forward draws step 1's masks).
+    auto resumed = make(o);
+    resumed->load_adapters({saved.path});
+    resumed->load_optimizer_state(state.path);
+    std::vector<float> step1_logp;
+    for (MistralModel* m : {model.get(), resumed.get()}) {
+      for (int step = 0; step < 2; ++step) {
+        m->zero_grad();
+        std::vector<float> first_logp(b.ids.size());
+        m->forward_backward(b.view(), w.data(), first_logp.data());
+        if (m == model.get() && step == 0) step1_logp = first_logp;
+        m->forward_backward(b2.view(), w2.data(), unused.data());
+        m->clip_and_step(hp);
+      }
+    }
+    test::expect_close(step1_logp, reference_logp(c, P, b, lora_reference(stepped, lc, &next_step)),
+                       test::kF32RelTol, where + ": step 1's masks");
+    for (const ParameterSpec& p : model->adapter_parameters()) {
+      const ParameterSpec& q = resumed->parameter(p.name);
+      EXPECT(std::equal(model->master(p), model->master(p) + p.numel, resumed->master(q)), where, ": resumed ", p.name);
+    }
+  }
+  LoraConfig bad{4, 8.0, false, {"q_proj"}, 1.0, 0};
+  test::expect_error([&] { LoraTable(parameter_table(tiny_config(false)), bad); }, "lora_dropout must be in [0, 1), got 1");
+  bad.dropout = -0.1;
+  test::expect_error([&] { LoraTable(parameter_table(tiny_config(false)), bad); }, "lora_dropout must be in [0, 1)");
 }

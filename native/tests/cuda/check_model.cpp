@@ -844,7 +844,7 @@ void run_frozen_checks(Report& report, const std::string& only) {
 
 // LoRA (model/lora.h) trained on both devices over a frozen base: every projection adapted (r 8),
 // and q/v/down with rsLoRA beside a trained final norm (two trained groups, one clip norm), in
-// f32 and bf16, on the device and offloaded.
+// f32 and bf16, on the device and offloaded; the bf16 ones with lora_dropout 0.1.
 void run_lora_checks(Report& report, const std::string& only) {
   if (std::string("lora").rfind(only, 0) != 0) return;
   std::printf("\n== LoRA checks (CPU MistralModel vs CudaMistralModel, adapters over a frozen base)\n");
@@ -857,10 +857,16 @@ void run_lora_checks(Report& report, const std::string& only) {
     if (p.name != "model.norm.weight") all_but_norm.push_back(p.name);
   }
   const model::LoraConfig every{8, 16.0, false, {"all-linear"}}, some{4, 8.0, true, {"q_proj", "v_proj", "down_proj"}};
+  // lora_dropout: both devices draw the same masks (kernels/cpu/dropout.h), so they still agree.
+  model::LoraConfig every_dropout = every, some_dropout = some;
+  every_dropout.dropout = some_dropout.dropout = 0.1;
+  every_dropout.dropout_seed = some_dropout.dropout_seed = 42;
   check_training(report, {"D32 LoRA all-linear", small, Precision::F32, false, false, base, every}, sft, dpo);
-  check_training(report, {"D32 LoRA all-linear", small, Precision::BF16, false, false, base, every}, sft, dpo);
-  check_training(report, {"D32 LoRA q/v/down + norm", small, Precision::BF16, true, false, all_but_norm, some}, sft,
-                 dpo);
+  check_training(report, {"D32 LoRA all-linear dropout", small, Precision::BF16, false, false, base, every_dropout},
+                 sft, dpo);
+  check_training(report, {"D32 LoRA q/v/down + norm dropout", small, Precision::BF16, true, false, all_but_norm,
+                          some_dropout},
+                 sft, dpo);
   setenv("ZN_OFFLOAD_CHUNK", kOffloadChunkForChecks, 1);
   check_training(report, {"D32 LoRA q/v/down + norm", small, Precision::BF16, false, true, all_but_norm, some}, sft,
                  dpo);

@@ -13,6 +13,7 @@
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/dpo.h"
+#include "kernels/cpu/dropout.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/logprob.h"
@@ -22,6 +23,7 @@
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/dpo.h"
+#include "kernels/cuda/dropout.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/logprob.h"
@@ -519,6 +521,38 @@ void check_swiglu_case(Report& report, cudaStream_t stream, DType t) {
   });
 }
 
+// ---------------------------------------------------------------- dropout
+
+// The masks are the CPU's, bit for bit: the expected values are the spec's (kernels/cpu/dropout.h,
+// header-only, so no CPU kernel needs to be built), f32 arithmetic rounded to y's dtype.
+void check_dropout_case(Report& report, cudaStream_t stream, DType x_t, DType y_t) {
+  const long rows = 97, cols = 211;
+  const std::string what = std::string("x ") + dt(x_t) + " y " + dt(y_t);
+  guarded(report, "dropout", what, [&] {
+    const size_t n = static_cast<size_t>(rows * cols);
+    const std::vector<float> x = quantize(random_normal(n), x_t), y0 = quantize(random_normal(n), y_t);
+    const cpu::DropoutMask mask = cpu::dropout_mask(0.1, counter_stream_key(7, 3));
+    DeviceArray dx(x, x_t), dy(n, y_t), acc(y0, y_t);
+    dropout_forward(rows, cols, mask, dx.carray(), dy.array(), false, stream);
+    dropout_forward(rows, cols, mask, dx.carray(), acc.array(), true, stream);
+    std::vector<float> want(n), want_acc(n);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const float value = cpu::dropout_keeps(mask, i) ? x[i] * mask.scale : 0.0f;
+      kept += cpu::dropout_keeps(mask, i);
+      want[i] = value;
+      want_acc[i] = y0[i] + value;
+    }
+    want = quantize(want, y_t);
+    want_acc = quantize(want_acc, y_t);
+    const std::vector<float> got = dy.read(), got_acc = acc.read();
+    size_t differing = 0;
+    for (size_t i = 0; i < n; ++i) differing += got[i] != want[i] || got_acc[i] != want_acc[i];
+    report.compare("dropout", what + " elements differing from the spec's masks", "bits", double(differing), 0.0);
+    report.compare("dropout", what + " kept fraction vs 0.9", "1", std::fabs(double(kept) / double(n) - 0.9), 0.01);
+  });
+}
+
 // ---------------------------------------------------------------- embedding
 
 void check_embedding_case(Report& report, cudaStream_t stream, DType table_t, DType out_t) {
@@ -872,6 +906,11 @@ void run_op_checks(Report& report, cudaStream_t stream, const std::string& only,
   if (selected(only, "swiglu")) {
     check_swiglu_case(report, stream, F);
     check_swiglu_case(report, stream, H);
+  }
+  if (selected(only, "dropout")) {
+    check_dropout_case(report, stream, F, F);
+    check_dropout_case(report, stream, H, H);
+    check_dropout_case(report, stream, H, F);
   }
   if (selected(only, "embedding")) {
     check_embedding_case(report, stream, F, F);
