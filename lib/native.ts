@@ -166,7 +166,14 @@ export interface NativeModelOptions {
    * target_modules with 'all-linear'), a trained group of their own; freezing the base is the
    * caller's (frozen).
    */
-  lora?: { rank: number; alpha: number; rslora?: boolean; targetModules: string[] };
+  lora?: {
+    rank: number;
+    alpha: number;
+    rslora?: boolean;
+    targetModules: string[];
+    /** Base parameters trained beside the adapters (PEFT's modules_to_save), by base name; not in `frozen`. */
+    modulesToSave?: string[];
+  };
 }
 
 /**
@@ -220,8 +227,12 @@ export interface NativeModel {
   memoryPlan(): MemoryPlan;
   /** Reads every parameter from safetensors files; returns the names of extra tensors. */
   loadWeights(options: { files: string[] }): Promise<{ unexpected: string[] }>;
-  /** Reads every adapter parameter (PEFT's adapter_model.safetensors); returns the names of extra tensors. */
-  loadAdapters(options: { files: string[] }): Promise<{ unexpected: string[] }>;
+  /**
+   * Reads every adapter parameter (PEFT's adapter_model.safetensors) and the saved modules the
+   * files hold (as `base_model.model.<name>`); returns the names of extra tensors and of the
+   * saved modules the files lack (they keep their values).
+   */
+  loadAdapters(options: { files: string[] }): Promise<{ unexpected: string[]; absent: string[] }>;
   /** Off: every later call runs the base model alone (TRL's reference for a fresh adapter). */
   setAdaptersEnabled(options: { enabled: boolean }): void;
   /** W += s B A into the base (PEFT's merge_and_unload; CPU model, dtype f32), adapters off after. */

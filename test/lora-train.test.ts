@@ -135,7 +135,9 @@ describe('LoRA training', () => {
       [[], /lora_dropout 0\.05: dropout on the adapters' input is not implemented yet; set lora_dropout: 0/],
       [['--lora_dropout', '0', '--lora_r', '0'], /lora_r must be a positive integer, got 0/],
       [['--lora_dropout', '0', '--lora_target_modules', 'qkv_proj'], /lora_target_modules names 'qkv_proj'/],
-      [['--lora_dropout', '0', '--lora_modules_to_save', 'lm_head'], /lora_modules_to_save .* is not implemented yet/],
+      [['--lora_dropout', '0', '--lora_modules_to_save', 'mlp'], /lora_modules_to_save: modules_to_save 'mlp' names 'model\.layers\.\d\.mlp', a module holding other modules/],
+      [['--lora_dropout', '0', '--lora_modules_to_save', 'q_proj'], /modules_to_save 'q_proj' names 'model\.layers\.0\.self_attn\.q_proj', which LoRA also adapts/],
+      [['--lora_dropout', '0', '--lora_modules_to_save', 'score'], /modules_to_save 'score' matches no module of the model that holds a weight/],
     ];
     for (const [extra, message] of cases) {
       const result = spawnSync(process.execPath, [cli, ...base, ...extra], { encoding: 'utf8' });

@@ -34,6 +34,8 @@ std::string lora_parameter_name(const std::string& base_name, char matrix) {
   return "base_model.model." + module + ".lora_" + matrix + ".weight";
 }
 
+std::string peft_saved_name(const std::string& base_name) { return "base_model.model." + base_name; }
+
 namespace {
 
 // "model.layers.3.self_attn.q_proj.weight" -> "q_proj"; "" for anything else.
@@ -76,6 +78,19 @@ LoraTable::LoraTable(const std::vector<ParameterSpec>& base, const LoraConfig& c
   ZN_CHECK(!table_.empty(), "lora: lora_target_modules matches no projection of the model");
   // Pointers once the table has stopped growing.
   for (const auto& [base_index, row] : placed) pairs_[base_index] = {&table_[row], &table_[row + 1]};
+  for (const std::string& name : config.modules_to_save) {
+    const ParameterSpec& p = find_parameter(base, name);  // throws naming an unknown one
+    ZN_CHECK(!pair(p), "lora: '", name, "' is both adapted and in modules_to_save");
+    saved_.push_back(&p);
+  }
+}
+
+const ParameterSpec* LoraTable::find(const std::string& peft_name) const {
+  for (const ParameterSpec& p : table_)
+    if (p.name == peft_name) return &p;
+  for (const ParameterSpec* p : saved_)
+    if (peft_saved_name(p->name) == peft_name) return p;
+  return nullptr;
 }
 
 const LoraPair* LoraTable::pair(const ParameterSpec& base) const {

@@ -856,7 +856,7 @@ void run_lora_checks(Report& report, const std::string& only) {
     base.push_back(p.name);
     if (p.name != "model.norm.weight") all_but_norm.push_back(p.name);
   }
-  const model::LoraConfig every{8, 16.0, false, {"all-linear"}}, some{4, 8.0, true, {"q_proj", "v_proj", "down_proj"}};
+  const model::LoraConfig every{8, 16.0, false, {"all-linear"}, {}}, some{4, 8.0, true, {"q_proj", "v_proj", "down_proj"}, {}};
   check_training(report, {"D32 LoRA all-linear", small, Precision::F32, false, false, base, every}, sft, dpo);
   check_training(report, {"D32 LoRA all-linear", small, Precision::BF16, false, false, base, every}, sft, dpo);
   check_training(report, {"D32 LoRA q/v/down + norm", small, Precision::BF16, true, false, all_but_norm, some}, sft,
