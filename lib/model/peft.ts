@@ -81,6 +81,10 @@ export function savedModuleParameters(lora: LoraSettings, config: MistralConfig,
       throw new ZnError(`${where}: modules_to_save '${entry}' names ${container ? `'${container}', a module holding other modules` : 'no module'}; name modules that hold a weight (embed_tokens, norm, input_layernorm, post_attention_layernorm, lm_head, a projection)`);
     }
     const matched = modules.filter((m) => m.endsWith(entry));
+    if (config.tieWordEmbeddings && matched.includes('model.embed_tokens')) {
+      // PEFT trains a copy for the input side while the lm_head keeps the tied original; here one matrix is both.
+      throw new ZnError(`${where}: modules_to_save '${entry}' names embed_tokens, which is tied to the lm_head (tie_word_embeddings is true); not supported`);
+    }
     if (matched.length === 0) {
       const tied = entry.endsWith('lm_head') && config.tieWordEmbeddings ? ' (the lm_head is tied to embed_tokens: tie_word_embeddings is true)' : '';
       throw new ZnError(`${where}: modules_to_save '${entry}' matches no module of the model that holds a weight${tied}`);
