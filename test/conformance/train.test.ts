@@ -9,7 +9,9 @@
  * (trl_train.py's WORKDIR/adapter), 5 SFT steps and 5 DPO steps whose reference is the frozen
  * starting adapter (TRL: a PeftModel policy without ref_model gets a "ref" copy of its adapter),
  * and 5 DPO steps of a fresh adapter (use_peft) whose reference is the base with the adapter off
- * (TRL: peft_config, reference under disable_adapter), TRL's A set to our fresh draw. The same
+ * (TRL: peft_config, reference under disable_adapter), TRL's A set to our fresh draw, also with
+ * lora_modules_to_save lm_head (its reference is the base: disable_adapter switches PEFT's copy
+ * off, and we load the base folder). The same
  * per-step metrics and final adapter tensors agree, and PEFT loads each adapter we saved with
  * our log-probs.
  */
@@ -145,13 +147,17 @@ describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false },
 
     before(async () => {
       // A fresh adapter's A is our own draw (seeded by `seed`); TRL's run starts from the same one.
-      const fresh = await loadModel(join(work, 'model'), { lora, loraSeed: 42, maxTokens: 16 });
-      await fresh.saveAdapter(join(work, 'fresh-init'));
-      fresh.dispose();
+      const starts: [string, LoraSettings][] = [['fresh-init', lora], ['fresh-init-saved', { ...lora, modulesToSave: ['lm_head'] }]];
+      for (const [dir, settings] of starts) {
+        const fresh = await loadModel(join(work, 'model'), { lora: settings, loraSeed: 42, maxTokens: 16 });
+        await fresh.saveAdapter(join(work, dir));
+        fresh.dispose();
+      }
       const fromAdapter = (output: string) => ({ ...loraRecipe(output), model_name_or_path: join(work, 'adapter') });
       await sft({ ...fromAdapter('zn-lora-sft'), dataset_name: join(work, 'sft.jsonl') }, { progress: 'silent' });
       await dpo({ ...fromAdapter('zn-lora-dpo'), dataset_name: join(work, 'dpo.jsonl'), beta: 0.1 }, { progress: 'silent' });
       await dpo({ ...loraRecipe('zn-lora-dpo-fresh'), ...freshKeys, dataset_name: join(work, 'dpo.jsonl'), beta: 0.1 }, { progress: 'silent' });
+      await dpo({ ...loraRecipe('zn-lora-dpo-saved'), ...freshKeys, lora_modules_to_save: 'lm_head', dataset_name: join(work, 'dpo.jsonl'), beta: 0.1 }, { progress: 'silent' });
       runPython(python!, script, ['peft', work], 600_000);
     });
 
@@ -172,10 +178,15 @@ describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false },
       await compareWeights(join(work, 'zn-lora-dpo-fresh'), join(work, 'trl-lora-dpo-fresh'), 'adapter_model.safetensors');
     });
 
+    it('DPO of a fresh adapter with lora_modules_to_save lm_head, against the base: metrics and the final adapter with the lm_head', async () => {
+      compareLogs(ours('zn-lora-dpo-saved'), log('trl-lora-dpo-saved', 'log_history.json'), dpoKeys, REWARD_FLOOR);
+      await compareWeights(join(work, 'zn-lora-dpo-saved'), join(work, 'trl-lora-dpo-saved'), 'adapter_model.safetensors');
+    });
+
     it('PEFT loads each adapter we saved and gives our log-probs', async () => {
       const peft = JSON.parse(readFileSync(join(work, 'peft_logps.json'), 'utf8')) as Record<string, number[]> & { documents: number[][]; targets: number[][] };
       const batch = packDocuments(peft.documents, peft.targets);
-      for (const run of ['zn-lora-sft', 'zn-lora-dpo', 'zn-lora-dpo-fresh']) {
+      for (const run of ['zn-lora-sft', 'zn-lora-dpo', 'zn-lora-dpo-fresh', 'zn-lora-dpo-saved']) {
         const model = await loadModel(join(work, run), { maxTokens: batch.inputIds.length });
         const err = relError(await model.logprobs(batch), peft[run]);
         model.dispose();

@@ -209,9 +209,13 @@ def copy_fresh_adapter(model, path):
             if ".lora_A." in name:
                 param.copy_(saved[key])
                 copied += 1
+            elif ".modules_to_save." in name:
+                # A saved module starts as the base's (PEFT copies the module); so does ours.
+                key = name.replace(".modules_to_save.default", "")
+                assert torch.equal(param, saved[key]), f"{key}: fresh saved module is not the base's"
             elif ".lora_B." in name:
                 assert torch.count_nonzero(saved[key]) == 0 and torch.count_nonzero(param) == 0, f"{key}: fresh B is not zero"
-    assert copied == len(saved) // 2, f"copied {copied} lora_A of {len(saved)} tensors"
+    assert copied == sum(".lora_A." in key for key in saved), f"copied {copied} lora_A of {len(saved)} tensors"
 
 
 def peft_runs(work):
@@ -219,7 +223,8 @@ def peft_runs(work):
     - trl-lora-sft, trl-lora-dpo: the policy is the adapter folder loaded as a PeftModel and no
       ref_model is given, so DPOTrainer adds a frozen copy of it (adapter "ref") as the reference;
     - trl-lora-dpo-fresh: the base and a LoraConfig (peft_config), so the reference is the policy
-      with its adapter disabled; its A is zephyr-native's fresh draw (WORKDIR/fresh-init).
+      with its adapter disabled; its A is zephyr-native's fresh draw (WORKDIR/fresh-init);
+    - trl-lora-dpo-saved: the same with modules_to_save lm_head (WORKDIR/fresh-init-saved).
     Then zephyr-native's saved adapters (WORKDIR/zn-lora-*) loaded by PEFT: per-token log-probs of
     the SFT rows (float64) in WORKDIR/peft_logps.json."""
     from datasets import load_dataset
@@ -262,6 +267,21 @@ def peft_runs(work):
     fresh.train()
     dump(fresh, out)
 
+    # The same with the lm_head trained beside the adapter: the reference is still
+    # disable_adapter(), which switches PEFT's saved copy of the lm_head off too (the base).
+    torch.manual_seed(0)
+    out = os.path.join(work, "trl-lora-dpo-saved")
+    saved = DPOTrainer(
+        model=os.path.join(work, "model"),
+        args=DPOConfig(**common_args(out, **LORA_ARGS), beta=0.1),
+        train_dataset=dpo_data,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(**LORA, modules_to_save=["lm_head"]),
+    )
+    copy_fresh_adapter(saved.model, os.path.join(work, "fresh-init-saved"))
+    saved.train()
+    dump(saved, out)
+
     write_peft_logps(work, tokenizer)
 
 
@@ -276,7 +296,7 @@ def write_peft_logps(work, tokenizer):
             docs.append(tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=True, return_dict=False))
     targets = [shifted_targets(ids, [False] * len(ids)) for ids in docs]
     result = {"documents": docs, "targets": targets}
-    for run in ("zn-lora-sft", "zn-lora-dpo", "zn-lora-dpo-fresh"):
+    for run in ("zn-lora-sft", "zn-lora-dpo", "zn-lora-dpo-fresh", "zn-lora-dpo-saved"):
         base = MistralForCausalLM.from_pretrained(os.path.join(work, "model"), dtype=torch.float32)
         model = PeftModel.from_pretrained(base, os.path.join(work, run)).double()
         with torch.no_grad():
