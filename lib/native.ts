@@ -168,7 +168,16 @@ export interface NativeModelOptions {
    * forwardBackward) only, with counter-based masks named by dropoutSeed, the optimizer step and
    * the micro-batch's index within it, so a resumed run draws the same masks.
    */
-  lora?: { rank: number; alpha: number; rslora?: boolean; targetModules: string[]; dropout?: number; dropoutSeed?: number };
+  lora?: {
+    rank: number;
+    alpha: number;
+    rslora?: boolean;
+    targetModules: string[];
+    dropout?: number;
+    dropoutSeed?: number;
+    /** Base parameters trained beside the adapters (PEFT's modules_to_save), by base name; not in `frozen`. */
+    modulesToSave?: string[];
+  };
   /**
    * CPU model: an untied embedding's gradient as a dense [vocab, dim] buffer rather than by the
    * rows a step touched, so that data-parallel ranks can sum whole gradient buffers.
@@ -227,8 +236,12 @@ export interface NativeModel {
   memoryPlan(): MemoryPlan;
   /** Reads every parameter from safetensors files; returns the names of extra tensors. */
   loadWeights(options: { files: string[] }): Promise<{ unexpected: string[] }>;
-  /** Reads every adapter parameter (PEFT's adapter_model.safetensors); returns the names of extra tensors. */
-  loadAdapters(options: { files: string[] }): Promise<{ unexpected: string[] }>;
+  /**
+   * Reads every adapter parameter (PEFT's adapter_model.safetensors) and the saved modules the
+   * files hold (as `base_model.model.<name>`); returns the names of extra tensors and of the
+   * saved modules the files lack (they keep their values).
+   */
+  loadAdapters(options: { files: string[] }): Promise<{ unexpected: string[]; absent: string[] }>;
   /** Off: every later call runs the base model alone (TRL's reference for a fresh adapter). */
   setAdaptersEnabled(options: { enabled: boolean }): void;
   /** W += s B A into the base (PEFT's merge_and_unload; CPU model, dtype f32), adapters off after. */

@@ -4,7 +4,8 @@
  * it (first loss log 2); a fresh-adapter dpo stage uses the policy with its adapters off as the
  * reference (one copy of the base, first loss log 2); `merge` folds the adapter into a plain
  * folder with the same log-probs; checkpoints hold the adapter and resume (with lora_dropout
- * too); bad LoRA keys are errors naming them.
+ * too); lora_modules_to_save trains the named base modules beside the adapters and saves them as
+ * PEFT does; bad LoRA keys are errors naming them.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -21,7 +22,7 @@ import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { writeRows } from '../lib/data/writers.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { loadModel, MistralModel } from '../lib/model/model.js';
-import { packageRoot } from '../lib/native.js';
+import { loadNative, packageRoot } from '../lib/native.js';
 import { dpo, sft as sftRun, train } from '../lib/train/api.js';
 
 const work = mkdtempSync(join(tmpdir(), 'zn-lora-train-'));
@@ -29,6 +30,7 @@ const cli = join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
 
 type Entry = Record<string, number>;
 const history = (dir: string): Entry[] => JSON.parse(readFileSync(join(dir, 'trainer_state.json'), 'utf8')).log_history as Entry[];
+const relDiff = (a: Float32Array, b: Float32Array): number => Math.hypot(...a.map((x, i) => x - b[i])) / Math.hypot(...b);
 const sha = (file: string): string => createHash('sha256').update(readFileSync(file)).digest('hex');
 
 const common = {
@@ -103,6 +105,29 @@ describe('LoRA training', () => {
     for (let t = 0; t < 5; t++) assert.ok(Math.abs(a[t] - b[t]) <= 1e-5 * Math.max(1, Math.abs(a[t])), `token ${t}: ${a[t]} vs merged ${b[t]}`);
     adapted.dispose();
     plain.dispose();
+
+    // `score` and `generate` take the adapter folder and give what the merged folder gives.
+    const scored = ['dpo', 'merged'].map((model) => {
+      const out = join(work, `score-${model}.jsonl`);
+      const run = spawnSync(process.execPath, [cli, 'score', '--model_name_or_path', join(work, model), '--dataset_name', join(work, 'prefs'), '--dataset_split', 'test_prefs', '--output', out], { encoding: 'utf8' });
+      assert.equal(run.status, 0, run.stderr);
+      return readFileSync(out, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+    });
+    assert.equal(scored[0].length, 8);
+    scored[0].forEach((row, i) => {
+      for (const [key, value] of Object.entries(row)) {
+        if (typeof value !== 'number' || !/logp/.test(key)) assert.deepEqual(value, scored[1][i][key], `score row ${i} ${key}`);
+        else assert.ok(Math.abs(value - (scored[1][i][key] as number)) <= 1e-5 * Math.max(1, Math.abs(value)), `score row ${i} ${key}: adapter ${value} vs merged ${scored[1][i][key]}`);
+      }
+    });
+    const generated = ['dpo', 'merged'].map((model) => {
+      const out = join(work, `generate-${model}.jsonl`);
+      const run = spawnSync(process.execPath, [cli, 'generate', '--model_name_or_path', join(work, model), '--dataset_name', join(work, 'chats.jsonl'), '--max_rows', '3', '--max_new_tokens', '8', '--temperature', '0', '--device', 'cpu', '--output', out], { encoding: 'utf8' });
+      assert.equal(run.status, 0, run.stderr);
+      return readFileSync(out, 'utf8').trim().split('\n').map((line) => JSON.stringify((JSON.parse(line) as { completions: { response: string }[] }).completions.map((c) => c.response)));
+    });
+    assert.equal(generated[0].length, 3);
+    assert.deepEqual(generated[0], generated[1], 'greedy completions: adapter folder = merged folder');
   });
 
   it('a fresh adapter on a full model: the reference is the policy with its adapters off; checkpoints hold the adapter and resume', async () => {
@@ -148,6 +173,25 @@ describe('LoRA training', () => {
     assert.notEqual(sha(join(work, 'no-dropout', 'adapter_model.safetensors')), sha(join(work, 'dropout', 'adapter_model.safetensors')));
   });
 
+  it('lora_modules_to_save: the norms trained beside a fresh adapter, saved as PEFT saves them; the reference is the base folder', async () => {
+    const output = join(work, 'saved-norms');
+    await dpo({ ...common, ...lora, ...prefs, lora_modules_to_save: 'norm', model_name_or_path: join(work, 'base'), output_dir: output, max_steps: 2, learning_rate: 1e-2 }, { progress: 'silent' });
+    const first = history(output).find((e) => 'loss' in e)!;
+    assert.ok(Math.abs(first.loss - Math.log(2)) < 1e-6, `step 1 loss ${first.loss}: the reference is the base`);
+    const config = JSON.parse(readFileSync(join(output, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+    assert.deepEqual(config.modules_to_save, ['norm']);
+    const names = loadNative('cpu').readSafetensorsHeader({ path: join(output, 'adapter_model.safetensors') }).tensors.map((t) => t.name);
+    // PEFT's suffix match: the final norm and both norms of each layer.
+    const norms = ['base_model.model.model.norm.weight', ...[0, 1].flatMap((l) => ['input_layernorm', 'post_attention_layernorm'].map((n) => `base_model.model.model.layers.${l}.${n}.weight`))];
+    assert.deepEqual(names.filter((n) => !n.includes('.lora_')).sort(), norms.sort());
+    const trained = await loadModel(output, { maxTokens: 16 });
+    const base = await loadModel(join(work, 'base'), { maxTokens: 16 });
+    assert.ok(relDiff(trained.getParameter('model.norm.weight'), base.getParameter('model.norm.weight')) > 1e-4, 'the final norm moved and was loaded back');
+    trained.dispose();
+    base.dispose();
+    assert.equal(sha(join(work, 'base', 'model.safetensors')), baseHash, 'the base is never written');
+  });
+
   it('bad LoRA keys are errors naming them', () => {
     const base = ['dpo', '--model_name_or_path', join(work, 'base'), '--dataset_name', join(work, 'prefs'), '--output_dir', join(work, 'bad'), '--use_cpu', 'true', '--use_peft', 'true'];
     const cases: [string[], RegExp][] = [
@@ -155,7 +199,10 @@ describe('LoRA training', () => {
       [['--lora_dropout=-0.1'], /lora_dropout must be in \[0, 1\), got -0\.1/],
       [['--lora_dropout', '0', '--lora_r', '0'], /lora_r must be a positive integer, got 0/],
       [['--lora_dropout', '0', '--lora_target_modules', 'qkv_proj'], /lora_target_modules names 'qkv_proj'/],
-      [['--lora_dropout', '0', '--lora_modules_to_save', 'lm_head'], /lora_modules_to_save .* is not implemented yet/],
+      [['--lora_dropout', '0', '--lora_modules_to_save', 'mlp'], /lora_modules_to_save: modules_to_save 'mlp' names 'model\.layers\.\d\.mlp', a module holding other modules/],
+      [['--lora_dropout', '0', '--lora_modules_to_save', 'q_proj'], /modules_to_save 'q_proj' names 'model\.layers\.0\.self_attn\.q_proj', which LoRA also adapts/],
+      [['--lora_dropout', '0', '--lora_modules_to_save', 'score'], /modules_to_save 'score' matches no module of the model that holds a weight/],
+      [['--lora_dropout', '0', '--lora_modules_to_save', 'embed_tokens'], /modules_to_save 'embed_tokens' names embed_tokens, which is tied to the lm_head/],
     ];
     for (const [extra, message] of cases) {
       const result = spawnSync(process.execPath, [cli, ...base, ...extra], { encoding: 'utf8' });

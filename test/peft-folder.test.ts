@@ -38,6 +38,12 @@ describe('PEFT adapter folders', () => {
     const read = readAdapterFolder(folder(written), 2);
     assert.deepEqual(read.lora, { rank: 4, alpha: 8, rslora: true, targetModules: ['k_proj'], dropout: 0 });
     assert.equal(read.baseModelNameOrPath, '/models/base');
+    // modules_to_save as PEFT lists it (null when none).
+    assert.equal(written.modules_to_save, null);
+    const saving = adapterConfigJson({ rank: 4, alpha: 8, rslora: false, targetModules: ['q_proj'], dropout: 0, modulesToSave: ['lm_head', 'embed_tokens'] }, null);
+    assert.deepEqual(saving.modules_to_save, ['lm_head', 'embed_tokens']);
+    assert.deepEqual(readAdapterFolder(folder(saving), 2).lora.modulesToSave, ['lm_head', 'embed_tokens']);
+    assert.deepEqual(readAdapterFolder(folder({ ...base, modules_to_save: 'lm_head' }), 2).lora.modulesToSave, ['lm_head']);
   });
 
   it('refuses what it cannot run, naming the file and the option', () => {
@@ -47,7 +53,7 @@ describe('PEFT adapter folders', () => {
       [{ ...base, use_dora: true }, /adapter_config\.json: use_dora = true is not supported/],
       [{ ...base, bias: 'all' }, /bias = "all" is not supported/],
       [{ ...base, rank_pattern: { q_proj: 4 } }, /rank_pattern = \{"q_proj":4\} is not supported/],
-      [{ ...base, modules_to_save: ['lm_head'] }, /modules_to_save = \["lm_head"\] is not supported/],
+      [{ ...base, modules_to_save: [3] }, /adapter_config\.json: modules_to_save must be null or a list of module names/],
       [{ ...base, target_modules: ['model.layers.0.self_attn.q_proj'] }, /adapts q_proj on 1 of 2 layers; adapters on some layers only are not supported/],
       [{ ...base, target_modules: ['qkv'] }, /lora_target_modules names 'qkv'/],
       [{ ...base, r: 0 }, /lora_r must be a positive integer, got 0/],

@@ -34,6 +34,7 @@ import { cutTornLine, JsonlAppender } from '../data/writers.js';
 import { ZnError } from '../errors.js';
 import { writeJsonAtomic } from '../io/atomic.js';
 import { readMistralConfig } from '../model/config.js';
+import { baseFolderOf } from '../model/peft.js';
 import { DEFAULT_MAX_TOKENS, loadModel, type ModelDType } from '../model/model.js';
 import type { Device } from '../native.js';
 import type { Completion } from './engine.js';
@@ -161,9 +162,11 @@ export async function generateFile(input: string, options: GenerateFileOptions):
   return stats;
 }
 
+/** A model folder, or a PEFT adapter folder: its base's config, and its own tokenizer if it has one (PEFT writes none). */
 function modelSource(dir: string, name?: string): ModelSource {
-  const config = readMistralConfig(dir);
-  const tokenizer = HfTokenizer.fromFolder(dir);
+  const base = baseFolderOf(dir);
+  const config = readMistralConfig(base);
+  const tokenizer = HfTokenizer.fromFolder(existsSync(join(dir, 'tokenizer.json')) ? dir : base);
   return { dir, name: name ?? basename(resolve(dir)), tokenizer, template: chatTemplateOf(tokenizer), maxPositions: config.maxPositionEmbeddings };
 }
 

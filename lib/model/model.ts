@@ -37,7 +37,9 @@ import {
   initialAdapterValues,
   isAdapterFolder,
   type LoraSettings,
+  peftSavedName,
   readAdapterFolder,
+  savedModuleParameters,
   writeAdapterConfig,
 } from './peft.js';
 
@@ -109,12 +111,13 @@ export function nativeModelConfig(config: MistralConfig): NativeModelConfig {
   };
 }
 
-/** The native model's options for LoRA: the adapters, and every base parameter frozen. */
+/** The native model's options for LoRA: the adapters, and every base parameter frozen but the saved modules'. */
 function loraOptions(config: MistralConfig, lora: LoraSettings | undefined, seed: number): Pick<NativeModelOptions, 'lora' | 'frozen'> {
   if (!lora) return {};
+  const saved = savedModuleParameters(lora, config, 'lora_modules_to_save');
   return {
-    lora: { rank: lora.rank, alpha: lora.alpha, rslora: lora.rslora, targetModules: lora.targetModules, dropout: lora.dropout, dropoutSeed: seed },
-    frozen: mistralParameterShapes(config).map((p) => p.name),
+    lora: { rank: lora.rank, alpha: lora.alpha, rslora: lora.rslora, targetModules: lora.targetModules, dropout: lora.dropout, dropoutSeed: seed, modulesToSave: saved },
+    frozen: mistralParameterShapes(config).map((p) => p.name).filter((name) => !saved.includes(name)),
   };
 }
 
@@ -189,15 +192,18 @@ export class MistralModel {
     return this.native.adapterParameters();
   }
 
-  /** Off: every later call runs the base model alone (TRL's DPO reference for a fresh adapter). */
+  /**
+   * Off: every later call runs the base model alone (TRL's DPO reference for a fresh adapter).
+   * The saved modules (modules_to_save) keep their trained values: unlike PEFT's
+   * disable_adapter(), this is not the base model when there are any.
+   */
   setAdaptersEnabled(enabled: boolean): void {
     this.native.setAdaptersEnabled({ enabled });
   }
 
-  /** Replaces the adapters with the tensors of PEFT adapter files (e.g. a checkpoint's). */
+  /** Replaces the adapters and saved modules with the tensors of PEFT adapter files (e.g. a checkpoint's). */
   async loadAdapters(files: string[]): Promise<void> {
-    const { unexpected } = await this.native.loadAdapters({ files });
-    if (unexpected.length > 0) throw new ZnError(`${files.join(', ')}: tensors that are not this model's adapters: ${unexpected.slice(0, 5).join(', ')}`);
+    checkAdapterLoad(files.join(', '), await this.native.loadAdapters({ files }), true);
   }
 
   /** Folds the adapters into the base weights, W += s B A (PEFT's merge_and_unload; CPU, dtype f32). */
@@ -213,11 +219,16 @@ export class MistralModel {
   async saveAdapter(dir: string, baseModelNameOrPath: string = this.dir): Promise<void> {
     if (!this.options.lora) throw new ZnError('saveAdapter: this model has no LoRA adapters');
     mkdirSync(dir, { recursive: true });
-    const names = this.adapterParameters().map((p) => p.name);
+    const names = [...this.adapterParameters().map((p) => p.name), ...this.savedModuleParameters().map(peftSavedName)];
     await this.native.saveWeights({ path: join(dir, ADAPTER_WEIGHTS_FILE), names, dtype: 'F32', metadata: { ...SAFETENSORS_METADATA } });
     writeAdapterConfig(dir, this.options.lora, baseModelNameOrPath);
     copyTokenizerFiles(this.dir, dir);
     fsyncDir(dir);
+  }
+
+  /** The base parameters trained beside the adapters (modules_to_save), by base name. */
+  savedModuleParameters(): string[] {
+    return this.options.lora ? savedModuleParameters(this.options.lora, this.config, 'lora_modules_to_save') : [];
   }
 
   /** Per-token log p(target) (0 where the target is -100), keeping activations for backward(). */
@@ -390,6 +401,13 @@ export async function loadModel(dir: string, options: ModelOptions = {}): Promis
   );
 }
 
+/** Every tensor of an adapter file is an adapter or saved module of the model, and (`complete`) every saved module is there. */
+function checkAdapterLoad(file: string, { unexpected, absent }: { unexpected: string[]; absent: string[] }, complete: boolean): void {
+  const list = (names: string[]) => `${names.slice(0, 5).join(', ')}${names.length > 5 ? ', ...' : ''}`;
+  if (unexpected.length > 0) throw new ZnError(`${file}: holds tensors that are not adapters or saved modules of this model: ${list(unexpected)}`);
+  if (complete && absent.length > 0) throw new ZnError(`${file}: lacks the modules_to_save tensors ${list(absent.map(peftSavedName))}`);
+}
+
 /** The adapters from a PEFT file, or fresh ones (PEFT's initialisation) through a temporary file. */
 async function loadAdapterTensors(native: NativeModel, file: string | null, seed: number): Promise<void> {
   let temp: string | null = null;
@@ -406,10 +424,8 @@ async function loadAdapterTensors(native: NativeModel, file: string | null, seed
     await loadNative('cpu').writeSafetensors({ path: file, tensors, metadata: { ...SAFETENSORS_METADATA } });
   }
   try {
-    const { unexpected } = await native.loadAdapters({ files: [file] });
-    if (unexpected.length > 0) {
-      throw new ZnError(`${file}: holds tensors that are not adapters of this model's targets: ${unexpected.slice(0, 5).join(', ')}${unexpected.length > 5 ? ', ...' : ''}`);
-    }
+    // A fresh adapter's saved modules start as the base's (PEFT copies the module).
+    checkAdapterLoad(file, await native.loadAdapters({ files: [file] }), temp === null);
   } finally {
     if (temp) rmSync(temp, { recursive: true, force: true });
   }

@@ -9,12 +9,18 @@
  * writes after resolving `all-linear` (`model.layers.0.self_attn.q_proj`); full names must cover
  * every layer for each projection they name (adapters on some layers only are not supported).
  * Options that change the maths and are not implemented are errors naming them.
+ *
+ * modules_to_save (base modules trained in full beside the adapters, e.g. `lm_head`): PEFT saves
+ * them in the same file as `base_model.model.<module>.weight` (`base_model.model.lm_head.weight`,
+ * the wrapper's `modules_to_save.<adapter>` dropped) and lists them in adapter_config.json as given.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 
 import { ZnError } from '../errors.js';
 import { writeJsonAtomic } from '../io/atomic.js';
+import type { MistralConfig } from './config.js';
+import { mistralParameterShapes } from './parameters.js';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
 export const ADAPTER_WEIGHTS_FILE = 'adapter_model.safetensors';
@@ -31,6 +37,8 @@ export interface LoraSettings {
   targetModules: string[];
   /** lora_dropout, in [0, 1): applied to the adapters' input in training forwards only. */
   dropout: number;
+  /** PEFT's modules_to_save as given (`lm_head`, `embed_tokens`, ...): trained in full beside the adapters. */
+  modulesToSave?: string[];
 }
 
 export interface AdapterFolder {
@@ -45,12 +53,56 @@ export function isAdapterFolder(dir: string): boolean {
   return existsSync(join(dir, ADAPTER_CONFIG_FILE));
 }
 
+/** adapter_config.json's modules_to_save: null or a list of module names. */
+function modulesToSaveOf(value: unknown, where: string): string[] {
+  if (value === undefined || value === null) return [];
+  if (typeof value === 'string') return [value];
+  if (!Array.isArray(value) || value.some((v) => typeof v !== 'string')) throw new ZnError(`${where}: modules_to_save must be null or a list of module names`);
+  return value as string[];
+}
+
+/**
+ * modules_to_save as the base parameters they train. PEFT wraps every module whose name ends with
+ * an entry (`key.endswith(name)`, peft/utils/other.py _set_trainable), so `norm` is the final norm
+ * and every layer norm. Each entry must match only modules that hold a weight themselves
+ * (embed_tokens, the norms, lm_head, projections), none of them a LoRA target: a container such as
+ * `mlp` would be trained whole by PEFT, and a module both adapted and saved is not supported.
+ */
+export function savedModuleParameters(lora: LoraSettings, config: MistralConfig, where: string): string[] {
+  const names = mistralParameterShapes(config).map((p) => p.name);
+  const modules = names.map((name) => name.slice(0, -'.weight'.length));
+  const containers = new Set(modules.flatMap((m) => m.split('.').slice(0, -1).map((_, i, parts) => parts.slice(0, i + 1).join('.'))));
+  for (const m of modules) containers.delete(m);
+  const adapted = (module: string) => lora.targetModules.some((t) => t === 'all-linear' ? (LORA_MODULES as readonly string[]).some((p) => module.endsWith(`.${p}`)) : module.endsWith(`.${t}`));
+  const saved = new Set<string>();
+  for (const entry of lora.modulesToSave ?? []) {
+    const container = [...containers].find((c) => entry !== '' && c.endsWith(entry));
+    if (entry === '' || container !== undefined) {
+      throw new ZnError(`${where}: modules_to_save '${entry}' names ${container ? `'${container}', a module holding other modules` : 'no module'}; name modules that hold a weight (embed_tokens, norm, input_layernorm, post_attention_layernorm, lm_head, a projection)`);
+    }
+    const matched = modules.filter((m) => m.endsWith(entry));
+    if (config.tieWordEmbeddings && matched.includes('model.embed_tokens')) {
+      // PEFT trains a copy for the input side while the lm_head keeps the tied original; here one matrix is both.
+      throw new ZnError(`${where}: modules_to_save '${entry}' names embed_tokens, which is tied to the lm_head (tie_word_embeddings is true); not supported`);
+    }
+    if (matched.length === 0) {
+      const tied = entry.endsWith('lm_head') && config.tieWordEmbeddings ? ' (the lm_head is tied to embed_tokens: tie_word_embeddings is true)' : '';
+      throw new ZnError(`${where}: modules_to_save '${entry}' matches no module of the model that holds a weight${tied}`);
+    }
+    const both = matched.find(adapted);
+    if (both) throw new ZnError(`${where}: modules_to_save '${entry}' names '${both}', which LoRA also adapts (target_modules); a module is either adapted or saved`);
+    for (const m of matched) saved.add(`${m}.weight`);
+  }
+  return names.filter((n) => saved.has(n));
+}
+
 /** Checks LoRA settings from a recipe or a file; `where` names the source in errors. */
 export function checkLoraSettings(lora: LoraSettings, where: string): LoraSettings {
   if (!Number.isSafeInteger(lora.rank) || lora.rank <= 0) throw new ZnError(`${where}: lora_r must be a positive integer, got ${lora.rank}`);
   if (!(lora.alpha > 0) || !Number.isFinite(lora.alpha)) throw new ZnError(`${where}: lora_alpha must be positive, got ${lora.alpha}`);
   if (!(lora.dropout >= 0 && lora.dropout < 1)) throw new ZnError(`${where}: lora_dropout must be in [0, 1), got ${lora.dropout}`);
   if (lora.targetModules.length === 0) throw new ZnError(`${where}: lora_target_modules is empty`);
+  if ((lora.modulesToSave ?? []).some((m) => typeof m !== 'string' || m === '')) throw new ZnError(`${where}: lora_modules_to_save must be module names`);
   for (const m of lora.targetModules) {
     if (m !== 'all-linear' && !(LORA_MODULES as readonly string[]).includes(m)) {
       throw new ZnError(`${where}: lora_target_modules names '${m}', which is not a Mistral projection (${LORA_MODULES.join(', ')}) or all-linear`);
@@ -99,7 +151,6 @@ const NEUTRAL_OPTIONS: Record<string, (v: unknown) => boolean> = {
   layer_replication: (v) => v === undefined || v === null,
   rank_pattern: (v) => v === undefined || v === null || (typeof v === 'object' && Object.keys(v as object).length === 0),
   alpha_pattern: (v) => v === undefined || v === null || (typeof v === 'object' && Object.keys(v as object).length === 0),
-  modules_to_save: (v) => v === undefined || v === null || (Array.isArray(v) && v.length === 0),
   exclude_modules: (v) => v === undefined || v === null,
   trainable_token_indices: (v) => v === undefined || v === null,
 };
@@ -130,6 +181,8 @@ export function readAdapterFolder(dir: string, numLayers?: number): AdapterFolde
     },
     path,
   );
+  const modulesToSave = modulesToSaveOf(json.modules_to_save, path);
+  if (modulesToSave.length > 0) lora.modulesToSave = modulesToSave;
   const weightsFile = join(dir, ADAPTER_WEIGHTS_FILE);
   if (!existsSync(weightsFile)) throw new ZnError(`${dir}: no ${ADAPTER_WEIGHTS_FILE} beside ${ADAPTER_CONFIG_FILE}`);
   const base = typeof json.base_model_name_or_path === 'string' ? json.base_model_name_or_path : null;
@@ -177,7 +230,7 @@ export function adapterConfigJson(lora: LoraSettings, baseModelNameOrPath: strin
     lora_alpha: lora.alpha,
     lora_bias: false,
     lora_dropout: lora.dropout,
-    modules_to_save: null,
+    modules_to_save: lora.modulesToSave?.length ? [...lora.modulesToSave] : null,
     peft_type: 'LORA',
     r: lora.rank,
     rank_pattern: {},
@@ -191,6 +244,11 @@ export function adapterConfigJson(lora: LoraSettings, baseModelNameOrPath: strin
 
 export function writeAdapterConfig(dir: string, lora: LoraSettings, baseModelNameOrPath: string | null): void {
   writeJsonAtomic(join(dir, ADAPTER_CONFIG_FILE), adapterConfigJson(lora, baseModelNameOrPath));
+}
+
+/** PEFT's name for a saved module's parameter in adapter_model.safetensors (native/model/lora.h peft_saved_name). */
+export function peftSavedName(parameter: string): string {
+  return `base_model.model.${parameter}`;
 }
 
 /**

@@ -66,7 +66,7 @@ export const KEYS = {
   lora_dropout: { kind: 'number', default: 0.05, help: 'Dropout on the adapters\' input while training, in [0, 1) (PEFT\'s nn.Dropout per adapted projection; counter-based masks from seed, step and micro-batch)' },
   lora_target_modules: { kind: 'string-or-list', default: null, help: 'Projections to adapt (q_proj, ..., down_proj) or all-linear (default: PEFT\'s for Mistral, q_proj and v_proj)' },
   use_rslora: { kind: 'boolean', default: false, help: 'rsLoRA scaling alpha / sqrt(r)' },
-  lora_modules_to_save: { kind: 'string-or-list', default: null, help: 'Modules trained in full beside the adapters (not implemented yet: null only)' },
+  lora_modules_to_save: { kind: 'string-or-list', default: null, help: 'Modules trained in full beside the adapters (PEFT modules_to_save, e.g. lm_head, embed_tokens)' },
   // the Hub (lib/hub): ids in the path keys above resolve through the shared cache
   model_revision: { kind: 'string', default: 'main', help: 'Branch, tag or commit of a Hub model id (model_name_or_path, ref_model_name_or_path)' },
   push_to_hub: { kind: 'boolean', default: false, help: 'Upload output_dir to hub_model_id when the stage ends' },

@@ -21,7 +21,7 @@ import { UsageError, ZnError } from '../errors.js';
 import { type MistralConfig, readMistralConfig } from '../model/config.js';
 import { locateWeights } from '../model/folder.js';
 import { type ComputeDevice, computeDevice, loadModel, type MistralModel, type ModelDType, type ModelOptions } from '../model/model.js';
-import { ADAPTER_WEIGHTS_FILE, adapterBaseFolder, checkLoraSettings, isAdapterFolder, type LoraSettings, readAdapterFolder } from '../model/peft.js';
+import { ADAPTER_WEIGHTS_FILE, adapterBaseFolder, checkLoraSettings, isAdapterFolder, type LoraSettings, readAdapterFolder, savedModuleParameters } from '../model/peft.js';
 import { listCheckpoints } from './checkpoint.js';
 import type { Stage, StageConfig, TrainingValues } from './config.js';
 import { logMemoryPlan } from './memory-plan.js';
@@ -93,6 +93,7 @@ export function resolveSources({ stage, values }: StageConfig): StageSources {
   const baseDir = adapter ? adapterBaseFolder(adapter) : modelDir;
   const modelConfig = readMistralConfig(baseDir);
   const lora = adapter ? readAdapterFolder(modelDir, modelConfig.numHiddenLayers).lora : freshLora(values, stage);
+  if (lora) savedModuleParameters(lora, modelConfig, adapter ? join(modelDir, 'adapter_config.json') : `${stage}: lora_modules_to_save`);
   // An adapter folder written by PEFT may hold no tokenizer: the base's then.
   const tokenizerDir = existsSync(join(modelDir, 'tokenizer.json')) || existsSync(join(modelDir, 'tokenizer.model')) ? modelDir : baseDir;
   return {
@@ -114,10 +115,8 @@ export function resolveSources({ stage, values }: StageConfig): StageSources {
 /** use_peft's adapter settings (TRL's ModelConfig keys), or null without use_peft. */
 function freshLora(values: TrainingValues, stage: Stage): LoraSettings | null {
   if (!values.use_peft) return null;
-  if (values.lora_modules_to_save !== null) {
-    throw new UsageError(`${stage}: lora_modules_to_save (modules trained in full beside the adapters) is not implemented yet`);
-  }
   const targets = values.lora_target_modules;
+  const saved = values.lora_modules_to_save;
   return checkLoraSettings(
     {
       rank: values.lora_r,
@@ -126,6 +125,7 @@ function freshLora(values: TrainingValues, stage: Stage): LoraSettings | null {
       // PEFT's default targets for Mistral (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
       targetModules: targets === null ? ['q_proj', 'v_proj'] : Array.isArray(targets) ? targets : [targets],
       dropout: values.lora_dropout,
+      modulesToSave: saved === null ? [] : Array.isArray(saved) ? saved : [saved],
     },
     stage,
   );
@@ -260,9 +260,13 @@ function loopModel(model: MistralModel, sources: StageSources): LoopModel {
  * has that folder (base + starting adapter, frozen) as its reference, so the first loss is log 2.
  * With precompute_ref_log_probs a LoRA policy computes them itself before its first step (it is
  * the reference then), so no second copy of the base is loaded even for a moment.
+ * With modules_to_save the policy's saved modules move too, so switching its adapters off is not
+ * the base (TRL's disable_adapter() also switches PEFT's saved-module copies off): a fresh
+ * adapter's reference is then the base folder, loaded frozen.
  */
 export async function buildStageReference({ values }: StageConfig, sources: StageSources, data: LoadedData<PreferencePair>, policy: MistralModel, policyModelOptions: ModelOptions, log: (line: string) => void): Promise<BuiltReference> {
-  if (sources.freshAdapter && !values.ref_model_name_or_path && !values.precompute_ref_log_probs) {
+  const savesModules = (sources.lora?.modulesToSave ?? []).length > 0;
+  if (sources.freshAdapter && !savesModules && !values.ref_model_name_or_path && !values.precompute_ref_log_probs) {
     log('reference: the policy with its adapters off (one copy of the base)');
     return { reference: new AdaptersOffReference(policy), model: null };
   }

@@ -62,8 +62,15 @@ inline model::ModelOptions read_model_options(const Options& o) {
     if (!(m.lora.dropout >= 0 && m.lora.dropout < 1))
       lora.error("'dropout' must be in [0, 1), got " + std::to_string(m.lora.dropout));
     m.lora.dropout_seed = uint64_t(lora.integer("dropoutSeed", 0));  // any integer: its 64 bits name the masks
+    if (lora.has("modulesToSave")) m.lora.modules_to_save = lora.strings("modulesToSave");
   }
   return m;
+}
+
+inline Napi::Array string_array(Napi::Env env, const std::vector<std::string>& values) {
+  Napi::Array out = Napi::Array::New(env, values.size());
+  for (size_t i = 0; i < values.size(); ++i) out.Set(uint32_t(i), values[i]);
+  return out;
 }
 
 inline Napi::Object plan_object(Napi::Env env, const model::MemoryPlan& plan) {
@@ -289,8 +296,21 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
 
   // loadWeights({files: string[]}) -> Promise<{unexpected: string[]}>
   Napi::Value LoadWeights(const Napi::CallbackInfo& info) { return Load(info, "loadWeights", &Model::load_weights); }
-  // loadAdapters({files: string[]}) -> Promise<{unexpected: string[]}>: PEFT's adapter tensors.
-  Napi::Value LoadAdapters(const Napi::CallbackInfo& info) { return Load(info, "loadAdapters", &Model::load_adapters); }
+  // loadAdapters({files: string[]}) -> Promise<{unexpected: string[], absent: string[]}>: PEFT's
+  // adapter tensors and saved modules (absent: the saved modules the files do not hold).
+  Napi::Value LoadAdapters(const Napi::CallbackInfo& info) {
+    Options options(info, "loadAdapters");
+    auto files = options.strings("files");
+    auto loaded = std::make_shared<model::AdapterLoad>();
+    return run(
+        options, [files, loaded](Model& m) { *loaded = m.load_adapters(files); },
+        [loaded](Napi::Env env) -> Napi::Value {
+          Napi::Object out = Napi::Object::New(env);
+          out.Set("unexpected", string_array(env, loaded->unexpected));
+          out.Set("absent", string_array(env, loaded->absent));
+          return out;
+        });
+  }
 
   Napi::Value Load(const Napi::CallbackInfo& info, const char* op,
                    std::vector<std::string> (Model::*load)(const std::vector<std::string>&)) {
@@ -301,9 +321,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
         options, [files, unexpected, load](Model& m) { *unexpected = (m.*load)(files); },
         [unexpected](Napi::Env env) -> Napi::Value {
           Napi::Object out = Napi::Object::New(env);
-          Napi::Array names = Napi::Array::New(env, unexpected->size());
-          for (size_t i = 0; i < unexpected->size(); ++i) names.Set(uint32_t(i), (*unexpected)[i]);
-          out.Set("unexpected", names);
+          out.Set("unexpected", string_array(env, *unexpected));
           return out;
         });
   }

@@ -43,6 +43,8 @@ uint64_t lora_dropout_key(const LoraDropoutDraw& draw, int layer, int projection
   return counter_stream_key(per_forward, uint64_t(layer) * lora_module_names().size() + uint64_t(projection));
 }
 
+std::string peft_saved_name(const std::string& base_name) { return "base_model.model." + base_name; }
+
 namespace {
 
 // "model.layers.3.self_attn.q_proj.weight" -> "q_proj"; "" for anything else.
@@ -97,6 +99,19 @@ LoraTable::LoraTable(const std::vector<ParameterSpec>& base, const LoraConfig& c
   ZN_CHECK(!table_.empty(), "lora: lora_target_modules matches no projection of the model");
   // Pointers once the table has stopped growing.
   for (const Placed& p : placed) pairs_[p.base_index] = {&table_[p.row], &table_[p.row + 1], p.layer, p.projection};
+  for (const std::string& name : config.modules_to_save) {
+    const ParameterSpec& p = find_parameter(base, name);  // throws naming an unknown one
+    ZN_CHECK(!pair(p), "lora: '", name, "' is both adapted and in modules_to_save");
+    saved_.push_back(&p);
+  }
+}
+
+const ParameterSpec* LoraTable::find(const std::string& peft_name) const {
+  for (const ParameterSpec& p : table_)
+    if (p.name == peft_name) return &p;
+  for (const ParameterSpec* p : saved_)
+    if (peft_saved_name(p->name) == peft_name) return p;
+  return nullptr;
 }
 
 const LoraPair* LoraTable::pair(const ParameterSpec& base) const {

@@ -27,6 +27,10 @@ struct LoraConfig {
   double dropout = 0;  // lora_dropout, in [0, 1): the drop probability of the adapters' input
   // The masks' seed (the trainer's seed): with the step and micro-batch it names every mask.
   uint64_t dropout_seed = 0;
+  // Base parameters trained in full beside the adapters (PEFT's modules_to_save, e.g.
+  // "lm_head.weight"), by base name; the adapter file holds them under PEFT's names
+  // (peft_saved_name). Training them is the caller's (not in ModelOptions::frozen).
+  std::vector<std::string> modules_to_save;
 
   double scale() const;  // alpha / r, or alpha / sqrt(r) with rslora
   void validate() const;  // throws zn::Error naming the field
@@ -67,15 +71,23 @@ class LoraTable {
   const LoraConfig& config() const { return config_; }
   // The pair adapting a base parameter, or null when it is not targeted.
   const LoraPair* pair(const ParameterSpec& base) const;
+  // The base parameters of config().modules_to_save (pointers into the base table).
+  const std::vector<const ParameterSpec*>& saved_modules() const { return saved_; }
+  // By PEFT's name: an adapter matrix, or a saved module ("base_model.model.lm_head.weight");
+  // null when neither.
+  const ParameterSpec* find(const std::string& peft_name) const;
 
  private:
   LoraConfig config_;
   const ParameterSpec* base_begin_;
   std::vector<ParameterSpec> table_;
   std::vector<LoraPair> pairs_;        // by base table index (a null pair: not targeted)
+  std::vector<const ParameterSpec*> saved_;
 };
 
 // PEFT's key for a base parameter's adapter matrix: "base_model.model.<module>.lora_A.weight".
 std::string lora_parameter_name(const std::string& base_name, char matrix);
+// PEFT's key for a saved module's parameter in the adapter file: "base_model.model.<base name>".
+std::string peft_saved_name(const std::string& base_name);
 
 }  // namespace zn::model

@@ -351,11 +351,11 @@ WeightFiles::WeightFiles(const std::vector<std::string>& files) : files_(files) 
 
 WeightFiles::~WeightFiles() = default;
 
-void WeightFiles::read(const ParameterSpec& p, float* out) {
-  auto it = where_.find(p.name);
-  ZN_CHECK(it != where_.end(), "model: parameter '", p.name, "' is missing from the weight files (",
+void WeightFiles::read(const ParameterSpec& p, const std::string& stored, float* out) {
+  auto it = where_.find(stored);
+  ZN_CHECK(it != where_.end(), "model: parameter '", stored, "' is missing from the weight files (",
            files_.front(), files_.size() > 1 ? ", ..." : "", ")");
-  it->second->read(p.name, p.shape, DType::F32, out);
+  it->second->read(stored, p.shape, DType::F32, out);
   where_.erase(it);
 }
 
@@ -365,18 +365,21 @@ std::vector<std::string> WeightFiles::unread() const {
   return names;
 }
 
+void MistralModel::read_parameter(WeightFiles& files, const ParameterSpec& p, const std::string& stored,
+                                  std::vector<float>& staging) {
+  if (CpuTrainState* s = owners_.state_of(p)) {
+    files.read(p, stored, s->master(p));
+    return;
+  }
+  // Frozen: into the weights (bf16: only the rounding is kept, and the norm weights in f32).
+  staging.resize(p.numel);
+  files.read(p, stored, staging.data());
+  owners_.weights_of(p).assign(p, staging.data());
+}
+
 void MistralModel::read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table) {
   std::vector<float> staging;
-  for (const ParameterSpec& p : table) {
-    if (CpuTrainState* s = owners_.state_of(p)) {
-      files.read(p, s->master(p));
-      continue;
-    }
-    // Frozen: into the weights (bf16: only the rounding is kept, and the norm weights in f32).
-    staging.resize(p.numel);
-    files.read(p, staging.data());
-    owners_.weights_of(p).assign(p, staging.data());
-  }
+  for (const ParameterSpec& p : table) read_parameter(files, p, p.name, staging);
   for (CpuTrainState* s : owners_.states()) s->publish();
   have_activations_ = false;
 }
@@ -387,11 +390,22 @@ std::vector<std::string> MistralModel::load_weights(const std::vector<std::strin
   return weights.unread();
 }
 
-std::vector<std::string> MistralModel::load_adapters(const std::vector<std::string>& files) {
+AdapterLoad MistralModel::load_adapters(const std::vector<std::string>& files) {
   ZN_CHECK(owners_.lora, "model: loadAdapters() on a model without LoRA adapters");
   WeightFiles weights(files);
-  read_parameters(weights, owners_.lora->parameters());
-  return weights.unread();
+  AdapterLoad out;
+  std::vector<float> staging;
+  for (const ParameterSpec* p : owners_.lora->saved_modules()) {
+    const std::string stored = peft_saved_name(p->name);
+    if (weights.has(stored)) {
+      read_parameter(weights, *p, stored, staging);
+    } else {
+      out.absent.push_back(p->name);
+    }
+  }
+  read_parameters(weights, owners_.lora->parameters());  // publishes every state
+  out.unexpected = weights.unread();
+  return out;
 }
 
 void MistralModel::save_weights(const std::string& path, const std::vector<std::string>& names,
@@ -401,10 +415,11 @@ void MistralModel::save_weights(const std::string& path, const std::vector<std::
   std::vector<StTensorToWrite> tensors;
   for (const std::string& name : names) {
     const ParameterSpec& p = parameter(name);
+    // Stored under the name asked for: a saved module's is PEFT's (base_model.model.<name>).
     if (const float* values = f32_values(p)) {
-      tensors.push_back({p.name, stored, p.shape, values, StDType::F32});
+      tensors.push_back({name, stored, p.shape, values, StDType::F32});
     } else {
-      tensors.push_back({p.name, stored, p.shape, owners_.weights_of(p).bf16_values(p), StDType::BF16});
+      tensors.push_back({name, stored, p.shape, owners_.weights_of(p).bf16_values(p), StDType::BF16});
     }
   }
   write_safetensors(path, tensors, metadata);

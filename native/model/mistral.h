@@ -127,7 +127,10 @@ class WeightFiles {
  public:
   explicit WeightFiles(const std::vector<std::string>& files);
   ~WeightFiles();
-  void read(const ParameterSpec& p, float* out);
+  void read(const ParameterSpec& p, float* out) { read(p, p.name, out); }
+  // The tensor named `stored` (e.g. a saved module's PEFT name) as parameter p.
+  void read(const ParameterSpec& p, const std::string& stored, float* out);
+  bool has(const std::string& stored) const { return where_.count(stored) != 0; }
   std::vector<std::string> unread() const;
 
  private:
@@ -136,6 +139,14 @@ class WeightFiles {
   std::map<std::string, const SafetensorsFile*> where_;
 };
 
+
+// What load_adapters read: the names of tensors in the files that are not the model's adapters
+// or saved modules, and the saved modules (base names) the files do not hold, which keep their
+// values (a fresh adapter's start from the base, as PEFT's copies do).
+struct AdapterLoad {
+  std::vector<std::string> unexpected;
+  std::vector<std::string> absent;
+};
 
 class RowGradient;
 
@@ -177,8 +188,9 @@ class MistralModel {
   // parameter is an error naming it.
   std::vector<std::string> load_weights(const std::vector<std::string>& files);
   // Reads every adapter parameter from safetensors files (PEFT's adapter_model.safetensors
-  // names); returns the names of tensors that are not adapter parameters.
-  std::vector<std::string> load_adapters(const std::vector<std::string>& files);
+  // names; a missing one is an error naming it) and the saved modules the files hold (under
+  // PEFT's names, peft_saved_name).
+  AdapterLoad load_adapters(const std::vector<std::string>& files);
   // With the adapters off, every call runs the base model alone (a fresh adapter's reference).
   void set_adapters_enabled(bool enabled);
   // Folds the adapters into the base, W += s B A (PEFT's merge_and_unload), in f32 (dtype f32
@@ -230,6 +242,7 @@ class MistralModel {
   // `what` on a model created with trainable: false.
   std::vector<CpuTrainState*> train_states(const char* what) const;
   void read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table);
+  void read_parameter(WeightFiles& files, const ParameterSpec& p, const std::string& stored, std::vector<float>& staging);
   // A parameter's f32 values: the master, or a frozen model's f32 weights or norm weights; null
   // for a frozen bf16 model's matrices (bf16 only).
   const float* f32_values(const ParameterSpec& p) const;

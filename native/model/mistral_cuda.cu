@@ -380,24 +380,27 @@ DType CudaMistralModel::act_dtype() const { return activation_dtype(options_); }
 // ---------------------------------------------------------------------------------------------
 // Weights and optimizer state in and out (through host staging buffers)
 
+void CudaMistralModel::read_parameter(WeightFiles& files, const ParameterSpec& p, const std::string& stored,
+                                      std::vector<float>& staging) {
+  CudaTrainState* s = owners_.state_of(p);
+  float* values = s ? s->host_master(p) : nullptr;  // offloaded: read in place
+  if (!values) {
+    staging.resize(p.numel);
+    values = staging.data();
+  }
+  files.read(p, stored, values);
+  if (s) {
+    s->write_master(p, values);
+  } else {
+    owners_.weights_of(p).assign(p, values);
+  }
+}
+
 void CudaMistralModel::read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table) {
   use_device();
   have_activations_ = false;
   std::vector<float> staging;
-  for (const ParameterSpec& p : table) {
-    CudaTrainState* s = owners_.state_of(p);
-    float* values = s ? s->host_master(p) : nullptr;  // offloaded: read in place
-    if (!values) {
-      staging.resize(p.numel);
-      values = staging.data();
-    }
-    files.read(p, values);
-    if (s) {
-      s->write_master(p, values);
-    } else {
-      owners_.weights_of(p).assign(p, values);
-    }
-  }
+  for (const ParameterSpec& p : table) read_parameter(files, p, p.name, staging);
   for (CudaTrainState* s : owners_.states()) s->publish();
   sync();
 }
@@ -408,11 +411,23 @@ std::vector<std::string> CudaMistralModel::load_weights(const std::vector<std::s
   return weights.unread();
 }
 
-std::vector<std::string> CudaMistralModel::load_adapters(const std::vector<std::string>& files) {
+AdapterLoad CudaMistralModel::load_adapters(const std::vector<std::string>& files) {
   ZN_CHECK(owners_.lora, "model: loadAdapters() on a model without LoRA adapters");
+  use_device();
   WeightFiles weights(files);
-  read_parameters(weights, owners_.lora->parameters());
-  return weights.unread();
+  AdapterLoad out;
+  std::vector<float> staging;
+  for (const ParameterSpec* p : owners_.lora->saved_modules()) {
+    const std::string stored = peft_saved_name(p->name);
+    if (weights.has(stored)) {
+      read_parameter(weights, *p, stored, staging);
+    } else {
+      out.absent.push_back(p->name);
+    }
+  }
+  read_parameters(weights, owners_.lora->parameters());  // publishes every state
+  out.unexpected = weights.unread();
+  return out;
 }
 
 void CudaMistralModel::save_weights(const std::string& path, const std::vector<std::string>& names,
@@ -431,7 +446,7 @@ void CudaMistralModel::save_weights(const std::string& path, const std::vector<s
       read_master(p, host[i].data());
       values = host[i].data();
     }
-    tensors.push_back({p.name, stored, p.shape, values, StDType::F32});
+    tensors.push_back({names[i], stored, p.shape, values, StDType::F32});  // a saved module: PEFT's name
   }
   write_safetensors(path, tensors, metadata);
 }

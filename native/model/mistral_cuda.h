@@ -69,7 +69,7 @@ class CudaMistralModel {
   long optimizer_step() const;
 
   std::vector<std::string> load_weights(const std::vector<std::string>& files);
-  std::vector<std::string> load_adapters(const std::vector<std::string>& files);
+  AdapterLoad load_adapters(const std::vector<std::string>& files);  // as MistralModel's
   void set_adapters_enabled(bool enabled);
   // Folding adapters into the base is the CPU model's (zephyr-native merge): an error here.
   void merge_adapters();
@@ -107,6 +107,7 @@ class CudaMistralModel {
   void embedding_backward();  // from the decoder's d loss / d (embedding output), then sync
   std::vector<CudaTrainState*> train_states(const char* what) const;  // throws naming `what` when frozen
   void read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table);
+  void read_parameter(WeightFiles& files, const ParameterSpec& p, const std::string& stored, std::vector<float>& staging);
   DType act_dtype() const;
   void download(const float* device, size_t count, float* host) const;
   void sync() const;

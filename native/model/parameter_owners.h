@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/errors.h"
 #include "model/decoder.h"
 #include "model/lora.h"
 #include "model/parameters.h"
@@ -62,9 +63,13 @@ struct ParameterOwners {
     return lora ? lora->parameters() : none;
   }
 
-  // A base or adapter parameter (PEFT's names start "base_model.model."); throws when unknown.
+  // A base or adapter parameter (PEFT's names start "base_model.model.": adapters, and the saved
+  // modules under the names the adapter file gives them); throws when unknown.
   const ParameterSpec& find(const std::string& name) const {
-    if (lora && name.rfind("base_model.model.", 0) == 0) return find_parameter(lora->parameters(), name);
+    if (lora && name.rfind("base_model.model.", 0) == 0) {
+      if (const ParameterSpec* p = lora->find(name)) return *p;
+      fail("model: no parameter named '", name, "'");
+    }
     return find_parameter(params, name);
   }
 

@@ -4,7 +4,9 @@
  * over the base's safetensors, and the per-token log-probs and the gradients of
  * loss = sum_t w[t] logp[t] w.r.t. every lora_A and lora_B agree with PEFT's (float64) to 1e-4
  * relative in f32; with the adapters off the log-probs are PEFT's disable_adapter() ones; the
- * frozen base gets no gradient. Cases: all-linear (r 4), and q/v/down with rsLoRA (r 2).
+ * frozen base gets no gradient. Cases: all-linear (r 4), q/v/down with rsLoRA (r 2), and q/v
+ * (r 2) with modules_to_save lm_head and embed_tokens, whose trained copies PEFT saves in the
+ * adapter file (base_model.model.lm_head.weight): their log-probs and gradients too.
  * Through lib/model: loadModel reads PEFT's adapter folder (its resolved full-name
  * target_modules too), one AdamW step, saveAdapter writes a folder PEFT's
  * PeftModel.from_pretrained loads with the same log-probs, and `zephyr-native merge` writes the
@@ -19,7 +21,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { readMistralConfig } from '../../lib/model/config.js';
 import { loadModel, nativeModelConfig } from '../../lib/model/model.js';
-import { LORA_MODULES } from '../../lib/model/peft.js';
+import { LORA_MODULES, savedModuleParameters } from '../../lib/model/peft.js';
 import { loadNative, packageRoot, type NativeModel, type NativeTokenBatch } from '../../lib/native.js';
 import { referencePython, runPython } from '../support/python.js';
 import { packDocuments, relError } from '../support/reference-batch.js';
@@ -33,9 +35,10 @@ interface Reference {
   grads: Record<string, number[]>;
 }
 
-const CASES: Record<string, { rank: number; alpha: number; rslora: boolean; targetModules: string[] }> = {
+const CASES: Record<string, { rank: number; alpha: number; rslora: boolean; targetModules: string[]; modulesToSave?: string[] }> = {
   all_linear: { rank: 4, alpha: 8, rslora: false, targetModules: ['all-linear'] },
   qv_rslora: { rank: 2, alpha: 16, rslora: true, targetModules: ['q_proj', 'v_proj', 'down_proj'] },
+  modules_to_save: { rank: 2, alpha: 4, rslora: false, targetModules: ['q_proj', 'v_proj'], modulesToSave: ['lm_head', 'embed_tokens'] },
 };
 const root = packageRoot();
 const { python, skipReason } = referencePython(['torch', 'transformers', 'peft', 'safetensors']);
@@ -60,21 +63,26 @@ describe('LoRA conformance with PEFT', { skip: skipReason ?? false }, () => {
     const config = readMistralConfig(join(work, name, 'base'));
     const addon = loadNative('cpu');
     const probe = new addon.Model({ config: nativeModelConfig(config), maxTokens: 32, trainable: false });
-    const frozen = probe.parameters().map((p) => p.name);
+    const saved = savedModuleParameters({ ...CASES[name], dropout: 0 }, config, name);
+    const frozen = probe.parameters().map((p) => p.name).filter((n) => !saved.includes(n));
     probe.dispose();
-    const model = new addon.Model({ config: nativeModelConfig(config), maxTokens: 32, trainable: true, frozen, lora: CASES[name] });
+    const lora = { ...CASES[name], modulesToSave: saved };
+    const model = new addon.Model({ config: nativeModelConfig(config), maxTokens: 32, trainable: true, frozen, lora });
     assert.deepEqual((await model.loadWeights({ files: [join(work, name, 'base', 'model.safetensors')] })).unexpected, []);
-    const { unexpected } = await model.loadAdapters({ files: [join(work, name, 'adapter', 'adapter_model.safetensors')] });
-    assert.deepEqual(unexpected, [], 'every tensor PEFT saved is one of our adapter parameters');
+    const { unexpected, absent } = await model.loadAdapters({ files: [join(work, name, 'adapter', 'adapter_model.safetensors')] });
+    assert.deepEqual(unexpected, [], 'every tensor PEFT saved is one of our adapter parameters or saved modules');
+    assert.deepEqual(absent, [], 'every saved module is in the file');
     return model;
   }
 
   for (const name of Object.keys(CASES)) {
-    it(`${name}: log-probs and every lora_A/lora_B gradient within 1e-4 of PEFT; the base frozen`, async () => {
+    it(`${name}: log-probs and every lora_A/lora_B (and saved module) gradient within 1e-4 of PEFT; the base frozen`, async () => {
       const ref = refs.get(name)!;
       const model = await adapted(name);
-      const adapterNames = model.adapterParameters().map((p) => p.name);
-      assert.deepEqual([...adapterNames].sort(), Object.keys(ref.grads).sort(), 'the same adapted modules as PEFT');
+      // Saved modules by the name PEFT's adapter file gives them (getGradient takes it).
+      const savedNames = (CASES[name].modulesToSave ?? []).length > 0 ? ['base_model.model.lm_head.weight', 'base_model.model.model.embed_tokens.weight'] : [];
+      const adapterNames = [...model.adapterParameters().map((p) => p.name), ...savedNames];
+      assert.deepEqual([...adapterNames].sort(), Object.keys(ref.grads).sort(), 'the same trained parameters as PEFT');
       await model.zeroGrad({});
       const { logp } = await model.forward(packed(ref));
       await model.backward({ dlogp: Float32Array.from(ref.weights) });
@@ -87,7 +95,13 @@ describe('LoRA conformance with PEFT', { skip: skipReason ?? false }, () => {
       assert.throws(() => model.getGradient({ name: 'model.layers.0.self_attn.q_proj.weight' }), /is frozen/);
       model.setAdaptersEnabled({ enabled: false });
       const base = (await model.logprobs(packed(ref))).logp;
-      assert.ok(relError(base, ref.logp_base) < 1e-4, `adapters off: ${relError(base, ref.logp_base)}`);
+      if (savedNames.length === 0) {
+        assert.ok(relError(base, ref.logp_base) < 1e-4, `adapters off: ${relError(base, ref.logp_base)}`);
+      } else {
+        // Off switches the adapters only; PEFT's disable_adapter() also the saved copies (so the
+        // trainer's reference for a fresh adapter with saved modules is the base folder instead).
+        assert.ok(relError(base, ref.logp_base) > 1e-2, 'the saved modules stay on');
+      }
       model.dispose();
     });
   }

@@ -11,7 +11,10 @@ computed by PEFT in float64 from the saved f32 weights (lora_dropout 0, so deter
   grads[key]    d/d(adapter matrix) of loss = sum_t w[t] logp[t], keyed as the saved file names
                 the matrix (PEFT drops the adapter name "default" when saving)
 PEFT initialises lora_B to zero; the adapters here are random (both matrices nonzero) so that
-every gradient and the adapter's effect on the log-probs are visible.
+every gradient and the adapter's effect on the log-probs are visible. Saved modules
+(modules_to_save) start as copies of the base's; here they are perturbed so that the saved copy,
+not the base, visibly gives the log-probs; their gradients are keyed by the name PEFT saves them
+under (base_model.model.lm_head.weight).
 """
 
 import json
@@ -32,6 +35,8 @@ CONFIG = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_la
 CASES = {
     "all_linear": dict(r=4, lora_alpha=8, target_modules="all-linear", use_rslora=False),
     "qv_rslora": dict(r=2, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], use_rslora=True),
+    # lm_head and embed_tokens trained in full beside the adapters (PEFT's ModulesToSaveWrapper).
+    "modules_to_save": dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head", "embed_tokens"]),
 }
 
 
@@ -46,6 +51,8 @@ def run_case(name, options, out_dir, generator):
         for key, param in model.named_parameters():
             if "lora_" in key:
                 param.copy_(torch.randn(param.shape, generator=generator) * (0.5 / param.shape[1] ** 0.5))
+            elif ".modules_to_save." in key:
+                param.add_(0.2 * torch.randn(param.shape, generator=generator))
     model.save_pretrained(os.path.join(case_dir, "adapter"))
 
     model = model.double()
@@ -61,8 +68,8 @@ def run_case(name, options, out_dir, generator):
     model.zero_grad()
     logp = document_logps(model, docs, targets, "sdpa")
     (logp * torch.tensor(weights, dtype=torch.float64)).sum().backward()
-    grads = {key.replace(".default", ""): p.grad.flatten().tolist()
-             for key, p in model.named_parameters() if "lora_" in key}
+    grads = {key.replace(".modules_to_save", "").replace(".default", ""): p.grad.flatten().tolist()
+             for key, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad(), model.disable_adapter():
         logp_base = document_logps(model, docs, targets, "sdpa")
     reference = {"documents": docs, "targets": targets, "weights": weights, "logp": logp.tolist(),

@@ -5,9 +5,15 @@ random MistralForCausalLM (f32), an SFT dataset (UltraChat schema) and a DPO dat
 (UltraFeedback-binarized schema); then trains the model with TRL's SFTTrainer and DPOTrainer for
 5 full-batch steps at a constant learning rate with AdamW and clipping, and writes each run's
 log_history and final weights. zephyr-native trains the same model on the same data with the
-same recipe, and the test compares.
+same recipe, and the test compares. It also writes WORKDIR/adapter: a PEFT LoRA adapter folder on
+that model (all-linear, r 4, lora_dropout 0) with random nonzero lora_A and lora_B, so that every
+adapter gradient and the reference choice matter.
 
-usage: python trl_train.py WORKDIR
+`python trl_train.py peft WORKDIR` (once zephyr-native has trained its LoRA runs, see peft_runs)
+then trains with TRL + PEFT from the same starting points, and loads zephyr-native's saved adapters
+in PEFT to compute their log-probs.
+
+usage: python trl_train.py WORKDIR | python trl_train.py peft WORKDIR
 """
 import json
 import os
@@ -80,7 +86,7 @@ def write_jsonl(path, rows):
             f.write(json.dumps(row) + "\n")
 
 
-def common_args(output_dir):
+def common_args(output_dir, **overrides):
     return dict(
         output_dir=output_dir,
         per_device_train_batch_size=len(QUESTIONS),
@@ -99,7 +105,7 @@ def common_args(output_dir):
         seed=42,
         max_length=64,
         dataloader_drop_last=False,
-    )
+    ) | overrides
 
 
 def dump(trainer, out_dir):
@@ -159,6 +165,148 @@ def main():
     dpo.train()
     dump(dpo, os.path.join(work, "trl-dpo"))
 
+    build_adapter(os.path.join(work, "model"), os.path.join(work, "adapter"))
+
+
+LORA = dict(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
+# LoRA's usual higher learning rate: the adapters move the rewards well above f32 rounding in 5 steps.
+LORA_ARGS = dict(learning_rate=1e-2)
+
+
+def build_adapter(base_dir, path):
+    """A starting adapter as a pipeline's SFT stage leaves one: A and B both nonzero, so the
+    policy differs from the base and a reference with the adapter off would differ from one with
+    it frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    generator = torch.Generator().manual_seed(7)
+    model = get_peft_model(MistralForCausalLM.from_pretrained(base_dir, dtype=torch.float32), LoraConfig(**LORA))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * (0.5 / param.shape[1] ** 0.5))
+    model.save_pretrained(path)
+
+
+def starting_adapter(work):
+    """The adapter folder as a trainable PeftModel (PEFT loads adapters for inference by default)."""
+    from peft import PeftModel
+
+    base = MistralForCausalLM.from_pretrained(os.path.join(work, "model"), dtype=torch.float32)
+    return PeftModel.from_pretrained(base, os.path.join(work, "adapter"), is_trainable=True)
+
+
+def copy_fresh_adapter(model, path):
+    """zephyr-native's fresh adapter (its own draw of PEFT's Kaiming-uniform A) into TRL's fresh
+    one, so both start from the same values; its B must be zero, as PEFT initialises B."""
+    from safetensors.torch import load_file
+
+    saved = load_file(os.path.join(path, "adapter_model.safetensors"))
+    copied = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            key = name.replace(".default.", ".")
+            if ".lora_A." in name:
+                param.copy_(saved[key])
+                copied += 1
+            elif ".modules_to_save." in name:
+                # A saved module starts as the base's (PEFT copies the module); so does ours.
+                key = name.replace(".modules_to_save.default", "")
+                assert torch.equal(param, saved[key]), f"{key}: fresh saved module is not the base's"
+            elif ".lora_B." in name:
+                assert torch.count_nonzero(saved[key]) == 0 and torch.count_nonzero(param) == 0, f"{key}: fresh B is not zero"
+    assert copied == sum(".lora_A." in key for key in saved), f"copied {copied} lora_A of {len(saved)} tensors"
+
+
+def peft_runs(work):
+    """TRL + PEFT from zephyr-native's starting points, as TRL 1.13 chooses DPO's reference:
+    - trl-lora-sft, trl-lora-dpo: the policy is the adapter folder loaded as a PeftModel and no
+      ref_model is given, so DPOTrainer adds a frozen copy of it (adapter "ref") as the reference;
+    - trl-lora-dpo-fresh: the base and a LoraConfig (peft_config), so the reference is the policy
+      with its adapter disabled; its A is zephyr-native's fresh draw (WORKDIR/fresh-init);
+    - trl-lora-dpo-saved: the same with modules_to_save lm_head (WORKDIR/fresh-init-saved).
+    Then zephyr-native's saved adapters (WORKDIR/zn-lora-*) loaded by PEFT: per-token log-probs of
+    the SFT rows (float64) in WORKDIR/peft_logps.json."""
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    # Tiny matmuls: more threads only spin on a shared machine.
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(work, "model"))
+    sft_data = load_dataset("json", data_files=os.path.join(work, "sft.jsonl"), split="train").remove_columns(["prompt", "prompt_id"])
+    dpo_data = load_dataset("json", data_files=os.path.join(work, "dpo.jsonl"), split="train").remove_columns(
+        ["prompt", "prompt_id", "score_chosen", "score_rejected"]
+    )
+
+    torch.manual_seed(0)
+    out = os.path.join(work, "trl-lora-sft")
+    sft = SFTTrainer(model=starting_adapter(work), args=SFTConfig(**common_args(out, **LORA_ARGS), packing=False), train_dataset=sft_data, processing_class=tokenizer)
+    sft.train()
+    dump(sft, out)
+
+    torch.manual_seed(0)
+    out = os.path.join(work, "trl-lora-dpo")
+    dpo = DPOTrainer(model=starting_adapter(work), args=DPOConfig(**common_args(out, **LORA_ARGS), beta=0.1), train_dataset=dpo_data, processing_class=tokenizer)
+    assert "ref" in dpo.model.peft_config and dpo.ref_model is None, "TRL's reference for a PeftModel policy is its frozen copy"
+    dpo.train()
+    dump(dpo, out)
+
+    torch.manual_seed(0)
+    out = os.path.join(work, "trl-lora-dpo-fresh")
+    fresh = DPOTrainer(
+        model=os.path.join(work, "model"),
+        args=DPOConfig(**common_args(out, **LORA_ARGS), beta=0.1),
+        train_dataset=dpo_data,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(**LORA),
+    )
+    assert "ref" not in fresh.model.peft_config and fresh.ref_model is None, "TRL's reference for a fresh adapter is the adapter disabled"
+    copy_fresh_adapter(fresh.model, os.path.join(work, "fresh-init"))
+    fresh.train()
+    dump(fresh, out)
+
+    # The same with the lm_head trained beside the adapter: the reference is still
+    # disable_adapter(), which switches PEFT's saved copy of the lm_head off too (the base).
+    torch.manual_seed(0)
+    out = os.path.join(work, "trl-lora-dpo-saved")
+    saved = DPOTrainer(
+        model=os.path.join(work, "model"),
+        args=DPOConfig(**common_args(out, **LORA_ARGS), beta=0.1),
+        train_dataset=dpo_data,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(**LORA, modules_to_save=["lm_head"]),
+    )
+    copy_fresh_adapter(saved.model, os.path.join(work, "fresh-init-saved"))
+    saved.train()
+    dump(saved, out)
+
+    write_peft_logps(work, tokenizer)
+
+
+def write_peft_logps(work, tokenizer):
+    from peft import PeftModel
+
+    from mistral_reference import document_logps, shifted_targets
+
+    docs = []
+    with open(os.path.join(work, "sft.jsonl")) as f:
+        for line in f:
+            docs.append(tokenizer.apply_chat_template(json.loads(line)["messages"], tokenize=True, return_dict=False))
+    targets = [shifted_targets(ids, [False] * len(ids)) for ids in docs]
+    result = {"documents": docs, "targets": targets}
+    for run in ("zn-lora-sft", "zn-lora-dpo", "zn-lora-dpo-fresh", "zn-lora-dpo-saved"):
+        base = MistralForCausalLM.from_pretrained(os.path.join(work, "model"), dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, os.path.join(work, run)).double()
+        with torch.no_grad():
+            result[run] = document_logps(model, docs, targets, "sdpa").tolist()
+    with open(os.path.join(work, "peft_logps.json"), "w") as f:
+        json.dump(result, f)
+
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "peft":
+        peft_runs(sys.argv[2])
+    else:
+        main()

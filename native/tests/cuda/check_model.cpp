@@ -688,7 +688,7 @@ void run_lora_plan(Report& report, const std::string& only) {
   if (!only.empty() && std::string("lora-plan").rfind(only, 0) != 0) return;
   const MistralConfig c = mistral_7b_config();
   ModelOptions o = model_options(Precision::BF16, 8192, true, true);
-  o.lora = {16, 32.0, false, {"all-linear"}};
+  o.lora = {16, 32.0, false, {"all-linear"}, {}};
   for (const ParameterSpec& p : model::parameter_table(c)) o.frozen.push_back(p.name);
   guarded(report, "lora-plan", "Mistral-7B LoRA DPO plan", [&] {
     const model::MemoryPlan plan = CudaMistralModel::plan(c, o);
