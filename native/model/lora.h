@@ -24,13 +24,13 @@ struct LoraConfig {
   // PEFT module names ("q_proj", "gate_proj", ...); "all-linear" is every projection (PEFT never
   // adapts the lm_head under all-linear).
   std::vector<std::string> target_modules;
-  double dropout = 0;  // lora_dropout, in [0, 1): the drop probability of the adapters' input
-  // The masks' seed (the trainer's seed): with the step and micro-batch it names every mask.
-  uint64_t dropout_seed = 0;
   // Base parameters trained in full beside the adapters (PEFT's modules_to_save, e.g.
   // "lm_head.weight"), by base name; the adapter file holds them under PEFT's names
   // (peft_saved_name). Training them is the caller's (not in ModelOptions::frozen).
   std::vector<std::string> modules_to_save;
+  double dropout = 0;  // lora_dropout, in [0, 1): the drop probability of the adapters' input
+  // The masks' seed (the trainer's seed): with the step and micro-batch it names every mask.
+  uint64_t dropout_seed = 0;
 
   double scale() const;  // alpha / r, or alpha / sqrt(r) with rslora
   void validate() const;  // throws zn::Error naming the field
