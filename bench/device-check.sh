@@ -12,7 +12,7 @@
 # 4b. with Node.js (carried): the package's GPU model and trainer against the CPU, and SFT and DPO
 #    steps of the small preset on the GPU beside transformers + TRL on the same GPU (bench/steps.ts
 #    --peer --device cuda; trl and datasets come as wheels from bench/device-wheels.sh);
-# 4c. a whole Mistral-7B DPO step on the GPU model (bf16 policy with checkpointing and the
+# 4c. a whole Mistral-7B DPO step, and a Mistral-7B LoRA DPO step (zephyr-native bench --peft), on the GPU model (bf16 policy with checkpointing and the
 #    optimizer offloaded to the host, frozen bf16 reference, 8192 policy tokens; its random bf16
 #    weights are written to $TMPDIR, 14.5 GB);
 # 5. the CPU test suite (ctest) on this host, with its CPU flags (AVX-512 BF16 paths run here);
@@ -20,7 +20,7 @@
 # A part that fails is reported and the others still run. The whole run keeps within
 # ZN_DEVICE_BUDGET seconds (default 540): each part's time limit shrinks to what is left.
 # Files in $OUT: device-check.log (everything), results.jsonl, build.log, ctest.log, table.txt,
-# peer-cuda-small.json (with Node.js).
+# peer-cuda-small.json, peer-cuda-small-peft.json and lora-7b-dpo.json (with Node.js).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$PWD/out/device-check}
@@ -166,6 +166,9 @@ if [[ $with_node == ON ]]; then
     python3 -c 'import trl, datasets; print("TRL", trl.__version__, "datasets", datasets.__version__)' 2>&1 | tail -n 1
     part "small preset beside TRL on the GPU" 180 env ZN_PYTHON=python3 node dist/bench/peer.js --preset small \
       --device cuda --precision bf16 --mode both --steps 3 --warmup 1 --json "$out/peer-cuda-small.json"
+    # LoRA (r 16, all-linear) on the same preset beside TRL + PEFT (issue "LoRA").
+    part "small preset LoRA beside TRL + PEFT on the GPU" 150 env ZN_PYTHON=python3 node dist/bench/peer.js --preset small \
+      --device cuda --precision bf16 --mode both --peft --steps 3 --warmup 1 --json "$out/peer-cuda-small-peft.json"
   fi
 else
   parts+=("package on the GPU: not run (no node or node_modules: carry .device from ../shared/device/prepare.sh)")
@@ -180,6 +183,12 @@ if [[ -x $check ]]; then
   step "timings: step7b"
   part "timings step7b" 150 env TMPDIR="$scratch" "$check" --no-checks --only step7b \
     --json "$build/results/bench-step7b.jsonl"
+  # Mistral-7B LoRA DPO (r 16, all-linear, bf16 base, checkpointing, 4 pairs x 2 x 1024 tokens,
+  # the reference by switching the adapters off): the step the 24 GiB plan is for.
+  if [[ $with_node == ON ]]; then
+    part "mistral-7b LoRA DPO step" 180 env TMPDIR="$scratch" node dist/lib/cli/main.js bench --preset mistral-7b \
+      --device cuda --mode dpo --precision bf16 --peft --steps 2 --warmup 1 --json "$out/lora-7b-dpo.json"
+  fi
 fi
 
 step "CPU tests (ctest) on this host"
