@@ -141,4 +141,6 @@ void CpuBackend::round(long n, const float* from, Tensor to) {
   round_to_bf16(size_t(n), from, static_cast<bf16*>(to.data));
 }
 
+void CpuBackend::poison(void* data, size_t bytes) { std::memset(data, 0xFF, bytes); }
+
 }  // namespace zn::model

@@ -17,11 +17,29 @@
 #include <vector>
 
 #include "model/backend.h"
+#include "model/buffer_plan.h"
 #include "model/kv_cache.h"
 #include "model/lora.h"
 #include "model/parameters.h"
 
 namespace zn::model {
+
+// The phases of a step in the order they run, as the buffer tables' lifetimes count them
+// (buffer_plan.h). A call runs a stretch of them: a forward embed .. head (the head: the log-prob
+// forward, forward_backward's one-pass head, or the model reading the last rows), a backward
+// head_backward .. backward(0), forward_backward all but head_backward; the model's embedding
+// backward is end().
+struct StepPhases {
+  int layers;
+  int embed() const { return 0; }
+  int forward(int l) const { return 1 + l; }
+  int final_norm() const { return layers + 1; }
+  int head() const { return layers + 2; }
+  int head_backward() const { return layers + 3; }
+  int final_norm_backward() const { return layers + 4; }
+  int backward(int l) const { return layers + 5 + (layers - 1 - l); }
+  int end() const { return 2 * layers + 5; }
+};
 
 // What the backward rebuilds instead of keeping from the forward.
 struct Recompute {
@@ -71,11 +89,20 @@ struct DecoderBuffers {
   Tensor dattn;        // [N, Hq * D]
   Tensor dact;         // [N, ffn]
   // The lm_head's workspace. With head_overwrites_top_mlp it spans the top slot's gate and up
-  // (recomputed afterwards), act and dres, so the one-pass head writes dhidden over its own
-  // input (the final norm) instead of into dnorm.
+  // (which every backward then recomputes), act and dres, so the one-pass head writes dhidden
+  // over its own input (the final norm) instead of into dnorm.
   Workspace head;
   bool head_overwrites_top_mlp = false;
   Workspace attention_backward;
+  // The table these buffers were laid out from, and where. With poison (on in ZN_DEBUG_WORKSPACE
+  // builds), the decoder fills each entry's bytes with NaN when its lifetime ends.
+  const BufferPlan* plan = nullptr;
+  void* base = nullptr;
+#ifdef ZN_DEBUG_WORKSPACE
+  bool poison = true;
+#else
+  bool poison = false;
+#endif
 };
 
 // The parameters as the kernels read them. A forward needs nothing else of a model, so a
@@ -135,7 +162,7 @@ class Decoder {
  public:
   // index: the parameter index the weights and gradients are looked up by.
   Decoder(const MistralConfig& config, const ParameterIndex& index, Backend& backend, Recompute recompute)
-      : c_(config), index_(index), ops_(backend), recompute_(recompute) {}
+      : c_(config), index_(index), ops_(backend), recompute_(recompute), phases_{config.num_layers} {}
 
   // Embedding, layers and final norm into B.final_norm; with keep, every layer's activations
   // for backward (else two residual buffers and one slot serve all layers).
@@ -175,17 +202,20 @@ class Decoder {
                       DecoderBuffers& B, const WeightSource& W, GradientSink& G);
   // From dnormed = d loss / d (final norm output) down to d loss / d (embedding output) in B.dres.
   void backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, GradientSink& G,
-                       ConstTensor dnormed, bool gradient_checkpointing, bool top_mlp_overwritten);
+                       ConstTensor dnormed, bool gradient_checkpointing);
   void attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const WeightSource& W,
                           LayerSlot& a);
   void recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W);
   void recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const WeightSource& W);
   cpu::AttentionShape attention_shape(long tokens) const;
+  // With B.poison: NaN over what B's table says ends with this phase.
+  void end_phase(const DecoderBuffers& B, int phase);
 
   const MistralConfig& c_;
   const ParameterIndex& index_;
   Backend& ops_;
   Recompute recompute_;
+  StepPhases phases_;
   const Adapters* adapters_ = nullptr;
 };
 
