@@ -106,4 +106,12 @@ const std::vector<ByteRange>& BufferPlan::ended(int phase) const {
   return phase >= 0 && size_t(phase) < ended_.size() ? ended_[size_t(phase)] : none;
 }
 
+bool poison_ended_buffers() {
+#ifdef ZN_DEBUG_WORKSPACE
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace zn::model

@@ -84,10 +84,14 @@ class BufferPlan {
   std::vector<std::vector<ByteRange>> ended_;  // by phase, from check()
 };
 
+// Whether the models poison their buffers when a lifetime ends: ZN_DEBUG_WORKSPACE where the core
+// library was compiled (one answer for every translation unit).
+bool poison_ended_buffers();
+
 // The arena's bytes of entry `id` as T*; a null base (a plan only counted) gives null.
 template <typename T>
 T* place(void* base, const BufferPlan& plan, int id) {
-  return base ? reinterpret_cast<T*>(static_cast<char*>(base) + plan.offset(id)) : nullptr;
+  return base ? static_cast<T*>(static_cast<void*>(static_cast<char*>(base) + plan.offset(id))) : nullptr;
 }
 
 }  // namespace zn::model

@@ -94,15 +94,12 @@ struct DecoderBuffers {
   Workspace head;
   bool head_overwrites_top_mlp = false;
   Workspace attention_backward;
-  // The table these buffers were laid out from, and where. With poison (on in ZN_DEBUG_WORKSPACE
-  // builds), the decoder fills each entry's bytes with NaN when its lifetime ends.
+  // The table these buffers were laid out from, and where. With poison (the models set it in
+  // debug builds: poison_ended_buffers()), the decoder fills each entry's bytes with NaN when its
+  // lifetime ends.
   const BufferPlan* plan = nullptr;
   void* base = nullptr;
-#ifdef ZN_DEBUG_WORKSPACE
-  bool poison = true;
-#else
   bool poison = false;
-#endif
 };
 
 // The parameters as the kernels read them. A forward needs nothing else of a model, so a

@@ -264,6 +264,7 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   buffer_plan_ = std::make_unique<BufferPlan>(plan_activations(config_, options_, arena_.get(), *buffers_));
   buffers_->plan = buffer_plan_.get();
   buffers_->base = arena_.get();
+  buffers_->poison = poison_ended_buffers();
   // The CPU keeps GEMM and attention outputs only (see the activation plan above).
   const Recompute recompute{/*norms=*/true, /*mlp_act=*/true, /*h=*/true,
                             /*shared_kv=*/buffers_->layers.size() > 1};
