@@ -128,7 +128,7 @@ void Decoder::forward_cached(const DeviceBatch& batch, const CachedStep& step, D
 void Decoder::forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep, float* logp) {
   trunk_forward(batch, B, W, keep);
   ops_.logprob_forward({batch.tokens, c_.hidden_size, c_.vocab_size}, B.final_norm, W.weight(*index_.lm_head),
-                       batch.targets, logp, B.logit_lse, B.head);
+                       batch.targets, logp, B.logit_lse, B.head_chunks);
   end_phase(B, phases_.head());
 }
 
@@ -227,7 +227,7 @@ void Decoder::backward(const DeviceBatch& batch, DecoderBuffers& B, const Weight
                          W.norm_weight(*index_.final_norm), B.final_norm, B.final_rstd);
   }
   ops_.logprob_backward({N, d, c_.vocab_size}, B.final_norm, W.weight(*index_.lm_head), batch.targets, B.logit_lse,
-                        dlogp, B.dnorm, G.grad(*index_.lm_head), B.head);
+                        dlogp, B.dnorm, G.grad(*index_.lm_head), B.head_chunks);
   end_phase(B, phases_.head_backward());
   backward_layers(batch, B, W, G, f32(B.dnorm), gradient_checkpointing);
 }

@@ -93,6 +93,9 @@ struct DecoderBuffers {
   // over its own input (the final norm) instead of into dnorm.
   Workspace head;
   bool head_overwrites_top_mlp = false;
+  // The two-pass head's (forward, then backward) chunks: the GPU's are head; empty: the kernels
+  // allocate their own.
+  Workspace head_chunks;
   Workspace attention_backward;
   // The table these buffers were laid out from, and where. With poison (the models set it in
   // debug builds: poison_ended_buffers()), the decoder fills each entry's bytes with NaN when its

@@ -61,6 +61,16 @@ int saved_layer_slots(const MistralConfig& c, const ModelOptions& o) {
   return o.trainable && !o.gradient_checkpointing ? c.num_layers : 1;
 }
 
+cpu::LogprobShape head_shape(const MistralConfig& c, const ModelOptions& o) {
+  return {o.max_tokens, c.hidden_size, c.vocab_size};
+}
+
+// The two-pass head's scratch (logprob_forward's, and a trainable model's logprob_backward's).
+size_t head_chunk_bytes(const MistralConfig& c, const ModelOptions& o) {
+  const size_t forward = cpu::logprob_scratch_bytes(head_shape(c, o), false);
+  return o.trainable ? std::max(forward, cpu::logprob_scratch_bytes(head_shape(c, o), true)) : forward;
+}
+
 }  // namespace
 
 // In the arena's order. A slot's gate and up, then over them in each layer's backward
@@ -127,6 +137,7 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
     s.dv = f32(mlp_bytes ? mlp_bytes + dq_floats + dk_floats : nullptr);
   }
   Tensor act;
+  int head_panel = -1;
   if (train) {
     // act in each forward; in each backward act again (recomputed), then dact (down_proj's dx,
     // once its weight gradient has read act), dnorm (d loss / d n2), dattn and dnorm (d loss / d
@@ -141,9 +152,19 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
     a.dres = at(dres);
     a.dres_operand = f32(a.dres);
     // The one-pass lm_head's panel: the last slot's gate/up region, act and dres, back to back.
-    const int head = plan.over("lm_head_panel", plan.end(dres) - plan.offset(top_mlp), top_mlp, {P.head(), P.head()});
-    a.head = {at(head), plan.entries()[size_t(head)].bytes};
+    head_panel = plan.over("lm_head_panel", plan.end(dres) - plan.offset(top_mlp), top_mlp, {P.head(), P.head()});
+    a.head = {at(head_panel), plan.entries()[size_t(head_panel)].bytes};
     a.head_overwrites_top_mlp = true;
+  }
+  // The two-pass head's chunks where they fit in the last slot's gate/up region, dead across the
+  // head (in place of the panel, which only the one-pass head uses); else the kernels allocate
+  // them per call.
+  const size_t chunks = head_chunk_bytes(c, o);
+  if (chunks <= plan.entries()[size_t(top_mlp)].bytes) {
+    const Lifetime heads{P.head(), train ? P.head_backward() : P.head()};
+    const int id = train ? plan.in_place("logprob_chunks", chunks, head_panel, heads)
+                         : plan.over("logprob_chunks", chunks, top_mlp, heads);
+    a.head_chunks = {at(id), chunks};
   }
   a.final_rstd = at(plan.add("final_rstd", N * f, {P.final_norm(), train ? P.final_norm_backward() : P.final_norm()}));
   a.logit_lse = at(plan.add("logit_lse", N * f, {P.head(), train ? P.head_backward() : P.head()}));
@@ -195,14 +216,15 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   }
   DecoderBuffers counting;
   plan.activations = plan_activations(c, o, nullptr, counting).total();
-  const cpu::LogprobShape head{o.max_tokens, c.hidden_size, c.vocab_size};
-  // The one-pass lm_head's panel lives in the activations (DecoderBuffers::head) when 16 rows
-  // fit there; else it allocates its own.
+  // What the log-prob kernels allocate per call beside the table: the two-pass head's chunks
+  // where the table has no room for them (DecoderBuffers::head_chunks), the one-pass head's
+  // panel where 16 rows do not fit in DecoderBuffers::head (else its labelled-token list).
+  const cpu::LogprobShape head = head_shape(c, o);
   size_t fused = cpu::logprob_fused_scratch_bytes(head);
   if (counting.head.bytes / sizeof(float) >= cpu::logprob_fused_workspace_floats(head, 16))
-    fused = size_t(o.max_tokens) * sizeof(long);  // the labelled-token list
-  plan.logits_chunks = o.trainable ? std::max(cpu::logprob_scratch_bytes(head, true), fused)
-                                   : cpu::logprob_scratch_bytes(head, false);
+    fused = size_t(o.max_tokens) * sizeof(long);
+  const size_t chunks = counting.head_chunks.bytes > 0 ? 0 : head_chunk_bytes(c, o);
+  plan.logits_chunks = o.trainable ? std::max(chunks, fused) : chunks;
   return plan;
 }
 

@@ -197,6 +197,7 @@ void plan_step(const MistralConfig& c, const ModelOptions& o, void* base, CudaBu
   // row sums, and each train state's clip scalars (read after the step's phases).
   a.head = t.workspace("logprob_chunks", cuda::logprob_workspace_bytes(logprob_shape(c, o.max_tokens)),
                        {P.head(), train ? P.head_backward() : P.head()});
+  a.head_chunks = a.head;
   a.attention_backward = train ? t.workspace("attention_backward",
                                              cuda::attention_backward_workspace_bytes(attention_shape(c, o.max_tokens)),
                                              {P.backward(top), P.backward(0)})
