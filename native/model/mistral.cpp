@@ -1,8 +1,9 @@
 // The Mistral model on the CPU: parameters, gradients, AdamW and files here; forward and backward
 // are the one decoder (decoder.cpp) on CpuBackend. Memory: the plan's buffers are allocated in
-// the constructor; a call adds the kernels' own scratch (the log-prob chunks, attention panels),
-// next_token_logits its [docs, d] rows, and an untied embedding's row gradient grows as gradient
-// accumulation touches new rows (row_gradient.h).
+// the constructor; a call adds the kernels' own scratch (the log-prob chunks where the plan has
+// no dead bytes for them, attention and GEMM panels), next_token_logits its [docs, d] rows, and
+// an untied embedding's row gradient grows as gradient accumulation touches new rows
+// (row_gradient.h).
 #include "model/mistral.h"
 
 #include <algorithm>
