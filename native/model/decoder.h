@@ -39,6 +39,20 @@ struct StepPhases {
   int final_norm_backward() const { return layers + 4; }
   int backward(int l) const { return layers + 5 + (layers - 1 - l); }
   int end() const { return 2 * layers + 5; }
+
+  // The layer inputs x_0 .. x_L: x_i is written by layer i - 1 (x_0 by the embedding) and read
+  // until layer i - 1's backward (which may rebuild its h there); a frozen model's two
+  // ping-pong buffers until the final norm.
+  Lifetime residual(size_t i, bool trainable) const {
+    const int first = i == 0 ? embed() : forward(int(i) - 1);
+    return {first, !trainable ? final_norm() : i == 0 ? backward(0) : backward(int(i) - 1)};
+  }
+  // Layer slot i of `slots`: what its layer keeps from its forward to its backward (one slot
+  // serves every layer; a frozen model's until the last layer's forward).
+  Lifetime slot(size_t i, size_t slots, bool trainable) const {
+    if (slots == 1) return {forward(0), trainable ? backward(0) : forward(layers - 1)};
+    return {forward(int(i)), backward(int(i))};
+  }
 };
 
 // What the backward rebuilds instead of keeping from the forward.

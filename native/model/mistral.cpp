@@ -90,12 +90,8 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
   auto padded = [](size_t floats) { return (floats + kAlignment / 4 - 1) / (kAlignment / 4) * (kAlignment / 4); };
 
   a.residual.resize(train ? size_t(c.num_layers) + 1 : 2);
-  for (size_t i = 0; i < a.residual.size(); ++i) {
-    // x_i is layer i-1's output; a trainable model rebuilds layer i-1's h in it in that layer's backward.
-    const int first = i == 0 ? P.embed() : P.forward(int(i) - 1);
-    const int last = !train ? P.final_norm() : i == 0 ? P.backward(0) : P.backward(int(i) - 1);
-    a.residual[i] = at(plan.add(name("residual", i), N * d * f, {first, last}));
-  }
+  for (size_t i = 0; i < a.residual.size(); ++i)
+    a.residual[i] = at(plan.add(name("residual", i), N * d * f, P.residual(i, train)));
   a.layers.resize(size_t(saved_layer_slots(c, o)));
   const bool shared_kv = a.layers.size() > 1;
   float* const shared_k = shared_kv ? at(plan.add("shared_k", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
@@ -104,8 +100,7 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
   for (size_t i = 0; i < a.layers.size(); ++i) {
     LayerSlot& s = a.layers[i];
     const bool one_slot = a.layers.size() == 1, last_slot = i + 1 == a.layers.size();
-    const Lifetime kept{one_slot ? P.forward(0) : P.forward(int(i)),
-                        !train ? forward_end : one_slot ? P.backward(0) : P.backward(int(i))};
+    const Lifetime kept = P.slot(i, a.layers.size(), train);
     s.rstd1 = at(plan.add(name("rstd1", i), N * f, kept));
     s.q = f32(at(plan.add(name("q", i), N * qd * f, kept)));
     s.k = f32(shared_kv ? shared_k : at(plan.add(name("k", i), N * kvd * f, kept)));

@@ -169,17 +169,11 @@ void plan_step(const MistralConfig& c, const ModelOptions& o, void* base, CudaBu
   b.logp = t.take<float>("logp", w.N, call);
   b.dlogp = train ? t.take<float>("dlogp", w.N, call) : nullptr;
   a.residual.resize(train ? size_t(c.num_layers) + 1 : 2);
-  for (size_t i = 0; i < a.residual.size(); ++i) {
-    const int first = i == 0 ? P.embed() : P.forward(int(i) - 1);
-    const int last = !train ? P.final_norm() : i == 0 ? P.backward(0) : P.backward(int(i) - 1);
-    a.residual[i] = t.take<float>("residual." + std::to_string(i), w.N * w.d, {first, last});
-  }
+  for (size_t i = 0; i < a.residual.size(); ++i)
+    a.residual[i] = t.take<float>("residual." + std::to_string(i), w.N * w.d, P.residual(i, train));
   a.layers.resize(train && !o.gradient_checkpointing ? size_t(c.num_layers) : 1);
   for (size_t i = 0; i < a.layers.size(); ++i) {
-    const bool one_slot = a.layers.size() == 1;
-    const Lifetime kept{one_slot ? P.forward(0) : P.forward(int(i)),
-                        !train ? forward_end : one_slot ? P.backward(0) : P.backward(int(i))};
-    a.layers[i] = take_layer_slot(w, t, i, kept);
+    a.layers[i] = take_layer_slot(w, t, i, P.slot(i, a.layers.size(), train));
   }
   a.final_norm = t.act("final_norm", w.N * w.d, {P.final_norm(), train ? P.head_backward() : P.head()});
   a.final_rstd = t.take<float>("final_rstd", w.N, {P.final_norm(), train ? P.final_norm_backward() : P.final_norm()});

@@ -28,6 +28,18 @@ std::string error_of(Body body) {
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
+MistralConfig small_config(int layers) {
+  MistralConfig c;
+  c.vocab_size = 13;
+  c.hidden_size = 8;
+  c.intermediate_size = 12;
+  c.num_layers = layers;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 4;
+  return c;
+}
+
 }  // namespace
 
 ZN_TEST("buffer_plan.own_entries_are_laid_end_to_end_and_counted_by_category") {
@@ -92,14 +104,7 @@ ZN_TEST("buffer_plan.ended_bytes_leave_out_what_is_still_live") {
 }
 
 ZN_TEST("buffer_plan.every_cpu_table_passes_its_checks") {
-  MistralConfig c;
-  c.vocab_size = 13;
-  c.hidden_size = 8;
-  c.intermediate_size = 12;
-  c.num_layers = 3;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 4;
+  const MistralConfig c = small_config(3);
   for (int mode = 0; mode < 8; ++mode) {
     ModelOptions o;
     o.max_tokens = 5;  // rows that are no multiple of the alignment
@@ -118,14 +123,7 @@ ZN_TEST("buffer_plan.every_cpu_table_passes_its_checks") {
 // cut short: x_1 (layer 0's output) declared dead after layer 0, though layer 1 reads it. The
 // poisoned bytes reach the log-probs as NaN.
 ZN_TEST("buffer_plan.a_read_past_a_planned_lifetime_gives_nan") {
-  MistralConfig c;
-  c.vocab_size = 13;
-  c.hidden_size = 8;
-  c.intermediate_size = 12;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 4;
+  const MistralConfig c = small_config(2);
   ModelOptions o;
   o.max_tokens = 6;
   o.trainable = false;
