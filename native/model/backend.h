@@ -108,6 +108,9 @@ class Backend {
   // the residual gradient in bf16 mode).
   virtual void add_into(long n, const float* from, float* to, Tensor rounded) = 0;
   virtual void round(long n, const float* from, Tensor to) = 0;  // to = from in to's dtype
+  // Fills bytes with 0xFF, a NaN in f32 and bf16 (and -1 in int32): a debug build's mark on a
+  // buffer whose lifetime ended (buffer_plan.h).
+  virtual void poison(void* data, size_t bytes) = 0;
 };
 
 }  // namespace zn::model

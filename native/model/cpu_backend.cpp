@@ -109,14 +109,15 @@ void CpuBackend::embedding_forward(long tokens, long dim, long vocab, const int3
 }
 
 void CpuBackend::logprob_forward(const cpu::LogprobShape& shape, ConstTensor hidden, ConstTensor w,
-                                 const int32_t* targets, float* logp, float* lse, Workspace) {
-  cpu::logprob_forward(shape, values(hidden), w.data, w.dtype, targets, logp, lse);
+                                 const int32_t* targets, float* logp, float* lse, Workspace workspace) {
+  cpu::logprob_forward(shape, values(hidden), w.data, w.dtype, targets, logp, lse, {workspace.data, workspace.bytes});
 }
 
 void CpuBackend::logprob_backward(const cpu::LogprobShape& shape, ConstTensor hidden, ConstTensor w,
                                   const int32_t* targets, const float* lse, const float* dlogp, float* dhidden,
-                                  float* dw, Workspace) {
-  cpu::logprob_backward(shape, values(hidden), w.data, w.dtype, targets, lse, dlogp, dhidden, dw);
+                                  float* dw, Workspace workspace) {
+  cpu::logprob_backward(shape, values(hidden), w.data, w.dtype, targets, lse, dlogp, dhidden, dw,
+                        {workspace.data, workspace.bytes});
 }
 
 void CpuBackend::logprob_forward_backward(const cpu::LogprobShape& shape, ConstTensor hidden, ConstTensor w,
@@ -146,5 +147,7 @@ void CpuBackend::round(long n, const float* from, Tensor to) {
   ZN_CHECK(to.dtype == DType::BF16, "cpu backend: round() makes bf16, asked for ", dtype_name(to.dtype));
   round_to_bf16(size_t(n), from, static_cast<bf16*>(to.data));
 }
+
+void CpuBackend::poison(void* data, size_t bytes) { std::memset(data, 0xFF, bytes); }
 
 }  // namespace zn::model

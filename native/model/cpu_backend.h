@@ -46,6 +46,7 @@ class CpuBackend final : public Backend {
   void copy(long n, const float* from, float* to) override;
   void add_into(long n, const float* from, float* to, Tensor rounded) override;
   void round(long n, const float* from, Tensor to) override;
+  void poison(void* data, size_t bytes) override;
 };
 
 }  // namespace zn::model

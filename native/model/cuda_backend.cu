@@ -167,4 +167,6 @@ void CudaBackend::round(long n, const float* from, Tensor to) {
   ZN_CUDA_CHECK_LAUNCH();
 }
 
+void CudaBackend::poison(void* data, size_t bytes) { ZN_CUDA_CHECK(cudaMemsetAsync(data, 0xFF, bytes, stream_)); }
+
 }  // namespace zn::model

@@ -16,6 +16,11 @@ cpu::AttentionShape Decoder::attention_shape(long tokens) const {
   return {tokens, c_.num_heads, c_.num_kv_heads, c_.head_dim, c_.sliding_window, 1.0f / std::sqrt(float(c_.head_dim))};
 }
 
+void Decoder::end_phase(const DecoderBuffers& B, int phase) {
+  if (!B.poison || !B.plan || !B.base) return;
+  for (const ByteRange& r : B.plan->ended(phase)) ops_.poison(static_cast<char*>(B.base) + r.offset, r.bytes);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward
 
@@ -125,10 +130,14 @@ void Decoder::run_layers(const DeviceBatch& batch, DecoderBuffers& B, const Weig
   const long N = batch.tokens, d = c_.hidden_size;
   auto residual = [&](int l) { return B.residual[keep ? size_t(l) : size_t(l % 2)]; };
   ops_.embedding_forward(N, d, c_.vocab_size, batch.input_ids, W.weight(*index_.embed), f32(residual(0)));
-  for (int l = 0; l < c_.num_layers; ++l)
+  end_phase(B, phases_.embed());
+  for (int l = 0; l < c_.num_layers; ++l) {
     layer_forward(l, batch, residual(l), residual(l + 1), B.layers[slot_index(B, l, keep)], W, true, cached);
+    end_phase(B, phases_.forward(l));
+  }
   ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(residual(c_.num_layers)), W.norm_weight(*index_.final_norm),
                        B.final_norm, B.final_rstd);
+  end_phase(B, phases_.final_norm());
 }
 
 void Decoder::trunk_forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep) {
@@ -143,7 +152,8 @@ void Decoder::forward_cached(const DeviceBatch& batch, const CachedStep& step, D
 void Decoder::forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, bool keep, float* logp) {
   trunk_forward(batch, B, W, keep);
   ops_.logprob_forward({batch.tokens, c_.hidden_size, c_.vocab_size}, B.final_norm, W.weight(*index_.lm_head),
-                       batch.targets, logp, B.logit_lse, B.head);
+                       batch.targets, logp, B.logit_lse, B.head_chunks);
+  end_phase(B, phases_.head());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -160,8 +170,8 @@ void Decoder::recompute_kv(int l, const DeviceBatch& batch, const float* x, Laye
   ops_.rope_forward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.k);
 }
 
-// The top layer's gate and up as layer_forward computed them, after the one-pass lm_head used
-// their region as its panel.
+// The top layer's gate and up as layer_forward computed them: the lm_head's panel is planned
+// over their region (DecoderBuffers::head_overwrites_top_mlp), so every backward rebuilds them.
 void Decoder::recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const WeightSource& W) {
   const LayerParameters& p = index_.layers[size_t(l)];
   const long d = c_.hidden_size, ffn = c_.intermediate_size;
@@ -207,13 +217,13 @@ void Decoder::layer_backward(int l, const DeviceBatch& batch, const float* x, co
 }
 
 void Decoder::backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W,
-                              GradientSink& G, ConstTensor dnormed, bool gradient_checkpointing,
-                              bool top_mlp_overwritten) {
+                              GradientSink& G, ConstTensor dnormed, bool gradient_checkpointing) {
   const long N = batch.tokens, d = c_.hidden_size;
   const int top = c_.num_layers - 1;
   ops_.rmsnorm_backward(N, d, f32(B.residual[size_t(c_.num_layers)]), W.norm_weight(*index_.final_norm),
                         B.final_rstd, dnormed, f32(B.dres), G.grad(*index_.final_norm));
   if (B.dres_operand.data != B.dres) ops_.round(N * d, B.dres, B.dres_operand);
+  end_phase(B, phases_.final_norm_backward());
   for (int l = top; l >= 0; --l) {
     const float* x = B.residual[size_t(l)];
     // The layer's output x_{l+1} is dead now that the layer above (or the final norm) has done
@@ -226,9 +236,10 @@ void Decoder::backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const
     } else if (recompute_.h) {
       if (recompute_.shared_kv && l != top) recompute_kv(l, batch, x, a, W);
       attention_residual(l, N, x, a.attn, out, W, a);
-      if (top_mlp_overwritten && l == top) recompute_mlp_inputs(l, N, out, a, W);
+      if (B.head_overwrites_top_mlp && l == top) recompute_mlp_inputs(l, N, out, a, W);
     }
     layer_backward(l, batch, x, a.h ? a.h : out, a, B, W, G);
+    end_phase(B, phases_.backward(l));
   }
 }
 
@@ -240,8 +251,9 @@ void Decoder::backward(const DeviceBatch& batch, DecoderBuffers& B, const Weight
                          W.norm_weight(*index_.final_norm), B.final_norm, B.final_rstd);
   }
   ops_.logprob_backward({N, d, c_.vocab_size}, B.final_norm, W.weight(*index_.lm_head), batch.targets, B.logit_lse,
-                        dlogp, B.dnorm, G.grad(*index_.lm_head), B.head);
-  backward_layers(batch, B, W, G, f32(B.dnorm), gradient_checkpointing, false);
+                        dlogp, B.dnorm, G.grad(*index_.lm_head), B.head_chunks);
+  end_phase(B, phases_.head_backward());
+  backward_layers(batch, B, W, G, f32(B.dnorm), gradient_checkpointing);
 }
 
 void Decoder::forward_backward(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W,
@@ -251,7 +263,8 @@ void Decoder::forward_backward(const DeviceBatch& batch, DecoderBuffers& B, cons
   ops_.logprob_forward_backward({batch.tokens, c_.hidden_size, c_.vocab_size}, B.final_norm,
                                 W.weight(*index_.lm_head), batch.targets, dlogp, logp, dhidden,
                                 G.grad(*index_.lm_head), B.head);
-  backward_layers(batch, B, W, G, f32(dhidden), gradient_checkpointing, B.head_overwrites_top_mlp);
+  end_phase(B, phases_.head());
+  backward_layers(batch, B, W, G, f32(dhidden), gradient_checkpointing);
 }
 
 }  // namespace zn::model

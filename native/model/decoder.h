@@ -17,11 +17,43 @@
 #include <vector>
 
 #include "model/backend.h"
+#include "model/buffer_plan.h"
 #include "model/kv_cache.h"
 #include "model/lora.h"
 #include "model/parameters.h"
 
 namespace zn::model {
+
+// The phases of a step in the order they run, as the buffer tables' lifetimes count them
+// (buffer_plan.h). A call runs a stretch of them: a forward embed .. head (the head: the log-prob
+// forward, forward_backward's one-pass head, or the model reading the last rows), a backward
+// head_backward .. backward(0), forward_backward all but head_backward; the model's embedding
+// backward is end().
+struct StepPhases {
+  int layers;
+  int embed() const { return 0; }
+  int forward(int l) const { return 1 + l; }
+  int final_norm() const { return layers + 1; }
+  int head() const { return layers + 2; }
+  int head_backward() const { return layers + 3; }
+  int final_norm_backward() const { return layers + 4; }
+  int backward(int l) const { return layers + 5 + (layers - 1 - l); }
+  int end() const { return 2 * layers + 5; }
+
+  // The layer inputs x_0 .. x_L: x_i is written by layer i - 1 (x_0 by the embedding) and read
+  // until layer i - 1's backward (which may rebuild its h there); a frozen model's two
+  // ping-pong buffers until the final norm.
+  Lifetime residual(size_t i, bool trainable) const {
+    const int first = i == 0 ? embed() : forward(int(i) - 1);
+    return {first, !trainable ? final_norm() : i == 0 ? backward(0) : backward(int(i) - 1)};
+  }
+  // Layer slot i of `slots`: what its layer keeps from its forward to its backward (one slot
+  // serves every layer; a frozen model's until the last layer's forward).
+  Lifetime slot(size_t i, size_t slots, bool trainable) const {
+    if (slots == 1) return {forward(0), trainable ? backward(0) : forward(layers - 1)};
+    return {forward(int(i)), backward(int(i))};
+  }
+};
 
 // What the backward rebuilds instead of keeping from the forward.
 struct Recompute {
@@ -74,11 +106,20 @@ struct DecoderBuffers {
   Tensor dattn;        // [N, Hq * D]
   Tensor dact;         // [N, ffn]
   // The lm_head's workspace. With head_overwrites_top_mlp it spans the top slot's gate and up
-  // (recomputed afterwards), act and dres, so the one-pass head writes dhidden over its own
-  // input (the final norm) instead of into dnorm.
+  // (which every backward then recomputes), act and dres, so the one-pass head writes dhidden
+  // over its own input (the final norm) instead of into dnorm.
   Workspace head;
   bool head_overwrites_top_mlp = false;
+  // The two-pass head's (forward, then backward) chunks: the GPU's are head; empty: the kernels
+  // allocate their own.
+  Workspace head_chunks;
   Workspace attention_backward;
+  // The table these buffers were laid out from, and where. With poison (the models set it in
+  // debug builds: poison_ended_buffers()), the decoder fills each entry's bytes with NaN when its
+  // lifetime ends.
+  const BufferPlan* plan = nullptr;
+  void* base = nullptr;
+  bool poison = false;
 };
 
 // The parameters as the kernels read them. A forward needs nothing else of a model, so a
@@ -138,7 +179,7 @@ class Decoder {
  public:
   // index: the parameter index the weights and gradients are looked up by.
   Decoder(const MistralConfig& config, const ParameterIndex& index, Backend& backend, Recompute recompute)
-      : c_(config), index_(index), ops_(backend), recompute_(recompute) {}
+      : c_(config), index_(index), ops_(backend), recompute_(recompute), phases_{config.num_layers} {}
 
   // Embedding, layers and final norm into B.final_norm; with keep, every layer's activations
   // for backward (else two residual buffers and one slot serve all layers).
@@ -185,17 +226,20 @@ class Decoder {
                       DecoderBuffers& B, const WeightSource& W, GradientSink& G);
   // From dnormed = d loss / d (final norm output) down to d loss / d (embedding output) in B.dres.
   void backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const WeightSource& W, GradientSink& G,
-                       ConstTensor dnormed, bool gradient_checkpointing, bool top_mlp_overwritten);
+                       ConstTensor dnormed, bool gradient_checkpointing);
   void attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const WeightSource& W,
                           LayerSlot& a);
   void recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W);
   void recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const WeightSource& W);
   cpu::AttentionShape attention_shape(long tokens) const;
+  // With B.poison: NaN over what B's table says ends with this phase.
+  void end_phase(const DecoderBuffers& B, int phase);
 
   const MistralConfig& c_;
   const ParameterIndex& index_;
   Backend& ops_;
   Recompute recompute_;
+  StepPhases phases_;
   const Adapters* adapters_ = nullptr;
   const LoraDropoutDraw* dropout_ = nullptr;
 };

@@ -1,8 +1,9 @@
 // The Mistral model on the CPU: parameters, gradients, AdamW and files here; forward and backward
 // are the one decoder (decoder.cpp) on CpuBackend. Memory: the plan's buffers are allocated in
-// the constructor; a call adds the kernels' own scratch (the log-prob chunks, attention panels),
-// next_token_logits its [docs, d] rows, and an untied embedding's row gradient grows as gradient
-// accumulation touches new rows (row_gradient.h).
+// the constructor; a call adds the kernels' own scratch (the log-prob chunks where the plan has
+// no dead bytes for them, attention and GEMM panels), next_token_logits its [docs, d] rows, and
+// an untied embedding's row gradient grows as gradient accumulation touches new rows
+// (row_gradient.h).
 #include "model/mistral.h"
 
 #include <algorithm>
@@ -23,8 +24,8 @@
 namespace zn::model {
 
 // ---------------------------------------------------------------------------------------------
-// Activation plan: the decoder's buffers (decoder.h) in one arena, laid out by walking the same
-// code for planning and allocating.
+// Activation plan: the decoder's buffers (decoder.h) in one arena, laid out from one buffer table
+// (plan_activations, buffer_plan.h) for planning and allocating alike.
 //
 // Selective recomputation (as Megatron-LM's, the CPU's Recompute policy): a layer keeps what a
 // GEMM or attention produced and recomputes in backward what elementwise work gives back
@@ -37,7 +38,8 @@ namespace zn::model {
 // on the small preset, where they would hold [N, 2 kv_dim] per layer): all layers write them
 // to one shared pair of buffers, which still holds the top layer's when its backward starts.
 //
-// Aliases, each dead before the next use of its buffer:
+// Aliases, each dead before the next use of its buffer (the table's Over and InPlace entries;
+// one entry where the uses alternate within every layer):
 // - normed [N, d]: n1, n2 and the final norm's output (which next_token_logits reads after a
 //   forward), and rmsnorm backward's dx.
 // - act [N, max(ffn, d, Hq * D)]: act, then in backward dact (down_proj's dx, once its weight
@@ -46,99 +48,139 @@ namespace zn::model {
 // - a slot's gate and up: backward overwrites them with dgate and dup, and once the MLP's
 //   backward has read those, with dq, dk, dv.
 // - the one-pass lm_head's logits panel: the top slot's gate/up region, act and dres, back to
-//   back. All are dead while the lm_head runs except the top layer's gate and up, which backward
-//   then recomputes from n2 (two GEMMs of one layer, against a 32 MiB panel of its own on the
-//   small preset).
+//   back. All are dead while the lm_head runs except the top layer's gate and up, which every
+//   backward then recomputes from n2 (two GEMMs of one layer, against a 32 MiB panel of its own
+//   on the small preset; the unfused head does not use the panel, but the table's lifetimes are
+//   one for every call).
 
 namespace {
 
-// Hands out 64-byte aligned pieces of an arena; with a null base it only counts.
-class ArenaLayout {
- public:
-  explicit ArenaLayout(float* base) : base_(base) {}
-  float* take(size_t count) {
-    float* p = base_ ? base_ + used_ : nullptr;
-    used_ += (count + 15) / 16 * 16;
-    return p;
-  }
-  size_t used() const { return used_; }
-
- private:
-  float* base_;
-  size_t used_ = 0;
-};
+// The CPU's kernels read 64-byte aligned rows.
+constexpr size_t kAlignment = 64;
 
 int saved_layer_slots(const MistralConfig& c, const ModelOptions& o) {
   return o.trainable && !o.gradient_checkpointing ? c.num_layers : 1;
 }
 
-// Places gate and up from base; returns the floats they span.
-size_t place_mlp_inputs(const MistralConfig& c, size_t N, float* base, LayerSlot& s) {
-  ArenaLayout part(base);
-  s.gate = s.dgate = f32(part.take(N * size_t(c.intermediate_size)));
-  s.up = s.dup = f32(part.take(N * size_t(c.intermediate_size)));
-  return part.used();
+cpu::LogprobShape head_shape(const MistralConfig& c, const ModelOptions& o) {
+  return {o.max_tokens, c.hidden_size, c.vocab_size};
 }
 
-// Places dq, dk, dv from base (a slot's gate); returns the floats they span.
-size_t place_attention_grads(const MistralConfig& c, size_t N, float* base, LayerSlot& s) {
-  ArenaLayout part(base);
-  s.dq = f32(part.take(N * size_t(c.q_dim())));
-  s.dk = f32(part.take(N * size_t(c.kv_dim())));
-  s.dv = f32(part.take(N * size_t(c.kv_dim())));
-  return part.used();
+// The two-pass head's scratch (logprob_forward's, and a trainable model's logprob_backward's).
+size_t head_chunk_bytes(const MistralConfig& c, const ModelOptions& o) {
+  const size_t forward = cpu::logprob_scratch_bytes(head_shape(c, o), false);
+  return o.trainable ? std::max(forward, cpu::logprob_scratch_bytes(head_shape(c, o), true)) : forward;
 }
 
-// Lays out the decoder's buffers for max_tokens; returns the arena size in floats.
-size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* base, DecoderBuffers& a) {
-  const size_t N = size_t(o.max_tokens), d = size_t(c.hidden_size);
+}  // namespace
+
+// In the arena's order. A slot's gate and up, then over them in each layer's backward
+// dgate and dup and then dq, dk, dv, share one region; its other values are kept from their
+// layer's forward to its backward (a frozen model's: to the end of the forward).
+BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void* base, DecoderBuffers& a) {
+  const size_t N = size_t(o.max_tokens), d = size_t(c.hidden_size), f = sizeof(float);
   const size_t qd = size_t(c.q_dim()), kvd = size_t(c.kv_dim()), ffn = size_t(c.intermediate_size);
-  ArenaLayout arena(base);
-  a.residual.resize(o.trainable ? size_t(c.num_layers) + 1 : 2);
-  for (float*& x : a.residual) x = arena.take(N * d);
+  const StepPhases P{c.num_layers};
+  const int top = c.num_layers - 1;
+  const bool train = o.trainable;
+  const int forward_end = P.forward(top), step_end = train ? P.backward(0) : forward_end;
+  BufferPlan plan(kAlignment);
+  auto at = [&](int id) { return place<float>(base, plan, id); };
+  auto name = [](const char* what, size_t i) { return std::string(what) + "." + std::to_string(i); };
+  auto padded = [](size_t floats) { return (floats + kAlignment / 4 - 1) / (kAlignment / 4) * (kAlignment / 4); };
+
+  a.residual.resize(train ? size_t(c.num_layers) + 1 : 2);
+  for (size_t i = 0; i < a.residual.size(); ++i)
+    a.residual[i] = at(plan.add(name("residual", i), N * d * f, P.residual(i, train)));
   a.layers.resize(size_t(saved_layer_slots(c, o)));
   const bool shared_kv = a.layers.size() > 1;
-  float* const shared_k = shared_kv ? arena.take(N * kvd) : nullptr;
-  float* const shared_v = shared_kv ? arena.take(N * kvd) : nullptr;
-  size_t top_mlp_start = 0;  // where the last slot's gate/up region begins
-  for (LayerSlot& s : a.layers) {
-    s.rstd1 = arena.take(N);
-    s.q = f32(arena.take(N * qd));
-    s.k = f32(shared_kv ? shared_k : arena.take(N * kvd));
-    s.v = f32(shared_kv ? shared_v : arena.take(N * kvd));
-    s.attn = f32(arena.take(N * qd));
-    s.lse = arena.take(size_t(c.num_heads) * N);
-    s.rstd2 = arena.take(N);
+  float* const shared_k = shared_kv ? at(plan.add("shared_k", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
+  float* const shared_v = shared_kv ? at(plan.add("shared_v", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
+  int top_mlp = -1;  // the last slot's gate/up region, which the lm_head's panel starts over
+  for (size_t i = 0; i < a.layers.size(); ++i) {
+    LayerSlot& s = a.layers[i];
+    const bool one_slot = a.layers.size() == 1, last_slot = i + 1 == a.layers.size();
+    const Lifetime kept = P.slot(i, a.layers.size(), train);
+    s.rstd1 = at(plan.add(name("rstd1", i), N * f, kept));
+    s.q = f32(at(plan.add(name("q", i), N * qd * f, kept)));
+    s.k = f32(shared_kv ? shared_k : at(plan.add(name("k", i), N * kvd * f, kept)));
+    s.v = f32(shared_kv ? shared_v : at(plan.add(name("v", i), N * kvd * f, kept)));
+    s.attn = f32(at(plan.add(name("attn", i), N * qd * f, kept)));
+    s.lse = at(plan.add(name("lse", i), size_t(c.num_heads) * N * f, kept));
+    s.rstd2 = at(plan.add(name("rstd2", i), N * f, kept));
     s.h = nullptr;
-    const size_t mlp = std::max(place_mlp_inputs(c, N, nullptr, s), place_attention_grads(c, N, nullptr, s));
-    top_mlp_start = arena.used();
-    float* region = arena.take(mlp);
-    place_mlp_inputs(c, N, region, s);
-    place_attention_grads(c, N, region, s);
+    // Pieces of one region, each aligned.
+    const size_t gate_floats = padded(N * ffn), dq_floats = padded(N * qd), dk_floats = padded(N * kvd);
+    const size_t gate_up = 2 * gate_floats * f, attention_grads = (dq_floats + 2 * dk_floats) * f;
+    // Under the lm_head's panel the last slot's gate and up die with the forward, and the
+    // backward recomputes them (Decoder::recompute_mlp_inputs) into the same bytes.
+    const bool under_head = train && last_slot;
+    const size_t region = std::max(gate_up, attention_grads);
+    const int mlp = plan.add(name("gate_up", i), region, under_head ? Lifetime{kept.first, forward_end} : kept);
+    const int backward_mlp = under_head ? plan.over(name("gate_up_recomputed", i), region, mlp,
+                                                    {P.backward(top), kept.last})
+                                        : mlp;
+    if (train) {
+      const Lifetime backward{one_slot ? P.backward(top) : P.backward(int(i)), kept.last};
+      plan.in_place(name("attention_grads", i), attention_grads, backward_mlp, backward);
+    }
+    if (last_slot) top_mlp = mlp;
+    float* const mlp_bytes = at(mlp);
+    s.gate = s.dgate = f32(mlp_bytes);
+    s.up = s.dup = f32(mlp_bytes ? mlp_bytes + gate_floats : nullptr);
+    s.dq = f32(mlp_bytes);
+    s.dk = f32(mlp_bytes ? mlp_bytes + dq_floats : nullptr);
+    s.dv = f32(mlp_bytes ? mlp_bytes + dq_floats + dk_floats : nullptr);
   }
   Tensor act;
-  if (o.trainable) {
-    act = f32(arena.take(N * std::max({ffn, d, qd})));
+  int head_panel = -1;
+  if (train) {
+    // act in each forward; in each backward act again (recomputed), then dact (down_proj's dx,
+    // once its weight gradient has read act), dnorm (d loss / d n2), dattn and dnorm (d loss / d
+    // n1) in place; between them the unfused head's d loss / d (final norm output).
+    const int act_id = plan.add("act", N * std::max({ffn, d, qd}) * f, {P.forward(0), forward_end});
+    plan.over("dhidden", N * d * f, act_id, {P.head_backward(), P.final_norm_backward()});
+    plan.over("layer_grads", N * std::max({ffn, d, qd}) * f, act_id, {P.backward(top), P.backward(0)});
+    act = f32(at(act_id));
     a.dact = a.dattn = act;
-    a.dnorm = static_cast<float*>(act.data);
-    a.dres = arena.take(N * d);
+    a.dnorm = at(act_id);
+    const int dres = plan.add("dres", N * d * f, {P.final_norm_backward(), P.end()});
+    a.dres = at(dres);
     a.dres_operand = f32(a.dres);
-    a.head = {a.layers.back().gate.data, (arena.used() - top_mlp_start) * sizeof(float)};
+    // The one-pass lm_head's panel: the last slot's gate/up region, act and dres, back to back.
+    head_panel = plan.over("lm_head_panel", plan.end(dres) - plan.offset(top_mlp), top_mlp, {P.head(), P.head()});
+    a.head = {at(head_panel), plan.entries()[size_t(head_panel)].bytes};
     a.head_overwrites_top_mlp = true;
   }
-  a.final_rstd = arena.take(N);
-  a.logit_lse = arena.take(N);
-  const Tensor normed = f32(arena.take(N * d));
+  // The two-pass head's chunks where they fit in the last slot's gate/up region, dead across the
+  // head (in place of the panel, which only the one-pass head uses); else the kernels allocate
+  // them per call.
+  const size_t chunks = head_chunk_bytes(c, o);
+  if (chunks <= plan.entries()[size_t(top_mlp)].bytes) {
+    const Lifetime heads{P.head(), train ? P.head_backward() : P.head()};
+    const int id = train ? plan.in_place("logprob_chunks", chunks, head_panel, heads)
+                         : plan.over("logprob_chunks", chunks, top_mlp, heads);
+    a.head_chunks = {at(id), chunks};
+  }
+  a.final_rstd = at(plan.add("final_rstd", N * f, {P.final_norm(), train ? P.final_norm_backward() : P.final_norm()}));
+  a.logit_lse = at(plan.add("logit_lse", N * f, {P.head(), train ? P.head_backward() : P.head()}));
+  // n1, n2, the final norm's output (which the model reads after a forward for next-token
+  // logits) and rmsnorm backward's dx, each dead before the next is written.
+  const Tensor normed = f32(at(plan.add("normed", N * d * f, {P.forward(0), train ? P.backward(0) : P.head()})));
   a.final_norm = normed;
   a.dnorm_x = static_cast<float*>(normed.data);
-  if (!o.trainable) act = a.layers[0].gate;
+  // A frozen model writes act over gate, which nothing reads again.
+  if (!train) act = f32(at(plan.in_place("act", N * ffn * f, top_mlp, {P.forward(0), forward_end})));
   // LoRA's [N, r] pair, which every projection recomputes where it needs it.
   const size_t r = size_t(o.lora.rank);
-  const Tensor lora_t = r ? f32(arena.take(N * r)) : Tensor{};
-  const Tensor lora_dt = r && o.trainable ? f32(arena.take(N * r)) : Tensor{};
-  // lora_dropout's dropped input, for the widest projection input (training only).
-  const bool dropout = r && o.trainable && o.lora.dropout > 0;
-  const Tensor lora_x = dropout ? f32(arena.take(N * std::max({d, qd, ffn}))) : Tensor{};
+  const Tensor lora_t = r ? f32(at(plan.add("lora_t", N * r * f, {P.forward(0), step_end}))) : Tensor{};
+  const Tensor lora_dt =
+      r && train ? f32(at(plan.add("lora_dt", N * r * f, {P.backward(top), P.backward(0)}))) : Tensor{};
+  // lora_dropout's dropped input, for the widest projection input (training only): written in each
+  // projection's forward and again (the same mask) in its backward.
+  const bool dropout = r && train && o.lora.dropout > 0;
+  const Tensor lora_x =
+      dropout ? f32(at(plan.add("lora_x", N * std::max({d, qd, ffn}) * f, {P.forward(0), P.backward(0)}))) : Tensor{};
   for (LayerSlot& s : a.layers) {
     s.norm1 = s.norm2 = normed;
     s.act = act;
@@ -146,10 +188,9 @@ size_t layout_activations(const MistralConfig& c, const ModelOptions& o, float* 
     s.lora_dt = lora_dt;
     s.lora_x = lora_x;
   }
-  return arena.used();
+  plan.check();
+  return plan;
 }
-
-}  // namespace
 
 MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   c.validate();
@@ -177,15 +218,16 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
     plan.optimizer += trained_adapter * 8;
   }
   DecoderBuffers counting;
-  plan.activations = layout_activations(c, o, nullptr, counting) * 4;
-  const cpu::LogprobShape head{o.max_tokens, c.hidden_size, c.vocab_size};
-  // The one-pass lm_head's panel lives in the activations (DecoderBuffers::head) when 16 rows
-  // fit there; else it allocates its own.
+  plan.activations = plan_activations(c, o, nullptr, counting).total();
+  // What the log-prob kernels allocate per call beside the table: the two-pass head's chunks
+  // where the table has no room for them (DecoderBuffers::head_chunks), the one-pass head's
+  // panel where 16 rows do not fit in DecoderBuffers::head (else its labelled-token list).
+  const cpu::LogprobShape head = head_shape(c, o);
   size_t fused = cpu::logprob_fused_scratch_bytes(head);
   if (counting.head.bytes / sizeof(float) >= cpu::logprob_fused_workspace_floats(head, 16))
-    fused = size_t(o.max_tokens) * sizeof(long);  // the labelled-token list
-  plan.logits_chunks = o.trainable ? std::max(cpu::logprob_scratch_bytes(head, true), fused)
-                                   : cpu::logprob_scratch_bytes(head, false);
+    fused = size_t(o.max_tokens) * sizeof(long);
+  const size_t chunks = counting.head_chunks.bytes > 0 ? 0 : head_chunk_bytes(c, o);
+  plan.logits_chunks = o.trainable ? std::max(chunks, fused) : chunks;
   return plan;
 }
 
@@ -245,7 +287,10 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   arena_.reset(static_cast<float*>(std::calloc(plan_.activations / 4, sizeof(float))));
   ZN_CHECK(arena_ || plan_.activations == 0, "model: cannot allocate ", plan_.activations,
            " bytes of activations");
-  layout_activations(config_, options_, arena_.get(), *buffers_);
+  buffer_plan_ = std::make_unique<BufferPlan>(plan_activations(config_, options_, arena_.get(), *buffers_));
+  buffers_->plan = buffer_plan_.get();
+  buffers_->base = arena_.get();
+  buffers_->poison = poison_ended_buffers();
   // The CPU keeps GEMM and attention outputs only (see the activation plan above).
   const Recompute recompute{/*norms=*/true, /*mlp_act=*/true, /*h=*/true,
                             /*shared_kv=*/buffers_->layers.size() > 1};

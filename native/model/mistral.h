@@ -76,6 +76,10 @@ struct MemoryPlan {
 };
 
 MemoryPlan plan_memory(const MistralConfig& config, const ModelOptions& options);
+// The CPU model's step buffers as one table (buffer_plan.h; the activation plan in mistral.cpp),
+// with `buffers` pointing into base (null: the table only).
+BufferPlan plan_activations(const MistralConfig& config, const ModelOptions& options, void* base,
+                            DecoderBuffers& buffers);
 
 // The words every memory-plan error uses: "weights .. + grads .. + optimizer .. + activations ..
 // + workspaces .. (maxTokens N, dtype D, gradientCheckpointing on|off)".
@@ -262,6 +266,7 @@ class MistralModel {
     void operator()(float* p) const;
   };
   std::unique_ptr<float[], FreeDeleter> arena_;
+  std::unique_ptr<BufferPlan> buffer_plan_;  // the step's buffer table, planned in arena_
   std::unique_ptr<DecoderBuffers> buffers_;  // laid out in arena_
   CpuBackend backend_;
   std::unique_ptr<Decoder> decoder_;

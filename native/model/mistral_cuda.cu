@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "core/bf16.h"
 #include "core/errors.h"
@@ -23,7 +24,10 @@
 namespace zn::model {
 
 // ---------------------------------------------------------------------------------------------
-// The arena: every device buffer of the model, laid out once for max_tokens.
+// The arena: every device buffer of the model, laid out once for max_tokens: the parameters,
+// then the step's buffers from one table (buffer_plan.h).
+
+constexpr size_t kAlignment = 256;  // vector loads, cuBLASLt's preferred alignment, flash's 16 B
 
 struct CudaBuffers {
   // Parameters (offsets of the parameter table apply to each).
@@ -38,11 +42,10 @@ struct CudaBuffers {
   // The decoder's activations, every layer's kept (each slot's own norm1, h, norm2 and act) and
   // its workspaces: head holds the log-prob chunks (also next_token_logits' logits chunks).
   DecoderBuffers acts;
+  BufferPlan step{kAlignment};  // the table acts, the batch and the workspaces are laid out from
 };
 
 namespace {
-
-constexpr size_t kAlignment = 256;  // vector loads, cuBLASLt's preferred alignment, flash's 16 B
 
 // Hands out aligned pieces of an arena; with a null base it only counts.
 class DeviceArena {
@@ -82,36 +85,62 @@ struct Widths {
         ffn(size_t(c.intermediate_size)), heads(size_t(c.num_heads)), act(dtype_size(activation_dtype(o))) {}
 };
 
-LayerSlot take_layer_slot(const Widths& w, DType t, DeviceArena& arena) {
-  auto act = [&](size_t count) { return Tensor{arena.take_bytes(count * w.act), t}; };
+// Adds entries to a step table and points at them in its region (null base: the table only).
+class StepTable {
+ public:
+  StepTable(BufferPlan& plan, void* base, DType act) : plan_(plan), base_(base), act_(act) {}
+  template <typename T>
+  T* take(const std::string& name, size_t count, Lifetime live, BufferCategory category = BufferCategory::Activations) {
+    return place<T>(base_, plan_, plan_.add(name, count * sizeof(T), live, category));
+  }
+  // An activation in the activation dtype.
+  Tensor act(const std::string& name, size_t count, Lifetime live) {
+    return {place<void>(base_, plan_, plan_.add(name, count * dtype_size(act_), live)), act_};
+  }
+  Workspace workspace(const std::string& name, size_t bytes, Lifetime live) {
+    return {place<void>(base_, plan_, plan_.add(name, bytes, live, BufferCategory::Workspaces)), bytes};
+  }
+
+ private:
+  BufferPlan& plan_;
+  void* base_;
+  DType act_;
+};
+
+LayerSlot take_layer_slot(const Widths& w, StepTable& t, size_t i, Lifetime kept) {
+  auto name = [&](const char* what) { return std::string(what) + "." + std::to_string(i); };
   LayerSlot s;
-  s.norm1 = act(w.N * w.d);
-  s.rstd1 = arena.take<float>(w.N);
-  s.q = act(w.N * w.qd);
-  s.k = act(w.N * w.kvd);
-  s.v = act(w.N * w.kvd);
-  s.attn = act(w.N * w.qd);
-  s.lse = arena.take<float>(w.heads * w.N);
-  s.h = arena.take<float>(w.N * w.d);
-  s.norm2 = act(w.N * w.d);
-  s.rstd2 = arena.take<float>(w.N);
-  s.gate = act(w.N * w.ffn);
-  s.up = act(w.N * w.ffn);
-  s.act = act(w.N * w.ffn);
+  s.norm1 = t.act(name("norm1"), w.N * w.d, kept);
+  s.rstd1 = t.take<float>(name("rstd1"), w.N, kept);
+  s.q = t.act(name("q"), w.N * w.qd, kept);
+  s.k = t.act(name("k"), w.N * w.kvd, kept);
+  s.v = t.act(name("v"), w.N * w.kvd, kept);
+  s.attn = t.act(name("attn"), w.N * w.qd, kept);
+  s.lse = t.take<float>(name("lse"), w.heads * w.N, kept);
+  s.h = t.take<float>(name("h"), w.N * w.d, kept);
+  s.norm2 = t.act(name("norm2"), w.N * w.d, kept);
+  s.rstd2 = t.take<float>(name("rstd2"), w.N, kept);
+  s.gate = t.act(name("gate"), w.N * w.ffn, kept);
+  s.up = t.act(name("up"), w.N * w.ffn, kept);
+  s.act = t.act(name("act"), w.N * w.ffn, kept);
   return s;
 }
 
 // The backward's scratch: one set for all layers (each slot's dgate, dup, dq, dk, dv point here).
-void take_backward_scratch(const Widths& w, DType t, DeviceArena& arena, DecoderBuffers& b) {
-  auto act = [&](size_t count) { return Tensor{arena.take_bytes(count * w.act), t}; };
-  b.dres = arena.take<float>(w.N * w.d);
-  b.dnorm = arena.take<float>(w.N * w.d);
-  b.dnorm_x = arena.take<float>(w.N * w.d);
-  b.dres_operand = t == DType::BF16 ? act(w.N * w.d) : f32(b.dres);
-  b.dattn = act(w.N * w.qd);
-  const Tensor dq = act(w.N * w.qd), dk = act(w.N * w.kvd), dv = act(w.N * w.kvd);
-  b.dact = act(w.N * w.ffn);
-  const Tensor dgate = act(w.N * w.ffn), dup = act(w.N * w.ffn);
+void take_backward_scratch(const Widths& w, DType dtype, const StepPhases& P, StepTable& t, DecoderBuffers& b) {
+  const int top = P.layers - 1;
+  const Lifetime layers{P.backward(top), P.backward(0)};
+  b.dres = t.take<float>("dres", w.N * w.d, {P.final_norm_backward(), P.end()});
+  // The head's d loss / d (final norm output): forward_backward's head writes it, backward's head_backward.
+  b.dnorm = t.take<float>("dnorm", w.N * w.d, {P.head(), P.backward(0)});
+  b.dnorm_x = t.take<float>("dnorm_x", w.N * w.d, layers);
+  b.dres_operand = dtype == DType::BF16 ? t.act("dres_bf16", w.N * w.d, {P.final_norm_backward(), P.backward(0)})
+                                        : f32(b.dres);
+  b.dattn = t.act("dattn", w.N * w.qd, layers);
+  const Tensor dq = t.act("dq", w.N * w.qd, layers), dk = t.act("dk", w.N * w.kvd, layers),
+               dv = t.act("dv", w.N * w.kvd, layers);
+  b.dact = t.act("dact", w.N * w.ffn, layers);
+  const Tensor dgate = t.act("dgate", w.N * w.ffn, layers), dup = t.act("dup", w.N * w.ffn, layers);
   for (LayerSlot& s : b.layers) {
     s.dq = dq;
     s.dk = dk;
@@ -121,38 +150,68 @@ void take_backward_scratch(const Widths& w, DType t, DeviceArena& arena, Decoder
   }
 }
 
-// The batch, the per-token values crossing to the host, and the activations (as the CPU
-// model's layout_activations).
-void take_activations(const MistralConfig& c, const ModelOptions& o, DeviceArena& arena, CudaBuffers& b) {
+// The step's buffers as one table (base: where its region starts; null: the table only): the
+// batch, the per-token values crossing to the host, the activations (as the CPU model's
+// plan_activations, every layer's kept) and the kernels' workspaces.
+void plan_step(const MistralConfig& c, const ModelOptions& o, void* base, CudaBuffers& b) {
   const Widths w(c, o);
-  const DType t = activation_dtype(o);
+  const StepPhases P{c.num_layers};
+  const int top = c.num_layers - 1;
+  const bool train = o.trainable;
+  const int forward_end = P.forward(top), step_end = train ? P.backward(0) : forward_end;
+  const Lifetime call{P.embed(), P.end()};  // read by the model around the decoder too
+  StepTable t(b.step, base, activation_dtype(o));
   DecoderBuffers& a = b.acts;
-  b.input_ids = arena.take<int32_t>(w.N);
-  b.position_ids = arena.take<int32_t>(w.N);
-  b.targets = arena.take<int32_t>(w.N);
-  b.cu_seqlens = arena.take<int32_t>(w.N + 1);
-  b.logp = arena.take<float>(w.N);
-  b.dlogp = o.trainable ? arena.take<float>(w.N) : nullptr;
-  a.residual.resize(o.trainable ? size_t(c.num_layers) + 1 : 2);
-  for (float*& x : a.residual) x = arena.take<float>(w.N * w.d);
-  a.layers.resize(o.trainable && !o.gradient_checkpointing ? size_t(c.num_layers) : 1);
-  for (LayerSlot& slot : a.layers) slot = take_layer_slot(w, t, arena);
-  a.final_norm = {arena.take_bytes(w.N * w.d * w.act), t};
-  a.final_rstd = arena.take<float>(w.N);
-  a.logit_lse = arena.take<float>(w.N);
-  if (o.trainable) take_backward_scratch(w, t, arena, a);
+  b.input_ids = t.take<int32_t>("input_ids", w.N, call);
+  b.position_ids = t.take<int32_t>("position_ids", w.N, call);
+  b.targets = t.take<int32_t>("targets", w.N, call);
+  b.cu_seqlens = t.take<int32_t>("cu_seqlens", w.N + 1, call);
+  b.logp = t.take<float>("logp", w.N, call);
+  b.dlogp = train ? t.take<float>("dlogp", w.N, call) : nullptr;
+  a.residual.resize(train ? size_t(c.num_layers) + 1 : 2);
+  for (size_t i = 0; i < a.residual.size(); ++i)
+    a.residual[i] = t.take<float>("residual." + std::to_string(i), w.N * w.d, P.residual(i, train));
+  a.layers.resize(train && !o.gradient_checkpointing ? size_t(c.num_layers) : 1);
+  for (size_t i = 0; i < a.layers.size(); ++i) {
+    a.layers[i] = take_layer_slot(w, t, i, P.slot(i, a.layers.size(), train));
+  }
+  a.final_norm = t.act("final_norm", w.N * w.d, {P.final_norm(), train ? P.head_backward() : P.head()});
+  a.final_rstd = t.take<float>("final_rstd", w.N, {P.final_norm(), train ? P.final_norm_backward() : P.final_norm()});
+  a.logit_lse = t.take<float>("logit_lse", w.N, {P.head(), train ? P.head_backward() : P.head()});
+  if (train) take_backward_scratch(w, activation_dtype(o), P, t, a);
   // LoRA's [N, r] pair, which every projection recomputes where it needs it.
   const size_t r = size_t(o.lora.rank);
-  const Tensor lora_t = r ? Tensor{arena.take_bytes(w.N * r * w.act), t} : Tensor{};
-  const Tensor lora_dt = r && o.trainable ? Tensor{arena.take_bytes(w.N * r * w.act), t} : Tensor{};
+  const Tensor lora_t = r ? t.act("lora_t", w.N * r, {P.forward(0), step_end}) : Tensor{};
+  const Tensor lora_dt = r && train ? t.act("lora_dt", w.N * r, {P.backward(top), P.backward(0)}) : Tensor{};
   // lora_dropout's dropped input, for the widest projection input (training only).
-  const bool dropout = r && o.trainable && o.lora.dropout > 0;
-  const Tensor lora_x = dropout ? Tensor{arena.take_bytes(w.N * std::max({w.d, w.qd, w.ffn}) * w.act), t} : Tensor{};
+  const bool dropout = r && train && o.lora.dropout > 0;
+  const Tensor lora_x = dropout ? t.act("lora_x", w.N * std::max({w.d, w.qd, w.ffn}), {P.forward(0), P.backward(0)}) : Tensor{};
   for (LayerSlot& s : a.layers) {
     s.lora_t = lora_t;
     s.lora_dt = lora_dt;
     s.lora_x = lora_x;
   }
+  // Workspaces: the log-prob chunks (also the last rows' logits), the attention backward's
+  // row sums, and each train state's clip scalars (read after the step's phases).
+  a.head = t.workspace("logprob_chunks", cuda::logprob_workspace_bytes(logprob_shape(c, o.max_tokens)),
+                       {P.head(), train ? P.head_backward() : P.head()});
+  a.head_chunks = a.head;
+  a.attention_backward = train ? t.workspace("attention_backward",
+                                             cuda::attention_backward_workspace_bytes(attention_shape(c, o.max_tokens)),
+                                             {P.backward(top), P.backward(0)})
+                               : Workspace{};
+  const Lifetime optimizer{P.end(), P.end()};
+  b.train.grad_sum_of_squares = t.take<double>("grad_sum_of_squares", 1, optimizer, BufferCategory::Workspaces);
+  b.train.clip_coefficient = t.take<float>("clip_coefficient", 1, optimizer, BufferCategory::Workspaces);
+  if (r) {
+    b.adapter_train.grad_sum_of_squares =
+        t.take<double>("adapter_grad_sum_of_squares", 1, optimizer, BufferCategory::Workspaces);
+    b.adapter_train.clip_coefficient = t.take<float>("adapter_clip_coefficient", 1, optimizer, BufferCategory::Workspaces);
+  }
+  b.step.check();
+  a.plan = &b.step;
+  a.base = base;
+  a.poison = poison_ended_buffers();
 }
 
 // A parameter table's weights (CudaWeights) and, for its trained group, the train state's
@@ -194,25 +253,9 @@ MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, Cud
     take_parameters(lora->parameters(), o.trainable ? adapters : 0, o, arena, b.adapter_weights, b.adapter_train,
                     plan);
   }
-  size_t mark = arena.used();
-  auto close_section = [&](size_t& bytes) {
-    bytes = arena.used() - mark;
-    mark = arena.used();
-  };
-  take_activations(c, o, arena, b);
-  close_section(plan.activations);
-  const size_t head_bytes = cuda::logprob_workspace_bytes(logprob_shape(c, o.max_tokens));
-  b.acts.head = {arena.take_bytes(head_bytes), head_bytes};
-  const size_t attention_bytes =
-      o.trainable ? cuda::attention_backward_workspace_bytes(attention_shape(c, o.max_tokens)) : 0;
-  b.acts.attention_backward = {o.trainable ? arena.take_bytes(attention_bytes) : nullptr, attention_bytes};
-  b.train.grad_sum_of_squares = arena.take<double>(1);
-  b.train.clip_coefficient = arena.take<float>(1);
-  if (lora) {
-    b.adapter_train.grad_sum_of_squares = arena.take<double>(1);
-    b.adapter_train.clip_coefficient = arena.take<float>(1);
-  }
-  close_section(plan.logits_chunks);
+  plan_step(c, o, base ? base + arena.used() : nullptr, b);
+  plan.activations = b.step.bytes(BufferCategory::Activations);
+  plan.logits_chunks = b.step.bytes(BufferCategory::Workspaces);
   if (offloads(o)) {
     plan.host = CudaTrainState::offload_host_bytes(trained, o.precision);
     if (lora) plan.host += CudaTrainState::offload_host_bytes(ParameterGroup(lora->parameters()), o.precision);

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "core/bf16.h"
@@ -69,6 +70,31 @@ struct RunningLse {
   float max = -std::numeric_limits<float>::infinity();
   double sum = 0;  // of exp(z - max)
   float label_logit = 0;
+};
+
+// A call's scratch in pieces, taken in order (8-byte pieces first, so each stays aligned): the
+// caller's when it holds `bytes`, else an allocation of the kernel's own.
+class Scratch {
+ public:
+  Scratch(LogprobScratch given, size_t bytes) {
+    if (given.data && given.bytes >= bytes) {
+      base_ = static_cast<char*>(given.data);
+    } else {
+      owned_ = std::make_unique<char[]>(bytes);
+      base_ = owned_.get();
+    }
+  }
+  template <typename T>
+  T* take(size_t count) {
+    T* piece = reinterpret_cast<T*>(base_ + used_);
+    used_ += count * sizeof(T);
+    return piece;
+  }
+
+ private:
+  std::unique_ptr<char[]> owned_;
+  char* base_ = nullptr;
+  size_t used_ = 0;
 };
 
 float row_max_scalar(const float* z, long n, float start) {
@@ -205,36 +231,38 @@ size_t logprob_scratch_bytes(const LogprobShape& shape, bool backward) {
 }
 
 void logprob_forward(const LogprobShape& shape, const float* hidden, const void* weight,
-                     DType weight_dtype, const int32_t* labels, float* logp, float* lse, CpuPath path) {
+                     DType weight_dtype, const int32_t* labels, float* logp, float* lse, CpuPath path,
+                     LogprobScratch given) {
   check_arguments("logprob_forward", shape, labels);
   const RowKernels K = row_kernels(path);
   const long N = shape.tokens, d = shape.dim, V = shape.vocab;
+  Scratch scratch(given, logprob_scratch_bytes(shape, false));
   // Only labelled tokens get logits: they are packed into the GEMM's panels (a DPO batch's
   // prompt tokens, a quarter to a half of it, cost nothing), and ignored ones get logp 0, lse 0.
-  std::vector<long> labelled;
+  long* const labelled = scratch.take<long>(size_t(N));
+  long A = 0;
   for (long t = 0; t < N; ++t) {
-    if (labels[t] != kIgnoreIndex) labelled.push_back(t);
+    if (labels[t] != kIgnoreIndex) labelled[A++] = t;
     else logp[t] = lse[t] = 0.0f;
   }
-  const long A = long(labelled.size());
   if (A == 0) return;
   const long panel_rows = std::min(A, kTokenChunk);
-  std::vector<float> logits(size_t(panel_rows * std::min(V, kVocabChunk)));
-  std::vector<float> hidden_panel(size_t(panel_rows * d));
-  std::vector<RunningLse> state(static_cast<size_t>(panel_rows));
+  RunningLse* const state = scratch.take<RunningLse>(size_t(panel_rows));
+  float* const logits = scratch.take<float>(size_t(panel_rows * std::min(V, kVocabChunk)));
+  float* const hidden_panel = scratch.take<float>(size_t(panel_rows * d));
   for (long a0 = 0; a0 < A; a0 += kTokenChunk) {
     const long an = std::min(kTokenChunk, A - a0);
-    const long* tokens = labelled.data() + a0;
+    const long* tokens = labelled + a0;
     // The GEMM rounds the panel to bf16 itself where the weight is bf16, as it did unpacked.
-    gather_rows(hidden, d, tokens, an, /*round_bf16=*/false, hidden_panel.data());
-    std::fill(state.begin(), state.begin() + an, RunningLse{});
+    gather_rows(hidden, d, tokens, an, /*round_bf16=*/false, hidden_panel);
+    std::uninitialized_fill_n(state, an, RunningLse{});
     for (long v0 = 0; v0 < V; v0 += kVocabChunk) {
       const long vn = std::min(kVocabChunk, V - v0);
-      gemm(false, true, an, vn, d, 1.0f, Matrix{hidden_panel.data(), DType::F32, d},
-           weight_rows(weight, weight_dtype, v0, d), 0.0f, logits.data(), vn);
+      gemm(false, true, an, vn, d, 1.0f, Matrix{hidden_panel, DType::F32, d},
+           weight_rows(weight, weight_dtype, v0, d), 0.0f, logits, vn);
       parallel_for(size_t(an), rows_grain(vn), [&](size_t begin, size_t end) {
         for (size_t r = begin; r < end; ++r) {
-          const float* z = logits.data() + r * vn;
+          const float* z = logits + r * vn;
           absorb_tile_row(K, z, vn, state[r]);
           const long label = labels[tokens[r]];
           if (label >= v0 && label < v0 + vn) state[r].label_logit = z[label - v0];
@@ -251,45 +279,47 @@ void logprob_forward(const LogprobShape& shape, const float* hidden, const void*
 
 void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                       DType weight_dtype, const int32_t* labels, const float* lse,
-                      const float* dlogp, float* dhidden, float* dweight, CpuPath path) {
+                      const float* dlogp, float* dhidden, float* dweight, CpuPath path, LogprobScratch given) {
   check_arguments("logprob_backward", shape, labels);
   const RowKernels K = row_kernels(path);
   const long N = shape.tokens, d = shape.dim, V = shape.vocab;
+  Scratch scratch(given, logprob_scratch_bytes(shape, true));
   // Only tokens with a label and a non-zero upstream gradient have non-zero dlogits: pack those
   // (prompt tokens are often half a DPO batch) and give every other row dhidden = 0.
-  std::vector<long> active;
+  long* const active = scratch.take<long>(size_t(N));
+  long A = 0;
   for (long t = 0; t < N; ++t)
-    if (labels[t] != kIgnoreIndex && dlogp[t] != 0.0f) active.push_back(t);
+    if (labels[t] != kIgnoreIndex && dlogp[t] != 0.0f) active[A++] = t;
   std::fill(dhidden, dhidden + N * d, 0.0f);
-  const long A = long(active.size());
   if (A == 0) return;
 
   const long panel_rows = std::min(A, kTokenChunk);
-  std::vector<float> logits(size_t(panel_rows * std::min(V, kVocabChunk)));
-  std::vector<float> hidden_panel(size_t(panel_rows * d)), dhidden_panel(size_t(panel_rows * d));
+  float* const logits = scratch.take<float>(size_t(panel_rows * std::min(V, kVocabChunk)));
+  float* const hidden_panel = scratch.take<float>(size_t(panel_rows * d));
+  float* const dhidden_panel = scratch.take<float>(size_t(panel_rows * d));
   for (long a0 = 0; a0 < A; a0 += kTokenChunk) {
     const long an = std::min(kTokenChunk, A - a0);
-    gather_rows(hidden, d, active.data() + a0, an, weight_dtype == DType::BF16, hidden_panel.data());
-    const Matrix panel{hidden_panel.data(), DType::F32, d};
+    gather_rows(hidden, d, active + a0, an, weight_dtype == DType::BF16, hidden_panel);
+    const Matrix panel{hidden_panel, DType::F32, d};
     for (long v0 = 0; v0 < V; v0 += kVocabChunk) {
       const long vn = std::min(kVocabChunk, V - v0);
       const Matrix w = weight_rows(weight, weight_dtype, v0, d);
-      gemm(false, true, an, vn, d, 1.0f, panel, w, 0.0f, logits.data(), vn);
+      gemm(false, true, an, vn, d, 1.0f, panel, w, 0.0f, logits, vn);
       parallel_for(size_t(an), rows_grain(vn), [&](size_t begin, size_t end) {
         for (size_t r = begin; r < end; ++r) {
           const long t = active[a0 + long(r)];
           const float g = dlogp[t], row_lse = lse[t];
-          float* z = logits.data() + r * vn;
+          float* z = logits + r * vn;
           K.scaled_softmax(z, vn, g, row_lse);
           const long label = labels[t];
           if (label >= v0 && label < v0 + vn) z[label - v0] += g;
         }
       });
-      const Matrix dlogits{logits.data(), DType::F32, vn};
-      gemm(false, false, an, d, vn, 1.0f, dlogits, w, v0 == 0 ? 0.0f : 1.0f, dhidden_panel.data(), d);
+      const Matrix dlogits{logits, DType::F32, vn};
+      gemm(false, false, an, d, vn, 1.0f, dlogits, w, v0 == 0 ? 0.0f : 1.0f, dhidden_panel, d);
       if (dweight) gemm(true, false, vn, d, an, 1.0f, dlogits, panel, 1.0f, dweight + v0 * d, d);
     }
-    scatter_rows(dhidden_panel.data(), d, active.data() + a0, an, dhidden);
+    scatter_rows(dhidden_panel, d, active + a0, an, dhidden);
   }
 }
 
@@ -350,14 +380,14 @@ void logprob_forward_backward(const LogprobShape& shape, const float* hidden, co
 }
 
 void logprob_forward(const LogprobShape& shape, const float* hidden, const void* weight,
-                     DType weight_dtype, const int32_t* labels, float* logp, float* lse) {
-  logprob_forward(shape, hidden, weight, weight_dtype, labels, logp, lse, cpu_path());
+                     DType weight_dtype, const int32_t* labels, float* logp, float* lse, LogprobScratch scratch) {
+  logprob_forward(shape, hidden, weight, weight_dtype, labels, logp, lse, cpu_path(), scratch);
 }
 
 void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                       DType weight_dtype, const int32_t* labels, const float* lse,
-                      const float* dlogp, float* dhidden, float* dweight) {
-  logprob_backward(shape, hidden, weight, weight_dtype, labels, lse, dlogp, dhidden, dweight, cpu_path());
+                      const float* dlogp, float* dhidden, float* dweight, LogprobScratch scratch) {
+  logprob_backward(shape, hidden, weight, weight_dtype, labels, lse, dlogp, dhidden, dweight, cpu_path(), scratch);
 }
 
 void logprob_forward_backward(const LogprobShape& shape, const float* hidden, const void* weight,

@@ -27,20 +27,31 @@ struct LogprobShape {
   long vocab;   // V
 };
 
+// Scratch for logprob_forward / logprob_backward from the caller (the model's step table), of
+// logprob_scratch_bytes(shape, backward) bytes, 8-byte aligned. Empty, or smaller: the kernel
+// allocates its own for the call.
+struct LogprobScratch {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+
 void logprob_forward(const LogprobShape& shape, const float* hidden, const void* weight,
-                     DType weight_dtype, const int32_t* labels, float* logp, float* lse);
+                     DType weight_dtype, const int32_t* labels, float* logp, float* lse,
+                     LogprobScratch scratch = {});
 
 void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                       DType weight_dtype, const int32_t* labels, const float* lse,
-                      const float* dlogp, float* dhidden, float* dweight);
+                      const float* dlogp, float* dhidden, float* dweight, LogprobScratch scratch = {});
 
 // The same with the per-row exp loops on a given SIMD path instead of cpu_path() (tests compare
 // paths; the GEMMs take cpu_path()).
 void logprob_forward(const LogprobShape& shape, const float* hidden, const void* weight,
-                     DType weight_dtype, const int32_t* labels, float* logp, float* lse, CpuPath path);
+                     DType weight_dtype, const int32_t* labels, float* logp, float* lse, CpuPath path,
+                     LogprobScratch scratch = {});
 void logprob_backward(const LogprobShape& shape, const float* hidden, const void* weight,
                       DType weight_dtype, const int32_t* labels, const float* lse,
-                      const float* dlogp, float* dhidden, float* dweight, CpuPath path);
+                      const float* dlogp, float* dhidden, float* dweight, CpuPath path,
+                      LogprobScratch scratch = {});
 
 // Forward and backward in one pass, for losses whose dlogp does not depend on logp (SFT's mean
 // over tokens, known before the forward): each panel of labelled tokens gets its logits over the
@@ -66,8 +77,8 @@ void logprob_forward_backward(const LogprobShape& shape, const float* hidden, co
 // Floats of workspace that hold a panel of `rows` tokens (logits and two [rows, d] panels).
 size_t logprob_fused_workspace_floats(const LogprobShape& shape, long rows);
 
-// Bytes of scratch the kernels allocate per call (chunk buffers; the GEMM's own packing buffers
-// not included), for memory plans. [N, V] f32 logits would take 4 N V bytes.
+// Bytes of scratch the kernels use per call (chunk buffers; the GEMM's own packing buffers not
+// included): a LogprobScratch's size, and memory plans'. [N, V] f32 logits would take 4 N V bytes.
 size_t logprob_scratch_bytes(const LogprobShape& shape, bool backward);
 size_t logprob_fused_scratch_bytes(const LogprobShape& shape);  // without a workspace
 
