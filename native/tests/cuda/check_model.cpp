@@ -856,7 +856,8 @@ void run_lora_checks(Report& report, const std::string& only) {
     base.push_back(p.name);
     if (p.name != "model.norm.weight") all_but_norm.push_back(p.name);
   }
-  const model::LoraConfig every{8, 16.0, false, {"all-linear"}}, some{4, 8.0, true, {"q_proj", "v_proj", "down_proj"}};
+  const model::LoraConfig every{8, 16.0, false, {"all-linear"}, {}, 0, 0},
+      some{4, 8.0, true, {"q_proj", "v_proj", "down_proj"}, {}, 0, 0};
   // lora_dropout: both devices draw the same masks (kernels/cpu/dropout.h), so they still agree.
   model::LoraConfig every_dropout = every, some_dropout = some;
   every_dropout.dropout = some_dropout.dropout = 0.1;
