@@ -127,14 +127,15 @@ struct Shape {
 };
 
 // Odd shapes; 150 rows cross the MC blocks (144 / 192), K = 300 and 517 cross KC (256, odd
-// K leaves half a bf16 pair), N = 3100 crosses NC (3072); the largest ones run threaded. Up to 8
+// K leaves half a bf16 pair), K = 517 and 1100 cross the packed depth KD (512 for f32, 1024
+// for bf16), N = 3100 crosses NC (3072); the largest ones run threaded. Up to 8
 // rows against a transposed B take the unblocked row-dot path: the small shapes, and 3 x 300 x
 // 517 and 8 x 700 x 64 for its pairs, groups of four rows, tails and threads; 21 x 130 x 77 and
 // 32 x 9 x 300 are just past it.
 constexpr Shape kShapes[] = {{1, 1, 1},    {1, 17, 3},    {5, 1, 9},      {7, 13, 5},
                              {6, 16, 8},   {13, 35, 33},  {37, 19, 300},  {150, 70, 300},
                              {31, 45, 517}, {9, 3100, 7}, {200, 97, 64},  {3, 300, 517},
-                             {8, 700, 64},  {21, 130, 77}, {32, 9, 300}};
+                             {8, 700, 64},  {21, 130, 77}, {32, 9, 300}, {40, 50, 1100}};
 
 constexpr DType kDtypePairs[][2] = {
     {DType::F32, DType::F32}, {DType::BF16, DType::BF16}, {DType::F32, DType::BF16},

@@ -226,7 +226,9 @@ __attribute__((target("avx512f"))) void tile_avx512f32(long steps, const float* 
 #endif  // ZN_GEMM_X86
 
 // ---- Kernels: a packed layout, a register tile, cache blocks and a micro-kernel.
-// MC x KC of A stays in L2 and KC x NR of B in L1 (sized for 512 KiB L2 / 32 KiB L1 and up).
+// KC is the summation block (see gemm_blocked); MC x KD of A stays in L2 and a KD x NR panel
+// of B in L2 too, of which the KC x NR part a tile is using in L1 (sized for 1 MiB L2 / 32 KiB
+// L1 and up).
 
 template <typename P>
 using TileFn = void (*)(long steps, const P* a, const P* b, float* c, long ldc, float alpha,
@@ -237,7 +239,7 @@ struct ScalarF32 {
   static constexpr Layout layout = Layout::F32Lanes;
   static constexpr bool simd_packing = false;
   static constexpr int MR = 6, NR = 16;
-  static constexpr long MC = 144, KC = 256, NC = 3072;
+  static constexpr long MC = 144, KC = 256, KD = 512, NC = 3072;
   static constexpr TileFn<Packed> tile = tile_scalar_f32<MR, NR>;
 };
 
@@ -246,7 +248,7 @@ struct ScalarBf16Pairs {
   static constexpr Layout layout = Layout::Bf16Pairs;
   static constexpr bool simd_packing = false;
   static constexpr int MR = 12, NR = 32;
-  static constexpr long MC = 192, KC = 256, NC = 3072;
+  static constexpr long MC = 192, KC = 256, KD = 1024, NC = 3072;
   static constexpr TileFn<Packed> tile = tile_scalar_bf16_pairs<MR, NR>;
 };
 
@@ -668,20 +670,24 @@ void gemm_blocked(const Problem& pr) {
   const long mc = round_up(ceil_div(pr.M, round_up(ceil_div(pr.M, Kernel::MC), threads)), MR);
   const long m_blocks = ceil_div(pr.M, mc);
   const long nc = std::min(Kernel::NC, round_up(pr.N, NR));
-  const long kc_max = std::min(Kernel::KC, pr.K);
-  P* const b_block = b_scratch.get<P>(ceil_div(kc_max, k_per_step) * nc);
+  // The summation order: every output sums K in KC-deep blocks, each from zero, adding each
+  // block to C. KD deep (several blocks) is packed at once and each C tile takes all of its
+  // blocks in turn, so it stays in L1 between them instead of going to memory and back once
+  // per block (the order of the sums, hence the bits, is the same).
+  const long kc = std::min(Kernel::KC, pr.K);
+  const long kd = std::min(Kernel::KD, pr.K);
+  P* const b_block = b_scratch.get<P>(ceil_div(kd, k_per_step) * nc);
 
   for (long jc = 0; jc < pr.N; jc += nc) {
     const long cols = std::min(nc, pr.N - jc);
     const long b_panels = ceil_div(cols, NR);
-    for (long pc = 0; pc < pr.K; pc += kc_max) {
-      const long kc = std::min(kc_max, pr.K - pc);
-      const long steps = ceil_div(kc, k_per_step);
-      const float beta = pc == 0 ? pr.beta : 1.0f;  // later K blocks accumulate
+    for (long pd = 0; pd < pr.K; pd += kd) {
+      const long depth = std::min(kd, pr.K - pd);
+      const long steps = ceil_div(depth, k_per_step);  // of a packed panel
 
       auto pack_b = [&](size_t jr) {
-        pack_panel<L, NR, Kernel::simd_packing>(pr.b, jc + long(jr) * NR, pc, std::min<long>(NR, cols - long(jr) * NR),
-                          kc, pr.round_to_bf16, b_block + long(jr) * steps * NR);
+        pack_panel<L, NR, Kernel::simd_packing>(pr.b, jc + long(jr) * NR, pd, std::min<long>(NR, cols - long(jr) * NR),
+                                                depth, pr.round_to_bf16, b_block + long(jr) * steps * NR);
       };
       if (threaded) parallel_for_each(size_t(b_panels), pack_b);
       else for (long jr = 0; jr < b_panels; ++jr) pack_b(size_t(jr));
@@ -698,22 +704,26 @@ void gemm_blocked(const Problem& pr) {
         const long a_panels = ceil_div(rows, MR);
         P* const a_block = a_scratch.get<P>(a_panels * steps * MR);
         for (long ir = 0; ir < a_panels; ++ir) {
-          pack_panel<L, MR, Kernel::simd_packing>(pr.a, ic + ir * MR, pc, std::min<long>(MR, rows - ir * MR), kc,
-                            pr.round_to_bf16, a_block + ir * steps * MR);
+          pack_panel<L, MR, Kernel::simd_packing>(pr.a, ic + ir * MR, pd, std::min<long>(MR, rows - ir * MR), depth,
+                                                  pr.round_to_bf16, a_block + ir * steps * MR);
         }
         for (long jr = b_panels * part / n_parts; jr < b_panels * (part + 1) / n_parts; ++jr) {
           const long n = std::min<long>(NR, cols - jr * NR);
-          const P* b_panel = b_block + jr * steps * NR;
           for (long ir = 0; ir < a_panels; ++ir) {
             const long m = std::min<long>(MR, rows - ir * MR);
-            const P* a_panel = a_block + ir * steps * MR;
             float* c = pr.C + (ic + ir * MR) * pr.ldc + jc + jr * NR;
-            if (m == MR && n == NR) {
-              Kernel::tile(steps, a_panel, b_panel, c, pr.ldc, pr.alpha, beta);
-            } else {  // edge tile: compute it whole, write back only the part inside C
-              alignas(64) float tile[MR * NR];
-              Kernel::tile(steps, a_panel, b_panel, tile, NR, 1.0f, 0.0f);
-              update_tile(tile, NR, m, n, c, pr.ldc, pr.alpha, beta);
+            for (long p0 = 0; p0 < depth; p0 += kc) {
+              const long s0 = p0 / k_per_step, s = ceil_div(std::min(kc, depth - p0), k_per_step);
+              const P* a_panel = a_block + ir * steps * MR + s0 * MR;
+              const P* b_panel = b_block + jr * steps * NR + s0 * NR;
+              const float beta = pd + p0 == 0 ? pr.beta : 1.0f;  // later K blocks accumulate
+              if (m == MR && n == NR) {
+                Kernel::tile(s, a_panel, b_panel, c, pr.ldc, pr.alpha, beta);
+              } else {  // edge tile: compute it whole, write back only the part inside C
+                alignas(64) float tile[MR * NR];
+                Kernel::tile(s, a_panel, b_panel, tile, NR, 1.0f, 0.0f);
+                update_tile(tile, NR, m, n, c, pr.ldc, pr.alpha, beta);
+              }
             }
           }
         }
