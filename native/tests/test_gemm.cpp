@@ -127,9 +127,8 @@ struct Shape {
 };
 
 // Odd shapes; 150 rows cross the MC blocks (144 / 192), K = 300 and 517 cross KC (256, odd
-// K leaves half a bf16 pair), K = 517 and 1100 cross the packed depth KD (512 for f32, 1024
-// for bf16), N = 3100 crosses NC (3072); the largest ones run threaded. Up to 8
-// rows against a transposed B take the unblocked row-dot path: the small shapes, and 3 x 300 x
+// K leaves half a bf16 pair), K = 517 and 1100 cross the packed depth KD (512), N = 3100
+// crosses NC (3072); the largest ones run threaded. Up to 8 rows against a transposed B take the unblocked row-dot path: the small shapes, and 3 x 300 x
 // 517 and 8 x 700 x 64 for its pairs, groups of four rows, tails and threads; 21 x 130 x 77 and
 // 32 x 9 x 300 are just past it.
 constexpr Shape kShapes[] = {{1, 1, 1},    {1, 17, 3},    {5, 1, 9},      {7, 13, 5},

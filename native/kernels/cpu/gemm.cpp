@@ -248,7 +248,7 @@ struct ScalarBf16Pairs {
   static constexpr Layout layout = Layout::Bf16Pairs;
   static constexpr bool simd_packing = false;
   static constexpr int MR = 12, NR = 32;
-  static constexpr long MC = 192, KC = 256, KD = 1024, NC = 3072;
+  static constexpr long MC = 192, KC = 256, KD = 512, NC = 3072;
   static constexpr TileFn<Packed> tile = tile_scalar_bf16_pairs<MR, NR>;
 };
 
@@ -673,7 +673,8 @@ void gemm_blocked(const Problem& pr) {
   // The summation order: every output sums K in KC-deep blocks, each from zero, adding each
   // block to C. KD deep (several blocks) is packed at once and each C tile takes all of its
   // blocks in turn, so it stays in L1 between them instead of going to memory and back once
-  // per block (the order of the sums, hence the bits, is the same).
+  // per block (the order of the sums, hence the bits, is the same). KD = 512 measured 2-5%
+  // above 1024 on one Zen 5 core (the A block and B panels lighter in L2).
   const long kc = std::min(Kernel::KC, pr.K);
   const long kd = std::min(Kernel::KD, pr.K);
   P* const b_block = b_scratch.get<P>(ceil_div(kd, k_per_step) * nc);
