@@ -457,6 +457,10 @@ void pack_bf16_pairs(const T* src, long stride, bool lanes_contiguous, long lane
 }
 
 #ifdef ZN_GEMM_X86
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_epi32() (`__m512i __Y = __Y;`), which
+// -Wmaybe-uninitialized reports once inlined (GCC bug 105593, fixed in 12.3 and 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define ZN_TARGET_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl")))
 
 // f32_to_bf16 on 16 lanes, the bf16 bits left in the high half of each lane (low half zero).
@@ -571,6 +575,7 @@ ZN_TARGET_AVX512BF16 void pack_bf16_pairs_avx512(const T* src, long stride, bool
     else pack_bf16_pairs<W>(src + done, stride, false, W, depth - done, Bf16BitsOfF32{}, dst + q0 * W);
   }
 }
+#pragma GCC diagnostic pop
 #endif  // ZN_GEMM_X86
 
 // Packs lanes [lane0, lane0 + lanes) x depth [depth0, depth0 + depth) of `src` as one panel.
