@@ -68,14 +68,14 @@ double now_seconds() {
 }
 
 // GFLOP/s of `loop` run on every pool thread at once; `flops_per_iter` per thread. One warm-up
-// run (thread start, frequency ramp), then the best of the runs within the budget. Runs of a
-// few milliseconds (the scale of one benchmarked GEMM call): on a shared machine a short run
-// is more often undisturbed (one thread at load average 6: runs of 5M iterations, best of 15,
-// measured 216-302 GFLOP/s of vdpbf16ps; runs of 0.5M, best of 400, 429-458), so the peak
-// that fractions are taken of is not understated.
+// run (thread start, frequency ramp), then the best of the runs within the budget. Runs of
+// about a millisecond, hundreds of them: on a shared machine a peak needs every thread
+// undisturbed at once, which short runs catch far more often (one thread at load average 6:
+// runs of 5M iterations, best of 15, measured 216-302 GFLOP/s of vdpbf16ps; runs of 0.5M, best
+// of 400, 429-458), so the peak that fractions are taken of is not understated.
 double peak_gflops(float (*loop)(long), double flops_per_iter, double budget) {
   const int threads = num_threads();
-  const long iters = 2'000'000;
+  const long iters = 500'000;
   std::vector<float> sink(size_t(threads), 0.0f);
   auto run = [&] {
     parallel_for(size_t(threads), 1, [&](size_t begin, size_t end) {
@@ -85,7 +85,7 @@ double peak_gflops(float (*loop)(long), double flops_per_iter, double budget) {
   run();
   double best = 1e30;
   const double start = now_seconds();
-  for (int runs = 0; runs == 0 || (now_seconds() - start < budget && runs < 200); ++runs) {
+  for (int runs = 0; runs == 0 || (now_seconds() - start < budget && runs < 1000); ++runs) {
     const double t0 = now_seconds();
     run();
     best = std::min(best, now_seconds() - t0);
