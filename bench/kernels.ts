@@ -27,6 +27,16 @@ const CASES: { spec: string; what: string }[] = [
   { spec: 'gemm:4096,4096,512:tn:f32', what: 'weight gradient over 512 tokens: dW = dyᵀ·x' },
   { spec: 'gemm:4096,4096,512:tn:bf16', what: 'the same in bf16' },
   { spec: 'gemm:512,4096,4096:nn:f32', what: 'input gradient, 512 tokens: dx = dy·W' },
+  // The `small` preset's step (hidden 512, intermediate 1408, 4 x 512 tokens) in all three
+  // forms. The model's weight gradients multiply f32 activations in f32 (the last case); the
+  // bf16 tn case times the same GEMM form on the bf16 kernel.
+  { spec: 'gemm:2048,512,512:nt:bf16', what: 'small: q/o projection forward, 2048 tokens' },
+  { spec: 'gemm:2048,1408,512:nt:bf16', what: 'small: gate/up projection forward' },
+  { spec: 'gemm:2048,512,1408:nt:bf16', what: 'small: down projection forward' },
+  { spec: 'gemm:2048,512,1408:nn:bf16', what: 'small: gate/up input gradient dx = dy·W' },
+  { spec: 'gemm:2048,1408,512:nn:bf16', what: 'small: down input gradient' },
+  { spec: 'gemm:1408,512,2048:tn:bf16', what: 'small: gate/up weight gradient dW = dyᵀ·x in bf16' },
+  { spec: 'gemm:1408,512,2048:tn:f32', what: 'small: the same in f32, as the model runs it' },
   // Mistral attention geometry (head_dim 128, 4 query heads per kv head) with 8 of the 32
   // heads, at the window of the model (4096: plain causal here) and a short one.
   { spec: 'attention:1024,8,2,128,4096', what: 'attention fwd+bwd, T=1024, full causal' },

@@ -1,7 +1,9 @@
 // GEMM on every SIMD path against a float64 product of the same (bf16-rounded when the GEMM
 // runs in bf16) inputs: transposes, dtypes, alpha/beta, odd shapes that cross every cache
 // block, leading dimensions wider than the matrices, NaN-poisoned outputs and paddings.
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -125,14 +127,15 @@ struct Shape {
 };
 
 // Odd shapes; 150 rows cross the MC blocks (144 / 192), K = 300 and 517 cross KC (256, odd
-// K leaves half a bf16 pair), N = 3100 crosses NC (3072); the largest ones run threaded. Up to 8
-// rows against a transposed B take the unblocked row-dot path: the small shapes, and 3 x 300 x
-// 517 and 8 x 700 x 64 for its pairs, groups of four rows, tails and threads; 21 x 130 x 77 and
-// 32 x 9 x 300 are just past it.
+// K leaves half a bf16 pair), K = 1700 is packed in two passes (KD: 1024 f32, 1536 bf16),
+// N = 3100 crosses NC (3072); the largest ones run threaded. Up to 8 rows against a transposed
+// B take the unblocked row-dot path: the small shapes, and 3 x 300 x 517 and 8 x 700 x 64 for
+// its pairs, groups of four rows, tails and threads; 21 x 130 x 77 and 32 x 9 x 300 are just
+// past it.
 constexpr Shape kShapes[] = {{1, 1, 1},    {1, 17, 3},    {5, 1, 9},      {7, 13, 5},
                              {6, 16, 8},   {13, 35, 33},  {37, 19, 300},  {150, 70, 300},
                              {31, 45, 517}, {9, 3100, 7}, {200, 97, 64},  {3, 300, 517},
-                             {8, 700, 64},  {21, 130, 77}, {32, 9, 300}};
+                             {8, 700, 64},  {21, 130, 77}, {32, 9, 300}, {40, 50, 1700}};
 
 constexpr DType kDtypePairs[][2] = {
     {DType::F32, DType::F32}, {DType::BF16, DType::BF16}, {DType::F32, DType::BF16},
@@ -212,4 +215,82 @@ ZN_TEST("gemm.rejects_bad_arguments") {
     rejects([&] { cpu::detail::gemm_on_path(path, false, false, 3, 3, 4, 1, A, B, 0, c.data(), 3); },
             "cannot run");
   }
+}
+
+namespace {
+
+// Operands for one case with every f32 input made a rounding tie for bf16 in one element of
+// eight (low 16 bits 0x8000), so packers that round f32 to bf16 differently disagree.
+struct Operands {
+  Stored A, B;
+  std::vector<float> C;
+};
+
+Stored with_ties(long rows, long cols, long pad, DType dtype) {
+  Stored s(rows, cols, pad, dtype);
+  for (size_t i = 0; dtype == DType::F32 && i < s.f32.size(); i += 8) {
+    if (std::isnan(s.f32[i])) continue;
+    uint32_t bits;
+    std::memcpy(&bits, &s.f32[i], 4);
+    bits = (bits & 0xffff0000u) | 0x8000u;
+    std::memcpy(&s.f32[i], &bits, 4);
+  }
+  return s;
+}
+
+std::vector<float> product_on(CpuPath path, const Case& c, const Operands& in) {
+  std::vector<float> C = in.C;
+  cpu::detail::gemm_on_path(path, c.trans_a, c.trans_b, c.M, c.N, c.K, c.alpha, in.A.matrix(), in.B.matrix(),
+                            c.beta, C.data(), c.N);
+  return C;
+}
+
+// Shapes past one 12 x 32 / 8 x 32 tile in every direction, K across several 256-deep blocks and
+// two packed passes, not a multiple of 32 (the vector packers' tail), odd K (half a bf16 pair).
+constexpr Shape kBitwiseShapes[] = {{13, 35, 33}, {37, 19, 300}, {150, 70, 300}, {31, 45, 517},
+                                    {200, 97, 64}, {64, 96, 1700}, {25, 300, 70}};
+
+// `path` gives exactly `reference`'s bits on every transpose and dtype pair whose compute mode
+// (f32 or bf16) is `bf16_mode`.
+void expect_bitwise_equal(CpuPath path, CpuPath reference, bool bf16_mode, const char* test) {
+  if (!cpu::detail::path_supported(path)) {
+    std::printf("     %s: %s path skipped (CPU features: %s)\n", test, cpu_path_name(path),
+                cpu_features_string().c_str());
+    return;
+  }
+  uint32_t seed = 0;
+  for (const Shape& s : kBitwiseShapes) {
+    for (const auto& dtypes : kDtypePairs) {
+      const bool bf16_compute = dtypes[0] == DType::BF16 || dtypes[1] == DType::BF16;
+      if (bf16_compute != bf16_mode) continue;
+      for (int trans = 0; trans < 4; ++trans, ++seed) {
+        const auto& ab = kAlphaBeta[seed % 3];
+        const Case c{s.M, s.N, s.K, bool(trans & 1), bool(trans & 2), dtypes[0], dtypes[1], ab[0], ab[1],
+                     seed % 2 ? 3L : 0L};
+        const Operands in{with_ties(c.trans_a ? c.K : c.M, c.trans_a ? c.M : c.K, c.pad, c.a_dtype),
+                          with_ties(c.trans_b ? c.N : c.K, c.trans_b ? c.K : c.N, c.pad, c.b_dtype),
+                          test::random_f32(size_t(c.M * c.N))};
+        const std::vector<float> got = product_on(path, c, in), want = product_on(reference, c, in);
+        for (size_t i = 0; i < got.size(); ++i) {
+          if (std::memcmp(&got[i], &want[i], 4) != 0)
+            fail("element ", i, ": ", got[i], " vs ", want[i], " on ", cpu_path_name(reference), ": ",
+                 describe(path, c));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// The 512-bit f32 kernel does the AVX2 kernel's FMAs in the same order: the same bits.
+ZN_TEST("gemm.avx512_f32_equals_avx2_bitwise") {
+  expect_bitwise_equal(CpuPath::Avx512Bf16, CpuPath::Avx2, false, "gemm.avx512_f32_equals_avx2_bitwise");
+}
+
+// The AVX-512 packers and vdpbf16ps against the scalar packers and the scalar mirror of
+// vdpbf16ps on the same Bf16Pairs blocking: the same bits (rounding ties included), so the
+// scalar path tests everything around the instruction.
+ZN_TEST("gemm.avx512bf16_equals_scalar_pairs_bitwise") {
+  expect_bitwise_equal(CpuPath::Avx512Bf16, CpuPath::Scalar, true, "gemm.avx512bf16_equals_scalar_pairs_bitwise");
 }

@@ -13,8 +13,9 @@
 // Paths (zn::cpu_path(), chosen at run time; no -march anywhere):
 //   scalar      portable C++ micro-kernels on both layouts
 //   avx2        6 x 16 FMA micro-kernel on F32Lanes for f32 and bf16 GEMMs
-//   avx512bf16  12 x 32 vdpbf16ps micro-kernel on Bf16Pairs for bf16 GEMMs; f32 GEMMs run
-//               the AVX2 kernel (no 512-bit f32 kernel yet)
+//   avx512bf16  12 x 32 vdpbf16ps micro-kernel on Bf16Pairs for bf16 GEMMs; f32 GEMMs run an
+//               8 x 32 zmm FMA kernel, bit-identical to the AVX2 one (the same FMA per k, in k
+//               order, per output; the same KC)
 // The scalar path packs bf16 GEMMs as Bf16Pairs too, so everything around the AVX-512 micro-
 // kernel (packing, blocking, edges) is tested on machines without AVX-512.
 // Up to 8 rows against a transposed B (decoding: y = x·Wᵀ for one row per sequence, W [N, K] as
@@ -28,6 +29,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "core/bf16.h"
@@ -142,36 +144,77 @@ __attribute__((target("avx2,fma"))) void tile_avx2_6x16(long steps, const float*
   }
 }
 
-// 12 x 32: 24 zmm accumulators, 2 B vectors (16 columns x 1 k pair each) and 1 broadcast A
-// pair; each vdpbf16ps does 32 multiply-adds.
-__attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) void tile_avx512bf16_12x32(
+// MR x NR: MR * NR / 16 zmm accumulators, NR / 16 B vectors (16 columns x 1 k pair each) and
+// one broadcast A pair per row; each vdpbf16ps does 32 multiply-adds. 12 x 32 (24 accumulators,
+// 2 loads and 12 broadcasts per 24 vdpbf16ps) measured within 1% of the instruction's peak on
+// one Zen 5 core from L1/L2-resident panels; 8 x 48, 6 x 64 and 14 x 32 measured the same.
+// Written as a template, GCC keeps every accumulator in a register (the hand-unrolled 12 x 32
+// it replaces spilled a B vector to the stack each k step, 5% slower).
+template <int MR, int NR>
+__attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) void tile_avx512bf16(
     long steps, const uint32_t* a, const uint32_t* b, float* c, long ldc, float alpha,
     float beta) {
-  constexpr int MR = 12;
-  __m512 acc[MR][2];
-#pragma GCC unroll 12
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-#pragma GCC unroll 12
+  constexpr int NV = NR / 16;
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
-    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 31), _MM_HINT_T0);
+#pragma GCC unroll 4
+    for (int h = 0; h < NV; ++h) acc[r][h] = _mm512_setzero_ps();
   }
-  for (long q = 0; q < steps; ++q, a += MR, b += 32) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
-    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 16);
-#pragma GCC unroll 12
+  for (long q = 0; q < steps; ++q, a += MR, b += NR) {
+    __m512bh bv[NV];
+#pragma GCC unroll 4
+    for (int h = 0; h < NV; ++h) bv[h] = (__m512bh)_mm512_loadu_si512(b + 16 * h);
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       const __m512bh ar = (__m512bh)_mm512_set1_epi32(int(a[r]));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
+#pragma GCC unroll 4
+      for (int h = 0; h < NV; ++h) acc[r][h] = _mm512_dpbf16_ps(acc[r][h], ar, bv[h]);
     }
   }
   const __m512 va = _mm512_set1_ps(alpha);
   const __m512 vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 12
+#pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
+#pragma GCC unroll 4
+    for (int h = 0; h < NV; ++h) {
+      float* out = c + r * ldc + 16 * h;
+      __m512 v = _mm512_mul_ps(va, acc[r][h]);
+      if (beta != 0.0f) v = _mm512_fmadd_ps(vb, _mm512_loadu_ps(out), v);
+      _mm512_storeu_ps(out, v);
+    }
+  }
+}
+
+// MR x NR with NR / 16 zmm vectors of B per k step and one broadcast A value per row: the AVX2
+// kernel's arithmetic (one FMA per k, in k order, per output) on 16-lane vectors.
+template <int MR, int NR>
+__attribute__((target("avx512f"))) void tile_avx512f32(long steps, const float* a, const float* b,
+                                                       float* c, long ldc, float alpha, float beta) {
+  constexpr int NV = NR / 16;
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int h = 0; h < NV; ++h) acc[r][h] = _mm512_setzero_ps();
+  }
+  for (long p = 0; p < steps; ++p, a += MR, b += NR) {
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int h = 0; h < NV; ++h) bv[h] = _mm512_loadu_ps(b + 16 * h);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 ar = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 4
+      for (int h = 0; h < NV; ++h) acc[r][h] = _mm512_fmadd_ps(ar, bv[h], acc[r][h]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int h = 0; h < NV; ++h) {
       float* out = c + r * ldc + 16 * h;
       __m512 v = _mm512_mul_ps(va, acc[r][h]);
       if (beta != 0.0f) v = _mm512_fmadd_ps(vb, _mm512_loadu_ps(out), v);
@@ -183,7 +226,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) void tile_avx512
 #endif  // ZN_GEMM_X86
 
 // ---- Kernels: a packed layout, a register tile, cache blocks and a micro-kernel.
-// MC x KC of A stays in L2 and KC x NR of B in L1 (sized for 512 KiB L2 / 32 KiB L1 and up).
+// KC is the summation block and KD the most packed at once (see gemm_blocked): MC x KD of A
+// (up to 576 KiB) stays in L2 and a KD x NR panel of B in L2 too, of which the KC x NR part a
+// tile is using in L1 (sized for 1 MiB L2 / 32 KiB L1 and up).
 
 template <typename P>
 using TileFn = void (*)(long steps, const P* a, const P* b, float* c, long ldc, float alpha,
@@ -192,29 +237,38 @@ using TileFn = void (*)(long steps, const P* a, const P* b, float* c, long ldc, 
 struct ScalarF32 {
   using Packed = float;
   static constexpr Layout layout = Layout::F32Lanes;
-  static constexpr bool avx2_packing = false;
+  static constexpr bool simd_packing = false;
   static constexpr int MR = 6, NR = 16;
-  static constexpr long MC = 144, KC = 256, NC = 3072;
+  static constexpr long MC = 144, KC = 256, KD = 1024, NC = 3072;
   static constexpr TileFn<Packed> tile = tile_scalar_f32<MR, NR>;
 };
 
 struct ScalarBf16Pairs {
   using Packed = uint32_t;
   static constexpr Layout layout = Layout::Bf16Pairs;
-  static constexpr bool avx2_packing = false;
+  static constexpr bool simd_packing = false;
   static constexpr int MR = 12, NR = 32;
-  static constexpr long MC = 192, KC = 256, NC = 3072;
+  static constexpr long MC = 192, KC = 256, KD = 1536, NC = 3072;
   static constexpr TileFn<Packed> tile = tile_scalar_bf16_pairs<MR, NR>;
 };
 
 #ifdef ZN_GEMM_X86
 struct Avx2F32 : ScalarF32 {
-  static constexpr bool avx2_packing = true;
+  static constexpr bool simd_packing = true;
   static constexpr TileFn<Packed> tile = tile_avx2_6x16;
 };
 
+// 8 x 32: measured 2x the AVX2 6 x 16 kernel on Zen 5 (full-width 512-bit FMA); 8 x 48,
+// 12 x 32 and 6 x 64 measured the same. 8 and 32 lanes keep the AVX2 transposing packers.
+struct Avx512F32 : ScalarF32 {
+  static constexpr bool simd_packing = true;
+  static constexpr int MR = 8, NR = 32;
+  static constexpr TileFn<Packed> tile = tile_avx512f32<MR, NR>;
+};
+
 struct Avx512Bf16Pairs : ScalarBf16Pairs {
-  static constexpr TileFn<Packed> tile = tile_avx512bf16_12x32;
+  static constexpr bool simd_packing = true;
+  static constexpr TileFn<Packed> tile = tile_avx512bf16<MR, NR>;
 };
 #endif
 
@@ -402,9 +456,132 @@ void pack_bf16_pairs(const T* src, long stride, bool lanes_contiguous, long lane
   }
 }
 
+#ifdef ZN_GEMM_X86
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_epi32() (`__m512i __Y = __Y;`), which
+// -Wmaybe-uninitialized reports once inlined (GCC bug 105593, fixed in 12.3 and 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define ZN_TARGET_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl")))
+
+// f32_to_bf16 on 16 lanes, the bf16 bits left in the high half of each lane (low half zero).
+ZN_TARGET_AVX512BF16 inline __m512i bf16_high_halves(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i high_half = _mm512_set1_epi32(int(0xffff0000u));
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded =
+      _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), high_half);
+  const __m512i quiet_nan = _mm512_or_si512(_mm512_and_si512(u, high_half), _mm512_set1_epi32(0x400000));
+  const __mmask16 is_nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  return _mm512_mask_blend_epi32(is_nan, rounded, quiet_nan);
+}
+
+// 16 lanes of two consecutive depth rows as pairs: bf16(first) | bf16(second) << 16.
+ZN_TARGET_AVX512BF16 inline __m512i pairs_of_rows(const bf16* first, const bf16* second, __mmask16 lanes) {
+  const __m512i low = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, first));
+  if (!second) return low;
+  const __m512i high = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, second));
+  return _mm512_or_si512(low, _mm512_slli_epi32(high, 16));
+}
+
+ZN_TARGET_AVX512BF16 inline __m512i pairs_of_rows(const float* first, const float* second, __mmask16 lanes) {
+  const __m512i low = _mm512_srli_epi32(bf16_high_halves(_mm512_maskz_loadu_ps(lanes, first)), 16);
+  if (!second) return low;
+  return _mm512_or_si512(low, bf16_high_halves(_mm512_maskz_loadu_ps(lanes, second)));
+}
+
+// 16 consecutive pairs (32 depth values) of one lane as 16 u32 pairs.
+ZN_TARGET_AVX512BF16 inline __m512i pairs_along_depth(const bf16* s) { return _mm512_loadu_si512(s); }
+
+ZN_TARGET_AVX512BF16 inline __m512i pairs_along_depth(const float* s) {
+  const __m512i first = bf16_high_halves(_mm512_loadu_ps(s));
+  const __m512i second = bf16_high_halves(_mm512_loadu_ps(s + 16));
+  // The high 16-bit half of every f32 lane, in order: 16-bit element 2i + 1 of (first, second).
+  const __m512i odd_halves = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+                                              31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  return _mm512_permutex2var_epi16(first, odd_halves, second);
+}
+
+// In-register 16 x 16 transpose of 32-bit elements: r[i][j] becomes r[j][i].
+ZN_TARGET_AVX512BF16 inline void transpose16x16(__m512i r[16]) {
+  __m512i t[16], u[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4i + j], 128-bit lane k: rows 4i..4i+3 of column 4k + j.
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512i even0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88);
+    const __m512i even1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512i odd0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xdd);
+    const __m512i odd1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xdd);
+    r[j] = _mm512_shuffle_i32x4(even0, even1, 0x88);
+    r[8 + j] = _mm512_shuffle_i32x4(even0, even1, 0xdd);
+    r[4 + j] = _mm512_shuffle_i32x4(odd0, odd1, 0x88);
+    r[12 + j] = _mm512_shuffle_i32x4(odd0, odd1, 0xdd);
+  }
+}
+
+// pack_bf16_pairs for a full panel (lanes == W), 16 lanes per vector: the same bits as the
+// scalar packer (the f32 rounding is f32_to_bf16's, NaN included).
+template <int W, typename T>
+ZN_TARGET_AVX512BF16 void pack_bf16_pairs_avx512(const T* src, long stride, bool lanes_contiguous, long depth,
+                                                 uint32_t* dst) {
+  constexpr int kVectors = (W + 15) / 16;
+  const long pairs = ceil_div(depth, 2);
+  if (lanes_contiguous) {  // two source rows per packed row
+    for (long q = 0; q < pairs; ++q) {
+      const T* first = src + 2 * q * stride;
+      const T* second = 2 * q + 1 < depth ? first + stride : nullptr;
+#pragma GCC unroll 2
+      for (int v = 0; v < kVectors; ++v) {
+        const int n = std::min(16, W - 16 * v);
+        const __mmask16 lanes = __mmask16((1u << n) - 1);
+        _mm512_mask_storeu_epi32(dst + q * W + 16 * v, lanes,
+                                 pairs_of_rows(first + 16 * v, second ? second + 16 * v : nullptr, lanes));
+      }
+    }
+    return;
+  }
+  // Depth contiguous: 16 pairs of 16 lanes at a time through a 16 x 16 transpose.
+  long q0 = 0;
+  for (; 2 * (q0 + 16) <= depth; q0 += 16) {
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors; ++v) {
+      const int n = std::min(16, W - 16 * v);
+      __m512i rows[16];
+#pragma GCC unroll 16
+      for (int l = 0; l < 16; ++l) {
+        rows[l] = l < n ? pairs_along_depth(src + (16 * v + l) * stride + 2 * q0) : _mm512_setzero_si512();
+      }
+      transpose16x16(rows);
+      const __mmask16 lanes = __mmask16((1u << n) - 1);
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) _mm512_mask_storeu_epi32(dst + (q0 + j) * W + 16 * v, lanes, rows[j]);
+    }
+  }
+  if (q0 < pairs) {  // the last few pairs (and half a pair at odd depth): the scalar packer
+    const long done = 2 * q0;
+    if constexpr (std::is_same_v<T, bf16>)
+      pack_bf16_pairs<W>(src + done, stride, false, W, depth - done, Bf16Bits{}, dst + q0 * W);
+    else pack_bf16_pairs<W>(src + done, stride, false, W, depth - done, Bf16BitsOfF32{}, dst + q0 * W);
+  }
+}
+#pragma GCC diagnostic pop
+#endif  // ZN_GEMM_X86
+
 // Packs lanes [lane0, lane0 + lanes) x depth [depth0, depth0 + depth) of `src` as one panel.
-// With `avx2`, full panels of depth-contiguous sources take the AVX2 transposing path.
-template <Layout L, int W, bool avx2, typename P>
+// With `simd`, full panels take the vector packers of the kernel's instruction set (AVX2 for
+// F32Lanes, AVX-512 for Bf16Pairs), which write the same bits as the scalar ones.
+template <Layout L, int W, bool simd, typename P>
 void pack_panel(const Source& src, long lane0, long depth0, long lanes, long depth,
                 bool round_to_bf16, P* dst) {
   const long offset = src.lanes_contiguous ? depth0 * src.stride + lane0
@@ -415,7 +592,7 @@ void pack_panel(const Source& src, long lane0, long depth0, long lanes, long dep
   const bf16* b16 = static_cast<const bf16*>(src.data) + offset;
   if constexpr (L == Layout::F32Lanes) {
 #ifdef ZN_GEMM_X86
-    if constexpr (avx2 && (W % 8 == 0 || W == 6)) {
+    if constexpr (simd && (W % 8 == 0 || W == 6)) {
       if (!lc && lanes == W) {
         if (src.dtype == DType::BF16)
           pack_transposing_avx2<W>(b16, stride, depth, WidenBf16{}, dst);
@@ -430,6 +607,15 @@ void pack_panel(const Source& src, long lane0, long depth0, long lanes, long dep
     else if (round_to_bf16) pack_f32_lanes<W>(f32, stride, lc, lanes, depth, RoundF32ToBf16{}, dst);
     else pack_f32_lanes<W>(f32, stride, lc, lanes, depth, KeepF32{}, dst);
   } else {
+#ifdef ZN_GEMM_X86
+    if constexpr (simd) {
+      if (lanes == W) {
+        if (src.dtype == DType::BF16) pack_bf16_pairs_avx512<W>(b16, stride, lc, depth, dst);
+        else pack_bf16_pairs_avx512<W>(f32, stride, lc, depth, dst);
+        return;
+      }
+    }
+#endif
     if (src.dtype == DType::BF16) pack_bf16_pairs<W>(b16, stride, lc, lanes, depth, Bf16Bits{}, dst);
     else pack_bf16_pairs<W>(f32, stride, lc, lanes, depth, Bf16BitsOfF32{}, dst);
   }
@@ -489,20 +675,26 @@ void gemm_blocked(const Problem& pr) {
   const long mc = round_up(ceil_div(pr.M, round_up(ceil_div(pr.M, Kernel::MC), threads)), MR);
   const long m_blocks = ceil_div(pr.M, mc);
   const long nc = std::min(Kernel::NC, round_up(pr.N, NR));
-  const long kc_max = std::min(Kernel::KC, pr.K);
-  P* const b_block = b_scratch.get<P>(ceil_div(kc_max, k_per_step) * nc);
+  // The summation order: every output sums K in KC-deep blocks, each from zero, adding each
+  // block to C. Up to KD deep (several blocks) is packed at once and each C tile takes all of
+  // its blocks in turn, so it stays in L1 between them instead of going to memory and back once
+  // per block (the order of the sums, hence the bits, is the same). K is split into equal
+  // packed depths (whole KC blocks): on one Zen 5 core, K = 1408 in one 1408-deep pass ran
+  // 4-10% faster than 1024 + 384, K = 2048 as 2 x 1024 faster than 4 x 512 or 1536 + 512.
+  const long kc = std::min(Kernel::KC, pr.K);
+  const long kd = std::min(pr.K, round_up(ceil_div(pr.K, ceil_div(pr.K, Kernel::KD)), Kernel::KC));
+  P* const b_block = b_scratch.get<P>(ceil_div(kd, k_per_step) * nc);
 
   for (long jc = 0; jc < pr.N; jc += nc) {
     const long cols = std::min(nc, pr.N - jc);
     const long b_panels = ceil_div(cols, NR);
-    for (long pc = 0; pc < pr.K; pc += kc_max) {
-      const long kc = std::min(kc_max, pr.K - pc);
-      const long steps = ceil_div(kc, k_per_step);
-      const float beta = pc == 0 ? pr.beta : 1.0f;  // later K blocks accumulate
+    for (long pd = 0; pd < pr.K; pd += kd) {
+      const long depth = std::min(kd, pr.K - pd);
+      const long steps = ceil_div(depth, k_per_step);  // of a packed panel
 
       auto pack_b = [&](size_t jr) {
-        pack_panel<L, NR, Kernel::avx2_packing>(pr.b, jc + long(jr) * NR, pc, std::min<long>(NR, cols - long(jr) * NR),
-                          kc, pr.round_to_bf16, b_block + long(jr) * steps * NR);
+        pack_panel<L, NR, Kernel::simd_packing>(pr.b, jc + long(jr) * NR, pd, std::min<long>(NR, cols - long(jr) * NR),
+                                                depth, pr.round_to_bf16, b_block + long(jr) * steps * NR);
       };
       if (threaded) parallel_for_each(size_t(b_panels), pack_b);
       else for (long jr = 0; jr < b_panels; ++jr) pack_b(size_t(jr));
@@ -519,22 +711,26 @@ void gemm_blocked(const Problem& pr) {
         const long a_panels = ceil_div(rows, MR);
         P* const a_block = a_scratch.get<P>(a_panels * steps * MR);
         for (long ir = 0; ir < a_panels; ++ir) {
-          pack_panel<L, MR, Kernel::avx2_packing>(pr.a, ic + ir * MR, pc, std::min<long>(MR, rows - ir * MR), kc,
-                            pr.round_to_bf16, a_block + ir * steps * MR);
+          pack_panel<L, MR, Kernel::simd_packing>(pr.a, ic + ir * MR, pd, std::min<long>(MR, rows - ir * MR), depth,
+                                                  pr.round_to_bf16, a_block + ir * steps * MR);
         }
         for (long jr = b_panels * part / n_parts; jr < b_panels * (part + 1) / n_parts; ++jr) {
           const long n = std::min<long>(NR, cols - jr * NR);
-          const P* b_panel = b_block + jr * steps * NR;
           for (long ir = 0; ir < a_panels; ++ir) {
             const long m = std::min<long>(MR, rows - ir * MR);
-            const P* a_panel = a_block + ir * steps * MR;
             float* c = pr.C + (ic + ir * MR) * pr.ldc + jc + jr * NR;
-            if (m == MR && n == NR) {
-              Kernel::tile(steps, a_panel, b_panel, c, pr.ldc, pr.alpha, beta);
-            } else {  // edge tile: compute it whole, write back only the part inside C
-              alignas(64) float tile[MR * NR];
-              Kernel::tile(steps, a_panel, b_panel, tile, NR, 1.0f, 0.0f);
-              update_tile(tile, NR, m, n, c, pr.ldc, pr.alpha, beta);
+            for (long p0 = 0; p0 < depth; p0 += kc) {
+              const long s0 = p0 / k_per_step, s = ceil_div(std::min(kc, depth - p0), k_per_step);
+              const P* a_panel = a_block + ir * steps * MR + s0 * MR;
+              const P* b_panel = b_block + jr * steps * NR + s0 * NR;
+              const float beta = pd + p0 == 0 ? pr.beta : 1.0f;  // later K blocks accumulate
+              if (m == MR && n == NR) {
+                Kernel::tile(s, a_panel, b_panel, c, pr.ldc, pr.alpha, beta);
+              } else {  // edge tile: compute it whole, write back only the part inside C
+                alignas(64) float tile[MR * NR];
+                Kernel::tile(s, a_panel, b_panel, tile, NR, 1.0f, 0.0f);
+                update_tile(tile, NR, m, n, c, pr.ldc, pr.alpha, beta);
+              }
             }
           }
         }
@@ -720,7 +916,7 @@ void gemm_on_path(CpuPath path, bool trans_a, bool trans_b, long M, long N, long
 #ifdef ZN_GEMM_X86
     case CpuPath::Avx512Bf16:
       if (bf16_compute) return gemm_blocked<Avx512Bf16Pairs>(problem);
-      return gemm_blocked<Avx2F32>(problem);
+      return gemm_blocked<Avx512F32>(problem);
     case CpuPath::Avx2: return gemm_blocked<Avx2F32>(problem);
 #endif
     default:
