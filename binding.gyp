@@ -21,7 +21,7 @@
       }
     }
   ],
-  "comment": "zn_mpi, the optional MPI addon, is built only where an MPI compiler wrapper answers (native/mpi-config.cjs). It sits beside zn_cpu.node in build/Release; node-gyp-build and prebuildify take the first .node file there by name, which stays zn_cpu.node.",
+  "comment": "zn_mpi, the optional MPI addon, is built only where an MPI compiler wrapper answers (native/mpi-config.cjs). It sits beside zn_cpu.node in build/Release, where node-gyp-build and prebuildify would take whichever .node file the directory lists first: lib/native.ts loads build/Release/zn_cpu.node by name, and npm run prebuild builds without MPI.",
   "conditions": [
     ["'<!(node native/mpi-config.cjs found)'=='true'", {
       "targets": [

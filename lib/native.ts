@@ -402,8 +402,11 @@ function loadCpu(): NativeAddon {
   const cached = loaded.get(root);
   if (cached) return cached as NativeAddon;
   try {
+    // A local build by name: build/Release may also hold the MPI addon, and node-gyp-build takes
+    // whichever .node file the directory lists first. Else node-gyp-build finds the prebuild.
+    const local = join(root, 'build', 'Release', 'zn_cpu.node');
     const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeAddon;
-    const addon = nodeGypBuild(root);
+    const addon = existsSync(local) ? (require(local) as NativeAddon) : nodeGypBuild(root);
     loaded.set(root, addon);
     return addon;
   } catch (error) {
