@@ -13,7 +13,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { checkLaunchable, nprocPerNode, ranksCommand, refuseLauncherKeys, shellLine, withoutNprocFlag, type LaunchMachine } from '../lib/cli/launch-ranks.js';
+import { checkLaunchable, nprocPerNode, refuseLauncherKeys, withoutNprocFlag } from '../lib/cli/launch-ranks.js';
+import { type LaunchMachine, ranksCommand, shellLine } from '../lib/model/mpi-launcher.js';
 import { sft } from '../lib/train/api.js';
 import {
   assertSameTrajectory,
