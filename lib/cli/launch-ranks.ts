@@ -10,8 +10,9 @@
  * second, which would not leave time to finish a step). The first SIGINT or SIGTERM is passed on
  * as SIGUSR2, which both launchers forward to every rank and the ranks take as a stop request
  * (lib/cli/stop-signals.ts): every rank finishes its step, rank 0 writes a checkpoint, all exit
- * 0, and the launcher exits 130, as one process would. A second one (or SIGHUP) sends SIGTERM: the launcher ends every rank at once.
- * The exit code is the launcher's (the first failed rank's; 128 + signal when it was killed).
+ * 0, and this process exits 130, as one process would. A second one (or SIGHUP) sends SIGTERM:
+ * MPI's launcher ends every rank at once. Otherwise the exit code is MPI's launcher's (the first
+ * failed rank's; 128 + signal when the launcher itself was killed).
  */
 import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
