@@ -5,14 +5,14 @@
  * asserted: the machine is shared. The run skips with a message where MPI is missing.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
 import { parseRankBenchArgs, wantsRanks } from '../lib/bench/rank-bench.js';
 import { packageRoot } from '../lib/native.js';
-import { mpiSkipReason, runNode } from './support/ranks.js';
+import { CLI, mpiSkipReason, runNode } from './support/ranks.js';
 
 const STEPS = join(packageRoot(), 'dist', 'bench', 'steps.js');
 
@@ -27,6 +27,15 @@ describe('bench --nproc_per_node: settings', () => {
     assert.throws(() => parseRankBenchArgs(['--nproc_per_node', 'x']), /got 'x'/);
     assert.throws(() => parseRankBenchArgs(['--nproc_per_node', '2', '--zero_stage', '1']), /--zero_stage 1: only 0 is built .*stages 1 and 2 are not built yet/);
     assert.throws(() => parseRankBenchArgs(['--nproc_per_node', '5']), /the tiny preset's step has 4 sequences to share, fewer than the ranks/);
+  });
+
+  it('zephyr-native bench --nproc_per_node refuses a ZeRO stage that is not built (exit 2), before anything runs', async () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'zn-bench-ranks-cli-'));
+    const run = await runNode([CLI, 'bench', '--nproc_per_node', '2', '--zero_stage', '1', '--cache-dir', join(cwd, 'cache')], { cwd });
+    assert.equal(run.code, 2, run.output);
+    assert.match(run.output, /--zero_stage 1: only 0 is built/);
+    assert.deepEqual(readdirSync(cwd), []);
+    rmSync(cwd, { recursive: true, force: true });
   });
 });
 
