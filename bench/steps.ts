@@ -14,12 +14,15 @@
  * --peft times LoRA steps instead (BENCH_PEFT: r 16, alpha 32, all-linear, over the frozen base),
  * beside TRL + PEFT (a LoraConfig of the same settings; DPO with no ref_model, so TRL's reference
  * is the policy with its adapters disabled, as ours).
+ * --nproc_per_node N [--zero_stage 0] times the steps on N data-parallel CPU ranks against one
+ * rank (lib/bench/rank-bench.ts; `--nproc_per_node N --help` lists its options).
  */
 import { spawnSync } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { ensureBenchModel, defaultBenchCacheDir } from '../lib/bench/model-cache.js';
+import { rankBenchMain, wantsRanks } from '../lib/bench/rank-bench.js';
 import { BENCH_PEFT, type BenchMode, type BenchPeft, type BenchPrecision, PRESETS, type PresetName } from '../lib/bench/presets.js';
 import {
   choice,
@@ -206,7 +209,8 @@ export async function main(argv: string[], defaults: { peer: boolean }): Promise
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === resolve(new URL(import.meta.url).pathname)) {
-  main(process.argv.slice(2), { peer: false }).catch((error: Error) => {
+  const argv = process.argv.slice(2);
+  (wantsRanks(argv) ? rankBenchMain(argv) : main(argv, { peer: false })).catch((error: Error) => {
     console.error(`bench:steps: ${error.message}`);
     process.exitCode = 1;
   });

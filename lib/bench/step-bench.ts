@@ -75,11 +75,11 @@ function randomIds(count: number, vocab: number, next: () => number): Int32Array
 
 const SOURCE = { file: '<bench>', index: 0 };
 
-function sftBatch(sequences: number, seqLen: number, vocab: number, next: () => number): SftItem[] {
+export function sftBatch(sequences: number, seqLen: number, vocab: number, next: () => number): SftItem[] {
   return Array.from({ length: sequences }, () => ({ inputIds: randomIds(seqLen, vocab, next), labels: null, source: SOURCE }));
 }
 
-function dpoBatch(pairs: number, seqLen: number, promptLen: number, vocab: number, next: () => number): PreferencePair[] {
+export function dpoBatch(pairs: number, seqLen: number, promptLen: number, vocab: number, next: () => number): PreferencePair[] {
   return Array.from({ length: pairs }, () => ({
     promptIds: randomIds(promptLen, vocab, next),
     chosenIds: randomIds(seqLen - promptLen, vocab, next),

@@ -2,6 +2,8 @@ import type { CommandModule } from 'yargs';
 
 import { defaultBenchCacheDir, ensureBenchModel } from '../bench/model-cache.js';
 import { BENCH_PEFT, benchLoraSettings, type BenchMode, type BenchPrecision, PRESET_NAMES, PRESETS, type PresetName, policyTokensPerStep } from '../bench/presets.js';
+import { checkRankBench, formatRankReport, runRankBench, writeRankReport } from '../bench/rank-bench.js';
+import { ZERO_STAGES } from '../bench/rank-step.js';
 import { type BenchResult, formatResults, machineInfo, measurePeak, ourVersions, runInChild, toResult } from '../bench/run.js';
 import { UsageError, ZnError } from '../errors.js';
 import { writeJsonAtomic } from '../io/atomic.js';
@@ -19,6 +21,8 @@ interface BenchArgs {
   peft: boolean;
   json?: string;
   'cache-dir': string;
+  nproc_per_node?: number;
+  zero_stage: number;
 }
 
 const GIB = 1024 ** 3;
@@ -81,6 +85,30 @@ function refuseWhatDoesNotFit(args: BenchArgs, freeBytes: number): void {
   }
 }
 
+/** --nproc_per_node: the steps on N CPU ranks against one rank (lib/bench/rank-bench.ts). */
+async function benchOnRanks(args: BenchArgs): Promise<void> {
+  const ranks = integerAtLeast('nproc_per_node', args.nproc_per_node!, 1);
+  const zeroStage = integerAtLeast('zero_stage', args.zero_stage, 0);
+  if (args.device !== 'cpu' || args.peft) throw new UsageError('bench --nproc_per_node times full fine-tuning on CPU ranks: leave --device cuda and --peft off');
+  checkRankBench(args.preset, ranks, zeroStage);
+  const settings = {
+    preset: args.preset,
+    modes: args.mode === 'both' ? (['sft', 'dpo'] as BenchMode[]) : [args.mode],
+    precisions: [args.precision],
+    steps: args.steps,
+    warmup: args.warmup,
+    ranks,
+    zeroStage: 0 as const,
+    cacheDir: args['cache-dir'],
+  };
+  const report = await runRankBench(settings);
+  process.stdout.write(formatRankReport(report));
+  if (args.json) {
+    writeRankReport(args.json, settings, report);
+    process.stderr.write(`wrote ${args.json}\n`);
+  }
+}
+
 function integerAtLeast(name: string, value: number, min: number): number {
   if (!Number.isInteger(value) || value < min) throw new UsageError(`--${name} must be an integer >= ${min}, got ${value}`);
   return value;
@@ -104,6 +132,15 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
         describe: `LoRA steps: r ${BENCH_PEFT.r}, alpha ${BENCH_PEFT.alpha}, ${BENCH_PEFT.target_modules} adapters over the frozen base; DPO's reference is the policy with its adapters off`,
       })
       .option('json', { type: 'string', describe: 'Also write the results as JSON to this file' })
+      .option('nproc_per_node', {
+        type: 'number',
+        describe: 'Time the steps on N data-parallel CPU ranks (MPI) against one rank in the same run: tokens/s in all and per rank, scaling efficiency, peak RSS per rank',
+      })
+      .option('zero_stage', {
+        type: 'number',
+        default: 0,
+        describe: `ZeRO stage of the ranks (--nproc_per_node): ${ZERO_STAGES.join(', ')} only (every rank holds the whole optimizer state; stages 1 and 2 are not built yet)`,
+      })
       .option('cache-dir', { type: 'string', default: defaultBenchCacheDir(), describe: 'Where random-init preset models are kept' })
       .epilogue(
         `Presets: ${PRESET_NAMES.map((name) => `${name}: ${PRESETS[name].describe}`).join('; ')}. ` +
@@ -113,6 +150,7 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
   handler: async (args) => {
     integerAtLeast('steps', args.steps, 1);
     integerAtLeast('warmup', args.warmup, 0);
+    if (args.nproc_per_node !== undefined) return benchOnRanks(args);
     checkRunnable(args);
     const preset = PRESETS[args.preset];
     const modes: BenchMode[] = args.mode === 'both' ? ['sft', 'dpo'] : [args.mode];

@@ -6,11 +6,12 @@
 import type { Argv, CommandModule } from 'yargs';
 
 import { UsageError } from '../errors.js';
-import { dpo, sft, train, type PipelineConfig, type RunOptions, type TrainingRun } from '../train/api.js';
-import { keyAppliesTo, readRecipeFile, STAGES } from '../train/config.js';
+import { dpo, pipelineStages, sft, train, type PipelineConfig, type RunOptions, type TrainingRun } from '../train/api.js';
+import { keyAppliesTo, readRecipeFile, resolveStage, type Stage, STAGES } from '../train/config.js';
 import { runDemo } from '../demo/demo.js';
 import { writeTrainingCurves } from '../eval/curves.js';
 import { currentRanks, launchEnvironment } from '../model/ranks.js';
+import { checkLaunchable, launchRanks, nprocPerNode, refuseLauncherKeys } from './launch-ranks.js';
 import { untilStopSignal } from './stop-signals.js';
 import { flagsFrom, recipeWithFlags } from './training-flags.js';
 
@@ -19,12 +20,17 @@ function builder(yargs: Argv): Argv {
     .strict(false)
     .option('config', { type: 'string', describe: 'Recipe YAML with TRL / alignment-handbook keys; every key is also a flag' })
     .option('isolate', { type: 'boolean', default: false, describe: 'Run the job in a child process' })
+    .option('nproc_per_node', {
+      type: 'string',
+      alias: 'nproc-per-node',
+      describe: 'Start N ranks on this machine (data parallel over MPI: runs `mpirun -n N` over this command line; 1: one process)',
+    })
     .epilogue('Keys: see README "Training configuration". An unknown key is an error.');
 }
 
 /**
  * Runs a training job until it ends or Ctrl-C / SIGTERM stops it after the current step with a
- * checkpoint; a stopped run exits 130. Each stage's folder gets its training_curves.svg/.png.
+ * checkpoint; a stopped run exits 130 (a rank of several: 0). Each stage's folder gets its training_curves.svg/.png.
  */
 async function runToEnd(start: (options: RunOptions) => TrainingRun, options: RunOptions): Promise<void> {
   const results = await untilStopSignal((signal) => start({ ...options, signal }).result);
@@ -34,7 +40,29 @@ async function runToEnd(start: (options: RunOptions) => TrainingRun, options: Ru
     const note = await writeTrainingCurves(result.outputDir).catch((error: Error) => `not drawn (${error.message})`);
     process.stderr.write(`training curves: ${note}\n`);
   }
-  if (results.at(-1)?.stoppedEarly) process.exitCode = 130;
+  // A rank stopped on request exits 0: Open MPI takes any other code for a failure and kills the
+  // ranks still exiting. --nproc_per_node's launcher exits 130 for the job.
+  if (results.at(-1)?.stoppedEarly) process.exitCode = currentRanks().size > 1 ? 0 : 130;
+}
+
+/**
+ * --nproc_per_node's number of ranks, checked with what it cannot be combined with before
+ * anything is read; null: this process runs the job.
+ */
+function ranksToLaunch(argv: Record<string, unknown>): number | null {
+  const ranks = nprocPerNode(argv);
+  if (ranks === null) return null;
+  checkLaunchable(ranks, { isolate: argv.isolate === true });
+  return ranks > 1 ? ranks : null;
+}
+
+/**
+ * Starts the ranks after the stages' settings resolved here, so that a bad key is one error
+ * rather than one per rank; the job's exit code is the launcher's.
+ */
+async function runOnRanks(ranks: number, stages: { stage: Stage; config: Record<string, unknown> }[], where: string): Promise<void> {
+  for (const { stage, config } of stages) resolveStage(stage, [{ values: config, where }]);
+  process.exitCode = await launchRanks(ranks);
 }
 
 function stageCommand(name: 'sft' | 'dpo', describe: string): CommandModule<object, Record<string, unknown>> {
@@ -43,7 +71,9 @@ function stageCommand(name: 'sft' | 'dpo', describe: string): CommandModule<obje
     describe,
     builder,
     handler: async (argv) => {
+      const ranks = ranksToLaunch(argv);
       const { config, where } = recipeWithFlags(argv, name);
+      if (ranks !== null) return runOnRanks(ranks, [{ stage: name, config }], where);
       await runToEnd((options) => (name === 'sft' ? sft : dpo)(config, options), { where, isolate: argv.isolate === true });
     },
   };
@@ -75,6 +105,7 @@ export const trainCommand: CommandModule<object, Record<string, unknown>> = {
       .option('demo_dir', { type: 'string', describe: 'Where the demo writes its folder (default ./zephyr-demo)' })
       .option('demo_seed', { type: 'number', describe: "The demo's seed: model initialisation and training (default 0)" }),
   handler: async (argv) => {
+    const ranks = ranksToLaunch(argv);
     const flags = flagsFrom(argv);
     const demoDir = typeof argv.demo_dir === 'string' ? argv.demo_dir : null;
     const demoSeed = typeof argv.demo_seed === 'number' ? argv.demo_seed : undefined;
@@ -82,13 +113,17 @@ export const trainCommand: CommandModule<object, Record<string, unknown>> = {
     delete flags.demo_dir;
     delete flags.demo_seed;
     if (typeof argv.config !== 'string') {
+      if (ranks !== null) throw new UsageError('train: the built-in demo runs on one process; --nproc_per_node needs a pipeline (--config pipeline.yaml)');
       if (Object.keys(flags).length > 0) throw new UsageError('train: flags need a pipeline (--config pipeline.yaml); with no arguments train runs the demo');
       // Its generation and rating steps would run, and write, once per rank.
       if (launchEnvironment().worldSize > 1) throw new UsageError('train: the built-in demo runs on one process; start it without mpirun');
       await runDemo({ dir: demoDir ?? 'zephyr-demo', seed: demoSeed });
       return;
     }
-    const pipeline = pipelineWithFlags(readRecipeFile(argv.config) as PipelineConfig, flags);
+    const recipe = readRecipeFile(argv.config);
+    refuseLauncherKeys(recipe, argv.config);
+    const pipeline = pipelineWithFlags(recipe as PipelineConfig, flags);
+    if (ranks !== null) return runOnRanks(ranks, pipelineStages(pipeline), argv.config);
     await runToEnd((options) => train(pipeline, options), { where: argv.config, isolate: argv.isolate === true });
   },
 };

@@ -3,8 +3,10 @@
  * parsed command line, `--key-name` spelled with hyphens too, and layered over the recipe.
  */
 import { checkKeys, isBooleanKey, readRecipeFile, type Stage } from '../train/config.js';
+import { refuseLauncherKeys } from './launch-ranks.js';
 
-const YARGS_KEYS = new Set(['_', '$0', 'config', 'verbose', 'help', 'version', 'isolate']);
+// --nproc_per_node is the launcher's (lib/cli/launch-ranks.ts), not a training key.
+const YARGS_KEYS = new Set(['_', '$0', 'config', 'verbose', 'help', 'version', 'isolate', 'nproc_per_node', 'nproc-per-node', 'nprocPerNode']);
 
 export function flagsFrom(argv: Record<string, unknown>): Record<string, unknown> {
   const hyphenated = Object.keys(argv).filter((key) => key.includes('-'));
@@ -29,6 +31,7 @@ export function flagsFrom(argv: Record<string, unknown>): Record<string, unknown
 export function recipeWithFlags(argv: Record<string, unknown>, stage: Stage): { config: Record<string, unknown>; where: string } {
   const file = typeof argv.config === 'string' ? argv.config : null;
   const recipe = file ? readRecipeFile(file) : {};
+  if (file) refuseLauncherKeys(recipe, file);
   const flags = flagsFrom(argv);
   checkKeys(flags, stage, 'command line');
   return { config: { ...recipe, ...flags }, where: file ?? 'command line' };

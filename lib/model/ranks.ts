@@ -163,7 +163,8 @@ export function openRanks(timeoutSeconds: number, env: NodeJS.ProcessEnv = proce
   if (launch.launcher === 'torchrun') {
     throw new UsageError(
       `WORLD_SIZE=${launch.worldSize} (torchrun's variables), but ranks here talk over MPI: start them with ` +
-        `\`mpirun -n ${launch.worldSize} zephyr-native ...\` (torchrun, --nproc_per_node and NCCL are not built yet)`,
+        `\`mpirun -n ${launch.worldSize} zephyr-native ...\`, or \`zephyr-native ... --nproc_per_node ${launch.worldSize}\` on one machine ` +
+        "(torchrun's rendezvous and NCCL are not built yet)",
     );
   }
   const mpi = loadMpi();
