@@ -409,6 +409,7 @@ async function runResolvedStage(config: StageConfig, options: StageRunOptions, r
   const log = (line: string): void => progress.message(line);
   for (const notice of config.notices) log(notice);
   const sources = resolveSources(config);
+  zeroStage(config.values.zero_stage, sources.device);  // refused before the data loads
   // Opened first: a W&B run that cannot open (no key) fails the stage before data or models load.
   const reporters = ranks.isLeader ? await openReporters(config.values, sources.outputDir, runConfig(config), log) : [];
   try {
