@@ -183,6 +183,11 @@ export interface NativeModelOptions {
    * rows a step touched, so that data-parallel ranks can sum whole gradient buffers.
    */
   denseEmbeddingGradient?: boolean;
+  /**
+   * CPU model, ZeRO: this process's rank among `count` data-parallel ranks that shard every
+   * trained group's AdamW moments (and bf16 mode's f32 master) by element ranges.
+   */
+  shard?: { rank: number; count: number };
 }
 
 /**
@@ -260,9 +265,19 @@ export interface NativeModel {
   forwardBackward(batch: NativeTokenBatch & { dlogp: Float32Array }): Promise<{ logp: Float32Array }>;
   zeroGrad(options: Record<string, never>): Promise<void>;
   /** Global grad-norm clipping (torch clip_grad_norm_) and one AdamW step. */
-  clipAndStep(options: AdamWHyperparameters): Promise<{ gradNorm: number; step: number }>;
+  /** gradSumOfSquares (CPU, ZeRO stage 2): the global sum of squared gradients, summed across the ranks. */
+  clipAndStep(options: AdamWHyperparameters & { gradSumOfSquares?: number }): Promise<{ gradNorm: number; step: number }>;
   saveOptimizerState(options: { path: string }): Promise<void>;
-  loadOptimizerState(options: { path: string }): Promise<void>;
+  /** `paths` (CPU): this rank's range from one process's file or any number of ranks' shard files. */
+  loadOptimizerState(options: { path: string } | { paths: string[] }): Promise<void>;
+  /** CPU, ZeRO: this rank's optimizer shard file. */
+  saveOptimizerShard(options: { path: string }): Promise<void>;
+  /** CPU, ZeRO: per gradient buffer, each rank's element count. */
+  gradientShardCounts(options: Record<string, never>): number[][];
+  /** CPU, ZeRO stage 2: the sum of squares of this rank's shard of the gradients. */
+  shardGradSumOfSquares(options: Record<string, never>): Promise<number>;
+  /** CPU, ZeRO: views over the weight runs the ranks all-gather in place after a sharded step (bf16 weights as their bits). */
+  weightSegments(): { data: Float32Array | Uint16Array; counts: number[] }[];
   /** AdamW steps taken (restored by loadOptimizerState). */
   optimizerStep(): number;
   getParameter(options: { name: string }): Float32Array;
@@ -308,6 +323,13 @@ export interface MpiAddon {
   broadcast(options: { data: Float32Array | Float64Array | Int32Array | Uint8Array; root: number }): Promise<void>;
   /** Every rank's `data`, in rank order, into `out` (ranks x data.length, same element type). */
   allGather<T extends Float32Array | Float64Array | Int32Array | Uint8Array>(options: { data: T; out: T }): Promise<void>;
+  /**
+   * ZeRO: rank r's part of `data` (counts[r] elements after the parts of the ranks before it)
+   * into every rank's data, in place (MPI_Allgatherv).
+   */
+  allGatherInPlace(options: { data: Float32Array | Uint16Array; counts: Float64Array }): Promise<void>;
+  /** ZeRO stage 2: the sum across the ranks of this rank's part, in place; the rest of data is left undefined (MPI_Reduce_scatter). */
+  reduceScatterInPlace(options: { data: Float32Array; counts: Float64Array }): Promise<void>;
   barrier(options: Record<string, never>): Promise<void>;
   /** MPI_Abort: the launcher ends every rank with `code`. Never returns. */
   abort(options: { code: number }): never;

@@ -5,6 +5,9 @@
  * for SFT (untied embeddings: the dense embedding gradient), DPO (with rank 0's evaluation) and
  * LoRA; a 2-rank checkpoint resumes on 1 process to the single-process trajectory; a killed rank
  * ends the job naming it, and a rank that never reaches a collective ends it at ddp_timeout.
+ * ZeRO stages 1 and 2 (sharded optimizer state, lib/train/zero.ts) take the same steps for SFT
+ * and DPO; stage 1's weights are stage 0's bit for bit; a ZeRO checkpoint (one optimizer shard
+ * file per rank) resumes on 1 process and on 2 ranks, and a 1-process checkpoint on 2 ZeRO ranks.
  * The MPI tests skip with a message where mpirun or the MPI addon is missing.
  */
 import assert from 'node:assert/strict';
@@ -25,6 +28,8 @@ import { launchEnvironment, type Ranks, SINGLE_RANK } from '../lib/model/ranks.j
 import { loadNative, mpiAddonCandidates, packageRoot } from '../lib/native.js';
 import { dpo, sft } from '../lib/train/api.js';
 import { rankShare, sumAcrossRanks } from '../lib/train/loop.js';
+import { optimizerFiles, optimizerShardFile } from '../lib/train/checkpoint.js';
+import { effectiveZeroStage, shardOption, zeroStage } from '../lib/train/zero.js';
 
 const root = packageRoot();
 const cli = join(root, 'dist', 'lib', 'cli', 'main.js');
@@ -92,6 +97,14 @@ function assertSameTrajectory(actual: Entry[], expected: Entry[], metrics: strin
   }
 }
 
+/** Every tensor of two weight files equal bit for bit. */
+async function assertIdenticalWeights(actualFile: string, expectedFile: string): Promise<void> {
+  const expected = await tensors(expectedFile);
+  const actual = await tensors(actualFile);
+  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
+  for (const [name, x] of expected) assert.ok(Buffer.from(x.buffer).equals(Buffer.from(actual.get(name)!.buffer)), `${name} differs`);
+}
+
 async function assertSameWeights(actualFile: string, expectedFile: string): Promise<void> {
   const expected = await tensors(expectedFile);
   const actual = await tensors(actualFile);
@@ -131,6 +144,27 @@ describe('data-parallel bookkeeping (no MPI)', () => {
     const twoRanks = { ...SINGLE_RANK, size: 2, allReduceSum: async ([values]: Float64Array[]) => values.forEach((v, i) => (values[i] = v + other[i])) } as unknown as Ranks;
     const summed = await sumAcrossRanks({ loss: 0.5, tokens: 60, metrics: [{ b: 1, a: 2 }, { b: 3, a: 4 }] }, twoRanks);
     assert.deepEqual(summed, { loss: 0.75, tokens: 100, metrics: [{ a: 2.5, b: 2 }, { a: 6, b: 5 }] });
+  });
+
+  it('zero_stage: 0, 1 or 2, CPU only, nothing to shard on one rank; a ZeRO checkpoint names a missing shard file', () => {
+    assert.equal(zeroStage(2, 'cpu'), 2);
+    assert.equal(zeroStage(0, 'cuda'), 0);
+    assert.throws(() => zeroStage(3, 'cpu'), /zero_stage must be 0, 1 or 2, got 3/);
+    assert.throws(() => zeroStage(1, 'cuda'), /zero_stage 1: sharded optimizer state is built for CPU ranks/);
+    assert.equal(effectiveZeroStage(2, SINGLE_RANK), 0);
+    assert.deepEqual(shardOption(1, SINGLE_RANK), {});
+    assert.deepEqual(shardOption(1, { rank: 1, size: 4 }), { shard: { rank: 1, count: 4 } });
+    assert.deepEqual(shardOption(0, { rank: 1, size: 4 }), {});
+    const dir = mkdtempSync(join(tmpdir(), 'zn-zero-files-'));
+    assert.throws(() => optimizerFiles(dir), /no optimizer state/);
+    for (const r of [0, 2]) writeFileSync(join(dir, optimizerShardFile(r, 3)), '');
+    assert.equal(optimizerShardFile(2, 3), 'optimizer-rank-00002-of-00003.safetensors');
+    assert.throws(() => optimizerFiles(dir), /lacks the optimizer shard file of rank 1 \(of 3\): optimizer-rank-00001-of-00003.safetensors/);
+    writeFileSync(join(dir, optimizerShardFile(1, 3)), '');
+    assert.deepEqual(optimizerFiles(dir), [0, 1, 2].map((r) => join(dir, optimizerShardFile(r, 3))));
+    writeFileSync(join(dir, optimizerShardFile(0, 2)), '');
+    assert.throws(() => optimizerFiles(dir), /optimizer shard files of different rank counts/);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('refuses, before loading anything, what ranks cannot do: torchrun variables, --isolate and the demo under mpirun', () => {
@@ -189,10 +223,29 @@ describe('data parallel on 2 MPI ranks', { skip: skip ?? false }, () => {
 
   after(() => rmSync(work, { recursive: true, force: true }));
 
+  // The runs more than one test compares with, each made once.
+  const made = new Map<string, Promise<Finished | null>>();
+  const once = (name: string, make: () => Promise<Finished | null>): Promise<Finished | null> => {
+    if (!made.has(name)) made.set(name, make());
+    return made.get(name)!;
+  };
+  const sftRecipe = { ...common, ...chats, save_strategy: 'steps', save_steps: 2 };
+  const sftOneProcess = () => once('sft-1', async () => {
+    await sft({ ...sftRecipe, output_dir: join(work, 'sft-1'), per_device_train_batch_size: 4 }, { progress: 'silent' });
+    return null;
+  });
+  const sftTwoRanks = () => once('sft-2', () => mpirun(2, [cli, 'sft', ...flags({ ...sftRecipe, output_dir: join(work, 'sft-2'), per_device_train_batch_size: 2 })]));
+  const dpoRecipe = { ...common, ...prefs, save_strategy: 'no', eval_strategy: 'steps', eval_steps: 5 };
+  const dpoMetrics = ['loss', 'grad_norm', 'rewards/chosen', 'rewards/rejected', 'rewards/margins', 'rewards/accuracies', 'logps/chosen', 'eval_loss', 'eval_rewards/margins'];
+  const dpoOneProcess = () => once('dpo-1', async () => {
+    await dpo({ ...dpoRecipe, output_dir: join(work, 'dpo-1'), per_device_train_batch_size: 4 }, { progress: 'silent' });
+    return null;
+  });
+
   it('sft: 2 ranks x micro-batch 2 == 1 process x micro-batch 4 (losses, grad norms, weights after 5 steps); its checkpoint resumes on 1 process', async () => {
-    const recipe = { ...common, ...chats, save_strategy: 'steps', save_steps: 2 };
-    await sft({ ...recipe, output_dir: join(work, 'sft-1'), per_device_train_batch_size: 4 }, { progress: 'silent' });
-    const two = await mpirun(2, [cli, 'sft', ...flags({ ...recipe, output_dir: join(work, 'sft-2'), per_device_train_batch_size: 2 })]);
+    const recipe = sftRecipe;
+    await sftOneProcess();
+    const two = (await sftTwoRanks())!;
     assert.equal(two.code, 0, two.output);
     assertSameTrajectory(history(join(work, 'sft-2')), history(join(work, 'sft-1')), ['loss', 'grad_norm', 'learning_rate']);
     await assertSameWeights(join(work, 'sft-2', 'model.safetensors'), join(work, 'sft-1', 'model.safetensors'));
@@ -219,14 +272,101 @@ describe('data parallel on 2 MPI ranks', { skip: skip ?? false }, () => {
   });
 
   it('dpo: 2 ranks x micro-batch 2 == 1 process x micro-batch 4, rank 0 evaluating', async () => {
-    const recipe = { ...common, ...prefs, save_strategy: 'no', eval_strategy: 'steps', eval_steps: 5 };
-    await dpo({ ...recipe, output_dir: join(work, 'dpo-1'), per_device_train_batch_size: 4 }, { progress: 'silent' });
+    const recipe = dpoRecipe;
+    await dpoOneProcess();
     const two = await mpirun(2, [cli, 'dpo', ...flags({ ...recipe, output_dir: join(work, 'dpo-2'), per_device_train_batch_size: 2 })]);
     assert.equal(two.code, 0, two.output);
-    const metrics = ['loss', 'grad_norm', 'rewards/chosen', 'rewards/rejected', 'rewards/margins', 'rewards/accuracies', 'logps/chosen', 'eval_loss', 'eval_rewards/margins'];
+    const metrics = dpoMetrics;
     assertSameTrajectory(history(join(work, 'dpo-2')), history(join(work, 'dpo-1')), metrics);
     assert.ok(history(join(work, 'dpo-2')).some((e) => 'eval_loss' in e), 'evaluated at step 5');
     await assertSameWeights(join(work, 'dpo-2', 'model.safetensors'), join(work, 'dpo-1', 'model.safetensors'));
+  });
+
+  it('sft, zero_stage 1 and 2: 2 ranks == 1 process; stage 1 weights are stage 0\'s bit for bit; ZeRO checkpoints resume on 1 process and 2 ranks, a 1-process one on 2 ZeRO ranks', async () => {
+    await sftOneProcess();
+    const baseline = join(work, 'sft-1');
+    const metrics = ['loss', 'grad_norm', 'learning_rate'];
+    const rankRun = (dir: string, extra: Record<string, unknown>) =>
+      mpirun(2, [cli, 'sft', ...flags({ ...sftRecipe, output_dir: join(work, dir), per_device_train_batch_size: 2, ...extra })]);
+
+    const stage1 = await rankRun('sft-z1', { zero_stage: 1 });
+    assert.equal(stage1.code, 0, stage1.output);
+    assertSameTrajectory(history(join(work, 'sft-z1')), history(baseline), metrics);
+    await assertSameWeights(join(work, 'sft-z1', 'model.safetensors'), join(baseline, 'model.safetensors'));
+    const stage0 = (await sftTwoRanks())!;
+    assert.equal(stage0.code, 0, stage0.output);
+    await assertIdenticalWeights(join(work, 'sft-z1', 'model.safetensors'), join(work, 'sft-2', 'model.safetensors'));
+    // The plan counts this rank's half of the moments.
+    assert.match(stage1.output, /memory plan \(policy, sft, f32, \d+ tokens per micro-batch, per rank \(2 ranks, zero_stage 1\)\)/);
+    // One optimizer shard file per rank, no whole one.
+    const checkpoint = join(work, 'sft-z1', 'checkpoint-2');
+    assert.deepEqual(readdirSync(checkpoint).filter((n) => n.startsWith('optimizer')).sort(), [
+      'optimizer-rank-00000-of-00002.safetensors',
+      'optimizer-rank-00001-of-00002.safetensors',
+    ]);
+
+    const stage2 = await rankRun('sft-z2', { zero_stage: 2, save_strategy: 'no' });
+    assert.equal(stage2.code, 0, stage2.output);
+    assertSameTrajectory(history(join(work, 'sft-z2')), history(baseline), metrics);
+    await assertSameWeights(join(work, 'sft-z2', 'model.safetensors'), join(baseline, 'model.safetensors'));
+
+    // The 2-rank ZeRO checkpoint on one process (zero_stage 0), then on 2 ranks at stage 2.
+    const resumeFrom = (from: string, dir: string): string => {
+      mkdirSync(join(work, dir));
+      cpSync(from, join(work, dir, 'checkpoint-2'), { recursive: true });
+      return join(work, dir);
+    };
+    const onOne = resumeFrom(checkpoint, 'sft-z1-on-1');
+    await sft({ ...sftRecipe, output_dir: onOne, per_device_train_batch_size: 4, resume_from_checkpoint: true }, { progress: 'silent' });
+    assertSameTrajectory(history(onOne), history(baseline), metrics);
+    await assertSameWeights(join(onOne, 'model.safetensors'), join(baseline, 'model.safetensors'));
+    resumeFrom(checkpoint, 'sft-z1-on-2');
+    const onTwo = await rankRun('sft-z1-on-2', { zero_stage: 2, resume_from_checkpoint: true });
+    assert.equal(onTwo.code, 0, onTwo.output);
+    assertSameTrajectory(history(join(work, 'sft-z1-on-2')), history(baseline), metrics);
+    await assertSameWeights(join(work, 'sft-z1-on-2', 'model.safetensors'), join(baseline, 'model.safetensors'));
+
+    // One process's checkpoint (optimizer.safetensors) on 2 ranks at stage 1.
+    resumeFrom(join(baseline, 'checkpoint-2'), 'sft-1-on-z1');
+    const fromOne = await rankRun('sft-1-on-z1', { zero_stage: 1, resume_from_checkpoint: true });
+    assert.equal(fromOne.code, 0, fromOne.output);
+    assertSameTrajectory(history(join(work, 'sft-1-on-z1')), history(baseline), metrics);
+    await assertSameWeights(join(work, 'sft-1-on-z1', 'model.safetensors'), join(baseline, 'model.safetensors'));
+  });
+
+  it('dpo, zero_stage 1 and 2: 2 ranks == 1 process (losses, rewards, grad norms, evaluation, weights after 5 steps)', async () => {
+    await dpoOneProcess();
+    for (const stage of [1, 2]) {
+      const dir = join(work, `dpo-z${stage}`);
+      const run = await mpirun(2, [cli, 'dpo', ...flags({ ...dpoRecipe, output_dir: dir, per_device_train_batch_size: 2, zero_stage: stage })]);
+      assert.equal(run.code, 0, run.output);
+      assertSameTrajectory(history(dir), history(join(work, 'dpo-1')), dpoMetrics);
+      await assertSameWeights(join(dir, 'model.safetensors'), join(work, 'dpo-1', 'model.safetensors'));
+    }
+  });
+
+  it('bf16, zero_stage 1 and 2: the bf16 weights all-gathered, stage 2 == stage 1 bit for bit (no clipping), both near 1 process', async () => {
+    // Without clipping the step does not see the norm, and two ranks' sums are the same either way.
+    const recipe = { ...sftRecipe, bf16: true, max_steps: 3, max_grad_norm: 0, save_strategy: 'no' };
+    await sft({ ...recipe, output_dir: join(work, 'bf16-1'), per_device_train_batch_size: 4 }, { progress: 'silent' });
+    for (const stage of [1, 2]) {
+      const run = await mpirun(2, [cli, 'sft', ...flags({ ...recipe, output_dir: join(work, `bf16-z${stage}`), per_device_train_batch_size: 2, zero_stage: stage })]);
+      assert.equal(run.code, 0, run.output);
+      assert.match(run.output, new RegExp(`memory plan \\(policy, sft, bf16, .*zero_stage ${stage}\\)`));
+    }
+    await assertIdenticalWeights(join(work, 'bf16-z2', 'model.safetensors'), join(work, 'bf16-z1', 'model.safetensors'));
+    // bf16 weights: a last-bit rounding apart where the summed gradients differ in rounding.
+    const ones = await tensors(join(work, 'bf16-1', 'model.safetensors'));
+    const ranks = await tensors(join(work, 'bf16-z1', 'model.safetensors'));
+    for (const [name, x] of ones) {
+      const y = ranks.get(name)!;
+      let diff = 0;
+      let norm = 0;
+      x.forEach((v, i) => ((diff += (v - y[i]) ** 2), (norm += v * v)));
+      assert.ok(Math.sqrt(diff) <= 1e-2 * Math.sqrt(norm), `${name}: relative difference ${Math.sqrt(diff / norm)}`);
+    }
+    const losses = (dir: string) => history(join(work, dir)).filter((e) => 'loss' in e).map((e) => e.loss);
+    losses('bf16-z1').forEach((loss, i) => assertClose(loss, losses('bf16-1')[i], 1e-2, `bf16 step ${i + 1} loss`));
   });
 
   it('lora sft: only the adapters are reduced; 2 ranks == 1 process', async () => {

@@ -82,6 +82,8 @@ export interface ModelOptions {
    * touched), so that data-parallel ranks sum whole gradient buffers (gradientBuffers()).
    */
   denseEmbeddingGradient?: boolean;
+  /** CPU, ZeRO (lib/train/zero.ts): this rank's place among the ranks that shard the optimizer state. */
+  shard?: { rank: number; count: number };
 }
 
 export interface SaveOptions {
@@ -135,6 +137,7 @@ export function nativeOptions(config: MistralConfig, options: ModelOptions): Nat
     trainable: options.trainable ?? false,
     offloadOptimizer: options.offloadOptimizer ?? false,
     denseEmbeddingGradient: options.denseEmbeddingGradient ?? false,
+    ...(options.shard && options.shard.count > 1 ? { shard: options.shard } : {}),
     ...loraOptions(config, options.lora, options.loraSeed ?? 0),
   };
 }
@@ -167,7 +170,7 @@ export class MistralModel {
     /** The folder the weights came from (tokenizer files are copied from it on save). */
     readonly dir: string,
     readonly config: MistralConfig,
-    readonly options: Readonly<Required<Omit<ModelOptions, 'device' | 'lora' | 'loraSeed' | 'baseModel'>>> & {
+    readonly options: Readonly<Required<Omit<ModelOptions, 'device' | 'lora' | 'loraSeed' | 'baseModel' | 'shard'>>> & {
       device: Device;
       /** LoRA's settings when the model has adapters. */
       lora: LoraSettings | null;
@@ -292,7 +295,7 @@ export class MistralModel {
   }
 
   /** Clips the global grad norm as torch does (when maxGradNorm > 0) and takes one AdamW step. */
-  clipAndStep(hp: AdamWHyperparameters): Promise<{ gradNorm: number; step: number }> {
+  clipAndStep(hp: AdamWHyperparameters & { gradSumOfSquares?: number }): Promise<{ gradNorm: number; step: number }> {
     return this.native.clipAndStep(hp);
   }
 
@@ -310,8 +313,29 @@ export class MistralModel {
     return this.native.saveOptimizerState({ path });
   }
 
-  loadOptimizerState(path: string): Promise<void> {
-    return this.native.loadOptimizerState({ path });
+  /** One process's optimizer file, or (CPU) every rank's shard files of a ZeRO checkpoint: this model's range of them. */
+  loadOptimizerState(path: string | string[]): Promise<void> {
+    return this.native.loadOptimizerState(typeof path === 'string' ? { path } : { paths: path });
+  }
+
+  /** ZeRO (CPU): this rank's shard of the optimizer state, as its own file. */
+  saveOptimizerShard(path: string): Promise<void> {
+    return this.native.saveOptimizerShard({ path });
+  }
+
+  /** ZeRO (CPU): per gradient buffer (gradientBuffers' order), each rank's element count. */
+  gradientShardCounts(): number[][] {
+    return this.native.gradientShardCounts({});
+  }
+
+  /** ZeRO stage 2 (CPU): the sum of squares of this rank's shard of the gradients. */
+  shardGradSumOfSquares(): Promise<number> {
+    return this.native.shardGradSumOfSquares({});
+  }
+
+  /** ZeRO (CPU): views over the weight runs the ranks all-gather in place after a sharded step. */
+  weightSegments(): { data: Float32Array | Uint16Array; counts: number[] }[] {
+    return this.native.weightSegments();
   }
 
   /** A copy of a parameter's f32 master weights (a frozen bf16 model holds only bf16 values: those, widened). */

@@ -66,6 +66,13 @@ export interface Ranks {
   broadcast(data: GatherableArray, root: number, what: string): Promise<void>;
   /** Every rank's data in rank order (ranks x data.length). */
   allGather<T extends GatherableArray>(data: T, what: string): Promise<T>;
+  /**
+   * ZeRO: rank r's part of `data` (counts[r] elements after the parts of the ranks before it)
+   * into every rank's data, in place.
+   */
+  allGatherInPlace(data: Float32Array | Uint16Array, counts: number[], what: string): Promise<void>;
+  /** ZeRO stage 2: the sum across the ranks of this rank's part of `data`, in place; the rest is left undefined. */
+  reduceScatterInPlace(data: Float32Array, counts: number[], what: string): Promise<void>;
   barrier(what: string): Promise<void>;
   /** True on every rank when any rank passes true (e.g. one rank's stop request). */
   any(flag: boolean, what: string): Promise<boolean>;
@@ -82,6 +89,8 @@ export const SINGLE_RANK: Ranks = {
   allReduceSum: async () => {},
   broadcast: async () => {},
   allGather: async (data) => data.slice() as typeof data,
+  allGatherInPlace: async () => {},
+  reduceScatterInPlace: async () => {},
   barrier: async () => {},
   any: async (flag) => flag,
   abort: (message) => {
@@ -127,6 +136,14 @@ class MpiRanks implements Ranks {
     const out = new (data.constructor as new (length: number) => T)(data.length * this.size);
     await this.deadline(what, () => this.mpi.allGather({ data, out }));
     return out;
+  }
+
+  allGatherInPlace(data: Float32Array | Uint16Array, counts: number[], what: string): Promise<void> {
+    return this.deadline(what, () => this.mpi.allGatherInPlace({ data, counts: Float64Array.from(counts) }));
+  }
+
+  reduceScatterInPlace(data: Float32Array, counts: number[], what: string): Promise<void> {
+    return this.deadline(what, () => this.mpi.reduceScatterInPlace({ data, counts: Float64Array.from(counts) }));
   }
 
   barrier(what: string): Promise<void> {

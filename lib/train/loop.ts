@@ -13,7 +13,9 @@
  * ... of each, so the steps do not depend on the number of ranks; after the last micro-batch the
  * gradients, the loss and the metrics are summed across the ranks (before clipping: grad_norm is
  * the global one) and every rank takes the same optimizer step. Rank 0 alone logs, evaluates and
- * writes files; the others wait for it at a barrier.
+ * writes files; the others wait for it at a barrier. With zero_stage 1 or 2 (lib/train/zero.ts)
+ * each rank steps its shard of the optimizer state and the weights are all-gathered after; a
+ * checkpoint then holds every rank's optimizer shard file beside rank 0's files.
  */
 import { EventEmitter } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -22,10 +24,21 @@ import { join } from 'node:path';
 import { seededPermutation } from '../data/shuffle.js';
 import { ZnError } from '../errors.js';
 import { type Ranks, SINGLE_RANK } from '../model/ranks.js';
-import { type CheckpointableModel, type Cursor, findCheckpoint, readCheckpoint, removeUnfinishedCheckpoints, saveCheckpoint, type ZephyrState } from './checkpoint.js';
+import {
+  type CheckpointableModel,
+  type Cursor,
+  findCheckpoint,
+  optimizerShardFile,
+  prepareShardedCheckpoint,
+  readCheckpoint,
+  removeUnfinishedCheckpoints,
+  saveCheckpoint,
+  type ZephyrState,
+} from './checkpoint.js';
 import type { TrainingValues } from './config.js';
 import { lrAt, type ScheduleConfig } from './schedule.js';
 import { type LogEntry, MetricsStream, type StateFields, writeTrainerState } from './state.js';
+import { type DataParallelModel, effectiveZeroStage, reduceGradients, stepAndGather, type ZeroStage } from './zero.js';
 
 export interface OptimizerSettings {
   beta1: number;
@@ -36,11 +49,10 @@ export interface OptimizerSettings {
 }
 
 /** The model operations the loop needs (the native model implements them). */
-export interface LoopModel extends CheckpointableModel {
+export interface LoopModel extends CheckpointableModel, DataParallelModel {
   zeroGrad(): Promise<void>;
-  /** The gradient buffers data-parallel ranks sum in place (asked for only with several ranks). */
-  gradientBuffers(): Float32Array[];
-  clipAndStep(options: OptimizerSettings & { lr: number }): Promise<{ gradNorm: number }>;
+  /** ZeRO: this rank's optimizer shard file. */
+  saveOptimizerShard(file: string): Promise<void>;
   loadCheckpoint(dir: string): Promise<void>;
 }
 
@@ -92,6 +104,8 @@ export interface LoopSettings {
   resumeFromCheckpoint: TrainingValues['resume_from_checkpoint'];
   /** Data-parallel ranks (1: one process); a micro-batch holds batchSize x worldSize rows in all. */
   worldSize: number;
+  /** zero_stage (lib/train/zero.ts); no effect with one rank. */
+  zeroStage: ZeroStage;
 }
 
 export interface LoopEvents {
@@ -225,10 +239,23 @@ export async function runLoop<Example>(
     metricsStream.append(entry);
     events.emit('log', entry);
   };
+  const zero = effectiveZeroStage(settings.zeroStage, ranks);
   const checkpoint = async (): Promise<void> => {
+    // ZeRO: every rank writes its optimizer shard into the folder rank 0 prepared, before rank 0
+    // completes and publishes it.
+    let prepared: string | undefined;
+    if (zero > 0) {
+      prepared = prepareShardedCheckpoint(settings.outputDir, cursor.globalStep, leader);
+      await ranks.barrier(`rank 0 preparing checkpoint-${cursor.globalStep}`);
+      await model.saveOptimizerShard(join(prepared, optimizerShardFile(ranks.rank, ranks.size)));
+      await ranks.barrier(`every rank's optimizer shard of checkpoint-${cursor.globalStep}`);
+    }
     if (leader) {
-      const state: ZephyrState = { format: 1, stage: settings.stage, cursor, seed: settings.seed, maxSteps, lossSum, microBatchRows };
-      const dir = await saveCheckpoint(settings.outputDir, model, state, stateFields(), settings.saveTotalLimit);
+      const state: ZephyrState = {
+        format: 1, stage: settings.stage, cursor, seed: settings.seed, maxSteps, lossSum, microBatchRows,
+        ...(zero > 0 ? { zeroStage: zero, optimizerShards: ranks.size } : {}),
+      };
+      const dir = await saveCheckpoint(settings.outputDir, model, state, stateFields(), settings.saveTotalLimit, prepared);
       events.emit('checkpoint', dir);
     }
     await ranks.barrier(`checkpoint-${cursor.globalStep}, which rank 0 writes`);
@@ -266,7 +293,7 @@ export async function runLoop<Example>(
     }
     await model.zeroGrad();
     const part = await objective.accumulate({ global: micro, local: rankShare(micro, ranks) });
-    if (ranks.size > 1) await ranks.allReduceSum(model.gradientBuffers(), 'the gradient all-reduce');
+    const gradSumOfSquares = await reduceGradients(model, ranks, zero);
     const result = await sumAcrossRanks(part, ranks);
     if (!Number.isFinite(result.loss)) {
       throw new ZnError(
@@ -274,7 +301,7 @@ export async function runLoop<Example>(
       );
     }
     const lr = lrAt(schedule, cursor.globalStep);
-    const { gradNorm } = await model.clipAndStep({ ...settings.optimizer, lr });
+    const { gradNorm } = await stepAndGather(model, ranks, zero, { ...settings.optimizer, lr }, gradSumOfSquares);
     cursor = { ...cursor, globalStep: cursor.globalStep + 1, tokensSeen: cursor.tokensSeen + result.tokens };
     lossSum += result.loss;
     windowLoss += result.loss;

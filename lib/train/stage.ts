@@ -22,7 +22,7 @@ import { type MistralConfig, readMistralConfig } from '../model/config.js';
 import { locateWeights } from '../model/folder.js';
 import { type ComputeDevice, computeDevice, loadModel, type MistralModel, type ModelDType, type ModelOptions } from '../model/model.js';
 import { ADAPTER_WEIGHTS_FILE, adapterBaseFolder, checkLoraSettings, isAdapterFolder, type LoraSettings, readAdapterFolder, savedModuleParameters } from '../model/peft.js';
-import { listCheckpoints } from './checkpoint.js';
+import { listCheckpoints, optimizerFiles } from './checkpoint.js';
 import type { Stage, StageConfig, TrainingValues } from './config.js';
 import { logMemoryPlan } from './memory-plan.js';
 import { type LoopModel, type LoopResult, type LoopSettings, type Objective, runLoop, totalSteps, TrainingEvents } from './loop.js';
@@ -35,6 +35,7 @@ import { resolveHubInputs } from './hub-inputs.js';
 import { HubPusher } from './hub-push.js';
 import { lockOutput } from '../io/output-lock.js';
 import { openRanks, type Ranks } from '../model/ranks.js';
+import { shardOption, zeroStage } from './zero.js';
 
 export interface StageRunOptions {
   events?: TrainingEvents;
@@ -204,16 +205,19 @@ export function loopSettings({ stage, values }: StageConfig, outputDir: string, 
     saveTotalLimit: values.save_total_limit,
     resumeFromCheckpoint: values.resume_from_checkpoint,
     worldSize,
+    zeroStage: zeroStage(values.zero_stage, values.use_cpu ? 'cpu' : computeDevice(values.device)),
   };
   const total = totalSteps(trainExamples, settings);
   settings.schedule.warmupSteps = warmupSteps(total, { warmup_steps: values.warmup_steps, warmup_ratio: values.warmup_ratio });
   return settings;
 }
 
-export function policyOptions({ values }: StageConfig, sources: StageSources, maxTokens: number, worldSize = 1): ModelOptions {
+export function policyOptions({ values }: StageConfig, sources: StageSources, maxTokens: number, ranks: Pick<Ranks, 'rank' | 'size'> = { rank: 0, size: 1 }): ModelOptions {
   return {
     // Ranks sum whole gradient buffers; an untied embedding's by-rows gradient is not one.
-    ...(worldSize > 1 ? { denseEmbeddingGradient: true } : {}),
+    ...(ranks.size > 1 ? { denseEmbeddingGradient: true } : {}),
+    // ZeRO: this rank's shard of the optimizer state only.
+    ...shardOption(zeroStage(values.zero_stage, sources.device), ranks),
     device: sources.device,
     dtype: sources.dtype,
     maxTokens,
@@ -239,7 +243,15 @@ function loopModel(model: MistralModel, sources: StageSources): LoopModel {
   return {
     zeroGrad: () => model.zeroGrad(),
     gradientBuffers: () => model.gradientBuffers(),
-    clipAndStep: (o) => model.clipAndStep({ lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm }),
+    clipAndStep: (o) =>
+      model.clipAndStep({
+        lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
+        ...(o.gradSumOfSquares === undefined ? {} : { gradSumOfSquares: o.gradSumOfSquares }),
+      }),
+    gradientShardCounts: () => model.gradientShardCounts(),
+    shardGradSumOfSquares: () => model.shardGradSumOfSquares(),
+    weightSegments: () => model.weightSegments(),
+    saveOptimizerShard: (file) => model.saveOptimizerShard(file),
     saveCheckpointWeights: (dir) => (sources.lora ? model.saveAdapter(dir, sources.baseDir) : model.save(dir, { dtype: 'float32' })),
     saveOptimizerState: (file) => model.saveOptimizerState(file),
     loadCheckpoint: async (dir) => {
@@ -248,7 +260,11 @@ function loopModel(model: MistralModel, sources: StageSources): LoopModel {
       } else {
         await model.loadWeights(locateWeights(dir).files);
       }
-      await model.loadOptimizerState(join(dir, 'optimizer.safetensors'));
+      const files = optimizerFiles(dir);
+      if (files.length > 1 && sources.device === 'cuda') {
+        throw new ZnError(`${dir} holds the optimizer state of ${files.length} ZeRO ranks, which the CPU model reads (the GPU model reads one process's optimizer.safetensors)`);
+      }
+      await model.loadOptimizerState(files.length === 1 ? files[0] : files);
     },
   };
 }
@@ -270,7 +286,7 @@ export async function buildStageReference({ values }: StageConfig, sources: Stag
     log('reference: the policy with its adapters off (one copy of the base)');
     return { reference: new AdaptersOffReference(policy), model: null };
   }
-  const { lora: _lora, loraSeed: _seed, ...options } = policyModelOptions;
+  const { lora: _lora, loraSeed: _seed, shard: _shard, ...options } = policyModelOptions;
   return buildReference(
     {
       dir: sources.refDir,
@@ -393,6 +409,7 @@ async function runResolvedStage(config: StageConfig, options: StageRunOptions, r
   const log = (line: string): void => progress.message(line);
   for (const notice of config.notices) log(notice);
   const sources = resolveSources(config);
+  zeroStage(config.values.zero_stage, sources.device);  // refused before the data loads
   // Opened first: a W&B run that cannot open (no key) fails the stage before data or models load.
   const reporters = ranks.isLeader ? await openReporters(config.values, sources.outputDir, runConfig(config), log) : [];
   try {
@@ -415,8 +432,8 @@ async function trainStage(
   const loaded = await loadStageData(config, sources, log);
   const settings = loopSettings(config, sources.outputDir, loaded.data.train.length, ranks.size);
   const maxTokens = plannedTokens(loaded, Math.max(settings.batchSize, settings.evalBatchSize));
-  const modelOptions = policyOptions(config, sources, maxTokens, ranks.size);
-  const perRank = ranks.size > 1 ? `, per rank (${ranks.size} ranks)` : '';
+  const modelOptions = policyOptions(config, sources, maxTokens, ranks);
+  const perRank = ranks.size > 1 ? `, per rank (${ranks.size} ranks, zero_stage ${settings.zeroStage})` : '';
   logMemoryPlan(log, `policy, ${stage}, ${sources.dtype}, ${maxTokens} tokens per micro-batch${perRank}`, sources.modelConfig, modelOptions);
   // The models are freed when the stage ends, however it ends: the garbage collector does not see
   // their memory, and a pipeline's next stage needs it (a 7B policy holds tens of GiB).

@@ -51,6 +51,14 @@ inline model::ModelOptions read_model_options(const Options& o) {
   m.trainable = o.boolean("trainable", true);
   m.offload_optimizer = o.boolean("offloadOptimizer", false);
   m.dense_embedding_gradient = o.boolean("denseEmbeddingGradient", false);
+  if (o.has("shard")) {  // ZeRO: {rank, count}
+    const Options shard = o.object("shard");
+    m.shard.count = int(shard.integer("count"));
+    m.shard.rank = int(shard.integer("rank"));
+    if (m.shard.count < 1 || m.shard.rank < 0 || m.shard.rank >= m.shard.count)
+      shard.error("'rank' must be in [0, count) and 'count' >= 1, got rank " + std::to_string(m.shard.rank) +
+                  " of " + std::to_string(m.shard.count));
+  }
   if (o.has("frozen")) m.frozen = o.strings("frozen");
   if (o.has("lora")) {
     const Options lora = o.object("lora");
@@ -139,6 +147,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                         ModelWrap::InstanceMethod("getParameter", &ModelWrap::GetParameter),
                         ModelWrap::InstanceMethod("getGradient", &ModelWrap::GetGradient),
                         ModelWrap::InstanceMethod("gradientBuffers", &ModelWrap::GradientBuffers),
+                        ModelWrap::InstanceMethod("gradientShardCounts", &ModelWrap::GradientShardCounts),
+                        ModelWrap::InstanceMethod("shardGradSumOfSquares", &ModelWrap::ShardGradSumOfSquares),
+                        ModelWrap::InstanceMethod("weightSegments", &ModelWrap::WeightSegments),
+                        ModelWrap::InstanceMethod("saveOptimizerShard", &ModelWrap::SaveOptimizerShard),
                         ModelWrap::InstanceMethod("startGeneration", &ModelWrap::StartGeneration),
                         ModelWrap::InstanceMethod("acquireSequence", &ModelWrap::AcquireSequence),
                         ModelWrap::InstanceMethod("releaseSequence", &ModelWrap::ReleaseSequence),
@@ -149,7 +161,12 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   explicit ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap<Model>>(info) {
     Options options(info, "Model");
     run_sync(options, [&] {
-      model_ = std::make_shared<Model>(read_config(options.object("config")), read_model_options(options));
+      const model::ModelOptions model_options = read_model_options(options);
+      if constexpr (!std::is_same_v<Model, model::MistralModel>) {
+        ZN_CHECK(model_options.shard.count == 1, "sharded optimizer state (zero_stage > 0) is built for the CPU model "
+                 "only; on a GPU use zero_stage 0");
+      }
+      model_ = std::make_shared<Model>(read_config(options.object("config")), model_options);
     });
   }
 
@@ -157,7 +174,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   // The model is shared with in-flight work, so garbage-collecting the JS object mid-call is safe.
   std::shared_ptr<Model> model_;
   std::shared_ptr<std::atomic<bool>> busy_ = std::make_shared<std::atomic<bool>>(false);
-  Napi::Reference<Napi::Array> grad_views_;  // gradientBuffers(), made on first use
+  Napi::Reference<Napi::Array> grad_views_;     // gradientBuffers(), made on first use
+  Napi::Reference<Napi::Array> weight_views_;   // weightSegments()' arrays, made on first use
 
   // The model, or a JS error when dispose() has freed it.
   Model& live(Napi::Env env, const char* op) const {
@@ -288,10 +306,87 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   }
 
   void DetachGradientViews() {
-    if (grad_views_.IsEmpty()) return;
-    Napi::Array views = grad_views_.Value();
-    for (uint32_t i = 0; i < views.Length(); ++i) views.Get(i).As<Napi::Float32Array>().ArrayBuffer().Detach();
-    grad_views_.Reset();
+    if (!grad_views_.IsEmpty()) {
+      Napi::Array views = grad_views_.Value();
+      for (uint32_t i = 0; i < views.Length(); ++i) views.Get(i).As<Napi::Float32Array>().ArrayBuffer().Detach();
+      grad_views_.Reset();
+    }
+    if (!weight_views_.IsEmpty()) {
+      Napi::Array segments = weight_views_.Value();
+      for (uint32_t i = 0; i < segments.Length(); ++i)
+        segments.Get(i).As<Napi::Object>().Get("data").As<Napi::TypedArray>().ArrayBuffer().Detach();
+      weight_views_.Reset();
+    }
+  }
+
+  static Napi::Array size_array(Napi::Env env, const std::vector<size_t>& values) {
+    Napi::Array out = Napi::Array::New(env, values.size());
+    for (size_t i = 0; i < values.size(); ++i) out.Set(uint32_t(i), double(values[i]));
+    return out;
+  }
+
+  // gradientShardCounts() -> number[][]: per gradient buffer, each rank's element count (ZeRO).
+  Napi::Value GradientShardCounts(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
+      throw Napi::Error::New(env, "gradientShardCounts: CPU model only");
+    } else {
+      Options options(info, "gradientShardCounts");
+      check_idle(options);
+      std::vector<std::vector<size_t>> counts;
+      run_sync(options, [&] { counts = live(env, "gradientShardCounts").gradient_shard_counts(); });
+      Napi::Array out = Napi::Array::New(env, counts.size());
+      for (size_t i = 0; i < counts.size(); ++i) out.Set(uint32_t(i), size_array(env, counts[i]));
+      return out;
+    }
+  }
+
+  // shardGradSumOfSquares() -> Promise<number>: over this rank's shard of the gradients (ZeRO 2).
+  Napi::Value ShardGradSumOfSquares(const Napi::CallbackInfo& info) {
+    Options options(info, "shardGradSumOfSquares");
+    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
+      options.error("CPU model only");
+    } else {
+      auto squares = std::make_shared<double>(0.0);
+      return run(
+          options, [squares](Model& m) { *squares = m.shard_grad_sum_of_squares(); },
+          [squares](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *squares); });
+    }
+  }
+
+  // weightSegments() -> {data: Float32Array | Uint16Array (bf16 bits), counts: number[]}[]: views
+  // (no copy) over the runs of the weights the ranks all-gather in place after a sharded step;
+  // made once per model, detached by dispose().
+  Napi::Value WeightSegments(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
+      throw Napi::Error::New(env, "weightSegments: CPU model only");
+    } else {
+      Model& m = live(env, "weightSegments");
+      if (weight_views_.IsEmpty()) {
+        std::vector<model::WeightSegment> segments;
+        try {
+          segments = m.weight_segments();
+        } catch (const std::exception& e) {
+          throw Napi::Error::New(env, std::string("weightSegments: ") + e.what());
+        }
+        Napi::Array out = Napi::Array::New(env, segments.size());
+        for (size_t i = 0; i < segments.size(); ++i) {
+          const model::WeightSegment& s = segments[i];
+          Napi::ArrayBuffer memory = Napi::ArrayBuffer::New(env, s.data, s.count * (s.bf16 ? 2 : 4));
+          Napi::Object segment = Napi::Object::New(env);
+          if (s.bf16) {
+            segment.Set("data", Napi::Uint16Array::New(env, s.count, memory, 0));
+          } else {
+            segment.Set("data", Napi::Float32Array::New(env, s.count, memory, 0));
+          }
+          segment.Set("counts", size_array(env, s.counts));
+          out.Set(uint32_t(i), segment);
+        }
+        weight_views_ = Napi::Persistent(out);
+      }
+      return weight_views_.Value();
+    }
   }
 
   // loadWeights({files: string[]}) -> Promise<{unexpected: string[]}>
@@ -442,12 +537,25 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     hp.eps = options.number("eps", 1e-8);
     hp.weight_decay = options.number("weightDecay", 0.0);
     hp.max_grad_norm = options.number("maxGradNorm", 0.0);
+    // gradSumOfSquares: the global sum of squared gradients, summed across ZeRO stage 2's ranks.
+    const bool given = options.has("gradSumOfSquares");
+    const double squares = options.number("gradSumOfSquares", 0.0);
+    if (given && !(squares >= 0)) options.error("'gradSumOfSquares' must be >= 0");
+    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
+      if (given) options.error("'gradSumOfSquares' is for the CPU model's ZeRO ranks");
+    }
     auto norm = std::make_shared<double>(0.0);
     auto step = std::make_shared<long>(0);
     return run(
         options,
-        [hp, norm, step](Model& m) {
-          *norm = m.clip_and_step(hp);
+        [hp, norm, step, given, squares](Model& m) {
+          if constexpr (std::is_same_v<Model, model::MistralModel>) {
+            *norm = given ? m.clip_and_step(hp, squares) : m.clip_and_step(hp);
+          } else {
+            (void)given;
+            (void)squares;
+            *norm = m.clip_and_step(hp);
+          }
           *step = m.optimizer_step();
         },
         [norm, step](Napi::Env env) -> Napi::Value {
@@ -465,10 +573,29 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     return run(options, [path](Model& m) { m.save_optimizer_state(path); });
   }
 
+  // loadOptimizerState({paths}) (CPU model): the moments of this rank's range from one process's
+  // file or any number of ranks' shard files.
   Napi::Value LoadOptimizerState(const Napi::CallbackInfo& info) {
     Options options(info, "loadOptimizerState");
+    if constexpr (std::is_same_v<Model, model::MistralModel>) {
+      if (options.has("paths")) {
+        const std::vector<std::string> paths = options.strings("paths");
+        return run(options, [paths](Model& m) { m.load_optimizer_state(paths); });
+      }
+    }
     const std::string path = options.string("path");
     return run(options, [path](Model& m) { m.load_optimizer_state(path); });
+  }
+
+  // saveOptimizerShard({path}): this ZeRO rank's shard file (CPU model).
+  Napi::Value SaveOptimizerShard(const Napi::CallbackInfo& info) {
+    Options options(info, "saveOptimizerShard");
+    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
+      options.error("CPU model only");
+    } else {
+      const std::string path = options.string("path");
+      return run(options, [path](Model& m) { m.save_optimizer_shard(path); });
+    }
   }
 
   // startGeneration({sequences, maxContext}) -> Promise<void>: a KvCache for `sequences` at once,

@@ -8,12 +8,14 @@
 
 #include <atomic>
 #include <memory>
+#include <vector>
 
 #include "addon/binding.h"
 #include "parallel/mpi_collectives.h"
 
 namespace {
 
+using zn::addon::ArrayView;
 using zn::addon::Options;
 using zn::parallel::Element;
 
@@ -53,8 +55,12 @@ Buffer read_buffer(const Options& o, const char* name) {
       auto v = o.u8(name);
       return {v.data, v.size, Element::U8};
     }
+    case napi_uint16_array: {
+      auto v = o.u16(name);
+      return {v.data, v.size, Element::U16};
+    }
     default:
-      o.error(std::string("'") + name + "' must be a Float32Array, Float64Array, Int32Array or Uint8Array");
+      o.error(std::string("'") + name + "' must be a Float32Array, Float64Array, Int32Array, Uint16Array or Uint8Array");
   }
 }
 
@@ -135,6 +141,43 @@ Napi::Value AllGather(const Napi::CallbackInfo& info) {
   return collective(o, [b, out] { zn::parallel::all_gather(b.data, b.count, b.element, out.data); });
 }
 
+// The per-rank counts of an in-place ZeRO collective: one per rank, adding up to the buffer's length.
+std::vector<size_t> read_counts(const Options& o, const Buffer& b) {
+  const ArrayView<double> given = o.f64("counts");
+  int size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (given.size != size_t(size)) o.error("'counts' must hold one count per rank (" + std::to_string(size) + "), got " + std::to_string(given.size));
+  std::vector<size_t> counts;
+  size_t total = 0;
+  for (size_t r = 0; r < given.size; ++r) {
+    const double c = given.data[r];
+    if (!(c >= 0) || c != double(size_t(c))) o.error("'counts' must hold non-negative integers");
+    counts.push_back(size_t(c));
+    total += size_t(c);
+  }
+  if (total != b.count) o.error("'counts' add up to " + std::to_string(total) + ", but 'data' holds " + std::to_string(b.count));
+  return counts;
+}
+
+// allGatherInPlace({data, counts: Float64Array}) -> Promise<void>: rank r's part (counts[r]
+// elements after the parts of the ranks before it) into every rank's data.
+Napi::Value AllGatherInPlace(const Napi::CallbackInfo& info) {
+  Options o(info, "allGatherInPlace");
+  const Buffer b = read_buffer(o, "data");
+  const std::vector<size_t> counts = read_counts(o, b);
+  return collective(o, [b, counts] { zn::parallel::all_gather_in_place(b.data, counts, b.element); });
+}
+
+// reduceScatterInPlace({data: Float32Array | Float64Array, counts}) -> Promise<void>: the sum
+// across the ranks of this rank's part, in place (the rest of data is left undefined).
+Napi::Value ReduceScatterInPlace(const Napi::CallbackInfo& info) {
+  Options o(info, "reduceScatterInPlace");
+  const Buffer b = read_buffer(o, "data");
+  if (b.element != Element::F32 && b.element != Element::F64) o.error("'data' must be a Float32Array or Float64Array");
+  const std::vector<size_t> counts = read_counts(o, b);
+  return collective(o, [b, counts] { zn::parallel::reduce_scatter_in_place(b.data, counts, b.element); });
+}
+
 Napi::Value Barrier(const Napi::CallbackInfo& info) {
   Options o(info, "barrier");
   return collective(o, [] { zn::parallel::barrier(); });
@@ -153,6 +196,8 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   exports.Set("allReduceSum", Napi::Function::New(env, AllReduceSum, "allReduceSum"));
   exports.Set("broadcast", Napi::Function::New(env, Broadcast, "broadcast"));
   exports.Set("allGather", Napi::Function::New(env, AllGather, "allGather"));
+  exports.Set("allGatherInPlace", Napi::Function::New(env, AllGatherInPlace, "allGatherInPlace"));
+  exports.Set("reduceScatterInPlace", Napi::Function::New(env, ReduceScatterInPlace, "reduceScatterInPlace"));
   exports.Set("barrier", Napi::Function::New(env, Barrier, "barrier"));
   exports.Set("abort", Napi::Function::New(env, Abort, "abort"));
   return exports;

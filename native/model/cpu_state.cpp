@@ -59,6 +59,20 @@ void CpuWeights::assign(const ParameterSpec& p, const float* values) {
   if (norm_slot(p) != kNoSlot) std::memcpy(norms_.data() + norm_slot(p), values, p.numel * sizeof(float));
 }
 
+void CpuWeights::assign_range(const ParameterSpec& p, ElementRange range, const float* values) {
+  if (range.empty()) return;
+  if (!is_bf16()) {
+    std::memcpy(f32_.data() + p.offset + range.begin, values, range.size() * sizeof(float));
+    return;
+  }
+  round_to_bf16(range.size(), values, bf16_.data() + p.offset + range.begin);
+  if (norm_slot(p) != kNoSlot) std::memcpy(norms_.data() + norm_slot(p) + range.begin, values, range.size() * sizeof(float));
+}
+
+float* CpuWeights::norm_data(const ParameterSpec& p) {
+  return is_bf16() && norm_slot(p) != kNoSlot ? norms_.data() + norm_slot(p) : nullptr;
+}
+
 void CpuWeights::read(const ParameterSpec& p, float* out) const {
   if (const float* values = f32_values(p)) {
     std::memcpy(out, values, p.numel * sizeof(float));
@@ -72,8 +86,8 @@ void CpuWeights::read(const ParameterSpec& p, float* out) const {
 // Train state
 
 CpuTrainState::CpuTrainState(const MistralConfig& config, const ParameterGroup& group, const ParameterIndex& index,
-                             long max_tokens, CpuWeights& weights, bool dense_embedding)
-    : config_(config), group_(group), index_(index), weights_(weights) {
+                             long max_tokens, CpuWeights& weights, bool dense_embedding, ShardSpec shard)
+    : config_(config), group_(group), index_(index), weights_(weights), spec_(shard) {
   const size_t n = group.numel();
   // The embedding is the table's first parameter, so when the group trains it, it is the group's
   // first member too, and the dense gradients of the others keep their group offsets less its
@@ -83,10 +97,13 @@ CpuTrainState::CpuTrainState(const MistralConfig& config, const ParameterGroup& 
     embed_grad_ = std::make_unique<RowGradient>(config.vocab_size, config.hidden_size, max_tokens);
     embed_slots_.resize(size_t(max_tokens));
   }
-  if (weights.is_bf16()) master_.assign(n, 0.0f);
+  shard_ = shard_range(n, shard);
+  ZN_CHECK(!sharded() || !embed_grad_, "model: sharded optimizer state needs the embedding's gradient dense "
+           "(denseEmbeddingGradient), as the ranks sum whole gradient buffers");
+  if (weights.is_bf16()) master_.assign(shard_.size(), 0.0f);
   grads_.assign(n - (embed_grad_ ? index.embed->numel : 0), 0.0f);
-  adam_m_.assign(n, 0.0f);
-  adam_v_.assign(n, 0.0f);
+  adam_m_.assign(shard_.size(), 0.0f);
+  adam_v_.assign(shard_.size(), 0.0f);
 }
 
 CpuTrainState::~CpuTrainState() = default;
@@ -141,6 +158,8 @@ float* CpuTrainState::master(const ParameterSpec& p) {
     group_.offset(p);  // throws naming a frozen parameter
     return weights_.f32_data() + p.offset;
   }
+  ZN_CHECK(!sharded(), "model: the f32 master of '", p.name, "' is sharded across ", spec_.count,
+           " ranks (zero_stage); this rank holds only its part");
   return master_.data() + group_.offset(p);
 }
 
@@ -148,12 +167,39 @@ const float* CpuTrainState::master(const ParameterSpec& p) const {
   return const_cast<CpuTrainState*>(this)->master(p);
 }
 
-void CpuTrainState::publish() {
-  if (master_.empty()) return;  // f32 mode: the master is the weights
-  for (const ParameterSpec* p : group_.members()) weights_.assign(*p, master(*p));
+const float* CpuTrainState::whole_master(const ParameterSpec& p) const {
+  return !master_.empty() && sharded() ? nullptr : master(p);
 }
 
-double CpuTrainState::grad_sum_of_squares() const {
+float* CpuTrainState::master_at(const ParameterSpec& p, size_t at) {
+  if (master_.empty()) return weights_.f32_data() + p.offset + at;
+  return master_.data() + moment_index(p, at);
+}
+
+ElementRange CpuTrainState::owned(const ParameterSpec& p) const {
+  const size_t at = group_.offset(p);
+  const ElementRange part = intersect({at, at + p.numel}, shard_);
+  return {part.begin - at, part.end - at};
+}
+
+void CpuTrainState::assign_master(const ParameterSpec& p, const float* values) {
+  const ElementRange part = owned(p);
+  std::memcpy(master_at(p, part.begin), values + part.begin, part.size() * sizeof(float));
+}
+
+void CpuTrainState::publish() {
+  if (master_.empty()) return;  // f32 mode: the master is the weights
+  for (const ParameterSpec* p : group_.members()) {
+    const ElementRange part = owned(*p);
+    if (!part.empty()) weights_.assign_range(*p, part, master_at(*p, part.begin));
+  }
+}
+
+double CpuTrainState::grad_sum_of_squares(bool shard_only) const {
+  if (shard_only) {
+    ZN_CHECK(!embed_grad_, "model: a shard's sum of squares needs a dense gradient");
+    return cpu::sum_of_squares(long(shard_.size()), grads_.data() + shard_.begin);
+  }
   const double squares = cpu::sum_of_squares(long(grads_.size()), grads_.data());
   return squares + (embed_grad_ ? embed_grad_->sum_of_squares() : 0.0);
 }
@@ -163,18 +209,60 @@ void CpuTrainState::step(const AdamWOptions& hp, float clip_scale) {
   for (const ParameterSpec* p : group_.members()) step_parameter(*p, hp, clip_scale);
 }
 
+std::vector<WeightSegment> CpuTrainState::weight_segments() {
+  std::vector<WeightSegment> out;
+  const size_t total = group_.numel();
+  const bool bf16 = weights_.is_bf16();
+  char* base = bf16 ? reinterpret_cast<char*>(weights_.bf16_data()) : reinterpret_cast<char*>(weights_.f32_data());
+  const size_t width = bf16 ? sizeof(zn::bf16) : sizeof(float);
+  // Runs of members laid end to end both in the group and in the weights (the whole table in
+  // one run when nothing is frozen).
+  const std::vector<const ParameterSpec*>& members = group_.members();
+  for (size_t i = 0; i < members.size();) {
+    size_t j = i + 1;
+    while (j < members.size() && members[j]->offset == members[j - 1]->offset + members[j - 1]->numel) ++j;
+    const size_t begin = group_.offset(*members[i]);
+    const size_t end = group_.offset(*members[j - 1]) + members[j - 1]->numel;
+    out.push_back({base + members[i]->offset * width, end - begin, bf16, shard_counts(total, spec_.count, {begin, end})});
+    i = j;
+  }
+  for (const ParameterSpec* p : members) {  // bf16 mode: the norms' f32 values beside their rounding
+    if (float* norm = weights_.norm_data(*p)) {
+      const size_t at = group_.offset(*p);
+      out.push_back({norm, p->numel, false, shard_counts(total, spec_.count, {at, at + p->numel})});
+    }
+  }
+  return out;
+}
+
+std::vector<size_t> CpuTrainState::gradient_shard_counts() const {
+  ZN_CHECK(!embed_grad_, "model: a gradient held by rows has no shards");
+  return shard_counts(grads_.size(), spec_.count, {0, grads_.size()});
+}
+
+OptimizerMoments CpuTrainState::moments() const {
+  ZN_CHECK(!sharded(), "model: this rank holds a shard of the optimizer state (zero_stage): write its shard file");
+  return {&group_, adam_m_.data(), adam_v_.data()};
+}
+
+OptimizerShard CpuTrainState::shard_moments() const {
+  return {&group_, shard_, adam_m_.data(), adam_v_.data(), master_.empty() ? nullptr : master_.data()};
+}
+
 // AdamW writes the bf16 rounding of what it updates, so the weights' matrices are current when
 // it returns; only the f32 norm weights are copied after.
+// Sharded, only the owned part of the member steps (its elements [part.begin, part.end)).
 void CpuTrainState::step_parameter(const ParameterSpec& p, const AdamWOptions& hp, float clip_scale) {
+  const ElementRange part = owned(p);
+  if (part.empty()) return;
   const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p.decay ? hp.weight_decay : 0.0, step_, clip_scale};
   bf16* const rounded = weights_.is_bf16() ? weights_.bf16_data() + p.offset : nullptr;
-  const size_t at = group_.offset(p);
   auto update = [&](size_t begin, size_t count, const float* g) {
-    cpu::adamw_update(long(count), s, master(p) + begin, g, adam_m_.data() + at + begin, adam_v_.data() + at + begin,
-                      rounded ? rounded + begin : nullptr);
+    cpu::adamw_update(long(count), s, master_at(p, begin), g, adam_m_.data() + moment_index(p, begin),
+                      adam_v_.data() + moment_index(p, begin), rounded ? rounded + begin : nullptr);
   };
   if (!has_row_gradient(p)) {
-    update(0, p.numel, grads_.data() + dense_grad_offset(p));
+    update(part.begin, part.size(), grads_.data() + dense_grad_offset(p) + part.begin);
   } else {
     // Rows without a slot step with a zero gradient, as a dense one would have them: blocks of
     // rows are written out dense (256 KiB at a time) for the same AdamW kernel.
@@ -186,17 +274,16 @@ void CpuTrainState::step_parameter(const ParameterSpec& p, const AdamWOptions& h
       update(size_t(r0 * d), size_t(rows * d), dense.data());
     }
   }
-  if (rounded && p.shape.size() == 1) weights_.assign(p, master(p));
+  if (rounded && p.shape.size() == 1) weights_.assign_range(p, part, master_at(p, part.begin));
 }
 
-void CpuTrainState::load_optimizer_state(const std::string& path) {
-  SafetensorsFile file(path);
-  const long step = optimizer_state_step(file);
-  for (const ParameterSpec* p : group_.members()) {
-    read_optimizer_moment(file, Moment::First, *p, adam_m_.data() + group_.offset(*p));
-    read_optimizer_moment(file, Moment::Second, *p, adam_v_.data() + group_.offset(*p));
-  }
-  step_ = step;
+// A bf16 master found in the files (a sharded bf16 run's) replaces the one the weights file gave.
+void CpuTrainState::load_optimizer_state(const std::vector<const SafetensorsFile*>& files) {
+  bool master_read = false;
+  const OptimizerShardTarget target{&group_, shard_, adam_m_.data(), adam_v_.data(),
+                                    master_.empty() ? nullptr : master_.data()};
+  step_ = read_optimizer_range(files, target, &master_read);
+  if (master_read) publish();
 }
 
 }  // namespace zn::model

@@ -198,9 +198,11 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
   const std::vector<ParameterSpec> table = parameter_table(c);
   const ParameterGroup trained(table, o.frozen);
   const size_t params = o.trainable ? trained.numel() : 0;
+  // ZeRO: the moments (and bf16 mode's master) of this rank's range only; gradients stay whole.
+  const size_t owned = shard_range(params, o.shard).size();
   MemoryPlan plan;
   // The weights the kernels read, and a trainable bf16 model's f32 master (CpuTrainState's).
-  plan.weights = CpuWeights::bytes(table, o.precision) + (o.precision == Precision::BF16 ? params * 4 : 0);
+  plan.weights = CpuWeights::bytes(table, o.precision) + (o.precision == Precision::BF16 ? owned * 4 : 0);
   // An untied embedding's gradient is held by rows (model/row_gradient.h), with slots for one
   // micro-batch's tokens; gradient accumulation over new tokens adds rows beyond the plan.
   const size_t embed = size_t(c.vocab_size) * size_t(c.hidden_size);
@@ -208,14 +210,15 @@ MemoryPlan plan_memory(const MistralConfig& c, const ModelOptions& o) {
       o.trainable && !c.tie_word_embeddings && !o.dense_embedding_gradient && trained.contains(table.front());
   plan.grads = row_embedding ? (params - embed) * 4 + RowGradient::planned_bytes(c.vocab_size, c.hidden_size, o.max_tokens)
                              : params * 4;
-  plan.optimizer = params * 8;
+  plan.optimizer = owned * 8;
   if (o.lora.rank > 0) {  // the adapters: weights, and when trainable a group's state
     const LoraTable lora(table, o.lora);
     const size_t adapter = parameter_count(lora.parameters()), trained_adapter = o.trainable ? adapter : 0;
+    const size_t owned_adapter = shard_range(trained_adapter, o.shard).size();
     plan.weights += CpuWeights::bytes(lora.parameters(), o.precision) +
-                    (o.precision == Precision::BF16 ? trained_adapter * 4 : 0);
+                    (o.precision == Precision::BF16 ? owned_adapter * 4 : 0);
     plan.grads += trained_adapter * 4;
-    plan.optimizer += trained_adapter * 8;
+    plan.optimizer += owned_adapter * 8;
   }
   DecoderBuffers counting;
   plan.activations = plan_activations(c, o, nullptr, counting).total();
@@ -272,14 +275,15 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   o.weights = std::make_unique<CpuWeights>(o.params, options_.precision);
   if (options_.trainable && o.trained->numel() > 0)
     o.state = std::make_unique<CpuTrainState>(config_, *o.trained, o.index, options_.max_tokens, *o.weights,
-                                              options_.dense_embedding_gradient);
+                                              options_.dense_embedding_gradient, options_.shard);
   if (options_.lora.rank > 0) {
     o.lora = std::make_unique<LoraTable>(o.params, options_.lora);
     o.adapter_group = std::make_unique<ParameterGroup>(o.lora->parameters());
     o.adapter_weights = std::make_unique<CpuWeights>(o.lora->parameters(), options_.precision);
     if (options_.trainable) {
       o.adapter_state = std::make_unique<CpuTrainState>(config_, *o.adapter_group, o.index, options_.max_tokens,
-                                                        *o.adapter_weights, options_.dense_embedding_gradient);
+                                                        *o.adapter_weights, options_.dense_embedding_gradient,
+                                                        options_.shard);
     }
   }
   o.link();
@@ -350,6 +354,27 @@ std::vector<MistralModel::GradientBuffer> MistralModel::gradient_buffers() const
   return out;
 }
 
+std::vector<std::vector<size_t>> MistralModel::gradient_shard_counts() const {
+  std::vector<std::vector<size_t>> out;
+  for (CpuTrainState* s : train_states("gradient shards")) out.push_back(s->gradient_shard_counts());
+  return out;
+}
+
+double MistralModel::shard_grad_sum_of_squares() const {
+  double squares = 0;
+  for (const CpuTrainState* s : train_states("a shard's gradient norm")) squares += s->grad_sum_of_squares(true);
+  return squares;
+}
+
+std::vector<WeightSegment> MistralModel::weight_segments() const {
+  std::vector<WeightSegment> out;
+  for (CpuTrainState* s : train_states("weight segments")) {
+    std::vector<WeightSegment> group = s->weight_segments();
+    out.insert(out.end(), group.begin(), group.end());
+  }
+  return out;
+}
+
 const float* MistralModel::master(const ParameterSpec& p) const {
   if (CpuTrainState* s = owners_.state_of(p)) return s->master(p);
   ZN_CHECK(!owners_.weights_of(p).is_bf16(), "model: a frozen bf16 parameter keeps no f32 master (read_master widens its weights)");
@@ -374,8 +399,12 @@ void MistralModel::read_gradient(const ParameterSpec& p, float* out) const {
 
 long MistralModel::optimizer_step() const { return owners_.optimizer_step(); }
 
+// A bf16 master sharded across ranks is not whole here: the weights' own then (the rounding,
+// which every rank holds whole; a checkpoint's shard files carry the master).
 const float* MistralModel::f32_values(const ParameterSpec& p) const {
-  if (CpuTrainState* s = owners_.state_of(p)) return s->master(p);
+  if (CpuTrainState* s = owners_.state_of(p)) {
+    if (const float* whole = s->whole_master(p)) return whole;
+  }
   return owners_.weights_of(p).f32_values(p);
 }
 
@@ -412,7 +441,8 @@ std::vector<std::string> WeightFiles::unread() const {
 
 void MistralModel::read_parameter(WeightFiles& files, const ParameterSpec& p, const std::string& stored,
                                   std::vector<float>& staging) {
-  if (CpuTrainState* s = owners_.state_of(p)) {
+  CpuTrainState* s = owners_.state_of(p);
+  if (s && s->whole_master(p)) {
     files.read(p, stored, s->master(p));
     return;
   }
@@ -420,6 +450,7 @@ void MistralModel::read_parameter(WeightFiles& files, const ParameterSpec& p, co
   staging.resize(p.numel);
   files.read(p, stored, staging.data());
   owners_.weights_of(p).assign(p, staging.data());
+  if (s) s->assign_master(p, staging.data());  // a sharded bf16 master: its part
 }
 
 void MistralModel::read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table) {
@@ -478,8 +509,25 @@ void MistralModel::save_optimizer_state(const std::string& path) const {
 }
 
 void MistralModel::load_optimizer_state(const std::string& path) {
+  load_optimizer_state(std::vector<std::string>{path});
+}
+
+void MistralModel::save_optimizer_shard(const std::string& path) const {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  for (CpuTrainState* s : train_states("loading optimizer state")) s->load_optimizer_state(path);
+  std::vector<OptimizerShard> groups;
+  for (CpuTrainState* s : train_states("saving optimizer state")) groups.push_back(s->shard_moments());
+  write_optimizer_shard(path, groups, optimizer_step(), options_.shard);
+}
+
+void MistralModel::load_optimizer_state(const std::vector<std::string>& paths) {
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  std::vector<std::unique_ptr<SafetensorsFile>> opened;
+  std::vector<const SafetensorsFile*> files;
+  for (const std::string& path : paths) {
+    opened.push_back(std::make_unique<SafetensorsFile>(path));
+    files.push_back(opened.back().get());
+  }
+  for (CpuTrainState* s : train_states("loading optimizer state")) s->load_optimizer_state(files);
 }
 
 
@@ -660,11 +708,15 @@ void check_grad_norm(double norm) {
 // One global norm over every trained group, as torch's clip_grad_norm_ over the trainable
 // parameters, then each group's step with the same clipping.
 double MistralModel::clip_and_step(const AdamWOptions& hp) {
+  double squares = 0;
+  for (const CpuTrainState* s : train_states("an optimizer step")) squares += s->grad_sum_of_squares();
+  return clip_and_step(hp, squares);
+}
+
+double MistralModel::clip_and_step(const AdamWOptions& hp, double grad_sum_of_squares) {
   const std::vector<CpuTrainState*> states = train_states("an optimizer step");
   validate_adamw(hp);
-  double squares = 0;
-  for (const CpuTrainState* s : states) squares += s->grad_sum_of_squares();
-  const double norm = std::sqrt(squares);
+  const double norm = std::sqrt(grad_sum_of_squares);
   check_grad_norm(norm);
   const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
   for (CpuTrainState* s : states) s->step(hp, scale);

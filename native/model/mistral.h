@@ -57,6 +57,10 @@ struct ModelOptions {
   // (row_gradient.h): data-parallel ranks sum whole gradient buffers across processes, and
   // each rank's micro-batches touch different rows.
   bool dense_embedding_gradient = false;
+  // ZeRO (zero_shard.h): this process's rank among `shard.count` data-parallel ranks that shard
+  // every trained group's optimizer state (AdamW moments, and the f32 master in bf16 mode) by
+  // element ranges. CPU model only; count 1: not sharded.
+  ShardSpec shard;
 };
 
 inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }
@@ -186,6 +190,12 @@ class MistralModel {
     size_t size;
   };
   std::vector<GradientBuffer> gradient_buffers() const;
+  // ZeRO: each gradient buffer's per-rank element counts (stage 2's reduce-scatter), the sum of
+  // squares of this rank's shard of the gradients, and the weight runs the ranks all-gather in
+  // place after a sharded step (each trained group's, in gradient_buffers' order).
+  std::vector<std::vector<size_t>> gradient_shard_counts() const;
+  double shard_grad_sum_of_squares() const;
+  std::vector<WeightSegment> weight_segments() const;
 
   // Reads every parameter from safetensors files (any of F32/F16/BF16). Returns the names of
   // tensors in the files that are not parameters (e.g. a tied lm_head.weight); a missing
@@ -223,10 +233,17 @@ class MistralModel {
   // Global L2 norm of the gradients, clipping as torch clip_grad_norm_, then one AdamW step.
   // Returns the norm before clipping (what HF logs as grad_norm).
   double clip_and_step(const AdamWOptions& hp);
+  // The same from the global sum of squared gradients given (ZeRO stage 2: the ranks' shard sums,
+  // summed across them); a sharded model steps its range.
+  double clip_and_step(const AdamWOptions& hp, double grad_sum_of_squares);
 
   // AdamW moments and step count, for checkpoints (one safetensors file, atomic write).
   void save_optimizer_state(const std::string& path) const;
   void load_optimizer_state(const std::string& path);
+  // ZeRO: this rank's shard file (optimizer_state.h), and the moments of this rank's range from
+  // any set of optimizer state files (one process's file, or the shard files of any rank count).
+  void save_optimizer_shard(const std::string& path) const;
+  void load_optimizer_state(const std::vector<std::string>& paths);
 
   // Generation (generation.h): a KvCache of `sequences` slots for up to max_context positions
   // each, in host memory beside the model's buffers (replacing an earlier one); sequences take a

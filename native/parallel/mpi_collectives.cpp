@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 
 #include "core/errors.h"
 
@@ -20,6 +21,7 @@ MPI_Datatype datatype(Element e) {
     case Element::F64: return MPI_DOUBLE;
     case Element::I32: return MPI_INT;
     case Element::U8: return MPI_BYTE;
+    case Element::U16: return MPI_UINT16_T;
   }
   fail("mpi: unknown element type");
 }
@@ -47,6 +49,7 @@ size_t element_bytes(Element e) {
     case Element::F64: return 8;
     case Element::I32: return 4;
     case Element::U8: return 1;
+    case Element::U16: return 2;
   }
   return 0;
 }
@@ -127,6 +130,82 @@ void all_gather(const void* data, size_t count, Element element, void* out) {
   // Past int counts: each rank's part broadcast from it, piece by piece, into its place.
   std::copy_n(static_cast<const char*>(data), count * width, gathered + size_t(rank) * count * width);
   for (int root = 0; root < size; ++root) broadcast(gathered + size_t(root) * count * width, count, element, root);
+}
+
+namespace {
+
+int world_size(const char* op) {
+  int size = 1;
+  check(MPI_Comm_size(MPI_COMM_WORLD, &size), op);
+  return size;
+}
+
+int world_rank(const char* op) {
+  int rank = 0;
+  check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), op);
+  return rank;
+}
+
+// Each part's displacement, and whether every count and displacement fits MPI's int.
+std::vector<size_t> displacements(const std::vector<size_t>& counts, bool* fits_int) {
+  std::vector<size_t> displs(counts.size());
+  size_t at = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    displs[r] = at;
+    at += counts[r];
+  }
+  *fits_int = at <= size_t(INT_MAX);
+  return displs;
+}
+
+}  // namespace
+
+void all_gather_in_place(void* data, const std::vector<size_t>& counts, Element element) {
+  const char* op = "allGatherInPlace";
+  require_live(op);
+  const int size = world_size(op);
+  ZN_CHECK(counts.size() == size_t(size), op, ": ", counts.size(), " counts for ", size, " ranks");
+  bool fits = false;
+  const std::vector<size_t> displs = displacements(counts, &fits);
+  char* bytes = static_cast<char*>(data);
+  const size_t width = element_bytes(element);
+  if (fits) {
+    std::vector<int> n(counts.begin(), counts.end()), at(displs.begin(), displs.end());
+    check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, bytes, n.data(), at.data(), datatype(element),
+                         MPI_COMM_WORLD),
+          op);
+    return;
+  }
+  for (int root = 0; root < size; ++root) broadcast(bytes + displs[size_t(root)] * width, counts[size_t(root)], element, root);
+}
+
+void reduce_scatter_in_place(void* data, const std::vector<size_t>& counts, Element element) {
+  const char* op = "reduceScatterInPlace";
+  require_live(op);
+  ZN_CHECK(element == Element::F32 || element == Element::F64, op, ": sums f32 or f64 buffers");
+  const int size = world_size(op), rank = world_rank(op);
+  ZN_CHECK(counts.size() == size_t(size), op, ": ", counts.size(), " counts for ", size, " ranks");
+  bool fits = false;
+  const std::vector<size_t> displs = displacements(counts, &fits);
+  char* bytes = static_cast<char*>(data);
+  const size_t width = element_bytes(element);
+  if (fits) {
+    // In place, MPI leaves rank r's summed part at the start of the buffer: moved to its place.
+    std::vector<int> n(counts.begin(), counts.end());
+    check(MPI_Reduce_scatter(MPI_IN_PLACE, bytes, n.data(), datatype(element), MPI_SUM, MPI_COMM_WORLD), op);
+    const size_t mine = counts[size_t(rank)];
+    if (mine > 0 && displs[size_t(rank)] > 0) std::memmove(bytes + displs[size_t(rank)] * width, bytes, mine * width);
+    return;
+  }
+  for (int root = 0; root < size; ++root) {
+    char* part = bytes + displs[size_t(root)] * width;
+    for (size_t begin = 0; begin < counts[size_t(root)]; begin += kPiece) {
+      const int n = int(std::min(kPiece, counts[size_t(root)] - begin));
+      char* piece = part + begin * width;
+      check(MPI_Reduce(rank == root ? MPI_IN_PLACE : piece, piece, n, datatype(element), MPI_SUM, root, MPI_COMM_WORLD),
+            op);
+    }
+  }
 }
 
 void barrier() {

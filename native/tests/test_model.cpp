@@ -1203,3 +1203,144 @@ ZN_TEST("model.lora_dropout_matches_float64_reference_with_the_same_masks") {
   bad.dropout = -0.1;
   test::expect_error([&] { LoraTable(parameter_table(tiny_config(false)), bad); }, "lora_dropout must be in [0, 1)");
 }
+
+// ----- ZeRO: sharded optimizer state (model/zero_shard.h) -------------------------------------
+
+ZN_TEST("model.zero_shard_ranges_tile_the_group_in_rank_order") {
+  for (size_t total : {size_t(0), size_t(5), size_t(16), size_t(100), size_t(1000), size_t(12345), size_t(7) << 32}) {
+    for (int count : {1, 2, 3, 7, 8}) {
+      size_t at = 0;
+      for (int r = 0; r < count; ++r) {
+        const ElementRange range = shard_range(total, {r, count});
+        EXPECT(range.begin == at && range.end >= range.begin, total, " / ", count, " rank ", r);
+        EXPECT(range.end == total || range.end % kShardAlign == 0, "boundaries on 16 elements");
+        // Within one alignment unit of the even split.
+        const double even = double(total) / count;
+        EXPECT(std::fabs(double(range.size()) - even) <= double(kShardAlign), range.size(), " vs ", even);
+        at = range.end;
+      }
+      EXPECT(at == total);
+      const ElementRange within{total / 3, total / 2};
+      size_t sum = 0;
+      for (size_t c : shard_counts(total, count, within)) sum += c;
+      EXPECT(sum == within.size());
+    }
+  }
+  zn::test::expect_error([] { shard_range(10, {2, 2}); }, "shard rank 2 of 2 is not a rank");
+}
+
+namespace {
+
+// What the ranks' all-gather does, between models in one process: each model's owned part of
+// every weight segment into the others'.
+void gather_weights(const std::vector<MistralModel*>& ranks) {
+  std::vector<std::vector<WeightSegment>> segments;
+  for (MistralModel* m : ranks) segments.push_back(m->weight_segments());
+  for (size_t i = 0; i < segments[0].size(); ++i) {
+    const size_t width = segments[0][i].bf16 ? 2 : 4;
+    size_t at = 0;
+    for (size_t r = 0; r < ranks.size(); ++r) {
+      const size_t count = segments[r][i].counts[r];
+      for (size_t q = 0; q < ranks.size(); ++q) {
+        if (q == r) continue;
+        std::memcpy(static_cast<char*>(segments[q][i].data) + at * width,
+                    static_cast<const char*>(segments[r][i].data) + at * width, count * width);
+      }
+      at += count;
+    }
+  }
+}
+
+// Every weight the kernels read, byte for byte (the segments of an unsharded model cover them).
+void expect_same_weights(MistralModel& a, MistralModel& b, const std::string& where) {
+  const std::vector<WeightSegment> x = a.weight_segments(), y = b.weight_segments();
+  EXPECT(x.size() == y.size(), where);
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT(x[i].count == y[i].count && x[i].bf16 == y[i].bf16, where);
+    EXPECT(std::memcmp(x[i].data, y[i].data, x[i].count * (x[i].bf16 ? 2 : 4)) == 0, where, ": segment ", i, " differs");
+  }
+}
+
+void train_step(MistralModel& m, const Batch& b, const AdamWOptions& hp) {
+  std::vector<float> logp(b.ids.size()), dlogp(b.ids.size(), -0.25f);
+  m.zero_grad();
+  m.forward(b.view(), logp.data());
+  m.backward(dlogp.data(), long(dlogp.size()));
+  m.clip_and_step(hp);
+}
+
+}  // namespace
+
+// Two ranks' shard steps, all-gathered, are the whole step bit for bit (f32 and bf16, the
+// gradient whole on each as after ZeRO 1's all-reduce); their shard files resume on one process,
+// on three ranks, and one process's file on two ranks, to the same next step.
+ZN_TEST("model.zero_shard_step_and_checkpoint_equal_the_whole_step") {
+  const AdamWOptions hp{1e-2, 0.9, 0.99, 1e-8, 0.1, 0.5};  // decay on matrices only; clipping on
+  const MistralConfig c = tiny_config(false);
+  const Params P = random_params(c);
+  const Batch b = random_batch(c, {6, 5});
+  for (Precision precision : {Precision::F32, Precision::BF16}) {
+    const std::string mode = precision == Precision::BF16 ? "bf16" : "f32";
+    auto options = [&](int rank, int count) {
+      ModelOptions o;
+      o.precision = precision;
+      o.max_tokens = 16;
+      o.dense_embedding_gradient = true;
+      o.shard = {rank, count};
+      return o;
+    };
+    auto whole = make_model(c, P, options(0, 1));
+    auto r0 = make_model(c, P, options(0, 2)), r1 = make_model(c, P, options(1, 2));
+    EXPECT(r0->memory_plan().optimizer + r1->memory_plan().optimizer == whole->memory_plan().optimizer, mode);
+    for (int step = 0; step < 3; ++step) {
+      for (MistralModel* m : {whole.get(), r0.get(), r1.get()}) train_step(*m, b, hp);
+      gather_weights({r0.get(), r1.get()});
+      expect_same_weights(*whole, *r0, mode + " step " + std::to_string(step + 1) + " rank 0");
+      expect_same_weights(*whole, *r1, mode + " step " + std::to_string(step + 1) + " rank 1");
+    }
+    // Stage 2's shard sums of squares add up to the whole sum (to rounding: grouped differently).
+    const double squares = r0->shard_grad_sum_of_squares() + r1->shard_grad_sum_of_squares();
+    double reference = 0;
+    for (const ParameterSpec& p : whole->parameters())
+      for (float g : gradient_of(*whole, p.name)) reference += double(g) * g;
+    EXPECT(std::fabs(squares - reference) <= 1e-12 * reference, squares, " vs ", reference);
+
+    // The checkpoint: rank 0's weights file (bf16: the weights widened) and both shard files;
+    // and one process's files.
+    TempFile s0(".safetensors"), s1(".safetensors"), weights(".safetensors"), full(".safetensors"),
+        full_weights(".safetensors");
+    r0->save_optimizer_shard(s0.path);
+    r1->save_optimizer_shard(s1.path);
+    std::vector<std::string> names;
+    for (const ParameterSpec& p : whole->parameters()) names.push_back(p.name);
+    r0->save_weights(weights.path, names, SaveDType::F32, {});
+    whole->save_optimizer_state(full.path);
+    whole->save_weights(full_weights.path, names, SaveDType::F32, {});  // one process's: its f32 master
+    auto one = std::make_unique<MistralModel>(c, options(0, 1));
+    std::vector<std::unique_ptr<MistralModel>> three, two;
+    for (int r = 0; r < 3; ++r) three.push_back(std::make_unique<MistralModel>(c, options(r, 3)));
+    for (int r = 0; r < 2; ++r) two.push_back(std::make_unique<MistralModel>(c, options(r, 2)));
+    for (MistralModel* m : {one.get(), three[0].get(), three[1].get(), three[2].get()}) {
+      m->load_weights({weights.path});
+      m->load_optimizer_state(std::vector<std::string>{s1.path, s0.path});
+      EXPECT(m->optimizer_step() == 3, mode);
+    }
+    for (auto& m : two) {
+      m->load_weights({full_weights.path});
+      m->load_optimizer_state(full.path);
+    }
+    for (MistralModel* m : {whole.get(), one.get(), three[0].get(), three[1].get(), three[2].get(), two[0].get(), two[1].get()})
+      train_step(*m, b, hp);
+    gather_weights({three[0].get(), three[1].get(), three[2].get()});
+    gather_weights({two[0].get(), two[1].get()});
+    // bf16: rank 0's weights file holds the bf16 weights widened, and the shard files' masters
+    // make the resume exact; one process's holds its f32 master.
+    expect_same_weights(*whole, *one, mode + ": 2 ranks' checkpoint on one process");
+    expect_same_weights(*whole, *two[0], mode + ": one process's checkpoint on 2 ranks, rank 0");
+    expect_same_weights(*whole, *two[1], mode + ": one process's checkpoint on 2 ranks, rank 1");
+    expect_same_weights(*whole, *three[2], mode + ": 2 ranks' checkpoint on 3 ranks");
+    // A missing shard is named.
+    auto lonely = std::make_unique<MistralModel>(c, options(0, 1));
+    zn::test::expect_error([&] { lonely->load_optimizer_state(std::vector<std::string>{s0.path}); }, "is incomplete");
+  }
+}
