@@ -17,7 +17,7 @@ import { CLI, mpiSkipReason, runNode } from './support/ranks.js';
 const STEPS = join(packageRoot(), 'dist', 'bench', 'steps.js');
 
 describe('bench --nproc_per_node: settings', () => {
-  it('takes the rank count and ZeRO stage 0, and refuses what it cannot run', () => {
+  it('takes the rank count and the ZeRO stage, and refuses what it cannot run', () => {
     assert.ok(wantsRanks(['--preset', 'tiny', '--nproc_per_node', '2']));
     assert.ok(wantsRanks(['--nproc-per-node=2']));
     assert.ok(!wantsRanks(['--preset', 'tiny']));
@@ -25,15 +25,16 @@ describe('bench --nproc_per_node: settings', () => {
     assert.deepEqual([settings.ranks, settings.zeroStage, settings.modes, settings.precisions, settings.preset], [2, 0, ['sft'], ['bf16', 'f32'], 'tiny']);
     assert.throws(() => parseRankBenchArgs(['--nproc_per_node', '0']), /--nproc_per_node must be an integer >= 1, got '0'/);
     assert.throws(() => parseRankBenchArgs(['--nproc_per_node', 'x']), /got 'x'/);
-    assert.throws(() => parseRankBenchArgs(['--nproc_per_node', '2', '--zero_stage', '1']), /--zero_stage 1: only 0 is built .*stages 1 and 2 are not built yet/);
+    assert.equal(parseRankBenchArgs(['--nproc_per_node', '2', '--zero_stage', '2']).zeroStage, 2);
+    assert.throws(() => parseRankBenchArgs(['--nproc_per_node', '2', '--zero_stage', '3']), /--zero_stage 3: the ZeRO stages are 0, 1, 2/);
     assert.throws(() => parseRankBenchArgs(['--nproc_per_node', '5']), /the tiny preset's step has 4 sequences to share, fewer than the ranks/);
   });
 
-  it('zephyr-native bench --nproc_per_node refuses a ZeRO stage that is not built (exit 2), before anything runs', async () => {
+  it('zephyr-native bench --nproc_per_node refuses a ZeRO stage that does not exist (exit 2), before anything runs', async () => {
     const cwd = mkdtempSync(join(tmpdir(), 'zn-bench-ranks-cli-'));
-    const run = await runNode([CLI, 'bench', '--nproc_per_node', '2', '--zero_stage', '1', '--cache-dir', join(cwd, 'cache')], { cwd });
+    const run = await runNode([CLI, 'bench', '--nproc_per_node', '2', '--zero_stage', '3', '--cache-dir', join(cwd, 'cache')], { cwd });
     assert.equal(run.code, 2, run.output);
-    assert.match(run.output, /--zero_stage 1: only 0 is built/);
+    assert.match(run.output, /--zero_stage 3: the ZeRO stages are 0, 1, 2/);
     assert.deepEqual(readdirSync(cwd), []);
     rmSync(cwd, { recursive: true, force: true });
   });
@@ -45,9 +46,9 @@ describe('bench --nproc_per_node 2 on MPI ranks', { skip: skip ?? false }, () =>
   const dir = mkdtempSync(join(tmpdir(), 'zn-bench-ranks-'));
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('tiny preset, one step per mode: 1 rank and 2 ranks, every JSON field, the same losses', async () => {
+  it('tiny preset, zero_stage 2, one step per mode: 1 rank and 2 ranks, every JSON field, the same losses', async () => {
     const json = join(dir, 'ranks.json');
-    const run = await runNode([STEPS, '--nproc_per_node', '2', '--preset', 'tiny', '--precision', 'f32', '--steps', '1', '--warmup', '0', '--json', json, '--cache-dir', join(dir, 'cache')]);
+    const run = await runNode([STEPS, '--nproc_per_node', '2', '--preset', 'tiny', '--precision', 'f32', '--steps', '1', '--warmup', '0', '--zero_stage', '2', '--json', json, '--cache-dir', join(dir, 'cache')]);
     assert.equal(run.code, 0, run.output);
     assert.match(run.output, /\| preset \| mode \| precision \| ZeRO \| ranks \| threads\/rank \| step s \| tokens\/s \| tokens\/s per rank \| scaling efficiency \|/);
     const report = JSON.parse(readFileSync(json, 'utf8'));
@@ -57,7 +58,7 @@ describe('bench --nproc_per_node 2 on MPI ranks', { skip: skip ?? false }, () =>
     );
     const tokens = { sft: 4 * 128, dpo: 2 * 4 * 128 } as Record<string, number>;
     for (const r of report.results) {
-      assert.equal(r.zero_stage, 0);
+      assert.equal(r.zero_stage, 2);
       assert.equal(r.precision, 'f32');
       assert.equal(r.per_rank.length, r.ranks);
       // Rows r, r + 2, ...: each rank half the global batch's tokens.
@@ -83,7 +84,7 @@ describe('bench --nproc_per_node 2 on MPI ranks', { skip: skip ?? false }, () =>
       assert.ok(Math.abs(two.scaling_efficiency - two.tokens_per_s / (2 * one.tokens_per_s)) < 1e-4);
     }
     assert.equal(report.settings.nproc_per_node, 2);
-    assert.equal(report.settings.zero_stage, 0);
+    assert.equal(report.settings.zero_stage, 2);
     assert.match(report.settings.mpirun, /^mpirun -n 2 .*rank-child\.js/);
     assert.equal(report.machine.load_average_start.length, 3);
     assert.equal(typeof report.versions['zephyr-native'], 'string');

@@ -30,7 +30,7 @@ import { choice, count, machineInfo, markdown, mib, ourVersions } from './run.js
 export const RANK_BENCH_USAGE =
   'npm run bench:steps -- --nproc_per_node N [--preset tiny|small] [--mode sft|dpo|both] [--precision bf16|f32|both]\n' +
   '                       [--steps 3] [--warmup 1] [--zero_stage 0] [--json FILE] [--cache-dir DIR]\n' +
-  `--zero_stage: ${ZERO_STAGES.join(', ')} (every rank holds the whole optimizer state; the sharded stages 1 and 2 are not built yet)`;
+  `--zero_stage: ${ZERO_STAGES.join(', ')} (0: every rank holds the whole optimizer state; 1: each its shard of it; 2: and gradients reduce-scattered)`;
 
 export interface RankBenchSettings {
   preset: PresetName;
@@ -101,7 +101,7 @@ export function parseRankBenchArgs(argv: string[]): RankBenchSettings {
 /** What the multi-rank bench cannot run, refused before anything starts. */
 export function checkRankBench(preset: PresetName, ranks: number, zeroStage: number): void {
   if (!(ZERO_STAGES as readonly number[]).includes(zeroStage)) {
-    throw new UsageError(`--zero_stage ${zeroStage}: only ${ZERO_STAGES.join(', ')} is built (every rank holds the whole optimizer state); stages 1 and 2 are not built yet`);
+    throw new UsageError(`--zero_stage ${zeroStage}: the ZeRO stages are ${ZERO_STAGES.join(', ')}`);
   }
   if (PRESETS[preset].gpuOnly) throw new UsageError(`--nproc_per_node: the ${preset} preset is GPU-only, and ranks run on the CPU`);
   if (ranks > PRESETS[preset].sequences) {

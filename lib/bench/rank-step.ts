@@ -3,8 +3,9 @@
  * DPO optimizer step as the trainer takes it on data-parallel ranks (lib/train/loop.ts): every
  * rank makes the same global batch, takes rows rank, rank + N, ... of it (rankShare), runs the
  * trainer's objective over them (normalised by the whole step), sums the gradients across the
- * ranks (Ranks.allReduceSum over the model's gradient buffers), sums the loss (sumAcrossRanks),
- * then clips and steps. With one rank it is the single-process step.
+ * ranks for the ZeRO stage (lib/train/zero.ts: all-reduce, or stage 2's reduce-scatter), sums the
+ * loss (sumAcrossRanks), then clips and steps (this rank's range under ZeRO, the updated weights
+ * all-gathered). With one rank it is the single-process step.
  */
 import { performance } from 'node:perf_hooks';
 
@@ -16,15 +17,13 @@ import type { Ranks } from '../model/ranks.js';
 import { loadNative } from '../native.js';
 import { type Objective, rankShare, sumAcrossRanks } from '../train/loop.js';
 import { DpoObjective, ModelReference, SftObjective } from '../train/objectives.js';
+import { reduceGradients, shardOption, stepAndGather, type ZeroStage } from '../train/zero.js';
 import { type BenchMode, type BenchPrecision, PRESETS, type PresetName } from './presets.js';
 import { dpoBatch, median, sftBatch } from './step-bench.js';
 
-/**
- * ZeRO stages the bench can pass to the step: 0 (every rank holds the whole optimizer state)
- * is the one built; the stages that shard it plug in here.
- */
-export const ZERO_STAGES = [0] as const;
-export type BenchZeroStage = (typeof ZERO_STAGES)[number];
+/** ZeRO stages the bench passes to the step (lib/train/zero.ts): 0 whole optimizer state on every rank, 1 and 2 sharded. */
+export const ZERO_STAGES = [0, 1, 2] as const;
+export type BenchZeroStage = ZeroStage;
 
 export interface RankStepOptions {
   preset: PresetName;
@@ -43,7 +42,7 @@ export interface RankMeasurement {
   /** Median seconds of the timed steps on this rank (the all-reduce keeps the ranks in step). */
   step_s: number;
   steps_s: number[];
-  /** Median seconds in the gradient all-reduce, waiting for the slowest rank included (0 with one rank). */
+  /** Median seconds in the gradient all-reduce (zero_stage 2: the reduce-scatter and the norm's sum), waiting for the slowest rank included (0 with one rank). */
   allreduce_s: number;
   /** Policy tokens of this rank's rows per step. */
   tokens_per_step: number;
@@ -75,6 +74,7 @@ async function buildStep(options: RankStepOptions, ranks: Ranks): Promise<{ poli
     gradientCheckpointing: preset.gradientCheckpointing,
     // As the trainer's policy on several ranks (lib/train/stage.ts): ranks sum whole gradient buffers.
     ...(ranks.size > 1 ? { denseEmbeddingGradient: true } : {}),
+    ...shardOption(options.zeroStage, ranks),
   });
   if (options.mode === 'sft') return { policy, objective: new SftObjective(policy) as Objective<SftItem | PreferencePair>, planned: policy.memoryPlan().total, models: [policy] };
   const reference = await loadModel(options.modelDir, { ...common, trainable: false });
@@ -82,13 +82,7 @@ async function buildStep(options: RankStepOptions, ranks: Ranks): Promise<{ poli
   return { policy, objective: objective as Objective<SftItem | PreferencePair>, planned: policy.memoryPlan().total + reference.memoryPlan().total, models: [policy, reference] };
 }
 
-/** Sums the gradients across the ranks for the optimizer step of `zeroStage` (0: all-reduce); the seconds it took (0: one rank). */
-async function reduceGradients(policy: MistralModel, ranks: Ranks, zeroStage: BenchZeroStage): Promise<number> {
-  if (ranks.size === 1 || zeroStage !== 0) return 0;
-  const start = performance.now();
-  await ranks.allReduceSum(policy.gradientBuffers(), 'the gradient all-reduce');
-  return (performance.now() - start) / 1000;
-}
+const OPTIMIZER = { lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 };
 
 export async function runRankStep(options: RankStepOptions, ranks: Ranks): Promise<RankMeasurement> {
   const preset = PRESETS[options.preset];
@@ -106,9 +100,11 @@ export async function runRankStep(options: RankStepOptions, ranks: Ranks): Promi
       const start = performance.now();
       await policy.zeroGrad();
       const part = await objective.accumulate({ global: micro, local: rankShare(micro, ranks) });
-      const reduce = await reduceGradients(policy, ranks, options.zeroStage);
+      const reduceStart = performance.now();
+      const gradSumOfSquares = await reduceGradients(policy, ranks, options.zeroStage);
+      const reduce = ranks.size > 1 ? (performance.now() - reduceStart) / 1000 : 0;
       const result = await sumAcrossRanks(part, ranks);
-      await policy.clipAndStep({ lr: 1e-5, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 });
+      await stepAndGather(policy, ranks, options.zeroStage, OPTIMIZER, gradSumOfSquares);
       losses.push(result.loss);
       if (step >= options.warmup) {
         stepsS.push((performance.now() - start) / 1000);

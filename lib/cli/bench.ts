@@ -4,6 +4,7 @@ import { defaultBenchCacheDir, ensureBenchModel } from '../bench/model-cache.js'
 import { BENCH_PEFT, benchLoraSettings, type BenchMode, type BenchPrecision, PRESET_NAMES, PRESETS, type PresetName, policyTokensPerStep } from '../bench/presets.js';
 import { checkRankBench, formatRankReport, runRankBench, writeRankReport } from '../bench/rank-bench.js';
 import { ZERO_STAGES } from '../bench/rank-step.js';
+import type { ZeroStage } from '../train/zero.js';
 import { type BenchResult, formatResults, machineInfo, measurePeak, ourVersions, runInChild, toResult } from '../bench/run.js';
 import { UsageError, ZnError } from '../errors.js';
 import { writeJsonAtomic } from '../io/atomic.js';
@@ -98,7 +99,7 @@ async function benchOnRanks(args: BenchArgs): Promise<void> {
     steps: args.steps,
     warmup: args.warmup,
     ranks,
-    zeroStage: 0 as const,
+    zeroStage: zeroStage as ZeroStage,
     cacheDir: args['cache-dir'],
   };
   const report = await runRankBench(settings);
@@ -139,7 +140,7 @@ export const benchCommand: CommandModule<object, BenchArgs> = {
       .option('zero_stage', {
         type: 'number',
         default: 0,
-        describe: `ZeRO stage of the ranks (--nproc_per_node): ${ZERO_STAGES.join(', ')} only (every rank holds the whole optimizer state; stages 1 and 2 are not built yet)`,
+        describe: `ZeRO stage of the ranks (--nproc_per_node): ${ZERO_STAGES.join(', ')} (0: every rank holds the whole optimizer state; 1: each its shard of it; 2: and gradients reduce-scattered)`,
       })
       .option('cache-dir', { type: 'string', default: defaultBenchCacheDir(), describe: 'Where random-init preset models are kept' })
       .epilogue(
