@@ -25,22 +25,15 @@ import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
 import { writeRows } from '../lib/data/writers.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { launchEnvironment, type Ranks, SINGLE_RANK } from '../lib/model/ranks.js';
-import { loadNative, mpiAddonCandidates, packageRoot } from '../lib/native.js';
+import { packageRoot } from '../lib/native.js';
 import { dpo, sft } from '../lib/train/api.js';
 import { rankShare, sumAcrossRanks } from '../lib/train/loop.js';
 import { optimizerFiles, optimizerShardFile } from '../lib/train/checkpoint.js';
 import { effectiveZeroStage, shardOption, zeroStage } from '../lib/train/zero.js';
+import { assertClose, assertIdenticalWeights, assertSameTrajectory, assertSameWeights, flags, history, mpiSkipReason, tensors } from './support/ranks.js';
 
 const root = packageRoot();
 const cli = join(root, 'dist', 'lib', 'cli', 'main.js');
-
-function mpiSkipReason(): string | null {
-  if (spawnSync('mpirun', ['--version'], { encoding: 'utf8' }).status !== 0) {
-    return 'mpirun not found: `apt-get install -y libopenmpi-dev openmpi-bin`, then `npx node-gyp rebuild` (.ci/run does both)';
-  }
-  if (!mpiAddonCandidates().some((file) => existsSync(file))) return 'the MPI addon (zn_mpi.node) is not built: `npx node-gyp rebuild` with MPI installed';
-  return null;
-}
 
 interface Finished {
   code: number | null;
@@ -65,60 +58,6 @@ function mpirun(ranks: number, args: string[], options: { timeoutMs?: number; on
       resolve({ code, output, seconds: (Date.now() - started) / 1000 });
     }),
   );
-}
-
-function flags(recipe: Record<string, unknown>): string[] {
-  return Object.entries(recipe).flatMap(([k, v]) => [`--${k}`, String(v)]);
-}
-
-type Entry = Record<string, number>;
-const history = (dir: string): Entry[] => JSON.parse(readFileSync(join(dir, 'trainer_state.json'), 'utf8')).log_history as Entry[];
-
-async function tensors(path: string): Promise<Map<string, Float32Array>> {
-  const addon = loadNative('cpu');
-  const out = new Map<string, Float32Array>();
-  for (const tensor of addon.readSafetensorsHeader({ path }).tensors) out.set(tensor.name, await addon.readTensor({ path, name: tensor.name, dtype: 'f32' }));
-  return out;
-}
-
-function assertClose(actual: number, expected: number, relative: number, what: string): void {
-  assert.ok(Math.abs(actual - expected) <= relative * Math.max(Math.abs(expected), 1e-3), `${what}: ${actual} vs ${expected}`);
-}
-
-/** The logged steps (and evaluations) of two runs agree to float tolerance, metric by metric. */
-function assertSameTrajectory(actual: Entry[], expected: Entry[], metrics: string[]): void {
-  const pick = (entries: Entry[]) => entries.filter((e) => 'loss' in e || 'eval_loss' in e);
-  const a = pick(actual);
-  const b = pick(expected);
-  assert.equal(a.length, b.length, 'logged entries');
-  for (let i = 0; i < b.length; i++) {
-    assert.equal(a[i].step, b[i].step);
-    for (const name of metrics.filter((m) => m in b[i])) assertClose(a[i][name], b[i][name], 1e-5, `step ${b[i].step} ${name}`);
-  }
-}
-
-/** Every tensor of two weight files equal bit for bit. */
-async function assertIdenticalWeights(actualFile: string, expectedFile: string): Promise<void> {
-  const expected = await tensors(expectedFile);
-  const actual = await tensors(actualFile);
-  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
-  for (const [name, x] of expected) assert.ok(Buffer.from(x.buffer).equals(Buffer.from(actual.get(name)!.buffer)), `${name} differs`);
-}
-
-async function assertSameWeights(actualFile: string, expectedFile: string): Promise<void> {
-  const expected = await tensors(expectedFile);
-  const actual = await tensors(actualFile);
-  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
-  for (const [name, x] of expected) {
-    const y = actual.get(name)!;
-    let diff = 0;
-    let norm = 0;
-    x.forEach((v, i) => {
-      diff += (v - y[i]) ** 2;
-      norm += v * v;
-    });
-    assert.ok(Math.sqrt(diff) <= 1e-5 * Math.sqrt(norm), `${name}: relative difference ${Math.sqrt(diff / norm)}`);
-  }
 }
 
 describe('data-parallel bookkeeping (no MPI)', () => {

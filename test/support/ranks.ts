@@ -84,14 +84,14 @@ export type Entry = Record<string, number>;
 
 export const history = (dir: string): Entry[] => JSON.parse(readFileSync(join(dir, 'trainer_state.json'), 'utf8')).log_history as Entry[];
 
-async function tensors(path: string): Promise<Map<string, Float32Array>> {
+export async function tensors(path: string): Promise<Map<string, Float32Array>> {
   const addon = loadNative('cpu');
   const out = new Map<string, Float32Array>();
   for (const tensor of addon.readSafetensorsHeader({ path }).tensors) out.set(tensor.name, await addon.readTensor({ path, name: tensor.name, dtype: 'f32' }));
   return out;
 }
 
-function assertClose(actual: number, expected: number, relative: number, what: string): void {
+export function assertClose(actual: number, expected: number, relative: number, what: string): void {
   assert.ok(Math.abs(actual - expected) <= relative * Math.max(Math.abs(expected), 1e-3), `${what}: ${actual} vs ${expected}`);
 }
 
@@ -105,6 +105,14 @@ export function assertSameTrajectory(actual: Entry[], expected: Entry[], metrics
     assert.equal(a[i].step, b[i].step);
     for (const name of metrics.filter((m) => m in b[i])) assertClose(a[i][name], b[i][name], 1e-5, `step ${b[i].step} ${name}`);
   }
+}
+
+/** Every tensor of two weight files equal bit for bit. */
+export async function assertIdenticalWeights(actualFile: string, expectedFile: string): Promise<void> {
+  const expected = await tensors(expectedFile);
+  const actual = await tensors(actualFile);
+  assert.deepEqual([...actual.keys()].sort(), [...expected.keys()].sort());
+  for (const [name, x] of expected) assert.ok(Buffer.from(x.buffer).equals(Buffer.from(actual.get(name)!.buffer)), `${name} differs`);
 }
 
 /** Every tensor of two safetensors files agrees within 1e-5 relative (L2). */
