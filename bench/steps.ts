@@ -14,12 +14,16 @@
  * --peft times LoRA steps instead (BENCH_PEFT: r 16, alpha 32, all-linear, over the frozen base),
  * beside TRL + PEFT (a LoraConfig of the same settings; DPO with no ref_model, so TRL's reference
  * is the policy with its adapters disabled, as ours).
+ * --preset mistral-7b-sft|mistral-7b-dpo times the recipe's whole optimizer steps instead
+ * (lib/bench/recipe-bench.ts, which lists their options).
  */
 import { spawnSync } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { ensureBenchModel, defaultBenchCacheDir } from '../lib/bench/model-cache.js';
+import { recipeBenchMain } from '../lib/bench/recipe-bench.js';
+import { isRecipePreset } from '../lib/bench/recipe-shapes.js';
 import { BENCH_PEFT, type BenchMode, type BenchPeft, type BenchPrecision, PRESETS, type PresetName } from '../lib/bench/presets.js';
 import {
   choice,
@@ -105,6 +109,9 @@ function combine(runs: BenchResult[]): BenchResult {
 }
 
 export async function main(argv: string[], defaults: { peer: boolean }): Promise<void> {
+  const presetAt = argv.indexOf('--preset');
+  const presetValue = presetAt >= 0 ? argv[presetAt + 1] : argv.find((a) => a.startsWith('--preset='))?.slice('--preset='.length);
+  if (presetValue && isRecipePreset(presetValue)) return recipeBenchMain(argv);
   const { values } = parseArgs({
     args: argv,
     options: {
