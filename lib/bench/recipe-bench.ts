@@ -18,11 +18,12 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { writeJsonAtomic } from '../io/atomic.js';
+import { mistralConfig } from '../model/init.js';
 import { loadNative } from '../native.js';
 import { defaultBenchCacheDir, ensureBenchModel } from './model-cache.js';
 import { PRESET_NAMES, PRESETS } from './presets.js';
 import { RECIPE_PRESET_NAMES, RECIPE_PRESETS, type RecipeReference, recipeModelPreset, resolveShape } from './recipe-shapes.js';
-import type { MeasuredTflops, RecipeStepOptions, RecipeStepResult } from './recipe-steps.js';
+import { type MeasuredTflops, planResidency, type RecipeStepOptions, type RecipeStepResult } from './recipe-steps.js';
 import { choice, count, machineInfo, markdown, measurePeak, ourVersions, runChildScript } from './run.js';
 import { describeResidency } from './residency.js';
 
@@ -120,6 +121,13 @@ export async function recipeBenchMain(argv: string[]): Promise<void> {
     throw new Error(`--preset ${preset.name} runs ${model}, which is GPU-only: use --device cuda (or, to test the runner on a CPU, --model-preset tiny with a smaller shape)`);
   }
   const references: (RecipeReference | null)[] = shape.mode === 'sft' ? [null] : referenceFlag === 'both' ? ['model', 'precomputed'] : [referenceFlag];
+  // Before a 7B folder is written: a GPU is there, and some residency fits it (each step's
+  // process chooses again on the memory free when it starts).
+  const config = mistralConfig(PRESETS[model].model);
+  for (const reference of references) {
+    const choice = planResidency(config, { device, precision, shape, reference });
+    console.error(`${preset.name}${reference ? ` (${reference} reference)` : ''}: the memory plan fits with ${describeResidency(choice)}`);
+  }
 
   let measuredPeak: MeasuredTflops | null = null;
   let cpuPeak = null;

@@ -25,7 +25,7 @@ import { collatePreference } from '../data/collate.js';
 import type { PreferencePair } from '../data/dpo-tokenize.js';
 import type { SftItem } from '../data/load.js';
 import type { TokenBatch } from '../data/batch.js';
-import { readMistralConfig } from '../model/config.js';
+import { type MistralConfig, readMistralConfig } from '../model/config.js';
 import { uniformSampler } from '../model/init.js';
 import { loadModel, type MistralModel, modelMemoryPlan } from '../model/model.js';
 import { loadNative } from '../native.js';
@@ -239,19 +239,33 @@ interface Models {
   residency: ResidencyChoice;
 }
 
-async function loadModels(options: RecipeStepOptions): Promise<Models> {
-  const config = readMistralConfig(options.modelDir);
-  const maxTokens = tokensPerMicroBatch(options.shape);
-  const common = { device: options.device, dtype: options.precision, maxTokens } as const;
+type ResidencyOptions = Pick<RecipeStepOptions, 'device' | 'precision' | 'shape' | 'reference'>;
+
+/** The models' common options: planned for one micro-batch's tokens. */
+function commonModelOptions(options: ResidencyOptions) {
+  return { device: options.device, dtype: options.precision, maxTokens: tokensPerMicroBatch(options.shape) } as const;
+}
+
+/**
+ * The residency the memory plan chooses for this step on this machine now (the reference, when
+ * it runs in the step, takes its share first); throws listing every plan when none fits.
+ */
+export function planResidency(config: MistralConfig, options: ResidencyOptions): ResidencyChoice {
+  const common = commonModelOptions(options);
   const withReferenceModel = options.shape.mode === 'dpo' && options.reference === 'model';
-  const referencePlan = withReferenceModel ? modelMemoryPlan(config, { ...common, trainable: false }).total : 0;
-  const residency = chooseResidency({
+  return chooseResidency({
     device: options.device,
     planOf: (r: Residency) => modelMemoryPlan(config, { ...common, trainable: true, ...r }),
-    referenceBytes: referencePlan,
+    referenceBytes: withReferenceModel ? modelMemoryPlan(config, { ...common, trainable: false }).total : 0,
     freeBytes: freeBytes(options.device),
     freeHostBytes: freemem(),
   });
+}
+
+async function loadModels(options: RecipeStepOptions): Promise<Models> {
+  const common = commonModelOptions(options);
+  const withReferenceModel = options.shape.mode === 'dpo' && options.reference === 'model';
+  const residency = planResidency(readMistralConfig(options.modelDir), options);
   console.error(`residency (chosen by the memory plan): ${describeResidency(residency)}`);
   const policy = await loadModel(options.modelDir, {
     ...common,
@@ -353,7 +367,7 @@ export async function runRecipeStep(options: RecipeStepOptions): Promise<RecipeS
 
 export interface SummaryInputs {
   options: RecipeStepOptions;
-  config: ReturnType<typeof readMistralConfig>;
+  config: MistralConfig;
   residency: ResidencyChoice;
   steps: RecipeTimedStep[];
   losses: number[];
