@@ -215,6 +215,11 @@ describe('the recipe steps on this CPU, scaled down', () => {
       assert.ok(p.forward_backward + p.reference + p.zero_grad + p.optimizer <= s.step_s, 'the timed phases fit in the step');
       assert.equal(s.micro_batches_s.length, microBatches, 'one forward+backward per micro-batch');
       near(s.micro_batches_s.reduce((a, b) => a + b, 0), p.forward_backward, 'micro-batches sum to forward+backward');
+      // The CPU model's own timing of its step (profileSteps): the grad norm and the AdamW pass,
+      // inside the step's optimizer phase; the GPU-only parts absent.
+      const detail = s.optimizer_detail!;
+      assert.deepEqual(Object.keys(detail).sort(), ['clip_s', 'host_adamw_s']);
+      assert.ok(detail.clip_s! > 0 && detail.host_adamw_s! > 0 && detail.clip_s! + detail.host_adamw_s! <= p.optimizer, JSON.stringify(detail));
     }
     near(r.tokens_per_s * r.step_s, r.policy_tokens_per_step, 'tokens/s x step');
     near(r.achieved_tflops, r.flops.flops / r.step_s / 1e12, 'achieved TFLOP/s');

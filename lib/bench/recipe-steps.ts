@@ -28,7 +28,7 @@ import type { TokenBatch } from '../data/batch.js';
 import { type MistralConfig, readMistralConfig } from '../model/config.js';
 import { uniformSampler } from '../model/init.js';
 import { loadModel, type MistralModel, modelMemoryPlan } from '../model/model.js';
-import { loadNative } from '../native.js';
+import { type BackendAddon, type CudaAddonExtras, loadNative } from '../native.js';
 import { completionLogps, DpoObjective, ModelReference, type ObjectiveModel, PrecomputedReference, type ReferenceLogps, SftObjective } from '../train/objectives.js';
 import type { Objective } from '../train/loop.js';
 import type { BenchPrecision, PresetName } from './presets.js';
@@ -225,10 +225,10 @@ async function precomputeReference(policy: MistralModel, batches: PreferencePair
 
 /** The measured GEMM peak on a GPU: the CUDA addon's, when it has the function. */
 async function measuredGpuPeak(): Promise<MeasuredTflops | null> {
-  const addon = loadNative('cuda') as unknown as { measureGemmPeak?: (o: Record<string, never>) => Promise<{ tflops: number; shape: string }> };
+  const addon = loadNative('cuda') as BackendAddon & CudaAddonExtras;
   if (typeof addon.measureGemmPeak !== 'function') return null;
   const peak = await addon.measureGemmPeak({});
-  return { tflops: peak.tflops, how: `bf16 GEMM ${peak.shape} measured in this process` };
+  return { tflops: peak.tflops, how: `bf16 GEMM ${peak.shape} (${peak.impl}) measured in the step's process` };
 }
 
 const ADAMW = { lr: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 };
@@ -272,15 +272,17 @@ async function loadModels(options: RecipeStepOptions): Promise<Models> {
     trainable: true,
     gradientCheckpointing: residency.gradientCheckpointing,
     offloadOptimizer: residency.offloadOptimizer,
+    profileSteps: true,
   });
   const reference = withReferenceModel ? await loadModel(options.modelDir, { ...common, trainable: false }) : null;
   return { policy, reference, residency };
 }
 
-/** The model's own timings of its last optimizer step, where the addon reports them. */
+/** The model's own timings of its last optimizer step: the parts that apply to it. */
 function optimizerDetail(policy: MistralModel): Record<string, number> | null {
-  const profiled = policy as unknown as { stepProfile?: () => Record<string, number> | null };
-  return typeof profiled.stepProfile === 'function' ? profiled.stepProfile() : null;
+  const profile = policy.stepProfile();
+  if (!profile) return null;
+  return Object.fromEntries(Object.entries(profile).filter(([, seconds]) => seconds > 0));
 }
 
 export async function runRecipeStep(options: RecipeStepOptions): Promise<RecipeStepResult> {
@@ -343,9 +345,10 @@ export async function runRecipeStep(options: RecipeStepOptions): Promise<RecipeS
 
   const plans = { policy: policy.memoryPlan(), reference: reference?.memoryPlan().total ?? 0 };
   const info = loadNative(options.device).info();
-  const measuredPeak = options.measuredPeak ?? (options.device === 'cuda' ? await measuredGpuPeak() : null);
   policy.dispose();
   reference?.dispose();
+  // After the models are freed: the GEMM's operands need room.
+  const measuredPeak = options.measuredPeak ?? (options.device === 'cuda' ? await measuredGpuPeak() : null);
   return summarize({
     options,
     config: readMistralConfig(options.modelDir),

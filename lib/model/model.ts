@@ -19,6 +19,7 @@ import {
   type NativeModelConfig,
   type NativeModelOptions,
   type NativeParameter,
+  type StepProfile,
   loadNative,
 } from '../native.js';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -43,7 +44,7 @@ import {
   writeAdapterConfig,
 } from './peft.js';
 
-export type { Device, DpoLossOptions, DpoLossResult, MemoryPlan };
+export type { Device, DpoLossOptions, DpoLossResult, MemoryPlan, StepProfile };
 
 export type ModelDType = 'f32' | 'bf16';
 
@@ -82,6 +83,8 @@ export interface ModelOptions {
    * touched), so that data-parallel ranks sum whole gradient buffers (gradientBuffers()).
    */
   denseEmbeddingGradient?: boolean;
+  /** Time each optimizer step's parts, read with stepProfile() (default false: nothing timed). */
+  profileSteps?: boolean;
 }
 
 export interface SaveOptions {
@@ -135,6 +138,7 @@ export function nativeOptions(config: MistralConfig, options: ModelOptions): Nat
     trainable: options.trainable ?? false,
     offloadOptimizer: options.offloadOptimizer ?? false,
     denseEmbeddingGradient: options.denseEmbeddingGradient ?? false,
+    profileSteps: options.profileSteps ?? false,
     ...loraOptions(config, options.lora, options.loraSeed ?? 0),
   };
 }
@@ -301,6 +305,11 @@ export class MistralModel {
     return this.native.optimizerStep();
   }
 
+  /** Seconds of the last optimizer step's parts (created with profileSteps; else null). */
+  stepProfile(): StepProfile | null {
+    return this.native.stepProfile();
+  }
+
   /** Replaces every parameter with the tensors of these safetensors files (e.g. a checkpoint's). */
   async loadWeights(files: string[]): Promise<void> {
     await this.native.loadWeights({ files });
@@ -395,6 +404,7 @@ export async function loadModel(dir: string, options: ModelOptions = {}): Promis
       trainable: resolved.trainable!,
       offloadOptimizer: resolved.offloadOptimizer!,
       denseEmbeddingGradient: resolved.denseEmbeddingGradient!,
+      profileSteps: resolved.profileSteps!,
       lora: options.lora ?? null,
     },
     native,

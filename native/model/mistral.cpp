@@ -662,12 +662,17 @@ void check_grad_norm(double norm) {
 double MistralModel::clip_and_step(const AdamWOptions& hp) {
   const std::vector<CpuTrainState*> states = train_states("an optimizer step");
   validate_adamw(hp);
+  profile_ = {};
+  StepTimer timer(options_.profile_steps);
   double squares = 0;
   for (const CpuTrainState* s : states) squares += s->grad_sum_of_squares();
   const double norm = std::sqrt(squares);
   check_grad_norm(norm);
+  timer.lap(&profile_.clip);
   const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
   for (CpuTrainState* s : states) s->step(hp, scale);
+  timer.lap(&profile_.host_adamw);
+  profiled_ = options_.profile_steps;
   return norm;
 }
 

@@ -29,6 +29,7 @@
 #include "model/optimizer_state.h"
 #include "model/parameter_owners.h"
 #include "model/parameters.h"
+#include "model/step_profile.h"
 
 namespace zn {
 class SafetensorsFile;
@@ -57,6 +58,9 @@ struct ModelOptions {
   // (row_gradient.h): data-parallel ranks sum whole gradient buffers across processes, and
   // each rank's micro-batches touch different rows.
   bool dense_embedding_gradient = false;
+  // Time each optimizer step's parts (step_profile.h; the bench's recipe steps ask for it); off,
+  // a step reads no clock and records no event.
+  bool profile_steps = false;
 };
 
 inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }
@@ -178,6 +182,8 @@ class MistralModel {
   void read_master(const ParameterSpec& p, float* out) const;
   void read_gradient(const ParameterSpec& p, float* out) const;  // throws when not trainable
   long optimizer_step() const;
+  // The last clip_and_step's parts; null unless created with profile_steps and a step was taken.
+  const StepProfile* step_profile() const { return profiled_ ? &profile_ : nullptr; }
   // Each trained group's dense f32 gradient buffer (the base group's when it trains anything,
   // then the adapters'), for summing across data-parallel ranks in place. Refused while an
   // untied embedding's gradient is held by rows (dense_embedding_gradient gives a dense one).
@@ -257,6 +263,8 @@ class MistralModel {
   MistralConfig config_;
   ModelOptions options_;
   MemoryPlan plan_;
+  StepProfile profile_;  // profile_steps: the last step's
+  bool profiled_ = false;
   using Owners = ParameterOwners<CpuWeights, CpuTrainState>;
   Owners owners_;  // the base and adapter tables, their weights and train states
 
