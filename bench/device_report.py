@@ -73,7 +73,7 @@ def residency(r):
 def target_value(t):
     if t.get("value") is None:
         return "not measured"
-    return f"{t['value']:.0f}" if "tokens" in t["name"] else pct(t["value"])
+    return f"{t['value']:.0f}" if t.get("unit") == "tokens/s" else pct(t["value"])
 
 
 def target_result(t):

@@ -278,8 +278,22 @@ describe('the recipe steps on this CPU, scaled down', () => {
       threads: 16,
       memory: { device_peak_bytes: 70 * 2 ** 30, device_planned_bytes: 70 * 2 ** 30, host_rss_peak_bytes: 90 * 2 ** 30, host_planned_bytes: 81 * 2 ** 30 },
     });
+    // And an SFT step of 29 s: 262,144 / 29 = 9,039 tokens/s, short of 10,000.
+    const sftGpu = summarize({
+      options: { preset: 'mistral-7b-sft', model: 'mistral-7b', shape: RECIPE_PRESETS['mistral-7b-sft'].shape, shapeOverridden: false, reference: null, device: 'cuda', precision: 'bf16', steps: 1, warmupMicroBatches: 1, modelDir: '', measuredPeak: { tflops: 790, how: 'passed in (--gemm-tflops)' } },
+      config: mistral7b,
+      residency: { ...r!.residency, offloadOptimizer: true, gradientCheckpointing: true },
+      steps: [step(26.9, 0, 0.01, 2.09, 0, 0.02)],
+      losses: [10.4],
+      precomputeS: null,
+      measuredPeak: { tflops: 790, how: 'passed in (--gemm-tflops)' },
+      deviceName: 'NVIDIA H100 80GB HBM3',
+      threads: 16,
+      memory: { device_peak_bytes: 67 * 2 ** 30, device_planned_bytes: 67 * 2 ** 30, host_rss_peak_bytes: 90 * 2 ** 30, host_planned_bytes: 81 * 2 ** 30 },
+    });
+    assert.equal(sftGpu.step_s, 29);
     const recorded = join(dir, 'gpu.json');
-    writeFileSync(recorded, JSON.stringify({ kind: 'recipe-steps', results: [gpu] }));
+    writeFileSync(recorded, JSON.stringify({ kind: 'recipe-steps', results: [gpu, sftGpu] }));
     const report = spawnSync('python3', [join(packageRoot(), 'bench', 'device_report.py'), '/dev/null', '--recipe', join(dir, 'dpo.json'), recorded, join(dir, 'absent.json')], { encoding: 'utf8' });
     assert.equal(report.status, 0, report.stderr);
     const out = report.stdout;
@@ -299,6 +313,9 @@ describe('the recipe steps on this CPU, scaled down', () => {
     assert.match(out, /mistral-7b-dpo \(model ref\) +DPO MFU \(datasheet peak\) +>= 45% +\d+\.\d% +NOT MET/);
     assert.match(out, /mistral-7b-dpo \(model ref\) +host share of the step +< 10% +\d+\.\d% +NOT MET/);
     assert.match(out, /scaled down +DPO MFU \(datasheet peak\) +>= 45% +not measured +n\/a \(a CPU run/);
+    assert.match(out, /mistral-7b-sft +SFT tokens\/s +>= 10000 +9039 +NOT MET/);
+    // 2.09 - 0.02 of host optimizer over 29 s: 7.1%, under 10%.
+    assert.match(out, /mistral-7b-sft +host share of the step +< 10% +7\.1% +met/);
     assert.match(out, /time by phase, seconds per step/);
   });
 });

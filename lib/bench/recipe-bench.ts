@@ -78,7 +78,7 @@ export function formatRecipeResults(results: RecipeStepResult[]): string {
     ]),
   );
   const targets = results.flatMap((r) =>
-    r.targets.map((t) => `- ${r.preset}${r.reference ? ` (${r.reference} reference)` : ''}: ${t.name} ${t.target}: ${t.value === null ? 'not measured' : t.name.includes('tokens') ? t.value.toFixed(0) : pct(t.value)} -> ${t.met === null ? `n/a${t.note ? ` (${t.note})` : ''}` : t.met ? 'met' : 'not met'}`),
+    r.targets.map((t) => `- ${r.preset}${r.reference ? ` (${r.reference} reference)` : ''}: ${t.name} ${t.target}: ${t.value === null ? 'not measured' : t.unit === 'tokens/s' ? t.value.toFixed(0) : pct(t.value)} -> ${t.met === null ? `n/a${t.note ? ` (${t.note})` : ''}` : t.met ? 'met' : 'not met'}`),
   );
   return `${main}\n\nTime by phase (mean of the timed steps):\n\n${phases}\n\nTargets (issue 21, one H100):\n${targets.join('\n')}`;
 }

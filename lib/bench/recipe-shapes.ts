@@ -130,6 +130,8 @@ export interface TargetCheck {
   name: string;
   target: string;
   value: number | null;
+  /** How value reads: tokens a second, or a fraction (MFU, a share) shown as a percentage. */
+  unit: 'tokens/s' | 'fraction';
   /** null: not applicable (a CPU run, a scaled-down shape, or no datasheet peak for the card). */
   met: boolean | null;
   note?: string;
@@ -150,13 +152,13 @@ export function checkTargets(input: TargetInputs): TargetCheck[] {
   const judge = (value: number | null, ok: (v: number) => boolean): boolean | null => (notApplicable || value === null ? null : ok(value));
   const checks: TargetCheck[] = [];
   if (input.mode === 'sft') {
-    checks.push({ name: 'SFT tokens/s', target: `>= ${RECIPE_TARGETS.sftTokensPerS}`, value: input.tokensPerS, met: judge(input.tokensPerS, (v) => v >= RECIPE_TARGETS.sftTokensPerS) });
+    checks.push({ name: 'SFT tokens/s', target: `>= ${RECIPE_TARGETS.sftTokensPerS}`, value: input.tokensPerS, unit: 'tokens/s', met: judge(input.tokensPerS, (v) => v >= RECIPE_TARGETS.sftTokensPerS) });
   } else {
-    const check: TargetCheck = { name: 'DPO MFU (datasheet peak)', target: `>= ${RECIPE_TARGETS.dpoMfu * 100}%`, value: input.mfuDatasheet, met: judge(input.mfuDatasheet, (v) => v >= RECIPE_TARGETS.dpoMfu) };
+    const check: TargetCheck = { name: 'DPO MFU (datasheet peak)', target: `>= ${RECIPE_TARGETS.dpoMfu * 100}%`, value: input.mfuDatasheet, unit: 'fraction', met: judge(input.mfuDatasheet, (v) => v >= RECIPE_TARGETS.dpoMfu) };
     if (input.mfuDatasheet === null && !notApplicable) check.note = 'unknown card: no datasheet peak';
     checks.push(check);
   }
-  checks.push({ name: 'host share of the step', target: `< ${RECIPE_TARGETS.hostShare * 100}%`, value: input.hostShare, met: judge(input.hostShare, (v) => v < RECIPE_TARGETS.hostShare) });
+  checks.push({ name: 'host share of the step', target: `< ${RECIPE_TARGETS.hostShare * 100}%`, value: input.hostShare, unit: 'fraction', met: judge(input.hostShare, (v) => v < RECIPE_TARGETS.hostShare) });
   if (notApplicable) for (const check of checks) check.note = notApplicable;
   return checks;
 }
