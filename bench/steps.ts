@@ -22,8 +22,7 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { ensureBenchModel, defaultBenchCacheDir } from '../lib/bench/model-cache.js';
-import { recipeBenchMain } from '../lib/bench/recipe-bench.js';
-import { isRecipePreset } from '../lib/bench/recipe-shapes.js';
+import { asksForRecipeStep, recipeBenchMain } from '../lib/bench/recipe-bench.js';
 import { BENCH_PEFT, type BenchMode, type BenchPeft, type BenchPrecision, PRESETS, type PresetName } from '../lib/bench/presets.js';
 import {
   choice,
@@ -109,9 +108,7 @@ function combine(runs: BenchResult[]): BenchResult {
 }
 
 export async function main(argv: string[], defaults: { peer: boolean }): Promise<void> {
-  const presetAt = argv.indexOf('--preset');
-  const presetValue = presetAt >= 0 ? argv[presetAt + 1] : argv.find((a) => a.startsWith('--preset='))?.slice('--preset='.length);
-  if (presetValue && isRecipePreset(presetValue)) return recipeBenchMain(argv);
+  if (asksForRecipeStep(argv)) return recipeBenchMain(argv);
   const { values } = parseArgs({
     args: argv,
     options: {

@@ -22,7 +22,7 @@ import { mistralConfig } from '../model/init.js';
 import { loadNative } from '../native.js';
 import { defaultBenchCacheDir, ensureBenchModel } from './model-cache.js';
 import { PRESET_NAMES, PRESETS } from './presets.js';
-import { RECIPE_PRESET_NAMES, RECIPE_PRESETS, type RecipeReference, recipeModelPreset, resolveShape } from './recipe-shapes.js';
+import { isRecipePreset, RECIPE_PRESET_NAMES, RECIPE_PRESETS, type RecipeReference, recipeModelPreset, resolveShape } from './recipe-shapes.js';
 import { type MeasuredTflops, planResidency, type RecipeStepOptions, type RecipeStepResult } from './recipe-steps.js';
 import { choice, count, machineInfo, markdown, measurePeak, ourVersions, runChildScript } from './run.js';
 import { describeResidency } from './residency.js';
@@ -81,6 +81,13 @@ export function formatRecipeResults(results: RecipeStepResult[]): string {
     r.targets.map((t) => `- ${r.preset}${r.reference ? ` (${r.reference} reference)` : ''}: ${t.name} ${t.target}: ${t.value === null ? 'not measured' : t.unit === 'tokens/s' ? t.value.toFixed(0) : pct(t.value)} -> ${t.met === null ? `n/a${t.note ? ` (${t.note})` : ''}` : t.met ? 'met' : 'not met'}`),
   );
   return `${main}\n\nTime by phase (mean of the timed steps):\n\n${phases}\n\nTargets (issue 21, one H100):\n${targets.join('\n')}`;
+}
+
+/** Whether bench:steps' arguments name a recipe preset (`--preset mistral-7b-sft`, `--preset=...`). */
+export function asksForRecipeStep(argv: string[]): boolean {
+  const at = argv.indexOf('--preset');
+  const value = at >= 0 ? argv[at + 1] : argv.find((a) => a.startsWith('--preset='))?.slice('--preset='.length);
+  return value !== undefined && isRecipePreset(value);
 }
 
 export async function recipeBenchMain(argv: string[]): Promise<void> {
