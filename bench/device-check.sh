@@ -15,12 +15,17 @@
 # 4c. a whole Mistral-7B DPO step, and a Mistral-7B LoRA DPO step (zephyr-native bench --peft), on the GPU model (bf16 policy with checkpointing and the
 #    optimizer offloaded to the host, frozen bf16 reference, 8192 policy tokens; its random bf16
 #    weights are written to $TMPDIR, 14.5 GB);
+# 4d. with Node.js: the recipe's own optimizer steps on Mistral-7B (issue 21), each in its own
+#    process, in order of value: SFT (8 micro-batches of 16 x 2048 packed tokens), DPO (4 of 8
+#    pairs x 2 x 1024, the frozen reference in the step), DPO with precomputed reference log-probs;
+#    residency chosen by the memory plan; MFU against the cuBLASLt rate of part 3 and the datasheet;
+#    the same random weights as 4c;
 # 5. the CPU test suite (ctest) on this host, with its CPU flags (AVX-512 BF16 paths run here);
 # 6. one table (bench/device_report.py), printed last and written to $OUT/table.txt.
 # A part that fails is reported and the others still run. The whole run keeps within
 # ZN_DEVICE_BUDGET seconds (default 540): each part's time limit shrinks to what is left.
 # Files in $OUT: device-check.log (everything), results.jsonl, build.log, ctest.log, table.txt,
-# peer-cuda-small.json, peer-cuda-small-peft.json and lora-7b-dpo.json (with Node.js).
+# peer-cuda-small.json, peer-cuda-small-peft.json, lora-7b-dpo.json and recipe-*.json (with Node.js).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$PWD/out/device-check}
@@ -174,12 +179,12 @@ else
   parts+=("package on the GPU: not run (no node or node_modules: carry .device from ../shared/device/prepare.sh)")
 fi
 
+# step7b and the 7B steps below write 14.5 GB of random weights to $TMPDIR: RAM-backed /dev/shm
+# when it has room, so that neither writing (fsync) nor loading waits on the disk.
+shm_gb=$(df --output=avail -BG /dev/shm 2>/dev/null | tail -n 1 | tr -dc '0-9')
+scratch=${TMPDIR:-/tmp}
+((${shm_gb:-0} >= 20)) && scratch=/dev/shm
 if [[ -x $check ]]; then
-  # step7b writes 14.5 GB of random weights to $TMPDIR: RAM-backed /dev/shm when it has room,
-  # so that neither writing (fsync) nor loading waits on the disk.
-  shm_gb=$(df --output=avail -BG /dev/shm 2>/dev/null | tail -n 1 | tr -dc '0-9')
-  scratch=${TMPDIR:-/tmp}
-  ((${shm_gb:-0} >= 20)) && scratch=/dev/shm
   step "timings: step7b"
   part "timings step7b" 150 env TMPDIR="$scratch" "$check" --no-checks --only step7b \
     --json "$build/results/bench-step7b.jsonl"
@@ -189,6 +194,24 @@ if [[ -x $check ]]; then
     part "mistral-7b LoRA DPO step" 180 env TMPDIR="$scratch" node dist/lib/cli/main.js bench --preset mistral-7b \
       --device cuda --mode dpo --precision bf16 --peft --steps 2 --warmup 1 --json "$out/lora-7b-dpo.json"
   fi
+fi
+
+# 4d. The recipe's optimizer steps (bench/steps.ts --preset mistral-7b-sft|mistral-7b-dpo): one
+# warm-up micro-batch and optimizer step, then one timed step each (SFT ~30 s, DPO ~10 s on an
+# H100 by the timings of 4c). The most valuable first: the budget may end inside the last.
+if [[ $with_node == ON ]]; then
+  step "recipe steps: Mistral-7B SFT and DPO optimizer steps as the recipe runs them"
+  # The best cuBLASLt GEMM rate of part 3 on this card: MFU's measured peak.
+  gemm_tflops=$(python3 -c 'import json, sys
+rates = [r["tflops"] for r in map(json.loads, open(sys.argv[1])) if r.get("op") == "gemm" and r.get("impl") == "cublaslt" and r.get("tflops")]
+print(max(rates) if rates else "")' "$build/results/bench-gemm.jsonl" 2>/dev/null)
+  echo "measured bf16 GEMM rate for MFU: ${gemm_tflops:-none, measured by each step where the addon can} TFLOP/s"
+  recipe=(env TMPDIR="$scratch" node dist/bench/steps.js --device cuda --precision bf16 --steps 1 --warmup-micro-batches 1
+          ${gemm_tflops:+--gemm-tflops "$gemm_tflops"})
+  part "recipe step mistral-7b-sft" 200 "${recipe[@]}" --preset mistral-7b-sft --json "$out/recipe-sft.json"
+  part "recipe step mistral-7b-dpo" 150 "${recipe[@]}" --preset mistral-7b-dpo --reference model --json "$out/recipe-dpo.json"
+  part "recipe step mistral-7b-dpo, precomputed reference" 120 "${recipe[@]}" --preset mistral-7b-dpo --reference precomputed \
+    --json "$out/recipe-dpo-precomputed.json"
 fi
 
 step "CPU tests (ctest) on this host"
@@ -207,5 +230,6 @@ step "report"
 cat "$build"/results/*.jsonl >"$out/results.jsonl" 2>/dev/null
 printf '%s\n' "${parts[@]}" >"$build/results/parts.txt"
 python3 bench/device_report.py "$out/results.jsonl" --parts "$build/results/parts.txt" --ctest "$out/ctest.log" \
-  --peer "$out/peer-cuda-small.json" | tee "$out/table.txt"
+  --peer "$out/peer-cuda-small.json" \
+  --recipe "$out/recipe-sft.json" "$out/recipe-dpo.json" "$out/recipe-dpo-precomputed.json" | tee "$out/table.txt"
 echo "device check finished in $((SECONDS - started))s; files in $out"

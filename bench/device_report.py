@@ -1,8 +1,10 @@
 """The final table of bench/device-check.sh, from the JSON lines of zn_cuda_check and
 bench/torch_device.py: checks summary, GEMM and attention TFLOP/s (ours beside torch), the
 memory-bound kernels, the training steps beside TRL on the same GPU (bench/steps.ts --peer
---device cuda's JSON), the CPU test suite, and how each part of the run ended.
+--device cuda's JSON), the recipe-shaped steps against issue 21's targets (bench/steps.ts --preset
+mistral-7b-sft|mistral-7b-dpo's JSON), the CPU test suite, and how each part of the run ended.
   python3 bench/device_report.py results.jsonl [--parts parts.txt] [--ctest ctest.log] [--peer peer.json]
+                                               [--recipe recipe-sft.json recipe-dpo.json ...]
 """
 import argparse
 import json
@@ -54,12 +56,77 @@ def print_peer(path):
         print("  no TRL side (see the log: trl or datasets missing on this machine?)")
 
 
+def pct(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def gib(x):
+    return "-" if x is None else f"{x / 2**30:.1f}"
+
+
+def residency(r):
+    res = r.get("residency", {})
+    where = "offloaded optimizer" if res.get("offloadOptimizer") else "all resident"
+    return f"{where}, {'checkpointing' if res.get('gradientCheckpointing') else 'no recompute'}"
+
+
+def target_value(t):
+    if t.get("value") is None:
+        return "not measured"
+    return f"{t['value']:.0f}" if t.get("unit") == "tokens/s" else pct(t["value"])
+
+
+def target_result(t):
+    if t.get("met") is None:
+        return "n/a" + (f" ({t['note']})" if t.get("note") else "")
+    return "met" if t["met"] else "NOT MET"
+
+
+def print_recipe(paths):
+    """The recipe's optimizer steps (SFT 8 x 16 x 2048, DPO 4 x 8 pairs x 2 x 1024) against issue 21's targets."""
+    results, missing = [], []
+    for path in paths:
+        try:
+            with open(path) as f:
+                results += json.load(f).get("results", [])
+        except (OSError, json.JSONDecodeError) as error:
+            missing.append(f"{path}: {error.strerror if isinstance(error, OSError) else error}")
+    print("\nRecipe steps: one optimizer step as recipes/zephyr-7b-beta.yaml runs it "
+          "(MFU: 6N per policy token + 2N per reference token + attention, against the measured bf16 GEMM rate and the datasheet peak)")
+    for line in missing:
+        print(f"  no report: {line} (the part was skipped, timed out or failed: see parts)")
+    if not results:
+        return
+    label = lambda r: r["preset"] + (f" ({r['reference']} ref)" if r.get("reference") else "") + (" scaled down" if r.get("shape_overridden") else "")
+    rows = [[label(r), r.get("card", "?"), residency(r), fmt(r["step_s"], 2), fmt(r["tokens_per_s"], 0), fmt(r["achieved_tflops"]),
+             pct(r.get("mfu_measured")), pct(r.get("mfu_datasheet")), gib(r["memory"].get("device_peak_bytes")),
+             gib(r["memory"].get("host_rss_peak_bytes")), pct(r.get("host_share"))] for r in results]
+    print(table(["step", "card", "residency", "s/step", "tokens/s", "TFLOP/s", "MFU GEMM", "MFU datasheet",
+                 "device GiB", "host RSS GiB", "host share"], rows))
+    peaks = {(r["peak"].get("measured_tflops"), r["peak"].get("measured_how"), r["peak"].get("datasheet_card"), r["peak"].get("datasheet_tflops")) for r in results}
+    for measured, how, card, datasheet in sorted(peaks, key=str):
+        print(f"  peaks: measured {fmt(measured)} TFLOP/s ({how or 'not measured'}); datasheet {fmt(datasheet)} TFLOP/s ({card})")
+    rows = []
+    for r in results:
+        p = r["phases_s"]
+        detail = (r.get("steps") or [{}])[0].get("optimizer_detail") or {}
+        rows.append([label(r), fmt(p["forward_backward"], 2), fmt(p["forward_backward"] / r["shape"]["microBatches"], 3),
+                     fmt(p["reference"], 2), fmt(p["zero_grad"], 3), fmt(p["optimizer"], 2), fmt(p["other"], 3),
+                     ", ".join(f"{k} {v:.3f}" for k, v in detail.items()) or "-"])
+    print("time by phase, seconds per step")
+    print(table(["step", "fwd+bwd", "per micro-batch", "reference", "zero_grad", "optimizer", "other", "optimizer detail"], rows))
+    rows = [[label(r), t["name"], t["target"], target_value(t), target_result(t)] for r in results for t in r.get("targets", [])]
+    print("targets (issue 21, one H100)")
+    print(table(["step", "target", "goal", "value", "result"], rows))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("results")
     parser.add_argument("--parts", default="")
     parser.add_argument("--ctest", default="")
     parser.add_argument("--peer", default="")
+    parser.add_argument("--recipe", nargs="*", default=[])
     args = parser.parse_args()
     try:
         records = load(args.results)
@@ -135,6 +202,9 @@ def main():
 
     if args.peer:
         print_peer(args.peer)
+
+    if args.recipe:
+        print_recipe(args.recipe)
 
     if args.ctest:
         try:

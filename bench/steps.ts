@@ -14,8 +14,10 @@
  * --peft times LoRA steps instead (BENCH_PEFT: r 16, alpha 32, all-linear, over the frozen base),
  * beside TRL + PEFT (a LoraConfig of the same settings; DPO with no ref_model, so TRL's reference
  * is the policy with its adapters disabled, as ours).
- * --nproc_per_node N [--zero_stage 0] times the steps on N data-parallel CPU ranks against one
+ * --nproc_per_node N [--zero_stage 0|1|2] times the steps on N data-parallel CPU ranks against one
  * rank (lib/bench/rank-bench.ts; `--nproc_per_node N --help` lists its options).
+ * --preset mistral-7b-sft|mistral-7b-dpo times the recipe's whole optimizer steps instead
+ * (lib/bench/recipe-bench.ts, which lists their options).
  */
 import { spawnSync } from 'node:child_process';
 import { join, resolve } from 'node:path';
@@ -23,6 +25,7 @@ import { parseArgs } from 'node:util';
 
 import { ensureBenchModel, defaultBenchCacheDir } from '../lib/bench/model-cache.js';
 import { rankBenchMain, wantsRanks } from '../lib/bench/rank-bench.js';
+import { asksForRecipeStep, recipeBenchMain } from '../lib/bench/recipe-bench.js';
 import { BENCH_PEFT, type BenchMode, type BenchPeft, type BenchPrecision, PRESETS, type PresetName } from '../lib/bench/presets.js';
 import {
   choice,
@@ -108,6 +111,7 @@ function combine(runs: BenchResult[]): BenchResult {
 }
 
 export async function main(argv: string[], defaults: { peer: boolean }): Promise<void> {
+  if (asksForRecipeStep(argv)) return recipeBenchMain(argv);
   const { values } = parseArgs({
     args: argv,
     options: {

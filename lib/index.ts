@@ -41,7 +41,7 @@ export {
 } from './model/model.js';
 export { isAdapterFolder, readAdapterFolder, type AdapterFolder, type LoraSettings } from './model/peft.js';
 export { scoreRows, type ScoredRow, type ScoreOptions } from './model/score.js';
-export type { AdamWHyperparameters, MemoryPlan, NativeModel, NativeParameter, NativeTokenBatch } from './native.js';
+export type { AdamWHyperparameters, MemoryPlan, NativeModel, NativeParameter, NativeTokenBatch, StepProfile } from './native.js';
 export { dpo, sft, train, TrainingRun, type PipelineConfig, type RunOptions, type Recipe } from './train/api.js';
 export type { StageResult } from './train/stage.js';
 export type { LogEntry } from './train/state.js';

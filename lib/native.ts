@@ -108,6 +108,18 @@ export interface NativeAddon extends BackendAddon {
   measurePeak(options: { secondsPerLoop?: number }): Promise<{ f32: number; bf16: number; threads: number; loops: { name: string; dtype: string; gflops: number }[] }>;
 }
 
+/**
+ * What the CUDA addon has beside the backend (native/addon/cuda_binding.cpp); optional members,
+ * since an addon built before them lacks them.
+ */
+export interface CudaAddonExtras {
+  /**
+   * This GPU's bf16 GEMM rate (y = x W^T, bf16 operands, f32 accumulation, bf16 out, the model's
+   * GEMM path), the fastest of `repeats` runs by CUDA events; default 8192 x 8192 x 8192.
+   */
+  measureGemmPeak?(options: { M?: number; N?: number; K?: number; repeats?: number }): Promise<{ tflops: number; ms: number; shape: string; impl: string }>;
+}
+
 /** MistralConfig fields the native model needs (lib/model/model.ts maps config.json to it). */
 /** Per-row inputs of sampleTokens: logits [rows x vocab] and one value per row of each setting. */
 export interface NativeSamplingRows {
@@ -188,6 +200,25 @@ export interface NativeModelOptions {
    * trained group's AdamW moments (and bf16 mode's f32 master) by element ranges.
    */
   shard?: { rank: number; count: number };
+  /** Time each optimizer step's parts (stepProfile()); off by default, when a step reads no clock. */
+  profileSteps?: boolean;
+}
+
+/**
+ * Seconds of the last optimizer step's parts (native/model/step_profile.h): the grad norm, AdamW
+ * on the device or on the host, and with offloadOptimizer the host's waits for gradient chunks
+ * and for the last weight uploads, and the copies' device time (CUDA events). 0 where a part does
+ * not apply.
+ */
+export interface StepProfile {
+  clip_s: number;
+  device_adamw_s: number;
+  host_adamw_s: number;
+  gradient_wait_s: number;
+  upload_wait_s: number;
+  norms_s: number;
+  gradient_copy_s: number;
+  weight_upload_s: number;
 }
 
 /**
@@ -280,6 +311,8 @@ export interface NativeModel {
   weightSegments(): { data: Float32Array | Uint16Array; counts: number[] }[];
   /** AdamW steps taken (restored by loadOptimizerState). */
   optimizerStep(): number;
+  /** The last clipAndStep's parts; null unless the model was created with profileSteps and has stepped. */
+  stepProfile(): StepProfile | null;
   getParameter(options: { name: string }): Float32Array;
   getGradient(options: { name: string }): Float32Array;
   /**

@@ -19,6 +19,7 @@ import {
   type NativeModelConfig,
   type NativeModelOptions,
   type NativeParameter,
+  type StepProfile,
   loadNative,
 } from '../native.js';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -43,7 +44,7 @@ import {
   writeAdapterConfig,
 } from './peft.js';
 
-export type { Device, DpoLossOptions, DpoLossResult, MemoryPlan };
+export type { Device, DpoLossOptions, DpoLossResult, MemoryPlan, StepProfile };
 
 export type ModelDType = 'f32' | 'bf16';
 
@@ -84,6 +85,8 @@ export interface ModelOptions {
   denseEmbeddingGradient?: boolean;
   /** CPU, ZeRO (lib/train/zero.ts): this rank's place among the ranks that shard the optimizer state. */
   shard?: { rank: number; count: number };
+  /** Time each optimizer step's parts, read with stepProfile() (default false: nothing timed). */
+  profileSteps?: boolean;
 }
 
 export interface SaveOptions {
@@ -138,6 +141,7 @@ export function nativeOptions(config: MistralConfig, options: ModelOptions): Nat
     offloadOptimizer: options.offloadOptimizer ?? false,
     denseEmbeddingGradient: options.denseEmbeddingGradient ?? false,
     ...(options.shard && options.shard.count > 1 ? { shard: options.shard } : {}),
+    profileSteps: options.profileSteps ?? false,
     ...loraOptions(config, options.lora, options.loraSeed ?? 0),
   };
 }
@@ -304,6 +308,11 @@ export class MistralModel {
     return this.native.optimizerStep();
   }
 
+  /** Seconds of the last optimizer step's parts (created with profileSteps; else null). */
+  stepProfile(): StepProfile | null {
+    return this.native.stepProfile();
+  }
+
   /** Replaces every parameter with the tensors of these safetensors files (e.g. a checkpoint's). */
   async loadWeights(files: string[]): Promise<void> {
     await this.native.loadWeights({ files });
@@ -419,6 +428,7 @@ export async function loadModel(dir: string, options: ModelOptions = {}): Promis
       trainable: resolved.trainable!,
       offloadOptimizer: resolved.offloadOptimizer!,
       denseEmbeddingGradient: resolved.denseEmbeddingGradient!,
+      profileSteps: resolved.profileSteps!,
       lora: options.lora ?? null,
     },
     native,

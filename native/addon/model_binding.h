@@ -59,6 +59,7 @@ inline model::ModelOptions read_model_options(const Options& o) {
       shard.error("'rank' must be in [0, count) and 'count' >= 1, got rank " + std::to_string(m.shard.rank) +
                   " of " + std::to_string(m.shard.count));
   }
+  m.profile_steps = o.boolean("profileSteps", false);
   if (o.has("frozen")) m.frozen = o.strings("frozen");
   if (o.has("lora")) {
     const Options lora = o.object("lora");
@@ -144,6 +145,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                         ModelWrap::InstanceMethod("saveOptimizerState", &ModelWrap::SaveOptimizerState),
                         ModelWrap::InstanceMethod("loadOptimizerState", &ModelWrap::LoadOptimizerState),
                         ModelWrap::InstanceMethod("optimizerStep", &ModelWrap::OptimizerStep),
+                        ModelWrap::InstanceMethod("stepProfile", &ModelWrap::StepProfile),
                         ModelWrap::InstanceMethod("getParameter", &ModelWrap::GetParameter),
                         ModelWrap::InstanceMethod("getGradient", &ModelWrap::GetGradient),
                         ModelWrap::InstanceMethod("gradientBuffers", &ModelWrap::GradientBuffers),
@@ -265,6 +267,26 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
 
   Napi::Value OptimizerStep(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), double(live(info.Env(), "optimizerStep").optimizer_step()));
+  }
+
+  // stepProfile() -> {clip_s, ..., weight_upload_s} (seconds of the last optimizer step's parts,
+  // model/step_profile.h), or null unless the model was created with profileSteps and stepped.
+  Napi::Value StepProfile(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    // A step in flight writes the profile: read it only between calls.
+    if (*busy_) throw Napi::Error::New(env, "stepProfile: the model is busy with another call (await it first)");
+    const model::StepProfile* p = live(env, "stepProfile").step_profile();
+    if (!p) return env.Null();
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("clip_s", p->clip);
+    out.Set("device_adamw_s", p->device_adamw);
+    out.Set("host_adamw_s", p->host_adamw);
+    out.Set("gradient_wait_s", p->gradient_wait);
+    out.Set("upload_wait_s", p->upload_wait);
+    out.Set("norms_s", p->norms);
+    out.Set("gradient_copy_s", p->gradient_copy);
+    out.Set("weight_upload_s", p->weight_upload);
+    return out;
   }
 
   // dispose(): frees the model's memory (host and device) now rather than whenever the garbage

@@ -50,6 +50,14 @@ class Event {
   cudaEvent_t event_ = nullptr;
 };
 
+// profile_steps' timing of the offloaded step's copies: events just before a chunk's gradient
+// copy and around its weight uploads, two of each (alternate chunks, as the buffers). Chunk i's
+// uploads are known done once chunk i+2's gradients have arrived (same stream, issued earlier).
+struct CopyEvents {
+  Event fetch_started[2], upload_started[2], upload_ended[2];
+  bool upload_pending[2] = {false, false};
+};
+
 // offload_optimizer's copy buffers, two of each kind, used by alternate chunks: while the host
 // steps chunk i, chunk i+1's gradients come down and chunk i-1's new compute weights go up.
 // grads_arrived[i % 2] marks the end of chunk i's gradient copy.
@@ -57,6 +65,7 @@ struct OffloadStaging {
   size_t chunk;  // elements
   PinnedBuffer grads0, grads1, weights0, weights1;
   Event grads_arrived[2];
+  std::unique_ptr<CopyEvents> events;  // made by the first profiled step
   OffloadStaging(size_t chunk_elements, size_t weight_bytes)
       : chunk(chunk_elements),
         grads0(chunk * sizeof(float)),
@@ -242,18 +251,24 @@ double CudaTrainState::grad_sum_of_squares() const {
   return sum_of_squares;
 }
 
-void CudaTrainState::step(const AdamWOptions& hp, double total_squares) {
+void CudaTrainState::step(const AdamWOptions& hp, double total_squares, StepProfile* profile) {
   ++step_;
+  StepTimer timer(profile != nullptr);
   if (offloaded()) {
-    offloaded_adamw(hp, std::sqrt(total_squares));
+    offloaded_adamw(hp, std::sqrt(total_squares), profile);
   } else {
     // The device computes the clipping coefficient from the global sum (this group's own when
     // it is the only one: the value it copied back, so the same bits).
     ZN_CUDA_CHECK(cudaMemcpyAsync(buffers_.grad_sum_of_squares, &total_squares, sizeof(double),
                                   cudaMemcpyHostToDevice, stream_));
     device_adamw(hp);
+    timer.lap(profile ? &profile->device_adamw : nullptr);
   }
-  if (weights_.is_bf16()) copy_norms_from_master();
+  if (weights_.is_bf16()) {
+    timer.lap(nullptr);
+    copy_norms_from_master();
+    timer.lap(profile ? &profile->norms : nullptr);
+  }
 }
 
 void CudaTrainState::device_adamw(const AdamWOptions& hp) {
@@ -282,16 +297,34 @@ void CudaTrainState::device_adamw(const AdamWOptions& hp) {
 // chunk i's gradient copy on the same stream, and a stream completes its copies in order.
 // Chunks are ranges of the group's layout; the weights they go up to sit at the table's offsets,
 // one copy for each run of members that is contiguous in both (one a chunk for a whole table).
-void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm) {
+void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm, StepProfile* profile) {
   OffloadStaging& S = *staging_;
   const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
   const bool bf16_mode = weights_.is_bf16();
   const size_t n = group_.numel(), weight_bytes = bf16_mode ? sizeof(bf16) : sizeof(float);
   char* device_weights = bf16_mode ? reinterpret_cast<char*>(weights_.buffers().bf16_values)
                                    : reinterpret_cast<char*>(weights_.buffers().f32_values);
+  CopyEvents* events = nullptr;
+  if (profile) {
+    if (!S.events) S.events = std::make_unique<CopyEvents>();
+    events = S.events.get();
+    events->upload_pending[0] = events->upload_pending[1] = false;
+  }
+  StepTimer timer(profile != nullptr);
+  auto seconds = [](const Event& from, const Event& to) {
+    float ms = 0;
+    ZN_CUDA_CHECK(cudaEventElapsedTime(&ms, from.get(), to.get()));
+    return double(ms) / 1e3;
+  };
+  auto read_uploads = [&](size_t slot) {  // a finished chunk's uploads, into the profile
+    if (!events || !events->upload_pending[slot]) return;
+    profile->weight_upload += seconds(events->upload_started[slot], events->upload_ended[slot]);
+    events->upload_pending[slot] = false;
+  };
   auto fetch = [&](size_t round) {
     const size_t begin = round * S.chunk;
     if (begin >= n) return;
+    if (events) ZN_CUDA_CHECK(cudaEventRecord(events->fetch_started[round % 2].get(), stream_));
     ZN_CUDA_CHECK(cudaMemcpyAsync(S.grads(round), buffers_.grads + begin, std::min(S.chunk, n - begin) * sizeof(float),
                                   cudaMemcpyDeviceToHost, stream_));
     ZN_CUDA_CHECK(cudaEventRecord(S.grads_arrived[round % 2].get(), stream_));
@@ -300,14 +333,23 @@ void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm) {
   fetch(1);
   for (size_t begin = 0, round = 0; begin < n; begin += S.chunk, ++round) {
     const size_t end = std::min(n, begin + S.chunk);
+    timer.lap(nullptr);
     ZN_CUDA_CHECK(cudaEventSynchronize(S.grads_arrived[round % 2].get()));
+    if (events) {
+      timer.lap(&profile->gradient_wait);
+      profile->gradient_copy += seconds(events->fetch_started[round % 2], S.grads_arrived[round % 2]);
+      read_uploads(round % 2);  // chunk round-2's: they went before this chunk's gradients
+    }
     const float* grads = S.grads(round);
     char* weights = static_cast<char*>(S.weights(round));
     size_t run_begin = 0, run_end = 0, run_table = 0;  // the pending copy: [begin, end) of the group, at run_table
+    bool uploading = false;
     auto flush = [&] {
-      if (run_end > run_begin)
-        ZN_CUDA_CHECK(cudaMemcpyAsync(device_weights + run_table * weight_bytes, weights + (run_begin - begin) * weight_bytes,
-                                      (run_end - run_begin) * weight_bytes, cudaMemcpyHostToDevice, stream_));
+      if (run_end <= run_begin) return;
+      if (events && !uploading) ZN_CUDA_CHECK(cudaEventRecord(events->upload_started[round % 2].get(), stream_));
+      uploading = true;
+      ZN_CUDA_CHECK(cudaMemcpyAsync(device_weights + run_table * weight_bytes, weights + (run_begin - begin) * weight_bytes,
+                                    (run_end - run_begin) * weight_bytes, cudaMemcpyHostToDevice, stream_));
     };
     for (const ParameterSpec* p : group_.members()) {
       const size_t at = group_.offset(*p);
@@ -328,9 +370,20 @@ void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm) {
       }
     }
     flush();
+    if (events && uploading) {
+      ZN_CUDA_CHECK(cudaEventRecord(events->upload_ended[round % 2].get(), stream_));
+      events->upload_pending[round % 2] = true;
+    }
+    timer.lap(profile ? &profile->host_adamw : nullptr);
     fetch(round + 2);  // into the gradient buffer just stepped
   }
+  timer.lap(nullptr);
   sync(stream_);
+  if (events) {
+    timer.lap(&profile->upload_wait);
+    read_uploads(0);
+    read_uploads(1);
+  }
 }
 
 // The moments pass through host memory whole (write_safetensors takes every tensor at once).

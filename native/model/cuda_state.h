@@ -22,6 +22,7 @@
 #include "model/decoder.h"
 #include "model/optimizer_state.h"
 #include "model/parameters.h"
+#include "model/step_profile.h"
 
 namespace zn::model {
 
@@ -101,8 +102,8 @@ class CudaTrainState final : public GradientSink {
   double grad_sum_of_squares() const;
   // AdamW with the gradients clipped by the global norm sqrt(total_squares), on the device
   // (multi-tensor, the clipping coefficient computed there) or, offloaded, on the host; then the
-  // weights from the new master.
-  void step(const AdamWOptions& hp, double total_squares);
+  // weights from the new master. A non-null profile gets each part's time added.
+  void step(const AdamWOptions& hp, double total_squares, StepProfile* profile = nullptr);
   long step() const { return step_; }
   OptimizerMoments moments() const;  // host copies when the moments live on the device
 
@@ -119,7 +120,7 @@ class CudaTrainState final : public GradientSink {
   bool offloaded() const { return !host_master_.empty(); }
   float* device_master(const ParameterSpec& p) const;  // on the device (null when offloaded)
   void device_adamw(const AdamWOptions& hp);
-  void offloaded_adamw(const AdamWOptions& hp, double norm);
+  void offloaded_adamw(const AdamWOptions& hp, double norm, StepProfile* profile);
   void copy_norms_from_master();
 
   const ParameterGroup& group_;

@@ -708,18 +708,29 @@ void check_grad_norm(double norm) {
 // One global norm over every trained group, as torch's clip_grad_norm_ over the trainable
 // parameters, then each group's step with the same clipping.
 double MistralModel::clip_and_step(const AdamWOptions& hp) {
+  profile_ = {};
+  StepTimer timer(options_.profile_steps);
   double squares = 0;
   for (const CpuTrainState* s : train_states("an optimizer step")) squares += s->grad_sum_of_squares();
-  return clip_and_step(hp, squares);
+  return step_clipped(hp, squares, timer);
 }
 
 double MistralModel::clip_and_step(const AdamWOptions& hp, double grad_sum_of_squares) {
+  profile_ = {};
+  StepTimer timer(options_.profile_steps);
+  return step_clipped(hp, grad_sum_of_squares, timer);
+}
+
+double MistralModel::step_clipped(const AdamWOptions& hp, double grad_sum_of_squares, StepTimer& timer) {
   const std::vector<CpuTrainState*> states = train_states("an optimizer step");
   validate_adamw(hp);
   const double norm = std::sqrt(grad_sum_of_squares);
   check_grad_norm(norm);
+  timer.lap(&profile_.clip);
   const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
   for (CpuTrainState* s : states) s->step(hp, scale);
+  timer.lap(&profile_.host_adamw);
+  profiled_ = options_.profile_steps;
   return norm;
 }
 

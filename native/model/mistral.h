@@ -29,6 +29,7 @@
 #include "model/optimizer_state.h"
 #include "model/parameter_owners.h"
 #include "model/parameters.h"
+#include "model/step_profile.h"
 
 namespace zn {
 class SafetensorsFile;
@@ -61,6 +62,9 @@ struct ModelOptions {
   // every trained group's optimizer state (AdamW moments, and the f32 master in bf16 mode) by
   // element ranges. CPU model only; count 1: not sharded.
   ShardSpec shard;
+  // Time each optimizer step's parts (step_profile.h; the bench's recipe steps ask for it); off,
+  // a step reads no clock and records no event.
+  bool profile_steps = false;
 };
 
 inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }
@@ -182,6 +186,8 @@ class MistralModel {
   void read_master(const ParameterSpec& p, float* out) const;
   void read_gradient(const ParameterSpec& p, float* out) const;  // throws when not trainable
   long optimizer_step() const;
+  // The last clip_and_step's parts; null unless created with profile_steps and a step was taken.
+  const StepProfile* step_profile() const { return profiled_ ? &profile_ : nullptr; }
   // Each trained group's dense f32 gradient buffer (the base group's when it trains anything,
   // then the adapters'), for summing across data-parallel ranks in place. Refused while an
   // untied embedding's gradient is held by rows (dense_embedding_gradient gives a dense one).
@@ -262,6 +268,8 @@ class MistralModel {
   // The train states (the base group's when it trains anything, the adapters'); throws naming
   // `what` on a model created with trainable: false.
   std::vector<CpuTrainState*> train_states(const char* what) const;
+  // clip_and_step's clipping and AdamW step from the global sum of squares, timing into profile_.
+  double step_clipped(const AdamWOptions& hp, double grad_sum_of_squares, StepTimer& timer);
   void read_parameters(WeightFiles& files, const std::vector<ParameterSpec>& table);
   void read_parameter(WeightFiles& files, const ParameterSpec& p, const std::string& stored, std::vector<float>& staging);
   // A parameter's f32 values: the master, or a frozen model's f32 weights or norm weights; null
@@ -274,6 +282,8 @@ class MistralModel {
   MistralConfig config_;
   ModelOptions options_;
   MemoryPlan plan_;
+  StepProfile profile_;  // profile_steps: the last step's
+  bool profiled_ = false;
   using Owners = ParameterOwners<CpuWeights, CpuTrainState>;
   Owners owners_;  // the base and adapter tables, their weights and train states
 

@@ -756,11 +756,16 @@ void CudaMistralModel::zero_grad() {
 double CudaMistralModel::clip_and_step(const AdamWOptions& hp) {
   const std::vector<CudaTrainState*> states = train_states("an optimizer step");
   validate_adamw(hp);
+  profile_ = {};
+  StepProfile* profile = options_.profile_steps ? &profile_ : nullptr;
+  StepTimer timer(profile != nullptr);
   double squares = 0;
-  for (const CudaTrainState* s : states) squares += s->grad_sum_of_squares();
+  for (const CudaTrainState* s : states) squares += s->grad_sum_of_squares();  // each waits for its sum
   const double norm = std::sqrt(squares);
   check_grad_norm(norm);
-  for (CudaTrainState* s : states) s->step(hp, squares);
+  timer.lap(profile ? &profile->clip : nullptr);
+  for (CudaTrainState* s : states) s->step(hp, squares, profile);
+  profiled_ = profile != nullptr;
   return norm;
 }
 

@@ -67,6 +67,8 @@ class CudaMistralModel {
   void read_master(const ParameterSpec& p, float* out) const;      // numel floats, host
   void read_gradient(const ParameterSpec& p, float* out) const;    // throws when not trainable
   long optimizer_step() const;
+  // The last clip_and_step's parts; null unless created with profile_steps and a step was taken.
+  const StepProfile* step_profile() const { return profiled_ ? &profile_ : nullptr; }
 
   std::vector<std::string> load_weights(const std::vector<std::string>& files);
   AdapterLoad load_adapters(const std::vector<std::string>& files);  // as MistralModel's
@@ -119,6 +121,8 @@ class CudaMistralModel {
   MistralConfig config_;
   ModelOptions options_;
   MemoryPlan plan_;
+  StepProfile profile_;  // profile_steps: the last step's
+  bool profiled_ = false;
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

@@ -49,6 +49,7 @@ using model::MistralModel;
 using model::ModelOptions;
 using model::ParameterSpec;
 using model::Precision;
+using model::StepProfile;
 using model::TokenBatchView;
 
 // Tolerances (relative errors, see Report). Parameters are compared by the error of the update,
@@ -425,13 +426,31 @@ MistralConfig tiny_config(int head_dim, bool tied) {
 
 constexpr long kMaxTokens = 48;
 
+// The recipe's layout (bf16, checkpointing, offloaded) steps with profile_steps on: the same
+// numbers as the CPU model (check_training compares them), and every part of its last step timed.
+bool profiled(const ModelCase& mc) { return mc.offload && mc.checkpointing && mc.precision == Precision::BF16; }
+
+void check_step_profile(Report& report, const std::string& what, const CudaMistralModel& model) {
+  const StepProfile* p = model.step_profile();
+  const bool timed = p && p->clip > 0 && p->host_adamw > 0 && p->gradient_wait >= 0 && p->upload_wait >= 0 &&
+                     p->norms > 0 && p->gradient_copy > 0 && p->weight_upload > 0 && p->device_adamw == 0;
+  if (p) {
+    std::printf("  step profile: clip %.3g s, host AdamW %.3g, gradient wait %.3g, upload wait %.3g, norms %.3g, "
+                "gradient copies %.3g, weight uploads %.3g\n",
+                p->clip, p->host_adamw, p->gradient_wait, p->upload_wait, p->norms, p->gradient_copy, p->weight_upload);
+  }
+  report.compare("model", what + " step profile (every offloaded part timed)", "parts untimed", timed ? 0.0 : 1.0, 0.0);
+}
+
 void check_training(Report& report, const ModelCase& mc, const Batch& sft, const Batch& dpo) {
   const std::string what = mc.name + (mc.precision == Precision::BF16 ? " bf16" : " f32") +
-                           (mc.checkpointing ? " ckpt" : "") + (mc.offload ? " offload" : "");
+                           (mc.checkpointing ? " ckpt" : "") + (mc.offload ? " offload" : "") +
+                           (profiled(mc) ? " profiled" : "");
   guarded(report, "model", what, [&] {
     ModelOptions options = model_options(mc.precision, kMaxTokens, mc.checkpointing, true, mc.offload);
     options.frozen = mc.frozen;
     options.lora = mc.lora;
+    options.profile_steps = profiled(mc);
     TempFile weights(".safetensors"), adapters(".safetensors");
     write_random_weights(mc.config, weights.path);
     if (mc.lora.rank > 0) write_random_adapters(mc.config, mc.lora, adapters.path);
@@ -442,6 +461,7 @@ void check_training(Report& report, const ModelCase& mc, const Batch& sft, const
     const Trace gpu = train(gpu_model, weights.path, adapter_path, sft, dpo);
     const std::vector<ParameterSpec> params = all_parameters(cpu_model);
     compare_traces(report, what, params, gpu, cpu, mc.precision == Precision::BF16 ? kBf16 : kF32);
+    if (profiled(mc)) check_step_profile(report, what, gpu_model);
     if (mc.frozen.empty()) return;
     size_t moved = 0;
     for (size_t p = 0; p < gpu.initial.size(); ++p)
