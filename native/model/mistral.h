@@ -57,6 +57,9 @@ struct ModelOptions {
   // (row_gradient.h): data-parallel ranks sum whole gradient buffers across processes, and
   // each rank's micro-batches touch different rows.
   bool dense_embedding_gradient = false;
+  // GPU model only: the CUDA device (ordinal) it lives on, e.g. a data-parallel rank's
+  // LOCAL_RANK; -1: the constructing thread's current device.
+  int cuda_device = -1;
 };
 
 inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }
