@@ -19,6 +19,7 @@ import {
   type NativeModelConfig,
   type NativeModelOptions,
   type NativeParameter,
+  type NcclCommunicator,
   loadNative,
 } from '../native.js';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -82,6 +83,8 @@ export interface ModelOptions {
    * touched), so that data-parallel ranks sum whole gradient buffers (gradientBuffers()).
    */
   denseEmbeddingGradient?: boolean;
+  /** GPU: the CUDA device ordinal the model lives on (a data-parallel rank's LOCAL_RANK); default: the current device. */
+  cudaDevice?: number;
 }
 
 export interface SaveOptions {
@@ -135,6 +138,7 @@ export function nativeOptions(config: MistralConfig, options: ModelOptions): Nat
     trainable: options.trainable ?? false,
     offloadOptimizer: options.offloadOptimizer ?? false,
     denseEmbeddingGradient: options.denseEmbeddingGradient ?? false,
+    ...(options.cudaDevice !== undefined ? { cudaDevice: options.cudaDevice } : {}),
     ...loraOptions(config, options.lora, options.loraSeed ?? 0),
   };
 }
@@ -328,6 +332,11 @@ export class MistralModel {
     return this.native.gradientBuffers();
   }
 
+  /** GPU model: each trained group's gradients summed across the ranks of an open NCCL communicator, in place on the device. */
+  allReduceGradients(communicator: NcclCommunicator): Promise<void> {
+    return this.native.allReduceGradients(communicator);
+  }
+
   /** A copy of a parameter's accumulated gradient (trainable models). */
   getGradient(name: string): Float32Array {
     return this.native.getGradient({ name });
@@ -395,6 +404,7 @@ export async function loadModel(dir: string, options: ModelOptions = {}): Promis
       trainable: resolved.trainable!,
       offloadOptimizer: resolved.offloadOptimizer!,
       denseEmbeddingGradient: resolved.denseEmbeddingGradient!,
+      cudaDevice: resolved.cudaDevice ?? -1,
       lora: options.lora ?? null,
     },
     native,

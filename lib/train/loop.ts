@@ -40,6 +40,8 @@ export interface LoopModel extends CheckpointableModel {
   zeroGrad(): Promise<void>;
   /** The gradient buffers data-parallel ranks sum in place (asked for only with several ranks). */
   gradientBuffers(): Float32Array[];
+  /** GPU ranks: the model sums its device gradients itself (NCCL), instead of MPI over gradientBuffers(). */
+  allReduceGradients?(): Promise<void>;
   clipAndStep(options: OptimizerSettings & { lr: number }): Promise<{ gradNorm: number }>;
   loadCheckpoint(dir: string): Promise<void>;
 }
@@ -132,6 +134,13 @@ export function totalSteps(examples: number, settings: Pick<LoopSettings, 'maxSt
 export function rankShare<Example>(microBatches: Example[][], ranks: Pick<Ranks, 'rank' | 'size'>): Example[][] {
   if (ranks.size === 1) return microBatches;
   return microBatches.map((rows) => rows.filter((_, i) => i % ranks.size === ranks.rank));
+}
+
+/** This step's gradients summed across the ranks, before the clip: the model's own sum (GPU ranks: NCCL), else MPI over its host buffers. */
+export async function sumGradients(model: Pick<LoopModel, 'gradientBuffers' | 'allReduceGradients'>, ranks: Ranks): Promise<void> {
+  if (ranks.size === 1) return;
+  if (model.allReduceGradients) return model.allReduceGradients();
+  await ranks.allReduceSum(model.gradientBuffers(), 'the gradient all-reduce');
 }
 
 /** The step's loss, tokens and metrics summed across the ranks (one rank: unchanged). */
@@ -266,7 +275,7 @@ export async function runLoop<Example>(
     }
     await model.zeroGrad();
     const part = await objective.accumulate({ global: micro, local: rankShare(micro, ranks) });
-    if (ranks.size > 1) await ranks.allReduceSum(model.gradientBuffers(), 'the gradient all-reduce');
+    await sumGradients(model, ranks);
     const result = await sumAcrossRanks(part, ranks);
     if (!Number.isFinite(result.loss)) {
       throw new ZnError(

@@ -34,6 +34,7 @@ import { warmupSteps } from './schedule.js';
 import { resolveHubInputs } from './hub-inputs.js';
 import { HubPusher } from './hub-push.js';
 import { lockOutput } from '../io/output-lock.js';
+import { type GradientSum, openGradientSum } from '../model/gradient-sum.js';
 import { openRanks, type Ranks } from '../model/ranks.js';
 
 export interface StageRunOptions {
@@ -210,10 +211,12 @@ export function loopSettings({ stage, values }: StageConfig, outputDir: string, 
   return settings;
 }
 
-export function policyOptions({ values }: StageConfig, sources: StageSources, maxTokens: number, worldSize = 1): ModelOptions {
+export function policyOptions({ values }: StageConfig, sources: StageSources, maxTokens: number, worldSize = 1, localRank = 0): ModelOptions {
   return {
     // Ranks sum whole gradient buffers; an untied embedding's by-rows gradient is not one.
     ...(worldSize > 1 ? { denseEmbeddingGradient: true } : {}),
+    // GPU ranks: one GPU each, by LOCAL_RANK (the reference model takes the same options).
+    ...(worldSize > 1 && sources.device === 'cuda' ? { cudaDevice: localRank } : {}),
     device: sources.device,
     dtype: sources.dtype,
     maxTokens,
@@ -235,10 +238,11 @@ export function buildPolicy(sources: StageSources, options: ModelOptions): Promi
  * The policy as the loop drives it: checkpoints hold f32 master weights (with LoRA: the adapter
  * folder, the base being unchanged) and AdamW moments.
  */
-function loopModel(model: MistralModel, sources: StageSources): LoopModel {
+function loopModel(model: MistralModel, sources: StageSources, gradients: GradientSum): LoopModel {
   return {
     zeroGrad: () => model.zeroGrad(),
     gradientBuffers: () => model.gradientBuffers(),
+    ...(gradients.transport === 'nccl' ? { allReduceGradients: () => gradients.sum() } : {}),
     clipAndStep: (o) => model.clipAndStep({ lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm }),
     saveCheckpointWeights: (dir) => (sources.lora ? model.saveAdapter(dir, sources.baseDir) : model.save(dir, { dtype: 'float32' })),
     saveOptimizerState: (file) => model.saveOptimizerState(file),
@@ -415,7 +419,7 @@ async function trainStage(
   const loaded = await loadStageData(config, sources, log);
   const settings = loopSettings(config, sources.outputDir, loaded.data.train.length, ranks.size);
   const maxTokens = plannedTokens(loaded, Math.max(settings.batchSize, settings.evalBatchSize));
-  const modelOptions = policyOptions(config, sources, maxTokens, ranks.size);
+  const modelOptions = policyOptions(config, sources, maxTokens, ranks.size, ranks.localRank);
   const perRank = ranks.size > 1 ? `, per rank (${ranks.size} ranks)` : '';
   logMemoryPlan(log, `policy, ${stage}, ${sources.dtype}, ${maxTokens} tokens per micro-batch${perRank}`, sources.modelConfig, modelOptions);
   // The models are freed when the stage ends, however it ends: the garbage collector does not see
@@ -425,6 +429,8 @@ async function trainStage(
   try {
     const policy = await buildPolicy(sources, modelOptions);
     own(policy);
+    const gradients = await openGradientSum(policy, sources.device, ranks, config.values.ddp_timeout);
+    if (gradients.transport === 'nccl') log(`data parallel: gradients summed by NCCL on GPU ${ranks.localRank} of this node; MPI carries the rest`);
     let reference: ReferenceLogps | null = null;
     if (loaded.stage === 'dpo') {
       // Precomputed reference log-probs: rank 0 computes and caches them, the others read its cache.
@@ -439,7 +445,9 @@ async function trainStage(
     if (ranks.isLeader) clearEarlierCheckpoints(config, sources.outputDir, log);
     await ranks.barrier('rank 0 clearing earlier checkpoints');
     const started = Date.now();
-    const result = await runTrainingLoop(loopModel(policy, sources), objective, loaded, settings, progress, reporters, options, ranks);
+    const result = await runTrainingLoop(loopModel(policy, sources, gradients), objective, loaded, settings, progress, reporters, options, ranks);
+    // Only here: after an error the job is aborted (Ranks.abort), and finalizing NCCL would wait for ranks that are gone.
+    await gradients.close();
     if (result.stoppedEarly) {
       log(`${stage}: stopped at step ${result.globalStep}; resume from the last checkpoint in ${sources.outputDir}`);
     } else {
