@@ -141,7 +141,7 @@ async function severalRanks(work: string, ranks: number): Promise<void> {
   const recipe = (out: string, batchSize: number) => Object.entries({
     model_name_or_path: join(work, 'model'), dataset_name: join(work, 'chats.jsonl'), output_dir: join(work, out), device: 'cuda', bf16: false,
     max_length: 64, max_steps: 5, logging_steps: 1, learning_rate: 3e-3, seed: 7, gradient_accumulation_steps: 2,
-    per_device_train_batch_size: batchSize, save_strategy: 'no', ddp_timeout: timeoutSeconds,
+    per_device_train_batch_size: batchSize, save_strategy: 'no', ddp_timeout: Math.max(10, Math.floor(timeoutSeconds / 2)),
   }).flatMap(([k, v]) => [`--${k}`, String(v)]);
   const env = { ...process.env, NCCL_DEBUG: process.env.NCCL_DEBUG ?? 'WARN' };
   const one = await run(process.execPath, [cli, 'sft', ...recipe('one', 2 * ranks)], env);
