@@ -163,7 +163,7 @@ export function openRanks(timeoutSeconds: number, env: NodeJS.ProcessEnv = proce
   if (launch.launcher === 'torchrun') {
     throw new UsageError(
       `WORLD_SIZE=${launch.worldSize} (torchrun's variables), but ranks here talk over MPI: start them with ` +
-        `\`mpirun -n ${launch.worldSize} zephyr-native ...\` (torchrun, --nproc_per_node and NCCL are not built yet)`,
+        `\`mpirun -n ${launch.worldSize} zephyr-native ...\` (torchrun and --nproc_per_node are not built yet; GPU ranks also start under mpirun)`,
     );
   }
   const mpi = loadMpi();
