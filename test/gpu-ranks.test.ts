@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
 import { ZnError } from '../lib/errors.js';
-import { gradientTransport, NCCL_UNIQUE_ID_BYTES, openGradientSum, shareUniqueId } from '../lib/model/gradient-sum.js';
+import { gradientTransport, NCCL_UNIQUE_ID_BYTES, openNcclGradientSum, shareUniqueId } from '../lib/model/gradient-sum.js';
 import { type Ranks, SINGLE_RANK } from '../lib/model/ranks.js';
 import { cudaAddonCandidates, loadNative, mpiAddonCandidates, type NcclAddon, packageRoot } from '../lib/native.js';
 import type { StageConfig } from '../lib/train/config.js';
@@ -92,20 +92,6 @@ describe('GPU ranks: bookkeeping (no GPU, no NCCL)', () => {
     assert.deepEqual(single.asked, []);
   });
 
-  it('opens no transport on one rank and MPI on CPU ranks (the CPU path asks nothing of NCCL)', async () => {
-    const buffers = [new Float32Array(2), new Float32Array(5)];
-    const none = await openGradientSum(fakeModel(buffers), 'cuda', SINGLE_RANK, 30);
-    assert.equal(none.transport, 'none');
-    const ranks = recordingRanks(0, 2, 0);
-    const model = fakeModel(buffers);
-    const mpi = await openGradientSum(model, 'cpu', ranks, 30);
-    assert.equal(mpi.transport, 'mpi');
-    await mpi.sum();
-    assert.deepEqual(ranks.calls, ['allReduceSum: the gradient all-reduce']);
-    assert.equal(ranks.reduced[0], buffers);
-    assert.deepEqual(model.asked, ['gradientBuffers']);
-  });
-
   it('puts each GPU rank on the GPU of its LOCAL_RANK (policy and reference), and leaves CPU and one-process runs as they were', () => {
     const config = { values: { gradient_checkpointing: false, offload_optimizer: false, seed: 42 } } as unknown as StageConfig;
     const sources = (device: 'cpu' | 'cuda') => ({ device, dtype: 'bf16', lora: null, freshAdapter: false }) as unknown as StageSources;
@@ -138,7 +124,7 @@ describe('GPU ranks: bookkeeping (no GPU, no NCCL)', () => {
   // With a GPU, the id exchange would go on to wait for a second rank: the device check covers that machine.
   it('GPU ranks without a usable CUDA backend fail before the id exchange, saying why', { skip: gpuUsable() ? 'a GPU is usable here (bench/device-check.sh runs GPU ranks)' : false }, async () => {
     const ranks = recordingRanks(0, 2, 0);
-    await assert.rejects(openGradientSum(fakeModel([]), 'cuda', ranks, 30), (error: Error) => {
+    await assert.rejects(openNcclGradientSum(fakeModel([]), ranks, 30), (error: Error) => {
       assert.ok(error instanceof ZnError, String(error));
       assert.match(error.message, /CUDA (backend|addon)/);
       return true;

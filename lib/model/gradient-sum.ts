@@ -15,20 +15,20 @@ import type { Ranks } from './ranks.js';
 
 export type GradientTransport = 'none' | 'mpi' | 'nccl';
 
-/** What a model offers for summing its gradients (MistralModel implements it). */
+/** What a GPU model offers for summing its gradients (MistralModel implements it). */
 export interface SummableModel {
-  gradientBuffers(): Float32Array[];
   allReduceGradients(communicator: NcclCommunicator): Promise<void>;
 }
 
-export interface GradientSum {
-  readonly transport: GradientTransport;
-  /** Sums this rank's gradients with the other ranks', in place; after the last micro-batch's backward, before the clip. */
+/** GPU ranks' gradient sum over an open NCCL communicator. */
+export interface NcclGradientSum {
+  /** Sums this rank's device gradients with the other ranks', in place; after the last micro-batch's backward, before the clip. */
   sum(): Promise<void>;
-  /** Frees the transport's resources (the NCCL communicator); the sum is unusable after. */
+  /** Finalizes and frees the communicator (on the normal way out only: after an error the job is aborted). */
   close(): Promise<void>;
 }
 
+/** Which transport sums the gradients: none on one rank, NCCL on GPU ranks, MPI over host buffers on CPU ranks (the loop's own). */
 export function gradientTransport(device: ComputeDevice, ranks: Pick<Ranks, 'size'>): GradientTransport {
   if (ranks.size === 1) return 'none';
   return device === 'cuda' ? 'nccl' : 'mpi';
@@ -46,24 +46,14 @@ export async function shareUniqueId(ranks: Ranks, makeId: () => Uint8Array): Pro
 }
 
 /**
- * The gradient sum for this model's device and these ranks. GPU ranks open the NCCL
- * communicator here (every rank must call this at the same point), on GPU `ranks.localRank`, which
- * the model must live on (ModelOptions.cudaDevice).
+ * GPU ranks: rank 0's unique id to every rank, then each rank joins the communicator on GPU
+ * `ranks.localRank`, which the model must live on (ModelOptions.cudaDevice). Every rank calls this
+ * at the same point; joining waits for all of them, at most timeoutSeconds.
  */
-export async function openGradientSum(
-  model: SummableModel,
-  device: ComputeDevice,
-  ranks: Ranks,
-  timeoutSeconds: number,
-): Promise<GradientSum> {
-  const transport = gradientTransport(device, ranks);
-  if (transport === 'none') return { transport, sum: async () => {}, close: async () => {} };
-  if (transport === 'mpi') {
-    return { transport, sum: () => ranks.allReduceSum(model.gradientBuffers(), 'the gradient all-reduce'), close: async () => {} };
-  }
+export async function openNcclGradientSum(model: SummableModel, ranks: Ranks, timeoutSeconds: number): Promise<NcclGradientSum> {
   const addon = loadNccl();
   const uniqueId = await shareUniqueId(ranks, () => addon.ncclUniqueId());
   const communicator = new addon.NcclCommunicator();
   await communicator.open({ uniqueId, rank: ranks.rank, size: ranks.size, device: ranks.localRank, timeoutSeconds });
-  return { transport, sum: () => model.allReduceGradients(communicator), close: () => communicator.close({}) };
+  return { sum: () => model.allReduceGradients(communicator), close: () => communicator.close({}) };
 }

@@ -34,7 +34,7 @@ import { warmupSteps } from './schedule.js';
 import { resolveHubInputs } from './hub-inputs.js';
 import { HubPusher } from './hub-push.js';
 import { lockOutput } from '../io/output-lock.js';
-import { type GradientSum, openGradientSum } from '../model/gradient-sum.js';
+import { gradientTransport, type NcclGradientSum, openNcclGradientSum } from '../model/gradient-sum.js';
 import { openRanks, type Ranks } from '../model/ranks.js';
 
 export interface StageRunOptions {
@@ -238,11 +238,11 @@ export function buildPolicy(sources: StageSources, options: ModelOptions): Promi
  * The policy as the loop drives it: checkpoints hold f32 master weights (with LoRA: the adapter
  * folder, the base being unchanged) and AdamW moments.
  */
-function loopModel(model: MistralModel, sources: StageSources, gradients: GradientSum): LoopModel {
+function loopModel(model: MistralModel, sources: StageSources, nccl: NcclGradientSum | null): LoopModel {
   return {
     zeroGrad: () => model.zeroGrad(),
     gradientBuffers: () => model.gradientBuffers(),
-    ...(gradients.transport === 'nccl' ? { allReduceGradients: () => gradients.sum() } : {}),
+    ...(nccl ? { allReduceGradients: () => nccl.sum() } : {}),
     clipAndStep: (o) => model.clipAndStep({ lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm }),
     saveCheckpointWeights: (dir) => (sources.lora ? model.saveAdapter(dir, sources.baseDir) : model.save(dir, { dtype: 'float32' })),
     saveOptimizerState: (file) => model.saveOptimizerState(file),
@@ -429,8 +429,8 @@ async function trainStage(
   try {
     const policy = await buildPolicy(sources, modelOptions);
     own(policy);
-    const gradients = await openGradientSum(policy, sources.device, ranks, config.values.ddp_timeout);
-    if (gradients.transport === 'nccl') log(`data parallel: gradients summed by NCCL on GPU ${ranks.localRank} of this node; MPI carries the rest`);
+    const nccl = gradientTransport(sources.device, ranks) === 'nccl' ? await openNcclGradientSum(policy, ranks, config.values.ddp_timeout) : null;
+    if (nccl) log(`data parallel: gradients summed by NCCL on GPU ${ranks.localRank} of this node; MPI carries the rest`);
     let reference: ReferenceLogps | null = null;
     if (loaded.stage === 'dpo') {
       // Precomputed reference log-probs: rank 0 computes and caches them, the others read its cache.
@@ -445,9 +445,9 @@ async function trainStage(
     if (ranks.isLeader) clearEarlierCheckpoints(config, sources.outputDir, log);
     await ranks.barrier('rank 0 clearing earlier checkpoints');
     const started = Date.now();
-    const result = await runTrainingLoop(loopModel(policy, sources, gradients), objective, loaded, settings, progress, reporters, options, ranks);
+    const result = await runTrainingLoop(loopModel(policy, sources, nccl), objective, loaded, settings, progress, reporters, options, ranks);
     // Only here: after an error the job is aborted (Ranks.abort), and finalizing NCCL would wait for ranks that are gone.
-    await gradients.close();
+    await nccl?.close();
     if (result.stoppedEarly) {
       log(`${stage}: stopped at step ${result.globalStep}; resume from the last checkpoint in ${sources.outputDir}`);
     } else {
