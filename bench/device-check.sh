@@ -20,6 +20,8 @@
 #    pairs x 2 x 1024, the frozen reference in the step), DPO with precomputed reference log-probs;
 #    residency chosen by the memory plan; MFU against the cuBLASLt rate of part 3 and the datasheet;
 #    the same random weights as 4c;
+# 4e. with Node.js: NCCL, data parallel on GPU ranks (bench/nccl-check.ts; `--gpus N` or
+#    ZN_DEVICE_GPUS=N to also run N ranks under mpirun when N GPUs are there);
 # 5. the CPU test suite (ctest) on this host, with its CPU flags (AVX-512 BF16 paths run here);
 # 6. one table (bench/device_report.py), printed last and written to $OUT/table.txt.
 # A part that fails is reported and the others still run. The whole run keeps within
@@ -213,6 +215,28 @@ print(max(rates) if rates else "")' "$build/results/bench-gemm.jsonl" 2>/dev/nul
   part "recipe step mistral-7b-dpo, precomputed reference" 120 "${recipe[@]}" --preset mistral-7b-dpo --reference precomputed \
     --json "$out/recipe-dpo-precomputed.json"
 fi
+# ---- NCCL: data parallel on GPU ranks (issue 23, ZeRO stage 0) ------------------------------------
+# bench/nccl-check.ts: one rank, the NCCL all-reduce on a communicator of one against the model
+# without it, bit for bit (f32, bf16, bf16 + offload_optimizer); with `--gpus N` (this script's
+# argument) or ZN_DEVICE_GPUS=N and N > 1 GPUs visible, `mpirun -n N` SFT against one process
+# (needs mpirun and the MPI addon, ZN_MPI_ADDON). libnccl.so.2: the system's, else python3's
+# nvidia-nccl-cu13 wheel. Says what it ran and what it could not.
+if [[ $with_node == ON && -f dist/bench/nccl-check.js ]]; then
+  step "NCCL: data parallel on GPU ranks"
+  gpus=${ZN_DEVICE_GPUS:-1}
+  for ((i = 1; i < $#; i++)); do [[ ${!i} == --gpus ]] && j=$((i + 1)) && gpus=${!j}; done
+  visible=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  if ((gpus > ${visible:-0})); then
+    echo "asked for $gpus GPUs, ${visible:-0} visible: checking with ${visible:-0}"
+    gpus=${visible:-0}
+  fi
+  nccl_lib=$(python3 -c 'import nvidia, os; [print(os.path.join(p, "nccl", "lib")) for p in nvidia.__path__]' 2>/dev/null | head -n 1)
+  [[ -n $nccl_lib && -f $nccl_lib/libnccl.so.2 ]] && export LD_LIBRARY_PATH=$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  part "NCCL checks ($gpus GPUs)" 170 env NCCL_DEBUG="${NCCL_DEBUG:-WARN}" node dist/bench/nccl-check.js --gpus "$gpus" --timeout 60
+else
+  parts+=("NCCL checks: not run (needs the package part: node, node_modules and tsc)")
+fi
+# ---- end of the NCCL part -------------------------------------------------------------------------
 
 step "CPU tests (ctest) on this host"
 left=$(limit 300)

@@ -4,6 +4,10 @@
 # build/Release, can never pick it up on a machine without CUDA.
 # cuBLASLt is found in the CUDA toolkit or in NVIDIA's pip wheels (ZN_CUBLAS_ROOT=<.../nvidia/cu13>);
 # without it the tensor-core fallback GEMM is built and the configure step says so.
+# NCCL (data parallel on GPUs) is loaded at run time (dlopen), so only nccl.h is needed here: from
+# the toolkit or NVIDIA's nvidia-nccl-cu13 wheel (ZN_NCCL_ROOT=<.../nvidia/nccl>), whose
+# lib/libnccl.so.2 is also where the addon looks when the system's search does not find one.
+# Without nccl.h the addon builds and says so when asked for a communicator.
 # Targets: sm_80 and sm_90a machine code by default; CMAKE_CUDA_ARCHITECTURES (e.g. 90a-real)
 # narrows it. The "a" suffix needs CMake >= 3.25 (it is passed as compute_90a / sm_90a).
 if(NOT CMAKE_CUDA_ARCHITECTURES)
@@ -25,6 +29,14 @@ if(ZN_CUBLASLT_INCLUDE AND ZN_CUBLASLT_LIBRARY)
 else()
   message(STATUS "zephyr-native: cuBLASLt NOT found; building the mma.sync fallback GEMM only")
   set(ZN_HAVE_CUBLASLT OFF)
+endif()
+
+set(ZN_NCCL_ROOT "$ENV{ZN_NCCL_ROOT}" CACHE PATH "Folder with include/nccl.h and lib/libnccl.so.2")
+find_path(ZN_NCCL_INCLUDE nccl.h HINTS ${ZN_NCCL_ROOT}/include ${CUDAToolkit_INCLUDE_DIRS})
+if(ZN_NCCL_INCLUDE)
+  message(STATUS "zephyr-native: nccl.h found: ${ZN_NCCL_INCLUDE} (libnccl.so.2 is loaded at run time)")
+else()
+  message(STATUS "zephyr-native: nccl.h NOT found; building without data parallel on GPUs")
 endif()
 
 zn_sources(cuda_check ZN_CUDA_CHECK_SOURCES)
@@ -49,6 +61,16 @@ if(ZN_HAVE_CUBLASLT)
   target_include_directories(zn_cuda_core PUBLIC ${ZN_CUBLASLT_INCLUDE})
   target_link_libraries(zn_cuda_core PUBLIC ${ZN_CUBLASLT_LIBRARY})
   target_compile_definitions(zn_cuda_core PUBLIC ZN_HAVE_CUBLASLT=1)
+endif()
+if(ZN_NCCL_INCLUDE)
+  set_source_files_properties(${CMAKE_SOURCE_DIR}/native/parallel/nccl_collectives.cpp PROPERTIES
+                              INCLUDE_DIRECTORIES ${ZN_NCCL_INCLUDE} COMPILE_DEFINITIONS ZN_HAVE_NCCL=1)
+  get_filename_component(ZN_NCCL_WHEEL_LIBRARY ${ZN_NCCL_INCLUDE}/../lib/libnccl.so.2 ABSOLUTE)
+  if(EXISTS ${ZN_NCCL_WHEEL_LIBRARY})
+    set_property(SOURCE ${CMAKE_SOURCE_DIR}/native/parallel/nccl_collectives.cpp APPEND PROPERTY
+                 COMPILE_DEFINITIONS ZN_NCCL_WHEEL_LIBRARY="${ZN_NCCL_WHEEL_LIBRARY}")
+  endif()
+  target_link_libraries(zn_cuda_core PUBLIC ${CMAKE_DL_LIBS})
 endif()
 
 # The device check compares each CUDA kernel with the CPU kernel of its family when that CPU

@@ -202,6 +202,8 @@ export interface NativeModelOptions {
   shard?: { rank: number; count: number };
   /** Time each optimizer step's parts (stepProfile()); off by default, when a step reads no clock. */
   profileSteps?: boolean;
+  /** GPU model: the CUDA device ordinal to build on (default -1: the current device). */
+  cudaDevice?: number;
 }
 
 /**
@@ -321,6 +323,8 @@ export interface NativeModel {
    * an untied embedding's gradient held by rows (create the model with denseEmbeddingGradient).
    */
   gradientBuffers(): Float32Array[];
+  /** GPU model: each trained group's gradients summed across an open NcclCommunicator's ranks, in place on the device. */
+  allReduceGradients(communicator: NcclCommunicator): Promise<void>;
   /**
    * Generation (native/model/generation.h): a KvCache for `sequences` sequences of up to
    * `maxContext` positions each (a rolling buffer of the sliding window), replacing an earlier one.
@@ -366,6 +370,32 @@ export interface MpiAddon {
   barrier(options: Record<string, never>): Promise<void>;
   /** MPI_Abort: the launcher ends every rank with `code`. Never returns. */
   abort(options: { code: number }): never;
+}
+
+/** One rank's NCCL communicator (the CUDA addon's; native/parallel/nccl_collectives.h). */
+export interface NcclCommunicator {
+  /** Joins the communicator on `device`; every rank must, within timeoutSeconds. */
+  open(options: { uniqueId: Uint8Array; rank: number; size: number; device: number; timeoutSeconds: number }): Promise<void>;
+  /** Finalizes and frees it (after an all-reduce in flight). */
+  close(options: Record<string, never>): Promise<void>;
+}
+
+/** The CUDA addon's NCCL functions: libnccl.so.2 is loaded at their first call (dlopen). */
+export interface NcclAddon {
+  /** "NCCL 2.30.7 (<file>)"; throws saying what to install when libnccl.so.2 is absent. */
+  ncclLibrary(): string;
+  /** ncclGetUniqueId: 128 bytes, made on rank 0 and broadcast to the others. */
+  ncclUniqueId(): Uint8Array;
+  NcclCommunicator: new () => NcclCommunicator;
+}
+
+/** The CUDA addon's NCCL part; a ZnError when the CUDA backend is missing, has no GPU, or predates NCCL. */
+export function loadNccl(): NcclAddon {
+  const addon = loadCuda() as BackendAddon & Partial<NcclAddon>;
+  if (typeof addon.ncclUniqueId !== 'function' || typeof addon.NcclCommunicator !== 'function' || typeof addon.ncclLibrary !== 'function') {
+    throw new ZnError('the CUDA addon has no NCCL functions: it is from an older build; rebuild it with `bash scripts/build-cuda.sh`');
+  }
+  return addon as BackendAddon & NcclAddon;
 }
 
 /** Where the MPI addon may have been built, in the order they are tried. */

@@ -10,20 +10,35 @@ if ! command -v nvcc >/dev/null; then
   exit 0
 fi
 cuda_root=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
-if [[ -z ${ZN_CUBLAS_ROOT:-} ]] && ! compgen -G "$cuda_root/lib64/libcublasLt.so*" >/dev/null \
-   && ! compgen -G "$cuda_root/targets/*/lib/libcublasLt.so*" >/dev/null; then
-  if ! compgen -G ".cuda-libs/nvidia/cu13/lib/libcublasLt.so*" >/dev/null; then
-    pip_args=()
-    [[ -d /opt/pypi/simple ]] && pip_args+=(--index-url file:///opt/pypi/simple)
-    [[ -d /opt/pypi-more/simple ]] && pip_args+=(--extra-index-url file:///opt/pypi-more/simple)
-    python3 -m pip install -q --disable-pip-version-check --no-deps --target .cuda-libs \
-      "${pip_args[@]}" nvidia-cublas nvidia-nccl-cu13 \
-      || echo "WARNING: could not install the nvidia-cublas wheel; building without cuBLASLt"
-  fi
-  [[ -d .cuda-libs/nvidia/cu13 ]] && export ZN_CUBLAS_ROOT=$PWD/.cuda-libs/nvidia/cu13
-  [[ -d .cuda-libs/nvidia/nccl ]] && export ZN_NCCL_ROOT=$PWD/.cuda-libs/nvidia/nccl
+in_toolkit() { compgen -G "$cuda_root/$1" >/dev/null || compgen -G "$cuda_root/targets/*/$1" >/dev/null; }
+# NVIDIA's pip wheels the toolkit lacks, into .cuda-libs/nvidia/: cuBLASLt, and nccl.h for data
+# parallel on GPUs (libnccl.so.2 itself is loaded at run time; toolkits seldom ship NCCL).
+wheels=()
+if [[ -z ${ZN_CUBLAS_ROOT:-} ]] && ! in_toolkit "lib64/libcublasLt.so*" && ! in_toolkit "lib/libcublasLt.so*"; then
+  compgen -G ".cuda-libs/nvidia/cu13/lib/libcublasLt.so*" >/dev/null || wheels+=(nvidia-cublas)
+  cublas_from_wheel=1
 fi
-echo "nvcc: $(nvcc --version | grep -o 'release [0-9.]*'); cuBLASLt: ${ZN_CUBLAS_ROOT:-toolkit}"
+if [[ -z ${ZN_NCCL_ROOT:-} ]] && ! in_toolkit "include/nccl.h"; then
+  [[ -f .cuda-libs/nvidia/nccl/include/nccl.h ]] || wheels+=(nvidia-nccl-cu13)
+  nccl_from_wheel=1
+fi
+if ((${#wheels[@]})); then
+  # One scratch target merged into .cuda-libs/nvidia: pip --target skips a top-level folder
+  # (nvidia/) that already exists, which would drop the second wheel of two separate installs.
+  pip_args=()
+  [[ -d /opt/pypi/simple ]] && pip_args+=(--index-url file:///opt/pypi/simple)
+  [[ -d /opt/pypi-more/simple ]] && pip_args+=(--extra-index-url file:///opt/pypi-more/simple)
+  scratch=$(mktemp -d)
+  if python3 -m pip install -q --disable-pip-version-check --no-deps --target "$scratch" "${pip_args[@]}" "${wheels[@]}"; then
+    mkdir -p .cuda-libs/nvidia && cp -a "$scratch"/nvidia/. .cuda-libs/nvidia/
+  else
+    echo "WARNING: could not install ${wheels[*]}; building without what they provide"
+  fi
+  rm -rf "$scratch"
+fi
+[[ -n ${cublas_from_wheel:-} && -d .cuda-libs/nvidia/cu13 ]] && export ZN_CUBLAS_ROOT=$PWD/.cuda-libs/nvidia/cu13
+[[ -n ${nccl_from_wheel:-} && -f .cuda-libs/nvidia/nccl/include/nccl.h ]] && export ZN_NCCL_ROOT=$PWD/.cuda-libs/nvidia/nccl
+echo "nvcc: $(nvcc --version | grep -o 'release [0-9.]*'); cuBLASLt: ${ZN_CUBLAS_ROOT:-toolkit}; nccl.h: ${ZN_NCCL_ROOT:-toolkit}"
 npx cmake-js build --out build-cuda --CDZN_CUDA=ON --CDCMAKE_CUDA_COMPILER="$(command -v nvcc)" \
   ${ZN_CUDA_ARCHS:+--CDCMAKE_CUDA_ARCHITECTURES="$ZN_CUDA_ARCHS"} 2>&1 | tee build-cuda.log \
   | grep -E 'zephyr-native|error|warning|Linking|[1-9][0-9]* bytes (spill|stack)' || true

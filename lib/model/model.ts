@@ -20,6 +20,7 @@ import {
   type NativeModelOptions,
   type NativeParameter,
   type StepProfile,
+  type NcclCommunicator,
   loadNative,
 } from '../native.js';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -87,6 +88,8 @@ export interface ModelOptions {
   shard?: { rank: number; count: number };
   /** Time each optimizer step's parts, read with stepProfile() (default false: nothing timed). */
   profileSteps?: boolean;
+  /** GPU: the CUDA device ordinal the model lives on (a data-parallel rank's LOCAL_RANK); default: the current device. */
+  cudaDevice?: number;
 }
 
 export interface SaveOptions {
@@ -142,6 +145,7 @@ export function nativeOptions(config: MistralConfig, options: ModelOptions): Nat
     denseEmbeddingGradient: options.denseEmbeddingGradient ?? false,
     ...(options.shard && options.shard.count > 1 ? { shard: options.shard } : {}),
     profileSteps: options.profileSteps ?? false,
+    ...(options.cudaDevice !== undefined ? { cudaDevice: options.cudaDevice } : {}),
     ...loraOptions(config, options.lora, options.loraSeed ?? 0),
   };
 }
@@ -361,6 +365,11 @@ export class MistralModel {
     return this.native.gradientBuffers();
   }
 
+  /** GPU model: each trained group's gradients summed across the ranks of an open NCCL communicator, in place on the device. */
+  allReduceGradients(communicator: NcclCommunicator): Promise<void> {
+    return this.native.allReduceGradients(communicator);
+  }
+
   /** A copy of a parameter's accumulated gradient (trainable models). */
   getGradient(name: string): Float32Array {
     return this.native.getGradient({ name });
@@ -429,6 +438,7 @@ export async function loadModel(dir: string, options: ModelOptions = {}): Promis
       offloadOptimizer: resolved.offloadOptimizer!,
       denseEmbeddingGradient: resolved.denseEmbeddingGradient!,
       profileSteps: resolved.profileSteps!,
+      cudaDevice: resolved.cudaDevice ?? -1,
       lora: options.lora ?? null,
     },
     native,

@@ -181,7 +181,7 @@ export function openRanks(timeoutSeconds: number, env: NodeJS.ProcessEnv = proce
     throw new UsageError(
       `WORLD_SIZE=${launch.worldSize} (torchrun's variables), but ranks here talk over MPI: start them with ` +
         `\`mpirun -n ${launch.worldSize} zephyr-native ...\`, or \`zephyr-native ... --nproc_per_node ${launch.worldSize}\` on one machine ` +
-        "(torchrun's rendezvous and NCCL are not built yet)",
+        "(torchrun's rendezvous is not built; GPU ranks also start under mpirun)",
     );
   }
   const mpi = loadMpi();

@@ -34,6 +34,7 @@ import { warmupSteps } from './schedule.js';
 import { resolveHubInputs } from './hub-inputs.js';
 import { HubPusher } from './hub-push.js';
 import { lockOutput } from '../io/output-lock.js';
+import { gradientTransport, type NcclGradientSum, openNcclGradientSum } from '../model/gradient-sum.js';
 import { openRanks, type Ranks } from '../model/ranks.js';
 import { shardOption, zeroStage } from './zero.js';
 
@@ -212,12 +213,14 @@ export function loopSettings({ stage, values }: StageConfig, outputDir: string, 
   return settings;
 }
 
-export function policyOptions({ values }: StageConfig, sources: StageSources, maxTokens: number, ranks: Pick<Ranks, 'rank' | 'size'> = { rank: 0, size: 1 }): ModelOptions {
+export function policyOptions({ values }: StageConfig, sources: StageSources, maxTokens: number, ranks: Pick<Ranks, 'rank' | 'size' | 'localRank'> = { rank: 0, size: 1, localRank: 0 }): ModelOptions {
   return {
     // Ranks sum whole gradient buffers; an untied embedding's by-rows gradient is not one.
     ...(ranks.size > 1 ? { denseEmbeddingGradient: true } : {}),
     // ZeRO: this rank's shard of the optimizer state only.
     ...shardOption(zeroStage(values.zero_stage, sources.device), ranks),
+    // GPU ranks: one GPU each, by LOCAL_RANK (the reference model takes the same options).
+    ...(ranks.size > 1 && sources.device === 'cuda' ? { cudaDevice: ranks.localRank } : {}),
     device: sources.device,
     dtype: sources.dtype,
     maxTokens,
@@ -239,10 +242,11 @@ export function buildPolicy(sources: StageSources, options: ModelOptions): Promi
  * The policy as the loop drives it: checkpoints hold f32 master weights (with LoRA: the adapter
  * folder, the base being unchanged) and AdamW moments.
  */
-function loopModel(model: MistralModel, sources: StageSources): LoopModel {
+function loopModel(model: MistralModel, sources: StageSources, nccl: NcclGradientSum | null): LoopModel {
   return {
     zeroGrad: () => model.zeroGrad(),
     gradientBuffers: () => model.gradientBuffers(),
+    ...(nccl ? { sumGradientsItself: () => nccl.sum() } : {}),
     clipAndStep: (o) =>
       model.clipAndStep({
         lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
@@ -442,6 +446,8 @@ async function trainStage(
   try {
     const policy = await buildPolicy(sources, modelOptions);
     own(policy);
+    const nccl = gradientTransport(sources.device, ranks) === 'nccl' ? await openNcclGradientSum(policy, ranks, config.values.ddp_timeout) : null;
+    if (nccl) log(`data parallel: gradients summed by NCCL on GPU ${ranks.localRank} of this node; MPI carries the rest`);
     let reference: ReferenceLogps | null = null;
     if (loaded.stage === 'dpo') {
       // Precomputed reference log-probs: rank 0 computes and caches them, the others read its cache.
@@ -456,7 +462,9 @@ async function trainStage(
     if (ranks.isLeader) clearEarlierCheckpoints(config, sources.outputDir, log);
     await ranks.barrier('rank 0 clearing earlier checkpoints');
     const started = Date.now();
-    const result = await runTrainingLoop(loopModel(policy, sources), objective, loaded, settings, progress, reporters, options, ranks);
+    const result = await runTrainingLoop(loopModel(policy, sources, nccl), objective, loaded, settings, progress, reporters, options, ranks);
+    // Only here: after an error the job is aborted (Ranks.abort), and finalizing NCCL would wait for ranks that are gone.
+    await nccl?.close();
     if (result.stoppedEarly) {
       log(`${stage}: stopped at step ${result.globalStep}; resume from the last checkpoint in ${sources.outputDir}`);
     } else {

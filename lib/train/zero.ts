@@ -28,7 +28,10 @@ export type ZeroStage = 0 | 1 | 2;
 
 /** What a sharded data-parallel step needs of the model (the CPU model: lib/model/model.ts). */
 export interface DataParallelModel {
+  /** The gradient buffers data-parallel ranks sum in place (asked for only with several ranks). */
   gradientBuffers(): Float32Array[];
+  /** GPU ranks: the model sums its device gradients itself (NCCL), instead of MPI over gradientBuffers(). */
+  sumGradientsItself?(): Promise<void>;
   gradientShardCounts(): number[][];
   shardGradSumOfSquares(): Promise<number>;
   weightSegments(): { data: Float32Array | Uint16Array; counts: number[] }[];
@@ -61,16 +64,23 @@ export function shardOption(stage: ZeroStage, ranks: Pick<Ranks, 'rank' | 'size'
  */
 export async function reduceGradients(model: DataParallelModel, ranks: Ranks, stage: ZeroStage): Promise<number | undefined> {
   if (ranks.size === 1) return undefined;
-  const buffers = model.gradientBuffers();
   if (stage < 2) {
-    await ranks.allReduceSum(buffers, 'the gradient all-reduce');
+    await sumGradients(model, ranks);
     return undefined;
   }
+  const buffers = model.gradientBuffers();
   const counts = model.gradientShardCounts();
   for (let i = 0; i < buffers.length; i++) await ranks.reduceScatterInPlace(buffers[i], counts[i], 'the gradient reduce-scatter');
   const squares = Float64Array.of(await model.shardGradSumOfSquares());
   await ranks.allReduceSum([squares], "the gradient shards' sums of squares");
   return squares[0];
+}
+
+/** Every gradient summed across the ranks, before the clip: the model's own sum (GPU ranks: NCCL), else MPI over its host buffers. */
+export async function sumGradients(model: Pick<DataParallelModel, 'gradientBuffers' | 'sumGradientsItself'>, ranks: Ranks): Promise<void> {
+  if (ranks.size === 1) return;
+  if (model.sumGradientsItself) return model.sumGradientsItself();
+  await ranks.allReduceSum(model.gradientBuffers(), 'the gradient all-reduce');
 }
 
 /** The optimizer step (this rank's range under ZeRO), then the updated weights all-gathered. */

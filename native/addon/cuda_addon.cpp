@@ -44,6 +44,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   zn::addon::register_cuda_kernels(env, exports);
   zn::addon::register_cuda_model(env, exports);
+  zn::addon::register_nccl(env, exports);
   return exports;
 }
 

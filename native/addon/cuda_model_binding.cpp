@@ -6,6 +6,12 @@
 
 namespace zn::addon {
 
+std::function<void(model::CudaMistralModel&)> gradient_all_reduce(const Options& options, Napi::Object communicator,
+                                                                  model::CudaMistralModel*) {
+  std::shared_ptr<parallel::NcclCommunicator> open = open_communicator(options, communicator);
+  return [open](model::CudaMistralModel& m) { m.all_reduce_gradients(*open); };
+}
+
 void register_cuda_model(Napi::Env env, Napi::Object exports) {
   register_model_class<model::CudaMistralModel>(env, exports);
 }

@@ -20,7 +20,21 @@
 #include "core/errors.h"
 #include "model/mistral.h"
 
+namespace zn::model {
+class CudaMistralModel;
+}
+
 namespace zn::addon {
+
+// allReduceGradients(communicator): the work summing the model's gradients across the NCCL
+// communicator's ranks. The GPU model's is cuda_model_binding.cpp's; the CPU model has none
+// (its ranks sum gradientBuffers() over MPI).
+std::function<void(model::CudaMistralModel&)> gradient_all_reduce(const Options& options, Napi::Object communicator,
+                                                                  model::CudaMistralModel*);
+[[noreturn]] inline std::function<void(model::MistralModel&)> gradient_all_reduce(const Options& options, Napi::Object,
+                                                                                   model::MistralModel*) {
+  options.error("the CPU model's ranks sum gradientBuffers() over MPI; allReduceGradients is the GPU model's (NCCL)");
+}
 
 
 inline model::MistralConfig read_config(const Options& o) {
@@ -60,6 +74,8 @@ inline model::ModelOptions read_model_options(const Options& o) {
                   " of " + std::to_string(m.shard.count));
   }
   m.profile_steps = o.boolean("profileSteps", false);
+  m.cuda_device = int(o.integer("cudaDevice", -1));
+  if (m.cuda_device < -1) o.error("'cudaDevice' must be a device ordinal (>= 0) or -1, got " + std::to_string(m.cuda_device));
   if (o.has("frozen")) m.frozen = o.strings("frozen");
   if (o.has("lora")) {
     const Options lora = o.object("lora");
@@ -153,6 +169,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                         ModelWrap::InstanceMethod("shardGradSumOfSquares", &ModelWrap::ShardGradSumOfSquares),
                         ModelWrap::InstanceMethod("weightSegments", &ModelWrap::WeightSegments),
                         ModelWrap::InstanceMethod("saveOptimizerShard", &ModelWrap::SaveOptimizerShard),
+                        ModelWrap::InstanceMethod("allReduceGradients", &ModelWrap::AllReduceGradients),
                         ModelWrap::InstanceMethod("startGeneration", &ModelWrap::StartGeneration),
                         ModelWrap::InstanceMethod("acquireSequence", &ModelWrap::AcquireSequence),
                         ModelWrap::InstanceMethod("releaseSequence", &ModelWrap::ReleaseSequence),
@@ -547,6 +564,14 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
     Options options(info, "zeroGrad");
     return run(options, [](Model& m) { m.zero_grad(); });
+  }
+
+  // allReduceGradients(communicator) -> Promise<void>: the GPU model's gradients summed across
+  // the ranks of an open NcclCommunicator (nccl_binding.cpp), in place on the device.
+  Napi::Value AllReduceGradients(const Napi::CallbackInfo& info) {
+    Options options(info, "allReduceGradients");
+    auto work = gradient_all_reduce(options, info[0].As<Napi::Object>(), static_cast<Model*>(nullptr));
+    return run(options, [work](Model& m) { work(m); });
   }
 
   // clipAndStep({lr, beta1, beta2, eps, weightDecay, maxGradNorm}) -> Promise<{gradNorm, step}>

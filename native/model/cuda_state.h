@@ -97,6 +97,8 @@ class CudaTrainState final : public GradientSink {
     return group_.contains(p) ? buffers_.grads + group_.offset(p) : nullptr;
   }
   void zero_grad();
+  // The group's f32 gradients, one device buffer of group().numel() values in the group's layout.
+  float* gradients() const { return buffers_.grads; }
   // The sum of the squared gradients (f64, copied back: the global norm of torch's
   // clip_grad_norm_ sums it over every trained group, and the host checks it is finite).
   double grad_sum_of_squares() const;

@@ -65,6 +65,9 @@ struct ModelOptions {
   // Time each optimizer step's parts (step_profile.h; the bench's recipe steps ask for it); off,
   // a step reads no clock and records no event.
   bool profile_steps = false;
+  // GPU model only: the CUDA device (ordinal) it lives on, e.g. a data-parallel rank's
+  // LOCAL_RANK; -1: the constructing thread's current device.
+  int cuda_device = -1;
 };
 
 inline bool frozen_bf16(const ModelOptions& o) { return o.precision == Precision::BF16 && !o.trainable; }

@@ -314,7 +314,12 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
     o.lora = std::make_unique<LoraTable>(o.params, options_.lora);
     o.adapter_group = std::make_unique<ParameterGroup>(o.lora->parameters());
   }
-  cuda::device_count();  // a readable error when there is no GPU or driver
+  const int devices = cuda::device_count();  // a readable error when there is no GPU or driver
+  if (options_.cuda_device >= 0) {
+    ZN_CHECK(options_.cuda_device < devices, "model: cudaDevice ", options_.cuda_device, " does not exist (",
+             devices, " GPU", devices == 1 ? "" : "s", " visible)");
+    ZN_CUDA_CHECK(cudaSetDevice(options_.cuda_device));
+  }
   ZN_CUDA_CHECK(cudaGetDevice(&device_));
   if (offloads(options_)) {
     check_host_memory(plan_.host, "offloadOptimizer (the f32 master, the AdamW moments and the copy buffers)",
@@ -753,6 +758,15 @@ void CudaMistralModel::zero_grad() {
 
 // One global norm over every trained group, as torch's clip_grad_norm_ over the trainable
 // parameters, then each group's step with the same clipping.
+void CudaMistralModel::all_reduce_gradients(parallel::NcclCommunicator& communicator) {
+  const std::vector<CudaTrainState*> states = train_states("allReduceGradients()");
+  ZN_CHECK(communicator.device() == device_, "allReduceGradients: the communicator is on GPU ", communicator.device(),
+           " and the model on GPU ", device_);
+  use_device();
+  for (CudaTrainState* s : states)
+    communicator.all_reduce_sum(s->gradients(), s->group().numel(), stream_, "the gradient all-reduce");
+}
+
 double CudaMistralModel::clip_and_step(const AdamWOptions& hp) {
   const std::vector<CudaTrainState*> states = train_states("an optimizer step");
   validate_adamw(hp);

@@ -41,6 +41,7 @@
 #include "model/decoder.h"
 #include "model/mistral.h"
 #include "model/parameter_owners.h"
+#include "parallel/nccl_collectives.h"
 
 namespace zn::model {
 
@@ -86,6 +87,11 @@ class CudaMistralModel {
   // dlogp is known up front, so the backward does not recompute the logits.
   void forward_backward(const TokenBatchView& batch, const float* dlogp, float* logp);
   void zero_grad();
+  // Data parallel (ZeRO stage 0): every trained group's f32 gradients summed across the
+  // communicator's ranks, in place on the device, on the model's stream; waits. Called after the
+  // last micro-batch's backward and before clip_and_step, so the clip, the norm and AdamW (on
+  // the device, or the host's with offload_optimizer) all see the sum.
+  void all_reduce_gradients(parallel::NcclCommunicator& communicator);
   double clip_and_step(const AdamWOptions& hp);
 
   void save_optimizer_state(const std::string& path) const;
