@@ -1,7 +1,8 @@
 // The Mistral model on the CPU: parameters, gradients, AdamW and files here; forward and backward
 // are the one decoder (decoder.cpp) on CpuBackend. Memory: the plan's buffers are allocated in
 // the constructor; a call adds the kernels' own scratch (the log-prob chunks where the plan has
-// no dead bytes for them, attention and GEMM panels), next_token_logits its [docs, d] rows, and
+// no dead bytes for them, GEMM panels, the attention forward's key tiles and the backward's
+// operands beyond N / 256 documents), next_token_logits its [docs, d] rows, and
 // an untied embedding's row gradient grows as gradient accumulation touches new rows
 // (row_gradient.h).
 #include "model/mistral.h"
@@ -16,6 +17,7 @@
 #include "core/errors.h"
 #include "core/memory.h"
 #include "kernels/cpu/adamw.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/logprob.h"
 #include "model/row_gradient.h"
@@ -67,6 +69,10 @@ int saved_layer_slots(const MistralConfig& c, const ModelOptions& o) {
   return o.trainable && !o.gradient_checkpointing ? c.num_layers : 1;
 }
 
+cpu::AttentionShape attention_shape(const MistralConfig& c, long tokens) {
+  return {tokens, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window, 1.0f / std::sqrt(float(c.head_dim))};
+}
+
 cpu::LogprobShape head_shape(const MistralConfig& c, const ModelOptions& o) {
   return {o.max_tokens, c.hidden_size, c.vocab_size};
 }
@@ -108,7 +114,11 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
   float* const shared_v = shared_qkv ? at(plan.add("shared_v", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
   // Pieces of one region, each aligned.
   const size_t gate_floats = padded(N * ffn), dq_floats = padded(N * qd), dk_floats = padded(N * kvd);
-  const size_t gate_up = 2 * gate_floats * f, attention_grads = (dq_floats + 2 * dk_floats) * f;
+  // The attention backward's packed operands follow its gradients (each kernel allocates its own
+  // per call where more than N / 256 documents need more).
+  const size_t attention_scratch =
+      train ? cpu::attention_backward_scratch_bytes(attention_shape(c, long(N)), std::max(1L, long(N) / 256)) : 0;
+  const size_t gate_up = 2 * gate_floats * f, attention_grads = (dq_floats + 2 * dk_floats) * f + attention_scratch;
   const size_t region = std::max(gate_up, attention_grads);
   int top_mlp = -1;  // the last slot's gate/up region, which the lm_head's panel starts over
   for (size_t i = 0; i < a.layers.size(); ++i) {
@@ -148,6 +158,7 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
       t.dk = f32(mlp_bytes ? mlp_bytes + dq_floats : nullptr);
       t.dv = f32(mlp_bytes ? mlp_bytes + dq_floats + dk_floats : nullptr);
     }
+    if (train) a.attention_backward = {mlp_bytes ? mlp_bytes + dq_floats + 2 * dk_floats : nullptr, attention_scratch};
   }
   Tensor act;
   int head_panel = -1;
