@@ -159,9 +159,9 @@ void Decoder::forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightS
 // ---------------------------------------------------------------------------------------------
 // Backward
 
-// Layer l's q, k and v as layer_forward computed them (n1 from the same rmsnorm), into the
-// buffers every layer shares.
-void Decoder::recompute_qkv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W) {
+// Layer l's q, k, v and attention output as layer_forward computed them (n1 from the same
+// rmsnorm), into the buffers every layer shares.
+void Decoder::recompute_attention(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W) {
   const LayerParameters& p = index_.layers[size_t(l)];
   const long N = batch.tokens, d = c_.hidden_size, qd = c_.q_dim(), kvd = c_.kv_dim();
   ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(x), W.norm_weight(*p.input_norm), a.norm1, a.rstd1);
@@ -170,6 +170,7 @@ void Decoder::recompute_qkv(int l, const DeviceBatch& batch, const float* x, Lay
   project(*p.v, N, d, kvd, a.norm1, 0.0f, a.v, W, a);
   ops_.rope_forward(N, c_.num_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.q);
   ops_.rope_forward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.k);
+  ops_.attention_forward(attention_shape(N), a.q, a.k, a.v, batch, a.attn, a.lse);
 }
 
 // Layer l's gate and up as layer_forward computed them: the lm_head's panel is planned over the
@@ -237,7 +238,7 @@ void Decoder::backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const
     if (gradient_checkpointing && l != top) {
       layer_forward(l, batch, x, out, a, W, false);
     } else if (recompute_.h) {
-      if (recompute_.shared_qkv && l != top) recompute_qkv(l, batch, x, a, W);
+      if (recompute_.shared_attention && l != top) recompute_attention(l, batch, x, a, W);
       attention_residual(l, N, x, a.attn, out, W, a);
       if (recompute_.shared_mlp || (B.head_overwrites_top_mlp && l == top)) recompute_mlp_inputs(l, N, out, a, W);
     }

@@ -36,10 +36,10 @@ namespace zn::model {
 // because it needs no buffer of its own: h = x + o_proj(attn) is rebuilt in the next layer's
 // input buffer, which is dead by the time the layer's backward runs (one o_proj GEMM more per
 // layer, ~1.7% of a step's FLOPs on the small bench preset, for [N, d] less per layer).
-// q, k and v are recomputed as well (q_proj, k_proj, v_proj and the ropes from n1: ~3% of a
-// step's FLOPs on the small preset, where they would hold [N, q_dim + 2 kv_dim] per layer): all
-// layers write them to one shared set of buffers, which still holds the top layer's when its
-// backward starts.
+// q, k, v and the attention output are recomputed as well (q_proj, k_proj, v_proj, the ropes
+// and the attention forward from n1: ~4.5% of a step's FLOPs on the small preset, where they would
+// hold [N, 2 q_dim + 2 kv_dim] per layer): all layers write them to one shared set of buffers,
+// which still holds the top layer's when its backward starts.
 // So are gate and up (gate_proj and up_proj from n2: two of a layer's seven projections, ~8% of
 // a step's FLOPs on the small preset), which held [N, 2 ffn] per layer, more than half of the
 // activations: every layer writes them to the region the top layer's would take, and each
@@ -105,13 +105,15 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
   for (size_t i = 0; i < a.residual.size(); ++i)
     a.residual[i] = at(plan.add(name("residual", i), N * d * f, P.residual(i, train)));
   a.layers.resize(size_t(saved_layer_slots(c, o)));
-  const bool shared_qkv = a.layers.size() > 1;
+  const bool shared_attention = a.layers.size() > 1;
   // Every layer's gate and up in one region as well (recomputed in each backward), placed where
   // the last slot's would be, so that the lm_head's panel still starts over it.
   const bool shared_mlp = a.layers.size() > 1;
-  float* const shared_q = shared_qkv ? at(plan.add("shared_q", N * qd * f, {P.forward(0), P.backward(0)})) : nullptr;
-  float* const shared_k = shared_qkv ? at(plan.add("shared_k", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
-  float* const shared_v = shared_qkv ? at(plan.add("shared_v", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
+  const Lifetime step{P.forward(0), P.backward(0)};
+  float* const shared_q = shared_attention ? at(plan.add("shared_q", N * qd * f, step)) : nullptr;
+  float* const shared_attn = shared_attention ? at(plan.add("shared_attn", N * qd * f, step)) : nullptr;
+  float* const shared_k = shared_attention ? at(plan.add("shared_k", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
+  float* const shared_v = shared_attention ? at(plan.add("shared_v", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
   // Pieces of one region, each aligned.
   const size_t gate_floats = padded(N * ffn), dq_floats = padded(N * qd), dk_floats = padded(N * kvd);
   // The attention backward's packed operands follow its gradients (each kernel allocates its own
@@ -126,10 +128,10 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
     const bool one_slot = a.layers.size() == 1, last_slot = i + 1 == a.layers.size();
     const Lifetime kept = P.slot(i, a.layers.size(), train);
     s.rstd1 = at(plan.add(name("rstd1", i), N * f, kept));
-    s.q = f32(shared_qkv ? shared_q : at(plan.add(name("q", i), N * qd * f, kept)));
-    s.k = f32(shared_qkv ? shared_k : at(plan.add(name("k", i), N * kvd * f, kept)));
-    s.v = f32(shared_qkv ? shared_v : at(plan.add(name("v", i), N * kvd * f, kept)));
-    s.attn = f32(at(plan.add(name("attn", i), N * qd * f, kept)));
+    s.q = f32(shared_attention ? shared_q : at(plan.add(name("q", i), N * qd * f, kept)));
+    s.k = f32(shared_attention ? shared_k : at(plan.add(name("k", i), N * kvd * f, kept)));
+    s.v = f32(shared_attention ? shared_v : at(plan.add(name("v", i), N * kvd * f, kept)));
+    s.attn = f32(shared_attention ? shared_attn : at(plan.add(name("attn", i), N * qd * f, kept)));
     s.lse = at(plan.add(name("lse", i), size_t(c.num_heads) * N * f, kept));
     s.rstd2 = at(plan.add(name("rstd2", i), N * f, kept));
     s.h = nullptr;
@@ -321,7 +323,7 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   buffers_->poison = poison_ended_buffers();
   // The CPU keeps GEMM and attention outputs only (see the activation plan above).
   const Recompute recompute{/*norms=*/true, /*mlp_act=*/true, /*h=*/true,
-                            /*shared_qkv=*/buffers_->layers.size() > 1, /*shared_mlp=*/buffers_->layers.size() > 1};
+                            /*shared_attention=*/buffers_->layers.size() > 1, /*shared_mlp=*/buffers_->layers.size() > 1};
   decoder_ = std::make_unique<Decoder>(config_, owners_.index, backend_, recompute);
   if (owners_.lora) decoder_->set_adapters(&owners_.adapters);
   const size_t N = size_t(options_.max_tokens);
