@@ -43,7 +43,7 @@ namespace zn::model {
 // So are gate and up (gate_proj and up_proj from n2: two of a layer's seven projections, ~8% of
 // a step's FLOPs on the small preset), which held [N, 2 ffn] per layer, more than half of the
 // activations: every layer writes them to the region the top layer's would take, and each
-// backward rebuilds its layer's there (on the small preset's SFT step, 154 MiB less peak RSS).
+// backward rebuilds its layer's there (on the small preset's SFT step, 154 MiB less planned).
 //
 // Aliases, each dead before the next use of its buffer (the table's Over and InPlace entries;
 // one entry where the uses alternate within every layer):
