@@ -106,9 +106,9 @@ ZN_TEST("adamw.every_path_gives_the_scalar_bits") {
   // The AVX2 and AVX-512 loops claim torch's op order exactly as the scalar loop has it: every
   // output bit equal, with and without weight decay, on both sides of torch's lerp switch
   // (weight 1 - b1 below and above 0.5), clipped and not, with a tail that is not a multiple of
-  // 16, from an unaligned start, and
-  // with values whose bf16 rounding is tricky: denormals (which vcvtneps2bf16 would flush),
-  // halfway cases, zeros of both signs, the f32 maximum, a NaN gradient.
+  // 16, from an unaligned start, and with values whose bf16 rounding is tricky: denormals
+  // (which vcvtneps2bf16 would flush), halfway cases, zeros of both signs, the f32 maximum, a
+  // NaN gradient.
   std::vector<CpuPath> paths;
   if (cpu_features().avx2 && cpu_features().fma) paths.push_back(CpuPath::Avx2);
   if (cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512bf16) paths.push_back(CpuPath::Avx512Bf16);
