@@ -53,7 +53,8 @@ namespace zn::model {
 //   gradient has read act), dnorm (d loss / d n2), dattn, dnorm (d loss / d n1). A frozen model
 //   writes act over gate, which nothing reads again.
 // - gate and up (every layer's, in one region): backward overwrites them with dgate and dup, and
-//   once the MLP's backward has read those, with dq, dk, dv.
+//   once the MLP's backward has read those, with dq, dk, dv and the attention backward's packed
+//   operands (DecoderBuffers::attention_backward).
 // - the one-pass lm_head's logits panel: the top slot's gate/up region, act and dres, back to
 //   back. All are dead while the lm_head runs except the top layer's gate and up, which every
 //   backward then recomputes from n2 (two GEMMs of one layer, against a 32 MiB panel of its own
@@ -112,8 +113,8 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
   const Lifetime step{P.forward(0), P.backward(0)};
   float* const shared_q = shared_attention ? at(plan.add("shared_q", N * qd * f, step)) : nullptr;
   float* const shared_attn = shared_attention ? at(plan.add("shared_attn", N * qd * f, step)) : nullptr;
-  float* const shared_k = shared_attention ? at(plan.add("shared_k", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
-  float* const shared_v = shared_attention ? at(plan.add("shared_v", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
+  float* const shared_k = shared_attention ? at(plan.add("shared_k", N * kvd * f, step)) : nullptr;
+  float* const shared_v = shared_attention ? at(plan.add("shared_v", N * kvd * f, step)) : nullptr;
   // Pieces of one region, each aligned.
   const size_t gate_floats = padded(N * ffn), dq_floats = padded(N * qd), dk_floats = padded(N * kvd);
   // The attention backward's packed operands follow its gradients (each kernel allocates its own
@@ -136,7 +137,7 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
     s.rstd2 = at(plan.add(name("rstd2", i), N * f, kept));
     s.h = nullptr;
     if (shared_mlp && !last_slot) continue;  // its gate/up pointers are the last slot's, below
-    const Lifetime mlp_live = shared_mlp ? Lifetime{P.forward(0), P.backward(0)} : kept;
+    const Lifetime mlp_live = shared_mlp ? step : kept;
     // Under the lm_head's panel the last slot's gate and up die with the forward, and the
     // backward recomputes them (Decoder::recompute_mlp_inputs) into the same bytes.
     const bool under_head = train && last_slot;
@@ -321,7 +322,7 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   buffers_->plan = buffer_plan_.get();
   buffers_->base = arena_.get();
   buffers_->poison = poison_ended_buffers();
-  // The CPU keeps GEMM and attention outputs only (see the activation plan above).
+  // The CPU keeps per layer only its input and per-row values (see the activation plan above).
   const Recompute recompute{/*norms=*/true, /*mlp_act=*/true, /*h=*/true,
                             /*shared_attention=*/buffers_->layers.size() > 1, /*shared_mlp=*/buffers_->layers.size() > 1};
   decoder_ = std::make_unique<Decoder>(config_, owners_.index, backend_, recompute);
