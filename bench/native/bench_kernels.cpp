@@ -7,12 +7,15 @@
 //   gemm:M,N,K:TT:DTYPE         C[M,N] = op(A)·op(B); TT is n|t for A then B; DTYPE f32|bf16
 //   attention:T,HQ,HKV,D,W      causal GQA attention forward + backward, window W (0: none)
 //   logprob:N,DIM,V             fused log-prob forward + backward, f32 lm_head [V, DIM]
+//   adamw:N                     AdamW over N f32 parameters with the bf16 copy, on every SIMD path
+//                               this CPU has, beside a plain parallel copy of 16 N bytes
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <sstream>
@@ -24,6 +27,7 @@
 #include "core/errors.h"
 #include "core/peak.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/logprob.h"
@@ -208,12 +212,50 @@ void bench_logprob(const std::string& spec, const Peaks& peaks) {
   }
 }
 
+// adamw:N - one AdamW step (the host step of the CUDA model's offload_optimizer path, and the CPU
+// model's) over N parameters with the bf16 copy, on each path this CPU can run (the same bits on
+// all), and a plain copy of the four f32 arrays' bytes over the same threads for reference.
+// Bytes per parameter: p, g, m, v read, p, m, v written, the bf16 copy written: 30.
+void bench_adamw(const std::string& spec, const Peaks&) {
+  const std::vector<std::string> parts = split(spec, ':');
+  ZN_CHECK(parts.size() == 2, "zn_bench: expected adamw:N, got '", spec, "'");
+  const long n = parse_numbers(parts[1], 1, spec)[0];
+  std::vector<float> param = random_values(size_t(n), 0.05f, 1), grad = random_values(size_t(n), 1e-2f, 2);
+  std::vector<float> m(size_t(n), 0.0f), v(size_t(n), 0.0f);
+  std::vector<bf16> copy(static_cast<size_t>(n));
+  std::vector<float> from(size_t(4 * n), 1.0f), to(size_t(4 * n), 0.0f);
+  const double copy_seconds = best_seconds([&] {
+    parallel_for(size_t(4 * n), size_t(1) << 16,
+                 [&](size_t b, size_t e) { std::memcpy(to.data() + b, from.data() + b, (e - b) * sizeof(float)); });
+  });
+  const double copy_gbps = 2.0 * 16.0 * double(n) / copy_seconds / 1e9;  // read and written
+  std::printf("{\"op\":\"adamw-copy\",\"shape\":[%ld],\"threads\":%d,\"gbps\":%.2f,\"seconds\":%.5f}\n", n,
+              num_threads(), copy_gbps, copy_seconds);
+  const CpuFeatures& f = cpu_features();
+  std::vector<std::pair<CpuPath, bool>> paths{{CpuPath::Scalar, true},
+                                              {CpuPath::Avx2, f.avx2 && f.fma},
+                                              {CpuPath::Avx512Bf16, f.avx512f && f.avx512bw && f.avx512bf16}};
+  long step = 0;
+  for (const auto& [path, supported] : paths) {
+    if (!supported) continue;
+    const double seconds = best_seconds([&] {
+      cpu::adamw_update(n, {1e-5, 0.9, 0.999, 1e-8, 0.0, ++step, 0.5f}, param.data(), grad.data(), m.data(), v.data(),
+                        copy.data(), path);
+    });
+    const double gbps = 30.0 * double(n) / seconds / 1e9;
+    std::printf("{\"op\":\"adamw\",\"shape\":[%ld],\"path\":\"%s\",\"threads\":%d,\"elements_per_s\":%.4g,"
+                "\"gbps\":%.2f,\"copy_fraction\":%.3f,\"seconds\":%.5f}\n",
+                n, cpu_path_name(path), num_threads(), double(n) / seconds, gbps, gbps / copy_gbps, seconds);
+    std::fflush(stdout);
+  }
+}
+
 // The ops this build can time, by spec prefix.
 struct Op {
   const char* name;
   void (*bench)(const std::string& spec, const Peaks& peaks);
 };
-constexpr Op kOps[] = {{"gemm", bench_gemm}, {"attention", bench_attention}, {"logprob", bench_logprob}};
+constexpr Op kOps[] = {{"gemm", bench_gemm}, {"attention", bench_attention}, {"logprob", bench_logprob}, {"adamw", bench_adamw}};
 
 }  // namespace
 

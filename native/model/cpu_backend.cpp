@@ -74,9 +74,9 @@ void CpuBackend::attention_forward(const cpu::AttentionShape& shape, ConstTensor
 
 void CpuBackend::attention_backward(const cpu::AttentionShape& shape, ConstTensor q, ConstTensor k, ConstTensor v,
                                     const DeviceBatch& batch, ConstTensor out, const float* lse, ConstTensor dout,
-                                    Tensor dq, Tensor dk, Tensor dv, Workspace) {
+                                    Tensor dq, Tensor dk, Tensor dv, Workspace workspace) {
   cpu::attention_backward(shape, values(q), values(k), values(v), batch.cu_seqlens, batch.n_docs, values(out), lse,
-                          values(dout), values(dq), values(dk), values(dv));
+                          values(dout), values(dq), values(dk), values(dv), {workspace.data, workspace.bytes});
 }
 
 void CpuBackend::attention_forward(const cpu::AttentionShape& shape, const cpu::AttentionSequences& seqs,

@@ -159,19 +159,23 @@ void Decoder::forward(const DeviceBatch& batch, DecoderBuffers& B, const WeightS
 // ---------------------------------------------------------------------------------------------
 // Backward
 
-// Layer l's k and v as layer_forward computed them (n1 from the same rmsnorm), into the pair of
-// buffers every layer shares.
-void Decoder::recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W) {
+// Layer l's q, k, v and attention output as layer_forward computed them (n1 from the same
+// rmsnorm), into the buffers every layer shares.
+void Decoder::recompute_attention(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W) {
   const LayerParameters& p = index_.layers[size_t(l)];
-  const long N = batch.tokens, d = c_.hidden_size, kvd = c_.kv_dim();
+  const long N = batch.tokens, d = c_.hidden_size, qd = c_.q_dim(), kvd = c_.kv_dim();
   ops_.rmsnorm_forward(N, d, c_.rms_norm_eps, f32(x), W.norm_weight(*p.input_norm), a.norm1, a.rstd1);
+  project(*p.q, N, d, qd, a.norm1, 0.0f, a.q, W, a);
   project(*p.k, N, d, kvd, a.norm1, 0.0f, a.k, W, a);
   project(*p.v, N, d, kvd, a.norm1, 0.0f, a.v, W, a);
+  ops_.rope_forward(N, c_.num_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.q);
   ops_.rope_forward(N, c_.num_kv_heads, c_.head_dim, c_.rope_theta, batch.position_ids, a.k);
+  ops_.attention_forward(attention_shape(N), a.q, a.k, a.v, batch, a.attn, a.lse);
 }
 
-// The top layer's gate and up as layer_forward computed them: the lm_head's panel is planned
-// over their region (DecoderBuffers::head_overwrites_top_mlp), so every backward rebuilds them.
+// Layer l's gate and up as layer_forward computed them: the lm_head's panel is planned over the
+// top layer's region (DecoderBuffers::head_overwrites_top_mlp), and with Recompute::shared_mlp
+// every layer's share one region, so the backward rebuilds them.
 void Decoder::recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const WeightSource& W) {
   const LayerParameters& p = index_.layers[size_t(l)];
   const long d = c_.hidden_size, ffn = c_.intermediate_size;
@@ -234,9 +238,9 @@ void Decoder::backward_layers(const DeviceBatch& batch, DecoderBuffers& B, const
     if (gradient_checkpointing && l != top) {
       layer_forward(l, batch, x, out, a, W, false);
     } else if (recompute_.h) {
-      if (recompute_.shared_kv && l != top) recompute_kv(l, batch, x, a, W);
+      if (recompute_.shared_attention && l != top) recompute_attention(l, batch, x, a, W);
       attention_residual(l, N, x, a.attn, out, W, a);
-      if (B.head_overwrites_top_mlp && l == top) recompute_mlp_inputs(l, N, out, a, W);
+      if (recompute_.shared_mlp || (B.head_overwrites_top_mlp && l == top)) recompute_mlp_inputs(l, N, out, a, W);
     }
     layer_backward(l, batch, x, a.h ? a.h : out, a, B, W, G);
     end_phase(B, phases_.backward(l));

@@ -60,7 +60,9 @@ struct Recompute {
   bool norms = false;      // n1, n2 and the final norm's output (rmsnorm_forward again)
   bool mlp_act = false;    // act = silu(gate) * up
   bool h = false;          // h = x + o_proj(attn), into the layer's output buffer
-  bool shared_kv = false;  // every layer's k, v live in one pair of buffers: recomputed below the top
+  bool shared_attention = false;  // every layer's q, k, v and attention output live in one set of
+                                 // buffers: recomputed below the top
+  bool shared_mlp = false; // every layer's gate, up live in one region: recomputed in each backward
 };
 
 // One layer's activations (a slot; one slot serves every layer when nothing is kept or with
@@ -229,7 +231,7 @@ class Decoder {
                        ConstTensor dnormed, bool gradient_checkpointing);
   void attention_residual(int l, long N, const float* x, ConstTensor attn, float* h, const WeightSource& W,
                           LayerSlot& a);
-  void recompute_kv(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W);
+  void recompute_attention(int l, const DeviceBatch& batch, const float* x, LayerSlot& a, const WeightSource& W);
   void recompute_mlp_inputs(int l, long N, const float* h, LayerSlot& a, const WeightSource& W);
   cpu::AttentionShape attention_shape(long tokens) const;
   // With B.poison: NaN over what B's table says ends with this phase.

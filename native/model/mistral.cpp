@@ -1,7 +1,8 @@
 // The Mistral model on the CPU: parameters, gradients, AdamW and files here; forward and backward
 // are the one decoder (decoder.cpp) on CpuBackend. Memory: the plan's buffers are allocated in
 // the constructor; a call adds the kernels' own scratch (the log-prob chunks where the plan has
-// no dead bytes for them, attention and GEMM panels), next_token_logits its [docs, d] rows, and
+// no dead bytes for them, GEMM panels, the attention forward's key tiles and the backward's
+// operands beyond N / 256 documents), next_token_logits its [docs, d] rows, and
 // an untied embedding's row gradient grows as gradient accumulation touches new rows
 // (row_gradient.h).
 #include "model/mistral.h"
@@ -16,6 +17,7 @@
 #include "core/errors.h"
 #include "core/memory.h"
 #include "kernels/cpu/adamw.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/logprob.h"
 #include "model/row_gradient.h"
@@ -34,9 +36,14 @@ namespace zn::model {
 // because it needs no buffer of its own: h = x + o_proj(attn) is rebuilt in the next layer's
 // input buffer, which is dead by the time the layer's backward runs (one o_proj GEMM more per
 // layer, ~1.7% of a step's FLOPs on the small bench preset, for [N, d] less per layer).
-// k and v are recomputed as well (k_proj, v_proj and k's rope from n1: ~1.5% of a step's FLOPs
-// on the small preset, where they would hold [N, 2 kv_dim] per layer): all layers write them
-// to one shared pair of buffers, which still holds the top layer's when its backward starts.
+// q, k, v and the attention output are recomputed as well (q_proj, k_proj, v_proj, the ropes
+// and the attention forward from n1: ~4.5% of a step's FLOPs on the small preset, where they would
+// hold [N, 2 q_dim + 2 kv_dim] per layer): all layers write them to one shared set of buffers,
+// which still holds the top layer's when its backward starts.
+// So are gate and up (gate_proj and up_proj from n2: two of a layer's seven projections, ~8% of
+// a step's FLOPs on the small preset), which held [N, 2 ffn] per layer, more than half of the
+// activations: every layer writes them to the region the top layer's would take, and each
+// backward rebuilds its layer's there (on the small preset's SFT step, 154 MiB less planned).
 //
 // Aliases, each dead before the next use of its buffer (the table's Over and InPlace entries;
 // one entry where the uses alternate within every layer):
@@ -45,8 +52,9 @@ namespace zn::model {
 // - act [N, max(ffn, d, Hq * D)]: act, then in backward dact (down_proj's dx, once its weight
 //   gradient has read act), dnorm (d loss / d n2), dattn, dnorm (d loss / d n1). A frozen model
 //   writes act over gate, which nothing reads again.
-// - a slot's gate and up: backward overwrites them with dgate and dup, and once the MLP's
-//   backward has read those, with dq, dk, dv.
+// - gate and up (every layer's, in one region): backward overwrites them with dgate and dup, and
+//   once the MLP's backward has read those, with dq, dk, dv and the attention backward's packed
+//   operands (DecoderBuffers::attention_backward).
 // - the one-pass lm_head's logits panel: the top slot's gate/up region, act and dres, back to
 //   back. All are dead while the lm_head runs except the top layer's gate and up, which every
 //   backward then recomputes from n2 (two GEMMs of one layer, against a 32 MiB panel of its own
@@ -62,6 +70,10 @@ int saved_layer_slots(const MistralConfig& c, const ModelOptions& o) {
   return o.trainable && !o.gradient_checkpointing ? c.num_layers : 1;
 }
 
+cpu::AttentionShape attention_shape(const MistralConfig& c, long tokens) {
+  return {tokens, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window, 1.0f / std::sqrt(float(c.head_dim))};
+}
+
 cpu::LogprobShape head_shape(const MistralConfig& c, const ModelOptions& o) {
   return {o.max_tokens, c.hidden_size, c.vocab_size};
 }
@@ -74,9 +86,10 @@ size_t head_chunk_bytes(const MistralConfig& c, const ModelOptions& o) {
 
 }  // namespace
 
-// In the arena's order. A slot's gate and up, then over them in each layer's backward
-// dgate and dup and then dq, dk, dv, share one region; its other values are kept from their
-// layer's forward to its backward (a frozen model's: to the end of the forward).
+// In the arena's order. Gate and up, then over them in each layer's backward dgate and dup and
+// then dq, dk, dv, share one region (one for every layer when each keeps a slot: Recompute::
+// shared_mlp); a slot's other values are kept from their layer's forward to its backward (a
+// frozen model's: to the end of the forward).
 BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void* base, DecoderBuffers& a) {
   const size_t N = size_t(o.max_tokens), d = size_t(c.hidden_size), f = sizeof(float);
   const size_t qd = size_t(c.q_dim()), kvd = size_t(c.kv_dim()), ffn = size_t(c.intermediate_size);
@@ -93,44 +106,62 @@ BufferPlan plan_activations(const MistralConfig& c, const ModelOptions& o, void*
   for (size_t i = 0; i < a.residual.size(); ++i)
     a.residual[i] = at(plan.add(name("residual", i), N * d * f, P.residual(i, train)));
   a.layers.resize(size_t(saved_layer_slots(c, o)));
-  const bool shared_kv = a.layers.size() > 1;
-  float* const shared_k = shared_kv ? at(plan.add("shared_k", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
-  float* const shared_v = shared_kv ? at(plan.add("shared_v", N * kvd * f, {P.forward(0), P.backward(0)})) : nullptr;
+  const bool shared_attention = a.layers.size() > 1;
+  // Every layer's gate and up in one region as well (recomputed in each backward), placed where
+  // the last slot's would be, so that the lm_head's panel still starts over it.
+  const bool shared_mlp = a.layers.size() > 1;
+  const Lifetime step{P.forward(0), P.backward(0)};
+  float* const shared_q = shared_attention ? at(plan.add("shared_q", N * qd * f, step)) : nullptr;
+  float* const shared_attn = shared_attention ? at(plan.add("shared_attn", N * qd * f, step)) : nullptr;
+  float* const shared_k = shared_attention ? at(plan.add("shared_k", N * kvd * f, step)) : nullptr;
+  float* const shared_v = shared_attention ? at(plan.add("shared_v", N * kvd * f, step)) : nullptr;
+  // Pieces of one region, each aligned.
+  const size_t gate_floats = padded(N * ffn), dq_floats = padded(N * qd), dk_floats = padded(N * kvd);
+  // The attention backward's packed operands follow its gradients (each kernel allocates its own
+  // per call where more than N / 256 documents need more).
+  const size_t attention_scratch =
+      train ? cpu::attention_backward_scratch_bytes(attention_shape(c, long(N)), std::max(1L, long(N) / 256)) : 0;
+  const size_t gate_up = 2 * gate_floats * f, attention_grads = (dq_floats + 2 * dk_floats) * f + attention_scratch;
+  const size_t region = std::max(gate_up, attention_grads);
   int top_mlp = -1;  // the last slot's gate/up region, which the lm_head's panel starts over
   for (size_t i = 0; i < a.layers.size(); ++i) {
     LayerSlot& s = a.layers[i];
     const bool one_slot = a.layers.size() == 1, last_slot = i + 1 == a.layers.size();
     const Lifetime kept = P.slot(i, a.layers.size(), train);
     s.rstd1 = at(plan.add(name("rstd1", i), N * f, kept));
-    s.q = f32(at(plan.add(name("q", i), N * qd * f, kept)));
-    s.k = f32(shared_kv ? shared_k : at(plan.add(name("k", i), N * kvd * f, kept)));
-    s.v = f32(shared_kv ? shared_v : at(plan.add(name("v", i), N * kvd * f, kept)));
-    s.attn = f32(at(plan.add(name("attn", i), N * qd * f, kept)));
+    s.q = f32(shared_attention ? shared_q : at(plan.add(name("q", i), N * qd * f, kept)));
+    s.k = f32(shared_attention ? shared_k : at(plan.add(name("k", i), N * kvd * f, kept)));
+    s.v = f32(shared_attention ? shared_v : at(plan.add(name("v", i), N * kvd * f, kept)));
+    s.attn = f32(shared_attention ? shared_attn : at(plan.add(name("attn", i), N * qd * f, kept)));
     s.lse = at(plan.add(name("lse", i), size_t(c.num_heads) * N * f, kept));
     s.rstd2 = at(plan.add(name("rstd2", i), N * f, kept));
     s.h = nullptr;
-    // Pieces of one region, each aligned.
-    const size_t gate_floats = padded(N * ffn), dq_floats = padded(N * qd), dk_floats = padded(N * kvd);
-    const size_t gate_up = 2 * gate_floats * f, attention_grads = (dq_floats + 2 * dk_floats) * f;
+    if (shared_mlp && !last_slot) continue;  // its gate/up pointers are the last slot's, below
+    const Lifetime mlp_live = shared_mlp ? step : kept;
     // Under the lm_head's panel the last slot's gate and up die with the forward, and the
     // backward recomputes them (Decoder::recompute_mlp_inputs) into the same bytes.
     const bool under_head = train && last_slot;
-    const size_t region = std::max(gate_up, attention_grads);
-    const int mlp = plan.add(name("gate_up", i), region, under_head ? Lifetime{kept.first, forward_end} : kept);
-    const int backward_mlp = under_head ? plan.over(name("gate_up_recomputed", i), region, mlp,
-                                                    {P.backward(top), kept.last})
+    const int mlp = plan.add(shared_mlp ? std::string("gate_up") : name("gate_up", i), region,
+                             under_head ? Lifetime{mlp_live.first, forward_end} : mlp_live);
+    const int backward_mlp = under_head ? plan.over(shared_mlp ? std::string("gate_up_recomputed") : name("gate_up_recomputed", i),
+                                                    region, mlp, {P.backward(top), mlp_live.last})
                                         : mlp;
     if (train) {
-      const Lifetime backward{one_slot ? P.backward(top) : P.backward(int(i)), kept.last};
-      plan.in_place(name("attention_grads", i), attention_grads, backward_mlp, backward);
+      const Lifetime backward{one_slot || shared_mlp ? P.backward(top) : P.backward(int(i)), mlp_live.last};
+      plan.in_place(shared_mlp ? std::string("attention_grads") : name("attention_grads", i), attention_grads,
+                    backward_mlp, backward);
     }
     if (last_slot) top_mlp = mlp;
     float* const mlp_bytes = at(mlp);
-    s.gate = s.dgate = f32(mlp_bytes);
-    s.up = s.dup = f32(mlp_bytes ? mlp_bytes + gate_floats : nullptr);
-    s.dq = f32(mlp_bytes);
-    s.dk = f32(mlp_bytes ? mlp_bytes + dq_floats : nullptr);
-    s.dv = f32(mlp_bytes ? mlp_bytes + dq_floats + dk_floats : nullptr);
+    for (size_t j = shared_mlp ? 0 : i; j <= i; ++j) {
+      LayerSlot& t = a.layers[j];
+      t.gate = t.dgate = f32(mlp_bytes);
+      t.up = t.dup = f32(mlp_bytes ? mlp_bytes + gate_floats : nullptr);
+      t.dq = f32(mlp_bytes);
+      t.dk = f32(mlp_bytes ? mlp_bytes + dq_floats : nullptr);
+      t.dv = f32(mlp_bytes ? mlp_bytes + dq_floats + dk_floats : nullptr);
+    }
+    if (train) a.attention_backward = {mlp_bytes ? mlp_bytes + dq_floats + 2 * dk_floats : nullptr, attention_scratch};
   }
   Tensor act;
   int head_panel = -1;
@@ -295,9 +326,9 @@ MistralModel::MistralModel(const MistralConfig& config, const ModelOptions& opti
   buffers_->plan = buffer_plan_.get();
   buffers_->base = arena_.get();
   buffers_->poison = poison_ended_buffers();
-  // The CPU keeps GEMM and attention outputs only (see the activation plan above).
+  // The CPU keeps per layer only its input and per-row values (see the activation plan above).
   const Recompute recompute{/*norms=*/true, /*mlp_act=*/true, /*h=*/true,
-                            /*shared_kv=*/buffers_->layers.size() > 1};
+                            /*shared_attention=*/buffers_->layers.size() > 1, /*shared_mlp=*/buffers_->layers.size() > 1};
   decoder_ = std::make_unique<Decoder>(config_, owners_.index, backend_, recompute);
   if (owners_.lora) decoder_->set_adapters(&owners_.adapters);
   const size_t N = size_t(options_.max_tokens);

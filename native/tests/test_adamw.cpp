@@ -1,7 +1,9 @@
 // AdamW over several steps against a float64 re-implementation of torch.optim.AdamW's update,
 // the bf16 weight copy, the f64 sum of squares and the clipping coefficient.
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "harness.h"
 #include "kernels/cpu/adamw.h"
@@ -101,32 +103,76 @@ ZN_TEST("adamw.without_bf16_copy_and_bad_step") {
 }
 
 ZN_TEST("adamw.every_path_gives_the_scalar_bits") {
-  // The AVX2 loop claims torch's op order exactly as the scalar loop has it: every output bit
-  // equal, with and without weight decay, on both sides of torch's lerp switch (weight 1 - b1
-  // below and above 0.5), clipped and not, with a tail that is not a multiple of 8.
-  if (!(cpu_features().avx2 && cpu_features().fma)) return;
+  // The AVX2 and AVX-512 loops claim torch's op order exactly as the scalar loop has it: every
+  // output bit equal, with and without weight decay, on both sides of torch's lerp switch
+  // (weight 1 - b1 below and above 0.5), clipped and not, with a tail that is not a multiple of
+  // 16, from an unaligned start, and with values whose bf16 rounding is tricky: denormals
+  // (which vcvtneps2bf16 would flush), halfway cases, zeros of both signs, the f32 maximum, a
+  // NaN gradient.
+  std::vector<CpuPath> paths;
+  if (cpu_features().avx2 && cpu_features().fma) paths.push_back(CpuPath::Avx2);
+  if (cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512bf16) paths.push_back(CpuPath::Avx512Bf16);
   const long n = 4099;
-  for (const double beta1 : {0.9, 0.3}) {
-    for (const double wd : {0.0, 0.1}) {
-      for (const float scale : {1.0f, 0.37f}) {
-        const auto param0 = random_f32(n), m0 = random_f32(n, 1e-3f), grad = random_f32(n, 1e-2f);
-        auto v0 = random_f32(n, 1e-5f);
-        for (float& x : v0) x = std::fabs(x);
-        const cpu::AdamWStep hp{1e-3, beta1, 0.999, 1e-8, wd, 7, scale};
-        struct State {
-          std::vector<float> p, m, v;
-          std::vector<bf16> copy;
-        };
-        State s{param0, m0, v0, std::vector<bf16>(n)}, a = s;
-        cpu::adamw_update(n, hp, s.p.data(), grad.data(), s.m.data(), s.v.data(), s.copy.data(), CpuPath::Scalar);
-        cpu::adamw_update(n, hp, a.p.data(), grad.data(), a.m.data(), a.v.data(), a.copy.data(), CpuPath::Avx2);
-        const std::string what = "beta1 " + std::to_string(beta1) + " wd " + std::to_string(wd) +
-                                 " scale " + std::to_string(scale);
-        EXPECT(std::memcmp(s.p.data(), a.p.data(), n * 4) == 0, "params differ: ", what);
-        EXPECT(std::memcmp(s.m.data(), a.m.data(), n * 4) == 0, "exp_avg differs: ", what);
-        EXPECT(std::memcmp(s.v.data(), a.v.data(), n * 4) == 0, "exp_avg_sq differs: ", what);
-        EXPECT(std::memcmp(s.copy.data(), a.copy.data(), n * 2) == 0, "bf16 copies differ: ", what);
+  for (const long start : {0L, 3L}) {
+    for (const double beta1 : {0.9, 0.3}) {
+      for (const double wd : {0.0, 0.1}) {
+        for (const float scale : {1.0f, 0.37f}) {
+          auto param0 = random_f32(n), m0 = random_f32(n, 1e-3f), grad = random_f32(n, 1e-2f);
+          auto v0 = random_f32(n, 1e-5f);
+          for (float& x : v0) x = std::fabs(x);
+          const float tricky[] = {1e-40f, -3e-39f, 0.0f, -0.0f, 3.4e38f, 1.00390625f, -1.01171875f, 1e-38f};
+          for (long i = 0; i < 64; ++i) param0[size_t(40 * i + 5)] = tricky[i % 8];
+          grad[17] = std::nanf("");
+          const cpu::AdamWStep hp{1e-3, beta1, 0.999, 1e-8, wd, 7, scale};
+          struct State {
+            std::vector<float> p, m, v;
+            std::vector<bf16> copy;
+          };
+          const State initial{param0, m0, v0, std::vector<bf16>(n)};
+          State s = initial;
+          const long k = n - start;
+          cpu::adamw_update(k, hp, s.p.data() + start, grad.data() + start, s.m.data() + start, s.v.data() + start,
+                            s.copy.data() + start, CpuPath::Scalar);
+          for (const CpuPath path : paths) {
+            State a = initial;
+            cpu::adamw_update(k, hp, a.p.data() + start, grad.data() + start, a.m.data() + start, a.v.data() + start,
+                              a.copy.data() + start, path);
+            const std::string what = std::string(cpu_path_name(path)) + " start " + std::to_string(start) + " beta1 " +
+                                     std::to_string(beta1) + " wd " + std::to_string(wd) + " scale " + std::to_string(scale);
+            EXPECT(std::memcmp(s.p.data(), a.p.data(), n * 4) == 0, "params differ: ", what);
+            EXPECT(std::memcmp(s.m.data(), a.m.data(), n * 4) == 0, "exp_avg differs: ", what);
+            EXPECT(std::memcmp(s.v.data(), a.v.data(), n * 4) == 0, "exp_avg_sq differs: ", what);
+            EXPECT(std::memcmp(s.copy.data(), a.copy.data(), n * 2) == 0, "bf16 copies differ: ", what);
+          }
+        }
       }
+    }
+  }
+}
+
+ZN_TEST("adamw.bf16_copy_rounds_tricky_values_as_f32_to_bf16") {
+  // The copy of each path against the scalar rounding rule, on weights that the step leaves
+  // as they are (lr 0): denormals kept (not flushed), ties to even, NaN quieted, infinities.
+  const std::vector<float> values{1e-40f, -3e-39f, 0.0f, -0.0f, 1.00390625f, 1.01171875f, -1.01171875f,
+                                  std::numeric_limits<float>::infinity(), -3.4e38f, std::nanf(""), 7.0f,
+                                  1e-45f, -1.1754942e-38f, 65504.0f, 0.1f, 3.0e38f, 2.5f};
+  const long n = long(values.size());
+  std::vector<CpuPath> paths{CpuPath::Scalar};
+  if (cpu_features().avx2 && cpu_features().fma) paths.push_back(CpuPath::Avx2);
+  if (cpu_features().avx512f && cpu_features().avx512bw && cpu_features().avx512bf16) paths.push_back(CpuPath::Avx512Bf16);
+  for (const CpuPath path : paths) {
+    std::vector<float> p = values, m(size_t(n), 0.0f), v(size_t(n), 0.0f), grad(size_t(n), 0.0f);
+    std::vector<bf16> copy(static_cast<size_t>(n));
+    cpu::adamw_update(n, {0.0, 0.9, 0.999, 1e-8, 0.0, 1, 1.0f}, p.data(), grad.data(), m.data(), v.data(),
+                      copy.data(), path);
+    for (long i = 0; i < n; ++i) {
+      // Round to nearest even by hand, in 64-bit integers.
+      uint32_t u;
+      std::memcpy(&u, &values[size_t(i)], 4);
+      const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+      const uint16_t want = nan ? uint16_t((u >> 16) | 0x40) : uint16_t((uint64_t(u) + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+      EXPECT(copy[size_t(i)].bits == want, cpu_path_name(path), " value ", values[size_t(i)], " got ", copy[size_t(i)].bits,
+             " want ", want);
     }
   }
 }

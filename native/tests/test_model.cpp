@@ -329,31 +329,40 @@ ZN_TEST("model.checkpointing_gives_the_same_gradients") {
 
 ZN_TEST("model.plan_saves_per_layer_only_gemm_and_attention_outputs") {
   // The activation arena, from the layout mistral.cpp describes. Per layer (kept for every layer,
-  // or once with checkpointing or when frozen): 1/rms of x and of h, q, k, v, the attention
-  // output and its log-sum-exp, and one region holding gate and up (in backward dgate/dup, then
-  // dq, dk, dv, so it is the larger of the two). Not per layer: the rmsnorm outputs and
-  // silu(gate) * up (recomputed into one [N, d] and one shared wide buffer), h (rebuilt in the
-  // next layer's input buffer). Shared: the layer inputs x_0..x_L (two when frozen), the final
-  // 1/rms and logit log-sum-exp, the norm buffer, the wide buffer (act, dact, dnorm, dattn) and
-  // dres (trainable only). k and v, when every layer is kept, are one shared pair (recomputed in
-  // backward). N = 64 keeps every piece a multiple of the 16-float alignment.
+  // or once with checkpointing or when frozen): 1/rms of x and of h and the attention's
+  // log-sum-exp; q, k, v, the attention output, and one region holding gate and up (in backward
+  // dgate/dup, then dq, dk, dv and the attention backward's packed operands, so it is the larger
+  // of the two) are per layer only with checkpointing or when frozen (one slot): when every layer
+  // is kept, each is one buffer all layers share (recomputed in backward). Not per layer: the
+  // rmsnorm outputs and silu(gate) * up (recomputed into one [N, d] and one shared wide buffer),
+  // h (rebuilt in the next layer's input buffer). Shared: the layer inputs x_0..x_L (two when
+  // frozen), the final 1/rms and logit log-sum-exp, the norm buffer, the wide buffer (act, dact,
+  // dnorm, dattn) and dres (trainable only). N = 64 keeps every piece a multiple of the 16-float
+  // alignment. The attention backward's operands, planned for N / 64 + 1 key tiles of 64 keys
+  // per kv head (one document), head_dim padded to P = 16 floats: K as columns, V as columns, K
+  // as rows (each kv_heads x tiles x 64 x P), scale*Q, dO, the dQ accumulator (each N x heads x
+  // P), lse and delta (each N x heads).
   MistralConfig wide = tiny_config(false);
   wide.intermediate_size = 40;  // 2 ffn > q_dim + 2 kv_dim, ffn > q_dim > hidden
   for (const MistralConfig& c : {tiny_config(false), wide}) {
     const size_t N = 64, d = size_t(c.hidden_size), qd = size_t(c.q_dim()), kvd = size_t(c.kv_dim());
-    const size_t ffn = size_t(c.intermediate_size), L = size_t(c.num_layers);
-    const size_t layer = 2 + qd + 2 * kvd + qd + size_t(c.num_heads) + std::max(2 * ffn, qd + 2 * kvd);
+    const size_t ffn = size_t(c.intermediate_size), L = size_t(c.num_layers), heads = size_t(c.num_heads);
+    const size_t P = 16, tiles = N / 64 + 1;
+    const size_t scratch = (3 * size_t(c.num_kv_heads) * tiles * 64 * P + 3 * N * heads * P + 2 * N * heads) / N;
+    const size_t region = std::max(2 * ffn, qd + 2 * kvd + scratch), frozen_region = std::max(2 * ffn, qd + 2 * kvd);
+    const size_t small = 2 + heads;  // rstd1, rstd2, lse
     const size_t act = std::max({ffn, d, qd});
     ModelOptions o;
     o.max_tokens = long(N);
-    const size_t plain = (L + 1) * d + 2 * kvd + L * (layer - 2 * kvd) + 2 + d + act + d;
+    const size_t plain = (L + 1) * d + 2 * qd + 2 * kvd + L * small + region + 2 + d + act + d;
     EXPECT(plan_memory(c, o).activations == 4 * N * plain, "ffn ", ffn, ": ", plan_memory(c, o).activations,
            " bytes, expected ", 4 * N * plain);
     o.gradient_checkpointing = true;
+    const size_t layer = small + 2 * qd + 2 * kvd + region;
     const size_t checkpointed = (L + 1) * d + layer + 2 + d + act + d;
     EXPECT(plan_memory(c, o).activations == 4 * N * checkpointed, "checkpointing, ffn ", ffn);
     o.trainable = false;
-    const size_t frozen = 2 * d + layer + 2 + d;  // act is written over gate
+    const size_t frozen = 2 * d + small + 2 * qd + 2 * kvd + frozen_region + 2 + d;  // act is written over gate
     EXPECT(plan_memory(c, o).activations == 4 * N * frozen, "frozen, ffn ", ffn);
   }
 }

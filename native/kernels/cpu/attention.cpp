@@ -432,12 +432,20 @@ struct KeyTiles {
   std::vector<long> first;  // per document, the index of its first tile
   long count = 0;           // tiles per kv head
   long size = 0;            // floats per tile
-  Buffer data;
+  Buffer owned;             // data, when the caller gave no memory for it
+  float* data = nullptr;
 
   const float* tile(long kv_head, long doc, long index) const {
-    return data.get() + (kv_head * count + first[size_t(doc)] + index) * size;
+    return data + (kv_head * count + first[size_t(doc)] + index) * size;
   }
 };
+
+// Tiles of all documents, per kv head.
+long count_all_key_tiles(const std::vector<Span>& docs) {
+  long count = 0;
+  for (Span doc : docs) count += count_key_tiles(doc);
+  return count;
+}
 
 MatB columns_operand(const Layout& L, const float* tile) { return {tile, kLanes, L.padded_dim * kLanes}; }
 MatB rows_operand(const float* tile) { return {tile, kLanes, kKeyTile * kLanes}; }
@@ -460,8 +468,9 @@ void pack_tile(const Layout& L, const float* x, long h, Span keys, TileLayout la
   }
 }
 
+// Into dst (L.kv_heads * count_all_key_tiles(docs) tiles), or memory of their own when null.
 KeyTiles pack_key_tiles(const Layout& L, const std::vector<Span>& docs, const float* x,
-                        TileLayout layout) {
+                        TileLayout layout, float* dst = nullptr) {
   KeyTiles tiles;
   std::vector<std::pair<long, long>> tile_docs;  // (document, tile in document)
   for (long d = 0; d < long(docs.size()); ++d) {
@@ -470,32 +479,34 @@ KeyTiles pack_key_tiles(const Layout& L, const std::vector<Span>& docs, const fl
     for (long t = 0; t < count_key_tiles(docs[size_t(d)]); ++t) tile_docs.push_back({d, t});
   }
   tiles.size = L.padded_dim * kKeyTile;
-  tiles.data = new_buffer(L.kv_heads * tiles.count * tiles.size);
+  if (!dst) {
+    tiles.owned = new_buffer(L.kv_heads * tiles.count * tiles.size);
+    dst = tiles.owned.get();
+  }
+  tiles.data = dst;
   parallel_for(size_t(L.kv_heads * tiles.count), 1, [&](size_t begin, size_t end) {
     for (long item = long(begin); item < long(end); ++item) {
       const auto [doc, index] = tile_docs[size_t(item % tiles.count)];
       pack_tile(L, x, item / tiles.count, key_tile(docs[size_t(doc)], index), layout,
-                tiles.data.get() + item * tiles.size);
+                tiles.data + item * tiles.size);
     }
   });
   return tiles;
 }
 
-// x [T][Hq][D] as [Hkv][T][G][P], times factor.
-Buffer pack_query_rows(const Layout& L, const float* x, float factor) {
+// x [T][Hq][D] as [Hkv][T][G][P], times factor, into dst (L.heads * L.tokens * P floats).
+void pack_query_rows(const Layout& L, const float* x, float factor, float* dst) {
   const long P = L.padded_dim;
-  Buffer dst = new_buffer(L.heads * L.tokens * P);
   parallel_for(size_t(L.tokens), 16, [&](size_t begin, size_t end) {
     for (long t = long(begin); t < long(end); ++t) {
       for (long h = 0; h < L.heads; ++h) {
         const float* src = x + t * L.q_stride() + h * L.head_dim;
-        float* row = dst.get() + ((h / L.group * L.tokens + t) * L.group + h % L.group) * P;
+        float* row = dst + ((h / L.group * L.tokens + t) * L.group + h % L.group) * P;
         for (long d = 0; d < L.head_dim; ++d) row[d] = src[d] * factor;
         std::fill(row + L.head_dim, row + P, 0.0f);
       }
     }
   });
-  return dst;
 }
 
 // Where per-row value [head][t] goes in the [Hkv][T][G] row order.
@@ -760,7 +771,7 @@ namespace {
 
 struct BackwardOperands {
   KeyTiles k_columns, v_columns, k_rows;
-  Buffer q_rows, dout_rows, lse_rows, delta_rows, dq_rows;
+  float *q_rows, *dout_rows, *lse_rows, *delta_rows, *dq_rows;
   float *dk, *dv;
 };
 
@@ -782,11 +793,11 @@ Pair make_pair(const Layout& L, const BackwardOperands& a, long kv_head, long do
           keys,
           queries.size() * L.group,
           round_up(keys.size(), kLanes),
-          a.q_rows.get() + first_row * P,
-          a.dout_rows.get() + first_row * P,
-          a.lse_rows.get() + first_row,
-          a.delta_rows.get() + first_row,
-          a.dq_rows.get() + first_row * P,
+          a.q_rows + first_row * P,
+          a.dout_rows + first_row * P,
+          a.lse_rows + first_row,
+          a.delta_rows + first_row,
+          a.dq_rows + first_row * P,
           a.k_columns.tile(kv_head, doc_index, tile),
           a.v_columns.tile(kv_head, doc_index, tile),
           a.k_rows.tile(kv_head, doc_index, tile)};
@@ -873,12 +884,23 @@ void backward_query_block(const Layout& L, const Kernels& K, const BackwardOpera
   }
 }
 
+// The packed operands' floats: three key-tile sets, Q, dO and the dQ accumulator, lse and delta.
+struct BackwardSizes {
+  long key_tiles, query_rows, row_values, total;
+};
+
+BackwardSizes backward_sizes(const Layout& L, long tiles_per_kv_head) {
+  BackwardSizes s;
+  s.key_tiles = L.kv_heads * tiles_per_kv_head * L.padded_dim * kKeyTile;
+  s.query_rows = L.heads * L.tokens * L.padded_dim;
+  s.row_values = L.heads * L.tokens;
+  s.total = 3 * s.key_tiles + 3 * s.query_rows + 2 * s.row_values;
+  return s;
+}
+
 // lse and delta = rowsum(dO∘O) in packed row order; the dQ accumulator starts at zero.
 void prepare_rows(const Layout& L, const float* out, const float* dout, const float* lse,
                   BackwardOperands& a) {
-  a.lse_rows = new_buffer(L.heads * L.tokens);
-  a.delta_rows = new_buffer(L.heads * L.tokens);
-  a.dq_rows = new_buffer(L.heads * L.tokens * L.padded_dim);
   parallel_for(size_t(L.tokens), 16, [&](size_t begin, size_t end) {
     for (long t = long(begin); t < long(end); ++t) {
       for (long h = 0; h < L.heads; ++h) {
@@ -887,7 +909,7 @@ void prepare_rows(const Layout& L, const float* out, const float* dout, const fl
         for (long d = 0; d < L.head_dim; ++d) sum += double(dout[offset + d]) * out[offset + d];
         a.delta_rows[row] = float(sum);
         a.lse_rows[row] = lse[h * L.tokens + t];
-        std::fill_n(a.dq_rows.get() + row * L.padded_dim, L.padded_dim, 0.0f);
+        std::fill_n(a.dq_rows + row * L.padded_dim, L.padded_dim, 0.0f);
       }
     }
   });
@@ -897,7 +919,7 @@ void write_query_grads(const Layout& L, const BackwardOperands& a, float* dq) {
   parallel_for(size_t(L.tokens), 16, [&](size_t begin, size_t end) {
     for (long t = long(begin); t < long(end); ++t) {
       for (long h = 0; h < L.heads; ++h) {
-        const float* src = a.dq_rows.get() + row_index(L, h, t) * L.padded_dim;
+        const float* src = a.dq_rows + row_index(L, h, t) * L.padded_dim;
         float* dst = dq + t * L.q_stride() + h * L.head_dim;
         for (long d = 0; d < L.head_dim; ++d) dst[d] = L.scale * src[d];
       }
@@ -973,18 +995,31 @@ void run_backward(const Layout& L, const Kernels& K, const std::vector<Span>& do
 void attention_backward(const AttentionShape& shape, const float* q, const float* k,
                         const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,
                         const float* lse, const float* dout, float* dq, float* dk, float* dv,
-                        CpuPath path) {
+                        CpuPath path, AttentionScratch scratch) {
   check_arguments("attention_backward", shape, cu_seqlens, n_docs);
   const Layout L = make_layout(shape);
   const Kernels K = kernels_for(path);
   const std::vector<Span> docs = documents(cu_seqlens, n_docs);
+  const BackwardSizes sizes = backward_sizes(L, count_all_key_tiles(docs));
+  Buffer owned;
+  float* next = static_cast<float*>(scratch.data);
+  if (!next || scratch.bytes < sizes.total * sizeof(float)) {
+    owned = new_buffer(sizes.total);
+    next = owned.get();
+  }
+  auto take = [&](long floats) { float* piece = next; next += floats; return piece; };
   BackwardOperands a;
-  a.k_columns = pack_key_tiles(L, docs, k, TileLayout::Columns);
-  a.v_columns = pack_key_tiles(L, docs, v, TileLayout::Columns);
-  a.k_rows = pack_key_tiles(L, docs, k, TileLayout::Rows);
+  a.k_columns = pack_key_tiles(L, docs, k, TileLayout::Columns, take(sizes.key_tiles));
+  a.v_columns = pack_key_tiles(L, docs, v, TileLayout::Columns, take(sizes.key_tiles));
+  a.k_rows = pack_key_tiles(L, docs, k, TileLayout::Rows, take(sizes.key_tiles));
   // Q is packed pre-scaled: S = (scale·Q)·Kᵀ, and dK = dSᵀ·(scale·Q) needs no further factor.
-  a.q_rows = pack_query_rows(L, q, L.scale);
-  a.dout_rows = pack_query_rows(L, dout, 1.0f);
+  a.q_rows = take(sizes.query_rows);
+  pack_query_rows(L, q, L.scale, a.q_rows);
+  a.dout_rows = take(sizes.query_rows);
+  pack_query_rows(L, dout, 1.0f, a.dout_rows);
+  a.dq_rows = take(sizes.query_rows);
+  a.lse_rows = take(sizes.row_values);
+  a.delta_rows = take(sizes.row_values);
   prepare_rows(L, out, dout, lse, a);
   a.dk = dk;
   a.dv = dv;
@@ -994,8 +1029,14 @@ void attention_backward(const AttentionShape& shape, const float* q, const float
 
 void attention_backward(const AttentionShape& shape, const float* q, const float* k,
                         const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,
-                        const float* lse, const float* dout, float* dq, float* dk, float* dv) {
-  attention_backward(shape, q, k, v, cu_seqlens, n_docs, out, lse, dout, dq, dk, dv, cpu_path());
+                        const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                        AttentionScratch scratch) {
+  attention_backward(shape, q, k, v, cu_seqlens, n_docs, out, lse, dout, dq, dk, dv, cpu_path(), scratch);
+}
+
+size_t attention_backward_scratch_bytes(const AttentionShape& shape, long documents) {
+  const Layout L = make_layout(shape);
+  return size_t(backward_sizes(L, shape.tokens / kKeyTile + documents).total) * sizeof(float);
 }
 
 }  // namespace zn::cpu

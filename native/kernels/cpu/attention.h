@@ -59,10 +59,21 @@ struct AttentionSequences {
 void attention_forward(const AttentionShape& shape, const AttentionSequences& seqs,
                        const float* q, const float* k, const float* v, float* out, float* lse);
 
+// Memory for attention_backward's packed operands (K, V and Q in tiles, dO, the dQ accumulator)
+// from the caller, such as a model's step table: attention_backward_scratch_bytes(shape,
+// documents) bytes, 64-byte aligned, hold them for up to `documents` documents. Empty, or
+// smaller than a call needs: the kernel allocates its own for the call.
+struct AttentionScratch {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+size_t attention_backward_scratch_bytes(const AttentionShape& shape, long documents);
+
 // dq, dk, dv are overwritten.
 void attention_backward(const AttentionShape& shape, const float* q, const float* k,
                         const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,
-                        const float* lse, const float* dout, float* dq, float* dk, float* dv);
+                        const float* lse, const float* dout, float* dq, float* dk, float* dv,
+                        AttentionScratch scratch = {});
 
 // The same on a given SIMD path instead of cpu_path() (tests and benchmarks compare paths).
 void attention_forward(const AttentionShape& shape, const float* q, const float* k, const float* v,
@@ -74,6 +85,6 @@ void attention_forward(const AttentionShape& shape, const AttentionSequences& se
 void attention_backward(const AttentionShape& shape, const float* q, const float* k,
                         const float* v, const int32_t* cu_seqlens, int n_docs, const float* out,
                         const float* lse, const float* dout, float* dq, float* dk, float* dv,
-                        CpuPath path);
+                        CpuPath path, AttentionScratch scratch = {});
 
 }  // namespace zn::cpu
