@@ -30,7 +30,9 @@ import { dpo, sft } from '../lib/train/api.js';
 import { rankShare, sumAcrossRanks } from '../lib/train/loop.js';
 import { optimizerFiles, optimizerShardFile } from '../lib/train/checkpoint.js';
 import { effectiveZeroStage, shardOption, zeroStage } from '../lib/train/zero.js';
-import { assertClose, assertIdenticalWeights, assertSameTrajectory, assertSameWeights, flags, history, mpiSkipReason, tensors } from './support/ranks.js';
+import {
+  assertClose, assertIdenticalWeights, assertSameTrajectory, assertSameWeights, descendants, environOf, flags, history, mpiSkipReason, tensors,
+} from './support/ranks.js';
 
 const root = packageRoot();
 const cli = join(root, 'dist', 'lib', 'cli', 'main.js');
@@ -352,34 +354,3 @@ describe('data parallel on 2 MPI ranks', { skip: skip ?? false }, () => {
     assert.ok(finished.seconds < 30, `ended after ${finished.seconds} s`);
   });
 });
-
-/** Every process below `pid` (Linux /proc). */
-function descendants(pid: number): number[] {
-  const out: number[] = [];
-  const visit = (parent: number): void => {
-    const tasks = join('/proc', String(parent), 'task');
-    if (!existsSync(tasks)) return;
-    for (const task of readdirSync(tasks)) {
-      let children = '';
-      try {
-        children = readFileSync(join(tasks, task, 'children'), 'utf8');
-      } catch {
-        continue;
-      }
-      for (const child of children.split(' ').filter(Boolean).map(Number)) {
-        out.push(child);
-        visit(child);
-      }
-    }
-  };
-  visit(pid);
-  return out;
-}
-
-function environOf(pid: number): string {
-  try {
-    return readFileSync(join('/proc', String(pid), 'environ'), 'utf8');
-  } catch {
-    return '';
-  }
-}
