@@ -29,7 +29,7 @@ import { choice, count, machineInfo, markdown, mib, ourVersions } from './run.js
 
 export const RANK_BENCH_USAGE =
   'npm run bench:steps -- --nproc_per_node N [--preset tiny|small] [--mode sft|dpo|both] [--precision bf16|f32|both]\n' +
-  '                       [--steps 3] [--warmup 1] [--zero_stage 0] [--json FILE] [--cache-dir DIR]\n' +
+  '                       [--steps 3] [--warmup 1] [--zero_stage 0|1|2] [--json FILE] [--cache-dir DIR]\n' +
   `--zero_stage: ${ZERO_STAGES.join(', ')} (0: every rank holds the whole optimizer state; 1: each its shard of it; 2: and gradients reduce-scattered)`;
 
 export interface RankBenchSettings {
