@@ -1000,7 +1000,11 @@ ZN_TEST("model.cached_extend_matches_a_forward_over_the_whole_sequence") {
         std::vector<std::vector<int32_t>> sequences;
         for (int s : slots) sequences.push_back(history[s]);
         const std::vector<float> want = full_logits(*model, sequences);
-        test::expect_close(got, test::to_f64(want), precision == Precision::F32 ? 1e-5 : 1e-4, what);
+        // bf16: the cached and the whole-sequence paths sum in different orders, so now and then
+        // an activation near a rounding boundary rounds to the neighbouring bf16 value in one of
+        // them (measured over 400 seeds: 3 such runs, relative errors 1.2e-3 to 3.1e-3; every
+        // other run below 1e-6). A wrong slot, position or window moves whole logits, far more.
+        test::expect_close(got, test::to_f64(want), precision == Precision::F32 ? 1e-5 : 1e-2, what);
       };
       const int a = model->acquire_sequence(), b = model->acquire_sequence();
       check(extend(*model, history, {{a, random_tokens(5)}, {b, random_tokens(2)}}), {a, b}, "prefill");
