@@ -20,10 +20,7 @@ import { pathToFileURL } from 'node:url';
 
 import { binarize } from '../lib/aif/binarize.js';
 import { writePreferences } from '../lib/aif/preference-files.js';
-import { ultrachatRows, ultrafeedbackRows } from '../lib/demo/teacher.js';
-import { writeLlama2TokenizerFolder } from '../lib/data/llama2-tokenizer.js';
-import { writeRows } from '../lib/data/writers.js';
-import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
+import { ultrafeedbackRows } from '../lib/demo/teacher.js';
 import { launchEnvironment, type Ranks, SINGLE_RANK } from '../lib/model/ranks.js';
 import { packageRoot } from '../lib/native.js';
 import { dpo, sft } from '../lib/train/api.js';
@@ -31,7 +28,7 @@ import { rankShare, sumAcrossRanks } from '../lib/train/loop.js';
 import { optimizerFiles, optimizerShardFile } from '../lib/train/checkpoint.js';
 import { effectiveZeroStage, shardOption, zeroStage } from '../lib/train/zero.js';
 import {
-  assertClose, assertIdenticalWeights, assertSameTrajectory, assertSameWeights, descendants, environOf, flags, history, mpiSkipReason, tensors,
+  assertClose, assertIdenticalWeights, assertSameTrajectory, assertSameWeights, descendants, environOf, flags, history, mpiSkipReason, tensors, writeSftFixtures,
 } from './support/ranks.js';
 
 const root = packageRoot();
@@ -149,15 +146,8 @@ describe('data parallel on 2 MPI ranks', { skip: skip ?? false }, () => {
   const prefs = { model_name_or_path: join(work, 'model'), dataset_name: join(work, 'prefs'), dataset_train_split: 'train_prefs', dataset_test_split: 'test_prefs' };
 
   before(async () => {
-    writeLlama2TokenizerFolder(join(work, 'tokenizer'));
     // Untied embeddings: the ranks sum the embedding's gradient as a dense buffer.
-    const config = mistralConfig({
-      vocab_size: 32000, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
-      num_key_value_heads: 2, max_position_embeddings: 128, sliding_window: 16, tie_word_embeddings: false,
-      bos_token_id: 1, eos_token_id: 2,
-    });
-    await writeRandomModel(join(work, 'model'), config, { seed: 3, tokenizerDir: join(work, 'tokenizer') });
-    await writeRows(join(work, 'chats.jsonl'), ultrachatRows(40, 11));
+    await writeSftFixtures(work);
     const { pairs } = await binarize(ultrafeedbackRows(40, 5), { seed: 3 });
     await writePreferences(join(work, 'prefs'), pairs, { testSize: 4, seed: 3 });
   });
