@@ -26,6 +26,12 @@
 # 6. one table (bench/device_report.py), printed last and written to $OUT/table.txt.
 # A part that fails is reported and the others still run. The whole run keeps within
 # ZN_DEVICE_BUDGET seconds (default 540): each part's time limit shrinks to what is left.
+# Which parts run: ZN_DEVICE_PARTS or `--parts LIST`, a comma list of checks, timings, torch,
+# package, step7b, recipe, nccl, ctest; `all` (the default) or `open`: what the open issues wait
+# on (checks, nccl, recipe; about 8 minutes), for a lease too short for everything.
+# With ZN_DEVICE_PREBUILT=DIR (bench/device-prebuild.sh builds it here, carried in .device/) the
+# check program, the addons and dist/ come from DIR when they run on this machine, saving the
+# build's minutes; otherwise everything is built here as before.
 # Files in $OUT: device-check.log (everything), results.jsonl, build.log, ctest.log, table.txt,
 # peer-cuda-small.json, peer-cuda-small-peft.json, lora-7b-dpo.json and recipe-*.json (with Node.js).
 set -uo pipefail
@@ -39,6 +45,20 @@ rm -f "$build"/results/*.jsonl
 exec > >(tee "$out/device-check.log") 2>&1
 started=$SECONDS
 parts=()
+wanted_parts=${ZN_DEVICE_PARTS:-all}
+for ((i = 1; i < $#; i++)); do [[ ${!i} == --parts ]] && j=$((i + 1)) && wanted_parts=${!j}; done
+case $wanted_parts in
+  all) wanted_parts=checks,timings,torch,package,step7b,recipe,nccl,ctest ;;
+  open) wanted_parts=checks,nccl,recipe ;;
+esac
+for name in ${wanted_parts//,/ }; do
+  case $name in
+    checks | timings | torch | package | step7b | recipe | nccl | ctest) ;;
+    *) echo "device-check: unknown part '$name' in '$wanted_parts' (parts: checks timings torch package step7b recipe nccl ctest, or all, open)" >&2; exit 2 ;;
+  esac
+done
+wanted() { [[ ,$wanted_parts, == *,$1,* ]]; }
+echo "parts: $wanted_parts"
 
 step() { printf '\n=== %s (%ds)\n' "$1" $((SECONDS - started)); }
 # Seconds a part may take: its own limit, or what is left of the budget less a reserve for the table.
@@ -105,80 +125,120 @@ with_node=OFF
 cmake_args=(-S . "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DZN_CUDA=ON -DZN_BUILD_ADDON=$with_node
             "-DCMAKE_CUDA_COMPILER=$nvcc" "-DCMAKE_CUDA_ARCHITECTURES=$archs")
 check=$build/zn_cuda_check
-if part "configure" 120 cmake "${cmake_args[@]}" -B "$build" >"$out/build.log" 2>&1 &&
-  part "build zn_cuda_check" 300 cmake --build "$build" -j "$jobs" --target zn_cuda_check >>"$out/build.log" 2>&1; then
-  :
-else
-  echo "the full build failed; retrying without the CPU kernels (float64 references only)"
-  check=$build-gpu-only/zn_cuda_check
-  part "configure gpu-only" 60 cmake "${cmake_args[@]}" -B "$build-gpu-only" -DZN_CUDA_CHECK_CPU=OFF >>"$out/build.log" 2>&1 &&
-    part "build gpu-only" 240 cmake --build "$build-gpu-only" -j "$jobs" --target zn_cuda_check >>"$out/build.log" 2>&1
+export ZN_ADDON_PATH=$build/Release/zn_cpu.node ZN_CUDA_ADDON=$build/cuda/zn_cuda.node
+# Prebuilt binaries (bench/device-prebuild.sh) go where the build would put them, if they start
+# here: the check program must find the GPU and cuBLASLt, the addons must load in Node.
+prebuilt=no
+if [[ -n ${ZN_DEVICE_PREBUILT:-} ]]; then
+  from=${ZN_DEVICE_PREBUILT%/}
+  mkdir -p "$build/Release" "$build/cuda"
+  if xz -dc "$from/zn_cuda_check.xz" >"$check" && chmod +x "$check" && xz -dc "$from/zn_cpu.node.xz" >"$ZN_ADDON_PATH" &&
+    xz -dc "$from/zn_cuda.node.xz" >"$ZN_CUDA_ADDON" && "$check" --no-checks --no-bench && { [[ $with_node == OFF ]] || { xz -dc "$from/dist.tar.xz" | tar -xf - &&
+      node -e 'require(process.env.ZN_ADDON_PATH); require(process.env.ZN_CUDA_ADDON)'; }; }; then
+    prebuilt=yes
+    parts+=("prebuilt binaries of commit $(cat "$from/commit" 2>/dev/null || echo '?') for $(cat "$from/archs" 2>/dev/null || echo '?'): used")
+  else
+    parts+=("prebuilt binaries in $from: did not start here, built from source instead")
+    rm -f "$check" "$ZN_ADDON_PATH" "$ZN_CUDA_ADDON"
+  fi
 fi
-grep -E 'zephyr-native|error' "$out/build.log" | head -n 40
-echo "ptxas: $(grep -c 'bytes spill stores' "$out/build.log") kernels compiled, spills:"
-grep -B2 -E '[1-9][0-9]* bytes spill (stores|loads)' "$out/build.log" | grep -E 'Compiling entry|spill' | head -n 20 || true
+echo "prebuilt binaries: $prebuilt"
+# configure: the CMake tree, once (what is prebuilt needs none; ctest and a fallback build do).
+configured=no
+configure() {
+  case $configured in yes) return 0 ;; failed) return 1 ;; esac
+  if part "configure" 120 cmake "${cmake_args[@]}" -B "$build" >>"$out/build.log" 2>&1; then configured=yes; else configured=failed; return 1; fi
+}
+: >"$out/build.log"
+if [[ $prebuilt == no ]]; then
+  if configure && part "build zn_cuda_check" 300 cmake --build "$build" -j "$jobs" --target zn_cuda_check >>"$out/build.log" 2>&1; then
+    :
+  else
+    echo "the full build failed; retrying without the CPU kernels (float64 references only)"
+    check=$build-gpu-only/zn_cuda_check
+    part "configure gpu-only" 60 cmake "${cmake_args[@]}" -B "$build-gpu-only" -DZN_CUDA_CHECK_CPU=OFF >>"$out/build.log" 2>&1 &&
+      part "build gpu-only" 240 cmake --build "$build-gpu-only" -j "$jobs" --target zn_cuda_check >>"$out/build.log" 2>&1
+  fi
+  grep -E 'zephyr-native|error' "$out/build.log" | head -n 40
+  echo "ptxas: $(grep -c 'bytes spill stores' "$out/build.log") kernels compiled, spills:"
+  grep -B2 -E '[1-9][0-9]* bytes spill (stores|loads)' "$out/build.log" | grep -E 'Compiling entry|spill' | head -n 20 || true
+fi
 # The CPU tests build and run meanwhile, in the background (they need no GPU; the GPU timings are
 # of large kernels, which a busy host CPU does not slow).
-(
-  if cmake --build "$build" -j "$jobs" --target zn_tests >"$out/ctest.log" 2>&1; then
-    ZN_NUM_THREADS=$jobs timeout --kill-after=5 "$(limit 300)" ctest --test-dir "$build" --output-on-failure >>"$out/ctest.log" 2>&1
-    rc=$?
-    case $rc in
-      0) echo "ctest: ok" ;;
-      124 | 137) echo "ctest: TIMED OUT" ;;
-      *) echo "ctest: FAILED (exit $rc)" ;;
-    esac
-  else
-    echo "ctest: zn_tests did not build (see ctest.log)"
-  fi >"$build/results/ctest-status.txt"
-) &
-cpu_tests=$!
+cpu_tests=
+if wanted ctest && configure; then
+  (
+    if cmake --build "$build" -j "$jobs" --target zn_tests >"$out/ctest.log" 2>&1; then
+      ZN_NUM_THREADS=$jobs timeout --kill-after=5 "$(limit 300)" ctest --test-dir "$build" --output-on-failure >>"$out/ctest.log" 2>&1
+      rc=$?
+      case $rc in
+        0) echo "ctest: ok" ;;
+        124 | 137) echo "ctest: TIMED OUT" ;;
+        *) echo "ctest: FAILED (exit $rc)" ;;
+      esac
+    else
+      echo "ctest: zn_tests did not build (see ctest.log)"
+    fi >"$build/results/ctest-status.txt"
+  ) &
+  cpu_tests=$!
+fi
 
-if [[ -x $check ]]; then
-  step "kernel checks: CUDA against CPU kernels and float64 references"
-  part "kernel and model checks" 240 "$check" --no-bench --json "$build/results/checks.jsonl"
-else
-  parts+=("kernel checks and timings: not run (no zn_cuda_check; see build.log)")
+if wanted checks; then
+  if [[ -x $check ]]; then
+    step "kernel checks: CUDA against CPU kernels and float64 references"
+    part "kernel and model checks" 240 "$check" --no-bench --json "$build/results/checks.jsonl"
+  else
+    parts+=("kernel checks and timings: not run (no zn_cuda_check; see build.log)")
+  fi
 fi
 
 # The kernel timings and torch's on the same shapes come first: they are quick and make the table;
 # the package-level part and the whole 7B step, the longest, follow.
-if [[ -x $check ]]; then
+if wanted timings && [[ -x $check ]]; then
   for family in gemm attention memory layer; do
     step "timings: $family"
     part "timings $family" 150 "$check" --no-checks --only "$family" --json "$build/results/bench-$family.jsonl"
   done
 fi
 
-step "torch on the same shapes"
-part "torch" 240 env PYTHONUNBUFFERED=1 python3 bench/torch_device.py --json "$build/results/torch.jsonl"
+if wanted torch; then
+  step "torch on the same shapes"
+  part "torch" 240 env PYTHONUNBUFFERED=1 python3 bench/torch_device.py --json "$build/results/torch.jsonl"
+fi
+
+# The Node.js side (the package, the recipe steps, NCCL): the addons and dist/, prebuilt or built.
+node_ready=no
+if [[ $with_node == ON ]] && { wanted package || wanted recipe || wanted nccl || wanted step7b; }; then
+  if [[ $prebuilt == yes ]]; then
+    node_ready=yes
+  elif configure && part "build addons" 180 cmake --build "$build" -j "$jobs" --target zn_cpu zn_cuda >>"$out/build.log" 2>&1 &&
+    part "tsc" 60 node node_modules/typescript/bin/tsc -p tsconfig.json; then
+    node_ready=yes
+  fi
+elif [[ $with_node == OFF ]]; then
+  parts+=("package, recipe steps and NCCL: not run (no node or node_modules: carry .device from ../shared/device/prepare.sh)")
+fi
 
 # The package on the GPU: lib/model and the trainer driving the CUDA addon's Model against the
 # CPU addon (test/cuda-model.test.ts, test/cuda-addon.test.ts), then the user's bench command.
-if [[ $with_node == ON ]]; then
+if wanted package && [[ $node_ready == yes ]]; then
   step "the package on the GPU: model and trainer steps against the CPU, zephyr-native bench"
-  export ZN_ADDON_PATH=$build/Release/zn_cpu.node ZN_CUDA_ADDON=$build/cuda/zn_cuda.node
-  if part "build addons" 180 cmake --build "$build" -j "$jobs" --target zn_cpu zn_cuda >>"$out/build.log" 2>&1 &&
-    part "tsc" 60 node node_modules/typescript/bin/tsc -p tsconfig.json; then
-    part "node tests on the GPU" 150 node --test --test-concurrency=1 dist/test/cuda-model.test.js dist/test/cuda-addon.test.js
-    # The small preset's steps beside transformers + TRL on this GPU. The image has torch and
-    # transformers; trl, datasets and two of their needs travel as wheels in .device/wheels
-    # (bench/device-wheels.sh), installed into a scratch folder. Without them the TRL side is
-    # skipped with the reason and ours still runs. mistral-7b's step is timed by zn_cuda_check
-    # (step7b below), where TRL on one 80 GB GPU would not fit.
-    if ! python3 -c 'import trl, datasets' 2>/dev/null && compgen -G ".device/wheels/*.whl" >/dev/null; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/zn-site .device/wheels/*.whl &&
-        export PYTHONPATH=/tmp/zn-site${PYTHONPATH:+:$PYTHONPATH}
-    fi
-    python3 -c 'import trl, datasets; print("TRL", trl.__version__, "datasets", datasets.__version__)' 2>&1 | tail -n 1
-    part "small preset beside TRL on the GPU" 180 env ZN_PYTHON=python3 node dist/bench/peer.js --preset small \
-      --device cuda --precision bf16 --mode both --steps 3 --warmup 1 --json "$out/peer-cuda-small.json"
-    # LoRA (r 16, all-linear) on the same preset beside TRL + PEFT (issue "LoRA").
-    part "small preset LoRA beside TRL + PEFT on the GPU" 150 env ZN_PYTHON=python3 node dist/bench/peer.js --preset small \
-      --device cuda --precision bf16 --mode both --peft --steps 3 --warmup 1 --json "$out/peer-cuda-small-peft.json"
+  part "node tests on the GPU" 150 node --test --test-concurrency=1 dist/test/cuda-model.test.js dist/test/cuda-addon.test.js
+  # The small preset's steps beside transformers + TRL on this GPU. The image has torch and
+  # transformers; trl, datasets and two of their needs travel as wheels in .device/wheels
+  # (bench/device-wheels.sh), installed into a scratch folder. Without them the TRL side is
+  # skipped with the reason and ours still runs. mistral-7b's step is timed by zn_cuda_check
+  # (step7b below), where TRL on one 80 GB GPU would not fit.
+  if ! python3 -c 'import trl, datasets' 2>/dev/null && compgen -G ".device/wheels/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/zn-site .device/wheels/*.whl &&
+      export PYTHONPATH=/tmp/zn-site${PYTHONPATH:+:$PYTHONPATH}
   fi
-else
-  parts+=("package on the GPU: not run (no node or node_modules: carry .device from ../shared/device/prepare.sh)")
+  python3 -c 'import trl, datasets; print("TRL", trl.__version__, "datasets", datasets.__version__)' 2>&1 | tail -n 1
+  part "small preset beside TRL on the GPU" 180 env ZN_PYTHON=python3 node dist/bench/peer.js --preset small \
+    --device cuda --precision bf16 --mode both --steps 3 --warmup 1 --json "$out/peer-cuda-small.json"
+  # LoRA (r 16, all-linear) on the same preset beside TRL + PEFT (issue "LoRA").
+  part "small preset LoRA beside TRL + PEFT on the GPU" 150 env ZN_PYTHON=python3 node dist/bench/peer.js --preset small \
+    --device cuda --precision bf16 --mode both --peft --steps 3 --warmup 1 --json "$out/peer-cuda-small-peft.json"
 fi
 
 # step7b and the 7B steps below write 14.5 GB of random weights to $TMPDIR: RAM-backed /dev/shm
@@ -186,42 +246,26 @@ fi
 shm_gb=$(df --output=avail -BG /dev/shm 2>/dev/null | tail -n 1 | tr -dc '0-9')
 scratch=${TMPDIR:-/tmp}
 ((${shm_gb:-0} >= 20)) && scratch=/dev/shm
-if [[ -x $check ]]; then
+if wanted step7b && [[ -x $check ]]; then
   step "timings: step7b"
   part "timings step7b" 150 env TMPDIR="$scratch" "$check" --no-checks --only step7b \
     --json "$build/results/bench-step7b.jsonl"
   # Mistral-7B LoRA DPO (r 16, all-linear, bf16 base, checkpointing, 4 pairs x 2 x 1024 tokens,
   # the reference by switching the adapters off): the step the 24 GiB plan is for.
-  if [[ $with_node == ON ]]; then
+  if [[ $node_ready == yes ]]; then
     part "mistral-7b LoRA DPO step" 180 env TMPDIR="$scratch" node dist/lib/cli/main.js bench --preset mistral-7b \
       --device cuda --mode dpo --precision bf16 --peft --steps 2 --warmup 1 --json "$out/lora-7b-dpo.json"
   fi
 fi
 
-# 4d. The recipe's optimizer steps (bench/steps.ts --preset mistral-7b-sft|mistral-7b-dpo): one
-# warm-up micro-batch and optimizer step, then one timed step each (SFT ~30 s, DPO ~10 s on an
-# H100 by the timings of 4c). The most valuable first: the budget may end inside the last.
-if [[ $with_node == ON ]]; then
-  step "recipe steps: Mistral-7B SFT and DPO optimizer steps as the recipe runs them"
-  # The best cuBLASLt GEMM rate of part 3 on this card: MFU's measured peak.
-  gemm_tflops=$(python3 -c 'import json, sys
-rates = [r["tflops"] for r in map(json.loads, open(sys.argv[1])) if r.get("op") == "gemm" and r.get("impl") == "cublaslt" and r.get("tflops")]
-print(max(rates) if rates else "")' "$build/results/bench-gemm.jsonl" 2>/dev/null)
-  echo "measured bf16 GEMM rate for MFU: ${gemm_tflops:-none, measured by each step where the addon can} TFLOP/s"
-  recipe=(env TMPDIR="$scratch" node dist/bench/steps.js --device cuda --precision bf16 --steps 1 --warmup-micro-batches 1
-          ${gemm_tflops:+--gemm-tflops "$gemm_tflops"})
-  part "recipe step mistral-7b-sft" 200 "${recipe[@]}" --preset mistral-7b-sft --json "$out/recipe-sft.json"
-  part "recipe step mistral-7b-dpo" 150 "${recipe[@]}" --preset mistral-7b-dpo --reference model --json "$out/recipe-dpo.json"
-  part "recipe step mistral-7b-dpo, precomputed reference" 120 "${recipe[@]}" --preset mistral-7b-dpo --reference precomputed \
-    --json "$out/recipe-dpo-precomputed.json"
-fi
-# ---- NCCL: data parallel on GPU ranks (issue 23, ZeRO stage 0) ------------------------------------
-# bench/nccl-check.ts: one rank, the NCCL all-reduce on a communicator of one against the model
-# without it, bit for bit (f32, bf16, bf16 + offload_optimizer); with `--gpus N` (this script's
+# ---- NCCL: data parallel on GPU ranks (issue 23) --------------------------------------------------
+# bench/nccl-check.ts: one rank, the NCCL collectives on a communicator of one against the model
+# without them, bit for bit (f32, bf16, bf16 + offload_optimizer); with `--gpus N` (this script's
 # argument) or ZN_DEVICE_GPUS=N and N > 1 GPUs visible, `mpirun -n N` SFT against one process
 # (needs mpirun and the MPI addon, ZN_MPI_ADDON). libnccl.so.2: the system's, else python3's
-# nvidia-nccl-cu13 wheel. Says what it ran and what it could not.
-if [[ $with_node == ON && -f dist/bench/nccl-check.js ]]; then
+# nvidia-nccl-cu13 wheel. Says what it ran and what it could not. Before the recipe steps: it is
+# short, and the budget may end inside them.
+if wanted nccl && [[ $node_ready == yes && -f dist/bench/nccl-check.js ]]; then
   step "NCCL: data parallel on GPU ranks"
   gpus=${ZN_DEVICE_GPUS:-1}
   for ((i = 1; i < $#; i++)); do [[ ${!i} == --gpus ]] && j=$((i + 1)) && gpus=${!j}; done
@@ -233,22 +277,42 @@ if [[ $with_node == ON && -f dist/bench/nccl-check.js ]]; then
   nccl_lib=$(python3 -c 'import nvidia, os; [print(os.path.join(p, "nccl", "lib")) for p in nvidia.__path__]' 2>/dev/null | head -n 1)
   [[ -n $nccl_lib && -f $nccl_lib/libnccl.so.2 ]] && export LD_LIBRARY_PATH=$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   part "NCCL checks ($gpus GPUs)" 170 env NCCL_DEBUG="${NCCL_DEBUG:-WARN}" node dist/bench/nccl-check.js --gpus "$gpus" --timeout 60
-else
+elif wanted nccl; then
   parts+=("NCCL checks: not run (needs the package part: node, node_modules and tsc)")
 fi
-# ---- end of the NCCL part -------------------------------------------------------------------------
 
-step "CPU tests (ctest) on this host"
-left=$(limit 300)
-# Wait for the background CPU tests, but not past the budget.
-for ((i = 0; i < left; i++)); do kill -0 "$cpu_tests" 2>/dev/null || break; sleep 1; done
-if kill -0 "$cpu_tests" 2>/dev/null; then
-  kill -- -"$cpu_tests" 2>/dev/null || kill "$cpu_tests" 2>/dev/null
-  parts+=("ctest: still running when the budget ran out")
-else
-  parts+=("$(cat "$build/results/ctest-status.txt" 2>/dev/null || echo 'ctest: no status')")
+# 4d. The recipe's optimizer steps (bench/steps.ts --preset mistral-7b-sft|mistral-7b-dpo): one
+# warm-up micro-batch and optimizer step, then one timed step each (SFT ~30 s, DPO ~10 s on an
+# H100 by the timings of 4c). The most valuable first: the budget may end inside the last.
+if wanted recipe && [[ $node_ready == yes ]]; then
+  step "recipe steps: Mistral-7B SFT and DPO optimizer steps as the recipe runs them"
+  # The best cuBLASLt GEMM rate of part 3 on this card (MFU's measured peak); without part 3 each
+  # step's process measures it.
+  gemm_tflops=$(python3 -c 'import json, sys
+rates = [r["tflops"] for r in map(json.loads, open(sys.argv[1])) if r.get("op") == "gemm" and r.get("impl") == "cublaslt" and r.get("tflops")]
+print(max(rates) if rates else "")' "$build/results/bench-gemm.jsonl" 2>/dev/null)
+  echo "measured bf16 GEMM rate for MFU: ${gemm_tflops:-none, measured by each step where the addon can} TFLOP/s"
+  recipe=(env TMPDIR="$scratch" node dist/bench/steps.js --device cuda --precision bf16 --steps 1 --warmup-micro-batches 1
+          ${gemm_tflops:+--gemm-tflops "$gemm_tflops"})
+  part "recipe step mistral-7b-sft" 200 "${recipe[@]}" --preset mistral-7b-sft --json "$out/recipe-sft.json"
+  part "recipe step mistral-7b-dpo" 150 "${recipe[@]}" --preset mistral-7b-dpo --reference model --json "$out/recipe-dpo.json"
+  part "recipe step mistral-7b-dpo, precomputed reference" 120 "${recipe[@]}" --preset mistral-7b-dpo --reference precomputed \
+    --json "$out/recipe-dpo-precomputed.json"
 fi
-grep -E 'tests passed|tests failed|\(Failed|Timeout|SEGFAULT' "$out/ctest.log" | head -n 20
+
+if [[ -n $cpu_tests ]]; then
+  step "CPU tests (ctest) on this host"
+  left=$(limit 300)
+  # Wait for the background CPU tests, but not past the budget.
+  for ((i = 0; i < left; i++)); do kill -0 "$cpu_tests" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$cpu_tests" 2>/dev/null; then
+    kill -- -"$cpu_tests" 2>/dev/null || kill "$cpu_tests" 2>/dev/null
+    parts+=("ctest: still running when the budget ran out")
+  else
+    parts+=("$(cat "$build/results/ctest-status.txt" 2>/dev/null || echo 'ctest: no status')")
+  fi
+  grep -E 'tests passed|tests failed|\(Failed|Timeout|SEGFAULT' "$out/ctest.log" | head -n 20
+fi
 
 step "report"
 cat "$build"/results/*.jsonl >"$out/results.jsonl" 2>/dev/null
