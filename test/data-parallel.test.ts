@@ -2,7 +2,8 @@
  * Data parallel on CPU ranks over MPI (issue 23's invariance checks, ZeRO stage 0): 2 ranks x
  * micro-batch b under `mpirun` take the same steps as 1 process x micro-batch 2b (the reference:
  * the single-process trainer, whose accumulation invariants test/train-invariants.test.ts checks)
- * for SFT (untied embeddings: the dense embedding gradient), DPO (with rank 0's evaluation) and
+ * for SFT (untied embeddings: the dense embedding gradient), DPO (with the evaluation shared by the
+ * ranks: 4 held-out batches of 1 pair, 2 on each) and
  * LoRA; a 2-rank checkpoint resumes on 1 process to the single-process trajectory; a killed rank
  * ends the job naming it, and a rank that never reaches a collective ends it at ddp_timeout.
  * ZeRO stages 1 and 2 (sharded optimizer state, lib/train/zero.ts) take the same steps for SFT
@@ -166,8 +167,8 @@ describe('data parallel on 2 MPI ranks', { skip: skip ?? false }, () => {
     return null;
   });
   const sftTwoRanks = () => once('sft-2', () => mpirun(2, [cli, 'sft', ...flags({ ...sftRecipe, output_dir: join(work, 'sft-2'), per_device_train_batch_size: 2 })]));
-  const dpoRecipe = { ...common, ...prefs, save_strategy: 'no', eval_strategy: 'steps', eval_steps: 5 };
-  const dpoMetrics = ['loss', 'grad_norm', 'rewards/chosen', 'rewards/rejected', 'rewards/margins', 'rewards/accuracies', 'logps/chosen', 'eval_loss', 'eval_rewards/margins'];
+  const dpoRecipe = { ...common, ...prefs, save_strategy: 'no', eval_strategy: 'steps', eval_steps: 5, per_device_eval_batch_size: 1 };
+  const dpoMetrics = ['loss', 'grad_norm', 'rewards/chosen', 'rewards/rejected', 'rewards/margins', 'rewards/accuracies', 'logps/chosen', 'eval_loss', 'eval_rewards/margins', 'eval_rewards/accuracies', 'eval_logps/rejected'];
   const dpoOneProcess = () => once('dpo-1', async () => {
     await dpo({ ...dpoRecipe, output_dir: join(work, 'dpo-1'), per_device_train_batch_size: 4 }, { progress: 'silent' });
     return null;
@@ -202,7 +203,7 @@ describe('data parallel on 2 MPI ranks', { skip: skip ?? false }, () => {
     );
   });
 
-  it('dpo: 2 ranks x micro-batch 2 == 1 process x micro-batch 4, rank 0 evaluating', async () => {
+  it('dpo: 2 ranks x micro-batch 2 == 1 process x micro-batch 4, the ranks sharing the evaluation', async () => {
     const recipe = dpoRecipe;
     await dpoOneProcess();
     const two = await mpirun(2, [cli, 'dpo', ...flags({ ...recipe, output_dir: join(work, 'dpo-2'), per_device_train_batch_size: 2 })]);

@@ -12,8 +12,9 @@
  * micro-batches of per_device_train_batch_size x ranks rows and takes rows rank, rank + ranks,
  * ... of each, so the steps do not depend on the number of ranks; after the last micro-batch the
  * gradients, the loss and the metrics are summed across the ranks (before clipping: grad_norm is
- * the global one) and every rank takes the same optimizer step. Rank 0 alone logs, evaluates and
- * writes files; the others wait for it at a barrier. With zero_stage 1 or 2 (lib/train/zero.ts)
+ * the global one) and every rank takes the same optimizer step. The ranks evaluate a share of the
+ * held-out batches each and sum; rank 0 alone logs and writes files, the others wait for it at a
+ * barrier. With zero_stage 1 or 2 (lib/train/zero.ts)
  * each rank steps its shard of the optimizer state and the weights are all-gathered after; a
  * checkpoint then holds every rank's optimizer shard file beside rank 0's files.
  */
@@ -79,8 +80,31 @@ export interface StepBatches<Example> {
 export interface Objective<Example> {
   /** Forward and backward over this rank's rows of one optimizer step, normalised by the whole step; gradients accumulate. */
   accumulate(step: StepBatches<Example>): Promise<StepResult>;
-  /** Metrics on held-out batches (names without the eval_ prefix). */
-  evaluate(batches: Example[][]): Promise<Record<string, number>>;
+  /** The evaluation's metric names (without the eval_ prefix), the same on every rank. */
+  readonly evalMetrics: readonly string[];
+  /** Sums of every evalMetrics metric over some held-out batches (a rank's share of them); see EvalTotals. */
+  evaluate(batches: Example[][]): Promise<EvalTotals>;
+}
+
+/**
+ * Evaluation sums: metric = sum / count once every rank's are added (SFT's loss: the NLL over
+ * the tokens; DPO's metrics: the per-batch means over the batches, as TRL averages them).
+ */
+export type EvalTotals = Record<string, { sum: number; count: number }>;
+
+/**
+ * The evaluation's metrics from every rank's totals: the ranks evaluate batches round-robin
+ * (batch i on rank i mod ranks), so N ranks take about 1/N of the time of one.
+ */
+export async function evalMetricsAcrossRanks(names: readonly string[], totals: EvalTotals, ranks: Ranks): Promise<Record<string, number>> {
+  const values = Float64Array.from(names.flatMap((k) => [totals[k]?.sum ?? 0, totals[k]?.count ?? 0]));
+  await ranks.allReduceSum([values], "the evaluation's sums");
+  return Object.fromEntries(names.map((k, i) => [k, values[2 * i] / Math.max(1, values[2 * i + 1])]));
+}
+
+/** Rank r's evaluation batches: every ranks-th from r (all of them with one rank). */
+export function rankEvalBatches<T>(batches: T[][], ranks: Pick<Ranks, 'rank' | 'size'>): T[][] {
+  return batches.filter((_, i) => i % ranks.size === ranks.rank);
 }
 
 export interface LoopSettings {
@@ -98,6 +122,8 @@ export interface LoopSettings {
   loggingFirstStep: boolean;
   evalStrategy: TrainingValues['eval_strategy'];
   evalSteps: number;
+  /** eval_on_start: evaluate before the first step too. */
+  evalOnStart: boolean;
   saveStrategy: TrainingValues['save_strategy'];
   saveSteps: number;
   saveTotalLimit: number | null;
@@ -260,16 +286,14 @@ export async function runLoop<Example>(
     }
     await ranks.barrier(`checkpoint-${cursor.globalStep}, which rank 0 writes`);
   };
-  // Rank 0 evaluates the whole split (every rank holds the same weights); the others wait.
+  // Every rank holds the same weights: each evaluates its share of the batches, rank 0 logs the sums.
   const evaluate = async (): Promise<void> => {
     if (evalSet.length === 0) return;
-    if (leader) {
-      const batches: Example[][] = [];
-      for (let i = 0; i < evalSet.length; i += settings.evalBatchSize) batches.push(evalSet.slice(i, i + settings.evalBatchSize));
-      const metrics = await objective.evaluate(batches);
-      log({ ...Object.fromEntries(Object.entries(metrics).map(([k, v]) => [`eval_${k}`, v])), epoch: epochFloat(), step: cursor.globalStep });
-    }
-    await ranks.barrier(`the evaluation at step ${cursor.globalStep}, which rank 0 runs`);
+    const batches: Example[][] = [];
+    for (let i = 0; i < evalSet.length; i += settings.evalBatchSize) batches.push(evalSet.slice(i, i + settings.evalBatchSize));
+    const totals = await objective.evaluate(rankEvalBatches(batches, ranks));
+    const metrics = await evalMetricsAcrossRanks(objective.evalMetrics, totals, ranks);
+    if (leader) log({ ...Object.fromEntries(Object.entries(metrics).map(([k, v]) => [`eval_${k}`, v])), epoch: epochFloat(), step: cursor.globalStep });
   };
 
   let order = epochOrder(train.length, settings.seed, cursor.epoch);
@@ -278,6 +302,8 @@ export async function runLoop<Example>(
   let windowMetrics: Record<string, number>[] = [];
   let stoppedEarly = false;
   const started = Date.now();
+  // transformers' eval_on_start: before the first step taken here (also after a resume).
+  if (settings.evalOnStart) await evaluate();
   while (cursor.globalStep < maxSteps) {
     // Ranks stop together: a stop request on any of them stops all after the same step.
     if (await ranks.any(signal?.aborted ?? false, 'the stop check before a step')) {

@@ -21,7 +21,7 @@ import type { PreferencePair } from '../data/dpo-tokenize.js';
 import type { SftItem } from '../data/load.js';
 import { type Device, dpoLoss } from '../model/model.js';
 import { ZnError } from '../errors.js';
-import type { Objective, StepBatches, StepResult } from './loop.js';
+import type { EvalTotals, Objective, StepBatches, StepResult } from './loop.js';
 
 /** The model operations objectives use (lib/model/model.ts MistralModel has them). */
 export interface ObjectiveModel {
@@ -37,8 +37,18 @@ function lossTokens(batch: TokenBatch): number {
   return count;
 }
 
+/**
+ * How TRL's evaluation weights a batch's token-mean loss in eval_loss (transformers' evaluation
+ * loop repeats it batch-size times): by its rows, or as one row where the collator is padding-free
+ * (packing, padding_free), the batch being then one flattened sequence.
+ */
+export type EvalBatchWeight = 'rows' | 'batches';
+
 export class SftObjective implements Objective<SftItem> {
-  constructor(private readonly model: ObjectiveModel) {}
+  constructor(
+    private readonly model: ObjectiveModel,
+    private readonly evalBatchWeight: EvalBatchWeight = 'rows',
+  ) {}
 
   async accumulate({ global, local }: StepBatches<SftItem>): Promise<StepResult> {
     // All micro-batches are collated up front: the step's loss-token count (every rank's rows)
@@ -60,19 +70,25 @@ export class SftObjective implements Objective<SftItem> {
     return { loss: nll / Math.max(1, total), metrics: [], tokens };
   }
 
-  async evaluate(batches: SftItem[][]): Promise<Record<string, number>> {
-    let nll = 0;
-    let count = 0;
+  readonly evalMetrics = ['loss'] as const;
+
+  async evaluate(batches: SftItem[][]): Promise<EvalTotals> {
+    const loss = { sum: 0, count: 0 };
     for (const items of batches) {
       const batch = collateSft(items);
       const logp = await this.model.logprobs(batch);
+      let nll = 0;
+      let tokens = 0;
       for (let t = 0; t < logp.length; t++) {
         if (batch.targets[t] === IGNORE_INDEX) continue;
         nll -= logp[t];
-        count++;
+        tokens++;
       }
+      const weight = this.evalBatchWeight === 'rows' ? items.length : 1;
+      loss.sum += (weight * nll) / Math.max(1, tokens);
+      loss.count += weight;
     }
-    return { loss: nll / Math.max(1, count) };
+    return { loss };
   }
 }
 
@@ -209,14 +225,23 @@ export class DpoObjective implements Objective<PreferencePair> {
     return { loss, metrics, tokens };
   }
 
-  async evaluate(batches: PreferencePair[][]): Promise<Record<string, number>> {
-    const sums: Record<string, number> = {};
+  readonly evalMetrics = ['loss', ...DPO_METRICS] as const;
+
+  async evaluate(batches: PreferencePair[][]): Promise<EvalTotals> {
+    const totals: EvalTotals = Object.fromEntries(this.evalMetrics.map((k) => [k, { sum: 0, count: 0 }]));
     for (const pairs of batches) {
       const batch = collatePreference(pairs);
       const ref = await this.reference.of(pairs, batch);
       const policy = completionLogps(batch, await this.policy.logprobs(batch));
-      for (const [k, v] of Object.entries(this.loss(batch, policy, ref).metrics)) sums[k] = (sums[k] ?? 0) + v / batches.length;
+      const metrics = this.loss(batch, policy, ref).metrics;
+      // TRL: eval_loss weights each batch's mean by its pairs (transformers' evaluation loop), the
+      // other metrics are the mean of the batches' means (DPOTrainer's stored metrics).
+      for (const k of this.evalMetrics) {
+        const weight = k === 'loss' ? pairs.length : 1;
+        totals[k].sum += weight * metrics[k];
+        totals[k].count += weight;
+      }
     }
-    return sums;
+    return totals;
   }
 }

@@ -201,6 +201,7 @@ export function loopSettings({ stage, values }: StageConfig, outputDir: string, 
     loggingFirstStep: values.logging_first_step,
     evalStrategy: values.eval_strategy,
     evalSteps: values.eval_steps ?? values.logging_steps,
+    evalOnStart: values.eval_on_start,
     saveStrategy: values.save_strategy,
     saveSteps: values.save_steps,
     saveTotalLimit: values.save_total_limit,
@@ -308,7 +309,8 @@ export async function buildStageReference({ values }: StageConfig, sources: Stag
 
 /** SFT's token-mean loss, or DPO's loss of the policy against the reference. */
 export function buildObjective({ stage, values }: StageConfig, sources: StageSources, policy: MistralModel, reference: ReferenceLogps | null): Objective<Example> {
-  if (stage === 'sft') return new SftObjective(policy);
+  // TRL weights each evaluation batch by its rows, or as one row where its collator is padding-free.
+  if (stage === 'sft') return new SftObjective(policy, values.packing || values.padding_free ? 'batches' : 'rows');
   if (!reference) throw new ZnError('dpo: the objective needs a reference');
   return new DpoObjective(policy, reference, sources.device, { beta: values.beta, lossType: values.loss_type, labelSmoothing: values.label_smoothing });
 }

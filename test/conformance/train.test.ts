@@ -3,7 +3,10 @@
  * SFTTrainer and DPOTrainer (5 full-batch steps, constant lr 1e-3, AdamW with weight decay,
  * clipping at 1.0, f32 on CPU); zephyr-native trains the same model on the same data with the
  * same recipe. Per-step loss, grad_norm, rewards/* and logps/* agree to 1e-4 relative, and so
- * do the final weights.
+ * do the final weights and the evaluation after the last step (eval batches of 4 + 2 rows: TRL
+ * weights eval_loss's batches by their rows, DPO's other metrics are means of batch means); the
+ * starting model's eval_loss on packed rows (padding-free batches, each weighted as one row)
+ * matches TRL's `evaluate()` through eval_on_start.
  *
  * LoRA against TRL + PEFT (0.21), lora_dropout 0: from a PEFT adapter folder with nonzero A and B
  * (trl_train.py's WORKDIR/adapter), 5 SFT steps and 5 DPO steps whose reference is the frozen
@@ -61,6 +64,20 @@ function compareLogs(ours: Entry[], theirs: Entry[], keys: string[], rewardFloor
   }
 }
 
+/** The evaluation entries (after step 5) agree to 1e-4 relative. */
+function compareEvaluations(ours: Entry[], theirs: Entry[], keys: string[]): void {
+  const evals = (log: Entry[]) => log.filter((e) => 'eval_loss' in e);
+  const a = evals(ours);
+  const b = evals(theirs);
+  assert.equal(a.length, 1, 'one evaluation logged');
+  assert.equal(b.length, 1, "TRL's one evaluation");
+  assert.equal(a[0].step, b[0].step);
+  for (const key of keys) {
+    assert.ok(key in a[0] && key in b[0], `${key} missing`);
+    assert.ok(relClose(a[0][key], b[0][key], 1e-4), `${key}: ours ${a[0][key]} vs TRL ${b[0][key]}`);
+  }
+}
+
 async function compareWeights(ours: string, theirs: string, file = 'model.safetensors'): Promise<void> {
   const addon = loadNative('cpu');
   const header = addon.readSafetensorsHeader({ path: join(theirs, file) });
@@ -102,6 +119,9 @@ const recipe = (work: string, output: string) => ({
   max_length: 64,
 });
 
+/** Evaluation after the 5th step on the training rows, 4 a batch (trl_train.py's EVAL_ARGS). */
+const evaluation = { eval_strategy: 'steps', eval_steps: 5, per_device_eval_batch_size: 4, dataset_test_split: 'test' };
+
 describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false }, () => {
   const work = mkdtempSync(join(tmpdir(), 'zn-trl-'));
   before(() => {
@@ -109,16 +129,30 @@ describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false },
   });
   after(() => rmSync(work, { recursive: true, force: true }));
 
-  it('SFT: loss, grad_norm and final weights', async () => {
-    await sft({ ...recipe(work, 'zn-sft'), dataset_name: join(work, 'sft.jsonl') }, { progress: 'silent' });
+  it('SFT: loss, grad_norm, final weights and eval_loss', async () => {
+    await sft({ ...recipe(work, 'zn-sft'), ...evaluation, dataset_name: join(work, 'sft-splits') }, { progress: 'silent' });
     const ours = JSON.parse(readFileSync(join(work, 'zn-sft', 'trainer_state.json'), 'utf8')).log_history as Entry[];
     const theirs = JSON.parse(readFileSync(join(work, 'trl-sft', 'log_history.json'), 'utf8')) as Entry[];
     compareLogs(ours, theirs, ['loss', 'grad_norm', 'learning_rate', 'epoch']);
+    compareEvaluations(ours, theirs, ['eval_loss']);
     await compareWeights(join(work, 'zn-sft'), join(work, 'trl-sft'));
   });
 
+  it("SFT with packing: the starting model's eval_loss (eval_on_start) is TRL evaluate()'s", async () => {
+    const output = join(work, 'zn-sft-packed');
+    await sft(
+      { ...recipe(work, 'zn-sft-packed'), dataset_name: join(work, 'sft-splits'), packing: true, max_steps: 1, eval_on_start: true, per_device_eval_batch_size: 2 },
+      { progress: 'silent' },
+    );
+    const ours = (JSON.parse(readFileSync(join(output, 'trainer_state.json'), 'utf8')).log_history as Entry[]).find((e) => 'eval_loss' in e);
+    const theirs = JSON.parse(readFileSync(join(work, 'trl-sft-packed', 'eval.json'), 'utf8')) as Entry;
+    assert.ok(ours, 'evaluated on start');
+    assert.equal(ours.step, 0);
+    assert.ok(relClose(ours.eval_loss, theirs.eval_loss, 1e-4), `eval_loss: ours ${ours.eval_loss} vs TRL ${theirs.eval_loss}`);
+  });
+
   it('DPO: loss, grad_norm, rewards/*, logps/* and final weights', async () => {
-    await dpo({ ...recipe(work, 'zn-dpo'), dataset_name: join(work, 'dpo.jsonl'), beta: 0.1 }, { progress: 'silent' });
+    await dpo({ ...recipe(work, 'zn-dpo'), ...evaluation, dataset_name: join(work, 'dpo-splits'), beta: 0.1 }, { progress: 'silent' });
     const ours = JSON.parse(readFileSync(join(work, 'zn-dpo', 'trainer_state.json'), 'utf8')).log_history as Entry[];
     const theirs = JSON.parse(readFileSync(join(work, 'trl-dpo', 'log_history.json'), 'utf8')) as Entry[];
     compareLogs(ours, theirs, [
@@ -131,6 +165,7 @@ describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false },
       'logps/chosen',
       'logps/rejected',
     ]);
+    compareEvaluations(ours, theirs, ['eval_loss', 'eval_rewards/chosen', 'eval_rewards/rejected', 'eval_rewards/accuracies', 'eval_rewards/margins', 'eval_logps/chosen', 'eval_logps/rejected']);
     await compareWeights(join(work, 'zn-dpo'), join(work, 'trl-dpo'));
   });
 

@@ -3,8 +3,10 @@
 Builds, in WORKDIR, a small byte-fallback BPE tokenizer with the Zephyr chat template, a tiny
 random MistralForCausalLM (f32), an SFT dataset (UltraChat schema) and a DPO dataset
 (UltraFeedback-binarized schema); then trains the model with TRL's SFTTrainer and DPOTrainer for
-5 full-batch steps at a constant learning rate with AdamW and clipping, and writes each run's
-log_history and final weights. zephyr-native trains the same model on the same data with the
+5 full-batch steps at a constant learning rate with AdamW and clipping, evaluating after the last
+step on the same rows in batches of 4 (4 + 2: a short last batch, so the weighting of eval_loss
+shows), and writes each run's log_history and final weights. It also evaluates the starting
+model with packing (TRL's bfd, padding-free) in batches of 2 packed rows: trl-sft-packed/eval.json. zephyr-native trains the same model on the same data with the
 same recipe, and the test compares. It also writes WORKDIR/adapter: a PEFT LoRA adapter folder on
 that model (all-linear, r 4, lora_dropout 0) with random nonzero lora_A and lora_B, so that every
 adapter gradient and the reference choice matter.
@@ -108,6 +110,10 @@ def common_args(output_dir, **overrides):
     ) | overrides
 
 
+# Evaluation after the 5th step on the training rows, 4 a batch (6 rows: a batch of 4, then of 2).
+EVAL_ARGS = dict(eval_strategy="steps", eval_steps=5, per_device_eval_batch_size=4)
+
+
 def dump(trainer, out_dir):
     trainer.save_model(out_dir)
     with open(os.path.join(out_dir, "log_history.json"), "w") as f:
@@ -143,23 +149,46 @@ def main():
         ],
     )
 
+    # The same rows as train and test splits of a dataset folder, for zephyr-native's evaluation.
+    for name in ("sft", "dpo"):
+        os.makedirs(os.path.join(work, f"{name}-splits"), exist_ok=True)
+        for split in ("train", "test"):
+            with open(os.path.join(work, f"{name}.jsonl")) as src, open(os.path.join(work, f"{name}-splits", f"{split}.jsonl"), "w") as dst:
+                dst.write(src.read())
+
     torch.manual_seed(0)
     sft_data = load_dataset("json", data_files=os.path.join(work, "sft.jsonl"), split="train")
+    sft_rows = sft_data.remove_columns(["prompt", "prompt_id"])
     sft = SFTTrainer(
         model=os.path.join(work, "model"),
-        args=SFTConfig(**common_args(os.path.join(work, "trl-sft")), packing=False),
-        train_dataset=sft_data.remove_columns(["prompt", "prompt_id"]),
+        args=SFTConfig(**common_args(os.path.join(work, "trl-sft")), packing=False, **EVAL_ARGS),
+        train_dataset=sft_rows,
+        eval_dataset=sft_rows,
         processing_class=tokenizer,
     )
     sft.train()
     dump(sft, os.path.join(work, "trl-sft"))
 
+    # The starting model evaluated on packed rows: each padding-free batch counts as one row.
+    packed = SFTTrainer(
+        model=os.path.join(work, "model"),
+        args=SFTConfig(**common_args(os.path.join(work, "trl-sft-packed")), packing=True, per_device_eval_batch_size=2),
+        train_dataset=sft_rows,
+        eval_dataset=sft_rows,
+        processing_class=tokenizer,
+    )
+    os.makedirs(os.path.join(work, "trl-sft-packed"), exist_ok=True)
+    with open(os.path.join(work, "trl-sft-packed", "eval.json"), "w") as f:
+        json.dump(packed.evaluate(), f, indent=1)
+
     torch.manual_seed(0)
     dpo_data = load_dataset("json", data_files=os.path.join(work, "dpo.jsonl"), split="train")
+    dpo_rows = dpo_data.remove_columns(["prompt", "prompt_id", "score_chosen", "score_rejected"])
     dpo = DPOTrainer(
         model=os.path.join(work, "model"),
-        args=DPOConfig(**common_args(os.path.join(work, "trl-dpo")), beta=0.1),
-        train_dataset=dpo_data.remove_columns(["prompt", "prompt_id", "score_chosen", "score_rejected"]),
+        args=DPOConfig(**common_args(os.path.join(work, "trl-dpo")), beta=0.1, **EVAL_ARGS),
+        train_dataset=dpo_rows,
+        eval_dataset=dpo_rows,
         processing_class=tokenizer,
     )
     dpo.train()
