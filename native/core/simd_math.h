@@ -68,6 +68,15 @@ ZN_TARGET_AVX512F inline __m512 exp_avx512(__m512 x) {
   return _mm512_mul_ps(_mm512_mul_ps(er, scale_a), scale_b);
 }
 
+// The sum of 8 lanes in a fixed order (halves, then pairs, then the last two): kernels that
+// must give the same bits on AVX2 and AVX-512 reduce their 8-lane partial sums with it.
+ZN_TARGET_AVX2 inline float horizontal_sum_avx2(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
 // Lanes [0, count) of a vector: the mask for loads and stores of a loop's last partial vector,
 // so the tail takes the same arithmetic as the body (results do not depend on where a thread's
 // share of the loop begins and ends).

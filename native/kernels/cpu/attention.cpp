@@ -252,13 +252,6 @@ ZN_AVX2 inline __m256 masked_exp_avx2(__m256 x, __m256 shift) {
   return _mm256_and_ps(exp_avx2(_mm256_sub_ps(x, shift)), visible);
 }
 
-ZN_AVX2 inline float horizontal_sum(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
-}
-
 ZN_AVX2 inline float horizontal_max(__m256 v) {
   __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   x = _mm_max_ps(x, _mm_movehl_ps(x, x));
@@ -343,7 +336,7 @@ ZN_AVX2 void softmax_avx2(float* scores, long rows, long width, float* row_max, 
       sum = _mm256_add_ps(sum, p);
     }
     rescale[r] = std::exp(row_max[r] - m);
-    row_sum[r] = row_sum[r] * rescale[r] + horizontal_sum(sum);
+    row_sum[r] = row_sum[r] * rescale[r] + simd::horizontal_sum_avx2(sum);
     row_max[r] = m;
   }
 }

@@ -116,14 +116,6 @@ ZN_AVX512 inline __m512 masked_exp(__m512 x, __m512 shift) {
   return _mm512_maskz_mov_ps(visible, simd::exp_avx512(_mm512_sub_ps(x, shift)));
 }
 
-// The AVX2 kernel's reduction of its 8-lane sum, step for step.
-ZN_AVX512 inline float horizontal_sum(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
-}
-
 ZN_AVX512 void softmax(float* scores, long rows, long width, float* row_max, float* row_sum,
                        float* rescale) {
   for (long r = 0; r < rows; ++r) {
@@ -145,7 +137,7 @@ ZN_AVX512 void softmax(float* scores, long rows, long width, float* row_max, flo
       sum = _mm256_add_ps(sum, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1)));
     }
     rescale[r] = std::exp(row_max[r] - m);
-    row_sum[r] = row_sum[r] * rescale[r] + horizontal_sum(sum);
+    row_sum[r] = row_sum[r] * rescale[r] + simd::horizontal_sum_avx2(sum);  // as AVX2 does
     row_max[r] = m;
   }
 }
