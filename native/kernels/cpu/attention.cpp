@@ -336,7 +336,9 @@ ZN_AVX2 void softmax_avx2(float* scores, long rows, long width, float* row_max, 
       sum = _mm256_add_ps(sum, p);
     }
     rescale[r] = std::exp(row_max[r] - m);
-    row_sum[r] = row_sum[r] * rescale[r] + simd::horizontal_sum_avx2(sum);
+    // One rounding, spelled out: GCC would contract a*b + c into an FMA here anyway (FMA target,
+    // -ffp-contract=fast), and the AVX-512 kernel must round this sum the same way.
+    row_sum[r] = std::fma(row_sum[r], rescale[r], simd::horizontal_sum_avx2(sum));
     row_max[r] = m;
   }
 }

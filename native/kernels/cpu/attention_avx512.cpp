@@ -9,7 +9,8 @@
 //   - exp is simd::exp_avx512, exp_avx2's arithmetic lane for lane (tests/test_simd_math.cpp);
 //   - a softmax row sum adds the two 8-lane halves of each 16 scores into an 8-lane sum, the
 //     order in which the AVX2 kernel adds them, then reduces it as the AVX2 kernel does;
-//   - the maximum is exact in any order; dS = P∘(dP - delta) is the same two roundings.
+//   - the maximum is exact in any order; the running row sum is one explicit FMA in both;
+//     dS = P∘(dP - delta) is the same two roundings.
 // So a machine's path changes speed, never results (checked bit for bit by test_attention.cpp),
 // and training resumes to the same bits on AVX2 and AVX-512 machines alike.
 // vdpbf16ps is not used: it multiplies bf16 operands, and the attention's are f32 activations
@@ -137,7 +138,7 @@ ZN_AVX512 void softmax(float* scores, long rows, long width, float* row_max, flo
       sum = _mm256_add_ps(sum, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(p), 1)));
     }
     rescale[r] = std::exp(row_max[r] - m);
-    row_sum[r] = row_sum[r] * rescale[r] + simd::horizontal_sum_avx2(sum);  // as AVX2 does
+    row_sum[r] = std::fma(row_sum[r], rescale[r], simd::horizontal_sum_avx2(sum));  // as AVX2 does
     row_max[r] = m;
   }
 }
