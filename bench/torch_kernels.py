@@ -5,8 +5,10 @@ bench/native/bench_kernels.cpp:
   gemm:M,N,K:TT:DTYPE        C[M,N] = op(A) @ op(B), TT is n|t for A then B, DTYPE f32|bf16;
                              2*M*N*K FLOPs
   attention:T,HQ,HKV,D,W     causal GQA attention, one document of T tokens, sliding window W
-                             (0: none), forward + backward through scaled_dot_product_attention
-                             with the same mask; 14*pairs*D*HQ FLOPs, pairs = visible (i, j)
+                             (0: none), through scaled_dot_product_attention with the same mask:
+                             forward (4*pairs*D*HQ FLOPs, grad enabled, as in training), backward
+                             of a kept graph (10*pairs*D*HQ) and both (14*pairs*D*HQ); pairs =
+                             visible (i, j)
   logprob:N,DIM,V            log_softmax(h @ W.T)[label] forward + backward with materialised f32
                              logits; 6*N*DIM*V FLOPs
 
@@ -83,19 +85,28 @@ def attention(spec):
         j = torch.arange(tokens).unsqueeze(0)
         mask = (j <= i) & (i - window < j)
 
-    def run():
-        q.grad = k.grad = v.grad = None
+    def forward():
         if mask is None:
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                                   enable_gqa=True)
-        else:
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                                   enable_gqa=True)
-        out.backward(grad)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                    enable_gqa=True)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                                enable_gqa=True)
 
-    seconds = best_seconds(run)
-    flops = 14.0 * visible_pairs(tokens, window) * dim * heads
-    emit("attention", [tokens, heads, kv_heads, dim, window], "f32", "fwd+bwd", flops, seconds)
+    def both():
+        q.grad = k.grad = v.grad = None
+        forward().backward(grad)
+
+    out = forward()
+
+    def backward():
+        q.grad = k.grad = v.grad = None
+        out.backward(grad, retain_graph=True)
+
+    macs = visible_pairs(tokens, window) * dim * heads  # multiply-adds of one masked T x T matmul
+    shape = [tokens, heads, kv_heads, dim, window]
+    emit("attention", shape, "f32", "fwd", 4.0 * macs, best_seconds(forward))
+    emit("attention", shape, "f32", "bwd", 10.0 * macs, best_seconds(backward))
+    emit("attention", shape, "f32", "fwd+bwd", 14.0 * macs, best_seconds(both))
 
 
 def logprob(spec):

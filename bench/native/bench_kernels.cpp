@@ -5,7 +5,8 @@
 // Case specs (the same strings bench/torch_kernels.py reads):
 //   peak                        tight FMA (and vdpbf16ps where present) loops on every thread
 //   gemm:M,N,K:TT:DTYPE         C[M,N] = op(A)·op(B); TT is n|t for A then B; DTYPE f32|bf16
-//   attention:T,HQ,HKV,D,W      causal GQA attention forward + backward, window W (0: none)
+//   attention:T,HQ,HKV,D,W      causal GQA attention forward, backward and both, window W (0: none),
+//                               on every SIMD path this CPU has
 //   logprob:N,DIM,V             fused log-prob forward + backward, f32 lm_head [V, DIM]
 //   adamw:N                     AdamW over N f32 parameters with the bf16 copy, on every SIMD path
 //                               this CPU has, beside a plain parallel copy of 16 N bytes
@@ -85,11 +86,12 @@ std::vector<std::string> split(const std::string& text, char sep) {
 }
 
 void print_result(const std::string& op, const std::string& shape, const std::string& dtype,
-                  const std::string& variant, double gflops, double peak, double seconds) {
+                  const std::string& variant, double gflops, double peak, double seconds,
+                  CpuPath path = cpu_path()) {
   std::printf("{\"op\":\"%s\",\"shape\":%s,\"dtype\":\"%s\",\"variant\":\"%s\",\"impl\":\"zephyr-native\","
               "\"path\":\"%s\",\"threads\":%d,\"gflops\":%.1f,\"peak_gflops\":%.1f,\"peak_fraction\":%.3f,"
               "\"seconds\":%.5f}\n",
-              op.c_str(), shape.c_str(), dtype.c_str(), variant.c_str(), cpu_path_name(cpu_path()),
+              op.c_str(), shape.c_str(), dtype.c_str(), variant.c_str(), cpu_path_name(path),
               num_threads(), gflops, peak, peak > 0 ? gflops / peak : 0.0, seconds);
   std::fflush(stdout);
 }
@@ -146,8 +148,9 @@ double visible_pairs(long tokens, long window) {
   return double(window) * double(window + 1) / 2 + double(tokens - window) * double(window);
 }
 
-// attention:T,HQ,HKV,D,W - forward + backward over one document; FLOPs 14 * pairs * D * HQ
-// (forward: QKᵀ and PV; backward: QKᵀ again, dV, dP, dQ, dK; 2 FLOPs per multiply-add).
+// attention:T,HQ,HKV,D,W - over one document, on each SIMD path this CPU has (the default
+// path first): forward, backward and both. FLOPs per visible (i, j) pair and head: forward
+// 4·D (QKᵀ and PV), backward 10·D (QKᵀ again, dV, dP, dQ, dK), 2 FLOPs per multiply-add.
 void bench_attention(const std::string& spec, const Peaks& peaks) {
   const std::vector<std::string> parts = split(spec, ':');
   ZN_CHECK(parts.size() == 2, "zn_bench: expected attention:T,HQ,HKV,D,W, got '", spec, "'");
@@ -165,14 +168,29 @@ void bench_attention(const std::string& spec, const Peaks& peaks) {
   std::vector<float> out(q_size), lse(size_t(shape.n_heads * shape.tokens)), dq(q_size),
       dk(kv_size), dv(kv_size);
   const int32_t cu_seqlens[2] = {0, int32_t(shape.tokens)};
-  const double seconds = best_seconds([&] {
-    cpu::attention_forward(shape, q.data(), k.data(), v.data(), cu_seqlens, 1, out.data(), lse.data());
-    cpu::attention_backward(shape, q.data(), k.data(), v.data(), cu_seqlens, 1, out.data(),
-                            lse.data(), dout.data(), dq.data(), dk.data(), dv.data());
-  });
-  const double flops = 14.0 * visible_pairs(shape.tokens, window) * shape.head_dim * shape.n_heads;
-  print_result("attention", "[" + parts[1] + "]", "f32", "fwd+bwd", flops / seconds / 1e9,
-               peaks.f32, seconds);
+  // Multiply-adds of one masked T × T matmul over all heads.
+  const double macs = visible_pairs(shape.tokens, window) * shape.head_dim * shape.n_heads;
+  std::vector<CpuPath> paths{cpu_path()};
+  for (CpuPath path : {CpuPath::Avx512Bf16, CpuPath::Avx2}) {
+    if (path != cpu_path() && cpu_path_supported(path)) paths.push_back(path);
+  }
+  for (CpuPath path : paths) {
+    const auto forward = [&] {
+      cpu::attention_forward(shape, q.data(), k.data(), v.data(), cu_seqlens, 1, out.data(),
+                             lse.data(), path);
+    };
+    const auto backward = [&] {
+      cpu::attention_backward(shape, q.data(), k.data(), v.data(), cu_seqlens, 1, out.data(),
+                              lse.data(), dout.data(), dq.data(), dk.data(), dv.data(), path);
+    };
+    const double fwd = best_seconds(forward), bwd = best_seconds(backward);
+    const double both = best_seconds([&] { forward(); backward(); });
+    const std::string shape_text = "[" + parts[1] + "]";
+    print_result("attention", shape_text, "f32", "fwd", 4 * macs / fwd / 1e9, peaks.f32, fwd, path);
+    print_result("attention", shape_text, "f32", "bwd", 10 * macs / bwd / 1e9, peaks.f32, bwd, path);
+    print_result("attention", shape_text, "f32", "fwd+bwd", 14 * macs / both / 1e9, peaks.f32,
+                 both, path);
+  }
 }
 
 // logprob:N,DIM,V - fused log-prob forward + backward with an f32 lm_head; FLOPs 6 * N * DIM * V

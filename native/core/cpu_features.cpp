@@ -78,6 +78,15 @@ CpuPath cpu_path() {
   return path;
 }
 
+bool cpu_path_supported(CpuPath path) {
+  const CpuFeatures& f = cpu_features();
+  switch (path) {
+    case CpuPath::Avx512Bf16: return f.avx512f && f.avx512bw && f.avx512bf16 && f.avx2 && f.fma;
+    case CpuPath::Avx2: return f.avx2 && f.fma;
+    default: return true;
+  }
+}
+
 const char* cpu_path_name(CpuPath path) {
   switch (path) {
     case CpuPath::Avx512Bf16: return "avx512bf16";

@@ -23,5 +23,7 @@ std::string cpu_features_string();
 enum class CpuPath { Scalar, Avx2, Avx512Bf16 };
 CpuPath cpu_path();
 const char* cpu_path_name(CpuPath path);
+// Whether this CPU can run `path` (kernels that take an explicit path check it first).
+bool cpu_path_supported(CpuPath path);
 
 }  // namespace zn

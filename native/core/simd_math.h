@@ -8,14 +8,17 @@
 //   2^n applied as 2^(n - n/2) · 2^(n/2): each factor is a normal float for every n in
 //   [-150, 128], so results below FLT_MIN round once, to the subnormal the product is.
 //
-// Functions carry the target attribute themselves: callers are AVX2 paths chosen at run time
-// (cpu_path()), and the rest of a translation unit stays portable x86-64.
+// exp_avx512 is the same arithmetic on 16 lanes: every lane gets exp_avx2's bits.
+//
+// Functions carry the target attribute themselves: callers are AVX2 or AVX-512 paths chosen at
+// run time (cpu_path()), and the rest of a translation unit stays portable x86-64.
 #pragma once
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
 #define ZN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define ZN_TARGET_AVX512F __attribute__((target("avx512f")))
 
 namespace zn::simd {
 
@@ -41,6 +44,37 @@ ZN_TARGET_AVX2 inline __m256 exp_avx2(__m256 x) {
   const __m256 scale_b =
       _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), bias), 23));
   return _mm256_mul_ps(_mm256_mul_ps(er, scale_a), scale_b);
+}
+
+ZN_TARGET_AVX512F inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 er = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i ni = _mm512_cvtps_epi32(n);
+  const __m512i half = _mm512_srai_epi32(ni, 1);
+  const __m512i bias = _mm512_set1_epi32(127);
+  const __m512 scale_a = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(half, bias), 23));
+  const __m512 scale_b =
+      _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(ni, half), bias), 23));
+  return _mm512_mul_ps(_mm512_mul_ps(er, scale_a), scale_b);
+}
+
+// The sum of 8 lanes in a fixed order (halves, then pairs, then the last two): kernels that
+// must give the same bits on AVX2 and AVX-512 reduce their 8-lane partial sums with it.
+ZN_TARGET_AVX2 inline float horizontal_sum_avx2(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
 }
 
 // Lanes [0, count) of a vector: the mask for loads and stores of a loop's last partial vector,

@@ -2,6 +2,7 @@
 // the forward, the analytic gradient and central finite differences for the backward.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -181,18 +182,21 @@ void expect_gradient_close(const std::vector<float>& out, const std::vector<doub
   EXPECT(rms <= kF32RelTol, what, ": exact gradient is zero, but rms = ", rms);
 }
 
-void check_against_reference(const Case& c, CpuPath path) {
+// Each of `paths` on the same inputs, against one float64 reference.
+void check_against_reference(const Case& c, const std::vector<CpuPath>& paths) {
   const Inputs in = random_inputs(c);
   const std::vector<double> q = to_f64(in.q), k = to_f64(in.k), v = to_f64(in.v);
   Reference ref = reference_forward(c, q, k, v);
   reference_backward(c, q, k, v, to_f64(in.dout), ref);
-  const Result r = run_kernel(c, in, path);
-  const std::string what = c.name() + " path=" + cpu_path_name(path) + ": ";
-  expect_close(r.out, ref.out, kF32RelTol, what + "out");
-  expect_close(r.lse, ref.lse, kF32RelTol, what + "lse");
-  expect_gradient_close(r.dq, ref.dq, what + "dq");
-  expect_gradient_close(r.dk, ref.dk, what + "dk");
-  expect_gradient_close(r.dv, ref.dv, what + "dv");
+  for (CpuPath path : paths) {
+    const Result r = run_kernel(c, in, path);
+    const std::string what = c.name() + " path=" + cpu_path_name(path) + ": ";
+    expect_close(r.out, ref.out, kF32RelTol, what + "out");
+    expect_close(r.lse, ref.lse, kF32RelTol, what + "lse");
+    expect_gradient_close(r.dq, ref.dq, what + "dq");
+    expect_gradient_close(r.dk, ref.dk, what + "dk");
+    expect_gradient_close(r.dv, ref.dv, what + "dv");
+  }
 }
 
 // Shapes that are not multiples of the kernel's tiles (64 keys, 64 query rows, 16 columns).
@@ -221,11 +225,59 @@ const std::vector<Case>& cases() {
 }  // namespace
 
 ZN_TEST("attention.matches_float64_reference") {
-  for (const Case& c : cases()) check_against_reference(c, cpu_path());
+  for (const Case& c : cases()) check_against_reference(c, {cpu_path()});
 }
 
 ZN_TEST("attention.scalar_path_matches_float64_reference") {
-  for (const Case& c : cases()) check_against_reference(c, CpuPath::Scalar);
+  for (const Case& c : cases()) check_against_reference(c, {CpuPath::Scalar});
+}
+
+namespace {
+
+// Shapes for the SIMD paths' register tiles and their tails (the AVX-512 matmul tile is 6 rows ×
+// 64 columns, the AVX2 one 6 × 16): odd head counts and GQA ratios (3, 5, 7), head_dim
+// padded to 1, 3, 5 and 6 panels of 16, windows shorter than the documents, several documents.
+const std::vector<Case>& path_cases() {
+  static const std::vector<Case> all = {
+      {133, 7, 7, 72, 50, {60, 73}},
+      {97, 12, 3, 40, 33, {1, 45, 51}},
+      {211, 6, 2, 96, 64, {100, 111}},
+      {70, 5, 1, 8, 9, {13, 57}},
+      {300, 4, 2, 128, 70, {150, 1, 149}},
+  };
+  return all;
+}
+
+// The SIMD paths this CPU can run, each forced through the CpuPath argument.
+std::vector<CpuPath> simd_paths() {
+  std::vector<CpuPath> paths;
+  for (CpuPath path : {CpuPath::Avx2, CpuPath::Avx512Bf16}) {
+    if (cpu_path_supported(path)) paths.push_back(path);
+  }
+  return paths;
+}
+
+std::vector<CpuPath> every_path() {
+  std::vector<CpuPath> paths = simd_paths();
+  paths.push_back(CpuPath::Scalar);
+  return paths;
+}
+
+void expect_same_bits(const std::vector<float>& x, const std::vector<float>& y,
+                      const std::string& what) {
+  EXPECT(x.size() == y.size(), what, ": sizes differ");
+  size_t differ = 0;
+  for (size_t i = 0; i < x.size(); ++i) differ += std::memcmp(&x[i], &y[i], sizeof(float)) != 0;
+  EXPECT(differ == 0, what, ": ", differ, " of ", x.size(), " values differ");
+}
+
+}  // namespace
+
+ZN_TEST("attention.every_simd_path_matches_float64_reference") {
+  std::printf("     paths run: ");
+  for (CpuPath path : simd_paths()) std::printf("%s ", cpu_path_name(path));
+  std::printf("(this CPU: %s)\n", cpu_features_string().c_str());
+  for (const Case& c : path_cases()) check_against_reference(c, simd_paths());
 }
 
 // The float64 reference's analytic gradient, and the kernel's, against central differences of
@@ -448,7 +500,7 @@ ZN_TEST("attention.cached_matches_float64_reference") {
   for (const CachedCase& c : cached_cases()) {
     const CachedInputs in = cached_inputs(c);
     const Reference ref = cached_reference(c, in);
-    for (CpuPath path : {cpu_path(), CpuPath::Scalar}) {
+    for (CpuPath path : every_path()) {
       const Result r = run_cached(c, in, path);
       const std::string what = c.name + " path=" + cpu_path_name(path) + ": ";
       expect_close(r.out, ref.out, kF32RelTol, what + "out");
@@ -482,7 +534,7 @@ ZN_TEST("attention.cached_packed_case_equals_packed_forward_bitwise") {
     cached.q = in.q;
     cached.k = in.k;
     cached.v = in.v;
-    for (CpuPath path : {cpu_path(), CpuPath::Scalar}) {
+    for (CpuPath path : every_path()) {
       std::vector<float> out(in.q.size()), lse(size_t(c.heads * c.tokens));
       cpu::attention_forward(c.shape(), in.q.data(), in.k.data(), in.v.data(), cu.data(),
                              int(c.doc_lengths.size()), out.data(), lse.data(), path);
@@ -491,6 +543,32 @@ ZN_TEST("attention.cached_packed_case_equals_packed_forward_bitwise") {
       EXPECT(std::memcmp(out.data(), r.out.data(), out.size() * sizeof(float)) == 0, what, " out");
       EXPECT(std::memcmp(lse.data(), r.lse.data(), lse.size() * sizeof(float)) == 0, what, " lse");
     }
+  }
+}
+
+// AVX-512 promises the AVX2 bits (attention_avx512.cpp): packed forward and backward, and the
+// cached forward, so a machine's path never changes a training run's or a decode's numbers.
+ZN_TEST("attention.avx512_path_gives_the_avx2_bits") {
+  if (!cpu_path_supported(CpuPath::Avx512Bf16)) {
+    EXPECT(cpu_path() != CpuPath::Avx512Bf16, "the CPU lacks AVX-512 BF16 but cpu_path() takes it");
+    std::printf("     no AVX-512 BF16 here (%s): only AVX2 runs\n", cpu_features_string().c_str());
+    return;
+  }
+  std::vector<Case> all = cases();
+  all.insert(all.end(), path_cases().begin(), path_cases().end());
+  for (const Case& c : all) {
+    const Inputs in = random_inputs(c);
+    const Result a = run_kernel(c, in, CpuPath::Avx2), b = run_kernel(c, in, CpuPath::Avx512Bf16);
+    for (auto [x, y, name] : {std::tuple{&a.out, &b.out, "out"}, {&a.lse, &b.lse, "lse"},
+                              {&a.dq, &b.dq, "dq"}, {&a.dk, &b.dk, "dk"}, {&a.dv, &b.dv, "dv"}}) {
+      expect_same_bits(*x, *y, c.name() + " " + name);
+    }
+  }
+  for (const CachedCase& c : cached_cases()) {
+    const CachedInputs in = cached_inputs(c);
+    const Result a = run_cached(c, in, CpuPath::Avx2), b = run_cached(c, in, CpuPath::Avx512Bf16);
+    expect_same_bits(a.out, b.out, c.name + " out");
+    expect_same_bits(a.lse, b.lse, c.name + " lse");
   }
 }
 

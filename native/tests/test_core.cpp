@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/bf16.h"
+#include "core/cpu_features.h"
 #include "core/memory.h"
 #include "core/random.h"
 #include "core/thread_pool.h"
@@ -155,4 +156,16 @@ ZN_TEST("core.fill_normal_draws_seeded_normals") {
   fill_normal(rounded.size(), 42, 5, sigma, rounded.data());
   for (size_t i = 0; i < rounded.size(); ++i)
     EXPECT(rounded[i].bits == f32_to_bf16(a[i]).bits, "bf16 [", i, "]");
+}
+
+// Kernels that take an explicit CpuPath refuse one the CPU lacks by cpu_path_supported: it must
+// accept the path cpu_path() picks (also under ZN_CPU_PATH) and follow the feature bits.
+ZN_TEST("core.cpu_path_supported_follows_the_features") {
+  const CpuFeatures& f = cpu_features();
+  EXPECT(cpu_path_supported(cpu_path()), "cpu_path() = ", cpu_path_name(cpu_path()));
+  EXPECT(cpu_path_supported(CpuPath::Scalar));
+  EXPECT(cpu_path_supported(CpuPath::Avx2) == (f.avx2 && f.fma), cpu_features_string());
+  EXPECT(cpu_path_supported(CpuPath::Avx512Bf16) ==
+             (f.avx512f && f.avx512bw && f.avx512bf16 && f.avx2 && f.fma),
+         cpu_features_string());
 }

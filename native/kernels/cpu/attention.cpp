@@ -5,6 +5,9 @@
 // The query heads that share a kv head are processed together: a query block is G heads × Br
 // tokens (token-major rows), so every packed K/V tile serves G times more rows. Scores exist only
 // as [block rows, key tile] scratch; key tiles that the mask hides from a block are never visited.
+// The arithmetic on tiles is four kernels per SIMD path (attention_internal.h): scalar and AVX2
+// here, AVX-512 in attention_avx512.cpp, picked by cpu_path() or the caller's CpuPath. AVX2 and
+// AVX-512 give the same bits, so the path a machine takes changes speed, not results.
 #include "kernels/cpu/attention.h"
 
 #include <immintrin.h>
@@ -19,16 +22,16 @@
 #include "core/errors.h"
 #include "core/simd_math.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/attention_internal.h"
 
 namespace zn::cpu {
 
 namespace {
 
-constexpr long kKeyTile = 64;    // keys per tile (Bc)
+using namespace attention_detail;
+
 constexpr long kBlockRows = 64;  // target query rows (tokens × heads of a group) per block
 constexpr long kKeyTilesPerPass = 4;  // key tiles the backward takes per walk over query blocks
-constexpr long kLanes = 16;      // matmul output widths are multiples of two AVX2 vectors
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 long round_up(long x, long multiple) { return (x + multiple - 1) / multiple * multiple; }
 
@@ -183,42 +186,7 @@ void mask_scores(const Layout& L, Span doc, Span queries, Span keys, long width,
   }
 }
 
-// ---- Per-path kernels on tiles -------------------------------------------------------------
-
-// A [M][K] row-major, A(m, k) = data[m·ld + k], or transposed, A(m, k) = data[k·ld + m].
-struct MatA {
-  const float* data;
-  long ld;
-  bool transposed;
-};
-// B [K][N] in panels of kLanes columns: B(k, n) = data[(n / kLanes)·panel + k·ld + n % kLanes].
-// A row-major B has panel = kLanes; a packed key tile has ld = kLanes and panel = K·kLanes, so
-// each panel is contiguous.
-struct MatB {
-  const float* data;
-  long ld, panel;
-};
-
-// C[M][N] = (accumulate ? C : 0) + A·B; N is a multiple of kLanes.
-using MatmulFn = void (*)(long M, long N, long K, MatA a, MatB b, float* c, long ldc,
-                          bool accumulate);
-// Online softmax over the next tile of scores (masked entries -inf): each row becomes
-// exp(s - new max), row_max and row_sum are updated, and rescale gets exp(old max - new max),
-// the factor by which the output accumulated so far must shrink.
-using SoftmaxFn = void (*)(float* scores, long rows, long width, float* row_max, float* row_sum,
-                           float* rescale);
-// P = exp(S - lse) in place (0 where masked).
-using ProbabilitiesFn = void (*)(float* scores, long rows, long width, const float* lse);
-// dS = P∘(dP - delta) in place of dP.
-using ScoreGradFn = void (*)(const float* probs, float* dprobs, long rows, long width,
-                             const float* delta);
-
-struct Kernels {
-  MatmulFn matmul;
-  SoftmaxFn softmax;
-  ProbabilitiesFn probabilities;
-  ScoreGradFn score_grad;
-};
+// ---- Per-path kernels on tiles (contract: attention_internal.h) ----------------------------
 
 void matmul_scalar(long M, long N, long K, MatA a, MatB b, float* c, long ldc,
                    bool accumulate) {
@@ -282,13 +250,6 @@ using simd::exp_avx2;
 ZN_AVX2 inline __m256 masked_exp_avx2(__m256 x, __m256 shift) {
   const __m256 visible = _mm256_cmp_ps(x, _mm256_set1_ps(kNegInf), _CMP_NEQ_OQ);
   return _mm256_and_ps(exp_avx2(_mm256_sub_ps(x, shift)), visible);
-}
-
-ZN_AVX2 inline float horizontal_sum(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
 }
 
 ZN_AVX2 inline float horizontal_max(__m256 v) {
@@ -375,7 +336,9 @@ ZN_AVX2 void softmax_avx2(float* scores, long rows, long width, float* row_max, 
       sum = _mm256_add_ps(sum, p);
     }
     rescale[r] = std::exp(row_max[r] - m);
-    row_sum[r] = row_sum[r] * rescale[r] + horizontal_sum(sum);
+    // One rounding, spelled out: GCC would contract a*b + c into an FMA here anyway (FMA target,
+    // -ffp-contract=fast), and the AVX-512 kernel must round this sum the same way.
+    row_sum[r] = std::fma(row_sum[r], rescale[r], simd::horizontal_sum_avx2(sum));
     row_max[r] = m;
   }
 }
@@ -405,10 +368,11 @@ ZN_AVX2 void score_grad_avx2(const float* probs, float* dprobs, long rows, long 
 #endif
 
 Kernels kernels_for(CpuPath path) {
+  ZN_CHECK(cpu_path_supported(path), "attention: this CPU cannot run the ", cpu_path_name(path),
+           " path (it has: ", cpu_features_string(), ")");
 #if defined(__x86_64__)
-  if (path != CpuPath::Scalar) {
-    return {matmul_avx2, softmax_avx2, probabilities_avx2, score_grad_avx2};
-  }
+  if (path == CpuPath::Avx512Bf16) return avx512_kernels();
+  if (path == CpuPath::Avx2) return {matmul_avx2, softmax_avx2, probabilities_avx2, score_grad_avx2};
 #endif
   return {matmul_scalar, softmax_scalar, probabilities_scalar, score_grad_scalar};
 }
