@@ -490,9 +490,17 @@ ZN_TEST("model.bf16_mode_stays_close_to_float64") {
   o.max_tokens = 16;
   o.precision = Precision::BF16;
   auto model = make_model(c, P, o);
-  // bf16 rounds weights and matmul inputs to 8 significant bits (relative 2^-9 each); over a
-  // few layers the log-probs drift by well under a percent.
-  test::expect_close(run_logp(*model, b, true), reference_logp(c, P, b), 2e-2, "bf16 logp");
+  // The model computes from its bf16 weights (norms stay f32): the float64 reference takes the
+  // same rounded weights, so what is checked is the arithmetic (matmul inputs rounded to 8
+  // significant bits, f32 accumulation). Measured over 1500 seeds: median 2.2e-3, max 1.3e-2.
+  // Against the unrounded weights the draw's sensitivity to the rounding adds a long tail
+  // (median 3.3e-3, but 3.3e-2 at worst, 4 failures in 2000 seeds at 2e-2).
+  Params rounded = P;
+  for (const ParameterSpec& p : parameter_table(c)) {
+    if (p.shape.size() == 1) continue;
+    for (double& x : rounded.at(p.name)) x = double(bf16_to_f32(f32_to_bf16(float(x))));
+  }
+  test::expect_close(run_logp(*model, b, true), reference_logp(c, rounded, b), 2e-2, "bf16 logp");
 }
 
 // A frozen bf16 model keeps bf16 weights and f32 norms only: the trainable bf16 model's
