@@ -88,9 +88,6 @@ export const KEYS = {
   max_seq_length: { kind: 'integer', default: null, stages: ['sft'], aliasOf: 'max_length', help: 'Older TRL name of max_length (SFT)' },
   max_prompt_length: { kind: 'integer', default: null, stages: ['dpo'], help: 'Older TRL rule: keep the last N prompt tokens before max_length applies' },
   packing: { kind: 'boolean', default: false, stages: ['sft'], help: 'Pack examples into max_length rows, documents kept apart' },
-  // Our batches are always padding-free (the training loss is the same either way); TRL's
-  // evaluation counts a padding-free batch as one row when it averages eval_loss over batches.
-  padding_free: { kind: 'boolean', default: false, help: "TRL's padding-free collation (ours always is): SFT's eval_loss then weights each batch as one row, as TRL's does (so does packing); no effect on DPO (TRL 1.13 turns it off there)" },
   assistant_only_loss: { kind: 'boolean', default: false, stages: ['sft'], help: 'Loss on assistant tokens only' },
   // optimisation
   learning_rate: { kind: 'number', default: 2e-5, stageDefault: { dpo: 1e-6 }, help: 'Peak learning rate (default: 2e-5 for sft, 1e-6 for dpo, as TRL)' },
@@ -156,6 +153,9 @@ const SAME_BEHAVIOUR: Record<string, (value: unknown) => boolean> = {
   remove_unused_columns: () => true,
   // Mistral has no dropout layers (attention_dropout 0), so disabling dropout is a no-op.
   disable_dropout: () => true,
+  // Padding-free batches are all we make; the loss is the same either way (and so is eval_loss:
+  // transformers weighs each evaluation batch by its rows, padded or not).
+  padding_free: () => true,
   packing_strategy: (v) => v === 'bfd',
   truncation_mode: (v) => v === 'keep_start',
   f_divergence_type: (v) => v === 'reverse_kl',

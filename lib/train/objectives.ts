@@ -37,18 +37,8 @@ function lossTokens(batch: TokenBatch): number {
   return count;
 }
 
-/**
- * How TRL's evaluation weights a batch's token-mean loss in eval_loss (transformers' evaluation
- * loop repeats it batch-size times): by its rows, or as one row where the collator is padding-free
- * (packing, padding_free), the batch being then one flattened sequence.
- */
-export type EvalBatchWeight = 'rows' | 'batches';
-
 export class SftObjective implements Objective<SftItem> {
-  constructor(
-    private readonly model: ObjectiveModel,
-    private readonly evalBatchWeight: EvalBatchWeight = 'rows',
-  ) {}
+  constructor(private readonly model: ObjectiveModel) {}
 
   async accumulate({ global, local }: StepBatches<SftItem>): Promise<StepResult> {
     // All micro-batches are collated up front: the step's loss-token count (every rank's rows)
@@ -84,9 +74,11 @@ export class SftObjective implements Objective<SftItem> {
         nll -= logp[t];
         tokens++;
       }
-      const weight = this.evalBatchWeight === 'rows' ? items.length : 1;
-      loss.sum += (weight * nll) / Math.max(1, tokens);
-      loss.count += weight;
+      // transformers' evaluation loop: each batch's token mean, weighted by its rows (it repeats
+      // the loss eval_batch_size times, then cuts the list to the dataset's rows), padded or
+      // padding-free alike.
+      loss.sum += (items.length * nll) / Math.max(1, tokens);
+      loss.count += items.length;
     }
     return { loss };
   }

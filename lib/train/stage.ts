@@ -309,8 +309,7 @@ export async function buildStageReference({ values }: StageConfig, sources: Stag
 
 /** SFT's token-mean loss, or DPO's loss of the policy against the reference. */
 export function buildObjective({ stage, values }: StageConfig, sources: StageSources, policy: MistralModel, reference: ReferenceLogps | null): Objective<Example> {
-  // TRL weights each evaluation batch by its rows, or as one row where its collator is padding-free.
-  if (stage === 'sft') return new SftObjective(policy, values.packing || values.padding_free ? 'batches' : 'rows');
+  if (stage === 'sft') return new SftObjective(policy);
   if (!reference) throw new ZnError('dpo: the objective needs a reference');
   return new DpoObjective(policy, reference, sources.device, { beta: values.beta, lossType: values.loss_type, labelSmoothing: values.label_smoothing });
 }

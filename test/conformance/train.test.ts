@@ -3,10 +3,13 @@
  * SFTTrainer and DPOTrainer (5 full-batch steps, constant lr 1e-3, AdamW with weight decay,
  * clipping at 1.0, f32 on CPU); zephyr-native trains the same model on the same data with the
  * same recipe. Per-step loss, grad_norm, rewards/* and logps/* agree to 1e-4 relative, and so
- * do the final weights and the evaluation after the last step (eval batches of 4 + 2 rows: TRL
- * weights eval_loss's batches by their rows, DPO's other metrics are means of batch means); the
- * starting model's eval_loss on packed rows (padding-free batches, each weighted as one row)
- * matches TRL's `evaluate()` through eval_on_start.
+ * do the final weights and the evaluation after the last step (TRL weights eval_loss's batches by
+ * their rows: SFT's batches of 1 row give the mean of the rows' token means, DPO's of 4 + 2 pairs
+ * a short last batch; DPO's other metrics are means of batch means); and eval_on_start's
+ * eval_loss of a sharper model (initializer_range 1: the rows' losses differ widely, so the
+ * weighting shows) is TRL's `evaluate()`: one row a batch, and with packing batches of 4 + 2
+ * packed rows (padding-free, still weighed by their rows; the token mean of the split, or the
+ * plain mean of the batches, would each miss by more than 5e-4).
  *
  * LoRA against TRL + PEFT (0.21), lora_dropout 0: from a PEFT adapter folder with nonzero A and B
  * (trl_train.py's WORKDIR/adapter), 5 SFT steps and 5 DPO steps whose reference is the frozen
@@ -119,7 +122,7 @@ const recipe = (work: string, output: string) => ({
   max_length: 64,
 });
 
-/** Evaluation after the 5th step on the training rows, 4 a batch (trl_train.py's EVAL_ARGS). */
+/** Evaluation after the 5th step on the training rows, 4 a batch (trl_train.py's EVAL_ARGS; SFT's 1). */
 const evaluation = { eval_strategy: 'steps', eval_steps: 5, per_device_eval_batch_size: 4, dataset_test_split: 'test' };
 
 describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false }, () => {
@@ -130,7 +133,7 @@ describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false },
   after(() => rmSync(work, { recursive: true, force: true }));
 
   it('SFT: loss, grad_norm, final weights and eval_loss', async () => {
-    await sft({ ...recipe(work, 'zn-sft'), ...evaluation, dataset_name: join(work, 'sft-splits') }, { progress: 'silent' });
+    await sft({ ...recipe(work, 'zn-sft'), ...evaluation, per_device_eval_batch_size: 1, dataset_name: join(work, 'sft-splits') }, { progress: 'silent' });
     const ours = JSON.parse(readFileSync(join(work, 'zn-sft', 'trainer_state.json'), 'utf8')).log_history as Entry[];
     const theirs = JSON.parse(readFileSync(join(work, 'trl-sft', 'log_history.json'), 'utf8')) as Entry[];
     compareLogs(ours, theirs, ['loss', 'grad_norm', 'learning_rate', 'epoch']);
@@ -138,18 +141,21 @@ describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false },
     await compareWeights(join(work, 'zn-sft'), join(work, 'trl-sft'));
   });
 
-  it("SFT with packing: the starting model's eval_loss (eval_on_start) is TRL evaluate()'s", async () => {
-    const output = join(work, 'zn-sft-packed');
-    await sft(
-      { ...recipe(work, 'zn-sft-packed'), dataset_name: join(work, 'sft-splits'), packing: true, max_steps: 1, eval_on_start: true, per_device_eval_batch_size: 2 },
-      { progress: 'silent' },
-    );
-    const ours = (JSON.parse(readFileSync(join(output, 'trainer_state.json'), 'utf8')).log_history as Entry[]).find((e) => 'eval_loss' in e);
-    const theirs = JSON.parse(readFileSync(join(work, 'trl-sft-packed', 'eval.json'), 'utf8')) as Entry;
-    assert.ok(ours, 'evaluated on start');
-    assert.equal(ours.step, 0);
-    assert.ok(relClose(ours.eval_loss, theirs.eval_loss, 1e-4), `eval_loss: ours ${ours.eval_loss} vs TRL ${theirs.eval_loss}`);
-  });
+  for (const packing of [false, true]) {
+    it(`SFT evaluation${packing ? ' with packing' : ''}: eval_on_start's eval_loss of a sharper model is TRL evaluate()'s, ${packing ? 'batches of 4 + 2 packed rows' : 'one row a batch'}`, async () => {
+      const name = packing ? 'sharp-packed' : 'sharp-rows';
+      const output = join(work, `zn-${name}`);
+      await sft(
+        { ...recipe(work, `zn-${name}`), model_name_or_path: join(work, 'model-sharp'), dataset_name: join(work, 'sft-splits'), packing, max_steps: 1, eval_on_start: true, per_device_eval_batch_size: packing ? 4 : 1 },
+        { progress: 'silent' },
+      );
+      const ours = (JSON.parse(readFileSync(join(output, 'trainer_state.json'), 'utf8')).log_history as Entry[]).find((e) => 'eval_loss' in e);
+      const theirs = JSON.parse(readFileSync(join(work, `trl-${name}`, 'eval.json'), 'utf8')) as Entry;
+      assert.ok(ours, 'evaluated on start');
+      assert.equal(ours.step, 0);
+      assert.ok(relClose(ours.eval_loss, theirs.eval_loss, 1e-4), `eval_loss: ours ${ours.eval_loss} vs TRL ${theirs.eval_loss}`);
+    });
+  }
 
   it('DPO: loss, grad_norm, rewards/*, logps/* and final weights', async () => {
     await dpo({ ...recipe(work, 'zn-dpo'), ...evaluation, dataset_name: join(work, 'dpo-splits'), beta: 0.1 }, { progress: 'silent' });

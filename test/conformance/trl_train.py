@@ -4,9 +4,14 @@ Builds, in WORKDIR, a small byte-fallback BPE tokenizer with the Zephyr chat tem
 random MistralForCausalLM (f32), an SFT dataset (UltraChat schema) and a DPO dataset
 (UltraFeedback-binarized schema); then trains the model with TRL's SFTTrainer and DPOTrainer for
 5 full-batch steps at a constant learning rate with AdamW and clipping, evaluating after the last
-step on the same rows in batches of 4 (4 + 2: a short last batch, so the weighting of eval_loss
-shows), and writes each run's log_history and final weights. It also evaluates the starting
-model with packing (TRL's bfd, padding-free) in batches of 2 packed rows: trl-sft-packed/eval.json. zephyr-native trains the same model on the same data with the
+step on the same rows (SFT one row a batch, so eval_loss is the mean of the rows' token means,
+not the token mean of the split; DPO 4 pairs a batch, 4 + 2, so the short last batch's weight
+shows), and writes each run's log_history and final weights. It also writes WORKDIR/model-sharp,
+the same architecture drawn with initializer_range 1 (logits large enough that the rows' losses
+differ widely, where the 0.02 draw gives every token about ln(vocab)), and TRL's evaluate() of it
+on the SFT rows one row a batch, without packing (trl-sharp-rows/eval.json: the mean of the rows'
+token means), and with packing (TRL's bfd, padding-free) 4 packed rows a batch, 4 + 2, weighed
+by their rows all the same (trl-sharp-packed/eval.json). zephyr-native trains the same model on the same data with the
 same recipe, and the test compares. It also writes WORKDIR/adapter: a PEFT LoRA adapter folder on
 that model (all-linear, r 4, lora_dropout 0) with random nonzero lora_A and lora_B, so that every
 adapter gradient and the reference choice matter.
@@ -61,9 +66,10 @@ def build_tokenizer(path):
     return fast
 
 
-def build_model(path, vocab_size):
+def build_model(path, vocab_size, initializer_range=0.02):
     torch.manual_seed(0)
     config = MistralConfig(
+        initializer_range=initializer_range,
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=48,
@@ -110,8 +116,10 @@ def common_args(output_dir, **overrides):
     ) | overrides
 
 
-# Evaluation after the 5th step on the training rows, 4 a batch (6 rows: a batch of 4, then of 2).
+# Evaluation after the 5th step on the training rows, 4 a batch (6 rows: a batch of 4, then of 2);
+# SFT's one a batch (rows of different lengths: a row-weighted mean differs from the token mean).
 EVAL_ARGS = dict(eval_strategy="steps", eval_steps=5, per_device_eval_batch_size=4)
+SFT_EVAL_BATCH = dict(per_device_eval_batch_size=1)
 
 
 def dump(trainer, out_dir):
@@ -161,7 +169,7 @@ def main():
     sft_rows = sft_data.remove_columns(["prompt", "prompt_id"])
     sft = SFTTrainer(
         model=os.path.join(work, "model"),
-        args=SFTConfig(**common_args(os.path.join(work, "trl-sft")), packing=False, **EVAL_ARGS),
+        args=SFTConfig(**common_args(os.path.join(work, "trl-sft")), packing=False, **(EVAL_ARGS | SFT_EVAL_BATCH)),
         train_dataset=sft_rows,
         eval_dataset=sft_rows,
         processing_class=tokenizer,
@@ -169,17 +177,20 @@ def main():
     sft.train()
     dump(sft, os.path.join(work, "trl-sft"))
 
-    # The starting model evaluated on packed rows: each padding-free batch counts as one row.
-    packed = SFTTrainer(
-        model=os.path.join(work, "model"),
-        args=SFTConfig(**common_args(os.path.join(work, "trl-sft-packed")), packing=True, per_device_eval_batch_size=2),
-        train_dataset=sft_rows,
-        eval_dataset=sft_rows,
-        processing_class=tokenizer,
-    )
-    os.makedirs(os.path.join(work, "trl-sft-packed"), exist_ok=True)
-    with open(os.path.join(work, "trl-sft-packed", "eval.json"), "w") as f:
-        json.dump(packed.evaluate(), f, indent=1)
+    # A sharper model's evaluation, one row a batch and one packed (padding-free) row a batch.
+    build_model(os.path.join(work, "model-sharp"), len(tokenizer), initializer_range=1.0)
+    tokenizer.save_pretrained(os.path.join(work, "model-sharp"))
+    for name, packing, eval_batch in (("trl-sharp-rows", False, 1), ("trl-sharp-packed", True, 4)):
+        trainer = SFTTrainer(
+            model=os.path.join(work, "model-sharp"),
+            args=SFTConfig(**common_args(os.path.join(work, name)), packing=packing, per_device_eval_batch_size=eval_batch),
+            train_dataset=sft_rows,
+            eval_dataset=sft_rows,
+            processing_class=tokenizer,
+        )
+        os.makedirs(os.path.join(work, name), exist_ok=True)
+        with open(os.path.join(work, name, "eval.json"), "w") as f:
+            json.dump(trainer.evaluate(), f, indent=1)
 
     torch.manual_seed(0)
     dpo_data = load_dataset("json", data_files=os.path.join(work, "dpo.jsonl"), split="train")
