@@ -26,7 +26,8 @@
 //              24 loads + 24 stores) is spread over up to 24576 vdpbf16ps
 //   MC = 144   the A block, 144 x 2048 x 2 B = 576 KiB, stays in L2 while every B panel passes
 //   NR panel   32 x 2048 x 2 B = 128 KiB of B, streamed from L2/L3 by each of the 12 A panels
-//   NC = 3072  the packed B block (up to 12 MiB at K = 2048) lives in L3
+//   NC = 3072  the packed B block (up to 12 MiB at K = 2048) lives in L3; 768 (3 MiB) when M
+//              is at most 4 MC, A then being cheap to pack again for each B block
 // Measured on one Zen 5 core (thread CPU time, beside the vdpbf16ps loop, 2026-12-07): the
 // micro-kernel on L2-resident panels at 97% of the loop; whole GEMMs at the bench shapes at
 // 80-92%, the rest being packing (2-12%, bound by reading the sources from memory) and B panels
@@ -256,7 +257,7 @@ struct ScalarF32 {
   static constexpr Layout layout = Layout::F32Lanes;
   static constexpr bool simd_packing = false;
   static constexpr int MR = 6, NR = 16;
-  static constexpr long MC = 144, KC = 256, KD = 1024, NC = 3072;
+  static constexpr long MC = 144, KC = 256, KD = 1024, NC = 3072, NC_FEW_ROWS = NC;
   static constexpr TileFn<Packed> tile = tile_scalar_f32<MR, NR>;
 };
 
@@ -266,7 +267,8 @@ struct ScalarBf16Pairs {
   static constexpr bool simd_packing = false;
   static constexpr int MR = 12, NR = 32;
   // KC == KD: each packed pass is summed in registers in one micro-kernel call (see gemm_blocked).
-  static constexpr long MC = 144, KC = 2048, KD = 2048, NC = 3072;
+  // NC_FEW_ROWS: the B block width when M is at most 4 MC (see gemm_blocked).
+  static constexpr long MC = 144, KC = 2048, KD = 2048, NC = 3072, NC_FEW_ROWS = 768;
   static constexpr TileFn<Packed> tile = tile_scalar_bf16_pairs<MR, NR>;
 };
 
@@ -728,7 +730,10 @@ void gemm_blocked(const Problem& pr) {
   // multiple of the thread count and evened out, so that no thread idles on a short last block.
   const long mc = round_up(ceil_div(pr.M, round_up(ceil_div(pr.M, Kernel::MC), threads)), MR);
   const long m_blocks = ceil_div(pr.M, mc);
-  const long nc = std::min(Kernel::NC, round_up(pr.N, NR));
+  // With few rows, A is cheap to pack again for each block of B, and a narrower B block (768 x
+  // 2048 x 2 B = 3 MiB) stays in L3 for the few A blocks that reuse it: 512 x 4096 x 4096 and
+  // 512 x 14336 x 4096 nt ran 2-3% of the vdpbf16ps peak faster on one Zen 5 core than at 3072.
+  const long nc = std::min(pr.M <= 4 * Kernel::MC ? Kernel::NC_FEW_ROWS : Kernel::NC, round_up(pr.N, NR));
   // The summation order: every output sums K in KC-deep blocks, each from zero, adding each
   // block to C. Up to KD deep (several blocks) is packed at once and each C tile takes all of
   // its blocks in turn, so it stays in L1 between them instead of going to memory and back once
