@@ -30,7 +30,7 @@
 //              is at most 4 MC, A then being cheap to pack again for each B block
 // Measured on one Zen 5 core (thread CPU time, beside the vdpbf16ps loop, 2026-12-07): the
 // micro-kernel on L2-resident panels at 97% of the loop; whole GEMMs at the bench shapes at
-// 80-92%, the rest being packing (2-12%, bound by reading the sources from memory) and B panels
+// 78-93%, the rest being packing (2-12%, bound by reading the sources from memory) and B panels
 // coming from L3 (README, "Performance").
 // The scalar path packs bf16 GEMMs as Bf16Pairs too, so everything around the AVX-512 micro-
 // kernel (packing, blocking, edges) is tested on machines without AVX-512.
