@@ -1,16 +1,19 @@
 /**
- * `npm run bench:kernels -- [--json FILE] [--rounds N] [--threads N] [--zn-bench PATH] [--no-build]
- *                          [--no-torch] [--only gemm,attention,logprob]`
+ * `npm run bench:kernels -- [--json FILE] [--rounds N] [--threads N] [--cpu-time] [--zn-bench PATH]
+ *                          [--no-build] [--no-torch] [--only gemm,attention,logprob]`
  *
  * The native CPU kernels (zn_bench, built by the CMake build from bench/native/bench_kernels.cpp)
  * beside PyTorch (bench/torch_kernels.py) on the same shapes and thread count, each figure also
  * as a fraction of this machine's measured peak (a tight FMA / vdpbf16ps loop on every thread).
  * Mistral-7B shapes scaled to run in seconds on a small machine; see CASES. Not a timed test:
  * the figures depend on the machine and on whatever else runs on it, so each impl keeps its
- * best of `--rounds` alternating rounds.
+ * best of `--rounds` alternating rounds. `--cpu-time` (one thread) times every run, the peak
+ * loops included, by the thread's CPU clock: on a loaded machine a core's kernels are then not
+ * charged for the time the OS gives other processes.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -161,6 +164,7 @@ function main(): void {
       'no-build': { type: 'boolean', default: false },
       'no-torch': { type: 'boolean', default: false },
       threads: { type: 'string' },
+      'cpu-time': { type: 'boolean', default: false },
       only: { type: 'string' },
     },
   });
@@ -174,6 +178,12 @@ function main(): void {
   if (values.threads !== undefined) {
     if (!/^[1-9][0-9]*$/.test(values.threads)) throw new Error(`--threads must be a positive integer, got ${values.threads}`);
     threadEnv.ZN_NUM_THREADS = values.threads;
+  }
+  const cpuTime = values['cpu-time'];
+  if (cpuTime) {
+    if (values.threads !== undefined && values.threads !== '1') throw new Error(`--cpu-time times one thread; got --threads ${values.threads}`);
+    threadEnv.ZN_NUM_THREADS = '1';
+    threadEnv.ZN_BENCH_CPU_TIME = '1';
   }
 
   // Which ops this zn_bench was built with (kernels join native/sources.json over time).
@@ -196,6 +206,8 @@ function main(): void {
     if (!python) console.error(`torch column skipped: ${reference.skipReason}`);
   }
 
+  // The machine's load beside the figures: on a shared machine they depend on it.
+  const loadStart = loadavg();
   const best = new Map<string, BenchLine>();
   const order: string[] = [];
   let memory: BenchLine[] = [];
@@ -212,7 +224,8 @@ function main(): void {
     if (python) {
       console.error(`round ${round}/${rounds}: torch ...`);
       const script = join(root, 'bench', 'torch_kernels.py');
-      keepBest(best, order, parseLines(run(python, [script, '--threads', String(threads), ...specs], 'bench/torch_kernels.py'), 'torch_kernels.py').filter((line) => line.op !== 'machine'));
+      const torchArgs = [script, '--threads', String(threads), ...(cpuTime ? ['--cpu-time'] : []), ...specs];
+      keepBest(best, order, parseLines(run(python, torchArgs, 'bench/torch_kernels.py'), 'torch_kernels.py').filter((line) => line.op !== 'machine'));
     }
   }
 
@@ -238,7 +251,9 @@ function main(): void {
   });
   results.sort((a, b) => order.indexOf(key(a)) - order.indexOf(key(b)) || b.impl.localeCompare(a.impl));
 
+  const load = { start: loadStart.map((x) => Number(x.toFixed(2))), end: loadavg().map((x) => Number(x.toFixed(2))) };
   console.log(formatTable(results, [...peaks.values()]));
+  console.log(`clock: ${cpuTime ? 'thread CPU time' : 'wall'}; load average (1, 5, 15 min) ${load.start.join(' ')} at the start, ${load.end.join(' ')} at the end`);
   const mib = (bytes: unknown) => `${(Number(bytes) / (1 << 20)).toFixed(1)} MiB`;
   for (const line of memory) {
     console.log(
@@ -246,7 +261,7 @@ function main(): void {
     );
   }
   if (values.json) {
-    writeJsonAtomic(resolve(values.json), { machine, peaks: [...peaks.values()], cases, results, memory });
+    writeJsonAtomic(resolve(values.json), { machine, clock: cpuTime ? 'thread-cpu' : 'wall', load_average: load, peaks: [...peaks.values()], cases, results, memory });
     console.error(`wrote ${values.json}`);
   }
 }

@@ -12,7 +12,7 @@ bench/native/bench_kernels.cpp:
   logprob:N,DIM,V            log_softmax(h @ W.T)[label] forward + backward with materialised f32
                              logits; 6*N*DIM*V FLOPs
 
-Usage: python bench/torch_kernels.py --threads N SPEC...
+Usage: python bench/torch_kernels.py --threads N [--cpu-time] SPEC...
 """
 import argparse
 import json
@@ -23,17 +23,22 @@ import time
 import torch
 
 
+# --cpu-time (with --threads 1): runs are timed by this thread's CPU clock, as zn_bench does
+# under ZN_BENCH_CPU_TIME=1; torch runs one-thread ops on the calling thread.
+CLOCK = time.perf_counter
+
+
 def best_seconds(run, budget=1.5, max_runs=50):
-    """Best wall time after one warm-up run, as zn_bench measures: timed runs repeat until
-    `budget` seconds have passed (at least one run), and the least disturbed one counts."""
+    """Best time after one warm-up run, as zn_bench measures: timed runs repeat until `budget`
+    wall seconds have passed (at least one run), and the least disturbed one counts."""
     run()
     best = math.inf
     start = time.perf_counter()
     runs = 0
     while runs == 0 or (time.perf_counter() - start < budget and runs < max_runs):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         run()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, CLOCK() - t0)
         runs += 1
     return best
 
@@ -132,8 +137,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by the thread's CPU clock (needs --threads 1)")
     parser.add_argument("specs", nargs="+")
     args = parser.parse_args()
+    if args.cpu_time:
+        if args.threads != 1:
+            raise SystemExit(f"torch_kernels.py: --cpu-time times one thread, got --threads {args.threads}")
+        global CLOCK
+        CLOCK = time.thread_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(json.dumps({"op": "machine", "impl": "torch", "version": torch.__version__,

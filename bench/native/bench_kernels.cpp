@@ -2,6 +2,7 @@
 // one JSON object per line on stdout. bench/kernels.ts runs it beside PyTorch and prints the
 // table; run it alone as
 //   zn_bench peak gemm:512,4096,4096:nt:bf16 ...     (zn_bench --list: the ops it can time)
+// ZN_BENCH_CPU_TIME=1 with ZN_NUM_THREADS=1 times by the thread's CPU clock (see cpu_time_clock).
 // Case specs (the same strings bench/torch_kernels.py reads):
 //   peak                        tight FMA (and vdpbf16ps where present) loops on every thread
 //   gemm:M,N,K:TT:DTYPE         C[M,N] = op(A)·op(B); TT is n|t for A then B; DTYPE f32|bf16
@@ -17,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <random>
 #include <sstream>
@@ -37,21 +39,37 @@ using namespace zn;
 
 namespace {
 
-double now_seconds() {
+// ZN_BENCH_CPU_TIME=1 (with ZN_NUM_THREADS=1): every run, peak loops included, is timed by the
+// thread's CPU clock instead of the wall clock, so that on a shared machine the time the OS
+// gives other processes is not counted against one core's kernels (bench/kernels.ts --cpu-time).
+bool cpu_time_clock() {
+  static const bool on = [] {
+    const char* value = std::getenv("ZN_BENCH_CPU_TIME");
+    return value != nullptr && std::string(value) == "1";
+  }();
+  return on;
+}
+
+double now_seconds(bool cpu_time = false) {
+  if (cpu_time) {
+    timespec now{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+    return double(now.tv_sec) + 1e-9 * double(now.tv_nsec);
+  }
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Best wall time of `run` after one warm-up run (page faults, packing buffers, thread start):
-// timed runs repeat until `budget` seconds have passed (at least one run), and the least
+// Best time of `run` after one warm-up run (page faults, packing buffers, thread start): timed
+// runs repeat until `budget` wall seconds have passed (at least one run), and the least
 // disturbed one counts. bench/torch_kernels.py times the same way.
 double best_seconds(const std::function<void()>& run, double budget = 1.5, int max_runs = 50) {
   run();
   double best = 1e30;
   const double start = now_seconds();
   for (int runs = 0; runs == 0 || (now_seconds() - start < budget && runs < max_runs); ++runs) {
-    const double t0 = now_seconds();
+    const double t0 = now_seconds(cpu_time_clock());
     run();
-    best = std::min(best, now_seconds() - t0);
+    best = std::min(best, now_seconds(cpu_time_clock()) - t0);
   }
   return best;
 }
@@ -59,7 +77,7 @@ double best_seconds(const std::function<void()>& run, double budget = 1.5, int m
 // ---- Peak: native/core/peak.h times the loops; here each one is reported.
 
 Peaks measure_and_report_peaks() {
-  const Peaks peaks = measure_peaks();
+  const Peaks peaks = measure_peaks(0.5, cpu_time_clock());
   for (const PeakLoop& loop : peaks.loops) {
     std::printf("{\"op\":\"peak\",\"impl\":\"%s\",\"dtype\":\"%s\",\"threads\":%d,\"gflops\":%.1f}\n",
                 loop.name, loop.dtype, peaks.threads, loop.gflops);
@@ -282,8 +300,11 @@ int main(int argc, char** argv) {
     std::string ops;
     for (const Op& op : kOps) ops += std::string(ops.empty() ? "" : ",") + "\"" + op.name + "\"";
     std::printf("{\"op\":\"machine\",\"cpu_path\":\"%s\",\"features\":\"%s\",\"threads\":%d,"
-                "\"ops\":[%s]}\n",
-                cpu_path_name(cpu_path()), cpu_features_string().c_str(), num_threads(), ops.c_str());
+                "\"clock\":\"%s\",\"ops\":[%s]}\n",
+                cpu_path_name(cpu_path()), cpu_features_string().c_str(), num_threads(),
+                cpu_time_clock() ? "thread-cpu" : "wall", ops.c_str());
+    ZN_CHECK(!cpu_time_clock() || num_threads() == 1, "zn_bench: ZN_BENCH_CPU_TIME=1 times one thread; set ZN_NUM_THREADS=1 (",
+             num_threads(), " now)");
     if (argc == 2 && std::string(argv[1]) == "--list") return 0;
     const Peaks peaks = measure_and_report_peaks();
     for (int i = 1; i < argc; ++i) {

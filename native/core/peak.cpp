@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 
 #include "cpu_features.h"
+#include "errors.h"
 #include "thread_pool.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -63,7 +65,12 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) float dpbf16_loo
 }
 #endif
 
-double now_seconds() {
+double now_seconds(bool thread_cpu_time) {
+  if (thread_cpu_time) {
+    timespec now{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+    return double(now.tv_sec) + 1e-9 * double(now.tv_nsec);
+  }
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
@@ -73,7 +80,7 @@ double now_seconds() {
 // undisturbed at once, which short runs catch far more often (one thread at load average 6:
 // runs of 5M iterations, best of 15, measured 216-302 GFLOP/s of vdpbf16ps; runs of 0.5M, best
 // of 400, 429-458), so the peak that fractions are taken of is not understated.
-double peak_gflops(float (*loop)(long), double flops_per_iter, double budget) {
+double peak_gflops(float (*loop)(long), double flops_per_iter, double budget, bool cpu_time) {
   const int threads = num_threads();
   const long iters = 500'000;
   std::vector<float> sink(size_t(threads), 0.0f);
@@ -84,11 +91,11 @@ double peak_gflops(float (*loop)(long), double flops_per_iter, double budget) {
   };
   run();
   double best = 1e30;
-  const double start = now_seconds();
-  for (int runs = 0; runs == 0 || (now_seconds() - start < budget && runs < 1000); ++runs) {
-    const double t0 = now_seconds();
+  const double start = now_seconds(false);
+  for (int runs = 0; runs == 0 || (now_seconds(false) - start < budget && runs < 1000); ++runs) {
+    const double t0 = now_seconds(cpu_time);
     run();
-    best = std::min(best, now_seconds() - t0);
+    best = std::min(best, now_seconds(cpu_time) - t0);
   }
   // Reading the sums keeps the compiler from dropping the loops.
   volatile float keep = sink[0];
@@ -98,23 +105,25 @@ double peak_gflops(float (*loop)(long), double flops_per_iter, double budget) {
 
 }  // namespace
 
-Peaks measure_peaks(double seconds_per_loop) {
+Peaks measure_peaks(double seconds_per_loop, bool thread_cpu_time) {
   Peaks peaks;
   peaks.threads = num_threads();
+  ZN_CHECK(!thread_cpu_time || peaks.threads == 1, "measure_peaks: the thread CPU clock times one thread, not ",
+           peaks.threads, " (set ZN_NUM_THREADS=1)");
 #ifdef ZN_PEAK_X86
   const CpuFeatures& f = cpu_features();
   if (f.avx2 && f.fma) {
-    peaks.f32 = peak_gflops(fma256_loop, kChains * 8 * 2, seconds_per_loop);
+    peaks.f32 = peak_gflops(fma256_loop, kChains * 8 * 2, seconds_per_loop, thread_cpu_time);
     peaks.loops.push_back({"fma-ymm", "f32", peaks.f32});
   }
   if (f.avx512f) {
-    const double zmm = peak_gflops(fma512_loop, kChains * 16 * 2, seconds_per_loop);
+    const double zmm = peak_gflops(fma512_loop, kChains * 16 * 2, seconds_per_loop, thread_cpu_time);
     peaks.loops.push_back({"fma-zmm", "f32", zmm});
     peaks.f32 = std::max(peaks.f32, zmm);
   }
   peaks.bf16 = peaks.f32;
   if (cpu_path() == CpuPath::Avx512Bf16) {
-    peaks.bf16 = peak_gflops(dpbf16_loop, kBf16Chains * 16 * 2 * 2, seconds_per_loop);
+    peaks.bf16 = peak_gflops(dpbf16_loop, kBf16Chains * 16 * 2 * 2, seconds_per_loop, thread_cpu_time);
     peaks.loops.push_back({"vdpbf16ps", "bf16", peaks.bf16});
   }
 #endif

@@ -22,6 +22,9 @@ struct Peaks {
 
 // Each loop keeps its best run over about `seconds_per_loop` (a shared machine disturbs some
 // runs; the least disturbed one is the truer peak). Zero rates on CPUs without AVX2/FMA.
-Peaks measure_peaks(double seconds_per_loop = 0.5);
+// With `thread_cpu_time` (one pool thread only) runs are timed by the calling thread's CPU
+// clock, so time the OS gives to other processes does not count: the peak of one core on a
+// loaded machine, to set beside kernels timed the same way (zn_bench's ZN_BENCH_CPU_TIME).
+Peaks measure_peaks(double seconds_per_loop = 0.5, bool thread_cpu_time = false);
 
 }  // namespace zn

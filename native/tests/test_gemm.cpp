@@ -126,16 +126,18 @@ struct Shape {
   long M, N, K;
 };
 
-// Odd shapes; 150 rows cross the MC blocks (144 / 192), K = 300 and 517 cross KC (256, odd
-// K leaves half a bf16 pair), K = 1700 is packed in two passes (KD: 1024 f32, 1536 bf16),
-// N = 3100 crosses NC (3072); the largest ones run threaded. Up to 8 rows against a transposed
+// Odd shapes; 150 rows cross the MC blocks (144), K = 300 and 517 cross KC (256 for f32, odd
+// K leaves half a bf16 pair), K = 1700 is packed in two f32 passes (KD 1024) and K = 2113 in
+// two bf16 passes (KD 2048: 1088 + 1025, the second ending in half a pair) and three f32 ones,
+// N = 3100 crosses NC (3072; for bf16 with M <= 576, 768 four times); the largest ones run threaded. Up to 8 rows against a transposed
 // B take the unblocked row-dot path: the small shapes, and 3 x 300 x 517 and 8 x 700 x 64 for
 // its pairs, groups of four rows, tails and threads; 21 x 130 x 77 and 32 x 9 x 300 are just
 // past it.
 constexpr Shape kShapes[] = {{1, 1, 1},    {1, 17, 3},    {5, 1, 9},      {7, 13, 5},
                              {6, 16, 8},   {13, 35, 33},  {37, 19, 300},  {150, 70, 300},
                              {31, 45, 517}, {9, 3100, 7}, {200, 97, 64},  {3, 300, 517},
-                             {8, 700, 64},  {21, 130, 77}, {32, 9, 300}, {40, 50, 1700}};
+                             {8, 700, 64},  {21, 130, 77}, {32, 9, 300}, {40, 50, 1700},
+                             {27, 45, 2113}};
 
 constexpr DType kDtypePairs[][2] = {
     {DType::F32, DType::F32}, {DType::BF16, DType::BF16}, {DType::F32, DType::BF16},
@@ -246,9 +248,11 @@ std::vector<float> product_on(CpuPath path, const Case& c, const Operands& in) {
 }
 
 // Shapes past one 12 x 32 / 8 x 32 tile in every direction, K across several 256-deep blocks and
-// two packed passes, not a multiple of 32 (the vector packers' tail), odd K (half a bf16 pair).
-constexpr Shape kBitwiseShapes[] = {{13, 35, 33}, {37, 19, 300}, {150, 70, 300}, {31, 45, 517},
-                                    {200, 97, 64}, {64, 96, 1700}, {25, 300, 70}};
+// two packed passes (f32: 1700; bf16: 2113), not a multiple of 32 (the vector packers' tail),
+// odd K (half a bf16 pair), N across the 768-wide B blocks of the few-rows case (1700).
+constexpr Shape kBitwiseShapes[] = {{13, 35, 33},  {37, 19, 300},  {150, 70, 300}, {31, 45, 517},
+                                    {200, 97, 64}, {64, 96, 1700}, {25, 300, 70},  {27, 45, 2113},
+                                    {20, 1700, 91}};
 
 // `path` gives exactly `reference`'s bits on every transpose and dtype pair whose compute mode
 // (f32 or bf16) is `bf16_mode`.

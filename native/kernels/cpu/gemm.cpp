@@ -16,6 +16,22 @@
 //   avx512bf16  12 x 32 vdpbf16ps micro-kernel on Bf16Pairs for bf16 GEMMs; f32 GEMMs run an
 //               8 x 32 zmm FMA kernel, bit-identical to the AVX2 one (the same FMA per k, in k
 //               order, per output; the same KC)
+// The bf16 blocking, per thread (Zen 5: 48 KiB L1d, 1 MiB L2 per core; vdpbf16ps 2 per cycle,
+// each 16 lanes x 2 products):
+//   registers  12 x 32 tile = 24 zmm accumulators + 2 B vectors + 1 broadcast A pair; per k
+//              pair 2 loads (128 B of B) and 12 broadcasts (48 B of A) feed 24 vdpbf16ps, i.e.
+//              12 cycles of the two pipes for 176 bytes from L1/L2
+//   KC = KD    2048 k (1024 pairs): the tile sums a whole packed pass in registers, so C is read
+//              and written once per pass (K <= 2048: once) and the call's fixed cost (C update,
+//              24 loads + 24 stores) is spread over up to 24576 vdpbf16ps
+//   MC = 144   the A block, 144 x 2048 x 2 B = 576 KiB, stays in L2 while every B panel passes
+//   NR panel   32 x 2048 x 2 B = 128 KiB of B, streamed from L2/L3 by each of the 12 A panels
+//   NC = 3072  the packed B block (up to 12 MiB at K = 2048) lives in L3; 768 (3 MiB) when M
+//              is at most 4 MC, A then being cheap to pack again for each B block
+// Measured on one Zen 5 core (thread CPU time, beside the vdpbf16ps loop, 2026-12-07): the
+// micro-kernel on L2-resident panels at 97% of the loop; whole GEMMs at the bench shapes at
+// 78-93%, the rest being packing (2-12%, bound by reading the sources from memory) and B panels
+// coming from L3 (README, "Performance").
 // The scalar path packs bf16 GEMMs as Bf16Pairs too, so everything around the AVX-512 micro-
 // kernel (packing, blocking, edges) is tested on machines without AVX-512.
 // Up to 8 rows against a transposed B (decoding: y = x·Wᵀ for one row per sequence, W [N, K] as
@@ -229,7 +245,8 @@ __attribute__((target("avx512f"))) void tile_avx512f32(long steps, const float* 
 // ---- Kernels: a packed layout, a register tile, cache blocks and a micro-kernel.
 // KC is the summation block and KD the most packed at once (see gemm_blocked): MC x KD of A
 // (up to 576 KiB) stays in L2 and a KD x NR panel of B in L2 too, of which the KC x NR part a
-// tile is using in L1 (sized for 1 MiB L2 / 32 KiB L1 and up).
+// tile is using in L1 (sized for 1 MiB L2 / 32 KiB L1 and up). The bf16 kernels sum whole
+// passes (KC == KD; the header has their blocking).
 
 template <typename P>
 using TileFn = void (*)(long steps, const P* a, const P* b, float* c, long ldc, float alpha,
@@ -240,7 +257,7 @@ struct ScalarF32 {
   static constexpr Layout layout = Layout::F32Lanes;
   static constexpr bool simd_packing = false;
   static constexpr int MR = 6, NR = 16;
-  static constexpr long MC = 144, KC = 256, KD = 1024, NC = 3072;
+  static constexpr long MC = 144, KC = 256, KD = 1024, NC = 3072, NC_FEW_ROWS = NC;
   static constexpr TileFn<Packed> tile = tile_scalar_f32<MR, NR>;
 };
 
@@ -249,7 +266,9 @@ struct ScalarBf16Pairs {
   static constexpr Layout layout = Layout::Bf16Pairs;
   static constexpr bool simd_packing = false;
   static constexpr int MR = 12, NR = 32;
-  static constexpr long MC = 192, KC = 256, KD = 1536, NC = 3072;
+  // KC == KD: each packed pass is summed in registers in one micro-kernel call (see gemm_blocked).
+  // NC_FEW_ROWS: the B block width when M is at most 4 MC (see gemm_blocked).
+  static constexpr long MC = 144, KC = 2048, KD = 2048, NC = 3072, NC_FEW_ROWS = 768;
   static constexpr TileFn<Packed> tile = tile_scalar_bf16_pairs<MR, NR>;
 };
 
@@ -711,15 +730,22 @@ void gemm_blocked(const Problem& pr) {
   // multiple of the thread count and evened out, so that no thread idles on a short last block.
   const long mc = round_up(ceil_div(pr.M, round_up(ceil_div(pr.M, Kernel::MC), threads)), MR);
   const long m_blocks = ceil_div(pr.M, mc);
-  const long nc = std::min(Kernel::NC, round_up(pr.N, NR));
+  // With few rows, A is cheap to pack again for each block of B, and a narrower B block (768 x
+  // 2048 x 2 B = 3 MiB) stays in L3 for the few A blocks that reuse it: 512 x 4096 x 4096 and
+  // 512 x 14336 x 4096 nt ran 2-3% of the vdpbf16ps peak faster on one Zen 5 core than at 3072.
+  const long nc = std::min(pr.M <= 4 * Kernel::MC ? Kernel::NC_FEW_ROWS : Kernel::NC, round_up(pr.N, NR));
   // The summation order: every output sums K in KC-deep blocks, each from zero, adding each
   // block to C. Up to KD deep (several blocks) is packed at once and each C tile takes all of
   // its blocks in turn, so it stays in L1 between them instead of going to memory and back once
   // per block (the order of the sums, hence the bits, is the same). K is split into equal
   // packed depths (whole KC blocks): on one Zen 5 core, K = 1408 in one 1408-deep pass ran
   // 4-10% faster than 1024 + 384, K = 2048 as 2 x 1024 faster than 4 x 512 or 1536 + 512.
+  // A kernel with KC == KD sums each whole pass in registers (the bf16 kernels: one call per
+  // tile and pass instead of one per 256 k, measured 3.5% of the vdpbf16ps peak on Zen 5), and
+  // its passes need only be whole vectors of pairs.
+  constexpr long depth_unit = Kernel::KC >= Kernel::KD ? 32 : Kernel::KC;
   const long kc = std::min(Kernel::KC, pr.K);
-  const long kd = std::min(pr.K, round_up(ceil_div(pr.K, ceil_div(pr.K, Kernel::KD)), Kernel::KC));
+  const long kd = std::min(pr.K, round_up(ceil_div(pr.K, ceil_div(pr.K, Kernel::KD)), depth_unit));
   ScratchPool::Lease b_scratch(b_blocks);
   P* const b_block = (*b_scratch).get<P>(ceil_div(kd, k_per_step) * nc);
 
