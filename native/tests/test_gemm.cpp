@@ -23,7 +23,7 @@ constexpr CpuPath kPaths[] = {CpuPath::Scalar, CpuPath::Avx2, CpuPath::Avx512Bf1
 std::vector<CpuPath> runnable_paths(const char* test) {
   std::vector<CpuPath> paths;
   for (CpuPath path : kPaths) {
-    if (cpu::detail::path_supported(path)) paths.push_back(path);
+    if (cpu_path_supported(path)) paths.push_back(path);
     else std::printf("     %s: %s path skipped (CPU features: %s)\n", test, cpu_path_name(path),
                      cpu_features_string().c_str());
   }
@@ -213,7 +213,7 @@ ZN_TEST("gemm.rejects_bad_arguments") {
   rejects([&] { cpu::gemm(false, false, 3, 3, 4, 1, {nullptr, DType::F32, 4}, B, 0, c.data(), 3); },
           "A is null");
   for (CpuPath path : kPaths) {
-    if (cpu::detail::path_supported(path)) continue;
+    if (cpu_path_supported(path)) continue;
     rejects([&] { cpu::detail::gemm_on_path(path, false, false, 3, 3, 4, 1, A, B, 0, c.data(), 3); },
             "cannot run");
   }
@@ -257,7 +257,7 @@ constexpr Shape kBitwiseShapes[] = {{13, 35, 33},  {37, 19, 300},  {150, 70, 300
 // `path` gives exactly `reference`'s bits on every transpose and dtype pair whose compute mode
 // (f32 or bf16) is `bf16_mode`.
 void expect_bitwise_equal(CpuPath path, CpuPath reference, bool bf16_mode, const char* test) {
-  if (!cpu::detail::path_supported(path)) {
+  if (!cpu_path_supported(path)) {
     std::printf("     %s: %s path skipped (CPU features: %s)\n", test, cpu_path_name(path),
                 cpu_features_string().c_str());
     return;

@@ -7,9 +7,6 @@
 
 namespace zn::cpu::detail {
 
-// True when the running CPU can execute `path`.
-bool path_supported(CpuPath path);
-
 // Same contract as zn::cpu::gemm; throws zn::Error when the CPU lacks `path`.
 void gemm_on_path(CpuPath path, bool trans_a, bool trans_b, long M, long N, long K, float alpha,
                   Matrix A, Matrix B, float beta, float* C, long ldc);
