@@ -552,13 +552,9 @@ void MistralModel::save_optimizer_shard(const std::string& path) const {
 
 void MistralModel::load_optimizer_state(const std::vector<std::string>& paths) {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  std::vector<std::unique_ptr<SafetensorsFile>> opened;
-  std::vector<const SafetensorsFile*> files;
-  for (const std::string& path : paths) {
-    opened.push_back(std::make_unique<SafetensorsFile>(path));
-    files.push_back(opened.back().get());
-  }
-  for (CpuTrainState* s : train_states("loading optimizer state")) s->load_optimizer_state(files);
+  with_optimizer_files(paths, [&](const std::vector<const SafetensorsFile*>& files) {
+    for (CpuTrainState* s : train_states("loading optimizer state")) s->load_optimizer_state(files);
+  });
 }
 
 
