@@ -827,6 +827,24 @@ double CudaMistralModel::shard_grad_sum_of_squares() const {
   return squares;
 }
 
+void CudaMistralModel::reduce_scatter_gradients(parallel::NcclCommunicator& communicator) {
+  const std::vector<CudaTrainState*> states = train_states("reduceScatterGradients()");
+  check_communicator(communicator, "reduceScatterGradients");
+  ZN_CHECK(communicator.size() == options_.shard.count, "reduceScatterGradients: the communicator has ",
+           communicator.size(), " ranks and the model is sharded ", options_.shard.count, " ways");
+  for (CudaTrainState* s : states)
+    communicator.reduce_scatter_sum(s->gradients(), s->gradient_shard_counts(), stream_, "the gradient reduce-scatter");
+}
+
+void CudaMistralModel::all_gather_weights(parallel::NcclCommunicator& communicator) {
+  check_communicator(communicator, "allGatherWeights");
+  ZN_CHECK(communicator.size() == options_.shard.count, "allGatherWeights: the communicator has ", communicator.size(),
+           " ranks and the model is sharded ", options_.shard.count, " ways");
+  for (const WeightSegment& w : weight_segments())
+    communicator.all_gather(w.data, w.bf16 ? parallel::NcclElement::BF16 : parallel::NcclElement::F32, w.counts, stream_,
+                            "the updated weights all-gather");
+}
+
 std::vector<WeightSegment> CudaMistralModel::weight_segments() const {
   std::vector<WeightSegment> out;
   for (const CudaTrainState* s : train_states("weight segments")) {

@@ -103,6 +103,13 @@ class CudaMistralModel {
   std::vector<std::vector<size_t>> gradient_shard_counts() const;
   double shard_grad_sum_of_squares() const;
   std::vector<WeightSegment> weight_segments() const;
+  // ZeRO stage 2: every trained group's gradients reduce-scattered over NCCL, in place: this
+  // rank's range of the buffer then holds the ranks' sum (the rest keeps this rank's own
+  // gradients, which nothing reads). Waits.
+  void reduce_scatter_gradients(parallel::NcclCommunicator& communicator);
+  // ZeRO stages 1 and 2, after clip_and_step: each range's new weights from its owner to every
+  // rank over NCCL, in place on the device (weight_segments). Waits.
+  void all_gather_weights(parallel::NcclCommunicator& communicator);
 
   void save_optimizer_state(const std::string& path) const;  // not sharded: one process's file
   void load_optimizer_state(const std::string& path);
