@@ -896,7 +896,8 @@ void run_lora_checks(Report& report, const std::string& only) {
 
 // ZeRO on the GPU model (zero_shard.h), two ranks emulated in one process: models sharded {0,2}
 // and {1,2} take the same batches as an unsharded model (so each holds what the gradient
-// all-reduce would give every rank), each steps its range, and the owners' ranges of the device
+// all-reduce would give every rank), each steps its range (after the first step, before the
+// copy, exactly its own ranges of the weights have moved), and the owners' ranges of the device
 // weights are then copied to the other model (what the NCCL all-gather does). After two steps
 // each sharded model's device weights (f32; or the bf16 rounding and the f32 norms) equal the
 // unsharded model's bit for bit, and so do the log-probs and grad norms on the way; the shard
@@ -934,6 +935,25 @@ size_t differing_bytes(const std::vector<std::vector<unsigned char>>& a, const s
   return differing;
 }
 
+// How many ranges of a sharded model's device weights break "only the owned ranges moved": an
+// owned range equal to `before`, or another rank's range that differs from it (before the all-gather).
+size_t ranges_out_of_place(const CudaMistralModel& m, const std::vector<std::vector<unsigned char>>& before) {
+  const std::vector<model::WeightSegment> segments = m.weight_segments();
+  const std::vector<std::vector<unsigned char>> after = device_weights(m);
+  size_t wrong = 0;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const size_t width = segments[i].bf16 ? sizeof(bf16) : sizeof(float);
+    size_t offset = 0;
+    for (size_t r = 0; r < segments[i].counts.size(); offset += segments[i].counts[r], ++r) {
+      const size_t bytes = segments[i].counts[r] * width;
+      if (bytes == 0) continue;
+      const bool moved = std::memcmp(before[i].data() + offset * width, after[i].data() + offset * width, bytes) != 0;
+      wrong += moved != (int(r) == m.options().shard.rank);
+    }
+  }
+  return wrong;
+}
+
 size_t differing_tensors(const std::string& a_path, const std::string& b_path) {
   SafetensorsFile a(a_path), b(b_path);
   size_t differing = a.tensors().size() == b.tensors().size() ? 0 : 1;
@@ -959,8 +979,9 @@ void check_zero_case(Report& report, const MistralConfig& c, Precision precision
     for (CudaMistralModel* m : models) m->load_weights({weights.path});
     std::vector<float> dlogp(sft.ids.size(), 0.0f);
     for (size_t t = 0; t < dlogp.size(); ++t) dlogp[t] = sft.targets[t] != -100 ? -0.05f : 0.0f;
-    size_t logp_differing = 0, norm_differing = 0, weights_differing = 0;
+    size_t logp_differing = 0, norm_differing = 0, weights_differing = 0, out_of_place = 0;
     double squares_error = 0;
+    const auto initial = device_weights(whole);
     for (int step = 0; step < 2; ++step) {
       std::vector<std::vector<float>> logp(3, std::vector<float>(sft.ids.size()));
       double norms[3], whole_squares = 0, shard_squares = 0;
@@ -972,6 +993,7 @@ void check_zero_case(Report& report, const MistralConfig& c, Precision precision
       }
       whole_squares = norms[0] * norms[0];
       squares_error = std::max(squares_error, relative(shard_squares, whole_squares));
+      if (step == 0) out_of_place = ranges_out_of_place(a, initial) + ranges_out_of_place(b, initial);
       copy_owned_weights(a, b);
       copy_owned_weights(b, a);
       const auto reference = device_weights(whole);
@@ -984,6 +1006,8 @@ void check_zero_case(Report& report, const MistralConfig& c, Precision precision
     report.compare("zero", what + ": shards {0,2},{1,2} vs unsharded, 2 steps: log-probs differing", "bits",
                    double(logp_differing), 0.0);
     report.compare("zero", what + ": grad norms differing", "bits", double(norm_differing), 0.0);
+    report.compare("zero", what + ": first step, weight ranges moved that a rank does not own (or owned ones not)", "count",
+                   double(out_of_place), 0.0);
     report.compare("zero", what + ": device weight runs differing after the emulated all-gather", "bits",
                    double(weights_differing), 0.0);
     report.compare("zero", what + ": sum of the shards' sums of squares vs the whole (stage 2's norm)", "rel",
