@@ -513,16 +513,14 @@ void CudaMistralModel::load_optimizer_state(const std::string& path) {
 
 void CudaMistralModel::save_optimizer_shard(const std::string& path) const {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  std::vector<OptimizerShard> groups;
-  for (CudaTrainState* s : train_states("saving optimizer state")) groups.push_back(s->shard_moments());
-  write_optimizer_shard(path, groups, optimizer_step(), options_.shard);
+  use_device();
+  owners_.save_optimizer_shard(path, options_.shard);
 }
 
 void CudaMistralModel::load_optimizer_state(const std::vector<std::string>& paths) {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  with_optimizer_files(paths, [&](const std::vector<const SafetensorsFile*>& files) {
-    for (CudaTrainState* s : train_states("loading optimizer state")) s->load_optimizer_state(files);
-  });
+  use_device();
+  owners_.load_optimizer_files(paths);
   sync();
 }
 
@@ -815,16 +813,15 @@ double CudaMistralModel::step_clipped(const AdamWOptions& hp, double squares, St
 // ---------------------------------------------------------------------------------------------
 // ZeRO (zero_shard.h) on GPU ranks
 
+// train_states() first: it refuses a model that is not trainable and makes the model's GPU current.
 std::vector<std::vector<size_t>> CudaMistralModel::gradient_shard_counts() const {
-  std::vector<std::vector<size_t>> out;
-  for (CudaTrainState* s : train_states("gradient shards")) out.push_back(s->gradient_shard_counts());
-  return out;
+  train_states("gradient shards");
+  return owners_.gradient_shard_counts();
 }
 
 double CudaMistralModel::shard_grad_sum_of_squares() const {
-  double squares = 0;
-  for (const CudaTrainState* s : train_states("a shard's gradient norm")) squares += s->grad_sum_of_squares(true);
-  return squares;
+  train_states("a shard's gradient norm");
+  return owners_.shard_grad_sum_of_squares();
 }
 
 void CudaMistralModel::reduce_scatter_gradients(parallel::NcclCommunicator& communicator) {
@@ -846,12 +843,8 @@ void CudaMistralModel::all_gather_weights(parallel::NcclCommunicator& communicat
 }
 
 std::vector<WeightSegment> CudaMistralModel::weight_segments() const {
-  std::vector<WeightSegment> out;
-  for (const CudaTrainState* s : train_states("weight segments")) {
-    std::vector<WeightSegment> group = s->weight_segments();
-    out.insert(out.end(), group.begin(), group.end());
-  }
-  return out;
+  train_states("weight segments");
+  return owners_.weight_segments();
 }
 
 }  // namespace zn::model
