@@ -16,9 +16,10 @@
  *   value to float rounding: the sum is grouped differently), and each rank steps its range
  *   from it. The whole gradient buffer still accumulates the micro-batches (the reduce-scatter
  *   follows the last one), on CPU ranks and on the GPU, so what stage 2 saves is communication
- *   (a reduce-scatter moves half an all-reduce's bytes), not gradient memory; with
- *   offload_optimizer on a GPU it also saves PCIe traffic: only the rank's range of the
- *   gradients comes down to the host and only its range of the weights goes up.
+ *   (a reduce-scatter moves half an all-reduce's bytes), not gradient memory. With
+ *   offload_optimizer on a GPU, stages 1 and 2 both cut the step's PCIe traffic to 1/N: only the
+ *   rank's range of the gradients comes down to the host AdamW and only its range of the
+ *   weights goes up.
  *
  * Collectives: CPU ranks run MPI over the model's host buffers (gradientBuffers, weightSegments);
  * GPU ranks run NCCL over the device buffers through the model's own calls (sumGradientsItself,
@@ -32,7 +33,7 @@ import type { OptimizerSettings } from './loop.js';
 
 export type ZeroStage = 0 | 1 | 2;
 
-/** What a sharded data-parallel step needs of the model (the CPU model: lib/model/model.ts). */
+/** What a sharded data-parallel step needs of the model (MistralModel, lib/model/model.ts, on either device). */
 export interface DataParallelModel {
   /** The gradient buffers data-parallel ranks sum in place (asked for only with several ranks). */
   gradientBuffers(): Float32Array[];
