@@ -258,10 +258,13 @@ if wanted step7b && [[ -x $check ]]; then
   fi
 fi
 
-# ---- NCCL: data parallel on GPU ranks (issue 23) --------------------------------------------------
-# bench/nccl-check.ts: one rank, the NCCL collectives on a communicator of one against the model
-# without them, bit for bit (f32, bf16, bf16 + offload_optimizer); with `--gpus N` (this script's
-# argument) or ZN_DEVICE_GPUS=N and N > 1 GPUs visible, `mpirun -n N` SFT against one process
+# ---- NCCL: data parallel on GPU ranks (issue 23, ZeRO stages 0, 1 and 2) --------------------------
+# bench/nccl-check.ts: one rank, each ZeRO stage's NCCL collectives (all-reduce; all-reduce and
+# all-gather; reduce-scatter and all-gather) on a communicator of one against the model without
+# them, bit for bit (f32, bf16, bf16 + offload_optimizer); with `--gpus N` (this script's
+# argument) or ZN_DEVICE_GPUS=N and N > 1 GPUs visible, `mpirun -n N` SFT at zero_stage 0, 1, 2
+# (and 2 in bf16 + offload) against one process, and the N-rank ZeRO checkpoint resumed on one
+# process
 # (needs mpirun and the MPI addon, ZN_MPI_ADDON). libnccl.so.2: the system's, else python3's
 # nvidia-nccl-cu13 wheel. Says what it ran and what it could not. Before the recipe steps: it is
 # short, and the budget may end inside them.
@@ -276,7 +279,9 @@ if wanted nccl && [[ $node_ready == yes && -f dist/bench/nccl-check.js ]]; then
   fi
   nccl_lib=$(python3 -c 'import nvidia, os; [print(os.path.join(p, "nccl", "lib")) for p in nvidia.__path__]' 2>/dev/null | head -n 1)
   [[ -n $nccl_lib && -f $nccl_lib/libnccl.so.2 ]] && export LD_LIBRARY_PATH=$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  part "NCCL checks ($gpus GPUs)" 170 env NCCL_DEBUG="${NCCL_DEBUG:-WARN}" node dist/bench/nccl-check.js --gpus "$gpus" --timeout 60
+  nccl_seconds=170
+  ((gpus > 1)) && nccl_seconds=300  # seven SFT runs of the several-rank part
+  part "NCCL checks ($gpus GPUs)" "$nccl_seconds" env NCCL_DEBUG="${NCCL_DEBUG:-WARN}" node dist/bench/nccl-check.js --gpus "$gpus" --timeout 60
 elif wanted nccl; then
   parts+=("NCCL checks: not run (needs the package part: node, node_modules and tsc)")
 fi

@@ -196,8 +196,8 @@ export interface NativeModelOptions {
    */
   denseEmbeddingGradient?: boolean;
   /**
-   * CPU model, ZeRO: this process's rank among `count` data-parallel ranks that shard every
-   * trained group's AdamW moments (and bf16 mode's f32 master) by element ranges.
+   * ZeRO (CPU and GPU models): this process's rank among `count` data-parallel ranks that shard
+   * every trained group's AdamW moments (and bf16 mode's f32 master) by element ranges.
    */
   shard?: { rank: number; count: number };
   /** Time each optimizer step's parts (stepProfile()); off by default, when a step reads no clock. */
@@ -298,16 +298,16 @@ export interface NativeModel {
   forwardBackward(batch: NativeTokenBatch & { dlogp: Float32Array }): Promise<{ logp: Float32Array }>;
   zeroGrad(options: Record<string, never>): Promise<void>;
   /** Global grad-norm clipping (torch clip_grad_norm_) and one AdamW step. */
-  /** gradSumOfSquares (CPU, ZeRO stage 2): the global sum of squared gradients, summed across the ranks. */
+  /** gradSumOfSquares (ZeRO stage 2): the global sum of squared gradients, summed across the ranks. */
   clipAndStep(options: AdamWHyperparameters & { gradSumOfSquares?: number }): Promise<{ gradNorm: number; step: number }>;
   saveOptimizerState(options: { path: string }): Promise<void>;
-  /** `paths` (CPU): this rank's range from one process's file or any number of ranks' shard files. */
+  /** `paths`: this rank's range from one process's file or any number of ranks' shard files. */
   loadOptimizerState(options: { path: string } | { paths: string[] }): Promise<void>;
-  /** CPU, ZeRO: this rank's optimizer shard file. */
+  /** ZeRO: this rank's optimizer shard file. */
   saveOptimizerShard(options: { path: string }): Promise<void>;
-  /** CPU, ZeRO: per gradient buffer, each rank's element count. */
+  /** ZeRO: per gradient buffer, each rank's element count. */
   gradientShardCounts(options: Record<string, never>): number[][];
-  /** CPU, ZeRO stage 2: the sum of squares of this rank's shard of the gradients. */
+  /** ZeRO stage 2: the sum of squares of this rank's shard of the gradients. */
   shardGradSumOfSquares(options: Record<string, never>): Promise<number>;
   /** CPU, ZeRO: views over the weight runs the ranks all-gather in place after a sharded step (bf16 weights as their bits). */
   weightSegments(): { data: Float32Array | Uint16Array; counts: number[] }[];
@@ -325,6 +325,10 @@ export interface NativeModel {
   gradientBuffers(): Float32Array[];
   /** GPU model: each trained group's gradients summed across an open NcclCommunicator's ranks, in place on the device. */
   allReduceGradients(communicator: NcclCommunicator): Promise<void>;
+  /** GPU model, ZeRO stage 2: this rank's range of the device gradients summed across the ranks (NCCL, in place). */
+  reduceScatterGradients(communicator: NcclCommunicator): Promise<void>;
+  /** GPU model, ZeRO stages 1 and 2: every rank's range of the device weights from its owner (NCCL, in place). */
+  allGatherWeights(communicator: NcclCommunicator): Promise<void>;
   /**
    * Generation (native/model/generation.h): a KvCache for `sequences` sequences of up to
    * `maxContext` positions each (a rolling buffer of the sliding window), replacing an earlier one.

@@ -1,6 +1,8 @@
 /**
- * Data parallel on GPU ranks (issue 23, ZeRO stage 0 on NCCL), what can be checked without a GPU:
- * which transport sums the gradients (bookkeeping, with fake model objects: no NCCL is faked),
+ * Data parallel on GPU ranks (issue 23, ZeRO stages 0, 1 and 2 on NCCL), what can be checked
+ * without a GPU: which transport sums, reduce-scatters and all-gathers (bookkeeping, with fake
+ * model objects: no NCCL is faked), zero_stage 1 and 2 accepted on cuda with the shard option and
+ * the GPU memory plan's savings where the CUDA addon is built,
  * each rank's GPU by LOCAL_RANK, rank 0's NCCL unique id reaching the other ranks through real
  * MPI, and the CUDA addon's NCCL entry points where the addon is built (the library loaded by
  * dlopen, ncclGetUniqueId). The NCCL all-reduce itself runs only on a GPU: bench/device-check.sh.
@@ -17,10 +19,12 @@ import { gradientTransport, NCCL_UNIQUE_ID_BYTES, openNcclGradientSum, shareUniq
 import { type Ranks, SINGLE_RANK } from '../lib/model/ranks.js';
 import { cudaAddonCandidates, loadNative, mpiAddonCandidates, type NcclAddon, packageRoot } from '../lib/native.js';
 import type { StageConfig } from '../lib/train/config.js';
-import { sumGradients } from '../lib/train/zero.js';
+import { reduceGradients, shardOption, stepAndGather, sumGradients, zeroStage } from '../lib/train/zero.js';
 import { policyOptions, type StageSources } from '../lib/train/stage.js';
 
 const require = createRequire(import.meta.url);
+
+const cudaAddonFile = cudaAddonCandidates().find((candidate) => existsSync(candidate));
 
 function gpuUsable(): boolean {
   try {
@@ -65,6 +69,31 @@ function fakeModel(buffers: Float32Array[]) {
     },
     sumGradientsItself: async () => void asked.push('sumGradientsItself'),
     allReduceGradients: async () => void asked.push('allReduceGradients'),
+    reduceScatterGradients: async () => void asked.push('reduceScatterGradients'),
+    allGatherWeights: async () => void asked.push('allGatherWeights'),
+  };
+}
+
+/** A GPU rank's model as the loop drives it at ZeRO stages 1 and 2: NCCL through its own calls, never MPI over host buffers. */
+function fakeShardedGpuModel() {
+  const asked: string[] = [];
+  const refuse = (what: string) => () => assert.fail(`${what} asked of a GPU model (its buffers are device memory)`);
+  return {
+    asked,
+    gradientBuffers: refuse('gradientBuffers'),
+    weightSegments: refuse('weightSegments'),
+    gradientShardCounts: refuse('gradientShardCounts'),
+    sumGradientsItself: async () => void asked.push('sumGradientsItself'),
+    reduceScatterItself: async () => void asked.push('reduceScatterItself'),
+    allGatherItself: async () => void asked.push('allGatherItself'),
+    shardGradSumOfSquares: async () => {
+      asked.push('shardGradSumOfSquares');
+      return 2.25;
+    },
+    clipAndStep: async (o: { gradSumOfSquares?: number }) => {
+      asked.push(`clipAndStep(${o.gradSumOfSquares ?? 'own sum'})`);
+      return { gradNorm: Math.sqrt(o.gradSumOfSquares ?? 1) };
+    },
   };
 }
 
@@ -93,6 +122,69 @@ describe('GPU ranks: bookkeeping (no GPU, no NCCL)', () => {
     assert.deepEqual(single.asked, []);
   });
 
+  it('ZeRO on GPU ranks: stage 1 all-reduces and all-gathers through the model (NCCL), stage 2 reduce-scatters and all-reduces the shard sums of squares over MPI; one rank does neither', async () => {
+    const hp = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, maxGradNorm: 1 };
+    const stage1 = fakeShardedGpuModel();
+    const ranks1 = recordingRanks(1, 2, 1);
+    assert.equal(await reduceGradients(stage1, ranks1, 1), undefined);
+    await stepAndGather(stage1, ranks1, 1, hp, undefined);
+    assert.deepEqual(stage1.asked, ['sumGradientsItself', 'clipAndStep(own sum)', 'allGatherItself']);
+    assert.deepEqual(ranks1.calls, []);
+
+    const stage2 = fakeShardedGpuModel();
+    const ranks2 = recordingRanks(0, 2, 0);
+    const squares = await reduceGradients(stage2, ranks2, 2);
+    assert.equal(squares, 2.25);  // the recording ranks' all-reduce leaves the one rank's value
+    const { gradNorm } = await stepAndGather(stage2, ranks2, 2, hp, squares);
+    assert.equal(gradNorm, 1.5);
+    assert.deepEqual(stage2.asked, ['reduceScatterItself', 'shardGradSumOfSquares', 'clipAndStep(2.25)', 'allGatherItself']);
+    assert.deepEqual(ranks2.calls, ["allReduceSum: the gradient shards' sums of squares"]);
+
+    const single = fakeShardedGpuModel();
+    assert.equal(await reduceGradients(single, SINGLE_RANK, 2), undefined);
+    await stepAndGather(single, SINGLE_RANK, 2, hp, undefined);
+    assert.deepEqual(single.asked, ['clipAndStep(own sum)']);
+  });
+
+  it('zero_stage 1 and 2 are accepted on cuda: the policy gets its shard on GPU ranks (and none on one process)', () => {
+    assert.equal(zeroStage(1), 1);
+    assert.equal(zeroStage(2), 2);
+    const config = { values: { gradient_checkpointing: false, offload_optimizer: true, seed: 42, zero_stage: 2 } } as unknown as StageConfig;
+    const sources = { device: 'cuda', dtype: 'bf16', lora: null, freshAdapter: false } as unknown as StageSources;
+    const options = policyOptions(config, sources, 64, { rank: 3, size: 4, localRank: 1 });
+    assert.deepEqual(options.shard, { rank: 3, count: 4 });
+    assert.equal(options.cudaDevice, 1);
+    assert.equal(options.offloadOptimizer, true);
+    assert.equal(policyOptions(config, sources, 64, { rank: 0, size: 1, localRank: 0 }).shard, undefined);
+    assert.deepEqual(shardOption(2, { rank: 0, size: 1 }), {});
+  });
+
+  it('the GPU memory plan per rank shows what ZeRO saves: moments and bf16 master of the rank\'s range only, gradients whole, offloaded host arrays of the range', { skip: cudaAddonFile ? false : 'the CUDA addon is not built here (bash scripts/build-cuda.sh builds it)' }, () => {
+    const addon = require(cudaAddonFile!) as { modelMemoryPlan(options: object): Record<string, number> };
+    const config = { vocabSize: 64, hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 1, numAttentionHeads: 2, numKeyValueHeads: 1, headDim: 16, rmsNormEps: 1e-5, ropeTheta: 10000 };
+    const options = { config, maxTokens: 16, dtype: 'bf16', trainable: true };
+    // The parameters end to end (embed, input norm, q, k, v, o, post norm, gate, up, down, norm, lm_head).
+    const params = 2 * 64 * 32 + 32 + (32 * 32 + 2 * 16 * 32 + 32 * 32) + 32 + 3 * 64 * 32 + 32;
+    // zero_shard.h's ranges of 2 ranks: the inner boundary floor(T / 2) rounded down to 16 elements.
+    const boundary = Math.floor(Math.floor(params / 2) / 16) * 16;
+    const owned = [boundary, params - boundary];
+    const whole = addon.modelMemoryPlan(options);
+    const within = (got: number, bytes: number, buffers: number) => got >= bytes && got < bytes + 256 * buffers;
+    for (const [rank, count] of owned.entries()) {
+      const plan = addon.modelMemoryPlan({ ...options, shard: { rank, count: 2 } });
+      assert.ok(within(plan.optimizer!, 8 * count, 2), `rank ${rank}: optimizer ${plan.optimizer} for ${count} elements`);
+      assert.equal(plan.grads, whole.grads, 'the gradients stay whole on the device');
+      // bf16 weights, the three norms (32 each) in f32 beside them, and the f32 master of the range.
+      assert.ok(within(plan.weights!, 2 * params + 4 * 3 * 32 + 4 * count, 3), `rank ${rank}: weights ${plan.weights} (the f32 master of ${count} elements)`);
+      assert.equal(plan.activations, whole.activations);
+      const offloaded = addon.modelMemoryPlan({ ...options, shard: { rank, count: 2 }, offloadOptimizer: true });
+      // The host: master and both moments of the range, and two f32 gradient and two bf16 weight
+      // chunks of the range's size (one chunk covers it at this size).
+      assert.equal(offloaded.host, 12 * count + 12 * count);
+      assert.equal(offloaded.optimizer, 0);
+    }
+  });
+
   it('puts each GPU rank on the GPU of its LOCAL_RANK (policy and reference), and leaves CPU and one-process runs as they were', () => {
     const config = { values: { gradient_checkpointing: false, offload_optimizer: false, seed: 42, zero_stage: 0 } } as unknown as StageConfig;
     const sources = (device: 'cpu' | 'cuda') => ({ device, dtype: 'bf16', lora: null, freshAdapter: false }) as unknown as StageSources;
@@ -112,11 +204,13 @@ describe('GPU ranks: bookkeeping (no GPU, no NCCL)', () => {
     await assert.rejects(shareUniqueId(recordingRanks(0, 2, 0), () => new Uint8Array(16)), /16 bytes, expected 128/);
   });
 
-  it("the CPU model refuses allReduceGradients (its ranks sum gradientBuffers() over MPI)", async () => {
+  it("the CPU model refuses the NCCL collectives (its ranks use gradientBuffers() and weightSegments() over MPI)", async () => {
     const config = { vocabSize: 32, hiddenSize: 16, intermediateSize: 32, numHiddenLayers: 1, numAttentionHeads: 2, numKeyValueHeads: 1, headDim: 8, rmsNormEps: 1e-5, ropeTheta: 10000 };
     const model = new (loadNative('cpu').Model)({ config, maxTokens: 8 });
     try {
-      assert.throws(() => model.allReduceGradients({} as never), /allReduceGradients: the CPU model's ranks sum gradientBuffers\(\) over MPI/);
+      for (const name of ['allReduceGradients', 'reduceScatterGradients', 'allGatherWeights'] as const) {
+        assert.throws(() => model[name]({} as never), new RegExp(`${name}: the CPU model's ranks use gradientBuffers\\(\\) and weightSegments\\(\\) over MPI; NCCL collectives are the GPU model's`));
+      }
     } finally {
       model.dispose();
     }
@@ -160,8 +254,6 @@ describe('GPU ranks: the NCCL unique id over real MPI', { skip: mpiSkipReason() 
     assert.equal(ids.get(1), ids.get(0));
   });
 });
-
-const cudaAddonFile = cudaAddonCandidates().find((candidate) => existsSync(candidate));
 
 describe("GPU ranks: the CUDA addon's NCCL entry points (no GPU needed)", { skip: cudaAddonFile ? false : 'the CUDA addon is not built here (bash scripts/build-cuda.sh builds it)' }, () => {
   const nccl = () => require(cudaAddonFile!) as NcclAddon;

@@ -1,5 +1,6 @@
 /**
- * How the ranks of a data-parallel job sum a step's gradients (ZeRO stage 0), chosen by the
+ * How the ranks of a data-parallel job sum a step's gradients (and, at ZeRO stages 1 and 2,
+ * reduce-scatter them and all-gather the updated weights: lib/train/zero.ts), chosen by the
  * device the model is on:
  * - CPU ranks: MPI's all-reduce over the model's host gradient buffers (Ranks.allReduceSum).
  * - GPU ranks: NCCL over the device buffers. Rank 0 makes NCCL's unique id, MPI carries its 128
@@ -15,15 +16,21 @@ import type { Ranks } from './ranks.js';
 
 export type GradientTransport = 'none' | 'mpi' | 'nccl';
 
-/** What a GPU model offers for summing its gradients (MistralModel implements it). */
+/** What a GPU model offers for its ranks' collectives (MistralModel implements it). */
 export interface SummableModel {
   allReduceGradients(communicator: NcclCommunicator): Promise<void>;
+  reduceScatterGradients(communicator: NcclCommunicator): Promise<void>;
+  allGatherWeights(communicator: NcclCommunicator): Promise<void>;
 }
 
-/** GPU ranks' gradient sum over an open NCCL communicator. */
+/** GPU ranks' collectives over an open NCCL communicator. */
 export interface NcclGradientSum {
   /** Sums this rank's device gradients with the other ranks', in place; after the last micro-batch's backward, before the clip. */
   sum(): Promise<void>;
+  /** ZeRO stage 2: this rank's range of the device gradients summed across the ranks (the rest left as they are). */
+  reduceScatter(): Promise<void>;
+  /** ZeRO stages 1 and 2, after the step: each rank's range of the device weights from its owner. */
+  allGather(): Promise<void>;
   /** Finalizes and frees the communicator (on the normal way out only: after an error the job is aborted). */
   close(): Promise<void>;
 }
@@ -55,5 +62,10 @@ export async function openNcclGradientSum(model: SummableModel, ranks: Ranks, ti
   const uniqueId = await shareUniqueId(ranks, () => addon.ncclUniqueId());
   const communicator = new addon.NcclCommunicator();
   await communicator.open({ uniqueId, rank: ranks.rank, size: ranks.size, device: ranks.localRank, timeoutSeconds });
-  return { sum: () => model.allReduceGradients(communicator), close: () => communicator.close({}) };
+  return {
+    sum: () => model.allReduceGradients(communicator),
+    reduceScatter: () => model.reduceScatterGradients(communicator),
+    allGather: () => model.allGatherWeights(communicator),
+    close: () => communicator.close({}),
+  };
 }

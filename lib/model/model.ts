@@ -84,7 +84,7 @@ export interface ModelOptions {
    * touched), so that data-parallel ranks sum whole gradient buffers (gradientBuffers()).
    */
   denseEmbeddingGradient?: boolean;
-  /** CPU, ZeRO (lib/train/zero.ts): this rank's place among the ranks that shard the optimizer state. */
+  /** ZeRO (lib/train/zero.ts): this rank's place among the ranks that shard the optimizer state (CPU and GPU models). */
   shard?: { rank: number; count: number };
   /** Time each optimizer step's parts, read with stepProfile() (default false: nothing timed). */
   profileSteps?: boolean;
@@ -326,22 +326,22 @@ export class MistralModel {
     return this.native.saveOptimizerState({ path });
   }
 
-  /** One process's optimizer file, or (CPU) every rank's shard files of a ZeRO checkpoint: this model's range of them. */
+  /** One process's optimizer file, or every rank's shard files of a ZeRO checkpoint (any rank count, either device's): this model's range of them. */
   loadOptimizerState(path: string | string[]): Promise<void> {
     return this.native.loadOptimizerState(typeof path === 'string' ? { path } : { paths: path });
   }
 
-  /** ZeRO (CPU): this rank's shard of the optimizer state, as its own file. */
+  /** ZeRO: this rank's shard of the optimizer state, as its own file. */
   saveOptimizerShard(path: string): Promise<void> {
     return this.native.saveOptimizerShard({ path });
   }
 
-  /** ZeRO (CPU): per gradient buffer (gradientBuffers' order), each rank's element count. */
+  /** ZeRO: per trained group's gradient buffer (gradientBuffers' order), each rank's element count. */
   gradientShardCounts(): number[][] {
     return this.native.gradientShardCounts({});
   }
 
-  /** ZeRO stage 2 (CPU): the sum of squares of this rank's shard of the gradients. */
+  /** ZeRO stage 2: the sum of squares of this rank's shard of the gradients. */
   shardGradSumOfSquares(): Promise<number> {
     return this.native.shardGradSumOfSquares({});
   }
@@ -368,6 +368,16 @@ export class MistralModel {
   /** GPU model: each trained group's gradients summed across the ranks of an open NCCL communicator, in place on the device. */
   allReduceGradients(communicator: NcclCommunicator): Promise<void> {
     return this.native.allReduceGradients(communicator);
+  }
+
+  /** GPU model, ZeRO stage 2: this rank's range of each trained group's device gradients summed across the communicator's ranks. */
+  reduceScatterGradients(communicator: NcclCommunicator): Promise<void> {
+    return this.native.reduceScatterGradients(communicator);
+  }
+
+  /** GPU model, ZeRO stages 1 and 2: after a sharded step, every rank's range of the device weights from its owner. */
+  allGatherWeights(communicator: NcclCommunicator): Promise<void> {
+    return this.native.allGatherWeights(communicator);
   }
 
   /** A copy of a parameter's accumulated gradient (trainable models). */

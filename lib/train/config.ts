@@ -124,7 +124,7 @@ export const KEYS = {
   resume_from_checkpoint: { kind: 'checkpoint', default: null, help: 'A checkpoint folder, or true for the latest in output_dir' },
   // data parallel (ranks started by mpirun; lib/model/ranks.ts)
   ddp_timeout: { kind: 'number', default: 1800, help: 'Seconds a rank waits in a collective (mpirun ranks) before it aborts the job, naming what it waited for' },
-  zero_stage: { kind: 'integer', default: 0, help: "ZeRO stage on mpirun ranks (DeepSpeed's name): 0 plain data parallel, 1 AdamW state sharded across the ranks, 2 gradients reduce-scattered too (CPU ranks; no effect on one process)" },
+  zero_stage: { kind: 'integer', default: 0, help: "ZeRO stage on mpirun ranks (DeepSpeed's name): 0 plain data parallel, 1 AdamW state sharded across the ranks, 2 gradients reduce-scattered too (CPU ranks over MPI, GPU ranks over NCCL; no effect on one process)" },
   // where the logs go besides trainer_state.json and metrics.jsonl (HF Trainer's integrations)
   report_to: { kind: 'string-or-list', default: 'none', choices: ['none', 'all', 'tensorboard', 'wandb'] as const, help: 'Also log to tensorboard, wandb, both (all or a list), or none' },
   logging_dir: { kind: 'string', default: null, help: 'TensorBoard folder (default: $TENSORBOARD_LOGGING_DIR, else output_dir/runs/<date>_<host>)' },

@@ -207,7 +207,7 @@ export function loopSettings({ stage, values }: StageConfig, outputDir: string, 
     saveTotalLimit: values.save_total_limit,
     resumeFromCheckpoint: values.resume_from_checkpoint,
     worldSize,
-    zeroStage: zeroStage(values.zero_stage, values.use_cpu ? 'cpu' : computeDevice(values.device)),
+    zeroStage: zeroStage(values.zero_stage),
   };
   const total = totalSteps(trainExamples, settings);
   settings.schedule.warmupSteps = warmupSteps(total, { warmup_steps: values.warmup_steps, warmup_ratio: values.warmup_ratio });
@@ -219,7 +219,7 @@ export function policyOptions({ values }: StageConfig, sources: StageSources, ma
     // Ranks sum whole gradient buffers; an untied embedding's by-rows gradient is not one.
     ...(ranks.size > 1 ? { denseEmbeddingGradient: true } : {}),
     // ZeRO: this rank's shard of the optimizer state only.
-    ...shardOption(zeroStage(values.zero_stage, sources.device), ranks),
+    ...shardOption(zeroStage(values.zero_stage), ranks),
     // GPU ranks: one GPU each, by LOCAL_RANK (the reference model takes the same options).
     ...(ranks.size > 1 && sources.device === 'cuda' ? { cudaDevice: ranks.localRank } : {}),
     device: sources.device,
@@ -247,7 +247,7 @@ function loopModel(model: MistralModel, sources: StageSources, nccl: NcclGradien
   return {
     zeroGrad: () => model.zeroGrad(),
     gradientBuffers: () => model.gradientBuffers(),
-    ...(nccl ? { sumGradientsItself: () => nccl.sum() } : {}),
+    ...(nccl ? { sumGradientsItself: () => nccl.sum(), reduceScatterItself: () => nccl.reduceScatter(), allGatherItself: () => nccl.allGather() } : {}),
     clipAndStep: (o) =>
       model.clipAndStep({
         lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, maxGradNorm: o.maxGradNorm,
@@ -266,9 +266,6 @@ function loopModel(model: MistralModel, sources: StageSources, nccl: NcclGradien
         await model.loadWeights(locateWeights(dir).files);
       }
       const files = optimizerFiles(dir);
-      if (files.length > 1 && sources.device === 'cuda') {
-        throw new ZnError(`${dir} holds the optimizer state of ${files.length} ZeRO ranks, which the CPU model reads (the GPU model reads one process's optimizer.safetensors)`);
-      }
       await model.loadOptimizerState(files.length === 1 ? files[0] : files);
     },
   };
@@ -414,7 +411,7 @@ async function runResolvedStage(config: StageConfig, options: StageRunOptions, r
   const log = (line: string): void => progress.message(line);
   for (const notice of config.notices) log(notice);
   const sources = resolveSources(config);
-  zeroStage(config.values.zero_stage, sources.device);  // refused before the data loads
+  zeroStage(config.values.zero_stage);  // refused before the data loads
   // Opened first: a W&B run that cannot open (no key) fails the stage before data or models load.
   const reporters = ranks.isLeader ? await openReporters(config.values, sources.outputDir, runConfig(config), log) : [];
   try {

@@ -1,6 +1,7 @@
 /**
- * ZeRO stages on data-parallel CPU ranks (`zero_stage`, DeepSpeed's name and numbering; the
- * sharding itself is native/model/zero_shard.h's):
+ * ZeRO stages on data-parallel ranks (`zero_stage`, DeepSpeed's name and numbering; the sharding
+ * itself is native/model/zero_shard.h's, the same ranges on CPU and GPU ranks, so shard files
+ * written by either resume on the other):
  *
  * - 0: every rank holds the whole optimizer state; the gradients are all-reduced and every rank
  *   takes the same whole step (plain data parallel).
@@ -13,12 +14,18 @@
  * - 2: as 1, but the gradients are reduce-scattered: each rank receives the sum of its own range
  *   only, the grad norm is the all-reduced sum of the ranks' shard sums of squares (the same
  *   value to float rounding: the sum is grouped differently), and each rank steps its range
- *   from it. On CPU ranks the whole gradient buffer still accumulates the micro-batches (the
- *   reduce-scatter follows the last one), so what stage 2 saves here is communication (a
- *   reduce-scatter moves half an all-reduce's bytes), not gradient memory.
+ *   from it. The whole gradient buffer still accumulates the micro-batches (the reduce-scatter
+ *   follows the last one), on CPU ranks and on the GPU, so what stage 2 saves is communication
+ *   (a reduce-scatter moves half an all-reduce's bytes), not gradient memory. With
+ *   offload_optimizer on a GPU, stages 1 and 2 both cut the step's PCIe traffic to 1/N: only the
+ *   rank's range of the gradients comes down to the host AdamW and only its range of the
+ *   weights goes up.
  *
- * With one rank every stage is the one-process computation (zero_stage is accepted and changes
- * nothing). The GPU model has no ZeRO here: zero_stage above 0 with device cuda is refused.
+ * Collectives: CPU ranks run MPI over the model's host buffers (gradientBuffers, weightSegments);
+ * GPU ranks run NCCL over the device buffers through the model's own calls (sumGradientsItself,
+ * reduceScatterItself, allGatherItself: native/parallel/nccl_collectives.h), while MPI carries
+ * the small ones (stage 2's sums of squares). With one rank every stage is the one-process
+ * computation (zero_stage is accepted and changes nothing).
  */
 import { UsageError } from '../errors.js';
 import type { Ranks } from '../model/ranks.js';
@@ -26,24 +33,25 @@ import type { OptimizerSettings } from './loop.js';
 
 export type ZeroStage = 0 | 1 | 2;
 
-/** What a sharded data-parallel step needs of the model (the CPU model: lib/model/model.ts). */
+/** What a sharded data-parallel step needs of the model (MistralModel, lib/model/model.ts, on either device). */
 export interface DataParallelModel {
   /** The gradient buffers data-parallel ranks sum in place (asked for only with several ranks). */
   gradientBuffers(): Float32Array[];
   /** GPU ranks: the model sums its device gradients itself (NCCL), instead of MPI over gradientBuffers(). */
   sumGradientsItself?(): Promise<void>;
+  /** GPU ranks, stage 2: the model reduce-scatters its device gradients itself (NCCL). */
+  reduceScatterItself?(): Promise<void>;
+  /** GPU ranks, stages 1 and 2: the model all-gathers its updated device weights itself (NCCL), instead of MPI over weightSegments(). */
+  allGatherItself?(): Promise<void>;
   gradientShardCounts(): number[][];
   shardGradSumOfSquares(): Promise<number>;
   weightSegments(): { data: Float32Array | Uint16Array; counts: number[] }[];
   clipAndStep(options: OptimizerSettings & { lr: number; gradSumOfSquares?: number }): Promise<{ gradNorm: number }>;
 }
 
-/** zero_stage as configured, checked against the device (the GPU model does not shard). */
-export function zeroStage(value: number, device: 'cpu' | 'cuda'): ZeroStage {
+/** zero_stage as configured (CPU and GPU ranks alike). */
+export function zeroStage(value: number): ZeroStage {
   if (value !== 0 && value !== 1 && value !== 2) throw new UsageError(`zero_stage must be 0, 1 or 2, got ${value}`);
-  if (value > 0 && device === 'cuda') {
-    throw new UsageError(`zero_stage ${value}: sharded optimizer state is built for CPU ranks (use_cpu: true); on a GPU use zero_stage 0`);
-  }
   return value;
 }
 
@@ -68,9 +76,13 @@ export async function reduceGradients(model: DataParallelModel, ranks: Ranks, st
     await sumGradients(model, ranks);
     return undefined;
   }
-  const buffers = model.gradientBuffers();
-  const counts = model.gradientShardCounts();
-  for (let i = 0; i < buffers.length; i++) await ranks.reduceScatterInPlace(buffers[i], counts[i], 'the gradient reduce-scatter');
+  if (model.reduceScatterItself) {
+    await model.reduceScatterItself();
+  } else {
+    const buffers = model.gradientBuffers();
+    const counts = model.gradientShardCounts();
+    for (let i = 0; i < buffers.length; i++) await ranks.reduceScatterInPlace(buffers[i], counts[i], 'the gradient reduce-scatter');
+  }
   const squares = Float64Array.of(await model.shardGradSumOfSquares());
   await ranks.allReduceSum([squares], "the gradient shards' sums of squares");
   return squares[0];
@@ -92,7 +104,10 @@ export async function stepAndGather(
   gradSumOfSquares: number | undefined,
 ): Promise<{ gradNorm: number }> {
   const result = await model.clipAndStep(gradSumOfSquares === undefined ? hp : { ...hp, gradSumOfSquares });
-  if (effectiveZeroStage(stage, ranks) > 0) {
+  if (effectiveZeroStage(stage, ranks) === 0) return result;
+  if (model.allGatherItself) {
+    await model.allGatherItself();
+  } else {
     for (const segment of model.weightSegments()) await ranks.allGatherInPlace(segment.data, segment.counts, 'the updated weights all-gather');
   }
   return result;

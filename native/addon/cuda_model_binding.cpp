@@ -6,10 +6,16 @@
 
 namespace zn::addon {
 
-std::function<void(model::CudaMistralModel&)> gradient_all_reduce(const Options& options, Napi::Object communicator,
-                                                                  model::CudaMistralModel*) {
+std::function<void(model::CudaMistralModel&)> nccl_work(const Options& options, Napi::Object communicator,
+                                                        model::CudaMistralModel*, NcclWork work) {
   std::shared_ptr<parallel::NcclCommunicator> open = open_communicator(options, communicator);
-  return [open](model::CudaMistralModel& m) { m.all_reduce_gradients(*open); };
+  return [open, work](model::CudaMistralModel& m) {
+    switch (work) {
+      case NcclWork::AllReduceGradients: return m.all_reduce_gradients(*open);
+      case NcclWork::ReduceScatterGradients: return m.reduce_scatter_gradients(*open);
+      case NcclWork::AllGatherWeights: return m.all_gather_weights(*open);
+    }
+  };
 }
 
 void register_cuda_model(Napi::Env env, Napi::Object exports) {

@@ -26,14 +26,16 @@ class CudaMistralModel;
 
 namespace zn::addon {
 
-// allReduceGradients(communicator): the work summing the model's gradients across the NCCL
-// communicator's ranks. The GPU model's is cuda_model_binding.cpp's; the CPU model has none
-// (its ranks sum gradientBuffers() over MPI).
-std::function<void(model::CudaMistralModel&)> gradient_all_reduce(const Options& options, Napi::Object communicator,
-                                                                  model::CudaMistralModel*);
-[[noreturn]] inline std::function<void(model::MistralModel&)> gradient_all_reduce(const Options& options, Napi::Object,
-                                                                                   model::MistralModel*) {
-  options.error("the CPU model's ranks sum gradientBuffers() over MPI; allReduceGradients is the GPU model's (NCCL)");
+// The GPU model's collectives over an NCCL communicator's ranks: the gradient all-reduce (ZeRO
+// stages 0 and 1), the gradient reduce-scatter (stage 2) and the all-gather of the updated weights
+// (stages 1 and 2). The work is cuda_model_binding.cpp's; the CPU model has none (its ranks
+// use gradientBuffers() and weightSegments() over MPI).
+enum class NcclWork { AllReduceGradients, ReduceScatterGradients, AllGatherWeights };
+std::function<void(model::CudaMistralModel&)> nccl_work(const Options& options, Napi::Object communicator,
+                                                        model::CudaMistralModel*, NcclWork work);
+[[noreturn]] inline std::function<void(model::MistralModel&)> nccl_work(const Options& options, Napi::Object,
+                                                                         model::MistralModel*, NcclWork) {
+  options.error("the CPU model's ranks use gradientBuffers() and weightSegments() over MPI; NCCL collectives are the GPU model's");
 }
 
 
@@ -170,6 +172,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
                         ModelWrap::InstanceMethod("weightSegments", &ModelWrap::WeightSegments),
                         ModelWrap::InstanceMethod("saveOptimizerShard", &ModelWrap::SaveOptimizerShard),
                         ModelWrap::InstanceMethod("allReduceGradients", &ModelWrap::AllReduceGradients),
+                        ModelWrap::InstanceMethod("reduceScatterGradients", &ModelWrap::ReduceScatterGradients),
+                        ModelWrap::InstanceMethod("allGatherWeights", &ModelWrap::AllGatherWeights),
                         ModelWrap::InstanceMethod("startGeneration", &ModelWrap::StartGeneration),
                         ModelWrap::InstanceMethod("acquireSequence", &ModelWrap::AcquireSequence),
                         ModelWrap::InstanceMethod("releaseSequence", &ModelWrap::ReleaseSequence),
@@ -181,10 +185,6 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     Options options(info, "Model");
     run_sync(options, [&] {
       const model::ModelOptions model_options = read_model_options(options);
-      if constexpr (!std::is_same_v<Model, model::MistralModel>) {
-        ZN_CHECK(model_options.shard.count == 1, "sharded optimizer state (zero_stage > 0) is built for the CPU model "
-                 "only; on a GPU use zero_stage 0");
-      }
       model_ = std::make_shared<Model>(read_config(options.object("config")), model_options);
     });
   }
@@ -323,7 +323,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   Napi::Value GradientBuffers(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if constexpr (!std::is_same_v<Model, model::MistralModel>) {
-      throw Napi::Error::New(env, "gradientBuffers: the GPU model's gradients are device memory (data parallel on GPUs is not built yet)");
+      throw Napi::Error::New(env, "gradientBuffers: the GPU model's gradients are device memory, which its ranks sum over NCCL (allReduceGradients, reduceScatterGradients)");
     } else {
       Model& m = live(env, "gradientBuffers");
       if (grad_views_.IsEmpty()) {
@@ -367,39 +367,33 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   // gradientShardCounts() -> number[][]: per gradient buffer, each rank's element count (ZeRO).
   Napi::Value GradientShardCounts(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
-      throw Napi::Error::New(env, "gradientShardCounts: CPU model only");
-    } else {
-      Options options(info, "gradientShardCounts");
-      check_idle(options);
-      std::vector<std::vector<size_t>> counts;
-      run_sync(options, [&] { counts = live(env, "gradientShardCounts").gradient_shard_counts(); });
-      Napi::Array out = Napi::Array::New(env, counts.size());
-      for (size_t i = 0; i < counts.size(); ++i) out.Set(uint32_t(i), size_array(env, counts[i]));
-      return out;
-    }
+    Options options(info, "gradientShardCounts");
+    check_idle(options);
+    std::vector<std::vector<size_t>> counts;
+    run_sync(options, [&] { counts = live(env, "gradientShardCounts").gradient_shard_counts(); });
+    Napi::Array out = Napi::Array::New(env, counts.size());
+    for (size_t i = 0; i < counts.size(); ++i) out.Set(uint32_t(i), size_array(env, counts[i]));
+    return out;
   }
 
   // shardGradSumOfSquares() -> Promise<number>: over this rank's shard of the gradients (ZeRO 2).
   Napi::Value ShardGradSumOfSquares(const Napi::CallbackInfo& info) {
     Options options(info, "shardGradSumOfSquares");
-    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
-      options.error("CPU model only");
-    } else {
-      auto squares = std::make_shared<double>(0.0);
-      return run(
-          options, [squares](Model& m) { *squares = m.shard_grad_sum_of_squares(); },
-          [squares](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *squares); });
-    }
+    auto squares = std::make_shared<double>(0.0);
+    return run(
+        options, [squares](Model& m) { *squares = m.shard_grad_sum_of_squares(); },
+        [squares](Napi::Env env) -> Napi::Value { return Napi::Number::New(env, *squares); });
   }
 
   // weightSegments() -> {data: Float32Array | Uint16Array (bf16 bits), counts: number[]}[]: views
   // (no copy) over the runs of the weights the ranks all-gather in place after a sharded step;
-  // made once per model, detached by dispose().
+  // made once per model, detached by dispose(). CPU model only: the GPU model's weights are
+  // device memory, which it all-gathers itself (allGatherWeights).
   Napi::Value WeightSegments(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if constexpr (!std::is_same_v<Model, model::MistralModel>) {
-      throw Napi::Error::New(env, "weightSegments: CPU model only");
+      throw Napi::Error::New(env, "weightSegments: the GPU model's weights are device memory; its ranks all-gather them "
+                                  "with allGatherWeights(communicator) (NCCL)");
     } else {
       Model& m = live(env, "weightSegments");
       if (weight_views_.IsEmpty()) {
@@ -569,8 +563,22 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
   // allReduceGradients(communicator) -> Promise<void>: the GPU model's gradients summed across
   // the ranks of an open NcclCommunicator (nccl_binding.cpp), in place on the device.
   Napi::Value AllReduceGradients(const Napi::CallbackInfo& info) {
-    Options options(info, "allReduceGradients");
-    auto work = gradient_all_reduce(options, info[0].As<Napi::Object>(), static_cast<Model*>(nullptr));
+    return Nccl(info, "allReduceGradients", NcclWork::AllReduceGradients);
+  }
+  // reduceScatterGradients(communicator) -> Promise<void>: ZeRO stage 2's gradient reduce-scatter
+  // (this rank's range summed), on the device.
+  Napi::Value ReduceScatterGradients(const Napi::CallbackInfo& info) {
+    return Nccl(info, "reduceScatterGradients", NcclWork::ReduceScatterGradients);
+  }
+  // allGatherWeights(communicator) -> Promise<void>: after a sharded step, every rank's range of
+  // the device weights from its owner (ZeRO stages 1 and 2).
+  Napi::Value AllGatherWeights(const Napi::CallbackInfo& info) {
+    return Nccl(info, "allGatherWeights", NcclWork::AllGatherWeights);
+  }
+  Napi::Value Nccl(const Napi::CallbackInfo& info, const char* name, NcclWork which) {
+    Options options(info, name);
+    if (info.Length() < 1 || !info[0].IsObject()) options.error("expects an NcclCommunicator");
+    auto work = nccl_work(options, info[0].As<Napi::Object>(), static_cast<Model*>(nullptr), which);
     return run(options, [work](Model& m) { work(m); });
   }
 
@@ -588,21 +596,12 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     const bool given = options.has("gradSumOfSquares");
     const double squares = options.number("gradSumOfSquares", 0.0);
     if (given && !(squares >= 0)) options.error("'gradSumOfSquares' must be >= 0");
-    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
-      if (given) options.error("'gradSumOfSquares' is for the CPU model's ZeRO ranks");
-    }
     auto norm = std::make_shared<double>(0.0);
     auto step = std::make_shared<long>(0);
     return run(
         options,
         [hp, norm, step, given, squares](Model& m) {
-          if constexpr (std::is_same_v<Model, model::MistralModel>) {
-            *norm = given ? m.clip_and_step(hp, squares) : m.clip_and_step(hp);
-          } else {
-            (void)given;
-            (void)squares;
-            *norm = m.clip_and_step(hp);
-          }
+          *norm = given ? m.clip_and_step(hp, squares) : m.clip_and_step(hp);
           *step = m.optimizer_step();
         },
         [norm, step](Napi::Env env) -> Napi::Value {
@@ -620,29 +619,23 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap<Model>> {
     return run(options, [path](Model& m) { m.save_optimizer_state(path); });
   }
 
-  // loadOptimizerState({paths}) (CPU model): the moments of this rank's range from one process's
-  // file or any number of ranks' shard files.
+  // loadOptimizerState({paths}): the moments of this rank's range from one process's file or any
+  // number of ranks' shard files (written by either model).
   Napi::Value LoadOptimizerState(const Napi::CallbackInfo& info) {
     Options options(info, "loadOptimizerState");
-    if constexpr (std::is_same_v<Model, model::MistralModel>) {
-      if (options.has("paths")) {
-        const std::vector<std::string> paths = options.strings("paths");
-        return run(options, [paths](Model& m) { m.load_optimizer_state(paths); });
-      }
+    if (options.has("paths")) {
+      const std::vector<std::string> paths = options.strings("paths");
+      return run(options, [paths](Model& m) { m.load_optimizer_state(paths); });
     }
     const std::string path = options.string("path");
     return run(options, [path](Model& m) { m.load_optimizer_state(path); });
   }
 
-  // saveOptimizerShard({path}): this ZeRO rank's shard file (CPU model).
+  // saveOptimizerShard({path}): this ZeRO rank's shard file.
   Napi::Value SaveOptimizerShard(const Napi::CallbackInfo& info) {
     Options options(info, "saveOptimizerShard");
-    if constexpr (!std::is_same_v<Model, model::MistralModel>) {
-      options.error("CPU model only");
-    } else {
-      const std::string path = options.string("path");
-      return run(options, [path](Model& m) { m.save_optimizer_shard(path); });
-    }
+    const std::string path = options.string("path");
+    return run(options, [path](Model& m) { m.save_optimizer_shard(path); });
   }
 
   // startGeneration({sequences, maxContext}) -> Promise<void>: a KvCache for `sequences` at once,

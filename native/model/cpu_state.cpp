@@ -176,11 +176,7 @@ float* CpuTrainState::master_at(const ParameterSpec& p, size_t at) {
   return master_.data() + moment_index(p, at);
 }
 
-ElementRange CpuTrainState::owned(const ParameterSpec& p) const {
-  const size_t at = group_.offset(p);
-  const ElementRange part = intersect({at, at + p.numel}, shard_);
-  return {part.begin - at, part.end - at};
-}
+ElementRange CpuTrainState::owned(const ParameterSpec& p) const { return owned_part(group_, shard_, p); }
 
 void CpuTrainState::assign_master(const ParameterSpec& p, const float* values) {
   const ElementRange part = owned(p);
@@ -210,29 +206,9 @@ void CpuTrainState::step(const AdamWOptions& hp, float clip_scale) {
 }
 
 std::vector<WeightSegment> CpuTrainState::weight_segments() {
-  std::vector<WeightSegment> out;
-  const size_t total = group_.numel();
-  const bool bf16 = weights_.is_bf16();
-  char* base = bf16 ? reinterpret_cast<char*>(weights_.bf16_data()) : reinterpret_cast<char*>(weights_.f32_data());
-  const size_t width = bf16 ? sizeof(zn::bf16) : sizeof(float);
-  // Runs of members laid end to end both in the group and in the weights (the whole table in
-  // one run when nothing is frozen).
-  const std::vector<const ParameterSpec*>& members = group_.members();
-  for (size_t i = 0; i < members.size();) {
-    size_t j = i + 1;
-    while (j < members.size() && members[j]->offset == members[j - 1]->offset + members[j - 1]->numel) ++j;
-    const size_t begin = group_.offset(*members[i]);
-    const size_t end = group_.offset(*members[j - 1]) + members[j - 1]->numel;
-    out.push_back({base + members[i]->offset * width, end - begin, bf16, shard_counts(total, spec_.count, {begin, end})});
-    i = j;
-  }
-  for (const ParameterSpec* p : members) {  // bf16 mode: the norms' f32 values beside their rounding
-    if (float* norm = weights_.norm_data(*p)) {
-      const size_t at = group_.offset(*p);
-      out.push_back({norm, p->numel, false, shard_counts(total, spec_.count, {at, at + p->numel})});
-    }
-  }
-  return out;
+  void* data = weights_.is_bf16() ? static_cast<void*>(weights_.bf16_data()) : static_cast<void*>(weights_.f32_data());
+  return group_weight_segments(group_, spec_.count, data, weights_.is_bf16(),
+                               [this](const ParameterSpec& p) { return weights_.norm_data(p); });
 }
 
 std::vector<size_t> CpuTrainState::gradient_shard_counts() const {

@@ -66,15 +66,6 @@ class CpuWeights final : public WeightSource {
   std::vector<size_t> norm_slots_;
 };
 
-// One contiguous run of a model's weights that the ranks all-gather in place after a sharded step:
-// `count` elements (f32, or bf16 bits) at `data`, of which rank r owns counts[r], rank after rank.
-struct WeightSegment {
-  void* data = nullptr;
-  size_t count = 0;
-  bool bf16 = false;
-  std::vector<size_t> counts;
-};
-
 class CpuTrainState final : public GradientSink {
  public:
   // max_tokens: the most tokens one backward carries (the embedding's row slots).

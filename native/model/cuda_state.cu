@@ -147,6 +147,17 @@ void CudaWeights::assign(const ParameterSpec& p, const float* host) {
   if (float* norm = norm_values(p)) upload(host, p.numel, norm, stream_);
 }
 
+void CudaWeights::assign_range(const ParameterSpec& p, ElementRange range, const float* host) {
+  if (range.empty()) return;
+  if (!is_bf16()) return upload(host, range.size(), buffers_.f32_values + p.offset + range.begin, stream_);
+  std::vector<bf16> rounded(range.size());
+  round_to_bf16(range.size(), host, rounded.data());
+  ZN_CUDA_CHECK(cudaMemcpyAsync(buffers_.bf16_values + p.offset + range.begin, rounded.data(),
+                                range.size() * sizeof(bf16), cudaMemcpyHostToDevice, stream_));
+  sync(stream_);
+  if (float* norm = norm_values(p)) upload(host, range.size(), norm + range.begin, stream_);
+}
+
 void CudaWeights::read(const ParameterSpec& p, float* host) const {
   if (!is_bf16()) return download(buffers_.f32_values + p.offset, p.numel, host, stream_);
   if (const float* norm = norm_values(p)) return download(norm, p.numel, host, stream_);
@@ -160,17 +171,24 @@ void CudaWeights::read(const ParameterSpec& p, float* host) const {
 // ---------------------------------------------------------------------------------------------
 // Train state
 
-size_t CudaTrainState::offload_host_bytes(const ParameterGroup& group, Precision precision) {
-  const size_t params = group.numel();
+size_t CudaTrainState::offload_host_bytes(const ParameterGroup& group, Precision precision, ShardSpec shard) {
+  const size_t params = shard_range(group.numel(), shard).size();
   const size_t staging = 2 * offload_chunk(params) * (sizeof(float) + weight_element_bytes(precision));
   return params * 3 * sizeof(float) + staging;
 }
 
 CudaTrainState::CudaTrainState(const ParameterGroup& group, bool offload, CudaWeights& weights,
-                               CudaTrainBuffers buffers, CudaBackend& backend, cudaStream_t stream)
-    : group_(group), weights_(weights), buffers_(buffers), backend_(backend), stream_(stream) {
+                               CudaTrainBuffers buffers, CudaBackend& backend, cudaStream_t stream, ShardSpec shard)
+    : group_(group),
+      weights_(weights),
+      buffers_(buffers),
+      backend_(backend),
+      stream_(stream),
+      offload_(offload),
+      spec_(shard),
+      shard_(shard_range(group.numel(), shard)) {
   if (!offload) return;
-  const size_t n = group.numel();
+  const size_t n = shard_.size();
   host_master_.allocate(n, "master weights");
   host_m_.allocate(n, "first moments");
   host_v_.allocate(n, "second moments");
@@ -179,11 +197,12 @@ CudaTrainState::CudaTrainState(const ParameterGroup& group, bool offload, CudaWe
 
 CudaTrainState::~CudaTrainState() = default;
 
-// f32 mode: the weights' own values (at the table's offset); bf16: the group's master buffer.
-float* CudaTrainState::device_master(const ParameterSpec& p) const {
-  if (offloaded()) return nullptr;
-  const size_t at = group_.offset(p);  // throws naming a frozen parameter
-  return weights_.is_bf16() ? buffers_.master + at : weights_.buffers().f32_values + p.offset;
+// f32 mode on the device: the weights' own values (at the table's offset); bf16: the master
+// buffer; offloaded: the host master (both laid out by the group from the shard's first element).
+float* CudaTrainState::master_at(const ParameterSpec& p, size_t at) const {
+  const size_t index = moment_index(p, at);  // throws naming a frozen parameter
+  if (offloaded()) return host_master_.data() + index;
+  return weights_.is_bf16() ? buffers_.master + index : weights_.buffers().f32_values + p.offset + at;
 }
 
 void CudaTrainState::zero_grad() {
@@ -196,35 +215,39 @@ void CudaTrainState::read_gradient(const ParameterSpec& p, float* host) const {
 }
 
 void CudaTrainState::read_master(const ParameterSpec& p, float* host) const {
+  if (!whole_master()) return weights_.read(p, host);
   if (offloaded()) {
-    std::memcpy(host, host_master(p), p.numel * sizeof(float));
+    std::memcpy(host, master_at(p, 0), p.numel * sizeof(float));
     return;
   }
-  download(device_master(p), p.numel, host, stream_);
+  download(master_at(p, 0), p.numel, host, stream_);
 }
 
 float* CudaTrainState::host_master(const ParameterSpec& p) const {
-  return offloaded() ? host_master_.data() + group_.offset(p) : nullptr;
+  return offloaded() && !sharded() ? master_at(p, 0) : nullptr;
 }
 
 void CudaTrainState::write_master(const ParameterSpec& p, const float* host) {
-  if (offloaded()) {
-    if (host != host_master(p)) std::memcpy(host_master(p), host, p.numel * sizeof(float));
-    return;
-  }
-  upload(host, p.numel, device_master(p), stream_);
+  if (!whole_master()) weights_.assign(p, host);  // the rest of the member is the other ranks' to step
+  const ElementRange part = whole_master() ? ElementRange{0, p.numel} : owned(p);
+  if (part.empty()) return;
+  float* master = master_at(p, part.begin);
+  if (!offloaded()) return upload(host + part.begin, part.size(), master, stream_);
+  if (host != master) std::memcpy(master, host + part.begin, part.size() * sizeof(float));
 }
 
-// bf16 mode's f32 norm weights from the master (AdamW writes the matrices' rounding itself).
+// bf16 mode's f32 norm weights from the master (AdamW writes the matrices' rounding itself): the
+// owned part of each (the whole norm when not sharded).
 void CudaTrainState::copy_norms_from_master() {
   for (const ParameterSpec* p : group_.members()) {
     float* norm = weights_.norm_values(*p);
-    if (!norm) continue;
+    const ElementRange part = owned(*p);
+    if (!norm || part.empty()) continue;
     if (offloaded()) {
-      upload(host_master(*p), p->numel, norm, stream_);
+      upload(master_at(*p, part.begin), part.size(), norm + part.begin, stream_);
     } else {
-      ZN_CUDA_CHECK(cudaMemcpyAsync(norm, device_master(*p), p->numel * sizeof(float), cudaMemcpyDeviceToDevice,
-                                    stream_));
+      ZN_CUDA_CHECK(cudaMemcpyAsync(norm + part.begin, master_at(*p, part.begin), part.size() * sizeof(float),
+                                    cudaMemcpyDeviceToDevice, stream_));
     }
   }
   sync(stream_);
@@ -232,17 +255,32 @@ void CudaTrainState::copy_norms_from_master() {
 
 void CudaTrainState::publish() {
   if (offloaded()) {
-    for (const ParameterSpec* p : group_.members()) weights_.assign(*p, host_master(*p));
+    for (const ParameterSpec* p : group_.members()) {
+      const ElementRange part = owned(*p);
+      if (!part.empty()) weights_.assign_range(*p, part, master_at(*p, part.begin));
+    }
     return;
   }
   if (!weights_.is_bf16()) return;  // f32 mode: the master is the weights
-  for (const ParameterSpec* p : group_.members())
-    backend_.round(long(p->numel), device_master(*p), {weights_.buffers().bf16_values + p->offset, DType::BF16});
+  for (const ParameterSpec* p : group_.members()) {
+    const ElementRange part = owned(*p);
+    if (part.empty()) continue;
+    backend_.round(long(part.size()), master_at(*p, part.begin),
+                   {weights_.buffers().bf16_values + p->offset + part.begin, DType::BF16});
+  }
   copy_norms_from_master();
 }
 
-double CudaTrainState::grad_sum_of_squares() const {
-  const cuda::GradSpan all{buffers_.grads, long(group_.numel())};
+std::vector<WeightSegment> CudaTrainState::weight_segments() const {
+  const CudaWeightBuffers& w = weights_.buffers();
+  void* data = weights_.is_bf16() ? static_cast<void*>(w.bf16_values) : static_cast<void*>(w.f32_values);
+  return group_weight_segments(group_, spec_.count, data, weights_.is_bf16(),
+                               [this](const ParameterSpec& p) { return weights_.norm_values(p); });
+}
+
+double CudaTrainState::grad_sum_of_squares(bool shard_only) const {
+  const cuda::GradSpan all = shard_only ? cuda::GradSpan{buffers_.grads + shard_.begin, long(shard_.size())}
+                                        : cuda::GradSpan{buffers_.grads, long(group_.numel())};
   cuda::sum_of_squares(&all, 1, buffers_.grad_sum_of_squares, stream_);
   double sum_of_squares = 0;
   ZN_CUDA_CHECK(cudaMemcpyAsync(&sum_of_squares, buffers_.grad_sum_of_squares, sizeof(double),
@@ -276,11 +314,13 @@ void CudaTrainState::device_adamw(const AdamWOptions& hp) {
   cuda::clip_coefficient(B.grad_sum_of_squares, hp.max_grad_norm, B.clip_coefficient, stream_);
   std::vector<cuda::AdamWTensor> decay, no_decay;
   bf16* const rounded = weights_.buffers().bf16_values;  // written as AdamW goes (bf16 mode)
-  for (const ParameterSpec* p : group_.members()) {
-    const size_t at = group_.offset(*p);
+  for (const ParameterSpec* p : group_.members()) {  // the owned part of each (every element when not sharded)
+    const ElementRange part = owned(*p);
+    if (part.empty()) continue;
+    const size_t at = group_.offset(*p) + part.begin, moment = moment_index(*p, part.begin);
     (p->decay ? decay : no_decay)
-        .push_back({device_master(*p), B.grads + at, B.adam_m + at, B.adam_v + at,
-                    rounded ? rounded + p->offset : nullptr, long(p->numel)});
+        .push_back({master_at(*p, part.begin), B.grads + at, B.adam_m + moment, B.adam_v + moment,
+                    rounded ? rounded + p->offset + part.begin : nullptr, long(part.size())});
   }
   cuda::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, step_, 1.0f};
   cuda::adamw_update(decay.data(), int(decay.size()), s, B.clip_coefficient, stream_);
@@ -297,11 +337,13 @@ void CudaTrainState::device_adamw(const AdamWOptions& hp) {
 // chunk i's gradient copy on the same stream, and a stream completes its copies in order.
 // Chunks are ranges of the group's layout; the weights they go up to sit at the table's offsets,
 // one copy for each run of members that is contiguous in both (one a chunk for a whole table).
+// Sharded, the chunks cover this rank's range only: only its gradients come down, only its
+// weights go up (the other ranks' arrive by the all-gather), and the host arrays hold that range.
 void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm, StepProfile* profile) {
   OffloadStaging& S = *staging_;
   const float scale = cpu::clip_coefficient(norm, hp.max_grad_norm);
   const bool bf16_mode = weights_.is_bf16();
-  const size_t n = group_.numel(), weight_bytes = bf16_mode ? sizeof(bf16) : sizeof(float);
+  const size_t first = shard_.begin, n = shard_.end, weight_bytes = bf16_mode ? sizeof(bf16) : sizeof(float);
   char* device_weights = bf16_mode ? reinterpret_cast<char*>(weights_.buffers().bf16_values)
                                    : reinterpret_cast<char*>(weights_.buffers().f32_values);
   CopyEvents* events = nullptr;
@@ -322,7 +364,7 @@ void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm, StepPr
     events->upload_pending[slot] = false;
   };
   auto fetch = [&](size_t round) {
-    const size_t begin = round * S.chunk;
+    const size_t begin = first + round * S.chunk;
     if (begin >= n) return;
     if (events) ZN_CUDA_CHECK(cudaEventRecord(events->fetch_started[round % 2].get(), stream_));
     ZN_CUDA_CHECK(cudaMemcpyAsync(S.grads(round), buffers_.grads + begin, std::min(S.chunk, n - begin) * sizeof(float),
@@ -331,7 +373,7 @@ void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm, StepPr
   };
   fetch(0);
   fetch(1);
-  for (size_t begin = 0, round = 0; begin < n; begin += S.chunk, ++round) {
+  for (size_t begin = first, round = 0; begin < n; begin += S.chunk, ++round) {
     const size_t end = std::min(n, begin + S.chunk);
     timer.lap(nullptr);
     ZN_CUDA_CHECK(cudaEventSynchronize(S.grads_arrived[round % 2].get()));
@@ -357,10 +399,11 @@ void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm, StepPr
       if (lo >= hi) continue;
       const cpu::AdamWStep s{hp.lr, hp.beta1, hp.beta2, hp.eps, p->decay ? hp.weight_decay : 0.0, step_, scale};
       bf16* copy = bf16_mode ? reinterpret_cast<bf16*>(weights) + (lo - begin) : nullptr;
-      cpu::adamw_update(long(hi - lo), s, host_master_.data() + lo, grads + (lo - begin), host_m_.data() + lo,
-                        host_v_.data() + lo, copy);
+      const size_t index = lo - first;  // in the host arrays
+      cpu::adamw_update(long(hi - lo), s, host_master_.data() + index, grads + (lo - begin), host_m_.data() + index,
+                        host_v_.data() + index, copy);
       if (!bf16_mode)
-        std::memcpy(weights + (lo - begin) * weight_bytes, host_master_.data() + lo, (hi - lo) * sizeof(float));
+        std::memcpy(weights + (lo - begin) * weight_bytes, host_master_.data() + index, (hi - lo) * sizeof(float));
       const size_t table_at = p->offset + (lo - at);
       if (run_end == lo && run_table + (run_end - run_begin) == table_at) {
         run_end = hi;  // continues the pending run in both layouts
@@ -388,32 +431,52 @@ void CudaTrainState::offloaded_adamw(const AdamWOptions& hp, double norm, StepPr
 
 // The moments pass through host memory whole (write_safetensors takes every tensor at once).
 OptimizerMoments CudaTrainState::moments() const {
-  if (offloaded()) return {&group_, host_m_.data(), host_v_.data()};
-  const size_t n = group_.numel();
-  moment_copies_.resize(2 * n);
-  download(buffers_.adam_m, n, moment_copies_.data(), stream_);
-  download(buffers_.adam_v, n, moment_copies_.data() + n, stream_);
-  return {&group_, moment_copies_.data(), moment_copies_.data() + n};
+  ZN_CHECK(!sharded(), "model: this rank holds a shard of the optimizer state (zero_stage): write its shard file");
+  const OptimizerShard all = shard_moments(false);
+  return {&group_, all.exp_avg, all.exp_avg_sq};
 }
 
-void CudaTrainState::load_optimizer_state(const std::string& path) {
-  SafetensorsFile file(path);
-  const long step = optimizer_state_step(file);
-  std::vector<float> staging;
-  for (const ParameterSpec* p : group_.members()) {
-    const size_t at = group_.offset(*p);
-    if (offloaded()) {
-      read_optimizer_moment(file, Moment::First, *p, host_m_.data() + at);
-      read_optimizer_moment(file, Moment::Second, *p, host_v_.data() + at);
-      continue;
-    }
-    staging.resize(p->numel);
-    read_optimizer_moment(file, Moment::First, *p, staging.data());
-    upload(staging.data(), p->numel, buffers_.adam_m + at, stream_);
-    read_optimizer_moment(file, Moment::Second, *p, staging.data());
-    upload(staging.data(), p->numel, buffers_.adam_v + at, stream_);
+// The shard's moments, and bf16 mode's master (f32 mode's is the weights, which the model folder
+// holds: the CPU model's shard files leave it out too), as host arrays laid out from shard_.begin.
+OptimizerShard CudaTrainState::shard_moments(bool with_master) const {
+  const size_t n = shard_.size();
+  const bool master = with_master && weights_.is_bf16();
+  if (offloaded()) return {&group_, shard_, host_m_.data(), host_v_.data(), master ? host_master_.data() : nullptr};
+  moment_copies_.resize((master ? 3 : 2) * n);
+  download(buffers_.adam_m, n, moment_copies_.data(), stream_);
+  download(buffers_.adam_v, n, moment_copies_.data() + n, stream_);
+  if (master) download(buffers_.master, n, moment_copies_.data() + 2 * n, stream_);
+  return {&group_, shard_, moment_copies_.data(), moment_copies_.data() + n,
+          master ? moment_copies_.data() + 2 * n : nullptr};
+}
+
+// Offloaded: read into the host arrays in place. On the device: through host staging, a chunk of
+// the range at a time (kOffloadChunk elements, so that a 7B model's moments need no whole host copy).
+// A bf16 master found in the files (a sharded bf16 run's) replaces the one the weights file gave.
+void CudaTrainState::load_optimizer_state(const std::vector<const SafetensorsFile*>& files) {
+  const bool master = weights_.is_bf16();
+  bool master_read = false;
+  long step = 0;
+  if (offloaded()) {
+    step = read_optimizer_range(files, {&group_, shard_, host_m_.data(), host_v_.data(), master ? host_master_.data() : nullptr},
+                                &master_read);
+  } else {
+    std::vector<float> staging;
+    size_t begin = shard_.begin;
+    do {
+      const ElementRange chunk{begin, std::min(shard_.end, begin + kOffloadChunk)};
+      const size_t n = chunk.size(), at = begin - shard_.begin;
+      staging.resize(3 * n);
+      step = read_optimizer_range(files, {&group_, chunk, staging.data(), staging.data() + n,
+                                          master ? staging.data() + 2 * n : nullptr}, &master_read);
+      upload(staging.data(), n, buffers_.adam_m + at, stream_);
+      upload(staging.data() + n, n, buffers_.adam_v + at, stream_);
+      if (master_read) upload(staging.data() + 2 * n, n, buffers_.master + at, stream_);
+      begin = chunk.end;
+    } while (begin < shard_.end);
   }
   step_ = step;
+  if (master_read) publish();
 }
 
 }  // namespace zn::model

@@ -8,6 +8,12 @@
 //   f32 values in f32 mode, a device buffer in bf16 mode, or, with offload_optimizer, host memory
 //   together with the moments (ZeRO-Offload's split: the device keeps what the kernels read and
 //   the gradients). A step writes the weights. Parameters outside the group are frozen.
+//   Sharded (ZeRO, zero_shard.h: the CPU model's ranges, so shard files interchange), it holds
+//   the moments and in bf16 mode the master of its element range of the group only (on the
+//   device, or on the host with offload_optimizer, where only that range's gradients come down
+//   and its new weights go up), steps that range with the same AdamW kernels, and names the
+//   weight runs the ranks then all-gather (weight_segments). The gradient buffer stays whole on
+//   the device: the backward accumulates every micro-batch into it.
 // Device memory comes from the model's one arena (pieces handed in); every copy runs on the
 // model's stream.
 #pragma once
@@ -23,6 +29,7 @@
 #include "model/optimizer_state.h"
 #include "model/parameters.h"
 #include "model/step_profile.h"
+#include "model/zero_shard.h"
 
 namespace zn::model {
 
@@ -64,6 +71,8 @@ class CudaWeights final : public WeightSource {
   // One parameter from host f32 values: f32 copied; bf16 rounded on the host (to nearest even, as
   // the device rounds) and a norm's values kept in f32 too. Waits for the copies.
   void assign(const ParameterSpec& p, const float* host);
+  // Elements [range.begin, range.end) of a parameter the same way, host[0] being element range.begin.
+  void assign_range(const ParameterSpec& p, ElementRange range, const float* host);
   void read(const ParameterSpec& p, float* host) const;  // widened to f32; waits
 
  private:
@@ -74,9 +83,10 @@ class CudaWeights final : public WeightSource {
 };
 
 // The train state's device buffers (laid out by the model's plan).
+// master and the moments hold the shard's range only when sharded.
 struct CudaTrainBuffers {
   float* master = nullptr;  // bf16 mode without offload_optimizer
-  float* grads = nullptr;
+  float* grads = nullptr;   // always the whole group
   float* adam_m = nullptr;  // without offload_optimizer
   float* adam_v = nullptr;
   double* grad_sum_of_squares = nullptr;
@@ -85,10 +95,11 @@ struct CudaTrainBuffers {
 
 class CudaTrainState final : public GradientSink {
  public:
-  // Host bytes with offload_optimizer: the f32 master, the two moments and the copy buffers.
-  static size_t offload_host_bytes(const ParameterGroup& group, Precision precision);
+  // Host bytes with offload_optimizer: the f32 master, the two moments (of the shard's range when
+  // sharded) and the copy buffers.
+  static size_t offload_host_bytes(const ParameterGroup& group, Precision precision, ShardSpec shard = {});
   CudaTrainState(const ParameterGroup& group, bool offload, CudaWeights& weights, CudaTrainBuffers buffers,
-                 CudaBackend& backend, cudaStream_t stream);
+                 CudaBackend& backend, cudaStream_t stream, ShardSpec shard = {});
   ~CudaTrainState() override;
 
   const ParameterGroup& group() const { return group_; }
@@ -101,26 +112,51 @@ class CudaTrainState final : public GradientSink {
   float* gradients() const { return buffers_.grads; }
   // The sum of the squared gradients (f64, copied back: the global norm of torch's
   // clip_grad_norm_ sums it over every trained group, and the host checks it is finite).
-  double grad_sum_of_squares() const;
+  // shard_only: over this rank's range alone (ZeRO stage 2, whose ranks hold only their range's
+  // summed gradient).
+  double grad_sum_of_squares(bool shard_only = false) const;
   // AdamW with the gradients clipped by the global norm sqrt(total_squares), on the device
   // (multi-tensor, the clipping coefficient computed there) or, offloaded, on the host; then the
-  // weights from the new master. A non-null profile gets each part's time added.
+  // weights from the new master. A non-null profile gets each part's time added. Sharded: this
+  // rank's range only.
   void step(const AdamWOptions& hp, double total_squares, StepProfile* profile = nullptr);
   long step() const { return step_; }
-  OptimizerMoments moments() const;  // host copies when the moments live on the device
+  OptimizerMoments moments() const;  // host copies when the moments live on the device; not sharded
+  // This rank's slices (host copies; with_master: bf16 mode's master too), for its shard file.
+  OptimizerShard shard_moments(bool with_master = true) const;
 
   void read_gradient(const ParameterSpec& p, float* host) const;
+  // The f32 master; sharded where the master is not whole here (bf16, or offloaded), the
+  // weights' values (the rounding in bf16 mode, as the CPU model's; the shard files carry the master).
   void read_master(const ParameterSpec& p, float* host) const;
-  // Offloaded: the host master of a parameter, which loading fills directly; else null.
+  // Offloaded and not sharded: the host master of a parameter, which loading fills directly; else null.
   float* host_master(const ParameterSpec& p) const;
-  void write_master(const ParameterSpec& p, const float* host);  // waits
-  void publish();  // the weights from the master (after loading)
+  // Loading: the parameter's whole f32 values into the master (sharded: its owned part, and the
+  // whole values into the weights). Waits.
+  void write_master(const ParameterSpec& p, const float* host);
+  void publish();  // the weights from the master (after loading; sharded: the owned part)
 
-  void load_optimizer_state(const std::string& path);
+  bool sharded() const { return spec_.count > 1; }
+  ElementRange shard() const { return shard_; }  // of the group's layout ([0, numel) when not sharded)
+  // The runs of the device weights the ranks all-gather after a sharded step.
+  std::vector<WeightSegment> weight_segments() const;
+  // The gradient buffer's per-rank counts (the reduce-scatter of ZeRO stage 2).
+  std::vector<size_t> gradient_shard_counts() const { return shard_counts(group_.numel(), spec_.count, {0, group_.numel()}); }
+
+  // The moments (and masters the files hold) of this rank's range from optimizer state files:
+  // one process's file, or every rank's shard files of a checkpoint, of any number of ranks.
+  void load_optimizer_state(const std::vector<const SafetensorsFile*>& files);
 
  private:
-  bool offloaded() const { return !host_master_.empty(); }
-  float* device_master(const ParameterSpec& p) const;  // on the device (null when offloaded)
+  bool offloaded() const { return offload_; }
+  // The master keeps every element of the group here (not sharded, or f32 on the device, where
+  // the master is the weights).
+  bool whole_master() const { return !sharded() || (!offloaded() && !weights_.is_bf16()); }
+  // The part of a member this rank owns, in the member's own element numbering (may be empty).
+  ElementRange owned(const ParameterSpec& p) const { return owned_part(group_, shard_, p); }
+  // Element `at` (owned) of a member's master: on the device (f32 mode: the weights), or offloaded on the host.
+  float* master_at(const ParameterSpec& p, size_t at) const;
+  size_t moment_index(const ParameterSpec& p, size_t at) const { return group_.offset(p) + at - shard_.begin; }
   void device_adamw(const AdamWOptions& hp);
   void offloaded_adamw(const AdamWOptions& hp, double norm, StepProfile* profile);
   void copy_norms_from_master();
@@ -130,10 +166,13 @@ class CudaTrainState final : public GradientSink {
   CudaTrainBuffers buffers_;
   CudaBackend& backend_;
   cudaStream_t stream_;
+  bool offload_;
+  ShardSpec spec_;
+  ElementRange shard_;  // of the group's layout (may be empty: a small group on many ranks)
   long step_ = 0;
-  HostFloats host_master_, host_m_, host_v_;  // offload_optimizer
+  HostFloats host_master_, host_m_, host_v_;  // offload_optimizer: the shard's range
   std::unique_ptr<OffloadStaging> staging_;
-  mutable std::vector<float> moment_copies_;  // moments(): both moments, downloaded
+  mutable std::vector<float> moment_copies_;  // moments(), shard_moments(): downloaded
 };
 
 }  // namespace zn::model

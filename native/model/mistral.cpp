@@ -385,25 +385,20 @@ std::vector<MistralModel::GradientBuffer> MistralModel::gradient_buffers() const
   return out;
 }
 
+// train_states() first: it refuses a model that is not trainable, naming what was asked.
 std::vector<std::vector<size_t>> MistralModel::gradient_shard_counts() const {
-  std::vector<std::vector<size_t>> out;
-  for (CpuTrainState* s : train_states("gradient shards")) out.push_back(s->gradient_shard_counts());
-  return out;
+  train_states("gradient shards");
+  return owners_.gradient_shard_counts();
 }
 
 double MistralModel::shard_grad_sum_of_squares() const {
-  double squares = 0;
-  for (const CpuTrainState* s : train_states("a shard's gradient norm")) squares += s->grad_sum_of_squares(true);
-  return squares;
+  train_states("a shard's gradient norm");
+  return owners_.shard_grad_sum_of_squares();
 }
 
 std::vector<WeightSegment> MistralModel::weight_segments() const {
-  std::vector<WeightSegment> out;
-  for (CpuTrainState* s : train_states("weight segments")) {
-    std::vector<WeightSegment> group = s->weight_segments();
-    out.insert(out.end(), group.begin(), group.end());
-  }
-  return out;
+  train_states("weight segments");
+  return owners_.weight_segments();
 }
 
 const float* MistralModel::master(const ParameterSpec& p) const {
@@ -545,20 +540,12 @@ void MistralModel::load_optimizer_state(const std::string& path) {
 
 void MistralModel::save_optimizer_shard(const std::string& path) const {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  std::vector<OptimizerShard> groups;
-  for (CpuTrainState* s : train_states("saving optimizer state")) groups.push_back(s->shard_moments());
-  write_optimizer_shard(path, groups, optimizer_step(), options_.shard);
+  owners_.save_optimizer_shard(path, options_.shard);
 }
 
 void MistralModel::load_optimizer_state(const std::vector<std::string>& paths) {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  std::vector<std::unique_ptr<SafetensorsFile>> opened;
-  std::vector<const SafetensorsFile*> files;
-  for (const std::string& path : paths) {
-    opened.push_back(std::make_unique<SafetensorsFile>(path));
-    files.push_back(opened.back().get());
-  }
-  for (CpuTrainState* s : train_states("loading optimizer state")) s->load_optimizer_state(files);
+  owners_.load_optimizer_files(paths);
 }
 
 

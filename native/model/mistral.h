@@ -60,7 +60,8 @@ struct ModelOptions {
   bool dense_embedding_gradient = false;
   // ZeRO (zero_shard.h): this process's rank among `shard.count` data-parallel ranks that shard
   // every trained group's optimizer state (AdamW moments, and the f32 master in bf16 mode) by
-  // element ranges. CPU model only; count 1: not sharded.
+  // element ranges, on the CPU and GPU models alike (the GPU model's on the device, or on the host
+  // with offload_optimizer); count 1: not sharded.
   ShardSpec shard;
   // Time each optimizer step's parts (step_profile.h; the bench's recipe steps ask for it); off,
   // a step reads no clock and records no event.

@@ -216,10 +216,11 @@ void plan_step(const MistralConfig& c, const ModelOptions& o, void* base, CudaBu
 
 // A parameter table's weights (CudaWeights) and, for its trained group, the train state's
 // device buffers (CudaTrainState): the f32 master of a bf16 model that steps on the device, the
-// gradients and the moments. Adds the bytes to the plan's categories.
+// gradients and the moments. Adds the bytes to the plan's categories. ZeRO (o.shard): the master
+// and the moments of this rank's range only; the gradients stay whole.
 void take_parameters(const std::vector<ParameterSpec>& table, size_t trained, const ModelOptions& o,
                      DeviceArena& arena, CudaWeightBuffers& weights, CudaTrainBuffers& train, MemoryPlan& plan) {
-  const size_t params = parameter_count(table);
+  const size_t params = parameter_count(table), owned = shard_range(trained, o.shard).size();
   const bool bf16_mode = o.precision == Precision::BF16, moments_here = o.trainable && !offloads(o);
   size_t mark = arena.used();
   auto close_section = [&](size_t& bytes) {
@@ -229,12 +230,12 @@ void take_parameters(const std::vector<ParameterSpec>& table, size_t trained, co
   weights.f32_values = bf16_mode ? nullptr : arena.take<float>(params);
   weights.bf16_values = bf16_mode ? arena.take<bf16>(params) : nullptr;
   weights.norms = bf16_mode ? arena.take<float>(norm_slots(table, nullptr)) : nullptr;
-  train.master = bf16_mode && moments_here ? arena.take<float>(trained) : nullptr;
+  train.master = bf16_mode && moments_here ? arena.take<float>(owned) : nullptr;
   close_section(plan.weights);
   train.grads = o.trainable ? arena.take<float>(trained) : nullptr;
   close_section(plan.grads);
-  train.adam_m = moments_here ? arena.take<float>(trained) : nullptr;
-  train.adam_v = moments_here ? arena.take<float>(trained) : nullptr;
+  train.adam_m = moments_here ? arena.take<float>(owned) : nullptr;
+  train.adam_v = moments_here ? arena.take<float>(owned) : nullptr;
   close_section(plan.optimizer);
 }
 
@@ -257,8 +258,8 @@ MemoryPlan layout(const MistralConfig& c, const ModelOptions& o, char* base, Cud
   plan.activations = b.step.bytes(BufferCategory::Activations);
   plan.logits_chunks = b.step.bytes(BufferCategory::Workspaces);
   if (offloads(o)) {
-    plan.host = CudaTrainState::offload_host_bytes(trained, o.precision);
-    if (lora) plan.host += CudaTrainState::offload_host_bytes(ParameterGroup(lora->parameters()), o.precision);
+    plan.host = CudaTrainState::offload_host_bytes(trained, o.precision, o.shard);
+    if (lora) plan.host += CudaTrainState::offload_host_bytes(ParameterGroup(lora->parameters()), o.precision, o.shard);
   }
   return plan;
 }
@@ -332,13 +333,13 @@ CudaMistralModel::CudaMistralModel(const MistralConfig& config, const ModelOptio
     o.weights = std::make_unique<CudaWeights>(o.params, buf_->weights, stream_);
     if (options_.trainable && o.trained->numel() > 0) {
       o.state = std::make_unique<CudaTrainState>(*o.trained, offloads(options_), *o.weights, buf_->train, backend_,
-                                                 stream_);
+                                                 stream_, options_.shard);
     }
     if (o.lora) {
       o.adapter_weights = std::make_unique<CudaWeights>(o.lora->parameters(), buf_->adapter_weights, stream_);
       if (options_.trainable) {
         o.adapter_state = std::make_unique<CudaTrainState>(*o.adapter_group, offloads(options_), *o.adapter_weights,
-                                                           buf_->adapter_train, backend_, stream_);
+                                                           buf_->adapter_train, backend_, stream_, options_.shard);
       }
     }
     o.link();
@@ -507,8 +508,20 @@ void CudaMistralModel::save_optimizer_state(const std::string& path) const {
 }
 
 void CudaMistralModel::load_optimizer_state(const std::string& path) {
+  load_optimizer_state(std::vector<std::string>{path});
+}
+
+void CudaMistralModel::save_optimizer_shard(const std::string& path) const {
   ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
-  for (CudaTrainState* s : train_states("loading optimizer state")) s->load_optimizer_state(path);
+  use_device();
+  owners_.save_optimizer_shard(path, options_.shard);
+}
+
+void CudaMistralModel::load_optimizer_state(const std::vector<std::string>& paths) {
+  ZN_CHECK(options_.trainable, "model: a frozen model has no optimizer state");
+  use_device();
+  owners_.load_optimizer_files(paths);
+  sync();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,29 +771,80 @@ void CudaMistralModel::zero_grad() {
 
 // One global norm over every trained group, as torch's clip_grad_norm_ over the trainable
 // parameters, then each group's step with the same clipping.
-void CudaMistralModel::all_reduce_gradients(parallel::NcclCommunicator& communicator) {
-  const std::vector<CudaTrainState*> states = train_states("allReduceGradients()");
-  ZN_CHECK(communicator.device() == device_, "allReduceGradients: the communicator is on GPU ", communicator.device(),
+void CudaMistralModel::check_communicator(const parallel::NcclCommunicator& communicator, const char* what) const {
+  ZN_CHECK(communicator.device() == device_, what, ": the communicator is on GPU ", communicator.device(),
            " and the model on GPU ", device_);
   use_device();
+}
+
+void CudaMistralModel::all_reduce_gradients(parallel::NcclCommunicator& communicator) {
+  const std::vector<CudaTrainState*> states = train_states("allReduceGradients()");
+  check_communicator(communicator, "allReduceGradients");
   for (CudaTrainState* s : states)
     communicator.all_reduce_sum(s->gradients(), s->group().numel(), stream_, "the gradient all-reduce");
 }
 
 double CudaMistralModel::clip_and_step(const AdamWOptions& hp) {
   const std::vector<CudaTrainState*> states = train_states("an optimizer step");
+  StepTimer timer(options_.profile_steps);
+  double squares = 0;
+  for (const CudaTrainState* s : states) squares += s->grad_sum_of_squares();  // each waits for its sum
+  return step_clipped(hp, squares, timer);
+}
+
+double CudaMistralModel::clip_and_step(const AdamWOptions& hp, double grad_sum_of_squares) {
+  StepTimer timer(options_.profile_steps);
+  return step_clipped(hp, grad_sum_of_squares, timer);
+}
+
+double CudaMistralModel::step_clipped(const AdamWOptions& hp, double squares, StepTimer& timer) {
+  const std::vector<CudaTrainState*> states = train_states("an optimizer step");
   validate_adamw(hp);
   profile_ = {};
   StepProfile* profile = options_.profile_steps ? &profile_ : nullptr;
-  StepTimer timer(profile != nullptr);
-  double squares = 0;
-  for (const CudaTrainState* s : states) squares += s->grad_sum_of_squares();  // each waits for its sum
   const double norm = std::sqrt(squares);
   check_grad_norm(norm);
   timer.lap(profile ? &profile->clip : nullptr);
   for (CudaTrainState* s : states) s->step(hp, squares, profile);
   profiled_ = profile != nullptr;
   return norm;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ZeRO (zero_shard.h) on GPU ranks
+
+// train_states() first: it refuses a model that is not trainable and makes the model's GPU current.
+std::vector<std::vector<size_t>> CudaMistralModel::gradient_shard_counts() const {
+  train_states("gradient shards");
+  return owners_.gradient_shard_counts();
+}
+
+double CudaMistralModel::shard_grad_sum_of_squares() const {
+  train_states("a shard's gradient norm");
+  return owners_.shard_grad_sum_of_squares();
+}
+
+void CudaMistralModel::reduce_scatter_gradients(parallel::NcclCommunicator& communicator) {
+  const std::vector<CudaTrainState*> states = train_states("reduceScatterGradients()");
+  check_communicator(communicator, "reduceScatterGradients");
+  ZN_CHECK(communicator.size() == options_.shard.count, "reduceScatterGradients: the communicator has ",
+           communicator.size(), " ranks and the model is sharded ", options_.shard.count, " ways");
+  for (CudaTrainState* s : states)
+    communicator.reduce_scatter_sum(s->gradients(), s->gradient_shard_counts(), stream_, "the gradient reduce-scatter");
+}
+
+void CudaMistralModel::all_gather_weights(parallel::NcclCommunicator& communicator) {
+  check_communicator(communicator, "allGatherWeights");
+  ZN_CHECK(communicator.size() == options_.shard.count, "allGatherWeights: the communicator has ", communicator.size(),
+           " ranks and the model is sharded ", options_.shard.count, " ways");
+  for (const WeightSegment& w : weight_segments())
+    communicator.all_gather(w.data, w.bf16 ? parallel::NcclElement::BF16 : parallel::NcclElement::F32, w.counts, stream_,
+                            "the updated weights all-gather");
+}
+
+std::vector<WeightSegment> CudaMistralModel::weight_segments() const {
+  train_states("weight segments");
+  return owners_.weight_segments();
 }
 
 }  // namespace zn::model

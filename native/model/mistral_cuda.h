@@ -93,9 +93,31 @@ class CudaMistralModel {
   // the device, or the host's with offload_optimizer) all see the sum.
   void all_reduce_gradients(parallel::NcclCommunicator& communicator);
   double clip_and_step(const AdamWOptions& hp);
+  // The same from the global sum of squared gradients given (ZeRO stage 2: the ranks' shard sums,
+  // summed across them); a sharded model steps its range.
+  double clip_and_step(const AdamWOptions& hp, double grad_sum_of_squares);
 
-  void save_optimizer_state(const std::string& path) const;
+  // ZeRO (options.shard, zero_shard.h), as the CPU model's: each trained group's gradient
+  // shard counts, the sum of squares of this rank's shard of the gradients, and the device
+  // weight runs the ranks all-gather after a sharded step.
+  std::vector<std::vector<size_t>> gradient_shard_counts() const;
+  double shard_grad_sum_of_squares() const;
+  std::vector<WeightSegment> weight_segments() const;
+  // ZeRO stage 2: every trained group's gradients reduce-scattered over NCCL, in place: this
+  // rank's range of the buffer then holds the ranks' sum (the rest keeps this rank's own
+  // gradients, which nothing reads). Waits.
+  void reduce_scatter_gradients(parallel::NcclCommunicator& communicator);
+  // ZeRO stages 1 and 2, after clip_and_step: each range's new weights from its owner to every
+  // rank over NCCL, in place on the device (weight_segments). Waits.
+  void all_gather_weights(parallel::NcclCommunicator& communicator);
+
+  void save_optimizer_state(const std::string& path) const;  // not sharded: one process's file
   void load_optimizer_state(const std::string& path);
+  // ZeRO: this rank's shard file (optimizer_state.h: the CPU model's format), and the moments of
+  // this rank's range from any set of optimizer state files (one process's file, or the shard
+  // files of any rank count, written by either model).
+  void save_optimizer_shard(const std::string& path) const;
+  void load_optimizer_state(const std::vector<std::string>& paths);
 
   // Generation, as the CPU model's (mistral.h): the KvCache (in the activation dtype) and the
   // per-call arrays live in one device allocation of their own beside the arena.
@@ -123,6 +145,9 @@ class CudaMistralModel {
   void last_row_logits(const int32_t* cu_seqlens, int n, float* logits);
   KvCache& cache(const char* what) const;  // throws naming `what` before start_generation
   void free_generation();
+  double step_clipped(const AdamWOptions& hp, double grad_sum_of_squares, StepTimer& timer);
+  // The communicator is on this model's GPU (else throws naming `what`).
+  void check_communicator(const parallel::NcclCommunicator& communicator, const char* what) const;
 
   MistralConfig config_;
   ModelOptions options_;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 
 #include "core/errors.h"
 #include "model/safetensors.h"
@@ -109,6 +110,17 @@ long read_optimizer_range(const std::vector<const SafetensorsFile*>& files, cons
   ZN_CHECK(masters == 0 || masters == wanted, "model: the optimizer state files hold the f32 master of some parameters only");
   if (master_read) *master_read = masters > 0;
   return step;
+}
+
+void with_optimizer_files(const std::vector<std::string>& paths,
+                          const std::function<void(const std::vector<const SafetensorsFile*>&)>& read) {
+  std::vector<std::unique_ptr<SafetensorsFile>> opened;
+  std::vector<const SafetensorsFile*> files;
+  for (const std::string& path : paths) {
+    opened.push_back(std::make_unique<SafetensorsFile>(path));
+    files.push_back(opened.back().get());
+  }
+  read(files);
 }
 
 void write_optimizer_state(const std::string& path, const std::vector<OptimizerMoments>& groups, long step) {

@@ -10,6 +10,7 @@
 // from any set of such files (one process's file, or N ranks' shard files, for any N'), checking
 // that every element of the range is found exactly once and that the files agree on the step.
 #pragma once
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,11 @@ void write_optimizer_shard(const std::string& path, const std::vector<OptimizerS
 // the files held the master of the range (bf16 shard files).
 long read_optimizer_range(const std::vector<const SafetensorsFile*>& files, const OptimizerShardTarget& target,
                           bool* master_read);
+
+// Opens every file of `paths` (safetensors, kept open while `read` runs) and hands them to `read`:
+// the models' load_optimizer_state over any set of optimizer state files.
+void with_optimizer_files(const std::vector<std::string>& paths,
+                          const std::function<void(const std::vector<const SafetensorsFile*>&)>& read);
 
 // Writes the file (atomically) holding every group's members (a frozen parameter has no moments
 // and no tensors in the file).

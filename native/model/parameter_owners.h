@@ -12,6 +12,7 @@
 #include "core/errors.h"
 #include "model/decoder.h"
 #include "model/lora.h"
+#include "model/optimizer_state.h"
 #include "model/parameters.h"
 
 namespace zn::model {
@@ -76,6 +77,41 @@ struct ParameterOwners {
   long optimizer_step() const {
     const State* s = state ? state.get() : adapter_state.get();
     return s ? s->step() : 0;
+  }
+
+  // ZeRO on both devices, over every state in order (the base's, then the adapters'): each
+  // gradient buffer's per-rank counts, the sum of squares of this rank's shard of the gradients,
+  // and the weight runs the ranks all-gather after a sharded step.
+  std::vector<std::vector<size_t>> gradient_shard_counts() const {
+    std::vector<std::vector<size_t>> out;
+    for (const State* s : states()) out.push_back(s->gradient_shard_counts());
+    return out;
+  }
+  double shard_grad_sum_of_squares() const {
+    double squares = 0;
+    for (const State* s : states()) squares += s->grad_sum_of_squares(true);
+    return squares;
+  }
+  std::vector<WeightSegment> weight_segments() const {
+    std::vector<WeightSegment> out;
+    for (State* s : states()) {
+      std::vector<WeightSegment> group = s->weight_segments();
+      out.insert(out.end(), group.begin(), group.end());
+    }
+    return out;
+  }
+
+  // ZeRO's optimizer files, the same on both devices: this rank's shard file of every state, and
+  // every state's range from any set of optimizer state files (optimizer_state.h).
+  void save_optimizer_shard(const std::string& path, ShardSpec shard) const {
+    std::vector<OptimizerShard> groups;
+    for (const State* s : states()) groups.push_back(s->shard_moments());
+    write_optimizer_shard(path, groups, optimizer_step(), shard);
+  }
+  void load_optimizer_files(const std::vector<std::string>& paths) const {
+    with_optimizer_files(paths, [this](const std::vector<const SafetensorsFile*>& files) {
+      for (State* s : states()) s->load_optimizer_state(files);
+    });
   }
 
   // A training forward's lora_dropout draw (null without dropout): the next micro-batch of the

@@ -8,16 +8,22 @@
 // kernels/cpu/adamw.h) and its per-parameter hyperparameters (weight decay) are applied parameter
 // by parameter over the owned part of each.
 //
-// The rank holds AdamW's moments (and in bf16 mode the f32 master) of its range only; the
-// gradients and the weights the kernels read stay whole on every rank. After the step the owner of
-// each range sends its new weights to the others (an all-gather in place, MPI_Allgatherv), so every
-// rank's weights stay those of one process.
+// The rank holds AdamW's moments (and in bf16 mode the f32 master) of its range only, on the CPU
+// model (cpu_state.h) and on the GPU model alike (cuda_state.h: on the device, or on the host with
+// offload_optimizer), so shard files written by either resume on the other. The gradient buffers
+// and the weights the kernels read stay whole on every rank (ZeRO stage 2's reduce-scatter leaves
+// only the owned range summed, but the buffer the backward accumulates into is whole). After the
+// step the owner of each range sends its new weights to the others (an all-gather in place:
+// MPI_Allgatherv on CPU ranks, grouped NCCL broadcasts on GPU ranks), so every rank's weights stay
+// those of one process.
 #pragma once
 #include <algorithm>
 #include <cstddef>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/errors.h"
+#include "model/parameters.h"
 
 namespace zn::model {
 
@@ -63,6 +69,52 @@ inline std::vector<size_t> shard_counts(size_t total, int count, ElementRange wi
   std::vector<size_t> counts(static_cast<size_t>(count));
   for (int r = 0; r < count; ++r) counts[size_t(r)] = intersect(shard_range(total, {r, count}), within).size();
   return counts;
+}
+
+// One contiguous run of a model's weights that the ranks all-gather in place after a sharded step:
+// `count` elements (f32, or bf16 bits) at `data` (host memory on the CPU model, device memory on
+// the GPU model), of which rank r owns counts[r], rank after rank.
+struct WeightSegment {
+  void* data = nullptr;
+  size_t count = 0;
+  bool bf16 = false;
+  std::vector<size_t> counts;
+};
+
+// The weight runs a group sharded `count` ways all-gathers: each run of members laid end to end
+// both in the group and in the weights (the whole table in one run when nothing is frozen) at
+// `weights` (the table's f32 values, or its bf16 bits), then bf16 mode's f32 norm weights beside
+// their rounding (norm_of(p): a norm's f32 values, null for any other parameter).
+template <class NormOf>
+std::vector<WeightSegment> group_weight_segments(const ParameterGroup& group, int count, void* weights, bool bf16,
+                                                 NormOf norm_of) {
+  std::vector<WeightSegment> out;
+  const size_t total = group.numel();
+  char* base = static_cast<char*>(weights);
+  const size_t width = bf16 ? sizeof(zn::bf16) : sizeof(float);
+  const std::vector<const ParameterSpec*>& members = group.members();
+  for (size_t i = 0; i < members.size();) {
+    size_t j = i + 1;
+    while (j < members.size() && members[j]->offset == members[j - 1]->offset + members[j - 1]->numel) ++j;
+    const size_t begin = group.offset(*members[i]);
+    const size_t end = group.offset(*members[j - 1]) + members[j - 1]->numel;
+    out.push_back({base + members[i]->offset * width, end - begin, bf16, shard_counts(total, count, {begin, end})});
+    i = j;
+  }
+  for (const ParameterSpec* p : members) {
+    if (float* norm = norm_of(*p)) {
+      const size_t at = group.offset(*p);
+      out.push_back({norm, p->numel, false, shard_counts(total, count, {at, at + p->numel})});
+    }
+  }
+  return out;
+}
+
+// The part of a group member that a rank owns, in the member's own element numbering (may be empty).
+inline ElementRange owned_part(const ParameterGroup& group, ElementRange shard, const ParameterSpec& p) {
+  const size_t at = group.offset(p);
+  const ElementRange part = intersect({at, at + p.numel}, shard);
+  return {part.begin - at, part.end - at};
 }
 
 }  // namespace zn::model

@@ -42,6 +42,10 @@ struct NcclApi {
   decltype(&ncclCommInitRankConfig) init_rank_config = nullptr;
   decltype(&ncclCommGetAsyncError) get_async_error = nullptr;
   decltype(&ncclAllReduce) all_reduce = nullptr;
+  decltype(&ncclReduce) reduce = nullptr;
+  decltype(&ncclBroadcast) broadcast = nullptr;
+  decltype(&ncclGroupStart) group_start = nullptr;
+  decltype(&ncclGroupEnd) group_end = nullptr;
   decltype(&ncclCommFinalize) finalize = nullptr;
   decltype(&ncclCommDestroy) destroy = nullptr;
   decltype(&ncclCommAbort) abort = nullptr;
@@ -84,6 +88,10 @@ NcclApi load() {
   resolve(library, api.file, "ncclCommInitRankConfig", api.init_rank_config);
   resolve(library, api.file, "ncclCommGetAsyncError", api.get_async_error);
   resolve(library, api.file, "ncclAllReduce", api.all_reduce);
+  resolve(library, api.file, "ncclReduce", api.reduce);
+  resolve(library, api.file, "ncclBroadcast", api.broadcast);
+  resolve(library, api.file, "ncclGroupStart", api.group_start);
+  resolve(library, api.file, "ncclGroupEnd", api.group_end);
   resolve(library, api.file, "ncclCommFinalize", api.finalize);
   resolve(library, api.file, "ncclCommDestroy", api.destroy);
   resolve(library, api.file, "ncclCommAbort", api.abort);
@@ -212,19 +220,19 @@ void NcclCommunicator::wait_ready(const std::string& what, double deadline) {
   }
 }
 
-void NcclCommunicator::all_reduce_sum(float* data, size_t count, cudaStream_t stream, const std::string& what) {
+template <class Collective>
+void NcclCommunicator::run(cudaStream_t stream, const std::string& what, const char* call, Collective collective) {
   std::lock_guard<std::mutex> lock(calls_);
   ZN_CHECK(comm_, who(), ": ", what, ": the communicator was aborted by an earlier error");
-  if (count == 0) return;
   const NcclApi& api = nccl();
   ZN_CUDA_CHECK(cudaSetDevice(device_));
   const double deadline = now_seconds() + timeout_seconds_;
-  // In place (sendbuff == recvbuff), queued on `stream` after the backward that wrote `data`.
-  const ncclResult_t result = api.all_reduce(data, data, count, ncclFloat32, ncclSum, comm_, stream);
+  // Queued on `stream` after the work that wrote the data (in place: sendbuff == recvbuff).
+  const ncclResult_t result = collective(api);
   if (result != ncclSuccess && result != ncclInProgress) {
-    abort_with(what + ": ncclAllReduce failed: " + result_text(result) + ": " + api.last_error(comm_));
+    abort_with(what + ": " + call + " failed: " + result_text(result) + ": " + api.last_error(comm_));
   }
-  wait_ready(what + " (queueing ncclAllReduce)", deadline);  // a non-blocking call may still be queueing
+  wait_ready(what + " (queueing " + call + ")", deadline);  // a non-blocking call may still be queueing
   ZN_CUDA_CHECK(cudaEventRecord(done_, stream));
   for (;;) {
     const cudaError_t status = cudaEventQuery(done_);
@@ -238,6 +246,56 @@ void NcclCommunicator::all_reduce_sum(float* data, size_t count, cudaStream_t st
     }
     pause();
   }
+}
+
+void NcclCommunicator::all_reduce_sum(float* data, size_t count, cudaStream_t stream, const std::string& what) {
+  if (count == 0) return;
+  run(stream, what, "ncclAllReduce", [&](const NcclApi& api) {
+    return api.all_reduce(data, data, count, ncclFloat32, ncclSum, comm_, stream);
+  });
+}
+
+namespace {
+
+// One call per rank with a non-empty range inside ncclGroupStart/End; `each(r, offset, count)`
+// queues rank r's. Returns the first failure (ncclGroupEnd is called after one, to close the group).
+template <class Each>
+ncclResult_t grouped(const NcclApi& api, const std::vector<size_t>& counts, Each each) {
+  ncclResult_t result = api.group_start();
+  if (result != ncclSuccess) return result;
+  size_t offset = 0;
+  for (size_t r = 0; r < counts.size(); offset += counts[r], ++r) {
+    if (counts[r] == 0) continue;  // every rank skips the same ranks: the counts are the same everywhere
+    result = each(int(r), offset, counts[r]);
+    if (result != ncclSuccess && result != ncclInProgress) break;
+  }
+  const ncclResult_t ended = api.group_end();
+  return result != ncclSuccess && result != ncclInProgress ? result : ended;
+}
+
+}  // namespace
+
+void NcclCommunicator::reduce_scatter_sum(float* data, const std::vector<size_t>& counts, cudaStream_t stream,
+                                          const std::string& what) {
+  ZN_CHECK(counts.size() == size_t(size_), who(), ": ", what, ": ", counts.size(), " ranges for ", size_, " ranks");
+  run(stream, what, "ncclReduce (grouped)", [&](const NcclApi& api) {
+    return grouped(api, counts, [&](int root, size_t offset, size_t count) {
+      return api.reduce(data + offset, data + offset, count, ncclFloat32, ncclSum, root, comm_, stream);
+    });
+  });
+}
+
+void NcclCommunicator::all_gather(void* data, NcclElement element, const std::vector<size_t>& counts,
+                                  cudaStream_t stream, const std::string& what) {
+  ZN_CHECK(counts.size() == size_t(size_), who(), ": ", what, ": ", counts.size(), " ranges for ", size_, " ranks");
+  const ncclDataType_t type = element == NcclElement::BF16 ? ncclBfloat16 : ncclFloat32;
+  const size_t width = element == NcclElement::BF16 ? 2 : sizeof(float);
+  char* bytes = static_cast<char*>(data);
+  run(stream, what, "ncclBroadcast (grouped)", [&](const NcclApi& api) {
+    return grouped(api, counts, [&](int root, size_t offset, size_t count) {
+      return api.broadcast(bytes + offset * width, bytes + offset * width, count, type, root, comm_, stream);
+    });
+  });
 }
 
 #else  // built without nccl.h
@@ -257,6 +315,12 @@ NcclCommunicator::NcclCommunicator(const NcclUniqueId&, int rank, int size, int 
 }
 NcclCommunicator::~NcclCommunicator() = default;
 void NcclCommunicator::all_reduce_sum(float*, size_t, cudaStream_t, const std::string&) { not_built(); }
+void NcclCommunicator::reduce_scatter_sum(float*, const std::vector<size_t>&, cudaStream_t, const std::string&) {
+  not_built();
+}
+void NcclCommunicator::all_gather(void*, NcclElement, const std::vector<size_t>&, cudaStream_t, const std::string&) {
+  not_built();
+}
 
 #endif
 

@@ -93,6 +93,7 @@ void run_benchmarks(Report& report, cudaStream_t stream, const std::string& only
 void run_model_checks(Report& report, const std::string& only, bool quick);
 // The same with frozen parameters (a trained parameter group short of the table).
 void run_frozen_checks(Report& report, const std::string& only);
+void run_zero_checks(Report& report, const std::string& only);
 // LoRA adapters trained on both devices (check_model.cpp, "lora").
 void run_lora_checks(Report& report, const std::string& only);
 // The CPU and CUDA models' generation (KvCache extend calls) side by side (check_model.cpp).

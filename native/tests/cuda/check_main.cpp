@@ -250,6 +250,7 @@ int main(int argc, char** argv) {
   if (checks) check::run_op_checks(report, stream, only, quick);
   if (checks) check::run_model_checks(report, only, quick);
   if (checks) check::run_frozen_checks(report, only);
+  if (checks) check::run_zero_checks(report, only);
   if (checks) check::run_lora_checks(report, only);
   if (checks) check::run_lora_plan(report, only);
   if (checks) check::run_generation_checks(report, only);

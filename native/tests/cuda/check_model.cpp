@@ -894,6 +894,167 @@ void run_lora_checks(Report& report, const std::string& only) {
   unsetenv("ZN_OFFLOAD_CHUNK");
 }
 
+// ZeRO on the GPU model (zero_shard.h), two ranks emulated in one process: models sharded {0,2}
+// and {1,2} take the same batches as an unsharded model (so each holds what the gradient
+// all-reduce would give every rank), each steps its range (after the first step, before the
+// copy, exactly its own ranges of the weights have moved), and the owners' ranges of the device
+// weights are then copied to the other model (what the NCCL all-gather does). After two steps
+// each sharded model's device weights (f32; or the bf16 rounding and the f32 norms) equal the
+// unsharded model's bit for bit, and so do the log-probs and grad norms on the way; the shard
+// sums of squares add up to the whole sum (ZeRO stage 2's grad norm, to rounding). The two shard
+// files then load into a CPU model and into an unsharded GPU model, whose optimizer state (and
+// bf16 master) equals the unsharded GPU model's bit for bit.
+std::vector<std::vector<unsigned char>> device_weights(const CudaMistralModel& m) {
+  std::vector<std::vector<unsigned char>> out;
+  for (const model::WeightSegment& w : m.weight_segments()) {
+    out.emplace_back(w.count * (w.bf16 ? sizeof(bf16) : sizeof(float)));
+    ZN_CUDA_CHECK(cudaMemcpy(out.back().data(), w.data, out.back().size(), cudaMemcpyDeviceToHost));
+  }
+  return out;
+}
+
+// Emulated all-gather: each range of `from`'s device weights that `from` owns, into `to`'s.
+void copy_owned_weights(const CudaMistralModel& from, const CudaMistralModel& to) {
+  const std::vector<model::WeightSegment> src = from.weight_segments(), dst = to.weight_segments();
+  const int rank = from.options().shard.rank;
+  for (size_t i = 0; i < src.size(); ++i) {
+    const size_t width = src[i].bf16 ? sizeof(bf16) : sizeof(float);
+    size_t offset = 0;
+    for (int r = 0; r < rank; ++r) offset += src[i].counts[size_t(r)];
+    ZN_CUDA_CHECK(cudaMemcpy(static_cast<char*>(dst[i].data) + offset * width,
+                             static_cast<const char*>(src[i].data) + offset * width, src[i].counts[size_t(rank)] * width,
+                             cudaMemcpyDeviceToDevice));
+  }
+}
+
+size_t differing_bytes(const std::vector<std::vector<unsigned char>>& a, const std::vector<std::vector<unsigned char>>& b) {
+  if (a.size() != b.size()) return 1;
+  size_t differing = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    differing += a[i].size() != b[i].size() || std::memcmp(a[i].data(), b[i].data(), a[i].size()) != 0;
+  return differing;
+}
+
+// How many ranges of a sharded model's device weights break "only the owned ranges moved": an
+// owned range equal to `before`, or another rank's range that differs from it (before the all-gather).
+size_t ranges_out_of_place(const CudaMistralModel& m, const std::vector<std::vector<unsigned char>>& before) {
+  const std::vector<model::WeightSegment> segments = m.weight_segments();
+  const std::vector<std::vector<unsigned char>> after = device_weights(m);
+  size_t wrong = 0;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const size_t width = segments[i].bf16 ? sizeof(bf16) : sizeof(float);
+    size_t offset = 0;
+    for (size_t r = 0; r < segments[i].counts.size(); offset += segments[i].counts[r], ++r) {
+      const size_t bytes = segments[i].counts[r] * width;
+      if (bytes == 0) continue;
+      const bool moved = std::memcmp(before[i].data() + offset * width, after[i].data() + offset * width, bytes) != 0;
+      wrong += moved != (int(r) == m.options().shard.rank);
+    }
+  }
+  return wrong;
+}
+
+size_t differing_tensors(const std::string& a_path, const std::string& b_path) {
+  SafetensorsFile a(a_path), b(b_path);
+  size_t differing = a.tensors().size() == b.tensors().size() ? 0 : 1;
+  for (const StTensorInfo& t : a.tensors()) {
+    const StTensorInfo* u = b.find(t.name);
+    differing += !u || u->bytes() != t.bytes() || std::memcmp(a.data(t), b.data(*u), t.bytes()) != 0;
+  }
+  return differing;
+}
+
+void check_zero_case(Report& report, const MistralConfig& c, Precision precision, bool offload, const Batch& sft) {
+  const std::string what = std::string(precision == Precision::BF16 ? "bf16" : "f32") + (offload ? " offload" : "");
+  guarded(report, "zero", what, [&] {
+    TempFile weights(".safetensors"), whole_state(".st"), shard0(".st"), shard1(".st"), cpu_state(".st"), gpu_state(".st");
+    write_random_weights(c, weights.path);
+    ModelOptions options = model_options(precision, kMaxTokens, false, true, offload);
+    CudaMistralModel whole(c, options);
+    options.shard = {0, 2};
+    CudaMistralModel a(c, options);
+    options.shard = {1, 2};
+    CudaMistralModel b(c, options);
+    CudaMistralModel* models[] = {&whole, &a, &b};
+    for (CudaMistralModel* m : models) m->load_weights({weights.path});
+    std::vector<float> dlogp(sft.ids.size(), 0.0f);
+    for (size_t t = 0; t < dlogp.size(); ++t) dlogp[t] = sft.targets[t] != -100 ? -0.05f : 0.0f;
+    size_t logp_differing = 0, norm_differing = 0, weights_differing = 0, out_of_place = 0;
+    double squares_error = 0;
+    const auto initial = device_weights(whole);
+    for (int step = 0; step < 2; ++step) {
+      std::vector<std::vector<float>> logp(3, std::vector<float>(sft.ids.size()));
+      double norms[3], whole_squares = 0, shard_squares = 0;
+      for (int i = 0; i < 3; ++i) {
+        models[i]->zero_grad();
+        models[i]->forward_backward(sft.view(), dlogp.data(), logp[size_t(i)].data());
+        if (i > 0) shard_squares += models[i]->shard_grad_sum_of_squares();
+        norms[i] = models[i]->clip_and_step(kAdamW);
+      }
+      whole_squares = norms[0] * norms[0];
+      squares_error = std::max(squares_error, relative(shard_squares, whole_squares));
+      if (step == 0) out_of_place = ranges_out_of_place(a, initial) + ranges_out_of_place(b, initial);
+      copy_owned_weights(a, b);
+      copy_owned_weights(b, a);
+      const auto reference = device_weights(whole);
+      for (int i = 1; i < 3; ++i) {
+        logp_differing += std::memcmp(logp[0].data(), logp[size_t(i)].data(), logp[0].size() * sizeof(float)) != 0;
+        norm_differing += norms[0] != norms[i];
+        weights_differing += differing_bytes(reference, device_weights(*models[i]));
+      }
+    }
+    report.compare("zero", what + ": shards {0,2},{1,2} vs unsharded, 2 steps: log-probs differing", "bits",
+                   double(logp_differing), 0.0);
+    report.compare("zero", what + ": grad norms differing", "bits", double(norm_differing), 0.0);
+    report.compare("zero", what + ": first step, weight ranges moved that a rank does not own (or owned ones not)", "count",
+                   double(out_of_place), 0.0);
+    report.compare("zero", what + ": device weight runs differing after the emulated all-gather", "bits",
+                   double(weights_differing), 0.0);
+    report.compare("zero", what + ": sum of the shards' sums of squares vs the whole (stage 2's norm)", "rel",
+                   squares_error, 1e-12);
+
+    whole.save_optimizer_state(whole_state.path);
+    a.save_optimizer_shard(shard0.path);
+    b.save_optimizer_shard(shard1.path);
+    MistralModel cpu(c, model_options(precision, kMaxTokens, false, true));
+    cpu.load_weights({weights.path});
+    cpu.load_optimizer_state(std::vector<std::string>{shard0.path, shard1.path});
+    cpu.save_optimizer_state(cpu_state.path);
+    CudaMistralModel gpu(c, model_options(precision, kMaxTokens, false, true, offload));
+    gpu.load_weights({weights.path});
+    gpu.load_optimizer_state(std::vector<std::string>{shard0.path, shard1.path});
+    gpu.save_optimizer_state(gpu_state.path);
+    report.compare("zero", what + ": GPU shard files -> CPU model: moments differing from unsharded", "bits",
+                   double(differing_tensors(whole_state.path, cpu_state.path)), 0.0);
+    report.compare("zero", what + ": GPU shard files -> unsharded GPU model: moments differing", "bits",
+                   double(differing_tensors(whole_state.path, gpu_state.path)), 0.0);
+    report.compare("zero", what + ": step read from the shard files", "1",
+                   std::fabs(double(cpu.optimizer_step()) - 2.0) + std::fabs(double(gpu.optimizer_step()) - 2.0), 0.0);
+    if (precision == Precision::BF16) {  // the f32 master travels in bf16 shard files
+      const auto want = read_all(whole, false), from_cpu = read_all(cpu, false), from_gpu = read_all(gpu, false);
+      size_t differing = 0;
+      for (size_t p = 0; p < want.size(); ++p) {
+        differing += std::memcmp(want[p].data(), from_cpu[p].data(), want[p].size() * sizeof(float)) != 0;
+        differing += std::memcmp(want[p].data(), from_gpu[p].data(), want[p].size() * sizeof(float)) != 0;
+      }
+      report.compare("zero", what + ": f32 master from the shard files (CPU and GPU) vs unsharded", "bits",
+                     double(differing), 0.0);
+    }
+  });
+}
+
+void run_zero_checks(Report& report, const std::string& only) {
+  if (std::string("zero").rfind(only, 0) != 0) return;
+  std::printf("\n== ZeRO checks (CudaMistralModel sharded {0,2} and {1,2} vs unsharded, and shard files)\n");
+  const MistralConfig small = tiny_config(32, false);
+  const Batch sft = packed_batch({20, 14, 10}, 3, small.vocab_size, small.pad_token_id);
+  check_zero_case(report, small, Precision::F32, false, sft);
+  check_zero_case(report, small, Precision::BF16, false, sft);
+  setenv("ZN_OFFLOAD_CHUNK", kOffloadChunkForChecks, 1);  // chunks that split parameters and the shard ranges
+  check_zero_case(report, small, Precision::BF16, true, sft);
+  unsetenv("ZN_OFFLOAD_CHUNK");
+}
+
 void run_model_checks(Report& report, const std::string& only, bool quick) {
   if (std::string("model").rfind(only, 0) != 0) return;  // --only: a prefix of the name, as the op checks
   std::printf("\n== model checks (CPU MistralModel vs CudaMistralModel, GEMMs %s)\n",
@@ -931,6 +1092,11 @@ void run_model_checks(Report& report, const std::string& only, bool quick) {
 void run_model_checks(Report&, const std::string& only, bool) {
   if (std::string("model").rfind(only, 0) != 0) return;
   std::printf("\n== model checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
+}
+
+void run_zero_checks(Report&, const std::string& only) {
+  if (std::string("zero").rfind(only, 0) != 0) return;
+  std::printf("\n== ZeRO checks skipped: they need the CPU model (built with ZN_CUDA_CHECK_CPU=ON)\n");
 }
 
 void run_lora_checks(Report&, const std::string& only) {
