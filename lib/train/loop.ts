@@ -344,6 +344,8 @@ export async function runLoop<Example>(
         // transformers 5 logs the rate this update used (read before the scheduler steps).
         learning_rate: lr,
         ...meanOf(windowMetrics),
+        // TRL's num_tokens: the input tokens trained on so far (prompts included, no padding).
+        num_tokens: cursor.tokensSeen,
         epoch: epochFloat(),
         step: cursor.globalStep,
       });

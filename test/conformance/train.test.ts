@@ -136,7 +136,7 @@ describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false },
     await sft({ ...recipe(work, 'zn-sft'), ...evaluation, per_device_eval_batch_size: 1, dataset_name: join(work, 'sft-splits') }, { progress: 'silent' });
     const ours = JSON.parse(readFileSync(join(work, 'zn-sft', 'trainer_state.json'), 'utf8')).log_history as Entry[];
     const theirs = JSON.parse(readFileSync(join(work, 'trl-sft', 'log_history.json'), 'utf8')) as Entry[];
-    compareLogs(ours, theirs, ['loss', 'grad_norm', 'learning_rate', 'epoch']);
+    compareLogs(ours, theirs, ['loss', 'grad_norm', 'learning_rate', 'epoch', 'num_tokens']);
     compareEvaluations(ours, theirs, ['eval_loss']);
     await compareWeights(join(work, 'zn-sft'), join(work, 'trl-sft'));
   });
@@ -170,6 +170,7 @@ describe('trainers match TRL 1.13 step for step', { skip: skipReason ?? false },
       'rewards/margins',
       'logps/chosen',
       'logps/rejected',
+      'num_tokens',
     ]);
     compareEvaluations(ours, theirs, ['eval_loss', 'eval_rewards/chosen', 'eval_rewards/rejected', 'eval_rewards/accuracies', 'eval_rewards/margins', 'eval_logps/chosen', 'eval_logps/rejected']);
     await compareWeights(join(work, 'zn-dpo'), join(work, 'trl-dpo'));
