@@ -5,12 +5,12 @@
  * with the CPU addon and with float64 references written here.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { describe, it } from 'node:test';
 
 import { ZnError } from '../lib/errors.js';
-import { BACKEND_MEMBERS, cudaAddonCandidates, loadNative } from '../lib/native.js';
+import { BACKEND_MEMBERS, loadNative } from '../lib/native.js';
+import { cudaAddonFile } from './support/cuda.js';
 
 const require = createRequire(import.meta.url);
 
@@ -21,8 +21,7 @@ interface CudaAddon {
   gemm(options: Record<string, unknown>): Promise<Float32Array>;
 }
 
-const file = cudaAddonCandidates().find((candidate) => existsSync(candidate));
-const skip = file ? false : 'the CUDA addon is not built here (bash scripts/build-cuda.sh builds it)';
+const skip = cudaAddonFile ? false : 'the CUDA addon is not built here (bash scripts/build-cuda.sh builds it)';
 
 function gpuError(addon: CudaAddon): Error | undefined {
   try {
@@ -55,7 +54,7 @@ function relError(out: Float32Array, ref: Float64Array): number {
 }
 
 describe('CUDA addon', { skip }, () => {
-  const addon = file ? (require(file) as CudaAddon) : undefined;
+  const addon = cudaAddonFile ? (require(cudaAddonFile) as CudaAddon) : undefined;
   const noGpu = addon ? gpuError(addon) : undefined;
 
   // One test per machine state, so no test is skipped: what runs depends on whether a GPU is usable.

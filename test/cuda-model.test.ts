@@ -21,21 +21,12 @@ import { writeRows } from '../lib/data/writers.js';
 import { ZnError } from '../lib/errors.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { loadModel } from '../lib/model/model.js';
-import { cudaAddonCandidates, loadNative } from '../lib/native.js';
+import { loadNative } from '../lib/native.js';
 import { dpo, sft } from '../lib/train/api.js';
+import { cudaAddonFile, gpuUsable } from './support/cuda.js';
 
 const require = createRequire(import.meta.url);
-const built = cudaAddonCandidates().some((candidate) => existsSync(candidate));
-const skip = built ? false : 'the CUDA addon is not built here (bash scripts/build-cuda.sh builds it)';
-
-function gpuUsable(): boolean {
-  try {
-    loadNative('cuda');
-    return true;
-  } catch {
-    return false;
-  }
-}
+const skip = cudaAddonFile ? false : 'the CUDA addon is not built here (bash scripts/build-cuda.sh builds it)';
 
 type Entry = Record<string, number>;
 const history = (dir: string): Entry[] =>
@@ -96,7 +87,7 @@ describe('the model on the GPU', { skip }, () => {
 
   async function withoutGpu(): Promise<void> {
     // The addon itself: the device plan is computable without a GPU; building a model says why not.
-    const addon = require(cudaAddonCandidates().find((candidate) => existsSync(candidate))!) as {
+    const addon = require(cudaAddonFile!) as {
       Model: new (options: object) => unknown;
       modelMemoryPlan(options: object): Record<string, number>;
     };

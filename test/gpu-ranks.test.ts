@@ -17,23 +17,14 @@ import { describe, it } from 'node:test';
 import { ZnError } from '../lib/errors.js';
 import { gradientTransport, NCCL_UNIQUE_ID_BYTES, openNcclGradientSum, shareUniqueId } from '../lib/model/gradient-sum.js';
 import { type Ranks, SINGLE_RANK } from '../lib/model/ranks.js';
-import { cudaAddonCandidates, loadNative, mpiAddonCandidates, type NcclAddon, packageRoot } from '../lib/native.js';
+import { loadNative, mpiAddonCandidates, type NcclAddon, packageRoot } from '../lib/native.js';
 import type { StageConfig } from '../lib/train/config.js';
 import { reduceGradients, shardOption, stepAndGather, sumGradients, zeroStage } from '../lib/train/zero.js';
 import { policyOptions, type StageSources } from '../lib/train/stage.js';
+import { cudaAddonFile, gpuUsable } from './support/cuda.js';
 
 const require = createRequire(import.meta.url);
 
-const cudaAddonFile = cudaAddonCandidates().find((candidate) => existsSync(candidate));
-
-function gpuUsable(): boolean {
-  try {
-    loadNative('cuda');
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Ranks that record the collectives asked of them (rank `rank` of `size`); broadcast fills in `fill`. */
 function recordingRanks(rank: number, size: number, localRank: number, fill?: Uint8Array): Ranks & { calls: string[]; reduced: unknown[] } {

@@ -32,9 +32,10 @@ import { ultrachatRows, ultrafeedbackRows } from '../lib/demo/teacher.js';
 import { PRESETS } from '../lib/bench/presets.js';
 import { mistralConfig, writeRandomModel } from '../lib/model/init.js';
 import { nativeOptions } from '../lib/model/model.js';
-import { cudaAddonCandidates, type MemoryPlan, packageRoot } from '../lib/native.js';
+import { type MemoryPlan, packageRoot } from '../lib/native.js';
 import { closeReporters, openReporters } from '../lib/train/report-to.js';
 import { sft } from '../lib/train/api.js';
+import { cudaAddonFile } from './support/cuda.js';
 import { referencePython, runPython } from './support/python.js';
 
 const work = mkdtempSync(join(tmpdir(), 'zn-handbook-'));
@@ -214,7 +215,7 @@ describe('recipes/zephyr-7b-beta-lora.yaml', () => {
   });
 
   it('is planned for one 24 GB GPU: each stage on Mistral-7B, bf16 base, at most 24 GiB of device memory', (t) => {
-    const addonFile = cudaAddonCandidates().find((candidate) => existsSync(candidate));
+    const addonFile = cudaAddonFile;
     if (!addonFile) {
       t.skip('the CUDA addon is not built here (bash scripts/build-cuda.sh builds it)');
       return;

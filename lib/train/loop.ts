@@ -87,8 +87,9 @@ export interface Objective<Example> {
 }
 
 /**
- * Evaluation sums: metric = sum / count once every rank's are added (SFT's loss: the NLL over
- * the tokens; DPO's metrics: the per-batch means over the batches, as TRL averages them).
+ * Evaluation sums: metric = sum / count once every rank's are added (each loss: the batches'
+ * means weighted by their rows, as transformers' evaluation loop; DPO's other metrics: the
+ * batches' means, as DPOTrainer averages them).
  */
 export type EvalTotals = Record<string, { sum: number; count: number }>;
 
